@@ -1,0 +1,200 @@
+"""Emits the bytecode of one function from its typed IR.
+
+Every primitive call becomes explicit: output storage and tensors are allocated first (static
+shapes from the type, `Any` shapes from a `CallShapeFunc`), then `CallKernel` fills them.
+Shape-only ops become VM instructions (`ShapeOf`, `ReshapeTensor`). Each value gets its own
+register; sub-expressions shared in the DAG are computed once per control-flow scope.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vm.bytecode import Instruction
+from vm.dtypes import itemsize
+from vm.errors import CompileError
+
+from compiler.ir import expr as E
+from compiler.ir.types import TensorType, TupleType
+from compiler.op.registry import get_op
+from compiler.codegen.types import tensor_leaves
+
+ALIGNMENT = 64
+TUPLE_CTOR = 0
+
+
+class FunctionEmitter:
+    def __init__(self, module_compiler, name: str, func: E.Function):
+        self.mc = module_compiler
+        self.name = name
+        self.func = func
+        self.code: list[Instruction] = []
+        self.num_regs = 0
+        self.env: dict[E.Expr, int] = {}   # var/shared node -> register
+
+    # -- helpers ---------------------------------------------------------------------------
+    def new_reg(self) -> int:
+        self.num_regs += 1
+        return self.num_regs - 1
+
+    def emit(self, opcode: str, *operands) -> None:
+        self.code.append(Instruction(opcode, *operands))
+
+    def emit_to(self, opcode: str, *operands) -> int:
+        """Emit an instruction whose last operand is a fresh destination register."""
+        dst = self.new_reg()
+        self.emit(opcode, *operands, dst)
+        return dst
+
+    # -- entry -----------------------------------------------------------------------------
+    def run(self):
+        for p in self.func.params:
+            self.env[p] = self.new_reg()
+        result = self.visit(self.func.body)
+        self.emit("Ret", result)
+        return self.code, self.num_regs
+
+    def visit(self, node: E.Expr) -> int:
+        if node in self.env:
+            return self.env[node]
+        handler = getattr(self, "visit_" + type(node).__name__, None)
+        if handler is None:
+            raise CompileError(f"{type(node).__name__} cannot be compiled yet")
+        reg = handler(node)
+        if not isinstance(node, (E.Let, E.If)):
+            self.env[node] = reg
+        return reg
+
+    # -- nodes -----------------------------------------------------------------------------
+    def visit_Var(self, node):
+        raise CompileError(f"variable %{node.name} is not bound in @{self.name}")
+
+    def visit_Constant(self, node):
+        return self.emit_to("LoadConst", self.mc.add_constant(node.data))
+
+    def visit_Tuple(self, node):
+        return self.emit_to("AllocADT", TUPLE_CTOR, [self.visit(f) for f in node.fields])
+
+    def visit_TupleGetItem(self, node):
+        return self.emit_to("GetField", self.visit(node.tuple_value), node.index)
+
+    def visit_Let(self, node):
+        while isinstance(node, E.Let):
+            self.env[node.var] = self.visit(node.value)
+            node = node.body
+        return self.visit(node)
+
+    def visit_If(self, node):
+        cond = self.visit(node.cond)
+        one = self.emit_to("LoadConsti", 1)
+        result = self.new_reg()
+        branch_at = len(self.code)
+        self.emit("If", cond, one, 1, 0)            # else offset patched below
+        self.emit("Move", result, self.visit_scoped(node.true_branch))
+        goto_at = len(self.code)
+        self.emit("Goto", 0)                        # patched below
+        else_at = len(self.code)
+        self.emit("Move", result, self.visit_scoped(node.false_branch))
+        end = len(self.code)
+        self.code[branch_at] = Instruction("If", cond, one, 1, else_at - branch_at)
+        self.code[goto_at] = Instruction("Goto", end - goto_at)
+        return result
+
+    def visit_scoped(self, node) -> int:
+        """Compile a branch; values computed inside it are not visible after it."""
+        saved = dict(self.env)
+        try:
+            return self.visit(node)
+        finally:
+            self.env = saved
+
+    def visit_Call(self, node):
+        callee = node.callee
+        if isinstance(callee, E.Op):
+            return self.op_call(node)
+        args = [self.visit(a) for a in node.args]
+        if isinstance(callee, E.GlobalVar):
+            return self.emit_to("Invoke", self.mc.function_index(callee.name), args)
+        if isinstance(callee, E.Constructor):
+            return self.emit_to("AllocADT", self.mc.constructor_index(callee), args)
+        raise CompileError("calls of closures are not supported yet\n"
+                           f"  in: {node}")
+
+    # -- primitive ops ---------------------------------------------------------------------
+    def op_call(self, node: E.Call) -> int:
+        opdef = get_op(node.callee.name)
+        if opdef.lowering == "shape_of":
+            return self.emit_to("ShapeOf", self.visit(node.args[0]))
+        if opdef.lowering == "reshape":
+            return self.reshape(node)
+        return self.kernel_call(node, opdef)
+
+    def flat_inputs(self, node: E.Call) -> list[int]:
+        """Registers of the tensor leaves of all arguments (tuple arguments are flattened)."""
+        regs = []
+        for arg in node.args:
+            if isinstance(arg.checked_type, TensorType):
+                regs.append(self.visit(arg))
+            elif isinstance(arg, E.Tuple):
+                regs.extend(r for f in arg.fields for r in self.flat_inputs_of(f))
+            else:
+                regs.extend(self.flat_inputs_of(arg))
+        return regs
+
+    def flat_inputs_of(self, arg: E.Expr) -> list[int]:
+        reg = self.visit(arg)
+        if isinstance(arg.checked_type, TensorType):
+            return [reg]
+        regs = []
+        for i, field in enumerate(arg.checked_type.fields):
+            field_reg = self.emit_to("GetField", reg, i)
+            regs.extend(self.leaf_regs(field_reg, field))
+        return regs
+
+    def leaf_regs(self, reg: int, t) -> list[int]:
+        if isinstance(t, TensorType):
+            return [reg]
+        out = []
+        for i, field in enumerate(t.fields):
+            out.extend(self.leaf_regs(self.emit_to("GetField", reg, i), field))
+        return out
+
+    def kernel_call(self, node: E.Call, opdef) -> int:
+        inputs = self.flat_inputs(node)
+        in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
+        out_types = tensor_leaves(node.checked_type)
+        outputs = self.alloc_outputs(node, inputs, out_types)
+        kernel = self.mc.add_kernel(opdef, node.attrs, in_types, out_types)
+        self.emit("CallKernel", kernel, inputs, outputs)
+        if isinstance(node.checked_type, TupleType):
+            return self.emit_to("AllocADT", TUPLE_CTOR, outputs)
+        return outputs[0]
+
+    def alloc_outputs(self, node, inputs, out_types) -> list[int]:
+        if all(t.is_static for t in out_types):
+            return [self.alloc_static(t) for t in out_types]
+        shapes = [self.new_reg() for _ in out_types]
+        sf = self.mc.add_shape_func(node.callee.name, node.attrs)
+        self.emit("CallShapeFunc", sf, inputs, shapes)
+        return [self.alloc_dynamic(shape, t.dtype) for shape, t in zip(shapes, out_types)]
+
+    def alloc_static(self, t: TensorType) -> int:
+        nbytes = int(np.prod(t.shape, dtype=np.int64)) * itemsize(t.dtype)
+        storage = self.emit_to("AllocStorage", nbytes, ALIGNMENT, t.dtype)
+        return self.emit_to("AllocTensor", storage, 0, list(t.shape), t.dtype)
+
+    def alloc_dynamic(self, shape_reg: int, dtype: str) -> int:
+        storage = self.emit_to("AllocStorageReg", shape_reg, ALIGNMENT, dtype)
+        return self.emit_to("AllocTensorReg", storage, 0, shape_reg, dtype)
+
+    def reshape(self, node: E.Call) -> int:
+        """Zero-copy reshape: the new shape is a constant when static, else a shape function."""
+        data = self.visit(node.args[0])
+        out_type = node.checked_type
+        if out_type.is_static:
+            shape = self.emit_to("LoadConst", self.mc.add_constant(
+                np.array(out_type.shape, dtype=np.int64)))
+        else:
+            shape = self.new_reg()
+            sf = self.mc.add_shape_func(node.callee.name, node.attrs)
+            self.emit("CallShapeFunc", sf, [data] + [self.visit(a) for a in node.args[1:]], [shape])
+        return self.emit_to("ReshapeTensor", data, shape)

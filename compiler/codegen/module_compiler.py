@@ -1,0 +1,76 @@
+"""Compiles a typed IRModule into a `vm.Executable`: functions, constants, kernels, shape funcs."""
+from __future__ import annotations
+
+import numpy as np
+
+import kernels
+from vm.errors import CompileError
+from vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
+
+from compiler.codegen.emitter import FunctionEmitter
+from compiler.codegen.types import type_desc
+
+
+class ModuleCompiler:
+    def __init__(self, mod):
+        self.mod = mod
+        self.func_names = list(mod.functions)
+        self.constants: list[np.ndarray] = []
+        self.constant_ids: dict[int, int] = {}
+        self.kernel_builder = kernels.KernelBuilder()
+        self.shape_funcs: list[dict] = []
+        self.constructors = [dict(TUPLE_CONSTRUCTOR)]
+        self.constructor_ids: dict[str, int] = {}
+
+    def function_index(self, name: str) -> int:
+        try:
+            return self.func_names.index(name)
+        except ValueError:
+            raise CompileError(f"call of undefined global @{name}") from None
+
+    def add_constant(self, data: np.ndarray) -> int:
+        key = id(data)
+        if key not in self.constant_ids:
+            self.constant_ids[key] = len(self.constants)
+            self.constants.append(data)
+        return self.constant_ids[key]
+
+    def constructor_index(self, ctor) -> int:
+        if ctor.name not in self.constructor_ids:
+            self.constructor_ids[ctor.name] = len(self.constructors)
+            self.constructors.append({"name": ctor.name, "tag": ctor.tag,
+                                      "arity": len(ctor.inputs), "adt": ctor.belongs_to})
+        return self.constructor_ids[ctor.name]
+
+    def add_shape_func(self, name: str, attrs: dict) -> int:
+        entry = {"name": name, "attrs": attrs}
+        if entry not in self.shape_funcs:
+            self.shape_funcs.append(entry)
+        return self.shape_funcs.index(entry)
+
+    def add_kernel(self, opdef, attrs, in_types, out_types) -> int:
+        inputs = [(t.dtype, t.rank) for t in in_types]
+        outputs = [(t.dtype, t.rank) for t in out_types]
+        if opdef.expr is not None:
+            expr = opdef.expr([["in", i] for i in range(len(inputs))], attrs)
+            return self.kernel_builder.add_elementwise(opdef.name, expr, inputs, outputs[0])
+        return self.kernel_builder.add_extern(opdef.name, opdef.name, attrs, inputs, outputs)
+
+    def compile_function(self, name: str) -> VMFunction:
+        func = self.mod.functions[name]
+        code, num_regs = FunctionEmitter(self, name, func).run()
+        return VMFunction(name=name, params=[p.name for p in func.params],
+                          param_types=[type_desc(p.checked_type) for p in func.params],
+                          ret_type=type_desc(func.checked_type.ret_type),
+                          register_count=num_regs, instructions=code)
+
+    def run(self) -> Executable:
+        functions = [self.compile_function(name) for name in self.func_names]
+        return Executable(functions=functions, constants=self.constants,
+                          constructors=self.constructors, kernels=self.kernel_builder.finish(),
+                          shape_funcs=self.shape_funcs)
+
+
+def compile_module(mod) -> Executable:
+    """Lower a type-checked module to an Executable."""
+    return ModuleCompiler(mod).run()

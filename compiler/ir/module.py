@@ -1,0 +1,61 @@
+"""IRModule: the global functions and ADT declarations of a program."""
+from __future__ import annotations
+
+from vm.errors import DynVMError
+
+from compiler.ir.expr import Constructor, Function, GlobalVar, TypeData
+
+
+class IRModule:
+    def __init__(self, functions: dict | None = None, type_definitions=()):
+        self.functions: dict[str, Function] = {}
+        self.type_definitions: dict[str, TypeData] = {}
+        self._global_vars: dict[str, GlobalVar] = {}
+        for td in type_definitions:
+            self.add_type(td)
+        for name, fn in (functions or {}).items():
+            self[name] = fn
+
+    @classmethod
+    def from_expr(cls, func: Function, type_definitions=()) -> "IRModule":
+        """A module whose entry function `main` is `func`."""
+        if not isinstance(func, Function):
+            raise DynVMError("IRModule.from_expr takes an ir.Function")
+        return cls({"main": func}, type_definitions)
+
+    def get_global_var(self, name: str) -> GlobalVar:
+        """The module's GlobalVar for `name` (created on first use, so recursion can refer to it)."""
+        if name not in self._global_vars:
+            self._global_vars[name] = GlobalVar(name)
+        return self._global_vars[name]
+
+    def __setitem__(self, name, func: Function):
+        if isinstance(name, GlobalVar):
+            name = name.name
+        if not isinstance(func, Function):
+            raise DynVMError(f"global {name!r} must be an ir.Function")
+        self.get_global_var(name)
+        self.functions[name] = func
+
+    def __getitem__(self, name) -> Function:
+        if isinstance(name, GlobalVar):
+            name = name.name
+        return self.functions[name]
+
+    def __contains__(self, name):
+        return name in self.functions
+
+    def add_type(self, type_data: TypeData) -> TypeData:
+        self.type_definitions[type_data.name] = type_data
+        return type_data
+
+    def constructor(self, name: str) -> Constructor:
+        for td in self.type_definitions.values():
+            for ctor in td.constructors:
+                if ctor.name == name:
+                    return ctor
+        raise KeyError(name)
+
+    def __str__(self):
+        from compiler.ir.printer import module_text
+        return module_text(self)

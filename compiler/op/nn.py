@@ -1,0 +1,88 @@
+"""Neural-network ops: dense, matmul, batch_matmul, softmax, layer_norm (extern kernels for now)."""
+from __future__ import annotations
+
+from compiler.ir.types import TensorType
+from compiler.op.builders import positional
+from compiler.op.registry import OpDef, get_op, register
+from compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, broadcast_dim, check_arity,
+                                   check_dtype_in, fail, normalize_axis, same_dtype, tensor_arg,
+                                   unify_dim)
+
+
+def _matmul_args(op, arg_types, ranks):
+    check_arity(op, arg_types, 2)
+    a, b = (tensor_arg(op, t) for t in arg_types)
+    for t, r, what in zip((a, b), ranks, ("first", "second")):
+        if r is not None and t.rank != r:
+            fail(f"{op}: {what} operand must have rank {r}, got {t}")
+    same_dtype(op, [a, b])
+    check_dtype_in(op, a, NUMERIC_DTYPES, "operands")
+    return a, b
+
+
+def dense_rel(arg_types, attrs):
+    data, weight = _matmul_args("dense", arg_types, (None, 2))
+    if data.rank < 1:
+        fail(f"dense: data must have rank >= 1, got {data}")
+    unify_dim("dense", data.shape[-1], weight.shape[1], "reduction dims (data[-1], weight[1])")
+    return TensorType(data.shape[:-1] + (weight.shape[0],), data.dtype)
+
+
+def matmul_rel(arg_types, attrs):
+    a, b = _matmul_args("matmul", arg_types, (2, 2))
+    unify_dim("matmul", a.shape[1], b.shape[0], "reduction dims (a[1], b[0])")
+    return TensorType((a.shape[0], b.shape[1]), a.dtype)
+
+
+def batch_matmul_rel(arg_types, attrs):
+    a, b = _matmul_args("batch_matmul", arg_types, (3, 3))
+    batch = broadcast_dim("batch_matmul", a.shape[0], b.shape[0])
+    m, ka = (a.shape[2], a.shape[1]) if attrs["transpose_a"] else (a.shape[1], a.shape[2])
+    n, kb = (b.shape[1], b.shape[2]) if attrs["transpose_b"] else (b.shape[2], b.shape[1])
+    unify_dim("batch_matmul", ka, kb, "reduction dims")
+    return TensorType((batch, m, n), a.dtype)
+
+
+def softmax_rel(arg_types, attrs):
+    check_arity("softmax", arg_types, 1)
+    x = tensor_arg("softmax", arg_types[0])
+    check_dtype_in("softmax", x, FLOAT_DTYPES)
+    normalize_axis("softmax", attrs["axis"], x.rank)
+    return x
+
+
+def layer_norm_rel(arg_types, attrs):
+    check_arity("layer_norm", arg_types, 3)
+    x, gamma, beta = (tensor_arg("layer_norm", t) for t in arg_types)
+    same_dtype("layer_norm", [x, gamma, beta])
+    check_dtype_in("layer_norm", x, FLOAT_DTYPES)
+    axis = normalize_axis("layer_norm", attrs["axis"], x.rank)
+    for t, what in ((gamma, "gamma"), (beta, "beta")):
+        if t.rank != 1:
+            fail(f"layer_norm: {what} must be 1-D, got {t}")
+        unify_dim("layer_norm", t.shape[0], x.shape[axis], f"{what} length and x dim {axis}")
+    return x
+
+
+def _register_all():
+    register(OpDef("dense", ("data", "weight"), dense_rel, pattern="out_elemwise_fusable",
+                   doc="dense(data, weight): data (..., k) times weight (units, k) transposed "
+                       "-> (..., units)."))
+    register(OpDef("matmul", ("a", "b"), matmul_rel, pattern="out_elemwise_fusable",
+                   doc="matmul(a, b): 2-D matrix product (m, k) x (k, n) -> (m, n)."))
+    register(OpDef("batch_matmul", ("a", "b"), batch_matmul_rel,
+                   attrs={"transpose_a": False, "transpose_b": True},
+                   pattern="out_elemwise_fusable",
+                   doc="batch_matmul(a, b, transpose_a=False, transpose_b=True): (B, M, K) x "
+                       "(B, N, K) -> (B, M, N); a batch of 1 broadcasts."))
+    register(OpDef("softmax", ("x",), softmax_rel, attrs={"axis": -1}, pattern="opaque",
+                   doc="softmax(x, axis=-1): exp(x) / sum(exp(x)) along axis, computed stably."))
+    register(OpDef("layer_norm", ("x", "gamma", "beta"), layer_norm_rel,
+                   attrs={"axis": -1, "epsilon": 1e-5}, pattern="opaque",
+                   doc="layer_norm(x, gamma, beta, axis=-1, epsilon=1e-5): normalise along axis "
+                       "to mean 0 / variance 1, then scale by gamma and shift by beta."))
+    for name in ("batch_matmul", "softmax", "layer_norm"):
+        get_op(name).make = positional(name)
+
+
+_register_all()

@@ -1,0 +1,2 @@
+"""Type inference over IR modules with `Any` dims."""
+from compiler.typing.infer import infer_types, join_types  # noqa: F401

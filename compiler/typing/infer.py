@@ -1,0 +1,220 @@
+"""Type inference: gives every expression of a module its `checked_type`.
+
+Op types come from each op's type relation in the registry; `Any` dims flow through them.
+Global functions must annotate their parameters; a function called recursively must also
+annotate its return type (its type is needed before its body is inferred). Errors are
+`TypeInferenceError`s that quote the offending expression in the text format.
+"""
+from __future__ import annotations
+
+import sys
+
+from vm.errors import TypeInferenceError
+
+from compiler.ir import expr as E
+from compiler.ir.printer import expr_text
+from compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
+from compiler.op.registry import get_op
+
+
+def join_types(a, b, where):
+    """The least type both `a` and `b` fit: differing dims become Any (If/Match results)."""
+    if isinstance(a, TensorType) and isinstance(b, TensorType):
+        if a.dtype != b.dtype or a.rank != b.rank:
+            raise TypeInferenceError(f"branches have different types {a} and {b}\n  in: {where()}")
+        return TensorType([x if x == y else Any() for x, y in zip(a.shape, b.shape)], a.dtype)
+    if isinstance(a, TupleType) and isinstance(b, TupleType) and len(a.fields) == len(b.fields):
+        return TupleType([join_types(x, y, where) for x, y in zip(a.fields, b.fields)])
+    if a == b:
+        return a
+    raise TypeInferenceError(f"branches have different types {a} and {b}\n  in: {where()}")
+
+
+def fits(actual, declared) -> bool:
+    """Whether a value of type `actual` may be passed where `declared` is expected."""
+    if isinstance(actual, TensorType) and isinstance(declared, TensorType):
+        return (actual.dtype == declared.dtype and actual.rank == declared.rank and
+                all(is_any(x) or is_any(y) or x == y for x, y in zip(actual.shape, declared.shape)))
+    if isinstance(actual, TupleType) and isinstance(declared, TupleType):
+        return len(actual.fields) == len(declared.fields) and all(
+            fits(x, y) for x, y in zip(actual.fields, declared.fields))
+    if isinstance(declared, TypeVar) or isinstance(actual, TypeVar):
+        return True
+    if isinstance(actual, TypeCall) and isinstance(declared, TypeCall):
+        return actual.name == declared.name and len(actual.args) == len(declared.args) and all(
+            fits(x, y) for x, y in zip(actual.args, declared.args))
+    return actual == declared
+
+
+class _Inferencer:
+    def __init__(self, mod):
+        self.mod = mod
+        self.global_types: dict[str, FuncType] = {}
+        self.in_progress: set[str] = set()
+
+    # -- globals ---------------------------------------------------------------------------
+    def global_type(self, name: str, where) -> FuncType:
+        if name in self.global_types:
+            return self.global_types[name]
+        if name not in self.mod.functions:
+            raise TypeInferenceError(f"call of undefined global @{name}\n  in: {where()}")
+        func = self.mod.functions[name]
+        if name in self.in_progress:
+            if func.ret_type is None:
+                raise TypeInferenceError(
+                    f"recursive function @{name} needs a return type annotation")
+            return FuncType([p.type_annotation for p in func.params], func.ret_type)
+        self.infer_global(name)
+        return self.global_types[name]
+
+    def infer_global(self, name: str):
+        func = self.mod.functions[name]
+        for p in func.params:
+            if p.type_annotation is None:
+                raise TypeInferenceError(f"parameter %{p.name} of @{name} needs a type annotation")
+        self.in_progress.add(name)
+        try:
+            self.global_types[name] = self.function(func, {})
+        finally:
+            self.in_progress.discard(name)
+
+    # -- expressions -----------------------------------------------------------------------
+    def function(self, func: E.Function, env: dict) -> FuncType:
+        env = dict(env)
+        for p in func.params:
+            if p.type_annotation is None:
+                raise TypeInferenceError(f"parameter %{p.name} needs a type annotation\n"
+                                         f"  in: {expr_text(func)}")
+            p.checked_type = p.type_annotation
+            env[p] = p.type_annotation
+        body_type = self.expr(func.body, env)
+        if func.ret_type is not None:
+            if not fits(body_type, func.ret_type):
+                raise TypeInferenceError(f"function body has type {body_type} but the declared "
+                                         f"return type is {func.ret_type}\n  in: {expr_text(func)}")
+            body_type = func.ret_type
+        func.checked_type = FuncType([p.type_annotation for p in func.params], body_type)
+        return func.checked_type
+
+    def expr(self, node: E.Expr, env: dict):
+        if node.checked_type is not None and not isinstance(node, (E.Var, E.Function)):
+            return node.checked_type
+        method = getattr(self, "visit_" + type(node).__name__)
+        node.checked_type = method(node, env)
+        return node.checked_type
+
+    def visit_Var(self, node, env):
+        if node not in env:
+            raise TypeInferenceError(f"variable %{node.name} is not bound here")
+        return env[node]
+
+    def visit_Constant(self, node, env):
+        return TensorType(node.data.shape, node.data.dtype.name)
+
+    def visit_Tuple(self, node, env):
+        return TupleType([self.expr(f, env) for f in node.fields])
+
+    def visit_TupleGetItem(self, node, env):
+        tup = self.expr(node.tuple_value, env)
+        if not isinstance(tup, TupleType):
+            raise TypeInferenceError(f"indexing a non-tuple of type {tup}\n  in: {expr_text(node)}")
+        if not 0 <= node.index < len(tup.fields):
+            raise TypeInferenceError(f"tuple index {node.index} out of range for {tup}\n"
+                                     f"  in: {expr_text(node)}")
+        return tup.fields[node.index]
+
+    def visit_Let(self, node, env):
+        env = dict(env)
+        chain = []
+        while isinstance(node, E.Let):  # iterate: let chains can be very long
+            value_type = self.expr(node.value, env)
+            declared = node.var.type_annotation
+            if declared is not None and not fits(value_type, declared):
+                raise TypeInferenceError(f"let %{node.var.name} is declared {declared} but its "
+                                         f"value has type {value_type}\n  in: {expr_text(node.value)}")
+            node.var.checked_type = declared or value_type
+            env[node.var] = node.var.checked_type
+            chain.append(node)
+            node = node.body
+        body_type = self.expr(node, env)
+        for let in chain:
+            let.checked_type = body_type
+        return body_type
+
+    def visit_If(self, node, env):
+        cond = self.expr(node.cond, env)
+        if not (isinstance(cond, TensorType) and cond.rank == 0):
+            raise TypeInferenceError(f"if condition must be a scalar tensor, got {cond}\n"
+                                     f"  in: {expr_text(node.cond)}")
+        then_type = self.expr(node.true_branch, env)
+        else_type = self.expr(node.false_branch, env)
+        return join_types(then_type, else_type, lambda: expr_text(node))
+
+    def visit_Function(self, node, env):
+        return self.function(node, env)
+
+    def visit_GlobalVar(self, node, env):
+        return self.global_type(node.name, lambda: f"@{node.name}")
+
+    def visit_Call(self, node, env):
+        where = lambda: expr_text(node)  # noqa: E731
+        arg_types = [self.expr(a, env) for a in node.args]
+        callee = node.callee
+        if isinstance(callee, E.Op):
+            return self.op_call(node, arg_types)
+        if isinstance(callee, E.Constructor):
+            return self.constructor_call(callee, arg_types, where)
+        callee_type = self.expr(callee, env)
+        if not isinstance(callee_type, FuncType):
+            raise TypeInferenceError(f"calling a value of non-function type {callee_type}\n"
+                                     f"  in: {where()}")
+        self.check_args(callee_type.arg_types, arg_types, where)
+        return callee_type.ret_type
+
+    def op_call(self, node, arg_types):
+        opdef = get_op(node.callee.name)
+        try:
+            return opdef.type_rel(arg_types, node.attrs)
+        except TypeInferenceError as err:
+            raise TypeInferenceError(f"{err}\n  in: {expr_text(node)}") from None
+
+    def check_args(self, declared, actual, where):
+        if len(declared) != len(actual):
+            raise TypeInferenceError(f"expected {len(declared)} argument(s), got {len(actual)}\n"
+                                     f"  in: {where()}")
+        for i, (d, a) in enumerate(zip(declared, actual)):
+            if not fits(a, d):
+                raise TypeInferenceError(f"argument {i} has type {a} but {d} is expected\n"
+                                         f"  in: {where()}")
+
+    def constructor_call(self, ctor, arg_types, where):
+        self.check_args(ctor.inputs, arg_types, where)
+        td = self.mod.type_definitions.get(ctor.belongs_to)
+        if td is None:
+            raise TypeInferenceError(f"constructor {ctor.name} belongs to undeclared type "
+                                     f"{ctor.belongs_to}\n  in: {where()}")
+        binding = {}
+        for declared, actual in zip(ctor.inputs, arg_types):
+            if isinstance(declared, TypeVar):
+                binding.setdefault(declared, actual)
+        return TypeCall(td.name, [binding.get(v, v) for v in td.type_vars])
+
+    def visit_Constructor(self, node, env):
+        return FuncType(node.inputs, TypeCall(node.belongs_to))
+
+    def visit_Match(self, node, env):
+        raise TypeInferenceError("match is not supported by type inference yet")
+
+
+def infer_types(mod):
+    """Annotate every expression of `mod` with its checked_type; returns `mod`."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))
+    try:
+        inferencer = _Inferencer(mod)
+        for name in mod.functions:
+            if name not in inferencer.global_types:
+                inferencer.infer_global(name)
+    finally:
+        sys.setrecursionlimit(limit)
+    return mod

@@ -1,0 +1,132 @@
+"""The native kernel ABI: DLPack's DLTensor and `int32_t f(DLTensor *args, int32_t nargs)`.
+
+This is the one place that turns addresses into cffi function pointers and numpy arrays into
+DLTensor descriptors. Strides are in elements (DLPack convention), byte_offset is always 0 and
+the device is always CPU.
+"""
+import struct
+import threading
+
+import cffi
+import numpy as np
+
+from vm.dtypes import DTYPES
+
+ffi = cffi.FFI()
+ffi.cdef("""
+typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
+typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;
+typedef struct {
+    void *data;
+    DLDevice device;
+    int32_t ndim;
+    DLDataType dtype;
+    int64_t *shape;
+    int64_t *strides;
+    uint64_t byte_offset;
+} DLTensor;
+typedef int32_t (*dynvm_kernel_fn)(DLTensor *args, int32_t nargs);
+""")
+
+KDL_CPU = 1
+DLTENSOR_SIZE = ffi.sizeof("DLTensor")
+
+# A live byte whose address stands in for the data pointer of arrays numpy gives address 0
+# (possible for some size-0 views): kernels may compare it with NULL but never read it.
+_EMPTY = ffi.new("char[8]")
+
+
+def kernel_function(address: int):
+    """A callable cffi function pointer for a kernel at `address`."""
+    return ffi.cast("dynvm_kernel_fn", address)
+
+
+def dtype_code(name: str):
+    """(DLPack type code, bits) of a dynvm dtype name."""
+    _, code, bits = DTYPES[name]
+    return code, bits
+
+
+def _data_pointer(a: np.ndarray):
+    """Element 0's address as a cdata (`arr.ctypes.data` is slow, see DESIGN.md).
+
+    ffi.from_buffer is the fast path but needs a C-contiguous, non-empty array; the returned
+    cdata keeps the buffer exported while it lives.
+    """
+    if a.flags.c_contiguous and a.size:
+        return ffi.from_buffer(a)
+    address = a.__array_interface__["data"][0]
+    return ffi.cast("void *", address) if address else _EMPTY
+
+
+_STRIDES = {}
+
+
+def _element_strides(a):
+    """numpy byte strides -> element strides, memoised (the division loop is the slow part)."""
+    key = (a.strides, a.itemsize)
+    strides = _STRIDES.get(key)
+    if strides is None:
+        if len(_STRIDES) > 4096:
+            _STRIDES.clear()
+        strides = _STRIDES[key] = tuple(s // a.itemsize for s in a.strides)
+    return strides
+
+
+class ArgPacker:
+    """Builds the DLTensor array for one kernel signature (fixed dtypes and ranks).
+
+    Everything that does not depend on the call (device, ndim, dtype, where the shape and
+    stride vectors live) is written once per thread; a call only stores the data pointers and
+    packs all extents and element strides with one struct.pack_into.
+    """
+
+    def __init__(self, codes, ranks):
+        self.codes, self.ranks = list(codes), list(ranks)
+        self.n = len(ranks)
+        self.dims = struct.Struct("=%dq" % (2 * sum(ranks)))
+        self._local = threading.local()
+
+    def _buffers(self):
+        local = self._local
+        try:
+            return local.tensors, local.items, local.raw
+        except AttributeError:
+            pass
+        tensors = ffi.new("DLTensor[]", self.n)
+        dims = ffi.new("int64_t[]", 2 * sum(self.ranks) or 1)
+        pos = 0
+        for k, ((code, bits), rank) in enumerate(zip(self.codes, self.ranks)):
+            t = tensors[k]
+            t.device.device_type = KDL_CPU
+            t.ndim = rank
+            t.dtype.code, t.dtype.bits, t.dtype.lanes = code, bits, 1
+            t.shape, t.strides = dims + pos, dims + pos + rank
+            pos += 2 * rank
+        local.tensors, local.dims = tensors, dims
+        local.items = [tensors[k] for k in range(self.n)]
+        local.raw = ffi.buffer(dims)
+        return tensors, local.items, local.raw
+
+    def pack(self, arrays):
+        """Describe `arrays` (already checked against the signature); returns (DLTensor*, keep).
+
+        `keep` holds the buffer exports: keep it alive until the native call returned.
+        """
+        tensors, items, raw = self._buffers()
+        keep = []
+        values = []
+        for item, a in zip(items, arrays):
+            p = _data_pointer(a)
+            keep.append(p)
+            item.data = p
+            values += a.shape
+            values += _element_strides(a)
+        if values:
+            self.dims.pack_into(raw, 0, *values)
+        return tensors, keep
+
+
+def pack(arrays, codes):
+    """One-off DLTensor array for `arrays` (tests and tools; kernels use ArgPacker)."""
+    return ArgPacker(codes, [a.ndim for a in arrays]).pack(arrays)

@@ -1,0 +1,215 @@
+"""The single door to llvmlite (numba's CodeLibrary idea).
+
+Everything that touches LLVM lives here: initialisation, the host target, the target machine,
+the O3 pipeline, object emission, the on-disk object cache and loading object code into an MCJIT
+engine. The rest of `kernels/` only produces LLVM IR text and consumes function addresses, so
+the LLVM version and its API churn stay in one file.
+
+Counters in `stats` let tests prove what happened: "compiles" counts real LLVM compilations
+(optimise + codegen), "cache_hits" objects read back from the disk cache, "loads" object files
+loaded into an engine, "rejits" loads that had to recompile because the stored target is not
+the host.
+"""
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import tempfile
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from vm.errors import ExecutableFormatError, KernelError
+
+stats = {"compiles": 0, "cache_hits": 0, "loads": 0, "rejits": 0}
+
+_lock = threading.RLock()
+_initialised = False
+_target_machines = {}
+
+# libm functions the LLVM intrinsics (llvm.exp, llvm.tanh, ...) lower to. MCJIT resolves
+# undefined symbols in the process; registering them explicitly makes that independent of how
+# the Python binary was linked.
+_LIBM_SYMBOLS = ("exp", "expf", "log", "logf", "pow", "powf", "tanh", "tanhf", "sqrt", "sqrtf")
+
+
+def _initialise():
+    """Initialise the native target once (llvm.initialize() is deprecated in llvmlite 0.50)."""
+    global _initialised
+    with _lock:
+        if _initialised:
+            return
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        llvm.initialize_native_asmparser()
+        _register_libm()
+        _initialised = True
+
+
+def _register_libm():
+    path = ctypes.util.find_library("m")
+    if path is None:
+        return  # rely on the process's own symbols
+    libm = ctypes.CDLL(path)
+    for name in _LIBM_SYMBOLS:
+        fn = getattr(libm, name, None)
+        if fn is not None:
+            llvm.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
+
+
+def host_target() -> dict:
+    """The target LLVM reports for this machine; stored in every kernels section.
+
+    DESIGN.md: llvmlite may report more features than /proc/cpuinfo lists; code compiled for
+    what llvmlite reports runs correctly, so that is what we use and record.
+    """
+    _initialise()
+    return {
+        "triple": llvm.get_process_triple(),
+        "cpu": llvm.get_host_cpu_name(),
+        "features": llvm.get_host_cpu_features().flatten(),
+    }
+
+
+def _target_machine(target: dict, shared=True):
+    """A JIT-style target machine (large code model) so objects load at any address.
+
+    MCJIT engines take ownership of (and free) their target machine, so an engine must get
+    its own (`shared=False`); compilation reuses one cached machine per target.
+    """
+    key = (target["triple"], target["cpu"], target["features"])
+    with _lock:
+        tm = _target_machines.get(key) if shared else None
+        if tm is None:
+            llvm_target = llvm.Target.from_triple(target["triple"])
+            tm = llvm_target.create_target_machine(
+                cpu=target["cpu"], features=target["features"], opt=3,
+                reloc="default", codemodel="jitdefault", jit=True)
+            if shared:
+                _target_machines[key] = tm
+        return tm
+
+
+def _optimise(module, tm):
+    """Run the new-pass-manager O3 pipeline with loop and SLP vectorisation on."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(module, pb)
+
+
+# ---------------------------------------------------------------------------------------------
+# object cache
+
+
+def cache_dir():
+    """Directory of the object cache, or None when disabled (DYNVM_CACHE_DIR set to '')."""
+    env = os.environ.get("DYNVM_CACHE_DIR")
+    if env is not None:
+        return env or None
+    return os.path.join(os.path.expanduser("~"), ".cache", "dynvm")
+
+
+def _cache_key(llvm_ir: str, target: dict) -> str:
+    h = hashlib.sha256()
+    for part in (llvmlite.__version__, target["triple"], target["cpu"], target["features"], llvm_ir):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _cache_read(key):
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        with open(os.path.join(directory, key + ".o"), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cache_write(key, obj: bytes):
+    """Write atomically (temp file + os.replace) so concurrent processes never see half a file."""
+    directory = cache_dir()
+    if directory is None:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=key[:16], suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(obj)
+            os.replace(tmp, os.path.join(directory, key + ".o"))
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a cache that cannot be written is only a slower cache
+
+
+# ---------------------------------------------------------------------------------------------
+# compile and load
+
+
+def compile_ir(llvm_ir: str, target: dict) -> bytes:
+    """Optimise `llvm_ir` at O3 for `target` and return native object code (disk-cached)."""
+    _initialise()
+    key = _cache_key(llvm_ir, target)
+    cached = _cache_read(key)
+    if cached is not None:
+        stats["cache_hits"] += 1
+        return cached
+    try:
+        module = llvm.parse_assembly(llvm_ir)
+        module.verify()
+    except RuntimeError as e:
+        raise KernelError(f"generated LLVM IR is invalid: {e}") from None
+    tm = _target_machine(target)
+    with _lock:
+        _optimise(module, tm)
+        obj = tm.emit_object(module)
+        stats["compiles"] += 1
+    _cache_write(key, obj)
+    return obj
+
+
+def _looks_like_object(obj: bytes) -> bool:
+    """Reject obviously non-object bytes before LLVM sees them (LLVM may abort on garbage)."""
+    return obj[:4] in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe") or obj[:2] == b"\x64\x86"
+
+
+class CodeLibrary:
+    """Native code of one kernels section loaded into its own MCJIT engine.
+
+    The engine owns the machine code, so the library must outlive every function pointer taken
+    from it (Kernel objects keep a reference).
+    """
+
+    def __init__(self, llvm_ir: str, obj: bytes, target: dict):
+        _initialise()
+        host = host_target()
+        self.rejitted = _same_target(target, host) is False
+        if self.rejitted:
+            obj = compile_ir(llvm_ir, host)
+            stats["rejits"] += 1
+        if not _looks_like_object(obj):
+            raise ExecutableFormatError("kernels section: object code is not a native object file")
+        tm = _target_machine(host, shared=False)
+        with _lock:
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self._engine.finalize_object()
+            stats["loads"] += 1
+
+    def address(self, symbol: str) -> int:
+        """Address of `symbol`, or 0 when the object does not define it."""
+        with _lock:
+            return self._engine.get_function_address(symbol)
+
+
+def _same_target(stored: dict, host: dict) -> bool:
+    return all(stored[k] == host[k] for k in ("triple", "cpu", "features"))

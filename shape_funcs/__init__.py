@@ -1,0 +1,6 @@
+"""Run-time shape functions, one per op, grouped by op family (see registry.py).
+
+    shape_funcs.lookup("arange").fn([start, stop, step], {"dtype": "float32"}) -> [(n,)]
+"""
+from shape_funcs.registry import SHAPE_FUNCS, ShapeFunc, lookup, shape_func  # noqa: F401
+from shape_funcs import elementwise, transform, reduce, nn, dynamic  # noqa: F401,E402  (registers)

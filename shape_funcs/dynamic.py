@@ -1,0 +1,57 @@
+"""Data-dependent shape functions: arange, argwhere and the dyn.* ops (they read values)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from shape_funcs.common import check_dims, infer_reshape, shape_vector
+from shape_funcs.registry import shape_func
+from vm.errors import ShapeError
+
+
+def arange_params(inputs, dtype: str):
+    """start, stop, step cast to the output dtype (as Python numbers), validated."""
+    values = []
+    for arr, what in zip(inputs, ("start", "stop", "step")):
+        v = np.asarray(arr).reshape(-1)
+        if v.size != 1:
+            raise ShapeError(f"arange: {what} must be a scalar, got shape {np.shape(arr)}")
+        if not np.isfinite(v[0]):
+            raise ShapeError(f"arange: {what} must be finite, got {v[0]}")
+        values.append(v.astype(dtype)[0].item())
+    if values[2] == 0:
+        raise ShapeError("arange step must not be zero")
+    return values
+
+
+def arange_length(start, stop, step) -> int:
+    if isinstance(step, int):
+        return max(0, -((start - stop) // step))      # exact ceil((stop - start) / step)
+    return max(0, math.ceil((stop - start) / step))
+
+
+@shape_func("arange", mode="data_dependent")
+def arange(inputs, attrs):
+    return [(arange_length(*arange_params(inputs, attrs.get("dtype", "float32"))),)]
+
+
+@shape_func("argwhere", mode="data_dependent")
+def argwhere(inputs, attrs):
+    cond = np.asarray(inputs[0])
+    return [(int(np.count_nonzero(cond)), cond.ndim)]
+
+
+@shape_func("dyn.reshape", mode="data_dependent")
+def dyn_reshape(inputs, attrs):
+    return [infer_reshape("dyn.reshape", inputs[0].shape, shape_vector("dyn.reshape", inputs[1]))]
+
+
+@shape_func("dyn.zeros", "dyn.ones", mode="data_dependent")
+def dyn_fill(inputs, attrs):
+    return [check_dims("dyn.zeros/ones", shape_vector("dyn.zeros/ones", inputs[0]))]
+
+
+@shape_func("dyn.full", mode="data_dependent")
+def dyn_full(inputs, attrs):
+    return [check_dims("dyn.full", shape_vector("dyn.full", inputs[1]))]

@@ -1,0 +1,14 @@
+"""Elementwise ops: the output shape is the numpy broadcast of the input shapes."""
+from __future__ import annotations
+
+from shape_funcs.common import broadcast
+from shape_funcs.registry import shape_func
+
+UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "cast")
+BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum",
+          "less", "greater", "equal", "logical_and", "where")
+
+
+@shape_func(*UNARY, *BINARY)
+def broadcast_shape(inputs, attrs):
+    return [broadcast("broadcast", *(x.shape for x in inputs))]

@@ -1,0 +1,40 @@
+"""Reductions: drop (or keep as 1) the reduced axes."""
+from __future__ import annotations
+
+from shape_funcs.common import normalize_axis
+from shape_funcs.registry import shape_func
+from vm.errors import ShapeError
+
+
+def reduced_axes(op: str, rank: int, attrs) -> list:
+    axis = attrs.get("axis")
+    if axis is None:
+        axes = list(range(rank))
+    else:
+        axes = sorted({normalize_axis(op, a, rank) for a in ([axis] if isinstance(axis, int) else axis)})
+    if attrs.get("exclude"):
+        axes = [a for a in range(rank) if a not in axes]
+    return axes
+
+
+def reduce_shape(op: str, shape, attrs) -> tuple:
+    axes = reduced_axes(op, len(shape), attrs)
+    if attrs.get("keepdims"):
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+@shape_func("sum", "mean")
+def total(inputs, attrs):
+    return [reduce_shape("reduce", inputs[0].shape, attrs)]
+
+
+@shape_func("max", "argmax")
+def extreme(inputs, attrs):
+    """max/argmax of nothing is undefined: an empty reduction with a non-empty result fails."""
+    shape = inputs[0].shape
+    out = reduce_shape("max", shape, attrs)
+    axes = reduced_axes("max", len(shape), attrs)
+    if any(shape[a] == 0 for a in axes) and all(d != 0 for d in out):
+        raise ShapeError(f"max/argmax over an empty axis of shape {shape} has no value")
+    return [out]

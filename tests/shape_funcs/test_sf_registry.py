@@ -1,0 +1,62 @@
+"""The shape-function table: lookup, modes, and data-independent functions reading shapes only."""
+import numpy as np
+import pytest
+
+import shape_funcs
+from shape_funcs import ShapeFunc, lookup
+from tests.shape_funcs.helpers import ShapeOnly
+
+
+def test_lookup_returns_named_shape_func():
+    sf = lookup("add")
+    assert isinstance(sf, ShapeFunc) and sf.name == "add" and sf.mode == "data_independent"
+    assert sf([np.zeros((2, 1)), np.zeros(3)], {}) == [(2, 3)]
+
+
+def test_lookup_of_unknown_op_raises_key_error():
+    with pytest.raises(KeyError, match="no shape function for op 'nope'"):
+        lookup("nope")
+
+
+@pytest.mark.parametrize("name", ["arange", "argwhere", "dyn.reshape", "dyn.zeros", "dyn.ones",
+                                  "dyn.full"])
+def test_value_dependent_ops_are_data_dependent(name):
+    assert lookup(name).mode == "data_dependent"
+
+
+# one valid call per data-independent shape function, given only shapes
+CALLS = {
+    "add": [((2, 1), (3,)), {}],
+    "cast": [((2, 3),), {"dtype": "int32"}],
+    "where": [((2, 1), (1, 3), ()), {}],
+    "shape_of": [((2, 3),), {}],
+    "reshape": [((2, 3),), {"newshape": [-1]}],
+    "expand_dims": [((2, 3),), {"axis": 1, "num_newaxis": 1}],
+    "squeeze": [((1, 3),), {"axis": None}],
+    "transpose": [((2, 3),), {"axes": None}],
+    "concatenate": [((2, 3), (1, 3)), {"axis": 0}],
+    "split": [((4, 3),), {"indices_or_sections": 2, "axis": 0}],
+    "strided_slice": [((4, 3),), {"begin": [1], "end": [3], "strides": None, "axes": None}],
+    "take": [((4, 3), (5,)), {"axis": 0, "mode": "clip"}],
+    "broadcast_to": [((3,),), {"shape": [2, 3]}],
+    "zeros": [(), {"shape": [2], "dtype": "float32"}],
+    "ones": [(), {"shape": [2], "dtype": "float32"}],
+    "full": [((),), {"shape": [2], "dtype": None}],
+    "sum": [((2, 3),), {"axis": 1, "keepdims": False, "exclude": False}],
+    "max": [((2, 3),), {"axis": 1, "keepdims": False, "exclude": False}],
+    "dense": [((2, 3), (4, 3)), {}],
+    "matmul": [((2, 3), (3, 4)), {}],
+    "batch_matmul": [((1, 2, 3), (5, 4, 3)), {"transpose_a": False, "transpose_b": True}],
+    "softmax": [((2, 3),), {"axis": -1}],
+    "layer_norm": [((2, 3), (3,), (3,)), {"axis": -1, "epsilon": 1e-5}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, sf in shape_funcs.SHAPE_FUNCS.items()
+                                        if sf.mode == "data_independent"))
+def test_data_independent_functions_read_only_shapes(name):
+    sf = lookup(name)
+    call = CALLS.get(name) or next(c for n, c in CALLS.items() if lookup(n).fn is sf.fn)
+    shapes, attrs = call
+    out = sf.fn([ShapeOnly(s) for s in shapes], attrs)
+    assert isinstance(out, list) and all(isinstance(s, tuple) for s in out)

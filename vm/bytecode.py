@@ -1,0 +1,284 @@
+"""The dynvm instruction set: one table, everything else derived from it.
+
+Like Lua's `lopcodes.h`, `OPCODES` below is the single definition of every opcode: its name, its
+operand fields (each with a kind) and a one-line meaning. The opcode number is the position in the
+table. Encoding, decoding, verification and disassembly are generic over the table, so adding an
+opcode is one entry here, one handler in `vm/machine.py` and one case in the code generator.
+
+Operand kinds:
+    reg         a register index of the current frame            (int)
+    regs        a list of register indices                       (list of int)
+    func        an index into Executable.functions               (int)
+    kernel      an index into the kernels section's kernel list  (int)
+    const       an index into Executable.constants               (int)
+    shape_func  an index into Executable.shape_funcs             (int)
+    ctor        an index into Executable.constructors            (int, 0 = tuple)
+    imm         an immediate integer                             (int)
+    shape       a static shape                                   (list of int >= 0)
+    dtype       a dtype name from vm/dtypes.py                   (str)
+    offset      a jump relative to the instruction's own pc      (int)
+    str         a message                                        (str)
+"""
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from vm.dtypes import DTYPES
+from vm.errors import ExecutableFormatError
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One row of the opcode table."""
+
+    code: int
+    name: str
+    fields: tuple  # ((field name, kind), ...)
+    doc: str
+
+    @property
+    def field_names(self):
+        return tuple(f for f, _ in self.fields)
+
+
+def _table(*rows):
+    specs = []
+    for code, (name, fields, doc) in enumerate(rows):
+        parsed = tuple(tuple(f.split(":")) for f in fields.split())
+        specs.append(OpSpec(code, name, parsed, doc))
+    return tuple(specs)
+
+
+# fmt: off
+OPCODES = _table(
+    ("Move",            "dst:reg src:reg",                                   "R[dst] := R[src]"),
+    ("Ret",             "src:reg",                                           "return R[src] to the caller"),
+    ("Invoke",          "func:func args:regs dst:reg",                       "R[dst] := functions[func](R[args]...)"),
+    ("InvokeClosure",   "closure:reg args:regs dst:reg",                     "R[dst] := call R[closure] with its captured values then R[args]..."),
+    ("CallKernel",      "kernel:kernel inputs:regs outputs:regs",            "kernels[kernel](R[inputs], R[outputs]), writing the outputs in place"),
+    ("CallShapeFunc",   "shape_func:shape_func inputs:regs outputs:regs",    "R[outputs] := 1-D int64 shapes computed by the shape function from R[inputs]"),
+    ("AllocStorage",    "size:imm alignment:imm dtype:dtype dst:reg",        "R[dst] := new Storage of `size` bytes"),
+    ("AllocStorageReg", "shape:reg alignment:imm dtype:dtype dst:reg",       "R[dst] := new Storage of prod(R[shape]) * itemsize(dtype) bytes"),
+    ("AllocTensor",     "storage:reg offset:imm shape:shape dtype:dtype dst:reg", "R[dst] := tensor view of R[storage] at byte `offset`, static shape"),
+    ("AllocTensorReg",  "storage:reg offset:imm shape:reg dtype:dtype dst:reg",   "R[dst] := tensor view of R[storage] at byte `offset`, shape R[shape]"),
+    ("AllocADT",        "ctor:ctor fields:regs dst:reg",                     "R[dst] := constructors[ctor](R[fields]...) (ctor 0 makes a tuple)"),
+    ("AllocClosure",    "func:func captured:regs dst:reg",                   "R[dst] := closure of functions[func] capturing R[captured]"),
+    ("GetField",        "obj:reg index:imm dst:reg",                         "R[dst] := field `index` of the tuple or ADT R[obj]"),
+    ("GetTag",          "obj:reg dst:reg",                                   "R[dst] := constructor tag of R[obj] (0-d int64)"),
+    ("If",              "test:reg target:reg then_off:offset else_off:offset", "pc += then_off if int(R[test]) == int(R[target]) else else_off"),
+    ("Goto",            "off:offset",                                        "pc += off"),
+    ("LoadConst",       "const:const dst:reg",                               "R[dst] := constants[const]"),
+    ("LoadConsti",      "value:imm dst:reg",                                 "R[dst] := value (0-d int64)"),
+    ("ShapeOf",         "tensor:reg dst:reg",                                "R[dst] := shape of R[tensor] (1-D int64)"),
+    ("ReshapeTensor",   "tensor:reg shape:reg dst:reg",                      "R[dst] := zero-copy view of R[tensor] with shape R[shape]"),
+    ("KillRegister",    "reg:reg",                                           "R[reg] := None (free the value early)"),
+    ("Fatal",           "message:str",                                       "raise VMError(message)"),
+)
+# fmt: on
+
+Opcode = enum.IntEnum("Opcode", [(s.name, s.code) for s in OPCODES])
+Opcode.__doc__ = "Opcode numbers, generated from OPCODES (Opcode.Move == 0, ...)."
+
+_BY_NAME = {s.name: s for s in OPCODES}
+INDEX_KINDS = ("func", "kernel", "const", "shape_func", "ctor")
+TERMINATORS = frozenset({Opcode.Ret, Opcode.Goto, Opcode.Fatal})
+JUMPS = frozenset({Opcode.If, Opcode.Goto})
+
+
+def _is_int(x):
+    return type(x) is int
+
+
+def _is_int_list(x):
+    return type(x) in (list, tuple) and all(type(i) is int for i in x)
+
+
+_KIND_TYPE_OK = {
+    "reg": _is_int, "func": _is_int, "kernel": _is_int, "const": _is_int,
+    "shape_func": _is_int, "ctor": _is_int, "imm": _is_int, "offset": _is_int,
+    "regs": _is_int_list, "shape": _is_int_list,
+    "dtype": lambda x: type(x) is str, "str": lambda x: type(x) is str,
+}
+assert all(k in _KIND_TYPE_OK for s in OPCODES for _, k in s.fields)
+
+
+def spec_of(opcode) -> OpSpec:
+    """The table row for an opcode given as name, number or `Opcode`."""
+    if isinstance(opcode, str):
+        spec = _BY_NAME.get(opcode)
+    elif isinstance(opcode, (int, np.integer)) and not isinstance(opcode, bool) and 0 <= opcode < len(OPCODES):
+        spec = OPCODES[int(opcode)]
+    else:
+        spec = None
+    if spec is None:
+        raise ExecutableFormatError(f"unknown opcode {opcode!r}")
+    return spec
+
+
+def _normalize(value):
+    """Lists become tuples (hashable, comparable); numpy integers become ints."""
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) if isinstance(v, np.integer) else v for v in value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+class Instruction:
+    """One instruction: `op` is the opcode number, `args` the operand tuple in table order.
+
+    Fields can also be read by name (`instr.dst`). The VM dispatches on `(op, args)` only.
+    """
+
+    __slots__ = ("op", "args")
+
+    def __init__(self, opcode, *operands):
+        spec = spec_of(opcode)
+        if len(operands) != len(spec.fields):
+            raise ExecutableFormatError(
+                f"{spec.name} takes {len(spec.fields)} operands "
+                f"({' '.join(spec.field_names)}), got {len(operands)}")
+        self.op = spec.code
+        self.args = tuple(_normalize(v) for v in operands)
+
+    @property
+    def spec(self) -> OpSpec:
+        return OPCODES[self.op]
+
+    @property
+    def name(self) -> str:
+        return OPCODES[self.op].name
+
+    def __getattr__(self, field):
+        if field in Instruction.__slots__:  # not yet set: no recursion through self.op
+            raise AttributeError(field)
+        try:
+            return self.args[OPCODES[self.op].field_names.index(field)]
+        except (ValueError, AttributeError):
+            raise AttributeError(field) from None
+
+    def __eq__(self, other):
+        return isinstance(other, Instruction) and self.op == other.op and self.args == other.args
+
+    def __hash__(self):
+        return hash((self.op, self.args))
+
+    def __repr__(self):
+        return f"Instruction({', '.join(map(repr, (self.name,) + self.args))})"
+
+
+# ---------------------------------------------------------------- encoding / decoding
+
+def encode(instr: Instruction) -> list:
+    """A msgpack-able list: [opcode number, operand, ...] with tuples as lists."""
+    return [instr.op] + [list(a) if isinstance(a, tuple) else a for a in instr.args]
+
+
+def decode(obj) -> Instruction:
+    """The inverse of `encode`; any malformation raises ExecutableFormatError."""
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ExecutableFormatError(f"an instruction must be [opcode, operands...], got {obj!r:.80}")
+    spec = spec_of(obj[0])
+    operands = obj[1:]
+    if len(operands) != len(spec.fields):
+        raise ExecutableFormatError(
+            f"{spec.name} takes {len(spec.fields)} operands, got {len(operands)}")
+    for (field, kind), value in zip(spec.fields, operands):
+        if not _KIND_TYPE_OK[kind](value):
+            raise ExecutableFormatError(f"{spec.name} operand {field} must be a {kind}, got {value!r:.80}")
+    return Instruction(spec.code, *operands)
+
+
+# ---------------------------------------------------------------- verification
+
+def verify_function(name: str, instructions, register_count: int, counts: dict) -> None:
+    """Check one function's code in isolation; raises ExecutableFormatError.
+
+    `counts` maps each index kind (func, kernel, const, shape_func, ctor) to the size of the
+    table it indexes. Guarantees afterwards: every operand has the right type, every register and
+    table index is in range, every jump lands inside the function, dtypes and shapes are valid,
+    and the last instruction is Ret, Goto or Fatal, so the pc can never run off the end.
+    """
+    n = len(instructions)
+    if type(register_count) is not int or register_count < 0:
+        raise ExecutableFormatError(f"function {name!r}: bad register_count {register_count!r}")
+    if n == 0:
+        raise ExecutableFormatError(f"function {name!r} has no instructions")
+    for pc, instr in enumerate(instructions):
+        if not isinstance(instr, Instruction):
+            raise ExecutableFormatError(f"function {name!r}, pc {pc}: not an Instruction: {instr!r:.80}")
+        for (field, kind), value in zip(instr.spec.fields, instr.args):
+            problem = _operand_problem(kind, value, pc, n, register_count, counts)
+            if problem:
+                raise ExecutableFormatError(
+                    f"function {name!r}, pc {pc} ({instr.name}): operand {field} {problem}")
+    if instructions[-1].op not in TERMINATORS:
+        raise ExecutableFormatError(
+            f"function {name!r}: last instruction is {instructions[-1].name}, "
+            "expected Ret, Goto or Fatal (execution would fall off the end)")
+
+
+def _operand_problem(kind, value, pc, n, register_count, counts):
+    """A description of what is wrong with one operand, or None."""
+    if not _KIND_TYPE_OK[kind](value):
+        return f"must be a {kind}, got {value!r:.80}"
+    if kind == "reg":
+        if not 0 <= value < register_count:
+            return f"register r{value} out of range (register_count {register_count})"
+    elif kind == "regs":
+        bad = [r for r in value if not 0 <= r < register_count]
+        if bad:
+            return f"register r{bad[0]} out of range (register_count {register_count})"
+    elif kind in INDEX_KINDS:
+        if not 0 <= value < counts[kind]:
+            return f"{kind} index {value} out of range (there are {counts[kind]})"
+    elif kind == "offset":
+        if not 0 <= pc + value < n:
+            return f"jumps to pc {pc + value}, outside the function (0..{n - 1})"
+    elif kind == "shape":
+        if any(d < 0 for d in value):
+            return f"has a negative dimension: {list(value)}"
+    elif kind == "dtype":
+        if value not in DTYPES:
+            return f"unknown dtype {value!r}"
+    return None
+
+
+# ---------------------------------------------------------------- disassembly
+
+_LABELS = {"inputs": "in", "outputs": "out", "then_off": "then", "else_off": "else"}
+
+
+def format_instruction(instr: Instruction, pc: int, describe=None) -> str:
+    """One readable line, e.g. `  3: CallKernel k2(add[contiguous]) in=[r1, r2] out=[r3]`.
+
+    `describe(kind, index) -> str` names table entries (kernel names, constant dtype/shape...);
+    without it indices print bare. Jump targets print as absolute pcs (`@7`).
+    """
+    parts, dst = [], []
+    for (field, kind), value in zip(instr.spec.fields, instr.args):
+        (dst if field == "dst" else parts).append(_format_operand(field, kind, value, pc, describe))
+    parts += dst  # results read last, as in `Move src=r0 -> r1`
+    return f"{pc:>4}: {instr.name} {' '.join(parts)}".rstrip()
+
+
+_PREFIX = {"func": "f", "kernel": "k", "const": "c", "shape_func": "s", "ctor": "ctor"}
+
+
+def _format_operand(field, kind, value, pc, describe):
+    if kind in INDEX_KINDS:
+        text = f"{_PREFIX[kind]}{value}"
+        return f"{text}({describe(kind, value)})" if describe else text
+    label = _LABELS.get(field, field)
+    if kind == "reg":
+        return f"-> r{value}" if field == "dst" else f"{label}=r{value}"
+    if kind == "regs":
+        return f"{label}=[{', '.join(f'r{r}' for r in value)}]"
+    if kind == "offset":
+        return f"@{pc + value}" if field == "off" else f"{label}=@{pc + value}"
+    if kind == "shape":
+        return f"{label}=[{', '.join(map(str, value))}]"
+    if kind == "str":
+        return repr(value)
+    return f"{label}={value}"

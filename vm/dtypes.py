@@ -1,0 +1,34 @@
+"""The tensor element types dynvm supports, their numpy types and their DLPack codes."""
+import numpy as np
+
+from vm.errors import DynVMError
+
+# name -> (numpy dtype, DLPack type code, bits)
+DTYPES = {
+    "float32": (np.dtype(np.float32), 2, 32),
+    "float64": (np.dtype(np.float64), 2, 64),
+    "int32": (np.dtype(np.int32), 0, 32),
+    "int64": (np.dtype(np.int64), 0, 64),
+    "bool": (np.dtype(np.bool_), 6, 8),
+}
+
+
+def check_dtype(name: str) -> str:
+    """Return `name` if it is a supported dtype name, else raise."""
+    if name not in DTYPES:
+        raise DynVMError(f"unsupported dtype {name!r}; supported: {', '.join(DTYPES)}")
+    return name
+
+
+def np_dtype(name: str) -> np.dtype:
+    return DTYPES[check_dtype(name)][0]
+
+
+def dtype_name(dtype) -> str:
+    """The dynvm name of a numpy dtype (raises for unsupported ones)."""
+    name = np.dtype(dtype).name
+    return check_dtype(name)
+
+
+def itemsize(name: str) -> int:
+    return np_dtype(name).itemsize

@@ -1,0 +1,49 @@
+"""The one exception hierarchy of dynvm, shared by the compiler, the kernels and the VM.
+
+It lives in `vm/` because the runtime is the bottom layer: the compiler may import the VM,
+never the other way round.
+"""
+
+
+class DynVMError(Exception):
+    """Base class of every error dynvm raises on purpose."""
+
+
+class TypeInferenceError(DynVMError):
+    """A program is ill-typed (rank, dtype or shape mismatch found at compile time)."""
+
+
+class IRParseError(DynVMError):
+    """The text format could not be parsed."""
+
+
+class ShapeError(DynVMError, ValueError):
+    """Run-time shapes do not fit (broadcast mismatch, bad reshape, shape-function failure)."""
+
+
+class ExecutableFormatError(DynVMError):
+    """An executable file or object is corrupt, truncated, from a newer version or invalid."""
+
+
+class KernelError(DynVMError):
+    """A native or extern kernel rejected its arguments or failed to compile/load."""
+
+
+class InvokeArgumentError(DynVMError, TypeError):
+    """An argument to `VirtualMachine.invoke` does not match the parameter's declared type."""
+
+
+class VMError(DynVMError):
+    """A failure while running bytecode (Fatal instruction, bad value kind, ...)."""
+
+
+class VMRecursionError(VMError):
+    """The call depth exceeded `max_depth`."""
+
+
+class VMStepLimitError(VMError):
+    """The number of executed instructions exceeded `max_steps`."""
+
+
+class CompileError(DynVMError):
+    """The compiler cannot lower a (well-typed) program, e.g. a construct not supported yet."""

@@ -1,0 +1,452 @@
+"""The executable: the only contract between the compiler and the runtime, and its file format.
+
+A `.dvm` file is ONE msgpack document (never pickle):
+
+    {"header":   {"magic": "DYNVM", "format_version": 1, "producer": "dynvm 0.1.0",
+                  "target": {"triple", "cpu", "features"}},      # copied from the kernels section
+     "body":     bytes,    # msgpack of {"functions", "constants", "constructors", "kernels", "shape_funcs"}
+     "checksum": bytes}    # sha256(msgpack(header) + body)
+
+The checksum covers the header as well as the body so that no flipped byte anywhere (even in the
+producer string) goes unnoticed. `from_bytes` checks, in order: msgpack and the document's shape,
+magic, format version, checksum, then decodes and verifies every section. Every defect raises
+ExecutableFormatError; nothing else escapes, and nothing runs before everything is verified.
+"""
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from vm import bytecode
+from vm.dtypes import DTYPES, dtype_name, np_dtype
+from vm.errors import DynVMError, ExecutableFormatError
+
+MAGIC = "DYNVM"
+FORMAT_VERSION = 1
+VERSION = "0.1.0"
+PRODUCER = f"dynvm {VERSION}"
+
+TUPLE_CONSTRUCTOR = {"name": "tuple", "tag": 0, "arity": None, "adt": "tuple"}
+SECTIONS = ("functions", "constants", "constructors", "kernels", "shape_funcs")
+
+
+def empty_kernels_section(target=None) -> dict:
+    """A kernels section with no kernels (programs that only move values around)."""
+    return {"target": dict(target or {"triple": "", "cpu": "", "features": ""}),
+            "llvm_ir": "", "object": b"", "kernels": []}
+
+
+@dataclass
+class VMFunction:
+    """One bytecode function. Parameters arrive in registers 0..len(params)-1."""
+
+    name: str
+    params: list
+    param_types: list
+    ret_type: dict
+    register_count: int
+    instructions: list = field(default_factory=list)
+
+
+class Executable:
+    """Functions, constants, constructors, kernels and shape functions of one compiled module."""
+
+    def __init__(self, functions, constants=(), constructors=None, kernels=None, shape_funcs=()):
+        self.functions = list(functions)
+        self.constants = [_frozen(c) for c in constants]
+        self.constructors = list(constructors) if constructors is not None else [dict(TUPLE_CONSTRUCTOR)]
+        self.kernels = kernels if kernels is not None else empty_kernels_section()
+        self.shape_funcs = list(shape_funcs)
+        self._loaded_kernels = None  # list of Kernel, loaded once and shared by every VM
+        self._verified = False
+
+    # ------------------------------------------------------------ lookup
+
+    def function_index(self, name: str) -> int:
+        for i, fn in enumerate(self.functions):
+            if fn.name == name:
+                return i
+        raise KeyError(name)
+
+    def loaded_kernels(self) -> list:
+        """`kernels.load_kernels(self.kernels)`, done once and cached on the executable."""
+        if self._loaded_kernels is None:
+            if not self.kernels.get("kernels"):
+                self._loaded_kernels = []
+            else:
+                import kernels  # lazily: programs without kernels never touch LLVM
+                self._loaded_kernels = list(kernels.load_kernels(self.kernels))
+        return self._loaded_kernels
+
+    def __eq__(self, other):
+        if not isinstance(other, Executable):
+            return NotImplemented
+        return (self.functions == other.functions and self.constructors == other.constructors
+                and self.kernels == other.kernels and self.shape_funcs == other.shape_funcs
+                and len(self.constants) == len(other.constants)
+                and all(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+                        for a, b in zip(self.constants, other.constants)))
+
+    __hash__ = None
+
+    # ------------------------------------------------------------ serialization
+
+    def to_bytes(self) -> bytes:
+        body = msgpack.packb({
+            "functions": [_encode_function(f) for f in self.functions],
+            "constants": [_encode_constant(c) for c in self.constants],
+            "constructors": self.constructors,
+            "kernels": self.kernels,
+            "shape_funcs": self.shape_funcs,
+        }, use_bin_type=True)
+        header = {"magic": MAGIC, "format_version": FORMAT_VERSION, "producer": PRODUCER,
+                  "target": dict(self.kernels["target"])}
+        return msgpack.packb({"header": header, "body": body, "checksum": _checksum(header, body)},
+                             use_bin_type=True)
+
+    def save(self, path) -> None:
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path) -> "Executable":
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Executable":
+        """Decode and fully verify; raises ExecutableFormatError on any defect."""
+        try:
+            return _decode_document(data)
+        except ExecutableFormatError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the promise is: a bad file is a format error, always
+            raise ExecutableFormatError(f"malformed executable ({type(e).__name__}: {e})") from e
+
+    def verify(self) -> None:
+        """Check every section (what `from_bytes` does after decoding); raises ExecutableFormatError.
+
+        The VM runs this once per Executable before the first instruction, so bytecode built in
+        memory by the compiler gets the same guarantees as a loaded file.
+        """
+        _verify_kernels_section(self.kernels)
+        _verify_constructors(self.constructors)
+        _verify_shape_funcs(self.shape_funcs)
+        for c in self.constants:
+            if not isinstance(c, np.ndarray) or c.dtype.name not in DTYPES:
+                raise ExecutableFormatError(f"bad constant {c!r:.80}")
+        names = set()
+        for fn in self.functions:
+            if fn.name in names:
+                raise ExecutableFormatError(f"duplicate function name {fn.name!r}")
+            names.add(fn.name)
+            _verify_function(self, fn)
+        self._verified = True
+
+    # ------------------------------------------------------------ disassembly
+
+    def disassemble(self) -> str:
+        """A readable listing: tables first, then each function's code."""
+        lines = ["constants:"]
+        lines += [f"  c{i}: {_describe_constant(c)}" for i, c in enumerate(self.constants)]
+        target = self.kernels["target"]
+        lines.append(f"kernels (target {target.get('triple') or '-'} {target.get('cpu') or '-'}):")
+        for i, k in enumerate(self.kernels["kernels"]):
+            variants = ", ".join(v["name"] for v in k.get("variants", []))
+            lines.append(f"  k{i}: {k['name']} ({k['kind']}) variants: {variants}")
+        lines.append("shape functions:")
+        lines += [f"  s{i}: {s['name']} {s.get('attrs', {})}" for i, s in enumerate(self.shape_funcs)]
+        lines.append("constructors:")
+        lines += [f"  ctor{i}: {c['name']} (adt {c['adt']}, tag {c['tag']}, arity {c['arity']})"
+                  for i, c in enumerate(self.constructors)]
+        for i, fn in enumerate(self.functions):
+            params = ", ".join(f"r{j} {p}: {_describe_type(t)}"
+                               for j, (p, t) in enumerate(zip(fn.params, fn.param_types)))
+            lines.append("")
+            lines.append(f"fn f{i} {fn.name}({params}) -> {_describe_type(fn.ret_type)}"
+                         f"  [{fn.register_count} registers]")
+            lines += [bytecode.format_instruction(ins, pc, self._describe_index)
+                      for pc, ins in enumerate(fn.instructions)]
+        return "\n".join(lines) + "\n"
+
+    def _describe_index(self, kind, index):
+        if kind == "func":
+            return self.functions[index].name
+        if kind == "const":
+            return _describe_constant(self.constants[index])
+        if kind == "ctor":
+            return self.constructors[index]["name"]
+        if kind == "shape_func":
+            return self.shape_funcs[index]["name"]
+        k = self.kernels["kernels"][index]
+        return f"{k['name']}[{','.join(v['name'] for v in k.get('variants', []))}]"
+
+    def __repr__(self):
+        return (f"<Executable {len(self.functions)} functions, {len(self.constants)} constants, "
+                f"{len(self.kernels['kernels'])} kernels>")
+
+
+# ---------------------------------------------------------------- encoding helpers
+
+def _frozen(c) -> np.ndarray:
+    """A read-only contiguous view: constants are shared by every invocation, so nothing may write them."""
+    view = np.asarray(c, order="C").view()
+    view.setflags(write=False)
+    return view
+
+
+def _checksum(header: dict, body: bytes) -> bytes:
+    return hashlib.sha256(msgpack.packb(header, use_bin_type=True) + body).digest()
+
+
+def _encode_function(fn: VMFunction) -> dict:
+    return {"name": fn.name, "params": list(fn.params), "param_types": list(fn.param_types),
+            "ret_type": fn.ret_type, "register_count": fn.register_count,
+            "instructions": [bytecode.encode(i) for i in fn.instructions]}
+
+
+def _encode_constant(c: np.ndarray) -> dict:
+    name = dtype_name(c.dtype)
+    data = np.asarray(c, dtype=np_dtype(name).newbyteorder("<"), order="C").tobytes()
+    return {"dtype": name, "shape": list(c.shape), "data": data}
+
+
+def _describe_constant(c: np.ndarray) -> str:
+    text = f"{c.dtype.name}[{', '.join(map(str, c.shape))}]"
+    if c.size <= 4:
+        text += f"={_short(c)}"
+    return text
+
+
+def _short(c):
+    return repr(c.item()) if c.ndim == 0 else repr(c.tolist())
+
+
+def _describe_type(t) -> str:
+    kind = t.get("kind") if isinstance(t, dict) else None
+    if kind == "tensor":
+        dims = ", ".join("?" if d is None else str(d) for d in t["shape"])
+        return f"{t['dtype']}[{dims}]"
+    if kind == "tuple":
+        return f"({', '.join(_describe_type(f) for f in t['fields'])})"
+    if kind == "adt":
+        return t["name"]
+    if kind == "func":
+        return "fn"
+    return repr(t)
+
+
+# ---------------------------------------------------------------- decoding
+
+def _expect(cond, message):
+    if not cond:
+        raise ExecutableFormatError(message)
+
+
+def _expect_dict(obj, keys, what):
+    _expect(type(obj) is dict and set(obj) == set(keys),
+            f"{what} must be a map with keys {sorted(keys)}, got {_brief(obj)}")
+
+
+def _brief(obj):
+    if type(obj) is dict:
+        return f"map with keys {sorted(map(str, obj))}"
+    return f"{type(obj).__name__} {obj!r:.60}"
+
+
+def _decode_document(data) -> Executable:
+    _expect(isinstance(data, (bytes, bytearray, memoryview)), "an executable is bytes")
+    try:
+        doc = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
+        raise ExecutableFormatError(f"not a dynvm executable: invalid msgpack ({e})") from None
+    _expect_dict(doc, ("header", "body", "checksum"), "executable document")
+    header = doc["header"]
+    _expect(type(header) is dict, "executable header must be a map")
+    _expect(header.get("magic") == MAGIC, f"not a dynvm executable: bad magic {header.get('magic')!r:.40}")
+    version = header.get("format_version")
+    _expect(type(version) is int, f"bad format version {version!r:.40}")
+    _expect(version <= FORMAT_VERSION,
+            f"the file's format version {version} is newer than supported (this is dynvm {VERSION},"
+            f" which reads format version {FORMAT_VERSION}); upgrade dynvm")
+    _expect(version == FORMAT_VERSION, f"unsupported old format version {version}")
+    _expect_dict(header, ("magic", "format_version", "producer", "target"), "executable header")
+    _expect(type(doc["body"]) is bytes and type(doc["checksum"]) is bytes, "body and checksum must be bytes")
+    _expect(_checksum(header, doc["body"]) == doc["checksum"],
+            "checksum mismatch: the executable is corrupt")
+    body = msgpack.unpackb(doc["body"], raw=False, strict_map_key=True, use_list=True)
+    _expect_dict(body, SECTIONS, "executable body")
+    _expect(header["target"] == body["kernels"].get("target") if type(body["kernels"]) is dict else False,
+            "header target does not match the kernels section target")
+    exe = Executable(
+        functions=[_decode_function(f) for f in _list(body["functions"], "functions")],
+        constants=[_decode_constant(c) for c in _list(body["constants"], "constants")],
+        constructors=_list(body["constructors"], "constructors"),
+        kernels=body["kernels"],
+        shape_funcs=_list(body["shape_funcs"], "shape_funcs"),
+    )
+    exe.verify()
+    _load_kernels_or_fail(exe)
+    return exe
+
+
+def _list(obj, what):
+    _expect(type(obj) is list, f"{what} must be a list, got {_brief(obj)}")
+    return obj
+
+
+def _decode_function(obj) -> VMFunction:
+    _expect_dict(obj, ("name", "params", "param_types", "ret_type", "register_count", "instructions"),
+                 "function")
+    code = _list(obj["instructions"], f"instructions of {obj['name']!r:.40}")
+    return VMFunction(obj["name"], obj["params"], obj["param_types"], obj["ret_type"],
+                      obj["register_count"], [bytecode.decode(i) for i in code])
+
+
+def _decode_constant(obj) -> np.ndarray:
+    _expect_dict(obj, ("dtype", "shape", "data"), "constant")
+    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
+    _expect(type(dtype) is str and dtype in DTYPES, f"constant has unknown dtype {dtype!r:.40}")
+    _expect(type(shape) is list and all(type(d) is int and d >= 0 for d in shape),
+            f"constant has a bad shape {shape!r:.60}")
+    _expect(type(data) is bytes, "constant data must be bytes")
+    dt = np_dtype(dtype)
+    _expect(len(data) == math.prod(shape) * dt.itemsize,
+            f"constant {dtype}{shape} needs {math.prod(shape) * dt.itemsize} bytes, has {len(data)}")
+    # copy: aligned, native byte order, independent of the file buffer; read-only so that no
+    # kernel or caller can change a constant shared by every invocation
+    arr = np.frombuffer(data, dtype=dt.newbyteorder("<")).astype(dt).reshape(shape)
+    arr.setflags(write=False)
+    return arr
+
+
+def _load_kernels_or_fail(exe: Executable) -> None:
+    try:
+        exe.loaded_kernels()
+    except ExecutableFormatError:
+        raise
+    except DynVMError as e:
+        raise ExecutableFormatError(f"kernels section cannot be loaded: {e}") from e
+
+
+# ---------------------------------------------------------------- verification
+
+def _verify_function(exe: Executable, fn: VMFunction) -> None:
+    where = f"function {fn.name!r:.60}"
+    _expect(type(fn.name) is str, f"{where}: name must be a string")
+    _expect(type(fn.params) is list and all(type(p) is str for p in fn.params), f"{where}: bad params")
+    _expect(type(fn.param_types) is list and len(fn.param_types) == len(fn.params),
+            f"{where}: needs one param type per param")
+    for t in fn.param_types:
+        _verify_type(t, where)
+    _verify_type(fn.ret_type, where)
+    _expect(type(fn.register_count) is int and fn.register_count >= len(fn.params),
+            f"{where}: register_count {fn.register_count!r:.20} is smaller than the parameter count")
+    counts = {"func": len(exe.functions), "const": len(exe.constants),
+              "kernel": len(exe.kernels["kernels"]), "shape_func": len(exe.shape_funcs),
+              "ctor": len(exe.constructors)}
+    bytecode.verify_function(fn.name, fn.instructions, fn.register_count, counts)
+    for pc, ins in enumerate(fn.instructions):
+        check = _ARITY_CHECKS.get(ins.op)
+        problem = check(exe, ins) if check else None
+        _expect(problem is None, f"{where}, pc {pc} ({ins.name}): {problem}")
+
+
+def _check_invoke(exe, ins):
+    func, args, _ = ins.args
+    want = len(exe.functions[func].params)
+    return None if len(args) == want else f"calls {exe.functions[func].name!r} with {len(args)} args, it takes {want}"
+
+
+def _check_closure(exe, ins):
+    func, captured, _ = ins.args
+    want = len(exe.functions[func].params)
+    return None if len(captured) <= want else f"captures {len(captured)} values, the function takes {want}"
+
+
+def _check_adt(exe, ins):
+    ctor, fields, _ = ins.args
+    arity = exe.constructors[ctor]["arity"]
+    if ctor == 0 or arity is None or len(fields) == arity:
+        return None
+    return f"constructor {exe.constructors[ctor]['name']!r} takes {arity} fields, got {len(fields)}"
+
+
+def _check_kernel(exe, ins):
+    k, inputs, outputs = ins.args
+    spec = exe.kernels["kernels"][k]
+    if len(inputs) == len(spec["inputs"]) and len(outputs) == len(spec["outputs"]):
+        return None
+    return (f"kernel {spec['name']!r} takes {len(spec['inputs'])} inputs and {len(spec['outputs'])}"
+            f" outputs, got {len(inputs)} and {len(outputs)}")
+
+
+_ARITY_CHECKS = {bytecode.Opcode.Invoke: _check_invoke, bytecode.Opcode.AllocClosure: _check_closure,
+                 bytecode.Opcode.AllocADT: _check_adt, bytecode.Opcode.CallKernel: _check_kernel}
+
+
+def _verify_type(t, where) -> None:
+    """A type descriptor: tensor / tuple / adt / func (see the contract)."""
+    _expect(type(t) is dict and type(t.get("kind")) is str, f"{where}: bad type descriptor {t!r:.60}")
+    kind = t["kind"]
+    if kind == "tensor":
+        _expect_dict(t, ("kind", "shape", "dtype"), f"{where}: tensor type")
+        _expect(type(t["shape"]) in (list, tuple) and all(
+            d is None or (type(d) is int and d >= 0) for d in t["shape"]), f"{where}: bad tensor shape")
+        _expect(t["dtype"] in DTYPES if type(t["dtype"]) is str else False, f"{where}: bad dtype")
+    elif kind == "tuple":
+        _expect_dict(t, ("kind", "fields"), f"{where}: tuple type")
+        _expect(type(t["fields"]) in (list, tuple), f"{where}: tuple fields must be a list")
+        for f in t["fields"]:
+            _verify_type(f, where)
+    elif kind == "adt":
+        _expect_dict(t, ("kind", "name"), f"{where}: adt type")
+        _expect(type(t["name"]) is str, f"{where}: adt name must be a string")
+    else:
+        _expect(kind == "func", f"{where}: unknown type kind {kind!r:.40}")
+
+
+def _verify_constructors(ctors) -> None:
+    _expect(ctors and type(ctors[0]) is dict and ctors[0].get("name") == "tuple" and ctors[0].get("tag") == 0,
+            "constructor 0 must be the builtin tuple")
+    names = set()
+    for c in ctors:
+        _expect_dict(c, ("name", "tag", "arity", "adt"), "constructor")
+        _expect(type(c["name"]) is str and type(c["adt"]) is str and type(c["tag"]) is int and c["tag"] >= 0
+                and (c["arity"] is None or (type(c["arity"]) is int and c["arity"] >= 0)),
+                f"bad constructor {c!r:.80}")
+        _expect(c["name"] not in names, f"duplicate constructor name {c['name']!r}")
+        names.add(c["name"])
+
+
+def _verify_kernels_section(section) -> None:
+    _expect(type(section) is dict and {"target", "llvm_ir", "object", "kernels"} <= set(section),
+            f"kernels section must have target, llvm_ir, object and kernels, got {_brief(section)}")
+    target = section["target"]
+    _expect(type(target) is dict and all(type(target.get(k)) is str for k in ("triple", "cpu", "features")),
+            "kernels target must have string triple, cpu and features")
+    _expect(type(section["llvm_ir"]) is str and type(section["object"]) is bytes,
+            "kernels llvm_ir must be a string and object bytes")
+    _expect(type(section["kernels"]) is list, "kernels list must be a list")
+    for k in section["kernels"]:
+        _expect(type(k) is dict and type(k.get("name")) is str and type(k.get("kind")) is str
+                and type(k.get("inputs")) is list and type(k.get("outputs")) is list
+                and type(k.get("variants")) is list
+                and all(type(v) is dict and type(v.get("name")) is str for v in k["variants"]),
+                f"bad kernel entry {k!r:.80}")
+
+
+def _verify_shape_funcs(entries) -> None:
+    for s in entries:
+        _expect_dict(s, ("name", "attrs"), "shape function entry")
+        _expect(type(s["name"]) is str and type(s["attrs"]) is dict, f"bad shape function entry {s!r:.80}")
+    if not entries:
+        return
+    import shape_funcs  # lazily: the runtime only needs the registry when a program uses it
+    for s in entries:
+        try:
+            shape_funcs.lookup(s["name"])
+        except KeyError:
+            raise ExecutableFormatError(f"unknown shape function {s['name']!r}") from None
