@@ -8,6 +8,7 @@ from vm.errors import CompileError
 from vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
 
 from compiler.codegen.emitter import FunctionEmitter
+from compiler.codegen.regalloc import allocate_registers
 from compiler.codegen.types import type_desc
 
 
@@ -58,7 +59,8 @@ class ModuleCompiler:
 
     def compile_function(self, name: str) -> VMFunction:
         func = self.mod.functions[name]
-        code, num_regs = FunctionEmitter(self, name, func).run()
+        code, _ = FunctionEmitter(self, name, func).run()
+        code, num_regs = allocate_registers(code, len(func.params))
         return VMFunction(name=name, params=[p.name for p in func.params],
                           param_types=[type_desc(p.checked_type) for p in func.params],
                           ret_type=type_desc(func.checked_type.ret_type),
