@@ -25,35 +25,36 @@ Semantics worth knowing:
 """
 from llvmlite import ir
 
+from kernels.llvm_util import (
+    const,
+    intrinsic,
+    get_function,
+    check,
+    loop,
+    prologue,
+    element_count,
+    load_strides,
+    check_data,
+    new_function,
+    return_zero_if,
+    REG_TYPE,
+    MEM_TYPE,
+    I1,
+    I8,
+    I32,
+    I64,
+    F32,
+    F64,
+    ERR_BROADCAST,
+    ERR_LAYOUT)
 from vm.dtypes import DTYPES
 from vm.errors import KernelError
-
-ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
-ERROR_KINDS = {
-    ERR_NARGS: "wrong number of arguments",
-    ERR_NDIM: "wrong rank",
-    ERR_DTYPE: "wrong dtype",
-    ERR_BROADCAST: "shapes do not broadcast",
-    ERR_NULL: "NULL data, shape or args pointer",
-    ERR_LAYOUT: "array layout does not fit the contiguous variant",
-    ERR_EXTENT: "negative extent",
-}
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu")
 ARITH = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
 COMPARE = ("less", "greater", "equal", "logical_and")
 FLOAT_ONLY = ("exp", "log", "sqrt", "tanh", "sigmoid")
 NOT_BOOL = ("negative", "subtract", "divide", "power")
-
-I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
-F32, F64 = ir.FloatType(), ir.DoubleType()
-PTR = ir.PointerType()
-DLTENSOR = ir.LiteralStructType([PTR, ir.LiteralStructType([I32, I32]), I32,
-                                 ir.LiteralStructType([I8, I8, I16]), PTR, PTR, I64])
-F_DATA, F_NDIM, F_DTYPE, F_SHAPE, F_STRIDES = 0, 2, 3, 4, 5
-
-_REG_TYPE = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
-_MEM_TYPE = dict(_REG_TYPE, bool=I8)
 
 
 def is_float(dtype):
@@ -115,47 +116,6 @@ def _result_dtype(head, dts):
 # IR helpers
 
 
-def _const(ty, value):
-    return ir.Constant(ty, value)
-
-
-def _intrinsic(module, name, ty):
-    return module.declare_intrinsic(name, [ty])
-
-
-def _get_function(module, name, fnty):
-    existing = module.globals.get(name)
-    return existing if existing is not None else ir.Function(module, fnty, name=name)
-
-
-def _check(b, ok, code):
-    """Continue when `ok` (i1) holds, else return `code` from the function."""
-    fn = b.function
-    fail = fn.append_basic_block("fail")
-    cont = fn.append_basic_block("ok")
-    b.cbranch(ok, cont, fail)
-    b.position_at_end(fail)
-    b.ret(_const(I32, code))
-    b.position_at_end(cont)
-
-
-def _loop(b, count, body):
-    """for i in range(count): body(i) — `count` must be >= 1 (checked by the caller)."""
-    fn = b.function
-    pre = b.block
-    loop = fn.append_basic_block("loop")
-    after = fn.append_basic_block("after")
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(I64, name="i")
-    i.add_incoming(_const(I64, 0), pre)
-    body(i)
-    nxt = b.add(i, _const(I64, 1), name="i.next", flags=["nuw", "nsw"])
-    i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, count), loop, after)
-    b.position_at_end(after)
-
-
 def _ipow_function(module, ty):
     """Internal `ty pow(ty a, ty e)` by squaring; negative e gives the truncated real result."""
     name = f"dynvm.ipow.i{ty.width}"
@@ -166,7 +126,7 @@ def _ipow_function(module, ty):
     fn.linkage = "internal"
     a, e = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    one, zero, minus1 = _const(ty, 1), _const(ty, 0), _const(ty, -1)
+    one, zero, minus1 = const(ty, 1), const(ty, 0), const(ty, -1)
     neg, pos = fn.append_basic_block("neg"), fn.append_basic_block("pos")
     b.cbranch(b.icmp_signed("<", e, zero), neg, pos)
     b.position_at_end(neg)
@@ -242,23 +202,23 @@ class _ExprEmitter:
         return self._arith(head, values[0], values[1], dtype), dtype
 
     def _constant(self, value, dtype):
-        ty = _REG_TYPE[dtype]
+        ty = REG_TYPE[dtype]
         if is_float(dtype):
-            return _const(ty, float(value))
+            return const(ty, float(value))
         if dtype == "bool":
-            return _const(I1, int(bool(value)))
-        return _const(ty, int(value))
+            return const(I1, int(bool(value)))
+        return const(ty, int(value))
 
     def _truth(self, value, dtype):
         """numpy truthiness: non-zero (NaN counts as true)."""
         if dtype == "bool":
             return value
         if is_float(dtype):
-            return self.b.fcmp_unordered("!=", value, _const(value.type, 0.0))
-        return self.b.icmp_signed("!=", value, _const(value.type, 0))
+            return self.b.fcmp_unordered("!=", value, const(value.type, 0.0))
+        return self.b.icmp_signed("!=", value, const(value.type, 0))
 
     def _cast(self, value, src, dst):
-        b, ty = self.b, _REG_TYPE[dst]
+        b, ty = self.b, REG_TYPE[dst]
         if src == dst:
             return value
         if dst == "bool":
@@ -271,25 +231,25 @@ class _ExprEmitter:
             return b.sext(value, ty) if ty.width > value.type.width else b.trunc(value, ty)
         if is_int(src):
             return b.sitofp(value, ty)
-        sat = _get_function(self.module, f"llvm.fptosi.sat.i{ty.width}.{_fname(value.type)}",
+        sat = get_function(self.module, f"llvm.fptosi.sat.i{ty.width}.{_fname(value.type)}",
                             ir.FunctionType(ty, [value.type]))
         return b.call(sat, [value])
 
     def _unary(self, head, x, dtype):
         b, ty = self.b, x.type
         if head == "negative":
-            return b.fneg(x) if is_float(dtype) else b.sub(_const(ty, 0), x)
+            return b.fneg(x) if is_float(dtype) else b.sub(const(ty, 0), x)
         if head in ("exp", "log", "sqrt", "tanh"):
-            return b.call(_intrinsic(self.module, "llvm." + head, ty), [x])
+            return b.call(intrinsic(self.module, "llvm." + head, ty), [x])
         if head == "sigmoid":
-            e = b.call(_intrinsic(self.module, "llvm.exp", ty), [b.fneg(x)])
-            return b.fdiv(_const(ty, 1.0), b.fadd(_const(ty, 1.0), e))
+            e = b.call(intrinsic(self.module, "llvm.exp", ty), [b.fneg(x)])
+            return b.fdiv(const(ty, 1.0), b.fadd(const(ty, 1.0), e))
         # relu: max(x, 0), NaN stays NaN
         if dtype == "bool":
             return x
         if is_float(dtype):
-            return b.select(b.fcmp_ordered("<", x, _const(ty, 0.0)), _const(ty, 0.0), x)
-        return b.select(b.icmp_signed("<", x, _const(ty, 0)), _const(ty, 0), x)
+            return b.select(b.fcmp_ordered("<", x, const(ty, 0.0)), const(ty, 0.0), x)
+        return b.select(b.icmp_signed("<", x, const(ty, 0)), const(ty, 0), x)
 
     def _compare(self, head, x, y, dtype):
         b = self.b
@@ -316,7 +276,7 @@ class _ExprEmitter:
         if head in simple:
             return simple[head](x, y)
         if head == "power":
-            return b.call(_intrinsic(self.module, "llvm.pow", x.type), [x, y])
+            return b.call(intrinsic(self.module, "llvm.pow", x.type), [x, y])
         # maximum/minimum: x if x is NaN, else the larger/smaller (y when y is NaN)
         pick_x = b.fcmp_ordered(">" if head == "maximum" else "<", x, y)
         x_nan = b.fcmp_unordered("uno", x, x)
@@ -334,11 +294,11 @@ class _ExprEmitter:
         if head == "power":
             return b.call(_ipow_function(self.module, ty), [x, y])
         # divide: truncating, x/0 -> 0, INT_MIN/-1 -> INT_MIN (x/1)
-        zero = b.icmp_signed("==", y, _const(ty, 0))
-        int_min = _const(ty, -(1 << (ty.width - 1)))
-        overflow = b.and_(b.icmp_signed("==", x, int_min), b.icmp_signed("==", y, _const(ty, -1)))
-        safe = b.select(b.or_(zero, overflow), _const(ty, 1), y)
-        return b.select(zero, _const(ty, 0), b.sdiv(x, safe))
+        zero = b.icmp_signed("==", y, const(ty, 0))
+        int_min = const(ty, -(1 << (ty.width - 1)))
+        overflow = b.and_(b.icmp_signed("==", x, int_min), b.icmp_signed("==", y, const(ty, -1)))
+        safe = b.select(b.or_(zero, overflow), const(ty, 1), y)
+        return b.select(zero, const(ty, 0), b.sdiv(x, safe))
 
 
 def _fname(ty):
@@ -355,53 +315,6 @@ def _freeze(expr):
 # kernel functions
 
 
-class _Args:
-    """Field loads from the DLTensor array of one kernel call."""
-
-    def __init__(self, b, args):
-        self.b, self.args = b, args
-
-    def field(self, k, field, ty):
-        p = self.b.gep(self.args, [_const(I64, k), _const(I32, field)], inbounds=True,
-                       source_etype=DLTENSOR)
-        return self.b.load(p, typ=ty)
-
-    def dtype(self, k):
-        p = self.b.gep(self.args, [_const(I64, k), _const(I32, F_DTYPE)], inbounds=True,
-                       source_etype=DLTENSOR)
-        return [self.b.load(self.b.gep(p, [_const(I32, 0), _const(I32, j)], inbounds=True,
-                                       source_etype=DLTENSOR.elements[F_DTYPE]), typ=t)
-                for j, t in enumerate((I8, I8, I16))]
-
-    def index(self, ptr, j):
-        return self.b.load(self.b.gep(ptr, [_const(I64, j)], inbounds=True, source_etype=I64),
-                           typ=I64)
-
-
-def _prologue(b, args_ptr, nargs, sig):
-    """Validate every argument; return per-array (data, extents, strides-or-None) lists."""
-    _check(b, b.icmp_signed("==", nargs, _const(I32, len(sig))), ERR_NARGS)
-    _check(b, b.icmp_unsigned("!=", args_ptr, ir.Constant(PTR, None)), ERR_NULL)
-    a = _Args(b, args_ptr)
-    arrays = []
-    for k, (dtype, rank) in enumerate(sig):
-        _check(b, b.icmp_signed("==", a.field(k, F_NDIM, I32), _const(I32, rank)), ERR_NDIM | k << 8)
-        _, code, bits = DTYPES[dtype]
-        got = a.dtype(k)
-        ok = b.and_(b.and_(b.icmp_unsigned("==", got[0], _const(I8, code)),
-                           b.icmp_unsigned("==", got[1], _const(I8, bits))),
-                    b.icmp_unsigned("==", got[2], _const(I16, 1)))
-        _check(b, ok, ERR_DTYPE | k << 8)
-        shape, strides = a.field(k, F_SHAPE, PTR), a.field(k, F_STRIDES, PTR)
-        if rank:
-            _check(b, b.icmp_unsigned("!=", shape, ir.Constant(PTR, None)), ERR_NULL | k << 8)
-        extents = [a.index(shape, j) for j in range(rank)]
-        for j, e in enumerate(extents):
-            _check(b, b.icmp_signed(">=", e, _const(I64, 0)), ERR_EXTENT | k << 8 | j << 16)
-        arrays.append((a.field(k, F_DATA, PTR), extents, strides))
-    return arrays
-
-
 def _check_broadcast(b, arrays):
     """Each input extent must equal the output's (right-aligned) or be 1."""
     out_ext = arrays[-1][1]
@@ -409,47 +322,8 @@ def _check_broadcast(b, arrays):
     for k, (_, ext, _) in enumerate(arrays[:-1]):
         for j, e in enumerate(ext):
             o = out_ext[r - len(ext) + j]
-            ok = b.or_(b.icmp_signed("==", e, o), b.icmp_signed("==", e, _const(I64, 1)))
-            _check(b, ok, ERR_BROADCAST | k << 8 | j << 16)
-
-
-def _element_count(b, extents):
-    n = _const(I64, 1)
-    for e in extents:
-        n = b.mul(n, e)
-    return n
-
-
-def _strides(b, ext, strides_ptr):
-    """Element strides; a NULL strides pointer means compact row-major (DLPack)."""
-    compact, acc = [], _const(I64, 1)
-    for e in reversed(ext):
-        compact.append(acc)
-        acc = b.mul(acc, e)
-    compact.reverse()
-    if not ext:
-        return []
-    fn = b.function
-    given, null, join = (fn.append_basic_block(n) for n in ("strides.given", "strides.null", "strides"))
-    b.cbranch(b.icmp_unsigned("==", strides_ptr, ir.Constant(PTR, None)), null, given)
-    b.position_at_end(given)
-    loaded = [_Args(b, None).index(strides_ptr, j) for j in range(len(ext))]
-    b.branch(join)
-    b.position_at_end(null)
-    b.branch(join)
-    b.position_at_end(join)
-    out = []
-    for s, c in zip(loaded, compact):
-        phi = b.phi(I64)
-        phi.add_incoming(s, given)
-        phi.add_incoming(c, null)
-        out.append(phi)
-    return out
-
-
-def _check_data(b, arrays):
-    for k, (data, _, _) in enumerate(arrays):
-        _check(b, b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ERR_NULL | k << 8)
+            ok = b.or_(b.icmp_signed("==", e, o), b.icmp_signed("==", e, const(I64, 1)))
+            check(b, ok, ERR_BROADCAST | k << 8 | j << 16)
 
 
 def _emit_body(b, sig, expr, arrays, offsets):
@@ -457,89 +331,73 @@ def _emit_body(b, sig, expr, arrays, offsets):
     in_dtypes = [dt for dt, _ in sig[:-1]]
 
     def load_input(i):
-        ty = _MEM_TYPE[in_dtypes[i]]
+        ty = MEM_TYPE[in_dtypes[i]]
         v = b.load(b.gep(arrays[i][0], [offsets[i]], inbounds=True, source_etype=ty), typ=ty)
-        return b.icmp_unsigned("!=", v, _const(I8, 0)) if in_dtypes[i] == "bool" else v
+        return b.icmp_unsigned("!=", v, const(I8, 0)) if in_dtypes[i] == "bool" else v
 
     value, _ = _ExprEmitter(b, in_dtypes, load_input).emit(expr)
     out_dtype = sig[-1][0]
     if out_dtype == "bool":
         value = b.zext(value, I8)
     b.store(value, b.gep(arrays[-1][0], [offsets[-1]], inbounds=True,
-                         source_etype=_MEM_TYPE[out_dtype]))
-
-
-def _new_function(module, symbol):
-    fn = ir.Function(module, ir.FunctionType(I32, [PTR, I32]), name=symbol)
-    fn.args[0].name, fn.args[1].name = "args", "nargs"
-    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+                         source_etype=MEM_TYPE[out_dtype]))
 
 
 def _emit_contiguous(module, symbol, sig, expr):
-    fn, b = _new_function(module, symbol)
-    arrays = _prologue(b, *fn.args, sig)
+    fn, b = new_function(module, symbol)
+    arrays = prologue(b, *fn.args, sig)
     _check_broadcast(b, arrays)
-    n = _element_count(b, arrays[-1][1])
-    _return_zero_if(b, b.icmp_signed("==", n, _const(I64, 0)))
+    n = element_count(b, arrays[-1][1])
+    return_zero_if(b, b.icmp_signed("==", n, const(I64, 0)))
     for k, (_, ext, strides) in enumerate(arrays):
-        _check(b, b.icmp_signed("==", _element_count(b, ext), n), ERR_LAYOUT | k << 8)
+        check(b, b.icmp_signed("==", element_count(b, ext), n), ERR_LAYOUT | k << 8)
         _check_compact(b, k, ext, strides)
-    _check_data(b, arrays)
-    _loop(b, n, lambda i: _emit_body(b, sig, expr, arrays, [i] * len(arrays)))
-    b.ret(_const(I32, 0))
-
-
-def _return_zero_if(b, cond):
-    """Return 0 (success, nothing to do) when `cond` holds."""
-    fn = b.function
-    done, cont = fn.append_basic_block("empty"), fn.append_basic_block("nonempty")
-    b.cbranch(cond, done, cont)
-    b.position_at_end(done)
-    b.ret(_const(I32, 0))
-    b.position_at_end(cont)
+    check_data(b, arrays)
+    loop(b, n, lambda i: _emit_body(b, sig, expr, arrays, [i] * len(arrays)))
+    b.ret(const(I32, 0))
 
 
 def _check_compact(b, k, ext, strides_ptr):
     """Strides must be compact row-major except in extent-1 dims (NULL strides are compact)."""
     if not ext:
         return
-    strides = _strides(b, ext, strides_ptr)
-    expected = _const(I64, 1)
-    ok = _const(I1, 1)
+    strides = load_strides(b, ext, strides_ptr)
+    expected = const(I64, 1)
+    ok = const(I1, 1)
     for e, s in zip(reversed(ext), reversed(strides)):
-        dim_ok = b.or_(b.icmp_signed("==", e, _const(I64, 1)), b.icmp_signed("==", s, expected))
+        dim_ok = b.or_(b.icmp_signed("==", e, const(I64, 1)), b.icmp_signed("==", s, expected))
         ok = b.and_(ok, dim_ok)
         expected = b.mul(expected, e)
-    _check(b, ok, ERR_LAYOUT | k << 8)
+    check(b, ok, ERR_LAYOUT | k << 8)
 
 
 def _emit_strided(module, symbol, sig, expr):
-    fn, b = _new_function(module, symbol)
-    arrays = _prologue(b, *fn.args, sig)
+    fn, b = new_function(module, symbol)
+    arrays = prologue(b, *fn.args, sig)
     _check_broadcast(b, arrays)
     out_ext = arrays[-1][1]
     r = len(out_ext)
-    _return_zero_if(b, b.icmp_signed("==", _element_count(b, out_ext), _const(I64, 0)))
-    _check_data(b, arrays)
+    return_zero_if(b, b.icmp_signed("==", element_count(b, out_ext), const(I64, 0)))
+    check_data(b, arrays)
     eff = [_effective_strides(b, ext, strides, r) for _, ext, strides in arrays]
 
     def nest(d, offsets):
         if d == r:
             _emit_body(b, sig, expr, arrays, offsets)
             return
-        _loop(b, out_ext[d], lambda i: nest(d + 1, [
+        loop(b, out_ext[d], lambda i: nest(d + 1, [
             off if s[d] is None else b.add(off, b.mul(i, s[d])) for off, s in zip(offsets, eff)]))
 
-    nest(0, [_const(I64, 0)] * len(arrays))
-    b.ret(_const(I32, 0))
+    nest(0, [const(I64, 0)] * len(arrays))
+    b.ret(const(I32, 0))
 
 
 def _effective_strides(b, ext, strides_ptr, r):
     """Per output dim: None where the array has no such dim, 0 where its extent is 1."""
-    strides = _strides(b, ext, strides_ptr)
+    strides = load_strides(b, ext, strides_ptr)
     eff = [None] * (r - len(ext))
     for e, s in zip(ext, strides):
-        eff.append(b.select(b.icmp_signed("==", e, _const(I64, 1)), _const(I64, 0), s))
+        eff.append(b.select(b.icmp_signed("==", e, const(I64, 1)), const(I64, 0), s))
     return eff
 
 

@@ -9,7 +9,7 @@ Section layout (msgpack-able, produced by KernelBuilder.finish()):
 import numpy as np
 
 from kernels import abi, codelib
-from kernels.elementwise import ERR_BROADCAST, ERROR_KINDS
+from kernels.llvm_util import ERR_BROADCAST, ERROR_KINDS
 from vm.dtypes import DTYPES
 from vm.errors import DynVMError, ExecutableFormatError, KernelError, ShapeError
 
