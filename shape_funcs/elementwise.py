@@ -1,4 +1,7 @@
-"""Elementwise ops: the output shape is the numpy broadcast of the input shapes."""
+"""Elementwise ops: the output shape is the numpy broadcast of the input shapes.
+
+"broadcast" is the same function for a fused group of elementwise ops (any number of inputs).
+"""
 from __future__ import annotations
 
 from shape_funcs.common import broadcast
@@ -9,6 +12,6 @@ BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum"
           "less", "greater", "equal", "logical_and", "where")
 
 
-@shape_func(*UNARY, *BINARY)
+@shape_func(*UNARY, *BINARY, "broadcast")
 def broadcast_shape(inputs, attrs):
     return [broadcast("broadcast", *(x.shape for x in inputs))]

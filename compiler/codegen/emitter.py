@@ -16,6 +16,7 @@ from vm.errors import CompileError
 from compiler.ir import expr as E
 from compiler.ir.types import TensorType, TupleType
 from compiler.op.registry import get_op
+from compiler.codegen.primitive import find_anchor, kernel_expr
 from compiler.codegen.types import tensor_leaves
 
 ALIGNMENT = 64
@@ -111,6 +112,8 @@ class FunctionEmitter:
         callee = node.callee
         if isinstance(callee, E.Op):
             return self.op_call(node)
+        if isinstance(callee, E.Function) and callee.attrs.get("Primitive"):
+            return self.primitive_call(node)
         args = [self.visit(a) for a in node.args]
         if isinstance(callee, E.GlobalVar):
             return self.emit_to("Invoke", self.mc.function_index(callee.name), args)
@@ -162,18 +165,39 @@ class FunctionEmitter:
         inputs = self.flat_inputs(node)
         in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
         out_types = tensor_leaves(node.checked_type)
-        outputs = self.alloc_outputs(node, inputs, out_types)
+        outputs = self.alloc_outputs(node.callee.name, node.attrs, inputs, out_types)
         kernel = self.mc.add_kernel(opdef, node.attrs, in_types, out_types)
         self.emit("CallKernel", kernel, inputs, outputs)
         if isinstance(node.checked_type, TupleType):
             return self.emit_to("AllocADT", TUPLE_CTOR, outputs)
         return outputs[0]
 
-    def alloc_outputs(self, node, inputs, out_types) -> list[int]:
+    def primitive_call(self, node: E.Call) -> int:
+        """One kernel for a fused group: an elementwise expression, or an anchor op (dense,
+        matmul, ...) with the group as its epilogue."""
+        func = node.callee
+        inputs = self.flat_inputs(node)
+        in_types = [a.checked_type for a in node.args]
+        out_type = node.checked_type
+        anchor = find_anchor(func)
+        expr = kernel_expr(func, anchor)
+        if anchor is None:
+            outputs = self.alloc_outputs("broadcast", {}, inputs, [out_type])
+            kernel = self.mc.add_elementwise(func.attrs.get("Name", "fused"), expr, in_types, out_type)
+        else:
+            anchor_inputs = inputs[:len(anchor.args)]
+            outputs = self.alloc_outputs(anchor.callee.name, anchor.attrs, anchor_inputs, [out_type])
+            kernel = self.mc.add_kernel(get_op(anchor.callee.name), anchor.attrs, in_types,
+                                        [out_type], epilogue=expr)
+        self.emit("CallKernel", kernel, inputs, outputs)
+        return outputs[0]
+
+    def alloc_outputs(self, shape_func, attrs, inputs, out_types) -> list[int]:
+        """Output tensors: static shapes from the types, else from the named shape function."""
         if all(t.is_static for t in out_types):
             return [self.alloc_static(t) for t in out_types]
         shapes = [self.new_reg() for _ in out_types]
-        sf = self.mc.add_shape_func(node.callee.name, node.attrs)
+        sf = self.mc.add_shape_func(shape_func, attrs)
         self.emit("CallShapeFunc", sf, inputs, shapes)
         return [self.alloc_dynamic(shape, t.dtype) for shape, t in zip(shapes, out_types)]
 

@@ -49,13 +49,26 @@ class ModuleCompiler:
             self.shape_funcs.append(entry)
         return self.shape_funcs.index(entry)
 
-    def add_kernel(self, opdef, attrs, in_types, out_types) -> int:
+    def add_kernel(self, opdef, attrs, in_types, out_types, epilogue=None) -> int:
+        """The kernel of one op call (with an optional fused elementwise epilogue)."""
         inputs = [(t.dtype, t.rank) for t in in_types]
         outputs = [(t.dtype, t.rank) for t in out_types]
         if opdef.expr is not None:
             expr = opdef.expr([["in", i] for i in range(len(inputs))], attrs)
-            return self.kernel_builder.add_elementwise(opdef.name, expr, inputs, outputs[0])
+            return self.add_elementwise(opdef.name, expr, in_types, out_types[0])
+        if opdef.kernel == "compiled":
+            spec = {"op": opdef.name, **attrs}
+            if epilogue is not None:
+                spec["epilogue"] = epilogue
+            return self.kernel_builder.add_compiled(opdef.name, opdef.family or opdef.name, spec,
+                                                    inputs, outputs)
+        if epilogue is not None:
+            raise CompileError(f"op {opdef.name} has no compiled kernel to fuse an epilogue into")
         return self.kernel_builder.add_extern(opdef.name, opdef.name, attrs, inputs, outputs)
+
+    def add_elementwise(self, name, expr, in_types, out_type) -> int:
+        return self.kernel_builder.add_elementwise(
+            name, expr, [(t.dtype, t.rank) for t in in_types], (out_type.dtype, out_type.rank))
 
     def compile_function(self, name: str) -> VMFunction:
         func = self.mod.functions[name]

@@ -23,6 +23,13 @@ class IRModule:
             raise DynVMError("IRModule.from_expr takes an ir.Function")
         return cls({"main": func}, type_definitions)
 
+    def with_functions(self, functions: dict) -> "IRModule":
+        """A module with the same ADTs and GlobalVars but these functions (passes use it)."""
+        out = IRModule(type_definitions=self.type_definitions.values())
+        out._global_vars = dict(self._global_vars)
+        out.functions = dict(functions)
+        return out
+
     def get_global_var(self, name: str) -> GlobalVar:
         """The module's GlobalVar for `name` (created on first use, so recursion can refer to it)."""
         if name not in self._global_vars:

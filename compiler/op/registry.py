@@ -31,6 +31,7 @@ class OpDef:
     pattern: str = "opaque"
     shape_mode: str = "data_independent"
     expr: Callable | None = None     # compiled elementwise ops: (arg_exprs, attrs) -> kernel expr
+    family: str | None = None        # compiled non-elementwise ops: kernel family (default: op name)
     doc: str = ""
     make: Callable | None = None     # custom Python constructor (e.g. reshape by tensor)
 

@@ -1,0 +1,50 @@
+"""The kernel of a fused primitive function (made by `passes.fuse_ops`).
+
+A primitive's body is a tree of elementwise op calls over its parameters and scalar constants,
+optionally on top of one anchor op (dense, matmul, ...). It becomes either one elementwise
+kernel expression, or the anchor's kernel with the tree as its epilogue: in the epilogue
+["in", 0] is the anchor's result and ["in", k] the k-th parameter after the anchor's inputs.
+"""
+from __future__ import annotations
+
+from vm.errors import CompileError
+
+from compiler.ir import expr as E
+from compiler.op.registry import get_op
+
+
+def find_anchor(func: E.Function):
+    """The one non-elementwise op call in the body, or None."""
+    stack, found = [func.body], []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, E.Call) and isinstance(node.callee, E.Op):
+            if get_op(node.callee.name).expr is None:
+                found.append(node)
+            else:
+                stack.extend(node.args)
+    if len(found) > 1:
+        raise CompileError(f"primitive {func.attrs.get('Name')} has {len(found)} anchor ops")
+    return found[0] if found else None
+
+
+def kernel_expr(func: E.Function, anchor) -> list:
+    """The elementwise expression (or epilogue, when `anchor` is given) of a primitive."""
+    if anchor is None:
+        leaves = {p: ["in", i] for i, p in enumerate(func.params)}
+    else:
+        extra = func.params[len(anchor.args):]
+        leaves = {p: ["in", 1 + i] for i, p in enumerate(extra)}
+
+    def convert(node):
+        if node is anchor:
+            return ["in", 0]
+        if isinstance(node, E.Var):
+            return leaves[node]
+        if isinstance(node, E.Constant) and node.data.ndim == 0:
+            return ["const", node.data.item(), node.data.dtype.name]
+        if isinstance(node, E.Call) and isinstance(node.callee, E.Op):
+            opdef = get_op(node.callee.name)
+            return opdef.expr([convert(a) for a in node.args], node.attrs)
+        raise CompileError(f"unexpected {type(node).__name__} in a primitive function")
+    return convert(func.body)

@@ -1,0 +1,169 @@
+"""fuse_ops: group primitive op calls into fused kernels.
+
+Afterwards every group of two or more fusable calls is a call of a *primitive function*
+(`Function(..., attrs={"Primitive": 1, "Name": ...})`) whose body uses only its parameters,
+op calls and scalar constants; the code generator compiles each such call into ONE kernel:
+- chains of elementwise/broadcast ops (ops with a kernel `expr`) become one elementwise kernel;
+- an elementwise epilogue (bias add, relu, tanh, ...) on top of an `out_elemwise_fusable` op
+  (dense, matmul, batch_matmul, conv2d) with a compiled kernel fuses into that op's kernel, when
+  it keeps the op's output type (same shape and dtype).
+A call is absorbed into its consumer only when the consumer is its single user (otherwise its
+value is needed elsewhere and must be materialised). Requires typed input (checked_type set);
+output is typed too.
+"""
+from __future__ import annotations
+
+from compiler.ir import expr as E
+from compiler.ir.types import FuncType
+from compiler.op.registry import get_op
+from compiler.passes.mutator import ExprMutator, map_functions
+
+
+def _opdef(node):
+    if isinstance(node, E.Call) and isinstance(node.callee, E.Op):
+        return get_op(node.callee.name)
+    return None
+
+
+def is_elementwise(node) -> bool:
+    opdef = _opdef(node)
+    return opdef is not None and opdef.expr is not None
+
+
+def is_anchor(node) -> bool:
+    opdef = _opdef(node)
+    return (opdef is not None and opdef.pattern == "out_elemwise_fusable"
+            and opdef.kernel == "compiled")
+
+
+def use_counts(root) -> dict[int, int]:
+    """How many parent edges point at each node (shared nodes are visited once)."""
+    counts: dict[int, int] = {}
+    seen = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for child in _children(node):
+            counts[id(child)] = counts.get(id(child), 0) + 1
+            stack.append(child)
+    return counts
+
+
+def _children(node):
+    if isinstance(node, E.Call):
+        return ([node.callee] if isinstance(node.callee, E.Function) else []) + node.args
+    if isinstance(node, E.Tuple):
+        return node.fields
+    if isinstance(node, E.TupleGetItem):
+        return [node.tuple_value]
+    if isinstance(node, E.If):
+        return [node.cond, node.true_branch, node.false_branch]
+    if isinstance(node, E.Let):
+        return [node.value, node.body]
+    if isinstance(node, E.Function):
+        return [node.body]
+    return []
+
+
+class _Group:
+    """The calls of one fused group and its external inputs (the primitive's parameters)."""
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.inputs: list[E.Expr] = []       # original leaf expressions, in parameter order
+        self.params: dict[int, E.Var] = {}   # id(leaf) -> parameter
+        self.size = 0
+
+    def param(self, leaf):
+        if id(leaf) not in self.params:
+            var = E.Var(f"p{len(self.inputs)}", leaf.checked_type)
+            var.checked_type = leaf.checked_type
+            self.params[id(leaf)] = var
+            self.inputs.append(leaf)
+        return self.params[id(leaf)]
+
+    def build(self, node):
+        """Copy the group rooted at `node` with leaves replaced by parameters."""
+        self.size += 1
+        args = []
+        for arg in node.args:
+            if is_elementwise(arg) and self.counts.get(id(arg), 0) == 1:
+                args.append(self.build(arg))
+            elif isinstance(arg, E.Constant) and arg.data.ndim == 0:
+                args.append(arg)
+            else:
+                args.append(self.param(arg))
+        call = E.Call(node.callee, args, node.attrs)
+        call.checked_type = node.checked_type
+        return call
+
+
+class _Fuser(ExprMutator):
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = counts
+        self.fused = 0
+
+    def visit_Call(self, node):
+        if not is_elementwise(node):
+            return super().visit_Call(node)
+        group = _Group(self.counts)
+        body = group.build(node)
+        anchor = self.epilogue_anchor(group, node)
+        if group.size < 2 and anchor is None:
+            return super().visit_Call(node)
+        if anchor is not None:
+            return self.primitive_with_anchor(group, body, anchor)
+        return self.primitive(group, body, [self.visit(x) for x in group.inputs])
+
+    def epilogue_anchor(self, group, root):
+        """The single-use dense/matmul-like input of the group that its epilogue can absorb."""
+        candidates = [x for x in group.inputs if is_anchor(x) and self.counts.get(id(x)) == 1]
+        for anchor in candidates:
+            if anchor.checked_type == root.checked_type:
+                return anchor
+        return None
+
+    def primitive_with_anchor(self, group, body, anchor):
+        """Parameters: the anchor's inputs first, then the epilogue's other inputs."""
+        anchor_params = []
+        for arg in anchor.args:
+            p = E.Var(f"a{len(anchor_params)}", arg.checked_type)
+            p.checked_type = arg.checked_type
+            anchor_params.append(p)
+        inner = E.Call(anchor.callee, anchor_params, anchor.attrs)
+        inner.checked_type = anchor.checked_type
+        body = _replace_var(body, group.params[id(anchor)], inner)
+        extra = [x for x in group.inputs if x is not anchor]
+        params = anchor_params + [group.params[id(x)] for x in extra]
+        args = [self.visit(a) for a in anchor.args] + [self.visit(x) for x in extra]
+        return self.make_call(params, body, args, "fused_" + anchor.callee.name)
+
+    def primitive(self, group, body, args):
+        params = [group.params[id(x)] for x in group.inputs]
+        return self.make_call(params, body, args, "fused_" + body.callee.name)
+
+    def make_call(self, params, body, args, name):
+        self.fused += 1
+        func = E.Function(params, body, body.checked_type, attrs={"Primitive": 1, "Name": name})
+        func.checked_type = FuncType([p.checked_type for p in params], body.checked_type)
+        call = E.Call(func, args)
+        call.checked_type = body.checked_type
+        return call
+
+
+def _replace_var(body, var, replacement):
+    class Replace(ExprMutator):
+        def visit_Var(self, node):
+            return replacement if node is var else node
+    return Replace().visit(body)
+
+
+def fuse_ops(mod):
+    """Fuse elementwise chains and dense/matmul epilogues into primitive functions."""
+    def rewrite(func):
+        return _Fuser(use_counts(func.body)).visit(func)
+    return map_functions(mod, rewrite)

@@ -1,0 +1,79 @@
+"""ExprMutator: the one generic rebuild-bottom-up traversal the passes share.
+
+`visit(expr)` returns the rewritten expression; unchanged sub-trees are returned as they are
+(no copy), shared sub-expressions are rewritten once (memoised by identity), and let chains are
+walked iteratively so long programs do not hit Python's recursion limit. A pass overrides
+`rewrite_call` (or another `rewrite_*`) to change what it cares about.
+"""
+from __future__ import annotations
+
+from compiler.ir import expr as E
+
+
+class ExprMutator:
+    def __init__(self):
+        self.memo: dict[int, E.Expr] = {}
+
+    def visit(self, node: E.Expr) -> E.Expr:
+        key = id(node)
+        if key not in self.memo:
+            method = getattr(self, "visit_" + type(node).__name__, None)
+            self.memo[key] = method(node) if method else node
+        return self.memo[key]
+
+    def visit_Call(self, node):
+        args = [self.visit(a) for a in node.args]
+        callee = self.visit(node.callee) if isinstance(node.callee, E.Function) else node.callee
+        if callee is node.callee and all(a is b for a, b in zip(args, node.args)):
+            return self.rewrite_call(node)
+        return self.rewrite_call(_typed(E.Call(callee, args, node.attrs), node))
+
+    def rewrite_call(self, call):
+        return call
+
+    def visit_Tuple(self, node):
+        fields = [self.visit(f) for f in node.fields]
+        if all(a is b for a, b in zip(fields, node.fields)):
+            return node
+        return _typed(E.Tuple(fields), node)
+
+    def visit_TupleGetItem(self, node):
+        value = self.visit(node.tuple_value)
+        return node if value is node.tuple_value else _typed(E.TupleGetItem(value, node.index), node)
+
+    def visit_If(self, node):
+        parts = [self.visit(x) for x in (node.cond, node.true_branch, node.false_branch)]
+        if all(a is b for a, b in zip(parts, (node.cond, node.true_branch, node.false_branch))):
+            return node
+        return _typed(E.If(*parts), node)
+
+    def visit_Let(self, node):
+        chain = []
+        while isinstance(node, E.Let):
+            chain.append((node, self.visit(node.value)))
+            node = node.body
+        body = self.visit(node)
+        for let, value in reversed(chain):
+            if value is not let.value or body is not let.body:
+                body = _typed(E.Let(let.var, value, body), let)
+            else:
+                body = let
+        return body
+
+    def visit_Function(self, node):
+        body = self.visit(node.body)
+        if body is node.body:
+            return node
+        func = E.Function(node.params, body, node.ret_type, node.type_params, node.attrs)
+        return _typed(func, node)
+
+
+def _typed(new, old):
+    new.checked_type = old.checked_type
+    return new
+
+
+
+def map_functions(mod, rewrite):
+    """A new module whose functions are `rewrite(function)`."""
+    return mod.with_functions({name: rewrite(f) for name, f in mod.functions.items()})

@@ -1,0 +1,101 @@
+"""Fusion: elementwise chains become one kernel, epilogues fuse into dense/matmul, and fused
+programs compute exactly what the unfused ones do."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from compiler import build, ir, op
+from compiler.passes import fuse_ops
+from compiler.typing import infer_types
+from vm import VirtualMachine
+
+from tests.e2e.test_roundtrip import random_program
+
+
+def kernel_calls(exe):
+    return [ins for f in exe.functions for ins in f.instructions if ins.name == "CallKernel"]
+
+
+def primitives(mod):
+    text = str(mod)
+    return text.count("Primitive=1")
+
+
+def test_elementwise_chain_becomes_one_kernel():
+    a, b, c = (ir.var(n, ir.TensorType((ir.Any(),), "float32")) for n in "abc")
+    y = op.multiply(op.tanh(op.add(op.multiply(a, b), c)), op.sigmoid(a))
+    mod = ir.IRModule.from_expr(ir.Function([a, b, c], y))
+    assert primitives(fuse_ops(infer_types(mod))) == 1
+    exe = build(mod)
+    assert len(kernel_calls(exe)) == 1
+    rng = np.random.default_rng(0)
+    x, y_, z = (rng.standard_normal(37).astype(np.float32) for _ in range(3))
+    expected = np.tanh(x * y_ + z) * (1 / (1 + np.exp(-x)))
+    np.testing.assert_allclose(VirtualMachine(exe).invoke("main", x, y_, z), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_intermediate_is_not_fused_into_two_consumers():
+    x = ir.var("x", ir.TensorType((4,), "float32"))
+    shared = op.exp(x)
+    mod = ir.IRModule.from_expr(ir.Function([x], ir.Tuple([op.add(shared, x), op.multiply(shared, x)])))
+    exe = build(mod)
+    assert len(kernel_calls(exe)) == 3  # exp once, then each consumer
+    data = np.arange(4, dtype=np.float32)
+    s, m = VirtualMachine(exe).invoke("main", data)
+    np.testing.assert_allclose(s, np.exp(data) + data, rtol=1e-5)
+    np.testing.assert_allclose(m, np.exp(data) * data, rtol=1e-5)
+
+
+def test_scalar_constants_are_folded_into_the_kernel():
+    x = ir.var("x", ir.TensorType((ir.Any(), 3), "float32"))
+    y = op.maximum(op.multiply(x, ir.const(2.0)), ir.const(0.5))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], y)))
+    assert len(kernel_calls(exe)) == 1
+    assert not any(ins.name == "LoadConst" for ins in exe.functions[0].instructions)
+    data = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(VirtualMachine(exe).invoke("main", data), np.maximum(data * 2, 0.5))
+
+
+def test_fusion_keeps_branches_separate():
+    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+    c = ir.var("c", ir.TensorType((), "bool"))
+    body = ir.If(c, op.exp(op.negative(x)), op.relu(op.negative(x)))
+    exe = build(ir.IRModule.from_expr(ir.Function([c, x], body)))
+    data = np.array([-1.0, 0.5, 2.0], np.float32)
+    vm = VirtualMachine(exe)
+    np.testing.assert_allclose(vm.invoke("main", np.bool_(True), data), np.exp(-data), rtol=1e-6)
+    np.testing.assert_allclose(vm.invoke("main", np.bool_(False), data), np.maximum(-data, 0))
+
+
+@settings(max_examples=10, deadline=None)
+@given(program=random_program(), rows=st.sampled_from([0, 1, 5]))
+def test_fused_equals_unfused_on_random_programs(program, rows):
+    func, _ = program
+    mod = ir.IRModule.from_expr(func)
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 3)).astype(np.float32)
+    y = rng.standard_normal(3).astype(np.float32)
+    fused = VirtualMachine(build(mod)).invoke("main", x, y)[0]
+    unfused = VirtualMachine(build(mod, fuse=False)).invoke("main", x, y)[0]
+    np.testing.assert_allclose(fused, unfused, rtol=2e-6, atol=1e-6)
+
+
+def dense_bias_relu_module(rows=ir.Any()):
+    x = ir.var("x", ir.TensorType((rows, 8), "float32"))
+    w = ir.const(np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32))
+    b = ir.const(np.random.default_rng(2).standard_normal(5).astype(np.float32))
+    y = op.relu(op.add(op.dense(x, w), b))
+    return ir.IRModule.from_expr(ir.Function([x], y)), w.data, b.data
+
+
+def test_dense_epilogue_fuses_when_dense_is_compiled():
+    mod, w, b = dense_bias_relu_module()
+    if op.get_op("dense").kernel != "compiled":
+        pytest.skip("dense has no compiled kernel yet")
+    exe = build(mod)
+    assert len(kernel_calls(exe)) == 1
+    data = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
+    np.testing.assert_allclose(VirtualMachine(exe).invoke("main", data),
+                               np.maximum(data @ w.T + b, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(VirtualMachine(build(mod, fuse=False)).invoke("main", data),
+                               np.maximum(data @ w.T + b, 0), rtol=1e-4, atol=1e-5)
