@@ -4,10 +4,11 @@ from compiler.passes import fuse_ops
 from compiler.typing import infer_types
 
 
-def build(mod, fuse: bool = True):
-    """Type-check `mod`, fuse ops (unless `fuse=False`), lower it to explicit-memory bytecode
-    and compile its kernels."""
+def build(mod, fuse: bool = True, memory_plan: bool = True):
+    """Type-check `mod`, fuse ops, lower it to explicit-memory bytecode with static memory
+    planning, and compile its kernels. `fuse`/`memory_plan` switch those passes off (tests and
+    benchmarks compare both ways)."""
     mod = infer_types(mod)
     if fuse:
         mod = fuse_ops(mod)
-    return compile_module(mod)
+    return compile_module(mod, memory_plan)

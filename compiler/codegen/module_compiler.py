@@ -8,13 +8,15 @@ from vm.errors import CompileError
 from vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
 
 from compiler.codegen.emitter import FunctionEmitter
+from compiler.codegen.memory_plan import plan_memory
 from compiler.codegen.regalloc import allocate_registers
 from compiler.codegen.types import type_desc
 
 
 class ModuleCompiler:
-    def __init__(self, mod):
+    def __init__(self, mod, memory_plan: bool = True):
         self.mod = mod
+        self.memory_plan = memory_plan
         self.func_names = list(mod.functions)
         self.constants: list[np.ndarray] = []
         self.constant_ids: dict[int, int] = {}
@@ -72,7 +74,9 @@ class ModuleCompiler:
 
     def compile_function(self, name: str) -> VMFunction:
         func = self.mod.functions[name]
-        code, _ = FunctionEmitter(self, name, func).run()
+        code, num_regs = FunctionEmitter(self, name, func).run()
+        if self.memory_plan:
+            code, _ = plan_memory(code, len(func.params), num_regs)
         code, num_regs = allocate_registers(code, len(func.params))
         return VMFunction(name=name, params=[p.name for p in func.params],
                           param_types=[type_desc(p.checked_type) for p in func.params],
@@ -86,6 +90,6 @@ class ModuleCompiler:
                           shape_funcs=self.shape_funcs)
 
 
-def compile_module(mod) -> Executable:
-    """Lower a type-checked module to an Executable."""
-    return ModuleCompiler(mod).run()
+def compile_module(mod, memory_plan: bool = True) -> Executable:
+    """Lower a type-checked module to an Executable (with static memory planning unless off)."""
+    return ModuleCompiler(mod, memory_plan).run()
