@@ -50,9 +50,39 @@ class FunctionEmitter:
     def run(self):
         for p in self.func.params:
             self.env[p] = self.new_reg()
-        result = self.visit(self.func.body)
-        self.emit("Ret", result)
+        self.tail(self.func.body)
         return self.code, self.num_regs
+
+    def tail(self, node: E.Expr) -> None:
+        """Compile `node` in tail position: every path ends in Ret, or in a Goto back to the
+        function start for a self tail call (a loop that reuses the frame)."""
+        while isinstance(node, E.Let):
+            self.env[node.var] = self.visit(node.value)
+            node = node.body
+        if isinstance(node, E.If) and node not in self.env:
+            branch_at = self.branch_on(node.cond)
+            self.scoped(self.tail, node.true_branch)
+            self.patch_else(branch_at)
+            self.scoped(self.tail, node.false_branch)
+        elif self.is_self_call(node):
+            self.self_tail_call(node)
+        else:
+            self.emit("Ret", self.visit(node))
+
+    def is_self_call(self, node) -> bool:
+        return (isinstance(node, E.Call) and isinstance(node.callee, E.GlobalVar)
+                and node.callee.name == self.name)
+
+    def self_tail_call(self, node: E.Call) -> None:
+        """Parameters := arguments (through temporaries: arguments may read parameters), then
+        jump to pc 0."""
+        temps = []
+        for arg in node.args:
+            temps.append(self.new_reg())
+            self.emit("Move", temps[-1], self.visit(arg))
+        for param, temp in zip(self.func.params, temps):
+            self.emit("Move", self.env[param], temp)
+        self.emit("Goto", -len(self.code))
 
     def visit(self, node: E.Expr) -> int:
         if node in self.env:
@@ -85,26 +115,34 @@ class FunctionEmitter:
         return self.visit(node)
 
     def visit_If(self, node):
-        cond = self.visit(node.cond)
-        one = self.emit_to("LoadConsti", 1)
         result = self.new_reg()
-        branch_at = len(self.code)
-        self.emit("If", cond, one, 1, 0)            # else offset patched below
-        self.emit("Move", result, self.visit_scoped(node.true_branch))
+        branch_at = self.branch_on(node.cond)
+        self.emit("Move", result, self.scoped(self.visit, node.true_branch))
         goto_at = len(self.code)
         self.emit("Goto", 0)                        # patched below
-        else_at = len(self.code)
-        self.emit("Move", result, self.visit_scoped(node.false_branch))
-        end = len(self.code)
-        self.code[branch_at] = Instruction("If", cond, one, 1, else_at - branch_at)
-        self.code[goto_at] = Instruction("Goto", end - goto_at)
+        self.patch_else(branch_at)
+        self.emit("Move", result, self.scoped(self.visit, node.false_branch))
+        self.code[goto_at] = Instruction("Goto", len(self.code) - goto_at)
         return result
 
-    def visit_scoped(self, node) -> int:
+    def branch_on(self, cond: E.Expr) -> int:
+        """Emit `If cond == 1` falling through to the then-code; returns the If's pc (its else
+        offset is patched by `patch_else`)."""
+        test = self.visit(cond)
+        one = self.emit_to("LoadConsti", 1)
+        self.emit("If", test, one, 1, 0)
+        return len(self.code) - 1
+
+    def patch_else(self, branch_at: int) -> None:
+        """Make the If at `branch_at` jump here when its test fails."""
+        test, target, then_off, _ = self.code[branch_at].args
+        self.code[branch_at] = Instruction("If", test, target, then_off, len(self.code) - branch_at)
+
+    def scoped(self, compile_fn, node):
         """Compile a branch; values computed inside it are not visible after it."""
         saved = dict(self.env)
         try:
-            return self.visit(node)
+            return compile_fn(node)
         finally:
             self.env = saved
 

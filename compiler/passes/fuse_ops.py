@@ -3,7 +3,9 @@
 Afterwards every group of two or more fusable calls is a call of a *primitive function*
 (`Function(..., attrs={"Primitive": 1, "Name": ...})`) whose body uses only its parameters,
 op calls and scalar constants; the code generator compiles each such call into ONE kernel:
-- chains of elementwise/broadcast ops (ops with a kernel `expr`) become one elementwise kernel;
+- chains of elementwise/broadcast ops (ops with a kernel `expr`) become one elementwise kernel,
+  with scalar constants folded into the kernel (so even a single op with a scalar constant
+  becomes a primitive);
 - an elementwise epilogue (bias add, relu, tanh, ...) on top of an `out_elemwise_fusable` op
   (dense, matmul, batch_matmul, conv2d) with a compiled kernel fuses into that op's kernel, when
   it keeps the op's output type (same shape and dtype).
@@ -76,6 +78,7 @@ class _Group:
         self.inputs: list[E.Expr] = []       # original leaf expressions, in parameter order
         self.params: dict[int, E.Var] = {}   # id(leaf) -> parameter
         self.size = 0
+        self.inlined_constants = 0
 
     def param(self, leaf):
         if id(leaf) not in self.params:
@@ -93,6 +96,7 @@ class _Group:
             if is_elementwise(arg) and self.counts.get(id(arg), 0) == 1:
                 args.append(self.build(arg))
             elif isinstance(arg, E.Constant) and arg.data.ndim == 0:
+                self.inlined_constants += 1
                 args.append(arg)
             else:
                 args.append(self.param(arg))
@@ -113,7 +117,7 @@ class _Fuser(ExprMutator):
         group = _Group(self.counts)
         body = group.build(node)
         anchor = self.epilogue_anchor(group, node)
-        if group.size < 2 and anchor is None:
+        if group.size < 2 and anchor is None and not group.inlined_constants:
             return super().visit_Call(node)
         if anchor is not None:
             return self.primitive_with_anchor(group, body, anchor)

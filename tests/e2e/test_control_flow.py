@@ -1,0 +1,46 @@
+"""Loops as self tail calls (no frames), recursion limits, step limits."""
+import numpy as np
+import pytest
+
+from compiler import build, ir, op
+from vm import VirtualMachine
+from vm.errors import VMRecursionError, VMStepLimitError
+
+I64 = ir.TensorType((), "int64")
+
+
+def countdown_module(tail=True):
+    """loop(n, acc) = n < 1 ? acc : loop(n - 1, acc + n)   (non-tail: n + loop(n - 1, acc))"""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    n, acc = ir.var("n", I64), ir.var("acc", I64)
+    one = ir.const(1, "int64")
+    if tail:
+        step = ir.Call(loop, [op.subtract(n, one), op.add(acc, n)])
+    else:
+        step = op.add(n, ir.Call(loop, [op.subtract(n, one), acc]))
+    mod["loop"] = ir.Function([n, acc], ir.If(op.less(n, one), acc, step), ret_type=I64)
+    return mod
+
+
+def test_self_tail_call_is_a_jump_and_runs_in_constant_frame_depth():
+    exe = build(countdown_module())
+    code = exe.functions[0].instructions
+    assert not any(ins.name == "Invoke" for ins in code)
+    assert any(ins.name == "Goto" and ins.args[0] < 0 for ins in code)
+    vm = VirtualMachine(exe, max_depth=3)
+    assert int(vm.invoke("loop", np.int64(20000), np.int64(0))) == 20000 * 20001 // 2
+
+
+def test_non_tail_recursion_hits_the_depth_limit_with_a_typed_error():
+    vm = VirtualMachine(build(countdown_module(tail=False)), max_depth=100)
+    assert int(vm.invoke("loop", np.int64(50), np.int64(0))) == 50 * 51 // 2
+    with pytest.raises(VMRecursionError, match="depth"):
+        vm.invoke("loop", np.int64(10 ** 6), np.int64(0))
+
+
+def test_runaway_loop_hits_the_step_limit():
+    vm = VirtualMachine(build(countdown_module()), max_steps=10_000)
+    with pytest.raises(VMStepLimitError, match="step"):
+        vm.invoke("loop", np.int64(10 ** 9), np.int64(0))
+    assert int(vm.invoke("loop", np.int64(10), np.int64(0))) == 55  # the VM is usable again
