@@ -1,6 +1,6 @@
 """`build(mod)`: the compiler pipeline from an IRModule to a `vm.Executable`."""
 from compiler.codegen import compile_module
-from compiler.passes import fuse_ops
+from compiler.passes import fuse_ops, lambda_lift
 from compiler.typing import infer_types
 
 
@@ -8,7 +8,7 @@ def build(mod, fuse: bool = True, memory_plan: bool = True):
     """Type-check `mod`, fuse ops, lower it to explicit-memory bytecode with static memory
     planning, and compile its kernels. `fuse`/`memory_plan` switch those passes off (tests and
     benchmarks compare both ways)."""
-    mod = infer_types(mod)
+    mod = lambda_lift(infer_types(mod))
     if fuse:
         mod = fuse_ops(mod)
     return compile_module(mod, memory_plan)

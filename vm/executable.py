@@ -388,7 +388,7 @@ _ARITY_CHECKS = {bytecode.Opcode.Invoke: _check_invoke, bytecode.Opcode.AllocClo
 
 
 def _verify_type(t, where) -> None:
-    """A type descriptor: tensor / tuple / adt / func (see the contract)."""
+    """A type descriptor: tensor / tuple / adt / func / any (a type variable: no check)."""
     _expect(type(t) is dict and type(t.get("kind")) is str, f"{where}: bad type descriptor {t!r:.60}")
     kind = t["kind"]
     if kind == "tensor":
@@ -405,7 +405,7 @@ def _verify_type(t, where) -> None:
         _expect_dict(t, ("kind", "name"), f"{where}: adt type")
         _expect(type(t["name"]) is str, f"{where}: adt name must be a string")
     else:
-        _expect(kind == "func", f"{where}: unknown type kind {kind!r:.40}")
+        _expect(kind in ("func", "any"), f"{where}: unknown type kind {kind!r:.40}")
 
 
 def _verify_constructors(ctors) -> None:

@@ -330,6 +330,8 @@ class VirtualMachine:
             return tuple(self._import_arg(v, d, f"{where}[{i}]") for i, (v, d) in enumerate(zip(value, fields)))
         if kind == "adt":
             return self._import_adt(value, desc["name"], where)
+        if kind == "any":
+            return rebuild(value, _import_leaf)
         if not isinstance(value, Closure) or not 0 <= value.func_index < len(self.exe.functions):
             raise InvokeArgumentError(f"{where}: expected a vm.Closure from this executable, got {_kind(value)}")
         return value

@@ -16,6 +16,7 @@ from vm.errors import CompileError
 from compiler.ir import expr as E
 from compiler.ir.types import TensorType, TupleType
 from compiler.op.registry import get_op
+from compiler.codegen.patterns import check_exhaustive
 from compiler.codegen.primitive import find_anchor, kernel_expr
 from compiler.codegen.types import tensor_leaves
 
@@ -64,6 +65,8 @@ class FunctionEmitter:
             self.scoped(self.tail, node.true_branch)
             self.patch_else(branch_at)
             self.scoped(self.tail, node.false_branch)
+        elif isinstance(node, E.Match) and node not in self.env:
+            self.match(node, self.tail)
         elif self.is_self_call(node):
             self.self_tail_call(node)
         else:
@@ -125,6 +128,52 @@ class FunctionEmitter:
         self.code[goto_at] = Instruction("Goto", len(self.code) - goto_at)
         return result
 
+    def visit_Match(self, node):
+        result = self.new_reg()
+        gotos = []
+
+        def clause_value(rhs):
+            self.emit("Move", result, self.visit(rhs))
+            gotos.append(len(self.code))
+            self.emit("Goto", 0)                    # to the end, patched below
+        self.match(node, clause_value)
+        for pc in gotos:
+            self.code[pc] = Instruction("Goto", len(self.code) - pc)
+        return result
+
+    def match(self, node: E.Match, compile_rhs) -> None:
+        """Clauses in order: each tests its pattern with GetTag/GetField/If and falls through
+        to the next clause on the first failed test; no match at all is a Fatal."""
+        if node.complete:
+            check_exhaustive(node, self.name, self.mc.mod.type_definitions)
+        data = self.visit(node.data)
+        for clause in node.clauses:
+            saved = dict(self.env)
+            failures: list[int] = []
+            self.bind_pattern(clause.pattern, data, failures)
+            compile_rhs(clause.rhs)
+            self.env = saved
+            for pc in failures:
+                self.patch_else(pc)
+        self.emit("Fatal", f"match in @{self.name}: no clause matches the value")
+
+    def bind_pattern(self, pattern, reg: int, failures: list) -> None:
+        if isinstance(pattern, E.PatternVar):
+            self.env[pattern.var] = reg
+        elif isinstance(pattern, E.PatternConstructor):
+            tag = self.emit_to("GetTag", reg)
+            expected = self.emit_to("LoadConsti", pattern.constructor.tag)
+            self.emit("If", tag, expected, 1, 0)
+            failures.append(len(self.code) - 1)
+            self.bind_fields(pattern.patterns, reg, failures)
+        elif isinstance(pattern, E.PatternTuple):
+            self.bind_fields(pattern.patterns, reg, failures)
+
+    def bind_fields(self, patterns, reg, failures):
+        for i, sub in enumerate(patterns):
+            if not isinstance(sub, E.PatternWildcard):
+                self.bind_pattern(sub, self.emit_to("GetField", reg, i), failures)
+
     def branch_on(self, cond: E.Expr) -> int:
         """Emit `If cond == 1` falling through to the then-code; returns the If's pc (its else
         offset is patched by `patch_else`)."""
@@ -154,11 +203,17 @@ class FunctionEmitter:
             return self.primitive_call(node)
         args = [self.visit(a) for a in node.args]
         if isinstance(callee, E.GlobalVar):
-            return self.emit_to("Invoke", self.mc.function_index(callee.name), args)
+            func = self.mc.function_index(callee.name)
+            if node.attrs.get("closure"):
+                return self.emit_to("AllocClosure", func, args)
+            return self.emit_to("Invoke", func, args)
         if isinstance(callee, E.Constructor):
             return self.emit_to("AllocADT", self.mc.constructor_index(callee), args)
-        raise CompileError("calls of closures are not supported yet\n"
-                           f"  in: {node}")
+        return self.emit_to("InvokeClosure", self.visit(callee), args)
+
+    def visit_GlobalVar(self, node):
+        """A global function used as a value: a closure capturing nothing."""
+        return self.emit_to("AllocClosure", self.mc.function_index(node.name), [])
 
     # -- primitive ops ---------------------------------------------------------------------
     def op_call(self, node: E.Call) -> int:

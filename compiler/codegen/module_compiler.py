@@ -24,6 +24,9 @@ class ModuleCompiler:
         self.shape_funcs: list[dict] = []
         self.constructors = [dict(TUPLE_CONSTRUCTOR)]
         self.constructor_ids: dict[str, int] = {}
+        for td in mod.type_definitions.values():   # all of them: Python may pass any value in
+            for ctor in td.constructors:
+                self.constructor_index(ctor)
 
     def function_index(self, name: str) -> int:
         try:

@@ -1,7 +1,7 @@
 """Conversions between IR types and what the executable stores about them."""
 from vm.errors import CompileError
 
-from compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, is_any
+from compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
 
 
 def type_desc(t) -> dict:
@@ -15,6 +15,8 @@ def type_desc(t) -> dict:
         return {"kind": "adt", "name": t.name}
     if isinstance(t, FuncType):
         return {"kind": "func"}
+    if isinstance(t, TypeVar):
+        return {"kind": "any"}
     raise CompileError(f"type {t} cannot cross the VM boundary")
 
 

@@ -8,3 +8,4 @@ from compiler.ir.module import IRModule
 from compiler.ir.printer import expr_text, module_text
 from compiler.ir.parser import parse
 from compiler.ir.equality import structural_equal
+from compiler.ir.loops import while_loop

@@ -23,7 +23,7 @@ class ExprMutator:
 
     def visit_Call(self, node):
         args = [self.visit(a) for a in node.args]
-        callee = self.visit(node.callee) if isinstance(node.callee, E.Function) else node.callee
+        callee = self.visit(node.callee)
         if callee is node.callee and all(a is b for a, b in zip(args, node.args)):
             return self.rewrite_call(node)
         return self.rewrite_call(_typed(E.Call(callee, args, node.attrs), node))
@@ -59,6 +59,14 @@ class ExprMutator:
             else:
                 body = let
         return body
+
+    def visit_Match(self, node):
+        data = self.visit(node.data)
+        rhs = [self.visit(c.rhs) for c in node.clauses]
+        if data is node.data and all(a is c.rhs for a, c in zip(rhs, node.clauses)):
+            return node
+        clauses = [E.Clause(c.pattern, r) for c, r in zip(node.clauses, rhs)]
+        return _typed(E.Match(data, clauses, node.complete), node)
 
     def visit_Function(self, node):
         body = self.visit(node.body)

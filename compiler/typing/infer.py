@@ -25,7 +25,11 @@ def join_types(a, b, where):
         return TensorType([x if x == y else Any() for x, y in zip(a.shape, b.shape)], a.dtype)
     if isinstance(a, TupleType) and isinstance(b, TupleType) and len(a.fields) == len(b.fields):
         return TupleType([join_types(x, y, where) for x, y in zip(a.fields, b.fields)])
-    if a == b:
+    if isinstance(a, TypeCall) and isinstance(b, TypeCall) and a.name == b.name:
+        return TypeCall(a.name, [join_types(x, y, where) for x, y in zip(a.args, b.args)])
+    if isinstance(a, TypeVar):
+        return b
+    if isinstance(b, TypeVar) or a == b:
         return a
     raise TypeInferenceError(f"branches have different types {a} and {b}\n  in: {where()}")
 
@@ -46,9 +50,48 @@ def fits(actual, declared) -> bool:
     return actual == declared
 
 
+def match_type(declared, actual, binding: dict) -> None:
+    """Bind the type variables of `declared` to the matching parts of `actual` (one way)."""
+    if isinstance(declared, TypeVar):
+        if declared not in binding and not isinstance(actual, TypeVar):
+            binding[declared] = actual
+    elif isinstance(declared, TupleType) and isinstance(actual, TupleType):
+        for d, a in zip(declared.fields, actual.fields):
+            match_type(d, a, binding)
+    elif isinstance(declared, FuncType) and isinstance(actual, FuncType):
+        for d, a in zip(declared.arg_types, actual.arg_types):
+            match_type(d, a, binding)
+        match_type(declared.ret_type, actual.ret_type, binding)
+    elif isinstance(declared, TypeCall) and isinstance(actual, TypeCall):
+        for d, a in zip(declared.args, actual.args):
+            match_type(d, a, binding)
+
+
+def substitute(t, binding: dict):
+    """`t` with its bound type variables replaced."""
+    if isinstance(t, TypeVar):
+        return binding.get(t, t)
+    if isinstance(t, TupleType):
+        return TupleType([substitute(f, binding) for f in t.fields])
+    if isinstance(t, FuncType):
+        return FuncType([substitute(a, binding) for a in t.arg_types], substitute(t.ret_type, binding))
+    if isinstance(t, TypeCall):
+        return TypeCall(t.name, [substitute(a, binding) for a in t.args])
+    return t
+
+
+def instantiate(func_type: FuncType, arg_types) -> FuncType:
+    """A polymorphic function type specialised to the argument types of one call."""
+    binding = {}
+    for d, a in zip(func_type.arg_types, arg_types):
+        match_type(d, a, binding)
+    return substitute(func_type, binding) if binding else func_type
+
+
 class _Inferencer:
-    def __init__(self, mod):
+    def __init__(self, mod, free_vars_annotated=False):
         self.mod = mod
+        self.free_vars_annotated = free_vars_annotated
         self.global_types: dict[str, FuncType] = {}
         self.in_progress: set[str] = set()
 
@@ -104,9 +147,11 @@ class _Inferencer:
         return node.checked_type
 
     def visit_Var(self, node, env):
-        if node not in env:
-            raise TypeInferenceError(f"variable %{node.name} is not bound here")
-        return env[node]
+        if node in env:
+            return env[node]
+        if self.free_vars_annotated and node.type_annotation is not None:
+            return node.type_annotation
+        raise TypeInferenceError(f"variable %{node.name} is not bound here")
 
     def visit_Constant(self, node, env):
         return TensorType(node.data.shape, node.data.dtype.name)
@@ -127,6 +172,8 @@ class _Inferencer:
         env = dict(env)
         chain = []
         while isinstance(node, E.Let):  # iterate: let chains can be very long
+            if isinstance(node.value, E.Function) and node.value.ret_type is not None:
+                env[node.var] = node.value.func_type   # the function may call itself
             value_type = self.expr(node.value, env)
             declared = node.var.type_annotation
             if declared is not None and not fits(value_type, declared):
@@ -168,6 +215,7 @@ class _Inferencer:
         if not isinstance(callee_type, FuncType):
             raise TypeInferenceError(f"calling a value of non-function type {callee_type}\n"
                                      f"  in: {where()}")
+        callee_type = instantiate(callee_type, arg_types)
         self.check_args(callee_type.arg_types, arg_types, where)
         return callee_type.ret_type
 
@@ -188,22 +236,62 @@ class _Inferencer:
                                          f"  in: {where()}")
 
     def constructor_call(self, ctor, arg_types, where):
-        self.check_args(ctor.inputs, arg_types, where)
         td = self.mod.type_definitions.get(ctor.belongs_to)
         if td is None:
             raise TypeInferenceError(f"constructor {ctor.name} belongs to undeclared type "
                                      f"{ctor.belongs_to}\n  in: {where()}")
         binding = {}
         for declared, actual in zip(ctor.inputs, arg_types):
-            if isinstance(declared, TypeVar):
-                binding.setdefault(declared, actual)
+            match_type(declared, actual, binding)
+        self.check_args([substitute(t, binding) for t in ctor.inputs], arg_types, where)
         return TypeCall(td.name, [binding.get(v, v) for v in td.type_vars])
 
     def visit_Constructor(self, node, env):
-        return FuncType(node.inputs, TypeCall(node.belongs_to))
+        td = self.mod.type_definitions.get(node.belongs_to)
+        args = td.type_vars if td is not None else []
+        return FuncType(node.inputs, TypeCall(node.belongs_to, args))
 
     def visit_Match(self, node, env):
-        raise TypeInferenceError("match is not supported by type inference yet")
+        data_type = self.expr(node.data, env)
+        result = None
+        for clause in node.clauses:
+            clause_env = dict(env)
+            self.bind_pattern(clause.pattern, data_type, clause_env, node)
+            rhs = self.expr(clause.rhs, clause_env)
+            result = rhs if result is None else join_types(result, rhs, lambda: expr_text(node))
+        if result is None:
+            raise TypeInferenceError(f"match without clauses\n  in: {expr_text(node)}")
+        return result
+
+    def bind_pattern(self, pattern, t, env, where):
+        if isinstance(pattern, E.PatternVar):
+            pattern.var.checked_type = t
+            env[pattern.var] = t
+        elif isinstance(pattern, E.PatternTuple):
+            if not isinstance(t, TupleType) or len(t.fields) != len(pattern.patterns):
+                raise TypeInferenceError(f"tuple pattern of {len(pattern.patterns)} fields does not "
+                                         f"fit type {t}\n  in: {expr_text(where)}")
+            for p, ft in zip(pattern.patterns, t.fields):
+                self.bind_pattern(p, ft, env, where)
+        elif isinstance(pattern, E.PatternConstructor):
+            ctor = pattern.constructor
+            td = self.mod.type_definitions.get(ctor.belongs_to)
+            if not isinstance(t, TypeCall) or td is None or t.name != td.name:
+                raise TypeInferenceError(f"constructor {ctor.name} cannot match a value of type {t}"
+                                         f"\n  in: {expr_text(where)}")
+            if len(pattern.patterns) != len(ctor.inputs):
+                raise TypeInferenceError(f"{ctor.name} has {len(ctor.inputs)} field(s), the pattern "
+                                         f"gives {len(pattern.patterns)}\n  in: {expr_text(where)}")
+            binding = dict(zip(td.type_vars, t.args))
+            for p, ft in zip(pattern.patterns, ctor.inputs):
+                self.bind_pattern(p, substitute(ft, binding), env, where)
+
+
+def infer_expr_type(expr, mod=None):
+    """The type of a stand-alone expression whose free variables carry type annotations
+    (used by builders such as `ir.while_loop`). Sets checked_type on the nodes it visits."""
+    from compiler.ir.module import IRModule
+    return _Inferencer(mod or IRModule(), free_vars_annotated=True).expr(expr, {})
 
 
 def infer_types(mod):

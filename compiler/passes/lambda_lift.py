@@ -1,0 +1,155 @@
+"""lambda_lift: local functions become global functions; closures become explicit.
+
+Afterwards no non-primitive `Function` is nested in a global function. A local function
+`fn (params) { body }` with free variables `c1..ck` becomes a global `@outer_name_N(c1..ck,
+params) { body }` with attribute `Closure = k`, and the local function value becomes
+`Call(@outer_name_N, [c1..ck], attrs={"closure": 1})` (the code generator emits AllocClosure).
+A local function bound by `let %f = fn ...` may call itself: such calls, and calls of `%f` in the
+let body, become direct calls `@outer_name_N(c1..ck, args)` (so a loop built by `while_loop`
+is a self tail call of a global, which the code generator compiles to a jump).
+Requires a typed module; the output is typed.
+"""
+from __future__ import annotations
+
+from compiler.ir import expr as E
+from compiler.ir.types import FuncType
+from compiler.passes.mutator import ExprMutator
+
+
+def free_vars(node: E.Expr) -> list[E.Var]:
+    """Variables used in `node` but not bound inside it, in first-use order."""
+    found: dict[E.Var, None] = {}
+    _collect(node, set(), found, set())
+    return list(found)
+
+
+def _collect(node, bound, found, seen):
+    stack = [(node, bound)]
+    while stack:
+        node, bound = stack.pop()
+        if isinstance(node, E.Var):
+            if node not in bound:
+                found.setdefault(node, None)
+        elif isinstance(node, E.Function):
+            stack.append((node.body, bound | set(node.params)))
+        elif isinstance(node, E.Let):
+            inner = bound | {node.var}
+            stack.append((node.body, inner))
+            stack.append((node.value, inner if isinstance(node.value, E.Function) else bound))
+        elif isinstance(node, E.Match):
+            stack.append((node.data, bound))
+            for clause in node.clauses:
+                stack.append((clause.rhs, bound | set(_pattern_vars(clause.pattern))))
+        elif isinstance(node, E.Call):
+            stack.extend((a, bound) for a in node.args)
+            stack.append((node.callee, bound))
+        elif isinstance(node, E.Tuple):
+            stack.extend((f, bound) for f in node.fields)
+        elif isinstance(node, E.TupleGetItem):
+            stack.append((node.tuple_value, bound))
+        elif isinstance(node, E.If):
+            stack.extend((x, bound) for x in (node.cond, node.true_branch, node.false_branch))
+
+
+def _pattern_vars(pattern):
+    if isinstance(pattern, E.PatternVar):
+        return [pattern.var]
+    if isinstance(pattern, (E.PatternConstructor, E.PatternTuple)):
+        return [v for p in pattern.patterns for v in _pattern_vars(p)]
+    return []
+
+
+def _typed(node, t):
+    node.checked_type = t
+    return node
+
+
+class _Lifter(ExprMutator):
+    def __init__(self, mod, outer: str, new_functions: dict):
+        super().__init__()
+        self.mod = mod
+        self.outer = outer
+        self.new_functions = new_functions
+        self.direct: dict[E.Var, tuple] = {}   # let-bound local function -> (GlobalVar, captured)
+
+    def fresh_name(self, hint):
+        n = 0
+        while f"{self.outer}_{hint}{n}" in self.mod.functions or \
+                f"{self.outer}_{hint}{n}" in self.new_functions:
+            n += 1
+        return f"{self.outer}_{hint}{n}"
+
+    def visit_Let(self, node):
+        if isinstance(node.value, E.Function) and not node.value.attrs.get("Primitive"):
+            return self.lift_let(node)
+        return super().visit_Let(node)
+
+    def visit_Function(self, node):
+        if node.attrs.get("Primitive"):
+            return node
+        gv, captured = self.lift(node, None, "lambda")
+        return self.closure(gv, captured, node)
+
+    def visit_Call(self, node):
+        if isinstance(node.callee, E.Var) and node.callee in self.direct:
+            gv, captured = self.direct[node.callee]
+            args = list(captured) + [self.visit(a) for a in node.args]
+            return _typed(E.Call(gv, args), node.checked_type)
+        return super().visit_Call(node)
+
+    def visit_Var(self, node):
+        if node in self.direct:        # the function used as a value: a closure
+            gv, captured = self.direct[node]
+            return _typed(E.Call(gv, list(captured), {"closure": 1}), node.checked_type)
+        return node
+
+    def lift_let(self, let):
+        func = let.value
+        gv, captured = self.lift(func, let.var, let.var.name)
+        self.direct[let.var] = (gv, captured)
+        body = self.visit(let.body)
+        if let.var not in free_vars(body):   # only called directly: no closure value needed
+            return body
+        value = self.closure(gv, captured, func)
+        return _typed(E.Let(let.var, value, body), let.checked_type)
+
+    def lift(self, func, self_var, hint):
+        """Create the global for `func`; returns (GlobalVar, captured outer variables)."""
+        captured = [v for v in free_vars(func) if v is not self_var]
+        name = self.fresh_name(hint)
+        gv = self.mod.get_global_var(name)
+        fresh = [_typed(E.Var(v.name, v.checked_type), v.checked_type) for v in captured]
+        for v in fresh:
+            v.type_annotation = v.checked_type
+        inner = _Lifter(self.mod, name, self.new_functions)
+        inner.memo.update({id(old): new for old, new in zip(captured, fresh)})
+        if self_var is not None:
+            inner.direct[self_var] = (gv, fresh)
+        body = inner.visit(func.body)
+        params = fresh + func.params
+        ret = func.checked_type.ret_type
+        lifted = E.Function(params, body, ret, attrs={"Closure": len(captured)})
+        lifted.checked_type = FuncType([p.checked_type for p in params], ret)
+        self.new_functions[name] = lifted
+        return gv, captured
+
+    def closure(self, gv, captured, func):
+        return _typed(E.Call(gv, [self.visit(v) for v in captured], {"closure": 1}),
+                      func.checked_type)
+
+
+def lambda_lift(mod):
+    """Lift every local function of `mod` to a global (see the module docstring)."""
+    new_functions: dict = {}
+    functions = {}
+    for name, func in mod.functions.items():
+        lifter = _Lifter(mod, name, new_functions)
+        body = lifter.visit(func.body)
+        if body is func.body:
+            functions[name] = func
+        else:
+            out = E.Function(func.params, body, func.ret_type, func.type_params, func.attrs)
+            out.checked_type = func.checked_type
+            functions[name] = out
+    functions.update(new_functions)
+    return mod.with_functions(functions)
