@@ -1,0 +1,56 @@
+"""The models in examples/ against their numpy references (one executable, many sizes)."""
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from compiler import build
+from vm import VirtualMachine
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    m = load_example("lstm")
+    w = m.weights()
+    return m, w, VirtualMachine(build(m.build_module(w)), max_depth=8)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 17, 128])
+def test_lstm_matches_numpy_for_any_sequence_length(lstm, steps):
+    m, w, vm = lstm
+    x = m.make_input(steps, seed=steps)
+    np.testing.assert_allclose(vm.invoke("main", x), m.reference(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tree_lstm():
+    m = load_example("tree_lstm")
+    w = m.weights()
+    return m, w, VirtualMachine(build(m.build_module(w)))
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 9, 60, 200])
+def test_tree_lstm_matches_numpy_on_random_trees(tree_lstm, nodes):
+    m, w, vm = tree_lstm
+    py_tree = m.random_tree(nodes, seed=nodes)
+    np.testing.assert_allclose(vm.invoke("main", m.to_adt(py_tree)), m.reference(py_tree, w)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [0, 1, 13, 512])
+def test_arange_model_matches_numpy(length):
+    m = load_example("arange_model")
+    table = m.position_table()
+    vm = VirtualMachine(build(m.build_module(table)))
+    x = m.make_input(length)
+    np.testing.assert_allclose(vm.invoke("main", x), m.reference(x, table), rtol=1e-6)
