@@ -54,3 +54,18 @@ def test_arange_model_matches_numpy(length):
     vm = VirtualMachine(build(m.build_module(table)))
     x = m.make_input(length)
     np.testing.assert_allclose(vm.invoke("main", x), m.reference(x, table), rtol=1e-6)
+
+
+@pytest.mark.parametrize("lengths", [[], [1], [4, 1, 7, 2], list(range(1, 25))])
+def test_list_ops_matches_numpy(lengths):
+    from vm.convert import from_list, to_list
+    m = load_example("list_ops")
+    vm = VirtualMachine(build(m.build_module()))
+    xs = m.make_input(lengths)
+    out, energy = vm.invoke("main", to_list(xs), np.float32(0.5))
+    expected, expected_energy = m.reference(xs, np.float32(0.5))
+    got = from_list(out)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(energy, expected_energy, rtol=1e-4)
