@@ -69,3 +69,25 @@ def test_list_ops_matches_numpy(lengths):
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(energy, expected_energy, rtol=1e-4)
+
+
+@pytest.mark.parametrize("anchors", [0, 1, 37, 600])
+def test_nms_postprocess_matches_the_tvm_reference(anchors):
+    m = load_example("nms_postprocess")
+    vm = VirtualMachine(build(m.build_module()))
+    data = m.make_input(anchors, seed=anchors)
+    np.testing.assert_array_equal(vm.invoke("main", data), m.reference(data))
+
+
+@pytest.fixture(scope="module")
+def bert():
+    m = load_example("bert_varlen")
+    w = m.weights()
+    return m, w, VirtualMachine(build(m.build_module(w)))
+
+
+@pytest.mark.parametrize("seq", [1, 7, 64])
+def test_bert_varlen_matches_numpy_for_any_sequence_length(bert, seq):
+    m, w, vm = bert
+    x = m.make_input(seq, seed=seq)
+    np.testing.assert_allclose(vm.invoke("main", x), m.reference(x, w), rtol=1e-4, atol=1e-4)

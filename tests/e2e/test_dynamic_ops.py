@@ -1,0 +1,86 @@
+"""Data-dependent and upper-bound ops end to end: NMS sliced without copy, empty results."""
+import numpy as np
+import pytest
+
+from compiler import build, ir, op
+from shape_funcs.vision import nms_select
+from vm import VirtualMachine
+from vm.errors import DynVMError, TypeInferenceError
+
+ATTRS = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}
+
+
+@pytest.fixture(scope="module")
+def nms_vm():
+    b = ir.var("b", ir.TensorType((ir.Any(), 4), "float32"))
+    s = ir.var("s", ir.TensorType((ir.Any(),), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([b, s], op.non_max_suppression(b, s, **ATTRS))))
+    return exe, VirtualMachine(exe)
+
+
+def random_boxes(n, seed, size=20.0):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 100, (n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(0, size, (n, 2)).astype(np.float32)], 1)
+    return boxes, rng.random(n).astype(np.float32)
+
+
+def test_nms_allocates_the_bound_and_views_the_true_rows(nms_vm):
+    exe, _ = nms_vm
+    names = [exe.shape_funcs[ins.args[0]]["name"] for ins in exe.functions[0].instructions
+             if ins.name == "CallShapeFunc"]
+    assert names == ["nms.upper_bound", "upper_bound.slice"]   # no exact greedy pass in Python
+
+
+@pytest.mark.parametrize("n,seed", [(0, 0), (1, 1), (7, 2), (300, 3), (1000, 4)])
+def test_nms_matches_the_reference(nms_vm, n, seed):
+    _, vm = nms_vm
+    boxes, scores = random_boxes(n, seed)
+    got = vm.invoke("main", boxes, scores)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, nms_select(boxes, scores, ATTRS))
+
+
+def test_nms_adversarial_boxes(nms_vm):
+    _, vm = nms_vm
+    same = np.tile(np.array([[0, 0, 10, 10]], np.float32), (50, 1))
+    ties = np.full(50, 0.5, np.float32)
+    np.testing.assert_array_equal(vm.invoke("main", same, ties), [0])            # all suppressed
+    far = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(30)], np.float32)
+    np.testing.assert_array_equal(vm.invoke("main", far, ties[:30]), np.arange(30))  # none suppressed
+    flat = np.zeros((5, 4), np.float32)                                          # zero-area boxes
+    np.testing.assert_array_equal(vm.invoke("main", flat, ties[:5]), nms_select(flat, ties[:5], ATTRS))
+    low = np.full(5, 0.01, np.float32)                                           # below threshold
+    assert vm.invoke("main", far[:5], low).shape == (0,)
+
+
+def test_results_of_earlier_calls_stay_valid(nms_vm):
+    _, vm = nms_vm
+    first = vm.invoke("main", *random_boxes(200, 5))
+    kept = first.copy()
+    vm.invoke("main", *random_boxes(200, 6))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_bad_nms_attributes_are_clear_errors():
+    b = ir.var("b", ir.TensorType((ir.Any(), 4), "float32"))
+    s = ir.var("s", ir.TensorType((ir.Any(),), "float32"))
+    for bad in ({"max_output": -1}, {"iou_threshold": 1.5}):
+        attrs = dict(ATTRS, **bad)
+        with pytest.raises((TypeInferenceError, DynVMError)):
+            build(ir.IRModule.from_expr(ir.Function([b, s], op.non_max_suppression(b, s, **attrs))))
+
+
+def test_arange_with_step_zero_is_a_clear_error():
+    n = ir.var("n", ir.TensorType((), "int64"))
+    vm = VirtualMachine(build(ir.IRModule.from_expr(
+        ir.Function([n], op.arange(ir.const(0, "int64"), n, ir.const(0, "int64"), dtype="int64")))))
+    with pytest.raises(DynVMError, match="step"):
+        vm.invoke("main", np.int64(5))
+
+
+def test_argwhere_of_all_false_is_empty():
+    m = ir.var("m", ir.TensorType((ir.Any(), 3), "bool"))
+    vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([m], op.argwhere(m)))))
+    assert vm.invoke("main", np.zeros((4, 3), bool)).shape == (0, 2)
+    np.testing.assert_array_equal(vm.invoke("main", np.eye(3, dtype=bool)), np.argwhere(np.eye(3)))
