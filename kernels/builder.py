@@ -2,6 +2,9 @@
 
 The compiler adds kernels while lowering; `finish()` compiles the module once and returns the
 msgpack-able kernels section (see the contract in DESIGN.md / runtime.py for its layout).
+Compiled kernels come from the families registered in kernels/family.py: the builder validates
+the signature, asks the family to check the spec and emit its variants and dispatcher, and
+records {"symbol": S, "variants": [{"name", "symbol": S__<name>}...]} in the section.
 """
 import json
 import re
@@ -9,7 +12,7 @@ import re
 from llvmlite import ir
 
 from kernels import codelib
-from kernels.elementwise import emit_elementwise, expr_dtype
+from kernels.family import get_family, variant_symbol
 from vm.dtypes import DTYPES
 from vm.errors import KernelError
 
@@ -49,26 +52,36 @@ class KernelBuilder:
         self._index = {}
         self._section = None
 
-    def add_elementwise(self, name, expr, inputs, output) -> int:
-        """A fused elementwise kernel computing `expr` (see elementwise.py) -> kernel index."""
+    def add_compiled(self, name, family, spec, inputs, outputs) -> int:
+        """A kernel of `family` (kernels/family.py) for `spec` (a msgpack-able dict) -> index.
+
+        inputs/outputs: [(dtype, rank)...]. Identical (family, spec, signature) share an index.
+        """
         self._check_open()
-        expr = _plain(expr)
+        fam = get_family(family)
+        if not isinstance(spec, dict):
+            raise KernelError(f"kernel {name}: spec must be a dict, got {type(spec).__name__}")
+        spec = _plain(spec)
         inputs = _signature(inputs, f"kernel {name} inputs")
-        (out,) = _signature([output], f"kernel {name} output")
-        result = expr_dtype(expr, [dt for dt, _ in inputs])
-        if result != out[0]:
-            raise KernelError(f"kernel {name}: expression gives {result}, output is {out[0]}")
-        if any(rank > out[1] for _, rank in inputs):
-            raise KernelError(f"kernel {name}: an input has a higher rank than the output")
-        key = ("elementwise", json.dumps([expr, inputs, out]))
+        outputs = _signature(outputs, f"kernel {name} outputs")
+        try:
+            fam.check(spec, inputs, outputs)
+        except KernelError as e:
+            raise KernelError(f"kernel {name}: {e}") from None
+        key = ("compiled", json.dumps([family, spec, inputs, outputs], sort_keys=True))
         if key in self._index:
             return self._index[key]
         index = len(self._kernels)
-        base = f"dynvm_k{index}_{re.sub(r'[^A-Za-z0-9_]', '_', str(name))[:48]}"
-        variants = emit_elementwise(self._module, base, expr, inputs, out)
-        return self._add(key, {"name": str(name), "kind": "compiled", "op": "elementwise",
-                               "attrs": {"expr": expr}, "inputs": inputs, "outputs": [out],
-                               "variants": variants})
+        symbol = f"dynvm_k{index}_{re.sub(r'[^A-Za-z0-9_]', '_', str(name))[:48]}"
+        names = fam.emit(self._module, symbol, spec, inputs, outputs)
+        variants = [{"name": v, "symbol": variant_symbol(symbol, v)} for v in names]
+        return self._add(key, {"name": str(name), "kind": "compiled", "op": family,
+                               "attrs": spec, "inputs": inputs, "outputs": outputs,
+                               "symbol": symbol, "variants": variants})
+
+    def add_elementwise(self, name, expr, inputs, output) -> int:
+        """Shorthand: a fused elementwise kernel computing `expr` (see elementwise.py)."""
+        return self.add_compiled(name, "elementwise", {"expr": expr}, inputs, [output])
 
     def add_extern(self, name, op, attrs, inputs, outputs) -> int:
         """A kernel run by the numpy function kernels.extern.EXTERN_KERNELS[op] -> index."""

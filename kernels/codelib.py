@@ -127,9 +127,12 @@ def _cache_read(key):
         return None
     try:
         with open(os.path.join(directory, key + ".o"), "rb") as f:
-            return f.read()
+            obj = f.read()
     except OSError:
         return None
+    # files appear atomically (see _cache_write), but a damaged disk or a hand-edited file
+    # must cost a recompile, not a crash inside LLVM
+    return obj if _looks_like_object(obj) else None
 
 
 def _cache_write(key, obj: bytes):
@@ -209,6 +212,11 @@ class CodeLibrary:
         """Address of `symbol`, or 0 when the object does not define it."""
         with _lock:
             return self._engine.get_function_address(symbol)
+
+    def global_address(self, symbol: str) -> int:
+        """Address of the global variable `symbol` (e.g. a dispatcher's `S__variant`), or 0."""
+        with _lock:
+            return self._engine.get_global_value_address(symbol)
 
 
 def _same_target(stored: dict, host: dict) -> bool:

@@ -1,17 +1,22 @@
 """LLVM IR for fused elementwise expressions over run-time shapes with numpy broadcasting.
 
 A kernel is built for fixed ranks and dtypes; extents are read from the DLTensors at run time.
-Each expression yields two native functions (variants):
+This module registers the "elementwise" kernel family (spec {"expr": expr}). Each kernel S has
+four variants (native symbols `S__<variant>`) and a dispatcher `S` (see kernels/family.py):
 
-- "contiguous": one flat loop over the output's element count. Valid when every input has the
-  output's element count and every array is compact row-major (sizes-1 dims ignored). The loop
-  body is unit-stride, so LLVM vectorises it.
-- "strided": a loop nest over the output extents; each input gets an effective stride of 0 in a
-  dim where its extent is 1 (numpy broadcasting, right-aligned ranks).
+- "scalar": one flat element loop; for fewer elements than one vector (no vector setup).
+- "vector": explicit `<W x T>` loads/ops/stores (W = a SIMD register of the widest element,
+  e.g. 16 x float32 with AVX-512) plus a scalar tail.
+- "vector_exact": the same without the tail, when the element count is a multiple of W.
+- "strided": a loop nest with numpy broadcasting and any strides; its innermost loop is
+  vectorised when every innermost stride is 0 (broadcast) or 1.
+The flat variants need every array compact row-major (extent-1 dims ignored) with the output's
+element count. The dispatcher picks, in order: scalar (flat, n < W), vector_exact (flat,
+n % W == 0), vector (flat), strided (anything else).
 
-Both functions first check every argument (count, ndim, dtype code/bits/lanes, NULL pointers,
-broadcast compatibility, and for "contiguous" the layout) and return an error code instead of
-touching memory they were not promised. Error codes: `kind | arg << 8 | dim << 16`.
+Every function first checks every argument (count, ndim, dtype code/bits/lanes, NULL pointers,
+broadcast compatibility, and for the flat variants the layout) and returns an error code instead
+of touching memory it was not promised. Error codes: `kind | arg << 8 | dim << 16`.
 
 Semantics worth knowing:
 - maximum/minimum on floats propagate NaN from either operand, like numpy.
@@ -27,10 +32,8 @@ from llvmlite import ir
 
 from kernels.llvm_util import (
     const,
-    intrinsic,
     get_function,
     check,
-    loop,
     prologue,
     element_count,
     load_strides,
@@ -46,7 +49,9 @@ from kernels.llvm_util import (
     F32,
     F64,
     ERR_BROADCAST,
-    ERR_LAYOUT)
+    ERR_LAYOUT,
+    PTR)
+from kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
 from vm.dtypes import DTYPES
 from vm.errors import KernelError
 
@@ -160,18 +165,44 @@ def _ipow_function(module, ty):
 
 
 # ---------------------------------------------------------------------------------------------
-# expression emission
+# expression emission (scalars, or vectors of `lanes` elements: the same code serves both)
+
+
+def reg_type(dtype, lanes=1):
+    """Register type of `dtype`: a scalar, or an LLVM vector `<lanes x T>`."""
+    ty = REG_TYPE[dtype]
+    return ty if lanes == 1 else ir.VectorType(ty, lanes)
+
+
+def mem_type(dtype, lanes=1):
+    ty = MEM_TYPE[dtype]
+    return ty if lanes == 1 else ir.VectorType(ty, lanes)
+
+
+def _math_module():
+    """kernels/llvm_math.py (vectorisable exp/log/tanh/sigmoid) when available, else None:
+    then the libm intrinsics are used, which LLVM scalarises inside vector code."""
+    try:
+        from kernels import llvm_math
+    except ImportError:
+        return None
+    return llvm_math if all(hasattr(llvm_math, f) for f in ("exp", "log", "tanh", "sigmoid")) else None
 
 
 class _ExprEmitter:
-    """Emits one element's computation; identical subexpressions are emitted once."""
+    """Emits one element's (or one vector's) computation; identical subexpressions are emitted once."""
 
-    def __init__(self, b, in_dtypes, load_input):
+    def __init__(self, b, in_dtypes, load_input, lanes=1):
         self.b = b
         self.module = b.module
         self.in_dtypes = in_dtypes
         self.load_input = load_input
+        self.lanes = lanes
         self.memo = {}
+        self.math = _math_module()
+
+    def ty(self, dtype):
+        return reg_type(dtype, self.lanes)
 
     def emit(self, expr):
         key = _freeze(expr)
@@ -202,11 +233,11 @@ class _ExprEmitter:
         return self._arith(head, values[0], values[1], dtype), dtype
 
     def _constant(self, value, dtype):
-        ty = REG_TYPE[dtype]
+        ty = self.ty(dtype)
         if is_float(dtype):
             return const(ty, float(value))
         if dtype == "bool":
-            return const(I1, int(bool(value)))
+            return const(ty, int(bool(value)))
         return const(ty, int(value))
 
     def _truth(self, value, dtype):
@@ -218,7 +249,7 @@ class _ExprEmitter:
         return self.b.icmp_signed("!=", value, const(value.type, 0))
 
     def _cast(self, value, src, dst):
-        b, ty = self.b, REG_TYPE[dst]
+        b, ty = self.b, self.ty(dst)
         if src == dst:
             return value
         if dst == "bool":
@@ -226,23 +257,26 @@ class _ExprEmitter:
         if src == "bool":
             return b.uitofp(value, ty) if is_float(dst) else b.zext(value, ty)
         if is_float(src) and is_float(dst):
-            return b.fpext(value, ty) if ty == F64 else b.fptrunc(value, ty)
+            return b.fpext(value, ty) if dst == "float64" else b.fptrunc(value, ty)
         if is_int(src) and is_int(dst):
-            return b.sext(value, ty) if ty.width > value.type.width else b.trunc(value, ty)
+            wider = REG_TYPE[dst].width > REG_TYPE[src].width
+            return b.sext(value, ty) if wider else b.trunc(value, ty)
         if is_int(src):
             return b.sitofp(value, ty)
-        sat = get_function(self.module, f"llvm.fptosi.sat.i{ty.width}.{_fname(value.type)}",
-                            ir.FunctionType(ty, [value.type]))
+        sat = get_function(self.module, f"llvm.fptosi.sat.{_tname(ty)}.{_tname(value.type)}",
+                           ir.FunctionType(ty, [value.type]))
         return b.call(sat, [value])
 
     def _unary(self, head, x, dtype):
         b, ty = self.b, x.type
         if head == "negative":
             return b.fneg(x) if is_float(dtype) else b.sub(const(ty, 0), x)
+        if head in ("exp", "log", "tanh", "sigmoid") and self.math is not None:
+            return getattr(self.math, head)(b, x)
         if head in ("exp", "log", "sqrt", "tanh"):
-            return b.call(intrinsic(self.module, "llvm." + head, ty), [x])
+            return b.call(_intrinsic(self.module, "llvm." + head, ty), [x])
         if head == "sigmoid":
-            e = b.call(intrinsic(self.module, "llvm.exp", ty), [b.fneg(x)])
+            e = b.call(_intrinsic(self.module, "llvm.exp", ty), [b.fneg(x)])
             return b.fdiv(const(ty, 1.0), b.fadd(const(ty, 1.0), e))
         # relu: max(x, 0), NaN stays NaN
         if dtype == "bool":
@@ -268,7 +302,7 @@ class _ExprEmitter:
             return b.or_(x, y) if head in ("add", "maximum") else b.and_(x, y)
         if is_float(dtype):
             return self._float_arith(head, x, y)
-        return self._int_arith(head, x, y)
+        return self._int_arith(head, x, y, dtype)
 
     def _float_arith(self, head, x, y):
         b = self.b
@@ -276,14 +310,14 @@ class _ExprEmitter:
         if head in simple:
             return simple[head](x, y)
         if head == "power":
-            return b.call(intrinsic(self.module, "llvm.pow", x.type), [x, y])
+            return b.call(_intrinsic(self.module, "llvm.pow", x.type, 2), [x, y])
         # maximum/minimum: x if x is NaN, else the larger/smaller (y when y is NaN)
         pick_x = b.fcmp_ordered(">" if head == "maximum" else "<", x, y)
         x_nan = b.fcmp_unordered("uno", x, x)
         return b.select(b.or_(pick_x, x_nan), x, y)
 
-    def _int_arith(self, head, x, y):
-        b, ty = self.b, x.type
+    def _int_arith(self, head, x, y, dtype):
+        b, ty, width = self.b, x.type, REG_TYPE[dtype].width
         simple = {"add": b.add, "subtract": b.sub, "multiply": b.mul}
         if head in simple:
             return simple[head](x, y)
@@ -292,17 +326,48 @@ class _ExprEmitter:
         if head == "minimum":
             return b.select(b.icmp_signed("<", x, y), x, y)
         if head == "power":
-            return b.call(_ipow_function(self.module, ty), [x, y])
+            return self._lanewise(_ipow_function(self.module, REG_TYPE[dtype]), x, y)
         # divide: truncating, x/0 -> 0, INT_MIN/-1 -> INT_MIN (x/1)
         zero = b.icmp_signed("==", y, const(ty, 0))
-        int_min = const(ty, -(1 << (ty.width - 1)))
+        int_min = const(ty, -(1 << (width - 1)))
         overflow = b.and_(b.icmp_signed("==", x, int_min), b.icmp_signed("==", y, const(ty, -1)))
         safe = b.select(b.or_(zero, overflow), const(ty, 1), y)
         return b.select(zero, const(ty, 0), b.sdiv(x, safe))
 
+    def _lanewise(self, fn, *args):
+        """Call the scalar function `fn` on each lane (for the rare ops with no vector form)."""
+        b = self.b
+        if self.lanes == 1:
+            return b.call(fn, list(args))
+        out = ir.Constant(args[0].type, ir.Undefined)
+        for lane in range(self.lanes):
+            i = const(I32, lane)
+            out = b.insert_element(out, b.call(fn, [b.extract_element(a, i) for a in args]), i)
+        return out
 
-def _fname(ty):
-    return "f32" if ty == F32 else "f64"
+
+def emit_expr(b, expr, in_dtypes, load_input, lanes=1):
+    """Public entry point (fused epilogues in matmul/conv2d): emit `expr` at `b` -> (value,
+    dtype). load_input(i) gives input i in register form (bool as i1), a scalar when lanes == 1,
+    else a `<lanes x T>` vector; the result has the same shape."""
+    return _ExprEmitter(b, in_dtypes, load_input, lanes).emit(expr)
+
+
+def _intrinsic(module, name, ty, nargs=1):
+    """An overloaded LLVM intrinsic on scalars or vectors (llvmlite's declare_intrinsic
+    does not name vector overloads)."""
+    return get_function(module, f"{name}.{_tname(ty)}", ir.FunctionType(ty, [ty] * nargs))
+
+
+def _tname(ty):
+    """LLVM's overload suffix of a type: f32, i64, v16f32, ..."""
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{_tname(ty.element)}"
+    if ty == F32:
+        return "f32"
+    if ty == F64:
+        return "f64"
+    return f"i{ty.width}"
 
 
 def _freeze(expr):
@@ -312,7 +377,7 @@ def _freeze(expr):
 
 
 # ---------------------------------------------------------------------------------------------
-# kernel functions
+# kernel functions: one per variant, each validating its own arguments
 
 
 def _check_broadcast(b, arrays):
@@ -326,24 +391,98 @@ def _check_broadcast(b, arrays):
             check(b, ok, ERR_BROADCAST | k << 8 | j << 16)
 
 
-def _emit_body(b, sig, expr, arrays, offsets):
-    """Load inputs at `offsets`, compute `expr`, store to the output."""
+def _splat(b, x, lanes):
+    vec = ir.VectorType(x.type, lanes)
+    one = b.insert_element(ir.Constant(vec, ir.Undefined), x, const(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, lanes), 0))
+
+
+def _load(b, dtype, data, offset, lanes=1):
+    """Load one element (or `lanes` consecutive ones) of `dtype` at element `offset`."""
+    ty = mem_type(dtype, lanes)
+    ptr = b.gep(data, [offset], inbounds=True, source_etype=MEM_TYPE[dtype])
+    return b.load(ptr, typ=ty, align=DTYPES[dtype][2] // 8)
+
+
+def _to_reg(b, value, dtype):
+    """Memory form -> register form (bool bytes become i1: any non-zero byte is True)."""
+    return b.icmp_unsigned("!=", value, const(value.type, 0)) if dtype == "bool" else value
+
+
+def _compute_and_store(b, sig, expr, load_input, out_data, out_offset, lanes):
+    """Compute `expr` from `load_input(i)` values and store the result at `out_offset`."""
     in_dtypes = [dt for dt, _ in sig[:-1]]
-
-    def load_input(i):
-        ty = MEM_TYPE[in_dtypes[i]]
-        v = b.load(b.gep(arrays[i][0], [offsets[i]], inbounds=True, source_etype=ty), typ=ty)
-        return b.icmp_unsigned("!=", v, const(I8, 0)) if in_dtypes[i] == "bool" else v
-
-    value, _ = _ExprEmitter(b, in_dtypes, load_input).emit(expr)
+    value, _ = _ExprEmitter(b, in_dtypes, load_input, lanes).emit(expr)
     out_dtype = sig[-1][0]
     if out_dtype == "bool":
-        value = b.zext(value, I8)
-    b.store(value, b.gep(arrays[-1][0], [offsets[-1]], inbounds=True,
-                         source_etype=MEM_TYPE[out_dtype]))
+        value = b.zext(value, mem_type("bool", lanes))
+    ptr = b.gep(out_data, [out_offset], inbounds=True, source_etype=MEM_TYPE[out_dtype])
+    b.store(value, ptr, align=DTYPES[out_dtype][2] // 8)
 
 
-def _emit_contiguous(module, symbol, sig, expr):
+def _emit_at(b, sig, expr, arrays, offsets, lanes=1):
+    """Elements (vectors) at per-array `offsets`, all arrays advancing together."""
+    def load_input(i):
+        return _to_reg(b, _load(b, sig[i][0], arrays[i][0], offsets[i], lanes), sig[i][0])
+    _compute_and_store(b, sig, expr, load_input, arrays[-1][0], offsets[-1], lanes)
+
+
+def _range_loop(b, start, stop, body, step=1, unroll=False):
+    """for i in range(start, stop, step): body(i); runs nothing when start >= stop.
+    (stop - start) must be a multiple of `step`.
+
+    The loop is marked "do not vectorise" (and, unless `unroll`, "do not unroll"): vector code
+    here is explicit, the scalar loops are tails or strided paths where LLVM's loop vectoriser
+    gains little and costs most of the compile time.
+    """
+    fn = b.function
+    pre = b.block
+    head, after = fn.append_basic_block("range"), fn.append_basic_block("range.end")
+    b.cbranch(b.icmp_signed("<", start, stop), head, after)
+    b.position_at_end(head)
+    i = b.phi(I64, name="i")
+    i.add_incoming(start, pre)
+    body(i)
+    nxt = b.add(i, const(I64, step), name="i.next", flags=["nsw"])
+    i.add_incoming(nxt, b.block)
+    back = b.cbranch(b.icmp_signed("<", nxt, stop), head, after)
+    back.set_metadata("llvm.loop", _loop_id(b.module, unroll))
+    b.position_at_end(after)
+
+
+def _loop_id(module, unroll):
+    """A fresh self-referential loop-ID node carrying the loop's optimisation hints."""
+    options = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.width"),
+                                    const(I32, 1)])]
+    if not unroll:
+        options.append(module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]))
+    count = len(module.metadata)
+    node = module.add_metadata([ir.MetaDataString(module, f"dynvm.loop.{count}"), *options])
+    node.operands = (node, *options)
+    return node
+
+
+def _loop(b, count, body, unroll=False):
+    """for i in range(count): body(i), count >= 0."""
+    _range_loop(b, const(I64, 0), count, body, unroll=unroll)
+
+
+def _is_compact(b, ext, strides_ptr):
+    """i1: strides are compact row-major except in extent-1 dims (NULL strides are compact)."""
+    ok = const(I1, 1)
+    if not ext:
+        return ok
+    strides = load_strides(b, ext, strides_ptr)
+    expected = const(I64, 1)
+    for e, s in zip(reversed(ext), reversed(strides)):
+        ok = b.and_(ok, b.or_(b.icmp_signed("==", e, const(I64, 1)), b.icmp_signed("==", s, expected)))
+        expected = b.mul(expected, e)
+    return ok
+
+
+def _flat_prologue(module, symbol, sig):
+    """Shared start of the flat variants: every array compact with the output's element count."""
     fn, b = new_function(module, symbol)
     arrays = prologue(b, *fn.args, sig)
     _check_broadcast(b, arrays)
@@ -351,27 +490,42 @@ def _emit_contiguous(module, symbol, sig, expr):
     return_zero_if(b, b.icmp_signed("==", n, const(I64, 0)))
     for k, (_, ext, strides) in enumerate(arrays):
         check(b, b.icmp_signed("==", element_count(b, ext), n), ERR_LAYOUT | k << 8)
-        _check_compact(b, k, ext, strides)
+        check(b, _is_compact(b, ext, strides), ERR_LAYOUT | k << 8)
     check_data(b, arrays)
-    loop(b, n, lambda i: _emit_body(b, sig, expr, arrays, [i] * len(arrays)))
+    return b, arrays, n
+
+
+def _emit_scalar(module, symbol, sig, expr, lanes):
+    """"scalar": one flat element loop, no vector setup (for sizes below one vector)."""
+    b, arrays, n = _flat_prologue(module, symbol, sig)
+    _loop(b, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)))
     b.ret(const(I32, 0))
 
 
-def _check_compact(b, k, ext, strides_ptr):
-    """Strides must be compact row-major except in extent-1 dims (NULL strides are compact)."""
-    if not ext:
-        return
-    strides = load_strides(b, ext, strides_ptr)
-    expected = const(I64, 1)
-    ok = const(I1, 1)
-    for e, s in zip(reversed(ext), reversed(strides)):
-        dim_ok = b.or_(b.icmp_signed("==", e, const(I64, 1)), b.icmp_signed("==", s, expected))
-        ok = b.and_(ok, dim_ok)
-        expected = b.mul(expected, e)
-    check(b, ok, ERR_LAYOUT | k << 8)
+def _emit_vector(module, symbol, sig, expr, lanes):
+    """"vector": explicit `<lanes x T>` loads, ops and stores, then a scalar tail."""
+    b, arrays, n = _flat_prologue(module, symbol, sig)
+    main = b.sub(n, b.urem(n, const(I64, lanes)))
+    _range_loop(b, const(I64, 0), main,
+                lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes), lanes)
+    _range_loop(b, main, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)))
+    b.ret(const(I32, 0))
 
 
-def _emit_strided(module, symbol, sig, expr):
+def _emit_vector_exact(module, symbol, sig, expr, lanes):
+    """"vector_exact": the element count is a multiple of `lanes` (checked), so no tail."""
+    b, arrays, n = _flat_prologue(module, symbol, sig)
+    check(b, b.icmp_signed("==", b.urem(n, const(I64, lanes)), const(I64, 0)), ERR_LAYOUT)
+    _range_loop(b, const(I64, 0), n,
+                lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes), lanes)
+    b.ret(const(I32, 0))
+
+
+def _emit_strided(module, symbol, sig, expr, lanes):
+    """"strided": a loop nest over the output extents with numpy broadcasting (an input's
+    stride is 0 in dims where its extent is 1, any explicit strides allowed). When every
+    innermost stride is 0 or 1 the innermost loop is vectorised: stride-1 inputs load a
+    vector, stride-0 ones a splat (a masked load whose mask is off)."""
     fn, b = new_function(module, symbol)
     arrays = prologue(b, *fn.args, sig)
     _check_broadcast(b, arrays)
@@ -380,16 +534,65 @@ def _emit_strided(module, symbol, sig, expr):
     return_zero_if(b, b.icmp_signed("==", element_count(b, out_ext), const(I64, 0)))
     check_data(b, arrays)
     eff = [_effective_strides(b, ext, strides, r) for _, ext, strides in arrays]
+    if r == 0:
+        _emit_at(b, sig, expr, arrays, [const(I64, 0)] * len(arrays))
+        b.ret(const(I32, 0))
+        return
+    inner = [s[-1] for s in eff]
+    fast = const(I1, 1)
+    for s in inner:
+        if s is not None:
+            fast = b.and_(fast, b.icmp_unsigned("<=", s, const(I64, 1)))
+    fast_bb, slow_bb = fn.append_basic_block("inner.unit"), fn.append_basic_block("inner.any")
+    b.cbranch(fast, fast_bb, slow_bb)
+    for block, emit_inner in ((fast_bb, _inner_unit), (slow_bb, _inner_any)):
+        b.position_at_end(block)
+        _nest(b, out_ext, eff, 0, [const(I64, 0)] * len(arrays),
+              lambda offsets: emit_inner(b, sig, expr, arrays, out_ext[-1], inner, offsets, lanes))
+        b.ret(const(I32, 0))
 
-    def nest(d, offsets):
-        if d == r:
-            _emit_body(b, sig, expr, arrays, offsets)
-            return
-        loop(b, out_ext[d], lambda i: nest(d + 1, [
-            off if s[d] is None else b.add(off, b.mul(i, s[d])) for off, s in zip(offsets, eff)]))
 
-    nest(0, [const(I64, 0)] * len(arrays))
-    b.ret(const(I32, 0))
+def _nest(b, out_ext, eff, d, offsets, innermost):
+    """Loops over output dims d .. r-2 accumulating offsets; `innermost(offsets)` does dim r-1."""
+    if d == len(out_ext) - 1:
+        innermost(offsets)
+        return
+    _loop(b, out_ext[d], lambda i: _nest(b, out_ext, eff, d + 1, [
+        off if s[d] is None else b.add(off, b.mul(i, s[d])) for off, s in zip(offsets, eff)],
+        innermost))
+
+
+def _advance(b, offsets, inner, i):
+    return [off if s is None else b.add(off, b.mul(i, s)) for off, s in zip(offsets, inner)]
+
+
+def _inner_any(b, sig, expr, arrays, m, inner, offsets, lanes):
+    _loop(b, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)))
+
+
+def _inner_unit(b, sig, expr, arrays, m, inner, offsets, lanes):
+    main = b.sub(m, b.urem(m, const(I64, lanes)))
+
+    def vector_body(i):
+        at = _advance(b, offsets, inner, i)
+
+        def load_input(k):
+            dtype = sig[k][0]
+            first = _load(b, dtype, arrays[k][0], at[k])
+            if inner[k] is None:
+                return _to_reg(b, _splat(b, first, lanes), dtype)
+            vec = mem_type(dtype, lanes)
+            masked = get_function(b.module, f"llvm.masked.load.{_tname(vec)}.p0",
+                                  ir.FunctionType(vec, [PTR, I32, ir.VectorType(I1, lanes), vec]))
+            ptr = b.gep(arrays[k][0], [at[k]], inbounds=True, source_etype=MEM_TYPE[dtype])
+            unit = _splat(b, b.icmp_signed("==", inner[k], const(I64, 1)), lanes)
+            value = b.call(masked, [ptr, const(I32, DTYPES[dtype][2] // 8), unit,
+                                    _splat(b, first, lanes)])
+            return _to_reg(b, value, dtype)
+        _compute_and_store(b, sig, expr, load_input, arrays[-1][0], at[-1], lanes)
+
+    _range_loop(b, const(I64, 0), main, vector_body, lanes)
+    _range_loop(b, main, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)))
 
 
 def _effective_strides(b, ext, strides_ptr, r):
@@ -401,18 +604,61 @@ def _effective_strides(b, ext, strides_ptr, r):
     return eff
 
 
-VARIANTS = (("contiguous", _emit_contiguous), ("strided", _emit_strided))
+# ---------------------------------------------------------------------------------------------
+# the family: variants, dispatcher, registration
+
+VARIANTS = {"scalar": _emit_scalar, "vector": _emit_vector, "vector_exact": _emit_vector_exact,
+            "strided": _emit_strided}
 
 
-def emit_elementwise(module, base_symbol, expr, inputs, output):
-    """Add the variant functions of one elementwise kernel to `module`.
+def lanes_for(sig):
+    """Vector lanes of a kernel: a full SIMD register of its widest array element."""
+    return vector_lanes(max(DTYPES[dt][2] for dt, _ in sig))
 
-    `inputs` is [(dtype, rank)...], `output` (dtype, rank). Returns [{"name", "symbol"}...].
-    """
-    sig = [tuple(x) for x in inputs] + [tuple(output)]
-    variants = []
-    for name, emit in VARIANTS:
-        symbol = f"{base_symbol}_{name}"
-        emit(module, symbol, sig, expr)
-        variants.append({"name": name, "symbol": symbol})
-    return variants
+
+def _dispatch_context(b, arrays):
+    """(n, flat): the output's element count and whether the flat variants apply (every array
+    compact, no input broadcast; an empty output counts as flat whatever its strides)."""
+    n = element_count(b, arrays[-1][1])
+    flat = const(I1, 1)
+    for _, ext, strides in arrays:
+        flat = b.and_(flat, b.icmp_signed("==", element_count(b, ext), n))
+        flat = b.and_(flat, _is_compact(b, ext, strides))
+    return n, b.or_(flat, b.icmp_signed("==", n, const(I64, 0)))
+
+
+def dispatch_choices(lanes):
+    """The documented choice: flat and n < lanes -> "scalar"; flat and n % lanes == 0 ->
+    "vector_exact"; flat -> "vector"; anything else (broadcast, strided) -> "strided"."""
+    w = const(I64, lanes)
+    return [
+        ("scalar", lambda b, c: b.and_(c[1], b.icmp_signed("<", c[0], w))),
+        ("vector_exact", lambda b, c: b.and_(c[1], b.icmp_signed("==", b.urem(c[0], w), const(I64, 0)))),
+        ("vector", lambda b, c: c[1]),
+        ("strided", None),
+    ]
+
+
+def check_spec(spec, inputs, outputs):
+    """Build-time checks of an elementwise spec {"expr": expr} against its signature."""
+    if not isinstance(spec, dict) or "expr" not in spec:
+        raise KernelError(f"elementwise spec must be {{'expr': ...}}, got {spec!r:.80}")
+    if len(outputs) != 1:
+        raise KernelError(f"an elementwise kernel has one output, got {len(outputs)}")
+    result = expr_dtype(spec["expr"], [dt for dt, _ in inputs])
+    if result != outputs[0][0]:
+        raise KernelError(f"expression gives {result}, output is {outputs[0][0]}")
+    if any(rank > outputs[0][1] for _, rank in inputs):
+        raise KernelError("an input has a higher rank than the output")
+
+
+def emit_elementwise(module, symbol, spec, inputs, outputs):
+    """Add the variants `symbol__<v>` and the dispatcher `symbol` to `module`; -> variant names."""
+    sig = [tuple(x) for x in inputs] + [tuple(outputs[0])]
+    lanes = lanes_for(sig)
+    for name, emit in VARIANTS.items():
+        emit(module, variant_symbol(symbol, name), sig, spec["expr"], lanes)
+    return emit_dispatcher(module, symbol, sig, dispatch_choices(lanes), prepare=_dispatch_context)
+
+
+FAMILY = register(Family("elementwise", check_spec, emit_elementwise))

@@ -339,3 +339,204 @@ def layer_norm(inputs, outputs, attrs):
         y = (x64 - mean) / np.sqrt(var + attrs.get("epsilon", 1e-5))
     store("layer_norm", outputs[0],
           (y * gamma.reshape(shape) + beta.reshape(shape)).astype(outputs[0].dtype))
+
+
+@extern("conv2d")
+def conv2d(inputs, outputs, attrs):
+    """NCHW data x OIHW weight reference: pad, then one einsum per group and kernel tap."""
+    from shape_funcs.nn import conv2d_params
+    x, w = inputs
+    out = outputs[0]
+    (sh, sw), (pt, pl, pb, pr), (dh, dw), groups = conv2d_params(attrs)
+    n, c, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    _, _, oh, ow = out.shape
+    if out.size == 0:
+        return
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    og = o // groups if groups else 0
+    result = np.zeros((n, o, oh, ow), dtype=out.dtype)
+    for g in range(groups):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                           j * dw: j * dw + sw * (ow - 1) + 1: sw]          # (n, cg, oh, ow)
+                result[:, g * og:(g + 1) * og] += np.einsum(
+                    "nchw,oc->nohw", patch, w[g * og:(g + 1) * og, :, i, j]).astype(out.dtype)
+    store("conv2d", out, result)
+
+
+# ---------------------------------------------------------------- sorting (references)
+# Order: by value (NaN largest, -0.0 == 0.0), equal values by lower index, i.e. a stable sort;
+# descending reverses the value order only. See kernels/sort.py for the native kernels.
+
+from shape_funcs.vision import (_fmax, _fmin, nms_select, stable_order,  # noqa: E402
+                                topk_extent)
+
+
+@extern("sort")
+def sort(inputs, outputs, attrs):
+    x = inputs[0]
+    axis = attrs.get("axis", -1)
+    order = stable_order(x, axis, not attrs.get("is_ascend", True))
+    store("sort", outputs[0], np.take_along_axis(x, order, axis))
+
+
+@extern("argsort")
+def argsort(inputs, outputs, attrs):
+    order = stable_order(inputs[0], attrs.get("axis", -1), not attrs.get("is_ascend", True))
+    store("argsort", outputs[0], order.astype(outputs[0].dtype))
+
+
+@extern("topk")
+def topk(inputs, outputs, attrs):
+    """The k first elements (k < 1: all) of the order; is_ascend=False gives the largest."""
+    x = inputs[0]
+    axis, k = topk_extent(x.shape, attrs)
+    order = np.take(stable_order(x, axis, not attrs.get("is_ascend", False)), np.arange(k),
+                    axis=axis)
+    values = np.take_along_axis(x, order, axis)
+    ret = attrs.get("ret_type", "both")
+    results = {"both": [values, order], "values": [values], "indices": [order]}[ret]
+    for out, result in zip(outputs, results):
+        store("topk", out, result.astype(out.dtype))
+
+
+@extern("unique")
+def unique(inputs, outputs, attrs):
+    """np.unique: sorted distinct values, all NaNs as one trailing NaN; optional counts."""
+    x = inputs[0]
+    if attrs.get("return_counts", False):
+        values, counts = np.unique(x, return_counts=True)
+        store("unique", outputs[0], values)
+        store("unique", outputs[1], counts.astype(np.int64))
+    else:
+        store("unique", outputs[0], np.unique(x))
+
+
+# ---------------------------------------------------------------- detection (references)
+# Boxes are rows [class, score, x1, y1, x2, y2] (columns from id_index, score_index,
+# coord_start). float32 throughout, in the operation order of the native kernels
+# (kernels/vision.py), so results agree exactly.
+
+
+@extern("get_valid_counts")
+def get_valid_counts(inputs, outputs, attrs):
+    """TVM: boxes with score > score_threshold (and class >= 0 unless id_index < 0) move to
+    the top in their original order; the rest become -1 rows; out_indices[i, j] is the input
+    anchor of row j (-1 for padding); valid_count[i] how many are valid."""
+    data = inputs[0]
+    score_index, id_index = attrs.get("score_index", 1), attrs.get("id_index", 0)
+    if data.shape[2] <= max(score_index, id_index):
+        raise ShapeError(f"get_valid_counts: box length {data.shape[2]} is too short")
+    valid = data[:, :, score_index] > np.float32(attrs.get("score_threshold", 0.0))
+    if id_index >= 0:
+        valid &= data[:, :, id_index] >= 0
+    counts, out, out_idx = outputs
+    out[...] = -1
+    out_idx[...] = -1
+    for i in range(data.shape[0]):
+        rows = np.nonzero(valid[i])[0]
+        out[i, :len(rows)] = data[i, rows]
+        out_idx[i, :len(rows)] = rows
+        counts[i] = len(rows)
+
+
+def _tvm_suppressed(box, kept, coord, threshold):
+    """TVM hybrid_nms: IoU(box, each kept box) >= threshold, corners normalised by min/max."""
+    def corners(b):
+        x1, y1, x2, y2 = (b[..., coord + t] for t in range(4))
+        return _fmin(x1, x2), _fmin(y1, y2), _fmax(x1, x2), _fmax(y1, y2)
+    al, at, ar, ab = corners(box)
+    bl, bt, br, bb = corners(kept)
+    zero = np.float32(0)
+    with np.errstate(all="ignore"):
+        w = _fmax(zero, _fmin(ar, br) - _fmax(al, bl))
+        h = _fmax(zero, _fmin(ab, bb) - _fmax(at, bt))
+        area = h * w
+        union = ((ar - al) * (ab - at) + (br - bl) * (bb - bt)) - area
+        iou = np.where(union <= zero, zero, area / union)
+    return iou >= threshold
+
+
+def tvm_nms_rows(data_i, valid, attrs):
+    """Per position j < N of one batch: the input row it holds, or None for an invalid (-1)
+    entry. TVM: with iou_threshold > 0 the first `valid` rows are visited by score
+    (descending, ties by lower index), only the first top_k (> 0) of them; a row with score > 0
+    is kept unless a kept row (class >= 0, same class unless force_suppress or id_index < 0)
+    overlaps it with IoU >= iou_threshold; rows with score <= 0 pass through unchanged; once
+    max_output_size (>= 0) rows are kept the rest are invalid. iou_threshold <= 0: the first
+    `valid` rows in input order."""
+    n = data_i.shape[0]
+    if attrs["iou_threshold"] <= 0:
+        return list(range(valid)) + [None] * (n - valid)
+    score, cls, coord = attrs["score_index"], attrs["id_index"], attrs["coord_start"]
+    top_k, max_out = attrs["top_k"], attrs["max_output_size"]
+    threshold = np.float32(attrs["iou_threshold"])
+    order = stable_order(data_i[:valid, score], 0, descending=True)
+    keep_n = top_k if 0 < top_k < valid else valid
+    rows, kept = [], []
+    for j in range(keep_n):
+        r = int(order[j])
+        if max_out >= 0 and len(kept) == max_out:
+            rows.append(None)
+        elif not data_i[r, score] > 0:
+            rows.append(r)
+        else:
+            k = np.array(kept, dtype=np.int64)
+            if cls >= 0:
+                same = data_i[k, cls] >= 0
+                if not attrs["force_suppress"]:
+                    same &= data_i[k, cls] == data_i[r, cls]
+                k = k[same]
+            if len(k) and _tvm_suppressed(data_i[r], data_i[k], coord, threshold).any():
+                rows.append(None)
+            else:
+                kept.append(r)
+                rows.append(r)
+    return rows + [None] * (n - keep_n)
+
+
+@extern("non_max_suppression")
+def non_max_suppression(inputs, outputs, attrs):
+    """TVM non_max_suppression; valid_count is clamped to [0, N]. return_indices: the kept
+    entries' `indices` values that are >= 0, compacted to the front, -1 after, and their count
+    (B, 1); otherwise the boxes (invalid entries -1), compacted when invalid_to_bottom (an
+    entry counts as valid when its column 0 is >= 0, as in TVM)."""
+    data, valid_count, indices = inputs
+    b, n, k = data.shape
+    if data.shape[2] < attrs["coord_start"] + 4:
+        raise ShapeError(f"non_max_suppression: box length {k} is too short")
+    for out in outputs:
+        out[...] = -1
+    for i in range(b):
+        valid = min(max(int(valid_count[i]), 0), n)
+        rows = tvm_nms_rows(data[i], valid, attrs)
+        if attrs["return_indices"]:
+            picked = [int(indices[i, r]) for r in rows if r is not None]
+            picked = [v for v in picked if v >= 0]
+            outputs[0][i, :len(picked)] = picked
+            outputs[1][i, 0] = len(picked)
+        elif attrs["invalid_to_bottom"]:
+            picked = [r for r in rows if r is not None and data[i, r, 0] >= 0]
+            outputs[0][i, :len(picked)] = data[i, picked]
+        else:
+            for j, r in enumerate(rows):
+                if r is not None:
+                    outputs[0][i, j] = data[i, r]
+
+
+@extern("nms")
+def nms(inputs, outputs, attrs):
+    """Simple NMS (shape_funcs.vision.nms_select). One output: exactly the selected indices.
+    Two outputs (upper-bound form): selected padded with -1, then the count as a 0-d int64."""
+    selected = nms_select(inputs[0], inputs[1], attrs)
+    if len(outputs) == 1:
+        store("nms", outputs[0], selected)
+        return
+    if len(selected) > outputs[0].shape[0]:
+        raise ShapeError(f"nms: {len(selected)} boxes selected, output holds {outputs[0].shape[0]}")
+    outputs[0][...] = -1
+    outputs[0][:len(selected)] = selected
+    outputs[1][...] = len(selected)

@@ -9,6 +9,8 @@ from llvmlite import ir
 from vm.dtypes import DTYPES
 
 ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
+ERR_SHAPE, ERR_EMPTY = 8, 9  # output/operand extents do not fit the op; reduction of nothing
+ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound)
 ERROR_KINDS = {
     ERR_NARGS: "wrong number of arguments",
     ERR_NDIM: "wrong rank",
@@ -17,6 +19,9 @@ ERROR_KINDS = {
     ERR_NULL: "NULL data, shape or args pointer",
     ERR_LAYOUT: "array layout does not fit the contiguous variant",
     ERR_EXTENT: "negative extent",
+    ERR_SHAPE: "extents do not fit the op (output shape or operand length)",
+    ERR_EMPTY: "reduction over an empty axis has no value",
+    ERR_VALUE: "invalid input value (zero step or non-finite bound)",
 }
 
 

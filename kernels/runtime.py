@@ -4,32 +4,52 @@ Section layout (msgpack-able, produced by KernelBuilder.finish()):
     {"target": {"triple": str, "cpu": str, "features": str}, "llvm_ir": str, "object": bytes,
      "kernels": [{"name": str, "kind": "compiled" | "extern", "op": str, "attrs": dict,
                   "inputs": [[dtype, rank]...], "outputs": [[dtype, rank]...],
+                  "symbol": str,            # compiled only: the native dispatcher S
                   "variants": [{"name": str, "symbol": str}...]}...]}
+For compiled kernels "op" is the family name and "attrs" the family's spec. Calls go through
+the dispatcher S, which records the index of the variant it ran in the global `S__variant`
+(kernels/family.py); `Kernel.last_variant` reads it.
 """
 import numpy as np
 
 from kernels import abi, codelib
-from kernels.llvm_util import ERR_BROADCAST, ERROR_KINDS
+from kernels.family import variant_global
+from kernels.llvm_util import ERR_BROADCAST, ERR_SHAPE, ERROR_KINDS
 from vm.dtypes import DTYPES
 from vm.errors import DynVMError, ExecutableFormatError, KernelError, ShapeError
 
 
-class Kernel:
-    """One callable kernel: checks arguments against its signature, then runs a variant."""
+class KernelShapeError(ShapeError, KernelError):
+    """ERR_SHAPE from native code: operand/output extents that do not fit the op. A ShapeError,
+    and still a KernelError for callers that catch every kernel failure."""
 
-    def __init__(self, entry, functions=None, extern_fn=None, library=None):
+
+class Kernel:
+    """One callable kernel: checks arguments against its signature, then runs its dispatcher.
+
+    The VM does not use `__call__`: it prepares an `abi.CallSite` per instruction
+    (`call_site()`) and skips the Python checks, relying on the native dispatcher's.
+    """
+
+    def __init__(self, entry, functions=None, extern_fn=None, library=None, address=0,
+                 variant_address=0):
         self.name = entry["name"]
         self.kind = entry["kind"]
         self.op = entry["op"]
         self.attrs = entry["attrs"]
+        self.symbol = entry.get("symbol", "")
         self.inputs = [tuple(s) for s in entry["inputs"]]
         self.outputs = [tuple(s) for s in entry["outputs"]]
         self.variants = [v["name"] for v in entry["variants"]]
-        self.last_variant = None
-        self._functions = functions or {}  # variant name -> cffi function pointer
+        self.address = address  # the native dispatcher (0 for extern kernels)
+        self._functions = functions or {}  # variant name -> cffi function pointer (test hook)
+        self._entry = abi.kernel_function(address) if address else None
+        self._variant = abi.ffi.cast("int32_t *", variant_address) if variant_address else None
         self._extern_fn = extern_fn
+        self._extern_ran = False
         self._library = library  # keeps the machine code alive
         sig = self.inputs + self.outputs
+        self.dtypes = [dt for dt, _ in sig]
         self._np_dtypes = [DTYPES[dt][0] for dt, _ in sig]
         self._ranks = [rank for _, rank in sig]
         self._codes = [abi.dtype_code(dt) for dt, _ in sig]
@@ -38,19 +58,38 @@ class Kernel:
     def __repr__(self):
         return f"<Kernel {self.name} {self.kind}:{self.op} variants={self.variants}>"
 
+    @property
+    def last_variant(self):
+        """Name of the variant the latest call ran (any caller in this process), or None."""
+        if self.kind == "extern":
+            return "extern" if self._extern_ran else None
+        index = self.variant_index()
+        return self.variants[index] if 0 <= index < len(self.variants) else None
+
+    def variant_index(self) -> int:
+        """What the dispatcher stored in `S__variant` (-1 before the first call)."""
+        return self._variant[0] if self._variant is not None else -1
+
+    def call_site(self) -> "abi.CallSite":
+        """Prepared descriptors for one VM call site of this (compiled) kernel."""
+        return abi.CallSite(self.address, self.dtypes, self._ranks)
+
+    def variant_function(self, name):
+        """The native function of one variant (`S__<name>`): a test hook that bypasses the
+        dispatcher; it takes (DLTensor *args, int32_t nargs) like the kernel itself."""
+        return self._functions[name]
+
     def __call__(self, inputs, outputs):
         """Run the kernel, writing `outputs` in place."""
         arrays = self._check(inputs, outputs)
         if self.kind == "extern":
             self._call_extern(list(inputs), list(outputs))
             return
-        variant = self._select(arrays)
         tensors, keep = self._packer.pack(arrays)
-        rc = self._functions[variant](tensors, len(arrays))
+        rc = self._entry(tensors, len(arrays))
         del keep
         if rc:
-            raise self._native_error(rc, arrays)
-        self.last_variant = variant
+            raise self.native_error(rc, [a.shape for a in arrays])
 
     def _check(self, inputs, outputs):
         """Count, type, dtype, rank, alignment and writability of every array."""
@@ -76,18 +115,6 @@ class Kernel:
                 raise KernelError(f"kernel {self.name}: {what} is read-only")
         return arrays
 
-    def _select(self, arrays):
-        """Elementwise: the flat "contiguous" loop when every array is compact and no input
-        is broadcast; otherwise "strided"."""
-        functions = self._functions
-        if "contiguous" in functions:
-            size = arrays[-1].size
-            if all(a.size == size and a.flags.c_contiguous for a in arrays):
-                return "contiguous"
-        if "strided" in functions:
-            return "strided"
-        return self.variants[0]
-
     def _call_extern(self, inputs, outputs):
         try:
             self._extern_fn(inputs, outputs, self.attrs)
@@ -95,16 +122,21 @@ class Kernel:
             raise
         except Exception as e:
             raise KernelError(f"extern kernel {self.name} ({self.op}) failed: {e}") from e
-        self.last_variant = "extern"
+        self._extern_ran = True
 
-    def _native_error(self, rc, arrays):
+    def native_error(self, rc, shapes):
+        """The typed error for native return code `rc`; `shapes` are the arguments' shapes."""
         kind, arg, dim = rc & 0xFF, (rc >> 8) & 0xFF, rc >> 16
         n_in = len(self.inputs)
         what = f"input {arg}" if arg < n_in else f"output {arg - n_in}"
-        if kind == ERR_BROADCAST and arg < len(arrays):
-            return ShapeError(f"kernel {self.name}: {what} of shape {arrays[arg].shape} does not "
-                              f"broadcast to the output shape {arrays[-1].shape} (dim {dim})")
+        if kind == ERR_BROADCAST and arg < len(shapes):
+            return ShapeError(f"kernel {self.name}: {what} of shape {tuple(shapes[arg])} does not "
+                              f"broadcast to the output shape {tuple(shapes[-1])} (dim {dim})")
         reason = ERROR_KINDS.get(kind, "unknown error")
+        if kind == ERR_SHAPE:
+            return KernelShapeError(f"kernel {self.name}: native code returned {rc} ({reason}, "
+                                    f"{what}, dim {dim}); argument shapes "
+                                    f"{[tuple(s) for s in shapes]}")
         return KernelError(f"kernel {self.name}: native code returned {rc} ({reason}, {what})")
 
 
@@ -151,6 +183,8 @@ def _check_entry(i, entry):
             _fail(f"kernel {i} variant {v!r} lacks a str name and symbol")
     if entry["kind"] == "compiled" and not entry["variants"]:
         _fail(f"kernel {i} ({entry['name']}) has no variants")
+    if entry["kind"] == "compiled" and not isinstance(entry.get("symbol"), str):
+        _fail(f"kernel {i} ({entry['name']}) lacks its dispatcher symbol")
 
 
 def validate_section(section):
@@ -200,4 +234,10 @@ def _make_kernel(entry, library, externs):
         if not address:
             _fail(f"kernel {entry['name']} variant {v['name']}: symbol {v['symbol']!r} not found")
         functions[v["name"]] = abi.kernel_function(address)
-    return Kernel(entry, functions=functions, library=library)
+    address = library.address(entry["symbol"])
+    variant_address = library.global_address(variant_global(entry["symbol"]))
+    if not address or not variant_address:
+        _fail(f"kernel {entry['name']}: dispatcher {entry['symbol']!r} or its variant global "
+              "not found")
+    return Kernel(entry, functions=functions, library=library, address=address,
+                  variant_address=variant_address)

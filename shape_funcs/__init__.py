@@ -3,4 +3,4 @@
     shape_funcs.lookup("arange").fn([start, stop, step], {"dtype": "float32"}) -> [(n,)]
 """
 from shape_funcs.registry import SHAPE_FUNCS, ShapeFunc, lookup, shape_func  # noqa: F401
-from shape_funcs import elementwise, transform, reduce, nn, dynamic  # noqa: F401,E402  (registers)
+from shape_funcs import elementwise, transform, reduce, nn, dynamic, vision  # noqa: F401,E402  (registers)

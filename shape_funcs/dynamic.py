@@ -55,3 +55,13 @@ def dyn_fill(inputs, attrs):
 @shape_func("dyn.full", mode="data_dependent")
 def dyn_full(inputs, attrs):
     return [check_dims("dyn.full", shape_vector("dyn.full", inputs[1]))]
+
+
+@shape_func("upper_bound.slice", mode="data_dependent")
+def upper_bound_slice(inputs, attrs):
+    """The true shape of an upper-bound op's result: the kernel filled the first `count` rows
+    of a block allocated for the bound; the VM views them without copying."""
+    full, count = inputs[0], int(np.asarray(inputs[1]))
+    if not 0 <= count <= full.shape[0]:
+        raise ShapeError(f"upper-bound kernel reported {count} rows for a bound of {full.shape[0]}")
+    return [(count,) + tuple(full.shape[1:])]

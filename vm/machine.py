@@ -5,19 +5,26 @@ pre-translated once into a list of `(handler, operands)` pairs; a handler is a s
 `_op_<Name>(regs, operands, pc) -> next pc`. Handlers that switch frames (Invoke, InvokeClosure,
 Ret) return `_SWITCH` and the loop reloads the top frame. Calls never recurse in Python: the frame
 stack is an explicit list, so deep bytecode recursion is bounded only by `max_depth`.
+
+Tensors in registers are `vm.values.Tensor`s (address + dtype/shape), so a kernel call never asks
+numpy for an address. Translation prepares each instruction's operands once: AllocTensor gets
+its (dtype, shape) object and byte size, CallKernel of a compiled kernel gets an
+`abi.CallSite` (DLTensor descriptors filled once), so a call writes only data addresses (and
+extents when an argument's dtype/shape object changed) and calls the native dispatcher, which
+validates the rest and returns an error code the VM turns into a typed error.
 """
 import itertools
 import math
 import time
-from collections import Counter, defaultdict
 
 import numpy as np
 
 from vm.bytecode import OPCODES
 from vm.dtypes import dtype_name, itemsize, np_dtype
-from vm.errors import (DynVMError, InvokeArgumentError, ShapeError, VMError, VMRecursionError,
-                       VMStepLimitError)
-from vm.values import ADT, Closure, Storage, rebuild
+from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError, VMError,
+                       VMRecursionError, VMStepLimitError)
+from vm.profiler import Profile
+from vm.values import ADT, Closure, Storage, Tensor, rebuild
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 
@@ -30,7 +37,7 @@ def _make_small_ints():
     for i in range(-1, 257):
         a = np.array(i, np.int64)
         a.setflags(write=False)
-        table[i] = a
+        table[i] = Tensor.from_array(a)
     return table
 
 
@@ -39,7 +46,7 @@ _SMALL_INTS = _make_small_ints()
 
 def _int_scalar(value):
     a = _SMALL_INTS.get(value)
-    return a if a is not None else np.array(value, np.int64)
+    return a if a is not None else Tensor.from_array(np.array(value, np.int64))
 
 
 class Frame:
@@ -62,12 +69,10 @@ class VirtualMachine:
         self.max_steps = max_steps
         self.kernels = exe.loaded_kernels()
         self.shape_funcs = self._lookup_shape_funcs(exe)
-        self._profile = {"opcodes": Counter(), "kernels": defaultdict(lambda: {"calls": 0, "seconds": 0.0})} \
-            if profile else None
-        handlers = [getattr(self, "_op_" + spec.name) for spec in OPCODES]
-        if profile:
-            handlers = [self._counting(spec.name, h) for spec, h in zip(OPCODES, handlers)]
-        self._code = [[(handlers[ins.op], ins.args) for ins in fn.instructions] for fn in exe.functions]
+        self._constants = [Tensor.from_array(c) for c in exe.constants]
+        self._profile = Profile() if profile else None
+        self._code = [[self._translate(ins) for ins in fn.instructions] for fn in exe.functions]
+        self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         self._stack = []
         self._result = None
@@ -77,7 +82,33 @@ class VirtualMachine:
         if not exe.shape_funcs:
             return []
         import shape_funcs  # lazily, see executable._verify_shape_funcs
-        return [(shape_funcs.lookup(s["name"]).fn, s["attrs"]) for s in exe.shape_funcs]
+        out = []
+        for s in exe.shape_funcs:
+            sf = shape_funcs.lookup(s["name"])
+            # data-independent functions only read .shape/.ndim: they get the Tensors as they are
+            out.append((sf.fn, s["attrs"], sf.mode != "data_independent"))
+        return out
+
+    def _translate(self, ins):
+        """(handler, operands) of one instruction, with per-site preparation done now."""
+        name = OPCODES[ins.op].name
+        handler, args = getattr(self, "_op_" + name), ins.args
+        if name == "AllocTensor":
+            storage, offset, shape, dtype, dst = args
+            meta = (dtype, tuple(shape))
+            args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst)
+        elif name == "CallKernel":
+            k, inputs, outputs = args
+            kernel = self.kernels[k]
+            if kernel.kind == "extern":
+                handler, args = self._op_CallExtern, (kernel, inputs, outputs)
+            else:
+                args = (kernel.call_site(), inputs + outputs, kernel)
+                if self._profile is not None:
+                    return self._op_CallKernel_profiled, args  # times itself
+        if self._profile is not None:
+            handler = self._timed(name, handler)
+        return handler, args
 
     # ------------------------------------------------------------ public API
 
@@ -94,16 +125,18 @@ class VirtualMachine:
         if len(args) != len(fn.params):
             raise InvokeArgumentError(
                 f"{name} takes {len(fn.params)} arguments ({', '.join(fn.params)}), got {len(args)}")
-        values = [self._import_arg(a, t, f"{name}: parameter {p!r}")
-                  for a, t, p in zip(args, fn.param_types, fn.params)]
+        values = []
+        for a, spec, t, p in zip(args, self._param_specs[index], fn.param_types, fn.params):
+            v = _fast_tensor(a, spec) if spec is not None and type(a) is np.ndarray else None
+            values.append(v if v is not None else self._import_arg(a, t, f"{name}: parameter {p!r}"))
         return _export(self._run(index, values))
 
-    def profile(self) -> dict:
-        """Instruction counts per opcode and calls/seconds per kernel (needs profile=True)."""
+    def profile(self) -> Profile:
+        """Counts and times per opcode and per kernel variant, a Chrome trace of the kernel
+        calls (`.save_chrome_trace(path)`) and a readable table (`str(...)`); profile=True only."""
         if self._profile is None:
             raise VMError("profiling is off; create the VirtualMachine with profile=True")
-        return {"opcodes": dict(self._profile["opcodes"]),
-                "kernels": {k: dict(v) for k, v in self._profile["kernels"].items()}}
+        return self._profile
 
     # ------------------------------------------------------------ the machine
 
@@ -194,8 +227,27 @@ class VirtualMachine:
         return self._call(c.func_index, values, dst, pc)
 
     def _op_CallKernel(self, regs, a, pc):
-        k, inputs, outputs = a
-        self.kernels[k]([regs[r] for r in inputs], [regs[r] for r in outputs])
+        site, argregs, kernel = a
+        items, layouts = site.items, site.layouts
+        k = 0
+        for r in argregs:
+            t = regs[r]
+            try:
+                if t.meta is not layouts[k]:
+                    _describe_arg(site, kernel, k, t)
+            except AttributeError:
+                raise VMError(f"CallKernel {kernel.name}: r{r} holds {_kind(t)}, expected a tensor") from None
+            items[k].data = t.address
+            k += 1
+        rc = site.fn(site.tensors, site.nargs)
+        if rc:
+            raise kernel.native_error(rc, [regs[r].shape for r in argregs])
+        return pc + 1
+
+    def _op_CallExtern(self, regs, a, pc):
+        """CallKernel of an extern (numpy) kernel: it gets numpy views of the tensors."""
+        kernel, inputs, outputs = a
+        kernel([_tensor(regs[r], r).array for r in inputs], [_tensor(regs[r], r).array for r in outputs])
         return pc + 1
 
     def _op_CallShapeFunc(self, regs, a, pc):
@@ -213,13 +265,14 @@ class VirtualMachine:
         return pc + 1
 
     def _op_AllocTensor(self, regs, a, pc):
-        storage, offset, shape, dtype, dst = a
-        regs[dst] = _storage(regs[storage]).view(offset, shape, dtype)
+        storage, offset, meta, nbytes, dst = a
+        regs[dst] = _storage(regs[storage]).tensor(offset, meta, nbytes)
         return pc + 1
 
     def _op_AllocTensorReg(self, regs, a, pc):
         storage, offset, shape, dtype, dst = a
-        regs[dst] = _storage(regs[storage]).view(offset, _shape_tuple(regs[shape]), dtype)
+        shape = _shape_tuple(regs[shape])
+        regs[dst] = _storage(regs[storage]).tensor(offset, (dtype, shape), math.prod(shape) * itemsize(dtype))
         return pc + 1
 
     def _op_AllocADT(self, regs, a, pc):
@@ -261,7 +314,7 @@ class VirtualMachine:
         return pc + a[0]
 
     def _op_LoadConst(self, regs, a, pc):
-        regs[a[1]] = self.exe.constants[a[0]]
+        regs[a[1]] = self._constants[a[0]]
         return pc + 1
 
     def _op_LoadConsti(self, regs, a, pc):
@@ -269,7 +322,7 @@ class VirtualMachine:
         return pc + 1
 
     def _op_ShapeOf(self, regs, a, pc):
-        regs[a[1]] = np.array(_tensor(regs[a[0]], a[0]).shape, np.int64)
+        regs[a[1]] = Tensor.from_array(np.array(_tensor(regs[a[0]], a[0]).shape, np.int64))
         return pc + 1
 
     def _op_ReshapeTensor(self, regs, a, pc):
@@ -288,33 +341,52 @@ class VirtualMachine:
 
     def _call_shape_func(self, regs, index, inputs, outputs):
         """Run shape function `index` and store one 1-D int64 shape tensor per output."""
-        fn, attrs = self.shape_funcs[index]
-        shapes = fn([regs[r] for r in inputs], attrs)
+        fn, attrs, wants_values = self.shape_funcs[index]
+        args = [regs[r] for r in inputs]
+        shapes = fn([_tensor(t, r).array for t, r in zip(args, inputs)] if wants_values else args, attrs)
         if len(shapes) != len(outputs):
             raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
                           f"{len(shapes)} shapes for {len(outputs)} outputs")
         for r, shape in zip(outputs, shapes):
-            regs[r] = np.array(shape, np.int64).reshape(-1)
+            regs[r] = Tensor.from_array(np.array(shape, np.int64).reshape(-1))
 
-    def _counting(self, name, handler):
-        """A profiling wrapper: counts the opcode, and times kernel calls."""
-        counts = self._profile["opcodes"]
-        if name != "CallKernel":
-            def counted(regs, a, pc):
-                counts[name] += 1
-                return handler(regs, a, pc)
-            return counted
-        kernel_stats = self._profile["kernels"]
+    def _timed(self, name, handler):
+        """A profiling wrapper: counts the opcode and adds the handler's time."""
+        counts, seconds, clock = self._profile.opcodes, self._profile.opcode_seconds, time.perf_counter
 
         def timed(regs, a, pc):
-            counts[name] += 1
-            t0 = time.perf_counter()
-            result = handler(regs, a, pc)
-            stats = kernel_stats[self.exe.kernels["kernels"][a[0]]["name"]]
-            stats["calls"] += 1
-            stats["seconds"] += time.perf_counter() - t0
-            return result
+            t0 = clock()
+            try:
+                return handler(regs, a, pc)
+            finally:
+                seconds[name] += clock() - t0
+                counts[name] += 1
         return timed
+
+    def _op_CallKernel_profiled(self, regs, a, pc):
+        """_op_CallKernel timing itself: handler time and the native call's own time (the
+        profiler's bookkeeping after the call is not counted as VM time)."""
+        clock = time.perf_counter
+        start = clock()
+        site, argregs, kernel = a
+        items, layouts = site.items, site.layouts
+        for k, r in enumerate(argregs):
+            t = regs[r]
+            if not isinstance(t, Tensor):
+                raise VMError(f"CallKernel {kernel.name}: r{r} holds {_kind(t)}, expected a tensor")
+            if t.meta is not layouts[k]:
+                _describe_arg(site, kernel, k, t)
+            items[k].data = t.address
+        t0 = clock()
+        rc = site.fn(site.tensors, site.nargs)
+        t1 = clock()
+        if rc:
+            raise kernel.native_error(rc, [regs[r].shape for r in argregs])
+        profile = self._profile
+        profile.opcode_seconds["CallKernel"] += clock() - start
+        profile.opcodes["CallKernel"] += 1
+        profile.record_kernel(kernel.name, kernel.last_variant, t0, t1 - t0)
+        return pc + 1
 
     # ------------------------------------------------------------ arguments
 
@@ -348,14 +420,33 @@ class VirtualMachine:
 
 # ---------------------------------------------------------------- value helpers
 
+def _describe_arg(site, kernel, k, t):
+    """Slow path of a kernel call: argument k's (dtype, shape) object is new at this call site.
+    Check dtype and rank against the kernel's signature and write its extents."""
+    if t.meta == site.layouts[k]:
+        site.layouts[k] = t.meta  # equal dtype and shape: the descriptor is already right
+        return
+    dtype, shape = t.meta
+    n_in = len(kernel.inputs)
+    what = f"input {k}" if k < n_in else f"output {k - n_in}"
+    if dtype != site.dtypes[k]:
+        raise KernelError(f"kernel {kernel.name}: {what} has dtype {dtype}, expected {site.dtypes[k]}")
+    if len(shape) != site.ranks[k]:
+        raise KernelError(f"kernel {kernel.name}: {what} has rank {len(shape)}, expected {site.ranks[k]}")
+    site.set_shape(k, shape)
+    site.layouts[k] = t.meta
+
+
 def _kind(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {value.shape}"
     if isinstance(value, np.ndarray):
         return f"a {value.dtype} array of shape {value.shape}"
     return f"a {type(value).__name__}"
 
 
-def _tensor(value, reg):
-    if not isinstance(value, np.ndarray):
+def _tensor(value, reg) -> Tensor:
+    if not isinstance(value, Tensor):
         raise VMError(f"r{reg} holds {_kind(value)}, expected a tensor")
     return value
 
@@ -376,7 +467,7 @@ def _fields(value, reg):
 
 def _shape_tuple(value) -> tuple:
     """A shape tensor (1-D integers) as a tuple of non-negative ints."""
-    arr = np.asarray(value)
+    arr = value.array if isinstance(value, Tensor) else np.asarray(value)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise ShapeError(f"a shape must be a 1-D integer tensor, got {_kind(arr)}")
     shape = tuple(arr.tolist())
@@ -386,17 +477,48 @@ def _shape_tuple(value) -> tuple:
 
 
 def _reshape(tensor, shape):
-    """A zero-copy view of `tensor` with `shape` (assigning .shape refuses to copy)."""
+    """A zero-copy tensor with `shape` (Tensors are always compact, so any shape of the same
+    element count is a valid view)."""
     if math.prod(shape) != tensor.size:
         raise ShapeError(f"cannot reshape a tensor of shape {tensor.shape} ({tensor.size} elements) "
                          f"to {list(shape)} ({math.prod(shape)} elements)")
-    view = tensor.view()
-    view.shape = shape
-    return view
+    return tensor.reshaped(shape)
+
+
+def _tensor_spec(desc):
+    """What `_fast_tensor` checks for a tensor parameter (None for other kinds)."""
+    if desc.get("kind") != "tensor":
+        return None
+    shape = desc["shape"]
+    static = tuple(shape) if None not in shape else None
+    fixed = [(i, d) for i, d in enumerate(shape) if d is not None]
+    return np_dtype(desc["dtype"]), desc["dtype"], len(shape), static, fixed
+
+
+def _fast_tensor(a, spec):
+    """The common case of an argument: a compact aligned array of the declared dtype and shape
+    becomes a Tensor with no copy; None means "take the general path" (which also reports)."""
+    dt, name, rank, static, fixed = spec
+    if a.dtype is not dt and a.dtype != dt:
+        return None
+    shape = a.shape
+    if static is not None:
+        if shape != static:
+            return None
+    elif len(shape) != rank or any(shape[i] != d for i, d in fixed):
+        return None
+    flags = a.flags
+    if not (flags.c_contiguous and flags.aligned):
+        return None
+    return Tensor.of(a, name)
 
 
 def _import_tensor(value, desc, where):
     want_dtype, want_shape = desc["dtype"], desc["shape"]
+    if type(value) is np.ndarray and _DTYPE_NAMES.get(value.dtype) == want_dtype \
+            and value.flags.c_contiguous and value.flags.aligned and value.ndim == len(want_shape) \
+            and all(w is None or w == h for w, h in zip(want_shape, value.shape)):
+        return Tensor.from_array(value)  # the common case, checked in one go
     if not isinstance(value, np.ndarray):
         try:
             value = np.from_dlpack(value) if hasattr(value, "__dlpack__") else np.asarray(value)
@@ -411,25 +533,36 @@ def _import_tensor(value, desc, where):
     for axis, (want, have) in enumerate(zip(want_shape, value.shape)):
         if want is not None and want != have:
             raise InvokeArgumentError(f"{where}: expected dim {axis} = {want} ({expected}), got {got}")
-    return value if value.flags.c_contiguous else np.asarray(value, order="C")
+    return _as_tensor(value)
+
+
+_DTYPE_NAMES = {np_dtype(name): name for name in ("float32", "float64", "int32", "int64", "bool")}
+
+
+def _as_tensor(a: np.ndarray) -> Tensor:
+    """The VM's Tensor for an array: kernels need compact, aligned, native-order memory."""
+    if not (a.flags.c_contiguous and a.flags.aligned) or not a.dtype.isnative:
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+    return Tensor.from_array(a)
 
 
 def _import_leaf(value):
     """ADT fields carry no declared types: any array-like becomes a contiguous supported array."""
-    if isinstance(value, (Closure, Storage)):
+    if isinstance(value, (Closure, Storage, Tensor)):
         return value
     arr = np.asarray(value)
     try:
         dtype_name(arr.dtype)
     except DynVMError as e:
         raise InvokeArgumentError(f"ADT field: {e}") from None
-    return np.asarray(arr, order="C")
+    return _as_tensor(arr)
 
 
 def _export(value):
     """Turn a run-time value into what `invoke` returns. Read-only arrays (constants) are copied
     so that the caller owns, and may write, every array it gets."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, Tensor):
+        value = value.array
         return value if value.flags.writeable else value.copy()
     if isinstance(value, (tuple, ADT)):
         return rebuild(value, _export)

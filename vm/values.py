@@ -1,14 +1,99 @@
-"""Run-time values that are not plain numpy arrays or tuples: ADT objects, closures, storage.
+"""Run-time values: tensors, ADT objects, closures, storage.
 
-Tensors are numpy arrays and tuples are Python tuples, so those cross the `invoke` boundary
-unchanged; only the three kinds here need their own classes.
+Inside the VM a tensor is a `Tensor` (data address, dtype, shape, and the buffer that owns the
+memory): kernel calls need the address, and asking numpy for it costs microseconds. At the
+`invoke` boundary tensors become numpy arrays (`Tensor.array`, built lazily and cached) and
+numpy arrays become Tensors (`Tensor.from_array`). Tuples are Python tuples.
 """
 import math
 
+import cffi
 import numpy as np
 
-from vm.dtypes import np_dtype
+from vm.dtypes import dtype_name, np_dtype
 from vm.errors import VMError
+
+_NP_DTYPES = {name: np_dtype(name) for name in ("float32", "float64", "int32", "int64", "bool")}
+_ffi = cffi.FFI()
+_EMPTY = _ffi.new("char[8]")  # stands in for the data of size-0 tensors: never NULL, never read
+_EMPTY_ADDRESS = int(_ffi.cast("uintptr_t", _EMPTY))
+
+
+# cffi's backend functions with pre-resolved types: ffi.cast / ffi.from_buffer are Python
+# wrappers around these, and this runs once per tensor entering the VM
+_cast, _from_buffer = _ffi._backend.cast, _ffi._backend.from_buffer
+_UINTPTR, _CHARS = _ffi.typeof("uintptr_t"), _ffi.typeof("char[]")
+
+
+def _address(buffer) -> int:
+    """Address of a non-empty C-contiguous buffer (~4x cheaper than `arr.ctypes.data`)."""
+    return int(_cast(_UINTPTR, _from_buffer(_CHARS, buffer, False)))
+
+
+class Tensor:
+    """A compact row-major tensor inside the VM.
+
+    address: data address (an int, what kernels get); meta: (dtype name, shape tuple) — one
+    object, so that a kernel call site can tell "same dtype and shape as last time" with one
+    identity test; base/offset: the C-contiguous numpy buffer that owns the memory and the byte
+    offset of element 0 in it (keeps the memory alive, lets `array` build a view).
+    """
+
+    __slots__ = ("address", "meta", "base", "offset", "_array")
+
+    def __init__(self, address, meta, base, offset, array=None):
+        self.address, self.meta, self.base, self.offset, self._array = address, meta, base, offset, array
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> "Tensor":
+        """Wrap a C-contiguous, aligned array of a supported dtype (no copy)."""
+        return cls.of(a, dtype_name(a.dtype))
+
+    @classmethod
+    def of(cls, a: np.ndarray, dtype: str) -> "Tensor":
+        """from_array when the caller already knows the dtype's name."""
+        return cls(_address(a) if a.size else _EMPTY_ADDRESS, (dtype, a.shape), a, 0, a)
+
+    @property
+    def dtype(self) -> str:
+        return self.meta[0]
+
+    @property
+    def shape(self) -> tuple:
+        return self.meta[1]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.meta[1])
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.meta[1])
+
+    @property
+    def array(self) -> np.ndarray:
+        """The tensor as a numpy array viewing the same memory (read-only if the buffer is)."""
+        a = self._array
+        if a is None:
+            dtype, shape = self.meta
+            a = self._array = np.ndarray(shape, _NP_DTYPES[dtype], buffer=self.base, offset=self.offset)
+        return a
+
+    def reshaped(self, shape) -> "Tensor":
+        """A zero-copy tensor with another shape of the same element count (checked by caller)."""
+        return Tensor(self.address, (self.meta[0], shape), self.base, self.offset)
+
+    def __int__(self):
+        return int(self.array)
+
+    def __index__(self):
+        return int(self.array)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def __repr__(self):
+        return f"Tensor({self.dtype}{list(self.shape)} @0x{self.address:x})"
 
 
 def values_equal(a, b) -> bool:
@@ -19,6 +104,8 @@ def values_equal(a, b) -> bool:
     pairs = [(a, b)]
     while pairs:
         a, b = pairs.pop()
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            a, b = (x.array if isinstance(x, Tensor) else x for x in (a, b))
         if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
             a, b = np.asarray(a), np.asarray(b)
             if not (a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)):
@@ -117,6 +204,8 @@ def value_repr(value) -> str:
 
 def _short_repr(value):
     """Arrays print as their values (`1.0`, `[1 2]`), not as `array(...)` noise."""
+    if isinstance(value, Tensor):
+        value = value.array
     if isinstance(value, np.ndarray):
         return np.array2string(value, threshold=8) if value.ndim else repr(value.item())
     return repr(value)
@@ -151,7 +240,7 @@ class Storage:
     `alignment` bytes and the block starts at the first aligned address inside it.
     """
 
-    __slots__ = ("size", "alignment", "dtype", "_raw", "_start")
+    __slots__ = ("size", "alignment", "dtype", "address", "_raw", "_start")
 
     def __init__(self, size: int, alignment: int = 64, dtype: str = "float32"):
         size, alignment = int(size), int(alignment)
@@ -161,7 +250,9 @@ class Storage:
             raise VMError(f"storage alignment must be a power of two, got {alignment}")
         self.size, self.alignment, self.dtype = size, alignment, dtype
         self._raw = np.empty(size + alignment, np.uint8)
-        self._start = -self._raw.__array_interface__["data"][0] % alignment
+        raw_address = _address(self._raw)
+        self._start = -raw_address % alignment
+        self.address = raw_address + self._start
 
     @property
     def data(self) -> np.ndarray:
@@ -180,6 +271,13 @@ class Storage:
             return np.ndarray(shape, dt, buffer=self._raw, offset=self._start + offset)
         except (ValueError, TypeError) as e:  # e.g. a negative dimension
             raise VMError(f"bad tensor shape {shape!r} for storage: {e}") from None
+
+    def tensor(self, offset: int, meta, nbytes: int) -> Tensor:
+        """A Tensor with `meta` = (dtype, shape) of `nbytes` bytes at byte `offset` (the VM's
+        fast path: the caller precomputed meta and nbytes; alignment is checked here)."""
+        if offset < 0 or offset + nbytes > self.size or offset % np_dtype(meta[0]).itemsize:
+            self.view(offset, meta[1], meta[0])  # raises the descriptive VMError
+        return Tensor(self.address + offset, meta, self._raw, self._start + offset)
 
     def __repr__(self):
         return f"<Storage {self.size} bytes, alignment {self.alignment}, {self.dtype}>"

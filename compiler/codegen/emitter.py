@@ -255,6 +255,8 @@ class FunctionEmitter:
         return out
 
     def kernel_call(self, node: E.Call, opdef) -> int:
+        if opdef.shape_mode == "upper_bound" and not node.checked_type.is_static:
+            return self.upper_bound_call(node, opdef)
         inputs = self.flat_inputs(node)
         in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
         out_types = tensor_leaves(node.checked_type)
@@ -284,6 +286,25 @@ class FunctionEmitter:
                                         [out_type], epilogue=expr)
         self.emit("CallKernel", kernel, inputs, outputs)
         return outputs[0]
+
+    def upper_bound_call(self, node: E.Call, opdef) -> int:
+        """Allocate the bound (from `<op>.upper_bound`), let the kernel fill it and report the
+        true row count in an extra 0-d int64 output, then view the filled rows (no copy)."""
+        inputs = self.flat_inputs(node)
+        in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
+        out_type = node.checked_type
+        count_type = TensorType((), "int64")
+        bound, count_shape = self.new_reg(), self.new_reg()
+        sf = self.mc.add_shape_func(f"{opdef.name}.upper_bound", node.attrs)
+        self.emit("CallShapeFunc", sf, inputs, [bound, count_shape])
+        storage = self.emit_to("AllocStorageReg", bound, ALIGNMENT, out_type.dtype)
+        full = self.emit_to("AllocTensorReg", storage, 0, bound, out_type.dtype)
+        count = self.alloc_static(count_type)
+        kernel = self.mc.add_kernel(opdef, node.attrs, in_types, [out_type, count_type])
+        self.emit("CallKernel", kernel, inputs, [full, count])
+        shape = self.new_reg()
+        self.emit("CallShapeFunc", self.mc.add_shape_func("upper_bound.slice", {}), [full, count], [shape])
+        return self.emit_to("AllocTensorReg", storage, 0, shape, out_type.dtype)
 
     def alloc_outputs(self, shape_func, attrs, inputs, out_types) -> list[int]:
         """Output tensors: static shapes from the types, else from the named shape function."""

@@ -57,7 +57,7 @@ def dyn_full_rel(arg_types, attrs):
 
 
 def _register_all():
-    dd = dict(shape_mode="data_dependent", pattern="opaque")
+    dd = dict(shape_mode="data_dependent", pattern="opaque", kernel="compiled")
     register(OpDef("arange", ("start", "stop", "step"), arange_rel, attrs={"dtype": "float32"},
                    **dd,
                    doc="arange(start, stop, step, dtype='float32'): start, start+step, ... below "
@@ -72,9 +72,10 @@ def _register_all():
                        "the input dim, -1 is inferred)."))
     for name in ("zeros", "ones"):
         register(OpDef(f"dyn.{name}", ("shape",), dyn_fill_rel(f"dyn.{name}"),
-                       attrs={"dtype": "float32"}, **dd,
+                       attrs={"dtype": "float32"}, family="fill", **dd,
                        doc=f"dyn.{name}(shape, dtype='float32'): {name} with a run-time shape."))
-    register(OpDef("dyn.full", ("fill_value", "shape"), dyn_full_rel, attrs={"dtype": None}, **dd,
+    register(OpDef("dyn.full", ("fill_value", "shape"), dyn_full_rel, attrs={"dtype": None},
+                   family="fill", **dd,
                    doc="dyn.full(fill_value, shape, dtype=None): full with a run-time shape."))
     get_op("arange").make = positional("arange", scalars_as_consts)
 

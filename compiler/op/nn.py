@@ -1,12 +1,14 @@
 """Neural-network ops: dense, matmul, batch_matmul, softmax, layer_norm (extern kernels for now)."""
 from __future__ import annotations
 
-from compiler.ir.types import TensorType
+from compiler.ir.types import Any, TensorType, is_any
 from compiler.op.builders import positional
 from compiler.op.registry import OpDef, get_op, register
 from compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, broadcast_dim, check_arity,
                                    check_dtype_in, fail, normalize_axis, same_dtype, tensor_arg,
                                    unify_dim)
+from shape_funcs.nn import conv2d_out_dim, conv2d_params
+from vm.errors import ShapeError
 
 
 def _matmul_args(op, arg_types, ranks):
@@ -43,6 +45,31 @@ def batch_matmul_rel(arg_types, attrs):
     return TensorType((batch, m, n), a.dtype)
 
 
+def conv2d_rel(arg_types, attrs):
+    """NCHW x OIHW; N, H, W (and any other dim) may be Any: dims derived from them are Any."""
+    data, weight = _matmul_args("conv2d", arg_types, (4, 4))
+    try:
+        (sh, sw), (pt, pl, pb, pr), (dh, dw), groups = conv2d_params(attrs)
+    except ShapeError as e:
+        fail(str(e))
+    n, c, h, w = data.shape
+    o, cg, kh, kw = weight.shape
+    if not is_any(cg):
+        unify_dim("conv2d", c, cg * groups, f"data channels and weight channels x groups={groups}")
+    if not is_any(o) and o % groups:
+        fail(f"conv2d: {o} output channels are not divisible by groups={groups}")
+
+    def spatial(size, k, stride, lo, hi, dil):
+        if is_any(size) or is_any(k):
+            return Any()
+        try:
+            return conv2d_out_dim(size, k, stride, lo, hi, dil)
+        except ShapeError as e:
+            fail(str(e))
+    return TensorType((n, o, spatial(h, kh, sh, pt, pb, dh), spatial(w, kw, sw, pl, pr, dw)),
+                      data.dtype)
+
+
 def softmax_rel(arg_types, attrs):
     check_arity("softmax", arg_types, 1)
     x = tensor_arg("softmax", arg_types[0])
@@ -66,19 +93,31 @@ def layer_norm_rel(arg_types, attrs):
 
 def _register_all():
     register(OpDef("dense", ("data", "weight"), dense_rel, pattern="out_elemwise_fusable",
+                   kernel="compiled", family="matmul",
                    doc="dense(data, weight): data (..., k) times weight (units, k) transposed "
                        "-> (..., units)."))
     register(OpDef("matmul", ("a", "b"), matmul_rel, pattern="out_elemwise_fusable",
+                   kernel="compiled", family="matmul",
                    doc="matmul(a, b): 2-D matrix product (m, k) x (k, n) -> (m, n)."))
     register(OpDef("batch_matmul", ("a", "b"), batch_matmul_rel,
                    attrs={"transpose_a": False, "transpose_b": True},
-                   pattern="out_elemwise_fusable",
+                   pattern="out_elemwise_fusable", kernel="compiled", family="matmul",
                    doc="batch_matmul(a, b, transpose_a=False, transpose_b=True): (B, M, K) x "
                        "(B, N, K) -> (B, M, N); a batch of 1 broadcasts."))
+    register(OpDef("conv2d", ("data", "weight"), conv2d_rel,
+                   attrs={"strides": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1},
+                   pattern="out_elemwise_fusable", kernel="compiled", family="conv2d",
+                   doc="conv2d(data, weight, strides=[1, 1], padding=[0, 0], dilation=[1, 1], "
+                       "groups=1): NCHW data (N, C, H, W) x OIHW weight (O, C/groups, KH, KW) -> "
+                       "(N, O, OH, OW); padding is 1, 2 (top/bottom, left/right) or 4 (top, "
+                       "left, bottom, right) ints, as in Relay."))
+    get_op("conv2d").make = positional("conv2d")
     register(OpDef("softmax", ("x",), softmax_rel, attrs={"axis": -1}, pattern="opaque",
+                   kernel="compiled", family="softmax",
                    doc="softmax(x, axis=-1): exp(x) / sum(exp(x)) along axis, computed stably."))
     register(OpDef("layer_norm", ("x", "gamma", "beta"), layer_norm_rel,
                    attrs={"axis": -1, "epsilon": 1e-5}, pattern="opaque",
+                   kernel="compiled", family="layer_norm",
                    doc="layer_norm(x, gamma, beta, axis=-1, epsilon=1e-5): normalise along axis "
                        "to mean 0 / variance 1, then scale by gamma and shift by beta."))
     for name in ("batch_matmul", "softmax", "layer_norm"):

@@ -167,17 +167,17 @@ def test_fused_chain_matches_numpy_over_ranks_0_to_4(dtype, data, seed):
     assert_matches(got, np.broadcast_to(want, out_shape))
 
 
-def test_contiguous_variant_runs_for_same_shape_compact_arrays():
+def test_flat_vector_variant_runs_for_same_shape_compact_arrays():
     kernel = fused_kernels()[("float32", (1, 1, 1))]
     xs = [np.full(17, 0.5, np.float32) for _ in range(3)]
     out = np.empty(17, np.float32)
     kernel(xs, [out])
-    assert kernel.last_variant == "contiguous"
+    assert kernel.last_variant == "vector"
     kernel([xs[0][::-1], xs[1], xs[2]], [out])
     assert kernel.last_variant == "strided"
     kernel([xs[0][:1], xs[1], xs[2]], [out])
     assert kernel.last_variant == "strided"
-    assert set(kernel.variants) == {"contiguous", "strided"}
+    assert kernel.variants == ["scalar", "vector_exact", "vector", "strided"]
 
 
 def test_size_zero_output_writes_nothing_and_succeeds():

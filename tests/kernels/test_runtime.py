@@ -116,14 +116,15 @@ def native_call(kernel, arrays, codes, nargs=None, variant="strided", edit=None)
     tensors, keep = abi.pack(arrays, codes)
     if edit:
         edit(tensors)
-    return kernel._functions[variant](tensors, len(arrays) if nargs is None else nargs)
+    fn = kernel.variant_function(variant) if variant else kernel._entry
+    return fn(tensors, len(arrays) if nargs is None else nargs)
 
 
 def add_args():
     return [np.ones((2, 3), np.float32), np.ones(3, np.float32), np.empty((2, 3), np.float32)]
 
 
-@pytest.mark.parametrize("variant", ["strided", "contiguous"])
+@pytest.mark.parametrize("variant", ["strided", "scalar", "vector", "vector_exact", None])
 def test_native_kernel_returns_error_codes_instead_of_crashing(variant):
     k = kernels()[0]
     f32 = abi.dtype_code("float32")
@@ -137,14 +138,15 @@ def test_native_kernel_returns_error_codes_instead_of_crashing(variant):
                  lambda t: setattr(t[0].dtype, "lanes", 4),
                  lambda t: t[0].shape.__setitem__(0, -7)):
         assert native_call(k, add_args(), [f32] * 3, variant=variant, edit=edit) != 0
-    assert k._functions[variant](abi.ffi.NULL, 3) != 0
+    assert (k.variant_function(variant) if variant else k._entry)(abi.ffi.NULL, 3) != 0
 
 
-def test_contiguous_variant_rejects_strided_layout():
+@pytest.mark.parametrize("variant", ["scalar", "vector", "vector_exact"])
+def test_flat_variants_reject_strided_layout(variant):
     k = kernels()[1]
-    a = np.ones((4, 6), np.float32)[:, ::2]
-    args = [a, np.ones((4, 3), np.float32), np.ones((4, 3), np.float32), np.empty((4, 3), np.float32)]
-    assert native_call(k, args, [abi.dtype_code("float32")] * 4, variant="contiguous") != 0
+    a = np.ones((4, 32), np.float32)[:, ::2]
+    args = [a, np.ones((4, 16), np.float32), np.ones((4, 16), np.float32), np.empty((4, 16), np.float32)]
+    assert native_call(k, args, [abi.dtype_code("float32")] * 4, variant=variant) != 0
 
 
 def test_null_strides_mean_compact_row_major():

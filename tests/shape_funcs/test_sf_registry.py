@@ -26,7 +26,13 @@ def test_value_dependent_ops_are_data_dependent(name):
 
 # one valid call per data-independent shape function, given only shapes
 CALLS = {
+    "get_valid_counts": [((1, 5, 6),), {"score_threshold": 0.0, "id_index": 0, "score_index": 1}],
+    "non_max_suppression": [((1, 5, 6), (1,), (1, 5)), {"coord_start": 2, "score_index": 1, "id_index": 0, "return_indices": True}],
+    "sort": [((2, 3),), {"axis": -1, "is_ascend": True}],
+    "argsort": [((2, 3),), {"axis": -1, "is_ascend": True, "dtype": "int64"}],
+    "topk": [((2, 3),), {"k": 2, "axis": -1, "ret_type": "both", "is_ascend": False, "dtype": "int64"}],
     "add": [((2, 1), (3,)), {}],
+    "conv2d": [((1, 4, 5, 6), (6, 2, 3, 3)), {"padding": [1], "groups": 2}],
     "cast": [((2, 3),), {"dtype": "int32"}],
     "where": [((2, 1), (1, 3), ()), {}],
     "shape_of": [((2, 3),), {}],

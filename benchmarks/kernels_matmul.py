@@ -1,0 +1,154 @@
+"""dense / matmul float32 kernels vs numpy (OpenBLAS): GFLOP/s at square sizes, then the
+matrix-vector ("gemv") shapes in microseconds (not a test).
+
+    python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024]
+
+numpy runs single-threaded in this process (OPENBLAS_NUM_THREADS=1 is set before numpy loads,
+unless the caller set it); a child process measures numpy with 2 threads for reference. dynvm
+and numpy calls are interleaved (one of each per repetition) so machine noise hits both alike;
+each number is the median of the repetitions. The ratio is dynvm / numpy single-thread.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+from kernels import KernelBuilder, abi, load_kernels  # noqa: E402
+
+
+def numpy_only(sizes, reps):
+    """GFLOP/s of np.matmul per size (run in the child with 2 OpenBLAS threads)."""
+    out = {}
+    for n in sizes:
+        a, b, c = operands(n)
+        np.matmul(a, b, out=c)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            np.matmul(a, b, out=c)
+            times.append(time.perf_counter() - t)
+        out[n] = gflops(n, np.median(times))
+    return out
+
+
+def operands(n):
+    rng = np.random.default_rng(n)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    return a, b, np.empty((n, n), np.float32)
+
+
+def gflops(n, seconds):
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def build():
+    kb = KernelBuilder()
+    sig = [("float32", 2), ("float32", 2)]
+    idx = {op: kb.add_compiled(op, "matmul", {"op": op}, sig, [("float32", 2)])
+           for op in ("matmul", "dense")}
+    loaded = load_kernels(kb.finish())
+    return {op: loaded[i] for op, i in idx.items()}
+
+
+def time_pair(kernel, n, reps, transpose_b):
+    """(median dynvm seconds, median numpy seconds, variant) with interleaved calls."""
+    a, b, c = operands(n)
+    codes = [abi.dtype_code("float32")] * 3
+    tensors, keep = abi.pack([a, b, c], codes)
+    entry = abi.kernel_function(kernel.address)
+    bt = b.T if transpose_b else b    # dense: data @ weight.T (a transposed view for numpy)
+    ref = np.empty_like(c)
+    entry(tensors, 3)
+    np.matmul(a, bt, out=ref)
+    ours, theirs = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        rc = entry(tensors, 3)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        np.matmul(a, bt, out=ref)
+        theirs.append(time.perf_counter() - t)
+    assert rc == 0
+    want = a @ bt
+    assert np.allclose(c, want, rtol=1e-3, atol=1e-3 * n ** 0.5)
+    del keep
+    return np.median(ours), np.median(theirs), kernel.last_variant
+
+
+# (M, N, K): the LSTM step (1, 256) x (1024, 256)^T (a 1 MB weight), 4 rows of it, a larger
+# layer, and one whose weight stays in L2
+GEMV_SHAPES = [(1, 1024, 256), (4, 1024, 256), (1, 4096, 1024), (1, 256, 256)]
+
+
+def time_gemv(kernel, shape, reps, transpose_b):
+    """(median dynvm seconds, median numpy seconds, variant) for x (M, K) against a weight
+    (N, K) for dense (numpy: x @ w.T) or (K, N) for matmul; interleaved calls."""
+    m, n, k = shape
+    rng = np.random.default_rng(m * n + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k) if transpose_b else (k, n)).astype(np.float32)
+    out, ref = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    tensors, keep = abi.pack([x, w, out], [abi.dtype_code("float32")] * 3)
+    entry = abi.kernel_function(kernel.address)
+    wt = w.T if transpose_b else w
+    entry(tensors, 3)
+    ours, theirs = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        rc = entry(tensors, 3)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        np.matmul(x, wt, out=ref)
+        theirs.append(time.perf_counter() - t)
+    assert rc == 0 and np.allclose(out, x @ wt, rtol=1e-3, atol=1e-3 * k ** 0.5)
+    del keep
+    return np.median(ours), np.median(theirs), kernel.last_variant
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024])
+    p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.numpy_only:
+        print(json.dumps(numpy_only(args.sizes, args.reps)))
+        return
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    child = subprocess.run([sys.executable, __file__, "--numpy-only", "--reps", str(args.reps),
+                            "--sizes", *map(str, args.sizes)], env=env, capture_output=True,
+                           text=True, check=True)
+    two = {int(k): v for k, v in json.loads(child.stdout).items()}
+    kernels = build()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), "?")
+    print(f"CPU: {cpu}; {os.cpu_count()} cores; numpy {np.__version__}, "
+          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; median of {args.reps}")
+    print(f"{'kernel':8} {'n':>5} {'variant':>8} {'dynvm GF/s':>11} {'numpy 1T':>9} "
+          f"{'ratio':>6} {'numpy 2T':>9}")
+    for n in args.sizes:
+        for op, transpose_b in (("matmul", False), ("dense", True)):
+            ours, theirs, variant = time_pair(kernels[op], n, args.reps, transpose_b)
+            print(f"{op:8} {n:5d} {variant:>8} {gflops(n, ours):11.1f} {gflops(n, theirs):9.1f} "
+                  f"{theirs / ours:6.2f} {two[n]:9.1f}")
+    reps = max(args.reps, 200)
+    print(f"\ngemv shapes (M x N x K), median of {reps}; GB/s = weight bytes / dynvm time")
+    print(f"{'kernel':8} {'shape':>15} {'variant':>8} {'dynvm us':>9} {'numpy 1T us':>12} "
+          f"{'ratio':>6} {'GB/s':>6}")
+    for shape in GEMV_SHAPES:
+        for op, transpose_b in (("dense", True), ("matmul", False)):
+            ours, theirs, variant = time_gemv(kernels[op], shape, reps, transpose_b)
+            label = "x".join(map(str, shape))
+            print(f"{op:8} {label:>15} {variant:>8} {ours * 1e6:9.2f} {theirs * 1e6:12.2f} "
+                  f"{theirs / ours:6.2f} {shape[1] * shape[2] * 4 / ours / 1e9:6.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,976 @@
+"""The "matmul" kernel family: dense, matmul and batch_matmul as one blocked GEMM core.
+
+Every op is seen as a batch of products C[bi] = A[bi] @ B[bi] (A: M x K, B: K x N) described by
+a `Geometry` (where row m of A and C starts, the K stride of A, how to copy a block of B) plus an
+optional elementwise *epilogue* applied to each result element before it is final (bias add,
+relu, ... fused by the compiler; see `epilogue` below). conv2d (kernels/conv2d.py) reuses the
+core with its own Geometry (an implicit im2col B).
+
+Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
+- "tiny": scalar triple loop, no setup; any strides, K == 0, small problems.
+- "blocked": GotoBLAS/BLIS-style cache blocking. Loops jc (NC columns) > pc (KC of K: pack a
+  KC x NC panel of B into NR-wide strips) > ic (MC rows: pack an MC x KC block of A into MR-high
+  strips) > jr > ir, and a register-blocked micro-kernel: MR x NR accumulators held in vector
+  registers (NR = 2 native vectors), one `llvm.fma` per (row, vector) per k. Packing zero-pads
+  partial strips, so the micro-kernel always runs full tiles; the write-back handles the
+  partial ones (and any output strides).
+- "fast": the same with M % MR == 0, N % NR == 0 and unit column stride of C: every tile is
+  written with whole-vector loads/stores and no edge test.
+- "gemv" (matmul family only; conv2d's implicit B is never contiguous): matrix-vector shapes,
+  M <= GEMV_ROWS rows per batch (an LSTM step, BERT at sequence length 1). Rows go in groups
+  of up to GEMV_ROWS, each group in ONE streaming pass over B with no packing: the "dot" form
+  when A rows and B columns are contiguous along K (dense, batch_matmul with transpose_b):
+  GEMV_COLS columns per K loop, rows x cols vector FMA accumulators, a masked last vector, a
+  shuffle-tree horizontal sum; the "axpy" form when B and C rows are contiguous along N
+  (matmul): splat(A[m, k]) * B[k, chunk] over k, masked last chunk. Other strides: tiny code.
+Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
+226 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack.
+
+Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
+which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
+that follow the op's own inputs, broadcast to the output shape (numpy rules). It runs on the
+tile / rows just written while they are still in L1 (`apply_epilogue`): as <VL x T> vector code
+with masked loads/stores when C's columns are contiguous and every extra's column stride is 0 or
+1 (bias broadcasts, full tensors), else per element with the geometry's column cursor.
+
+Error codes: the shared prologue's, plus ERR_SHAPE (extents that do not fit each other: K of A
+and B, the output shape, a batch that does not broadcast) and ERR_BROADCAST for an epilogue
+input that does not broadcast to the output.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from kernels import family
+from kernels.elementwise import emit_expr, expr_dtype
+from kernels.llvm_math import fma, vector_lanes
+from kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR,
+                               check, check_data, const, element_count, get_function,
+                               load_strides, new_function, prologue, return_zero_if)
+from vm.errors import KernelError
+
+DTYPES = ("float32", "float64", "int32", "int64")
+OPS = {"dense": 2, "matmul": 2, "batch_matmul": 2}
+VARIANTS = ("tiny", "gemv", "blocked", "fast")      # the matmul family's
+CONV_VARIANTS = ("tiny", "blocked", "fast")        # conv2d's B (im2col) is never contiguous
+TINY_WORK = 16 * 16 * 16   # M*N*K at or below which setup costs more than blocking saves
+GEMV_ROWS = 4    # rows of A per pass over B in "gemv" (M <= GEMV_ROWS streams B once)
+GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector lanes)
+GEMV_VECS = 4    # vectors of output columns per K loop in gemv's axpy form
+
+
+# ---------------------------------------------------------------------------------------------
+# blocking parameters
+
+
+class Blocking:
+    """Register and cache block sizes for one element type (VL = lanes per native vector)."""
+
+    def __init__(self, dtype):
+        self.ty = MEM_TYPE[dtype]
+        self.is_float = dtype.startswith("float")
+        self.vl = vector_lanes(self.ty)
+        self.vec = ir.VectorType(self.ty, self.vl)
+        self.zero = const(self.ty, 0.0 if self.is_float else 0)
+        self.nv = 2                      # vectors per micro-tile row
+        self.nr = self.nv * self.vl      # micro-tile columns (32 float32 with AVX-512)
+        self.mr = 12 if self.vl >= 8 else 6
+        size = self.size = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}[dtype]
+        self.kc = 256 if size == 4 else 128
+        self.mc = self.mr * (96 // self.mr)
+        self.nc = self.nr * max(1, (128 * 1024 // size) // (self.kc * self.nr))
+
+
+# ---------------------------------------------------------------------------------------------
+# small IR helpers
+
+
+def c64(v):
+    return const(I64, v)
+
+
+def for_range(b, start, stop, body, step=1):
+    """for i in range(start, stop, step): body(i), with i64 IR values or ints; zero trips ok."""
+    start, stop = _i64(start), _i64(stop)
+    fn = b.function
+    pre = b.block
+    head, exit_ = fn.append_basic_block("for"), fn.append_basic_block("endfor")
+    b.cbranch(b.icmp_signed("<", start, stop), head, exit_)
+    b.position_at_end(head)
+    i = b.phi(I64, name="i")
+    i.add_incoming(start, pre)
+    body(i)
+    nxt = b.add(i, _i64(step), flags=["nsw"])
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
+    b.position_at_end(exit_)
+
+
+def if_then(b, cond, then, otherwise=None):
+    """Structured if: `then()` / `otherwise()` emit code; control joins afterwards."""
+    fn = b.function
+    t, e, j = (fn.append_basic_block(n) for n in ("then", "else", "endif"))
+    b.cbranch(cond, t, e)
+    b.position_at_end(t)
+    then()
+    b.branch(j)
+    b.position_at_end(e)
+    if otherwise is not None:
+        otherwise()
+    b.branch(j)
+    b.position_at_end(j)
+
+
+def _i64(v):
+    return c64(v) if isinstance(v, int) else v
+
+
+def imin(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def stack_buffer(b, ty, count):
+    """A 64-byte aligned stack array of `count` elements, allocated in the entry block."""
+    fn = b.function
+    saved = b.block
+    b.position_at_start(fn.entry_basic_block)
+    buf = b.alloca(ir.ArrayType(ty, count))
+    buf.align = 64
+    buf.type = PTR   # opaque pointer, like every other pointer in kernels/
+    b.position_at_end(saved)
+    return buf
+
+
+def elem_ptr(b, base, offset, ty):
+    return b.gep(base, [offset], inbounds=True, source_etype=ty)
+
+
+def load(b, base, offset, ty):
+    return b.load(elem_ptr(b, base, offset, ty), typ=ty)
+
+
+def store(b, value, base, offset):
+    b.store(value, elem_ptr(b, base, offset, value.type))
+
+
+def splat(b, value, vec):
+    v = b.insert_element(ir.Constant(vec, ir.Undefined), value, const(I32, 0))
+    return b.shuffle_vector(v, ir.Constant(vec, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, vec.count), [0] * vec.count))
+
+
+def madd(b, x, y, acc, is_float):
+    return fma(b, x, y, acc) if is_float else b.add(b.mul(x, y), acc)
+
+
+def dot_offset(b, idx, strides):
+    off = c64(0)
+    for i, s in zip(idx, strides):
+        off = b.add(off, b.mul(i, s))
+    return off
+
+
+def unravel(b, flat, extents):
+    """Row-major multi-index of `flat` over `extents` (IR values)."""
+    idx = []
+    for e in reversed(extents[1:]):
+        idx.append(b.urem(flat, e))
+        flat = b.udiv(flat, e)
+    idx.append(flat)
+    return idx[::-1] if extents else []
+
+
+def eq(b, x, y):
+    return b.icmp_signed("==", x, y)
+
+
+def carry_loop(b, start, stop, body, inits, step=1):
+    """values = inits; for i in range(start, stop, step): values = body(i, values).
+    Returns the final values (the inits when the loop runs zero times)."""
+    start, stop = _i64(start), _i64(stop)
+    fn = b.function
+    pre = b.block
+    head, exit_ = fn.append_basic_block("carry"), fn.append_basic_block("endcarry")
+    b.cbranch(b.icmp_signed("<", start, stop), head, exit_)
+    b.position_at_end(head)
+    i = b.phi(I64, name="i")
+    values = [b.phi(v.type) for v in inits]
+    new = body(i, values)
+    nxt = b.add(i, _i64(step), flags=["nsw"])
+    last = b.block
+    i.add_incoming(start, pre)
+    i.add_incoming(nxt, last)
+    for phi, init, v in zip(values, inits, new):
+        phi.add_incoming(init, pre)
+        phi.add_incoming(v, last)
+    b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
+    b.position_at_end(exit_)
+    outs = []
+    for init, v in zip(inits, new):
+        phi = b.phi(v.type)
+        phi.add_incoming(init, pre)
+        phi.add_incoming(v, last)
+        outs.append(phi)
+    return outs
+
+
+def carry_if(b, cond, then, values):
+    """values = then(values) if cond else values (then() emits code); the merged values."""
+    fn = b.function
+    pre = b.block
+    t, j = fn.append_basic_block("then"), fn.append_basic_block("endif")
+    b.cbranch(cond, t, j)
+    b.position_at_end(t)
+    new = then(values)
+    last = b.block
+    b.branch(j)
+    b.position_at_end(j)
+    outs = []
+    for old, v in zip(values, new):
+        phi = b.phi(v.type)
+        phi.add_incoming(old, pre)
+        phi.add_incoming(v, last)
+        outs.append(phi)
+    return outs
+
+
+# vector helpers
+
+
+def _tname(ty):
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{_tname(ty.element)}"
+    if isinstance(ty, ir.FloatType):
+        return "f32"
+    if isinstance(ty, ir.DoubleType):
+        return "f64"
+    return f"i{ty.width}"
+
+
+def lane_ids(lanes):
+    """<0, 1, ..., lanes-1> as i64 lanes."""
+    return ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+
+
+def first_lanes(b, start, stop, lanes):
+    """Mask <lanes x i1>: lane l is on when start + l < stop (i64 scalars)."""
+    vec = ir.VectorType(I64, lanes)
+    return b.icmp_signed("<", b.add(lane_ids(lanes), splat(b, start, vec)), splat(b, stop, vec))
+
+
+def masked_load(b, ptr, vec, mask, passthru):
+    """llvm.masked.load: lanes whose mask bit is off are not read and take `passthru`."""
+    fn = get_function(b.module, f"llvm.masked.load.{_tname(vec)}.p0",
+                      ir.FunctionType(vec, [PTR, I32, mask.type, vec]))
+    return b.call(fn, [ptr, const(I32, _align(vec)), mask, passthru])
+
+
+def masked_store(b, value, ptr, mask):
+    vec = value.type
+    fn = get_function(b.module, f"llvm.masked.store.{_tname(vec)}.p0",
+                      ir.FunctionType(ir.VoidType(), [vec, PTR, I32, mask.type]))
+    b.call(fn, [value, ptr, const(I32, _align(vec)), mask])
+
+
+def _align(vec):
+    """Element alignment of a vector's lanes (masked memory intrinsics take it explicitly)."""
+    e = vec.element
+    return 4 if isinstance(e, ir.FloatType) else 8 if isinstance(e, ir.DoubleType) else \
+        max(1, e.width // 8)
+
+
+def hsum(b, vectors, is_float):
+    """Horizontal sums of `vectors` (a power of two of them, at most their lane count, all
+    `<w x T>`) as one `<len(vectors) x T>` vector: lane j = sum of vectors[j]. Pairs are merged
+    by halving every lane group (shuffles + one add per step), so c vectors cost c - 1 + log2(w/c)
+    adds instead of c * log2(w)."""
+    add = b.fadd if is_float else b.add
+    w = vectors[0].type.count
+    groups = 1                       # lane groups per vector, one per input vector it sums
+
+    def halves(width, groups):
+        size = width // groups
+        lo = [g * size + i for g in range(groups) for i in range(size // 2)]
+        return lo, [i + size // 2 for i in lo]
+
+    def shuffle(x, y, idx):
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(idx)), idx))
+
+    while len(vectors) > 1:
+        lo, hi = halves(w, groups)
+        vectors = [add(shuffle(x, y, lo + [w + i for i in lo]), shuffle(x, y, hi + [w + i for i in hi]))
+                   for x, y in zip(vectors[::2], vectors[1::2])]
+        groups *= 2
+    v = vectors[0]
+    while w > groups:
+        lo, hi = halves(w, groups)
+        v = add(shuffle(v, v, lo), shuffle(v, v, hi))
+        w //= 2
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# epilogue
+
+
+def check_epilogue(spec, out_dtype, extra_dtypes, what):
+    """The epilogue's result dtype must be the output dtype; returns the expression or None."""
+    expr = spec.get("epilogue")
+    if expr is None:
+        if extra_dtypes:
+            raise KernelError(f"{what}: extra inputs given but no epilogue")
+        return None
+    result = expr_dtype(expr, [out_dtype] + list(extra_dtypes))
+    if result != out_dtype:
+        raise KernelError(f"{what}: epilogue gives {result}, the output is {out_dtype}")
+    return expr
+
+
+def _to_reg(b, value, dtype):
+    """Memory form -> register form of an epilogue input (bool bytes -> i1, any non-zero true)."""
+    return b.icmp_unsigned("!=", value, const(value.type, 0)) if dtype == "bool" else value
+
+
+class Extra:
+    """An epilogue input: data pointer, dtype, strides aligned with the output dims
+    (0 where it is broadcast)."""
+
+    def __init__(self, data, dtype, strides):
+        self.data, self.dtype, self.strides = data, dtype, strides
+
+
+def broadcast_extras(b, arrays, first, out_ext, dtypes):
+    """Check extra inputs arrays[first:-1] broadcast to `out_ext`; their effective strides."""
+    extras = []
+    r = len(out_ext)
+    for k in range(first, len(arrays) - 1):
+        data, ext, sptr = arrays[k]
+        strides = load_strides(b, ext, sptr)
+        eff = [c64(0)] * (r - len(ext))
+        for j, (e, s) in enumerate(zip(ext, strides)):
+            o = out_ext[r - len(ext) + j]
+            check(b, b.or_(eq(b, e, o), eq(b, e, c64(1))), ERR_BROADCAST | k << 8 | j << 16)
+            eff.append(b.select(eq(b, e, c64(1)), c64(0), s))
+        extras.append(Extra(data, dtypes[k], eff))
+    return extras
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry of the matmul-like ops
+
+
+class Geometry:
+    """C[bi, m, n] = sum_k A[bi, m, k] * B[bi, k, n] over run-time extents.
+
+    Subclasses set nb (batches), M, N, K (i64 IR values), the data pointers a/bm/c, the
+    column strides sa_k/sc_n, `extras`, and implement row_index / a_row / c_row / pack_b /
+    b_offset and, for the epilogue, extra_row / extra_columns / the column cursor. Row offsets take `idx`, the output multi-index without its last
+    dim, computed once per row by `row_index(b, bi, m)`.
+    """
+
+    def row_index(self, b, bi, m):
+        raise NotImplementedError
+
+    def a_row(self, b, idx):
+        return dot_offset(b, idx, self.a_strides)
+
+    def c_row(self, b, idx):
+        return dot_offset(b, idx, self.c_strides)
+
+    # where the epilogue's extra inputs are: offset = extra_row(idx) + (column part)
+
+    def extra_row(self, b, extra, idx):
+        """Offset of `extra` at output row `idx`, column 0."""
+        return dot_offset(b, idx, extra.strides[:-1])
+
+    def extra_columns(self, b, extra):
+        """(linear: i1, stride): when linear, column n of a row is at extra_row + n * stride."""
+        return const(I1, 1), extra.strides[-1]
+
+    def column_cursor(self, b, n):
+        """Per-column state of the scalar epilogue walk, starting at column n (no division
+        per element: see next_cursor)."""
+        return [n]
+
+    def next_cursor(self, b, cursor):
+        return [b.add(cursor[0], c64(1))]
+
+    def cursor_offset(self, b, extra, cursor):
+        """The column part of `extra`'s offset at `cursor`."""
+        return b.mul(cursor[0], extra.strides[-1])
+
+    def b_offset(self, b, bi, k, n):
+        base = b.mul(bi, self.sb_b)
+        return b.add(base, b.add(b.mul(k, self.sb_k), b.mul(n, self.sb_n)))
+
+    def b_value(self, b, blk, bi, k, n):
+        """B[bi, k, n] as a scalar (the tiny variant's access)."""
+        return load(b, self.bm, self.b_offset(b, bi, k, n), blk.ty)
+
+    def pack_b(self, b, blk, bi, pc, kc, jc, nc, dst):
+        """dst[t*kc*NR + k*NR + c] = B[pc + k, jc + t*NR + c], zero past nc."""
+        ty, nr, zero = blk.ty, blk.nr, blk.zero
+
+        def strip(t):
+            width = imin(b, c64(nr), b.sub(nc, t))
+            out = b.mul(t, kc)        # t is a multiple of NR: strip start = t * kc
+
+            def row(k):
+                src = self.b_offset(b, bi, b.add(pc, k), b.add(jc, t))
+                o = b.add(out, b.mul(k, c64(nr)))
+                for_range(b, 0, width, lambda c: store(
+                    b, load(b, self.bm, b.add(src, b.mul(c, self.sb_n)), ty), dst, b.add(o, c)))
+                for_range(b, width, nr, lambda c: store(b, zero, dst, b.add(o, c)))
+            for_range(b, 0, kc, row)
+        for_range(b, 0, nc, strip, step=nr)
+
+
+def _shape_checks(b, got, want, arg):
+    for j, (g, w) in enumerate(zip(got, want)):
+        check(b, eq(b, g, w), ERR_SHAPE | arg << 8 | j << 16)
+
+
+class MatmulGeometry(Geometry):
+    """dense / matmul / batch_matmul after validating every extent against the others."""
+
+    def __init__(self, b, op, spec, sig, arrays):
+        self.op = op
+        out_data, out_ext, out_sptr = arrays[-1]
+        out_strides = load_strides(b, out_ext, out_sptr)
+        (xa, xe, xs), (wa, we, ws) = arrays[0], arrays[1]
+        xs, ws = load_strides(b, xe, xs), load_strides(b, we, ws)
+        self.a, self.bm, self.c = xa, wa, out_data
+        self.out_arg = len(sig) - 1
+        self.nb, self.sb_b = c64(1), c64(0)
+        getattr(self, "_" + op)(b, spec, xe, xs, we, ws, out_ext)
+        self.out_ext = out_ext
+        self.sc_n = out_strides[-1]
+        self.c_strides = out_strides[:-1]
+        self.extras = broadcast_extras(b, arrays, 2, out_ext, [dt for dt, _ in sig])
+        self.dtype = sig[-1][0]
+
+    def _dense(self, b, spec, xe, xs, we, ws, out_ext):
+        r = len(xe)
+        self.K, self.N = xe[-1], we[0]
+        check(b, eq(b, we[1], self.K), ERR_SHAPE | 1 << 8 | 1 << 16)
+        _shape_checks(b, out_ext, list(xe[:-1]) + [self.N], self.out_arg)
+        self.row_dims = list(xe[:-1])
+        self.M = element_count(b, self.row_dims)
+        self.a_strides, self.sa_k = xs[:-1], xs[-1]
+        self.sb_k, self.sb_n = ws[1], ws[0]
+        self.rank = r
+
+    def _matmul(self, b, spec, xe, xs, we, ws, out_ext):
+        self.M, self.K, self.N = xe[0], xe[1], we[1]
+        check(b, eq(b, we[0], self.K), ERR_SHAPE | 1 << 8)
+        _shape_checks(b, out_ext, [self.M, self.N], self.out_arg)
+        self.row_dims = [self.M]
+        self.a_strides, self.sa_k = xs[:1], xs[1]
+        self.sb_k, self.sb_n = ws[0], ws[1]
+
+    def _batch_matmul(self, b, spec, xe, xs, we, ws, out_ext):
+        ta, tb = bool(spec.get("transpose_a", False)), bool(spec.get("transpose_b", True))
+        ba, bb = xe[0], we[0]
+        self.M, ka = (xe[2], xe[1]) if ta else (xe[1], xe[2])
+        self.N, kb = (we[1], we[2]) if tb else (we[2], we[1])
+        check(b, eq(b, ka, kb), ERR_SHAPE | 1 << 8 | (2 if tb else 1) << 16)
+        self.K = ka
+        one = c64(1)
+        batch = b.select(eq(b, bb, one), ba, bb)
+        ok = b.and_(b.or_(eq(b, ba, one), eq(b, ba, batch)),
+                    b.or_(eq(b, bb, one), eq(b, bb, batch)))
+        check(b, ok, ERR_SHAPE | 1 << 8)
+        _shape_checks(b, out_ext, [batch, self.M, self.N], self.out_arg)
+        self.nb = batch
+        self.row_dims = [batch, self.M]
+        sa_b = b.select(eq(b, ba, one), c64(0), xs[0])
+        self.a_strides = [sa_b, xs[2] if ta else xs[1]]
+        self.sa_k = xs[1] if ta else xs[2]
+        self.sb_b = b.select(eq(b, bb, one), c64(0), ws[0])
+        self.sb_k, self.sb_n = (ws[2], ws[1]) if tb else (ws[1], ws[2])
+
+    def row_index(self, b, bi, m):
+        if self.op == "batch_matmul":
+            return [bi, m]
+        if self.op == "matmul":
+            return [m]
+        return unravel(b, m, self.row_dims)
+
+
+def matmul_geometry(op):
+    return lambda b, spec, sig, arrays: MatmulGeometry(b, op, spec, sig, arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# variant bodies shared by every Geometry
+
+
+def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
+    """C[m0:m0+rows, n0:n0+cols] = epilogue(C, extras), in place (the tile or rows just written,
+    still in L1); nothing without an epilogue.
+
+    Vector form when C's columns are contiguous and every extra input's column offsets are
+    linear with stride 0 (broadcast: a splat) or 1 (a vector): <VL x T> masked loads/stores,
+    so a partial last vector needs no scalar tail. Otherwise one element at a time, the extras'
+    offsets advanced by the geometry's column cursor (no division per element)."""
+    if expr is None:
+        return
+    extras = geo.extras
+    dtypes = [geo.dtype] + [e.dtype for e in extras]
+    vl, vec = blk.vl, blk.vec
+    columns = [geo.extra_columns(b, e) for e in extras]
+    vector_ok = eq(b, geo.sc_n, c64(1))
+    for linear, stride in columns:
+        vector_ok = b.and_(vector_ok, b.and_(linear, b.icmp_unsigned("<=", stride, c64(1))))
+    unit = [splat(b, eq(b, stride, c64(1)), ir.VectorType(I1, vl)) for _, stride in columns]
+
+    def vector_rows():
+        def row(r):
+            idx = geo.row_index(b, bi, b.add(m0, r))
+            cbase = b.add(geo.c_row(b, idx), n0)
+            ebase = [b.add(geo.extra_row(b, e, idx), b.mul(n0, stride))
+                     for e, (_, stride) in zip(extras, columns)]
+
+            def chunk(c):
+                mask = first_lanes(b, c, cols, vl)
+                cptr = elem_ptr(b, geo.c, b.add(cbase, c), blk.ty)
+                x = masked_load(b, cptr, vec, mask, ir.Constant(vec, None))
+
+                def load_input(i):
+                    if i == 0:
+                        return x
+                    e, (_, stride) = extras[i - 1], columns[i - 1]
+                    ty = MEM_TYPE[e.dtype]
+                    p = elem_ptr(b, e.data, b.add(ebase[i - 1], b.mul(c, stride)), ty)
+                    first = b.load(p, typ=ty)      # lane 0 exists: c < cols
+                    evec = ir.VectorType(ty, vl)
+                    v = masked_load(b, p, evec, b.and_(mask, unit[i - 1]), splat(b, first, evec))
+                    return _to_reg(b, v, e.dtype)
+                value, _ = emit_expr(b, expr, dtypes, load_input, vl)
+                masked_store(b, value, cptr, mask)
+            for_range(b, 0, cols, chunk, step=vl)
+        for_range(b, 0, rows, row)
+
+    def scalar_rows():
+        def row(r):
+            idx = geo.row_index(b, bi, b.add(m0, r))
+            crow = geo.c_row(b, idx)
+            erow = [geo.extra_row(b, e, idx) for e in extras]
+
+            def col(c, cursor):
+                o = b.add(crow, b.mul(b.add(n0, c), geo.sc_n))
+
+                def load_input(i):
+                    if i == 0:
+                        return load(b, geo.c, o, blk.ty)
+                    e = extras[i - 1]
+                    off = b.add(erow[i - 1], geo.cursor_offset(b, e, cursor))
+                    return _to_reg(b, load(b, e.data, off, MEM_TYPE[e.dtype]), e.dtype)
+                value, _ = emit_expr(b, expr, dtypes, load_input)
+                store(b, value, geo.c, o)
+                return geo.next_cursor(b, cursor)
+            carry_loop(b, 0, cols, col, geo.column_cursor(b, n0))
+        for_range(b, 0, rows, row)
+    if_then(b, vector_ok, vector_rows, scalar_rows)
+
+
+def emit_tiny_body(b, geo, blk, expr):
+    """for bi, m: C[m, :] = sum_k A*B (scalar, any strides), then the row's epilogue."""
+    ty, zero = blk.ty, blk.zero
+
+    def batch(bi):
+        def row(m):
+            idx = geo.row_index(b, bi, m)
+            arow, crow = geo.a_row(b, idx), geo.c_row(b, idx)
+
+            def col(n):
+                def step(k, acc):
+                    av = load(b, geo.a, b.add(arow, b.mul(k, geo.sa_k)), ty)
+                    return [madd(b, av, geo.b_value(b, blk, bi, k, n), acc[0], blk.is_float)]
+                (total,) = carry_loop(b, 0, geo.K, step, [zero])
+                store(b, total, geo.c, b.add(crow, b.mul(n, geo.sc_n)))
+            for_range(b, 0, geo.N, col)
+            apply_epilogue(b, geo, blk, expr, bi, m, c64(1), c64(0), geo.N)
+        for_range(b, 0, geo.M, row)
+    for_range(b, 0, geo.nb, batch)
+
+
+def micro_kernel(module, blk):
+    """internal void mk(ptr ap, ptr bp, i64 kc, ptr t): t[MR x NR] = Ap strip @ Bp strip."""
+    name = f"dynvm.gemm.micro.{blk.ty}.{blk.mr}x{blk.nr}"
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, PTR]), name=name)
+    fn.linkage = "internal"
+    for a in fn.args[:2] + fn.args[3:]:
+        a.add_attribute("noalias")
+    ap, bp, kc, t = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec, mr, nv, vl = blk.vec, blk.mr, blk.nv, blk.vl
+    zero = ir.Constant(vec, [0.0 if blk.is_float else 0] * vl)
+    entry = b.block
+    body, done = fn.append_basic_block("k"), fn.append_basic_block("done")
+    b.branch(body)
+    b.position_at_end(body)
+    k = b.phi(I64)
+    k.add_incoming(c64(0), entry)
+    accs = [[b.phi(vec) for _ in range(nv)] for _ in range(mr)]
+    for row in accs:
+        for acc in row:
+            acc.add_incoming(zero, entry)
+    bvecs = [b.load(elem_ptr(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), blk.ty),
+                    typ=vec, align=64) for v in range(nv)]
+    arow = b.mul(k, c64(mr))
+    new = []
+    for r in range(mr):
+        a = splat(b, load(b, ap, b.add(arow, c64(r)), blk.ty), vec)
+        new.append([madd(b, a, bvecs[v], accs[r][v], blk.is_float) for v in range(nv)])
+    k2 = b.add(k, c64(1))
+    k.add_incoming(k2, body)
+    for r in range(mr):
+        for v in range(nv):
+            accs[r][v].add_incoming(new[r][v], body)
+    b.cbranch(b.icmp_signed("<", k2, kc), body, done)
+    b.position_at_end(done)
+    for r in range(mr):
+        for v in range(nv):
+            b.store(new[r][v], elem_ptr(b, t, c64(r * blk.nr + v * vl), blk.ty), align=64)
+    b.ret_void()
+    return fn
+
+
+def pack_a(b, geo, blk, bi, ic, mc, pc, kc, dst):
+    """dst[s*MR*kc + k*MR + r] = A[ic + s*MR + r, pc + k], zero rows past mc."""
+    mr, ty, zero = blk.mr, blk.ty, blk.zero
+
+    def row(i):
+        strip, r = b.udiv(i, c64(mr)), b.urem(i, c64(mr))
+        out = b.add(b.mul(strip, b.mul(c64(mr), kc)), r)
+
+        def real():
+            src = b.add(geo.a_row(b, geo.row_index(b, bi, b.add(ic, i))), b.mul(pc, geo.sa_k))
+            for_range(b, 0, kc, lambda k: store(
+                b, load(b, geo.a, b.add(src, b.mul(k, geo.sa_k)), ty), dst,
+                b.add(out, b.mul(k, c64(mr)))))
+
+        def pad():
+            for_range(b, 0, kc, lambda k: store(b, zero, dst, b.add(out, b.mul(k, c64(mr)))))
+        if_then(b, b.icmp_signed("<", i, mc), real, pad)
+    padded = b.mul(b.udiv(b.add(mc, c64(mr - 1)), c64(mr)), c64(mr))
+    for_range(b, 0, padded, row)
+
+
+def write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast):
+    """C[m0:m0+rows, n0:n0+cols] (+)= tile; whole vectors when the tile is full and contiguous."""
+    ty, vec, nr = blk.ty, blk.vec, blk.nr
+
+    def vector_path():
+        def rows_loop(accumulate):
+            def row(r):
+                base = b.add(geo.c_row(b, geo.row_index(b, bi, b.add(m0, r))), n0)
+                for v in range(blk.nv):
+                    x = b.load(elem_ptr(b, tile, b.add(b.mul(r, c64(nr)), c64(v * blk.vl)), ty),
+                               typ=vec, align=64)
+                    p = elem_ptr(b, geo.c, b.add(base, c64(v * blk.vl)), ty)
+                    if accumulate:
+                        y = b.load(p, typ=vec, align=blk.size)
+                        x = b.fadd(x, y) if blk.is_float else b.add(x, y)
+                    b.store(x, p, align=blk.size)
+            for_range(b, 0, rows, row)
+        if_then(b, first, lambda: rows_loop(False), lambda: rows_loop(True))
+
+    def scalar_path():
+        def row(r):
+            base = geo.c_row(b, geo.row_index(b, bi, b.add(m0, r)))
+
+            def col(c):
+                x = load(b, tile, b.add(b.mul(r, c64(nr)), c), ty)
+                o = b.add(base, b.mul(b.add(n0, c), geo.sc_n))
+                y = load(b, geo.c, o, ty)
+                s = b.fadd(x, y) if blk.is_float else b.add(x, y)
+                store(b, b.select(first, x, s), geo.c, o)
+            for_range(b, 0, cols, col)
+        for_range(b, 0, rows, row)
+
+    if fast:
+        vector_path()
+        return
+    full = b.and_(eq(b, cols, c64(nr)), eq(b, geo.sc_n, c64(1)))
+    if_then(b, full, vector_path, scalar_path)
+
+
+def emit_blocked_body(b, geo, blk, expr, fast):
+    """The cache-blocked GEMM over all batches (K >= 1, M, N >= 1 checked by the caller)."""
+    module = b.module
+    mk = micro_kernel(module, blk)
+    ap = stack_buffer(b, blk.ty, blk.mc * blk.kc)
+    bp = stack_buffer(b, blk.ty, blk.kc * blk.nc)
+    tile = stack_buffer(b, blk.ty, blk.mr * blk.nr)
+    M, N, K = geo.M, geo.N, geo.K
+
+    def batch(bi):
+        def col_block(jc):
+            nc = imin(b, c64(blk.nc), b.sub(N, jc))
+
+            def depth_block(pc):
+                kc = imin(b, c64(blk.kc), b.sub(K, pc))
+                first = eq(b, pc, c64(0))
+                last = eq(b, b.add(pc, kc), K)
+                geo.pack_b(b, blk, bi, pc, kc, jc, nc, bp)
+
+                def row_block(ic):
+                    mc = imin(b, c64(blk.mc), b.sub(M, ic))
+                    pack_a(b, geo, blk, bi, ic, mc, pc, kc, ap)
+
+                    def col_strip(jr):
+                        cols = imin(b, c64(blk.nr), b.sub(nc, jr))
+                        bstrip = elem_ptr(b, bp, b.mul(jr, kc), blk.ty)
+
+                        def row_strip(ir_):
+                            rows = imin(b, c64(blk.mr), b.sub(mc, ir_))
+                            astrip = elem_ptr(b, ap, b.mul(ir_, kc), blk.ty)
+                            b.call(mk, [astrip, bstrip, kc, tile])
+                            m0, n0 = b.add(ic, ir_), b.add(jc, jr)
+                            write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast)
+                            if expr is not None:
+                                if_then(b, last, lambda: apply_epilogue(
+                                    b, geo, blk, expr, bi, m0, rows, n0, cols))
+                        for_range(b, 0, mc, row_strip, step=blk.mr)
+                    for_range(b, 0, nc, col_strip, step=blk.nr)
+                for_range(b, 0, M, row_block, step=blk.mc)
+            for_range(b, 0, K, depth_block, step=blk.kc)
+        for_range(b, 0, N, col_block, step=blk.nc)
+    for_range(b, 0, geo.nb, batch)
+
+
+def gemv_layouts(b, geo):
+    """(dot, axpy): i1s telling which streaming form of "gemv" fits the strides.
+    dot: rows of A and columns of B contiguous along K (dense's weight rows, batch_matmul
+    with transpose_b); axpy: rows of B and of C contiguous along N (matmul's weight)."""
+    one = c64(1)
+    dot = b.and_(eq(b, geo.sa_k, one), eq(b, geo.sb_k, one))
+    axpy = b.and_(eq(b, geo.sb_n, one), eq(b, geo.sc_n, one))
+    return dot, axpy
+
+
+def _row_offsets(b, geo, bi, m0, rows):
+    idx = [geo.row_index(b, bi, b.add(m0, c64(r))) for r in range(rows)]
+    return [geo.a_row(b, i) for i in idx], [geo.c_row(b, i) for i in idx]
+
+
+def gemv_dot(b, geo, blk, bi, m0, rows):
+    """C[m0:m0+rows, :] for `rows` (a constant <= GEMV_ROWS) rows, K contiguous in A and B.
+    Per group of GEMV_COLS columns: one pass over K in vectors, rows x cols FMA accumulators
+    (each B vector loaded once, used by every row), a masked last vector for K % VL, then one
+    shuffle-tree horizontal sum per row. So B is read exactly once for all the rows."""
+    ty, vec, vl = blk.ty, blk.vec, blk.vl
+    zero = ir.Constant(vec, None)
+    aoffs, coffs = _row_offsets(b, geo, bi, m0, rows)
+    arows = [elem_ptr(b, geo.a, o, ty) for o in aoffs]
+    bbase = b.mul(bi, geo.sb_b)
+    kmain = b.sub(geo.K, b.urem(geo.K, c64(vl)))
+    tail = first_lanes(b, kmain, geo.K, vl)
+    ncols = min(GEMV_COLS, vl)
+
+    def group(n0, cols):
+        bcols = [elem_ptr(b, geo.bm, b.add(bbase, b.mul(b.add(n0, c64(j)), geo.sb_n)), ty)
+                 for j in range(cols)]
+
+        def fmas(k, accs, mask):
+            def vload(base):
+                p = elem_ptr(b, base, k, ty)
+                if mask is None:
+                    return b.load(p, typ=vec, align=blk.size)
+                return masked_load(b, p, vec, mask, zero)
+            av = [vload(p) for p in arows]
+            bv = [vload(p) for p in bcols]
+            return [madd(b, av[r], bv[j], accs[r * cols + j], blk.is_float)
+                    for r in range(rows) for j in range(cols)]
+        accs = carry_loop(b, 0, kmain, lambda k, accs: fmas(k, accs, None),
+                          [zero] * (rows * cols), step=vl)
+        accs = carry_if(b, b.icmp_signed("<", kmain, geo.K),
+                        lambda accs: fmas(kmain, accs, tail), accs)
+        for r in range(rows):
+            sums = hsum(b, accs[r * cols:(r + 1) * cols], blk.is_float)
+            for j in range(cols):
+                o = b.add(coffs[r], b.mul(b.add(n0, c64(j)), geo.sc_n))
+                store(b, b.extract_element(sums, const(I32, j)), geo.c, o)
+    nmain = b.sub(geo.N, b.urem(geo.N, c64(ncols)))
+    for_range(b, 0, nmain, lambda n0: group(n0, ncols), step=ncols)
+    for_range(b, nmain, geo.N, lambda n: group(n, 1))
+
+
+def gemv_axpy(b, geo, blk, bi, m0, rows):
+    """C[m0:m0+rows, :] for `rows` (a constant) rows, N contiguous in B and C. Per chunk of
+    GEMV_VECS vectors of columns: over k, splat(A[m, k]) * B[k, chunk] into rows x GEMV_VECS
+    accumulators; the last partial chunk uses masked loads and stores. B is read once."""
+    ty, vec, vl = blk.ty, blk.vec, blk.vl
+    zero = ir.Constant(vec, None)
+    nv = GEMV_VECS
+    width = nv * vl
+    aoffs, coffs = _row_offsets(b, geo, bi, m0, rows)
+    bbase = b.mul(bi, geo.sb_b)
+
+    def chunk(n0, masked):
+        masks = [first_lanes(b, b.add(n0, c64(v * vl)), geo.N, vl) if masked else None
+                 for v in range(nv)]
+
+        def step(k, accs):
+            brow = b.add(bbase, b.mul(k, geo.sb_k))
+            bv = []
+            for v in range(nv):
+                p = elem_ptr(b, geo.bm, b.add(brow, b.add(n0, c64(v * vl))), ty)
+                bv.append(b.load(p, typ=vec, align=blk.size) if masks[v] is None
+                          else masked_load(b, p, vec, masks[v], zero))
+            av = [splat(b, load(b, geo.a, b.add(o, b.mul(k, geo.sa_k)), ty), vec) for o in aoffs]
+            return [madd(b, av[r], bv[v], accs[r * nv + v], blk.is_float)
+                    for r in range(rows) for v in range(nv)]
+        accs = carry_loop(b, 0, geo.K, step, [zero] * (rows * nv))
+        for r in range(rows):
+            for v in range(nv):
+                p = elem_ptr(b, geo.c, b.add(coffs[r], b.add(n0, c64(v * vl))), ty)
+                if masks[v] is None:
+                    b.store(accs[r * nv + v], p, align=blk.size)
+                else:
+                    masked_store(b, accs[r * nv + v], p, masks[v])
+    nmain = b.sub(geo.N, b.urem(geo.N, c64(width)))
+    for_range(b, 0, nmain, lambda n0: chunk(n0, False), step=width)
+    if_then(b, b.icmp_signed("<", nmain, geo.N), lambda: chunk(nmain, True))
+
+
+def emit_gemv_body(b, geo, blk, expr, tiny_fn):
+    """"gemv" (K >= 1): rows in groups of up to GEMV_ROWS, each group in one streaming pass
+    over B (the dot or the axpy form, whichever the strides fit; the tiny code when neither
+    does), then the group's epilogue over its contiguous output rows."""
+    fn = b.function
+    dot, axpy = gemv_layouts(b, geo)
+
+    def emit_form(form):
+        def batch(bi):
+            def group(m0):
+                rows = imin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
+                join = fn.append_basic_block("rows.done")
+                cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
+                sw = b.switch(rows, cases[-1])
+                for r, block in enumerate(cases, 1):
+                    sw.add_case(c64(r), block)
+                    b.position_at_end(block)
+                    form(b, geo, blk, bi, m0, r)
+                    b.branch(join)
+                b.position_at_end(join)
+                apply_epilogue(b, geo, blk, expr, bi, m0, rows, c64(0), geo.N)
+            for_range(b, 0, geo.M, group, step=GEMV_ROWS)
+        for_range(b, 0, geo.nb, batch)
+        b.ret(const(I32, 0))
+
+    dot_bb, other, axpy_bb, neither = (fn.append_basic_block(n) for n in
+                                       ("gemv.dot", "gemv.other", "gemv.axpy", "gemv.neither"))
+    b.cbranch(dot, dot_bb, other)
+    b.position_at_end(other)
+    b.cbranch(axpy, axpy_bb, neither)
+    b.position_at_end(neither)
+    b.ret(b.call(tiny_fn, list(fn.args)))
+    b.position_at_end(dot_bb)
+    emit_form(gemv_dot)
+    b.position_at_end(axpy_bb)
+    emit_form(gemv_axpy)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel functions
+
+
+def _output_empty(b, geo):
+    return b.or_(b.or_(eq(b, geo.M, c64(0)), eq(b, geo.N, c64(0))), eq(b, geo.nb, c64(0)))
+
+
+def emit_variant(module, symbol, variant, sig, spec, make_geometry):
+    """One variant function: validate everything, then compute."""
+    fn, b = new_function(module, family.variant_symbol(symbol, variant))
+    arrays = prologue(b, *fn.args, sig)
+    geo = make_geometry(b, spec, sig, arrays)
+    blk = Blocking(sig[-1][0])
+    expr = spec.get("epilogue")
+    return_zero_if(b, _output_empty(b, geo))
+    check_data(b, arrays)
+    if variant == "tiny":
+        emit_tiny_body(b, geo, blk, expr)
+        b.ret(const(I32, 0))
+        return
+    tiny = module.globals.get(family.variant_symbol(symbol, "tiny"))
+    k_zero, go = fn.append_basic_block("k0"), fn.append_basic_block("go")
+    b.cbranch(eq(b, geo.K, c64(0)), k_zero, go)
+    b.position_at_end(k_zero)
+    b.ret(b.call(tiny, list(fn.args)))
+    b.position_at_end(go)
+    if variant == "gemv":
+        emit_gemv_body(b, geo, blk, expr, tiny)
+        return
+    if variant == "fast":
+        aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
+        check(b, b.and_(aligned, eq(b, geo.sc_n, c64(1))), ERR_LAYOUT)
+    emit_blocked_body(b, geo, blk, expr, fast=variant == "fast")
+    b.ret(const(I32, 0))
+
+
+def choices(blk, variants):
+    """Dispatcher rules: tiny for K == 0 or little work; gemv (if a variant) for M <= GEMV_ROWS
+    rows per batch when a streaming form fits the strides; fast when the tiles fit; else
+    blocked."""
+    def tiny(b, geo):
+        work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
+        return b.or_(eq(b, geo.K, c64(0)), b.icmp_signed("<=", work, c64(TINY_WORK)))
+
+    def gemv(b, geo):
+        dot, axpy = gemv_layouts(b, geo)
+        return b.and_(b.icmp_signed("<=", geo.M, c64(GEMV_ROWS)), b.or_(dot, axpy))
+
+    def fast(b, geo):
+        aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
+        return b.and_(aligned, eq(b, geo.sc_n, c64(1)))
+    rules = [("tiny", tiny), ("gemv", gemv), ("fast", fast), ("blocked", None)]
+    return [(name, rule) for name, rule in rules if name in variants]
+
+
+def emit_gemm_kernel(module, symbol, spec, sig, make_geometry, variants=VARIANTS):
+    """All `variants` (tiny first: the others call it) plus the dispatcher; returns the variant
+    names in dispatcher order."""
+    for variant in variants:
+        emit_variant(module, symbol, variant, sig, spec, make_geometry)
+    blk = Blocking(sig[-1][0])
+    return family.emit_dispatcher(module, symbol, sig, choices(blk, variants),
+                                  prepare=lambda b, arrays: make_geometry(b, spec, sig, arrays))
+
+
+# ---------------------------------------------------------------------------------------------
+# the family
+
+
+def _check(spec, inputs, outputs):
+    op = spec.get("op")
+    what = f"matmul kernel {op!r}"
+    if op not in OPS:
+        raise KernelError(f"matmul family: unknown op {op!r}; known: {sorted(OPS)}")
+    if len(outputs) != 1 or len(inputs) < 2:
+        raise KernelError(f"{what}: needs 2+ inputs and 1 output, got {len(inputs)} and "
+                          f"{len(outputs)}")
+    (ad, ar), (bd, br), (od, orank) = inputs[0], inputs[1], outputs[0]
+    if not ad == bd == od or ad not in DTYPES:
+        raise KernelError(f"{what}: operands and output need one dtype of {DTYPES}, got "
+                          f"{ad}, {bd} -> {od}")
+    want = {"dense": (ar if ar >= 1 else None, 2, ar), "matmul": (2, 2, 2),
+            "batch_matmul": (3, 3, 3)}[op]
+    if (ar, br, orank) != want:
+        raise KernelError(f"{what}: ranks {ar}, {br} -> {orank} do not fit the op")
+    if any(rank > orank for _, rank in inputs[2:]):
+        raise KernelError(f"{what}: an epilogue input has a higher rank than the output")
+    check_epilogue(spec, od, [dt for dt, _ in inputs[2:]], what)
+
+
+def _emit(module, symbol, spec, inputs, outputs):
+    sig = [tuple(x) for x in inputs] + [tuple(x) for x in outputs]
+    return emit_gemm_kernel(module, symbol, spec, sig, matmul_geometry(spec["op"]))
+
+
+FAMILY = family.register(family.Family("matmul", _check, _emit))

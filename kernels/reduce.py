@@ -1,0 +1,550 @@
+"""The "reduce" kernel family: sum, mean, max, min, argmax over any static axis set.
+
+Spec: {"op": "sum"|"mean"|"max"|"min"|"argmax", "axis": None|int|[int], "keepdims": bool,
+"exclude": bool} (the op's attrs); one input (x), one output. Ranks are static, so the reduced
+axes are normalised at build time; extents are read at run time.
+
+Semantics (kernels/extern.py is the reference):
+- sum accumulates in the input dtype (integers wrap, like np.sum(dtype=int32)); the sum of
+  nothing is 0.
+- mean accumulates in float64 and divides by the element count; float results of nothing are
+  NaN; integer results truncate toward zero (saturating), and an integer mean of nothing is the
+  error ERR_EMPTY (the runtime raises ShapeError).
+- max/min propagate NaN; argmax gives the row-major flat index, within the reduced axes, of the
+  first maximum, or of the first NaN if there is one (numpy). max/min/argmax of nothing with a
+  non-empty output is ERR_EMPTY.
+- the output extents must be exactly the reduced shape (ERR_SHAPE otherwise).
+
+Variants (each validates its own arguments; `S__<variant>` can be called directly):
+- "inner" (last axis reduced): the trailing run of reduced axes is one contiguous row, reduced
+  with U native vectors of accumulators and a horizontal combine; other reduced axes loop outside
+  it. Needs compact arrays (ERR_LAYOUT otherwise).
+- "outer" (last axis kept): the trailing run of kept axes is contiguous in input and output;
+  chunks of U vectors of it are accumulated in registers across all reduced positions, then
+  stored. Needs compact arrays.
+- "generic": scalar loop nest over the real strides of both arrays (any layout, any extents).
+The dispatcher takes the vector variant when the arrays are compact and its contiguous extent is
+at least one vector, else "generic". Consecutive axes of the same kind (kept/reduced) are merged
+into one loop at build time, so e.g. axes (1, 2) of a rank-4 tensor run as a 3-level nest.
+"""
+from llvmlite import ir
+
+from kernels import llvm_math as lm
+from kernels.family import Family, emit_dispatcher, register, variant_symbol
+from kernels.llvm_util import (ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, F32, F64, I1, I32, I64, PTR,
+                               REG_TYPE, check, const, load_strides, new_function, prologue,
+                               return_zero_if)
+from shape_funcs.reduce import reduced_axes
+from vm.errors import DynVMError, KernelError
+
+OPS = ("sum", "mean", "max", "min", "argmax")
+UNROLL = 4  # vector accumulators per loop iteration (hides the add/compare latency)
+
+
+# ---------------------------------------------------------------------------------------------
+# small IR helpers shared with kernels/softmax.py
+
+
+def for_range(b, start, stop, step, carried, body):
+    """`for i in range(start, stop, step)` (test at the top, so zero trips are fine) carrying
+    the values `carried`; body(i, values) -> new values. Returns (final i, final values)."""
+    fn = b.function
+    pre = b.block
+    head, loop, done = (fn.append_basic_block(n) for n in ("for.head", "for.body", "for.end"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name="i")
+    i.add_incoming(start, pre)
+    phis = []
+    for v in carried:
+        p = b.phi(v.type)
+        p.add_incoming(v, pre)
+        phis.append(p)
+    b.cbranch(b.icmp_signed("<", i, stop), loop, done)
+    b.position_at_end(loop)
+    new = list(body(i, list(phis)))
+    nxt = b.add(i, step, flags=["nsw"])
+    latch = b.block
+    i.add_incoming(nxt, latch)
+    for p, v in zip(phis, new):
+        p.add_incoming(v, latch)
+    b.branch(head)
+    b.position_at_end(done)
+    return i, phis
+
+
+def compact_flag(b, ext, strides_ptr):
+    """i1: the strides are compact row-major (NULL strides are; extent-1 dims are ignored)."""
+    if not ext:
+        return const(I1, 1)
+    ok = b.icmp_signed("==", product(b, ext), const(I64, 0))  # nothing to address
+    strides = load_strides(b, ext, strides_ptr)
+    expected, all_ok = const(I64, 1), const(I1, 1)
+    for e, s in zip(reversed(ext), reversed(strides)):
+        dim_ok = b.or_(b.icmp_signed("==", e, const(I64, 1)), b.icmp_signed("==", s, expected))
+        all_ok = b.and_(all_ok, dim_ok)
+        expected = b.mul(expected, e)
+    return b.or_(ok, all_ok)
+
+
+def product(b, values):
+    out = const(I64, 1)
+    for v in values:
+        out = b.mul(out, v)
+    return out
+
+
+def load_vec(b, base, offset, elem, lanes):
+    ptr = b.gep(base, [offset], inbounds=True, source_etype=elem)
+    return b.load(ptr, typ=lm.vector_type(elem, lanes), align=elem_bytes(elem))
+
+
+def store_vec(b, value, base, offset, elem):
+    ptr = b.gep(base, [offset], inbounds=True, source_etype=elem)
+    b.store(value, ptr, align=elem_bytes(elem))
+
+
+def elem_bytes(elem):
+    return 4 if elem == F32 else 8 if elem == F64 else elem.width // 8
+
+
+def lane_iota(lanes):
+    """<0, 1, ..., lanes-1> as i64 (or the scalar 0)."""
+    if lanes == 1:
+        return const(I64, 0)
+    return ir.Constant(ir.VectorType(I64, lanes), [const(I64, k) for k in range(lanes)])
+
+
+def splat_value(b, value, lanes):
+    """Broadcast a run-time scalar to `lanes` lanes (identity for 1 lane)."""
+    if lanes == 1:
+        return value
+    vty = ir.VectorType(value.type, lanes)
+    v = b.insert_element(ir.Constant(vty, ir.Undefined), value, const(I32, 0))
+    return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, lanes), [const(I32, 0)] * lanes))
+
+
+def horizontal(b, values, combine):
+    """Fold the lanes of the vectors in `values` (one list per accumulator part, e.g. value and
+    index) with `combine(a, b) -> list`, halving the width each step. Returns scalars."""
+    while isinstance(values[0].type, ir.VectorType):
+        width = values[0].type.count
+        if width == 1:
+            return [b.extract_element(v, const(I32, 0)) for v in values]
+        half = width // 2
+        lo_mask = ir.Constant(ir.VectorType(I32, half), [const(I32, k) for k in range(half)])
+        hi_mask = ir.Constant(ir.VectorType(I32, half), [const(I32, half + k) for k in range(half)])
+        lo = [b.shuffle_vector(v, v, lo_mask) for v in values]
+        hi = [b.shuffle_vector(v, v, hi_mask) for v in values]
+        values = combine(lo, hi)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# the reduction operators, on scalars and vectors alike
+
+
+def _is_float(ty):
+    return lm.element_type(ty) in (F32, F64)
+
+
+class Reducer:
+    """How one op accumulates: acc is a list of values ([value] or [value, index])."""
+
+    def __init__(self, op, in_dtype, out_dtype):
+        self.op, self.in_dtype, self.out_dtype = op, in_dtype, out_dtype
+        self.elem = REG_TYPE[in_dtype]
+        self.acc_elem = F64 if op == "mean" else self.elem
+
+    def init(self, lanes):
+        ty = lm.vector_type(self.acc_elem, lanes)
+        if self.op in ("sum", "mean"):
+            return [lm.splat(ty, 0.0 if _is_float(ty) else 0)]
+        if _is_float(ty):
+            v = lm.splat(ty, float("-inf") if self.op in ("max", "argmax") else float("inf"))
+        else:
+            bits = self.acc_elem.width
+            v = lm.splat(ty, -(1 << (bits - 1)) if self.op in ("max", "argmax") else (1 << (bits - 1)) - 1)
+        return [v] + ([lm.splat(lm.vector_type(I64, lanes), 0)] if self.op == "argmax" else [])
+
+    def convert(self, b, x):
+        if self.op != "mean":
+            return x
+        ty = lm.with_element(x.type, F64)
+        if self.elem == F64:
+            return x
+        return b.fpext(x, ty) if self.elem == F32 else b.sitofp(x, ty)
+
+    def step(self, b, acc, x, index):
+        """Fold element(s) `x` (already converted) at flat reduced index `index` (increasing)."""
+        op = self.op
+        if op in ("sum", "mean"):
+            return [b.fadd(acc[0], x) if _is_float(x.type) else b.add(acc[0], x)]
+        better = self._better(b, x, acc[0])
+        if op == "argmax":
+            return [b.select(better, x, acc[0]), b.select(better, index, acc[1])]
+        return [b.select(better, x, acc[0])]
+
+    def _better(self, b, x, a):
+        """x replaces a seen earlier: strictly larger (smaller for min), or the first NaN."""
+        cmp = "<" if self.op == "min" else ">"
+        if not _is_float(x.type):
+            return b.icmp_signed(cmp, x, a)
+        if self.op == "argmax":
+            first_nan = b.and_(b.fcmp_unordered("uno", x, x), b.fcmp_ordered("ord", a, a))
+            return b.or_(b.fcmp_ordered(cmp, x, a), first_nan)
+        return b.or_(b.fcmp_ordered(cmp, x, a), b.fcmp_unordered("uno", x, x))
+
+    def combine(self, b, a, c):
+        """Merge two partial results over disjoint index sets (any order)."""
+        if self.op != "argmax":
+            return self.step(b, a, c[0], None)
+        (va, ia), (vc, ic) = a, c
+        better = self._better(b, vc, va)
+        earlier = b.icmp_signed("<", ic, ia)
+        if _is_float(va.type):
+            same = b.or_(b.fcmp_ordered("==", vc, va),
+                         b.and_(b.fcmp_unordered("uno", va, va), b.fcmp_unordered("uno", vc, vc)))
+        else:
+            same = b.icmp_signed("==", vc, va)
+        take = b.or_(better, b.and_(same, earlier))
+        return [b.select(take, vc, va), b.select(take, ic, ia)]
+
+    def finish(self, b, acc, count):
+        """The value to store: mean divides by `count` (i64 scalar) and converts."""
+        if self.op == "argmax":
+            return acc[1]
+        if self.op != "mean":
+            return acc[0]
+        value = acc[0]
+        lanes = value.type.count if isinstance(value.type, ir.VectorType) else 1
+        mean = b.fdiv(value, splat_value(b, b.sitofp(count, F64), lanes))
+        out = REG_TYPE[self.out_dtype]
+        out_ty = lm.with_element(mean.type, out)
+        if out == F64:
+            return mean
+        if out == F32:
+            return b.fptrunc(mean, out_ty)
+        sat = _declare(b.module, f"llvm.fptosi.sat.{_suffix(out_ty)}.{_suffix(mean.type)}",
+                       ir.FunctionType(out_ty, [mean.type]))
+        return b.call(sat, [mean])
+
+
+def _suffix(ty):
+    elem = lm.element_type(ty)
+    name = "f32" if elem == F32 else "f64" if elem == F64 else f"i{elem.width}"
+    return f"v{ty.count}{name}" if isinstance(ty, ir.VectorType) else name
+
+
+def _declare(module, name, fnty):
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, fnty, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# build-time layout
+
+
+class Layout:
+    """Static facts of one kernel: rank, reduced axes, output axis of each kept axis, groups."""
+
+    def __init__(self, spec, rank):
+        self.rank = rank
+        self.axes = reduced_axes(spec["op"], rank, spec)
+        self.keepdims = bool(spec.get("keepdims", False))
+        self.kept = [a for a in range(rank) if a not in self.axes]
+        self.out_rank = rank if self.keepdims else len(self.kept)
+        self.out_axis = {a: (a if self.keepdims else j) for j, a in enumerate(self.kept)}
+        self.groups = []  # [(reduced?, [axes])] of consecutive axes of one kind
+        for a in range(rank):
+            red = a in self.axes
+            if self.groups and self.groups[-1][0] == red:
+                self.groups[-1][1].append(a)
+            else:
+                self.groups.append((red, [a]))
+
+    @property
+    def last_reduced(self):
+        return bool(self.rank) and (self.rank - 1) in self.axes
+
+
+def check_spec(spec, inputs, outputs):
+    """Build-time validation: op, attrs and signature (one numeric input, matching output)."""
+    op = spec.get("op")
+    if op not in OPS:
+        raise KernelError(f"reduce: unknown op {op!r}; known: {OPS}")
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise KernelError(f"{op}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+    (dtype, rank), (out_dtype, out_rank) = inputs[0], outputs[0]
+    if dtype not in ("float32", "float64", "int32", "int64"):
+        raise KernelError(f"{op}: unsupported input dtype {dtype}")
+    want = "int64" if op == "argmax" else dtype
+    if out_dtype != want:
+        raise KernelError(f"{op}: output dtype must be {want}, got {out_dtype}")
+    try:
+        layout = Layout(spec, rank)
+    except DynVMError as e:
+        raise KernelError(f"{op}: bad axes: {e}") from None
+    if out_rank != layout.out_rank:
+        raise KernelError(f"{op}: output rank must be {layout.out_rank}, got {out_rank}")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared run-time checks
+
+
+def _checked_start(module, symbol, spec, sig, layout):
+    """Variant prologue: argument checks, output extents, empty cases. Returns
+    (builder, (x_data, x_ext, x_strides), (y_data, y_ext, y_strides), count)."""
+    fn, b = new_function(module, symbol)
+    (x, y) = prologue(b, *fn.args, sig)
+    x_ext, y_ext = x[1], y[1]
+    for a in range(layout.rank):
+        if a in layout.axes:
+            if layout.keepdims:
+                check(b, b.icmp_signed("==", y_ext[a], const(I64, 1)), ERR_SHAPE | 1 << 8 | a << 16)
+        else:
+            j = layout.out_axis[a]
+            check(b, b.icmp_signed("==", y_ext[j], x_ext[a]), ERR_SHAPE | 1 << 8 | j << 16)
+    out_size = product(b, y_ext)
+    return_zero_if(b, b.icmp_signed("==", out_size, const(I64, 0)))
+    count = product(b, [x_ext[a] for a in layout.axes])
+    if spec["op"] in ("max", "min", "argmax") or (spec["op"] == "mean" and sig[1][0] in ("int32", "int64")):
+        check(b, b.icmp_signed("!=", count, const(I64, 0)), ERR_EMPTY)
+    check(b, b.icmp_unsigned("!=", y[0], ir.Constant(PTR, None)), ERR_NULL | 1 << 8)
+    has_input = b.icmp_signed("!=", count, const(I64, 0))
+    x_null = b.icmp_unsigned("==", x[0], ir.Constant(PTR, None))
+    check(b, b.not_(b.and_(has_input, x_null)), ERR_NULL)
+    return b, x, y, count
+
+
+def _store_out(b, reducer, value, y_data, offset):
+    out = REG_TYPE[reducer.out_dtype]
+    store_vec(b, value, y_data, offset, out)
+
+
+def _nest(b, dims, offsets, carried, leaf):
+    """Loop nest over dims [(extent, [stride per offset])...]: offsets advance by stride * i;
+    carried values flow through every level. leaf(offsets, carried) -> carried."""
+    if not dims:
+        return leaf(offsets, carried)
+    (extent, strides), rest = dims[0], dims[1:]
+
+    def body(i, vals):
+        inner = [off if s is None else b.add(off, b.mul(i, s)) for off, s in zip(offsets, strides)]
+        return _nest(b, rest, inner, vals, leaf)
+
+    _, out = for_range(b, const(I64, 0), extent, const(I64, 1), carried, body)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# variants
+
+
+def _emit_generic(module, symbol, spec, sig, layout):
+    """Scalar nest over the real strides: kept axes outside, reduced axes inside."""
+    reducer = Reducer(spec["op"], sig[0][0], sig[1][0])
+    b, x, y, count = _checked_start(module, symbol, spec, sig, layout)
+    xs = load_strides(b, x[1], x[2])
+    ys = load_strides(b, y[1], y[2])
+    kept = [(x[1][a], [xs[a], ys[layout.out_axis[a]]]) for a in layout.kept]
+    later = const(I64, 1)
+    flat = {}
+    for a in reversed(layout.axes):
+        flat[a] = later
+        later = b.mul(later, x[1][a])
+    reduced = [(x[1][a], [xs[a], flat[a]]) for a in layout.axes]
+    elem = reducer.elem
+
+    def per_output(offs, _):
+        x_off, y_off = offs
+
+        def leaf(roffs, acc):
+            value = b.load(b.gep(x[0], [roffs[0]], source_etype=elem), typ=elem)
+            return reducer.step(b, acc, reducer.convert(b, value), roffs[1])
+
+        acc = _nest(b, reduced, [x_off, const(I64, 0)], reducer.init(1), leaf)
+        _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
+        return []
+
+    _nest(b, kept, [const(I64, 0), const(I64, 0)], [], per_output)
+    b.ret(const(I32, 0))
+
+
+def _group_dims(b, layout, x_ext):
+    """Compact strides per group: (extent, input stride, output stride or flat multiplier)."""
+    extents = [product(b, [x_ext[a] for a in axes]) for _, axes in layout.groups]
+    in_stride, out_stride, flat = [None] * len(extents), [None] * len(extents), [None] * len(extents)
+    acc_in, acc_out, acc_flat = const(I64, 1), const(I64, 1), const(I64, 1)
+    for g in reversed(range(len(extents))):
+        in_stride[g] = acc_in
+        acc_in = b.mul(acc_in, extents[g])
+        if layout.groups[g][0]:
+            flat[g] = acc_flat
+            acc_flat = b.mul(acc_flat, extents[g])
+        else:
+            out_stride[g] = acc_out
+            acc_out = b.mul(acc_out, extents[g])
+    return extents, in_stride, out_stride, flat
+
+
+def _check_compact(b, x, y):
+    ok = b.and_(compact_flag(b, x[1], x[2]), compact_flag(b, y[1], y[2]))
+    check(b, ok, ERR_LAYOUT)
+
+
+def _emit_inner(module, symbol, spec, sig, layout):
+    """Kept groups outside; reduced groups inside, the last one a contiguous vectorised row."""
+    reducer = Reducer(spec["op"], sig[0][0], sig[1][0])
+    b, x, y, count = _checked_start(module, symbol, spec, sig, layout)
+    _check_compact(b, x, y)
+    extents, in_stride, out_stride, flat = _group_dims(b, layout, x[1])
+    groups = list(range(len(extents)))
+    kept = [(extents[g], [in_stride[g], out_stride[g]]) for g in groups if not layout.groups[g][0]]
+    red_groups = [g for g in groups if layout.groups[g][0]]
+    outer_red = [(extents[g], [in_stride[g], flat[g]]) for g in red_groups[:-1]]
+    n = extents[red_groups[-1]]
+
+    def per_output(offs, _):
+        x_off, y_off = offs
+
+        def leaf(roffs, acc):
+            row = _reduce_row(b, reducer, x[0], roffs[0], n, roffs[1])
+            return reducer.combine(b, acc, row)
+
+        acc = _nest(b, outer_red, [x_off, const(I64, 0)], reducer.init(1), leaf)
+        _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
+        return []
+
+    _nest(b, kept, [const(I64, 0), const(I64, 0)], [], per_output)
+    b.ret(const(I32, 0))
+
+
+def vector_fold(b, n, lanes, init, body, merge, unroll=UNROLL):
+    """Fold a contiguous run of n elements: `unroll` vectors of `lanes` per step, then single
+    vectors, then scalars. init(lanes) -> accumulator list (may be empty for a map-only pass);
+    body(j, lanes, accs) -> accs handles elements j .. j+lanes-1; merge(a, c) -> accs joins
+    partial results of disjoint element sets. Returns the scalar accumulators."""
+    width = unroll * lanes
+    first = init(lanes)
+    part = len(first)
+
+    def wide(j, accs):
+        out = []
+        for u in range(unroll):
+            out += body(b.add(j, const(I64, u * lanes)), lanes, accs[u * part:(u + 1) * part])
+        return out
+
+    j, accs = for_range(b, const(I64, 0), b.sub(n, const(I64, width - 1)), const(I64, width),
+                        first * unroll, wide)
+    merged = accs[:part]
+    for u in range(1, unroll):
+        merged = merge(merged, accs[u * part:(u + 1) * part])
+    if lanes > 1:
+        j, merged = for_range(b, j, b.sub(n, const(I64, lanes - 1)), const(I64, lanes), merged,
+                              lambda j, accs: body(j, lanes, accs))
+        merged = horizontal(b, merged, merge) if merged else []
+    _, scalars = for_range(b, j, n, const(I64, 1), merged, lambda j, accs: body(j, 1, accs))
+    return scalars
+
+
+def _reduce_row(b, reducer, data, start, n, flat_base):
+    """Reduce data[start : start+n] (contiguous) to a scalar acc; indices flat_base + j."""
+    elem = reducer.elem
+
+    def body(j, lanes, acc):
+        v = reducer.convert(b, load_vec(b, data, b.add(start, j), elem, lanes))
+        idx = None
+        if reducer.op == "argmax":
+            idx = b.add(splat_value(b, b.add(flat_base, j), lanes), lane_iota(lanes))
+        return reducer.step(b, acc, v, idx)
+
+    return vector_fold(b, n, lm.vector_lanes(elem), reducer.init, body,
+                       lambda a, c: reducer.combine(b, a, c))
+
+
+def _emit_outer(module, symbol, spec, sig, layout):
+    """Kept groups but the last outside; the last kept group (contiguous in x and y) in chunks of
+    vectors kept in registers while all reduced groups are folded in."""
+    reducer = Reducer(spec["op"], sig[0][0], sig[1][0])
+    b, x, y, count = _checked_start(module, symbol, spec, sig, layout)
+    _check_compact(b, x, y)
+    extents, in_stride, out_stride, flat = _group_dims(b, layout, x[1])
+    groups = list(range(len(extents)))
+    outer_kept = [(extents[g], [in_stride[g], out_stride[g]]) for g in groups[:-1]
+                  if not layout.groups[g][0]]
+    reduced = [(extents[g], [in_stride[g], flat[g]]) for g in groups if layout.groups[g][0]]
+    m = extents[-1]
+    lanes = lm.vector_lanes(reducer.elem)
+
+    def per_row(offs, _):
+        x_off, y_off = offs
+        c = const(I64, 0)
+        for width, vecs in ((UNROLL * lanes, UNROLL), (lanes, 1), (1, 1)):
+            vl = width // vecs
+            c, _ = for_range(b, c, b.sub(m, const(I64, width - 1)), const(I64, width), [],
+                             lambda c, _, vl=vl, vecs=vecs: _outer_chunk(
+                                 b, reducer, x, y, reduced, x_off, y_off, c, vl, vecs, count))
+        return []
+
+    _nest(b, outer_kept, [const(I64, 0), const(I64, 0)], [], per_row)
+    b.ret(const(I32, 0))
+
+
+def _outer_chunk(b, reducer, x, y, reduced, x_off, y_off, c, lanes, vecs, count):
+    """y[y_off + c : + lanes*vecs] = reduce over all reduced positions of the x rows."""
+    elem = reducer.elem
+    part = len(reducer.init(1))
+
+    def leaf(roffs, accs):
+        base = b.add(b.add(x_off, roffs[0]), c)
+        idx = splat_value(b, roffs[1], lanes) if reducer.op == "argmax" else None
+        out = []
+        for u in range(vecs):
+            v = reducer.convert(b, load_vec(b, x[0], b.add(base, const(I64, u * lanes)), elem, lanes))
+            out += reducer.step(b, accs[u * part:(u + 1) * part], v, idx)
+        return out
+
+    accs = _nest(b, reduced, [const(I64, 0), const(I64, 0)], reducer.init(lanes) * vecs, leaf)
+    out_elem = REG_TYPE[reducer.out_dtype]
+    for u in range(vecs):
+        value = reducer.finish(b, accs[u * part:(u + 1) * part], count)
+        store_vec(b, value, y[0], b.add(b.add(y_off, c), const(I64, u * lanes)), out_elem)
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# family entry points
+
+
+def variants_of(layout):
+    """The vector variant that fits the static axis structure (if any) and the fallback."""
+    if layout.rank == 0:
+        return ["generic"]
+    return ["inner" if layout.last_reduced else "outer", "generic"]
+
+
+def emit(module, symbol, spec, inputs, outputs):
+    sig = [tuple(inputs[0]), tuple(outputs[0])]
+    layout = Layout(spec, sig[0][1])
+    emitters = {"inner": _emit_inner, "outer": _emit_outer, "generic": _emit_generic}
+    names = variants_of(layout)
+    for name in names:
+        emitters[name](module, variant_symbol(symbol, name), spec, sig, layout)
+    if len(names) == 1:
+        return emit_dispatcher(module, symbol, sig, [("generic", None)])
+    lanes = lm.vector_lanes(REG_TYPE[sig[0][0]])
+    trailing = layout.groups[-1][1]
+
+    def vector_fits(b, arrays):
+        (x, y) = arrays
+        run = product(b, [x[1][a] for a in trailing])
+        ok = b.and_(compact_flag(b, x[1], x[2]), compact_flag(b, y[1], y[2]))
+        return b.and_(ok, b.icmp_signed(">=", run, const(I64, lanes)))
+
+    return emit_dispatcher(module, symbol, sig, [(names[0], vector_fits), ("generic", None)])
+
+
+FAMILY = register(Family("reduce", check_spec, emit))

@@ -1,0 +1,196 @@
+"""Shape functions of the sort and detection ops, and the greedy NMS selection they share with
+the numpy reference kernels (kernels/extern.py) — the data-dependent shape of `nms` is the
+number of boxes that selection keeps, so both must run the very same algorithm.
+
+nms has two shape functions (see compiler/op/vision.py):
+  - "nms" (data-dependent): the exact shape [(K,)], K = the number of selected boxes. It runs the
+    whole greedy selection in numpy; it is what the VM calls today.
+  - "nms.upper_bound" (upper-bound): [(min(N, max_output),), ()] for the kernel's two-output form
+    (selected indices padded with -1, true count K as a 0-d int64). Once the compiler wires
+    upper-bound ops (allocate the bound, run the kernel, slice selected[:count] zero-copy) it
+    replaces the exact function and NMS costs one pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shape_funcs.common import normalize_axis
+from shape_funcs.registry import shape_func
+from vm.errors import ShapeError
+
+F0 = np.float32(0)
+
+
+def _fmin(a, b):
+    """a < b ? a : b elementwise, exactly what the kernels compute (not np.minimum's NaN rule)."""
+    return np.where(a < b, a, b)
+
+
+def _fmax(a, b):
+    return np.where(a > b, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# ordering shared by every sort-like reference
+
+
+def stable_order(x, axis=-1, descending=False):
+    """Indices ordering `x` along `axis` by value (NaN largest), equal values by lower index.
+
+    Descending reverses the value order but not the tie order: argsort the flipped array
+    stably, flip back and map the positions back to original indices.
+    """
+    x = np.asarray(x)
+    if not descending:
+        return np.argsort(x, axis=axis, kind="stable")
+    n = x.shape[axis]
+    flipped = np.argsort(np.flip(x, axis), axis=axis, kind="stable")
+    return np.flip(n - 1 - flipped, axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# simple NMS (ONNX Runtime semantics)
+
+
+def check_nms_attrs(op, attrs):
+    """max_output an int >= 0, iou_threshold in [0, 1] (ShapeError otherwise)."""
+    max_output = attrs.get("max_output")
+    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+        raise ShapeError(f"{op}: max_output must be an int >= 0, got {max_output!r}")
+    iou = attrs.get("iou_threshold", 0.5)
+    if not 0 <= iou <= 1:
+        raise ShapeError(f"{op}: iou_threshold must be in [0, 1], got {iou}")
+    return max_output, np.float32(iou)
+
+
+def _check_boxes(op, boxes, scores):
+    boxes, scores = np.asarray(boxes), np.asarray(scores)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
+        raise ShapeError(f"{op}: boxes must be (N, 4) and scores (N,), got {boxes.shape} and "
+                         f"{scores.shape}")
+    return boxes, scores
+
+
+def onnx_suppressed(boxes, c, selected, threshold):
+    """For each selected box s: does s suppress candidate c? (IoU(c, s) > threshold, float32,
+    only boxes with a positive-area overlap and positive areas count; ONNX Runtime's rule)."""
+    bc, bs = boxes[c], boxes[selected]
+    c0, c2 = _fmin(bc[0], bc[2]), _fmax(bc[0], bc[2])
+    c1, c3 = _fmin(bc[1], bc[3]), _fmax(bc[1], bc[3])
+    s0, s2 = _fmin(bs[:, 0], bs[:, 2]), _fmax(bs[:, 0], bs[:, 2])
+    s1, s3 = _fmin(bs[:, 1], bs[:, 3]), _fmax(bs[:, 1], bs[:, 3])
+    with np.errstate(all="ignore"):
+        iw = _fmin(c2, s2) - _fmax(c0, s0)
+        ih = _fmin(c3, s3) - _fmax(c1, s1)
+        inter = iw * ih
+        area_c = (c2 - c0) * (c3 - c1)
+        area_s = (s2 - s0) * (s3 - s1)
+        union = (area_c + area_s) - inter
+        ok = (iw > F0) & (ih > F0) & (area_c > F0) & (area_s > F0) & (union > F0)
+        iou = inter / np.where(ok, union, np.float32(1))
+    return ok & (iou > threshold)
+
+
+def nms_select(boxes, scores, attrs) -> np.ndarray:
+    """Greedy NMS: candidates are boxes with score > score_threshold (every non-NaN score when
+    it is None), visited by score descending, equal scores by lower index; a candidate is kept
+    unless a kept box suppresses it; stop after max_output. Returns int64 indices."""
+    boxes, scores = _check_boxes("nms", boxes, scores)
+    max_output, iou = check_nms_attrs("nms", attrs)
+    threshold = attrs.get("score_threshold")
+    boxes = boxes.astype(np.float32, copy=False)
+    scores = scores.astype(np.float32, copy=False)
+    candidate = ~np.isnan(scores) if threshold is None else scores > np.float32(threshold)
+    idx = np.nonzero(candidate)[0]
+    order = idx[stable_order(scores[idx], 0, descending=True)]
+    selected = []
+    for c in order:
+        if len(selected) >= max_output:
+            break
+        if not selected or not onnx_suppressed(boxes, c, np.array(selected), iou).any():
+            selected.append(int(c))
+    return np.array(selected, dtype=np.int64)
+
+
+@shape_func("nms", mode="data_dependent")
+def nms(inputs, attrs):
+    return [(len(nms_select(inputs[0], inputs[1], attrs)),)]
+
+
+@shape_func("nms.upper_bound", mode="upper_bound")
+def nms_upper_bound(inputs, attrs):
+    boxes, _ = _check_boxes("nms", inputs[0], inputs[1])
+    max_output, _ = check_nms_attrs("nms", attrs)
+    return [(min(boxes.shape[0], max_output),), ()]
+
+
+# ---------------------------------------------------------------------------------------------
+# TVM detection ops
+
+
+def _box_layout(op, shape, attrs, keys):
+    if len(shape) != 3:
+        raise ShapeError(f"{op}: data must be (batch, anchors, box length), got {tuple(shape)}")
+    need = max([attrs.get(k, 0) + (4 if k == "coord_start" else 1) for k in keys])
+    if shape[2] < need:
+        raise ShapeError(f"{op}: boxes of length {shape[2]} lack the columns named by "
+                         f"{', '.join(f'{k}={attrs.get(k)}' for k in keys)}")
+    return tuple(shape)
+
+
+@shape_func("get_valid_counts")
+def get_valid_counts(inputs, attrs):
+    b, n, k = _box_layout("get_valid_counts", np.shape(inputs[0]), attrs,
+                          ("score_index", "id_index"))
+    return [(b,), (b, n, k), (b, n)]
+
+
+@shape_func("non_max_suppression")
+def non_max_suppression(inputs, attrs):
+    b, n, k = _box_layout("non_max_suppression", np.shape(inputs[0]), attrs,
+                          ("coord_start", "score_index", "id_index"))
+    if np.shape(inputs[1]) != (b,) or np.shape(inputs[2]) != (b, n):
+        raise ShapeError(f"non_max_suppression: valid_count must be ({b},) and indices "
+                         f"({b}, {n}), got {np.shape(inputs[1])} and {np.shape(inputs[2])}")
+    return [(b, n), (b, 1)] if attrs.get("return_indices", True) else [(b, n, k)]
+
+
+# ---------------------------------------------------------------------------------------------
+# sorting
+
+
+@shape_func("sort", "argsort")
+def same_shape(inputs, attrs):
+    shape = np.shape(inputs[0])
+    normalize_axis("sort", attrs.get("axis", -1), len(shape))
+    return [tuple(shape)]
+
+
+def topk_extent(shape, attrs) -> tuple:
+    """(axis, k): k < 1 selects the whole axis; k larger than the axis is a ShapeError."""
+    axis = normalize_axis("topk", attrs.get("axis", -1), len(shape))
+    k = attrs.get("k", 1)
+    n = shape[axis]
+    if k < 1:
+        return axis, n
+    if k > n:
+        raise ShapeError(f"topk: k={k} is larger than axis {axis} of shape {tuple(shape)}")
+    return axis, k
+
+
+@shape_func("topk")
+def topk(inputs, attrs):
+    shape = tuple(np.shape(inputs[0]))
+    axis, k = topk_extent(shape, attrs)
+    out = shape[:axis] + (k,) + shape[axis + 1:]
+    ret = attrs.get("ret_type", "both")
+    return [out, out] if ret == "both" else [out]
+
+
+@shape_func("unique", mode="data_dependent")
+def unique(inputs, attrs):
+    x = np.asarray(inputs[0])
+    if x.ndim != 1:
+        raise ShapeError(f"unique: data must be 1-D, got shape {x.shape}")
+    k = len(np.unique(x))
+    return [(k,), (k,)] if attrs.get("return_counts", False) else [(k,)]

@@ -1,0 +1,173 @@
+"""Kernel calls from the VM: prepared call sites, typed errors, the profiler, and shipping
+executables (load without compiling, re-JIT on another CPU)."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.vm.vm_helpers import exe, fn, tensor
+from vm import Executable, KernelError, ShapeError, VirtualMachine, VMError
+from vm.values import Tensor
+
+kernels = pytest.importorskip("kernels")
+from kernels import codelib  # noqa: E402
+
+
+def program():
+    """main(x, y) = (x + y) * x via two kernels (k0 add, k1 mul) on float32[?];
+    wrong(x64) passes a float64 tensor to the float32 add; pair returns a tuple."""
+    main = fn("main", ["x", "y"], [
+        ("ShapeOf", 0, 2),
+        ("AllocStorageReg", 2, 64, "float32", 3),
+        ("AllocTensorReg", 3, 0, 2, "float32", 4),
+        ("CallKernel", 0, [0, 1], [4]),
+        ("AllocStorageReg", 2, 64, "float32", 5),
+        ("AllocTensorReg", 5, 0, 2, "float32", 6),
+        ("CallKernel", 1, [4, 0], [6]),
+        ("Ret", 6)], param_types=[tensor(None), tensor(None)])
+    fixed = fn("fixed", ["x"], [
+        ("AllocStorage", 16, 64, "float32", 1),
+        ("AllocTensor", 1, 0, [4], "float32", 2),
+        ("CallKernel", 0, [0, 0], [2]),
+        ("Ret", 2)], param_types=[tensor(4)])
+    wrong = fn("wrong", ["x"], [
+        ("AllocStorage", 16, 64, "float32", 1),
+        ("AllocTensor", 1, 0, [2], "float32", 2),
+        ("CallKernel", 0, [0, 0], [2]),
+        ("Ret", 2)], param_types=[tensor(2, dtype="float64")])
+    mismatch = fn("mismatch", ["x"], [
+        ("AllocStorage", 64, 64, "float32", 1),
+        ("AllocTensor", 1, 0, [3], "float32", 2),
+        ("CallKernel", 0, [0, 0], [2]),
+        ("Ret", 2)], param_types=[tensor(None)])
+    return [main, fixed, wrong, mismatch]
+
+
+@pytest.fixture(scope="module")
+def kernel_exe():
+    kb = kernels.KernelBuilder()
+    kb.add_elementwise("add", ["add", ["in", 0], ["in", 1]], [("float32", 1)] * 2, ("float32", 1))
+    kb.add_elementwise("mul", ["multiply", ["in", 0], ["in", 1]], [("float32", 1)] * 2, ("float32", 1))
+    executable = exe(*program(), kernels=kb.finish())
+    _KEEP_ALIVE.append(executable)
+    return executable
+
+
+_KEEP_ALIVE = []  # each Executable owns a native library; keep them for the whole session
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 100])
+def test_results_match_numpy_across_sizes_and_variants(kernel_exe, n):
+    vm = VirtualMachine(kernel_exe)
+    x, y = np.arange(n, dtype=np.float32), np.full(n, 0.5, np.float32)
+    np.testing.assert_array_equal(vm.invoke("main", x, y), (x + y) * x)
+
+
+def test_a_call_site_reuses_its_descriptors_when_shapes_change(kernel_exe):
+    vm = VirtualMachine(kernel_exe)
+    for n in (3, 40, 3, 0, 7):
+        x = np.linspace(-1, 1, n, dtype=np.float32)
+        np.testing.assert_array_equal(vm.invoke("main", x, x), (x + x) * x)
+
+
+def test_non_contiguous_and_byte_swapped_inputs_are_copied_to_compact_arrays(kernel_exe):
+    x = np.arange(10, dtype=np.float32)[::2]
+    y = np.ones(5, np.dtype(">f4"))
+    got = VirtualMachine(kernel_exe).invoke("main", x, y.astype(np.float32))
+    np.testing.assert_array_equal(got, (x + 1) * x)
+
+
+def test_wrong_dtype_at_a_call_site_is_a_kernel_error(kernel_exe):
+    with pytest.raises(KernelError, match="kernel add: input 0 has dtype float64, expected float32"):
+        VirtualMachine(kernel_exe).invoke("wrong", np.ones(2))
+
+
+def test_native_shape_check_becomes_a_shape_error(kernel_exe):
+    with pytest.raises(ShapeError, match=r"input 0 of shape \(5,\) does not broadcast"):
+        VirtualMachine(kernel_exe).invoke("mismatch", np.ones(5, np.float32))
+
+
+def test_static_call_site_runs_repeatedly(kernel_exe):
+    vm = VirtualMachine(kernel_exe)
+    for i in range(3):
+        x = np.full(4, i, np.float32)
+        np.testing.assert_array_equal(vm.invoke("fixed", x), 2 * x)
+
+
+def test_registers_hold_vm_tensors_with_known_addresses():
+    a = np.arange(6, dtype=np.int64)
+    t = Tensor.from_array(a)
+    assert t.address == a.ctypes.data and t.shape == (6,) and t.dtype == "int64"
+    assert t.array is a and t.reshaped((2, 3)).array.shape == (2, 3)
+    assert Tensor.from_array(np.empty(0, np.float32)).address != 0
+
+
+# ---------------------------------------------------------------- profiler
+
+def test_profiler_counts_variants_and_writes_a_valid_chrome_trace(kernel_exe, tmp_path):
+    vm = VirtualMachine(kernel_exe, profile=True)
+    vm.invoke("main", np.ones(3, np.float32), np.ones(3, np.float32))
+    vm.invoke("main", np.ones(32, np.float32), np.ones(32, np.float32))
+    vm.invoke("main", np.ones(33, np.float32), np.ones(33, np.float32))
+    prof = vm.profile()
+    stats = prof.kernel_stats()
+    assert stats["add"]["calls"] == 3 and stats["mul"]["calls"] == 3
+    assert set(stats["add"]["variants"]) == {"scalar", "vector_exact", "vector"}
+    assert prof.opcodes["CallKernel"] == 6 and prof.opcodes["Ret"] == 3
+    assert prof.opcode_seconds["CallKernel"] >= prof.kernel_seconds > 0
+    path = tmp_path / "trace.json"
+    prof.save_chrome_trace(path)
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    assert len(events) == 6  # one per executed kernel
+    assert all(e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0 for e in events)
+    assert [e["name"] for e in events[:2]] == ["add[scalar]", "mul[scalar]"]
+    assert events[2]["name"] == "add[vector_exact]" and events[4]["name"] == "add[vector]"
+    text = str(prof)
+    assert "add [vector_exact]" in text and "CallKernel" in text and "VM overhead" in text
+
+
+def test_profiling_off_runs_the_plain_handlers(kernel_exe):
+    vm = VirtualMachine(kernel_exe)
+    handlers = {h.__func__ for code in vm._code for h, _ in code if hasattr(h, "__func__")}
+    assert VirtualMachine._op_CallKernel in handlers
+    assert all(hasattr(h, "__func__") for code in vm._code for h, _ in code)  # no wrappers
+    with pytest.raises(VMError, match="profile=True"):
+        vm.profile()
+
+
+# ---------------------------------------------------------------- shipping
+
+def test_load_on_the_same_cpu_compiles_nothing(kernel_exe, tmp_path):
+    path = tmp_path / "k.dvm"
+    kernel_exe.save(path)
+    before = dict(codelib.stats)
+    loaded = Executable.load(path)
+    _KEEP_ALIVE.append(loaded)
+    x = np.ones(5, np.float32)
+    np.testing.assert_array_equal(VirtualMachine(loaded).invoke("main", x, x), 2 * x)
+    assert codelib.stats["compiles"] == before["compiles"]
+    assert codelib.stats["rejits"] == before["rejits"]
+    assert codelib.stats["cache_hits"] == before["cache_hits"]
+    assert codelib.stats["loads"] == before["loads"] + 1
+
+
+def test_another_cpu_rejits_from_the_stored_llvm_ir(kernel_exe, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path / "cache"))
+    edited = Executable.from_bytes(kernel_exe.to_bytes())
+    _KEEP_ALIVE.append(edited)
+    edited.kernels = dict(edited.kernels, target=dict(edited.kernels["target"], cpu="other-cpu"),
+                          object=b"\x7fELF object for another cpu")
+    data = edited.to_bytes()
+    before = dict(codelib.stats)
+    loaded = Executable.from_bytes(data)
+    _KEEP_ALIVE.append(loaded)
+    assert codelib.stats["rejits"] == before["rejits"] + 1
+    assert codelib.stats["compiles"] == before["compiles"] + 1
+    x = np.ones(5, np.float32)
+    np.testing.assert_array_equal(VirtualMachine(loaded).invoke("main", x, x), 2 * x)
+
+
+def test_disassembly_lists_each_kernels_variants(kernel_exe):
+    text = kernel_exe.disassemble()
+    assert "k0: add (compiled) variants: scalar, vector_exact, vector, strided" in text
