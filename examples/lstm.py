@@ -27,12 +27,17 @@ def weights(seed: int = 0) -> dict:
             "b": rng.uniform(-scale, scale, 4 * HIDDEN).astype(np.float32)}
 
 
-def build_module(w: dict | None = None) -> ir.IRModule:
-    """main(x: (?, 128)) -> h: (1, 256), the hidden state after the last step."""
+def build_module(w: dict | None = None, steps: int | None = None) -> ir.IRModule:
+    """main(x: (?, 128)) -> h: (1, 256), the hidden state after the last step.
+
+    With `steps` given, x is (steps, 128) and the time loop is unrolled in Python into
+    straight-line code (the static form `vm.StaticRuntime` runs); the per-step ops are the same
+    as the loop body's.
+    """
     w = weights() if w is None else w
-    x = ir.var("x", ir.TensorType((ir.Any(), INPUT), "float32"))
-    steps = ir.var("steps", ir.TensorType((), "int64"))
-    projected = ir.var("projected", ir.TensorType((ir.Any(), 4 * HIDDEN), "float32"))
+    x = ir.var("x", ir.TensorType((ir.Any() if steps is None else steps, INPUT), "float32"))
+    projected = ir.var("projected", ir.TensorType((ir.Any() if steps is None else steps, 4 * HIDDEN),
+                                                  "float32"))
     w_hh, bias = ir.const(w["w_hh"]), ir.const(w["b"])
 
     def step(t, h, c):
@@ -44,10 +49,24 @@ def build_module(w: dict | None = None) -> ir.IRModule:
         return [op.add(t, ir.const(1, "int64")), h_next, c_next]
 
     zeros = op.zeros((1, HIDDEN), dtype="float32")
-    loop = ir.while_loop(lambda t, h, c: op.less(t, steps), step,
+    if steps is not None:
+        # let-bind each step's state: the compiler walks let chains iteratively, so the
+        # unrolled program nests no deeper than one step however many steps it has
+        bindings, h, c = [(projected, op.dense(x, ir.const(w["w_ih"])))], zeros, zeros
+        for t in range(steps):
+            _, h_next, c_next = step(ir.const(t, "int64"), h, c)
+            c = ir.var(f"c{t + 1}", ir.TensorType((1, HIDDEN), "float32"))
+            h = ir.var(f"h{t + 1}", ir.TensorType((1, HIDDEN), "float32"))
+            bindings += [(c, c_next), (h, h_next)]
+        body = h
+        for var, value in reversed(bindings):
+            body = ir.Let(var, value, body)
+        return ir.IRModule.from_expr(ir.Function([x], body))
+    n = ir.var("steps", ir.TensorType((), "int64"))
+    loop = ir.while_loop(lambda t, h, c: op.less(t, n), step,
                          [ir.const(0, "int64"), zeros, zeros])
     body = ir.Let(projected, op.dense(x, ir.const(w["w_ih"])),
-                  ir.Let(steps, op.take(op.shape_of(x), ir.const(0, "int64")),
+                  ir.Let(n, op.take(op.shape_of(x), ir.const(0, "int64")),
                          ir.TupleGetItem(loop, 1)))
     return ir.IRModule.from_expr(ir.Function([x], body))
 

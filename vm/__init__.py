@@ -3,17 +3,19 @@
 The runtime is the bottom layer: it never imports the compiler, so it can ship alone.
 """
 from vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError, IRParseError,  # noqa: F401
-                       KernelError, ShapeError, TypeInferenceError, VMError, VMRecursionError,
-                       VMStepLimitError)
+                       KernelError, ShapeError, StaticRuntimeError, TypeInferenceError, VMError,
+                       VMRecursionError, VMStepLimitError)
 from vm.bytecode import OPCODES, Instruction, Opcode  # noqa: F401
 from vm.values import ADT, Closure, Storage  # noqa: F401
 from vm.executable import VERSION as __version__  # noqa: F401
 from vm.executable import Executable, VMFunction, empty_kernels_section  # noqa: F401
 from vm.machine import VirtualMachine  # noqa: F401
+from vm.static_runtime import StaticRuntime  # noqa: F401
 
 __all__ = [
-    "VirtualMachine", "Executable", "VMFunction", "Instruction", "Opcode", "OPCODES",
+    "VirtualMachine", "StaticRuntime", "Executable", "VMFunction", "Instruction", "Opcode", "OPCODES",
     "ADT", "Closure", "Storage", "empty_kernels_section",
     "DynVMError", "TypeInferenceError", "IRParseError", "ShapeError", "ExecutableFormatError",
-    "KernelError", "InvokeArgumentError", "VMError", "VMRecursionError", "VMStepLimitError",
+    "KernelError", "InvokeArgumentError", "StaticRuntimeError", "VMError", "VMRecursionError",
+    "VMStepLimitError",
 ]

@@ -45,5 +45,10 @@ class VMStepLimitError(VMError):
     """The number of executed instructions exceeded `max_steps`."""
 
 
+class StaticRuntimeError(DynVMError):
+    """`vm.StaticRuntime` cannot run a function: an Any dimension, control flow, a call, a
+    run-time shape or another construct a fixed kernel list over fixed memory cannot express."""
+
+
 class CompileError(DynVMError):
     """The compiler cannot lower a (well-typed) program, e.g. a construct not supported yet."""
