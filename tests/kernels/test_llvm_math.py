@@ -1,7 +1,8 @@
 """kernels.llvm_math: exp/log/tanh/sigmoid as inline IR agree with a long-double numpy reference.
 
 Every function is compiled as a scalar loop (1 lane) and as a native-width vector loop with a
-scalar tail, and run over random bit patterns (every binade, subnormals), dense linear sweeps
+scalar tail, in the portable form and (when the host has AVX-512) the fast form (ldexp
+scaling, reciprocal estimates for the divisions of tanh/sigmoid on 512-bit vectors), and run over random bit patterns (every binade, subnormals), dense linear sweeps
 across the overflow/underflow thresholds and the special values. Tolerance: results in the
 normal range within MAX_ULP ulp; results that are 0, +-inf or NaN in the reference must be
 exactly that; subnormal results within 1 ulp of the smallest subnormal spacing.
@@ -20,6 +21,8 @@ ffi = cffi.FFI()
 I64, PTR = ir.IntType(64), ir.PointerType()
 ELEM = {"float32": llvm_math.F32, "float64": llvm_math.F64}
 MAX_ULP = {"exp": 1, "log": 2, "tanh": 2, "sigmoid": 3}
+# the portable form always; the fast form too where the host can run it
+MODES = (False, True) if llvm_math.fast_scaling_available() else (False,)
 REFERENCE = {"exp": np.exp, "log": np.log, "tanh": np.tanh,
              "sigmoid": lambda x: 1 / (1 + np.exp(-x))}
 
@@ -71,20 +74,23 @@ def _library():
     for fname, fn in llvm_math.FUNCTIONS.items():
         for dtype, elem in ELEM.items():
             for lanes in (1, llvm_math.vector_lanes(elem)):
-                name = f"map_{fname}_{dtype}_{lanes}"
-                _emit_map(module, name, fn, elem, lanes)
-                keys.append(((fname, dtype, lanes), name))
+                for fast in MODES:
+                    name = f"map_{fname}_{dtype}_{lanes}_{int(fast)}"
+                    _emit_map(module, name, functools.partial(fn, fast=fast), elem, lanes)
+                    keys.append(((fname, dtype, lanes, fast), name))
     lib = codelib.CodeLibrary(str(module), codelib.compile_ir(str(module), target), target)
     return lib, {k: ffi.cast("void(*)(void *, void *, int64_t)", lib.address(name))
                  for k, name in keys}
 
 
-def apply(fname, dtype, lanes, x):
+def apply(fname, dtype, lanes, x, fast=None):
+    """fname over x with `lanes`-wide vectors; fast=None: the form kernels use on this host."""
+    fast = llvm_math.fast_scaling_available() if fast is None else fast
     _, fns = _library()
     x = np.ascontiguousarray(x, dtype)
     y = np.full_like(x, 12345)
     if x.size:
-        fns[(fname, dtype, lanes)](ffi.from_buffer(x), ffi.from_buffer(y), x.size)
+        fns[(fname, dtype, lanes, fast)](ffi.from_buffer(x), ffi.from_buffer(y), x.size)
     return y
 
 
@@ -127,18 +133,21 @@ def sweep(dtype, seed=0):
                            np.array(specials, dtype)]).astype(dtype)
 
 
+@pytest.mark.parametrize("fast", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("fname", sorted(llvm_math.FUNCTIONS))
-def test_function_is_within_ulp_bound_over_the_whole_range(fname, dtype):
+def test_function_is_within_ulp_bound_over_the_whole_range(fname, dtype, fast):
     x = sweep(dtype)
     want = reference(fname, x)
     for lanes in lane_counts(dtype):
-        assert_close_ulp(apply(fname, dtype, lanes, x), want, MAX_ULP[fname])
+        assert_close_ulp(apply(fname, dtype, lanes, x, fast), want, MAX_ULP[fname])
 
 
+@pytest.mark.parametrize("fast", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_special_values_follow_c99(dtype):
+def test_special_values_follow_c99(dtype, fast):
     x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, -1.0], dtype)
+    apply = functools.partial(globals()["apply"], fast=fast)
     for lanes in lane_counts(dtype):
         np.testing.assert_array_equal(apply("exp", dtype, lanes, x), [np.inf, 0, np.nan, 1, 1, np.exp(-1.0).astype(dtype)])
         np.testing.assert_array_equal(apply("log", dtype, lanes, x)[:5], [np.inf, np.nan, np.nan, -np.inf, -np.inf])
@@ -160,12 +169,34 @@ def test_float32_max_relative_error_is_below_3e_7():
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(0, 40), dtype=st.sampled_from(["float32", "float64"]),
-       fname=st.sampled_from(sorted(llvm_math.FUNCTIONS)), seed=st.integers(0, 2**32 - 1))
-def test_vector_and_scalar_paths_agree_for_any_length(n, dtype, fname, seed):
-    """Lengths around the vector width exercise vector body + scalar tail."""
+       fname=st.sampled_from(sorted(llvm_math.FUNCTIONS)), seed=st.integers(0, 2**32 - 1),
+       fast=st.sampled_from(MODES))
+def test_vector_and_scalar_paths_agree_for_any_length(n, dtype, fname, seed, fast):
+    """Lengths around the vector width exercise vector body + scalar tail. Identical results,
+    except that the fast form's reciprocal estimate (512-bit float32 vectors only) may move a
+    tanh/sigmoid result by up to 2 ulp."""
     x = np.random.default_rng(seed).uniform(-30, 30, n).astype(dtype)
-    scalar, vector = (apply(fname, dtype, lanes, x) for lanes in lane_counts(dtype))
-    np.testing.assert_array_equal(scalar, vector)
+    scalar, vector = (apply(fname, dtype, lanes, x, fast) for lanes in lane_counts(dtype))
+    if fast and dtype == "float32" and fname in ("tanh", "sigmoid"):
+        apart = np.abs(scalar.view(np.int32).astype(np.int64) - vector.view(np.int32))
+        assert apart.size == 0 or apart.max() <= 2
+    else:
+        np.testing.assert_array_equal(scalar, vector)
+
+
+def test_fast_form_flags_only_wide_float32_divisions():
+    """The estimate flags appear on <16 x float> divisions and nowhere else."""
+    for ty, flagged in ((llvm_math.vector_type(llvm_math.F32, 16), True), (llvm_math.F32, False),
+                        (llvm_math.vector_type(llvm_math.F32, 8), False),
+                        (llvm_math.vector_type(llvm_math.F64, 8), False)):
+        for fname in ("tanh", "sigmoid"):
+            module = ir.Module()
+            f = ir.Function(module, ir.FunctionType(ty, [ty]), name="f")
+            b = ir.IRBuilder(f.append_basic_block())
+            b.ret(llvm_math.FUNCTIONS[fname](b, f.args[0], fast=True))
+            text = str(module)
+            assert ("fdiv ninf arcp contract" in text) == flagged, (fname, ty)
+            assert "fast" not in text and "nnan" not in text and "afn" not in text
 
 
 def test_vector_lanes_follow_cpu_features():
