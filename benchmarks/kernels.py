@@ -13,62 +13,18 @@ not compile yet should say "n/a" (see `na_row`).
 """
 import argparse
 import os
-import platform
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
 
+import harness  # noqa: E402  (benchmarks/harness.py: measuring, rows, the table)
 from compiler import build, ir, op  # noqa: E402
+from harness import compare, cpu_lines, kernel_kinds, na_row, print_table, row  # noqa: E402
 from vm import VirtualMachine  # noqa: E402
 
-REPS = 20
-
-
-# ---------------------------------------------------------------------------------------------
-# measuring
-
-
-def batch_size(fn, budget=0.002):
-    """Calls per batch so that a batch lasts about `budget` seconds (at least 1)."""
-    t = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t, 1e-7)
-    return max(1, int(budget / once))
-
-
-def compare(dynvm, baseline, reps=None):
-    """Median seconds per call of `dynvm` and `baseline`, interleaved batch by batch."""
-    reps = reps or REPS
-    for fn in (dynvm, baseline):
-        fn()
-    n_d, n_b = batch_size(dynvm), batch_size(baseline)
-    times_d, times_b = [], []
-    for _ in range(reps):
-        for fn, n, times in ((dynvm, n_d, times_d), (baseline, n_b, times_b)):
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times.append((time.perf_counter() - t) / n)
-    return float(np.median(times_d)), float(np.median(times_b))
-
-
-def row(name, size, dynvm_s, baseline_s=None, baseline="numpy", note=""):
-    return {"name": name, "size": size, "dynvm": dynvm_s, "baseline": baseline_s,
-            "baseline_name": baseline, "note": note}
-
-
-def na_row(name, size, why):
-    return {"name": name, "size": size, "dynvm": None, "baseline": None, "baseline_name": "",
-            "note": f"n/a ({why})"}
-
-
-def kernel_kinds(exe):
-    """e.g. "1 compiled" or "3 compiled, 1 extern": what the executable really runs."""
-    kinds = [k["kind"] for k in exe.kernels["kernels"]]
-    return ", ".join(f"{kinds.count(k)} {k}" for k in ("compiled", "extern") if k in kinds)
+REPS = harness.REPS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,40 +96,11 @@ def bench_call_overhead():
 BENCHMARKS = [bench_fused_chain, bench_add, bench_call_overhead]
 
 
-# ---------------------------------------------------------------------------------------------
-# report
-
-
-def cpu_lines():
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor())
-    import llvmlite.binding as llvm
-    from kernels import codelib
-    return [f"CPU (/proc/cpuinfo): {model}, {os.cpu_count()} cores",
-            f"llvmlite host CPU: {codelib.host_target()['cpu']} ({llvm.get_process_triple()})",
-            f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
-
-
-def fmt_time(seconds):
-    if seconds is None:
-        return "n/a"
-    return f"{seconds * 1e6:.2f} us" if seconds < 1e-3 else f"{seconds * 1e3:.3f} ms"
-
-
-def print_table(rows):
-    print(f"{'benchmark':52} {'size':>9} {'dynvm':>12} {'baseline':>12} {'ratio':>7}  note")
-    for r in rows:
-        ratio = (f"{r['baseline'] / r['dynvm']:.2f}x" if r["baseline"] and r["dynvm"] else "")
-        base = fmt_time(r["baseline"]) if r["baseline"] is not None else ""
-        print(f"{r['name']:52} {r['size']:>9} {fmt_time(r['dynvm']):>12} {base:>12} {ratio:>7}  "
-              f"{r['baseline_name'] + '; ' if r['baseline_name'] else ''}{r['note']}")
-
-
 def main(argv=None):
     global REPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=REPS, help="repetitions per number (>= 20)")
-    REPS = max(20, parser.parse_args(argv).reps)
+    REPS = harness.REPS = max(20, parser.parse_args(argv).reps)
     for line in cpu_lines():
         print(line)
     rows = []

@@ -1,5 +1,6 @@
 """The `dynvm` command: `dynvm demo` compiles and runs a small dynamic program, `dynvm ops`
-lists the operator registry (which ops run compiled native kernels and which run extern)."""
+lists the operator registry (which ops run compiled native kernels and which run extern),
+`dynvm bench` times the example models on the VM and the alternatives (see compiler/bench.py)."""
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="compile, save, load and run a small dynamic program")
     sub.add_parser("ops", help="list the operator registry")
+    from compiler import bench
+    bench.add_arguments(sub.add_parser("bench", help="time the example models: dynamic VM vs static "
+                                       "runtime, numpy, PyTorch, ONNX Runtime"))
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench.main_from_args(args)
     return {"demo": run_demo, "ops": list_ops}[args.command]()
 
 

@@ -1,0 +1,156 @@
+"""Measuring helpers shared by every benchmark script and by `dynvm bench` (not a test).
+
+    from harness import measure, compare, row, print_table, cpu_lines
+
+Every number is a median over `reps` repetitions; a repetition times a batch of calls sized to
+last about `budget` seconds (at least one call), so microsecond calls are not swamped by the
+timer. The functions being compared are interleaved, one batch of each per repetition, so
+machine noise hits all of them alike. `dynvm bench` loads this file by path (it is not part of
+the installed package), so it imports nothing from the benchmarks folder and keeps numpy as its
+only dependency.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPS = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def batch_size(fn, budget=0.002):
+    """Calls per batch so that a batch lasts about `budget` seconds (at least 1)."""
+    t = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t, 1e-7)
+    return max(1, int(budget / once))
+
+
+def measure(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
+    """{name: median seconds per call} of every callable in `fns`, interleaved batch by batch.
+
+    Each function is called `warmup` times first; `on_rep(k)` (if given) is called after each
+    repetition, e.g. to advance a progress bar."""
+    reps = reps or REPS
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sizes = {name: batch_size(fn, budget) for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for k in range(reps):
+        for name, fn in fns.items():
+            n = sizes[name]
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t) / n)
+        if on_rep is not None:
+            on_rep(k)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def compare(dynvm, baseline, reps=None):
+    """Median seconds per call of `dynvm` and `baseline`, interleaved batch by batch."""
+    got = measure({"dynvm": dynvm, "baseline": baseline}, reps)
+    return got["dynvm"], got["baseline"]
+
+
+def optional_import(name):
+    """(module, None) if `name` imports, else (None, "<name> not installed")."""
+    try:
+        return importlib.import_module(name), None
+    except ImportError as e:
+        return None, f"{name} not installed ({e.__class__.__name__})"
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr (`\\r`-redrawn on a terminal, otherwise a line
+    per 10% so logs stay short)."""
+
+    def __init__(self, total: int, width: int = 30, stream=None):
+        self.total, self.width, self.done = max(total, 1), width, 0
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self._last_decile = -1
+
+    def step(self, label: str = "", n: int = 1):
+        self.done = min(self.total, self.done + n)
+        self.show(label)
+
+    def show(self, label: str = ""):
+        frac = self.done / self.total
+        filled = int(frac * self.width)
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done:>3}/{self.total} {label}"
+        if self.tty:
+            self.stream.write("\r" + line[:100].ljust(100))
+        elif int(frac * 10) != self._last_decile:
+            self._last_decile = int(frac * 10)
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# rows and the report (one dynvm time against one baseline per row)
+
+
+def row(name, size, dynvm_s, baseline_s=None, baseline="numpy", note=""):
+    return {"name": name, "size": size, "dynvm": dynvm_s, "baseline": baseline_s,
+            "baseline_name": baseline, "note": note}
+
+
+def na_row(name, size, why):
+    return {"name": name, "size": size, "dynvm": None, "baseline": None, "baseline_name": "",
+            "note": f"n/a ({why})"}
+
+
+def kernel_kinds(exe):
+    """e.g. "1 compiled" or "3 compiled, 1 extern": what the executable really runs."""
+    kinds = [k["kind"] for k in exe.kernels["kernels"]]
+    return ", ".join(f"{kinds.count(k)} {k}" for k in ("compiled", "extern") if k in kinds)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def cpu_lines():
+    import llvmlite.binding as llvm
+    from kernels import codelib
+    return [f"CPU (/proc/cpuinfo): {cpu_model()}, {os.cpu_count()} cores",
+            f"llvmlite host CPU: {codelib.host_target()['cpu']} ({llvm.get_process_triple()})",
+            f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+
+
+def fmt_time(seconds):
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1e6:.2f} us" if seconds < 1e-3 else f"{seconds * 1e3:.3f} ms"
+
+
+def print_table(rows, out=None):
+    out = out or sys.stdout
+    print(f"{'benchmark':52} {'size':>9} {'dynvm':>12} {'baseline':>12} {'ratio':>7}  note", file=out)
+    for r in rows:
+        ratio = (f"{r['baseline'] / r['dynvm']:.2f}x" if r["baseline"] and r["dynvm"] else "")
+        base = fmt_time(r["baseline"]) if r["baseline"] is not None else ""
+        note = "; ".join(part for part in (r["baseline_name"], r["note"]) if part)
+        print(f"{r['name']:52} {r['size']:>9} {fmt_time(r['dynvm']):>12} {base:>12} {ratio:>7}  "
+              f"{note}", file=out)
