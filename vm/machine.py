@@ -12,6 +12,10 @@ its (dtype, shape) object and byte size, CallKernel of a compiled kernel gets an
 `abi.CallSite` (DLTensor descriptors filled once), so a call writes only data addresses (and
 extents when an argument's dtype/shape object changed) and calls the native dispatcher, which
 validates the rest and returns an error code the VM turns into a typed error.
+
+Storage comes from the VM's `vm.memory.StoragePool`: blocks recycled by size class across
+invocations, each returning to the pool only when nothing (register, tensor, returned array)
+can reach it any more; `memory_stats()` reports the pool's counters.
 """
 import itertools
 import math
@@ -23,8 +27,9 @@ from vm.bytecode import OPCODES
 from vm.dtypes import dtype_name, itemsize, np_dtype
 from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError, VMError,
                        VMRecursionError, VMStepLimitError)
+from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
-from vm.values import ADT, Closure, Storage, Tensor, rebuild
+from vm.values import ADT, Closure, Storage, Tensor, check_storage_request, rebuild
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 
@@ -71,6 +76,7 @@ class VirtualMachine:
         self.shape_funcs = self._lookup_shape_funcs(exe)
         self._constants = [Tensor.from_array(c) for c in exe.constants]
         self._profile = Profile() if profile else None
+        self._pool = StoragePool()
         self._code = [[self._translate(ins) for ins in fn.instructions] for fn in exe.functions]
         self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
@@ -93,7 +99,17 @@ class VirtualMachine:
         """(handler, operands) of one instruction, with per-site preparation done now."""
         name = OPCODES[ins.op].name
         handler, args = getattr(self, "_op_" + name), ins.args
-        if name == "AllocTensor":
+        if name in ("AllocStorage", "AllocStorageReg"):
+            try:
+                check_storage_request(args[0] if name == "AllocStorage" else 0, args[1])
+            except VMError as e:
+                handler, args = self._op_Fatal, (str(e),)  # raises when (if ever) it runs
+            else:
+                if name == "AllocStorage":
+                    args = args + (class_for(args[0], args[1]),)  # its size class, once
+                else:
+                    args = args + (itemsize(args[2]),)
+        elif name == "AllocTensor":
             storage, offset, shape, dtype, dst = args
             meta = (dtype, tuple(shape))
             args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst)
@@ -130,6 +146,22 @@ class VirtualMachine:
             v = _fast_tensor(a, spec) if spec is not None and type(a) is np.ndarray else None
             values.append(v if v is not None else self._import_arg(a, t, f"{name}: parameter {p!r}"))
         return _export(self._run(index, values))
+
+    def memory_stats(self) -> dict:
+        """Storage allocator counters since the VM was made or `reset_memory_stats` last ran:
+        allocations (new blocks from numpy/the OS), bytes_allocated (their size), pool_hits
+        (requests served by a recycled block), peak_bytes_live and bytes_live (bytes in blocks
+        handed out and not yet returned: blocks held by live results count), bytes_free (bytes
+        waiting in the pool)."""
+        return self._pool.stats()
+
+    def reset_memory_stats(self) -> None:
+        """Zero the allocation counters; the peak restarts from the bytes live now."""
+        self._pool.reset_stats()
+
+    def release_memory(self) -> None:
+        """Return the pool's free blocks to the OS (blocks still in use are unaffected)."""
+        self._pool.release()
 
     def profile(self) -> Profile:
         """Counts and times per opcode and per kernel variant, a Chrome trace of the kernel
@@ -255,13 +287,14 @@ class VirtualMachine:
         return pc + 1
 
     def _op_AllocStorage(self, regs, a, pc):
-        size, alignment, dtype, dst = a
-        regs[dst] = Storage(size, alignment, dtype)
+        size, alignment, dtype, dst, size_class = a
+        regs[dst] = self._pool.lease(size_class, size, alignment, dtype)
         return pc + 1
 
     def _op_AllocStorageReg(self, regs, a, pc):
-        shape, alignment, dtype, dst = a
-        regs[dst] = Storage(math.prod(_shape_tuple(regs[shape])) * itemsize(dtype), alignment, dtype)
+        shape, alignment, dtype, dst, element_size = a
+        size = math.prod(_shape_tuple(regs[shape])) * element_size
+        regs[dst] = self._pool.lease(class_for(size, alignment), size, alignment, dtype)
         return pc + 1
 
     def _op_AllocTensor(self, regs, a, pc):
@@ -348,7 +381,7 @@ class VirtualMachine:
             raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
                           f"{len(shapes)} shapes for {len(outputs)} outputs")
         for r, shape in zip(outputs, shapes):
-            regs[r] = Tensor.from_array(np.array(shape, np.int64).reshape(-1))
+            regs[r] = Tensor.of(np.array(shape, np.int64).reshape(-1), "int64")
 
     def _timed(self, name, handler):
         """A profiling wrapper: counts the opcode and adds the handler's time."""

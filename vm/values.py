@@ -14,6 +14,7 @@ from vm.dtypes import dtype_name, np_dtype
 from vm.errors import VMError
 
 _NP_DTYPES = {name: np_dtype(name) for name in ("float32", "float64", "int32", "int64", "bool")}
+_ITEMSIZE = {name: dt.itemsize for name, dt in _NP_DTYPES.items()}
 _ffi = cffi.FFI()
 _EMPTY = _ffi.new("char[8]")  # stands in for the data of size-0 tensors: never NULL, never read
 _EMPTY_ADDRESS = int(_ffi.cast("uintptr_t", _EMPTY))
@@ -35,8 +36,10 @@ class Tensor:
 
     address: data address (an int, what kernels get); meta: (dtype name, shape tuple) — one
     object, so that a kernel call site can tell "same dtype and shape as last time" with one
-    identity test; base/offset: the C-contiguous numpy buffer that owns the memory and the byte
-    offset of element 0 in it (keeps the memory alive, lets `array` build a view).
+    identity test; base/offset: the buffer that owns the memory (a numpy array, or a Storage's
+    owning buffer) and the byte offset of element 0 in it. Holding `base` keeps the memory
+    alive, and lets `array` build a view that holds it too: pooled storage goes back to its pool
+    only when no Tensor and no array can reach it (see vm/memory.py).
     """
 
     __slots__ = ("address", "meta", "base", "offset", "_array")
@@ -232,32 +235,40 @@ class Closure:
         return f"<Closure of function #{self.func_index} capturing {len(self.captured)} values>"
 
 
+def check_storage_request(size: int, alignment: int) -> None:
+    if size < 0:
+        raise VMError(f"storage size must be >= 0, got {size}")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise VMError(f"storage alignment must be a power of two, got {alignment}")
+
+
 class Storage:
     """An aligned block of bytes from which tensors are carved as zero-copy numpy views.
 
     Separating storage from tensors is what lets the memory planner put several tensors in one
-    block and reuse a block after its tensors die. The numpy buffer is over-allocated by
-    `alignment` bytes and the block starts at the first aligned address inside it.
+    block and reuse a block after its tensors die. `Storage(size, alignment, dtype)` makes a
+    standalone block (a numpy buffer over-allocated by `alignment` bytes, starting at the first
+    aligned address inside it); the VM gets its storage from `vm.memory.StoragePool` instead.
+    Either way `_buf` is the buffer object that owns the bytes for as long as anything can reach
+    them: every Tensor carved from the storage holds it as its `base`, every numpy view has it
+    at the end of its base chain, and `_start` is the block's byte offset inside it.
     """
 
-    __slots__ = ("size", "alignment", "dtype", "address", "_raw", "_start")
+    __slots__ = ("size", "alignment", "dtype", "address", "_buf", "_start")
 
     def __init__(self, size: int, alignment: int = 64, dtype: str = "float32"):
         size, alignment = int(size), int(alignment)
-        if size < 0:
-            raise VMError(f"storage size must be >= 0, got {size}")
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise VMError(f"storage alignment must be a power of two, got {alignment}")
+        check_storage_request(size, alignment)
         self.size, self.alignment, self.dtype = size, alignment, dtype
-        self._raw = np.empty(size + alignment, np.uint8)
-        raw_address = _address(self._raw)
+        self._buf = np.empty(size + alignment, np.uint8)
+        raw_address = _address(self._buf)
         self._start = -raw_address % alignment
         self.address = raw_address + self._start
 
     @property
     def data(self) -> np.ndarray:
         """The block's bytes as a uint8 array (a view)."""
-        return self._raw[self._start:self._start + self.size]
+        return np.ndarray((self.size,), np.uint8, buffer=self._buf, offset=self._start)
 
     def view(self, offset: int, shape, dtype: str) -> np.ndarray:
         """A C-contiguous tensor of `shape`/`dtype` starting `offset` bytes into the block."""
@@ -268,16 +279,16 @@ class Storage:
                 f"tensor {dtype}{list(shape)} at byte offset {offset} does not fit in storage of "
                 f"{self.size} bytes (needs {nbytes} bytes at an offset aligned to {dt.itemsize})")
         try:
-            return np.ndarray(shape, dt, buffer=self._raw, offset=self._start + offset)
+            return np.ndarray(shape, dt, buffer=self._buf, offset=self._start + offset)
         except (ValueError, TypeError) as e:  # e.g. a negative dimension
             raise VMError(f"bad tensor shape {shape!r} for storage: {e}") from None
 
     def tensor(self, offset: int, meta, nbytes: int) -> Tensor:
         """A Tensor with `meta` = (dtype, shape) of `nbytes` bytes at byte `offset` (the VM's
         fast path: the caller precomputed meta and nbytes; alignment is checked here)."""
-        if offset < 0 or offset + nbytes > self.size or offset % np_dtype(meta[0]).itemsize:
+        if offset < 0 or offset + nbytes > self.size or offset % _ITEMSIZE[meta[0]]:
             self.view(offset, meta[1], meta[0])  # raises the descriptive VMError
-        return Tensor(self.address + offset, meta, self._raw, self._start + offset)
+        return Tensor(self.address + offset, meta, self._buf, self._start + offset)
 
     def __repr__(self):
         return f"<Storage {self.size} bytes, alignment {self.alignment}, {self.dtype}>"

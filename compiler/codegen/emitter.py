@@ -32,6 +32,7 @@ class FunctionEmitter:
         self.code: list[Instruction] = []
         self.num_regs = 0
         self.env: dict[E.Expr, int] = {}   # var/shared node -> register
+        self.tuple_fields: dict[int, list] = {}   # register of a tuple built here -> field registers
 
     # -- helpers ---------------------------------------------------------------------------
     def new_reg(self) -> int:
@@ -77,15 +78,21 @@ class FunctionEmitter:
                 and node.callee.name == self.name)
 
     def self_tail_call(self, node: E.Call) -> None:
-        """Parameters := arguments (through temporaries: arguments may read parameters), then
-        jump to pc 0."""
-        temps = []
-        for arg in node.args:
-            temps.append(self.new_reg())
-            self.emit("Move", temps[-1], self.visit(arg))
-        for param, temp in zip(self.func.params, temps):
-            self.emit("Move", self.env[param], temp)
+        """Parameters := arguments as a parallel move, then jump to pc 0. An argument that is
+        another parameter goes through a temporary (its parameter may be overwritten first);
+        an unchanged parameter costs nothing."""
+        params = [self.env[p] for p in self.func.params]
+        args = [self.visit(a) for a in node.args]
+        moves = [(p, a) for p, a in zip(params, args) if p != a]
+        sources = [self.via_temp(a) if a in params else a for _, a in moves]
+        for (param, _), source in zip(moves, sources):
+            self.emit("Move", param, source)
         self.emit("Goto", -len(self.code))
+
+    def via_temp(self, reg: int) -> int:
+        temp = self.new_reg()
+        self.emit("Move", temp, reg)
+        return temp
 
     def visit(self, node: E.Expr) -> int:
         if node in self.env:
@@ -106,10 +113,18 @@ class FunctionEmitter:
         return self.emit_to("LoadConst", self.mc.add_constant(node.data))
 
     def visit_Tuple(self, node):
-        return self.emit_to("AllocADT", TUPLE_CTOR, [self.visit(f) for f in node.fields])
+        return self.make_tuple([self.visit(f) for f in node.fields])
+
+    def make_tuple(self, fields: list) -> int:
+        reg = self.emit_to("AllocADT", TUPLE_CTOR, fields)
+        self.tuple_fields[reg] = fields
+        return reg
 
     def visit_TupleGetItem(self, node):
-        return self.emit_to("GetField", self.visit(node.tuple_value), node.index)
+        tuple_reg = self.visit(node.tuple_value)
+        if tuple_reg in self.tuple_fields:          # a tuple built here: use the field directly
+            return self.tuple_fields[tuple_reg][node.index]
+        return self.emit_to("GetField", tuple_reg, node.index)
 
     def visit_Let(self, node):
         while isinstance(node, E.Let):
@@ -264,7 +279,7 @@ class FunctionEmitter:
         kernel = self.mc.add_kernel(opdef, node.attrs, in_types, out_types)
         self.emit("CallKernel", kernel, inputs, outputs)
         if isinstance(node.checked_type, TupleType):
-            return self.emit_to("AllocADT", TUPLE_CTOR, outputs)
+            return self.make_tuple(outputs)
         return outputs[0]
 
     def primitive_call(self, node: E.Call) -> int:

@@ -7,7 +7,9 @@ import kernels
 from vm.errors import CompileError
 from vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
 
+from compiler.codegen.dce import eliminate_dead_code
 from compiler.codegen.emitter import FunctionEmitter
+from compiler.codegen.kill import insert_kills
 from compiler.codegen.memory_plan import plan_memory
 from compiler.codegen.regalloc import allocate_registers
 from compiler.codegen.types import type_desc
@@ -78,8 +80,10 @@ class ModuleCompiler:
     def compile_function(self, name: str) -> VMFunction:
         func = self.mod.functions[name]
         code, num_regs = FunctionEmitter(self, name, func).run()
+        code = eliminate_dead_code(code)
         if self.memory_plan:
             code, _ = plan_memory(code, len(func.params), num_regs)
+        code = insert_kills(code, len(func.params))
         code, num_regs = allocate_registers(code, len(func.params))
         return VMFunction(name=name, params=[p.name for p in func.params],
                           param_types=[type_desc(p.checked_type) for p in func.params],

@@ -1,0 +1,147 @@
+"""The VM's storage allocator: aligned blocks pooled by size class across invocations.
+
+A `StoragePool` hands out `Storage` objects carved from reusable blocks. Blocks are grouped by
+size class (64-byte granules up to 512 bytes, then four classes per power of two, so a block
+wastes at most 25%); a request takes a free block of its class (or of one of the two next
+classes) and only asks numpy for new memory when none is free. With the same shapes every
+invocation, a steady-state run therefore makes no new allocations.
+
+Ownership is what makes reuse safe. Each hand-out (a *lease*) gets a fresh cffi buffer object
+over the block, and everything that can reach the bytes holds that buffer: the Storage, every
+`Tensor` carved from it (`Tensor.base`), and every numpy array built from those tensors
+(numpy keeps a non-array buffer as the array's base, and views of views keep the first array).
+The block comes back to the pool only when the lease buffer dies: when the last register,
+tensor, ADT field, closure or array handed to Python that could reach it is gone. A result
+returned by `invoke` keeps its lease for as long as the caller keeps the array, so a later
+invocation can never write into it. The return is signalled by a cffi destructor on the lease
+(`ffi.gc`); it may run on any thread (whichever dropped the last reference), so it only appends
+the block to a thread-safe deque. Everything else (free lists, counters) is touched only by the
+pool's owner, the VM, which drains that deque before it takes a block: one VM per thread needs
+no locks.
+"""
+from __future__ import annotations
+
+import collections
+import weakref
+
+import cffi
+import numpy as np
+
+from vm.values import Storage, check_storage_request
+
+GRANULE = 64            # every block starts at a multiple of this
+_ffi = cffi.FFI()
+_gc, _buffer, _from_buffer, _cast = (_ffi._backend.gcp, _ffi._backend.buffer,
+                                     _ffi._backend.from_buffer, _ffi._backend.cast)
+_CHARS, _UINTPTR = _ffi.typeof("char[]"), _ffi.typeof("uintptr_t")
+_new_storage = Storage.__new__
+
+
+def size_class(nbytes: int) -> int:
+    """The block size serving a request of `nbytes`: a multiple of 64, at most 25% larger
+    above 512 bytes (64, 128, ..., 512, 640, 768, 896, 1024, 1280, ...)."""
+    if nbytes <= GRANULE:
+        return GRANULE
+    step = max(GRANULE, 1 << ((nbytes - 1).bit_length() - 3))
+    return -(-nbytes // step) * step
+
+
+def class_for(size: int, alignment: int) -> int:
+    """Size class of a (checked) request; alignments above 64 need slack inside the block."""
+    return size_class(size + (alignment - GRANULE if alignment > GRANULE else 0))
+
+
+class _Block:
+    """One reusable chunk of memory: `size` usable bytes at the 64-byte aligned `address`."""
+
+    __slots__ = ("size", "address", "start", "raw_size", "cdata", "pool")
+
+    def __init__(self, size: int, pool_ref):
+        raw = np.empty(size + GRANULE, np.uint8)
+        self.cdata = _from_buffer(_CHARS, raw, False)      # keeps `raw` alive
+        base = int(_cast(_UINTPTR, self.cdata))
+        self.start = -base % GRANULE
+        self.address, self.size, self.raw_size, self.pool = base + self.start, size, raw.size, pool_ref
+
+    def returned(self, _cdata):
+        """cffi destructor of a lease: the last reference to the block's bytes is gone."""
+        pool = self.pool()
+        if pool is not None:
+            pool._returned.append(self)     # deque.append: atomic, callable from any thread
+
+
+class StoragePool:
+    """Size-class pools of storage blocks for one VM (use from one thread at a time).
+
+    max_free_bytes caps the memory kept in free lists; blocks beyond it go back to the OS.
+    """
+
+    def __init__(self, max_free_bytes: int = 1 << 30):
+        self.max_free_bytes = max_free_bytes
+        self._free: dict[int, list] = {}
+        self._returned = collections.deque()
+        self._ref = weakref.ref(self)
+        self.allocations = self.bytes_allocated = self.pool_hits = 0
+        self.bytes_live = self.peak_bytes_live = self.bytes_free = 0
+
+    def storage(self, size: int, alignment: int = GRANULE, dtype: str = "float32") -> Storage:
+        """A Storage of `size` bytes aligned to `alignment`, from the pool when possible."""
+        size, alignment = int(size), int(alignment)
+        check_storage_request(size, alignment)
+        return self.lease(class_for(size, alignment), size, alignment, dtype)
+
+    def lease(self, cls: int, size: int, alignment: int, dtype: str) -> Storage:
+        """`storage` for a request already checked and classified (the VM's fast path)."""
+        block = self._take(cls)
+        s = _new_storage(Storage)
+        extra = -block.address % alignment if alignment > GRANULE else 0
+        s.size, s.alignment, s.dtype, s.address = size, alignment, dtype, block.address + extra
+        s._buf, s._start = _buffer(_gc(block.cdata, block.returned), block.raw_size), block.start + extra
+        return s
+
+    def _take(self, cls: int) -> _Block:
+        if self._returned:
+            self._drain()
+        free = self._free.get(cls)
+        if not free:
+            free = self._free.get(size_class(cls + 1)) or self._free.get(size_class(size_class(cls + 1) + 1))
+        if free:
+            block = free.pop()
+            self.pool_hits += 1
+            self.bytes_free -= block.size
+        else:
+            block = _Block(cls, self._ref)
+            self.allocations += 1
+            self.bytes_allocated += cls
+        self.bytes_live += block.size
+        if self.bytes_live > self.peak_bytes_live:
+            self.peak_bytes_live = self.bytes_live
+        return block
+
+    def _drain(self):
+        returned, free = self._returned, self._free
+        while returned:
+            block = returned.popleft()
+            self.bytes_live -= block.size
+            if self.bytes_free + block.size <= self.max_free_bytes:
+                free.setdefault(block.size, []).append(block)
+                self.bytes_free += block.size
+
+    def stats(self) -> dict:
+        """Counters since the last reset (see VirtualMachine.memory_stats)."""
+        self._drain()
+        return {"allocations": self.allocations, "bytes_allocated": self.bytes_allocated,
+                "pool_hits": self.pool_hits, "peak_bytes_live": self.peak_bytes_live,
+                "bytes_live": self.bytes_live, "bytes_free": self.bytes_free}
+
+    def reset_stats(self) -> None:
+        """Zero the counters; the peak restarts from the bytes live now."""
+        self._drain()
+        self.allocations = self.bytes_allocated = self.pool_hits = 0
+        self.peak_bytes_live = self.bytes_live
+
+    def release(self) -> None:
+        """Give every free block back (blocks in use are unaffected)."""
+        self._drain()
+        self._free.clear()
+        self.bytes_free = 0
