@@ -1,7 +1,9 @@
-"""dense / matmul float32 kernels vs numpy (OpenBLAS): GFLOP/s at square sizes, then the
-matrix-vector ("gemv") shapes in microseconds (not a test).
+"""dense / matmul float32 kernels vs numpy (OpenBLAS): GFLOP/s at square sizes, the
+matrix-vector ("gemv") shapes in microseconds, then BERT's dense + bias shapes over sequence
+lengths against numpy and torch.nn.functional.linear (torch.set_num_threads(1), if installed)
+(not a test).
 
-    python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024]
+    python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024] [--bert-only]
 
 numpy runs single-threaded in this process (OPENBLAS_NUM_THREADS=1 is set before numpy loads,
 unless the caller set it); a child process measures numpy with 2 threads for reference. dynvm
@@ -112,12 +114,69 @@ def time_gemv(kernel, shape, reps, transpose_b):
     return np.median(ours), np.median(theirs), kernel.last_variant
 
 
+# BERT (examples/bert_varlen.py): weights (N, K) of dense(x (S, K)) + bias, S = sequence length
+BERT_WEIGHTS = [(256, 256), (1024, 256), (256, 1024)]
+BERT_SEQS = [1, 16, 64, 128]
+
+
+def bert_table(reps):
+    """dense + bias at the BERT shapes: dynvm (dispatcher) vs numpy x @ w.T + b vs torch
+    linear, interleaved calls, median microseconds."""
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+    kb = KernelBuilder()
+    i = kb.add_compiled("dense_bias", "matmul",
+                        {"op": "dense", "epilogue": ["add", ["in", 0], ["in", 1]]},
+                        [("float32", 2), ("float32", 2), ("float32", 1)], [("float32", 2)])
+    kernel = load_kernels(kb.finish())[i]
+    entry = abi.kernel_function(kernel.address)
+    print(f"\nBERT dense + bias (S x K) @ (N x K)^T, median of {reps} (us); "
+          "numpy and torch 1 thread")
+    print(f"{'N x K':>10} {'S':>4} {'variant':>8} {'dynvm':>8} {'numpy':>8} {'torch':>8} "
+          f"{'GF/s':>6} {'np/dyn':>7} {'th/dyn':>7}")
+    for n, k in BERT_WEIGHTS:
+        for s in BERT_SEQS:
+            rng = np.random.default_rng(s * n + k)
+            x = rng.standard_normal((s, k)).astype(np.float32)
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            out = np.empty((s, n), np.float32)
+            tensors, keep = abi.pack([x, w, bias, out], [abi.dtype_code("float32")] * 4)
+            assert entry(tensors, 4) == 0
+            assert np.allclose(out, x @ w.T + bias, rtol=1e-3, atol=1e-3 * k ** 0.5)
+            tx, tw, tb = (torch.from_numpy(v) for v in (x, w, bias)) if torch else (None,) * 3
+            ours, theirs, th = [], [], []
+            for _ in range(reps):
+                t = time.perf_counter()
+                entry(tensors, 4)
+                ours.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                np.add(x @ w.T, bias)
+                theirs.append(time.perf_counter() - t)
+                if torch:
+                    t = time.perf_counter()
+                    torch.nn.functional.linear(tx, tw, tb)
+                    th.append(time.perf_counter() - t)
+            del keep
+            o, p = np.median(ours), np.median(theirs)
+            q = np.median(th) if th else float("nan")
+            print(f"{n:>4}x{k:<5} {s:>4} {kernel.last_variant:>8} {o * 1e6:8.1f} {p * 1e6:8.1f} "
+                  f"{q * 1e6:8.1f} {2 * s * n * k / o / 1e9:6.1f} {p / o:7.2f} {q / o:7.2f}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024])
     p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
     args = p.parse_args()
+    if args.bert_only:
+        bert_table(args.reps)
+        return
     if args.numpy_only:
         print(json.dumps(numpy_only(args.sizes, args.reps)))
         return
@@ -148,6 +207,7 @@ def main():
             label = "x".join(map(str, shape))
             print(f"{op:8} {label:>15} {variant:>8} {ours * 1e6:9.2f} {theirs * 1e6:12.2f} "
                   f"{theirs / ours:6.2f} {shape[1] * shape[2] * 4 / ours / 1e9:6.1f}")
+    bert_table(args.reps)
 
 
 if __name__ == "__main__":

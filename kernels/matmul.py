@@ -16,13 +16,15 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   partial ones (and any output strides).
 - "fast": the same with M % MR == 0, N % NR == 0 and unit column stride of C: every tile is
   written with whole-vector loads/stores and no edge test.
-- "gemv" (matmul family only; conv2d's implicit B is never contiguous): matrix-vector shapes,
-  M <= GEMV_ROWS rows per batch (an LSTM step, BERT at sequence length 1). Rows go in groups
-  of up to GEMV_ROWS, each group in ONE streaming pass over B with no packing: the "dot" form
-  when A rows and B columns are contiguous along K (dense, batch_matmul with transpose_b):
-  GEMV_COLS columns per K loop, rows x cols vector FMA accumulators, a masked last vector, a
-  shuffle-tree horizontal sum; the "axpy" form when B and C rows are contiguous along N
-  (matmul): splat(A[m, k]) * B[k, chunk] over k, masked last chunk. Other strides: tiny code.
+- "gemv" (matmul family only; conv2d's implicit B is never contiguous): skinny shapes with no
+  packing at all, up to GEMV_MAX_ROWS rows per batch (an LSTM step, BERT at any sequence length
+  up to 128). B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
+  every group of up to GEMV_ROWS rows of A streams over it: the "dot" form when A rows and B
+  columns are contiguous along K (dense, batch_matmul with transpose_b): GEMV_COLS columns per
+  K loop, rows x cols vector FMA accumulators, a masked last vector, a shuffle-tree horizontal
+  sum; the "axpy" form when B and C rows are contiguous along N (matmul): splat(A[m, k]) *
+  B[k, chunk] over k, masked last chunk. The epilogue runs per (row group, panel), in L1.
+  Other strides: tiny code.
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 226 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack.
 
@@ -57,6 +59,15 @@ TINY_WORK = 16 * 16 * 16   # M*N*K at or below which setup costs more than block
 GEMV_ROWS = 4    # rows of A per pass over B in "gemv" (M <= GEMV_ROWS streams B once)
 GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector lanes)
 GEMV_VECS = 4    # vectors of output columns per K loop in gemv's axpy form
+GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache across row groups
+# dispatcher: gemv up to GEMV_MAX_ROWS rows per batch (dot form), the axpy form only up to
+# GEMV_AXPY_ROWS rows unless B has at most GEMV_AXPY_RESIDENT elements (its panels are strided
+# along K; beyond that the packed "fast" kernel wins at 128 rows). Measured on AVX2 (see
+# benchmarks/kernels_matmul.py): dot-form gemv 85-105 GFLOP/s vs fast 7-80 for M 8..512 with
+# the BERT weights, still ahead at M=512.
+GEMV_MAX_ROWS = 128
+GEMV_AXPY_ROWS = 32
+GEMV_AXPY_RESIDENT = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,9 +770,9 @@ def _row_offsets(b, geo, bi, m0, rows):
     return [geo.a_row(b, i) for i in idx], [geo.c_row(b, i) for i in idx]
 
 
-def gemv_dot(b, geo, blk, bi, m0, rows):
-    """C[m0:m0+rows, :] for `rows` (a constant <= GEMV_ROWS) rows, K contiguous in A and B.
-    Per group of GEMV_COLS columns: one pass over K in vectors, rows x cols FMA accumulators
+def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
+    """C[m0:m0+rows, n_lo:n_hi] for `rows` (a constant <= GEMV_ROWS) rows, K contiguous in A
+    and B. Per group of GEMV_COLS columns: one pass over K in vectors, rows x cols FMA accumulators
     (each B vector loaded once, used by every row), a masked last vector for K % VL, then one
     shuffle-tree horizontal sum per row. So B is read exactly once for all the rows."""
     ty, vec, vl = blk.ty, blk.vec, blk.vl
@@ -796,13 +807,13 @@ def gemv_dot(b, geo, blk, bi, m0, rows):
             for j in range(cols):
                 o = b.add(coffs[r], b.mul(b.add(n0, c64(j)), geo.sc_n))
                 store(b, b.extract_element(sums, const(I32, j)), geo.c, o)
-    nmain = b.sub(geo.N, b.urem(geo.N, c64(ncols)))
-    for_range(b, 0, nmain, lambda n0: group(n0, ncols), step=ncols)
-    for_range(b, nmain, geo.N, lambda n: group(n, 1))
+    nmain = b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), c64(ncols)))
+    for_range(b, n_lo, nmain, lambda n0: group(n0, ncols), step=ncols)
+    for_range(b, nmain, n_hi, lambda n: group(n, 1))
 
 
-def gemv_axpy(b, geo, blk, bi, m0, rows):
-    """C[m0:m0+rows, :] for `rows` (a constant) rows, N contiguous in B and C. Per chunk of
+def gemv_axpy(b, geo, blk, bi, m0, rows, n_lo, n_hi):
+    """C[m0:m0+rows, n_lo:n_hi] for `rows` (a constant) rows, N contiguous in B and C. Per chunk of
     GEMV_VECS vectors of columns: over k, splat(A[m, k]) * B[k, chunk] into rows x GEMV_VECS
     accumulators; the last partial chunk uses masked loads and stores. B is read once."""
     ty, vec, vl = blk.ty, blk.vec, blk.vl
@@ -813,7 +824,7 @@ def gemv_axpy(b, geo, blk, bi, m0, rows):
     bbase = b.mul(bi, geo.sb_b)
 
     def chunk(n0, masked):
-        masks = [first_lanes(b, b.add(n0, c64(v * vl)), geo.N, vl) if masked else None
+        masks = [first_lanes(b, b.add(n0, c64(v * vl)), n_hi, vl) if masked else None
                  for v in range(nv)]
 
         def step(k, accs):
@@ -834,9 +845,9 @@ def gemv_axpy(b, geo, blk, bi, m0, rows):
                     b.store(accs[r * nv + v], p, align=blk.size)
                 else:
                     masked_store(b, accs[r * nv + v], p, masks[v])
-    nmain = b.sub(geo.N, b.urem(geo.N, c64(width)))
-    for_range(b, 0, nmain, lambda n0: chunk(n0, False), step=width)
-    if_then(b, b.icmp_signed("<", nmain, geo.N), lambda: chunk(nmain, True))
+    nmain = b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), c64(width)))
+    for_range(b, n_lo, nmain, lambda n0: chunk(n0, False), step=width)
+    if_then(b, b.icmp_signed("<", nmain, n_hi), lambda: chunk(nmain, True))
 
 
 def emit_gemv_body(b, geo, blk, expr, tiny_fn):
@@ -846,21 +857,32 @@ def emit_gemv_body(b, geo, blk, expr, tiny_fn):
     fn = b.function
     dot, axpy = gemv_layouts(b, geo)
 
+    # column panel: as many columns of B as fit GEMV_PANEL_BYTES (a multiple of the axpy
+    # chunk, hence of the dot form's column group; at least one chunk)
+    width = GEMV_VECS * blk.vl
+    per_col = b.mul(geo.K, c64(blk.size))
+    panel = b.mul(b.udiv(b.udiv(c64(GEMV_PANEL_BYTES), per_col), c64(width)), c64(width))
+    panel = b.select(b.icmp_signed("<", panel, c64(width)), c64(width), panel)
+
     def emit_form(form):
         def batch(bi):
-            def group(m0):
-                rows = imin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
-                join = fn.append_basic_block("rows.done")
-                cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
-                sw = b.switch(rows, cases[-1])
-                for r, block in enumerate(cases, 1):
-                    sw.add_case(c64(r), block)
-                    b.position_at_end(block)
-                    form(b, geo, blk, bi, m0, r)
-                    b.branch(join)
-                b.position_at_end(join)
-                apply_epilogue(b, geo, blk, expr, bi, m0, rows, c64(0), geo.N)
-            for_range(b, 0, geo.M, group, step=GEMV_ROWS)
+            def col_panel(n_lo):
+                n_hi = imin(b, b.add(n_lo, panel), geo.N)
+
+                def group(m0):
+                    rows = imin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
+                    join = fn.append_basic_block("rows.done")
+                    cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
+                    sw = b.switch(rows, cases[-1])
+                    for r, block in enumerate(cases, 1):
+                        sw.add_case(c64(r), block)
+                        b.position_at_end(block)
+                        form(b, geo, blk, bi, m0, r, n_lo, n_hi)
+                        b.branch(join)
+                    b.position_at_end(join)
+                    apply_epilogue(b, geo, blk, expr, bi, m0, rows, n_lo, b.sub(n_hi, n_lo))
+                for_range(b, 0, geo.M, group, step=GEMV_ROWS)
+            for_range(b, 0, geo.N, col_panel, step=panel)
         for_range(b, 0, geo.nb, batch)
         b.ret(const(I32, 0))
 
@@ -915,16 +937,19 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
 
 
 def choices(blk, variants):
-    """Dispatcher rules: tiny for K == 0 or little work; gemv (if a variant) for M <= GEMV_ROWS
-    rows per batch when a streaming form fits the strides; fast when the tiles fit; else
-    blocked."""
+    """Dispatcher rules: tiny for K == 0 or little work; gemv (if a variant) for M <=
+    GEMV_MAX_ROWS rows per batch when a streaming form fits the strides (the axpy form: only
+    for M <= GEMV_AXPY_ROWS or a cache-sized B); fast when the tiles fit; else blocked."""
     def tiny(b, geo):
         work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
         return b.or_(eq(b, geo.K, c64(0)), b.icmp_signed("<=", work, c64(TINY_WORK)))
 
     def gemv(b, geo):
         dot, axpy = gemv_layouts(b, geo)
-        return b.and_(b.icmp_signed("<=", geo.M, c64(GEMV_ROWS)), b.or_(dot, axpy))
+        rows = b.icmp_signed("<=", geo.M, c64(GEMV_MAX_ROWS))
+        few = b.icmp_signed("<=", geo.M, c64(GEMV_AXPY_ROWS))
+        resident = b.icmp_signed("<=", b.mul(geo.N, geo.K), c64(GEMV_AXPY_RESIDENT))
+        return b.and_(rows, b.or_(dot, b.and_(axpy, b.or_(few, resident))))
 
     def fast(b, geo):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))

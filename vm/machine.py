@@ -91,8 +91,9 @@ class VirtualMachine:
         out = []
         for s in exe.shape_funcs:
             sf = shape_funcs.lookup(s["name"])
-            # data-independent functions only read .shape/.ndim: they get the Tensors as they are
-            out.append((sf.fn, s["attrs"], sf.mode != "data_independent"))
+            # data-independent and upper-bound functions only read .shape/.ndim: they get the
+            # Tensors as they are; data-dependent ones read values from numpy views
+            out.append((sf.fn, s["attrs"], sf.mode == "data_dependent"))
         return out
 
     def _translate(self, ins):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from kernels import KernelBuilder, abi, load_kernels
 from kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
-from kernels.matmul import GEMV_ROWS, Blocking
+from kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
 from tests.kernels.support import with_layout
 from vm.errors import KernelError, ShapeError
 
@@ -183,17 +183,25 @@ def test_batch_matmul_transpose_a_float64(batch, m, n, k, seed):
 
 def test_dispatcher_picks_tiny_gemv_fast_or_blocked():
     rng = np.random.default_rng(0)
-    cases = {(4, 4, 4): "tiny", (64, 64, 0): "tiny", (64, 64, 64): "fast",
-             (65, 63, 64): "blocked", (1, 300, 64): "gemv", (GEMV_ROWS, 64, 64): "gemv",
-             (GEMV_ROWS + 1, 64, 64): "fast"}
+    cases = {(4, 4, 4): "tiny", (64, 64, 0): "tiny", (64, 64, 64): "gemv",
+             (GEMV_MAX_ROWS + 1, 64, 64): "fast", (GEMV_MAX_ROWS + 1, 63, 64): "blocked",
+             (1, 300, 64): "gemv", (GEMV_ROWS, 64, 64): "gemv", (GEMV_ROWS + 1, 64, 64): "gemv",
+             (GEMV_MAX_ROWS, 64, 64): "gemv",
+             # a B too big to stay in cache: the axpy form only for few rows
+             (GEMV_AXPY_ROWS, 1024, 1025): "gemv", (GEMV_AXPY_ROWS + 1, 1024, 1025): "fast"}
     for (m, n, k), want in cases.items():
         got = run_everywhere("matmul_f32", [data(rng, (m, k), "float32"),
                                             data(rng, (k, n), "float32")], (m, n))
         assert got == want, (m, n, k)
     # dense: the LSTM-step shape, and a rank-3 input whose rows are the batch (M = 2 * 2)
     x, w = data(rng, (1, 256), "float32"), data(rng, (1024, 256), "float32")
-    assert run_everywhere("dense_bias_sigmoid", [x, w, data(rng, (1024,), "float32")],
-                          (1, 1024)) == "gemv"
+    for m in (1, 16, 64, GEMV_MAX_ROWS):      # BERT's dense at any sequence length up to 128
+        assert run_everywhere("dense_bias_sigmoid", [data(rng, (m, 256), "float32"), w,
+                                                     data(rng, (1024,), "float32")],
+                              (m, 1024)) == "gemv"
+    assert run_everywhere("dense_bias_sigmoid", [data(rng, (GEMV_MAX_ROWS + 1, 256), "float32"),
+                                                 w, data(rng, (1024,), "float32")],
+                          (GEMV_MAX_ROWS + 1, 1024)) == "fast"
     x3 = data(rng, (2, 2, 33), "float32")
     assert run_everywhere("dense3_bias_relu", [x3, w[:100, :33], data(rng, (100,), "float32")],
                           (2, 2, 100)) == "gemv"
@@ -204,7 +212,7 @@ GEMV_N = [0, 1, 2, 5, 7, 15, 16, 17, 33, 67]
 GEMV_K = [0, 1, 3, 13, 15, 16, 17, 31, 33, 100]
 
 
-@pytest.mark.parametrize("m", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("m", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13])
 def test_gemv_rows_against_numpy_with_bias_sigmoid_in_every_variant(m):
     """dense (the dot form: weight rows contiguous along K) with a bias broadcast and sigmoid,
     every N/K of the grid, S__gemv called directly and through the dispatcher."""
@@ -216,7 +224,24 @@ def test_gemv_rows_against_numpy_with_bias_sigmoid_in_every_variant(m):
             run_everywhere("dense_bias_sigmoid", [x, w, bias], (m, n))
 
 
-@pytest.mark.parametrize("m", [1, 3, 5])
+@pytest.mark.parametrize("m", [3, 31, 127, 128, 129])
+@pytest.mark.parametrize("n, k", [(256, 1024), (67, 4097), (100, 513), (33, 17)])
+def test_gemv_column_panels_with_epilogues(m, n, k):
+    """Several rows of A over B in column panels (GEMV_PANEL_BYTES: K = 1024 gives 32 columns a
+    panel, K = 4097 the one-chunk minimum, K = 513 a 63 -> 32 rounding): dense with a bias +
+    sigmoid (contiguous and strided output: the vector and the scalar epilogue walk, each
+    starting mid-row at a panel boundary), rank-3 dense with bias + relu, and matmul (axpy)."""
+    rng = np.random.default_rng(m * n + k)
+    x, w = data(rng, (m, k), "float32"), data(rng, (n, k), "float32")
+    for bias_len, layout in ((n, "c"), (1, "c"), (n, "step")):
+        run_everywhere("dense_bias_sigmoid", [x, w, data(rng, (bias_len,), "float32")], (m, n),
+                       layout)
+    x3 = data(rng, (1, m, k), "float32")
+    run_everywhere("dense3_bias_relu", [x3, w, data(rng, (n,), "float32")], (1, m, n))
+    run_everywhere("matmul_f32", [x, data(rng, (k, n), "float32")], (m, n))
+
+
+@pytest.mark.parametrize("m", [1, 3, 5, 11])
 def test_gemv_axpy_form_and_strided_fallback(m):
     """matmul (the axpy form: weight rows contiguous along N, masked last chunk) and layouts
     that fit neither streaming form (gemv then runs the tiny code)."""
