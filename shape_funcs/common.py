@@ -16,6 +16,9 @@ def normalize_axis(op: str, axis: int, rank: int) -> int:
 
 def broadcast(op: str, *shapes) -> tuple:
     """numpy broadcasting of several shapes."""
+    first = tuple(shapes[0]) if shapes else ()
+    if all(tuple(s) == first for s in shapes[1:]):      # the common case, checked cheaply
+        return first
     rank = max((len(s) for s in shapes), default=0)
     out = [1] * rank
     for shape in shapes:

@@ -82,6 +82,7 @@ class VirtualMachine:
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         self._stack = []
         self._result = None
+        self._views = {}          # AllocTensor operands id -> (storage, view), per invocation
 
     @staticmethod
     def _lookup_shape_funcs(exe):
@@ -179,6 +180,7 @@ class VirtualMachine:
             return self._dispatch()
         finally:
             self._stack, self._result = [], None  # drop registers of finished or abandoned frames
+            self._views.clear()
 
     def _dispatch(self):
         """The machine: fetch (handler, operands) at pc, run it, follow frame switches."""
@@ -299,8 +301,17 @@ class VirtualMachine:
         return pc + 1
 
     def _op_AllocTensor(self, regs, a, pc):
+        """A static-shape view of a storage. In a loop the same instruction views the same
+        storage (a planned arena) every iteration: the view made last time is reused (views are
+        immutable, so this is the same value; the cache is dropped when the invocation ends)."""
         storage, offset, meta, nbytes, dst = a
-        regs[dst] = _storage(regs[storage]).tensor(offset, meta, nbytes)
+        s = regs[storage]
+        seen = self._views.get(id(a))
+        if seen is not None and seen[0] is s:
+            regs[dst] = seen[1]
+        else:
+            regs[dst] = t = _storage(s).tensor(offset, meta, nbytes)
+            self._views[id(a)] = (s, t)
         return pc + 1
 
     def _op_AllocTensorReg(self, regs, a, pc):
