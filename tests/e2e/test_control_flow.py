@@ -44,3 +44,18 @@ def test_runaway_loop_hits_the_step_limit():
     with pytest.raises(VMStepLimitError, match="step"):
         vm.invoke("loop", np.int64(10 ** 9), np.int64(0))
     assert int(vm.invoke("loop", np.int64(10), np.int64(0))) == 55  # the VM is usable again
+
+
+def test_a_million_iterations_run_in_constant_frames_and_memory():
+    """Issue 5: a loop of 10**6 iterations needs one frame and a constant amount of storage."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    n = ir.var("n", I64)
+    one = ir.const(1, "int64")
+    mod["loop"] = ir.Function([n], ir.If(op.less(n, one), n, ir.Call(loop, [op.subtract(n, one)])),
+                              ret_type=I64)
+    vm = VirtualMachine(build(mod), max_depth=1)
+    assert int(vm.invoke("loop", np.int64(10 ** 6))) == 0
+    stats = vm.memory_stats()
+    assert stats["peak_bytes_live"] <= 1024 and stats["allocations"] <= 8
+    assert stats["pool_hits"] >= 10 ** 6
