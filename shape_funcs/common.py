@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from vm.errors import ShapeError
+from vm.values import ShapeTensor
 
 
 def normalize_axis(op: str, axis: int, rank: int) -> int:
@@ -69,7 +70,9 @@ def infer_reshape(op: str, in_shape, newshape) -> tuple:
 
 
 def shape_vector(op: str, arr) -> tuple:
-    """The values of a 1-D integer shape tensor as a tuple of dims >= 0."""
+    """The values of a 1-D integer shape tensor as a tuple of ints (numpy array or VM Tensor)."""
+    if type(arr) is ShapeTensor:
+        return arr.dims
     arr = np.asarray(arr)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise ShapeError(f"{op}: shape must be a 1-D integer tensor, got {arr.dtype} {arr.shape}")

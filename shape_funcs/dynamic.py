@@ -8,12 +8,23 @@ import numpy as np
 from shape_funcs.common import check_dims, infer_reshape, shape_vector
 from shape_funcs.registry import shape_func
 from vm.errors import ShapeError
+from vm.values import Tensor, scalar_value
 
 
 def arange_params(inputs, dtype: str):
-    """start, stop, step cast to the output dtype (as Python numbers), validated."""
+    """start, stop, step cast to the output dtype (as Python numbers), validated.
+
+    Inputs may be numpy arrays or the VM's Tensors; one-element Tensors of the output dtype
+    are read directly (no cast needed, so the value is exactly what numpy would give)."""
     values = []
     for arr, what in zip(inputs, ("start", "stop", "step")):
+        if isinstance(arr, Tensor) and arr.meta[0] == dtype:
+            v = scalar_value(arr)
+            if v is not None:
+                if not math.isfinite(v):
+                    raise ShapeError(f"arange: {what} must be finite, got {np.asarray(arr).reshape(-1)[0]}")
+                values.append(v)
+                continue
         v = np.asarray(arr).reshape(-1)
         if v.size != 1:
             raise ShapeError(f"arange: {what} must be a scalar, got shape {np.shape(arr)}")
@@ -31,7 +42,7 @@ def arange_length(start, stop, step) -> int:
     return max(0, math.ceil((stop - start) / step))
 
 
-@shape_func("arange", mode="data_dependent")
+@shape_func("arange", mode="data_dependent", tensor_inputs=True)
 def arange(inputs, attrs):
     return [(arange_length(*arange_params(inputs, attrs.get("dtype", "float32"))),)]
 
@@ -42,26 +53,28 @@ def argwhere(inputs, attrs):
     return [(int(np.count_nonzero(cond)), cond.ndim)]
 
 
-@shape_func("dyn.reshape", mode="data_dependent")
+@shape_func("dyn.reshape", mode="data_dependent", tensor_inputs=True)
 def dyn_reshape(inputs, attrs):
     return [infer_reshape("dyn.reshape", inputs[0].shape, shape_vector("dyn.reshape", inputs[1]))]
 
 
-@shape_func("dyn.zeros", "dyn.ones", mode="data_dependent")
+@shape_func("dyn.zeros", "dyn.ones", mode="data_dependent", tensor_inputs=True)
 def dyn_fill(inputs, attrs):
     return [check_dims("dyn.zeros/ones", shape_vector("dyn.zeros/ones", inputs[0]))]
 
 
-@shape_func("dyn.full", mode="data_dependent")
+@shape_func("dyn.full", mode="data_dependent", tensor_inputs=True)
 def dyn_full(inputs, attrs):
     return [check_dims("dyn.full", shape_vector("dyn.full", inputs[1]))]
 
 
-@shape_func("upper_bound.slice", mode="data_dependent")
+@shape_func("upper_bound.slice", mode="data_dependent", tensor_inputs=True)
 def upper_bound_slice(inputs, attrs):
     """The true shape of an upper-bound op's result: the kernel filled the first `count` rows
     of a block allocated for the bound; the VM views them without copying."""
-    full, count = inputs[0], int(np.asarray(inputs[1]))
+    full, count = inputs[0], scalar_value(inputs[1])
+    if type(count) is not int:      # not an integer Tensor read directly: numpy's conversion
+        count = int(np.asarray(inputs[1]))
     if not 0 <= count <= full.shape[0]:
         raise ShapeError(f"upper-bound kernel reported {count} rows for a bound of {full.shape[0]}")
     return [(count,) + tuple(full.shape[1:])]

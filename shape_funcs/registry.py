@@ -17,6 +17,8 @@ class ShapeFunc:
     name: str
     mode: str
     fn: Callable
+    tensor_inputs: bool = False   # data-dependent only: the VM passes vm.values.Tensors (which
+                                  # convert with np.asarray), not numpy arrays
 
     def __call__(self, inputs, attrs):
         return self.fn(inputs, attrs)
@@ -25,14 +27,19 @@ class ShapeFunc:
 SHAPE_FUNCS: dict[str, ShapeFunc] = {}
 
 
-def shape_func(*names: str, mode: str = "data_independent"):
-    """Decorator registering `fn` as the shape function of every op in `names`."""
+def shape_func(*names: str, mode: str = "data_independent", tensor_inputs: bool = False):
+    """Decorator registering `fn` as the shape function of every op in `names`.
+
+    Data-independent and upper-bound functions get the VM's Tensors (they read `.shape` and
+    `.ndim`); data-dependent ones get numpy arrays unless `tensor_inputs` says they read
+    values through `vm.values.scalar_value` / `shape_vector` (which accept both).
+    """
     assert mode in MODES, mode
 
     def register(fn):
         for name in names:
             assert name not in SHAPE_FUNCS, f"shape function {name} registered twice"
-            SHAPE_FUNCS[name] = ShapeFunc(name, mode, fn)
+            SHAPE_FUNCS[name] = ShapeFunc(name, mode, fn, tensor_inputs)
         return fn
     return register
 

@@ -29,7 +29,8 @@ from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError,
                        VMRecursionError, VMStepLimitError)
 from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
-from vm.values import ADT, Closure, Storage, Tensor, check_storage_request, rebuild
+from vm.values import (ADT, Closure, ShapeTensor, Storage, Tensor, check_storage_request, checked_dims,
+                       rebuild)
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 
@@ -77,7 +78,8 @@ class VirtualMachine:
         self._constants = [Tensor.from_array(c) for c in exe.constants]
         self._profile = Profile() if profile else None
         self._pool = StoragePool()
-        self._code = [[self._translate(ins) for ins in fn.instructions] for fn in exe.functions]
+        self._code = [[self._translate(ins, _arenas(fn)) for ins in fn.instructions]
+                      for fn in exe.functions]
         self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         self._stack = []
@@ -94,11 +96,12 @@ class VirtualMachine:
             sf = shape_funcs.lookup(s["name"])
             # data-independent and upper-bound functions only read .shape/.ndim: they get the
             # Tensors as they are; data-dependent ones read values from numpy views
-            out.append((sf.fn, s["attrs"], sf.mode == "data_dependent"))
+            out.append((sf.fn, s["attrs"], sf.mode == "data_dependent" and not sf.tensor_inputs))
         return out
 
-    def _translate(self, ins):
-        """(handler, operands) of one instruction, with per-site preparation done now."""
+    def _translate(self, ins, arenas=frozenset()):
+        """(handler, operands) of one instruction, with per-site preparation done now.
+        `arenas`: registers of the function's storages that several tensors view."""
         name = OPCODES[ins.op].name
         handler, args = getattr(self, "_op_" + name), ins.args
         if name in ("AllocStorage", "AllocStorageReg"):
@@ -110,11 +113,19 @@ class VirtualMachine:
                 if name == "AllocStorage":
                     args = args + (class_for(args[0], args[1]),)  # its size class, once
                 else:
-                    args = args + (itemsize(args[2]),)
+                    args = args + (itemsize(args[2]), {})  # element size; size -> size class
         elif name == "AllocTensor":
             storage, offset, shape, dtype, dst = args
             meta = (dtype, tuple(shape))
-            args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst)
+            args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst, storage in arenas)
+        elif name == "AllocTensorReg":
+            storage, offset, shape, dtype, dst = args
+            # element size, and the last (dtype, shape) made here: an unchanged shape reuses
+            # the same meta object, so the kernel call sites that get the tensor see it unchanged
+            args = (storage, offset, shape, dtype, dst, itemsize(dtype), [(dtype, None)])
+        elif name == "CallShapeFunc":
+            fn, attrs, wants_arrays = self.shape_funcs[args[0]]
+            args = (fn, attrs, wants_arrays, args[1], args[2], args[0])
         elif name == "CallKernel":
             k, inputs, outputs = args
             kernel = self.kernels[k]
@@ -286,7 +297,21 @@ class VirtualMachine:
         return pc + 1
 
     def _op_CallShapeFunc(self, regs, a, pc):
-        self._call_shape_func(regs, *a)
+        """Run a shape function and store one 1-D int64 shape tensor per output."""
+        fn, attrs, wants_arrays, inputs, outputs, index = a
+        args = [regs[r] for r in inputs]
+        for t in args:
+            if not isinstance(t, Tensor):
+                for t, r in zip(args, inputs):
+                    _tensor(t, r)  # raises for the first non-tensor
+        shapes = fn([t.array for t in args] if wants_arrays else args, attrs)
+        if len(shapes) != len(outputs):
+            raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
+                          f"{len(shapes)} shapes for {len(outputs)} outputs")
+        for r, shape in zip(outputs, shapes):
+            dims = checked_dims(shape)
+            regs[r] = ShapeTensor.make(dims) if dims is not None else \
+                Tensor.of(np.array(shape, np.int64).reshape(-1), "int64")
         return pc + 1
 
     def _op_AllocStorage(self, regs, a, pc):
@@ -295,17 +320,27 @@ class VirtualMachine:
         return pc + 1
 
     def _op_AllocStorageReg(self, regs, a, pc):
-        shape, alignment, dtype, dst, element_size = a
-        size = math.prod(_shape_tuple(regs[shape])) * element_size
-        regs[dst] = self._pool.lease(class_for(size, alignment), size, alignment, dtype)
+        shape, alignment, dtype, dst, element_size, classes = a
+        value = regs[shape]
+        size = math.prod(value.dims if type(value) is ShapeTensor else _shape_tuple(value)) * element_size
+        cls = classes.get(size)
+        if cls is None:
+            if len(classes) > 64:
+                classes.clear()
+            cls = classes[size] = class_for(size, alignment)
+        regs[dst] = self._pool.lease(cls, size, alignment, dtype)
         return pc + 1
 
     def _op_AllocTensor(self, regs, a, pc):
         """A static-shape view of a storage. In a loop the same instruction views the same
-        storage (a planned arena) every iteration: the view made last time is reused (views are
-        immutable, so this is the same value; the cache is dropped when the invocation ends)."""
-        storage, offset, meta, nbytes, dst = a
+        planned arena every iteration: the view made last time is reused (views are immutable,
+        so this is the same value; the cache is dropped when the invocation ends). Views of
+        blocks of their own are not cached: that would keep the block from the pool."""
+        storage, offset, meta, nbytes, dst, arena = a
         s = regs[storage]
+        if not arena:            # a block of its own: no cache, so KillRegister can free it
+            regs[dst] = _storage(s).tensor(offset, meta, nbytes)
+            return pc + 1
         seen = self._views.get(id(a))
         if seen is not None and seen[0] is s:
             regs[dst] = seen[1]
@@ -315,9 +350,16 @@ class VirtualMachine:
         return pc + 1
 
     def _op_AllocTensorReg(self, regs, a, pc):
-        storage, offset, shape, dtype, dst = a
-        shape = _shape_tuple(regs[shape])
-        regs[dst] = _storage(regs[storage]).tensor(offset, (dtype, shape), math.prod(shape) * itemsize(dtype))
+        storage, offset, shape, dtype, dst, element_size, last = a
+        value = regs[shape]
+        shape = value.dims if type(value) is ShapeTensor else _shape_tuple(value)
+        meta = last[0]
+        if meta[1] != shape:
+            meta = last[0] = (dtype, shape)
+        s = regs[storage]
+        if type(s) is not Storage:
+            _storage(s)
+        regs[dst] = s.tensor(offset, meta, math.prod(shape) * element_size)
         return pc + 1
 
     def _op_AllocADT(self, regs, a, pc):
@@ -367,7 +409,7 @@ class VirtualMachine:
         return pc + 1
 
     def _op_ShapeOf(self, regs, a, pc):
-        regs[a[1]] = Tensor.from_array(np.array(_tensor(regs[a[0]], a[0]).shape, np.int64))
+        regs[a[1]] = ShapeTensor.make(_tensor(regs[a[0]], a[0]).meta[1])
         return pc + 1
 
     def _op_ReshapeTensor(self, regs, a, pc):
@@ -383,17 +425,6 @@ class VirtualMachine:
         raise VMError(a[0])
 
     # ------------------------------------------------------------ long handlers
-
-    def _call_shape_func(self, regs, index, inputs, outputs):
-        """Run shape function `index` and store one 1-D int64 shape tensor per output."""
-        fn, attrs, wants_values = self.shape_funcs[index]
-        args = [regs[r] for r in inputs]
-        shapes = fn([_tensor(t, r).array for t, r in zip(args, inputs)] if wants_values else args, attrs)
-        if len(shapes) != len(outputs):
-            raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
-                          f"{len(shapes)} shapes for {len(outputs)} outputs")
-        for r, shape in zip(outputs, shapes):
-            regs[r] = Tensor.of(np.array(shape, np.int64).reshape(-1), "int64")
 
     def _timed(self, name, handler):
         """A profiling wrapper: counts the opcode and adds the handler's time."""
@@ -482,6 +513,15 @@ def _describe_arg(site, kernel, k, t):
     site.layouts[k] = t.meta
 
 
+def _arenas(fn) -> frozenset:
+    """Storage registers that two or more AllocTensor instructions of `fn` view (arenas)."""
+    seen, shared = set(), set()
+    for ins in fn.instructions:
+        if OPCODES[ins.op].name == "AllocTensor":
+            (shared if ins.args[0] in seen else seen).add(ins.args[0])
+    return frozenset(shared)
+
+
 def _kind(value) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {value.shape}"
@@ -512,6 +552,8 @@ def _fields(value, reg):
 
 def _shape_tuple(value) -> tuple:
     """A shape tensor (1-D integers) as a tuple of non-negative ints."""
+    if type(value) is ShapeTensor:
+        return value.dims
     arr = value.array if isinstance(value, Tensor) else np.asarray(value)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise ShapeError(f"a shape must be a 1-D integer tensor, got {_kind(arr)}")

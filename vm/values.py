@@ -24,6 +24,7 @@ _EMPTY_ADDRESS = int(_ffi.cast("uintptr_t", _EMPTY))
 # wrappers around these, and this runs once per tensor entering the VM
 _cast, _from_buffer = _ffi._backend.cast, _ffi._backend.from_buffer
 _UINTPTR, _CHARS = _ffi.typeof("uintptr_t"), _ffi.typeof("char[]")
+_newp, _buffer, _INT64S = _ffi._backend.newp, _ffi._backend.buffer, _ffi.typeof("int64_t[]")
 
 
 def _address(buffer) -> int:
@@ -98,6 +99,100 @@ class Tensor:
     def __repr__(self):
         return f"Tensor({self.dtype}{list(self.shape)} @0x{self.address:x})"
 
+
+_I64_MAX = (1 << 63) - 1
+_SHAPE_METAS = {}       # rank -> ("int64", (rank,)): one meta object per length, so kernel
+                        # call sites see the same object every time
+
+
+def shape_meta(n: int):
+    m = _SHAPE_METAS.get(n)
+    if m is None:
+        m = _SHAPE_METAS[n] = ("int64", (n,))
+    return m
+
+
+class ShapeTensor(Tensor):
+    """A 1-D int64 shape tensor (what ShapeOf and CallShapeFunc produce) that carries its
+    values as a tuple of Python ints, `dims` (each in [0, 2**63)): AllocStorageReg,
+    AllocTensorReg and ReshapeTensor read the tuple directly. The int64 memory is made only
+    when a kernel or Python needs it (`address`, `base`, `offset`, `array`); it is read-only,
+    so `dims` and the memory always agree (`invoke` returns a copy the caller owns).
+    Build one with `ShapeTensor.make(dims)`, which validates nothing: callers pass checked dims.
+    """
+
+    __slots__ = ("dims", "_mem", "_addr", "_arr")
+
+    @classmethod
+    def make(cls, dims: tuple) -> "ShapeTensor":
+        t = _new_shape(cls)
+        t.dims, t.meta, t._addr, t._arr = dims, shape_meta(len(dims)), None, None
+        return t
+
+    @property
+    def address(self) -> int:
+        """The int64 values in cffi-owned memory (made on first use; kernels only read it)."""
+        a = self._addr
+        if a is None:
+            if self.dims:
+                m = self._mem = _newp(_INT64S, self.dims)
+                a = self._addr = int(_cast(_UINTPTR, m))
+            else:
+                a = self._addr = _EMPTY_ADDRESS
+        return a
+
+    @property
+    def array(self) -> np.ndarray:
+        """A read-only numpy view of the values (the memory `address` points to)."""
+        a = self._arr
+        if a is None:
+            if self.dims:
+                self.address
+                a = np.frombuffer(_buffer(self._mem), np.int64)
+            else:
+                a = np.empty(0, np.int64)
+            a.setflags(write=False)
+            self._arr = a
+        return a
+
+    base = array            # the read-only array owns (keeps alive) the memory
+    offset = property(lambda self: 0)
+
+    def reshaped(self, shape) -> Tensor:
+        return Tensor(self.address, (self.meta[0], shape), self.array, 0)
+
+
+_new_shape = ShapeTensor.__new__
+
+
+def checked_dims(value):
+    """`value` as a tuple of ints in [0, 2**63) if it already is one (shape functions' usual
+    result), else None (the caller takes its general path)."""
+    if type(value) is not tuple:
+        return None
+    for d in value:
+        if type(d) is not int or d < 0 or d > _I64_MAX:
+            return None
+    return value
+
+
+_SCALAR_CTYPES = {"float32": _ffi.typeof("float *"), "float64": _ffi.typeof("double *"),
+                  "int32": _ffi.typeof("int32_t *"), "int64": _ffi.typeof("int64_t *")}
+
+
+def scalar_value(t: Tensor):
+    """The value of a one-element float32/float64/int32/int64 Tensor as a Python number, read
+    through cffi from its address (no numpy view); None for anything else (other dtypes or
+    sizes, non-Tensors): the caller uses numpy then."""
+    if not isinstance(t, Tensor):
+        return None
+    dtype, shape = t.meta
+    ctype = _SCALAR_CTYPES.get(dtype)
+    if ctype is None or math.prod(shape) != 1:
+        return None
+    if type(t) is ShapeTensor:
+        return t.dims[0]
+    return _cast(ctype, t.address)[0]
 
 def values_equal(a, b) -> bool:
     """Structural equality of run-time values; arrays compare by dtype, shape and contents.

@@ -16,6 +16,7 @@ from vm.bytecode import Instruction
 
 from compiler.codegen.regalloc import live_intervals
 from compiler.codegen.relink import relink
+from vm.memory import size_class
 
 ALIGN = 64
 NON_ESCAPING_USES = {"CallKernel", "CallShapeFunc", "ShapeOf", "If", "AllocTensor"}
@@ -29,6 +30,7 @@ class Block:
     start: int
     end: int
     offset: int = -1
+    returned: bool = False
 
 
 def _reg_uses(code):
@@ -44,7 +46,9 @@ def _reg_uses(code):
     return uses
 
 
-def _plannable_blocks(code, num_params):
+def _candidate_blocks(code, num_params):
+    """(blocks that never escape, blocks whose tensor is only returned by Ret), and the
+    static storages that are neither, as (pc, size) pairs."""
     uses = _reg_uses(code)
     start, end = live_intervals(code, num_params)
     storage_at = {ins.args[-1]: pc for pc, ins in enumerate(code) if ins.name == "AllocStorage"}
@@ -52,36 +56,66 @@ def _plannable_blocks(code, num_params):
     for ins in code:
         if ins.name == "ReshapeTensor":
             views.setdefault(ins.args[0], []).append(ins.args[-1])
-    blocks = []
+    contained, returned, taken = [], [], set()
     for pc, ins in enumerate(code):
         if ins.name != "AllocTensor" or ins.args[0] not in storage_at:
             continue
         storage, tensor = ins.args[0], ins.args[-1]
         if uses.get(storage) != ["AllocTensor"]:
             continue
-        last_use = _last_use_if_contained(tensor, uses, views, end)
-        if last_use is None:
+        last_use, escape = _containment(tensor, uses, views, end)
+        if escape == "escapes":
             continue
         spc = storage_at[storage]
-        blocks.append(Block(spc, pc, code[spc].args[0], min(start[storage], start[tensor]),
-                            max(last_use, pc)))
-    return blocks
+        taken.add(spc)
+        block = Block(spc, pc, code[spc].args[0], min(start[storage], start[tensor]),
+                      max(last_use, pc))
+        if escape == "returned":
+            block.end, block.returned = len(code), True
+            returned.append(block)
+        else:
+            contained.append(block)
+    others = [(pc, code[pc].args[0]) for pc in storage_at.values() if pc not in taken]
+    return contained, returned, others
 
 
-def _last_use_if_contained(reg, uses, views, end):
-    """The last pc touching `reg` or a reshaped view of it, or None if any of them escapes."""
-    last = end[reg]
+def _plannable_blocks(code, num_params):
+    """The blocks that never escape (kept for tests and tools)."""
+    return _candidate_blocks(code, num_params)[0]
+
+
+def _containment(reg, uses, views, end):
+    """(the last pc touching `reg` or a reshaped view of it, how it leaves the function):
+    "contained" when only kernels/shape functions/ShapeOf/If read them, "returned" when
+    some are also returned by Ret (and nothing else), else "escapes"."""
+    last, escape = end[reg], "contained"
     for name in uses.get(reg, []):
-        if name == "ReshapeTensor":
+        if name == "ReshapeTensor" or name in NON_ESCAPING_USES:
             continue
-        if name not in NON_ESCAPING_USES:
-            return None
+        if name != "Ret":
+            return last, "escapes"
+        escape = "returned"
     for view in views.get(reg, []):
-        view_last = _last_use_if_contained(view, uses, views, end)
-        if view_last is None:
-            return None
+        view_last, view_escape = _containment(view, uses, views, end)
+        if view_escape == "escapes":
+            return last, "escapes"
+        if view_escape == "returned":
+            escape = "returned"
         last = max(last, view_last)
-    return last
+    return last, escape
+
+
+def _peak(intervals, n) -> int:
+    """Max over pcs of the bytes of the (start, end, bytes) intervals live there."""
+    delta = [0] * (n + 2)
+    for s, e, nbytes in intervals:
+        delta[max(s, 0)] += nbytes
+        delta[min(e, n) + 1] -= nbytes
+    peak = live = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return peak
 
 
 def _assign_offsets(blocks) -> int:
@@ -106,9 +140,10 @@ def _aligned(n):
 def plan_memory(code: list, num_params: int, new_register: int):
     """Rewrite `code` to use one arena (in register `new_register`) for plannable tensors.
 
-    Returns (code, arena size in bytes); code is unchanged when fewer than two tensors qualify.
+    Returns (code, arena size in bytes); code is unchanged when fewer than two tensors qualify
+    or when the plan would not lower the estimated peak (see `_choose_blocks`).
     """
-    blocks = _plannable_blocks(code, num_params)
+    blocks = _choose_blocks(code, num_params)
     if len(blocks) < 2:
         return code, 0
     arena_size = _assign_offsets(blocks)
@@ -123,3 +158,46 @@ def plan_memory(code: list, num_params: int, new_register: int):
             ins = Instruction("AllocTensor", new_register, by_tensor[pc].offset, shape, dtype, dst)
         new_code.append((pc, ins))
     return relink(new_code), arena_size
+
+
+PEAK_SLACK = 64 * 1024
+
+
+def _choose_blocks(code, num_params) -> list:
+    """The blocks to put in the arena, or [] when planning would not lower the peak.
+
+    The arena is one pooled block alive for the whole invocation, while without planning every
+    static block is its own pooled block (rounded up to its size class) alive from its
+    AllocStorage to its last use (KillRegister frees it there). So the peak of static bytes is
+    estimated both ways over the straight-line order of the code (loops are covered by the
+    live intervals) and the plan is used only when it is not higher by more than PEAK_SLACK
+    bytes (a plan also turns many pool leases into one: in a loop body that is most of the
+    allocation cost per iteration, worth a few KiB of peak):
+
+    - the non-escaping tensors, plus
+    - the returned tensor when it is the last block defined (then the result can take the
+      bytes of an input of the last op that is dead by then, instead of a block of its own
+      next to the whole arena; the caller's result keeps the arena alive afterwards, which
+      costs at most the arena minus the result, and is only done when it lowers the peak).
+    """
+    contained, returned, others = _candidate_blocks(code, num_params)
+    n = len(code)
+    fixed = [(pc, n, size_class(size)) for pc, size in others]
+    unplanned = _peak(fixed + [(b.storage_pc, b.end, size_class(b.size))
+                               for b in contained + returned], n)
+    options = [contained]
+    if len(returned) == 1 and all(b.tensor_pc < returned[0].tensor_pc for b in contained):
+        options.append(contained + returned)
+    best, best_peak = [], unplanned
+    for blocks in options:
+        if len(blocks) < 2:
+            continue
+        trial = [Block(b.storage_pc, b.tensor_pc, b.size, b.start, b.end, returned=b.returned)
+                 for b in blocks]
+        arena = size_class(_assign_offsets(trial))
+        rest = [b for b in contained + returned if b not in blocks]
+        peak = _peak(fixed + [(0, n, arena)] + [(b.storage_pc, b.end, size_class(b.size))
+                                                 for b in rest], n)
+        if peak < best_peak or (not best and peak <= unplanned + PEAK_SLACK):
+            best, best_peak = trial, peak
+    return best
