@@ -148,8 +148,14 @@ class ArgPacker:
 
 
 def pack(arrays, codes):
-    """One-off DLTensor array for `arrays` (tests and tools; kernels use ArgPacker)."""
-    return ArgPacker(codes, [a.ndim for a in arrays]).pack(arrays)
+    """One-off DLTensor array for `arrays` (tests and tools; kernels use ArgPacker).
+
+    The packer owns the shape/stride buffer the descriptors point into, so it travels in `keep`:
+    the descriptors stay valid exactly as long as the caller holds `keep`."""
+    packer = ArgPacker(codes, [a.ndim for a in arrays])
+    tensors, keep = packer.pack(arrays)
+    keep.append(packer)
+    return tensors, keep
 
 
 class CallSite:

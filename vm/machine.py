@@ -78,8 +78,7 @@ class VirtualMachine:
         self._constants = [Tensor.from_array(c) for c in exe.constants]
         self._profile = Profile() if profile else None
         self._pool = StoragePool()
-        self._code = [[self._translate(ins, _arenas(fn)) for ins in fn.instructions]
-                      for fn in exe.functions]
+        self._code = [self._translate_function(fn) for fn in exe.functions]
         self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         self._stack = []
@@ -99,9 +98,13 @@ class VirtualMachine:
             out.append((sf.fn, s["attrs"], sf.mode == "data_dependent" and not sf.tensor_inputs))
         return out
 
-    def _translate(self, ins, arenas=frozenset()):
+    def _translate_function(self, fn):
+        arena_views = _arena_views(fn)
+        return [self._translate(ins, pc in arena_views) for pc, ins in enumerate(fn.instructions)]
+
+    def _translate(self, ins, views_arena=False):
         """(handler, operands) of one instruction, with per-site preparation done now.
-        `arenas`: registers of the function's storages that several tensors view."""
+        `views_arena`: an AllocTensor on a storage that several tensors view."""
         name = OPCODES[ins.op].name
         handler, args = getattr(self, "_op_" + name), ins.args
         if name in ("AllocStorage", "AllocStorageReg"):
@@ -117,7 +120,7 @@ class VirtualMachine:
         elif name == "AllocTensor":
             storage, offset, shape, dtype, dst = args
             meta = (dtype, tuple(shape))
-            args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst, storage in arenas)
+            args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst, views_arena)
         elif name == "AllocTensorReg":
             storage, offset, shape, dtype, dst = args
             # element size, and the last (dtype, shape) made here: an unchanged shape reuses
@@ -513,13 +516,20 @@ def _describe_arg(site, kernel, k, t):
     site.layouts[k] = t.meta
 
 
-def _arenas(fn) -> frozenset:
-    """Storage registers that two or more AllocTensor instructions of `fn` view (arenas)."""
-    seen, shared = set(), set()
-    for ins in fn.instructions:
-        if OPCODES[ins.op].name == "AllocTensor":
-            (shared if ins.args[0] in seen else seen).add(ins.args[0])
-    return frozenset(shared)
+def _arena_views(fn) -> frozenset:
+    """pcs of the AllocTensor instructions that view a storage which two or more AllocTensors
+    view (a planned arena). Followed per definition of the storage register, since register
+    allocation reuses registers."""
+    views: dict[int, list] = {}     # storage register -> AllocTensor pcs since its definition
+    groups = []
+    for pc, ins in enumerate(fn.instructions):
+        spec = OPCODES[ins.op]
+        if spec.name == "AllocTensor":
+            views.setdefault(ins.args[0], []).append(pc)
+        if spec.fields and spec.fields[-1][0] == "dst" and ins.args[-1] in views:
+            groups.append(views.pop(ins.args[-1]))
+    groups.extend(views.values())
+    return frozenset(pc for group in groups if len(group) > 1 for pc in group)
 
 
 def _kind(value) -> str:
