@@ -9,12 +9,12 @@ against numpy for several lengths and print timings.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from compiler import build, ir, op
 from vm import VirtualMachine
+from vm.profiler import median_seconds
 
 HIDDEN = 64
 MAX_LEN = 512
@@ -51,19 +51,10 @@ def main() -> int:
         got = vm.invoke("main", x)
         good = np.allclose(got, reference(x, table), rtol=1e-6)
         ok &= good
-        t_vm = _median_us(lambda: vm.invoke("main", x))
-        t_np = _median_us(lambda: reference(x, table))
+        t_vm = median_seconds(lambda: vm.invoke("main", x), 50) * 1e6
+        t_np = median_seconds(lambda: reference(x, table), 50) * 1e6
         print(f"{length:>7} {t_vm:>10.1f} {t_np:>10.1f}  {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
-
-
-def _median_us(fn, repeats: int = 50) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e6)
 
 
 if __name__ == "__main__":

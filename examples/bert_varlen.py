@@ -12,12 +12,12 @@ Run as a script to check against numpy and print timings.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from compiler import build, ir, op
 from vm import VirtualMachine
+from vm.profiler import median_seconds
 
 HIDDEN, HEADS, FFN, LAYERS = 256, 4, 1024, 2
 HEAD = HIDDEN // HEADS
@@ -109,12 +109,8 @@ def main() -> int:
         x = make_input(seq)
         good = np.allclose(vm.invoke("main", x), reference(x, w), rtol=1e-4, atol=1e-4)
         ok &= good
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            vm.invoke("main", x)
-            times.append(time.perf_counter() - start)
-        print(f"{seq:>5} {np.median(times) * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
+        seconds = median_seconds(lambda: vm.invoke("main", x), 10)
+        print(f"{seq:>5} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
 
 

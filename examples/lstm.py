@@ -9,12 +9,12 @@ two fused elementwise kernels. Run as a script to check against numpy and print 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from compiler import build, ir, op
 from vm import VirtualMachine
+from vm.profiler import median_seconds
 
 INPUT, HIDDEN = 128, 256
 
@@ -97,12 +97,8 @@ def main() -> int:
         x = make_input(steps)
         good = np.allclose(vm.invoke("main", x), reference(x, w), rtol=1e-5, atol=1e-5)
         ok &= good
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            vm.invoke("main", x)
-            times.append(time.perf_counter() - start)
-        print(f"{steps:>5} {np.median(times) * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
+        seconds = median_seconds(lambda: vm.invoke("main", x), 10)
+        print(f"{steps:>5} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
 
 

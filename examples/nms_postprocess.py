@@ -12,13 +12,13 @@ reference (TVM semantics) on seeded random boxes and print timings.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from compiler import build, ir, op
 from kernels.extern import EXTERN_KERNELS
 from vm import VirtualMachine
+from vm.profiler import median_seconds
 
 TOP = 20
 GVC = {"score_threshold": 0.05, "id_index": 0, "score_index": 1}
@@ -66,19 +66,10 @@ def main() -> int:
         data = make_input(anchors, seed=anchors)
         good = np.array_equal(vm.invoke("main", data), reference(data))
         ok &= good
-        t_vm = _median_us(lambda: vm.invoke("main", data), 30)
-        t_np = _median_us(lambda: reference(data), 3)
+        t_vm = median_seconds(lambda: vm.invoke("main", data), 30) * 1e6
+        t_np = median_seconds(lambda: reference(data), 3) * 1e6
         print(f"{anchors:>8} {t_vm:>10.1f} {t_np:>13.1f}  {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
-
-
-def _median_us(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e6)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ Run as a script to check random trees of 1..200 nodes against numpy and print ti
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from compiler import build, ir, op, prelude
 from vm import VirtualMachine
+from vm.profiler import median_seconds
 from vm.convert import tree
 
 INPUT, HIDDEN = 64, 128
@@ -117,12 +117,8 @@ def main() -> int:
         value = to_adt(py_tree)
         good = np.allclose(vm.invoke("main", value), reference(py_tree, w)[0], rtol=1e-5, atol=1e-5)
         ok &= good
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            vm.invoke("main", value)
-            times.append(time.perf_counter() - start)
-        print(f"{nodes:>6} {np.median(times) * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
+        seconds = median_seconds(lambda: vm.invoke("main", value), 5)
+        print(f"{nodes:>6} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
 
 

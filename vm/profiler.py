@@ -8,6 +8,7 @@ which variant ran. The VM's own cost is handler time minus native kernel time.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections import Counter, defaultdict
 
@@ -107,3 +108,13 @@ class Profile:
 
     def __repr__(self):
         return f"<Profile {sum(self.opcodes.values())} instructions, {len(self.events)} kernel events>"
+
+
+def median_seconds(fn, repeats: int = 10) -> float:
+    """Median wall time of `repeats` calls of `fn()` (the examples' timing helper)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
