@@ -43,7 +43,6 @@ from kernels.llvm_util import (
     REG_TYPE,
     MEM_TYPE,
     I1,
-    I8,
     I32,
     I64,
     F32,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from shape_funcs.common import infer_reshape, normalize_axis
-from shape_funcs.dynamic import arange_params
+from shape_funcs.dynamic import arange_params, dyn_slice_attrs
 from shape_funcs.reduce import reduced_axes
 from shape_funcs.transform import slice_spec
 from vm.errors import ShapeError
@@ -540,3 +540,13 @@ def nms(inputs, outputs, attrs):
     outputs[0][...] = -1
     outputs[0][:len(selected)] = selected
     outputs[1][...] = len(selected)
+
+
+@extern("dyn.strided_slice")
+def dyn_strided_slice(inputs, outputs, attrs):
+    """strided_slice with begin / end / strides read from the tensor inputs 1..3."""
+    x = inputs[0]
+    index = [slice(None)] * x.ndim
+    for axis, sl in slice_spec(dyn_slice_attrs(inputs, attrs), x.ndim):
+        index[axis] = sl
+    store("dyn.strided_slice", outputs[0], x[tuple(index)])

@@ -25,7 +25,7 @@ from kernels.family import Family, emit_dispatcher, register, variant_symbol
 from kernels.llvm_util import (ERR_LAYOUT, ERR_NULL, ERR_SHAPE, I1, I32, I64, PTR, REG_TYPE,
                                check, const, load_strides, new_function, prologue,
                                return_zero_if)
-from kernels.reduce import (Reducer, _nest, compact_flag, for_range, load_vec, product,
+from kernels.reduce import (_nest, compact_flag, for_range, load_vec, product,
                             splat_value, store_vec, vector_fold)
 from shape_funcs.common import normalize_axis
 from vm.errors import DynVMError, KernelError

@@ -20,6 +20,9 @@ Variants (dispatcher order; the last one always fits):
   concatenate    blocks (compact: one memcpy per input block) | strided
   split          blocks | strided
   strided_slice  rows (last-axis step 1: one memcpy per row) | strided
+  (dyn.strided_slice: the same family, spec op "dyn.strided_slice": begin / end / strides are
+   inputs 1..3, 1-D int32/int64 tensors read inside the kernel; its dispatcher runs the full
+   analysis first, so it can prefer rows when the run-time last-axis step is 1)
   take           rows (compact, 4 <= inner block < 128: memcpy) | gather (compact) | strided
   broadcast_to   rows (last dim not broadcast) | strided
 """
@@ -32,7 +35,8 @@ from typing import Callable
 from llvmlite import ir
 
 from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, I1, I32, I64,
+from kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE, I1,
+                               I32, I64,
                                MEM_TYPE, PTR, check, const, get_function, load_strides,
                                new_function, prologue)
 from vm.errors import KernelError
@@ -525,6 +529,8 @@ def slice_params(spec, rank):
 
 
 def check_strided_slice(spec, inputs, outputs):
+    if spec.get("op") == "dyn.strided_slice":
+        return check_dyn_strided_slice(spec, inputs, outputs)
     check_sig("strided_slice", inputs, outputs, 1, 1)
     same_dtype("strided_slice", inputs + outputs)
     if inputs[0][1] != outputs[0][1]:
@@ -533,6 +539,8 @@ def check_strided_slice(spec, inputs, outputs):
 
 
 def emit_strided_slice(module, symbol, spec, sig):
+    if spec.get("op") == "dyn.strided_slice":
+        return emit_dyn_strided_slice(module, symbol, spec, sig)
     r = sig[0][1]
     params = {a: (lo, hi, step) for a, lo, hi, step in slice_params(spec, r)}
     inner_step = params.get(r - 1, (None, None, 1))[2] if r else None
@@ -561,6 +569,115 @@ def emit_strided_slice(module, symbol, spec, sig):
         variants.insert(0, Variant("rows", lambda b, info: body(b, info, rows=True),
                                    all_unit_inner))
     return emit_kernel(module, symbol, sig, analyse, variants)
+
+
+def dyn_slice_axes(spec, rank):
+    axes = spec.get("axes")
+    if axes is None:
+        return list(range(rank))
+    if not isinstance(axes, (list, tuple)):
+        raise KernelError(f"dyn.strided_slice: axes must be a list of ints, got {axes!r}")
+    out = [normalize_axis("dyn.strided_slice", a, rank) for a in axes]
+    if len(set(out)) != len(out):
+        raise KernelError(f"dyn.strided_slice: repeated axis in {axes}")
+    return out
+
+
+def check_dyn_strided_slice(spec, inputs, outputs):
+    op = "dyn.strided_slice"
+    check_sig(op, inputs, outputs, 4, 1)
+    same_dtype(op, [inputs[0], outputs[0]])
+    if inputs[0][1] != outputs[0][1]:
+        raise KernelError(f"{op}: input and output ranks differ")
+    for (dt, rank), what in zip(inputs[1:], ("begin", "end", "strides")):
+        if rank != 1 or dt not in ("int32", "int64"):
+            raise KernelError(f"{op}: {what} must be a 1-D int32/int64 tensor, got {dt} rank {rank}")
+    dyn_slice_axes(spec, inputs[0][1])
+
+
+def dyn_slice_bounds(b, n, lo, hi, step):
+    """(start, length) of Python's `range(n)[lo:hi:step]`, all run-time i64 (step != 0, |step|
+    <= _BIG): slice_bounds with the sign of the step chosen at run time."""
+    zero, one = const(I64, 0), const(I64, 1)
+    neg = icmp(b, "<", step, 0)
+    lower = b.select(neg, const(I64, -1), zero)
+    upper = b.select(neg, b.sub(n, one), n)
+
+    def bound(v):
+        return b.select(icmp(b, "<", v, 0), smax(b, b.add(n, v), lower), smin(b, v, upper))
+
+    start, stop = bound(lo), bound(hi)
+    span = b.select(neg, b.sub(start, stop), b.sub(stop, start))
+    mag = b.select(neg, b.sub(zero, step), step)
+    length = b.add(b.sdiv(b.sub(span, one), mag), one)
+    return start, b.select(icmp(b, ">", span, 0), length, zero)
+
+
+def emit_dyn_strided_slice(module, symbol, spec, sig):
+    r = sig[0][1]
+    axes = dyn_slice_axes(spec, r)
+    n = len(axes)
+
+    def read(b, a, i):
+        v = b.load(element_ptr(b, a, b.mul(const(I64, i), a.strides[0])), typ=a.ty)
+        return b.sext(v, I64) if v.type != I64 else v
+
+    def analyse(b, arrays):
+        x, begin, end, steps, out = arrays
+        for k, a in enumerate((begin, end, steps), start=1):
+            check_equal(b, a.ext[0], n, k, 0)
+        params = {}
+        for i, d in enumerate(axes):
+            lo, hi, step = read(b, begin, i), read(b, end, i), read(b, steps, i)
+            check(b, icmp(b, "!=", step, 0), ERR_VALUE | 3 << 8 | i << 16)
+            step = smax(b, smin(b, step, const(I64, _BIG)), const(I64, -_BIG))
+            params[d] = (lo, hi, step)
+        offset, strides = const(I64, 0), []
+        for d in range(r):
+            if d in params:
+                lo, hi, step = params[d]
+                start, length = dyn_slice_bounds(b, x.ext[d], lo, hi, step)
+                offset = add_mul(b, offset, start, x.strides[d])
+                strides.append(b.mul(x.strides[d], step))
+            else:
+                length = x.ext[d]
+                strides.append(x.strides[d])
+            check_equal(b, out.ext[d], length, 4, d)
+        return Info(x=x, out=out, offset=offset, src_strides=strides, arrays=[x, out])
+
+    def rows_fit(b, info):
+        """The output's rows are contiguous and so are the source rows they come from."""
+        out = info.out
+        inner = b.or_(icmp(b, "<=", out.ext[-1], 1),
+                      b.and_(icmp(b, "==", out.strides[-1], 1),
+                             icmp(b, "==", info.src_strides[-1], 1)))
+        return b.or_(icmp(b, "==", out.count, 0), inner)
+
+    def body(b, info, rows=False):
+        copy_nest(b, info.out.ext, info.out, const(I64, 0), info.out.strides,
+                  info.x, info.offset, info.src_strides, rows=rows)
+
+    variants = [Variant("strided", body)]
+    if r:
+        variants.insert(0, Variant("rows", lambda b, info: body(b, info, rows=True), rows_fit))
+
+    def checked(b, arrays):
+        for k, a in enumerate(arrays):
+            not_null = b.icmp_unsigned("!=", a.data, ir.Constant(PTR, None))
+            check(b, b.or_(icmp(b, "==", a.count, 0), not_null), ERR_NULL | k << 8)
+        return analyse(b, arrays)
+
+    for v in variants:
+        fn, b = new_function(module, variant_symbol(symbol, v.name))
+        info = checked(b, arrays_of(b, prologue(b, *fn.args, sig), sig))
+        if v.requires is not None:
+            check(b, v.requires(b, info), ERR_LAYOUT)
+        v.body(b, info)
+        b.ret(const(I32, 0))
+    # the dispatcher validates values and shapes too (same error codes) to choose on the steps
+    choices = [(v.name, v.requires) for v in variants[:-1]] + [(variants[-1].name, None)]
+    return emit_dispatcher(module, symbol, sig, choices,
+                           lambda b, raw: checked(b, arrays_of(b, raw, sig)))
 
 
 family("strided_slice", check_strided_slice, emit_strided_slice)

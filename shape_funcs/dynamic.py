@@ -7,6 +7,7 @@ import numpy as np
 
 from shape_funcs.common import check_dims, infer_reshape, shape_vector
 from shape_funcs.registry import shape_func
+from shape_funcs.transform import slice_spec
 from vm.errors import ShapeError
 from vm.values import Tensor, scalar_value
 
@@ -78,3 +79,31 @@ def upper_bound_slice(inputs, attrs):
     if not 0 <= count <= full.shape[0]:
         raise ShapeError(f"upper-bound kernel reported {count} rows for a bound of {full.shape[0]}")
     return [(count,) + tuple(full.shape[1:])]
+
+
+def dyn_slice_attrs(inputs, attrs) -> dict:
+    """The static strided_slice attrs of a dyn.strided_slice call, read from its begin / end /
+    strides tensors (1-D ints of length rank(x), or len(axes)); stride 0 is a ShapeError."""
+    op = "dyn.strided_slice"
+    if len(inputs) != 4:
+        raise ShapeError(f"{op}: expected 4 inputs (x, begin, end, strides), got {len(inputs)}")
+    rank = len(inputs[0].shape)
+    axes = attrs.get("axes")
+    n = rank if axes is None else len(axes)
+    values = {}
+    for arr, what in zip(inputs[1:], ("begin", "end", "strides")):
+        v = shape_vector(op, arr)
+        if len(v) != n:
+            raise ShapeError(f"{op}: {what} has length {len(v)}, expected {n}")
+        values[what] = list(v)
+    if any(s == 0 for s in values["strides"]):
+        raise ShapeError(f"{op}: stride must not be zero, got strides {values['strides']}")
+    return {**values, "axes": axes}
+
+
+@shape_func("dyn.strided_slice", mode="data_dependent", tensor_inputs=True)
+def dyn_strided_slice(inputs, attrs):
+    shape = list(inputs[0].shape)
+    for axis, sl in slice_spec(dyn_slice_attrs(inputs, attrs), len(shape)):
+        shape[axis] = len(range(shape[axis])[sl])
+    return [tuple(shape)]

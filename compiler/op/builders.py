@@ -86,3 +86,63 @@ def scalars_as_consts(tensors, attrs):
     """`arange(0, 10, 1)`: Python numbers become scalar constants of the output dtype."""
     dtype = attrs.get("dtype", "float32")
     return [t if isinstance(t, Expr) else const(t, dtype) for t in tensors]
+
+
+def slice_dispatch():
+    """Constructor for strided_slice: static when begin, end and strides are Python sequences
+    (attributes); `dyn.strided_slice` when any of them is an IR expression (run-time tensors).
+
+    In the dynamic form a Python list becomes an int64 constant (it may not contain None), and
+    missing strides become ones; their length comes from axes, a static list, or the type of
+    begin/end (a typed var or a constant), else strides must be given.
+    """
+    import numpy as np
+
+    static = positional("strided_slice")
+    names = ("begin", "end", "strides", "axes")
+
+    def build(x, *args, **attrs):
+        if len(args) > len(names):
+            raise DynVMError("op strided_slice takes at most 5 positional argument(s)")
+        for key, value in zip(names, args):
+            if key in attrs:
+                raise DynVMError(f"op strided_slice got attribute {key!r} twice")
+            attrs[key] = value
+        vals = [attrs.get(k) for k in names[:3]]
+        if not any(isinstance(v, Expr) for v in vals):
+            return static(x, **attrs)
+        unknown = set(attrs) - set(names)
+        if unknown:
+            raise DynVMError(f"op strided_slice has no attribute(s) {sorted(unknown)}")
+        axes = attrs.get("axes")
+        n = len(axes) if axes is not None else None
+        for v in vals:
+            if n is None and isinstance(v, (list, tuple)):
+                n = len(v)
+            if n is None and isinstance(v, Expr):
+                ty = v.checked_type or getattr(v, "type_annotation", None)
+                if ty is None and hasattr(v, "data"):
+                    n = len(np.asarray(v.data))
+                elif ty is not None and getattr(ty, "rank", None) == 1 \
+                        and isinstance(ty.shape[0], int):
+                    n = ty.shape[0]
+        tensors = []
+        for key, v in zip(names[:3], vals):
+            if isinstance(v, Expr):
+                tensors.append(v)
+                continue
+            if v is None:
+                if key != "strides" or n is None:
+                    raise DynVMError(f"strided_slice: {key} is required with tensor begin/end "
+                                     "(its length cannot be inferred here)")
+                v = [1] * n
+            v = list(v)
+            if any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) for e in v):
+                raise DynVMError(f"strided_slice: with tensor begin/end, {key} must be ints, "
+                                 f"got {v!r}")
+            tensors.append(const(np.array(v, dtype=np.int64).reshape(len(v)), "int64"))
+        return make_call("dyn.strided_slice", x, *tensors,
+                         axes=_msgpack_value(axes) if axes is not None else None)
+    build.__name__ = "strided_slice"
+    build.__doc__ = get_op("strided_slice").doc
+    return build

@@ -7,8 +7,8 @@ from __future__ import annotations
 from compiler.ir.types import Any, TensorType
 from compiler.op.builders import positional, scalars_as_consts
 from compiler.op.registry import OpDef, get_op, register
-from compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, fail, scalar_arg,
-                                   shape_vector_arg, tensor_arg)
+from compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, fail, normalize_axis,
+                                   scalar_arg, shape_vector_arg, tensor_arg)
 from vm.dtypes import DTYPES
 
 
@@ -56,6 +56,32 @@ def dyn_full_rel(arg_types, attrs):
     return TensorType((Any(),) * rank, _dtype_attr("dyn.full", attrs["dtype"] or fill.dtype))
 
 
+def dyn_slice_axes(op, axes, rank) -> list:
+    """The sliced axes of a dyn.strided_slice (all of them when `axes` is None), normalised."""
+    if axes is None:
+        return list(range(rank))
+    if not isinstance(axes, (list, tuple)):
+        fail(f"{op}: axes must be a list of ints, got {axes!r}")
+    out = [normalize_axis(op, a, rank) for a in axes]
+    if len(set(out)) != len(out):
+        fail(f"{op}: repeated axis in {list(axes)}")
+    return out
+
+
+def dyn_strided_slice_rel(arg_types, attrs):
+    op = "dyn.strided_slice"
+    check_arity(op, arg_types, 4)
+    x = tensor_arg(op, arg_types[0])
+    axes = dyn_slice_axes(op, attrs["axes"], x.rank)
+    for t, what in zip(arg_types[1:], ("begin", "end", "strides")):
+        n = shape_vector_arg(op, t, what)
+        if n != len(axes):
+            fail(f"{op}: {what} has length {n}, expected {len(axes)} "
+                 f"({'the rank of x' if attrs['axes'] is None else 'len(axes)'})")
+    shape = tuple(Any() if d in axes else dim for d, dim in enumerate(x.shape))
+    return TensorType(shape, x.dtype)
+
+
 def _register_all():
     dd = dict(shape_mode="data_dependent", pattern="opaque", kernel="compiled")
     register(OpDef("arange", ("start", "stop", "step"), arange_rel, attrs={"dtype": "float32"},
@@ -77,6 +103,13 @@ def _register_all():
     register(OpDef("dyn.full", ("fill_value", "shape"), dyn_full_rel, attrs={"dtype": None},
                    family="fill", **dd,
                    doc="dyn.full(fill_value, shape, dtype=None): full with a run-time shape."))
+    register(OpDef("dyn.strided_slice", ("x", "begin", "end", "strides"), dyn_strided_slice_rel,
+                   attrs={"axes": None}, kernel="compiled", family="strided_slice",
+                   shape_mode="data_dependent", pattern="opaque",
+                   doc="dyn.strided_slice(x, begin, end, strides, axes=None): x[b:e:s] per axis "
+                       "with begin/end/strides 1-D int tensors of length rank(x) (or len(axes)); "
+                       "the strided_slice rules (negative indices count from the end, "
+                       "out-of-range bounds clamp, stride 0 is an error)."))
     get_op("arange").make = positional("arange", scalars_as_consts)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from compiler.ir.types import Any, TensorType, TupleType, is_any
-from compiler.op.builders import positional, shape_dispatch, tuple_first
+from compiler.op.builders import positional, shape_dispatch, slice_dispatch, tuple_first
 from compiler.op.registry import OpDef, REQUIRED, get_op, register
 from compiler.op.type_rels import (INT_DTYPES, check_arity, check_dtype_in, fail, int_list,
                                    normalize_axis, same_dtype, scalar_arg, tensor_arg,
@@ -280,7 +280,8 @@ def _register_all():
                    attrs={"begin": REQUIRED, "end": REQUIRED, "strides": None, "axes": None},
                    pattern="injective", kernel="compiled",
                    doc="strided_slice(x, begin, end, strides=None, axes=None): x[b:e:s] per axis "
-                       "(negative indices count from the end; out-of-range bounds clamp)."))
+                       "(negative indices count from the end; out-of-range bounds clamp). IR tensors "
+                       "for begin/end/strides build dyn.strided_slice."))
     register(OpDef("take", ("data", "indices"), take_rel, attrs={"axis": None, "mode": "clip"},
                    pattern="injective", kernel="compiled",
                    doc="take(data, indices, axis=None, mode='clip'): gather along axis (flattened "
@@ -297,10 +298,11 @@ def _register_all():
                    pattern="opaque", shape_mode="static", kernel="compiled", family="fill",
                    doc="full(fill_value, shape, dtype=None): a tensor filled with the scalar "
                        "fill_value (dtype defaults to its dtype); a shape tensor builds dyn.full."))
-    for name in ("expand_dims", "squeeze", "transpose", "split", "strided_slice", "take",
+    for name in ("expand_dims", "squeeze", "transpose", "split", "take",
                  "broadcast_to"):
         get_op(name).make = positional(name)
     get_op("concatenate").make = positional("concatenate", tuple_first)
+    get_op("strided_slice").make = slice_dispatch()
     get_op("reshape").make = shape_dispatch("reshape", 1, "newshape")
     get_op("zeros").make = shape_dispatch("zeros", 0, "shape")
     get_op("ones").make = shape_dispatch("ones", 0, "shape")

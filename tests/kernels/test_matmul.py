@@ -194,7 +194,7 @@ def test_dispatcher_picks_tiny_gemv_fast_or_blocked():
                                             data(rng, (k, n), "float32")], (m, n))
         assert got == want, (m, n, k)
     # dense: the LSTM-step shape, and a rank-3 input whose rows are the batch (M = 2 * 2)
-    x, w = data(rng, (1, 256), "float32"), data(rng, (1024, 256), "float32")
+    w = data(rng, (1024, 256), "float32")
     for m in (1, 16, 64, GEMV_MAX_ROWS):      # BERT's dense at any sequence length up to 128
         assert run_everywhere("dense_bias_sigmoid", [data(rng, (m, 256), "float32"), w,
                                                      data(rng, (1024,), "float32")],
