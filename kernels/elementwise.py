@@ -520,13 +520,16 @@ def _emit_vector_exact(module, symbol, sig, expr, lanes):
     b.ret(const(I32, 0))
 
 
-def _emit_strided(module, symbol, sig, expr, lanes):
+def _emit_strided(module, symbol, sig, expr, lanes, perms=None):
     """"strided": a loop nest over the output extents with numpy broadcasting (an input's
     stride is 0 in dims where its extent is 1, any explicit strides allowed). When every
     innermost stride is 0 or 1 the innermost loop is vectorised: stride-1 inputs load a
-    vector, stride-0 ones a splat (a masked load whose mask is off)."""
+    vector, stride-0 ones a splat (a masked load whose mask is off).
+
+    `perms` {input: perm}: that input is read transposed (a fused `transpose(x, perm)`): its
+    extents and strides are permuted before broadcasting, so no transposed copy is made."""
     fn, b = new_function(module, symbol)
-    arrays = prologue(b, *fn.args, sig)
+    arrays = _permuted(b, prologue(b, *fn.args, sig), perms or {})
     _check_broadcast(b, arrays)
     out_ext = arrays[-1][1]
     r = len(out_ext)
@@ -594,9 +597,20 @@ def _inner_unit(b, sig, expr, arrays, m, inner, offsets, lanes):
     _range_loop(b, main, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)))
 
 
+def _permuted(b, arrays, perms):
+    """arrays with the listed inputs' (extents, strides) permuted; strides become a list."""
+    out = list(arrays)
+    for k, perm in perms.items():
+        data, ext, strides_ptr = arrays[k]
+        strides = load_strides(b, ext, strides_ptr)
+        out[k] = (data, [ext[p] for p in perm], [strides[p] for p in perm])
+    return out
+
+
 def _effective_strides(b, ext, strides_ptr, r):
-    """Per output dim: None where the array has no such dim, 0 where its extent is 1."""
-    strides = load_strides(b, ext, strides_ptr)
+    """Per output dim: None where the array has no such dim, 0 where its extent is 1.
+    `strides_ptr` may also be a list of already loaded strides (a permuted input)."""
+    strides = strides_ptr if isinstance(strides_ptr, list) else load_strides(b, ext, strides_ptr)
     eff = [None] * (r - len(ext))
     for e, s in zip(ext, strides):
         eff.append(b.select(b.icmp_signed("==", e, const(I64, 1)), const(I64, 0), s))
@@ -638,10 +652,24 @@ def dispatch_choices(lanes):
     ]
 
 
+def _perms(spec, inputs) -> dict:
+    """{input index: permutation} from a spec's optional "perms": [[input, perm], ...]."""
+    perms = {}
+    for entry in spec.get("perms", []):
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or type(entry[0]) is not int
+                or not 0 <= entry[0] < len(inputs)
+                or sorted(entry[1]) != list(range(inputs[entry[0]][1]))):
+            raise KernelError(f"elementwise perms entry {entry!r:.60} is not [input, permutation]")
+        perms[entry[0]] = [int(p) for p in entry[1]]
+    return perms
+
+
 def check_spec(spec, inputs, outputs):
-    """Build-time checks of an elementwise spec {"expr": expr} against its signature."""
+    """Build-time checks of an elementwise spec {"expr": expr, "perms"?: [[input, perm]...]}
+    against its signature."""
     if not isinstance(spec, dict) or "expr" not in spec:
         raise KernelError(f"elementwise spec must be {{'expr': ...}}, got {spec!r:.80}")
+    _perms(spec, inputs)
     if len(outputs) != 1:
         raise KernelError(f"an elementwise kernel has one output, got {len(outputs)}")
     result = expr_dtype(spec["expr"], [dt for dt, _ in inputs])
@@ -655,6 +683,10 @@ def emit_elementwise(module, symbol, spec, inputs, outputs):
     """Add the variants `symbol__<v>` and the dispatcher `symbol` to `module`; -> variant names."""
     sig = [tuple(x) for x in inputs] + [tuple(outputs[0])]
     lanes = lanes_for(sig)
+    perms = _perms(spec, inputs)
+    if perms:       # a transposed input: only the loop nest reads it right
+        _emit_strided(module, variant_symbol(symbol, "strided"), sig, spec["expr"], lanes, perms)
+        return emit_dispatcher(module, symbol, sig, [("strided", None)])
     for name, emit in VARIANTS.items():
         emit(module, variant_symbol(symbol, name), sig, spec["expr"], lanes)
     return emit_dispatcher(module, symbol, sig, dispatch_choices(lanes), prepare=_dispatch_context)

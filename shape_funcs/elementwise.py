@@ -14,4 +14,8 @@ BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum"
 
 @shape_func(*UNARY, *BINARY, "broadcast")
 def broadcast_shape(inputs, attrs):
-    return [broadcast("broadcast", *(x.shape for x in inputs))]
+    """attrs may list `perms` [[input, permutation]]: inputs a fused group reads transposed."""
+    shapes = [tuple(x.shape) for x in inputs]
+    for k, perm in attrs.get("perms", ()):
+        shapes[k] = tuple(shapes[k][p] for p in perm)
+    return [broadcast("broadcast", *shapes)]

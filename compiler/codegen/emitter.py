@@ -17,7 +17,7 @@ from compiler.ir import expr as E
 from compiler.ir.types import TensorType, TupleType
 from compiler.op.registry import get_op
 from compiler.codegen.patterns import check_exhaustive
-from compiler.codegen.primitive import find_anchor, kernel_expr
+from compiler.codegen.primitive import find_anchor, kernel_expr, transposed_inputs
 from compiler.codegen.types import tensor_leaves
 
 ALIGNMENT = 64
@@ -292,8 +292,11 @@ class FunctionEmitter:
         anchor = find_anchor(func)
         expr = kernel_expr(func, anchor)
         if anchor is None:
-            outputs = self.alloc_outputs("broadcast", {}, inputs, [out_type])
-            kernel = self.mc.add_elementwise(func.attrs.get("Name", "fused"), expr, in_types, out_type)
+            perms = transposed_inputs(func)
+            attrs = {"perms": perms} if perms else {}
+            outputs = self.alloc_outputs("broadcast", attrs, inputs, [out_type])
+            kernel = self.mc.add_elementwise(func.attrs.get("Name", "fused"), expr, in_types,
+                                             out_type, perms)
         else:
             anchor_inputs = inputs[:len(anchor.args)]
             outputs = self.alloc_outputs(anchor.callee.name, anchor.attrs, anchor_inputs, [out_type])

@@ -73,9 +73,12 @@ class ModuleCompiler:
             raise CompileError(f"op {opdef.name} has no compiled kernel to fuse an epilogue into")
         return self.kernel_builder.add_extern(opdef.name, opdef.name, attrs, inputs, outputs)
 
-    def add_elementwise(self, name, expr, in_types, out_type) -> int:
-        return self.kernel_builder.add_elementwise(
-            name, expr, [(t.dtype, t.rank) for t in in_types], (out_type.dtype, out_type.rank))
+    def add_elementwise(self, name, expr, in_types, out_type, perms=()) -> int:
+        """An elementwise kernel; `perms` [[input, permutation]] are inputs read transposed."""
+        spec = {"expr": expr, "perms": [list(p) for p in perms]} if perms else {"expr": expr}
+        return self.kernel_builder.add_compiled(
+            name, "elementwise", spec, [(t.dtype, t.rank) for t in in_types],
+            [(out_type.dtype, out_type.rank)])
 
     def compile_function(self, name: str) -> VMFunction:
         func = self.mod.functions[name]

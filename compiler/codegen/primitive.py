@@ -14,11 +14,14 @@ from compiler.op.registry import get_op
 
 
 def find_anchor(func: E.Function):
-    """The one non-elementwise op call in the body, or None."""
+    """The one non-elementwise op call in the body (transposes of parameters are read through
+    strides, not anchors), or None."""
     stack, found = [func.body], []
     while stack:
         node = stack.pop()
         if isinstance(node, E.Call) and isinstance(node.callee, E.Op):
+            if _is_transpose_of_param(node):
+                continue
             if get_op(node.callee.name).expr is None:
                 found.append(node)
             else:
@@ -43,8 +46,31 @@ def kernel_expr(func: E.Function, anchor) -> list:
             return leaves[node]
         if isinstance(node, E.Constant) and node.data.ndim == 0:
             return ["const", node.data.item(), node.data.dtype.name]
+        if _is_transpose_of_param(node):
+            return leaves[node.args[0]]          # read through permuted strides
         if isinstance(node, E.Call) and isinstance(node.callee, E.Op):
             opdef = get_op(node.callee.name)
             return opdef.expr([convert(a) for a in node.args], node.attrs)
         raise CompileError(f"unexpected {type(node).__name__} in a primitive function")
     return convert(func.body)
+
+
+def _is_transpose_of_param(node) -> bool:
+    return (isinstance(node, E.Call) and isinstance(node.callee, E.Op)
+            and node.callee.name == "transpose" and isinstance(node.args[0], E.Var))
+
+
+def transposed_inputs(func: E.Function) -> list:
+    """[[parameter index, permutation]] for the parameters the body reads transposed."""
+    index = {p: i for i, p in enumerate(func.params)}
+    out, stack = [], [func.body]
+    while stack:
+        node = stack.pop()
+        if _is_transpose_of_param(node):
+            rank = node.args[0].checked_type.rank
+            axes = node.attrs.get("axes")
+            perm = list(reversed(range(rank))) if axes is None else [a % rank for a in axes]
+            out.append([index[node.args[0]], perm])
+        elif isinstance(node, E.Call):
+            stack.extend(node.args)
+    return sorted(out)

@@ -5,7 +5,9 @@ Afterwards every group of two or more fusable calls is a call of a *primitive fu
 op calls and scalar constants; the code generator compiles each such call into ONE kernel:
 - chains of elementwise/broadcast ops (ops with a kernel `expr`) become one elementwise kernel,
   with scalar constants folded into the kernel (so even a single op with a scalar constant
-  becomes a primitive);
+  becomes a primitive), and single-use transposes feeding the chain read through permuted
+  strides instead of being copied (injective fusion; reshape/expand_dims/squeeze need no kernel
+  at all: they are zero-copy ReshapeTensor views);
 - an elementwise epilogue (bias add, relu, tanh, ...) on top of an `out_elemwise_fusable` op
   (dense, matmul, batch_matmul, conv2d) with a compiled kernel fuses into that op's kernel, when
   it keeps the op's output type (same shape and dtype).
@@ -30,6 +32,12 @@ def _opdef(node):
 def is_elementwise(node) -> bool:
     opdef = _opdef(node)
     return opdef is not None and opdef.expr is not None
+
+
+def is_transpose(node) -> bool:
+    """A transpose the elementwise kernel can read through permuted strides (no copy)."""
+    opdef = _opdef(node)
+    return opdef is not None and opdef.name == "transpose"
 
 
 def is_anchor(node) -> bool:
@@ -76,17 +84,27 @@ class _Group:
     def __init__(self, counts):
         self.counts = counts
         self.inputs: list[E.Expr] = []       # original leaf expressions, in parameter order
-        self.params: dict[int, E.Var] = {}   # id(leaf) -> parameter
+        self.params: dict = {}               # id(leaf), or ("T", id(transpose)) -> parameter
         self.size = 0
         self.inlined_constants = 0
+        self.transposes = 0
 
-    def param(self, leaf):
-        if id(leaf) not in self.params:
+    def param(self, leaf, key=None):
+        key = id(leaf) if key is None else key
+        if key not in self.params:
             var = E.Var(f"p{len(self.inputs)}", leaf.checked_type)
             var.checked_type = leaf.checked_type
-            self.params[id(leaf)] = var
+            self.params[key] = var
             self.inputs.append(leaf)
-        return self.params[id(leaf)]
+        return self.params[key]
+
+    def transposed(self, node):
+        """A single-use transpose feeding the group: its input becomes a parameter read
+        through permuted strides (the transpose stays in the body to say so)."""
+        self.transposes += 1
+        call = E.Call(node.callee, [self.param(node.args[0], ("T", id(node)))], node.attrs)
+        call.checked_type = node.checked_type
+        return call
 
     def build(self, node):
         """Copy the group rooted at `node` with leaves replaced by parameters."""
@@ -95,6 +113,8 @@ class _Group:
         for arg in node.args:
             if is_elementwise(arg) and self.counts.get(id(arg), 0) == 1:
                 args.append(self.build(arg))
+            elif is_transpose(arg) and self.counts.get(id(arg), 0) == 1:
+                args.append(self.transposed(arg))
             elif isinstance(arg, E.Constant) and arg.data.ndim == 0:
                 self.inlined_constants += 1
                 args.append(arg)
@@ -116,8 +136,8 @@ class _Fuser(ExprMutator):
             return super().visit_Call(node)
         group = _Group(self.counts)
         body = group.build(node)
-        anchor = self.epilogue_anchor(group, node)
-        if group.size < 2 and anchor is None and not group.inlined_constants:
+        anchor = None if group.transposes else self.epilogue_anchor(group, node)
+        if group.size < 2 and anchor is None and not (group.inlined_constants or group.transposes):
             return super().visit_Call(node)
         if anchor is not None:
             return self.primitive_with_anchor(group, body, anchor)
@@ -147,7 +167,7 @@ class _Fuser(ExprMutator):
         return self.make_call(params, body, args, "fused_" + anchor.callee.name)
 
     def primitive(self, group, body, args):
-        params = [group.params[id(x)] for x in group.inputs]
+        params = list(group.params.values())
         return self.make_call(params, body, args, "fused_" + body.callee.name)
 
     def make_call(self, params, body, args, name):

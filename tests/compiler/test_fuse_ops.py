@@ -99,3 +99,45 @@ def test_dense_epilogue_fuses_when_dense_is_compiled():
                                np.maximum(data @ w.T + b, 0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(VirtualMachine(build(mod, fuse=False)).invoke("main", data),
                                np.maximum(data @ w.T + b, 0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("axes", [None, [1, 0, 2], [2, 0, 1], [0, 2, 1], [-1, -3, -2]])
+def test_transpose_feeding_an_elementwise_chain_is_read_through_strides(axes):
+    x = ir.var("x", ir.TensorType((ir.Any(), 3, ir.Any()), "float32"))
+    t = op.transpose(x, axes=axes)
+    out_shape = np.transpose(np.zeros((4, 3, 5)), axes).shape
+    y = ir.var("y", ir.TensorType(out_shape[1:], "float32"))        # broadcast over dim 0
+    body = op.sigmoid(op.multiply(op.add(t, y), ir.const(0.5)))
+    mod = ir.IRModule.from_expr(ir.Function([x, y], body))
+    exe = build(mod)
+    assert len(kernel_calls(exe)) == 1                                # no transpose kernel
+    rng = np.random.default_rng(7)
+    vm, unfused = VirtualMachine(exe), VirtualMachine(build(mod, fuse=False))
+    for shape in [(4, 3, 5), (1, 3, 1), (0, 3, 2), (2, 3, 17)]:
+        a = rng.standard_normal(shape).astype(np.float32)
+        t_shape = np.transpose(np.zeros(shape), axes).shape
+        b = rng.standard_normal(t_shape[1:]).astype(np.float32)
+        if y.type_annotation.shape != tuple(t_shape[1:]):
+            continue                  # y's static shape fits the first shape's layout only
+        expected = 1 / (1 + np.exp(-(np.transpose(a, axes) + b) * 0.5))
+        np.testing.assert_allclose(vm.invoke("main", a, b), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(unfused.invoke("main", a, b), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tensor_read_both_transposed_and_plain():
+    x = ir.var("x", ir.TensorType((4, 4), "float32"))
+    body = op.subtract(op.transpose(x), x)             # x^T - x: one kernel, x passed twice
+    exe = build(ir.IRModule.from_expr(ir.Function([x], body)))
+    assert len(kernel_calls(exe)) == 1
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(VirtualMachine(exe).invoke("main", a), a.T - a)
+
+
+def test_a_shared_transpose_is_materialised_once():
+    x = ir.var("x", ir.TensorType((2, 3), "float32"))
+    t = op.transpose(x)
+    exe = build(ir.IRModule.from_expr(ir.Function([x], ir.Tuple([op.exp(t), op.negative(t)]))))
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    e, n = VirtualMachine(exe).invoke("main", a)
+    np.testing.assert_allclose(e, np.exp(a.T), rtol=1e-6)
+    np.testing.assert_array_equal(n, -a.T)

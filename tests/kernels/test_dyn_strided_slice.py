@@ -12,7 +12,6 @@ from hypothesis import given, settings, strategies as st
 
 import shape_funcs
 from compiler import build, ir, op
-from compiler.typing import infer_types  # noqa: F401  (type inference used by build)
 from kernels.llvm_util import ERR_SHAPE, ERR_VALUE
 from tests.kernels.support import with_layout
 from tests.kernels.test_transform import (LAYOUTS, cached, check_all_variants, kind,
@@ -76,7 +75,7 @@ def test_rows_variant_is_chosen_for_unit_last_step_and_empty_results_work():
     x = np.arange(30, dtype=np.float32).reshape(5, 6)
     ins = [x, vec([4, 1]), vec([0, 5]), vec([-2, 1])]
     assert check_all_variants(k, "dyn.strided_slice", {"axes": None}, ins, compact=False) == "rows"
-    ins = [x, vec([4, 1]), vec([0, 5]), vec([-2, -1])]
+    ins = [x, vec([4, 5]), vec([0, 0]), vec([-2, -1])]
     assert check_all_variants(k, "dyn.strided_slice", {"axes": None}, ins, compact=False) \
         == "strided"
     ins = [x, vec([3, 0]), vec([1, 6]), vec([1, 1])]           # empty: begin past end
@@ -119,9 +118,9 @@ def test_shape_function_is_data_dependent():
 def test_op_strided_slice_builds_the_dyn_op_for_tensor_bounds():
     x = ir.var("x", ir.TensorType((ir.Any(), 6), "float32"))
     b = ir.var("b", ir.TensorType((2,), "int64"))
-    assert op.strided_slice(x, [0], [2]).op.name == "strided_slice"
+    assert op.strided_slice(x, [0], [2]).callee.name == "strided_slice"
     call = op.strided_slice(x, b, [4, 5])
-    assert call.op.name == "dyn.strided_slice" and len(call.args) == 4
+    assert call.callee.name == "dyn.strided_slice" and len(call.args) == 4
     assert np.array_equal(call.args[3].data, [1, 1])        # strides default to ones
     mod = ir.IRModule.from_expr(ir.Function([x, b], call))
     built = build(mod)
@@ -129,7 +128,6 @@ def test_op_strided_slice_builds_the_dyn_op_for_tensor_bounds():
 
 
 def test_type_relation_keeps_unsliced_dims_and_checks_lengths():
-    from compiler.passes import infer_type  # noqa: F401
     x = ir.var("x", ir.TensorType((3, 6, 2), "int32"))
     b = ir.var("b", ir.TensorType((1,), "int32"))
     e = ir.var("e", ir.TensorType((1,), "int32"))

@@ -186,3 +186,29 @@ def test_bad_descriptors_return_error_codes(variant):
         assert fn(tensors, 4) != 0
     tensors, keep = abi.pack(arrays, [f32] * 4)
     assert fn(tensors, 3) != 0 and fn(abi.ffi.NULL, 4) != 0
+
+
+def test_permuted_inputs_read_transposed_through_the_strided_variant():
+    from kernels import KernelBuilder, load_kernels
+    from vm.errors import KernelError, ShapeError
+    kb = KernelBuilder()
+    k = kb.add_compiled("perm", "elementwise",
+                        {"expr": ["multiply", ["in", 0], ["in", 1]], "perms": [[0, [2, 0, 1]]]},
+                        [("float32", 3), ("float32", 1)], [("float32", 3)])
+    with pytest.raises(KernelError, match="perms"):
+        kb.add_compiled("bad", "elementwise", {"expr": ["in", 0], "perms": [[0, [0, 0]]]},
+                        [("float32", 2)], [("float32", 2)])
+    kernel = load_kernels(kb.finish())[k]
+    assert kernel.variants == ["strided"]
+    rng = np.random.default_rng(3)
+    for shape in [(2, 3, 4), (1, 5, 1), (0, 2, 3), (3, 1, 17)]:
+        a = rng.standard_normal(shape).astype(np.float32)
+        t = a.transpose(2, 0, 1)
+        b = rng.standard_normal(t.shape[-1:]).astype(np.float32)
+        out = np.empty(t.shape, np.float32)
+        kernel([a, b], [out])
+        np.testing.assert_allclose(out, t * b, rtol=1e-6)
+        if t.shape[-1] > 1 and t.size:   # a last dim that neither input can broadcast to
+            bad = np.empty(t.shape[:-1] + (t.shape[-1] + 1,), np.float32)
+            with pytest.raises(ShapeError):
+                kernel([a, b], [bad])

@@ -19,7 +19,7 @@ def test_lookup_of_unknown_op_raises_key_error():
 
 
 @pytest.mark.parametrize("name", ["arange", "argwhere", "dyn.reshape", "dyn.zeros", "dyn.ones",
-                                  "dyn.full"])
+                                  "dyn.full", "dyn.strided_slice"])
 def test_value_dependent_ops_are_data_dependent(name):
     assert lookup(name).mode == "data_dependent"
 
