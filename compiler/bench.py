@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import inspect
 import json
 import os
 import sys
@@ -93,17 +92,9 @@ def vm_runner(ctx, build_mod, prepare=lambda s: s) -> Runner:
 
 def static_runner(build_static: Callable, prepare=lambda s: s) -> Runner:
     """A vm.StaticRuntime over the executable of the model compiled for one exact shape."""
-    try:
-        from vm import StaticRuntime
-    except ImportError:
-        raise Skip("pending: vm.StaticRuntime not available yet") from None
     from compiler import build
-    rt = StaticRuntime(build(build_static()))
-    if hasattr(rt, "invoke"):
-        return Runner(lambda x: rt.invoke("main", x), prepare)
-    if hasattr(rt, "run"):
-        return Runner(lambda x: rt.run(x), prepare)
-    return Runner(rt, prepare)
+    from vm import StaticRuntime
+    return Runner(StaticRuntime(build(build_static())).run, prepare)
 
 
 def needs(module_name: str):
@@ -195,10 +186,7 @@ def bert_setup():
 
 
 def bert_static(ctx, n):
-    ex = ctx["ex"]
-    if "seq" not in inspect.signature(ex.build_module).parameters:
-        raise Skip("pending: examples/bert_varlen.py build_module has no seq= option")
-    return static_runner(lambda: ex.build_module(ctx["w"], seq=n))
+    return static_runner(lambda: ctx["ex"].build_module(ctx["w"], seq=n))
 
 
 def bert_torch(ctx, n):
@@ -279,10 +267,7 @@ def lstm_setup():
 
 
 def lstm_static(ctx, n):
-    ex = ctx["ex"]
-    if "steps" not in inspect.signature(ex.build_module).parameters:
-        raise Skip("pending: examples/lstm.py build_module has no steps= option (unrolled LSTM)")
-    return static_runner(lambda: ex.build_module(ctx["w"], steps=n))
+    return static_runner(lambda: ctx["ex"].build_module(ctx["w"], steps=n))
 
 
 def torch_lstm(torch, w):
