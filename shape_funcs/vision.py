@@ -127,6 +127,23 @@ def nms_upper_bound(inputs, attrs):
     return [(min(boxes[0], max_output),), ()]
 
 
+def _nms_upper_bound_prepared(attrs):
+    """nms.upper_bound with its attrs checked once (the VM calls this at load; ShapeError for
+    bad attrs, and then the VM keeps the general function, which reports them per call)."""
+    max_output, _ = check_nms_attrs("nms", attrs)
+
+    def bound(inputs):
+        boxes, scores = inputs[0].meta[1], inputs[1].meta[1]
+        if len(boxes) != 2 or boxes[1] != 4 or scores != boxes[:1]:
+            raise ShapeError(f"nms: boxes must be (N, 4) and scores (N,), got {boxes} and {scores}")
+        n = boxes[0]
+        return [(n if n < max_output else max_output,), ()]
+    return bound
+
+
+nms_upper_bound.check_attrs = _nms_upper_bound_prepared
+
+
 # ---------------------------------------------------------------------------------------------
 # TVM detection ops
 

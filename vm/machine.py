@@ -29,10 +29,12 @@ from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError,
                        VMRecursionError, VMStepLimitError)
 from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
-from vm.values import (ADT, Closure, ShapeTensor, Storage, Tensor, check_storage_request, checked_dims,
-                       rebuild)
+from vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
+                       check_storage_request, checked_dims, rebuild)
 
 _SWITCH = -1  # a handler's "the current frame changed" result
+_make_shape = ShapeTensor.make
+_FOREVER = itertools.repeat(None)  # the step counter without a limit (shared: it never ends)
 
 
 def _make_small_ints():
@@ -81,6 +83,10 @@ class VirtualMachine:
         self._code = [self._translate_function(fn) for fn in exe.functions]
         self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
+        # what invoke needs per function, looked up once: index, parameter count, the
+        # _fast_tensor specs (None for non-tensor parameters), register count, code
+        self._plans = {fn.name: (i, len(fn.params), tuple(self._param_specs[i]), fn.register_count,
+                                 self._code[i]) for i, fn in enumerate(exe.functions)}
         self._stack = []
         self._result = None
         self._views = {}          # AllocTensor operands id -> (storage, view), per invocation
@@ -95,12 +101,37 @@ class VirtualMachine:
             sf = shape_funcs.lookup(s["name"])
             # data-independent and upper-bound functions only read .shape/.ndim: they get the
             # Tensors as they are; data-dependent ones read values from numpy views
-            out.append((sf.fn, s["attrs"], sf.mode == "data_dependent" and not sf.tensor_inputs))
+            wants_arrays = sf.mode == "data_dependent" and not sf.tensor_inputs
+            out.append((sf.fn, s["attrs"], wants_arrays, None if wants_arrays else _prepared(sf.fn, s["attrs"])))
         return out
 
     def _translate_function(self, fn):
         arena_views = _arena_views(fn)
-        return [self._translate(ins, pc in arena_views) for pc, ins in enumerate(fn.instructions)]
+        code = [self._translate(ins, pc in arena_views) for pc, ins in enumerate(fn.instructions)]
+        return code if self._profile is not None else self._fuse_allocations(code)
+
+    def _fuse_allocations(self, code):
+        """Peephole: an allocation of a storage immediately viewed whole by the next instruction
+        (offset 0, same shape) runs as one handler that does both and skips the next pc. The
+        second instruction stays in place (a jump to it still runs it alone), and both
+        registers are written in the original order."""
+        cls = type(self)
+        out = list(code)
+        for pc in range(len(code) - 1):
+            (h1, a1), (h2, a2) = code[pc], code[pc + 1]
+            f1, f2 = getattr(h1, "__func__", None), getattr(h2, "__func__", None)
+            if f1 is cls._op_AllocStorage and f2 is cls._op_AllocTensor:
+                size, _, _, sdst, _ = a1
+                storage, offset, meta, nbytes, dst, arena = a2
+                if storage == sdst and offset == 0 and not arena and nbytes <= size:
+                    out[pc] = self._op_AllocStorageTensor, (a1, meta, dst)
+            elif f1 is cls._op_AllocStorageReg and f2 is cls._op_AllocTensorReg:
+                shape, _, _, sdst, element_size, _ = a1
+                storage, offset, shape2, _, _, element_size2, _ = a2
+                if storage == sdst and offset == 0 and shape2 == shape and shape != sdst \
+                        and element_size == element_size2:
+                    out[pc] = self._op_AllocStorageTensorReg, (a1, a2)
+        return out
 
     def _translate(self, ins, views_arena=False):
         """(handler, operands) of one instruction, with per-site preparation done now.
@@ -127,8 +158,16 @@ class VirtualMachine:
             # the same meta object, so the kernel call sites that get the tensor see it unchanged
             args = (storage, offset, shape, dtype, dst, itemsize(dtype), [(dtype, None)])
         elif name == "CallShapeFunc":
-            fn, attrs, wants_arrays = self.shape_funcs[args[0]]
-            args = (fn, attrs, wants_arrays, args[1], args[2], args[0])
+            fn, attrs, wants_arrays, fast = self.shape_funcs[args[0]]
+            if fast is not None:
+                # attrs were checked once (the function's check_attrs hook): a call runs only
+                # the shape computation on the input Tensors
+                # (last ShapeTensor made per output: an unchanged shape reuses it; they are
+                # immutable, so sharing one across invocations is safe)
+                handler, args = self._op_CallShapeFunc_prepared, (fast, args[1], args[2], args[0],
+                                                                   [None] * len(args[2]))
+            else:
+                args = (fn, attrs, wants_arrays, args[1], args[2], args[0])
         elif name == "CallKernel":
             k, inputs, outputs = args
             kernel = self.kernels[k]
@@ -150,9 +189,41 @@ class VirtualMachine:
         Arguments are checked against the declared parameter types before anything runs.
         Returned arrays belong to the caller: no later invocation writes into them.
         """
-        index = self._index.get(name)
-        if index is None:
+        plan = self._plans.get(name)
+        if plan is None:
             raise VMError(f"no function named {name!r}; functions: {', '.join(self._index)}")
+        index, nparams, specs, nregs, code = plan
+        if len(args) == nparams:
+            regs = [None] * nregs
+            i = 0
+            for a in args:      # _fast_tensor, inlined: the common argument costs no calls
+                spec = specs[i]
+                if spec is None or type(a) is not np.ndarray:
+                    break
+                dt, dname, rank, static, fixed = spec
+                if a.dtype is not dt and a.dtype != dt:
+                    break
+                shape = a.shape
+                if static is not None:
+                    if shape != static:
+                        break
+                else:
+                    if len(shape) != rank:
+                        break
+                    for k, d in fixed:
+                        if shape[k] != d:
+                            break
+                    else:
+                        k = -1
+                    if k >= 0:
+                        break
+                flags = a.flags
+                if not (flags.c_contiguous and flags.aligned):
+                    break
+                regs[i] = Tensor(_address(a) if a.size else _EMPTY_ADDRESS, (dname, shape), a, 0, a)
+                i += 1
+            else:
+                return _export(self._run_frame(Frame(index, code, regs, None)))
         fn = self.exe.functions[index]
         if len(args) != len(fn.params):
             raise InvokeArgumentError(
@@ -189,7 +260,10 @@ class VirtualMachine:
     # ------------------------------------------------------------ the machine
 
     def _run(self, func_index, args):
-        self._stack = [self._new_frame(func_index, args, None)]
+        return self._run_frame(self._new_frame(func_index, args, None))
+
+    def _run_frame(self, frame):
+        self._stack = [frame]
         try:
             return self._dispatch()
         finally:
@@ -200,7 +274,7 @@ class VirtualMachine:
         """The machine: fetch (handler, operands) at pc, run it, follow frame switches."""
         frame = self._stack[-1]
         code, regs, pc = frame.code, frame.regs, frame.pc
-        steps = range(self.max_steps) if self.max_steps is not None else itertools.repeat(None)
+        steps = range(self.max_steps) if self.max_steps is not None else _FOREVER
         try:
             for _ in steps:
                 handler, operands = code[pc]
@@ -317,6 +391,32 @@ class VirtualMachine:
                 Tensor.of(np.array(shape, np.int64).reshape(-1), "int64")
         return pc + 1
 
+    def _op_CallShapeFunc_prepared(self, regs, a, pc):
+        """CallShapeFunc of a function specialized to its attrs at load (see `_prepared`)."""
+        fast, inputs, outputs, index, last = a
+        args = [regs[r] for r in inputs]
+        for t in args:
+            if not isinstance(t, Tensor):
+                for t, r in zip(args, inputs):
+                    _tensor(t, r)  # raises for the first non-tensor
+        shapes = fast(args)
+        if len(shapes) != len(outputs):
+            raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
+                          f"{len(shapes)} shapes for {len(outputs)} outputs")
+        k = 0
+        for shape in shapes:
+            t = last[k]
+            if t is None or t.dims != shape:    # equal to checked dims: the same values
+                dims = checked_dims(shape)
+                if dims is None:
+                    regs[outputs[k]] = Tensor.of(np.array(shape, np.int64).reshape(-1), "int64")
+                    k += 1
+                    continue
+                t = last[k] = _make_shape(dims)
+            regs[outputs[k]] = t
+            k += 1
+        return pc + 1
+
     def _op_AllocStorage(self, regs, a, pc):
         size, alignment, dtype, dst, size_class = a
         regs[dst] = self._pool.lease(size_class, size, alignment, dtype)
@@ -333,6 +433,37 @@ class VirtualMachine:
             cls = classes[size] = class_for(size, alignment)
         regs[dst] = self._pool.lease(cls, size, alignment, dtype)
         return pc + 1
+
+    def _op_AllocStorageTensor(self, regs, a, pc):
+        """AllocStorage + AllocTensor viewing it whole from offset 0 (fused at translation,
+        which checked that the view fits)."""
+        (size, alignment, dtype, sdst, size_class), meta, dst = a
+        s = regs[sdst] = self._pool.lease(size_class, size, alignment, dtype)
+        regs[dst] = Tensor(s.address, meta, s._buf, s._start)
+        return pc + 2
+
+    def _op_AllocStorageTensorReg(self, regs, a, pc):
+        """AllocStorageReg + AllocTensorReg of the same shape register at offset 0 (fused at
+        translation): the tensor is exactly the block, so it needs no bounds check."""
+        sa, ta = a
+        value = regs[sa[0]]
+        if type(value) is not ShapeTensor:  # a general shape tensor: the two handlers
+            return self._op_AllocTensorReg(regs, ta, self._op_AllocStorageReg(regs, sa, pc))
+        _, alignment, dtype, sdst, element_size, classes = sa
+        dims = value.dims
+        size = math.prod(dims) * element_size
+        cls = classes.get(size)
+        if cls is None:
+            if len(classes) > 64:
+                classes.clear()
+            cls = classes[size] = class_for(size, alignment)
+        s = regs[sdst] = self._pool.lease(cls, size, alignment, dtype)
+        last = ta[6]
+        meta = last[0]
+        if meta[1] != dims:
+            meta = last[0] = (ta[3], dims)
+        regs[ta[4]] = Tensor(s.address, meta, s._buf, s._start)
+        return pc + 2
 
     def _op_AllocTensor(self, regs, a, pc):
         """A static-shape view of a storage. In a loop the same instruction views the same
@@ -582,6 +713,20 @@ def _reshape(tensor, shape):
     return tensor.reshaped(shape)
 
 
+def _prepared(fn, attrs):
+    """`fn` specialized to `attrs` through its optional `check_attrs(attrs)` hook, which
+    validates the attrs once and returns `fast(inputs) -> shapes`; None (the general path,
+    which reports bad attrs as typed errors when it runs) without a hook or when the attrs
+    fail the check."""
+    hook = getattr(fn, "check_attrs", None)
+    if hook is None:
+        return None
+    try:
+        return hook(attrs)
+    except Exception:  # noqa: BLE001 - bad attrs: the general path raises when (if ever) it runs
+        return None
+
+
 def _tensor_spec(desc):
     """What `_fast_tensor` checks for a tensor parameter (None for other kinds)."""
     if desc.get("kind") != "tensor":
@@ -602,8 +747,12 @@ def _fast_tensor(a, spec):
     if static is not None:
         if shape != static:
             return None
-    elif len(shape) != rank or any(shape[i] != d for i, d in fixed):
-        return None
+    else:
+        if len(shape) != rank:
+            return None
+        for i, d in fixed:
+            if shape[i] != d:
+                return None
     flags = a.flags
     if not (flags.c_contiguous and flags.aligned):
         return None
@@ -658,6 +807,11 @@ def _import_leaf(value):
 def _export(value):
     """Turn a run-time value into what `invoke` returns. Read-only arrays (constants) are copied
     so that the caller owns, and may write, every array it gets."""
+    if type(value) is Tensor:       # the common result: a plain tensor
+        a = value._array
+        if a is None:
+            a = value.array
+        return a if a.flags.writeable else a.copy()
     if isinstance(value, Tensor):
         value = value.array
         return value if value.flags.writeable else value.copy()

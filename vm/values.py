@@ -80,7 +80,11 @@ class Tensor:
         a = self._array
         if a is None:
             dtype, shape = self.meta
-            a = self._array = np.ndarray(shape, _NP_DTYPES[dtype], buffer=self.base, offset=self.offset)
+            if len(shape) == 1 and shape[0]:    # the same view, ~3x cheaper to make
+                a = np.frombuffer(self.base, _NP_DTYPES[dtype], shape[0], self.offset)
+            else:
+                a = np.ndarray(shape, _NP_DTYPES[dtype], buffer=self.base, offset=self.offset)
+            self._array = a
         return a
 
     def reshaped(self, shape) -> "Tensor":
@@ -126,7 +130,8 @@ class ShapeTensor(Tensor):
     @classmethod
     def make(cls, dims: tuple) -> "ShapeTensor":
         t = _new_shape(cls)
-        t.dims, t.meta, t._addr, t._arr = dims, shape_meta(len(dims)), None, None
+        meta = _SHAPE_METAS.get(len(dims))
+        t.dims, t.meta, t._addr, t._arr = dims, meta if meta is not None else shape_meta(len(dims)), None, None
         return t
 
     @property
@@ -193,6 +198,14 @@ def scalar_value(t: Tensor):
     if type(t) is ShapeTensor:
         return t.dims[0]
     return _cast(ctype, t.address)[0]
+
+_INT64_PTR = _ffi.typeof("int64_t *")
+
+
+def int64_at(address: int) -> int:
+    """The int64 stored at `address` (the caller knows it is a live int64 tensor's data)."""
+    return _cast(_INT64_PTR, address)[0]
+
 
 def values_equal(a, b) -> bool:
     """Structural equality of run-time values; arrays compare by dtype, shape and contents.

@@ -241,32 +241,19 @@ class FunctionEmitter:
 
     def flat_inputs(self, node: E.Call) -> list[int]:
         """Registers of the tensor leaves of all arguments (tuple arguments are flattened)."""
-        regs = []
-        for arg in node.args:
-            if isinstance(arg.checked_type, TensorType):
-                regs.append(self.visit(arg))
-            elif isinstance(arg, E.Tuple):
-                regs.extend(r for f in arg.fields for r in self.flat_inputs_of(f))
-            else:
-                regs.extend(self.flat_inputs_of(arg))
-        return regs
-
-    def flat_inputs_of(self, arg: E.Expr) -> list[int]:
-        reg = self.visit(arg)
-        if isinstance(arg.checked_type, TensorType):
-            return [reg]
-        regs = []
-        for i, field in enumerate(arg.checked_type.fields):
-            field_reg = self.emit_to("GetField", reg, i)
-            regs.extend(self.leaf_regs(field_reg, field))
-        return regs
+        return [r for arg in node.args for r in self.leaf_regs(self.visit(arg), arg.checked_type)]
 
     def leaf_regs(self, reg: int, t) -> list[int]:
+        """The tensor leaves of the value in `reg` of type `t`: fields of a tuple built in this
+        function are used directly (its AllocADT is then dead code), others are read with
+        GetField."""
         if isinstance(t, TensorType):
             return [reg]
+        fields = self.tuple_fields.get(reg)
         out = []
         for i, field in enumerate(t.fields):
-            out.extend(self.leaf_regs(self.emit_to("GetField", reg, i), field))
+            field_reg = fields[i] if fields is not None else self.emit_to("GetField", reg, i)
+            out.extend(self.leaf_regs(field_reg, field))
         return out
 
     def kernel_call(self, node: E.Call, opdef) -> int:

@@ -84,3 +84,33 @@ def test_argwhere_of_all_false_is_empty():
     vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([m], op.argwhere(m)))))
     assert vm.invoke("main", np.zeros((4, 3), bool)).shape == (0, 2)
     np.testing.assert_array_equal(vm.invoke("main", np.eye(3, dtype=bool)), np.argwhere(np.eye(3)))
+
+
+def test_nms_uses_the_prepared_shape_functions_and_rejects_mismatched_inputs(nms_vm):
+    _, vm = nms_vm
+    handlers = [h.__name__ for h, _ in vm._code[0]]
+    assert handlers.count("_op_CallShapeFunc_prepared") == 2
+    boxes, scores = random_boxes(10, 7)
+    with pytest.raises(DynVMError, match="boxes must be"):
+        vm.invoke("main", boxes, scores[:9])
+    first = vm.invoke("main", boxes, scores)         # the VM still works after the error
+    np.testing.assert_array_equal(first, nms_select(boxes, scores, ATTRS))
+
+
+def test_nms_results_are_owned_arrays_after_many_invokes(nms_vm):
+    _, vm = nms_vm
+    results = [(vm.invoke("main", *random_boxes(50, s)), s) for s in range(5)]
+    for got, s in results:
+        np.testing.assert_array_equal(got, nms_select(*random_boxes(50, s), ATTRS))
+        assert got.flags.writeable
+
+
+def test_fused_allocations_match_the_unfused_vm(nms_vm):
+    exe, vm = nms_vm
+    handlers = [h.__name__ for h, _ in vm._code[0]]
+    assert "_op_AllocStorageTensorReg" in handlers and "_op_AllocStorageTensor" in handlers
+    plain = VirtualMachine(exe, profile=True)       # profiling translates without fusion
+    assert "_op_AllocStorageTensorReg" not in [getattr(h, "__name__", "") for h, _ in plain._code[0]]
+    for n, seed in ((0, 1), (5, 2), (300, 3), (1000, 4)):
+        args = random_boxes(n, seed)
+        np.testing.assert_array_equal(vm.invoke("main", *args), plain.invoke("main", *args))

@@ -88,3 +88,51 @@ def test_dyn_fills_take_shape_from_values(shape, dtype):
 def test_bad_shape_tensors_are_shape_errors(name, inputs, phrase):
     with pytest.raises(ShapeError, match=phrase):
         lookup(name).fn(inputs, {"dtype": "float32"})
+
+
+def _tensor(shape, dtype="float32", value=None):
+    from vm.values import Tensor
+    a = np.zeros(shape, dtype) if value is None else np.array(value, dtype)
+    return Tensor.from_array(a)
+
+
+def test_prepared_nms_upper_bound_matches_the_general_function():
+    sf = lookup("nms.upper_bound").fn
+    attrs = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}
+    fast = sf.check_attrs(attrs)
+    for n in (0, 7, 100, 1000):
+        inputs = [_tensor((n, 4)), _tensor((n,))]
+        assert fast(inputs) == sf(inputs, attrs)
+    with pytest.raises(ShapeError, match="boxes must be"):
+        fast([_tensor((5, 3)), _tensor((5,))])
+    with pytest.raises(ShapeError, match="boxes must be"):
+        fast([_tensor((5, 4)), _tensor((6,))])
+    for bad in ({"max_output": -1}, {"max_output": True}, {"max_output": 3, "iou_threshold": 1.5}):
+        with pytest.raises(ShapeError):
+            sf.check_attrs(bad)
+
+
+def test_prepared_upper_bound_slice_reads_the_count_and_checks_it():
+    sf = lookup("upper_bound.slice").fn
+    fast = sf.check_attrs({})
+    full = _tensor((10, 2), "int64")
+    for k in (0, 3, 10):
+        inputs = [full, _tensor((), "int64", k)]
+        assert fast(inputs) == sf(inputs, {}) == [(k, 2)]
+    for k in (-1, 11):
+        with pytest.raises(ShapeError, match="reported"):
+            fast([full, _tensor((), "int64", k)])
+    assert fast([full, _tensor((), "int32", 4)]) == [(4, 2)]     # other dtypes: general path
+
+
+def test_vm_keeps_the_general_shape_function_when_attrs_fail_the_check():
+    from vm import machine
+
+    def fn(inputs, attrs):
+        return [(1,)]
+    fn.check_attrs = lambda attrs: (_ for _ in ()).throw(ShapeError("bad"))
+    assert machine._prepared(fn, {}) is None
+    fn.check_attrs = lambda attrs: "fast"
+    assert machine._prepared(fn, {}) == "fast"
+    del fn.check_attrs
+    assert machine._prepared(fn, {}) is None
