@@ -25,18 +25,26 @@ import numpy as np  # noqa: E402
 from kernels import KernelBuilder, abi, load_kernels  # noqa: E402
 
 
+def interleaved(reps, *fns):
+    """Median seconds of each function, all called in turn once per repetition (so machine
+    noise hits them alike)."""
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, spent in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - t)
+    return [float(np.median(spent)) for spent in times]
+
+
 def numpy_only(sizes, reps):
     """GFLOP/s of np.matmul per size (run in the child with 2 OpenBLAS threads)."""
     out = {}
     for n in sizes:
         a, b, c = operands(n)
         np.matmul(a, b, out=c)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            np.matmul(a, b, out=c)
-            times.append(time.perf_counter() - t)
-        out[n] = gflops(n, np.median(times))
+        (seconds,) = interleaved(reps, lambda: np.matmul(a, b, out=c))
+        out[n] = gflops(n, seconds)
     return out
 
 
@@ -67,21 +75,11 @@ def time_pair(kernel, n, reps, transpose_b):
     entry = abi.kernel_function(kernel.address)
     bt = b.T if transpose_b else b    # dense: data @ weight.T (a transposed view for numpy)
     ref = np.empty_like(c)
-    entry(tensors, 3)
-    np.matmul(a, bt, out=ref)
-    ours, theirs = [], []
-    for _ in range(reps):
-        t = time.perf_counter()
-        rc = entry(tensors, 3)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        np.matmul(a, bt, out=ref)
-        theirs.append(time.perf_counter() - t)
-    assert rc == 0
-    want = a @ bt
-    assert np.allclose(c, want, rtol=1e-3, atol=1e-3 * n ** 0.5)
+    assert entry(tensors, 3) == 0
+    assert np.allclose(c, a @ bt, rtol=1e-3, atol=1e-3 * n ** 0.5)
+    ours, theirs = interleaved(reps, lambda: entry(tensors, 3), lambda: np.matmul(a, bt, out=ref))
     del keep
-    return np.median(ours), np.median(theirs), kernel.last_variant
+    return ours, theirs, kernel.last_variant
 
 
 # (M, N, K): the LSTM step (1, 256) x (1024, 256)^T (a 1 MB weight), 4 rows of it, a larger
@@ -100,18 +98,10 @@ def time_gemv(kernel, shape, reps, transpose_b):
     tensors, keep = abi.pack([x, w, out], [abi.dtype_code("float32")] * 3)
     entry = abi.kernel_function(kernel.address)
     wt = w.T if transpose_b else w
-    entry(tensors, 3)
-    ours, theirs = [], []
-    for _ in range(reps):
-        t = time.perf_counter()
-        rc = entry(tensors, 3)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        np.matmul(x, wt, out=ref)
-        theirs.append(time.perf_counter() - t)
-    assert rc == 0 and np.allclose(out, x @ wt, rtol=1e-3, atol=1e-3 * k ** 0.5)
+    assert entry(tensors, 3) == 0 and np.allclose(out, x @ wt, rtol=1e-3, atol=1e-3 * k ** 0.5)
+    ours, theirs = interleaved(reps, lambda: entry(tensors, 3), lambda: np.matmul(x, wt, out=ref))
     del keep
-    return np.median(ours), np.median(theirs), kernel.last_variant
+    return ours, theirs, kernel.last_variant
 
 
 # BERT (examples/bert_varlen.py): weights (N, K) of dense(x (S, K)) + bias, S = sequence length
@@ -147,22 +137,13 @@ def bert_table(reps):
             tensors, keep = abi.pack([x, w, bias, out], [abi.dtype_code("float32")] * 4)
             assert entry(tensors, 4) == 0
             assert np.allclose(out, x @ w.T + bias, rtol=1e-3, atol=1e-3 * k ** 0.5)
-            tx, tw, tb = (torch.from_numpy(v) for v in (x, w, bias)) if torch else (None,) * 3
-            ours, theirs, th = [], [], []
-            for _ in range(reps):
-                t = time.perf_counter()
-                entry(tensors, 4)
-                ours.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                np.add(x @ w.T, bias)
-                theirs.append(time.perf_counter() - t)
-                if torch:
-                    t = time.perf_counter()
-                    torch.nn.functional.linear(tx, tw, tb)
-                    th.append(time.perf_counter() - t)
+            fns = [lambda: entry(tensors, 4), lambda: np.add(x @ w.T, bias)]
+            if torch:
+                tx, tw, tb = (torch.from_numpy(v) for v in (x, w, bias))
+                fns.append(lambda: torch.nn.functional.linear(tx, tw, tb))
+            o, p, *rest = interleaved(reps, *fns)
+            q = rest[0] if rest else float("nan")
             del keep
-            o, p = np.median(ours), np.median(theirs)
-            q = np.median(th) if th else float("nan")
             print(f"{n:>4}x{k:<5} {s:>4} {kernel.last_variant:>8} {o * 1e6:8.1f} {p * 1e6:8.1f} "
                   f"{q * 1e6:8.1f} {2 * s * n * k / o / 1e9:6.1f} {p / o:7.2f} {q / o:7.2f}")
 
