@@ -9,7 +9,7 @@ import functools
 import numpy as np
 from hypothesis import strategies as st
 
-from kernels import KernelBuilder, load_kernels
+from kernels import KernelBuilder, abi, load_kernels
 
 # vector widths are 4/8/16 lanes: sizes one below/above them hit the loop tails
 LAST_DIM = st.sampled_from([0, 1, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33])
@@ -79,3 +79,13 @@ def kernel_table(specs):
 def cached_table(fn):
     """Decorator: a module-level, build-once kernel table."""
     return functools.cache(fn)
+
+
+def raw_call(kernel, arrays, variant=None, nargs=None):
+    """Return code of `S__<variant>` (None: the dispatcher) called directly on `arrays`,
+    bypassing every Python-side check (the native code must validate by itself)."""
+    tensors, keep = abi.pack(arrays, [abi.dtype_code(a.dtype.name) for a in arrays])
+    fn = kernel.variant_function(variant) if variant else abi.kernel_function(kernel.address)
+    rc = fn(tensors, len(arrays) if nargs is None else nargs)
+    del keep
+    return rc

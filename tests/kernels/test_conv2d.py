@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KernelBuilder, abi, load_kernels
+from kernels import KernelBuilder, load_kernels
 from kernels.extern import EXTERN_KERNELS
 from kernels.llvm_util import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
 from kernels.matmul import Blocking
 from shape_funcs import lookup
-from tests.kernels.support import with_layout
+from tests.kernels.support import raw_call, with_layout
 from vm.errors import DynVMError, ShapeError
 
 NR = Blocking("float32").nr
@@ -45,12 +45,6 @@ def table():
     return {key: loaded[i] for key, i in index.items()}
 
 
-def raw_call(kernel, variant, arrays):
-    tensors, keep = abi.pack(arrays, [abi.dtype_code(str(a.dtype)) for a in arrays])
-    rc = kernel.variant_function(variant)(tensors, len(arrays))
-    del keep
-    return rc
-
 
 def reference(key, x, w, extra):
     attrs, dtype, epi = KERNELS[key]
@@ -75,7 +69,7 @@ def run_everywhere(key, x, w, extra=None, out_layout="c"):
     assert np.all(np.abs(out - ref) <= bound), np.abs(out - ref).max()
     for variant in kernel.variants:
         out[...] = np.nan
-        rc = raw_call(kernel, variant, [*inputs, out])
+        rc = raw_call(kernel, variant=variant, arrays=[*inputs, out])
         if variant == "fast" and rc == ERR_LAYOUT:
             assert (ref.shape[2] * ref.shape[3]) % NR or out_layout != "c" or x.dtype != np.float32
             continue
@@ -142,8 +136,8 @@ def test_conv2d_bad_shapes_return_error_codes():
                               np.ones((1, 4, 1, 1), np.float32)]}
     for variant in kernel.variants:
         for what, arrays in bad.items():
-            assert raw_call(kernel, variant, arrays) & 0xFF == ERR_SHAPE, (variant, what)
-        assert raw_call(kernel, variant, [x[0], w, out]) & 0xFF == ERR_NDIM
+            assert raw_call(kernel, variant=variant, arrays=arrays) & 0xFF == ERR_SHAPE, (variant, what)
+        assert raw_call(kernel, variant=variant, arrays=[x[0], w, out]) & 0xFF == ERR_NDIM
 
 
 # ---------------------------------------------------------------- shape function and op

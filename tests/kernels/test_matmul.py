@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KernelBuilder, abi, load_kernels
+from kernels import KernelBuilder, load_kernels
 from kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
 from kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
-from tests.kernels.support import with_layout
+from tests.kernels.support import raw_call, with_layout
 from vm.errors import KernelError, ShapeError
 
 BLK = Blocking("float32")
@@ -48,13 +48,6 @@ def table():
     loaded = load_kernels(kb.finish())
     return {key: loaded[i] for key, i in index.items()}
 
-
-def raw_call(kernel, variant, arrays, nargs=None):
-    """Call variant `S__<variant>` directly (bypassing every Python check); its return code."""
-    tensors, keep = abi.pack(arrays, [abi.dtype_code(str(a.dtype)) for a in arrays])
-    rc = kernel.variant_function(variant)(tensors, len(arrays) if nargs is None else nargs)
-    del keep
-    return rc
 
 
 def reference(key, inputs):
@@ -102,7 +95,7 @@ def run_everywhere(key, inputs, out_shape, out_layout="c"):
     check_result(key, inputs, out)
     for variant in kernel.variants:
         out[...] = np.nan if dtype.startswith("f") else -7
-        rc = raw_call(kernel, variant, [*inputs, out])
+        rc = raw_call(kernel, variant=variant, arrays=[*inputs, out])
         if variant == "fast" and rc == ERR_LAYOUT:
             assert out.shape[-1] % BLK.nr or out.strides[-1] != out.itemsize or dtype != "float32"
             continue
@@ -291,13 +284,13 @@ def test_mismatched_reduction_dims_are_a_shape_error_in_every_variant():
     with pytest.raises(ShapeError, match="extents do not fit"):
         kernel([a, b], [out])
     for variant in kernel.variants:
-        assert raw_call(kernel, variant, [a, b, out]) & 0xFF == ERR_SHAPE
+        assert raw_call(kernel, variant=variant, arrays=[a, b, out]) & 0xFF == ERR_SHAPE
     dense = table()["dense_bias_sigmoid"]     # wrong K on the gemv shape
     x, w, bias = np.ones((1, 256), np.float32), np.ones((8, 255), np.float32), np.ones(8, np.float32)
     with pytest.raises(ShapeError, match="input 1"):
         dense([x, w, bias], [np.ones((1, 8), np.float32)])
     for variant in dense.variants:
-        assert raw_call(dense, variant, [x, w, bias, np.ones((1, 8), np.float32)]) \
+        assert raw_call(dense, variant=variant, arrays=[x, w, bias, np.ones((1, 8), np.float32)]) \
             == ERR_SHAPE | 1 << 8 | 1 << 16
 
 
@@ -309,9 +302,9 @@ def test_wrong_output_shape_and_non_broadcasting_bias_are_rejected():
         kernel([x, w, np.ones(3, np.float32)], [out])
     for variant in [None, *kernel.variants]:
         fn = kernel.variants[0] if variant is None else variant
-        assert raw_call(kernel, fn, [x, w, good_bias, np.ones((2, 3, 6), np.float32)]) \
+        assert raw_call(kernel, variant=fn, arrays=[x, w, good_bias, np.ones((2, 3, 6), np.float32)]) \
             == ERR_SHAPE | 3 << 8 | 2 << 16
-        assert raw_call(kernel, fn, [x, w, good_bias, np.ones((2, 4, 5), np.float32)]) & 0xFF \
+        assert raw_call(kernel, variant=fn, arrays=[x, w, good_bias, np.ones((2, 4, 5), np.float32)]) & 0xFF \
             == ERR_SHAPE
 
 
@@ -319,7 +312,7 @@ def test_batch_that_does_not_broadcast_is_rejected():
     kernel = table()["bmm_ta_f64"]
     a, b, out = np.ones((2, 3, 4)), np.ones((3, 3, 5)), np.ones((3, 4, 5))
     for variant in kernel.variants:
-        assert raw_call(kernel, variant, [a, b, out]) & 0xFF == ERR_SHAPE
+        assert raw_call(kernel, variant=variant, arrays=[a, b, out]) & 0xFF == ERR_SHAPE
 
 
 def test_wrong_rank_and_argument_count_return_codes_without_touching_memory():
@@ -327,9 +320,9 @@ def test_wrong_rank_and_argument_count_return_codes_without_touching_memory():
     a, b = np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)
     out = np.ones((3, 2), np.float32)
     for variant in kernel.variants:
-        assert raw_call(kernel, variant, [a, b]) == ERR_NARGS
-        assert raw_call(kernel, variant, [a, b, out], nargs=2) == ERR_NARGS
-        assert raw_call(kernel, variant, [a[None], b, out]) & 0xFF == ERR_NDIM
+        assert raw_call(kernel, variant=variant, arrays=[a, b]) == ERR_NARGS
+        assert raw_call(kernel, variant=variant, arrays=[a, b, out], nargs=2) == ERR_NARGS
+        assert raw_call(kernel, variant=variant, arrays=[a[None], b, out]) & 0xFF == ERR_NDIM
 
 
 def test_build_rejects_bad_specs():

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import KernelBuilder, abi, load_kernels
+from kernels import KernelBuilder, load_kernels
 from kernels.extern import EXTERN_KERNELS
 from kernels.llvm_util import ERR_SHAPE
 from shape_funcs import lookup
-from tests.kernels.support import with_layout
+from tests.kernels.support import raw_call, with_layout
 from vm.errors import KernelError, ShapeError
 
 # (key, op, spec attrs, input (dtype, rank))
@@ -60,14 +60,6 @@ def table():
     loaded = load_kernels(kb.finish())
     return {key: loaded[i] for key, i in index.items()}
 
-
-def raw_call(kernel, arrays, variant=None):
-    """Return code of the dispatcher or of one variant on `arrays` (no Python-side checks)."""
-    fn = kernel.variant_function(variant) if variant else abi.kernel_function(kernel.address)
-    tensors, keep = abi.pack(arrays, [abi.dtype_code(a.dtype.name) for a in arrays])
-    rc = fn(tensors, len(arrays))
-    del keep
-    return rc
 
 
 def reference(key, x):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import KernelBuilder, abi, load_kernels
+from kernels import KernelBuilder, load_kernels
 from kernels.extern import EXTERN_KERNELS
 from kernels.llvm_util import ERR_SHAPE
 from shape_funcs import lookup
 from shape_funcs.vision import nms_select
-from tests.kernels.support import with_layout
+from tests.kernels.support import raw_call, with_layout
 from vm.errors import KernelError, ShapeError
 
 TVM_NMS = {"max_output_size": -1, "iou_threshold": 0.5, "force_suppress": False, "top_k": -1,
@@ -70,13 +70,6 @@ def table():
     loaded = load_kernels(kb.finish())
     return {key: loaded[i] for key, i in index.items()}
 
-
-def raw_call(kernel, arrays, variant=None):
-    fn = kernel.variant_function(variant) if variant else abi.kernel_function(kernel.address)
-    tensors, keep = abi.pack(arrays, [abi.dtype_code(a.dtype.name) for a in arrays])
-    rc = fn(tensors, len(arrays))
-    del keep
-    return rc
 
 
 def outputs_for(key, inputs, shape_func=None, layout="c"):
