@@ -17,5 +17,6 @@ import kernels.reduce  # noqa: E402,F401
 import kernels.softmax  # noqa: E402,F401
 import kernels.sort  # noqa: E402,F401
 import kernels.vision  # noqa: E402,F401
+import kernels.loop  # noqa: E402,F401
 
 __all__ = ["KernelBuilder", "Kernel", "load_kernels"]

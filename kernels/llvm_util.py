@@ -11,6 +11,8 @@ from vm.dtypes import DTYPES
 ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
 ERR_SHAPE, ERR_EMPTY = 8, 9  # output/operand extents do not fit the op; reduction of nothing
 ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound)
+ERR_ALLOC = 11  # malloc of scratch memory failed
+ERR_STEPS = 12  # a native loop ran out of its step budget (kernels/loop.py)
 ERROR_KINDS = {
     ERR_NARGS: "wrong number of arguments",
     ERR_NDIM: "wrong rank",
@@ -22,6 +24,8 @@ ERROR_KINDS = {
     ERR_SHAPE: "extents do not fit the op (output shape or operand length)",
     ERR_EMPTY: "reduction over an empty axis has no value",
     ERR_VALUE: "invalid input value (zero step or non-finite bound)",
+    ERR_ALLOC: "out of memory for scratch space",
+    ERR_STEPS: "step budget exhausted",
 }
 
 

@@ -24,12 +24,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (ERR_NULL, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR, const,
+from kernels.llvm_util import (ERR_ALLOC, ERR_NULL, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR, const,
                                get_function, load_strides, prologue)
 from vm.errors import KernelError
-
-# a failed scratch allocation; not yet in llvm_util.ERROR_KINDS (reported as "unknown error")
-ERR_ALLOC = 11
 
 SORT_DTYPES = ("float32", "float64", "int32", "int64")
 INDEX_DTYPES = ("int32", "int64")

@@ -24,6 +24,29 @@ ALIGNMENT = 64
 TUPLE_CTOR = 0
 
 
+def kernel_of(mc, node: E.Call):
+    """(kernel index, shape rule) of an op call or a fused primitive call. A primitive is one
+    elementwise kernel, or an anchor op (dense, matmul, ...) with the group as its epilogue.
+    The shape rule (shape function name, attrs, how many leading inputs it reads) gives the
+    output shapes when they are not static."""
+    callee = node.callee
+    in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
+    out_types = tensor_leaves(node.checked_type)
+    if isinstance(callee, E.Op):
+        kernel = mc.add_kernel(get_op(callee.name), node.attrs, in_types, out_types)
+        return kernel, (callee.name, node.attrs, len(in_types))
+    anchor = find_anchor(callee)
+    expr = kernel_expr(callee, anchor)
+    if anchor is None:
+        perms = transposed_inputs(callee)
+        kernel = mc.add_elementwise(callee.attrs.get("Name", "fused"), expr, in_types,
+                                    out_types[0], perms)
+        return kernel, ("broadcast", {"perms": perms} if perms else {}, len(in_types))
+    kernel = mc.add_kernel(get_op(anchor.callee.name), anchor.attrs, in_types, out_types,
+                           epilogue=expr)
+    return kernel, (anchor.callee.name, anchor.attrs, len(anchor.args))
+
+
 class FunctionEmitter:
     def __init__(self, module_compiler, name: str, func: E.Function):
         self.mc = module_compiler
@@ -215,7 +238,7 @@ class FunctionEmitter:
         if isinstance(callee, E.Op):
             return self.op_call(node)
         if isinstance(callee, E.Function) and callee.attrs.get("Primitive"):
-            return self.primitive_call(node)
+            return self.call_kernel(node)
         args = [self.visit(a) for a in node.args]
         if isinstance(callee, E.GlobalVar):
             func = self.mc.function_index(callee.name)
@@ -259,37 +282,17 @@ class FunctionEmitter:
     def kernel_call(self, node: E.Call, opdef) -> int:
         if opdef.shape_mode == "upper_bound" and not node.checked_type.is_static:
             return self.upper_bound_call(node, opdef)
+        return self.call_kernel(node)
+
+    def call_kernel(self, node: E.Call) -> int:
+        """Allocate the outputs of an op or fused primitive call, then CallKernel fills them."""
         inputs = self.flat_inputs(node)
-        in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
+        kernel, (shape_func, attrs, shape_inputs) = kernel_of(self.mc, node)
         out_types = tensor_leaves(node.checked_type)
-        outputs = self.alloc_outputs(node.callee.name, node.attrs, inputs, out_types)
-        kernel = self.mc.add_kernel(opdef, node.attrs, in_types, out_types)
+        outputs = self.alloc_outputs(shape_func, attrs, inputs[:shape_inputs], out_types)
         self.emit("CallKernel", kernel, inputs, outputs)
         if isinstance(node.checked_type, TupleType):
             return self.make_tuple(outputs)
-        return outputs[0]
-
-    def primitive_call(self, node: E.Call) -> int:
-        """One kernel for a fused group: an elementwise expression, or an anchor op (dense,
-        matmul, ...) with the group as its epilogue."""
-        func = node.callee
-        inputs = self.flat_inputs(node)
-        in_types = [a.checked_type for a in node.args]
-        out_type = node.checked_type
-        anchor = find_anchor(func)
-        expr = kernel_expr(func, anchor)
-        if anchor is None:
-            perms = transposed_inputs(func)
-            attrs = {"perms": perms} if perms else {}
-            outputs = self.alloc_outputs("broadcast", attrs, inputs, [out_type])
-            kernel = self.mc.add_elementwise(func.attrs.get("Name", "fused"), expr, in_types,
-                                             out_type, perms)
-        else:
-            anchor_inputs = inputs[:len(anchor.args)]
-            outputs = self.alloc_outputs(anchor.callee.name, anchor.attrs, anchor_inputs, [out_type])
-            kernel = self.mc.add_kernel(get_op(anchor.callee.name), anchor.attrs, in_types,
-                                        [out_type], epilogue=expr)
-        self.emit("CallKernel", kernel, inputs, outputs)
         return outputs[0]
 
     def upper_bound_call(self, node: E.Call, opdef) -> int:
