@@ -100,6 +100,10 @@ class KernelBuilder:
                                "inputs": inputs, "outputs": outputs,
                                "variants": [{"name": "extern", "symbol": ""}]})
 
+    def entry(self, index: int) -> dict:
+        """The section entry of kernel `index` (name, kind, symbol, ...); do not modify it."""
+        return self._kernels[index]
+
     def _add(self, key, entry):
         index = len(self._kernels)
         self._kernels.append(entry)

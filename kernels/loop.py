@@ -191,24 +191,29 @@ class _LoopEmitter:
         return data
 
     def shape_global(self, s):
-        shape = self.slots[s][1]
-        ty = ir.ArrayType(I64, max(1, len(shape)))
-        g = ir.GlobalVariable(self.module, ty, name=f"{self.name}.shape{s}")
-        g.global_constant = True
-        g.linkage = "internal"
-        g.initializer = ir.Constant(ty, list(shape) or [0])
+        """The extents of slot s as a constant int64 array (one per slot)."""
+        name = f"{self.name}.shape{s}"
+        g = self.module.globals.get(name)
+        if g is None:
+            shape = self.slots[s][1]
+            ty = ir.ArrayType(I64, max(1, len(shape)))
+            g = ir.GlobalVariable(self.module, ty, name=name)
+            g.global_constant = True
+            g.linkage = "internal"
+            g.initializer = ir.Constant(ty, list(shape) or [0])
+            g.type = PTR   # opaque, like every pointer in kernels/
         return g
 
     def descriptors(self, index, call):
         """The DLTensor array of one inner call, filled once (the addresses never change)."""
         b = self.b
         _, args = call
-        array_ty = ir.ArrayType(DLTENSOR, max(1, len(args)))
         with b.goto_entry_block():
-            array = b.alloca(array_ty, name=f"call{index}.args")
+            array = b.alloca(ir.ArrayType(DLTENSOR, max(1, len(args))), name=f"call{index}.args")
+        array.type = PTR   # opaque, like every pointer in kernels/
         for j, s in enumerate(args):
             dtype, shape, kind, ref = self.slots[s]
-            slot_ptr = b.gep(array, [const(I32, 0), const(I32, j)], inbounds=True, source_etype=array_ty)
+            slot_ptr = b.gep(array, [const(I64, j)], inbounds=True, source_etype=DLTENSOR)
             if kind == "input":
                 incoming = b.gep(self.fn.args[0], [const(I64, ref)], inbounds=True, source_etype=DLTENSOR)
                 b.store(b.load(incoming, typ=DLTENSOR), slot_ptr)
@@ -225,8 +230,7 @@ class _LoopEmitter:
             dtype_ptr = b.gep(slot_ptr, [const(I32, 0), const(I32, F_DTYPE)], inbounds=True,
                               source_etype=DLTENSOR)
             b.store(ir.Constant(DLTENSOR.elements[F_DTYPE], [code, bits, 1]), dtype_ptr)
-        first = b.gep(array, [const(I32, 0), const(I32, 0)], inbounds=True, source_etype=array_ty)
-        return first, len(args)
+        return array, len(args)
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self, budget):

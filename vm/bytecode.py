@@ -74,6 +74,7 @@ OPCODES = _table(
     ("ReshapeTensor",   "tensor:reg shape:reg dst:reg",                      "R[dst] := zero-copy view of R[tensor] with shape R[shape]"),
     ("KillRegister",    "reg:reg",                                           "R[reg] := None (free the value early)"),
     ("Fatal",           "message:str",                                       "raise VMError(message)"),
+    ("CallLoop",        "kernel:kernel inputs:regs outputs:regs",            "run the native loop kernels[kernel] on R[inputs] into R[outputs] (the VM adds the step budget and the iteration counters)"),
 )
 # fmt: on
 

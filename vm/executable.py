@@ -375,16 +375,23 @@ def _check_adt(exe, ins):
 
 
 def _check_kernel(exe, ins):
+    """CallKernel names a kernel that is not a loop, CallLoop a loop kernel (whose last input
+    and last output the VM supplies); the registers match the kernel's signature."""
     k, inputs, outputs = ins.args
     spec = exe.kernels["kernels"][k]
-    if len(inputs) == len(spec["inputs"]) and len(outputs) == len(spec["outputs"]):
+    loop = ins.op == bytecode.Opcode.CallLoop
+    if (spec.get("op") == "loop") != loop:
+        return f"kernel {spec['name']!r} is {'not ' if loop else ''}a loop kernel"
+    n_in, n_out = len(spec["inputs"]) - loop, len(spec["outputs"]) - loop
+    if len(inputs) == n_in and len(outputs) == n_out:
         return None
-    return (f"kernel {spec['name']!r} takes {len(spec['inputs'])} inputs and {len(spec['outputs'])}"
-            f" outputs, got {len(inputs)} and {len(outputs)}")
+    return (f"kernel {spec['name']!r} takes {n_in} inputs and {n_out} outputs, got {len(inputs)}"
+            f" and {len(outputs)}")
 
 
 _ARITY_CHECKS = {bytecode.Opcode.Invoke: _check_invoke, bytecode.Opcode.AllocClosure: _check_closure,
-                 bytecode.Opcode.AllocADT: _check_adt, bytecode.Opcode.CallKernel: _check_kernel}
+                 bytecode.Opcode.AllocADT: _check_adt, bytecode.Opcode.CallKernel: _check_kernel,
+                 bytecode.Opcode.CallLoop: _check_kernel}
 
 
 def _verify_type(t, where) -> None:

@@ -19,10 +19,12 @@ can reach it any more; `memory_stats()` reports the pool's counters.
 """
 import itertools
 import math
+import operator
 import time
 
 import numpy as np
 
+from kernels.llvm_util import ERR_STEPS
 from vm.bytecode import OPCODES
 from vm.dtypes import dtype_name, itemsize, np_dtype
 from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError, VMError,
@@ -168,6 +170,14 @@ class VirtualMachine:
                                                                    [None] * len(args[2]))
             else:
                 args = (fn, attrs, wants_arrays, args[1], args[2], args[0])
+        elif name == "CallLoop":
+            k, inputs, outputs = args
+            kernel = self.kernels[k]
+            inner = {kern.symbol: kern for kern in self.kernels if kern.kind == "compiled"}
+            calls = [inner[symbol] for symbol, _ in kernel.attrs["header"] + kernel.attrs["body"]]
+            budget = Tensor.from_array(np.zeros((), np.int64))
+            counters = Tensor.from_array(np.zeros(2, np.int64))
+            return self._op_CallLoop, (kernel.call_site(), inputs, outputs, kernel, calls, budget, counters)
         elif name == "CallKernel":
             k, inputs, outputs = args
             kernel = self.kernels[k]
@@ -274,7 +284,8 @@ class VirtualMachine:
         """The machine: fetch (handler, operands) at pc, run it, follow frame switches."""
         frame = self._stack[-1]
         code, regs, pc = frame.code, frame.regs, frame.pc
-        steps = range(self.max_steps) if self.max_steps is not None else _FOREVER
+        # an iterator (not a range) so that CallLoop can take its iterations from the same count
+        steps = self._steps = iter(range(self.max_steps)) if self.max_steps is not None else _FOREVER
         try:
             for _ in steps:
                 handler, operands = code[pc]
@@ -557,6 +568,42 @@ class VirtualMachine:
 
     def _op_Fatal(self, regs, a, pc):
         raise VMError(a[0])
+
+    def _op_CallLoop(self, regs, a, pc):
+        """A whole loop in one native call (kernels/loop.py). Each iteration counts as one step
+        toward max_steps: the kernel gets the steps left as its budget."""
+        site, inputs, outputs, kernel, calls, budget, counters = a
+        limited = self.max_steps is not None
+        budget.base[()] = operator.length_hint(self._steps) if limited else -1
+        values = [regs[r] for r in inputs] + [budget] + [regs[r] for r in outputs] + [counters]
+        items, layouts = site.items, site.layouts
+        for k, t in enumerate(values):
+            if not isinstance(t, Tensor):
+                raise VMError(f"CallLoop {kernel.name}: argument {k} is {_kind(t)}, expected a tensor")
+            if t.meta is not layouts[k]:
+                _describe_arg(site, kernel, k, t)
+            items[k].data = t.address
+        start = time.perf_counter()
+        rc = site.fn(site.tensors, site.nargs)
+        seconds = time.perf_counter() - start
+        iterations, failed = (int(v) for v in counters.base)
+        if limited and iterations:
+            next(itertools.islice(self._steps, iterations - 1, None), None)
+        if rc:
+            raise self._loop_error(kernel, calls, rc, iterations, failed, [t.shape for t in values])
+        if self._profile is not None:
+            self._profile.record_loop(kernel.name, start, seconds, iterations)
+        return pc + 1
+
+    def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
+        if (rc & 0xFF) == ERR_STEPS:
+            return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
+                                    f"loop {kernel.name} after {iterations} iterations (infinite loop?)")
+        if 0 <= failed < len(calls):
+            inner = calls[failed].native_error(rc, [])
+            inner.args = (f"native loop {kernel.name}, iteration {iterations}: {inner.args[0]}",)
+            return inner
+        return kernel.native_error(rc, shapes)
 
     # ------------------------------------------------------------ long handlers
 

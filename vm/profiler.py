@@ -24,6 +24,8 @@ class Profile:
         self.kernels = {}                        # (kernel name, variant) -> [calls, seconds]
         self.events = []                         # (label, start seconds, duration seconds)
         self.dropped_events = 0
+        self.loop_iterations = Counter()         # native loop kernel name -> iterations run
+        self.loop_seconds = 0.0                  # native time of CallLoop (kernels/loop.py)
         self.origin = time.perf_counter()
 
     # ------------------------------------------------------------ recording (VM side)
@@ -38,6 +40,15 @@ class Profile:
             self.events.append((f"{name}[{variant}]", start, seconds))
         else:
             self.dropped_events += 1
+
+    def record_loop(self, name, start, seconds, iterations):
+        """One CallLoop: a native loop kernel that ran `iterations` iterations (its handler
+        time is its native time: the VM work around it is a few descriptor writes)."""
+        self.record_kernel(name, "native", start, seconds)
+        self.loop_iterations[name] += iterations
+        self.loop_seconds += seconds
+        self.opcodes["CallLoop"] += 1
+        self.opcode_seconds["CallLoop"] += seconds
 
     # ------------------------------------------------------------ reading
 
@@ -65,7 +76,7 @@ class Profile:
         calls = self.opcodes.get("CallKernel", 0)
         if not calls:
             return 0.0
-        return (self.opcode_seconds["CallKernel"] - self.kernel_seconds) / calls
+        return (self.opcode_seconds["CallKernel"] - (self.kernel_seconds - self.loop_seconds)) / calls
 
     def __getitem__(self, key):
         """Dict-style access: profile["opcodes"] (counts), profile["kernels"] (kernel_stats)."""

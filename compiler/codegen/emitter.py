@@ -17,34 +17,12 @@ from compiler.ir import expr as E
 from compiler.ir.types import TensorType, TupleType
 from compiler.op.registry import get_op
 from compiler.codegen.patterns import check_exhaustive
-from compiler.codegen.primitive import find_anchor, kernel_expr, transposed_inputs
+from compiler.codegen.native_loop import emit_native_loop
+from compiler.codegen.primitive import kernel_of
 from compiler.codegen.types import tensor_leaves
 
 ALIGNMENT = 64
 TUPLE_CTOR = 0
-
-
-def kernel_of(mc, node: E.Call):
-    """(kernel index, shape rule) of an op call or a fused primitive call. A primitive is one
-    elementwise kernel, or an anchor op (dense, matmul, ...) with the group as its epilogue.
-    The shape rule (shape function name, attrs, how many leading inputs it reads) gives the
-    output shapes when they are not static."""
-    callee = node.callee
-    in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
-    out_types = tensor_leaves(node.checked_type)
-    if isinstance(callee, E.Op):
-        kernel = mc.add_kernel(get_op(callee.name), node.attrs, in_types, out_types)
-        return kernel, (callee.name, node.attrs, len(in_types))
-    anchor = find_anchor(callee)
-    expr = kernel_expr(callee, anchor)
-    if anchor is None:
-        perms = transposed_inputs(callee)
-        kernel = mc.add_elementwise(callee.attrs.get("Name", "fused"), expr, in_types,
-                                    out_types[0], perms)
-        return kernel, ("broadcast", {"perms": perms} if perms else {}, len(in_types))
-    kernel = mc.add_kernel(get_op(anchor.callee.name), anchor.attrs, in_types, out_types,
-                           epilogue=expr)
-    return kernel, (anchor.callee.name, anchor.attrs, len(anchor.args))
 
 
 class FunctionEmitter:
@@ -75,7 +53,8 @@ class FunctionEmitter:
     def run(self):
         for p in self.func.params:
             self.env[p] = self.new_reg()
-        self.tail(self.func.body)
+        if not (self.mc.native_loops and emit_native_loop(self)):
+            self.tail(self.func.body)
         return self.code, self.num_regs
 
     def tail(self, node: E.Expr) -> None:

@@ -19,7 +19,7 @@ from compiler.codegen.relink import relink
 from vm.memory import size_class
 
 ALIGN = 64
-NON_ESCAPING_USES = {"CallKernel", "CallShapeFunc", "ShapeOf", "If", "AllocTensor"}
+NON_ESCAPING_USES = {"CallKernel", "CallLoop", "CallShapeFunc", "ShapeOf", "If", "AllocTensor"}
 
 
 @dataclass

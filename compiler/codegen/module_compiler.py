@@ -16,9 +16,10 @@ from compiler.codegen.types import type_desc
 
 
 class ModuleCompiler:
-    def __init__(self, mod, memory_plan: bool = True):
+    def __init__(self, mod, memory_plan: bool = True, native_loops: bool = True):
         self.mod = mod
         self.memory_plan = memory_plan
+        self.native_loops = native_loops
         self.func_names = list(mod.functions)
         self.constants: list[np.ndarray] = []
         self.constant_ids: dict[int, int] = {}
@@ -100,6 +101,7 @@ class ModuleCompiler:
                           shape_funcs=self.shape_funcs)
 
 
-def compile_module(mod, memory_plan: bool = True) -> Executable:
-    """Lower a type-checked module to an Executable (with static memory planning unless off)."""
-    return ModuleCompiler(mod, memory_plan).run()
+def compile_module(mod, memory_plan: bool = True, native_loops: bool = True) -> Executable:
+    """Lower a type-checked module to an Executable (with static memory planning and native
+    loops unless off)."""
+    return ModuleCompiler(mod, memory_plan, native_loops).run()

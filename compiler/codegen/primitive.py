@@ -11,6 +11,30 @@ from vm.errors import CompileError
 
 from compiler.ir import expr as E
 from compiler.op.registry import get_op
+from compiler.codegen.types import tensor_leaves
+
+
+def kernel_of(mc, node: E.Call):
+    """(kernel index, shape rule) of an op call or a fused primitive call. A primitive is one
+    elementwise kernel, or an anchor op (dense, matmul, ...) with the group as its epilogue.
+    The shape rule (shape function name, attrs, how many leading inputs it reads) gives the
+    output shapes when they are not static."""
+    callee = node.callee
+    in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
+    out_types = tensor_leaves(node.checked_type)
+    if isinstance(callee, E.Op):
+        kernel = mc.add_kernel(get_op(callee.name), node.attrs, in_types, out_types)
+        return kernel, (callee.name, node.attrs, len(in_types))
+    anchor = find_anchor(callee)
+    expr = kernel_expr(callee, anchor)
+    if anchor is None:
+        perms = transposed_inputs(callee)
+        kernel = mc.add_elementwise(callee.attrs.get("Name", "fused"), expr, in_types,
+                                    out_types[0], perms)
+        return kernel, ("broadcast", {"perms": perms} if perms else {}, len(in_types))
+    kernel = mc.add_kernel(get_op(anchor.callee.name), anchor.attrs, in_types, out_types,
+                           epilogue=expr)
+    return kernel, (anchor.callee.name, anchor.attrs, len(anchor.args))
 
 
 def find_anchor(func: E.Function):

@@ -1,0 +1,218 @@
+"""Native loops: a loop function whose iterations are straight-line kernel calls becomes one
+kernel of the "loop" family (kernels/loop.py) run by one `CallLoop` instruction.
+
+A function qualifies when its body has the shape `while_loop` gives it:
+
+    fn loop(p...) { let ...; if (cond) { let ...; loop(a...) } else { p_i or (p_i, ...) } }
+
+(or with the branches swapped), where every value computed per iteration is a call of a compiled
+kernel (an op or a fused primitive) or a static reshape, with a static type; parameters passed
+on unchanged (loop invariants) may have `Any` dims, the others (the loop state) must be static
+tensors. Everything else (calls of functions, closures, ADTs, data-dependent shapes, nested
+control flow) keeps the bytecode loop. The function stays a function: callers `Invoke` it as
+before; only its body becomes a CallLoop. `build(mod, native_loops=False)` keeps every loop in
+bytecode.
+"""
+from __future__ import annotations
+
+import math
+
+from vm.dtypes import itemsize
+
+from compiler.ir import expr as E
+from compiler.ir.types import TensorType, is_any
+from compiler.op.registry import get_op
+from compiler.codegen.primitive import kernel_of
+from compiler.codegen.types import tensor_leaves
+
+MAX_WORKSPACE = 256 << 20   # bytes; a bigger loop stays in bytecode (its tensors use the pool)
+ALIGN = 64
+
+
+class NotNative(Exception):
+    """The function is not a loop the loop kernel family can run (the message says why)."""
+
+
+def emit_native_loop(emitter) -> bool:
+    """Emit `emitter`'s function as one CallLoop if it qualifies; return whether it did."""
+    try:
+        plan = LoopPlan(emitter.mc, emitter.name, emitter.func)
+    except NotNative:
+        return False
+    plan.emit(emitter)
+    return True
+
+
+def _peel_lets(node):
+    lets = []
+    while isinstance(node, E.Let):
+        lets.append((node.var, node.value))
+        node = node.body
+    return lets, node
+
+
+def _exit_params(node, params):
+    """The parameters an exit branch returns (a parameter or a tuple of them), or None."""
+    fields = node.fields if isinstance(node, E.Tuple) else [node]
+    if all(isinstance(f, E.Var) and f in params for f in fields):
+        return [params.index(f) for f in fields]
+    return None
+
+
+class LoopPlan:
+    """The loop kernel spec of one function (raises NotNative if it does not qualify)."""
+
+    def __init__(self, mc, name, func):
+        self.mc, self.func = mc, func
+        params = list(func.params)
+        header, node = _peel_lets(func.body)
+        if not isinstance(node, E.If):
+            raise NotNative("the body is not an if")
+        for cont, done, exit_when in ((node.true_branch, node.false_branch, False),
+                                      (node.false_branch, node.true_branch, True)):
+            body, call = _peel_lets(cont)
+            exits = _exit_params(done, params)
+            if (exits is not None and isinstance(call, E.Call) and isinstance(call.callee, E.GlobalVar)
+                    and call.callee.name == name):
+                break
+        else:
+            raise NotNative("no branch is a self tail call next to an exit returning parameters")
+        self.exits, self.tuple_result = exits, isinstance(done, E.Tuple)
+        self.carried = [i for i, (p, a) in enumerate(zip(params, call.args)) if a is not p]
+        self.result_params = list(dict.fromkeys(i for i in exits if i in self.carried))
+        self.slots, self.header, self.body, self.constants = [], [], [], []
+        self.workspace = 0
+        self.env = {}
+        for i, p in enumerate(params):
+            t = p.checked_type
+            if not isinstance(t, TensorType):
+                raise NotNative(f"parameter %{p.name} is not a tensor")
+            if i in self.carried:
+                self.env[p] = self.scratch(self._static(t, f"loop state %{p.name}"))
+            else:
+                self.env[p] = self.new_slot(t.dtype, [None if is_any(d) else d for d in t.shape], "input", i)
+        self.state = {p: self.env[p] for i, p in enumerate(params) if i in self.carried}
+        self.calls = self.header
+        for var, value in header:
+            self.env[var] = self.value(value)
+        self.cond = self.value(node.cond)
+        if self.slots[self.cond][:2] != ["bool", []]:
+            raise NotNative("the condition is not a bool scalar")
+        self.exit_when = exit_when
+        self.calls = self.body
+        for var, value in body:
+            self.env[var] = self.value(value)
+        self.next = {i: self.value(call.args[i]) for i in self.carried}
+        self.stages = {i: self.scratch(self.slots[self.next[i]][:2]) if self.next[i] in self.state.values() else -1
+                       for i in self.carried}
+        if self.workspace > MAX_WORKSPACE:
+            raise NotNative(f"workspace of {self.workspace} bytes")
+
+    # -- slots -------------------------------------------------------------------------------
+    def new_slot(self, dtype, shape, kind, ref) -> int:
+        self.slots.append([dtype, list(shape), kind, ref])
+        return len(self.slots) - 1
+
+    def scratch(self, dtype_shape) -> int:
+        dtype, shape = dtype_shape
+        slot = self.new_slot(dtype, shape, "scratch", self.workspace)
+        nbytes = math.prod(shape) * itemsize(dtype)
+        self.workspace += -(-nbytes // ALIGN) * ALIGN
+        return slot
+
+    @staticmethod
+    def _static(t, what):
+        if not isinstance(t, TensorType) or not t.is_static:
+            raise NotNative(f"{what} has type {t}, not a static tensor")
+        return [t.dtype, list(t.shape)]
+
+    # -- values ------------------------------------------------------------------------------
+    def value(self, node):
+        """The slot (or list of slots, for a tuple) holding `node`'s value in an iteration."""
+        if node in self.env:
+            return self.env[node]
+        if isinstance(node, E.Let):
+            lets, body = _peel_lets(node)
+            for var, value in lets:
+                self.env[var] = self.value(value)
+            return self.value(body)
+        if isinstance(node, E.Constant):
+            slot = self.constant(node)
+        elif isinstance(node, E.Tuple):
+            slot = [self.value(f) for f in node.fields]
+        elif isinstance(node, E.TupleGetItem):
+            fields = self.value(node.tuple_value)
+            if not isinstance(fields, list):
+                raise NotNative("TupleGetItem of a non-tuple")
+            slot = fields[node.index]
+        elif isinstance(node, E.Call) and (isinstance(node.callee, E.Op)
+                                           or isinstance(node.callee, E.Function)
+                                           and node.callee.attrs.get("Primitive")):
+            slot = self.call(node)
+        else:
+            raise NotNative(f"{type(node).__name__} in the loop body")
+        self.env[node] = slot
+        return slot
+
+    def constant(self, node):
+        data = node.data
+        self.constants.append(self.mc.add_constant(data))
+        index = len(self.func.params) + len(self.constants) - 1
+        return self.new_slot(data.dtype.name, data.shape, "input", index)
+
+    def call(self, node):
+        if isinstance(node.callee, E.Op):
+            opdef = get_op(node.callee.name)
+            if opdef.lowering == "reshape":
+                source = self.value(node.args[0])
+                dtype, shape = self._static(node.checked_type, f"reshape of {node.callee.name}")
+                if isinstance(source, list) or self.slots[source][2] == "input":
+                    raise NotNative("reshape of a loop input")
+                return self.new_slot(dtype, shape, "view", source)
+            if opdef.lowering != "kernel" or opdef.shape_mode == "upper_bound":
+                raise NotNative(f"op {opdef.name} is lowered to {opdef.lowering}")
+        outputs = [self._static(t, "a loop value") for t in tensor_leaves(node.checked_type)]
+        inputs = [s for a in node.args for s in _flatten(self.value(a))]
+        kernel, _ = kernel_of(self.mc, node)
+        entry = self.mc.kernel_builder.entry(kernel)
+        if entry["kind"] != "compiled":
+            raise NotNative(f"kernel {entry['name']} is not compiled")
+        out_slots = [self.scratch(t) for t in outputs]
+        self.calls.append([entry["symbol"], inputs + out_slots])
+        return out_slots if len(out_slots) > 1 or not isinstance(node.checked_type, TensorType) \
+            else out_slots[0]
+
+    # -- the spec and the bytecode -----------------------------------------------------------
+    def spec(self) -> dict:
+        state = self.state
+        params = list(self.func.params)
+        return {"slots": self.slots, "header": self.header, "body": self.body,
+                "cond": self.cond, "exit_when": self.exit_when,
+                "carried": [[i, state[params[i]], self.next[i], self.stages[i]] for i in self.carried],
+                "results": [state[params[i]] for i in self.result_params],
+                "workspace": self.workspace}
+
+    def emit(self, em):
+        """The function's whole body: load the constants, allocate the results and the
+        workspace, CallLoop, return the result."""
+        params = list(self.func.params)
+        spec = self.spec()
+        const_regs = [em.emit_to("LoadConst", c) for c in self.constants]
+        out_types = {i: params[i].checked_type for i in self.result_params}
+        out_regs = {i: em.alloc_static(t) for i, t in out_types.items()}
+        workspace = em.alloc_static(TensorType((self.workspace // 8,), "int64"))
+        inputs = [em.env[p] for p in params] + const_regs
+        in_sig = [(p.checked_type.dtype, p.checked_type.rank) for p in params]
+        in_sig += [(self.mc.constants[c].dtype.name, self.mc.constants[c].ndim) for c in self.constants]
+        out_sig = [(out_types[i].dtype, out_types[i].rank) for i in out_types]
+        kernel = self.mc.kernel_builder.add_compiled(
+            f"loop_{em.name}", "loop", spec, in_sig + [("int64", 0)],
+            out_sig + [("int64", 1), ("int64", 1)])
+        results = [out_regs[i] for i in out_types]
+        em.emit("CallLoop", kernel, inputs, results + [workspace])
+        fields = [out_regs.get(i, em.env[params[i]]) for i in self.exits]
+        em.emit("Ret", em.make_tuple(fields) if self.tuple_result else fields[0])
+
+
+def _flatten(value):
+    return [s for v in value for s in _flatten(v)] if isinstance(value, list) else [value]
