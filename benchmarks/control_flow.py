@@ -11,8 +11,10 @@ Runtime on `nn.LSTM` exported with a dynamic sequence axis. PyTorch and ONNX Run
 twice: with 1 thread (dynvm's VM is single-threaded) and with their default threads (all cores);
 each group is interleaved with its own VM measurement. A missing package is a skipped row.
 
-The ratio column is baseline time / dynvm time (> 1: dynvm is faster). After the table: the VM's
-per-step overhead from the profiler and where the time of one LSTM step goes.
+The ratio column is baseline time / dynvm time (> 1: dynvm is faster). The LSTM's time loop runs
+as one native loop kernel (CallLoop); the row "loop in bytecode" is the same program built with
+native_loops=False, which measures the VM's interpreter. After the table: where the time of one
+LSTM step goes, natively and in bytecode (per-step VM overhead from the profiler).
 """
 import argparse
 import io
@@ -118,6 +120,7 @@ def bench_lstm(seqs):
     lstm_ex = bench.example("lstm")
     w = lstm_ex.weights()
     vm = VirtualMachine(build(lstm_ex.build_module(w)))
+    bytecode_vm = VirtualMachine(build(lstm_ex.build_module(w), native_loops=False))
     torch, torch_why = optional_import("torch")
     ort, ort_why = optional_import("onnxruntime")
     onnx_mod, onnx_why = optional_import("onnx")
@@ -131,12 +134,15 @@ def bench_lstm(seqs):
         x = lstm_ex.make_input(seq, seed=seq)
         expected = lstm_ex.reference(x, w)
         assert close(vm.invoke("main", x), expected), "dynvm LSTM does not match numpy"
+        assert close(bytecode_vm.invoke("main", x), expected), "bytecode LSTM does not match numpy"
         assert close(np_loop(x), expected), "numpy loop does not match the reference"
         name = f"LSTM 128->256 seq {seq}"
         for threads in (1, default_threads or 1):
             fns, labels = {"vm": lambda: vm.invoke("main", x)}, {}
             if threads == 1:
                 fns["numpy"], labels["numpy"] = (lambda: np_loop(x)), "numpy float32 Python loop"
+                fns["bytecode"] = lambda: bytecode_vm.invoke("main", x)
+                labels["bytecode"] = "dynvm, loop in bytecode (native_loops=False)"
             if torch:
                 torch.set_num_threads(threads)
                 xt = torch.from_numpy(x)[:, None, :]
@@ -209,31 +215,42 @@ def bench_tree_lstm(sizes):
 
 
 def lstm_profile(lstm_ex, seconds_vm, runs=20):
-    """Per-step VM overhead from the profiler, and the top kernels and opcodes of one step."""
+    """Where one LSTM step's time goes: the native loop's time per iteration and, for the same
+    loop run as bytecode (native_loops=False), the VM overhead per step and the top kernels and
+    opcodes of one step."""
     seq = max(seconds_vm)
     w = lstm_ex.weights()
-    exe = build(lstm_ex.build_module(w))
     x = lstm_ex.make_input(seq, seed=seq)
-    pvm = VirtualMachine(exe, profile=True)
-    for _ in range(runs):
-        pvm.invoke("main", x)
-    p = pvm.profile()
     total_steps = runs * seq
-    handler = sum(p.opcode_seconds.values())
+    native = VirtualMachine(build(lstm_ex.build_module(w)), profile=True)
+    for _ in range(runs):
+        native.invoke("main", x)
+    p = native.profile()
+    iterations = sum(p.loop_iterations.values())
     lines = [f"profile of LSTM seq {seq}, {runs} invocations ({total_steps} steps):",
-             f"  instructions per step: {sum(p.opcodes.values()) / total_steps:.1f}; kernel calls "
-             f"per step: {p.opcodes.get('CallKernel', 0) / total_steps:.1f}",
-             f"  per step: native kernel time {p.kernel_seconds / total_steps * 1e6:.2f} us, VM "
-             f"overhead (handlers minus kernels) {p.vm_seconds / total_steps * 1e6:.2f} us, "
-             f"VM cost per CallKernel {p.kernel_instruction_overhead() * 1e6:.2f} us "
-             "(profiled: includes the profiler's timer calls)"]
+             f"  native loop (CallLoop): {iterations / runs:.0f} iterations per invoke, "
+             f"{p.loop_seconds / max(iterations, 1) * 1e6:.2f} us per step (kernel calls and state "
+             f"copies, no VM work); the rest of the invoke: "
+             f"{(sum(p.opcode_seconds.values()) - p.loop_seconds) / runs * 1e6:.1f} us"]
     if len(seconds_vm) >= 2:
         lo, hi = min(seconds_vm), max(seconds_vm)
         per_step = (seconds_vm[hi] - seconds_vm[lo]) / (hi - lo)
         fixed = seconds_vm[lo] - lo * per_step
-        lines.append(f"  unprofiled VM time per step (slope seq {lo}->{hi}): {per_step * 1e6:.2f} us; "
+        lines.append(f"  unprofiled time per step (slope seq {lo}->{hi}): {per_step * 1e6:.2f} us; "
                      f"fixed cost per invoke {fmt_time(fixed) if fixed > 0 else 'n/a (noise)'}")
-    lines.append("  top kernels (share of handler time):")
+    pvm = VirtualMachine(build(lstm_ex.build_module(w), native_loops=False), profile=True)
+    for _ in range(runs):
+        pvm.invoke("main", x)
+    p = pvm.profile()
+    handler = sum(p.opcode_seconds.values())
+    lines += ["  the same loop as bytecode (native_loops=False):",
+              f"  instructions per step: {sum(p.opcodes.values()) / total_steps:.1f}; kernel calls "
+              f"per step: {p.opcodes.get('CallKernel', 0) / total_steps:.1f}",
+              f"  per step: native kernel time {p.kernel_seconds / total_steps * 1e6:.2f} us, VM "
+              f"overhead (handlers minus kernels) {p.vm_seconds / total_steps * 1e6:.2f} us, "
+              f"VM cost per CallKernel {p.kernel_instruction_overhead() * 1e6:.2f} us "
+              "(profiled: includes the profiler's timer calls)",
+              "  top kernels (share of handler time):"]
     for name, stats in sorted(p.kernel_stats().items(), key=lambda kv: -kv[1]["seconds"])[:6]:
         variants = ", ".join(stats["variants"])
         lines.append(f"    {name[:48]:48} {stats['calls'] / total_steps:6.2f}/step "

@@ -50,6 +50,13 @@ def slot_bytes(slot) -> int:
     return math.prod(shape) * itemsize(dtype)
 
 
+def root_slot(slots, s) -> int:
+    """The slot whose memory slot `s` is (views share their source's data)."""
+    while slots[s][2] == "view":
+        s = slots[s][3]
+    return s
+
+
 # ---------------------------------------------------------------------------------------------
 # build-time validation
 
@@ -90,11 +97,12 @@ def _check(spec, inputs, outputs):
         raise KernelError("loop condition must be a bool 0-d slot")
     states = {state for _, state, _, _ in spec["carried"]}
     for k, state, nxt, stage in spec["carried"]:
+        nxt_root = root_slot(slots, nxt)
         kind_of = {slots[state][2], slots[stage][2] if stage >= 0 else "scratch"}
         same = slots[state][:2] == slots[nxt][:2] == (slots[stage][:2] if stage >= 0 else slots[nxt][:2])
         if kind_of != {"scratch"} or not same or [slots[state][0], len(slots[state][1])] != inputs[k]:
             raise KernelError(f"loop state slot {state}: does not match input {k} / next {nxt}")
-        if (nxt in states) != (stage >= 0):
+        if (nxt_root in states) != (stage >= 0):
             raise KernelError(f"loop state slot {state}: a next value that is a state needs a stage slot")
     for j, s in enumerate(spec["results"]):
         if slots[s][2] == "input" or [slots[s][0], len(slots[s][1])] != outputs[j]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from kernels.loop import root_slot
 from vm.dtypes import itemsize
 
 from compiler.ir import expr as E
@@ -103,8 +104,9 @@ class LoopPlan:
         for var, value in body:
             self.env[var] = self.value(value)
         self.next = {i: self.value(call.args[i]) for i in self.carried}
-        self.stages = {i: self.scratch(self.slots[self.next[i]][:2]) if self.next[i] in self.state.values() else -1
-                       for i in self.carried}
+        states = set(self.state.values())
+        self.stages = {i: self.scratch(self.slots[self.next[i]][:2])
+                       if root_slot(self.slots, self.next[i]) in states else -1 for i in self.carried}
         if self.workspace > MAX_WORKSPACE:
             raise NotNative(f"workspace of {self.workspace} bytes")
 

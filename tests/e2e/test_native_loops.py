@@ -1,0 +1,190 @@
+"""Native loops (compiler/codegen/native_loop.py, kernels/loop.py): a while_loop of straight-line
+kernel calls runs as one CallLoop and gives exactly what the bytecode loop gives."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compiler import build, ir, op
+from vm import Executable, Instruction, VirtualMachine
+from vm.dtypes import np_dtype
+from vm.errors import DynVMError, ExecutableFormatError, VMStepLimitError
+
+I64 = ir.TensorType((), "int64")
+SHAPES = [(0,), (1,), (3,), (17,), (2, 5), (1, 1), (4, 0)]
+
+
+def opcodes(exe, name):
+    return [ins.name for ins in exe.functions[exe.function_index(name)].instructions]
+
+
+def loop_module(shape, swap=False, reshape=False, constant=True):
+    """main(x: (?, *shape), n) runs `n` steps of
+        a, b := tanh(a * 0.5 + x[t]) (+ c), a - b      (or, with swap, b and a swapped)
+    over a state (t, a, b) and returns (t, a, b)."""
+    x = ir.var("x", ir.TensorType((ir.Any(),) + shape, "float32"))
+    n = ir.var("n", I64)
+    c = ir.const(np.linspace(-1, 1, int(np.prod(shape))).reshape(shape).astype(np.float32))
+
+    def step(t, a, b):
+        row = op.take(x, t, axis=0)
+        if reshape:
+            row = op.reshape(op.reshape(row, (-1,)), shape)
+        new_a = op.tanh(op.add(op.multiply(a, ir.const(0.5, "float32")), row))
+        if constant:
+            new_a = op.add(new_a, c)
+        new_b = op.subtract(a, b)
+        if swap:       # a swap, through views of the state with `reshape`
+            new_a, new_b = b, op.reshape(op.reshape(a, (-1,)), shape) if reshape else a
+        return [op.add(t, ir.const(1, "int64")), new_a, new_b]
+
+    zeros = op.zeros(shape, dtype="float32")
+    ones = op.ones(shape, dtype="float32")
+    loop = ir.while_loop(lambda t, a, b: op.less(t, n), step, [ir.const(0, "int64"), zeros, ones])
+    return ir.IRModule.from_expr(ir.Function([x, n], loop))
+
+
+def both(mod):
+    return build(mod), build(mod, native_loops=False)
+
+
+def assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@settings(max_examples=12, deadline=None)
+@given(shape=st.sampled_from(SHAPES), swap=st.booleans(), reshape=st.booleans(),
+       constant=st.booleans(), rows=st.integers(0, 6), seed=st.integers(0, 2 ** 16))
+def test_native_loop_matches_the_bytecode_loop(shape, swap, reshape, constant, rows, seed):
+    native, bytecode = both(loop_module(shape, swap, reshape, constant=constant))
+    assert "CallLoop" in opcodes(native, "main_while_loop0")
+    assert "CallLoop" not in opcodes(bytecode, "main_while_loop0")
+    x = np.random.default_rng(seed).standard_normal((max(rows, 1),) + shape).astype(np.float32)
+    for n in (0, 1, rows):
+        got = VirtualMachine(native).invoke("main", x, np.int64(n))
+        want = VirtualMachine(bytecode).invoke("main", x, np.int64(n))
+        assert int(got[0]) == n
+        assert_same(got, want)
+
+
+def test_non_contiguous_arguments_are_copied_in_and_results_are_fresh_arrays():
+    native, bytecode = both(loop_module((3,)))
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)[::2]     # strided rows
+    vm = VirtualMachine(native)
+    first = vm.invoke("main", x, np.int64(4))
+    second = vm.invoke("main", x, np.int64(2))
+    assert_same(first, VirtualMachine(bytecode).invoke("main", x, np.int64(4)))
+    assert not np.shares_memory(first[1], second[1])
+
+
+def test_a_loop_that_exits_from_the_then_branch_is_native_too():
+    """loop(n, acc) = n < 1 ? acc : loop(n - 1, acc + n): the self call is in the else branch."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    n, acc = ir.var("n", I64), ir.var("acc", I64)
+    one = ir.const(1, "int64")
+    mod["loop"] = ir.Function([n, acc], ir.If(op.less(n, one), acc,
+                                              ir.Call(loop, [op.subtract(n, one), op.add(acc, n)])),
+                              ret_type=I64)
+    exe = build(mod)
+    assert opcodes(exe, "loop").count("CallLoop") == 1
+    vm = VirtualMachine(exe)
+    for count in (0, 1, 10, 1000):
+        assert int(vm.invoke("loop", np.int64(count), np.int64(0))) == count * (count + 1) // 2
+
+
+def test_the_lstm_example_runs_as_one_native_loop_and_matches_numpy():
+    from examples import lstm
+
+    w = lstm.weights()
+    exe = build(lstm.build_module(w))
+    assert opcodes(exe, "main_while_loop0").count("CallLoop") == 1
+    vm = VirtualMachine(exe, profile=True)
+    for steps in (0, 1, 7):
+        x = lstm.make_input(steps)
+        np.testing.assert_allclose(vm.invoke("main", x), lstm.reference(x, w), rtol=1e-5, atol=1e-5)
+    profile = vm.profile()
+    assert profile.loop_iterations["loop_main_while_loop0"] == 0 + 1 + 7
+    assert profile.opcodes["CallLoop"] == 3
+
+
+def test_loops_with_control_flow_or_data_dependent_shapes_stay_in_bytecode():
+    """A loop whose body has an if, or an op whose output shape depends on values, is not native
+    and still runs."""
+    x = ir.var("x", ir.TensorType((3,), "float32"))
+
+    def body(t, a):
+        stop = op.cast(op.add(t, ir.const(1, "int64")), "float32")
+        grown = op.add(a, op.sum(op.arange(ir.const(0.0, "float32"), stop, ir.const(1.0, "float32"))))
+        return [op.add(t, ir.const(1, "int64")),
+                ir.If(op.less(t, ir.const(2, "int64")), grown, op.negative(a))]
+    loop = ir.while_loop(lambda t, a: op.less(t, ir.const(4, "int64")), body, [ir.const(0, "int64"), x])
+    exe = build(ir.IRModule.from_expr(ir.Function([x], ir.TupleGetItem(loop, 1))))
+    assert "CallLoop" not in opcodes(exe, "main_while_loop0")
+    # a = 1 -> t=0: a + 0 -> t=1: a + (0 + 1) -> t=2: -a -> t=3: -a
+    np.testing.assert_allclose(VirtualMachine(exe).invoke("main", np.ones(3, np.float32)), 2 * np.ones(3))
+
+
+def test_a_failing_inner_kernel_names_the_loop_and_the_kernel():
+    native, _ = both(loop_module((3,)))
+    empty = np.zeros((0, 3), np.float32)        # take from an axis of length 0
+    vm = VirtualMachine(native)
+    with pytest.raises(DynVMError, match="native loop loop_main_while_loop0, iteration 0: kernel take"):
+        vm.invoke("main", empty, np.int64(1))
+    assert int(vm.invoke("main", empty, np.int64(0))[0]) == 0      # no iteration: no take
+
+
+def test_the_step_budget_counts_iterations_and_leaves_the_vm_usable():
+    native, _ = both(loop_module((2,)))
+    x = np.ones((4, 2), np.float32)
+    vm = VirtualMachine(native, max_steps=100)
+    assert int(vm.invoke("main", x, np.int64(50))[0]) == 50
+    with pytest.raises(VMStepLimitError, match="native loop"):
+        vm.invoke("main", x, np.int64(10 ** 9))
+    assert int(vm.invoke("main", x, np.int64(3))[0]) == 3
+
+
+def test_native_loops_survive_save_and_load(tmp_path):
+    native, _ = both(loop_module((2, 5), swap=True))
+    path = tmp_path / "loop.dynvm"
+    native.save(path)
+    x = np.random.default_rng(0).standard_normal((3, 2, 5)).astype(np.float32)
+    assert_same(VirtualMachine(Executable.load(path)).invoke("main", x, np.int64(3)),
+                VirtualMachine(native).invoke("main", x, np.int64(3)))
+
+
+def test_the_verifier_keeps_loop_kernels_and_callloop_together():
+    native, _ = both(loop_module((2,)))
+    fn = native.functions[native.function_index("main_while_loop0")]
+    pc = [ins.name for ins in fn.instructions].index("CallLoop")
+    ins = fn.instructions[pc]
+    for bad in (("CallKernel",) + ins.args, ("CallLoop", ins.args[0], ins.args[1][:-1], ins.args[2])):
+        fn.instructions[pc] = Instruction(*bad)
+        native._verified = False
+        with pytest.raises(ExecutableFormatError, match="loop kernel|inputs"):
+            native.verify()
+    fn.instructions[pc] = ins
+
+
+def test_the_loop_kernel_checks_its_arguments_when_called_directly():
+    """Called outside the VM with a wrong state shape, the kernel returns an error code (no
+    crash): every static extent is checked before the first copy."""
+    native, _ = both(loop_module((3,)))
+    kernel = next(k for k in native.loaded_kernels() if k.op == "loop")
+    spec = kernel.attrs
+    shapes = {ref: [2 if d is None else d for d in shape]
+              for _, shape, kind, ref in spec["slots"] if kind == "input"}
+    shapes.update({k: spec["slots"][state][1] for k, state, _, _ in spec["carried"]})
+    inputs = [np.zeros(shapes[k], np_dtype(dt)) for k, (dt, _) in enumerate(kernel.inputs[:-1])]
+    inputs.append(np.array(-1, np.int64))
+    outputs = [np.zeros(spec["slots"][s][1], np_dtype(dt))
+               for s, (dt, _) in zip(spec["results"], kernel.outputs)]
+    outputs += [np.zeros(spec["workspace"] // 8, np.int64), np.zeros(2, np.int64)]
+    kernel(inputs, outputs)          # well formed: n = 0, no iteration
+    assert outputs[-1][0] == 0
+    state = spec["carried"][1][0]
+    inputs[state] = np.zeros(4, np.float32)
+    with pytest.raises(DynVMError, match="extents"):
+        kernel(inputs, outputs)
