@@ -11,9 +11,9 @@ boxes, int64 each, one block per call) comes from malloc and is freed on every e
 nms has two signatures, chosen by its number of outputs:
   - exact: outputs [selected (K,) int64]; K must be the number of boxes selected (the
     data-dependent shape function computes it); ERR_SHAPE otherwise, never a write past K.
-  - upper bound: outputs [selected (E,) int64, count () int64] with E >= min(N, max_output);
-    the kernel writes the K selected indices, pads selected[K:E] with -1 and stores K in count,
-    so the VM can slice selected[:K] without copying.
+  - upper bound: outputs [selected (E,) int64, shape (1,) int64] with E >= min(N, max_output);
+    the kernel writes the K selected indices, pads selected[K:E] with -1 and stores the true
+    shape (K,) in `shape`, so the VM can view selected[:K] without copying.
 """
 from __future__ import annotations
 
@@ -375,6 +375,7 @@ def _nms(module, symbol, sig, spec):
     bound = b.select(b.icmp_signed("<", n, const(I64, max_out)), n, const(I64, max_out))
     if counted:
         e.fail_if(b.icmp_signed("<", capacity, bound), ERR_SHAPE | 2 << 8)
+        check_extents(e, 3, arrays[3][1], [const(I64, 1)])
     check_data_nonempty(e, arrays)
     boxes = Boxes(e, arrays[0][0], strides[0])
     scores, s_scores = arrays[1][0], strides[1][0]
@@ -447,7 +448,7 @@ def check_vision(spec, inputs, outputs):
     op = spec.get("op")
     _expect(op in VISION_OPS, f"vision family: unknown op {op!r}")
     want_in, want_out = _signature(op, spec)
-    allowed = [want_out] + ([want_out + [["int64", 0]]] if op == "nms" else [])
+    allowed = [want_out] + ([want_out + [["int64", 1]]] if op == "nms" else [])
     got_in, got_out = [list(x) for x in inputs], [list(x) for x in outputs]
     _expect(got_in == want_in and got_out in allowed,
             f"{op}: signature must be {want_in} -> {' or '.join(map(str, allowed))}, "

@@ -9,7 +9,7 @@ from shape_funcs.common import check_dims, infer_reshape, shape_vector
 from shape_funcs.registry import shape_func
 from shape_funcs.transform import slice_spec
 from vm.errors import ShapeError
-from vm.values import Tensor, int64_at, scalar_value
+from vm.values import Tensor, scalar_value
 
 
 def arange_params(inputs, dtype: str):
@@ -67,36 +67,6 @@ def dyn_fill(inputs, attrs):
 @shape_func("dyn.full", mode="data_dependent", tensor_inputs=True)
 def dyn_full(inputs, attrs):
     return [check_dims("dyn.full", shape_vector("dyn.full", inputs[1]))]
-
-
-@shape_func("upper_bound.slice", mode="data_dependent", tensor_inputs=True)
-def upper_bound_slice(inputs, attrs):
-    """The true shape of an upper-bound op's result: the kernel filled the first `count` rows
-    of a block allocated for the bound; the VM views them without copying."""
-    full, count = inputs[0], scalar_value(inputs[1])
-    if type(count) is not int:      # not an integer Tensor read directly: numpy's conversion
-        count = int(np.asarray(inputs[1]))
-    if not 0 <= count <= full.shape[0]:
-        raise ShapeError(f"upper-bound kernel reported {count} rows for a bound of {full.shape[0]}")
-    return [(count,) + tuple(full.shape[1:])]
-
-
-def _upper_bound_slice_prepared(attrs):
-    """upper_bound.slice takes no attrs: the per-call function reads a 0-d int64 count straight
-    from its address (anything else takes `upper_bound_slice`'s general conversion)."""
-    def slice_shape(inputs):
-        full, c = inputs[0], inputs[1]
-        if type(c) is Tensor and c.meta[1] == () and c.meta[0] == "int64":
-            count = int64_at(c.address)
-            shape = full.meta[1]
-            if not 0 <= count <= shape[0]:
-                raise ShapeError(f"upper-bound kernel reported {count} rows for a bound of {shape[0]}")
-            return [(count,) + shape[1:]]
-        return upper_bound_slice(inputs, attrs)
-    return slice_shape
-
-
-upper_bound_slice.check_attrs = _upper_bound_slice_prepared
 
 
 def dyn_slice_attrs(inputs, attrs) -> dict:

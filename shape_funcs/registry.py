@@ -3,6 +3,12 @@
 The VM finds shape functions by name (executables store only names and attrs, never code).
 `fn(inputs, attrs)` returns one shape tuple per output. Data-independent functions read only
 `.shape`/`.ndim` of their inputs; data-dependent ones read values too.
+
+Upper-bound functions (`<op>.upper_bound`) read input shapes only and return two shapes: the
+bound of the op's result, and the 1-D storage (in elements of the result's dtype) that holds
+the result at byte offset UPPER_BOUND_HEADER after a header. The op's kernel fills the bound and
+writes the true shape of its result (int64[rank]) into the header; the VM then views the
+result in place (compiler/codegen/emitter.py, `upper_bound_call`): one block, no copy.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 MODES = ("data_independent", "data_dependent", "upper_bound")
+UPPER_BOUND_HEADER = 64   # bytes before an upper-bound result in its storage (holds its shape)
 
 
 @dataclass(frozen=True)

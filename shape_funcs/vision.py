@@ -5,17 +5,18 @@ number of boxes that selection keeps, so both must run the very same algorithm.
 nms has two shape functions (see compiler/op/vision.py):
   - "nms" (data-dependent): the exact shape [(K,)], K = the number of selected boxes. It runs the
     whole greedy selection in numpy; it is what the VM calls today.
-  - "nms.upper_bound" (upper-bound): [(min(N, max_output),), ()] for the kernel's two-output form
-    (selected indices padded with -1, true count K as a 0-d int64). Once the compiler wires
-    upper-bound ops (allocate the bound, run the kernel, slice selected[:count] zero-copy) it
-    replaces the exact function and NMS costs one pass.
+  - "nms.upper_bound" (upper-bound, what the compiler uses): [(B,), (B + 8,)] with
+    B = min(N, max_output): the bound of the result, and the int64 storage that holds it after
+    a 64-byte header (see shape_funcs/registry.py). The kernel's two-output form fills the bound
+    (selected indices, padded with -1) and writes the true shape (K,) into the header; the VM
+    views the first K entries zero-copy.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from shape_funcs.common import normalize_axis
-from shape_funcs.registry import shape_func
+from shape_funcs.registry import UPPER_BOUND_HEADER, shape_func
 from vm.errors import ShapeError
 
 F0 = np.float32(0)
@@ -124,20 +125,22 @@ def nms_upper_bound(inputs, attrs):
     if len(boxes) != 2 or boxes[1] != 4 or scores != boxes[:1]:
         raise ShapeError(f"nms: boxes must be (N, 4) and scores (N,), got {boxes} and {scores}")
     max_output, _ = check_nms_attrs("nms", attrs)
-    return [(min(boxes[0], max_output),), ()]
+    bound = min(boxes[0], max_output)
+    return [(bound,), (bound + UPPER_BOUND_HEADER // 8,)]
 
 
 def _nms_upper_bound_prepared(attrs):
     """nms.upper_bound with its attrs checked once (the VM calls this at load; ShapeError for
     bad attrs, and then the VM keeps the general function, which reports them per call)."""
     max_output, _ = check_nms_attrs("nms", attrs)
+    header = UPPER_BOUND_HEADER // 8
 
     def bound(inputs):
         boxes, scores = inputs[0].meta[1], inputs[1].meta[1]
         if len(boxes) != 2 or boxes[1] != 4 or scores != boxes[:1]:
             raise ShapeError(f"nms: boxes must be (N, 4) and scores (N,), got {boxes} and {scores}")
-        n = boxes[0]
-        return [(n if n < max_output else max_output,), ()]
+        n = boxes[0] if boxes[0] < max_output else max_output
+        return [(n,), (n + header,)]
     return bound
 
 

@@ -32,7 +32,7 @@ from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError,
 from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
 from vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
-                       check_storage_request, checked_dims, rebuild)
+                       check_storage_request, checked_dims, int64s_at, rebuild)
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 _make_shape = ShapeTensor.make
@@ -742,6 +742,11 @@ def _shape_tuple(value) -> tuple:
     """A shape tensor (1-D integers) as a tuple of non-negative ints."""
     if type(value) is ShapeTensor:
         return value.dims
+    if type(value) is Tensor and value.meta[0] == "int64" and len(value.meta[1]) == 1:
+        shape = tuple(int64s_at(value.address, value.meta[1][0]))  # e.g. written by a kernel
+        if any(d < 0 for d in shape):
+            raise ShapeError(f"a shape cannot have negative dimensions: {list(shape)}")
+        return shape
     arr = value.array if isinstance(value, Tensor) else np.asarray(value)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise ShapeError(f"a shape must be a 1-D integer tensor, got {_kind(arr)}")

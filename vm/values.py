@@ -207,6 +207,11 @@ def int64_at(address: int) -> int:
     return _cast(_INT64_PTR, address)[0]
 
 
+def int64s_at(address: int, count: int) -> list:
+    """`count` int64s stored from `address` (the caller knows they are a live tensor's data)."""
+    return _ffi.unpack(_cast(_INT64_PTR, address), count)
+
+
 def values_equal(a, b) -> bool:
     """Structural equality of run-time values; arrays compare by dtype, shape and contents.
 

@@ -20,6 +20,7 @@ from compiler.codegen.patterns import check_exhaustive
 from compiler.codegen.native_loop import emit_native_loop
 from compiler.codegen.primitive import kernel_of
 from compiler.codegen.types import tensor_leaves
+from shape_funcs.registry import UPPER_BOUND_HEADER
 
 ALIGNMENT = 64
 TUPLE_CTOR = 0
@@ -275,23 +276,22 @@ class FunctionEmitter:
         return outputs[0]
 
     def upper_bound_call(self, node: E.Call, opdef) -> int:
-        """Allocate the bound (from `<op>.upper_bound`), let the kernel fill it and report the
-        true row count in an extra 0-d int64 output, then view the filled rows (no copy)."""
+        """One block for the bound (from `<op>.upper_bound`) behind a header; the kernel fills
+        the bound and writes its result's true shape into the header, and the result is a view
+        of the filled part (no copy; AllocTensorReg checks that the shape fits the block)."""
         inputs = self.flat_inputs(node)
         in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
         out_type = node.checked_type
-        count_type = TensorType((), "int64")
-        bound, count_shape = self.new_reg(), self.new_reg()
+        shape_type = TensorType((out_type.rank,), "int64")
+        bound, block = self.new_reg(), self.new_reg()
         sf = self.mc.add_shape_func(f"{opdef.name}.upper_bound", node.attrs)
-        self.emit("CallShapeFunc", sf, inputs, [bound, count_shape])
-        storage = self.emit_to("AllocStorageReg", bound, ALIGNMENT, out_type.dtype)
-        full = self.emit_to("AllocTensorReg", storage, 0, bound, out_type.dtype)
-        count = self.alloc_static(count_type)
-        kernel = self.mc.add_kernel(opdef, node.attrs, in_types, [out_type, count_type])
-        self.emit("CallKernel", kernel, inputs, [full, count])
-        shape = self.new_reg()
-        self.emit("CallShapeFunc", self.mc.add_shape_func("upper_bound.slice", {}), [full, count], [shape])
-        return self.emit_to("AllocTensorReg", storage, 0, shape, out_type.dtype)
+        self.emit("CallShapeFunc", sf, inputs, [bound, block])
+        storage = self.emit_to("AllocStorageReg", block, ALIGNMENT, out_type.dtype)
+        shape = self.emit_to("AllocTensor", storage, 0, [out_type.rank], "int64")
+        full = self.emit_to("AllocTensorReg", storage, UPPER_BOUND_HEADER, bound, out_type.dtype)
+        kernel = self.mc.add_kernel(opdef, node.attrs, in_types, [out_type, shape_type])
+        self.emit("CallKernel", kernel, inputs, [full, shape])
+        return self.emit_to("AllocTensorReg", storage, UPPER_BOUND_HEADER, shape, out_type.dtype)
 
     def alloc_outputs(self, shape_func, attrs, inputs, out_types) -> list[int]:
         """Output tensors: static shapes from the types, else from the named shape function."""

@@ -29,7 +29,7 @@ def test_nms_allocates_the_bound_and_views_the_true_rows(nms_vm):
     exe, _ = nms_vm
     names = [exe.shape_funcs[ins.args[0]]["name"] for ins in exe.functions[0].instructions
              if ins.name == "CallShapeFunc"]
-    assert names == ["nms.upper_bound", "upper_bound.slice"]   # no exact greedy pass in Python
+    assert names == ["nms.upper_bound"]   # no exact greedy pass in Python, one shape function
 
 
 @pytest.mark.parametrize("n,seed", [(0, 0), (1, 1), (7, 2), (300, 3), (1000, 4)])
@@ -89,7 +89,7 @@ def test_argwhere_of_all_false_is_empty():
 def test_nms_uses_the_prepared_shape_functions_and_rejects_mismatched_inputs(nms_vm):
     _, vm = nms_vm
     handlers = [h.__name__ for h, _ in vm._code[0]]
-    assert handlers.count("_op_CallShapeFunc_prepared") == 2
+    assert handlers.count("_op_CallShapeFunc_prepared") == 1
     boxes, scores = random_boxes(10, 7)
     with pytest.raises(DynVMError, match="boxes must be"):
         vm.invoke("main", boxes, scores[:9])
@@ -105,12 +105,16 @@ def test_nms_results_are_owned_arrays_after_many_invokes(nms_vm):
         assert got.flags.writeable
 
 
-def test_fused_allocations_match_the_unfused_vm(nms_vm):
-    exe, vm = nms_vm
+def test_fused_allocations_match_the_unfused_vm():
+    x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
+    body = ir.Tuple([op.add(x, ir.const(1.0, "float32")), op.sum(x)])   # dynamic and static outputs
+    exe = build(ir.IRModule.from_expr(ir.Function([x], body)))
+    vm = VirtualMachine(exe)
     handlers = [h.__name__ for h, _ in vm._code[0]]
     assert "_op_AllocStorageTensorReg" in handlers and "_op_AllocStorageTensor" in handlers
     plain = VirtualMachine(exe, profile=True)       # profiling translates without fusion
     assert "_op_AllocStorageTensorReg" not in [getattr(h, "__name__", "") for h, _ in plain._code[0]]
-    for n, seed in ((0, 1), (5, 2), (300, 3), (1000, 4)):
-        args = random_boxes(n, seed)
-        np.testing.assert_array_equal(vm.invoke("main", *args), plain.invoke("main", *args))
+    for n in (0, 5, 300):
+        arg = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+        for got, want in zip(vm.invoke("main", arg), plain.invoke("main", arg)):
+            np.testing.assert_array_equal(got, want)

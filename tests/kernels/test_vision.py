@@ -66,7 +66,7 @@ def table():
         index[key] = kb.add_compiled(op, "vision", {"op": op, **attrs}, ins, outs)
         if key in COUNTED:
             index[key + "+count"] = kb.add_compiled(op, "vision", {"op": op, **attrs}, ins,
-                                                    outs + [("int64", 0)])
+                                                    outs + [("int64", 1)])
     loaded = load_kernels(kb.finish())
     return {key: loaded[i] for key, i in index.items()}
 
@@ -76,8 +76,8 @@ def outputs_for(key, inputs, shape_func=None, layout="c"):
     op, attrs = CASES[key]
     shapes = lookup(shape_func or op)(inputs, attrs)
     _, sig = signature(op, attrs)
-    if shape_func == "nms.upper_bound":
-        sig = sig + [("int64", 0)]
+    if shape_func == "nms.upper_bound":      # [bound, its storage]: the kernel gets the bound
+        shapes, sig = [shapes[0], (1,)], sig + [("int64", 1)]     # and the true-shape output
     return [with_layout(np.full(s, 77, dt), layout) for s, (dt, _) in zip(shapes, sig)]
 
 
@@ -152,8 +152,8 @@ def test_simple_nms_exact_and_upper_bound_forms_match_reference(key, n, layout, 
     want = check(key, inputs, layout)[0]
     bounded = outputs_for(key, inputs, "nms.upper_bound")
     assert raw_call(table()[key + "+count"], inputs + bounded) == 0
-    selected, count = bounded
-    assert count.shape == () and int(count) == len(want)
+    selected, shape = bounded
+    assert shape.tolist() == [len(want)]
     np.testing.assert_array_equal(selected[:len(want)], want)
     assert (selected[len(want):] == -1).all()
 
@@ -204,8 +204,11 @@ def test_nms_kernels_reject_outputs_that_do_not_fit():
     too_long = np.full(2, 9, np.int64)   # exactly one box is selected
     assert raw_call(table()["simple"], [boxes, scores, too_long]) & 0xFF == ERR_SHAPE
     short = np.zeros(2, np.int64)        # bound is min(3, 5) = 3
-    assert raw_call(table()["simple+count"], [boxes, scores, short, np.zeros((), np.int64)]) \
+    assert raw_call(table()["simple+count"], [boxes, scores, short, np.zeros(1, np.int64)]) \
         == ERR_SHAPE | 2 << 8
+    bound = np.zeros(3, np.int64)        # the true-shape output holds exactly one extent
+    assert raw_call(table()["simple+count"], [boxes, scores, bound, np.zeros(2, np.int64)]) \
+        == ERR_SHAPE | 3 << 8
     five = np.zeros((3, 5), np.float32)
     assert raw_call(table()["simple"], [five, scores, np.zeros(1, np.int64)]) \
         == ERR_SHAPE | 1 << 16
@@ -231,7 +234,7 @@ def test_shape_functions_reject_bad_attributes_and_shapes():
     with pytest.raises(ShapeError, match="lack the columns"):
         lookup("non_max_suppression")([np.zeros((1, 2, 5)), np.zeros(1), np.zeros((1, 2))],
                                       TVM_NMS)
-    assert lookup("nms.upper_bound")([boxes, scores], {"max_output": 2}) == [(2,), ()]
+    assert lookup("nms.upper_bound")([boxes, scores], {"max_output": 2}) == [(2,), (2 + 8,)]
     assert lookup("nms.upper_bound").mode == "upper_bound"
 
 

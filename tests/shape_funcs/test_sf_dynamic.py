@@ -112,19 +112,6 @@ def test_prepared_nms_upper_bound_matches_the_general_function():
             sf.check_attrs(bad)
 
 
-def test_prepared_upper_bound_slice_reads_the_count_and_checks_it():
-    sf = lookup("upper_bound.slice").fn
-    fast = sf.check_attrs({})
-    full = _tensor((10, 2), "int64")
-    for k in (0, 3, 10):
-        inputs = [full, _tensor((), "int64", k)]
-        assert fast(inputs) == sf(inputs, {}) == [(k, 2)]
-    for k in (-1, 11):
-        with pytest.raises(ShapeError, match="reported"):
-            fast([full, _tensor((), "int64", k)])
-    assert fast([full, _tensor((), "int32", 4)]) == [(4, 2)]     # other dtypes: general path
-
-
 def test_vm_keeps_the_general_shape_function_when_attrs_fail_the_check():
     from vm import machine
 

@@ -280,6 +280,21 @@ def test_alloc_storage_reg_and_tensor_reg_take_shapes_from_registers():
         assert storage.size == np.prod(shape) * 8 and t.shape == shape and t.dtype == np.float64
 
 
+@pytest.mark.parametrize("shape, error", [([2, 3], None), ([0, 3], None), ([3, 3], "does not fit"),
+                                          ([-1, 3], "negative")])
+def test_a_shape_written_into_an_int64_tensor_is_read_and_checked(shape, error):
+    """How an upper-bound op's result is viewed: its kernel writes the true shape into an int64
+    tensor; AllocTensorReg reads it and checks it against the block (never a view past it)."""
+    main = fn("main", ["dims"], [("AllocStorage", 24, 64, "float32", 1),
+                                 ("AllocTensorReg", 1, 0, 0, "float32", 2), ("Ret", 2)],
+              param_types=[tensor(2, dtype="int64")])
+    if error is None:
+        assert run(exe(main), np.array(shape, np.int64)).shape == tuple(shape)
+    else:
+        with pytest.raises((VMError, ShapeError), match=error):
+            run(exe(main), np.array(shape, np.int64))
+
+
 def test_tensor_outside_its_storage_is_a_vm_error():
     main = fn("main", [], [("AllocStorage", 16, 16, "float32", 0),
                            ("AllocTensor", 0, 8, [3], "float32", 1), ("Ret", 1)])
