@@ -21,9 +21,10 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   up to 128). B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
   every group of up to GEMV_ROWS rows of A streams over it: the "dot" form when A rows and B
   columns are contiguous along K (dense, batch_matmul with transpose_b): GEMV_COLS columns per
-  K loop, rows x cols vector FMA accumulators, a masked last vector, a shuffle-tree horizontal
-  sum; the "axpy" form when B and C rows are contiguous along N (matmul): splat(A[m, k]) *
-  B[k, chunk] over k, masked last chunk. The epilogue runs per (row group, panel), in L1.
+  K loop, rows x cols vector FMA accumulators, a masked last vector (for one or two rows also
+  a masked first one, so that B's loads are aligned), a shuffle-tree horizontal sum; the
+  "axpy" form when B and C rows are contiguous along N (matmul): splat(A[m, k]) * B[k, chunk]
+  over k, masked last chunk. The epilogue runs per (row group, panel), in L1.
   Other strides: tiny code.
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 226 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack.
@@ -58,6 +59,11 @@ CONV_VARIANTS = ("tiny", "blocked", "fast")        # conv2d's B (im2col) is neve
 TINY_WORK = 16 * 16 * 16   # M*N*K at or below which setup costs more than blocking saves
 GEMV_ROWS = 4    # rows of A per pass over B in "gemv" (M <= GEMV_ROWS streams B once)
 GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector lanes)
+# gemv's dot form aligns B's loads for up to GEMV_ALIGN_ROWS rows: then the loads bound the K
+# loop and a misaligned weight (numpy puts large arrays 16 bytes past a 64-byte boundary) costs
+# 15-20% (LSTM step, 1 x 1024 x 256). With more rows the FMAs bound it, and one more (masked)
+# vector per column group and A's loads, misaligned in turn, cost 3-8% instead.
+GEMV_ALIGN_ROWS = 2
 GEMV_VECS = 4    # vectors of output columns per K loop in gemv's axpy form
 GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache across row groups
 # dispatcher: gemv up to GEMV_MAX_ROWS rows per batch (dot form), the axpy form only up to
@@ -770,23 +776,33 @@ def _row_offsets(b, geo, bi, m0, rows):
     return [geo.a_row(b, i) for i in idx], [geo.c_row(b, i) for i in idx]
 
 
+def aligned_start(b, blk, ptr, limit):
+    """Elements from `ptr` to the next vector-size boundary, at most `limit`: a K loop that
+    starts there loads no vector that splits a cache line (two L1 accesses instead of one)."""
+    width = c64(blk.vl * blk.size)
+    gap = b.urem(b.sub(width, b.urem(b.ptrtoint(ptr, I64), width)), width)
+    return imin(b, b.udiv(gap, c64(blk.size)), limit)
+
+
 def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
     """C[m0:m0+rows, n_lo:n_hi] for `rows` (a constant <= GEMV_ROWS) rows, K contiguous in A
-    and B. Per group of GEMV_COLS columns: one pass over K in vectors, rows x cols FMA accumulators
-    (each B vector loaded once, used by every row), a masked last vector for K % VL, then one
-    shuffle-tree horizontal sum per row. So B is read exactly once for all the rows."""
+    and B. Per group of GEMV_COLS columns: one pass over K in vectors, rows x cols FMA
+    accumulators (each B vector loaded once, used by every row): for up to GEMV_ALIGN_ROWS rows
+    a masked first vector up to the first column's vector boundary, then whole vectors, a
+    masked last one; then one shuffle-tree horizontal sum per row. So B is read exactly once
+    for all the rows."""
     ty, vec, vl = blk.ty, blk.vec, blk.vl
     zero = ir.Constant(vec, None)
     aoffs, coffs = _row_offsets(b, geo, bi, m0, rows)
     arows = [elem_ptr(b, geo.a, o, ty) for o in aoffs]
     bbase = b.mul(bi, geo.sb_b)
-    kmain = b.sub(geo.K, b.urem(geo.K, c64(vl)))
-    tail = first_lanes(b, kmain, geo.K, vl)
     ncols = min(GEMV_COLS, vl)
 
     def group(n0, cols):
         bcols = [elem_ptr(b, geo.bm, b.add(bbase, b.mul(b.add(n0, c64(j)), geo.sb_n)), ty)
                  for j in range(cols)]
+        head = aligned_start(b, blk, bcols[0], geo.K) if rows <= GEMV_ALIGN_ROWS else c64(0)
+        kmain = b.sub(geo.K, b.urem(b.sub(geo.K, head), c64(vl)))
 
         def fmas(k, accs, mask):
             def vload(base):
@@ -798,10 +814,12 @@ def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
             bv = [vload(p) for p in bcols]
             return [madd(b, av[r], bv[j], accs[r * cols + j], blk.is_float)
                     for r in range(rows) for j in range(cols)]
-        accs = carry_loop(b, 0, kmain, lambda k, accs: fmas(k, accs, None),
-                          [zero] * (rows * cols), step=vl)
+        accs = [zero] * (rows * cols)
+        accs = carry_if(b, b.icmp_signed(">", head, c64(0)),
+                        lambda accs: fmas(c64(0), accs, first_lanes(b, c64(0), head, vl)), accs)
+        accs = carry_loop(b, head, kmain, lambda k, accs: fmas(k, accs, None), accs, step=vl)
         accs = carry_if(b, b.icmp_signed("<", kmain, geo.K),
-                        lambda accs: fmas(kmain, accs, tail), accs)
+                        lambda accs: fmas(kmain, accs, first_lanes(b, kmain, geo.K, vl)), accs)
         for r in range(rows):
             sums = hsum(b, accs[r * cols:(r + 1) * cols], blk.is_float)
             for j in range(cols):

@@ -8,7 +8,10 @@ Upper-bound functions (`<op>.upper_bound`) read input shapes only and return two
 bound of the op's result, and the 1-D storage (in elements of the result's dtype) that holds
 the result at byte offset UPPER_BOUND_HEADER after a header. The op's kernel fills the bound and
 writes the true shape of its result (int64[rank]) into the header; the VM then views the
-result in place (compiler/codegen/emitter.py, `upper_bound_call`): one block, no copy.
+result in place (compiler/codegen/emitter.py, `upper_bound_call`): one block, no copy. An
+upper-bound function may carry a hook `static_bound(attrs) -> shape or None`: a bound that holds
+for every input (e.g. nms's max_output); the compiler then allocates that block statically and
+emits no shape function call.
 """
 from __future__ import annotations
 

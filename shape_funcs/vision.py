@@ -7,7 +7,8 @@ nms has two shape functions (see compiler/op/vision.py):
     whole greedy selection in numpy; it is what the VM calls today.
   - "nms.upper_bound" (upper-bound, what the compiler uses): [(B,), (B + 8,)] with
     B = min(N, max_output): the bound of the result, and the int64 storage that holds it after
-    a 64-byte header (see shape_funcs/registry.py). The kernel's two-output form fills the bound
+    a 64-byte header (see shape_funcs/registry.py). Its static bound (max_output,) lets the
+    compiler skip the call when max_output is small. The kernel's two-output form fills the bound
     (selected indices, padded with -1) and writes the true shape (K,) into the header; the VM
     views the first K entries zero-copy.
 """
@@ -145,6 +146,21 @@ def _nms_upper_bound_prepared(attrs):
 
 
 nms_upper_bound.check_attrs = _nms_upper_bound_prepared
+
+STATIC_BOUND_BYTES = 1 << 20    # a static bound bigger than this is not worth holding per call
+
+
+def _nms_static_bound(attrs):
+    """max_output entries bound the result whatever N is: the compiler allocates them
+    statically and calls no shape function (None: bad attrs, reported per call, or too big)."""
+    try:
+        max_output, _ = check_nms_attrs("nms", attrs)
+    except ShapeError:
+        return None
+    return (max_output,) if max_output * 8 <= STATIC_BOUND_BYTES else None
+
+
+nms_upper_bound.static_bound = _nms_static_bound
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 
-from kernels.llvm_util import ERR_STEPS
 from vm.bytecode import OPCODES
 from vm.dtypes import dtype_name, itemsize, np_dtype
 from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError, VMError,
@@ -32,7 +31,7 @@ from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError,
 from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
 from vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
-                       check_storage_request, checked_dims, int64s_at, rebuild)
+                       cache_aligned, check_storage_request, checked_dims, int64s_at, rebuild)
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 _make_shape = ShapeTensor.make
@@ -79,16 +78,19 @@ class VirtualMachine:
         self.max_steps = max_steps
         self.kernels = exe.loaded_kernels()
         self.shape_funcs = self._lookup_shape_funcs(exe)
-        self._constants = [Tensor.from_array(c) for c in exe.constants]
+        self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         self._profile = Profile() if profile else None
         self._pool = StoragePool()
         self._code = [self._translate_function(fn) for fn in exe.functions]
         self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         # what invoke needs per function, looked up once: index, parameter count, the
-        # _fast_tensor specs (None for non-tensor parameters), register count, code
+        # _fast_tensor specs (None for non-tensor parameters), register count, code, and the
+        # (dtype, shape) object made last for each parameter: an argument of the same shape as
+        # last time reuses it, so kernel call sites see an unchanged layout (no re-describe)
         self._plans = {fn.name: (i, len(fn.params), tuple(self._param_specs[i]), fn.register_count,
-                                 self._code[i]) for i, fn in enumerate(exe.functions)}
+                                 self._code[i], [(None, None)] * len(fn.params))
+                       for i, fn in enumerate(exe.functions)}
         self._stack = []
         self._result = None
         self._views = {}          # AllocTensor operands id -> (storage, view), per invocation
@@ -202,7 +204,7 @@ class VirtualMachine:
         plan = self._plans.get(name)
         if plan is None:
             raise VMError(f"no function named {name!r}; functions: {', '.join(self._index)}")
-        index, nparams, specs, nregs, code = plan
+        index, nparams, specs, nregs, code, metas = plan
         if len(args) == nparams:
             regs = [None] * nregs
             i = 0
@@ -230,7 +232,10 @@ class VirtualMachine:
                 flags = a.flags
                 if not (flags.c_contiguous and flags.aligned):
                     break
-                regs[i] = Tensor(_address(a) if a.size else _EMPTY_ADDRESS, (dname, shape), a, 0, a)
+                meta = metas[i]
+                if meta[1] != shape:
+                    meta = metas[i] = (dname, shape)
+                regs[i] = Tensor(_address(a) if a.size else _EMPTY_ADDRESS, meta, a, 0, a)
                 i += 1
             else:
                 return _export(self._run_frame(Frame(index, code, regs, None)))
@@ -596,6 +601,8 @@ class VirtualMachine:
         return pc + 1
 
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
+        from kernels.llvm_util import ERR_STEPS   # lazily: kernels/ imports shape_funcs/, which imports vm/
+
         if (rc & 0xFF) == ERR_STEPS:
             return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
                                     f"loop {kernel.name} after {iterations} iterations (infinite loop?)")

@@ -25,7 +25,7 @@ from vm.dtypes import np_dtype
 from vm.errors import InvokeArgumentError, KernelError, StaticRuntimeError, VMError
 from vm.machine import _import_tensor
 from vm.profiler import Profile
-from vm.values import ADT, Storage, Tensor, rebuild
+from vm.values import ADT, Storage, Tensor, cache_aligned, rebuild
 
 # opcode -> why the static runtime cannot run it (every other opcode is resolved at build time)
 _REJECTED = {
@@ -107,7 +107,7 @@ class StaticRuntime:
     def _plan(self, exe, fn):
         """Execute the code symbolically: allocate, resolve values, prepare the kernel calls."""
         kernels = exe.loaded_kernels()
-        constants = [Tensor.from_array(c) for c in exe.constants]
+        constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         regs = [None] * fn.register_count
         known = {}  # id -> tensor whose contents are known now (constants, shapes); the
                     # references keep the ids from being reused by later tensors

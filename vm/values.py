@@ -32,6 +32,20 @@ def _address(buffer) -> int:
     return int(_cast(_UINTPTR, _from_buffer(_CHARS, buffer, False)))
 
 
+def cache_aligned(a: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """`a` itself if its data starts on an `alignment`-byte boundary, else a read-only aligned
+    copy. numpy aligns big arrays only to 16 bytes; kernels read constants (weights) with
+    vector loads, and one that straddles cache lines costs ~20% on a memory-bound gemv."""
+    if not a.size or a.__array_interface__["data"][0] % alignment == 0:
+        return a
+    raw = np.empty(a.nbytes + alignment, np.uint8)
+    start = -raw.__array_interface__["data"][0] % alignment
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    out.setflags(write=a.flags.writeable)
+    return out
+
+
 class Tensor:
     """A compact row-major tensor inside the VM.
 

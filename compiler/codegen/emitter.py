@@ -20,6 +20,7 @@ from compiler.codegen.patterns import check_exhaustive
 from compiler.codegen.native_loop import emit_native_loop
 from compiler.codegen.primitive import kernel_of
 from compiler.codegen.types import tensor_leaves
+import shape_funcs
 from shape_funcs.registry import UPPER_BOUND_HEADER
 
 ALIGNMENT = 64
@@ -276,20 +277,30 @@ class FunctionEmitter:
         return outputs[0]
 
     def upper_bound_call(self, node: E.Call, opdef) -> int:
-        """One block for the bound (from `<op>.upper_bound`) behind a header; the kernel fills
-        the bound and writes its result's true shape into the header, and the result is a view
-        of the filled part (no copy; AllocTensorReg checks that the shape fits the block)."""
+        """One block for the bound behind a header; the kernel fills the bound and writes its
+        result's true shape into the header, and the result is a view of the filled part (no
+        copy; AllocTensorReg checks that the shape fits the block). The bound is static when
+        the op's `static_bound` hook gives one, else `<op>.upper_bound` computes it per call."""
         inputs = self.flat_inputs(node)
         in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
         out_type = node.checked_type
-        shape_type = TensorType((out_type.rank,), "int64")
-        bound, block = self.new_reg(), self.new_reg()
-        sf = self.mc.add_shape_func(f"{opdef.name}.upper_bound", node.attrs)
-        self.emit("CallShapeFunc", sf, inputs, [bound, block])
-        storage = self.emit_to("AllocStorageReg", block, ALIGNMENT, out_type.dtype)
+        bound_fn = shape_funcs.lookup(f"{opdef.name}.upper_bound").fn
+        static = getattr(bound_fn, "static_bound", lambda attrs: None)(node.attrs)
+        if static is not None:
+            nbytes = UPPER_BOUND_HEADER + int(np.prod(static, dtype=np.int64)) * itemsize(out_type.dtype)
+            storage = self.emit_to("AllocStorage", nbytes, ALIGNMENT, out_type.dtype)
+        else:
+            bound, block = self.new_reg(), self.new_reg()
+            sf = self.mc.add_shape_func(f"{opdef.name}.upper_bound", node.attrs)
+            self.emit("CallShapeFunc", sf, inputs, [bound, block])
+            storage = self.emit_to("AllocStorageReg", block, ALIGNMENT, out_type.dtype)
         shape = self.emit_to("AllocTensor", storage, 0, [out_type.rank], "int64")
-        full = self.emit_to("AllocTensorReg", storage, UPPER_BOUND_HEADER, bound, out_type.dtype)
-        kernel = self.mc.add_kernel(opdef, node.attrs, in_types, [out_type, shape_type])
+        if static is not None:
+            full = self.emit_to("AllocTensor", storage, UPPER_BOUND_HEADER, list(static), out_type.dtype)
+        else:
+            full = self.emit_to("AllocTensorReg", storage, UPPER_BOUND_HEADER, bound, out_type.dtype)
+        kernel = self.mc.add_kernel(opdef, node.attrs, in_types,
+                                    [out_type, TensorType((out_type.rank,), "int64")])
         self.emit("CallKernel", kernel, inputs, [full, shape])
         return self.emit_to("AllocTensorReg", storage, UPPER_BOUND_HEADER, shape, out_type.dtype)
 

@@ -10,12 +10,19 @@ from vm.errors import DynVMError, TypeInferenceError
 ATTRS = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}
 
 
-@pytest.fixture(scope="module")
-def nms_vm():
+def nms_module(attrs):
     b = ir.var("b", ir.TensorType((ir.Any(), 4), "float32"))
     s = ir.var("s", ir.TensorType((ir.Any(),), "float32"))
-    exe = build(ir.IRModule.from_expr(ir.Function([b, s], op.non_max_suppression(b, s, **ATTRS))))
-    return exe, VirtualMachine(exe)
+    return ir.IRModule.from_expr(ir.Function([b, s], op.non_max_suppression(b, s, **attrs)))
+
+
+@pytest.fixture(scope="module", params=[100, 10 ** 6], ids=["static-bound", "bound-per-call"])
+def nms_vm(request):
+    """max_output 100: the bound (100 entries) is allocated statically; 10**6 entries would be
+    8 MB, so the bound min(N, max_output) comes from nms.upper_bound per call."""
+    attrs = dict(ATTRS, max_output=request.param)
+    exe = build(nms_module(attrs))
+    return exe, VirtualMachine(exe), attrs
 
 
 def random_boxes(n, seed, size=20.0):
@@ -26,36 +33,38 @@ def random_boxes(n, seed, size=20.0):
 
 
 def test_nms_allocates_the_bound_and_views_the_true_rows(nms_vm):
-    exe, _ = nms_vm
+    exe, _, attrs = nms_vm
     names = [exe.shape_funcs[ins.args[0]]["name"] for ins in exe.functions[0].instructions
              if ins.name == "CallShapeFunc"]
-    assert names == ["nms.upper_bound"]   # no exact greedy pass in Python, one shape function
+    # no exact greedy pass in Python: one shape function at most, none for a static bound
+    assert names == ([] if attrs["max_output"] == 100 else ["nms.upper_bound"])
+    assert [ins.name for ins in exe.functions[0].instructions][-2:] == ["AllocTensorReg", "Ret"]
 
 
 @pytest.mark.parametrize("n,seed", [(0, 0), (1, 1), (7, 2), (300, 3), (1000, 4)])
 def test_nms_matches_the_reference(nms_vm, n, seed):
-    _, vm = nms_vm
+    _, vm, attrs = nms_vm
     boxes, scores = random_boxes(n, seed)
     got = vm.invoke("main", boxes, scores)
     assert got.dtype == np.int64
-    np.testing.assert_array_equal(got, nms_select(boxes, scores, ATTRS))
+    np.testing.assert_array_equal(got, nms_select(boxes, scores, attrs))
 
 
 def test_nms_adversarial_boxes(nms_vm):
-    _, vm = nms_vm
+    _, vm, attrs = nms_vm
     same = np.tile(np.array([[0, 0, 10, 10]], np.float32), (50, 1))
     ties = np.full(50, 0.5, np.float32)
     np.testing.assert_array_equal(vm.invoke("main", same, ties), [0])            # all suppressed
     far = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(30)], np.float32)
     np.testing.assert_array_equal(vm.invoke("main", far, ties[:30]), np.arange(30))  # none suppressed
     flat = np.zeros((5, 4), np.float32)                                          # zero-area boxes
-    np.testing.assert_array_equal(vm.invoke("main", flat, ties[:5]), nms_select(flat, ties[:5], ATTRS))
+    np.testing.assert_array_equal(vm.invoke("main", flat, ties[:5]), nms_select(flat, ties[:5], attrs))
     low = np.full(5, 0.01, np.float32)                                           # below threshold
     assert vm.invoke("main", far[:5], low).shape == (0,)
 
 
 def test_results_of_earlier_calls_stay_valid(nms_vm):
-    _, vm = nms_vm
+    _, vm, attrs = nms_vm
     first = vm.invoke("main", *random_boxes(200, 5))
     kept = first.copy()
     vm.invoke("main", *random_boxes(200, 6))
@@ -63,12 +72,9 @@ def test_results_of_earlier_calls_stay_valid(nms_vm):
 
 
 def test_bad_nms_attributes_are_clear_errors():
-    b = ir.var("b", ir.TensorType((ir.Any(), 4), "float32"))
-    s = ir.var("s", ir.TensorType((ir.Any(),), "float32"))
     for bad in ({"max_output": -1}, {"iou_threshold": 1.5}):
-        attrs = dict(ATTRS, **bad)
         with pytest.raises((TypeInferenceError, DynVMError)):
-            build(ir.IRModule.from_expr(ir.Function([b, s], op.non_max_suppression(b, s, **attrs))))
+            build(nms_module(dict(ATTRS, **bad)))
 
 
 def test_arange_with_step_zero_is_a_clear_error():
@@ -87,21 +93,22 @@ def test_argwhere_of_all_false_is_empty():
 
 
 def test_nms_uses_the_prepared_shape_functions_and_rejects_mismatched_inputs(nms_vm):
-    _, vm = nms_vm
+    _, vm, attrs = nms_vm
     handlers = [h.__name__ for h, _ in vm._code[0]]
-    assert handlers.count("_op_CallShapeFunc_prepared") == 1
+    static = attrs["max_output"] == 100
+    assert handlers.count("_op_CallShapeFunc_prepared") == (0 if static else 1)
     boxes, scores = random_boxes(10, 7)
-    with pytest.raises(DynVMError, match="boxes must be"):
+    with pytest.raises(DynVMError, match="extents do not fit" if static else "boxes must be"):
         vm.invoke("main", boxes, scores[:9])
     first = vm.invoke("main", boxes, scores)         # the VM still works after the error
-    np.testing.assert_array_equal(first, nms_select(boxes, scores, ATTRS))
+    np.testing.assert_array_equal(first, nms_select(boxes, scores, attrs))
 
 
 def test_nms_results_are_owned_arrays_after_many_invokes(nms_vm):
-    _, vm = nms_vm
+    _, vm, attrs = nms_vm
     results = [(vm.invoke("main", *random_boxes(50, s)), s) for s in range(5)]
     for got, s in results:
-        np.testing.assert_array_equal(got, nms_select(*random_boxes(50, s), ATTRS))
+        np.testing.assert_array_equal(got, nms_select(*random_boxes(50, s), attrs))
         assert got.flags.writeable
 
 

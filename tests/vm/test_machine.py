@@ -440,3 +440,15 @@ def test_shape_of_a_non_tensor_is_a_vm_error():
     main = fn("main", [], [("AllocADT", 0, [], 0), ("ShapeOf", 0, 1), ("Ret", 1)])
     with pytest.raises(VMError, match="r0 holds a tuple, expected a tensor"):
         run(exe(main))
+
+
+def test_constants_are_cache_aligned_copies_when_numpy_did_not_align_them():
+    from vm.values import cache_aligned
+    raw = np.zeros(4096 + 64, np.uint8)
+    for shift in range(0, 64, 4):
+        a = raw[shift:shift + 4096].view(np.float32).reshape(32, 32)
+        a[...] = np.arange(1024, dtype=np.float32).reshape(32, 32)
+        got = cache_aligned(a)
+        assert got.__array_interface__["data"][0] % 64 == 0
+        np.testing.assert_array_equal(got, a)
+        assert (got is a) == (a.__array_interface__["data"][0] % 64 == 0)
