@@ -17,6 +17,7 @@ Storage comes from the VM's `vm.memory.StoragePool`: blocks recycled by size cla
 invocations, each returning to the pool only when nothing (register, tensor, returned array)
 can reach it any more; `memory_stats()` reports the pool's counters.
 """
+import functools
 import itertools
 import math
 import operator
@@ -106,7 +107,10 @@ class VirtualMachine:
             # data-independent and upper-bound functions only read .shape/.ndim: they get the
             # Tensors as they are; data-dependent ones read values from numpy views
             wants_arrays = sf.mode == "data_dependent" and not sf.tensor_inputs
-            out.append((sf.fn, s["attrs"], wants_arrays, None if wants_arrays else _prepared(sf.fn, s["attrs"])))
+            fast = None
+            if not wants_arrays:   # specialised to its attrs, or simply bound to them
+                fast = _prepared(sf.fn, s["attrs"]) or functools.partial(_call_with, sf.fn, s["attrs"])
+            out.append((sf.fn, s["attrs"], wants_arrays, fast, sf.mode != "data_dependent"))
         return out
 
     def _translate_function(self, fn):
@@ -161,15 +165,19 @@ class VirtualMachine:
             # element size, and the last (dtype, shape) made here: an unchanged shape reuses
             # the same meta object, so the kernel call sites that get the tensor see it unchanged
             args = (storage, offset, shape, dtype, dst, itemsize(dtype), [(dtype, None)])
+        elif name == "ReshapeTensor":
+            args = args + ([None],)     # the last (dtype, shape) object made here
         elif name == "CallShapeFunc":
-            fn, attrs, wants_arrays, fast = self.shape_funcs[args[0]]
+            fn, attrs, wants_arrays, fast, shapes_only = self.shape_funcs[args[0]]
             if fast is not None:
                 # attrs were checked once (the function's check_attrs hook): a call runs only
                 # the shape computation on the input Tensors
                 # (last ShapeTensor made per output: an unchanged shape reuses it; they are
                 # immutable, so sharing one across invocations is safe)
-                handler, args = self._op_CallShapeFunc_prepared, (fast, args[1], args[2], args[0],
-                                                                   [None] * len(args[2]))
+                args = (fast, args[1], args[2], args[0], [None] * len(args[2]))
+                handler = self._op_CallShapeFunc_prepared
+                if shapes_only:
+                    handler, args = self._op_CallShapeFunc_memo, args + ([None],)
             else:
                 args = (fn, attrs, wants_arrays, args[1], args[2], args[0])
         elif name == "CallLoop":
@@ -433,6 +441,29 @@ class VirtualMachine:
             k += 1
         return pc + 1
 
+    def _op_CallShapeFunc_memo(self, regs, a, pc):
+        """A shape function that reads only input shapes, called with the very (dtype, shape)
+        objects as last time (AllocTensorReg and invoke reuse them while shapes stay the same)
+        returns what it returned then: the outputs of the last call are reused, no call."""
+        inputs, outputs, last, seen = a[1], a[2], a[4], a[5]
+        metas = seen[0]
+        if metas is not None:
+            k = 0
+            for r in inputs:
+                if getattr(regs[r], "meta", None) is not metas[k]:
+                    break
+                k += 1
+            else:
+                k = 0
+                for r in outputs:
+                    regs[r] = last[k]
+                    k += 1
+                return pc + 1
+        pc = self._op_CallShapeFunc_prepared(regs, a[:5], pc)
+        reusable = all(regs[r] is t for r, t in zip(outputs, last))
+        seen[0] = tuple(regs[r].meta for r in inputs) if reusable else None
+        return pc
+
     def _op_AllocStorage(self, regs, a, pc):
         size, alignment, dtype, dst, size_class = a
         regs[dst] = self._pool.lease(size_class, size, alignment, dtype)
@@ -563,8 +594,12 @@ class VirtualMachine:
         return pc + 1
 
     def _op_ReshapeTensor(self, regs, a, pc):
-        tensor, shape, dst = a
-        regs[dst] = _reshape(_tensor(regs[tensor], tensor), _shape_tuple(regs[shape]))
+        tensor, shape, dst, last = a
+        view = regs[dst] = _reshape(_tensor(regs[tensor], tensor), _shape_tuple(regs[shape]))
+        if view.meta == last[0]:    # as AllocTensorReg: an unchanged (dtype, shape) object
+            view.meta = last[0]
+        else:
+            last[0] = view.meta
         return pc + 1
 
     def _op_KillRegister(self, regs, a, pc):
@@ -770,6 +805,10 @@ def _reshape(tensor, shape):
         raise ShapeError(f"cannot reshape a tensor of shape {tensor.shape} ({tensor.size} elements) "
                          f"to {list(shape)} ({math.prod(shape)} elements)")
     return tensor.reshaped(shape)
+
+
+def _call_with(fn, attrs, inputs):
+    return fn(inputs, attrs)
 
 
 def _prepared(fn, attrs):

@@ -96,7 +96,7 @@ def test_nms_uses_the_prepared_shape_functions_and_rejects_mismatched_inputs(nms
     _, vm, attrs = nms_vm
     handlers = [h.__name__ for h, _ in vm._code[0]]
     static = attrs["max_output"] == 100
-    assert handlers.count("_op_CallShapeFunc_prepared") == (0 if static else 1)
+    assert handlers.count("_op_CallShapeFunc_memo") == (0 if static else 1)
     boxes, scores = random_boxes(10, 7)
     with pytest.raises(DynVMError, match="extents do not fit" if static else "boxes must be"):
         vm.invoke("main", boxes, scores[:9])
@@ -125,3 +125,26 @@ def test_fused_allocations_match_the_unfused_vm():
         arg = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
         for got, want in zip(vm.invoke("main", arg), plain.invoke("main", arg)):
             np.testing.assert_array_equal(got, want)
+
+
+def test_shape_function_results_are_reused_only_while_input_shapes_stay_the_same(monkeypatch):
+    """Shape functions that read only shapes run again only when an input's (dtype, shape)
+    object changed; results stay right when shapes alternate."""
+    from vm.machine import VirtualMachine as VM
+    x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    y = op.reshape(op.transpose(op.dense(x, ir.const(w))), (-1,))
+    vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], op.add(y, y))), fuse=False))
+    calls = []
+    run_shape_func = VM._op_CallShapeFunc_prepared
+    monkeypatch.setattr(VM, "_op_CallShapeFunc_prepared",
+                        lambda self, regs, a, pc: calls.append(pc) or run_shape_func(self, regs, a, pc))
+    counts = []
+    for n in (3, 3, 5, 5, 3, 0, 0):
+        a = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+        before = len(calls)
+        got = vm.invoke("main", a)
+        np.testing.assert_allclose(got, 2 * (a @ w.T).T.reshape(-1), rtol=1e-6, atol=1e-6)
+        counts.append(len(calls) - before)
+    assert counts[0] > 0 and counts[1] == counts[3] == counts[6] == 0
+    assert counts[2] == counts[4] == counts[5] == counts[0]
