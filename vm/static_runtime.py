@@ -38,6 +38,7 @@ _REJECTED = {
     "AllocTensorReg": "shapes a tensor at run time (a dynamic shape)",
     "AllocClosure": "builds a closure",
     "Fatal": "always raises",
+    "CallLoop": "runs a loop (control flow, as a native loop kernel)",
 }
 _HINT = "StaticRuntime runs straight-line code over static shapes only; use VirtualMachine"
 

@@ -189,3 +189,42 @@ def test_the_loop_kernel_checks_its_arguments_when_called_directly():
     inputs[state] = np.zeros(4, np.float32)
     with pytest.raises(DynVMError, match="extents"):
         kernel(inputs, outputs)
+
+
+def test_the_static_runtime_rejects_a_native_loop_function_by_name():
+    from vm import StaticRuntime
+    from vm.errors import StaticRuntimeError
+
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    n = ir.var("n", I64)
+    one = ir.const(1, "int64")
+    mod["loop"] = ir.Function([n], ir.If(op.less(n, one), n, ir.Call(loop, [op.subtract(n, one)])),
+                              ret_type=I64)
+    with pytest.raises(StaticRuntimeError, match="CallLoop"):
+        StaticRuntime(build(mod), name="loop")
+
+
+def test_exits_may_return_invariants_and_the_same_state_twice():
+    """loop(n, x, acc) = n < 1 ? (x, acc, acc) : loop(n - 1, x, acc * 2 + sum(x))."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+    n, acc = ir.var("n", I64), ir.var("acc", ir.TensorType((2,), "float32"))
+    one = ir.const(1, "int64")
+    grown = op.add(op.multiply(acc, ir.const(2.0, "float32")), op.sum(x))
+    ret = ir.TupleType([x.type_annotation, acc.type_annotation, acc.type_annotation])
+    mod["loop"] = ir.Function(
+        [n, x, acc], ir.If(op.less(n, one), ir.Tuple([x, acc, acc]),
+                           ir.Call(loop, [op.subtract(n, one), x, grown])), ret_type=ret)
+    native, bytecode = both(mod)
+    assert "CallLoop" in opcodes(native, "loop")
+    xs = np.arange(5, dtype=np.float32)
+    got = VirtualMachine(native).invoke("loop", np.int64(4), xs, np.ones(2, np.float32))
+    assert_same(got, VirtualMachine(bytecode).invoke("loop", np.int64(4), xs, np.ones(2, np.float32)))
+    np.testing.assert_array_equal(got[0], xs)
+    want = np.ones(2)
+    for _ in range(4):
+        want = want * 2 + xs.sum()
+    np.testing.assert_array_equal(got[1], want)
+    np.testing.assert_array_equal(got[2], want)
