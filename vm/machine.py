@@ -32,7 +32,8 @@ from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError,
 from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
 from vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
-                       cache_aligned, check_storage_request, checked_dims, int64s_at, rebuild)
+                       cache_aligned, check_storage_request, checked_dims, int64_at, int64s_at,
+                       rebuild)
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 _make_shape = ShapeTensor.make
@@ -785,8 +786,10 @@ def _shape_tuple(value) -> tuple:
     if type(value) is ShapeTensor:
         return value.dims
     if type(value) is Tensor and value.meta[0] == "int64" and len(value.meta[1]) == 1:
-        shape = tuple(int64s_at(value.address, value.meta[1][0]))  # e.g. written by a kernel
-        if any(d < 0 for d in shape):
+        # e.g. written by a kernel (an upper-bound op's true shape): read straight from memory
+        shape = (int64_at(value.address),) if value.meta[1][0] == 1 else \
+            tuple(int64s_at(value.address, value.meta[1][0]))
+        if shape and min(shape) < 0:
             raise ShapeError(f"a shape cannot have negative dimensions: {list(shape)}")
         return shape
     arr = value.array if isinstance(value, Tensor) else np.asarray(value)
