@@ -60,55 +60,67 @@ def _exit_params(node, params):
     return None
 
 
+def _match_loop(name, func):
+    """(header lets, the If, body lets, the self call, exit param indices, exit is a tuple,
+    exit_when) of a function with the loop shape, else NotNative."""
+    params = list(func.params)
+    header, node = _peel_lets(func.body)
+    if not isinstance(node, E.If):
+        raise NotNative("the body is not an if")
+    for cont, done, exit_when in ((node.true_branch, node.false_branch, False),
+                                  (node.false_branch, node.true_branch, True)):
+        body, call = _peel_lets(cont)
+        exits = _exit_params(done, params)
+        if (exits is not None and isinstance(call, E.Call) and isinstance(call.callee, E.GlobalVar)
+                and call.callee.name == name):
+            return header, node, body, call, exits, isinstance(done, E.Tuple), exit_when
+    raise NotNative("no branch is a self tail call next to an exit returning parameters")
+
+
 class LoopPlan:
     """The loop kernel spec of one function (raises NotNative if it does not qualify)."""
 
     def __init__(self, mc, name, func):
         self.mc, self.func = mc, func
+        header, branch, body, call, self.exits, self.tuple_result, self.exit_when = \
+            _match_loop(name, func)
         params = list(func.params)
-        header, node = _peel_lets(func.body)
-        if not isinstance(node, E.If):
-            raise NotNative("the body is not an if")
-        for cont, done, exit_when in ((node.true_branch, node.false_branch, False),
-                                      (node.false_branch, node.true_branch, True)):
-            body, call = _peel_lets(cont)
-            exits = _exit_params(done, params)
-            if (exits is not None and isinstance(call, E.Call) and isinstance(call.callee, E.GlobalVar)
-                    and call.callee.name == name):
-                break
-        else:
-            raise NotNative("no branch is a self tail call next to an exit returning parameters")
-        self.exits, self.tuple_result = exits, isinstance(done, E.Tuple)
         self.carried = [i for i, (p, a) in enumerate(zip(params, call.args)) if a is not p]
-        self.result_params = list(dict.fromkeys(i for i in exits if i in self.carried))
+        self.result_params = list(dict.fromkeys(i for i in self.exits if i in self.carried))
         self.slots, self.header, self.body, self.constants = [], [], [], []
         self.workspace = 0
         self.env = {}
-        for i, p in enumerate(params):
-            t = p.checked_type
-            if not isinstance(t, TensorType):
-                raise NotNative(f"parameter %{p.name} is not a tensor")
-            if i in self.carried:
-                self.env[p] = self.scratch(self._static(t, f"loop state %{p.name}"))
-            else:
-                self.env[p] = self.new_slot(t.dtype, [None if is_any(d) else d for d in t.shape], "input", i)
-        self.state = {p: self.env[p] for i, p in enumerate(params) if i in self.carried}
-        self.calls = self.header
-        for var, value in header:
-            self.env[var] = self.value(value)
-        self.cond = self.value(node.cond)
+        self.bind_params()
+        self.calls = self.header            # the calls `value` emits go here
+        self.bind_lets(header)
+        self.cond = self.value(branch.cond)
         if self.slots[self.cond][:2] != ["bool", []]:
             raise NotNative("the condition is not a bool scalar")
-        self.exit_when = exit_when
         self.calls = self.body
-        for var, value in body:
-            self.env[var] = self.value(value)
+        self.bind_lets(body)
         self.next = {i: self.value(call.args[i]) for i in self.carried}
         states = set(self.state.values())
         self.stages = {i: self.scratch(self.slots[self.next[i]][:2])
                        if root_slot(self.slots, self.next[i]) in states else -1 for i in self.carried}
         if self.workspace > MAX_WORKSPACE:
             raise NotNative(f"workspace of {self.workspace} bytes")
+
+    def bind_params(self):
+        """Loop state: a scratch slot each (static tensors only); invariants: input slots."""
+        for i, p in enumerate(self.func.params):
+            t = p.checked_type
+            if not isinstance(t, TensorType):
+                raise NotNative(f"parameter %{p.name} is not a tensor")
+            if i in self.carried:
+                self.env[p] = self.scratch(self._static(t, f"loop state %{p.name}"))
+            else:
+                shape = [None if is_any(d) else d for d in t.shape]
+                self.env[p] = self.new_slot(t.dtype, shape, "input", i)
+        self.state = {p: self.env[p] for i, p in enumerate(self.func.params) if i in self.carried}
+
+    def bind_lets(self, lets):
+        for var, value in lets:
+            self.env[var] = self.value(value)
 
     # -- slots -------------------------------------------------------------------------------
     def new_slot(self, dtype, shape, kind, ref) -> int:
@@ -135,8 +147,7 @@ class LoopPlan:
             return self.env[node]
         if isinstance(node, E.Let):
             lets, body = _peel_lets(node)
-            for var, value in lets:
-                self.env[var] = self.value(value)
+            self.bind_lets(lets)
             return self.value(body)
         if isinstance(node, E.Constant):
             slot = self.constant(node)
