@@ -75,6 +75,8 @@ def _children(node):
         return [node.value, node.body]
     if isinstance(node, E.Function):
         return [node.body]
+    if isinstance(node, E.Match):
+        return [node.data] + [clause.rhs for clause in node.clauses]
     return []
 
 

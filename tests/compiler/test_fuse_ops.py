@@ -67,6 +67,29 @@ def test_fusion_keeps_branches_separate():
     np.testing.assert_allclose(vm.invoke("main", np.bool_(False), data), np.maximum(-data, 0))
 
 
+def test_chains_inside_match_clauses_fuse_too():
+    """An elementwise chain in a match clause (e.g. a Tree-LSTM node) is one kernel, and a value
+    used by the match data and by a clause is still materialised once."""
+    from compiler import prelude
+
+    mod = prelude.module()
+    some = mod.constructor("Some")
+    t = ir.TensorType((ir.Any(),), "float32")
+    opt = ir.var("o", ir.TypeCall("Option", [t]))
+    x, y = ir.var("x", t), ir.var("y", t)
+    clause = ir.Clause(ir.PatternConstructor(some, [ir.PatternVar(x)]),
+                       op.multiply(op.tanh(op.add(x, y)), op.sigmoid(y)))
+    mod["main"] = ir.Function([opt, y], ir.Match(opt, [clause], complete=False))
+    exe = build(mod)
+    calls = [ins for ins in exe.functions[exe.function_index("main")].instructions
+             if ins.name == "CallKernel"]
+    assert len(calls) == 1
+    from vm import ADT
+    a, b = np.linspace(-2, 2, 7, dtype=np.float32), np.linspace(1, 3, 7, dtype=np.float32)
+    got = VirtualMachine(exe).invoke("main", ADT("Some", 0, (a,)), b)
+    np.testing.assert_allclose(got, np.tanh(a + b) / (1 + np.exp(-b)), rtol=1e-5, atol=1e-6)
+
+
 @settings(max_examples=10, deadline=None)
 @given(program=random_program(), rows=st.sampled_from([0, 1, 5]))
 def test_fused_equals_unfused_on_random_programs(program, rows):
