@@ -22,7 +22,8 @@ spec:
   carried   [[input, state slot, next slot, stage slot]...]: the loop state: the state slot
             (scratch) is loaded from the input before the first iteration and replaced by the
             next slot's value after every iteration, as a parallel assignment: a next value
-            that is another state (a swap) is first copied to its stage slot (-1: none);
+            that is (a view of) another state, a swap, is first copied to its stage slot
+            (-1: none);
   results   [slot...]: what the outputs receive when the loop exits;
   workspace its size in bytes.
 Descriptors of the inner calls are built once before the loop: every slot has a fixed address.
@@ -147,7 +148,8 @@ class _LoopEmitter:
     # -- checks ------------------------------------------------------------------------------
     def check_shapes(self):
         """Static extents of every argument the spec knows; compact layouts where the loop
-        copies whole tensors (state inputs, outputs)."""
+        copies whole tensors (state inputs, inputs used as next values, outputs): a copy of
+        a strided (or broadcast, stride 0) argument would read past its memory."""
         b, spec = self.b, self.spec
         known = {self.budget_arg: [], self.ws_arg: [spec["workspace"] // WORD], self.counters_arg: [2]}
         for dtype, shape, kind, ref in self.slots:
@@ -163,7 +165,9 @@ class _LoopEmitter:
                     got = self.arrays[k][1][d]
                     check(b, b.icmp_signed("==", got, const(I64, want)), ERR_SHAPE | k << 8 | d << 16)
         copied = [k for k, _, _, _ in spec["carried"]] + [self.n_in + j for j in range(len(spec["results"]))]
-        for k in copied:
+        copied += [self.slots[nxt][3] for _, _, nxt, _ in spec["carried"]   # an input as a next value
+                   if self.slots[nxt][2] == "input"]
+        for k in dict.fromkeys(copied):
             self.check_compact(k, known[k])
 
     def check_compact(self, k, shape):

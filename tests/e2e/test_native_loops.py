@@ -228,3 +228,27 @@ def test_exits_may_return_invariants_and_the_same_state_twice():
         want = want * 2 + xs.sum()
     np.testing.assert_array_equal(got[1], want)
     np.testing.assert_array_equal(got[2], want)
+
+
+def test_an_input_copied_into_the_state_must_be_compact_when_the_kernel_is_called_directly():
+    """loop(n, x, a) = n < 1 ? a : loop(n - 1, x, x): x becomes the state by a copy, so a
+    broadcast (stride 0) x given to the kernel directly is rejected, not read past its end."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    t = ir.TensorType((64,), "float32")
+    n, x, a = ir.var("n", I64), ir.var("x", t), ir.var("a", t)
+    one = ir.const(1, "int64")
+    mod["loop"] = ir.Function([n, x, a], ir.If(op.less(n, one), a,
+                                               ir.Call(loop, [op.subtract(n, one), x, x])),
+                              ret_type=t)
+    exe = build(mod)
+    assert "CallLoop" in opcodes(exe, "loop")
+    xs = np.arange(64, dtype=np.float32)
+    np.testing.assert_array_equal(VirtualMachine(exe).invoke("loop", np.int64(2), xs, np.zeros(64, np.float32)), xs)
+    kernel = next(k for k in exe.loaded_kernels() if k.op == "loop")
+    spec = kernel.attrs
+    broadcast = np.broadcast_to(np.float32(1), (64,))
+    inputs = [np.array(2, np.int64), broadcast, np.zeros(64, np.float32), np.array(-1, np.int64)]
+    outputs = [np.zeros(64, np.float32), np.zeros(spec["workspace"] // 8, np.int64), np.zeros(2, np.int64)]
+    with pytest.raises(DynVMError, match="layout"):
+        kernel(inputs, outputs)
