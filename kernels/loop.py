@@ -77,16 +77,20 @@ def _check(spec, inputs, outputs):
                           "outputs the workspace and the counters (int64, 1-d)")
     if len(spec["results"]) != len(outputs) - 2:
         raise KernelError("loop kernel: one result slot per output")
+    input_refs = set()
     for s, (dtype, shape, kind, ref) in enumerate(slots):
         if kind not in SLOT_KINDS or dtype not in DTYPES:
             raise KernelError(f"loop slot {s}: bad kind {kind!r} or dtype {dtype!r}")
         if kind == "input":
-            if not 0 <= ref < n_in or inputs[ref] != [dtype, len(shape)]:
-                raise KernelError(f"loop slot {s}: input {ref} does not match the signature")
+            if not 0 <= ref < n_in or inputs[ref] != [dtype, len(shape)] or ref in input_refs:
+                raise KernelError(f"loop slot {s}: input {ref} does not match the signature "
+                                  "or has another slot")
+            input_refs.add(ref)
             continue
         if any(type(d) is not int or d < 0 for d in shape):
             raise KernelError(f"loop slot {s}: a {kind} slot needs a static shape, got {shape}")
-        if kind == "scratch" and not (ref % 64 == 0 and ref + slot_bytes(slots[s]) <= spec["workspace"]):
+        if kind == "scratch" and not (ref >= 0 and ref % 64 == 0
+                                      and ref + slot_bytes(slots[s]) <= spec["workspace"]):
             raise KernelError(f"loop slot {s}: offset {ref} outside the workspace or unaligned")
         if kind == "view" and not (0 <= ref < s and slots[ref][2] != "input"
                                    and slot_bytes(slots[ref]) == slot_bytes(slots[s])):

@@ -27,7 +27,8 @@ import numpy as np
 
 from vm.bytecode import OPCODES
 from vm.dtypes import dtype_name, itemsize, np_dtype
-from vm.errors import (DynVMError, InvokeArgumentError, KernelError, ShapeError, VMError,
+from vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError, KernelError,
+                       ShapeError, VMError,
                        VMRecursionError, VMStepLimitError)
 from vm.memory import StoragePool, class_for
 from vm.profiler import Profile
@@ -37,6 +38,7 @@ from vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tenso
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 _make_shape = ShapeTensor.make
+_I64_MAX = (1 << 63) - 1
 _FOREVER = itertools.repeat(None)  # the step counter without a limit (shared: it never ends)
 
 
@@ -184,8 +186,7 @@ class VirtualMachine:
         elif name == "CallLoop":
             k, inputs, outputs = args
             kernel = self.kernels[k]
-            inner = {kern.symbol: kern for kern in self.kernels if kern.kind == "compiled"}
-            calls = [inner[symbol] for symbol, _ in kernel.attrs["header"] + kernel.attrs["body"]]
+            calls = _loop_calls(kernel, self.kernels)
             budget = Tensor.from_array(np.zeros((), np.int64))
             counters = Tensor.from_array(np.zeros(2, np.int64))
             return self._op_CallLoop, (kernel.call_site(), inputs, outputs, kernel, calls, budget, counters)
@@ -615,7 +616,8 @@ class VirtualMachine:
         toward max_steps: the kernel gets the steps left as its budget."""
         site, inputs, outputs, kernel, calls, budget, counters = a
         limited = self.max_steps is not None
-        budget.base[()] = operator.length_hint(self._steps) if limited else -1
+        budget.base[()] = _steps_left(self._steps) if limited else -1
+        counters.base[:] = (0, -1)      # what an argument the kernel rejects leaves there
         values = [regs[r] for r in inputs] + [budget] + [regs[r] for r in outputs] + [counters]
         items, layouts = site.items, site.layouts
         for k, t in enumerate(values):
@@ -808,6 +810,24 @@ def _reshape(tensor, shape):
         raise ShapeError(f"cannot reshape a tensor of shape {tensor.shape} ({tensor.size} elements) "
                          f"to {list(shape)} ({math.prod(shape)} elements)")
     return tensor.reshaped(shape)
+
+
+def _steps_left(steps) -> int:
+    """What remains of the step counter (a range iterator), capped to int64."""
+    try:
+        return min(operator.length_hint(steps), _I64_MAX)
+    except OverflowError:        # more than sys.maxsize steps left
+        return _I64_MAX
+
+
+def _loop_calls(kernel, kernels) -> list:
+    """The inner kernels a loop kernel calls, in call order (named in its error reports)."""
+    inner = {k.symbol: k for k in kernels if k.kind == "compiled"}
+    try:
+        return [inner[symbol] for symbol, _ in kernel.attrs["header"] + kernel.attrs["body"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExecutableFormatError(f"loop kernel {kernel.name}: bad call list ({type(e).__name__}: "
+                                    f"{e})") from None
 
 
 def _call_with(fn, attrs, inputs):

@@ -99,6 +99,9 @@ class LoopPlan:
         self.calls = self.body
         self.bind_lets(body)
         self.next = {i: self.value(call.args[i]) for i in self.carried}
+        for i, nxt in self.next.items():     # e.g. an invariant of shape (?,) passed as a (3,) state
+            if isinstance(nxt, list) or self.slots[nxt][:2] != self.slots[self.env[func.params[i]]][:2]:
+                raise NotNative(f"the next value of %{func.params[i].name} has another shape")
         states = set(self.state.values())
         self.stages = {i: self.scratch(self.slots[self.next[i]][:2])
                        if root_slot(self.slots, self.next[i]) in states else -1 for i in self.carried}

@@ -1,0 +1,161 @@
+"""Edge cases of native loops (compiler/codegen/native_loop.py, kernels/loop.py, the VM's
+CallLoop), from a review: error attribution, shapes the loop kernel cannot take, huge step
+limits, bad loop metadata, malformed specs, zero-size state, rotations through views."""
+import numpy as np
+import pytest
+
+from compiler import build, ir, op
+from kernels.loop import check_spec
+from vm import Executable, VirtualMachine
+from vm.errors import DynVMError, KernelError, VMStepLimitError
+
+I64 = ir.TensorType((), "int64")
+
+
+def f32(*shape):
+    return ir.TensorType(shape, "float32")
+
+
+def opcodes(exe, name):
+    return [ins.name for ins in exe.functions[exe.function_index(name)].instructions]
+
+
+def take_loop_module():
+    """loop(t, n, x: (?, 3), a: (3,)) = t < n ? loop(t + 1, n, x, a + x[t]) : a, called by
+    main(X: (?, 3), A: (?,), N) = loop(0, N, X, A): a state shape that is only known at run time."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    t, n = ir.var("t", I64), ir.var("n", I64)
+    x, a = ir.var("x", f32(ir.Any(), 3)), ir.var("a", f32(3))
+    step = op.add(a, op.take(x, t, axis=0))
+    mod["loop"] = ir.Function(
+        [t, n, x, a], ir.If(op.less(t, n), ir.Call(loop, [op.add(t, ir.const(1, "int64")), n, x, step]), a),
+        ret_type=f32(3))
+    X, A, N = ir.var("X", f32(ir.Any(), 3)), ir.var("A", f32(ir.Any())), ir.var("N", I64)
+    mod["main"] = ir.Function([X, A, N], ir.Call(loop, [ir.const(0, "int64"), N, X, A]))
+    return mod
+
+
+def test_a_rejected_loop_argument_is_not_blamed_on_an_inner_kernel():
+    """When the loop kernel itself rejects an argument (a state of 5 elements for a (3,) state),
+    the error names the loop kernel's input, not a stale inner call from an earlier failure:
+    the VM resets the counters before every call."""
+    exe = build(take_loop_module())
+    assert "CallLoop" in opcodes(exe, "loop")
+    vm = VirtualMachine(exe)
+    wrong_state = (np.zeros((2, 3), np.float32), np.zeros(5, np.float32), np.int64(1))
+    with pytest.raises(DynVMError) as first:
+        vm.invoke("main", *wrong_state)
+    # an inner take fails (empty x) and leaves its index in the counters ...
+    with pytest.raises(DynVMError, match="kernel take"):
+        vm.invoke("main", np.zeros((0, 3), np.float32), np.zeros(3, np.float32), np.int64(1))
+    with pytest.raises(DynVMError) as again:
+        vm.invoke("main", *wrong_state)
+    for err in (first, again):
+        message = str(err.value)
+        assert "kernel loop_loop" in message and "input 3" in message, message
+
+
+def test_an_invariant_with_any_dims_passed_as_a_static_state_does_not_break_build():
+    """loop(n, x: (?,), acc: (3,)) = n < 1 ? acc : loop(n - 1, x, x): the next value of the (3,)
+    state is an invariant of shape (?,), so the loop stays bytecode (and runs)."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    n, x, acc = ir.var("n", I64), ir.var("x", f32(ir.Any())), ir.var("acc", f32(3))
+    one = ir.const(1, "int64")
+    mod["loop"] = ir.Function([n, x, acc], ir.If(op.less(n, one), acc,
+                                                 ir.Call(loop, [op.subtract(n, one), x, x])),
+                              ret_type=f32(3))
+    xs = np.arange(3, dtype=np.float32)
+    want = VirtualMachine(build(mod, native_loops=False)).invoke("loop", np.int64(1), xs, np.zeros(3, np.float32))
+    exe = build(mod)
+    assert "CallLoop" not in opcodes(exe, "loop")
+    got = VirtualMachine(exe).invoke("loop", np.int64(1), xs, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_huge_step_limit_works_with_native_loops_as_with_bytecode_loops():
+    """max_steps=10**20 ("practically unlimited") gives the native loop a budget capped to int64
+    instead of an OverflowError."""
+    exe = build(take_loop_module())
+    args = (np.ones((4, 3), np.float32), np.zeros(3, np.float32), np.int64(3))
+    want = VirtualMachine(build(take_loop_module(), native_loops=False), max_steps=10 ** 20).invoke("main", *args)
+    got = VirtualMachine(exe, max_steps=10 ** 20).invoke("main", *args)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_verified_executable_with_bad_loop_metadata_gives_a_dynvm_error():
+    """Loop metadata naming an unknown inner kernel is an ExecutableFormatError when the VM is
+    made, not a bare KeyError."""
+    exe = build(take_loop_module())
+    k = next(i for i, e in enumerate(exe.kernels["kernels"]) if e["op"] == "loop")
+    exe.kernels["kernels"][k]["attrs"]["body"][0][0] = "no_such_symbol"
+    loaded = Executable.from_bytes(exe.to_bytes())
+    loaded.verify()
+    with pytest.raises(DynVMError):
+        VirtualMachine(loaded)
+
+
+def _state_sig():
+    return [["int64", 0], ["int64", 0]], [["int64", 0], ["int64", 1], ["int64", 1]]
+
+
+def test_check_spec_rejects_a_scratch_slot_before_the_workspace():
+    """A negative scratch offset would address memory before the workspace."""
+    spec = {"slots": [["int64", [], "scratch", -64], ["bool", [], "scratch", 0],
+                      ["int64", [], "scratch", 64]],
+            "header": [], "body": [], "cond": 1, "exit_when": True,
+            "carried": [[0, 0, 2, -1]], "results": [0], "workspace": 128}
+    with pytest.raises(KernelError):
+        check_spec(spec, *_state_sig())
+
+
+def test_check_spec_rejects_two_shapes_for_one_input():
+    """Two slots of one input with different static shapes: the kernel checks an input's
+    extents once, so a second, bigger slot could be copied past the input's end."""
+    spec = {"slots": [["float32", [1], "input", 0], ["float32", [1000], "input", 0],
+                      ["float32", [1000], "scratch", 0], ["bool", [], "scratch", 4032]],
+            "header": [], "body": [], "cond": 3, "exit_when": True,
+            "carried": [[1, 2, 1, -1]], "results": [2], "workspace": 4096}
+    with pytest.raises(KernelError):
+        check_spec(spec, [["float32", 1], ["float32", 1], ["int64", 0]],
+                   [["float32", 1], ["int64", 1], ["int64", 1]])
+
+
+def test_zero_size_state_with_an_invariant_condition_has_an_empty_workspace_and_a_budget():
+    """loop(f, a: (0,)) = f ? loop(f, tanh(a)) : a: every slot is zero-size (workspace of 0
+    bytes); with f true the loop only ends by the step budget."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    f, a = ir.var("f", ir.TensorType((), "bool")), ir.var("a", f32(0))
+    mod["loop"] = ir.Function([f, a], ir.If(f, ir.Call(loop, [f, op.tanh(a)]), a), ret_type=f32(0))
+    exe = build(mod)
+    assert "CallLoop" in opcodes(exe, "loop")
+    vm = VirtualMachine(exe, max_steps=50)
+    assert vm.invoke("loop", np.bool_(False), np.zeros(0, np.float32)).shape == (0,)
+    with pytest.raises(VMStepLimitError, match="native loop"):
+        vm.invoke("loop", np.bool_(True), np.zeros(0, np.float32))
+    assert vm.invoke("loop", np.bool_(False), np.zeros(0, np.float32)).shape == (0,)
+
+
+def test_a_rotation_through_views_with_a_header_value_as_next_matches_bytecode():
+    """(a, b, c) := (reshape(b), reshape(c), h) with h = tanh(reshape(a)) computed in the
+    header (before the condition); the exit returns a twice."""
+    mod = ir.IRModule()
+    loop = mod.get_global_var("loop")
+    n, a, b, c = ir.var("n", I64), ir.var("a", f32(2, 3)), ir.var("b", f32(3, 2)), ir.var("c", f32(6))
+    h = ir.var("h", f32(6))
+    one = ir.const(1, "int64")
+    again = ir.Call(loop, [op.subtract(n, one), op.reshape(b, (2, 3)), op.reshape(c, (3, 2)), h])
+    body = ir.Let(h, op.tanh(op.reshape(a, (6,))), ir.If(op.less(n, one), ir.Tuple([a, b, c, a]), again))
+    mod["loop"] = ir.Function([n, a, b, c], body,
+                              ret_type=ir.TupleType([f32(2, 3), f32(3, 2), f32(6), f32(2, 3)]))
+    native, bytecode = build(mod), build(mod, native_loops=False)
+    assert "CallLoop" in opcodes(native, "loop")
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32) for s in ((2, 3), (3, 2), (6,))]
+    for k in range(6):
+        got = VirtualMachine(native).invoke("loop", np.int64(k), *args)
+        want = VirtualMachine(bytecode).invoke("loop", np.int64(k), *args)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
