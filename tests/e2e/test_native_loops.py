@@ -10,6 +10,8 @@ from vm import Executable, Instruction, VirtualMachine
 from vm.dtypes import np_dtype
 from vm.errors import DynVMError, ExecutableFormatError, VMStepLimitError
 
+from tests.e2e.test_control_flow import countdown_module
+
 I64 = ir.TensorType((), "int64")
 SHAPES = [(0,), (1,), (3,), (17,), (2, 5), (1, 1), (4, 0)]
 
@@ -82,14 +84,7 @@ def test_non_contiguous_arguments_are_copied_in_and_results_are_fresh_arrays():
 
 def test_a_loop_that_exits_from_the_then_branch_is_native_too():
     """loop(n, acc) = n < 1 ? acc : loop(n - 1, acc + n): the self call is in the else branch."""
-    mod = ir.IRModule()
-    loop = mod.get_global_var("loop")
-    n, acc = ir.var("n", I64), ir.var("acc", I64)
-    one = ir.const(1, "int64")
-    mod["loop"] = ir.Function([n, acc], ir.If(op.less(n, one), acc,
-                                              ir.Call(loop, [op.subtract(n, one), op.add(acc, n)])),
-                              ret_type=I64)
-    exe = build(mod)
+    exe = build(countdown_module())
     assert opcodes(exe, "loop").count("CallLoop") == 1
     vm = VirtualMachine(exe)
     for count in (0, 1, 10, 1000):
@@ -195,14 +190,8 @@ def test_the_static_runtime_rejects_a_native_loop_function_by_name():
     from vm import StaticRuntime
     from vm.errors import StaticRuntimeError
 
-    mod = ir.IRModule()
-    loop = mod.get_global_var("loop")
-    n = ir.var("n", I64)
-    one = ir.const(1, "int64")
-    mod["loop"] = ir.Function([n], ir.If(op.less(n, one), n, ir.Call(loop, [op.subtract(n, one)])),
-                              ret_type=I64)
     with pytest.raises(StaticRuntimeError, match="CallLoop"):
-        StaticRuntime(build(mod), name="loop")
+        StaticRuntime(build(countdown_module()), name="loop")
 
 
 def test_exits_may_return_invariants_and_the_same_state_twice():
