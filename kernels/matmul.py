@@ -868,6 +868,20 @@ def gemv_axpy(b, geo, blk, bi, m0, rows, n_lo, n_hi):
     if_then(b, b.icmp_signed("<", nmain, n_hi), lambda: chunk(nmain, True))
 
 
+def _flip_direction(b):
+    """i1: walk B's column panels backwards in this call. Each call of a gemv kernel flips it
+    (a global of the kernel): a weight bigger than the cache, read in the same order every
+    call (an LSTM step), would miss on every line under LRU; walked back and forth, each call
+    starts on the panels the last one left in cache. Results do not depend on the order (a
+    race between threads only changes the order)."""
+    g = ir.GlobalVariable(b.module, I32, name=f"{b.function.name}.backwards")
+    g.initializer = const(I32, 0)
+    g.linkage = "internal"
+    flag = b.load(g, typ=I32)
+    b.store(b.xor(flag, const(I32, 1)), g)
+    return b.icmp_signed("!=", flag, const(I32, 0))
+
+
 def emit_gemv_body(b, geo, blk, expr, tiny_fn):
     """"gemv" (K >= 1): rows in groups of up to GEMV_ROWS, each group in one streaming pass
     over B (the dot or the axpy form, whichever the strides fit; the tiny code when neither
@@ -882,9 +896,13 @@ def emit_gemv_body(b, geo, blk, expr, tiny_fn):
     panel = b.mul(b.udiv(b.udiv(c64(GEMV_PANEL_BYTES), per_col), c64(width)), c64(width))
     panel = b.select(b.icmp_signed("<", panel, c64(width)), c64(width), panel)
 
+    backwards = _flip_direction(b)
+    last_panel = b.mul(b.udiv(b.sub(geo.N, c64(1)), panel), panel)     # N >= 1 here
+
     def emit_form(form):
         def batch(bi):
-            def col_panel(n_lo):
+            def col_panel(n_fwd):
+                n_lo = b.select(backwards, b.sub(last_panel, n_fwd), n_fwd)
                 n_hi = imin(b, b.add(n_lo, panel), geo.N)
 
                 def group(m0):
