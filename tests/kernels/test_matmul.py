@@ -234,6 +234,23 @@ def test_gemv_column_panels_with_epilogues(m, n, k):
     run_everywhere("matmul_f32", [x, data(rng, (k, n), "float32")], (m, n))
 
 
+@pytest.mark.parametrize("n", [128, 129, 300, 1024])
+def test_gemv_walks_panels_both_ways_with_the_same_result(n):
+    """Each gemv call flips the order of B's column panels (K = 256: 128 columns a panel):
+    consecutive calls, i.e. both directions, give the same, correct output."""
+    rng = np.random.default_rng(n)
+    x, w, bias = data(rng, (1, 256), "float32"), data(rng, (n, 256), "float32"), data(rng, (n,), "float32")
+    kernel = table()["dense_bias_sigmoid"]
+    outs = []
+    for _ in range(3):
+        out = np.zeros((1, n), np.float32)
+        assert raw_call(kernel, [x, w, bias, out], "gemv") == 0
+        outs.append(out)
+    check_result("dense_bias_sigmoid", [x, w, bias], outs[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[1], outs[2])
+
+
 @pytest.mark.parametrize("m", [1, 3, 5, 11])
 def test_gemv_axpy_form_and_strided_fallback(m):
     """matmul (the axpy form: weight rows contiguous along N, masked last chunk) and layouts
