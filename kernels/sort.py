@@ -300,9 +300,11 @@ def _sift_down_function(module, dtype, descending):
 
 
 class PackedHeap:
-    """A heap of uint64 words `rank << 32 | index`, smallest first: no key indirection, one
-    integer compare per step. `descending_f32_rank` gives the rank that orders float32 values
-    descending (ties then pop by lower index, as `precedes` does). Needs indices < 2**32."""
+    """A 4-ary heap of uint64 words `rank << 32 | index`, smallest first: no key indirection,
+    one integer compare per child. Four children a node halve the levels a pop walks (its
+    dependent load-compare chain is what NMS waits on) and sit in one 32-byte run.
+    `descending_f32_rank` gives the rank that orders float32 values descending (ties then
+    pop by lower index, as `precedes` does). Needs indices < 2**32."""
 
     def __init__(self, e, heap):
         self.e, self.heap = e, heap
@@ -316,10 +318,11 @@ class PackedHeap:
         e.set(size_var, b.add(m, const(I64, 1)))
 
     def heapify(self, n):
-        e = self.e
-        half = e.b.sdiv(n, const(I64, 2))
-        e.for_range(const(I64, 0), half, lambda j: e.b.call(self.sift, [
-            self.heap, e.b.sub(e.b.sub(half, const(I64, 1)), j), n]))
+        """Sift every internal node, the last one ((n - 2) // 4) first."""
+        e, b = self.e, self.e.b
+        internal = b.sdiv(b.add(n, const(I64, 2)), const(I64, 4))   # (n - 2) // 4 + 1, n >= 0
+        e.for_range(const(I64, 0), internal, lambda j: b.call(self.sift, [
+            self.heap, b.sub(b.sub(internal, const(I64, 1)), j), n]))
 
     def pop(self, size_var):
         """The index of the root of a heap of `*size_var` (> 0) words, removed."""
@@ -342,8 +345,10 @@ def descending_f32_rank(b, value):
 
 
 def _sift_packed_function(module):
-    """void sift(ptr heap, i64 pos, i64 n) over uint64 words, smallest at the root."""
-    name = "dynvm.heap.sift.packed"
+    """void sift(ptr heap, i64 pos, i64 n) over uint64 words of a 4-ary heap (children of p:
+    4p+1..4p+4), smallest at the root. Children past n are read as the first child (so they
+    never win) instead of being loaded."""
+    name = "dynvm.heap.sift.packed4"
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -354,21 +359,28 @@ def _sift_packed_function(module):
     item = e.load("int64", heap, pos0)
     going = e.var(I1, const(I1, 1))
 
+    def first_child():
+        return b.add(b.mul(e.get(pos), const(I64, 4)), const(I64, 1))
+
     def cond():
-        child = b.add(b.mul(e.get(pos), const(I64, 2)), const(I64, 1))
-        return b.and_(e.get(going), b.icmp_signed("<", child, n))
+        return b.and_(e.get(going), b.icmp_signed("<", first_child(), n))
+
+    def smaller(x, y):
+        (ix, wx), (iy, wy) = x, y
+        take_y = b.icmp_unsigned("<", wy, wx)
+        return b.select(take_y, iy, ix), b.select(take_y, wy, wx)
 
     def body():
-        p = e.get(pos)
-        left = b.add(b.mul(p, const(I64, 2)), const(I64, 1))
-        right = b.add(left, const(I64, 1))
-        lw = e.load("int64", heap, left)
-        rw = e.load("int64", heap, b.select(b.icmp_signed("<", right, n), right, left))
-        take_right = b.and_(b.icmp_signed("<", right, n), b.icmp_unsigned("<", rw, lw))
-        child, cw = b.select(take_right, right, left), b.select(take_right, rw, lw)
+        first = first_child()
+        kids = []
+        for j in range(4):
+            c = b.add(first, const(I64, j)) if j else first
+            c = b.select(b.icmp_signed("<", c, n), c, first) if j else c
+            kids.append((c, e.load("int64", heap, c)))
+        child, cw = smaller(smaller(kids[0], kids[1]), smaller(kids[2], kids[3]))
         with e.if_else(b.icmp_unsigned("<", cw, item)) as (move, stop):
             with move:
-                e.store("int64", cw, heap, p)
+                e.store("int64", cw, heap, e.get(pos))
                 e.set(pos, child)
             with stop:
                 e.set(going, const(I1, 0))
