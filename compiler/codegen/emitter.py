@@ -162,28 +162,34 @@ class FunctionEmitter:
 
     def match(self, node: E.Match, compile_rhs) -> None:
         """Clauses in order: each tests its pattern with GetTag/GetField/If and falls through
-        to the next clause on the first failed test; no match at all is a Fatal."""
-        if node.complete:
-            check_exhaustive(node, self.name, self.mc.mod.type_definitions)
+        to the next clause on the first failed test; no match at all is a Fatal. When the
+        match is exhaustive, a value that failed every other clause fits the last one: its
+        pattern only binds (no tests), and nothing can fall through to a Fatal."""
+        exhaustive = node.complete and check_exhaustive(node, self.name, self.mc.mod.type_definitions)
         data = self.visit(node.data)
-        for clause in node.clauses:
+        for k, clause in enumerate(node.clauses):
             saved = dict(self.env)
-            failures: list[int] = []
+            certain = exhaustive and k == len(node.clauses) - 1
+            failures: list[int] | None = None if certain else []
             self.bind_pattern(clause.pattern, data, failures)
             compile_rhs(clause.rhs)
             self.env = saved
-            for pc in failures:
+            for pc in failures or ():
                 self.patch_else(pc)
-        self.emit("Fatal", f"match in @{self.name}: no clause matches the value")
+        if not exhaustive:
+            self.emit("Fatal", f"match in @{self.name}: no clause matches the value")
 
-    def bind_pattern(self, pattern, reg: int, failures: list) -> None:
+    def bind_pattern(self, pattern, reg: int, failures) -> None:
+        """Bind the pattern's variables to fields of `reg`; `failures` collects the If pcs of
+        its tests (None: the value is known to fit, test nothing)."""
         if isinstance(pattern, E.PatternVar):
             self.env[pattern.var] = reg
         elif isinstance(pattern, E.PatternConstructor):
-            tag = self.emit_to("GetTag", reg)
-            expected = self.emit_to("LoadConsti", pattern.constructor.tag)
-            self.emit("If", tag, expected, 1, 0)
-            failures.append(len(self.code) - 1)
+            if failures is not None:
+                tag = self.emit_to("GetTag", reg)
+                expected = self.emit_to("LoadConsti", pattern.constructor.tag)
+                self.emit("If", tag, expected, 1, 0)
+                failures.append(len(self.code) - 1)
             self.bind_fields(pattern.patterns, reg, failures)
         elif isinstance(pattern, E.PatternTuple):
             self.bind_fields(pattern.patterns, reg, failures)

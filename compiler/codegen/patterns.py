@@ -63,9 +63,12 @@ class _Checker:
         return self.useful([row[1:] for row in rows if _head(row[0]) is None], width - 1)
 
 
-def check_exhaustive(node: E.Match, where: str, type_definitions: dict) -> None:
-    """Warn (NonExhaustiveMatchWarning) when some value of the matched type fits no clause."""
+def check_exhaustive(node: E.Match, where: str, type_definitions: dict) -> bool:
+    """Whether every value of the matched type fits some clause; warns
+    (NonExhaustiveMatchWarning) when not."""
     rows = [[clause.pattern] for clause in node.clauses]
     if _Checker(type_definitions).useful(rows, 1):
         warnings.warn(f"non-exhaustive match in @{where}: some values match no clause "
                       "(they raise VMError at run time)", NonExhaustiveMatchWarning, stacklevel=2)
+        return False
+    return True

@@ -197,3 +197,30 @@ def test_while_loop_runs_a_recurrence_over_a_sequence_of_any_length():
         for row in data:
             h = np.tanh(h + row)
         np.testing.assert_allclose(vm.invoke("main", data), h, rtol=1e-5, atol=1e-6)
+
+
+def test_the_last_clause_of_an_exhaustive_match_tests_nothing():
+    """length(l) over List: Cons is tested, Nil is what is left (no GetTag/If for it, no
+    Fatal); the same match marked partial (`complete=False`) keeps both tests and the Fatal."""
+    def module(complete):
+        mod = prelude.module()
+        t = ir.TensorType((), "float32")
+        l, x, rest = ir.var("l", ir.TypeCall("List", [t])), ir.var("x", t), ir.var("rest", ir.TypeCall("List", [t]))
+        cons, nil = mod.constructor("Cons"), mod.constructor("Nil")
+        f = mod.get_global_var("total")
+        mod["total"] = ir.Function([l], ir.Match(l, [
+            ir.Clause(ir.PatternConstructor(cons, [ir.PatternVar(x), ir.PatternVar(rest)]),
+                      op.add(x, ir.Call(f, [rest]))),
+            ir.Clause(ir.PatternConstructor(nil, []), ir.const(0.0, "float32"))], complete=complete),
+            ret_type=t)
+        return build(mod)
+
+    exhaustive, partial = module(True), module(False)
+    names = [i.name for i in exhaustive.functions[exhaustive.function_index("total")].instructions]
+    partial_names = [i.name for i in partial.functions[partial.function_index("total")].instructions]
+    assert names.count("GetTag") == 1 and "Fatal" not in names
+    assert partial_names.count("GetTag") == 2 and "Fatal" in partial_names
+    values = to_list([np.float32(v) for v in (1.5, 2.0, -0.5)])
+    for exe in (exhaustive, partial):
+        assert float(VirtualMachine(exe).invoke("total", values)) == 3.0
+        assert float(VirtualMachine(exe).invoke("total", to_list([]))) == 0.0
