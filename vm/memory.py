@@ -15,14 +15,13 @@ tensor, ADT field, closure or array handed to Python that could reach it is gone
 returned by `invoke` keeps its lease for as long as the caller keeps the array, so a later
 invocation can never write into it. The return is signalled by a cffi destructor on the lease
 (`ffi.gc`); it may run on any thread (whichever dropped the last reference), so it only appends
-the block to a thread-safe deque. Everything else (free lists, counters) is touched only by the
-pool's owner, the VM, which drains that deque before it takes a block: one VM per thread needs
-no locks.
+the block's cdata to a thread-safe deque (a C-level `deque.append`: no Python code runs then).
+Everything else (free lists, counters) is touched only by the pool's owner, the VM, which
+drains that deque before it takes a block: one VM per thread needs no locks.
 """
 from __future__ import annotations
 
 import collections
-import weakref
 
 import cffi
 import numpy as np
@@ -54,20 +53,14 @@ def class_for(size: int, alignment: int) -> int:
 class _Block:
     """One reusable chunk of memory: `size` usable bytes at the 64-byte aligned `address`."""
 
-    __slots__ = ("size", "address", "start", "raw_size", "cdata", "pool")
+    __slots__ = ("size", "address", "start", "raw_size", "cdata")
 
-    def __init__(self, size: int, pool_ref):
+    def __init__(self, size: int):
         raw = np.empty(size + GRANULE, np.uint8)
         self.cdata = _from_buffer(_CHARS, raw, False)      # keeps `raw` alive
         base = int(_cast(_UINTPTR, self.cdata))
         self.start = -base % GRANULE
-        self.address, self.size, self.raw_size, self.pool = base + self.start, size, raw.size, pool_ref
-
-    def returned(self, _cdata):
-        """cffi destructor of a lease: the last reference to the block's bytes is gone."""
-        pool = self.pool()
-        if pool is not None:
-            pool._returned.append(self)     # deque.append: atomic, callable from any thread
+        self.address, self.size, self.raw_size = base + self.start, size, raw.size
 
 
 class StoragePool:
@@ -79,8 +72,11 @@ class StoragePool:
     def __init__(self, max_free_bytes: int = 1 << 30):
         self.max_free_bytes = max_free_bytes
         self._free: dict[int, list] = {}
+        # a lease's destructor is this C-level append of the block's cdata: no Python frame runs
+        # when the last reference dies, on whichever thread (deque.append is atomic)
         self._returned = collections.deque()
-        self._ref = weakref.ref(self)
+        self._on_return = self._returned.append
+        self._blocks = {}                   # block cdata -> block
         self.allocations = self.bytes_allocated = self.pool_hits = 0
         self.bytes_live = self.peak_bytes_live = self.bytes_free = 0
 
@@ -96,7 +92,7 @@ class StoragePool:
         s = _new_storage(Storage)
         extra = -block.address % alignment if alignment > GRANULE else 0
         s.size, s.alignment, s.dtype, s.address = size, alignment, dtype, block.address + extra
-        s._buf, s._start = _buffer(_gc(block.cdata, block.returned), block.raw_size), block.start + extra
+        s._buf, s._start = _buffer(_gc(block.cdata, self._on_return), block.raw_size), block.start + extra
         return s
 
     def _take(self, cls: int) -> _Block:
@@ -110,7 +106,8 @@ class StoragePool:
             self.pool_hits += 1
             self.bytes_free -= block.size
         else:
-            block = _Block(cls, self._ref)
+            block = _Block(cls)
+            self._blocks[block.cdata] = block
             self.allocations += 1
             self.bytes_allocated += cls
         self.bytes_live += block.size
@@ -119,13 +116,15 @@ class StoragePool:
         return block
 
     def _drain(self):
-        returned, free = self._returned, self._free
+        returned, free, blocks = self._returned, self._free, self._blocks
         while returned:
-            block = returned.popleft()
+            block = blocks[returned.popleft()]
             self.bytes_live -= block.size
             if self.bytes_free + block.size <= self.max_free_bytes:
                 free.setdefault(block.size, []).append(block)
                 self.bytes_free += block.size
+            else:
+                del blocks[block.cdata]     # back to the OS once nothing holds it
 
     def stats(self) -> dict:
         """Counters since the last reset (see VirtualMachine.memory_stats)."""
@@ -143,5 +142,8 @@ class StoragePool:
     def release(self) -> None:
         """Give every free block back (blocks in use are unaffected)."""
         self._drain()
+        for free in self._free.values():
+            for block in free:
+                del self._blocks[block.cdata]
         self._free.clear()
         self.bytes_free = 0

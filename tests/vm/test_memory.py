@@ -106,6 +106,12 @@ def test_release_gives_free_blocks_back_and_caps_apply():
     assert stats["bytes_free"] == 1024 and stats["bytes_live"] == 0
     pool.release()
     assert pool.stats()["bytes_free"] == 0
+    assert not pool._blocks              # the pool holds no block any more: numpy frees them
+    kept = pool.storage(512)             # a new block, tracked while leased ...
+    assert len(pool._blocks) == 1 and kept.size == 512
+    del kept
+    pool.release()                       # ... and forgotten once returned and released
+    assert not pool._blocks
 
 
 # ------------------------------------------------------------------ the VM
