@@ -98,6 +98,10 @@ def _check(spec, inputs, outputs):
     for symbol, args in spec["header"] + spec["body"]:
         if not isinstance(symbol, str) or not all(0 <= a < len(slots) for a in args):
             raise KernelError(f"loop call {symbol!r}: slot out of range")
+    refs = [spec["cond"], *spec["results"]] + [x for _, *c in spec["carried"] for x in c if x != -1]
+    if not all(type(x) is int and 0 <= x < len(slots) for x in refs) or \
+            not all(0 <= k < n_in for k, *_ in spec["carried"]):
+        raise KernelError("loop spec: a slot or input index out of range")
     if slots[spec["cond"]][:2] != ["bool", []]:
         raise KernelError("loop condition must be a bool 0-d slot")
     states = {state for _, state, _, _ in spec["carried"]}

@@ -159,3 +159,16 @@ def test_a_rotation_through_views_with_a_header_value_as_next_matches_bytecode()
         want = VirtualMachine(bytecode).invoke("loop", np.int64(k), *args)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("field, value", [("cond", -1), ("results", [-1]), ("carried", [[0, 0, -2, -1]]),
+                                          ("carried", [[-1, 0, 2, -1]])])
+def test_check_spec_rejects_negative_indices(field, value):
+    """Python would read slots[-1] (the last slot) or inputs[-1] (the budget): out of range."""
+    spec = {"slots": [["int64", [], "scratch", 0], ["bool", [], "scratch", 64],
+                      ["int64", [], "scratch", 128]],
+            "header": [], "body": [], "cond": 1, "exit_when": True,
+            "carried": [[0, 0, 2, -1]], "results": [0], "workspace": 192}
+    check_spec(spec, *_state_sig())           # the well-formed spec passes
+    with pytest.raises(KernelError):
+        check_spec(dict(spec, **{field: value}), *_state_sig())
