@@ -420,7 +420,13 @@ def _verify_constructors(ctors) -> None:
             "constructor 0 must be the builtin tuple")
     names = set()
     for c in ctors:
-        _expect_dict(c, ("name", "tag", "arity", "adt"), "constructor")
+        keys = ("name", "tag", "arity", "adt") + (("fields",) if "fields" in c else ())
+        _expect_dict(c, keys, "constructor")
+        if "fields" in c:     # the field types (optional): invoke checks ADT arguments deeply
+            _expect(type(c["fields"]) is list and len(c["fields"]) == c["arity"],
+                    f"constructor {c.get('name')!r:.40}: fields must list one type per field")
+            for t in c["fields"]:
+                _verify_type(t, f"constructor {c['name']!r:.40}")
         _expect(type(c["name"]) is str and type(c["adt"]) is str and type(c["tag"]) is int and c["tag"] >= 0
                 and (c["arity"] is None or (type(c["arity"]) is int and c["arity"] >= 0)),
                 f"bad constructor {c!r:.80}")

@@ -83,6 +83,7 @@ class VirtualMachine:
         self.kernels = exe.loaded_kernels()
         self.shape_funcs = self._lookup_shape_funcs(exe)
         self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
+        self._ctors = {c["name"]: c for c in exe.constructors}
         self._profile = Profile() if profile else None
         self._pool = StoragePool()
         self._code = [self._translate_function(fn) for fn in exe.functions]
@@ -711,13 +712,30 @@ class VirtualMachine:
         return value
 
     def _import_adt(self, value, adt_name, where):
+        """An ADT argument, checked all the way down (iteratively: long lists are fine): every
+        node's constructor exists with its tag and arity, and a field declared as an ADT or a
+        tensor holds one of that type (fields typed by a type parameter are not checked).
+        Without this, a match could read a node of another type as the constructor with the
+        same tag."""
         if not isinstance(value, ADT):
             raise InvokeArgumentError(f"{where}: expected a vm.ADT of type {adt_name}, got {_kind(value)}")
-        ctor = next((c for c in self.exe.constructors if c["name"] == value.constructor), None)
-        if ctor is None or ctor["adt"] != adt_name or ctor["tag"] != value.tag:
+        ctors = self._ctors
+        ctor = ctors.get(value.constructor)
+        if ctor is None or ctor["adt"] != adt_name:
             raise InvokeArgumentError(
                 f"{where}: expected a {adt_name} value, got constructor {value.constructor!r} tag {value.tag}")
-        return ADT(value.constructor, value.tag, rebuild(value.fields, _import_leaf))
+
+        def checked(node, fields):
+            c = ctors.get(node.constructor)
+            if c is None or c["tag"] != node.tag or c["arity"] not in (None, len(fields)):
+                raise InvokeArgumentError(f"{where}: constructor {node.constructor!r} tag {node.tag} with "
+                                          f"{len(fields)} fields is not a constructor of this program")
+            for i, (field, desc) in enumerate(zip(fields, c.get("fields", ()))):
+                if not _fits(field, desc, ctors):
+                    raise InvokeArgumentError(f"{where}: field {i} of a {node.constructor} must be "
+                                              f"{_describe(desc)}, got {_kind(field)}")
+            return ADT(node.constructor, node.tag, fields)
+        return rebuild(value, _import_leaf, make_adt=checked)
 
 
 # ---------------------------------------------------------------- value helpers
@@ -911,6 +929,32 @@ def _as_tensor(a: np.ndarray) -> Tensor:
     if not (a.flags.c_contiguous and a.flags.aligned) or not a.dtype.isnative:
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
     return Tensor.from_array(a)
+
+
+def _fits(value, desc, ctors) -> bool:
+    """Whether an imported ADT field fits its declared type (its own fields were checked when
+    it was built; type parameters and function types are not checked)."""
+    kind = desc["kind"]
+    if kind == "adt":
+        c = ctors.get(value.constructor) if isinstance(value, ADT) else None
+        return c is not None and c["adt"] == desc["name"]
+    if kind == "tensor":
+        return isinstance(value, Tensor) and value.dtype == desc["dtype"] and \
+            len(value.shape) == len(desc["shape"]) and \
+            all(d is None or d == n for d, n in zip(desc["shape"], value.shape))
+    if kind == "tuple":
+        return isinstance(value, tuple) and len(value) == len(desc["fields"]) and \
+            all(_fits(v, d, ctors) for v, d in zip(value, desc["fields"]))
+    return True
+
+
+def _describe(desc) -> str:
+    if desc["kind"] == "adt":
+        return f"a {desc['name']}"
+    if desc["kind"] == "tensor":
+        dims = ", ".join("?" if d is None else str(d) for d in desc["shape"])
+        return f"a {desc['dtype']} tensor of shape ({dims})"
+    return f"a {desc['kind']}"
 
 
 def _import_leaf(value):

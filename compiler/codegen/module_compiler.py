@@ -48,7 +48,8 @@ class ModuleCompiler:
         if ctor.name not in self.constructor_ids:
             self.constructor_ids[ctor.name] = len(self.constructors)
             self.constructors.append({"name": ctor.name, "tag": ctor.tag,
-                                      "arity": len(ctor.inputs), "adt": ctor.belongs_to})
+                                      "arity": len(ctor.inputs), "adt": ctor.belongs_to,
+                                      "fields": [type_desc(t) for t in ctor.inputs]})
         return self.constructor_ids[ctor.name]
 
     def add_shape_func(self, name: str, attrs: dict) -> int:

@@ -224,3 +224,41 @@ def test_the_last_clause_of_an_exhaustive_match_tests_nothing():
     for exe in (exhaustive, partial):
         assert float(VirtualMachine(exe).invoke("total", values)) == 3.0
         assert float(VirtualMachine(exe).invoke("total", to_list([]))) == 0.0
+
+
+def test_adt_arguments_are_checked_all_the_way_down(vm):
+    """A list whose tail is a tree, a Cons with three fields or an unknown constructor deep in
+    the list is an InvokeArgumentError at invoke, not a wrong answer from a match that reads
+    a Rose as the constructor with its tag; a 100000-element list still imports."""
+    from vm import InvokeArgumentError
+
+    x = np.ones(2, np.float32)
+    good = to_list([x, x])
+    assert float(vm.invoke("total", good)) == 4.0
+    bad_tail = ADT("Cons", 0, (x, tree(x)))
+    too_many = to_list([x, x])
+    too_many.fields[1].fields = (x, ADT("Nil", 1, ()), x)
+    unknown = ADT("Cons", 0, (x, ADT("Snoc", 0, (x,))))
+    for value, message in ((bad_tail, "field 1 of a Cons must be a List"),
+                           (too_many, "with 3 fields"), (unknown, "'Snoc'")):
+        with pytest.raises(InvokeArgumentError, match=message):
+            vm.invoke("total", value)
+    long = to_list([np.float32(1)] * 100_000)
+    assert int(vm.invoke("len", long)) == 100_000
+
+
+def test_tensor_fields_of_an_adt_are_checked_against_their_declared_type():
+    from vm import InvokeArgumentError
+
+    exe = build(ir.parse("""
+type Pair { Pair(Tensor[(2,), float32], Tensor[(?,), int64]) }
+def @first(%p: Pair) -> Tensor[(2,), float32] { match (%p) { Pair(%a, _) => %a } }
+"""))
+    vm = VirtualMachine(exe)
+    good = ADT("Pair", 0, (np.ones(2, np.float32), np.arange(3)))
+    np.testing.assert_array_equal(vm.invoke("first", good), np.ones(2, np.float32))
+    for fields, message in (((np.ones(2), np.arange(3)), r"float32 tensor of shape \(2\)"),
+                            ((np.ones(3, np.float32), np.arange(3)), r"shape \(2\)"),
+                            ((np.ones(2, np.float32), np.ones(3, np.float32)), r"int64 tensor of shape \(\?\)")):
+        with pytest.raises(InvokeArgumentError, match=message):
+            vm.invoke("first", ADT("Pair", 0, fields))
