@@ -250,7 +250,8 @@ class Heap:
 
 
 def _sift_down_function(module, dtype, descending):
-    """void sift(ptr keys, i64 stride, ptr heap, i64 pos, i64 n)."""
+    """void sift(ptr keys, i64 stride, ptr heap, i64 pos, i64 n) over a binary heap of indices
+    ordered by their keys."""
     name = f"dynvm.heap.sift.{dtype}.{'desc' if descending else 'asc'}"
     existing = module.globals.get(name)
     if existing is not None:
@@ -263,18 +264,10 @@ def _sift_down_function(module, dtype, descending):
     def key(i):
         return e.load(dtype, keys, b.mul(i, stride))
 
-    pos = e.var(I64, pos0)
     item = e.load("int64", heap, pos0)
     item_key = key(item)
-    going = e.var(I1, const(I1, 1))
 
-    def cond():
-        child = b.add(b.mul(e.get(pos), const(I64, 2)), const(I64, 1))
-        return b.and_(e.get(going), b.icmp_signed("<", child, n))
-
-    def body():
-        p = e.get(pos)
-        left = b.add(b.mul(p, const(I64, 2)), const(I64, 1))
+    def pick(left):
         right = b.add(left, const(I64, 1))
         li = e.load("int64", heap, left)
         lk = key(li)
@@ -283,12 +276,31 @@ def _sift_down_function(module, dtype, descending):
         rk = key(ri)
         take_right = b.and_(b.icmp_signed("<", right, n),
                             precedes(b, dtype, descending, rk, lk, ri, li))
-        child = b.select(take_right, right, left)
-        ci = b.select(take_right, ri, li)
-        ck = b.select(take_right, rk, lk)
-        with e.if_else(precedes(b, dtype, descending, ck, item_key, ci, item)) as (move, stop):
+        ci, ck = b.select(take_right, ri, li), b.select(take_right, rk, lk)
+        return b.select(take_right, right, left), ci, precedes(b, dtype, descending, ck, item_key, ci, item)
+
+    return _emit_sift(e, heap, pos0, item, n, 2, pick)
+
+
+def _emit_sift(e, heap, pos0, item, n, arity, pick):
+    """The sift-down loop both heaps share: while the hole at `pos` (which `item`, read from
+    pos0, will fill) has children, `pick(first child)` returns (the child to follow, its word,
+    i1 it goes above `item`); that child moves up, or the loop stops. Finishes the function."""
+    b = e.b
+    pos = e.var(I64, pos0)
+    going = e.var(I1, const(I1, 1))
+
+    def first_child():
+        return b.add(b.mul(e.get(pos), const(I64, arity)), const(I64, 1))
+
+    def cond():
+        return b.and_(e.get(going), b.icmp_signed("<", first_child(), n))
+
+    def body():
+        child, word, above = pick(first_child())
+        with e.if_else(above) as (move, stop):
             with move:
-                e.store("int64", ci, heap, p)
+                e.store("int64", word, heap, e.get(pos))
                 e.set(pos, child)
             with stop:
                 e.set(going, const(I1, 0))
@@ -355,40 +367,23 @@ def _sift_packed_function(module):
     e = Emitter(module, name, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]), internal=True)
     heap, pos0, n = e.fn.args
     b = e.b
-    pos = e.var(I64, pos0)
     item = e.load("int64", heap, pos0)
-    going = e.var(I1, const(I1, 1))
-
-    def first_child():
-        return b.add(b.mul(e.get(pos), const(I64, 4)), const(I64, 1))
-
-    def cond():
-        return b.and_(e.get(going), b.icmp_signed("<", first_child(), n))
 
     def smaller(x, y):
         (ix, wx), (iy, wy) = x, y
         take_y = b.icmp_unsigned("<", wy, wx)
         return b.select(take_y, iy, ix), b.select(take_y, wy, wx)
 
-    def body():
-        first = first_child()
-        kids = []
-        for j in range(4):
-            c = b.add(first, const(I64, j)) if j else first
-            c = b.select(b.icmp_signed("<", c, n), c, first) if j else c
+    def pick(first):
+        kids = [(first, e.load("int64", heap, first))]
+        for j in range(1, 4):
+            c = b.add(first, const(I64, j))
+            c = b.select(b.icmp_signed("<", c, n), c, first)
             kids.append((c, e.load("int64", heap, c)))
-        child, cw = smaller(smaller(kids[0], kids[1]), smaller(kids[2], kids[3]))
-        with e.if_else(b.icmp_unsigned("<", cw, item)) as (move, stop):
-            with move:
-                e.store("int64", cw, heap, e.get(pos))
-                e.set(pos, child)
-            with stop:
-                e.set(going, const(I1, 0))
+        child, word = smaller(smaller(kids[0], kids[1]), smaller(kids[2], kids[3]))
+        return child, word, b.icmp_unsigned("<", word, item)
 
-    e.while_(cond, body)
-    e.store("int64", item, heap, e.get(pos))
-    b.ret_void()
-    return e.finish()
+    return _emit_sift(e, heap, pos0, item, n, 4, pick)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +516,8 @@ def _unique(module, symbol, sig, spec):
 # the family
 
 
-def _expect(cond, message):
+def expect(cond, message):
+    """A build-time spec check: KernelError(message) unless `cond`."""
     if not cond:
         raise KernelError(message)
 
@@ -529,29 +525,29 @@ def _expect(cond, message):
 def check_sort(spec, inputs, outputs):
     """Build-time validation: op, attrs and the [dtype, rank] signature."""
     op = spec.get("op")
-    _expect(op in ("sort", "argsort", "topk", "unique"), f"sort family: unknown op {op!r}")
-    _expect(len(inputs) == 1, f"{op}: expected 1 input, got {len(inputs)}")
+    expect(op in ("sort", "argsort", "topk", "unique"), f"sort family: unknown op {op!r}")
+    expect(len(inputs) == 1, f"{op}: expected 1 input, got {len(inputs)}")
     dtype, rank = inputs[0]
-    _expect(dtype in SORT_DTYPES, f"{op}: unsupported dtype {dtype}")
+    expect(dtype in SORT_DTYPES, f"{op}: unsupported dtype {dtype}")
     if op == "unique":
-        _expect(rank == 1, f"unique: input must be 1-D, got rank {rank}")
+        expect(rank == 1, f"unique: input must be 1-D, got rank {rank}")
         want = [[dtype, 1]] + ([["int64", 1]] if spec.get("return_counts") else [])
-        _expect(list(map(list, outputs)) == want, f"unique: outputs must be {want}, got {outputs}")
+        expect(list(map(list, outputs)) == want, f"unique: outputs must be {want}, got {outputs}")
         return
-    _expect(rank >= 1, f"{op}: input must have rank >= 1")
+    expect(rank >= 1, f"{op}: input must have rank >= 1")
     axis = spec.get("axis")
-    _expect(isinstance(axis, int) and -rank <= axis < rank,
+    expect(isinstance(axis, int) and -rank <= axis < rank,
             f"{op}: axis {axis!r} out of range for rank {rank}")
     if op == "topk":
-        _expect(spec.get("ret_type") in ("both", "values", "indices"),
+        expect(spec.get("ret_type") in ("both", "values", "indices"),
                 f"topk: bad ret_type {spec.get('ret_type')!r}")
-        _expect(isinstance(spec.get("k"), int), f"topk: k must be an int, got {spec.get('k')!r}")
+        expect(isinstance(spec.get("k"), int), f"topk: k must be an int, got {spec.get('k')!r}")
     if op != "sort":
-        _expect(spec.get("dtype", "int64") in INDEX_DTYPES,
+        expect(spec.get("dtype", "int64") in INDEX_DTYPES,
                 f"{op}: index dtype must be int32 or int64, got {spec.get('dtype')!r}")
     want = [[dtype, rank] if kind == "values" else [spec.get("dtype", "int64"), rank]
             for _, kind in _sort_outputs(spec, None)]
-    _expect(list(map(list, outputs)) == want, f"{op}: outputs must be {want}, got {outputs}")
+    expect(list(map(list, outputs)) == want, f"{op}: outputs must be {want}, got {outputs}")
 
 
 def emit_sort(module, symbol, spec, inputs, outputs):

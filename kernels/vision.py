@@ -23,8 +23,7 @@ from llvmlite import ir
 from kernels.family import Family, register
 from kernels.llvm_util import F32, I1, I8, I32, I64, const
 from kernels.sort import (ERR_SHAPE, Heap, PackedHeap, check_data_nonempty, check_extents,
-                          descending_f32_rank, new_kernel, single_variant)
-from vm.errors import KernelError
+                          descending_f32_rank, expect, new_kernel, single_variant)
 
 VISION_OPS = ("get_valid_counts", "non_max_suppression", "nms")
 
@@ -427,11 +426,6 @@ def _nms(module, symbol, sig, spec):
 # the family
 
 
-def _expect(cond, message):
-    if not cond:
-        raise KernelError(message)
-
-
 def _signature(op, spec):
     """The [inputs, outputs] signature an op's spec implies (nms: the exact form)."""
     if op == "get_valid_counts":
@@ -446,22 +440,22 @@ def _signature(op, spec):
 def check_vision(spec, inputs, outputs):
     """Build-time validation of op, attributes and signature."""
     op = spec.get("op")
-    _expect(op in VISION_OPS, f"vision family: unknown op {op!r}")
+    expect(op in VISION_OPS, f"vision family: unknown op {op!r}")
     want_in, want_out = _signature(op, spec)
     allowed = [want_out] + ([want_out + [["int64", 1]]] if op == "nms" else [])
     got_in, got_out = [list(x) for x in inputs], [list(x) for x in outputs]
-    _expect(got_in == want_in and got_out in allowed,
+    expect(got_in == want_in and got_out in allowed,
             f"{op}: signature must be {want_in} -> {' or '.join(map(str, allowed))}, "
             f"got {got_in} -> {got_out}")
     iou = spec.get("iou_threshold", 0.5)
-    _expect(op == "get_valid_counts" or (isinstance(iou, (int, float)) and 0 <= iou <= 1),
+    expect(op == "get_valid_counts" or (isinstance(iou, (int, float)) and 0 <= iou <= 1),
             f"{op}: iou_threshold must be in [0, 1], got {iou!r}")
     if op == "nms":
         m = spec.get("max_output")
-        _expect(isinstance(m, int) and not isinstance(m, bool) and m >= 0,
+        expect(isinstance(m, int) and not isinstance(m, bool) and m >= 0,
                 f"nms: max_output must be an int >= 0, got {m!r}")
     for key in ("score_index", "coord_start"):
-        _expect(spec.get(key, 0) >= 0, f"{op}: {key} must be >= 0, got {spec.get(key)}")
+        expect(spec.get(key, 0) >= 0, f"{op}: {key} must be >= 0, got {spec.get(key)}")
 
 
 EMITTERS = {"get_valid_counts": _get_valid_counts, "non_max_suppression": _non_max_suppression,
