@@ -67,6 +67,14 @@ def example(name: str):
     return load_file(f"dynvm_examples_{name}", os.path.join(find_root(), "examples", f"{name}.py"))
 
 
+def with_weights(name: str):
+    """The setup of a model whose example has `weights()`: the example and its weights."""
+    def setup():
+        ex = example(name)
+        return {"ex": ex, "w": ex.weights()}
+    return setup
+
+
 # ---------------------------------------------------------------------------------------------
 # runtimes
 
@@ -180,11 +188,6 @@ class Model:
 # --- BERT ------------------------------------------------------------------------------------
 
 
-def bert_setup():
-    ex = example("bert_varlen")
-    return {"ex": ex, "w": ex.weights()}
-
-
 def bert_static(ctx, n):
     return static_runner(lambda: ctx["ex"].build_module(ctx["w"], seq=n))
 
@@ -251,7 +254,7 @@ def bert_ort(ctx, n):
 
 BERT = Model(
     "bert", "seq", {"full": [1, 16, 32, 64, 128, 256], "quick": [16, 64, 128], "tiny": [4]},
-    (1e-4, 1e-4), bert_setup,
+    (1e-4, 1e-4), with_weights("bert_varlen"),
     sample=lambda ctx, n: ctx["ex"].make_input(n),
     reference=lambda ctx, x: ctx["ex"].reference(x, ctx["w"]),
     runners={"vm": lambda ctx, n: vm_runner(ctx, lambda: ctx["ex"].build_module(ctx["w"])),
@@ -259,11 +262,6 @@ BERT = Model(
 
 
 # --- LSTM ------------------------------------------------------------------------------------
-
-
-def lstm_setup():
-    ex = example("lstm")
-    return {"ex": ex, "w": ex.weights()}
 
 
 def lstm_static(ctx, n):
@@ -329,7 +327,7 @@ def lstm_ort(ctx, n):
 
 LSTM = Model(
     "lstm", "seq", {"full": [1, 8, 32, 64, 128], "quick": [8, 128], "tiny": [3]},
-    (1e-4, 1e-5), lstm_setup,
+    (1e-4, 1e-5), with_weights("lstm"),
     sample=lambda ctx, n: ctx["ex"].make_input(n),
     reference=lambda ctx, x: ctx["ex"].reference(x, ctx["w"]),
     runners={"vm": lambda ctx, n: vm_runner(ctx, lambda: ctx["ex"].build_module(ctx["w"])),
@@ -337,11 +335,6 @@ LSTM = Model(
 
 
 # --- Tree-LSTM -------------------------------------------------------------------------------
-
-
-def tree_setup():
-    ex = example("tree_lstm")
-    return {"ex": ex, "w": ex.weights()}
 
 
 def torch_tree_lstm(torch, w):
@@ -381,7 +374,7 @@ def tree_torch(ctx, n):
 
 TREE_LSTM = Model(
     "tree_lstm", "nodes", {"full": [1, 10, 50, 100, 200], "quick": [10, 100], "tiny": [3]},
-    (1e-4, 1e-5), tree_setup,
+    (1e-4, 1e-5), with_weights("tree_lstm"),
     sample=lambda ctx, n: ctx["ex"].random_tree(n, seed=n),
     reference=lambda ctx, t: ctx["ex"].reference(t, ctx["w"])[0],
     runners={"vm": lambda ctx, n: vm_runner(ctx, lambda: ctx["ex"].build_module(ctx["w"]),
