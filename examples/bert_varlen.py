@@ -17,7 +17,7 @@ import numpy as np
 
 from compiler import build, ir, op
 from vm import VirtualMachine
-from vm.profiler import median_seconds
+from vm.profiler import check_and_time
 
 HIDDEN, HEADS, FFN, LAYERS = 256, 4, 1024, 2
 HEAD = HIDDEN // HEADS
@@ -103,15 +103,9 @@ def make_input(seq: int, seed: int = 1) -> np.ndarray:
 def main() -> int:
     w = weights()
     vm = VirtualMachine(build(build_module(w)))
-    ok = True
-    print(f"{'seq':>5} {'dynvm ms':>9}  check")
-    for seq in (1, 16, 64, 128):
-        x = make_input(seq)
-        good = np.allclose(vm.invoke("main", x), reference(x, w), rtol=1e-4, atol=1e-4)
-        ok &= good
-        seconds = median_seconds(lambda: vm.invoke("main", x), 10)
-        print(f"{seq:>5} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
-    return 0 if ok else 1
+    inputs = {seq: make_input(seq) for seq in (1, 16, 64, 128)}
+    return check_and_time(vm, "seq", [(seq, [x], reference(x, w)) for seq, x in inputs.items()],
+                          rtol=1e-4, atol=1e-4)
 
 
 if __name__ == "__main__":

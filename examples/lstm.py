@@ -16,7 +16,7 @@ import numpy as np
 
 from compiler import build, ir, op
 from vm import VirtualMachine
-from vm.profiler import median_seconds
+from vm.profiler import check_and_time
 
 INPUT, HIDDEN = 128, 256
 
@@ -93,15 +93,9 @@ def make_input(steps: int, seed: int = 1) -> np.ndarray:
 def main() -> int:
     w = weights()
     vm = VirtualMachine(build(build_module(w)))
-    ok = True
-    print(f"{'seq':>5} {'dynvm ms':>9}  check")
-    for steps in (1, 8, 32, 128):
-        x = make_input(steps)
-        good = np.allclose(vm.invoke("main", x), reference(x, w), rtol=1e-5, atol=1e-5)
-        ok &= good
-        seconds = median_seconds(lambda: vm.invoke("main", x), 10)
-        print(f"{steps:>5} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
-    return 0 if ok else 1
+    inputs = {steps: make_input(steps) for steps in (1, 8, 32, 128)}
+    return check_and_time(vm, "seq", [(n, [x], reference(x, w)) for n, x in inputs.items()],
+                          rtol=1e-5, atol=1e-5)
 
 
 if __name__ == "__main__":

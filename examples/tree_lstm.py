@@ -17,7 +17,7 @@ import numpy as np
 
 from compiler import build, ir, op, prelude
 from vm import VirtualMachine
-from vm.profiler import median_seconds
+from vm.profiler import check_and_time
 from vm.convert import tree
 
 INPUT, HIDDEN = 64, 128
@@ -110,16 +110,9 @@ def to_adt(node):
 def main() -> int:
     w = weights()
     vm = VirtualMachine(build(build_module(w)))
-    ok = True
-    print(f"{'nodes':>6} {'dynvm ms':>9}  check")
-    for nodes in (1, 10, 100, 200):
-        py_tree = random_tree(nodes, seed=nodes)
-        value = to_adt(py_tree)
-        good = np.allclose(vm.invoke("main", value), reference(py_tree, w)[0], rtol=1e-5, atol=1e-5)
-        ok &= good
-        seconds = median_seconds(lambda: vm.invoke("main", value), 5)
-        print(f"{nodes:>6} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
-    return 0 if ok else 1
+    trees = {nodes: random_tree(nodes, seed=nodes) for nodes in (1, 10, 100, 200)}
+    cases = [(nodes, [to_adt(t)], reference(t, w)[0]) for nodes, t in trees.items()]
+    return check_and_time(vm, "nodes", cases, rtol=1e-5, atol=1e-5, repeats=5)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from compiler import build
+from compiler import build, ir, op
 from vm import VirtualMachine
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -91,3 +91,17 @@ def test_bert_varlen_matches_numpy_for_any_sequence_length(bert, seq):
     m, w, vm = bert
     x = m.make_input(seq, seed=seq)
     np.testing.assert_allclose(vm.invoke("main", x), m.reference(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_the_examples_self_check_reports_matches_and_mismatches(capsys):
+    """check_and_time (the examples' main): exit status 0 only when every case matches numpy,
+    one row per case."""
+    from vm.profiler import check_and_time
+
+    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+    vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], op.add(x, x)))))
+    a = np.arange(5, dtype=np.float32)
+    assert check_and_time(vm, "n", [(5, [a], 2 * a), (0, [a[:0]], a[:0])], 1e-6, 0, repeats=2) == 0
+    assert check_and_time(vm, "n", [(5, [a], 2 * a), (5, [a], 3 * a)], 1e-6, 0, repeats=2) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines if line.split()[0] in ("5", "0")] == ["ok", "ok", "ok", "MISMATCH"]
