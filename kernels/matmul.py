@@ -222,11 +222,16 @@ def carry_loop(b, start, stop, body, inits, step=1):
         phi.add_incoming(v, last)
     b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
     b.position_at_end(exit_)
+    return merge(b, inits, pre, new, last)
+
+
+def merge(b, values_a, block_a, values_b, block_b):
+    """Phis (at the builder's position) of values reaching it from two blocks."""
     outs = []
-    for init, v in zip(inits, new):
+    for a, v in zip(values_a, values_b):
         phi = b.phi(v.type)
-        phi.add_incoming(init, pre)
-        phi.add_incoming(v, last)
+        phi.add_incoming(a, block_a)
+        phi.add_incoming(v, block_b)
         outs.append(phi)
     return outs
 
@@ -242,13 +247,7 @@ def carry_if(b, cond, then, values):
     last = b.block
     b.branch(j)
     b.position_at_end(j)
-    outs = []
-    for old, v in zip(values, new):
-        phi = b.phi(v.type)
-        phi.add_incoming(old, pre)
-        phi.add_incoming(v, last)
-        outs.append(phi)
-    return outs
+    return merge(b, values, pre, new, last)
 
 
 # vector helpers
