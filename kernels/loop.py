@@ -288,17 +288,19 @@ class _LoopEmitter:
         for k, call in enumerate(calls):
             args, nargs = self.calls[id(call)]
             rc = b.call(get_function(self.module, call[0], fnty), [args, const(I32, nargs)])
-            b.store(const(I64, first_index + k), self.counters[1])
-            self.fail_if(b.icmp_signed("!=", rc, const(I32, 0)), i, rc)
-        b.store(const(I64, -1), self.counters[1])
+            self.fail_if(b.icmp_signed("!=", rc, const(I32, 0)), i, rc, failed=first_index + k)
 
-    def fail_if(self, cond, i, rc):
+    def fail_if(self, cond, i, rc, failed=None):
+        """Return `rc` when `cond` holds, with the iterations run (and the index of the failed
+        inner call, if one failed) in the counters."""
         b = self.b
         fail = self.fn.append_basic_block("fail")
         cont = self.fn.append_basic_block("cont")
         b.cbranch(cond, fail, cont)
         b.position_at_end(fail)
         b.store(i, self.counters[0])
+        if failed is not None:
+            b.store(const(I64, failed), self.counters[1])
         b.ret(rc)
         b.position_at_end(cont)
 
