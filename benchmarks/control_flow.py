@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
-from compiler import bench, build  # noqa: E402
+from dynvm.compiler import bench, build  # noqa: E402
 from harness import cpu_lines, fmt_time, measure, na_row, optional_import, print_table, row  # noqa: E402
-from vm import VirtualMachine  # noqa: E402
+from dynvm.vm import VirtualMachine  # noqa: E402
 
 REPS = 20
 

@@ -22,9 +22,9 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from compiler import build, ir, op  # noqa: E402
-from shape_funcs.vision import nms_select  # noqa: E402
-from vm import VirtualMachine  # noqa: E402
+from dynvm.compiler import build, ir, op  # noqa: E402
+from dynvm.shape_funcs.vision import nms_select  # noqa: E402
+from dynvm.vm import VirtualMachine  # noqa: E402
 
 REPS = 20
 NMS_ATTRS = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}

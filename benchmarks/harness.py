@@ -133,7 +133,7 @@ def cpu_model() -> str:
 
 def cpu_lines():
     import llvmlite.binding as llvm
-    from kernels import codelib
+    from dynvm.kernels import codelib
     return [f"CPU (/proc/cpuinfo): {cpu_model()}, {os.cpu_count()} cores",
             f"llvmlite host CPU: {codelib.host_target()['cpu']} ({llvm.get_process_triple()})",
             f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]

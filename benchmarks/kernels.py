@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import harness  # noqa: E402  (benchmarks/harness.py: measuring, rows, the table)
-from compiler import build, ir, op  # noqa: E402
+from dynvm.compiler import build, ir, op  # noqa: E402
 from harness import compare, cpu_lines, kernel_kinds, na_row, print_table, row  # noqa: E402
-from vm import VirtualMachine  # noqa: E402
+from dynvm.vm import VirtualMachine  # noqa: E402
 
 REPS = harness.REPS
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from kernels import KernelBuilder, abi, load_kernels  # noqa: E402
+from dynvm.kernels import KernelBuilder, abi, load_kernels  # noqa: E402
 
 EPS = 1e-5
 

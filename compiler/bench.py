@@ -90,8 +90,8 @@ class Runner:
 
 
 def vm_runner(ctx, build_mod, prepare=lambda s: s) -> Runner:
-    from compiler import build
-    from vm import VirtualMachine
+    from dynvm.compiler import build
+    from dynvm.vm import VirtualMachine
     if "vm" not in ctx:
         ctx["vm"] = VirtualMachine(build(build_mod()))
     vm = ctx["vm"]
@@ -100,8 +100,8 @@ def vm_runner(ctx, build_mod, prepare=lambda s: s) -> Runner:
 
 def static_runner(build_static: Callable, prepare=lambda s: s) -> Runner:
     """A vm.StaticRuntime over the executable of the model compiled for one exact shape."""
-    from compiler import build
-    from vm import StaticRuntime
+    from dynvm.compiler import build
+    from dynvm.vm import StaticRuntime
     return Runner(StaticRuntime(build(build_static())).run, prepare)
 
 
@@ -557,7 +557,7 @@ def targets(results) -> list:
 def compile_stats() -> dict:
     """Native kernel compiles vs object-cache hits in this run (cold cache: slower first run)."""
     try:
-        from kernels import codelib
+        from dynvm.kernels import codelib
         return dict(codelib.stats)
     except Exception:  # noqa: BLE001
         return {}
@@ -569,7 +569,7 @@ def machine_info() -> dict:
             "load_average": [round(x, 2) for x in os.getloadavg()], "python": sys.version.split()[0],
             "numpy": np.__version__}
     try:
-        from kernels import codelib
+        from dynvm.kernels import codelib
         info["llvm_cpu"] = codelib.host_target()["cpu"]
     except Exception:  # noqa: BLE001
         pass

@@ -1,7 +1,7 @@
 """`build(mod)`: the compiler pipeline from an IRModule to a `vm.Executable`."""
-from compiler.codegen import compile_module
-from compiler.passes import fuse_ops, lambda_lift
-from compiler.typing import infer_types
+from dynvm.compiler.codegen import compile_module
+from dynvm.compiler.passes import fuse_ops, lambda_lift
+from dynvm.compiler.typing import infer_types
 
 
 def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool = True):

@@ -107,7 +107,7 @@ def @tree_size[a](%t: Tree[a]) -> Tensor[(), int64] {
 
 def parse(text: str = ""):
     """Parse `text` (text format) with the prelude's types and functions in scope."""
-    from compiler.ir.parser import parse as parse_text
+    from dynvm.compiler.ir.parser import parse as parse_text
     return parse_text(PRELUDE + "\n" + text)
 
 

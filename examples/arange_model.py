@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from compiler import build, ir, op
-from vm import VirtualMachine
-from vm.profiler import median_seconds
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine
+from dynvm.vm.profiler import median_seconds
 
 HIDDEN = 64
 MAX_LEN = 512

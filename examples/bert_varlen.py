@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
-from compiler import build, ir, op
-from vm import VirtualMachine
-from vm.profiler import check_and_time
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine
+from dynvm.vm.profiler import check_and_time
 
 HIDDEN, HEADS, FFN, LAYERS = 256, 4, 1024, 2
 HEAD = HIDDEN // HEADS

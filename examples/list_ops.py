@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 
-from compiler import build, prelude
-from vm import VirtualMachine
-from vm.convert import from_list, to_list
-from vm.profiler import median_seconds
+from dynvm.compiler import build, prelude
+from dynvm.vm import VirtualMachine
+from dynvm.vm.convert import from_list, to_list
+from dynvm.vm.profiler import median_seconds
 
 PROGRAM = """
 def @normalise(%xs: List[Tensor[(?,), float32]], %scale: Tensor[(), float32]) -> List[Tensor[(?,), float32]] {

@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 
-from compiler import build, ir, op
-from vm import VirtualMachine
-from vm.profiler import check_and_time
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine
+from dynvm.vm.profiler import check_and_time
 
 INPUT, HIDDEN = 128, 256
 

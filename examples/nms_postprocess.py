@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 
-from compiler import build, ir, op
-from kernels.extern import EXTERN_KERNELS
-from vm import VirtualMachine
-from vm.profiler import median_seconds
+from dynvm.compiler import build, ir, op
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.vm import VirtualMachine
+from dynvm.vm.profiler import median_seconds
 
 TOP = 20
 GVC = {"score_threshold": 0.05, "id_index": 0, "score_index": 1}

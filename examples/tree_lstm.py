@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 
-from compiler import build, ir, op, prelude
-from vm import VirtualMachine
-from vm.profiler import check_and_time
-from vm.convert import tree
+from dynvm.compiler import build, ir, op, prelude
+from dynvm.vm import VirtualMachine
+from dynvm.vm.profiler import check_and_time
+from dynvm.vm.convert import tree
 
 INPUT, HIDDEN = 64, 128
 

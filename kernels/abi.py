@@ -10,7 +10,7 @@ import threading
 import cffi
 import numpy as np
 
-from vm.dtypes import DTYPES
+from dynvm.vm.dtypes import DTYPES
 
 ffi = cffi.FFI()
 ffi.cdef("""

@@ -11,10 +11,10 @@ import re
 
 from llvmlite import ir
 
-from kernels import codelib
-from kernels.family import get_family, variant_symbol
-from vm.dtypes import DTYPES
-from vm.errors import KernelError
+from dynvm.kernels import codelib
+from dynvm.kernels.family import get_family, variant_symbol
+from dynvm.vm.dtypes import DTYPES
+from dynvm.vm.errors import KernelError
 
 
 def _signature(specs, what):

@@ -20,7 +20,7 @@ import threading
 import llvmlite
 import llvmlite.binding as llvm
 
-from vm.errors import ExecutableFormatError, KernelError
+from dynvm.vm.errors import ExecutableFormatError, KernelError
 
 stats = {"compiles": 0, "cache_hits": 0, "loads": 0, "rejits": 0}
 

@@ -14,13 +14,13 @@ An epilogue (spec["epilogue"], see matmul.py) gets extra inputs broadcast to (N,
 """
 from __future__ import annotations
 
-from kernels import family
-from kernels.llvm_util import ERR_LAYOUT, ERR_SHAPE, I64, check, load_strides
-from kernels.matmul import (CONV_VARIANTS, DTYPES, Geometry, broadcast_extras, c64,
+from dynvm.kernels import family
+from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_SHAPE, I64, check, load_strides
+from dynvm.kernels.matmul import (CONV_VARIANTS, DTYPES, Geometry, broadcast_extras, c64,
                             check_epilogue, dot_offset, emit_gemm_kernel, eq, for_range, imin,
                             load, store)
-from shape_funcs.nn import conv2d_params
-from vm.errors import DynVMError, KernelError
+from dynvm.shape_funcs.nn import conv2d_params
+from dynvm.vm.errors import DynVMError, KernelError
 
 
 def _compact_ok(b, ext, strides, dims):

@@ -9,12 +9,12 @@ Scalar inputs convert to the output dtype exactly like numpy's `astype` (the ele
 """
 from __future__ import annotations
 
-from kernels.elementwise import _ExprEmitter, is_float
-from kernels.llvm_util import ERR_SHAPE, ERR_VALUE, F64, I8, I64, REG_TYPE, check, const
-from kernels.transform import (Info, Variant, add_mul, check_equal,
+from dynvm.kernels.elementwise import _ExprEmitter, is_float
+from dynvm.kernels.llvm_util import ERR_SHAPE, ERR_VALUE, F64, I8, I64, REG_TYPE, check, const
+from dynvm.kernels.transform import (Info, Variant, add_mul, check_equal,
                                check_sig, element_ptr, emit_kernel, family, for_range, icmp,
                                is_compact)
-from vm.errors import KernelError
+from dynvm.vm.errors import KernelError
 
 FILL_OPS = ("zeros", "ones", "full", "dyn.zeros", "dyn.ones", "dyn.full")
 

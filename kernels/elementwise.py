@@ -30,7 +30,7 @@ Semantics worth knowing:
 """
 from llvmlite import ir
 
-from kernels.llvm_util import (
+from dynvm.kernels.llvm_util import (
     const,
     get_function,
     check,
@@ -50,9 +50,9 @@ from kernels.llvm_util import (
     ERR_BROADCAST,
     ERR_LAYOUT,
     PTR)
-from kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
-from vm.dtypes import DTYPES
-from vm.errors import KernelError
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
+from dynvm.vm.dtypes import DTYPES
+from dynvm.vm.errors import KernelError
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu")
 ARITH = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
@@ -182,7 +182,7 @@ def _math_module():
     """kernels/llvm_math.py (vectorisable exp/log/tanh/sigmoid) when available, else None:
     then the libm intrinsics are used, which LLVM scalarises inside vector code."""
     try:
-        from kernels import llvm_math
+        from dynvm.kernels import llvm_math
     except ImportError:
         return None
     return llvm_math if all(hasattr(llvm_math, f) for f in ("exp", "log", "tanh", "sigmoid")) else None

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from shape_funcs.common import infer_reshape, normalize_axis
-from shape_funcs.dynamic import arange_params, dyn_slice_attrs
-from shape_funcs.reduce import reduced_axes
-from shape_funcs.transform import slice_spec
-from vm.errors import ShapeError
+from dynvm.shape_funcs.common import infer_reshape, normalize_axis
+from dynvm.shape_funcs.dynamic import arange_params, dyn_slice_attrs
+from dynvm.shape_funcs.reduce import reduced_axes
+from dynvm.shape_funcs.transform import slice_spec
+from dynvm.vm.errors import ShapeError
 
 EXTERN_KERNELS: dict = {}
 
@@ -344,7 +344,7 @@ def layer_norm(inputs, outputs, attrs):
 @extern("conv2d")
 def conv2d(inputs, outputs, attrs):
     """NCHW data x OIHW weight reference: pad, then one einsum per group and kernel tap."""
-    from shape_funcs.nn import conv2d_params
+    from dynvm.shape_funcs.nn import conv2d_params
     x, w = inputs
     out = outputs[0]
     (sh, sw), (pt, pl, pb, pr), (dh, dw), groups = conv2d_params(attrs)
@@ -371,7 +371,7 @@ def conv2d(inputs, outputs, attrs):
 # Order: by value (NaN largest, -0.0 == 0.0), equal values by lower index, i.e. a stable sort;
 # descending reverses the value order only. See kernels/sort.py for the native kernels.
 
-from shape_funcs.vision import (_fmax, _fmin, nms_select, stable_order,  # noqa: E402
+from dynvm.shape_funcs.vision import (_fmax, _fmin, nms_select, stable_order,  # noqa: E402
                                 topk_extent)
 
 

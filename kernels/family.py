@@ -22,7 +22,7 @@ from typing import Callable
 
 from llvmlite import ir
 
-from vm.errors import KernelError
+from dynvm.vm.errors import KernelError
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def emit_dispatcher(module, symbol, sig, choices, prepare=None):
         (data, extents, strides) per argument).
     Returns the list of variant names in index order (what `S__variant` holds).
     """
-    from kernels.llvm_util import I32, const, new_function, prologue
+    from dynvm.kernels.llvm_util import I32, const, new_function, prologue
 
     if not choices or choices[-1][1] is not None or any(c is None for _, c in choices[:-1]):
         raise KernelError(f"{symbol}: the dispatcher needs conditions for all but the last variant")
@@ -118,7 +118,7 @@ def _declare(module, name, fnty):
 @functools.cache
 def vector_bits() -> int:
     """SIMD register width of the build target, from the features llvmlite reports."""
-    from kernels import codelib
+    from dynvm.kernels import codelib
 
     features = set(codelib.host_target()["features"].split(","))
     if "+avx512f" in features:

@@ -65,7 +65,7 @@ def vector_lanes(elem, features=None):
     """Lanes of `elem` in one native vector register of the host (or of `features`):
     64 bytes with avx512f, 32 with avx, else 16."""
     if features is None:
-        from kernels import codelib
+        from dynvm.kernels import codelib
         features = codelib.host_target()["features"]
     flags = set(features.split(","))
     width = 64 if "+avx512f" in flags else 32 if "+avx" in flags else 16
@@ -127,7 +127,7 @@ def _pow2(b, n, ty):
 
 @functools.cache
 def _host_has_avx512():
-    from kernels import codelib
+    from dynvm.kernels import codelib
     return "+avx512f" in codelib.host_target()["features"].split(",")
 
 

@@ -6,7 +6,7 @@ every argument (count, rank, dtype, NULL pointers, extents) and returns an error
 """
 from llvmlite import ir
 
-from vm.dtypes import DTYPES
+from dynvm.vm.dtypes import DTYPES
 
 ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
 ERR_SHAPE, ERR_EMPTY = 8, 9  # output/operand extents do not fit the op; reduction of nothing

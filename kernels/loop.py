@@ -35,12 +35,12 @@ import math
 
 from llvmlite import ir
 
-from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (DLTENSOR, ERR_LAYOUT, ERR_SHAPE, ERR_STEPS, F_DATA, F_DTYPE,
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.llvm_util import (DLTENSOR, ERR_LAYOUT, ERR_SHAPE, ERR_STEPS, F_DATA, F_DTYPE,
                                F_NDIM, F_SHAPE, F_STRIDES, I1, I8, I32, I64, PTR, check,
                                check_data, const, get_function, new_function, prologue)
-from vm.dtypes import DTYPES, itemsize
-from vm.errors import KernelError
+from dynvm.vm.dtypes import DTYPES, itemsize
+from dynvm.vm.errors import KernelError
 
 SLOT_KINDS = ("input", "scratch", "view")
 WORD = 8    # the workspace is int64[words]

@@ -44,13 +44,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from kernels import family
-from kernels.elementwise import emit_expr, expr_dtype
-from kernels.llvm_math import fma, vector_lanes
-from kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR,
+from dynvm.kernels import family
+from dynvm.kernels.elementwise import emit_expr, expr_dtype
+from dynvm.kernels.llvm_math import fma, vector_lanes
+from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR,
                                check, check_data, const, element_count, get_function,
                                load_strides, new_function, prologue, return_zero_if)
-from vm.errors import KernelError
+from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
 OPS = {"dense": 2, "matmul": 2, "batch_matmul": 2}

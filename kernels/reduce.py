@@ -29,13 +29,13 @@ into one loop at build time, so e.g. axes (1, 2) of a rank-4 tensor run as a 3-l
 """
 from llvmlite import ir
 
-from kernels import llvm_math as lm
-from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, F32, F64, I1, I32, I64, PTR,
+from dynvm.kernels import llvm_math as lm
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.llvm_util import (ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, F32, F64, I1, I32, I64, PTR,
                                REG_TYPE, check, const, load_strides, new_function, prologue,
                                return_zero_if)
-from shape_funcs.reduce import reduced_axes
-from vm.errors import DynVMError, KernelError
+from dynvm.shape_funcs.reduce import reduced_axes
+from dynvm.vm.errors import DynVMError, KernelError
 
 OPS = ("sum", "mean", "max", "min", "argmax")
 UNROLL = 4  # vector accumulators per loop iteration (hides the add/compare latency)

@@ -12,11 +12,11 @@ the dispatcher S, which records the index of the variant it ran in the global `S
 """
 import numpy as np
 
-from kernels import abi, codelib
-from kernels.family import variant_global
-from kernels.llvm_util import ERR_BROADCAST, ERR_SHAPE, ERROR_KINDS
-from vm.dtypes import DTYPES
-from vm.errors import DynVMError, ExecutableFormatError, KernelError, ShapeError
+from dynvm.kernels import abi, codelib
+from dynvm.kernels.family import variant_global
+from dynvm.kernels.llvm_util import ERR_BROADCAST, ERR_SHAPE, ERROR_KINDS
+from dynvm.vm.dtypes import DTYPES
+from dynvm.vm.errors import DynVMError, ExecutableFormatError, KernelError, ShapeError
 
 
 class KernelShapeError(ShapeError, KernelError):
@@ -203,7 +203,7 @@ def validate_section(section):
 
 def _extern_table():
     try:
-        from kernels.extern import EXTERN_KERNELS
+        from dynvm.kernels.extern import EXTERN_KERNELS
     except ImportError as e:
         _fail(f"extern kernels are unavailable ({e})")
     return EXTERN_KERNELS

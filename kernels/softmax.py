@@ -20,15 +20,15 @@ The dispatcher picks "last" when inner == 1, "columns" when inner >= one vector,
 """
 from llvmlite import ir
 
-from kernels import llvm_math as lm
-from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (ERR_LAYOUT, ERR_NULL, ERR_SHAPE, I1, I32, I64, PTR, REG_TYPE,
+from dynvm.kernels import llvm_math as lm
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.llvm_util import (ERR_LAYOUT, ERR_NULL, ERR_SHAPE, I1, I32, I64, PTR, REG_TYPE,
                                check, const, load_strides, new_function, prologue,
                                return_zero_if)
-from kernels.reduce import (_nest, compact_flag, for_range, load_vec, product,
+from dynvm.kernels.reduce import (_nest, compact_flag, for_range, load_vec, product,
                             splat_value, store_vec, vector_fold)
-from shape_funcs.common import normalize_axis
-from vm.errors import DynVMError, KernelError
+from dynvm.shape_funcs.common import normalize_axis
+from dynvm.vm.errors import DynVMError, KernelError
 
 
 def _axis(spec, rank):

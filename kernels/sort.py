@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (ERR_ALLOC, ERR_NULL, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR, const,
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.llvm_util import (ERR_ALLOC, ERR_NULL, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR, const,
                                get_function, load_strides, prologue)
-from vm.errors import KernelError
+from dynvm.vm.errors import KernelError
 
 SORT_DTYPES = ("float32", "float64", "int32", "int64")
 INDEX_DTYPES = ("int32", "int64")

@@ -34,12 +34,12 @@ from typing import Callable
 
 from llvmlite import ir
 
-from kernels.family import Family, emit_dispatcher, register, variant_symbol
-from kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE, I1,
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE, I1,
                                I32, I64,
                                MEM_TYPE, PTR, check, const, get_function, load_strides,
                                new_function, prologue)
-from vm.errors import KernelError
+from dynvm.vm.errors import KernelError
 
 # Python ints in attrs may exceed int64; every extent is far below 2**62, so clamping a bound or
 # stride to this magnitude changes no result and keeps the i64 arithmetic exact.

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from kernels.family import Family, register
-from kernels.llvm_util import F32, I1, I8, I32, I64, const
-from kernels.sort import (ERR_SHAPE, Heap, PackedHeap, check_data_nonempty, check_extents,
+from dynvm.kernels.family import Family, register
+from dynvm.kernels.llvm_util import F32, I1, I8, I32, I64, const
+from dynvm.kernels.sort import (ERR_SHAPE, Heap, PackedHeap, check_data_nonempty, check_extents,
                           descending_f32_rank, expect, new_kernel, single_variant)
 
 VISION_OPS = ("get_valid_counts", "non_max_suppression", "nms")

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 
-from vm.errors import ShapeError
-from vm.values import ShapeTensor
+from dynvm.vm.errors import ShapeError
+from dynvm.vm.values import ShapeTensor
 
 
 def normalize_axis(op: str, axis: int, rank: int) -> int:

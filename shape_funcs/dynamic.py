@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 
-from shape_funcs.common import check_dims, infer_reshape, shape_vector
-from shape_funcs.registry import shape_func
-from shape_funcs.transform import slice_spec
-from vm.errors import ShapeError
-from vm.values import Tensor, scalar_value
+from dynvm.shape_funcs.common import check_dims, infer_reshape, shape_vector
+from dynvm.shape_funcs.registry import shape_func
+from dynvm.shape_funcs.transform import slice_spec
+from dynvm.vm.errors import ShapeError
+from dynvm.vm.values import Tensor, scalar_value
 
 
 def arange_params(inputs, dtype: str):

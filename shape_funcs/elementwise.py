@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
-from shape_funcs.common import broadcast
-from shape_funcs.registry import shape_func
+from dynvm.shape_funcs.common import broadcast
+from dynvm.shape_funcs.registry import shape_func
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "cast")
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum",

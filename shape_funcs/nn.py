@@ -1,9 +1,9 @@
 """Neural-network ops."""
 from __future__ import annotations
 
-from shape_funcs.common import broadcast, normalize_axis
-from shape_funcs.registry import shape_func
-from vm.errors import ShapeError
+from dynvm.shape_funcs.common import broadcast, normalize_axis
+from dynvm.shape_funcs.registry import shape_func
+from dynvm.vm.errors import ShapeError
 
 
 def _same(op: str, a: int, b: int, what: str):

@@ -1,9 +1,9 @@
 """Reductions: drop (or keep as 1) the reduced axes."""
 from __future__ import annotations
 
-from shape_funcs.common import normalize_axis
-from shape_funcs.registry import shape_func
-from vm.errors import ShapeError
+from dynvm.shape_funcs.common import normalize_axis
+from dynvm.shape_funcs.registry import shape_func
+from dynvm.vm.errors import ShapeError
 
 
 def reduced_axes(op: str, rank: int, attrs) -> list:

@@ -1,9 +1,9 @@
 """Shape and layout ops (data-independent: they read input shapes only)."""
 from __future__ import annotations
 
-from shape_funcs.common import broadcast, check_dims, infer_reshape, normalize_axis
-from shape_funcs.registry import shape_func
-from vm.errors import ShapeError
+from dynvm.shape_funcs.common import broadcast, check_dims, infer_reshape, normalize_axis
+from dynvm.shape_funcs.registry import shape_func
+from dynvm.vm.errors import ShapeError
 
 
 @shape_func("shape_of")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shape_funcs.common import normalize_axis
-from shape_funcs.registry import UPPER_BOUND_HEADER, shape_func
-from vm.errors import ShapeError
+from dynvm.shape_funcs.common import normalize_axis
+from dynvm.shape_funcs.registry import UPPER_BOUND_HEADER, shape_func
+from dynvm.vm.errors import ShapeError
 
 F0 = np.float32(0)
 

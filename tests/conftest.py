@@ -1,4 +1,1 @@
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The suite imports the project as installed (`pip install -e .`): only through `dynvm`."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vm.dtypes import DTYPES
-from vm.errors import ExecutableFormatError
+from dynvm.vm.dtypes import DTYPES
+from dynvm.vm.errors import ExecutableFormatError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ a test checks they agree with the prelude.
 """
 from __future__ import annotations
 
-from vm.values import ADT
+from dynvm.vm.values import ADT
 
 CONS, NIL, ROSE = ("Cons", 0), ("Nil", 1), ("Rose", 0)
 

@@ -1,7 +1,7 @@
 """The tensor element types dynvm supports, their numpy types and their DLPack codes."""
 import numpy as np
 
-from vm.errors import DynVMError
+from dynvm.vm.errors import DynVMError
 
 # name -> (numpy dtype, DLPack type code, bits)
 DTYPES = {

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from vm import bytecode
-from vm.dtypes import DTYPES, dtype_name, np_dtype
-from vm.errors import DynVMError, ExecutableFormatError
+from dynvm.vm import bytecode
+from dynvm.vm.dtypes import DTYPES, dtype_name, np_dtype
+from dynvm.vm.errors import DynVMError, ExecutableFormatError
 
 MAGIC = "DYNVM"
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ class Executable:
             if not self.kernels.get("kernels"):
                 self._loaded_kernels = []
             else:
-                import kernels  # lazily: programs without kernels never touch LLVM
+                from dynvm import kernels  # lazily: programs without kernels never touch LLVM
                 self._loaded_kernels = list(kernels.load_kernels(self.kernels))
         return self._loaded_kernels
 
@@ -457,7 +457,7 @@ def _verify_shape_funcs(entries) -> None:
         _expect(type(s["name"]) is str and type(s["attrs"]) is dict, f"bad shape function entry {s!r:.80}")
     if not entries:
         return
-    import shape_funcs  # lazily: the runtime only needs the registry when a program uses it
+    from dynvm import shape_funcs  # lazily: the runtime only needs the registry when a program uses it
     for s in entries:
         try:
             shape_funcs.lookup(s["name"])

@@ -25,14 +25,14 @@ import time
 
 import numpy as np
 
-from vm.bytecode import OPCODES
-from vm.dtypes import dtype_name, itemsize, np_dtype
-from vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError, KernelError,
+from dynvm.vm.bytecode import OPCODES
+from dynvm.vm.dtypes import dtype_name, itemsize, np_dtype
+from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError, KernelError,
                        ShapeError, VMError,
                        VMRecursionError, VMStepLimitError)
-from vm.memory import StoragePool, class_for
-from vm.profiler import Profile
-from vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
+from dynvm.vm.memory import StoragePool, class_for
+from dynvm.vm.profiler import Profile
+from dynvm.vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
                        cache_aligned, check_storage_request, checked_dims, int64_at, int64s_at,
                        rebuild)
 
@@ -104,7 +104,7 @@ class VirtualMachine:
     def _lookup_shape_funcs(exe):
         if not exe.shape_funcs:
             return []
-        import shape_funcs  # lazily, see executable._verify_shape_funcs
+        from dynvm import shape_funcs  # lazily, see executable._verify_shape_funcs
         out = []
         for s in exe.shape_funcs:
             sf = shape_funcs.lookup(s["name"])
@@ -640,7 +640,7 @@ class VirtualMachine:
         return pc + 1
 
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
-        from kernels.llvm_util import ERR_STEPS   # lazily: kernels/ imports shape_funcs/, which imports vm/
+        from dynvm.kernels.llvm_util import ERR_STEPS   # lazily: kernels/ imports shape_funcs/, which imports vm/
 
         if (rc & 0xFF) == ERR_STEPS:
             return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "

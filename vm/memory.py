@@ -26,7 +26,7 @@ import collections
 import cffi
 import numpy as np
 
-from vm.values import Storage, check_storage_request
+from dynvm.vm.values import Storage, check_storage_request
 
 GRANULE = 64            # every block starts at a multiple of this
 _ffi = cffi.FFI()

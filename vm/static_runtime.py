@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from vm.bytecode import OPCODES
-from vm.dtypes import np_dtype
-from vm.errors import InvokeArgumentError, KernelError, StaticRuntimeError, VMError
-from vm.machine import _import_tensor
-from vm.profiler import Profile
-from vm.values import ADT, Storage, Tensor, cache_aligned, rebuild
+from dynvm.vm.bytecode import OPCODES
+from dynvm.vm.dtypes import np_dtype
+from dynvm.vm.errors import InvokeArgumentError, KernelError, StaticRuntimeError, VMError
+from dynvm.vm.machine import _import_tensor
+from dynvm.vm.profiler import Profile
+from dynvm.vm.values import ADT, Storage, Tensor, cache_aligned, rebuild
 
 # opcode -> why the static runtime cannot run it (every other opcode is resolved at build time)
 _REJECTED = {

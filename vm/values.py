@@ -10,8 +10,8 @@ import math
 import cffi
 import numpy as np
 
-from vm.dtypes import dtype_name, np_dtype
-from vm.errors import VMError
+from dynvm.vm.dtypes import dtype_name, np_dtype
+from dynvm.vm.errors import VMError
 
 _NP_DTYPES = {name: np_dtype(name) for name in ("float32", "float64", "int32", "int64", "bool")}
 _ITEMSIZE = {name: dt.itemsize for name, dt in _NP_DTYPES.items()}

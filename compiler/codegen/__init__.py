@@ -1,2 +1,2 @@
 """Lowering of typed IR to register-VM bytecode (explicit allocation, kernels, shape functions)."""
-from compiler.codegen.module_compiler import compile_module  # noqa: F401
+from dynvm.compiler.codegen.module_compiler import compile_module  # noqa: F401

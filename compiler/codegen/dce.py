@@ -7,7 +7,7 @@ flow always stay.
 """
 from __future__ import annotations
 
-from compiler.codegen.relink import relink
+from dynvm.compiler.codegen.relink import relink
 
 PURE = {"Move", "LoadConst", "LoadConsti", "AllocADT", "AllocClosure", "GetField", "GetTag",
         "ShapeOf", "ReshapeTensor", "AllocTensor", "AllocTensorReg", "AllocStorage",

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from vm.bytecode import Instruction
-from vm.dtypes import itemsize
-from vm.errors import CompileError
+from dynvm.vm.bytecode import Instruction
+from dynvm.vm.dtypes import itemsize
+from dynvm.vm.errors import CompileError
 
-from compiler.ir import expr as E
-from compiler.ir.types import TensorType, TupleType
-from compiler.op.registry import get_op
-from compiler.codegen.patterns import check_exhaustive
-from compiler.codegen.native_loop import emit_native_loop
-from compiler.codegen.primitive import kernel_of
-from compiler.codegen.types import tensor_leaves
-import shape_funcs
-from shape_funcs.registry import UPPER_BOUND_HEADER
+from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.types import TensorType, TupleType
+from dynvm.compiler.op.registry import get_op
+from dynvm.compiler.codegen.patterns import check_exhaustive
+from dynvm.compiler.codegen.native_loop import emit_native_loop
+from dynvm.compiler.codegen.primitive import kernel_of
+from dynvm.compiler.codegen.types import tensor_leaves
+from dynvm import shape_funcs
+from dynvm.shape_funcs.registry import UPPER_BOUND_HEADER
 
 ALIGNMENT = 64
 TUPLE_CTOR = 0

@@ -18,10 +18,10 @@ memory alive by themselves.
 """
 from __future__ import annotations
 
-from vm.bytecode import Instruction
+from dynvm.vm.bytecode import Instruction
 
-from compiler.codegen.regalloc import live_intervals
-from compiler.codegen.relink import relink
+from dynvm.compiler.codegen.regalloc import live_intervals
+from dynvm.compiler.codegen.relink import relink
 
 STORAGE_DEFS = ("AllocStorage", "AllocStorageReg")
 TENSOR_DEFS = ("AllocTensor", "AllocTensorReg")

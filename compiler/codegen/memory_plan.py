@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vm.bytecode import Instruction
+from dynvm.vm.bytecode import Instruction
 
-from compiler.codegen.regalloc import live_intervals
-from compiler.codegen.relink import relink
-from vm.memory import size_class
+from dynvm.compiler.codegen.regalloc import live_intervals
+from dynvm.compiler.codegen.relink import relink
+from dynvm.vm.memory import size_class
 
 ALIGN = 64
 NON_ESCAPING_USES = {"CallKernel", "CallLoop", "CallShapeFunc", "ShapeOf", "If", "AllocTensor"}

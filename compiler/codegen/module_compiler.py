@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
-from vm.errors import CompileError
-from vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
+from dynvm import kernels
+from dynvm.vm.errors import CompileError
+from dynvm.vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
 
-from compiler.codegen.dce import eliminate_dead_code
-from compiler.codegen.emitter import FunctionEmitter
-from compiler.codegen.kill import insert_kills
-from compiler.codegen.memory_plan import plan_memory
-from compiler.codegen.regalloc import allocate_registers
-from compiler.codegen.types import type_desc
+from dynvm.compiler.codegen.dce import eliminate_dead_code
+from dynvm.compiler.codegen.emitter import FunctionEmitter
+from dynvm.compiler.codegen.kill import insert_kills
+from dynvm.compiler.codegen.memory_plan import plan_memory
+from dynvm.compiler.codegen.regalloc import allocate_registers
+from dynvm.compiler.codegen.types import type_desc
 
 
 class ModuleCompiler:

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 
-from kernels.loop import root_slot
-from vm.dtypes import itemsize
+from dynvm.kernels.loop import root_slot
+from dynvm.vm.dtypes import itemsize
 
-from compiler.ir import expr as E
-from compiler.ir.types import TensorType, is_any
-from compiler.op.registry import get_op
-from compiler.codegen.primitive import kernel_of
-from compiler.codegen.types import tensor_leaves
+from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.types import TensorType, is_any
+from dynvm.compiler.op.registry import get_op
+from dynvm.compiler.codegen.primitive import kernel_of
+from dynvm.compiler.codegen.types import tensor_leaves
 
 MAX_WORKSPACE = 256 << 20   # bytes; a bigger loop stays in bytecode (its tensors use the pool)
 ALIGN = 64

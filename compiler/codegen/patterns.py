@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 
-from compiler.ir import expr as E
+from dynvm.compiler.ir import expr as E
 
 WILD = E.PatternWildcard()
 

@@ -7,11 +7,11 @@ kernel expression, or the anchor's kernel with the tree as its epilogue: in the 
 """
 from __future__ import annotations
 
-from vm.errors import CompileError
+from dynvm.vm.errors import CompileError
 
-from compiler.ir import expr as E
-from compiler.op.registry import get_op
-from compiler.codegen.types import tensor_leaves
+from dynvm.compiler.ir import expr as E
+from dynvm.compiler.op.registry import get_op
+from dynvm.compiler.codegen.types import tensor_leaves
 
 
 def kernel_of(mc, node: E.Call):

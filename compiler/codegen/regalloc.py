@@ -7,7 +7,7 @@ ends strictly before the other starts.
 """
 from __future__ import annotations
 
-from vm.bytecode import Instruction
+from dynvm.vm.bytecode import Instruction
 
 
 def _register_fields(ins):

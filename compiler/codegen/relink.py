@@ -5,7 +5,7 @@ Passes that delete or insert instructions describe the new code as a list of
 """
 from __future__ import annotations
 
-from vm.bytecode import Instruction
+from dynvm.vm.bytecode import Instruction
 
 
 def jump_fields(ins) -> tuple:

@@ -1,7 +1,7 @@
 """Conversions between IR types and what the executable stores about them."""
-from vm.errors import CompileError
+from dynvm.vm.errors import CompileError
 
-from compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
+from dynvm.compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
 
 
 def type_desc(t) -> dict:

@@ -16,10 +16,10 @@ import math
 
 import numpy as np
 
-from compiler.ir.expr import (Call, Clause, Constant, Constructor, Expr, Function, GlobalVar, If, Let,
+from dynvm.compiler.ir.expr import (Call, Clause, Constant, Constructor, Expr, Function, GlobalVar, If, Let,
                               Match, Op, Pattern, PatternConstructor, PatternTuple, PatternVar,
                               PatternWildcard, Tuple, TupleGetItem, TypeData, Var)
-from compiler.ir.types import FuncType, TensorType, TupleType, Type, TypeCall, TypeVar
+from dynvm.compiler.ir.types import FuncType, TensorType, TupleType, Type, TypeCall, TypeVar
 
 
 def structural_equal(a, b) -> bool:
@@ -38,7 +38,7 @@ class _Equal:
         self.keep: list = []
 
     def equal(self, a, b) -> bool:
-        from compiler.ir.module import IRModule
+        from dynvm.compiler.ir.module import IRModule
         if isinstance(a, IRModule) or isinstance(b, IRModule):
             return isinstance(a, IRModule) and isinstance(b, IRModule) and self._modules(a, b)
         if isinstance(a, TypeData) or isinstance(b, TypeData):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from vm.dtypes import dtype_name, np_dtype
-from vm.errors import DynVMError
+from dynvm.vm.dtypes import dtype_name, np_dtype
+from dynvm.vm.errors import DynVMError
 
-from compiler.ir.types import FuncType, Type, TypeVar
+from dynvm.compiler.ir.types import FuncType, Type, TypeVar
 
 
 class Expr:
@@ -19,7 +19,7 @@ class Expr:
     checked_type: Type | None = None
 
     def __str__(self):
-        from compiler.ir.printer import expr_text
+        from dynvm.compiler.ir.printer import expr_text
         return expr_text(self)
 
 

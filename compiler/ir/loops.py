@@ -10,10 +10,10 @@ costs no call frames however long it runs.
 """
 from __future__ import annotations
 
-from vm.errors import DynVMError
+from dynvm.vm.errors import DynVMError
 
-from compiler.ir.expr import Call, Function, If, Let, Tuple, Var
-from compiler.ir.types import FuncType, TupleType
+from dynvm.compiler.ir.expr import Call, Function, If, Let, Tuple, Var
+from dynvm.compiler.ir.types import FuncType, TupleType
 
 
 def while_loop(cond, body, init_vars, name: str = "while_loop"):
@@ -25,7 +25,7 @@ def while_loop(cond, body, init_vars, name: str = "while_loop"):
     pair `(ir.var(name, type), init)` to declare the loop variable's type yourself (e.g. with
     `Any` dims for a value that grows).
     """
-    from compiler.typing import infer_expr_type
+    from dynvm.compiler.typing import infer_expr_type
     loop_vars, inits = [], []
     for i, item in enumerate(init_vars):
         if isinstance(item, tuple):

@@ -1,9 +1,9 @@
 """IRModule: the global functions and ADT declarations of a program."""
 from __future__ import annotations
 
-from vm.errors import DynVMError
+from dynvm.vm.errors import DynVMError
 
-from compiler.ir.expr import Constructor, Function, GlobalVar, TypeData
+from dynvm.compiler.ir.expr import Constructor, Function, GlobalVar, TypeData
 
 
 class IRModule:
@@ -64,5 +64,5 @@ class IRModule:
         raise KeyError(name)
 
     def __str__(self):
-        from compiler.ir.printer import module_text
+        from dynvm.compiler.ir.printer import module_text
         return module_text(self)

@@ -14,15 +14,15 @@ import re
 
 import numpy as np
 
-from vm.dtypes import DTYPES
-from vm.errors import DynVMError, IRParseError
+from dynvm.vm.dtypes import DTYPES
+from dynvm.vm.errors import DynVMError, IRParseError
 
-from compiler.ir.expr import (Call, Clause, Constant, Constructor, Function, If, Let, Match, Op,
+from dynvm.compiler.ir.expr import (Call, Clause, Constant, Constructor, Function, If, Let, Match, Op,
                               PatternConstructor, PatternTuple, PatternVar, PatternWildcard, Tuple,
                               TupleGetItem, TypeData, Var)
-from compiler.ir.module import IRModule
-from compiler.ir.printer import deep_recursion
-from compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar
+from dynvm.compiler.ir.module import IRModule
+from dynvm.compiler.ir.printer import deep_recursion
+from dynvm.compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar
 
 SUFFIX_DTYPE = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64"}
 _NUM = r"\d+(?:\.\d*)?(?:[eE][+-]?\d+)?"
@@ -83,8 +83,8 @@ def parse(text: str) -> IRModule:
 
 def _ops():
     """The op registry, with every op family registered (imported lazily: compiler.op imports ir)."""
-    import compiler.op  # noqa: F401
-    from compiler.op.registry import OPS
+    import dynvm.compiler.op  # noqa: F401
+    from dynvm.compiler.op.registry import OPS
     return OPS
 
 

@@ -32,10 +32,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from compiler.ir.expr import (Call, Constant, Constructor, Expr, Function, GlobalVar, If, Let,
+from dynvm.compiler.ir.expr import (Call, Constant, Constructor, Expr, Function, GlobalVar, If, Let,
                               Match, Op, Pattern, PatternConstructor, PatternTuple, PatternVar,
                               PatternWildcard, Tuple, TupleGetItem, Var)
-from compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
+from dynvm.compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
 
 INDENT = "  "
 SCALAR_SUFFIX = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}

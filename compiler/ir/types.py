@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vm.dtypes import check_dtype
-from vm.errors import DynVMError
+from dynvm.vm.dtypes import check_dtype
+from dynvm.vm.errors import DynVMError
 
 
 class Any:

@@ -1,8 +1,8 @@
 """Primitive operators. `op.add(x, y)`, `op.arange(start, stop, step)`, ... are generated from the
 registry (`compiler/op/registry.py`); each family module registers its ops on import."""
-from compiler.op.registry import OPS, REQUIRED, OpDef, get_op, make_call, register  # noqa: F401
-from compiler.op import elementwise, transform, reduce, nn, dynamic, vision  # noqa: F401,E402  (registers)
-from compiler.op.registry import constructor as _constructor
+from dynvm.compiler.op.registry import OPS, REQUIRED, OpDef, get_op, make_call, register  # noqa: F401
+from dynvm.compiler.op import elementwise, transform, reduce, nn, dynamic, vision  # noqa: F401,E402  (registers)
+from dynvm.compiler.op.registry import constructor as _constructor
 
 
 def __getattr__(name):

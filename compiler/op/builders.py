@@ -7,9 +7,9 @@ its `dyn.` form (shape given as an IR expression, a run-time argument).
 """
 from __future__ import annotations
 
-from compiler.ir.expr import Expr, Tuple, const
-from compiler.op.registry import get_op, make_call
-from vm.errors import DynVMError
+from dynvm.compiler.ir.expr import Expr, Tuple, const
+from dynvm.compiler.op.registry import get_op, make_call
+from dynvm.vm.errors import DynVMError
 
 
 def _split_args(name: str, args, attrs: dict):

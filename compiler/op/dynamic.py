@@ -4,12 +4,12 @@ are data-dependent: the output rank is static (the shape tensor's static length)
 """
 from __future__ import annotations
 
-from compiler.ir.types import Any, TensorType
-from compiler.op.builders import positional, scalars_as_consts
-from compiler.op.registry import OpDef, get_op, register
-from compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, fail, normalize_axis,
+from dynvm.compiler.ir.types import Any, TensorType
+from dynvm.compiler.op.builders import positional, scalars_as_consts
+from dynvm.compiler.op.registry import OpDef, get_op, register
+from dynvm.compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, fail, normalize_axis,
                                    scalar_arg, shape_vector_arg, tensor_arg)
-from vm.dtypes import DTYPES
+from dynvm.vm.dtypes import DTYPES
 
 
 def _dtype_attr(op, dtype):

@@ -5,12 +5,12 @@ All are compiled kernels: `expr` gives the node of the kernel expression languag
 """
 from __future__ import annotations
 
-from compiler.ir.types import TensorType
-from compiler.op.builders import positional
-from compiler.op.registry import OpDef, REQUIRED, register
-from compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, broadcast_shapes, check_arity,
+from dynvm.compiler.ir.types import TensorType
+from dynvm.compiler.op.builders import positional
+from dynvm.compiler.op.registry import OpDef, REQUIRED, register
+from dynvm.compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, broadcast_shapes, check_arity,
                                    check_dtype_in, fail, same_dtype, tensor_arg)
-from vm.dtypes import DTYPES
+from dynvm.vm.dtypes import DTYPES
 
 UNARY = {
     "negative": (NUMERIC_DTYPES, "-x"),
@@ -89,7 +89,7 @@ def _register_all():
     register(OpDef("cast", ("x",), cast_rel, attrs={"dtype": REQUIRED}, kernel="compiled",
                    pattern="elemwise", expr=lambda args, attrs: ["cast", args[0], attrs["dtype"]],
                    doc="cast(x, dtype): convert elements to `dtype` (floats truncate toward zero)."))
-    from compiler.op.registry import get_op
+    from dynvm.compiler.op.registry import get_op
     get_op("cast").make = positional("cast")
 
 

@@ -1,14 +1,14 @@
 """Neural-network ops: dense, matmul, batch_matmul, softmax, layer_norm (extern kernels for now)."""
 from __future__ import annotations
 
-from compiler.ir.types import Any, TensorType, is_any
-from compiler.op.builders import positional
-from compiler.op.registry import OpDef, get_op, register
-from compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, broadcast_dim, check_arity,
+from dynvm.compiler.ir.types import Any, TensorType, is_any
+from dynvm.compiler.op.builders import positional
+from dynvm.compiler.op.registry import OpDef, get_op, register
+from dynvm.compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, broadcast_dim, check_arity,
                                    check_dtype_in, fail, normalize_axis, same_dtype, tensor_arg,
                                    unify_dim)
-from shape_funcs.nn import conv2d_out_dim, conv2d_params
-from vm.errors import ShapeError
+from dynvm.shape_funcs.nn import conv2d_out_dim, conv2d_params
+from dynvm.vm.errors import ShapeError
 
 
 def _matmul_args(op, arg_types, ranks):

@@ -6,10 +6,10 @@ run time as well, so the error is the same whether the shape is known or not).
 """
 from __future__ import annotations
 
-from compiler.ir.types import TensorType
-from compiler.op.builders import positional
-from compiler.op.registry import OpDef, get_op, register
-from compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, check_dtype_in, normalize_axes,
+from dynvm.compiler.ir.types import TensorType
+from dynvm.compiler.op.builders import positional
+from dynvm.compiler.op.registry import OpDef, get_op, register
+from dynvm.compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, check_dtype_in, normalize_axes,
                                    tensor_arg)
 
 REDUCE_ATTRS = {"axis": None, "keepdims": False, "exclude": False}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vm.errors import DynVMError
+from dynvm.vm.errors import DynVMError
 
 REQUIRED = object()  # marks an attribute without a default
 
@@ -77,7 +77,7 @@ def get_op(name: str) -> OpDef:
 
 def make_call(name: str, *args, **attrs):
     """Build `Call(Op(name), args, attrs)` after checking arity and attributes."""
-    from compiler.ir.expr import Call, Op
+    from dynvm.compiler.ir.expr import Call, Op
     opdef = get_op(name)
     if len(args) != len(opdef.args):
         raise DynVMError(f"op {name} takes {len(opdef.args)} argument(s) "

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 
-from compiler.ir.types import Any, TensorType, TupleType, is_any
-from compiler.op.builders import positional, shape_dispatch, slice_dispatch, tuple_first
-from compiler.op.registry import OpDef, REQUIRED, get_op, register
-from compiler.op.type_rels import (INT_DTYPES, check_arity, check_dtype_in, fail, int_list,
+from dynvm.compiler.ir.types import Any, TensorType, TupleType, is_any
+from dynvm.compiler.op.builders import positional, shape_dispatch, slice_dispatch, tuple_first
+from dynvm.compiler.op.registry import OpDef, REQUIRED, get_op, register
+from dynvm.compiler.op.type_rels import (INT_DTYPES, check_arity, check_dtype_in, fail, int_list,
                                    normalize_axis, same_dtype, scalar_arg, tensor_arg,
                                    tuple_of_tensors, unify_dim)
-from vm.dtypes import DTYPES
+from dynvm.vm.dtypes import DTYPES
 
 
 def _prod(dims):

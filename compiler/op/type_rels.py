@@ -6,8 +6,8 @@ here is a TypeInferenceError; the inference driver appends the offending express
 """
 from __future__ import annotations
 
-from compiler.ir.types import Any, TensorType, TupleType, is_any
-from vm.errors import TypeInferenceError
+from dynvm.compiler.ir.types import Any, TensorType, TupleType, is_any
+from dynvm.vm.errors import TypeInferenceError
 
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int32", "int64")

@@ -13,11 +13,11 @@ shape_funcs/vision.py.
 """
 from __future__ import annotations
 
-from compiler.ir.expr import Expr
-from compiler.ir.types import Any, TensorType, TupleType, is_any
-from compiler.op.builders import positional
-from compiler.op.registry import REQUIRED, OpDef, get_op, register
-from compiler.op.type_rels import (INT_DTYPES, NUMERIC_DTYPES, check_arity, check_dtype_in, fail,
+from dynvm.compiler.ir.expr import Expr
+from dynvm.compiler.ir.types import Any, TensorType, TupleType, is_any
+from dynvm.compiler.op.builders import positional
+from dynvm.compiler.op.registry import REQUIRED, OpDef, get_op, register
+from dynvm.compiler.op.type_rels import (INT_DTYPES, NUMERIC_DTYPES, check_arity, check_dtype_in, fail,
                                    normalize_axis, tensor_arg, unify_dim)
 
 KERNEL = "compiled"

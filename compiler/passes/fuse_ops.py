@@ -17,10 +17,10 @@ output is typed too.
 """
 from __future__ import annotations
 
-from compiler.ir import expr as E
-from compiler.ir.types import FuncType
-from compiler.op.registry import get_op
-from compiler.passes.mutator import ExprMutator, map_functions
+from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.types import FuncType
+from dynvm.compiler.op.registry import get_op
+from dynvm.compiler.passes.mutator import ExprMutator, map_functions
 
 
 def _opdef(node):

@@ -11,9 +11,9 @@ Requires a typed module; the output is typed.
 """
 from __future__ import annotations
 
-from compiler.ir import expr as E
-from compiler.ir.types import FuncType
-from compiler.passes.mutator import ExprMutator
+from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.types import FuncType
+from dynvm.compiler.passes.mutator import ExprMutator
 
 
 def free_vars(node: E.Expr) -> list[E.Var]:

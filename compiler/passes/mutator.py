@@ -7,7 +7,7 @@ walked iteratively so long programs do not hit Python's recursion limit. A pass 
 """
 from __future__ import annotations
 
-from compiler.ir import expr as E
+from dynvm.compiler.ir import expr as E
 
 
 class ExprMutator:

@@ -1,2 +1,2 @@
 """Type inference over IR modules with `Any` dims."""
-from compiler.typing.infer import infer_expr_type, infer_types, join_types  # noqa: F401
+from dynvm.compiler.typing.infer import infer_expr_type, infer_types, join_types  # noqa: F401

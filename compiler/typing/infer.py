@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from vm.errors import TypeInferenceError
+from dynvm.vm.errors import TypeInferenceError
 
-from compiler.ir import expr as E
-from compiler.ir.printer import expr_text
-from compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
-from compiler.op.registry import get_op
+from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.printer import expr_text
+from dynvm.compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
+from dynvm.compiler.op.registry import get_op
 
 
 def join_types(a, b, where):
@@ -290,7 +290,7 @@ class _Inferencer:
 def infer_expr_type(expr, mod=None):
     """The type of a stand-alone expression whose free variables carry type annotations
     (used by builders such as `ir.while_loop`). Sets checked_type on the nodes it visits."""
-    from compiler.ir.module import IRModule
+    from dynvm.compiler.ir.module import IRModule
     return _Inferencer(mod or IRModule(), free_vars_annotated=True).expr(expr, {})
 
 

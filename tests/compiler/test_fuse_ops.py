@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from compiler import build, ir, op
-from compiler.passes import fuse_ops
-from compiler.typing import infer_types
-from vm import VirtualMachine
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.passes import fuse_ops
+from dynvm.compiler.typing import infer_types
+from dynvm.vm import VirtualMachine
 
 from tests.e2e.test_roundtrip import random_program
 
@@ -70,7 +70,7 @@ def test_fusion_keeps_branches_separate():
 def test_chains_inside_match_clauses_fuse_too():
     """An elementwise chain in a match clause (e.g. a Tree-LSTM node) is one kernel, and a value
     used by the match data and by a clause is still materialised once."""
-    from compiler import prelude
+    from dynvm.compiler import prelude
 
     mod = prelude.module()
     some = mod.constructor("Some")
@@ -84,7 +84,7 @@ def test_chains_inside_match_clauses_fuse_too():
     calls = [ins for ins in exe.functions[exe.function_index("main")].instructions
              if ins.name == "CallKernel"]
     assert len(calls) == 1
-    from vm import ADT
+    from dynvm.vm import ADT
     a, b = np.linspace(-2, 2, 7, dtype=np.float32), np.linspace(1, 3, 7, dtype=np.float32)
     got = VirtualMachine(exe).invoke("main", ADT("Some", 0, (a,)), b)
     np.testing.assert_allclose(got, np.tanh(a + b) / (1 + np.exp(-b)), rtol=1e-5, atol=1e-6)

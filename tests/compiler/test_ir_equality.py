@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from compiler import ir, op
+from dynvm.compiler import ir, op
 
 A = ir.Any()
 F4 = ir.TensorType((A, 4), "float32")

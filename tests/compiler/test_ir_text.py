@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler import ir, op
-from vm.errors import IRParseError
+from dynvm.compiler import ir, op
+from dynvm.vm.errors import IRParseError
 
 A = ir.Any()
 F4 = ir.TensorType((A, 4), "float32")

@@ -3,10 +3,10 @@ same results), never inside a loop, never for returned values or the planned are
 import numpy as np
 import pytest
 
-import compiler.codegen.module_compiler as module_compiler
-from compiler import build, ir, op
-from compiler.codegen.kill import insert_kills
-from vm import Instruction, VirtualMachine
+import dynvm.compiler.codegen.module_compiler as module_compiler
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.codegen.kill import insert_kills
+from dynvm.vm import Instruction, VirtualMachine
 
 
 def sort_then_concat_module():

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from compiler import build, ir, op
-from compiler.codegen import memory_plan
-from compiler.codegen.memory_plan import _assign_offsets, Block
-from compiler.codegen.relink import relink
-from vm import Instruction, VirtualMachine
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.codegen import memory_plan
+from dynvm.compiler.codegen.memory_plan import _assign_offsets, Block
+from dynvm.compiler.codegen.relink import relink
+from dynvm.vm import Instruction, VirtualMachine
 
 from tests.e2e.test_roundtrip import random_program
 

@@ -1,10 +1,10 @@
 """Type relations of the registered ops: static dims, Any dims, and every error they report."""
 import pytest
 
-from compiler import ir, op
-from compiler.ir.types import Any, TensorType as T, TupleType
-from compiler.op import OPS, get_op
-from vm.errors import DynVMError, TypeInferenceError
+from dynvm.compiler import ir, op
+from dynvm.compiler.ir.types import Any, TensorType as T, TupleType
+from dynvm.compiler.op import OPS, get_op
+from dynvm.vm.errors import DynVMError, TypeInferenceError
 
 A = Any()
 F = "float32"
@@ -23,7 +23,7 @@ def fails(phrase, name, *arg_types, **attrs):
 # ------------------------------------------------------------------ registry
 
 def test_every_op_has_doc_type_rel_and_shape_function():
-    import shape_funcs
+    from dynvm import shape_funcs
     for name, opdef in OPS.items():
         assert opdef.doc and callable(opdef.type_rel), name
         assert shape_funcs.lookup(name).name == name
@@ -47,7 +47,7 @@ def test_kinds_and_modes_follow_the_op_family():
 
 def test_every_op_runs_compiled_or_as_a_vm_instruction():
     """Issue 3: no op in the hot path runs through numpy."""
-    from compiler.op import OPS
+    from dynvm.compiler.op import OPS
     extern = sorted(name for name, d in OPS.items() if d.kernel == "extern")
     assert extern == [], f"ops still running numpy extern kernels: {extern}"
 

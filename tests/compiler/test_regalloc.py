@@ -1,9 +1,9 @@
 """Register allocation reuses registers of dead values and keeps programs correct."""
 import numpy as np
 
-from compiler import build, ir, op
-from compiler.codegen.regalloc import allocate_registers, live_intervals
-from vm import Instruction, VirtualMachine
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.codegen.regalloc import allocate_registers, live_intervals
+from dynvm.vm import Instruction, VirtualMachine
 
 
 def test_chain_of_ops_needs_few_registers():

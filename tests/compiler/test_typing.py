@@ -1,9 +1,9 @@
 """Type inference with Any dims: broadcasting, branches, globals, and errors with expression text."""
 import pytest
 
-from compiler import ir, op
-from compiler.typing import infer_types
-from vm.errors import TypeInferenceError
+from dynvm.compiler import ir, op
+from dynvm.compiler.typing import infer_types
+from dynvm.vm.errors import TypeInferenceError
 
 A = ir.Any()
 

@@ -6,15 +6,15 @@ import functools
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from compiler.ir.expr import TupleGetItem
-from compiler.ir.types import Any, TensorType as T, TupleType
-from compiler.op import get_op
-from kernels.extern import EXTERN_KERNELS
-from shape_funcs import lookup
-from shape_funcs.vision import nms_select
-from vm import VirtualMachine
-from vm.errors import TypeInferenceError
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.ir.expr import TupleGetItem
+from dynvm.compiler.ir.types import Any, TensorType as T, TupleType
+from dynvm.compiler.op import get_op
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.shape_funcs import lookup
+from dynvm.shape_funcs.vision import nms_select
+from dynvm.vm import VirtualMachine
+from dynvm.vm.errors import TypeInferenceError
 
 A = Any()
 F = "float32"

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from compiler import build, ir, op, prelude
-from compiler.codegen.patterns import NonExhaustiveMatchWarning
-from vm import ADT, Closure, Executable, VirtualMachine
-from vm.convert import from_list, to_list, tree
-from vm.errors import ShapeError, VMError
+from dynvm.compiler import build, ir, op, prelude
+from dynvm.compiler.codegen.patterns import NonExhaustiveMatchWarning
+from dynvm.vm import ADT, Closure, Executable, VirtualMachine
+from dynvm.vm.convert import from_list, to_list, tree
+from dynvm.vm.errors import ShapeError, VMError
 
 F32 = ir.TensorType((ir.Any(),), "float32")
 I64 = ir.TensorType((), "int64")
@@ -230,7 +230,7 @@ def test_adt_arguments_are_checked_all_the_way_down(vm):
     """A list whose tail is a tree, a Cons with three fields or an unknown constructor deep in
     the list is an InvokeArgumentError at invoke, not a wrong answer from a match that reads
     a Rose as the constructor with its tag; a 100000-element list still imports."""
-    from vm import InvokeArgumentError
+    from dynvm.vm import InvokeArgumentError
 
     x = np.ones(2, np.float32)
     good = to_list([x, x])
@@ -248,7 +248,7 @@ def test_adt_arguments_are_checked_all_the_way_down(vm):
 
 
 def test_tensor_fields_of_an_adt_are_checked_against_their_declared_type():
-    from vm import InvokeArgumentError
+    from dynvm.vm import InvokeArgumentError
 
     exe = build(ir.parse("""
 type Pair { Pair(Tensor[(2,), float32], Tensor[(?,), int64]) }

@@ -14,7 +14,7 @@ MODELS = ["bert", "lstm", "tree_lstm", "nms", "arange"]
 
 def run_bench(out_dir):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "compiler.cli", "bench", "--quick", "--sizes", "tiny",
+    return subprocess.run([sys.executable, "-m", "dynvm.cli", "bench", "--quick", "--sizes", "tiny",
                            "--threads", "1", "--out", str(out_dir)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

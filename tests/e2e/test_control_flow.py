@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from vm import VirtualMachine
-from vm.errors import VMRecursionError, VMStepLimitError
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine
+from dynvm.vm.errors import VMRecursionError, VMStepLimitError
 
 I64 = ir.TensorType((), "int64")
 

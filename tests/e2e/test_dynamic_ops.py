@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from shape_funcs.vision import nms_select
-from vm import VirtualMachine
-from vm.errors import DynVMError, TypeInferenceError
+from dynvm.compiler import build, ir, op
+from dynvm.shape_funcs.vision import nms_select
+from dynvm.vm import VirtualMachine
+from dynvm.vm.errors import DynVMError, TypeInferenceError
 
 ATTRS = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}
 
@@ -130,7 +130,7 @@ def test_fused_allocations_match_the_unfused_vm():
 def test_shape_function_results_are_reused_only_while_input_shapes_stay_the_same(monkeypatch):
     """Shape functions that read only shapes run again only when an input's (dtype, shape)
     object changed; results stay right when shapes alternate."""
-    from vm.machine import VirtualMachine as VM
+    from dynvm.vm.machine import VirtualMachine as VM
     x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
     y = op.reshape(op.transpose(op.dense(x, ir.const(w))), (-1,))

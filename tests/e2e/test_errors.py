@@ -3,9 +3,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from vm import Executable, VirtualMachine
-from vm.errors import ExecutableFormatError, InvokeArgumentError, TypeInferenceError
+from dynvm.compiler import build, ir, op
+from dynvm.vm import Executable, VirtualMachine
+from dynvm.vm.errors import ExecutableFormatError, InvokeArgumentError, TypeInferenceError
 
 
 def small_exe():

@@ -5,8 +5,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from vm import VirtualMachine
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
@@ -58,7 +58,7 @@ def test_arange_model_matches_numpy(length):
 
 @pytest.mark.parametrize("lengths", [[], [1], [4, 1, 7, 2], list(range(1, 25))])
 def test_list_ops_matches_numpy(lengths):
-    from vm.convert import from_list, to_list
+    from dynvm.vm.convert import from_list, to_list
     m = load_example("list_ops")
     vm = VirtualMachine(build(m.build_module()))
     xs = m.make_input(lengths)
@@ -96,7 +96,7 @@ def test_bert_varlen_matches_numpy_for_any_sequence_length(bert, seq):
 def test_the_examples_self_check_reports_matches_and_mismatches(capsys):
     """check_and_time (the examples' main): exit status 0 only when every case matches numpy,
     one row per case."""
-    from vm.profiler import check_and_time
+    from dynvm.vm.profiler import check_and_time
 
     x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
     vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], op.add(x, x)))))

@@ -4,10 +4,10 @@ limits, bad loop metadata, malformed specs, zero-size state, rotations through v
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from kernels.loop import check_spec
-from vm import Executable, VirtualMachine
-from vm.errors import DynVMError, KernelError, VMStepLimitError
+from dynvm.compiler import build, ir, op
+from dynvm.kernels.loop import check_spec
+from dynvm.vm import Executable, VirtualMachine
+from dynvm.vm.errors import DynVMError, KernelError, VMStepLimitError
 
 I64 = ir.TensorType((), "int64")
 

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler import build, ir, op
-from vm import Executable, Instruction, VirtualMachine
-from vm.dtypes import np_dtype
-from vm.errors import DynVMError, ExecutableFormatError, VMStepLimitError
+from dynvm.compiler import build, ir, op
+from dynvm.vm import Executable, Instruction, VirtualMachine
+from dynvm.vm.dtypes import np_dtype
+from dynvm.vm.errors import DynVMError, ExecutableFormatError, VMStepLimitError
 
 from tests.e2e.test_control_flow import countdown_module
 
@@ -187,8 +187,8 @@ def test_the_loop_kernel_checks_its_arguments_when_called_directly():
 
 
 def test_the_static_runtime_rejects_a_native_loop_function_by_name():
-    from vm import StaticRuntime
-    from vm.errors import StaticRuntimeError
+    from dynvm.vm import StaticRuntime
+    from dynvm.vm.errors import StaticRuntimeError
 
     with pytest.raises(StaticRuntimeError, match="CallLoop"):
         StaticRuntime(build(countdown_module()), name="loop")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from compiler import build, ir, op
-from vm import Executable, VirtualMachine
+from dynvm.compiler import build, ir, op
+from dynvm.vm import Executable, VirtualMachine
 
 from tests.strategies import arrays
 
@@ -47,7 +47,7 @@ def test_two_any_dims_with_broadcasting():
 
 
 def test_broadcast_mismatch_at_run_time_is_a_shape_error():
-    from vm.errors import DynVMError
+    from dynvm.vm.errors import DynVMError
     a = ir.var("a", f32(ir.Any()))
     b = ir.var("b", f32(ir.Any()))
     vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([a, b], op.add(a, b)))))

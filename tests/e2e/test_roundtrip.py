@@ -2,8 +2,8 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from compiler import build, ir, op
-from vm import Executable, VirtualMachine
+from dynvm.compiler import build, ir, op
+from dynvm.vm import Executable, VirtualMachine
 
 UNARY = {"negative": np.negative, "exp": lambda a: np.exp(np.clip(a, -20, 20)), "tanh": np.tanh,
          "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "relu": lambda a: np.maximum(a, 0)}

@@ -3,9 +3,9 @@ import os
 import subprocess
 import sys
 
-from kernels import codelib
+from dynvm.kernels import codelib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 IR = """
 define i32 @answer(ptr %args, i32 %nargs) {
@@ -23,7 +23,7 @@ def test_host_target_reports_triple_cpu_and_features():
 def test_compiled_object_loads_and_runs():
     obj = codelib.compile_ir(IR, codelib.host_target())
     lib = codelib.CodeLibrary(IR, obj, codelib.host_target())
-    from kernels import abi
+    from dynvm.kernels import abi
     assert abi.kernel_function(lib.address("answer"))(abi.ffi.NULL, 0) == 42
     assert lib.address("missing") == 0
 
@@ -50,11 +50,10 @@ def test_empty_cache_dir_disables_the_cache(monkeypatch):
 
 
 def test_two_processes_fill_the_same_cache_safely(tmp_path):
-    code = ("import sys; sys.path.insert(0, %r)\n"
-            "from kernels import codelib\n"
-            "ir = 'define i32 @f(ptr %%a, i32 %%n) {\\n  ret i32 7\\n}\\n'\n"
+    code = ("from dynvm.kernels import codelib\n"
+            "ir = 'define i32 @f(ptr %a, i32 %n) {\\n  ret i32 7\\n}\\n'\n"
             "obj = codelib.compile_ir(ir, codelib.host_target())\n"
-            "assert len(obj) > 0\n") % REPO
+            "assert len(obj) > 0\n")
     env = dict(os.environ, DYNVM_CACHE_DIR=str(tmp_path))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]

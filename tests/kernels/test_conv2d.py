@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KernelBuilder, load_kernels
-from kernels.extern import EXTERN_KERNELS
-from kernels.llvm_util import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
-from kernels.matmul import Blocking
-from shape_funcs import lookup
+from dynvm.kernels import KernelBuilder, load_kernels
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
+from dynvm.kernels.matmul import Blocking
+from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
-from vm.errors import DynVMError, ShapeError
+from dynvm.vm.errors import DynVMError, ShapeError
 
 NR = Blocking("float32").nr
 BIAS_RELU = ["relu", ["add", ["in", 0], ["in", 1]]]
@@ -158,8 +158,8 @@ def test_shape_function_follows_relay_padding_forms():
 
 
 def test_conv2d_op_types_any_dims_and_runs_fused_through_the_vm():
-    from compiler import build, ir, op
-    from vm import VirtualMachine
+    from dynvm.compiler import build, ir, op
+    from dynvm.vm import VirtualMachine
 
     x = ir.var("x", ir.TensorType((ir.Any(), 3, ir.Any(), ir.Any()), "float32"))
     rng = np.random.default_rng(7)
@@ -177,7 +177,7 @@ def test_conv2d_op_types_any_dims_and_runs_fused_through_the_vm():
 
 
 def test_conv2d_type_relation_rejects_channel_mismatch():
-    from compiler import build, ir, op
+    from dynvm.compiler import build, ir, op
 
     x = ir.var("x", ir.TensorType((1, 4, 8, 8), "float32"))
     w = ir.const(np.ones((2, 3, 3, 3), np.float32))

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import shape_funcs
-from compiler import build, ir, op
-from kernels.llvm_util import ERR_SHAPE, ERR_VALUE
+from dynvm import shape_funcs
+from dynvm.compiler import build, ir, op
+from dynvm.kernels.llvm_util import ERR_SHAPE, ERR_VALUE
 from tests.kernels.support import with_layout
 from tests.kernels.test_transform import (LAYOUTS, cached, check_all_variants, kind,
                                           native_table, random_array, reference)
-from vm import VirtualMachine
-from vm.errors import ShapeError
+from dynvm.vm import VirtualMachine
+from dynvm.vm.errors import ShapeError
 
 BOUND = st.one_of(st.integers(-12, 12), st.sampled_from([-(1 << 63), (1 << 63) - 1, -(1 << 40),
                                                           1 << 40]))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import KernelBuilder, abi, load_kernels
-from kernels.elementwise import lanes_for
-from kernels.llvm_util import ERR_LAYOUT
+from dynvm.kernels import KernelBuilder, abi, load_kernels
+from dynvm.kernels.elementwise import lanes_for
+from dynvm.kernels.llvm_util import ERR_LAYOUT
 from tests.kernels.support import cached_table, values, with_layout
 
 CHAIN = ["multiply", ["tanh", ["add", ["multiply", ["in", 0], ["in", 1]], ["in", 2]]],
@@ -152,7 +152,7 @@ def test_dispatcher_sends_broadcasts_to_strided():
 
 
 def test_lanes_follow_the_host_simd_width():
-    from kernels.family import vector_bits
+    from dynvm.kernels.family import vector_bits
     assert lanes("chain32") == vector_bits() // 32
     assert lanes("chain64") == vector_bits() // 64
 
@@ -189,8 +189,8 @@ def test_bad_descriptors_return_error_codes(variant):
 
 
 def test_permuted_inputs_read_transposed_through_the_strided_variant():
-    from kernels import KernelBuilder, load_kernels
-    from vm.errors import KernelError, ShapeError
+    from dynvm.kernels import KernelBuilder, load_kernels
+    from dynvm.vm.errors import KernelError, ShapeError
     kb = KernelBuilder()
     k = kb.add_compiled("perm", "elementwise",
                         {"expr": ["multiply", ["in", 0], ["in", 1]], "perms": [[0, [2, 0, 1]]]},

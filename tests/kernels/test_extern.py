@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from compiler.op import OPS
-from kernels.extern import EXTERN_KERNELS
+from dynvm.compiler.op import OPS
+from dynvm.kernels.extern import EXTERN_KERNELS
 from tests.strategies import arrays, broadcastable_pair
-from vm.errors import ShapeError
+from dynvm.vm.errors import ShapeError
 
 I32 = np.iinfo(np.int32)
 

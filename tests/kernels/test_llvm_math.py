@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from llvmlite import ir
 
-from kernels import codelib, llvm_math
+from dynvm.kernels import codelib, llvm_math
 
 ffi = cffi.FFI()
 I64, PTR = ir.IntType(64), ir.PointerType()

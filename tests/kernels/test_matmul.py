@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KernelBuilder, load_kernels
-from kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
-from kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
+from dynvm.kernels import KernelBuilder, load_kernels
+from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
+from dynvm.kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
 from tests.kernels.support import raw_call, with_layout
-from vm.errors import KernelError, ShapeError
+from dynvm.vm.errors import KernelError, ShapeError
 
 BLK = Blocking("float32")
 BIAS_RELU = ["relu", ["add", ["in", 0], ["in", 1]]]

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from llvmlite import ir
 
-import kernels  # noqa: F401  (registers every family)
-from kernels import abi, codelib, llvm_math
-from kernels.extern import EXTERN_KERNELS
-from kernels.family import get_family, variant_global, variant_symbol
-from kernels.llvm_util import (ERR_DTYPE, ERR_EMPTY, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
+from dynvm import kernels  # noqa: F401  (registers every family)
+from dynvm.kernels import abi, codelib, llvm_math
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.family import get_family, variant_global, variant_symbol
+from dynvm.kernels.llvm_util import (ERR_DTYPE, ERR_EMPTY, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
                                ERR_SHAPE)
-from kernels.reduce import Layout
-from shape_funcs.reduce import reduce_shape, reduced_axes
-from vm.errors import KernelError, ShapeError
+from dynvm.kernels.reduce import Layout
+from dynvm.shape_funcs.reduce import reduce_shape, reduced_axes
+from dynvm.vm.errors import KernelError, ShapeError
 
 LANES = llvm_math.vector_lanes(llvm_math.F32)
 DIMS = st.sampled_from([0, 1, 1, 2, 3, 5, 7, LANES - 1, LANES, LANES + 1, 37])
@@ -356,7 +356,7 @@ def test_bad_specs_are_rejected_at_build_time():
 
 def test_builder_and_runtime_run_a_reduce_kernel():
     """The family through KernelBuilder.add_compiled and load_kernels (the VM's path)."""
-    from kernels import KernelBuilder, load_kernels
+    from dynvm.kernels import KernelBuilder, load_kernels
     kb = KernelBuilder()
     i = kb.add_compiled("sum", "reduce", spec_of("sum", [1]), [("float32", 2)], [("float32", 1)])
     j = kb.add_compiled("max", "reduce", spec_of("max", [1]), [("float32", 2)], [("float32", 1)])

@@ -7,9 +7,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from kernels import KernelBuilder, abi, codelib, load_kernels
+from dynvm.kernels import KernelBuilder, abi, codelib, load_kernels
 from tests.kernels.support import cached_table
-from vm.errors import ExecutableFormatError, KernelError, ShapeError
+from dynvm.vm.errors import ExecutableFormatError, KernelError, ShapeError
 
 ADD = ["add", ["in", 0], ["in", 1]]
 CHAIN = ["multiply", ["tanh", ["add", ["multiply", ["in", 0], ["in", 1]], ["in", 2]]],
@@ -265,7 +265,7 @@ def test_non_dict_section_raises_executable_format_error():
 @pytest.fixture
 def extern_table(monkeypatch):
     """A stand-in kernels.extern module (the real one is developed separately)."""
-    module = types.ModuleType("kernels.extern")
+    module = types.ModuleType("dynvm.kernels.extern")
 
     def double(inputs, outputs, attrs):
         np.multiply(inputs[0], attrs["factor"], out=outputs[0])
@@ -273,7 +273,7 @@ def extern_table(monkeypatch):
     def fails(inputs, outputs, attrs):
         raise ValueError("boom")
     module.EXTERN_KERNELS = {"scale": double, "fails": fails}
-    monkeypatch.setitem(sys.modules, "kernels.extern", module)
+    monkeypatch.setitem(sys.modules, "dynvm.kernels.extern", module)
     return module.EXTERN_KERNELS
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import llvm_math
-from kernels.extern import EXTERN_KERNELS
-from kernels.family import get_family
-from kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_SHAPE
+from dynvm.kernels import llvm_math
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.family import get_family
+from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_SHAPE
 from tests.kernels.test_reduce import NativeTable
-from vm.errors import KernelError
+from dynvm.vm.errors import KernelError
 
 LANES = llvm_math.vector_lanes(llvm_math.F32)
 DIMS = st.sampled_from([0, 1, 1, 2, 3, 5, 7, LANES - 1, LANES, LANES + 1, 37])
@@ -182,8 +182,8 @@ def test_bad_specs_are_rejected_at_build_time():
 
 def test_compiled_ops_run_through_the_vm():
     """sum/mean/max/argmax/softmax/layer_norm are compiled kernels on the VM path (Any dims)."""
-    from compiler import build, ir, op
-    from vm import VirtualMachine
+    from dynvm.compiler import build, ir, op
+    from dynvm.vm import VirtualMachine
     x = ir.var("x", ir.TensorType((ir.Any(), 24), "float32"))
     g = ir.var("g", ir.TensorType((24,), "float32"))
     b = ir.var("b", ir.TensorType((24,), "float32"))

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import KernelBuilder, load_kernels
-from kernels.extern import EXTERN_KERNELS
-from kernels.llvm_util import ERR_SHAPE
-from shape_funcs import lookup
+from dynvm.kernels import KernelBuilder, load_kernels
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.llvm_util import ERR_SHAPE
+from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
-from vm.errors import KernelError, ShapeError
+from dynvm.vm.errors import KernelError, ShapeError
 
 # (key, op, spec attrs, input (dtype, rank))
 CASES = [

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import shape_funcs
-from kernels import KernelBuilder, abi, codelib
-from kernels.extern import EXTERN_KERNELS
-from kernels.llvm_util import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL, ERR_SHAPE)
+from dynvm import shape_funcs
+from dynvm.kernels import KernelBuilder, abi, codelib
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL, ERR_SHAPE)
 from tests.kernels.support import with_layout
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
@@ -518,8 +518,8 @@ def test_empty_arrays_may_have_null_data():
 
 
 def test_loaded_kernels_run_their_dispatcher_and_report_native_errors():
-    from kernels import load_kernels
-    from vm.errors import DynVMError
+    from dynvm.kernels import load_kernels
+    from dynvm.vm.errors import DynVMError
 
     kb = KernelBuilder()
     i = kb.add_compiled("t_concatenate", "concatenate", {"op": "concatenate", "axis": 0},

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels import KernelBuilder, load_kernels
-from kernels.extern import EXTERN_KERNELS
-from kernels.llvm_util import ERR_SHAPE
-from shape_funcs import lookup
-from shape_funcs.vision import nms_select
+from dynvm.kernels import KernelBuilder, load_kernels
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.llvm_util import ERR_SHAPE
+from dynvm.shape_funcs import lookup
+from dynvm.shape_funcs.vision import nms_select
 from tests.kernels.support import raw_call, with_layout
-from vm.errors import KernelError, ShapeError
+from dynvm.vm.errors import KernelError, ShapeError
 
 TVM_NMS = {"max_output_size": -1, "iou_threshold": 0.5, "force_suppress": False, "top_k": -1,
            "coord_start": 2, "score_index": 1, "id_index": 0, "return_indices": True,

@@ -1,8 +1,8 @@
 """Run a shape function, allocate its outputs, fill them with the op's numpy extern kernel."""
 import numpy as np
 
-from kernels.extern import EXTERN_KERNELS
-from shape_funcs import lookup
+from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.shape_funcs import lookup
 
 
 def run_op(name, inputs, attrs, out_dtypes):

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from shape_funcs import lookup
+from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op
 from tests.strategies import arrays, shapes
-from vm.errors import ShapeError
+from dynvm.vm.errors import ShapeError
 
 SETTINGS = settings(max_examples=80, deadline=None)
 
@@ -91,7 +91,7 @@ def test_bad_shape_tensors_are_shape_errors(name, inputs, phrase):
 
 
 def _tensor(shape, dtype="float32", value=None):
-    from vm.values import Tensor
+    from dynvm.vm.values import Tensor
     a = np.zeros(shape, dtype) if value is None else np.array(value, dtype)
     return Tensor.from_array(a)
 
@@ -113,7 +113,7 @@ def test_prepared_nms_upper_bound_matches_the_general_function():
 
 
 def test_vm_keeps_the_general_shape_function_when_attrs_fail_the_check():
-    from vm import machine
+    from dynvm.vm import machine
 
     def fn(inputs, attrs):
         return [(1,)]

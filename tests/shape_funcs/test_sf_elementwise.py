@@ -5,8 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 from tests.shape_funcs.helpers import run_op
 from tests.strategies import arrays, broadcastable_pair, shapes
-from shape_funcs import lookup
-from vm.errors import ShapeError
+from dynvm.shape_funcs import lookup
+from dynvm.vm.errors import ShapeError
 
 BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
 COMPARE = ["less", "greater", "equal"]

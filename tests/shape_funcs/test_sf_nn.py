@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shape_funcs import lookup
+from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op
 from tests.strategies import DIM, arrays, shapes
-from vm.errors import ShapeError
+from dynvm.vm.errors import ShapeError
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-import shape_funcs
-from shape_funcs import ShapeFunc, lookup
+from dynvm import shape_funcs
+from dynvm.shape_funcs import ShapeFunc, lookup
 from tests.shape_funcs.helpers import ShapeOnly
 
 

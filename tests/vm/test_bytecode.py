@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vm import ExecutableFormatError, Instruction, Opcode
-from vm.bytecode import OPCODES, decode, encode, format_instruction, verify_function
+from dynvm.vm import ExecutableFormatError, Instruction, Opcode
+from dynvm.vm.bytecode import OPCODES, decode, encode, format_instruction, verify_function
 
 CONTRACT = """
 Move dst:reg src:reg

@@ -3,8 +3,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from vm import Executable, ExecutableFormatError, Opcode
-from vm.executable import FORMAT_VERSION, _checksum
+from dynvm.vm import Executable, ExecutableFormatError, Opcode
+from dynvm.vm.executable import FORMAT_VERSION, _checksum
 
 from tests.vm.vm_helpers import NAT, NAT_CTORS, exe, fn, tensor
 
@@ -150,7 +150,7 @@ def test_header_target_must_match_kernels_target():
 
 
 def test_unknown_shape_function_is_rejected():
-    shape_funcs = pytest.importorskip("shape_funcs")
+    shape_funcs = pytest.importorskip("dynvm.shape_funcs")
     if not hasattr(shape_funcs, "lookup"):
         pytest.skip("shape_funcs.lookup not written yet")
     bad = rewrite(small_exe().to_bytes(),
@@ -200,8 +200,8 @@ _KEEP_NATIVE_LIBRARIES_ALIVE = []
 
 
 def test_round_trip_with_compiled_kernels_runs_the_loaded_code(tmp_path):
-    kernels = pytest.importorskip("kernels")
-    from vm import VirtualMachine
+    kernels = pytest.importorskip("dynvm.kernels")
+    from dynvm.vm import VirtualMachine
     kb = kernels.KernelBuilder()
     kb.add_elementwise("mul", ["multiply", ["in", 0], ["in", 0]], inputs=[("float64", 1)], output=("float64", 1))
     section = kb.finish()
@@ -221,7 +221,7 @@ def test_round_trip_with_compiled_kernels_runs_the_loaded_code(tmp_path):
 
 
 def test_kernels_section_that_cannot_load_is_a_format_error():
-    pytest.importorskip("kernels")
+    pytest.importorskip("dynvm.kernels")
     section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
                "kernels": [{"name": "k", "kind": "extern", "op": "no_such_extern_op", "attrs": {},
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]], "variants": []}]}

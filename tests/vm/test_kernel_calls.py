@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from tests.vm.vm_helpers import exe, fn, tensor
-from vm import Executable, KernelError, ShapeError, VirtualMachine, VMError
-from vm.values import Tensor
+from dynvm.vm import Executable, KernelError, ShapeError, VirtualMachine, VMError
+from dynvm.vm.values import Tensor
 
-kernels = pytest.importorskip("kernels")
-from kernels import codelib  # noqa: E402
+kernels = pytest.importorskip("dynvm.kernels")
+from dynvm.kernels import codelib  # noqa: E402
 
 
 def program():

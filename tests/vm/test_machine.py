@@ -4,7 +4,7 @@ kernels used here do one IEEE operation per element, as numpy does)."""
 import numpy as np
 import pytest
 
-from vm import (ADT, Closure, InvokeArgumentError, ShapeError, Storage, VirtualMachine, VMError,
+from dynvm.vm import (ADT, Closure, InvokeArgumentError, ShapeError, Storage, VirtualMachine, VMError,
                 VMRecursionError, VMStepLimitError)
 
 from tests.vm.vm_helpers import FUNC, NAT, NAT_CTORS, SCALAR_I64, exe, fn, nat, nat_value, tensor
@@ -50,7 +50,7 @@ def kernel_exe():
     """ONE executable for every kernel test of this module: each Executable loads its own native
     code library, so sharing one keeps the tests fast (and, see the report, avoids a crash in
     kernels/codelib.py when a second library is disposed)."""
-    kernels = pytest.importorskip("kernels")
+    kernels = pytest.importorskip("dynvm.kernels")
     kb = kernels.KernelBuilder()
     kb.add_elementwise("add", ["add", ["in", 0], ["in", 1]],
                        inputs=[("float32", 2), ("float32", 2)], output=("float32", 2))
@@ -423,7 +423,7 @@ def test_func_parameters_take_closures_only():
 
 
 def test_unverified_bytecode_is_rejected_before_running():
-    from vm import ExecutableFormatError
+    from dynvm.vm import ExecutableFormatError
     with pytest.raises(ExecutableFormatError, match="register r9 out of range"):
         VirtualMachine(exe(fn("main", [], [("Move", 9, 0), ("Ret", 0)], registers=2)))
 
@@ -443,7 +443,7 @@ def test_shape_of_a_non_tensor_is_a_vm_error():
 
 
 def test_constants_are_cache_aligned_copies_when_numpy_did_not_align_them():
-    from vm.values import cache_aligned
+    from dynvm.vm.values import cache_aligned
     raw = np.zeros(4096 + 64, np.uint8)
     for shift in range(0, 64, 4):
         a = raw[shift:shift + 4096].view(np.float32).reshape(32, 32)

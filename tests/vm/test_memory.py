@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
-from vm import VirtualMachine, VMError
-from vm.memory import StoragePool, size_class
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine, VMError
+from dynvm.vm.memory import StoragePool, size_class
 
 STAT_KEYS = {"allocations", "bytes_allocated", "pool_hits", "peak_bytes_live", "bytes_live",
              "bytes_free"}

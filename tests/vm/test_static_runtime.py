@@ -4,14 +4,14 @@ static-shaped model, returns results no later run overwrites, and rejects what i
 import numpy as np
 import pytest
 
-from compiler import build, ir, op
+from dynvm.compiler import build, ir, op
 from examples import bert_varlen as bert
 from examples import lstm
 from tests.vm.vm_helpers import SCALAR_I64, exe, fn, tensor
-from vm import (InvokeArgumentError, KernelError, ShapeError, StaticRuntime, StaticRuntimeError,
+from dynvm.vm import (InvokeArgumentError, KernelError, ShapeError, StaticRuntime, StaticRuntimeError,
                 VirtualMachine, VMError)
 
-kernels = pytest.importorskip("kernels")
+kernels = pytest.importorskip("dynvm.kernels")
 
 F32 = "float32"
 _KEEP_ALIVE = []  # each Executable owns a native library; keep them for the whole session

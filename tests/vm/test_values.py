@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from vm import ADT, Closure, Storage, VMError
-from vm.values import values_equal
+from dynvm.vm import ADT, Closure, Storage, VMError
+from dynvm.vm.values import values_equal
 
 
 def test_adt_repr_shows_constructor_and_fields():

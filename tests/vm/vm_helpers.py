@@ -1,7 +1,7 @@
 """Small builders for hand-made executables used by the tests in tests/vm/."""
 import numpy as np
 
-from vm import Executable, Instruction, VMFunction
+from dynvm.vm import Executable, Instruction, VMFunction
 
 
 def tensor(*shape, dtype="float32"):
@@ -34,7 +34,7 @@ def exe(*functions, constants=(), constructors=None, shape_funcs=(), kernels=Non
 
 def nat(n):
     """The Peano number n as a vm.ADT: S(S(...Z))."""
-    from vm import ADT
+    from dynvm.vm import ADT
     value = ADT("Z", 0)
     for _ in range(n):
         value = ADT("S", 1, (value,))

@@ -13,7 +13,7 @@ import numpy as np
 
 def demo_module():
     """y = exp(x + 1) * w over x of shape (?, 4), plus positions arange(rows) as a second result."""
-    from compiler import ir, op
+    from dynvm.compiler import ir, op
     x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
     w = ir.const(np.linspace(0.5, 2.0, 4, dtype=np.float32))
     y = op.multiply(op.exp(op.add(x, ir.const(1.0, "float32"))), w)
@@ -23,8 +23,8 @@ def demo_module():
 
 
 def run_demo(out=sys.stdout) -> int:
-    from compiler import build
-    from vm import Executable, VirtualMachine
+    from dynvm.compiler import build
+    from dynvm.vm import Executable, VirtualMachine
     mod = demo_module()
     print("== program (text format) ==", file=out)
     print(mod, file=out)
@@ -52,7 +52,7 @@ def run_demo(out=sys.stdout) -> int:
 
 
 def list_ops(out=sys.stdout) -> int:
-    from compiler.op import OPS
+    from dynvm.compiler.op import OPS
     rows = [(d.name, d.kernel, d.shape_mode, d.pattern) for d in OPS.values()]
     print(f"{'op':<20} {'kernel':<9} {'shape mode':<17} pattern", file=out)
     for row in sorted(rows):
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="compile, save, load and run a small dynamic program")
     sub.add_parser("ops", help="list the operator registry")
-    from compiler import bench
+    from dynvm.compiler import bench
     bench.add_arguments(sub.add_parser("bench", help="time the example models: dynamic VM vs static "
                                        "runtime, numpy, PyTorch, ONNX Runtime"))
     args = parser.parse_args(argv)

@@ -1,0 +1,27 @@
+"""dynvm: a compiler and register virtual machine for dynamic neural-network models on the CPU.
+
+    import dynvm
+    from dynvm import ir, op
+    x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
+    exe = dynvm.build(ir.IRModule.from_expr(ir.Function([x], op.exp(x))))
+    out = dynvm.VirtualMachine(exe).invoke("main", numpy_array)
+
+Subpackages: `dynvm.compiler` (IR, operators, passes, code generation), `dynvm.vm` (the
+executable format and the runtime; it never imports the compiler), `dynvm.kernels` (native
+kernels), `dynvm.shape_funcs` (run-time shape functions). The runtime alone is
+`from dynvm.vm import Executable, VirtualMachine`; importing `dynvm` itself also loads the
+compiler.
+"""
+from dynvm.vm import (ADT, Closure, Executable, StaticRuntime, VirtualMachine,  # noqa: F401
+                      __version__)
+from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError,  # noqa: F401
+                             IRParseError, KernelError, ShapeError, StaticRuntimeError,
+                             TypeInferenceError, VMError, VMRecursionError, VMStepLimitError)
+from dynvm.compiler import build, ir, op  # noqa: F401
+
+__all__ = [
+    "ir", "op", "build", "VirtualMachine", "StaticRuntime", "Executable", "ADT", "Closure",
+    "__version__", "DynVMError", "TypeInferenceError", "IRParseError", "ShapeError",
+    "ExecutableFormatError", "KernelError", "InvokeArgumentError", "StaticRuntimeError", "VMError",
+    "VMRecursionError", "VMStepLimitError",
+]
