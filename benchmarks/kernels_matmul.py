@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from dynvm.kernels import KernelBuilder, abi, load_kernels  # noqa: E402
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import abi, load_kernels  # noqa: E402
 
 
 def interleaved(reps, *fns):

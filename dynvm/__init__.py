@@ -8,16 +8,25 @@
 
 Subpackages: `dynvm.compiler` (IR, operators, passes, code generation), `dynvm.vm` (the
 executable format and the runtime; it never imports the compiler), `dynvm.kernels` (native
-kernels), `dynvm.shape_funcs` (run-time shape functions). The runtime alone is
-`from dynvm.vm import Executable, VirtualMachine`; importing `dynvm` itself also loads the
-compiler.
+kernels), `dynvm.shape_funcs` (run-time shape functions). Importing `dynvm` loads only the
+runtime; `dynvm.ir`, `dynvm.op` and `dynvm.build` load the compiler on first use, so a program
+that only loads and runs executables never imports the code generator.
 """
 from dynvm.vm import (ADT, Closure, Executable, StaticRuntime, VirtualMachine,  # noqa: F401
                       __version__)
 from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError,  # noqa: F401
                              IRParseError, KernelError, ShapeError, StaticRuntimeError,
                              TypeInferenceError, VMError, VMRecursionError, VMStepLimitError)
-from dynvm.compiler import build, ir, op  # noqa: F401
+
+_COMPILER_NAMES = ("ir", "op", "build")
+
+
+def __getattr__(name):
+    """`dynvm.ir`, `dynvm.op`, `dynvm.build`: the compiler, imported when first asked for."""
+    if name in _COMPILER_NAMES:
+        from dynvm import compiler
+        return getattr(compiler, name)
+    raise AttributeError(f"module 'dynvm' has no attribute {name!r}")
 
 __all__ = [
     "ir", "op", "build", "VirtualMachine", "StaticRuntime", "Executable", "ADT", "Closure",

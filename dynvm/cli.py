@@ -1,5 +1,5 @@
 """The `dynvm` command: `dynvm demo` compiles and runs a small dynamic program, `dynvm ops`
-lists the operator registry (which ops run compiled native kernels and which run extern),
+lists the operator registry (which ops run native kernels and which are VM instructions),
 `dynvm bench` times the example models on the VM and the alternatives (see compiler/bench.py)."""
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def list_ops(out=sys.stdout) -> int:
     print(f"{'op':<20} {'kernel':<9} {'shape mode':<17} pattern", file=out)
     for row in sorted(rows):
         print(f"{row[0]:<20} {row[1]:<9} {row[2]:<17} {row[3]}", file=out)
-    counts = {k: sum(1 for r in rows if r[1] == k) for k in ("compiled", "extern", "vm")}
-    print(f"\n{counts['compiled']} compiled, {counts['extern']} extern (numpy), "
+    counts = {k: sum(1 for r in rows if r[1] == k) for k in ("compiled", "vm")}
+    print(f"\n{counts['compiled']} compiled, "
           f"{counts['vm']} lowered to VM instructions", file=out)
     return 0
 

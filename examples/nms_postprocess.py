@@ -16,7 +16,6 @@ import sys
 import numpy as np
 
 from dynvm.compiler import build, ir, op
-from dynvm.kernels.extern import EXTERN_KERNELS
 from dynvm.vm import VirtualMachine
 from dynvm.vm.profiler import median_seconds
 
@@ -36,16 +35,36 @@ def build_module() -> ir.IRModule:
     return ir.IRModule.from_expr(ir.Function([data], top))
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> np.float32:
+    """Intersection over union of two [.., .., x1, y1, x2, y2] rows in float32 (corners may
+    come in either order; an empty union counts as no overlap)."""
+    ax1, ax2 = sorted(a[2::2]); ay1, ay2 = sorted(a[3::2])
+    bx1, bx2 = sorted(b[2::2]); by1, by2 = sorted(b[3::2])
+    zero = np.float32(0)
+    w = max(zero, min(ax2, bx2) - max(ax1, bx1))
+    h = max(zero, min(ay2, by2) - max(ay1, by1))
+    inter = w * h
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return zero if union <= zero else inter / union
+
+
 def reference(data: np.ndarray) -> np.ndarray:
-    """The same pipeline through dynvm's numpy reference kernels (TVM semantics)."""
-    b, n, _ = data.shape
-    valid = np.empty((b,), np.int32)
-    boxes = np.empty_like(data)
-    indices = np.empty((b, n), np.int32)
-    EXTERN_KERNELS["get_valid_counts"]([data], [valid, boxes, indices], GVC)
-    kept = np.empty_like(data)
-    EXTERN_KERNELS["non_max_suppression"]([boxes, valid, indices], [kept], NMS)
-    return kept[:, :TOP]
+    """The pipeline written directly in numpy (TVM's semantics for this model's settings): keep
+    rows with score > 0.05 and class >= 0; visit them by score, highest first (ties: lower
+    index first); keep a row unless an already kept row of the same class overlaps it with
+    IoU >= 0.5; stop at 100 kept rows; kept rows first in visiting order, -1 rows after."""
+    out = np.full_like(data, -1)
+    for i, rows in enumerate(data):
+        valid = rows[(rows[:, 1] > np.float32(GVC["score_threshold"])) & (rows[:, 0] >= 0)]
+        kept = []
+        for row in valid[np.argsort(-valid[:, 1], kind="stable")]:
+            if len(kept) == NMS["max_output_size"]:
+                break
+            if all(k[0] != row[0] or iou(k, row) < np.float32(NMS["iou_threshold"]) for k in kept):
+                kept.append(row)
+        if kept:
+            out[i, :len(kept)] = kept
+    return out[:, :TOP]
 
 
 def make_input(anchors: int, seed: int = 0) -> np.ndarray:

@@ -12,6 +12,39 @@ import numpy as np
 
 from dynvm.vm.dtypes import DTYPES
 
+# Error codes a kernel returns: `kind | arg << 8 | dim << 16` (0 is success); `arg` is the
+# argument index (inputs then outputs) and `dim` the dimension the check failed on.
+ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
+ERR_SHAPE, ERR_EMPTY = 8, 9  # output/operand extents do not fit the op; reduction of nothing
+ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound)
+ERR_ALLOC = 11  # malloc of scratch memory failed
+ERR_STEPS = 12  # a native loop ran out of its step budget (a native loop kernel)
+ERROR_KINDS = {
+    ERR_NARGS: "wrong number of arguments",
+    ERR_NDIM: "wrong rank",
+    ERR_DTYPE: "wrong dtype",
+    ERR_BROADCAST: "shapes do not broadcast",
+    ERR_NULL: "NULL data, shape or args pointer",
+    ERR_LAYOUT: "array layout does not fit the contiguous variant",
+    ERR_EXTENT: "negative extent",
+    ERR_SHAPE: "extents do not fit the op (output shape or operand length)",
+    ERR_EMPTY: "reduction over an empty axis has no value",
+    ERR_VALUE: "invalid input value (zero step or non-finite bound)",
+    ERR_ALLOC: "out of memory for scratch space",
+    ERR_STEPS: "step budget exhausted",
+}
+
+
+def variant_symbol(symbol: str, variant: str) -> str:
+    """The symbol of one variant of kernel `symbol` (a test hook may call it directly)."""
+    return f"{symbol}__{variant}"
+
+
+def variant_global(symbol: str) -> str:
+    """The `i32` global in which the dispatcher of `symbol` records the index of the variant it ran."""
+    return f"{symbol}__variant"
+
+
 ffi = cffi.FFI()
 ffi.cdef("""
 typedef struct { int32_t device_type; int32_t device_id; } DLDevice;

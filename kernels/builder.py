@@ -1,8 +1,8 @@
 """KernelBuilder: collects the kernels of one executable into one LLVM module.
 
 The compiler adds kernels while lowering; `finish()` compiles the module once and returns the
-msgpack-able kernels section (see the contract in DESIGN.md / runtime.py for its layout).
-Compiled kernels come from the families registered in kernels/family.py: the builder validates
+msgpack-able kernels section (its layout is documented in runtime.py and docs/design.md).
+Kernels come from the families registered in kernels/family.py: the builder validates
 the signature, asks the family to check the spec and emit its variants and dispatcher, and
 records {"symbol": S, "variants": [{"name", "symbol": S__<name>}...]} in the section.
 """
@@ -68,7 +68,7 @@ class KernelBuilder:
             fam.check(spec, inputs, outputs)
         except KernelError as e:
             raise KernelError(f"kernel {name}: {e}") from None
-        key = ("compiled", json.dumps([family, spec, inputs, outputs], sort_keys=True))
+        key = json.dumps([family, spec, inputs, outputs], sort_keys=True)
         if key in self._index:
             return self._index[key]
         index = len(self._kernels)
@@ -82,23 +82,6 @@ class KernelBuilder:
     def add_elementwise(self, name, expr, inputs, output) -> int:
         """Shorthand: a fused elementwise kernel computing `expr` (see elementwise.py)."""
         return self.add_compiled(name, "elementwise", {"expr": expr}, inputs, [output])
-
-    def add_extern(self, name, op, attrs, inputs, outputs) -> int:
-        """A kernel run by the numpy function kernels.extern.EXTERN_KERNELS[op] -> index."""
-        self._check_open()
-        if not isinstance(op, str):
-            raise KernelError(f"kernel {name}: extern op must be a str, got {op!r}")
-        if not isinstance(attrs, dict):
-            raise KernelError(f"kernel {name}: attrs must be a dict, got {type(attrs).__name__}")
-        attrs = _plain(attrs)
-        inputs = _signature(inputs, f"kernel {name} inputs")
-        outputs = _signature(outputs, f"kernel {name} outputs")
-        key = ("extern", json.dumps([op, attrs, inputs, outputs], sort_keys=True))
-        if key in self._index:
-            return self._index[key]
-        return self._add(key, {"name": str(name), "kind": "extern", "op": op, "attrs": attrs,
-                               "inputs": inputs, "outputs": outputs,
-                               "variants": [{"name": "extern", "symbol": ""}]})
 
     def entry(self, index: int) -> dict:
         """The section entry of kernel `index` (name, kind, symbol, ...); do not modify it."""
@@ -115,11 +98,10 @@ class KernelBuilder:
             raise KernelError("KernelBuilder.finish() was already called")
 
     def finish(self) -> dict:
-        """Compile the module once (nothing to compile if every kernel is extern)."""
+        """Compile the module once (nothing to compile when there is no kernel)."""
         if self._section is None:
-            compiled = any(k["kind"] == "compiled" for k in self._kernels)
-            llvm_ir = str(self._module) if compiled else ""
-            obj = codelib.compile_ir(llvm_ir, self._target) if compiled else b""
+            llvm_ir = str(self._module) if self._kernels else ""
+            obj = codelib.compile_ir(llvm_ir, self._target) if self._kernels else b""
             self._section = {"target": dict(self._target), "llvm_ir": llvm_ir, "object": obj,
                              "kernels": self._kernels}
         return self._section

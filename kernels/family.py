@@ -1,7 +1,8 @@
 """Kernel families: the extension point for compiled kernels.
 
 A family (elementwise, reduce, matmul, softmax, ...) lives in its own module `kernels/<name>.py`
-and registers one `Family` object. The builder asks it to emit LLVM IR for a kernel spec; the
+and registers one `Family` object when imported; `FAMILY_MODULES` lists them, and `get_family`
+imports them on first use, so only the code generator (never the runtime) loads them. The builder asks it to emit LLVM IR for a kernel spec; the
 runtime knows nothing family-specific.
 
 Native layout of one kernel with base symbol S (all with the kernel ABI
@@ -17,11 +18,13 @@ last variant being the fallback), so the layout above is produced in exactly one
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from llvmlite import ir
 
+from dynvm.kernels.abi import variant_global, variant_symbol  # noqa: F401  (the native layout)
 from dynvm.vm.errors import KernelError
 
 
@@ -41,6 +44,8 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {}
+FAMILY_MODULES = ("elementwise", "matmul", "conv2d", "transform", "dynamic", "reduce", "softmax",
+                  "sort", "vision", "loop")
 
 
 def register(family: Family) -> Family:
@@ -50,7 +55,15 @@ def register(family: Family) -> Family:
     return family
 
 
+@functools.cache
+def import_families() -> None:
+    """Import every family module (each registers itself); done once, at build time only."""
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"dynvm.kernels.{module}")
+
+
 def get_family(name: str) -> Family:
+    import_families()
     try:
         return FAMILIES[name]
     except KeyError:
@@ -59,16 +72,6 @@ def get_family(name: str) -> Family:
 
 # ---------------------------------------------------------------------------------------------
 # native layout helpers shared by every family
-
-
-def variant_symbol(symbol: str, variant: str) -> str:
-    """The symbol of one variant of kernel `symbol` (a test hook may call it directly)."""
-    return f"{symbol}__{variant}"
-
-
-def variant_global(symbol: str) -> str:
-    """The `i32` global in which the dispatcher of `symbol` records the index of the variant it ran."""
-    return f"{symbol}__variant"
 
 
 def emit_dispatcher(module, symbol, sig, choices, prepare=None):

@@ -7,26 +7,9 @@ every argument (count, rank, dtype, NULL pointers, extents) and returns an error
 from llvmlite import ir
 
 from dynvm.vm.dtypes import DTYPES
-
-ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
-ERR_SHAPE, ERR_EMPTY = 8, 9  # output/operand extents do not fit the op; reduction of nothing
-ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound)
-ERR_ALLOC = 11  # malloc of scratch memory failed
-ERR_STEPS = 12  # a native loop ran out of its step budget (kernels/loop.py)
-ERROR_KINDS = {
-    ERR_NARGS: "wrong number of arguments",
-    ERR_NDIM: "wrong rank",
-    ERR_DTYPE: "wrong dtype",
-    ERR_BROADCAST: "shapes do not broadcast",
-    ERR_NULL: "NULL data, shape or args pointer",
-    ERR_LAYOUT: "array layout does not fit the contiguous variant",
-    ERR_EXTENT: "negative extent",
-    ERR_SHAPE: "extents do not fit the op (output shape or operand length)",
-    ERR_EMPTY: "reduction over an empty axis has no value",
-    ERR_VALUE: "invalid input value (zero step or non-finite bound)",
-    ERR_ALLOC: "out of memory for scratch space",
-    ERR_STEPS: "step budget exhausted",
-}
+from dynvm.kernels.abi import (ERR_ALLOC, ERR_BROADCAST, ERR_DTYPE, ERR_EMPTY,  # noqa: F401
+                                ERR_EXTENT, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
+                                ERR_SHAPE, ERR_STEPS, ERR_VALUE, ERROR_KINDS)
 
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))

@@ -4,7 +4,7 @@ Spec: {"op": "sum"|"mean"|"max"|"min"|"argmax", "axis": None|int|[int], "keepdim
 "exclude": bool} (the op's attrs); one input (x), one output. Ranks are static, so the reduced
 axes are normalised at build time; extents are read at run time.
 
-Semantics (kernels/extern.py is the reference):
+Semantics (tests/numpy_reference.py is the oracle):
 - sum accumulates in the input dtype (integers wrap, like np.sum(dtype=int32)); the sum of
   nothing is 0.
 - mean accumulates in float64 and divides by the element count; float results of nothing are

@@ -2,21 +2,21 @@
 
 Section layout (msgpack-able, produced by KernelBuilder.finish()):
     {"target": {"triple": str, "cpu": str, "features": str}, "llvm_ir": str, "object": bytes,
-     "kernels": [{"name": str, "kind": "compiled" | "extern", "op": str, "attrs": dict,
+     "kernels": [{"name": str, "kind": "compiled", "op": str, "attrs": dict,
                   "inputs": [[dtype, rank]...], "outputs": [[dtype, rank]...],
-                  "symbol": str,            # compiled only: the native dispatcher S
+                  "symbol": str,            # the native dispatcher S
                   "variants": [{"name": str, "symbol": str}...]}...]}
-For compiled kernels "op" is the family name and "attrs" the family's spec. Calls go through
-the dispatcher S, which records the index of the variant it ran in the global `S__variant`
-(kernels/family.py); `Kernel.last_variant` reads it.
+"op" is the kernel family's name and "attrs" the family's spec. Calls go through the dispatcher
+S, which records the index of the variant it ran in the global `S__variant` (abi.py's native
+layout); `Kernel.last_variant` reads it. Loading needs no code generator: this module imports
+neither the builder nor any kernel family.
 """
 import numpy as np
 
 from dynvm.kernels import abi, codelib
-from dynvm.kernels.family import variant_global
-from dynvm.kernels.llvm_util import ERR_BROADCAST, ERR_SHAPE, ERROR_KINDS
+from dynvm.kernels.abi import ERR_BROADCAST, ERR_SHAPE, ERROR_KINDS, variant_global
 from dynvm.vm.dtypes import DTYPES
-from dynvm.vm.errors import DynVMError, ExecutableFormatError, KernelError, ShapeError
+from dynvm.vm.errors import ExecutableFormatError, KernelError, ShapeError
 
 
 class KernelShapeError(ShapeError, KernelError):
@@ -31,22 +31,19 @@ class Kernel:
     (`call_site()`) and skips the Python checks, relying on the native dispatcher's.
     """
 
-    def __init__(self, entry, functions=None, extern_fn=None, library=None, address=0,
-                 variant_address=0):
+    def __init__(self, entry, functions, library, address, variant_address):
         self.name = entry["name"]
         self.kind = entry["kind"]
         self.op = entry["op"]
         self.attrs = entry["attrs"]
-        self.symbol = entry.get("symbol", "")
+        self.symbol = entry["symbol"]
         self.inputs = [tuple(s) for s in entry["inputs"]]
         self.outputs = [tuple(s) for s in entry["outputs"]]
         self.variants = [v["name"] for v in entry["variants"]]
-        self.address = address  # the native dispatcher (0 for extern kernels)
-        self._functions = functions or {}  # variant name -> cffi function pointer (test hook)
-        self._entry = abi.kernel_function(address) if address else None
-        self._variant = abi.ffi.cast("int32_t *", variant_address) if variant_address else None
-        self._extern_fn = extern_fn
-        self._extern_ran = False
+        self.address = address  # the native dispatcher
+        self._functions = functions  # variant name -> cffi function pointer (test hook)
+        self._entry = abi.kernel_function(address)
+        self._variant = abi.ffi.cast("int32_t *", variant_address)
         self._library = library  # keeps the machine code alive
         sig = self.inputs + self.outputs
         self.dtypes = [dt for dt, _ in sig]
@@ -61,17 +58,15 @@ class Kernel:
     @property
     def last_variant(self):
         """Name of the variant the latest call ran (any caller in this process), or None."""
-        if self.kind == "extern":
-            return "extern" if self._extern_ran else None
         index = self.variant_index()
         return self.variants[index] if 0 <= index < len(self.variants) else None
 
     def variant_index(self) -> int:
         """What the dispatcher stored in `S__variant` (-1 before the first call)."""
-        return self._variant[0] if self._variant is not None else -1
+        return self._variant[0]
 
     def call_site(self) -> "abi.CallSite":
-        """Prepared descriptors for one VM call site of this (compiled) kernel."""
+        """Prepared descriptors for one VM call site of this kernel."""
         return abi.CallSite(self.address, self.dtypes, self._ranks)
 
     def variant_function(self, name):
@@ -82,9 +77,6 @@ class Kernel:
     def __call__(self, inputs, outputs):
         """Run the kernel, writing `outputs` in place."""
         arrays = self._check(inputs, outputs)
-        if self.kind == "extern":
-            self._call_extern(list(inputs), list(outputs))
-            return
         tensors, keep = self._packer.pack(arrays)
         rc = self._entry(tensors, len(arrays))
         del keep
@@ -114,15 +106,6 @@ class Kernel:
             if k >= n_in and not a.flags.writeable:
                 raise KernelError(f"kernel {self.name}: {what} is read-only")
         return arrays
-
-    def _call_extern(self, inputs, outputs):
-        try:
-            self._extern_fn(inputs, outputs, self.attrs)
-        except DynVMError:
-            raise
-        except Exception as e:
-            raise KernelError(f"extern kernel {self.name} ({self.op}) failed: {e}") from e
-        self._extern_ran = True
 
     def native_error(self, rc, shapes):
         """The typed error for native return code `rc`; `shapes` are the arguments' shapes."""
@@ -173,7 +156,7 @@ def _check_entry(i, entry):
         if key not in entry:
             _fail(f"kernel {i} lacks {key!r}")
         _expect(entry[key], types, f"kernel {i} field {key!r}")
-    if entry["kind"] not in ("compiled", "extern"):
+    if entry["kind"] != "compiled":
         _fail(f"kernel {i} has unknown kind {entry['kind']!r}")
     _check_signature(entry["inputs"], f"kernel {i} inputs")
     _check_signature(entry["outputs"], f"kernel {i} outputs")
@@ -181,9 +164,9 @@ def _check_entry(i, entry):
         _expect(v, dict, f"kernel {i} variant")
         if not isinstance(v.get("name"), str) or not isinstance(v.get("symbol"), str):
             _fail(f"kernel {i} variant {v!r} lacks a str name and symbol")
-    if entry["kind"] == "compiled" and not entry["variants"]:
+    if not entry["variants"]:
         _fail(f"kernel {i} ({entry['name']}) has no variants")
-    if entry["kind"] == "compiled" and not isinstance(entry.get("symbol"), str):
+    if not isinstance(entry.get("symbol"), str):
         _fail(f"kernel {i} ({entry['name']}) lacks its dispatcher symbol")
 
 
@@ -201,33 +184,18 @@ def validate_section(section):
         _check_entry(i, entry)
 
 
-def _extern_table():
-    try:
-        from dynvm.kernels.extern import EXTERN_KERNELS
-    except ImportError as e:
-        _fail(f"extern kernels are unavailable ({e})")
-    return EXTERN_KERNELS
-
-
 def load_kernels(section) -> list:
     """Kernel objects for a section: same target loads the object code with no LLVM compile,
     another target re-JITs from the stored LLVM IR."""
     validate_section(section)
     entries = section["kernels"]
-    library = None
-    if any(e["kind"] == "compiled" for e in entries):
-        library = codelib.CodeLibrary(section["llvm_ir"], bytes(section["object"]),
-                                      section["target"])
-    externs = _extern_table() if any(e["kind"] == "extern" for e in entries) else None
-    return [_make_kernel(e, library, externs) for e in entries]
+    if not entries:
+        return []
+    library = codelib.CodeLibrary(section["llvm_ir"], bytes(section["object"]), section["target"])
+    return [_make_kernel(e, library) for e in entries]
 
 
-def _make_kernel(entry, library, externs):
-    if entry["kind"] == "extern":
-        fn = externs.get(entry["op"])
-        if fn is None:
-            _fail(f"unknown extern kernel {entry['op']!r} (kernel {entry['name']})")
-        return Kernel(entry, extern_fn=fn)
+def _make_kernel(entry, library):
     functions = {}
     for v in entry["variants"]:
         address = library.address(v["symbol"])

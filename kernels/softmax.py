@@ -2,7 +2,7 @@
 
 softmax spec {"op": "softmax", "axis": int}: y = e / sum(e) with e = exp(x - max(x)) along the
 axis (exp is kernels/llvm_math.exp, inline and vectorised; the max subtraction keeps it from
-overflowing). NaN/inf behave as in the numpy reference (kernels/extern.py): a row holding NaN
+overflowing). NaN/inf behave as in numpy (the tests' oracle): a row holding NaN
 or +inf, or only -inf, becomes NaN. The division is a multiplication by 1/sum (<= 1 ulp more).
 layer_norm spec {"op": "layer_norm", "axis": int, "epsilon": float}, inputs x, gamma, beta
 (1-D, length = x's axis extent, else ERR_SHAPE): y = (x - mean) / sqrt(var + eps) * gamma + beta

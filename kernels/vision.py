@@ -1,5 +1,5 @@
 """Kernel family "vision": get_valid_counts, non_max_suppression (TVM semantics) and nms (the
-simple ONNX-style form) as native code. kernels/extern.py holds the numpy references they are
+simple ONNX-style form) as native code. tests/numpy_reference.py holds the numpy references they are
 tested against; the docstrings there state the semantics in full.
 
 All float arithmetic is float32 in the order the references use (no fused multiply-add), so

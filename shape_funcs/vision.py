@@ -1,5 +1,5 @@
 """Shape functions of the sort and detection ops, and the greedy NMS selection they share with
-the numpy reference kernels (kernels/extern.py) — the data-dependent shape of `nms` is the
+the numpy reference kernels (tests/numpy_reference.py) — the data-dependent shape of `nms` is the
 number of boxes that selection keeps, so both must run the very same algorithm.
 
 nms has two shape functions (see compiler/op/vision.py):

@@ -26,7 +26,7 @@ class ExecutableFormatError(DynVMError):
 
 
 class KernelError(DynVMError):
-    """A native or extern kernel rejected its arguments or failed to compile/load."""
+    """A native kernel rejected its arguments or failed to compile/load."""
 
 
 class InvokeArgumentError(DynVMError, TypeError):

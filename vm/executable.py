@@ -76,8 +76,9 @@ class Executable:
             if not self.kernels.get("kernels"):
                 self._loaded_kernels = []
             else:
-                from dynvm import kernels  # lazily: programs without kernels never touch LLVM
-                self._loaded_kernels = list(kernels.load_kernels(self.kernels))
+                # lazily: programs without kernels never touch LLVM; loading needs no code generator
+                from dynvm.kernels.runtime import load_kernels
+                self._loaded_kernels = list(load_kernels(self.kernels))
         return self._loaded_kernels
 
     def __eq__(self, other):

@@ -194,12 +194,9 @@ class VirtualMachine:
         elif name == "CallKernel":
             k, inputs, outputs = args
             kernel = self.kernels[k]
-            if kernel.kind == "extern":
-                handler, args = self._op_CallExtern, (kernel, inputs, outputs)
-            else:
-                args = (kernel.call_site(), inputs + outputs, kernel)
-                if self._profile is not None:
-                    return self._op_CallKernel_profiled, args  # times itself
+            args = (kernel.call_site(), inputs + outputs, kernel)
+            if self._profile is not None:
+                return self._op_CallKernel_profiled, args  # times itself
         if self._profile is not None:
             handler = self._timed(name, handler)
         return handler, args
@@ -392,12 +389,6 @@ class VirtualMachine:
         rc = site.fn(site.tensors, site.nargs)
         if rc:
             raise kernel.native_error(rc, [regs[r].shape for r in argregs])
-        return pc + 1
-
-    def _op_CallExtern(self, regs, a, pc):
-        """CallKernel of an extern (numpy) kernel: it gets numpy views of the tensors."""
-        kernel, inputs, outputs = a
-        kernel([_tensor(regs[r], r).array for r in inputs], [_tensor(regs[r], r).array for r in outputs])
         return pc + 1
 
     def _op_CallShapeFunc(self, regs, a, pc):
@@ -640,8 +631,7 @@ class VirtualMachine:
         return pc + 1
 
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
-        from dynvm.kernels.llvm_util import ERR_STEPS   # lazily: kernels/ imports shape_funcs/, which imports vm/
-
+        from dynvm.kernels.abi import ERR_STEPS   # lazily: a program without kernels never loads cffi
         if (rc & 0xFF) == ERR_STEPS:
             return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
                                     f"loop {kernel.name} after {iterations} iterations (infinite loop?)")

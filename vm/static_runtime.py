@@ -191,11 +191,6 @@ class StaticRuntime:
                               f"{len(kernel.outputs)} outputs, got {n_in} and {len(tensors) - n_in}")
         shapes = [t.shape for t in tensors]
         index = len(self._calls)
-        if kernel.kind == "extern":
-            arrays = [t.array for t in tensors]
-            self._calls.append((_extern_call(kernel, arrays[:n_in], arrays[n_in:]), None, 0, index))
-            self._sites.append((kernel, shapes, pc, None))
-            return
         site = kernel.call_site()
         for k, t in enumerate(tensors):
             arg = f"input {k}" if k < n_in else f"output {k - n_in}"
@@ -291,14 +286,6 @@ def _reshape(tensor, shape_value, reg, known, where) -> Tensor:
     if id(tensor) in known:
         known[id(view)] = view
     return view
-
-
-def _extern_call(kernel, inputs, outputs):
-    """An extern (numpy) kernel as an entry of the call list: called as fn(None, 0)."""
-    def call(_tensors, _nargs):
-        kernel(inputs, outputs)
-        return 0
-    return call
 
 
 def _exporter(value, where):

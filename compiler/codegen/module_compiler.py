@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynvm import kernels
+from dynvm.kernels.builder import KernelBuilder
 from dynvm.vm.errors import CompileError
 from dynvm.vm.executable import TUPLE_CONSTRUCTOR, Executable, VMFunction
 
@@ -23,7 +23,7 @@ class ModuleCompiler:
         self.func_names = list(mod.functions)
         self.constants: list[np.ndarray] = []
         self.constant_ids: dict[int, int] = {}
-        self.kernel_builder = kernels.KernelBuilder()
+        self.kernel_builder = KernelBuilder()
         self.shape_funcs: list[dict] = []
         self.constructors = [dict(TUPLE_CONSTRUCTOR)]
         self.constructor_ids: dict[str, int] = {}
@@ -65,15 +65,11 @@ class ModuleCompiler:
         if opdef.expr is not None:
             expr = opdef.expr([["in", i] for i in range(len(inputs))], attrs)
             return self.add_elementwise(opdef.name, expr, in_types, out_types[0])
-        if opdef.kernel == "compiled":
-            spec = {"op": opdef.name, **attrs}
-            if epilogue is not None:
-                spec["epilogue"] = epilogue
-            return self.kernel_builder.add_compiled(opdef.name, opdef.family or opdef.name, spec,
-                                                    inputs, outputs)
+        spec = {"op": opdef.name, **attrs}
         if epilogue is not None:
-            raise CompileError(f"op {opdef.name} has no compiled kernel to fuse an epilogue into")
-        return self.kernel_builder.add_extern(opdef.name, opdef.name, attrs, inputs, outputs)
+            spec["epilogue"] = epilogue
+        return self.kernel_builder.add_compiled(opdef.name, opdef.family or opdef.name, spec,
+                                                inputs, outputs)
 
     def add_elementwise(self, name, expr, in_types, out_type, perms=()) -> int:
         """An elementwise kernel; `perms` [[input, permutation]] are inputs read transposed."""

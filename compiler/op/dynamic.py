@@ -83,7 +83,7 @@ def dyn_strided_slice_rel(arg_types, attrs):
 
 
 def _register_all():
-    dd = dict(shape_mode="data_dependent", pattern="opaque", kernel="compiled")
+    dd = dict(shape_mode="data_dependent", pattern="opaque")
     register(OpDef("arange", ("start", "stop", "step"), arange_rel, attrs={"dtype": "float32"},
                    **dd,
                    doc="arange(start, stop, step, dtype='float32'): start, start+step, ... below "
@@ -104,7 +104,7 @@ def _register_all():
                    family="fill", **dd,
                    doc="dyn.full(fill_value, shape, dtype=None): full with a run-time shape."))
     register(OpDef("dyn.strided_slice", ("x", "begin", "end", "strides"), dyn_strided_slice_rel,
-                   attrs={"axes": None}, kernel="compiled", family="strided_slice",
+                   attrs={"axes": None}, family="strided_slice",
                    shape_mode="data_dependent", pattern="opaque",
                    doc="dyn.strided_slice(x, begin, end, strides, axes=None): x[b:e:s] per axis "
                        "with begin/end/strides 1-D int tensors of length rank(x) (or len(axes)); "

@@ -75,18 +75,18 @@ def cast_rel(arg_types, attrs):
 
 def _register_all():
     for name, (allowed, meaning) in UNARY.items():
-        register(OpDef(name, ("x",), unary_rel(name, allowed), kernel="compiled",
+        register(OpDef(name, ("x",), unary_rel(name, allowed),
                        pattern="elemwise", expr=lambda args, attrs, n=name: [n, *args],
                        doc=f"{name}(x): elementwise {meaning}; dtypes {', '.join(allowed)}."))
     for name, (allowed, out, meaning) in BINARY.items():
-        register(OpDef(name, ("x", "y"), binary_rel(name, allowed, out), kernel="compiled",
+        register(OpDef(name, ("x", "y"), binary_rel(name, allowed, out),
                        pattern="broadcast", expr=lambda args, attrs, n=name: [n, *args],
                        doc=f"{name}(x, y): {meaning}, numpy broadcasting; operands share a dtype"
                            f"{'; result bool' if out else ''}."))
-    register(OpDef("where", ("condition", "x", "y"), where_rel, kernel="compiled",
+    register(OpDef("where", ("condition", "x", "y"), where_rel,
                    pattern="broadcast", expr=lambda args, attrs: ["where", *args],
                    doc="where(condition, x, y): x where condition (bool) else y; all three broadcast."))
-    register(OpDef("cast", ("x",), cast_rel, attrs={"dtype": REQUIRED}, kernel="compiled",
+    register(OpDef("cast", ("x",), cast_rel, attrs={"dtype": REQUIRED},
                    pattern="elemwise", expr=lambda args, attrs: ["cast", args[0], attrs["dtype"]],
                    doc="cast(x, dtype): convert elements to `dtype` (floats truncate toward zero)."))
     from dynvm.compiler.op.registry import get_op

@@ -1,4 +1,4 @@
-"""Neural-network ops: dense, matmul, batch_matmul, softmax, layer_norm (extern kernels for now)."""
+"""Neural-network ops: dense, matmul, batch_matmul, softmax, layer_norm."""
 from __future__ import annotations
 
 from dynvm.compiler.ir.types import Any, TensorType, is_any
@@ -93,31 +93,31 @@ def layer_norm_rel(arg_types, attrs):
 
 def _register_all():
     register(OpDef("dense", ("data", "weight"), dense_rel, pattern="out_elemwise_fusable",
-                   kernel="compiled", family="matmul",
+                   family="matmul",
                    doc="dense(data, weight): data (..., k) times weight (units, k) transposed "
                        "-> (..., units)."))
     register(OpDef("matmul", ("a", "b"), matmul_rel, pattern="out_elemwise_fusable",
-                   kernel="compiled", family="matmul",
+                   family="matmul",
                    doc="matmul(a, b): 2-D matrix product (m, k) x (k, n) -> (m, n)."))
     register(OpDef("batch_matmul", ("a", "b"), batch_matmul_rel,
                    attrs={"transpose_a": False, "transpose_b": True},
-                   pattern="out_elemwise_fusable", kernel="compiled", family="matmul",
+                   pattern="out_elemwise_fusable", family="matmul",
                    doc="batch_matmul(a, b, transpose_a=False, transpose_b=True): (B, M, K) x "
                        "(B, N, K) -> (B, M, N); a batch of 1 broadcasts."))
     register(OpDef("conv2d", ("data", "weight"), conv2d_rel,
                    attrs={"strides": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1},
-                   pattern="out_elemwise_fusable", kernel="compiled", family="conv2d",
+                   pattern="out_elemwise_fusable", family="conv2d",
                    doc="conv2d(data, weight, strides=[1, 1], padding=[0, 0], dilation=[1, 1], "
                        "groups=1): NCHW data (N, C, H, W) x OIHW weight (O, C/groups, KH, KW) -> "
                        "(N, O, OH, OW); padding is 1, 2 (top/bottom, left/right) or 4 (top, "
                        "left, bottom, right) ints, as in Relay."))
     get_op("conv2d").make = positional("conv2d")
     register(OpDef("softmax", ("x",), softmax_rel, attrs={"axis": -1}, pattern="opaque",
-                   kernel="compiled", family="softmax",
+                   family="softmax",
                    doc="softmax(x, axis=-1): exp(x) / sum(exp(x)) along axis, computed stably."))
     register(OpDef("layer_norm", ("x", "gamma", "beta"), layer_norm_rel,
                    attrs={"axis": -1, "epsilon": 1e-5}, pattern="opaque",
-                   kernel="compiled", family="layer_norm",
+                   family="layer_norm",
                    doc="layer_norm(x, gamma, beta, axis=-1, epsilon=1e-5): normalise along axis "
                        "to mean 0 / variance 1, then scale by gamma and shift by beta."))
     for name in ("batch_matmul", "softmax", "layer_norm"):

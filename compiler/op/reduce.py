@@ -49,7 +49,7 @@ DOCS = {
 def _register_all():
     for name, meaning in DOCS.items():
         register(OpDef(name, ("x",), reduce_rel(name, "int64" if name == "argmax" else None),
-                       attrs=dict(REDUCE_ATTRS), pattern="reduce", kernel="compiled",
+                       attrs=dict(REDUCE_ATTRS), pattern="reduce",
                        family="reduce",
                        doc=f"{name}(x, axis=None, keepdims=False, exclude=False): {meaning}."))
         get_op(name).make = positional(name)

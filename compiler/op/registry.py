@@ -2,7 +2,7 @@
 
 An entry carries everything the compiler needs about an op (TVM's op registry idea):
 its arguments and attributes, its type relation, how it is lowered (a kernel call, or a VM
-instruction such as ShapeOf/ReshapeTensor), whether its kernel is compiled or extern (numpy),
+instruction such as ShapeOf/ReshapeTensor), whether it runs a compiled kernel,
 its fusion pattern and the mode of its run-time shape function (`shape_funcs/` has the function
 under the same name). The `op.xxx` constructors and `dynvm ops` are generated from this table.
 """
@@ -26,7 +26,7 @@ class OpDef:
     args: tuple                      # names of the tensor arguments
     type_rel: Callable               # (arg_types: list[Type], attrs: dict) -> Type
     attrs: dict = field(default_factory=dict)   # attr name -> default (or REQUIRED)
-    kernel: str = "extern"           # "compiled" | "extern" | "vm" (lowered to a VM instruction)
+    kernel: str = "compiled"         # "compiled" (native, kernels/) | "vm" (a VM instruction)
     lowering: str = "kernel"
     pattern: str = "opaque"
     shape_mode: str = "data_independent"
@@ -39,7 +39,7 @@ class OpDef:
         assert self.shape_mode in SHAPE_MODES, self.shape_mode
         assert self.pattern in PATTERNS, self.pattern
         assert self.lowering in LOWERINGS, self.lowering
-        assert self.kernel in ("compiled", "extern", "vm"), self.kernel
+        assert self.kernel in ("compiled", "vm"), self.kernel
 
     def normalize_attrs(self, attrs: dict) -> dict:
         """Fill defaults and reject unknown or missing attributes."""

@@ -267,35 +267,34 @@ def _register_all():
                    lowering="reshape", pattern="injective",
                    doc="squeeze(x, axis=None): drop size-1 dims (all of them, or those in axis)."))
     register(OpDef("transpose", ("x",), transpose_rel, attrs={"axes": None}, pattern="injective",
-                   kernel="compiled",
                    doc="transpose(x, axes=None): permute dims (reverse them when axes is None)."))
     register(OpDef("concatenate", ("data",), concatenate_rel, attrs={"axis": 0},
-                   pattern="injective", kernel="compiled",
+                   pattern="injective",
                    doc="concatenate(data, axis=0): join a tuple of tensors along axis."))
     register(OpDef("split", ("x",), split_rel, attrs={"indices_or_sections": REQUIRED, "axis": 0},
-                   pattern="injective", kernel="compiled",
+                   pattern="injective",
                    doc="split(x, indices_or_sections, axis=0): a tuple of parts; an int gives "
                        "equal sections, a list gives split points (numpy.split)."))
     register(OpDef("strided_slice", ("x",), strided_slice_rel,
                    attrs={"begin": REQUIRED, "end": REQUIRED, "strides": None, "axes": None},
-                   pattern="injective", kernel="compiled",
+                   pattern="injective",
                    doc="strided_slice(x, begin, end, strides=None, axes=None): x[b:e:s] per axis "
                        "(negative indices count from the end; out-of-range bounds clamp). IR tensors "
                        "for begin/end/strides build dyn.strided_slice."))
     register(OpDef("take", ("data", "indices"), take_rel, attrs={"axis": None, "mode": "clip"},
-                   pattern="injective", kernel="compiled",
+                   pattern="injective",
                    doc="take(data, indices, axis=None, mode='clip'): gather along axis (flattened "
                        "when None); out-of-range indices clip or wrap, never fail."))
     register(OpDef("broadcast_to", ("x",), broadcast_to_rel, attrs={"shape": REQUIRED},
-                   pattern="injective", shape_mode="static", kernel="compiled",
+                   pattern="injective", shape_mode="static",
                    doc="broadcast_to(x, shape): numpy broadcasting of x to a static shape."))
     for name, value in (("zeros", 0), ("ones", 1)):
         register(OpDef(name, (), fill_rel(name), attrs={"shape": REQUIRED, "dtype": "float32"},
-                       pattern="opaque", shape_mode="static", kernel="compiled", family="fill",
+                       pattern="opaque", shape_mode="static", family="fill",
                        doc=f"{name}(shape, dtype='float32'): a tensor of {value}s; a shape tensor "
                            f"instead of a tuple builds dyn.{name}."))
     register(OpDef("full", ("fill_value",), full_rel, attrs={"shape": REQUIRED, "dtype": None},
-                   pattern="opaque", shape_mode="static", kernel="compiled", family="fill",
+                   pattern="opaque", shape_mode="static", family="fill",
                    doc="full(fill_value, shape, dtype=None): a tensor filled with the scalar "
                        "fill_value (dtype defaults to its dtype); a shape tensor builds dyn.full."))
     for name in ("expand_dims", "squeeze", "transpose", "split", "take",

@@ -3,7 +3,7 @@
 form: boxes (N, 4), scores (N,) -> selected indices).
 
 Native kernels: family "sort" (kernels/sort.py) and "vision" (kernels/vision.py); numpy
-references with the full semantics in kernels/extern.py; shapes in shape_funcs/vision.py.
+references with the full semantics in tests/numpy_reference.py; shapes in shape_funcs/vision.py.
 
 Shape modes: sort/argsort/topk/get_valid_counts/non_max_suppression are data-independent,
 unique is data-dependent, nms is upper-bound (its bound min(N, max_output) is what the VM should

@@ -10,7 +10,7 @@ from dynvm.compiler import build, ir, op
 from dynvm.compiler.ir.expr import TupleGetItem
 from dynvm.compiler.ir.types import Any, TensorType as T, TupleType
 from dynvm.compiler.op import get_op
-from dynvm.kernels.extern import EXTERN_KERNELS
+from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.shape_funcs import lookup
 from dynvm.shape_funcs.vision import nms_select
 from dynvm.vm import VirtualMachine
@@ -144,7 +144,7 @@ def machine():
 
 def reference(name, inputs, attrs, shapes, dtypes):
     outs = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
-    EXTERN_KERNELS[name](inputs, outs, attrs)
+    REFERENCE_KERNELS[name](inputs, outs, attrs)
     return outs
 
 

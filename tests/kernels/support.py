@@ -9,7 +9,8 @@ import functools
 import numpy as np
 from hypothesis import strategies as st
 
-from dynvm.kernels import KernelBuilder, abi, load_kernels
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import abi, load_kernels
 
 # vector widths are 4/8/16 lanes: sizes one below/above them hit the loop tails
 LAST_DIM = st.sampled_from([0, 1, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33])

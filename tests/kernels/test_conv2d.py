@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynvm.kernels import KernelBuilder, load_kernels
-from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import load_kernels
+from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import Blocking
 from dynvm.shape_funcs import lookup
@@ -50,8 +51,8 @@ def reference(key, x, w, extra):
     attrs, dtype, epi = KERNELS[key]
     (shape,) = lookup("conv2d").fn([x, w], attrs)
     ref, bound = np.zeros(shape), np.zeros(shape)
-    EXTERN_KERNELS["conv2d"]([x.astype(np.float64), w.astype(np.float64)], [ref], attrs)
-    EXTERN_KERNELS["conv2d"]([np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))],
+    REFERENCE_KERNELS["conv2d"]([x.astype(np.float64), w.astype(np.float64)], [ref], attrs)
+    REFERENCE_KERNELS["conv2d"]([np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))],
                              [bound], attrs)
     eps = np.finfo(dtype).eps
     k = w.shape[1] * w.shape[2] * w.shape[3]
@@ -171,7 +172,7 @@ def test_conv2d_op_types_any_dims_and_runs_fused_through_the_vm():
         xs = data(rng, shape)
         got = vm.invoke("main", xs)
         ref = np.zeros(lookup("conv2d").fn([xs, w], {"strides": [2, 2], "padding": [1, 1]})[0])
-        EXTERN_KERNELS["conv2d"]([xs.astype(np.float64), w.astype(np.float64)], [ref],
+        REFERENCE_KERNELS["conv2d"]([xs.astype(np.float64), w.astype(np.float64)], [ref],
                                  {"strides": [2, 2], "padding": [1, 1]})
         np.testing.assert_allclose(got, np.maximum(ref + bias, 0), rtol=1e-5, atol=1e-5)
 

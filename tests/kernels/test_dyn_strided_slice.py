@@ -1,7 +1,7 @@
 """dyn.strided_slice: begin / end / strides as run-time 1-D int tensors (issue 4, item 1).
 
 The compiled kernel (strided_slice family, spec op "dyn.strided_slice") agrees exactly with the
-numpy reference of kernels/extern.py through the dispatcher and every variant, on hypothesis-drawn
+numpy reference of tests/numpy_reference.py through the dispatcher and every variant, on hypothesis-drawn
 slices (negative strides, out-of-range begin/end, size-0 results); the shape function agrees with
 the real output shape; stride 0 is a ShapeError (shape function) and ERR_VALUE (kernel); and a
 whole program with run-time begin/end runs through build + VirtualMachine.

@@ -1,5 +1,5 @@
 """Creation and data-dependent kernels (kernels/dynamic.py): zeros / ones / full and their dyn.
-forms, arange, argwhere. Each agrees exactly with the numpy reference of kernels/extern.py (output
+forms, arange, argwhere. Each agrees exactly with the numpy reference of tests/numpy_reference.py (output
 shaped by the shape function), through the dispatcher and every variant; shapes, counts and
 values they rely on are checked natively (error codes, never a write past the output).
 """

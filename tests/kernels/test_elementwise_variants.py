@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dynvm.kernels import KernelBuilder, abi, load_kernels
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import abi, load_kernels
 from dynvm.kernels.elementwise import lanes_for
 from dynvm.kernels.llvm_util import ERR_LAYOUT
 from tests.kernels.support import cached_table, values, with_layout
@@ -189,7 +190,8 @@ def test_bad_descriptors_return_error_codes(variant):
 
 
 def test_permuted_inputs_read_transposed_through_the_strided_variant():
-    from dynvm.kernels import KernelBuilder, load_kernels
+    from dynvm.kernels.builder import KernelBuilder
+    from dynvm.kernels import load_kernels
     from dynvm.vm.errors import KernelError, ShapeError
     kb = KernelBuilder()
     k = kb.add_compiled("perm", "elementwise",

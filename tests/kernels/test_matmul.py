@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynvm.kernels import KernelBuilder, load_kernels
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import load_kernels
 from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
 from tests.kernels.support import raw_call, with_layout

@@ -1,13 +1,12 @@
 """Loading sections and calling kernels: typed errors, no crashes, no recompiles on load."""
 import copy
-import sys
-import types
 
 import msgpack
 import numpy as np
 import pytest
 
-from dynvm.kernels import KernelBuilder, abi, codelib, load_kernels
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import abi, codelib, load_kernels
 from tests.kernels.support import cached_table
 from dynvm.vm.errors import ExecutableFormatError, KernelError, ShapeError
 
@@ -259,66 +258,18 @@ def test_non_dict_section_raises_executable_format_error():
         load_kernels([])
 
 
-# -- extern kernels ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def extern_table(monkeypatch):
-    """A stand-in kernels.extern module (the real one is developed separately)."""
-    module = types.ModuleType("dynvm.kernels.extern")
-
-    def double(inputs, outputs, attrs):
-        np.multiply(inputs[0], attrs["factor"], out=outputs[0])
-
-    def fails(inputs, outputs, attrs):
-        raise ValueError("boom")
-    module.EXTERN_KERNELS = {"scale": double, "fails": fails}
-    monkeypatch.setitem(sys.modules, "dynvm.kernels.extern", module)
-    return module.EXTERN_KERNELS
-
-
-def extern_section(op):
+def test_a_section_entry_of_another_kind_is_a_format_error():
     kb = KernelBuilder()
-    kb.add_extern("ext", op, {"factor": 3}, [("float64", 1)], [("float64", 1)])
-    return roundtrip(kb.finish())
+    kb.add_elementwise("add", ADD, [("int32", 1), ("int32", 1)], ("int32", 1))
+    sec = roundtrip(kb.finish())
+    sec["kernels"][0]["kind"] = "extern"
+    with pytest.raises(ExecutableFormatError, match="unknown kind 'extern'"):
+        load_kernels(sec)
 
 
-def test_extern_kernel_runs_numpy_function(extern_table):
-    before = codelib.stats["compiles"]
-    (k,) = load_kernels(extern_section("scale"))
-    out = np.empty(4)
-    k([np.arange(4.0)], [out])
-    np.testing.assert_array_equal(out, [0, 3, 6, 9])
-    assert (k.kind, k.last_variant) == ("extern", "extern")
-    assert codelib.stats["compiles"] == before
-
-
-def test_extern_kernel_failure_becomes_kernel_error(extern_table):
-    (k,) = load_kernels(extern_section("fails"))
-    with pytest.raises(KernelError, match="extern kernel ext \\(fails\\) failed: boom"):
-        k([np.arange(4.0)], [np.empty(4)])
-
-
-def test_unknown_extern_kernel_raises_executable_format_error(extern_table):
-    with pytest.raises(ExecutableFormatError, match="unknown extern kernel 'no_such_op'"):
-        load_kernels(extern_section("no_such_op"))
-
-
-def test_extern_kernel_checks_signature_before_running(extern_table):
-    (k,) = load_kernels(extern_section("scale"))
+def test_checked_call_rejects_a_wrong_dtype_before_running():
+    kb = KernelBuilder()
+    kb.add_elementwise("add", ADD, [("float64", 1), ("float64", 1)], ("float64", 1))
+    (k,) = load_kernels(roundtrip(kb.finish()))
     with pytest.raises(KernelError, match="input 0 has dtype int64"):
-        k([np.arange(4)], [np.empty(4)])
-
-
-def test_compiled_and_real_extern_kernels_share_a_section_and_agree():
-    kb = KernelBuilder()
-    kb.add_elementwise("add", ADD, [("int32", 2), ("int32", 1)], ("int32", 2))
-    kb.add_extern("add_ext", "add", {}, [("int32", 2), ("int32", 1)], [("int32", 2)])
-    compiled, extern = load_kernels(roundtrip(kb.finish()))
-    a, b = np.arange(12, dtype=np.int32).reshape(3, 4), np.array([1, -2, 3, -4], np.int32)
-    out1, out2 = np.empty((3, 4), np.int32), np.empty((3, 4), np.int32)
-    compiled([a, b], [out1])
-    extern([a, b], [out2])
-    np.testing.assert_array_equal(out1, a + b)
-    np.testing.assert_array_equal(out2, a + b)
-    assert (compiled.last_variant, extern.last_variant) == ("strided", "extern")  # b is broadcast
+        k([np.arange(4), np.arange(4.0)], [np.empty(4)])

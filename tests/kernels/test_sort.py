@@ -1,5 +1,5 @@
 """The "sort" kernel family (kernels/sort.py): sort, argsort, topk and unique agree exactly with
-the numpy references (kernels/extern.py) and with their shape functions (shape_funcs/vision.py).
+the numpy references (tests/numpy_reference.py) and with their shape functions (shape_funcs/vision.py).
 
 Exact comparison (no tolerance): sorting moves values, it computes none. Drawn shapes include
 0 and 1 extents, duplicates and NaN, and non-contiguous inputs and outputs. All kernels are
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dynvm.kernels import KernelBuilder, load_kernels
-from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import load_kernels
+from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.llvm_util import ERR_SHAPE
 from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
@@ -68,7 +69,7 @@ def reference(key, x):
     shapes = lookup(op)([x], attrs)
     dtypes = [dt for dt, _ in out_sig(op, attrs, x.dtype.name, x.ndim)]
     outs = [np.zeros(s, dt) for s, dt in zip(shapes, dtypes)]
-    EXTERN_KERNELS[op]([x], outs, attrs)
+    REFERENCE_KERNELS[op]([x], outs, attrs)
     return outs
 
 

@@ -1,5 +1,5 @@
 """Data-movement kernels (kernels/transform.py) agree exactly with the numpy reference kernels of
-kernels/extern.py, through the dispatcher and through every variant symbol `S__<variant>`.
+tests/numpy_reference.py, through the dispatcher and through every variant symbol `S__<variant>`.
 
 Values are moved, never computed, so every comparison is exact (NaN payloads included). Output
 shapes come from the shape functions, as in the VM. Each test module builds its kernels in one
@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dynvm import shape_funcs
-from dynvm.kernels import KernelBuilder, abi, codelib
-from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import abi, codelib
+from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL, ERR_SHAPE)
 from tests.kernels.support import with_layout
 
@@ -82,7 +83,7 @@ def reference(op, attrs, inputs):
     shapes = shape_funcs.lookup(op).fn(inputs, attrs)
     dtypes = out_dtypes(op, attrs, inputs, len(shapes))
     outs = [np.zeros(s, dt) for s, dt in zip(shapes, dtypes)]
-    EXTERN_KERNELS[op](inputs, outs, attrs)
+    REFERENCE_KERNELS[op](inputs, outs, attrs)
     return outs
 
 

@@ -1,5 +1,5 @@
 """The "vision" kernel family (kernels/vision.py): get_valid_counts, TVM's non_max_suppression
-and the simple nms agree exactly with the numpy references (kernels/extern.py) and with their
+and the simple nms agree exactly with the numpy references (tests/numpy_reference.py) and with their
 shape functions (shape_funcs/vision.py).
 
 Exact comparison: kernels and references compute IoU in float32 in the same operation order.
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dynvm.kernels import KernelBuilder, load_kernels
-from dynvm.kernels.extern import EXTERN_KERNELS
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import load_kernels
+from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.llvm_util import ERR_SHAPE
 from dynvm.shape_funcs import lookup
 from dynvm.shape_funcs.vision import nms_select
@@ -85,7 +86,7 @@ def check(key, inputs, layout="c"):
     """Kernel (dispatcher and variant) == reference, outputs shaped by the shape function."""
     op, attrs = CASES[key]
     want = outputs_for(key, inputs)
-    EXTERN_KERNELS[op](inputs, want, attrs)
+    REFERENCE_KERNELS[op](inputs, want, attrs)
     laid = [with_layout(np.ascontiguousarray(a), layout) for a in inputs]
     for variant in (None, "generic"):
         got = outputs_for(key, inputs, layout=layout)

@@ -223,17 +223,18 @@ def test_round_trip_with_compiled_kernels_runs_the_loaded_code(tmp_path):
 def test_kernels_section_that_cannot_load_is_a_format_error():
     pytest.importorskip("dynvm.kernels")
     section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
-               "kernels": [{"name": "k", "kind": "extern", "op": "no_such_extern_op", "attrs": {},
+               "kernels": [{"name": "k", "kind": "numpy", "op": "cast", "attrs": {},
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]], "variants": []}]}
     main = fn("main", ["x"], [("CallKernel", 0, [0], [0]), ("Ret", 0)])
-    with pytest.raises(ExecutableFormatError, match="no_such_extern_op"):
+    with pytest.raises(ExecutableFormatError, match="unknown kind 'numpy'"):
         Executable.from_bytes(exe(main, kernels=section).to_bytes())
 
 
 def test_call_kernel_with_wrong_argument_count_is_rejected():
     section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
-               "kernels": [{"name": "k", "kind": "extern", "op": "cast", "attrs": {},
-                            "inputs": [["float32", 1]], "outputs": [["float32", 1]], "variants": []}]}
+               "kernels": [{"name": "k", "kind": "compiled", "op": "cast", "attrs": {}, "symbol": "k",
+                            "inputs": [["float32", 1]], "outputs": [["float32", 1]],
+                            "variants": [{"name": "v", "symbol": "k__v"}]}]}
     main = fn("main", ["x"], [("CallKernel", 0, [0, 0], [0]), ("Ret", 0)])
     with pytest.raises(ExecutableFormatError, match="kernel 'k' takes 1 inputs and 1 outputs, got 2 and 1"):
         Executable.from_bytes(exe(main, kernels=section).to_bytes())

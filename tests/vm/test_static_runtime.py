@@ -264,14 +264,14 @@ def test_a_failed_argument_check_leaves_the_runtime_usable(add_pair):
     np.testing.assert_array_equal(sr.run(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32)), 2)
 
 
-# ---------------------------------------------------------------- kernel errors and externs
+# ---------------------------------------------------------------- kernel errors and call lists
 
 @pytest.fixture(scope="module")
 def kernel_exe():
-    """Hand-made functions over one compiled add (k0) and one extern negative (k1)."""
+    """Hand-made functions over two kernels: add (k0) and negative (k1)."""
     kb = kernels.KernelBuilder()
     kb.add_elementwise("add", ["add", ["in", 0], ["in", 1]], [(F32, 1)] * 2, (F32, 1))
-    kb.add_extern("neg", "negative", {}, [(F32, 1)], [(F32, 1)])
+    kb.add_elementwise("neg", ["negative", ["in", 0]], [(F32, 1)], (F32, 1))
     alloc = [("AllocStorage", 64, 64, F32, 1)]
     functions = [
         fn("mismatch", ["x"], alloc + [("AllocTensor", 1, 0, [3], F32, 2),
@@ -280,7 +280,7 @@ def kernel_exe():
         fn("wrong", ["x"], alloc + [("AllocTensor", 1, 0, [2], F32, 2),
                                     ("CallKernel", 0, [0, 0], [2]), ("Ret", 2)],
            param_types=[tensor(2, dtype="float64")]),
-        fn("extern", ["x"], alloc + [("AllocTensor", 1, 0, [4], F32, 2),
+        fn("chain", ["x"], alloc + [("AllocTensor", 1, 0, [4], F32, 2),
                                      ("CallKernel", 0, [0, 0], [2]),
                                      ("AllocStorage", 16, 64, F32, 3), ("AllocTensor", 3, 0, [4], F32, 4),
                                      ("CallKernel", 1, [2], [4]), ("Ret", 4)],
@@ -304,19 +304,19 @@ def test_a_dtype_that_does_not_fit_the_kernel_is_an_error_when_built(kernel_exe)
         StaticRuntime(kernel_exe, "wrong")
 
 
-def test_extern_kernels_run_from_the_call_list(kernel_exe):
-    sr = StaticRuntime(kernel_exe, "extern")
+def test_two_kernels_run_in_order_from_the_call_list(kernel_exe):
+    sr = StaticRuntime(kernel_exe, "chain")
     for i in range(3):
         x = np.arange(4, dtype=np.float32) + i
         np.testing.assert_array_equal(sr.run(x), -(x + x))
 
 
 def test_profile_counts_every_kernel_call_per_run(kernel_exe):
-    sr = StaticRuntime(kernel_exe, "extern", profile=True)
+    sr = StaticRuntime(kernel_exe, "chain", profile=True)
     for _ in range(3):
         sr.run(np.ones(4, np.float32))
     stats = sr.profile().kernel_stats()
     assert stats["add"]["calls"] == 3 and stats["neg"]["calls"] == 3
     assert sr.profile()["opcodes"] == {"CallKernel": 6}
     with pytest.raises(VMError, match="profiling is off"):
-        StaticRuntime(kernel_exe, "extern").profile()
+        StaticRuntime(kernel_exe, "chain").profile()

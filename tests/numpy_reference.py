@@ -1,10 +1,9 @@
-"""Extern kernels: numpy implementations of ops that have no compiled kernel yet.
+"""numpy references of every op's kernel: the oracle the compiled kernels are tested against.
 
-`EXTERN_KERNELS[op](inputs, outputs, attrs)` writes into the preallocated `outputs` (their shapes
+`REFERENCE_KERNELS[op](inputs, outputs, attrs)` writes into the preallocated `outputs` (their shapes
 come from the op's type or shape function, their dtypes are the output dtypes). A tuple-typed
-argument arrives flattened (concatenate gets the tuple's tensors as separate inputs). The
-elementwise ops are here too, as the numpy reference the compiled kernels are tested against;
-their integer semantics follow the kernel contract: integer division truncates toward zero,
+argument arrives flattened (concatenate gets the tuple's tensors as separate inputs). Integer
+semantics of the elementwise ops follow the kernel contract: integer division truncates toward zero,
 x / 0 == 0 and INT_MIN / -1 == INT_MIN, never a trap.
 
 A result whose shape does not fit the output array is a ShapeError, never a silent broadcast.
@@ -19,13 +18,13 @@ from dynvm.shape_funcs.reduce import reduced_axes
 from dynvm.shape_funcs.transform import slice_spec
 from dynvm.vm.errors import ShapeError
 
-EXTERN_KERNELS: dict = {}
+REFERENCE_KERNELS: dict = {}
 
 
-def extern(*names):
+def reference(*names):
     def register(fn):
         for name in names:
-            EXTERN_KERNELS[name] = fn
+            REFERENCE_KERNELS[name] = fn
         return fn
     return register
 
@@ -94,7 +93,7 @@ def _elementwise(name, fn):
             result = fn(*args)
         store_broadcast(name, outputs[0], np.asarray(result).astype(outputs[0].dtype, copy=False))
     kernel.__name__ = name
-    EXTERN_KERNELS[name] = kernel
+    REFERENCE_KERNELS[name] = kernel
 
 
 for _name, _fn in {**UNARY, **BINARY}.items():
@@ -102,7 +101,7 @@ for _name, _fn in {**UNARY, **BINARY}.items():
 _elementwise("where", np.where)
 
 
-@extern("cast")
+@reference("cast")
 def cast(inputs, outputs, attrs):
     with np.errstate(all="ignore"):
         store_broadcast("cast", outputs[0], inputs[0].astype(outputs[0].dtype))
@@ -110,12 +109,12 @@ def cast(inputs, outputs, attrs):
 
 # ---------------------------------------------------------------- VM-lowered ops (references)
 
-@extern("shape_of")
+@reference("shape_of")
 def shape_of(inputs, outputs, attrs):
     store("shape_of", outputs[0], np.array(inputs[0].shape, dtype=np.int64))
 
 
-@extern("reshape", "expand_dims", "squeeze")
+@reference("reshape", "expand_dims", "squeeze")
 def reshape_like(inputs, outputs, attrs):
     """These only relabel dims: the output shape (from the shape function) says how."""
     x = inputs[0]
@@ -125,7 +124,7 @@ def reshape_like(inputs, outputs, attrs):
     outputs[0][...] = x.reshape(outputs[0].shape)
 
 
-@extern("dyn.reshape")
+@reference("dyn.reshape")
 def dyn_reshape(inputs, outputs, attrs):
     shape = infer_reshape("dyn.reshape", inputs[0].shape, np.asarray(inputs[1]).tolist())
     store("dyn.reshape", outputs[0], inputs[0].reshape(shape))
@@ -133,12 +132,12 @@ def dyn_reshape(inputs, outputs, attrs):
 
 # ---------------------------------------------------------------- transforms
 
-@extern("transpose")
+@reference("transpose")
 def transpose(inputs, outputs, attrs):
     store("transpose", outputs[0], np.transpose(inputs[0], attrs.get("axes")))
 
 
-@extern("concatenate")
+@reference("concatenate")
 def concatenate(inputs, outputs, attrs):
     try:
         result = np.concatenate(inputs, axis=attrs.get("axis", 0))
@@ -147,7 +146,7 @@ def concatenate(inputs, outputs, attrs):
     store("concatenate", outputs[0], result)
 
 
-@extern("split")
+@reference("split")
 def split(inputs, outputs, attrs):
     x = inputs[0]
     axis = normalize_axis("split", attrs.get("axis", 0), x.ndim)
@@ -161,7 +160,7 @@ def split(inputs, outputs, attrs):
         store("split", out, part)
 
 
-@extern("strided_slice")
+@reference("strided_slice")
 def strided_slice(inputs, outputs, attrs):
     x = inputs[0]
     index = [slice(None)] * x.ndim
@@ -170,7 +169,7 @@ def strided_slice(inputs, outputs, attrs):
     store("strided_slice", outputs[0], x[tuple(index)])
 
 
-@extern("take")
+@reference("take")
 def take(inputs, outputs, attrs):
     data, indices = inputs
     axis = attrs.get("axis")
@@ -182,7 +181,7 @@ def take(inputs, outputs, attrs):
     store("take", outputs[0], np.take(data, indices, axis=axis, mode=attrs.get("mode", "clip")))
 
 
-@extern("broadcast_to")
+@reference("broadcast_to")
 def broadcast_to(inputs, outputs, attrs):
     try:
         result = np.broadcast_to(inputs[0], tuple(attrs["shape"]))
@@ -192,17 +191,17 @@ def broadcast_to(inputs, outputs, attrs):
     store("broadcast_to", outputs[0], result)
 
 
-@extern("zeros", "dyn.zeros")
+@reference("zeros", "dyn.zeros")
 def zeros(inputs, outputs, attrs):
     outputs[0][...] = 0
 
 
-@extern("ones", "dyn.ones")
+@reference("ones", "dyn.ones")
 def ones(inputs, outputs, attrs):
     outputs[0][...] = 1
 
 
-@extern("full", "dyn.full")
+@reference("full", "dyn.full")
 def full(inputs, outputs, attrs):
     fill = np.asarray(inputs[0])
     if fill.size != 1:
@@ -212,7 +211,7 @@ def full(inputs, outputs, attrs):
 
 # ---------------------------------------------------------------- data-dependent
 
-@extern("arange")
+@reference("arange")
 def arange(inputs, outputs, attrs):
     """The length comes from the output (the shape function sized it)."""
     out = outputs[0]
@@ -224,7 +223,7 @@ def arange(inputs, outputs, attrs):
         out[...] = start + step * np.arange(n, dtype=np.float64)
 
 
-@extern("argwhere")
+@reference("argwhere")
 def argwhere(inputs, outputs, attrs):
     store("argwhere", outputs[0], np.argwhere(inputs[0]))
 
@@ -236,14 +235,14 @@ def _reduce_args(op, x, attrs):
     return axes, bool(attrs.get("keepdims", False))
 
 
-@extern("sum")
+@reference("sum")
 def reduce_sum(inputs, outputs, attrs):
     x = inputs[0]
     axes, keep = _reduce_args("sum", x, attrs)
     store("sum", outputs[0], np.sum(x, axis=axes, keepdims=keep, dtype=outputs[0].dtype))
 
 
-@extern("mean")
+@reference("mean")
 def reduce_mean(inputs, outputs, attrs):
     """Accumulates in float64; integer results truncate toward zero, float ones of nothing are nan."""
     x = inputs[0]
@@ -262,7 +261,7 @@ def _check_not_empty(op, x, axes, out):
         raise ShapeError(f"{op}: reduction over an empty axis of shape {x.shape} has no value")
 
 
-@extern("max")
+@reference("max")
 def reduce_max(inputs, outputs, attrs):
     x = inputs[0]
     axes, keep = _reduce_args("max", x, attrs)
@@ -272,7 +271,7 @@ def reduce_max(inputs, outputs, attrs):
     store("max", outputs[0], np.max(x, axis=axes, keepdims=keep))
 
 
-@extern("argmax")
+@reference("argmax")
 def reduce_argmax(inputs, outputs, attrs):
     """Move the reduced axes last, flatten them, take the first maximum's flat index."""
     x = inputs[0]
@@ -292,18 +291,18 @@ def reduce_argmax(inputs, outputs, attrs):
 
 # ---------------------------------------------------------------- nn
 
-@extern("dense")
+@reference("dense")
 def dense(inputs, outputs, attrs):
     data, weight = inputs
     store("dense", outputs[0], np.matmul(data, weight.T).astype(outputs[0].dtype, copy=False))
 
 
-@extern("matmul")
+@reference("matmul")
 def matmul(inputs, outputs, attrs):
     store("matmul", outputs[0], np.matmul(*inputs).astype(outputs[0].dtype, copy=False))
 
 
-@extern("batch_matmul")
+@reference("batch_matmul")
 def batch_matmul(inputs, outputs, attrs):
     a, b = inputs
     if attrs.get("transpose_a", False):
@@ -313,7 +312,7 @@ def batch_matmul(inputs, outputs, attrs):
     store("batch_matmul", outputs[0], np.matmul(a, b).astype(outputs[0].dtype, copy=False))
 
 
-@extern("softmax")
+@reference("softmax")
 def softmax(inputs, outputs, attrs):
     x = inputs[0]
     if x.size == 0:
@@ -324,7 +323,7 @@ def softmax(inputs, outputs, attrs):
         store("softmax", outputs[0], e / np.sum(e, axis=axis, keepdims=True))
 
 
-@extern("layer_norm")
+@reference("layer_norm")
 def layer_norm(inputs, outputs, attrs):
     x, gamma, beta = inputs
     axis = normalize_axis("layer_norm", attrs.get("axis", -1), x.ndim)
@@ -341,7 +340,7 @@ def layer_norm(inputs, outputs, attrs):
           (y * gamma.reshape(shape) + beta.reshape(shape)).astype(outputs[0].dtype))
 
 
-@extern("conv2d")
+@reference("conv2d")
 def conv2d(inputs, outputs, attrs):
     """NCHW data x OIHW weight reference: pad, then one einsum per group and kernel tap."""
     from dynvm.shape_funcs.nn import conv2d_params
@@ -375,7 +374,7 @@ from dynvm.shape_funcs.vision import (_fmax, _fmin, nms_select, stable_order,  #
                                 topk_extent)
 
 
-@extern("sort")
+@reference("sort")
 def sort(inputs, outputs, attrs):
     x = inputs[0]
     axis = attrs.get("axis", -1)
@@ -383,13 +382,13 @@ def sort(inputs, outputs, attrs):
     store("sort", outputs[0], np.take_along_axis(x, order, axis))
 
 
-@extern("argsort")
+@reference("argsort")
 def argsort(inputs, outputs, attrs):
     order = stable_order(inputs[0], attrs.get("axis", -1), not attrs.get("is_ascend", True))
     store("argsort", outputs[0], order.astype(outputs[0].dtype))
 
 
-@extern("topk")
+@reference("topk")
 def topk(inputs, outputs, attrs):
     """The k first elements (k < 1: all) of the order; is_ascend=False gives the largest."""
     x = inputs[0]
@@ -403,7 +402,7 @@ def topk(inputs, outputs, attrs):
         store("topk", out, result.astype(out.dtype))
 
 
-@extern("unique")
+@reference("unique")
 def unique(inputs, outputs, attrs):
     """np.unique: sorted distinct values, all NaNs as one trailing NaN; optional counts."""
     x = inputs[0]
@@ -421,7 +420,7 @@ def unique(inputs, outputs, attrs):
 # (kernels/vision.py), so results agree exactly.
 
 
-@extern("get_valid_counts")
+@reference("get_valid_counts")
 def get_valid_counts(inputs, outputs, attrs):
     """TVM: boxes with score > score_threshold (and class >= 0 unless id_index < 0) move to
     the top in their original order; the rest become -1 rows; out_indices[i, j] is the input
@@ -498,7 +497,7 @@ def tvm_nms_rows(data_i, valid, attrs):
     return rows + [None] * (n - keep_n)
 
 
-@extern("non_max_suppression")
+@reference("non_max_suppression")
 def non_max_suppression(inputs, outputs, attrs):
     """TVM non_max_suppression; valid_count is clamped to [0, N]. return_indices: the kept
     entries' `indices` values that are >= 0, compacted to the front, -1 after, and their count
@@ -527,7 +526,7 @@ def non_max_suppression(inputs, outputs, attrs):
                     outputs[0][i, j] = data[i, r]
 
 
-@extern("nms")
+@reference("nms")
 def nms(inputs, outputs, attrs):
     """Simple NMS (shape_funcs.vision.nms_select). One output: exactly the selected indices.
     Two outputs (upper-bound form): selected padded with -1, then the count as a 0-d int64."""
@@ -542,7 +541,7 @@ def nms(inputs, outputs, attrs):
     outputs[1][...] = len(selected)
 
 
-@extern("dyn.strided_slice")
+@reference("dyn.strided_slice")
 def dyn_strided_slice(inputs, outputs, attrs):
     """strided_slice with begin / end / strides read from the tensor inputs 1..3."""
     x = inputs[0]
