@@ -11,10 +11,10 @@ import re
 
 from llvmlite import ir
 
-from dynvm.kernels import codelib
+from dynvm.kernels import codelib, provenance
 from dynvm.kernels.family import get_family, variant_symbol
 from dynvm.vm.dtypes import DTYPES
-from dynvm.vm.errors import KernelError
+from dynvm.vm.errors import ExecutableFormatError, KernelError
 
 
 def _signature(specs, what):
@@ -66,6 +66,7 @@ class KernelBuilder:
         outputs = _signature(outputs, f"kernel {name} outputs")
         try:
             fam.check(spec, inputs, outputs)
+            self._check_calls(fam, spec)
         except KernelError as e:
             raise KernelError(f"kernel {name}: {e}") from None
         key = json.dumps([family, spec, inputs, outputs], sort_keys=True)
@@ -82,6 +83,17 @@ class KernelBuilder:
     def add_elementwise(self, name, expr, inputs, output) -> int:
         """Shorthand: a fused elementwise kernel computing `expr` (see elementwise.py)."""
         return self.add_compiled(name, "elementwise", {"expr": expr}, inputs, [output])
+
+    def _check_calls(self, fam, spec):
+        """A kernel that calls other kernels (a native loop) may call only dispatchers already
+        in this module, with their argument count: never an arbitrary symbol."""
+        if fam.calls is None:
+            return
+        arity = {k["symbol"]: len(k["inputs"]) + len(k["outputs"]) for k in self._kernels}
+        for symbol, nargs in fam.calls(spec):
+            if arity.get(symbol) != nargs:
+                raise KernelError(f"calls {symbol!r} with {nargs} arguments, which is not a kernel "
+                                  "of this module taking that many")
 
     def entry(self, index: int) -> dict:
         """The section entry of kernel `index` (name, kind, symbol, ...); do not modify it."""
@@ -104,4 +116,19 @@ class KernelBuilder:
             obj = codelib.compile_ir(llvm_ir, self._target) if self._kernels else b""
             self._section = {"target": dict(self._target), "llvm_ir": llvm_ir, "object": obj,
                              "kernels": self._kernels}
+            provenance.remember(self._section)
         return self._section
+
+
+def rebuild_section(section: dict) -> dict:
+    """Regenerate a (validated) kernels section from its recorded specs with the local
+    generators: the code a foreign file's kernels run by default (see provenance.py)."""
+    kb = KernelBuilder()
+    for i, k in enumerate(section["kernels"]):
+        try:
+            kb.add_compiled(k["name"], k["op"], k["attrs"], k["inputs"], k["outputs"])
+        except KernelError as e:
+            raise ExecutableFormatError(f"kernels section: kernel {i} cannot be rebuilt from its "
+                                        f"spec: {e}") from None
+    codelib.stats["rebuilds"] += 1
+    return kb.finish()

@@ -7,8 +7,9 @@ the LLVM version and its API churn stay in one file.
 
 Counters in `stats` let tests prove what happened: "compiles" counts real LLVM compilations
 (optimise + codegen), "cache_hits" objects read back from the disk cache, "loads" object files
-loaded into an engine, "rejits" loads that had to recompile because the stored target is not
-the host.
+loaded into an engine, "rejits" loads of trusted foreign code that had to recompile its IR
+because the stored target is not the host, "rebuilds" kernels sections regenerated from their
+specs at load (provenance.py).
 """
 import ctypes
 import ctypes.util
@@ -22,7 +23,7 @@ import llvmlite.binding as llvm
 
 from dynvm.vm.errors import ExecutableFormatError, KernelError
 
-stats = {"compiles": 0, "cache_hits": 0, "loads": 0, "rejits": 0}
+stats = {"compiles": 0, "cache_hits": 0, "loads": 0, "rejits": 0, "rebuilds": 0}
 
 _lock = threading.RLock()
 _initialised = False
@@ -61,7 +62,7 @@ def _register_libm():
 def host_target() -> dict:
     """The target LLVM reports for this machine; stored in every kernels section.
 
-    DESIGN.md: llvmlite may report more features than /proc/cpuinfo lists; code compiled for
+    llvmlite may report more features than /proc/cpuinfo lists; code compiled for
     what llvmlite reports runs correctly, so that is what we use and record.
     """
     _initialise()
@@ -121,21 +122,26 @@ def _cache_key(llvm_ir: str, target: dict) -> str:
     return h.hexdigest()
 
 
-def _cache_read(key):
+def cache_read(key, suffix=".o"):
+    """The cached file `key + suffix`, or None (no cache, no such file, unreadable)."""
     directory = cache_dir()
     if directory is None:
         return None
     try:
-        with open(os.path.join(directory, key + ".o"), "rb") as f:
-            obj = f.read()
+        with open(os.path.join(directory, key + suffix), "rb") as f:
+            return f.read()
     except OSError:
         return None
-    # files appear atomically (see _cache_write), but a damaged disk or a hand-edited file
+
+
+def _cache_read_object(key):
+    obj = cache_read(key)
+    # files appear atomically (see cache_write), but a damaged disk or a hand-edited file
     # must cost a recompile, not a crash inside LLVM
-    return obj if _looks_like_object(obj) else None
+    return obj if obj is not None and _looks_like_object(obj) else None
 
 
-def _cache_write(key, obj: bytes):
+def cache_write(key, data: bytes, suffix=".o"):
     """Write atomically (temp file + os.replace) so concurrent processes never see half a file."""
     directory = cache_dir()
     if directory is None:
@@ -145,8 +151,8 @@ def _cache_write(key, obj: bytes):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=key[:16], suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(obj)
-            os.replace(tmp, os.path.join(directory, key + ".o"))
+                f.write(data)
+            os.replace(tmp, os.path.join(directory, key + suffix))
         except BaseException:
             os.unlink(tmp)
             raise
@@ -162,7 +168,7 @@ def compile_ir(llvm_ir: str, target: dict) -> bytes:
     """Optimise `llvm_ir` at O3 for `target` and return native object code (disk-cached)."""
     _initialise()
     key = _cache_key(llvm_ir, target)
-    cached = _cache_read(key)
+    cached = _cache_read_object(key)
     if cached is not None:
         stats["cache_hits"] += 1
         return cached
@@ -176,7 +182,7 @@ def compile_ir(llvm_ir: str, target: dict) -> bytes:
         _optimise(module, tm)
         obj = tm.emit_object(module)
         stats["compiles"] += 1
-    _cache_write(key, obj)
+    cache_write(key, obj)
     return obj
 
 

@@ -36,11 +36,15 @@ class Family:
     emit(module, symbol, spec, inputs, outputs) -> [variant names]: adds the variant functions
         `symbol__<variant>` and the dispatcher `symbol` (use `emit_dispatcher`) to the
         llvmlite `module`. The first variant listed is the one the dispatcher tries first.
+    calls(spec) -> [(symbol, nargs)...]: for a family whose kernels call other kernels of the
+        module (the native loop), every call its spec names; the builder accepts only
+        dispatchers of kernels added before, with their argument count.
     """
 
     name: str
     check: Callable
     emit: Callable
+    calls: Callable | None = None
 
 
 FAMILIES: dict[str, Family] = {}

@@ -322,4 +322,9 @@ class _LoopEmitter:
             self.b.call(memcpy, [dst, src, const(I64, size), const(I1, 0)])
 
 
-register(Family("loop", check_spec, emit))
+def inner_calls(spec):
+    """(symbol, number of arguments) of every inner call (checked by the builder)."""
+    return [(symbol, len(args)) for symbol, args in spec["header"] + spec["body"]]
+
+
+register(Family("loop", check_spec, emit, inner_calls))

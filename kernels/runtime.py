@@ -13,7 +13,7 @@ neither the builder nor any kernel family.
 """
 import numpy as np
 
-from dynvm.kernels import abi, codelib
+from dynvm.kernels import abi, codelib, provenance
 from dynvm.kernels.abi import ERR_BROADCAST, ERR_SHAPE, ERROR_KINDS, variant_global
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import ExecutableFormatError, KernelError, ShapeError
@@ -166,8 +166,14 @@ def _check_entry(i, entry):
             _fail(f"kernel {i} variant {v!r} lacks a str name and symbol")
     if not entry["variants"]:
         _fail(f"kernel {i} ({entry['name']}) has no variants")
-    if not isinstance(entry.get("symbol"), str):
-        _fail(f"kernel {i} ({entry['name']}) lacks its dispatcher symbol")
+    if not _is_symbol(entry.get("symbol")) or not all(_is_symbol(v["symbol"]) for v in entry["variants"]):
+        _fail(f"kernel {i} ({entry['name']}): dispatcher and variant symbols must be non-empty "
+              "identifiers")
+
+
+def _is_symbol(name) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 256 and name.replace("_", "a").isalnum() \
+        and name.isascii()
 
 
 def validate_section(section):
@@ -184,15 +190,22 @@ def validate_section(section):
         _check_entry(i, entry)
 
 
-def load_kernels(section) -> list:
-    """Kernel objects for a section: same target loads the object code with no LLVM compile,
-    another target re-JITs from the stored LLVM IR."""
+def load_kernels(section, trust_native_code=False) -> list:
+    """Kernel objects for a section, running only code this machine generated (provenance.py):
+    the locally remembered section for the same specs, else a rebuild from the specs. With
+    `trust_native_code` the section's own object code runs (its IR re-JITted on another CPU)."""
     validate_section(section)
-    entries = section["kernels"]
-    if not entries:
+    if not section["kernels"]:
         return []
+    if not trust_native_code:
+        section = provenance.local_section(section) or _rebuild(section)
     library = codelib.CodeLibrary(section["llvm_ir"], bytes(section["object"]), section["target"])
-    return [_make_kernel(e, library) for e in entries]
+    return [_make_kernel(e, library) for e in section["kernels"]]
+
+
+def _rebuild(section):
+    from dynvm.kernels.builder import rebuild_section  # the code generator: foreign files only
+    return rebuild_section(section)
 
 
 def _make_kernel(entry, library):

@@ -60,6 +60,7 @@ class Executable:
         self.kernels = kernels if kernels is not None else empty_kernels_section()
         self.shape_funcs = list(shape_funcs)
         self._loaded_kernels = None  # list of Kernel, loaded once and shared by every VM
+        self.trust_native_code = False  # run the section's own object code (see load)
         self._verified = False
 
     # ------------------------------------------------------------ lookup
@@ -78,7 +79,7 @@ class Executable:
             else:
                 # lazily: programs without kernels never touch LLVM; loading needs no code generator
                 from dynvm.kernels.runtime import load_kernels
-                self._loaded_kernels = list(load_kernels(self.kernels))
+                self._loaded_kernels = list(load_kernels(self.kernels, self.trust_native_code))
         return self._loaded_kernels
 
     def __eq__(self, other):
@@ -112,15 +113,22 @@ class Executable:
             f.write(self.to_bytes())
 
     @classmethod
-    def load(cls, path) -> "Executable":
+    def load(cls, path, trust_native_code=False) -> "Executable":
+        """Read a .dvm file (see `from_bytes`)."""
         with open(path, "rb") as f:
-            return cls.from_bytes(f.read())
+            return cls.from_bytes(f.read(), trust_native_code)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Executable":
-        """Decode and fully verify; raises ExecutableFormatError on any defect."""
+    def from_bytes(cls, data: bytes, trust_native_code=False) -> "Executable":
+        """Decode and fully verify; raises ExecutableFormatError on any defect.
+
+        The kernels run native code this machine generated: a file built here loads the code
+        remembered for its kernel specs, any other file's kernels are rebuilt from their specs.
+        `trust_native_code=True` runs the file's own object code instead (only for files from
+        a source you trust: native code can do anything).
+        """
         try:
-            return _decode_document(data)
+            return _decode_document(data, trust_native_code)
         except ExecutableFormatError:
             raise
         except Exception as e:  # noqa: BLE001 - the promise is: a bad file is a format error, always
@@ -257,7 +265,7 @@ def _brief(obj):
     return f"{type(obj).__name__} {obj!r:.60}"
 
 
-def _decode_document(data) -> Executable:
+def _decode_document(data, trust_native_code=False) -> Executable:
     _expect(isinstance(data, (bytes, bytearray, memoryview)), "an executable is bytes")
     try:
         doc = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
@@ -289,6 +297,7 @@ def _decode_document(data) -> Executable:
         shape_funcs=_list(body["shape_funcs"], "shape_funcs"),
     )
     exe.verify()
+    exe.trust_native_code = trust_native_code
     _load_kernels_or_fail(exe)
     return exe
 

@@ -9,7 +9,7 @@ from tests.vm.vm_helpers import exe, fn, tensor
 from dynvm.vm import Executable, KernelError, ShapeError, VirtualMachine, VMError
 from dynvm.vm.values import Tensor
 
-kernels = pytest.importorskip("dynvm.kernels")
+kernels = pytest.importorskip("dynvm.kernels.builder")
 from dynvm.kernels import codelib  # noqa: E402
 
 

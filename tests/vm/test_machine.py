@@ -50,7 +50,7 @@ def kernel_exe():
     """ONE executable for every kernel test of this module: each Executable loads its own native
     code library, so sharing one keeps the tests fast (and, see the report, avoids a crash in
     kernels/codelib.py when a second library is disposed)."""
-    kernels = pytest.importorskip("dynvm.kernels")
+    kernels = pytest.importorskip("dynvm.kernels.builder")
     kb = kernels.KernelBuilder()
     kb.add_elementwise("add", ["add", ["in", 0], ["in", 1]],
                        inputs=[("float32", 2), ("float32", 2)], output=("float32", 2))

@@ -11,7 +11,7 @@ from tests.vm.vm_helpers import SCALAR_I64, exe, fn, tensor
 from dynvm.vm import (InvokeArgumentError, KernelError, ShapeError, StaticRuntime, StaticRuntimeError,
                 VirtualMachine, VMError)
 
-kernels = pytest.importorskip("dynvm.kernels")
+kernels = pytest.importorskip("dynvm.kernels.builder")
 
 F32 = "float32"
 _KEEP_ALIVE = []  # each Executable owns a native library; keep them for the whole session

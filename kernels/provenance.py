@@ -1,0 +1,79 @@
+"""Which native code a loaded executable may run: only code this machine generated.
+
+A kernels section records, for every kernel, exactly what the builder takes (family, spec,
+signature) besides the LLVM IR and object code. The object code and IR of a file are not
+trusted by default: a file is just bytes, and its checksum is not a signature. Instead:
+
+- every section this machine builds (`KernelBuilder.finish`) is remembered under its *spec
+  key*: a hash of the kernels' names, families, specs and signatures, the host target and a
+  fingerprint of the kernel generators' source. `remember` keeps it in memory and in the
+  object cache directory;
+- loading a section looks its spec key up (`local_section`): a file built on this machine
+  finds the code this machine generated for it, read from the cache (as fast as loading the
+  file's own object code, and no code generator is imported); any other file's kernels are
+  regenerated from their specs by the local generators (`builder.rebuild_section`, an O3
+  compile on the first load, then a cache hit), so what runs is always what the local
+  generator produces for those specs;
+- `trust_native_code=True` (Executable.load / from_bytes) is the explicit opt-in to run a
+  file's own object code (or its IR, re-JITted for another CPU) as it is.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+
+import msgpack
+
+from dynvm.kernels import codelib
+
+_SECTION_SUFFIX = ".section"
+_remembered: dict = {}  # spec key -> packed section, for processes without a disk cache
+_lock = threading.Lock()
+
+
+@functools.cache
+def generator_fingerprint() -> str:
+    """Hash of the kernel generators' source (kernels/*.py) and the LLVM version: code cached by
+    another version of the generators is never mistaken for what this version produces."""
+    h = hashlib.sha256(codelib.llvmlite.__version__.encode())
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()
+
+
+def spec_key(section: dict, target: dict) -> str:
+    """What determines the code the local builder generates for `section` on `target`."""
+    specs = [[k["name"], k["op"], k["attrs"], k["inputs"], k["outputs"]] for k in section["kernels"]]
+    packed = msgpack.packb([generator_fingerprint(), target["triple"], target["cpu"],
+                            target["features"], specs], use_bin_type=True)
+    return "s" + hashlib.sha256(packed).hexdigest()
+
+
+def remember(section: dict) -> None:
+    """Record a section this machine just generated (called by the builder)."""
+    key = spec_key(section, section["target"])
+    packed = msgpack.packb(section, use_bin_type=True)
+    with _lock:
+        _remembered[key] = packed
+    codelib.cache_write(key, packed, _SECTION_SUFFIX)
+
+
+def local_section(section: dict) -> dict | None:
+    """The section this machine generated for the same specs on this host, or None."""
+    key = spec_key(section, codelib.host_target())
+    with _lock:
+        packed = _remembered.get(key)
+    if packed is None:
+        packed = codelib.cache_read(key, _SECTION_SUFFIX)
+    if packed is None:
+        return None
+    try:
+        local = msgpack.unpackb(packed, raw=False, strict_map_key=True, use_list=True)
+    except Exception:  # noqa: BLE001 - a damaged cache file only costs a rebuild
+        return None
+    return local if spec_key(local, codelib.host_target()) == key else None

@@ -1,0 +1,102 @@
+"""A loaded file runs only native code this machine generated, unless the caller opts in.
+
+The threat: a .dvm is bytes; its object code, IR, symbols and checksum can all be rewritten.
+By default the kernels come from the locally remembered section for the file's kernel specs,
+or are rebuilt from those specs; `trust_native_code=True` runs the file's own code."""
+import numpy as np
+import pytest
+
+from dynvm import build, ir, op
+from dynvm.kernels import codelib, load_kernels
+from dynvm.vm import Executable, VirtualMachine
+from dynvm.vm.errors import ExecutableFormatError
+from tests.e2e.test_control_flow import countdown_module
+
+X = ir.TensorType((ir.Any(),), "float32")
+
+
+def one_op_exe(make):
+    x = ir.var("x", X)
+    return build(ir.IRModule.from_expr(ir.Function([x], make(x))))
+
+
+def with_foreign_code(victim, donor):
+    """`victim`'s file whose kernel 0 claims its own spec but carries `donor`'s object code and
+    symbols (the checksum is recomputed by to_bytes, as an attacker would)."""
+    exe = Executable.from_bytes(victim.to_bytes())
+    entry, donor_entry = exe.kernels["kernels"][0], donor.kernels["kernels"][0]
+    exe.kernels["object"], exe.kernels["llvm_ir"] = donor.kernels["object"], donor.kernels["llvm_ir"]
+    entry["symbol"], entry["variants"] = donor_entry["symbol"], donor_entry["variants"]
+    return exe.to_bytes()
+
+
+@pytest.fixture(scope="module")
+def add_and_multiply():
+    return one_op_exe(lambda x: op.add(x, x)), one_op_exe(lambda x: op.multiply(x, x))
+
+
+def test_swapped_object_code_does_not_run_by_default(add_and_multiply):
+    add, multiply = add_and_multiply
+    data = with_foreign_code(add, multiply)
+    x = np.array([1, 2, 3], np.float32)
+    np.testing.assert_array_equal(VirtualMachine(Executable.from_bytes(data)).invoke("main", x), x + x)
+
+
+def test_trust_native_code_runs_the_files_own_object_code(add_and_multiply):
+    add, multiply = add_and_multiply
+    data = with_foreign_code(add, multiply)
+    x = np.array([1, 2, 3], np.float32)
+    trusted = Executable.from_bytes(data, trust_native_code=True)
+    np.testing.assert_array_equal(VirtualMachine(trusted).invoke("main", x), x * x)
+
+
+def test_a_file_built_here_loads_its_remembered_code_without_compiling(add_and_multiply, tmp_path):
+    path = tmp_path / "add.dvm"
+    add_and_multiply[0].save(str(path))
+    before = dict(codelib.stats)
+    exe = Executable.load(str(path))
+    assert (codelib.stats["compiles"], codelib.stats["rebuilds"]) == (before["compiles"], before["rebuilds"])
+    np.testing.assert_array_equal(VirtualMachine(exe).invoke("main", np.ones(2, np.float32)), [2, 2])
+
+
+def test_a_foreign_section_is_rebuilt_once_then_found_in_the_cache(monkeypatch, tmp_path):
+    exe = one_op_exe(lambda x: op.tanh(op.subtract(x, x)))
+    section = exe.kernels
+    section["kernels"][0]["name"] = "never_built_here"      # specs nobody remembered
+    section["object"], section["llvm_ir"] = b"\x7fELF garbage", "garbage"
+    monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
+    before = codelib.stats["rebuilds"]
+    first = load_kernels(section)
+    assert codelib.stats["rebuilds"] == before + 1
+    load_kernels(section)
+    assert codelib.stats["rebuilds"] == before + 1           # remembered, on disk too
+    assert any(p.name.endswith(".section") for p in tmp_path.iterdir())
+    out = np.empty(3, np.float32)
+    first[0]([np.ones(3, np.float32)], [out])
+    np.testing.assert_array_equal(out, 0)
+
+
+def test_trusted_garbage_object_code_is_a_format_error_not_a_crash(add_and_multiply):
+    exe = Executable.from_bytes(add_and_multiply[0].to_bytes())
+    exe.kernels["object"] = b"not an object file"
+    with pytest.raises(ExecutableFormatError, match="not a native object file"):
+        Executable.from_bytes(exe.to_bytes(), trust_native_code=True)
+    np.testing.assert_array_equal(                            # the default ignores it
+        VirtualMachine(Executable.from_bytes(exe.to_bytes())).invoke("main", np.ones(1, np.float32)), [2])
+
+
+def test_empty_symbols_are_a_format_error(add_and_multiply):
+    exe = Executable.from_bytes(add_and_multiply[0].to_bytes())
+    exe.kernels["kernels"][0]["symbol"] = ""
+    with pytest.raises(ExecutableFormatError, match="non-empty identifiers"):
+        Executable.from_bytes(exe.to_bytes(), trust_native_code=True)
+
+
+def test_a_native_loop_calling_a_symbol_outside_the_module_is_rejected_at_load():
+    exe = build(countdown_module())
+    loops = [k for k in exe.kernels["kernels"] if k["op"] == "loop"]
+    assert loops, "the countdown compiles to a native loop kernel"
+    loops[0]["name"] = "tampered_loop"                         # not remembered: rebuilt from spec
+    loops[0]["attrs"]["body"][0][0] = "write"                  # libc, not a kernel
+    with pytest.raises(ExecutableFormatError, match="calls 'write'.*not a kernel of this module"):
+        Executable.from_bytes(exe.to_bytes())
