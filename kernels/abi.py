@@ -35,6 +35,11 @@ ERROR_KINDS = {
 }
 
 
+# The highest rank a kernel argument may have (numpy allows 64 dims; generated code is unrolled
+# per dimension, so a bound keeps a hostile signature from costing unbounded build time).
+MAX_RANK = 32
+
+
 def variant_symbol(symbol: str, variant: str) -> str:
     """The symbol of one variant of kernel `symbol` (a test hook may call it directly)."""
     return f"{symbol}__{variant}"

@@ -12,6 +12,7 @@ import re
 from llvmlite import ir
 
 from dynvm.kernels import codelib, provenance
+from dynvm.kernels.abi import MAX_RANK
 from dynvm.kernels.family import get_family, variant_symbol
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import ExecutableFormatError, KernelError
@@ -26,8 +27,8 @@ def _signature(specs, what):
         dtype, rank = spec
         if dtype not in DTYPES:
             raise KernelError(f"{what}: unsupported dtype {dtype!r}")
-        if type(rank) is not int or rank < 0:
-            raise KernelError(f"{what}: rank must be a non-negative int, got {rank!r}")
+        if type(rank) is not int or not 0 <= rank <= MAX_RANK:
+            raise KernelError(f"{what}: rank must be an int in [0, {MAX_RANK}], got {rank!r}")
         out.append([dtype, rank])
     return out
 

@@ -19,8 +19,10 @@ trusted by default: a file is just bytes, and its checksum is not a signature. I
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
+import json
 import os
 import threading
 
@@ -29,7 +31,7 @@ import msgpack
 from dynvm.kernels import codelib
 
 _SECTION_SUFFIX = ".section"
-_remembered: dict = {}  # spec key -> packed section, for processes without a disk cache
+_remembered: dict = {}  # spec key -> section (a private copy), also without a disk cache
 _lock = threading.Lock()
 
 
@@ -49,17 +51,20 @@ def generator_fingerprint() -> str:
 def spec_key(section: dict, target: dict) -> str:
     """What determines the code the local builder generates for `section` on `target`."""
     specs = [[k["name"], k["op"], k["attrs"], k["inputs"], k["outputs"]] for k in section["kernels"]]
-    packed = msgpack.packb([generator_fingerprint(), target["triple"], target["cpu"],
-                            target["features"], specs], use_bin_type=True)
-    return "s" + hashlib.sha256(packed).hexdigest()
+    text = json.dumps([generator_fingerprint(), target["triple"], target["cpu"], target["features"],
+                       specs])   # JSON: specs may hold integers msgpack cannot (attrs beyond int64)
+    return "s" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def remember(section: dict) -> None:
     """Record a section this machine just generated (called by the builder)."""
     key = spec_key(section, section["target"])
-    packed = msgpack.packb(section, use_bin_type=True)
     with _lock:
-        _remembered[key] = packed
+        _remembered[key] = copy.deepcopy(section)
+    try:
+        packed = msgpack.packb(section, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError):
+        return   # a spec no file can hold: remembered in this process only
     codelib.cache_write(key, packed, _SECTION_SUFFIX)
 
 
@@ -67,9 +72,10 @@ def local_section(section: dict) -> dict | None:
     """The section this machine generated for the same specs on this host, or None."""
     key = spec_key(section, codelib.host_target())
     with _lock:
-        packed = _remembered.get(key)
-    if packed is None:
-        packed = codelib.cache_read(key, _SECTION_SUFFIX)
+        local = _remembered.get(key)
+    if local is not None:
+        return local
+    packed = codelib.cache_read(key, _SECTION_SUFFIX)
     if packed is None:
         return None
     try:

@@ -145,8 +145,9 @@ def _check_signature(specs, what):
     _expect(specs, list, what)
     for spec in specs:
         _expect(spec, (list, tuple), what + " entry")
-        if len(spec) != 2 or spec[0] not in DTYPES or type(spec[1]) is not int or spec[1] < 0:
-            _fail(f"{what} entry {spec!r} is not [dtype, rank]")
+        if len(spec) != 2 or spec[0] not in DTYPES or type(spec[1]) is not int \
+                or not 0 <= spec[1] <= abi.MAX_RANK:
+            _fail(f"{what} entry {spec!r} is not [dtype, rank] with a rank of at most {abi.MAX_RANK}")
 
 
 def _check_entry(i, entry):

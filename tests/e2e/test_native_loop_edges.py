@@ -7,7 +7,7 @@ import pytest
 from dynvm.compiler import build, ir, op
 from dynvm.kernels.loop import check_spec
 from dynvm.vm import Executable, VirtualMachine
-from dynvm.vm.errors import DynVMError, KernelError, VMStepLimitError
+from dynvm.vm.errors import DynVMError, ExecutableFormatError, KernelError, VMStepLimitError
 
 I64 = ir.TensorType((), "int64")
 
@@ -84,16 +84,17 @@ def test_a_huge_step_limit_works_with_native_loops_as_with_bytecode_loops():
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_verified_executable_with_bad_loop_metadata_gives_a_dynvm_error():
-    """Loop metadata naming an unknown inner kernel is an ExecutableFormatError when the VM is
-    made, not a bare KeyError."""
+def test_loop_metadata_naming_an_unknown_inner_kernel_is_a_format_error():
+    """Rebuilt from its spec at load (the default), the loop is rejected by the builder; trusted
+    as it is, the VM rejects it when it prepares the loop's calls. Never a bare KeyError."""
     exe = build(take_loop_module())
     k = next(i for i, e in enumerate(exe.kernels["kernels"]) if e["op"] == "loop")
     exe.kernels["kernels"][k]["attrs"]["body"][0][0] = "no_such_symbol"
-    loaded = Executable.from_bytes(exe.to_bytes())
-    loaded.verify()
-    with pytest.raises(DynVMError):
-        VirtualMachine(loaded)
+    with pytest.raises(ExecutableFormatError, match="calls 'no_such_symbol'"):
+        Executable.from_bytes(exe.to_bytes())
+    trusted = Executable.from_bytes(exe.to_bytes(), trust_native_code=True)
+    with pytest.raises(ExecutableFormatError, match="no_such_symbol"):
+        VirtualMachine(trusted)
 
 
 def _state_sig():

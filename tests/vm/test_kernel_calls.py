@@ -152,7 +152,20 @@ def test_load_on_the_same_cpu_compiles_nothing(kernel_exe, tmp_path):
     assert codelib.stats["loads"] == before["loads"] + 1
 
 
-def test_another_cpu_rejits_from_the_stored_llvm_ir(kernel_exe, tmp_path, monkeypatch):
+def test_another_cpu_runs_the_code_generated_here_for_its_specs(kernel_exe):
+    edited = Executable.from_bytes(kernel_exe.to_bytes())
+    _KEEP_ALIVE.append(edited)
+    edited.kernels = dict(edited.kernels, target=dict(edited.kernels["target"], cpu="other-cpu"),
+                          object=b"\x7fELF object for another cpu")
+    before = dict(codelib.stats)
+    loaded = Executable.from_bytes(edited.to_bytes())
+    _KEEP_ALIVE.append(loaded)
+    assert codelib.stats["rejits"] == before["rejits"]       # neither its object nor its IR ran
+    x = np.ones(5, np.float32)
+    np.testing.assert_array_equal(VirtualMachine(loaded).invoke("main", x, x), 2 * x)
+
+
+def test_trusted_another_cpu_rejits_from_the_stored_llvm_ir(kernel_exe, tmp_path, monkeypatch):
     monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path / "cache"))
     edited = Executable.from_bytes(kernel_exe.to_bytes())
     _KEEP_ALIVE.append(edited)
@@ -160,7 +173,7 @@ def test_another_cpu_rejits_from_the_stored_llvm_ir(kernel_exe, tmp_path, monkey
                           object=b"\x7fELF object for another cpu")
     data = edited.to_bytes()
     before = dict(codelib.stats)
-    loaded = Executable.from_bytes(data)
+    loaded = Executable.from_bytes(data, trust_native_code=True)
     _KEEP_ALIVE.append(loaded)
     assert codelib.stats["rejits"] == before["rejits"] + 1
     assert codelib.stats["compiles"] == before["compiles"] + 1
