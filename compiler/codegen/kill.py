@@ -8,51 +8,54 @@ AllocStorage/AllocStorageReg that is not the arena, the tensors carved from it a
 ReshapeTensor views — right after the last instruction reading any of them. Then the VM's pool
 can hand the block to a later allocation of the same invocation.
 
-It only kills where that can lower the peak: some allocation (AllocStorage*, or a call, which
-allocates in its frame) must come later in the code. Loops need no special case: regalloc's
-live intervals cover a whole loop for any register used in it, so a register used in a loop
-has its last use at the loop's backward Goto, after which nothing falls through. Kills never
-go after Ret/Goto/Fatal/If (they would be dead or only run on one path). Killing is always safe:
-the register is dead afterwards, and other references (a tuple, a returned value) keep the
-memory alive by themselves.
+It only kills where that can lower the peak: some allocation (an opcode the table flags
+`leases`, or `calls`: a call allocates in its frame) must come later in the code. Loops need no
+special case: regalloc's live intervals cover a whole loop for any register used in it, so a
+register used in a loop has its last use at the loop's backward Goto, after which nothing falls
+through. Kills never go after an instruction that does not fall through (a terminator or a
+jump: they would be dead or only run on one path). Killing is always safe: the register is dead
+afterwards, and other references (a tuple, a returned value) keep the memory alive by
+themselves.
 """
 from __future__ import annotations
 
-from dynvm.vm.bytecode import Instruction
+from dynvm.vm.bytecode import OPCODES, Instruction, Opcode, registers
 
 from dynvm.compiler.codegen.regalloc import live_intervals
 from dynvm.compiler.codegen.relink import relink
 
-STORAGE_DEFS = ("AllocStorage", "AllocStorageReg")
-TENSOR_DEFS = ("AllocTensor", "AllocTensorReg")
-MEMORY_DEFS = frozenset(STORAGE_DEFS + TENSOR_DEFS + ("ReshapeTensor",))
-ALLOCATING = frozenset(STORAGE_DEFS + ("Invoke", "InvokeClosure"))
-NO_FALLTHROUGH = frozenset({"Ret", "Goto", "Fatal", "If"})
+# the sets below come from the opcode table's flags and operand roles
+LEASES = frozenset(s.code for s in OPCODES if s.has("leases"))        # a new pooled block
+VIEWS = frozenset(s.code for s in OPCODES if "v" in s.roles)          # a view of an operand
+ALLOCATING = frozenset(s.code for s in OPCODES if s.has("leases") or s.has("calls"))
+NO_FALLTHROUGH = frozenset(s.code for s in OPCODES if not s.falls_through)
 
 
 def pooled_groups(code, num_params) -> dict:
     """storage register -> the registers sharing its memory (itself, the tensors carved from
-    it, their ReshapeTensor views), for pool-backed storage; registers are written once and
-    are not parameters."""
+    it, their views), for pool-backed storage; registers are written once and are not
+    parameters."""
     writes: dict[int, int] = {}
     carved: dict[int, int] = {}
     for ins in code:
-        if ins.spec.fields and ins.spec.fields[-1][0] == "dst":
-            writes[ins.args[-1]] = writes.get(ins.args[-1], 0) + 1
-        if ins.name in TENSOR_DEFS:
-            carved[ins.args[0]] = carved.get(ins.args[0], 0) + 1
+        for r in registers(ins, "w"):
+            writes[r] = writes.get(r, 0) + 1
+        for r in registers(ins, "v"):
+            carved[r] = carved.get(r, 0) + 1
     root_of: dict[int, int] = {}
     for ins in code:       # emission order: a view's source is defined before the view
-        if ins.name not in MEMORY_DEFS:
+        if ins.op not in LEASES and ins.op not in VIEWS:
             continue
-        dst = ins.args[-1]
+        (dst,) = registers(ins, "w")
         if dst < num_params or writes.get(dst) != 1:
             continue
-        if ins.name in STORAGE_DEFS:
-            if not (ins.name == "AllocStorage" and carved.get(dst, 0) > 1):  # not the arena
+        if ins.op in LEASES:
+            if not (ins.op == Opcode.AllocStorage and carved.get(dst, 0) > 1):  # not the arena
                 root_of[dst] = dst
-        elif ins.args[0] in root_of:
-            root_of[dst] = root_of[ins.args[0]]
+        else:
+            (source,) = registers(ins, "v")
+            if source in root_of:
+                root_of[dst] = root_of[source]
     groups: dict[int, list] = {}
     for reg, root in root_of.items():
         groups.setdefault(root, []).append(reg)
@@ -67,11 +70,11 @@ def insert_kills(code: list, num_params: int) -> list:
     if not groups:
         return code
     _, end = live_intervals(code, num_params)
-    last_alloc = max((pc for pc, ins in enumerate(code) if ins.name in ALLOCATING), default=-1)
+    last_alloc = max((pc for pc, ins in enumerate(code) if ins.op in ALLOCATING), default=-1)
     kills_after: dict[int, list] = {}
     for regs in groups.values():
         pc = max(end[r] for r in regs)
-        if pc < last_alloc and code[pc].name not in NO_FALLTHROUGH:
+        if pc < last_alloc and code[pc].op not in NO_FALLTHROUGH:
             kills_after.setdefault(pc, []).extend(sorted(regs))
     if not kills_after:
         return code
