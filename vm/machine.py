@@ -27,9 +27,10 @@ import time
 import numpy as np
 
 from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, tensor_spec
-from dynvm.vm.errors import DynVMError, ShapeError, VMError, VMRecursionError, VMStepLimitError, InvokeArgumentError
+from dynvm.vm.errors import (DynVMError, InvokeArgumentError, ShapeError, VMError, VMRecursionError,
+                             VMStepLimitError)
 from dynvm.vm.memory import StoragePool, class_for
-from dynvm.vm.prepare import lookup_shape_funcs, prepare_function
+from dynvm.vm.prepare import handler_label, lookup_shape_funcs, prepare_function
 from dynvm.vm.profiler import Profile
 from dynvm.vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
                              cache_aligned, checked_dims, int64_at, int64s_at)
@@ -154,6 +155,16 @@ class VirtualMachine:
             values.append(v if v is not None else
                           import_arg(a, t, f"{name}: parameter {p!r}", self._ctors, len(self.exe.functions)))
         return export(self._run(index, values))
+
+    def prepared_code(self, name: str) -> list:
+        """How each instruction of function `name` runs after preparation, one label per pc:
+        the opcode's name, or the specialised handler preparation chose for it (e.g.
+        `CallShapeFunc_memo`, a shape function memoised on its input shapes, or
+        `AllocStorageTensor`, an allocation fused with the view of all of it)."""
+        index = self._index.get(name)
+        if index is None:
+            raise VMError(f"no function named {name!r}; functions: {', '.join(self._index)}")
+        return [handler_label(handler) for handler, _ in self._code[index]]
 
     def memory_stats(self) -> dict:
         """Storage allocator counters since the VM was made or `reset_memory_stats` last ran:
@@ -530,6 +541,7 @@ class VirtualMachine:
             inner.args = (f"native loop {kernel.name}, iteration {iterations}: {inner.args[0]}",)
             return inner
         return kernel.native_error(rc, shapes)
+
 
 # ---------------------------------------------------------------- value helpers
 

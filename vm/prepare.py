@@ -56,6 +56,12 @@ def prepare_function(vm, fn) -> list:
     return code if profile is not None else fuse_allocations(vm, code)
 
 
+def handler_label(handler) -> str:
+    """A prepared handler's name without `_op_` (profiling timers keep the handler's name)."""
+    name = handler.__name__
+    return name[4:] if name.startswith("_op_") else name
+
+
 # ---------------------------------------------------------------- preparers
 
 def _plain(vm, ins, views_arena):

@@ -8,9 +8,7 @@ calls and control flow always stay.
 from __future__ import annotations
 
 from dynvm.compiler.codegen.relink import relink
-from dynvm.vm.bytecode import OPCODES, READ_ROLES, registers
-
-PURE = frozenset(s.code for s in OPCODES if s.has("pure"))
+from dynvm.vm.bytecode import READ_ROLES, registers
 
 
 def _read_registers(code) -> set:
@@ -21,7 +19,7 @@ def _read_registers(code) -> set:
 
 
 def _dead(ins, read) -> bool:
-    return ins.op in PURE and not any(r in read for r in registers(ins, "w"))
+    return ins.spec.has("pure") and not any(r in read for r in registers(ins, "w"))
 
 
 def eliminate_dead_code(code: list) -> list:

@@ -19,16 +19,27 @@ themselves.
 """
 from __future__ import annotations
 
-from dynvm.vm.bytecode import OPCODES, Instruction, Opcode, registers
+from dynvm.vm.bytecode import Instruction, Opcode, registers
 
 from dynvm.compiler.codegen.regalloc import live_intervals
 from dynvm.compiler.codegen.relink import relink
 
-# the sets below come from the opcode table's flags and operand roles
-LEASES = frozenset(s.code for s in OPCODES if s.has("leases"))        # a new pooled block
-VIEWS = frozenset(s.code for s in OPCODES if "v" in s.roles)          # a view of an operand
-ALLOCATING = frozenset(s.code for s in OPCODES if s.has("leases") or s.has("calls"))
-NO_FALLTHROUGH = frozenset(s.code for s in OPCODES if not s.falls_through)
+# what an instruction does, asked of the opcode table (flags and operand roles)
+
+
+def _leases(ins) -> bool:
+    """Its result is a new pooled block (table flag `leases`)."""
+    return ins.spec.has("leases")
+
+
+def _views(ins) -> bool:
+    """Its result shares an operand's memory (an operand of role `v`)."""
+    return "v" in ins.spec.roles
+
+
+def _allocates(ins) -> bool:
+    """It takes blocks from the pool, itself or in the frame it calls."""
+    return ins.spec.has("leases") or ins.spec.has("calls")
 
 
 def pooled_groups(code, num_params) -> dict:
@@ -44,12 +55,12 @@ def pooled_groups(code, num_params) -> dict:
             carved[r] = carved.get(r, 0) + 1
     root_of: dict[int, int] = {}
     for ins in code:       # emission order: a view's source is defined before the view
-        if ins.op not in LEASES and ins.op not in VIEWS:
+        if not (_leases(ins) or _views(ins)):
             continue
         (dst,) = registers(ins, "w")
         if dst < num_params or writes.get(dst) != 1:
             continue
-        if ins.op in LEASES:
+        if _leases(ins):
             if not (ins.op == Opcode.AllocStorage and carved.get(dst, 0) > 1):  # not the arena
                 root_of[dst] = dst
         else:
@@ -70,11 +81,11 @@ def insert_kills(code: list, num_params: int) -> list:
     if not groups:
         return code
     _, end = live_intervals(code, num_params)
-    last_alloc = max((pc for pc, ins in enumerate(code) if ins.op in ALLOCATING), default=-1)
+    last_alloc = max((pc for pc, ins in enumerate(code) if _allocates(ins)), default=-1)
     kills_after: dict[int, list] = {}
     for regs in groups.values():
         pc = max(end[r] for r in regs)
-        if pc < last_alloc and code[pc].op not in NO_FALLTHROUGH:
+        if pc < last_alloc and code[pc].spec.falls_through:
             kills_after.setdefault(pc, []).extend(sorted(regs))
     if not kills_after:
         return code
