@@ -100,15 +100,20 @@ class OpSpec:
 
 
 def _table(*rows):
+    """The OpSpecs of `rows`; a register operand without exactly one known role, a role on
+    another kind, or an unknown flag is a ValueError (every opcode declares its effects)."""
     specs = []
     for code, (name, fields, flags, not_static, doc) in enumerate(rows):
         parsed, roles = [], []
         for f in fields.split():
             field, kind, *role = f.split(":")
-            assert (kind in REGISTER_KINDS) == bool(role) and all(r in ROLES for r in role), f
+            if (kind in REGISTER_KINDS) != (len(role) == 1) or not set(role) <= set(ROLES):
+                raise ValueError(f"{name}: operand {f!r} needs one role of {sorted(ROLES)} "
+                                 "exactly when it is a register")
             parsed.append((field, kind))
             roles.append(role[0] if role else None)
-        assert set(flags.split()) <= FLAGS, flags
+        if not set(flags.split()) <= FLAGS:
+            raise ValueError(f"{name}: unknown flags in {flags!r}")
         specs.append(OpSpec(code, name, tuple(parsed), tuple(roles), frozenset(flags.split()),
                             not_static, doc))
     return tuple(specs)

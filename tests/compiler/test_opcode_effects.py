@@ -67,11 +67,14 @@ def test_every_opcode_has_a_preparer_and_a_handler():
         assert callable(getattr(VirtualMachine, "_op_" + spec.name)), spec.name
 
 
-def test_a_row_without_a_role_for_a_register_operand_is_rejected():
-    with pytest.raises(AssertionError):
+def test_a_row_that_does_not_declare_its_effects_is_rejected():
+    with pytest.raises(ValueError, match="Bad: operand 'dst:reg' needs one role"):
         bytecode._table(("Bad", "dst:reg", "", "", "no role"))
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="needs one role"):
+        bytecode._table(("Bad", "value:imm:r", "", "", "a role on an immediate"))
+    with pytest.raises(ValueError, match="unknown flags in 'fast'"):
         bytecode._table(("Bad", "dst:reg:w", "fast", "", "unknown flag"))
+    assert bytecode._table(("Good", "dst:reg:w value:imm", "pure", "", "fine"))[0].roles == ("w", None)
 
 
 # ---------------------------------------------------------------- a sample of every opcode
