@@ -387,11 +387,11 @@ class VirtualMachine:
     def _op_AllocStorageTensorReg(self, regs, a, pc):
         """AllocStorageReg + AllocTensorReg of the same shape register at offset 0 (fused at
         preparation): the tensor is exactly the block, so it needs no bounds check."""
-        sa, ta = a
-        value = regs[sa.shape]
+        sa, ta = a                          # StorageRegOps, TensorRegOps
+        shape, alignment, dtype, sdst, element_size, classes = sa
+        value = regs[shape]
         if type(value) is not ShapeTensor:  # a general shape tensor: the two handlers
             return self._op_AllocTensorReg(regs, ta, self._op_AllocStorageReg(regs, sa, pc))
-        _, alignment, dtype, sdst, element_size, classes = sa
         dims = value.dims
         size = math.prod(dims) * element_size
         cls = classes.get(size)
@@ -400,11 +400,11 @@ class VirtualMachine:
                 classes.clear()
             cls = classes[size] = class_for(size, alignment)
         s = regs[sdst] = self._pool.lease(cls, size, alignment, dtype)
-        last = ta.last
+        _, _, _, tensor_dtype, dst, _, last = ta
         meta = last[0]
         if meta[1] != dims:
-            meta = last[0] = (ta.dtype, dims)
-        regs[ta.dst] = Tensor(s.address, meta, s._buf, s._start)
+            meta = last[0] = (tensor_dtype, dims)
+        regs[dst] = Tensor(s.address, meta, s._buf, s._start)
         return pc + 2
 
     def _op_AllocTensor(self, regs, a, pc):

@@ -3,8 +3,8 @@
 `PREPARERS` maps every opcode to its preparer, `preparer(vm, ins, views_arena) -> (handler,
 operands)`. Most opcodes need nothing (`_plain`: the handler `vm._op_<Name>` with the
 instruction's operands in table order). The others do per-site work once, so the handler does
-less per run, and hand the handler a named operand record (the namedtuples below: handlers
-unpack them in field order, or read fields by name):
+less per run, and describe the handler's operands as a named record (the namedtuples below;
+the handler gets it as an exact tuple and unpacks it in field order):
 
 - AllocStorage(Reg): the size class (or a size -> class memo); a bad request becomes Fatal,
   which raises when (if ever) it runs;
@@ -53,7 +53,17 @@ def prepare_function(vm, fn) -> list:
         if profile is not None:
             handler = profile.timed(ins.name, handler)
         code.append((handler, operands))
-    return code if profile is not None else fuse_allocations(vm, code)
+    if profile is None:
+        code = fuse_allocations(vm, code)
+    return [(handler, _exact(operands)) for handler, operands in code]
+
+
+def _exact(record):
+    """A named record (and the records in it) as an exact tuple: CPython specialises the
+    unpacking of exact tuples only, and handlers unpack their operands in field order."""
+    if type(record) is tuple or not isinstance(record, tuple):
+        return record
+    return tuple(_exact(field) for field in record)
 
 
 def handler_label(handler) -> str:
