@@ -1,9 +1,14 @@
 """The dynvm instruction set: one table, everything else derived from it.
 
-Like Lua's `lopcodes.h`, `OPCODES` below is the single definition of every opcode: its name, its
-operand fields (each with a kind) and a one-line meaning. The opcode number is the position in the
-table. Encoding, decoding, verification and disassembly are generic over the table, so adding an
-opcode is one entry here, one handler in `vm/machine.py` and one case in the code generator.
+Like Lua's `lopcodes.h` with its `luaP_opmodes`, `OPCODES` below is the single definition of
+every opcode: its name, its operand fields (each with a kind and, for registers, a role), its
+effect flags, whether the static runtime can run it, and a one-line meaning. The opcode number is
+the position in the table. Encoding, decoding, verification and disassembly are generic over the
+table, and so are the compiler passes that reason about effects (dead-code elimination,
+KillRegister insertion, memory planning, register allocation, relinking), the static runtime
+and the loader's checks: none of them keeps a list of opcode names. Adding an opcode is one row
+here, one preparer and handler in the VM (vm/prepare.py, vm/machine.py) and one case in the
+code generator.
 
 Operand kinds:
     reg         a register index of the current frame            (int)
@@ -18,6 +23,25 @@ Operand kinds:
     dtype       a dtype name from vm/dtypes.py                   (str)
     offset      a jump relative to the instruction's own pc      (int)
     str         a message                                        (str)
+
+Register roles (every reg/regs operand has exactly one, written `field:kind:role`):
+    r   read: the value is read and may be kept (moved, stored in a tuple, ADT or closure,
+        returned, passed to a call); memory planning treats it as escaping
+    u   used: read during the instruction only; nothing refers to the value afterwards
+    v   viewed: the instruction's result is a view sharing this operand's memory
+    f   filled: the register holds a tensor the instruction writes into, in place
+    w   written: the instruction (re)defines the register
+    d   dropped: the register is cleared (the value's last use)
+
+Flags:
+    pure        no effect besides writing its `w` registers: removable when nothing reads them
+    terminator  control never continues at the next instruction (a function may end with it)
+    leases      writes a new storage block taken from the VM's pool
+    calls       runs another function in a new frame (which may lease blocks of its own)
+    loop        its kernel operand names a native loop kernel (others name plain kernels)
+
+Static runtime column: empty when StaticRuntime resolves or prepares the opcode when it is
+built; otherwise why it cannot (the reason is its error message).
 """
 import enum
 from dataclasses import dataclass
@@ -27,6 +51,11 @@ import numpy as np
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import ExecutableFormatError
 
+ROLES = {"r": "read", "u": "used", "v": "viewed", "f": "filled", "w": "written", "d": "dropped"}
+FLAGS = {"pure", "terminator", "leases", "calls", "loop"}
+REGISTER_KINDS = ("reg", "regs")
+INDEX_KINDS = ("func", "kernel", "const", "shape_func", "ctor")
+
 
 @dataclass(frozen=True)
 class OpSpec:
@@ -35,46 +64,111 @@ class OpSpec:
     code: int
     name: str
     fields: tuple  # ((field name, kind), ...)
+    roles: tuple   # per field: its register role (a key of ROLES), None for other kinds
+    flags: frozenset
+    not_static: str  # why StaticRuntime cannot run it ("" when it can)
     doc: str
 
     @property
     def field_names(self):
         return tuple(f for f, _ in self.fields)
 
+    @property
+    def offset_fields(self) -> tuple:
+        """Indices of the jump offset operands (a jump has at least one)."""
+        return tuple(i for i, (_, kind) in enumerate(self.fields) if kind == "offset")
+
+    @property
+    def index_kinds(self) -> tuple:
+        """The kinds of its operands that index a table of the executable (func, kernel, ...)."""
+        return tuple(kind for _, kind in self.fields if kind in INDEX_KINDS)
+
+    @property
+    def falls_through(self) -> bool:
+        """Whether execution may continue at the next instruction without a jump to it."""
+        return not self.has("terminator") and not self.offset_fields
+
+    def role_fields(self, *roles) -> tuple:
+        """(index, is a list) of the register operands whose role is one of `roles`."""
+        return tuple((i, self.fields[i][1] == "regs") for i, role in enumerate(self.roles)
+                     if role in roles)
+
+    def has(self, flag) -> bool:
+        """Whether the row carries `flag` (one of FLAGS)."""
+        assert flag in FLAGS, flag
+        return flag in self.flags
+
 
 def _table(*rows):
+    """The OpSpecs of `rows`; a register operand without exactly one known role, a role on
+    another kind, or an unknown flag is a ValueError (every opcode declares its effects)."""
     specs = []
-    for code, (name, fields, doc) in enumerate(rows):
-        parsed = tuple(tuple(f.split(":")) for f in fields.split())
-        specs.append(OpSpec(code, name, parsed, doc))
+    for code, (name, fields, flags, not_static, doc) in enumerate(rows):
+        parsed, roles = [], []
+        for f in fields.split():
+            field, kind, *role = f.split(":")
+            if (kind in REGISTER_KINDS) != (len(role) == 1) or not set(role) <= set(ROLES):
+                raise ValueError(f"{name}: operand {f!r} needs one role of {sorted(ROLES)} "
+                                 "exactly when it is a register")
+            parsed.append((field, kind))
+            roles.append(role[0] if role else None)
+        if not set(flags.split()) <= FLAGS:
+            raise ValueError(f"{name}: unknown flags in {flags!r}")
+        specs.append(OpSpec(code, name, tuple(parsed), tuple(roles), frozenset(flags.split()),
+                            not_static, doc))
     return tuple(specs)
 
 
+_CONTROL = "is control flow"
 # fmt: off
 OPCODES = _table(
-    ("Move",            "dst:reg src:reg",                                   "R[dst] := R[src]"),
-    ("Ret",             "src:reg",                                           "return R[src] to the caller"),
-    ("Invoke",          "func:func args:regs dst:reg",                       "R[dst] := functions[func](R[args]...)"),
-    ("InvokeClosure",   "closure:reg args:regs dst:reg",                     "R[dst] := call R[closure] with its captured values then R[args]..."),
-    ("CallKernel",      "kernel:kernel inputs:regs outputs:regs",            "kernels[kernel](R[inputs], R[outputs]), writing the outputs in place"),
-    ("CallShapeFunc",   "shape_func:shape_func inputs:regs outputs:regs",    "R[outputs] := 1-D int64 shapes computed by the shape function from R[inputs]"),
-    ("AllocStorage",    "size:imm alignment:imm dtype:dtype dst:reg",        "R[dst] := new Storage of `size` bytes"),
-    ("AllocStorageReg", "shape:reg alignment:imm dtype:dtype dst:reg",       "R[dst] := new Storage of prod(R[shape]) * itemsize(dtype) bytes"),
-    ("AllocTensor",     "storage:reg offset:imm shape:shape dtype:dtype dst:reg", "R[dst] := tensor view of R[storage] at byte `offset`, static shape"),
-    ("AllocTensorReg",  "storage:reg offset:imm shape:reg dtype:dtype dst:reg",   "R[dst] := tensor view of R[storage] at byte `offset`, shape R[shape]"),
-    ("AllocADT",        "ctor:ctor fields:regs dst:reg",                     "R[dst] := constructors[ctor](R[fields]...) (ctor 0 makes a tuple)"),
-    ("AllocClosure",    "func:func captured:regs dst:reg",                   "R[dst] := closure of functions[func] capturing R[captured]"),
-    ("GetField",        "obj:reg index:imm dst:reg",                         "R[dst] := field `index` of the tuple or ADT R[obj]"),
-    ("GetTag",          "obj:reg dst:reg",                                   "R[dst] := constructor tag of R[obj] (0-d int64)"),
-    ("If",              "test:reg target:reg then_off:offset else_off:offset", "pc += then_off if int(R[test]) == int(R[target]) else else_off"),
-    ("Goto",            "off:offset",                                        "pc += off"),
-    ("LoadConst",       "const:const dst:reg",                               "R[dst] := constants[const]"),
-    ("LoadConsti",      "value:imm dst:reg",                                 "R[dst] := value (0-d int64)"),
-    ("ShapeOf",         "tensor:reg dst:reg",                                "R[dst] := shape of R[tensor] (1-D int64)"),
-    ("ReshapeTensor",   "tensor:reg shape:reg dst:reg",                      "R[dst] := zero-copy view of R[tensor] with shape R[shape]"),
-    ("KillRegister",    "reg:reg",                                           "R[reg] := None (free the value early)"),
-    ("Fatal",           "message:str",                                       "raise VMError(message)"),
-    ("CallLoop",        "kernel:kernel inputs:regs outputs:regs",            "run the native loop kernels[kernel] on R[inputs] into R[outputs] (the VM adds the step budget and the iteration counters)"),
+    # name              operands (field:kind[:role])                    flags          static runtime: why not
+    ("Move",            "dst:reg:w src:reg:r",                          "pure",        "",
+     "R[dst] := R[src]"),
+    ("Ret",             "src:reg:r",                                    "terminator",  "",
+     "return R[src] to the caller"),
+    ("Invoke",          "func:func args:regs:r dst:reg:w",              "calls",       "is a function call",
+     "R[dst] := functions[func](R[args]...)"),
+    ("InvokeClosure",   "closure:reg:r args:regs:r dst:reg:w",          "calls",       "is a closure call",
+     "R[dst] := call R[closure] with its captured values then R[args]..."),
+    ("CallKernel",      "kernel:kernel inputs:regs:u outputs:regs:f",   "",            "",
+     "kernels[kernel](R[inputs], R[outputs]), writing the outputs in place"),
+    ("CallShapeFunc",   "shape_func:shape_func inputs:regs:u outputs:regs:w", "",      "computes a shape at run time (a dynamic shape)",
+     "R[outputs] := 1-D int64 shapes computed by the shape function from R[inputs]"),
+    ("AllocStorage",    "size:imm alignment:imm dtype:dtype dst:reg:w", "pure leases", "",
+     "R[dst] := new Storage of `size` bytes"),
+    ("AllocStorageReg", "shape:reg:u alignment:imm dtype:dtype dst:reg:w", "pure leases", "sizes storage at run time (a dynamic shape)",
+     "R[dst] := new Storage of prod(R[shape]) * itemsize(dtype) bytes"),
+    ("AllocTensor",     "storage:reg:v offset:imm shape:shape dtype:dtype dst:reg:w", "pure", "",
+     "R[dst] := tensor view of R[storage] at byte `offset`, static shape"),
+    ("AllocTensorReg",  "storage:reg:v offset:imm shape:reg:u dtype:dtype dst:reg:w", "pure", "shapes a tensor at run time (a dynamic shape)",
+     "R[dst] := tensor view of R[storage] at byte `offset`, shape R[shape]"),
+    ("AllocADT",        "ctor:ctor fields:regs:r dst:reg:w",            "pure",        "",
+     "R[dst] := constructors[ctor](R[fields]...) (ctor 0 makes a tuple)"),
+    ("AllocClosure",    "func:func captured:regs:r dst:reg:w",          "pure",        "builds a closure",
+     "R[dst] := closure of functions[func] capturing R[captured]"),
+    ("GetField",        "obj:reg:r index:imm dst:reg:w",                "pure",        "",
+     "R[dst] := field `index` of the tuple or ADT R[obj]"),
+    ("GetTag",          "obj:reg:u dst:reg:w",                          "pure",        "",
+     "R[dst] := constructor tag of R[obj] (0-d int64)"),
+    ("If",              "test:reg:u target:reg:u then_off:offset else_off:offset", "",  _CONTROL,
+     "pc += then_off if int(R[test]) == int(R[target]) else else_off"),
+    ("Goto",            "off:offset",                                   "terminator",  _CONTROL,
+     "pc += off"),
+    ("LoadConst",       "const:const dst:reg:w",                        "pure",        "",
+     "R[dst] := constants[const]"),
+    ("LoadConsti",      "value:imm dst:reg:w",                          "pure",        "",
+     "R[dst] := value (0-d int64)"),
+    ("ShapeOf",         "tensor:reg:u dst:reg:w",                       "pure",        "",
+     "R[dst] := shape of R[tensor] (1-D int64)"),
+    ("ReshapeTensor",   "tensor:reg:v shape:reg:u dst:reg:w",           "pure",        "",
+     "R[dst] := zero-copy view of R[tensor] with shape R[shape]"),
+    ("KillRegister",    "reg:reg:d",                                    "",            "",
+     "R[reg] := None (free the value early)"),
+    ("Fatal",           "message:str",                                  "terminator",  "always raises",
+     "raise VMError(message)"),
+    ("CallLoop",        "kernel:kernel inputs:regs:u outputs:regs:f",   "loop",        "runs a loop (control flow, as a native loop kernel)",
+     "run the native loop kernels[kernel] on R[inputs] into R[outputs] (the VM adds the step budget and the iteration counters)"),
 )
 # fmt: on
 
@@ -82,9 +176,24 @@ Opcode = enum.IntEnum("Opcode", [(s.name, s.code) for s in OPCODES])
 Opcode.__doc__ = "Opcode numbers, generated from OPCODES (Opcode.Move == 0, ...)."
 
 _BY_NAME = {s.name: s for s in OPCODES}
-INDEX_KINDS = ("func", "kernel", "const", "shape_func", "ctor")
-TERMINATORS = frozenset({Opcode.Ret, Opcode.Goto, Opcode.Fatal})
-JUMPS = frozenset({Opcode.If, Opcode.Goto})
+TERMINATORS = frozenset(Opcode(s.code) for s in OPCODES if s.has("terminator"))
+JUMPS = frozenset(Opcode(s.code) for s in OPCODES if s.offset_fields)
+_TERMINATOR_NAMES = " or ".join(", ".join(s.name for s in OPCODES if s.code in TERMINATORS).rsplit(", ", 1))
+
+
+def registers(ins, *roles) -> list:
+    """The registers of `ins`'s operands whose role is one of `roles` (any role when none are
+    given), in operand order."""
+    out = []
+    for i, is_list in ins.spec.role_fields(*(roles or ROLES)):
+        if is_list:
+            out.extend(ins.args[i])
+        else:
+            out.append(ins.args[i])
+    return out
+
+
+READ_ROLES = ("r", "u", "v", "f", "d")  # every role but "w": the register's value is needed
 
 
 def _is_int(x):
@@ -199,7 +308,8 @@ def verify_function(name: str, instructions, register_count: int, counts: dict) 
     `counts` maps each index kind (func, kernel, const, shape_func, ctor) to the size of the
     table it indexes. Guarantees afterwards: every operand has the right type, every register and
     table index is in range, every jump lands inside the function, dtypes and shapes are valid,
-    and the last instruction is Ret, Goto or Fatal, so the pc can never run off the end.
+    and the last instruction is a terminator (Ret, Goto, Fatal), so the pc can never run off the
+    end.
     """
     n = len(instructions)
     if type(register_count) is not int or register_count < 0:
@@ -217,7 +327,7 @@ def verify_function(name: str, instructions, register_count: int, counts: dict) 
     if instructions[-1].op not in TERMINATORS:
         raise ExecutableFormatError(
             f"function {name!r}: last instruction is {instructions[-1].name}, "
-            "expected Ret, Goto or Fatal (execution would fall off the end)")
+            f"expected {_TERMINATOR_NAMES} (execution would fall off the end)")
 
 
 def _operand_problem(kind, value, pc, n, register_count, counts):

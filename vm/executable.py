@@ -359,21 +359,20 @@ def _verify_function(exe: Executable, fn: VMFunction) -> None:
               "ctor": len(exe.constructors)}
     bytecode.verify_function(fn.name, fn.instructions, fn.register_count, counts)
     for pc, ins in enumerate(fn.instructions):
-        check = _ARITY_CHECKS.get(ins.op)
-        problem = check(exe, ins) if check else None
-        _expect(problem is None, f"{where}, pc {pc} ({ins.name}): {problem}")
+        for kind in ins.spec.index_kinds:
+            check = _ARITY_CHECKS.get(kind)
+            problem = check(exe, ins) if check else None
+            _expect(problem is None, f"{where}, pc {pc} ({ins.name}): {problem}")
 
 
-def _check_invoke(exe, ins):
+def _check_function_args(exe, ins):
+    """A call (flag `calls`) passes every parameter; a closure captures a prefix of them."""
     func, args, _ = ins.args
     want = len(exe.functions[func].params)
-    return None if len(args) == want else f"calls {exe.functions[func].name!r} with {len(args)} args, it takes {want}"
-
-
-def _check_closure(exe, ins):
-    func, captured, _ = ins.args
-    want = len(exe.functions[func].params)
-    return None if len(captured) <= want else f"captures {len(captured)} values, the function takes {want}"
+    if ins.spec.has("calls"):
+        return None if len(args) == want else \
+            f"calls {exe.functions[func].name!r} with {len(args)} args, it takes {want}"
+    return None if len(args) <= want else f"captures {len(args)} values, the function takes {want}"
 
 
 def _check_adt(exe, ins):
@@ -385,11 +384,11 @@ def _check_adt(exe, ins):
 
 
 def _check_kernel(exe, ins):
-    """CallKernel names a kernel that is not a loop, CallLoop a loop kernel (whose last input
-    and last output the VM supplies); the registers match the kernel's signature."""
+    """An opcode flagged `loop` names a loop kernel (whose last input and last output the VM
+    supplies), any other a kernel that is not a loop; the registers match its signature."""
     k, inputs, outputs = ins.args
     spec = exe.kernels["kernels"][k]
-    loop = ins.op == bytecode.Opcode.CallLoop
+    loop = ins.spec.has("loop")
     if (spec.get("op") == "loop") != loop:
         return f"kernel {spec['name']!r} is {'not ' if loop else ''}a loop kernel"
     n_in, n_out = len(spec["inputs"]) - loop, len(spec["outputs"]) - loop
@@ -399,9 +398,9 @@ def _check_kernel(exe, ins):
             f" and {len(outputs)}")
 
 
-_ARITY_CHECKS = {bytecode.Opcode.Invoke: _check_invoke, bytecode.Opcode.AllocClosure: _check_closure,
-                 bytecode.Opcode.AllocADT: _check_adt, bytecode.Opcode.CallKernel: _check_kernel,
-                 bytecode.Opcode.CallLoop: _check_kernel}
+# operand counts checked against the table entry an index operand names, per index kind
+# (constants and shape functions declare no arity)
+_ARITY_CHECKS = {"func": _check_function_args, "ctor": _check_adt, "kernel": _check_kernel}
 
 
 def _verify_type(t, where) -> None:

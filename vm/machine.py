@@ -1,23 +1,24 @@
-"""The virtual machine: frames, registers and the dispatch loop.
+"""The virtual machine: frames, registers, the dispatch loop and the instruction handlers.
 
-Read `_run` first: it is the whole machine, like Lua's `luaV_execute`. Each function's code is
-pre-translated once into a list of `(handler, operands)` pairs; a handler is a short method
-`_op_<Name>(regs, operands, pc) -> next pc`. Handlers that switch frames (Invoke, InvokeClosure,
-Ret) return `_SWITCH` and the loop reloads the top frame. Calls never recurse in Python: the frame
-stack is an explicit list, so deep bytecode recursion is bounded only by `max_depth`.
+Read `_dispatch` first: it is the whole machine, like Lua's `luaV_execute`. Each function's code
+is prepared once (vm/prepare.py: one preparer per opcode) into a list of `(handler, operands)`
+pairs; a handler is a short method `_op_<Name>(regs, operands, pc) -> next pc`. Handlers that
+switch frames (Invoke, InvokeClosure, Ret) return `_SWITCH` and the loop reloads the top frame.
+Calls never recurse in Python: the frame stack is an explicit list, so deep bytecode recursion
+is bounded only by `max_depth`.
 
 Tensors in registers are `vm.values.Tensor`s (address + dtype/shape), so a kernel call never asks
-numpy for an address. Translation prepares each instruction's operands once: AllocTensor gets
-its (dtype, shape) object and byte size, CallKernel of a compiled kernel gets an
-`abi.CallSite` (DLTensor descriptors filled once), so a call writes only data addresses (and
-extents when an argument's dtype/shape object changed) and calls the native dispatcher, which
-validates the rest and returns an error code the VM turns into a typed error.
+numpy for an address. A CallKernel's operands hold an `abi.CallSite` (DLTensor descriptors filled
+once): a call binds its arguments (vm/boundary.py `bind`: data addresses, and extents when an
+argument's dtype/shape object changed) and calls the native dispatcher, which validates the rest
+and returns an error code the VM turns into a typed error. Invoke arguments come in and results
+go out through vm/boundary.py as well; profiling is the profile's timers around the handlers and
+kernel entry points (vm/profiler.py), set up at preparation.
 
 Storage comes from the VM's `vm.memory.StoragePool`: blocks recycled by size class across
 invocations, each returning to the pool only when nothing (register, tensor, returned array)
 can reach it any more; `memory_stats()` reports the pool's counters.
 """
-import functools
 import itertools
 import math
 import operator
@@ -25,16 +26,14 @@ import time
 
 import numpy as np
 
-from dynvm.vm.bytecode import OPCODES
-from dynvm.vm.dtypes import dtype_name, itemsize, np_dtype
-from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError, KernelError,
-                       ShapeError, VMError,
-                       VMRecursionError, VMStepLimitError)
+from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, tensor_spec
+from dynvm.vm.errors import (DynVMError, InvokeArgumentError, ShapeError, VMError, VMRecursionError,
+                             VMStepLimitError)
 from dynvm.vm.memory import StoragePool, class_for
+from dynvm.vm.prepare import handler_label, lookup_shape_funcs, prepare_function
 from dynvm.vm.profiler import Profile
 from dynvm.vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage, Tensor, _address,
-                       cache_aligned, check_storage_request, checked_dims, int64_at, int64s_at,
-                       rebuild)
+                             cache_aligned, checked_dims, int64_at, int64s_at)
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 _make_shape = ShapeTensor.make
@@ -44,7 +43,7 @@ _FOREVER = itertools.repeat(None)  # the step counter without a limit (shared: i
 
 def _make_small_ints():
     """Shared read-only 0-d int64 tensors for the integers GetTag and LoadConsti produce most
-    (tags, loop bounds): saves an allocation per instruction. `_export` copies read-only arrays,
+    (tags, loop bounds): saves an allocation per instruction. `boundary.export` copies read-only arrays,
     so callers still own what they get."""
     table = {}
     for i in range(-1, 257):
@@ -81,16 +80,16 @@ class VirtualMachine:
         self.max_depth = max_depth
         self.max_steps = max_steps
         self.kernels = exe.loaded_kernels()
-        self.shape_funcs = self._lookup_shape_funcs(exe)
+        self.shape_funcs = lookup_shape_funcs(exe)
         self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         self._ctors = {c["name"]: c for c in exe.constructors}
         self._profile = Profile() if profile else None
         self._pool = StoragePool()
-        self._code = [self._translate_function(fn) for fn in exe.functions]
-        self._param_specs = [[_tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
+        self._code = [prepare_function(self, fn) for fn in exe.functions]
+        self._param_specs = [[tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         # what invoke needs per function, looked up once: index, parameter count, the
-        # _fast_tensor specs (None for non-tensor parameters), register count, code, and the
+        # fast_tensor specs (None for non-tensor parameters), register count, code, and the
         # (dtype, shape) object made last for each parameter: an argument of the same shape as
         # last time reuses it, so kernel call sites see an unchanged layout (no re-describe)
         self._plans = {fn.name: (i, len(fn.params), tuple(self._param_specs[i]), fn.register_count,
@@ -99,107 +98,6 @@ class VirtualMachine:
         self._stack = []
         self._result = None
         self._views = {}          # AllocTensor operands id -> (storage, view), per invocation
-
-    @staticmethod
-    def _lookup_shape_funcs(exe):
-        if not exe.shape_funcs:
-            return []
-        from dynvm import shape_funcs  # lazily, see executable._verify_shape_funcs
-        out = []
-        for s in exe.shape_funcs:
-            sf = shape_funcs.lookup(s["name"])
-            # data-independent and upper-bound functions only read .shape/.ndim: they get the
-            # Tensors as they are; data-dependent ones read values from numpy views
-            wants_arrays = sf.mode == "data_dependent" and not sf.tensor_inputs
-            fast = None
-            if not wants_arrays:   # specialised to its attrs, or simply bound to them
-                fast = _prepared(sf.fn, s["attrs"]) or functools.partial(_call_with, sf.fn, s["attrs"])
-            out.append((sf.fn, s["attrs"], wants_arrays, fast, sf.mode != "data_dependent"))
-        return out
-
-    def _translate_function(self, fn):
-        arena_views = _arena_views(fn)
-        code = [self._translate(ins, pc in arena_views) for pc, ins in enumerate(fn.instructions)]
-        return code if self._profile is not None else self._fuse_allocations(code)
-
-    def _fuse_allocations(self, code):
-        """Peephole: an allocation of a storage immediately viewed whole by the next instruction
-        (offset 0, same shape) runs as one handler that does both and skips the next pc. The
-        second instruction stays in place (a jump to it still runs it alone), and both
-        registers are written in the original order."""
-        cls = type(self)
-        out = list(code)
-        for pc in range(len(code) - 1):
-            (h1, a1), (h2, a2) = code[pc], code[pc + 1]
-            f1, f2 = getattr(h1, "__func__", None), getattr(h2, "__func__", None)
-            if f1 is cls._op_AllocStorage and f2 is cls._op_AllocTensor:
-                size, _, _, sdst, _ = a1
-                storage, offset, meta, nbytes, dst, arena = a2
-                if storage == sdst and offset == 0 and not arena and nbytes <= size:
-                    out[pc] = self._op_AllocStorageTensor, (a1, meta, dst)
-            elif f1 is cls._op_AllocStorageReg and f2 is cls._op_AllocTensorReg:
-                shape, _, _, sdst, element_size, _ = a1
-                storage, offset, shape2, _, _, element_size2, _ = a2
-                if storage == sdst and offset == 0 and shape2 == shape and shape != sdst \
-                        and element_size == element_size2:
-                    out[pc] = self._op_AllocStorageTensorReg, (a1, a2)
-        return out
-
-    def _translate(self, ins, views_arena=False):
-        """(handler, operands) of one instruction, with per-site preparation done now.
-        `views_arena`: an AllocTensor on a storage that several tensors view."""
-        name = OPCODES[ins.op].name
-        handler, args = getattr(self, "_op_" + name), ins.args
-        if name in ("AllocStorage", "AllocStorageReg"):
-            try:
-                check_storage_request(args[0] if name == "AllocStorage" else 0, args[1])
-            except VMError as e:
-                handler, args = self._op_Fatal, (str(e),)  # raises when (if ever) it runs
-            else:
-                if name == "AllocStorage":
-                    args = args + (class_for(args[0], args[1]),)  # its size class, once
-                else:
-                    args = args + (itemsize(args[2]), {})  # element size; size -> size class
-        elif name == "AllocTensor":
-            storage, offset, shape, dtype, dst = args
-            meta = (dtype, tuple(shape))
-            args = (storage, offset, meta, math.prod(shape) * itemsize(dtype), dst, views_arena)
-        elif name == "AllocTensorReg":
-            storage, offset, shape, dtype, dst = args
-            # element size, and the last (dtype, shape) made here: an unchanged shape reuses
-            # the same meta object, so the kernel call sites that get the tensor see it unchanged
-            args = (storage, offset, shape, dtype, dst, itemsize(dtype), [(dtype, None)])
-        elif name == "ReshapeTensor":
-            args = args + ([None],)     # the last (dtype, shape) object made here
-        elif name == "CallShapeFunc":
-            fn, attrs, wants_arrays, fast, shapes_only = self.shape_funcs[args[0]]
-            if fast is not None:
-                # attrs were checked once (the function's check_attrs hook): a call runs only
-                # the shape computation on the input Tensors
-                # (last ShapeTensor made per output: an unchanged shape reuses it; they are
-                # immutable, so sharing one across invocations is safe)
-                args = (fast, args[1], args[2], args[0], [None] * len(args[2]))
-                handler = self._op_CallShapeFunc_prepared
-                if shapes_only:
-                    handler, args = self._op_CallShapeFunc_memo, args + ([None],)
-            else:
-                args = (fn, attrs, wants_arrays, args[1], args[2], args[0])
-        elif name == "CallLoop":
-            k, inputs, outputs = args
-            kernel = self.kernels[k]
-            calls = _loop_calls(kernel, self.kernels)
-            budget = Tensor.from_array(np.zeros((), np.int64))
-            counters = Tensor.from_array(np.zeros(2, np.int64))
-            return self._op_CallLoop, (kernel.call_site(), inputs, outputs, kernel, calls, budget, counters)
-        elif name == "CallKernel":
-            k, inputs, outputs = args
-            kernel = self.kernels[k]
-            args = (kernel.call_site(), inputs + outputs, kernel)
-            if self._profile is not None:
-                return self._op_CallKernel_profiled, args  # times itself
-        if self._profile is not None:
-            handler = self._timed(name, handler)
-        return handler, args
 
     # ------------------------------------------------------------ public API
 
@@ -216,7 +114,7 @@ class VirtualMachine:
         if len(args) == nparams:
             regs = [None] * nregs
             i = 0
-            for a in args:      # _fast_tensor, inlined: the common argument costs no calls
+            for a in args:      # boundary.fast_tensor, inlined: the common argument costs no calls
                 spec = specs[i]
                 if spec is None or type(a) is not np.ndarray:
                     break
@@ -246,16 +144,27 @@ class VirtualMachine:
                 regs[i] = Tensor(_address(a) if a.size else _EMPTY_ADDRESS, meta, a, 0, a)
                 i += 1
             else:
-                return _export(self._run_frame(Frame(index, code, regs, None)))
+                return export(self._run_frame(Frame(index, code, regs, None)))
         fn = self.exe.functions[index]
         if len(args) != len(fn.params):
             raise InvokeArgumentError(
                 f"{name} takes {len(fn.params)} arguments ({', '.join(fn.params)}), got {len(args)}")
         values = []
         for a, spec, t, p in zip(args, self._param_specs[index], fn.param_types, fn.params):
-            v = _fast_tensor(a, spec) if spec is not None and type(a) is np.ndarray else None
-            values.append(v if v is not None else self._import_arg(a, t, f"{name}: parameter {p!r}"))
-        return _export(self._run(index, values))
+            v = fast_tensor(a, spec) if spec is not None and type(a) is np.ndarray else None
+            values.append(v if v is not None else
+                          import_arg(a, t, f"{name}: parameter {p!r}", self._ctors, len(self.exe.functions)))
+        return export(self._run(index, values))
+
+    def prepared_code(self, name: str) -> list:
+        """How each instruction of function `name` runs after preparation, one label per pc:
+        the opcode's name, or the specialised handler preparation chose for it (e.g.
+        `CallShapeFunc_memo`, a shape function memoised on its input shapes, or
+        `AllocStorageTensor`, an allocation fused with the view of all of it)."""
+        index = self._index.get(name)
+        if index is None:
+            raise VMError(f"no function named {name!r}; functions: {', '.join(self._index)}")
+        return [handler_label(handler) for handler, _ in self._code[index]]
 
     def memory_stats(self) -> dict:
         """Storage allocator counters since the VM was made or `reset_memory_stats` last ran:
@@ -345,11 +254,13 @@ class VirtualMachine:
     # ------------------------------------------------------------ handlers, in table order
 
     def _op_Move(self, regs, a, pc):
-        regs[a[0]] = regs[a[1]]
+        dst, src = a
+        regs[dst] = regs[src]
         return pc + 1
 
     def _op_Ret(self, regs, a, pc):
-        value = regs[a[0]]
+        (src,) = a
+        value = regs[src]
         done = self._stack.pop()
         if self._stack:
             self._stack[-1].regs[done.ret_dst] = value
@@ -365,7 +276,7 @@ class VirtualMachine:
         closure, args, dst = a
         c = regs[closure]
         if not isinstance(c, Closure):
-            raise VMError(f"InvokeClosure: r{closure} holds {_kind(c)}, not a closure")
+            raise VMError(f"InvokeClosure: r{closure} holds {kind_of(c)}, not a closure")
         callee = self.exe.functions[c.func_index]
         values = list(c.captured) + [regs[r] for r in args]
         if len(values) != len(callee.params):
@@ -374,19 +285,9 @@ class VirtualMachine:
         return self._call(c.func_index, values, dst, pc)
 
     def _op_CallKernel(self, regs, a, pc):
-        site, argregs, kernel = a
-        items, layouts = site.items, site.layouts
-        k = 0
-        for r in argregs:
-            t = regs[r]
-            try:
-                if t.meta is not layouts[k]:
-                    _describe_arg(site, kernel, k, t)
-            except AttributeError:
-                raise VMError(f"CallKernel {kernel.name}: r{r} holds {_kind(t)}, expected a tensor") from None
-            items[k].data = t.address
-            k += 1
-        rc = site.fn(site.tensors, site.nargs)
+        site, argregs, kernel, fn = a
+        bind(site, kernel, regs, argregs)
+        rc = fn(site.tensors, site.nargs)
         if rc:
             raise kernel.native_error(rc, [regs[r].shape for r in argregs])
         return pc + 1
@@ -410,8 +311,8 @@ class VirtualMachine:
         return pc + 1
 
     def _op_CallShapeFunc_prepared(self, regs, a, pc):
-        """CallShapeFunc of a function specialized to its attrs at load (see `_prepared`)."""
-        fast, inputs, outputs, index, last = a
+        """CallShapeFunc of a function specialized to its attrs at load (prepare.specialized)."""
+        fast, inputs, outputs, index, last, _ = a
         args = [regs[r] for r in inputs]
         for t in args:
             if not isinstance(t, Tensor):
@@ -439,7 +340,7 @@ class VirtualMachine:
         """A shape function that reads only input shapes, called with the very (dtype, shape)
         objects as last time (AllocTensorReg and invoke reuse them while shapes stay the same)
         returns what it returned then: the outputs of the last call are reused, no call."""
-        inputs, outputs, last, seen = a[1], a[2], a[4], a[5]
+        _, inputs, outputs, _, last, seen = a
         metas = seen[0]
         if metas is not None:
             k = 0
@@ -453,7 +354,7 @@ class VirtualMachine:
                     regs[r] = last[k]
                     k += 1
                 return pc + 1
-        pc = self._op_CallShapeFunc_prepared(regs, a[:5], pc)
+        pc = self._op_CallShapeFunc_prepared(regs, a, pc)
         reusable = all(regs[r] is t for r, t in zip(outputs, last))
         seen[0] = tuple(regs[r].meta for r in inputs) if reusable else None
         return pc
@@ -476,21 +377,21 @@ class VirtualMachine:
         return pc + 1
 
     def _op_AllocStorageTensor(self, regs, a, pc):
-        """AllocStorage + AllocTensor viewing it whole from offset 0 (fused at translation,
+        """AllocStorage + AllocTensor viewing it whole from offset 0 (fused at preparation,
         which checked that the view fits)."""
-        (size, alignment, dtype, sdst, size_class), meta, dst = a
+        (size, alignment, dtype, sdst, size_class), meta, dst = a   # StorageTensorOps
         s = regs[sdst] = self._pool.lease(size_class, size, alignment, dtype)
         regs[dst] = Tensor(s.address, meta, s._buf, s._start)
         return pc + 2
 
     def _op_AllocStorageTensorReg(self, regs, a, pc):
         """AllocStorageReg + AllocTensorReg of the same shape register at offset 0 (fused at
-        translation): the tensor is exactly the block, so it needs no bounds check."""
-        sa, ta = a
-        value = regs[sa[0]]
+        preparation): the tensor is exactly the block, so it needs no bounds check."""
+        sa, ta = a                          # StorageRegOps, TensorRegOps
+        shape, alignment, dtype, sdst, element_size, classes = sa
+        value = regs[shape]
         if type(value) is not ShapeTensor:  # a general shape tensor: the two handlers
             return self._op_AllocTensorReg(regs, ta, self._op_AllocStorageReg(regs, sa, pc))
-        _, alignment, dtype, sdst, element_size, classes = sa
         dims = value.dims
         size = math.prod(dims) * element_size
         cls = classes.get(size)
@@ -499,11 +400,11 @@ class VirtualMachine:
                 classes.clear()
             cls = classes[size] = class_for(size, alignment)
         s = regs[sdst] = self._pool.lease(cls, size, alignment, dtype)
-        last = ta[6]
+        _, _, _, tensor_dtype, dst, _, last = ta
         meta = last[0]
         if meta[1] != dims:
-            meta = last[0] = (ta[3], dims)
-        regs[ta[4]] = Tensor(s.address, meta, s._buf, s._start)
+            meta = last[0] = (tensor_dtype, dims)
+        regs[dst] = Tensor(s.address, meta, s._buf, s._start)
         return pc + 2
 
     def _op_AllocTensor(self, regs, a, pc):
@@ -565,7 +466,7 @@ class VirtualMachine:
         elif isinstance(value, tuple):
             regs[dst] = _SMALL_INTS[0]
         else:
-            raise VMError(f"GetTag: r{obj} holds {_kind(value)}, not an ADT value")
+            raise VMError(f"GetTag: r{obj} holds {kind_of(value)}, not an ADT value")
         return pc + 1
 
     def _op_If(self, regs, a, pc):
@@ -573,18 +474,22 @@ class VirtualMachine:
         return pc + (then_off if int(regs[test]) == int(regs[target]) else else_off)
 
     def _op_Goto(self, regs, a, pc):
-        return pc + a[0]
+        (off,) = a
+        return pc + off
 
     def _op_LoadConst(self, regs, a, pc):
-        regs[a[1]] = self._constants[a[0]]
+        const, dst = a
+        regs[dst] = self._constants[const]
         return pc + 1
 
     def _op_LoadConsti(self, regs, a, pc):
-        regs[a[1]] = _int_scalar(a[0])
+        value, dst = a
+        regs[dst] = _int_scalar(value)
         return pc + 1
 
     def _op_ShapeOf(self, regs, a, pc):
-        regs[a[1]] = ShapeTensor.make(_tensor(regs[a[0]], a[0]).meta[1])
+        tensor, dst = a
+        regs[dst] = ShapeTensor.make(_tensor(regs[tensor], tensor).meta[1])
         return pc + 1
 
     def _op_ReshapeTensor(self, regs, a, pc):
@@ -597,11 +502,13 @@ class VirtualMachine:
         return pc + 1
 
     def _op_KillRegister(self, regs, a, pc):
-        regs[a[0]] = None
+        (reg,) = a
+        regs[reg] = None
         return pc + 1
 
     def _op_Fatal(self, regs, a, pc):
-        raise VMError(a[0])
+        (message,) = a
+        raise VMError(message)
 
     def _op_CallLoop(self, regs, a, pc):
         """A whole loop in one native call (kernels/loop.py). Each iteration counts as one step
@@ -611,13 +518,7 @@ class VirtualMachine:
         budget.base[()] = _steps_left(self._steps) if limited else -1
         counters.base[:] = (0, -1)      # what an argument the kernel rejects leaves there
         values = [regs[r] for r in inputs] + [budget] + [regs[r] for r in outputs] + [counters]
-        items, layouts = site.items, site.layouts
-        for k, t in enumerate(values):
-            if not isinstance(t, Tensor):
-                raise VMError(f"CallLoop {kernel.name}: argument {k} is {_kind(t)}, expected a tensor")
-            if t.meta is not layouts[k]:
-                _describe_arg(site, kernel, k, t)
-            items[k].data = t.address
+        bind(site, kernel, values, range(len(values)), f"CallLoop {kernel.name}", "argument ")
         start = time.perf_counter()
         rc = site.fn(site.tensors, site.nargs)
         seconds = time.perf_counter() - start
@@ -641,145 +542,18 @@ class VirtualMachine:
             return inner
         return kernel.native_error(rc, shapes)
 
-    # ------------------------------------------------------------ long handlers
-
-    def _timed(self, name, handler):
-        """A profiling wrapper: counts the opcode and adds the handler's time."""
-        counts, seconds, clock = self._profile.opcodes, self._profile.opcode_seconds, time.perf_counter
-
-        def timed(regs, a, pc):
-            t0 = clock()
-            try:
-                return handler(regs, a, pc)
-            finally:
-                seconds[name] += clock() - t0
-                counts[name] += 1
-        return timed
-
-    def _op_CallKernel_profiled(self, regs, a, pc):
-        """_op_CallKernel timing itself: handler time and the native call's own time (the
-        profiler's bookkeeping after the call is not counted as VM time)."""
-        clock = time.perf_counter
-        start = clock()
-        site, argregs, kernel = a
-        items, layouts = site.items, site.layouts
-        for k, r in enumerate(argregs):
-            t = regs[r]
-            if not isinstance(t, Tensor):
-                raise VMError(f"CallKernel {kernel.name}: r{r} holds {_kind(t)}, expected a tensor")
-            if t.meta is not layouts[k]:
-                _describe_arg(site, kernel, k, t)
-            items[k].data = t.address
-        t0 = clock()
-        rc = site.fn(site.tensors, site.nargs)
-        t1 = clock()
-        if rc:
-            raise kernel.native_error(rc, [regs[r].shape for r in argregs])
-        profile = self._profile
-        profile.opcode_seconds["CallKernel"] += clock() - start
-        profile.opcodes["CallKernel"] += 1
-        profile.record_kernel(kernel.name, kernel.last_variant, t0, t1 - t0)
-        return pc + 1
-
-    # ------------------------------------------------------------ arguments
-
-    def _import_arg(self, value, desc, where):
-        """Check one argument against its type descriptor and convert it to a run-time value."""
-        kind = desc["kind"]
-        if kind == "tensor":
-            return _import_tensor(value, desc, where)
-        if kind == "tuple":
-            fields = desc["fields"]
-            if not isinstance(value, tuple) or len(value) != len(fields):
-                raise InvokeArgumentError(f"{where}: expected a tuple of {len(fields)} values, got {_kind(value)}")
-            return tuple(self._import_arg(v, d, f"{where}[{i}]") for i, (v, d) in enumerate(zip(value, fields)))
-        if kind == "adt":
-            return self._import_adt(value, desc["name"], where)
-        if kind == "any":
-            return rebuild(value, _import_leaf)
-        if not isinstance(value, Closure) or not 0 <= value.func_index < len(self.exe.functions):
-            raise InvokeArgumentError(f"{where}: expected a vm.Closure from this executable, got {_kind(value)}")
-        return value
-
-    def _import_adt(self, value, adt_name, where):
-        """An ADT argument, checked all the way down (iteratively: long lists are fine): every
-        node's constructor exists with its tag and arity, and a field declared as an ADT or a
-        tensor holds one of that type (fields typed by a type parameter are not checked).
-        Without this, a match could read a node of another type as the constructor with the
-        same tag."""
-        if not isinstance(value, ADT):
-            raise InvokeArgumentError(f"{where}: expected a vm.ADT of type {adt_name}, got {_kind(value)}")
-        ctors = self._ctors
-        ctor = ctors.get(value.constructor)
-        if ctor is None or ctor["adt"] != adt_name:
-            raise InvokeArgumentError(
-                f"{where}: expected a {adt_name} value, got constructor {value.constructor!r} tag {value.tag}")
-
-        def checked(node, fields):
-            c = ctors.get(node.constructor)
-            if c is None or c["tag"] != node.tag or c["arity"] not in (None, len(fields)):
-                raise InvokeArgumentError(f"{where}: constructor {node.constructor!r} tag {node.tag} with "
-                                          f"{len(fields)} fields is not a constructor of this program")
-            for i, (field, desc) in enumerate(zip(fields, c.get("fields", ()))):
-                if not _fits(field, desc, ctors):
-                    raise InvokeArgumentError(f"{where}: field {i} of a {node.constructor} must be "
-                                              f"{_describe(desc)}, got {_kind(field)}")
-            return ADT(node.constructor, node.tag, fields)
-        return rebuild(value, _import_leaf, make_adt=checked)
-
 
 # ---------------------------------------------------------------- value helpers
 
-def _describe_arg(site, kernel, k, t):
-    """Slow path of a kernel call: argument k's (dtype, shape) object is new at this call site.
-    Check dtype and rank against the kernel's signature and write its extents."""
-    if t.meta == site.layouts[k]:
-        site.layouts[k] = t.meta  # equal dtype and shape: the descriptor is already right
-        return
-    dtype, shape = t.meta
-    n_in = len(kernel.inputs)
-    what = f"input {k}" if k < n_in else f"output {k - n_in}"
-    if dtype != site.dtypes[k]:
-        raise KernelError(f"kernel {kernel.name}: {what} has dtype {dtype}, expected {site.dtypes[k]}")
-    if len(shape) != site.ranks[k]:
-        raise KernelError(f"kernel {kernel.name}: {what} has rank {len(shape)}, expected {site.ranks[k]}")
-    site.set_shape(k, shape)
-    site.layouts[k] = t.meta
-
-
-def _arena_views(fn) -> frozenset:
-    """pcs of the AllocTensor instructions that view a storage which two or more AllocTensors
-    view (a planned arena). Followed per definition of the storage register, since register
-    allocation reuses registers."""
-    views: dict[int, list] = {}     # storage register -> AllocTensor pcs since its definition
-    groups = []
-    for pc, ins in enumerate(fn.instructions):
-        spec = OPCODES[ins.op]
-        if spec.name == "AllocTensor":
-            views.setdefault(ins.args[0], []).append(pc)
-        if spec.fields and spec.fields[-1][0] == "dst" and ins.args[-1] in views:
-            groups.append(views.pop(ins.args[-1]))
-    groups.extend(views.values())
-    return frozenset(pc for group in groups if len(group) > 1 for pc in group)
-
-
-def _kind(value) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {value.shape}"
-    if isinstance(value, np.ndarray):
-        return f"a {value.dtype} array of shape {value.shape}"
-    return f"a {type(value).__name__}"
-
-
 def _tensor(value, reg) -> Tensor:
     if not isinstance(value, Tensor):
-        raise VMError(f"r{reg} holds {_kind(value)}, expected a tensor")
+        raise VMError(f"r{reg} holds {kind_of(value)}, expected a tensor")
     return value
 
 
 def _storage(value):
     if not isinstance(value, Storage):
-        raise VMError(f"expected a Storage, got {_kind(value)}")
+        raise VMError(f"expected a Storage, got {kind_of(value)}")
     return value
 
 
@@ -788,7 +562,7 @@ def _fields(value, reg):
         return value
     if isinstance(value, ADT):
         return value.fields
-    raise VMError(f"GetField: r{reg} holds {_kind(value)}, not a tuple or ADT value")
+    raise VMError(f"GetField: r{reg} holds {kind_of(value)}, not a tuple or ADT value")
 
 
 def _shape_tuple(value) -> tuple:
@@ -804,7 +578,7 @@ def _shape_tuple(value) -> tuple:
         return shape
     arr = value.array if isinstance(value, Tensor) else np.asarray(value)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ShapeError(f"a shape must be a 1-D integer tensor, got {_kind(arr)}")
+        raise ShapeError(f"a shape must be a 1-D integer tensor, got {kind_of(arr)}")
     shape = tuple(arr.tolist())
     if any(d < 0 for d in shape):
         raise ShapeError(f"a shape cannot have negative dimensions: {list(shape)}")
@@ -828,148 +602,3 @@ def _steps_left(steps) -> int:
         return _I64_MAX
 
 
-def _loop_calls(kernel, kernels) -> list:
-    """The inner kernels a loop kernel calls, in call order (named in its error reports)."""
-    inner = {k.symbol: k for k in kernels if k.kind == "compiled"}
-    try:
-        return [inner[symbol] for symbol, _ in kernel.attrs["header"] + kernel.attrs["body"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ExecutableFormatError(f"loop kernel {kernel.name}: bad call list ({type(e).__name__}: "
-                                    f"{e})") from None
-
-
-def _call_with(fn, attrs, inputs):
-    return fn(inputs, attrs)
-
-
-def _prepared(fn, attrs):
-    """`fn` specialized to `attrs` through its optional `check_attrs(attrs)` hook, which
-    validates the attrs once and returns `fast(inputs) -> shapes`; None (the general path,
-    which reports bad attrs as typed errors when it runs) without a hook or when the attrs
-    fail the check."""
-    hook = getattr(fn, "check_attrs", None)
-    if hook is None:
-        return None
-    try:
-        return hook(attrs)
-    except Exception:  # noqa: BLE001 - bad attrs: the general path raises when (if ever) it runs
-        return None
-
-
-def _tensor_spec(desc):
-    """What `_fast_tensor` checks for a tensor parameter (None for other kinds)."""
-    if desc.get("kind") != "tensor":
-        return None
-    shape = desc["shape"]
-    static = tuple(shape) if None not in shape else None
-    fixed = [(i, d) for i, d in enumerate(shape) if d is not None]
-    return np_dtype(desc["dtype"]), desc["dtype"], len(shape), static, fixed
-
-
-def _fast_tensor(a, spec):
-    """The common case of an argument: a compact aligned array of the declared dtype and shape
-    becomes a Tensor with no copy; None means "take the general path" (which also reports)."""
-    dt, name, rank, static, fixed = spec
-    if a.dtype is not dt and a.dtype != dt:
-        return None
-    shape = a.shape
-    if static is not None:
-        if shape != static:
-            return None
-    else:
-        if len(shape) != rank:
-            return None
-        for i, d in fixed:
-            if shape[i] != d:
-                return None
-    flags = a.flags
-    if not (flags.c_contiguous and flags.aligned):
-        return None
-    return Tensor.of(a, name)
-
-
-def _import_tensor(value, desc, where):
-    want_dtype, want_shape = desc["dtype"], desc["shape"]
-    if type(value) is np.ndarray and _DTYPE_NAMES.get(value.dtype) == want_dtype \
-            and value.flags.c_contiguous and value.flags.aligned and value.ndim == len(want_shape) \
-            and all(w is None or w == h for w, h in zip(want_shape, value.shape)):
-        return Tensor.from_array(value)  # the common case, checked in one go
-    if not isinstance(value, np.ndarray):
-        try:
-            value = np.from_dlpack(value) if hasattr(value, "__dlpack__") else np.asarray(value)
-        except Exception as e:  # noqa: BLE001 - anything numpy cannot convert
-            raise InvokeArgumentError(f"{where}: cannot convert {_kind(value)} to a tensor ({e})") from None
-    expected = f"{want_dtype}[{', '.join('?' if d is None else str(d) for d in want_shape)}]"
-    got = f"{value.dtype}{list(value.shape)}"
-    if value.dtype != np_dtype(want_dtype):
-        raise InvokeArgumentError(f"{where}: expected dtype {want_dtype} ({expected}), got {got}")
-    if value.ndim != len(want_shape):
-        raise InvokeArgumentError(f"{where}: expected rank {len(want_shape)} ({expected}), got {got}")
-    for axis, (want, have) in enumerate(zip(want_shape, value.shape)):
-        if want is not None and want != have:
-            raise InvokeArgumentError(f"{where}: expected dim {axis} = {want} ({expected}), got {got}")
-    return _as_tensor(value)
-
-
-_DTYPE_NAMES = {np_dtype(name): name for name in ("float32", "float64", "int32", "int64", "bool")}
-
-
-def _as_tensor(a: np.ndarray) -> Tensor:
-    """The VM's Tensor for an array: kernels need compact, aligned, native-order memory."""
-    if not (a.flags.c_contiguous and a.flags.aligned) or not a.dtype.isnative:
-        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
-    return Tensor.from_array(a)
-
-
-def _fits(value, desc, ctors) -> bool:
-    """Whether an imported ADT field fits its declared type (its own fields were checked when
-    it was built; type parameters and function types are not checked)."""
-    kind = desc["kind"]
-    if kind == "adt":
-        c = ctors.get(value.constructor) if isinstance(value, ADT) else None
-        return c is not None and c["adt"] == desc["name"]
-    if kind == "tensor":
-        return isinstance(value, Tensor) and value.dtype == desc["dtype"] and \
-            len(value.shape) == len(desc["shape"]) and \
-            all(d is None or d == n for d, n in zip(desc["shape"], value.shape))
-    if kind == "tuple":
-        return isinstance(value, tuple) and len(value) == len(desc["fields"]) and \
-            all(_fits(v, d, ctors) for v, d in zip(value, desc["fields"]))
-    return True
-
-
-def _describe(desc) -> str:
-    if desc["kind"] == "adt":
-        return f"a {desc['name']}"
-    if desc["kind"] == "tensor":
-        dims = ", ".join("?" if d is None else str(d) for d in desc["shape"])
-        return f"a {desc['dtype']} tensor of shape ({dims})"
-    return f"a {desc['kind']}"
-
-
-def _import_leaf(value):
-    """ADT fields carry no declared types: any array-like becomes a contiguous supported array."""
-    if isinstance(value, (Closure, Storage, Tensor)):
-        return value
-    arr = np.asarray(value)
-    try:
-        dtype_name(arr.dtype)
-    except DynVMError as e:
-        raise InvokeArgumentError(f"ADT field: {e}") from None
-    return _as_tensor(arr)
-
-
-def _export(value):
-    """Turn a run-time value into what `invoke` returns. Read-only arrays (constants) are copied
-    so that the caller owns, and may write, every array it gets."""
-    if type(value) is Tensor:       # the common result: a plain tensor
-        a = value._array
-        if a is None:
-            a = value.array
-        return a if a.flags.writeable else a.copy()
-    if isinstance(value, Tensor):
-        value = value.array
-        return value if value.flags.writeable else value.copy()
-    if isinstance(value, (tuple, ADT)):
-        return rebuild(value, _export)
-    return value

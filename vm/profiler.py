@@ -1,12 +1,17 @@
 """The VM profiler: what ran, which kernel variant, and where the time went.
 
-`VirtualMachine(exe, profile=True)` wraps every instruction handler with a timer (the
-unprofiled VM runs the plain handlers: profiling off costs nothing) and times each native
-kernel call on its own, reading the dispatcher's `S__variant` global after the call to learn
-which variant ran. The VM's own cost is handler time minus native kernel time.
+Profiling is hooks set up when code is prepared, not separate handlers: with
+`VirtualMachine(exe, profile=True)` every instruction handler runs inside `Profile.timed` (count
+and time per opcode), every kernel entry point inside `Profile.kernel_timer` (each native call
+timed on its own, reading the dispatcher's `S__variant` global after the call to learn which
+variant ran) and every shape function inside `Profile.shape_func_counter` (how often it really
+ran: memoised results do not count). The unprofiled VM runs the plain handlers: profiling off
+costs nothing. The VM's own cost is handler time minus native kernel time. `StaticRuntime`
+uses the same timers around its kernel calls.
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -26,7 +31,46 @@ class Profile:
         self.dropped_events = 0
         self.loop_iterations = Counter()         # native loop kernel name -> iterations run
         self.loop_seconds = 0.0                  # native time of CallLoop (kernels/loop.py)
+        self.shape_func_calls = Counter()        # shape function name -> times it ran
         self.origin = time.perf_counter()
+
+    # ------------------------------------------------------------ hooks (set up at preparation)
+
+    def timed(self, name, handler):
+        """`handler` counting itself as opcode `name` and adding its time."""
+        counts, seconds, clock = self.opcodes, self.opcode_seconds, time.perf_counter
+
+        @functools.wraps(handler)
+        def timed(*args):
+            t0 = clock()
+            try:
+                return handler(*args)
+            finally:
+                seconds[name] += clock() - t0
+                counts[name] += 1
+        return timed
+
+    def kernel_timer(self, kernel, fn):
+        """A kernel entry point `fn(tensors, nargs) -> rc` recording each call (its native time
+        and the variant that ran) as `kernel`'s."""
+        clock, record = time.perf_counter, self.record_kernel
+
+        def timed_kernel(tensors, nargs):
+            t0 = clock()
+            rc = fn(tensors, nargs)
+            if not rc:      # a failed call raises; it is not recorded
+                record(kernel.name, kernel.last_variant, t0, clock() - t0)
+            return rc
+        return timed_kernel
+
+    def shape_func_counter(self, name, fn):
+        """A shape function counting its runs under `name`."""
+        counts = self.shape_func_calls
+
+        def counted(*args):
+            counts[name] += 1
+            return fn(*args)
+        return counted
 
     # ------------------------------------------------------------ recording (VM side)
 
@@ -42,13 +86,11 @@ class Profile:
             self.dropped_events += 1
 
     def record_loop(self, name, start, seconds, iterations):
-        """One CallLoop: a native loop kernel that ran `iterations` iterations (its handler
-        time is its native time: the VM work around it is a few descriptor writes)."""
+        """One CallLoop: a native loop kernel that ran `iterations` iterations (the instruction
+        itself is counted and timed by `timed`, like every other)."""
         self.record_kernel(name, "native", start, seconds)
         self.loop_iterations[name] += iterations
         self.loop_seconds += seconds
-        self.opcodes["CallLoop"] += 1
-        self.opcode_seconds["CallLoop"] += seconds
 
     # ------------------------------------------------------------ reading
 

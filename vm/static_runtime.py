@@ -16,30 +16,15 @@ same kernels, same memory plan, no interpreter. Anything a fixed kernel list ove
 cannot express is rejected when the runtime is built, with a `StaticRuntimeError` naming the
 parameter dimension or the instruction: Any dims, control flow, calls, run-time shapes.
 """
-import time
-
 import numpy as np
 
+from dynvm.vm.boundary import bind, import_tensor
 from dynvm.vm.bytecode import OPCODES
 from dynvm.vm.dtypes import np_dtype
 from dynvm.vm.errors import InvokeArgumentError, KernelError, StaticRuntimeError, VMError
-from dynvm.vm.machine import _import_tensor
 from dynvm.vm.profiler import Profile
 from dynvm.vm.values import ADT, Storage, Tensor, cache_aligned, rebuild
 
-# opcode -> why the static runtime cannot run it (every other opcode is resolved at build time)
-_REJECTED = {
-    "If": "is control flow",
-    "Goto": "is control flow",
-    "Invoke": "is a function call",
-    "InvokeClosure": "is a closure call",
-    "CallShapeFunc": "computes a shape at run time (a dynamic shape)",
-    "AllocStorageReg": "sizes storage at run time (a dynamic shape)",
-    "AllocTensorReg": "shapes a tensor at run time (a dynamic shape)",
-    "AllocClosure": "builds a closure",
-    "Fatal": "always raises",
-    "CallLoop": "runs a loop (control flow, as a native loop kernel)",
-}
 _HINT = "StaticRuntime runs straight-line code over static shapes only; use VirtualMachine"
 
 
@@ -75,15 +60,12 @@ class StaticRuntime:
                                       f"({', '.join(fn.params)}), got {len(args)}")
         for a, (buf, dt, shape, desc, where) in zip(args, self._inputs):
             if type(a) is not np.ndarray or a.shape != shape or a.dtype != dt:
-                a = _import_tensor(a, desc, where).array  # converts, or raises the VM's error
+                a = import_tensor(a, desc, where).array  # converts, or raises the VM's error
             buf[...] = a
-        if self._profile is not None:
-            self._run_profiled()
-        else:
-            for fn, tensors, nargs, i in self._calls:
-                rc = fn(tensors, nargs)
-                if rc:
-                    raise self._native_error(i, rc)
+        for fn, tensors, nargs, i in self._calls:
+            rc = fn(tensors, nargs)
+            if rc:
+                raise self._native_error(i, rc)
         return self._export()
 
     __call__ = run
@@ -128,8 +110,7 @@ class StaticRuntime:
             if op == "Move":
                 regs[a[0]] = regs[a[1]]
             elif op == "CallKernel":
-                self._prepare_call(kernels[a[0]], [_tensor(regs[r], r, where) for r in a[1] + a[2]],
-                                   len(a[1]), pc)
+                self._prepare_call(kernels[a[0]], regs, a[1], a[2], pc)
             elif op == "AllocStorage":
                 size, alignment, dtype, dst = a
                 regs[dst] = self._storage_block(size, alignment, dtype)
@@ -183,40 +164,22 @@ class StaticRuntime:
         return self._storage_block(int(np.prod(shape, dtype=np.int64)) * np_dtype(dtype).itemsize,
                                    64, dtype)
 
-    def _prepare_call(self, kernel, tensors, n_in, pc):
+    def _prepare_call(self, kernel, regs, inputs, outputs, pc):
         """One entry of the call list: fn(args, nargs) with every descriptor filled now."""
         what = f"{self.name}: instruction {pc} (CallKernel {kernel.name})"
-        if len(tensors) != len(kernel.inputs) + len(kernel.outputs) or n_in != len(kernel.inputs):
+        n_in = len(inputs)
+        if n_in != len(kernel.inputs) or len(outputs) != len(kernel.outputs):
             raise KernelError(f"{what}: kernel takes {len(kernel.inputs)} inputs and "
-                              f"{len(kernel.outputs)} outputs, got {n_in} and {len(tensors) - n_in}")
-        shapes = [t.shape for t in tensors]
-        index = len(self._calls)
-        site = kernel.call_site()
-        for k, t in enumerate(tensors):
-            arg = f"input {k}" if k < n_in else f"output {k - n_in}"
-            if t.dtype != site.dtypes[k]:
-                raise KernelError(f"{what}: {arg} has dtype {t.dtype}, expected {site.dtypes[k]}")
-            if t.ndim != site.ranks[k]:
-                raise KernelError(f"{what}: {arg} has rank {t.ndim}, expected {site.ranks[k]}")
-            site.items[k].data = t.address
-            site.set_shape(k, t.shape)
-        self._calls.append((site.fn, site.tensors, site.nargs, index))
-        self._sites.append((kernel, shapes, pc, site))  # the site owns the descriptor memory
+                              f"{len(kernel.outputs)} outputs, got {n_in} and {len(outputs)}")
+        site = kernel.call_site()       # it owns the descriptor memory: kept in _sites
+        bind(site, kernel, regs, inputs + outputs, what)
+        fn = site.fn
+        if self._profile is not None:
+            fn = self._profile.timed("CallKernel", self._profile.kernel_timer(kernel, fn))
+        self._calls.append((fn, site.tensors, site.nargs, len(self._calls)))
+        self._sites.append((kernel, [regs[r].shape for r in inputs + outputs], pc, site))
 
     # ------------------------------------------------------------ running
-
-    def _run_profiled(self):
-        clock, profile = time.perf_counter, self._profile
-        for fn, tensors, nargs, i in self._calls:
-            kernel = self._sites[i][0]
-            start = clock()
-            rc = fn(tensors, nargs)
-            seconds = clock() - start
-            if rc:
-                raise self._native_error(i, rc)
-            profile.opcodes["CallKernel"] += 1
-            profile.opcode_seconds["CallKernel"] += seconds
-            profile.record_kernel(kernel.name, kernel.last_variant, start, seconds)
 
     def _native_error(self, i, rc):
         kernel, shapes, pc, _ = self._sites[i]
@@ -239,13 +202,14 @@ def _check_params(fn):
 
 
 def _check_code(fn):
+    """Reject the first opcode the table says the static runtime cannot run (its `not_static`
+    reason), up to the first terminator (code after it is never reached)."""
     for pc, ins in enumerate(fn.instructions):
-        name = OPCODES[ins.op].name
-        if name == "Ret":
+        spec = ins.spec
+        if spec.not_static:
+            raise StaticRuntimeError(f"{fn.name}: instruction {pc} ({spec.name}) {spec.not_static}; {_HINT}")
+        if spec.has("terminator"):
             return
-        reason = _REJECTED.get(name)
-        if reason is not None:
-            raise StaticRuntimeError(f"{fn.name}: instruction {pc} ({name}) {reason}; {_HINT}")
 
 
 # ---------------------------------------------------------------- value helpers

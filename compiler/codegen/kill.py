@@ -8,51 +8,65 @@ AllocStorage/AllocStorageReg that is not the arena, the tensors carved from it a
 ReshapeTensor views — right after the last instruction reading any of them. Then the VM's pool
 can hand the block to a later allocation of the same invocation.
 
-It only kills where that can lower the peak: some allocation (AllocStorage*, or a call, which
-allocates in its frame) must come later in the code. Loops need no special case: regalloc's
-live intervals cover a whole loop for any register used in it, so a register used in a loop
-has its last use at the loop's backward Goto, after which nothing falls through. Kills never
-go after Ret/Goto/Fatal/If (they would be dead or only run on one path). Killing is always safe:
-the register is dead afterwards, and other references (a tuple, a returned value) keep the
-memory alive by themselves.
+It only kills where that can lower the peak: some allocation (an opcode the table flags
+`leases`, or `calls`: a call allocates in its frame) must come later in the code. Loops need no
+special case: regalloc's live intervals cover a whole loop for any register used in it, so a
+register used in a loop has its last use at the loop's backward Goto, after which nothing falls
+through. Kills never go after an instruction that does not fall through (a terminator or a
+jump: they would be dead or only run on one path). Killing is always safe: the register is dead
+afterwards, and other references (a tuple, a returned value) keep the memory alive by
+themselves.
 """
 from __future__ import annotations
 
-from dynvm.vm.bytecode import Instruction
+from dynvm.vm.bytecode import Instruction, Opcode, registers
 
 from dynvm.compiler.codegen.regalloc import live_intervals
 from dynvm.compiler.codegen.relink import relink
 
-STORAGE_DEFS = ("AllocStorage", "AllocStorageReg")
-TENSOR_DEFS = ("AllocTensor", "AllocTensorReg")
-MEMORY_DEFS = frozenset(STORAGE_DEFS + TENSOR_DEFS + ("ReshapeTensor",))
-ALLOCATING = frozenset(STORAGE_DEFS + ("Invoke", "InvokeClosure"))
-NO_FALLTHROUGH = frozenset({"Ret", "Goto", "Fatal", "If"})
+# what an instruction does, asked of the opcode table (flags and operand roles)
+
+
+def _leases(ins) -> bool:
+    """Its result is a new pooled block (table flag `leases`)."""
+    return ins.spec.has("leases")
+
+
+def _views(ins) -> bool:
+    """Its result shares an operand's memory (an operand of role `v`)."""
+    return "v" in ins.spec.roles
+
+
+def _allocates(ins) -> bool:
+    """It takes blocks from the pool, itself or in the frame it calls."""
+    return ins.spec.has("leases") or ins.spec.has("calls")
 
 
 def pooled_groups(code, num_params) -> dict:
     """storage register -> the registers sharing its memory (itself, the tensors carved from
-    it, their ReshapeTensor views), for pool-backed storage; registers are written once and
-    are not parameters."""
+    it, their views), for pool-backed storage; registers are written once and are not
+    parameters."""
     writes: dict[int, int] = {}
     carved: dict[int, int] = {}
     for ins in code:
-        if ins.spec.fields and ins.spec.fields[-1][0] == "dst":
-            writes[ins.args[-1]] = writes.get(ins.args[-1], 0) + 1
-        if ins.name in TENSOR_DEFS:
-            carved[ins.args[0]] = carved.get(ins.args[0], 0) + 1
+        for r in registers(ins, "w"):
+            writes[r] = writes.get(r, 0) + 1
+        for r in registers(ins, "v"):
+            carved[r] = carved.get(r, 0) + 1
     root_of: dict[int, int] = {}
     for ins in code:       # emission order: a view's source is defined before the view
-        if ins.name not in MEMORY_DEFS:
+        if not (_leases(ins) or _views(ins)):
             continue
-        dst = ins.args[-1]
+        (dst,) = registers(ins, "w")
         if dst < num_params or writes.get(dst) != 1:
             continue
-        if ins.name in STORAGE_DEFS:
-            if not (ins.name == "AllocStorage" and carved.get(dst, 0) > 1):  # not the arena
+        if _leases(ins):
+            if not (ins.op == Opcode.AllocStorage and carved.get(dst, 0) > 1):  # not the arena
                 root_of[dst] = dst
-        elif ins.args[0] in root_of:
-            root_of[dst] = root_of[ins.args[0]]
+        else:
+            (source,) = registers(ins, "v")
+            if source in root_of:
+                root_of[dst] = root_of[source]
     groups: dict[int, list] = {}
     for reg, root in root_of.items():
         groups.setdefault(root, []).append(reg)
@@ -67,11 +81,11 @@ def insert_kills(code: list, num_params: int) -> list:
     if not groups:
         return code
     _, end = live_intervals(code, num_params)
-    last_alloc = max((pc for pc, ins in enumerate(code) if ins.name in ALLOCATING), default=-1)
+    last_alloc = max((pc for pc, ins in enumerate(code) if _allocates(ins)), default=-1)
     kills_after: dict[int, list] = {}
     for regs in groups.values():
         pc = max(end[r] for r in regs)
-        if pc < last_alloc and code[pc].name not in NO_FALLTHROUGH:
+        if pc < last_alloc and code[pc].spec.falls_through:
             kills_after.setdefault(pc, []).extend(sorted(regs))
     if not kills_after:
         return code

@@ -1,10 +1,10 @@
 """Static memory planning: tensors of static size share one arena per function invocation.
 
 The emitter gives every kernel output its own `AllocStorage` + `AllocTensor`. Here every
-*static-size* tensor that does not escape (it is only read or written by kernels, shape
-functions, ShapeOf or If, directly or through zero-copy `ReshapeTensor` views that don't escape
-either — never moved, returned, put in a tuple or passed to a call) gets an
-offset in one arena, allocated once at function entry; two tensors share bytes only when
+*static-size* tensor that does not escape (the opcode table gives every operand that reads it
+the role `u`sed or `f`illed — kernels, shape functions, ShapeOf, If — directly or through
+zero-copy views (role `v`) that don't escape either — never moved, returned, put in a tuple or
+passed to a call) gets an offset in one arena, allocated once at function entry; two tensors share bytes only when
 their live intervals (from regalloc's liveness, loops included) do not overlap. Tensors with
 `Any` shapes keep their own storage: the VM's pool recycles those blocks.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynvm.vm.bytecode import Instruction
+from dynvm.vm.bytecode import READ_ROLES, Instruction, Opcode, registers
 
 from dynvm.compiler.codegen.regalloc import live_intervals
 from dynvm.compiler.codegen.relink import relink
 from dynvm.vm.memory import size_class
 
 ALIGN = 64
-NON_ESCAPING_USES = {"CallKernel", "CallLoop", "CallShapeFunc", "ShapeOf", "If", "AllocTensor"}
+NON_ESCAPING_ROLES = ("u", "f", "d")   # read during the instruction only (views: followed)
 
 
 @dataclass
@@ -34,15 +34,12 @@ class Block:
 
 
 def _reg_uses(code):
-    """register -> names of the instructions reading it."""
+    """register -> (opcode, role) of each operand reading it."""
     uses: dict[int, list] = {}
     for ins in code:
-        for i, (field, kind) in enumerate(ins.spec.fields):
-            if field == "dst":
-                continue
-            regs = ins.args[i] if kind == "regs" else (ins.args[i],) if kind == "reg" else ()
-            for r in regs:
-                uses.setdefault(r, []).append(ins.name)
+        for role in READ_ROLES:
+            for r in registers(ins, role):
+                uses.setdefault(r, []).append((ins.op, role))
     return uses
 
 
@@ -51,17 +48,17 @@ def _candidate_blocks(code, num_params):
     static storages that are neither, as (pc, size) pairs."""
     uses = _reg_uses(code)
     start, end = live_intervals(code, num_params)
-    storage_at = {ins.args[-1]: pc for pc, ins in enumerate(code) if ins.name == "AllocStorage"}
-    views: dict[int, list] = {}
+    storage_at = {ins.args[-1]: pc for pc, ins in enumerate(code) if ins.op == Opcode.AllocStorage}
+    views: dict[int, list] = {}   # register -> the registers viewing its memory
     for ins in code:
-        if ins.name == "ReshapeTensor":
-            views.setdefault(ins.args[0], []).append(ins.args[-1])
+        for source in registers(ins, "v"):
+            views.setdefault(source, []).extend(registers(ins, "w"))
     contained, returned, taken = [], [], set()
     for pc, ins in enumerate(code):
-        if ins.name != "AllocTensor" or ins.args[0] not in storage_at:
+        if ins.op != Opcode.AllocTensor or ins.args[0] not in storage_at:
             continue
         storage, tensor = ins.args[0], ins.args[-1]
-        if uses.get(storage) != ["AllocTensor"]:
+        if uses.get(storage) != [(Opcode.AllocTensor, "v")]:
             continue
         last_use, escape = _containment(tensor, uses, views, end)
         if escape == "escapes":
@@ -85,14 +82,14 @@ def _plannable_blocks(code, num_params):
 
 
 def _containment(reg, uses, views, end):
-    """(the last pc touching `reg` or a reshaped view of it, how it leaves the function):
-    "contained" when only kernels/shape functions/ShapeOf/If read them, "returned" when
-    some are also returned by Ret (and nothing else), else "escapes"."""
+    """(the last pc touching `reg` or a view of it, how it leaves the function): "contained"
+    when only operands that do not keep it read them, "returned" when some are also returned
+    by Ret (and nothing else), else "escapes"."""
     last, escape = end[reg], "contained"
-    for name in uses.get(reg, []):
-        if name == "ReshapeTensor" or name in NON_ESCAPING_USES:
+    for op, role in uses.get(reg, []):
+        if role == "v" or role in NON_ESCAPING_ROLES:
             continue
-        if name != "Ret":
+        if op != Opcode.Ret:
             return last, "escapes"
         escape = "returned"
     for view in views.get(reg, []):

@@ -7,24 +7,11 @@ ends strictly before the other starts.
 """
 from __future__ import annotations
 
-from dynvm.vm.bytecode import Instruction
-
-
-def _register_fields(ins):
-    """(field index, is_list) of every register operand of `ins`."""
-    return [(i, kind == "regs") for i, (_, kind) in enumerate(ins.spec.fields)
-            if kind in ("reg", "regs")]
-
-
-def _registers(ins):
-    for i, is_list in _register_fields(ins):
-        yield from (ins.args[i] if is_list else (ins.args[i],))
+from dynvm.vm.bytecode import ROLES, Instruction, registers
 
 
 def _jump_offsets(ins):
-    if ins.name == "If":
-        return ins.args[2:4]
-    return ins.args[:1] if ins.name == "Goto" else ()
+    return [ins.args[i] for i in ins.spec.offset_fields]
 
 
 def live_intervals(code, num_params):
@@ -32,7 +19,7 @@ def live_intervals(code, num_params):
     for r in range(num_params):
         start[r], end[r] = -1, -1
     for pc, ins in enumerate(code):
-        for r in _registers(ins):
+        for r in registers(ins):
             start.setdefault(r, pc)
             end[r] = max(end.get(r, pc), pc)
     loops = [(pc + off, pc) for pc, ins in enumerate(code) for off in _jump_offsets(ins) if off <= 0]
@@ -65,6 +52,6 @@ def allocate_registers(code: list, num_params: int):
 
 def _rename(ins, mapping):
     args = list(ins.args)
-    for i, is_list in _register_fields(ins):
+    for i, is_list in ins.spec.role_fields(*ROLES):
         args[i] = [mapping[r] for r in args[i]] if is_list else mapping[args[i]]
     return Instruction(ins.op, *args)

@@ -1,16 +1,12 @@
 """Rewriting code while keeping relative jumps right.
 
 Passes that delete or insert instructions describe the new code as a list of
-(old pc or None, instruction); `relink` recomputes every If/Goto offset from the old targets.
+(old pc or None, instruction); `relink` recomputes every jump offset (the operands of kind
+`offset` in the opcode table) from the old targets.
 """
 from __future__ import annotations
 
 from dynvm.vm.bytecode import Instruction
-
-
-def jump_fields(ins) -> tuple:
-    """Indices of the offset operands of a jump instruction."""
-    return tuple(i for i, (_, kind) in enumerate(ins.spec.fields) if kind == "offset")
 
 
 def relink(new_code: list) -> list:
@@ -30,7 +26,7 @@ def relink(new_code: list) -> list:
 
     out = []
     for new_pc, (old_pc, ins) in enumerate(new_code):
-        fields = jump_fields(ins)
+        fields = ins.spec.offset_fields
         if fields and old_pc is not None:
             args = list(ins.args)
             for i in fields:

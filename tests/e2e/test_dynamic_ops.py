@@ -93,10 +93,13 @@ def test_argwhere_of_all_false_is_empty():
 
 
 def test_nms_uses_the_prepared_shape_functions_and_rejects_mismatched_inputs(nms_vm):
-    _, vm, attrs = nms_vm
-    handlers = [h.__name__ for h, _ in vm._code[0]]
+    exe, vm, attrs = nms_vm
     static = attrs["max_output"] == 100
-    assert handlers.count("_op_CallShapeFunc_memo") == (0 if static else 1)
+    assert vm.prepared_code("main").count("CallShapeFunc_memo") == (0 if static else 1)
+    profiled = VirtualMachine(exe, profile=True)     # the bound runs again only for new shapes
+    for n in (10, 10, 12):
+        profiled.invoke("main", *random_boxes(n, n))
+    assert dict(profiled.profile().shape_func_calls) == ({} if static else {"nms.upper_bound": 2})
     boxes, scores = random_boxes(10, 7)
     with pytest.raises(DynVMError, match="extents do not fit" if static else "boxes must be"):
         vm.invoke("main", boxes, scores[:9])
@@ -117,34 +120,34 @@ def test_fused_allocations_match_the_unfused_vm():
     body = ir.Tuple([op.add(x, ir.const(1.0, "float32")), op.sum(x)])   # dynamic and static outputs
     exe = build(ir.IRModule.from_expr(ir.Function([x], body)))
     vm = VirtualMachine(exe)
-    handlers = [h.__name__ for h, _ in vm._code[0]]
-    assert "_op_AllocStorageTensorReg" in handlers and "_op_AllocStorageTensor" in handlers
-    plain = VirtualMachine(exe, profile=True)       # profiling translates without fusion
-    assert "_op_AllocStorageTensorReg" not in [getattr(h, "__name__", "") for h, _ in plain._code[0]]
+    handlers = vm.prepared_code("main")
+    assert "AllocStorageTensorReg" in handlers and "AllocStorageTensor" in handlers
+    plain = VirtualMachine(exe, profile=True)       # profiling prepares without fusion
+    assert not {"AllocStorageTensorReg", "AllocStorageTensor"} & set(plain.prepared_code("main"))
     for n in (0, 5, 300):
         arg = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
-        for got, want in zip(vm.invoke("main", arg), plain.invoke("main", arg)):
-            np.testing.assert_array_equal(got, want)
+        want = (arg + 1, arg.sum(dtype=np.float32))
+        for vm_ in (vm, plain):
+            got = vm_.invoke("main", arg)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
 
 
-def test_shape_function_results_are_reused_only_while_input_shapes_stay_the_same(monkeypatch):
+def test_shape_function_results_are_reused_only_while_input_shapes_stay_the_same():
     """Shape functions that read only shapes run again only when an input's (dtype, shape)
-    object changed; results stay right when shapes alternate."""
-    from dynvm.vm.machine import VirtualMachine as VM
+    object changed; results stay right when shapes alternate (counted by the profiler)."""
     x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
     y = op.reshape(op.transpose(op.dense(x, ir.const(w))), (-1,))
-    vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], op.add(y, y))), fuse=False))
-    calls = []
-    run_shape_func = VM._op_CallShapeFunc_prepared
-    monkeypatch.setattr(VM, "_op_CallShapeFunc_prepared",
-                        lambda self, regs, a, pc: calls.append(pc) or run_shape_func(self, regs, a, pc))
+    vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], op.add(y, y))), fuse=False),
+                        profile=True)
+    calls = vm.profile().shape_func_calls
     counts = []
     for n in (3, 3, 5, 5, 3, 0, 0):
         a = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
-        before = len(calls)
+        before = sum(calls.values())
         got = vm.invoke("main", a)
         np.testing.assert_allclose(got, 2 * (a @ w.T).T.reshape(-1), rtol=1e-6, atol=1e-6)
-        counts.append(len(calls) - before)
+        counts.append(sum(calls.values()) - before)
     assert counts[0] > 0 and counts[1] == counts[3] == counts[6] == 0
     assert counts[2] == counts[4] == counts[5] == counts[0]

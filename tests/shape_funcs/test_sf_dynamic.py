@@ -113,13 +113,13 @@ def test_prepared_nms_upper_bound_matches_the_general_function():
 
 
 def test_vm_keeps_the_general_shape_function_when_attrs_fail_the_check():
-    from dynvm.vm import machine
+    from dynvm.vm.prepare import specialized
 
     def fn(inputs, attrs):
         return [(1,)]
     fn.check_attrs = lambda attrs: (_ for _ in ()).throw(ShapeError("bad"))
-    assert machine._prepared(fn, {}) is None
+    assert specialized(fn, {}) is None
     fn.check_attrs = lambda attrs: "fast"
-    assert machine._prepared(fn, {}) == "fast"
+    assert specialized(fn, {}) == "fast"
     del fn.check_attrs
-    assert machine._prepared(fn, {}) is None
+    assert specialized(fn, {}) is None

@@ -127,13 +127,15 @@ def test_profiler_counts_variants_and_writes_a_valid_chrome_trace(kernel_exe, tm
     assert "add [vector_exact]" in text and "CallKernel" in text and "VM overhead" in text
 
 
-def test_profiling_off_runs_the_plain_handlers(kernel_exe):
-    vm = VirtualMachine(kernel_exe)
-    handlers = {h.__func__ for code in vm._code for h, _ in code if hasattr(h, "__func__")}
-    assert VirtualMachine._op_CallKernel in handlers
-    assert all(hasattr(h, "__func__") for code in vm._code for h, _ in code)  # no wrappers
+def test_profiling_runs_each_instruction_alone_and_off_records_nothing(kernel_exe):
+    vm, profiled = VirtualMachine(kernel_exe), VirtualMachine(kernel_exe, profile=True)
+    names = [ins.name for ins in kernel_exe.functions[0].instructions]
+    assert profiled.prepared_code("main") == names      # one timed handler per instruction
+    assert "AllocStorageTensorReg" in vm.prepared_code("main")   # unprofiled: fused pairs
     with pytest.raises(VMError, match="profile=True"):
         vm.profile()
+    with pytest.raises(VMError, match="no function named 'nope'"):
+        vm.prepared_code("nope")
 
 
 # ---------------------------------------------------------------- shipping
