@@ -8,17 +8,18 @@ every runtime sees the same numbers):
     reference(x, ...)    the same model in numpy: the correctness oracle
     make_input(size)     a seeded input of the given size
 
-| module | model | size |
-|---|---|---|
-| `bert_varlen` | BERT-style encoder (2 layers, hidden 256; `BASE`: BERT-base, 12 layers, hidden 768) | sequence length |
-| `lstm` | single-layer LSTM, its time loop one native loop kernel | sequence length |
-| `tree_lstm` | child-sum Tree-LSTM over the prelude's rose tree (recursion, map, foldl) | tree nodes |
-| `nms_postprocess` | SSD-style get_valid_counts + non-max suppression | anchors |
-| `arange_model` | position embeddings: `x + take(table, arange(rows(x)))` | rows |
-| `list_ops` | map and foldl over a list of tensors of different lengths | list lengths |
+The models (and the size their input varies in):
+
+    bert_varlen       BERT-style encoder (sequence length): SMALL has 2 layers, hidden 256;
+                      BASE is BERT-base: 12 layers, hidden 768, 12 heads, FFN 3072
+    lstm              single-layer LSTM, its time loop one native loop kernel (sequence length)
+    tree_lstm         child-sum Tree-LSTM over the prelude's rose tree (nodes)
+    nms_postprocess   SSD-style get_valid_counts + non-max suppression (anchors)
+    arange_model      position embeddings x + take(table, arange(rows(x))) (rows)
+    list_ops          map and foldl over a list of tensors (list length, tensor lengths)
 
 The scripts in the repository's examples/ folder run these models against their references and
-print timings, with the two helpers below.
+print timings, with the helpers below.
 """
 from __future__ import annotations
 

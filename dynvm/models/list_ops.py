@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from dynvm.compiler import prelude
-from dynvm.vm.convert import from_list, to_list
 
 PROGRAM = """
 def @normalise(%xs: List[Tensor[(?,), float32]], %scale: Tensor[(), float32]) -> List[Tensor[(?,), float32]] {

@@ -107,7 +107,8 @@ def test_the_examples_self_check_reports_matches_and_mismatches(capsys):
     assert check_and_time(vm, "n", [(5, [a], 2 * a), (0, [a[:0]], a[:0])], 1e-6, 0, repeats=2) == 0
     assert check_and_time(vm, "n", [(5, [a], 2 * a), (5, [a], 3 * a)], 1e-6, 0, repeats=2) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[-1] for line in lines if line.split()[0] in ("5", "0")] == ["ok", "ok", "ok", "MISMATCH"]
+    rows = [line.split()[-1] for line in lines if line.split()[0] in ("5", "0")]
+    assert rows == ["ok", "ok", "ok", "MISMATCH"]
 
 
 def test_every_model_has_an_example_script():
