@@ -1,11 +1,11 @@
-"""Control-flow models (issue 5): LSTM and Tree-LSTM on dynvm vs numpy, PyTorch eager and ONNX
+"""Control-flow models: LSTM and Tree-LSTM on dynvm vs numpy, PyTorch eager and ONNX
 Runtime, batch 1, one table (not a test).
 
-    python benchmarks/control_flow.py [--reps 20] [--seqs 8 32 128] [--nodes 10 100]
+    python benchmarks/control_flow.py [--reps 20] [--seqs 8 32 128] [--nodes 10 100] [--tiny]
 
 LSTM (input 128, hidden 256) at each sequence length and child-sum Tree-LSTM at each tree size,
 all in the same run: the dynvm VM (one executable for every length / tree), a numpy float32
-implementation with a Python loop (LSTM) or the example's numpy recursion (Tree-LSTM),
+implementation with a Python loop (LSTM) or the model's numpy recursion (Tree-LSTM),
 PyTorch eager (`nn.LSTMCell` in a Python loop, `nn.LSTM`, a Tree-LSTM recursion) and ONNX
 Runtime on `nn.LSTM` exported with a dynamic sequence axis. PyTorch and ONNX Runtime are measured
 twice: with 1 thread (dynvm's VM is single-threaded) and with their default threads (all cores);
@@ -14,22 +14,21 @@ each group is interleaved with its own VM measurement. A missing package is a sk
 The ratio column is baseline time / dynvm time (> 1: dynvm is faster). The LSTM's time loop runs
 as one native loop kernel (CallLoop); the row "loop in bytecode" is the same program built with
 native_loops=False, which measures the VM's interpreter. After the table: where the time of one
-LSTM step goes, natively and in bytecode (per-step VM overhead from the profiler).
+LSTM step goes, natively and in bytecode (per-step VM overhead from the profiler). `--tiny` runs
+one small size of each with few repetitions (the test suite's smoke run).
 """
 import argparse
 import io
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import harness  # noqa: E402
-from dynvm.compiler import bench, build  # noqa: E402
-from harness import cpu_lines, fmt_time, measure, na_row, optional_import, print_table, row  # noqa: E402
-from dynvm.vm import VirtualMachine  # noqa: E402
+from dynvm.bench import harness, peers
+from dynvm.bench.harness import cpu_lines, fmt_time, measure, na_row, optional_import, print_table, row
+from dynvm.compiler import build
+from dynvm.models import lstm as lstm_model
+from dynvm.models import tree_lstm
+from dynvm.vm import VirtualMachine
 
 REPS = 20
 
@@ -59,7 +58,7 @@ def numpy_lstm(w):
 
 
 def torch_cell_loop(torch, w):
-    cell = bench.torch_lstm_cell(torch, w)
+    cell = peers.torch_lstm_cell(torch, w)
     hidden = w["w_hh"].shape[1]
 
     def run(x):                           # x: (seq, 1, 128) torch tensor
@@ -73,7 +72,7 @@ def torch_cell_loop(torch, w):
 
 
 def torch_lstm(torch, w):
-    lstm = bench.torch_lstm(torch, w)
+    lstm = peers.torch_lstm(torch, w)
 
     def run(x):
         with torch.inference_mode():
@@ -83,8 +82,8 @@ def torch_lstm(torch, w):
 
 def exported_onnx_lstm(torch, w):
     """nn.LSTM exported by torch.onnx.export with a dynamic sequence axis (TorchScript exporter);
-    if export fails, the same LSTM built as one ONNX node (compiler.bench.onnx_lstm_model)."""
-    lstm = bench.torch_lstm(torch, w)
+    if export fails, the same LSTM built as one ONNX node (dynvm.bench.peers.onnx_lstm_model)."""
+    lstm = peers.torch_lstm(torch, w)
     h0 = torch.zeros(1, 1, w["w_hh"].shape[1])
     try:
         buf = io.BytesIO()
@@ -96,7 +95,7 @@ def exported_onnx_lstm(torch, w):
         import onnx
         return onnx.load_from_string(buf.getvalue()), "torch.onnx.export", {"h0": h0.numpy(), "c0": h0.numpy()}
     except Exception as e:  # noqa: BLE001
-        return bench.onnx_lstm_model(w), f"onnx.helper (export failed: {type(e).__name__})", {}
+        return peers.onnx_lstm_model(w), f"onnx.helper (export failed: {type(e).__name__})", {}
 
 
 def ort_session(model, threads):
@@ -117,22 +116,21 @@ def close(got, expected):
 
 
 def bench_lstm(seqs):
-    lstm_ex = bench.example("lstm")
-    w = lstm_ex.weights()
-    vm = VirtualMachine(build(lstm_ex.build_module(w)))
-    bytecode_vm = VirtualMachine(build(lstm_ex.build_module(w), native_loops=False))
+    w = lstm_model.weights()
+    vm = VirtualMachine(build(lstm_model.build_module(w)))
+    bytecode_vm = VirtualMachine(build(lstm_model.build_module(w), native_loops=False))
     torch, torch_why = optional_import("torch")
     ort, ort_why = optional_import("onnxruntime")
     onnx_mod, onnx_why = optional_import("onnx")
     default_threads = torch.get_num_threads() if torch else None
     exported = exported_onnx_lstm(torch, w) if torch and ort and onnx_mod else None
     if not exported and ort and onnx_mod:
-        exported = (bench.onnx_lstm_model(w), "onnx.helper (no torch)", {})
+        exported = (peers.onnx_lstm_model(w), "onnx.helper (no torch)", {})
     rows, seconds_vm = [], {}
     np_loop = numpy_lstm(w)
     for seq in seqs:
-        x = lstm_ex.make_input(seq, seed=seq)
-        expected = lstm_ex.reference(x, w)
+        x = lstm_model.make_input(seq, seed=seq)
+        expected = lstm_model.reference(x, w)
         assert close(vm.invoke("main", x), expected), "dynvm LSTM does not match numpy"
         assert close(bytecode_vm.invoke("main", x), expected), "bytecode LSTM does not match numpy"
         assert close(np_loop(x), expected), "numpy loop does not match the reference"
@@ -171,31 +169,30 @@ def bench_lstm(seqs):
             rows.append(na_row(name + " vs ONNX Runtime", seq, ort_why or onnx_why))
     if torch:
         torch.set_num_threads(default_threads)
-    return rows, lstm_ex, seconds_vm
+    return rows, seconds_vm
 
 
 def bench_tree_lstm(sizes):
-    ex = bench.example("tree_lstm")
-    w = ex.weights()
-    vm = VirtualMachine(build(ex.build_module(w)))
+    w = tree_lstm.weights()
+    vm = VirtualMachine(build(tree_lstm.build_module(w)))
     torch, torch_why = optional_import("torch")
     default_threads = torch.get_num_threads() if torch else None
     rows = []
     for nodes in sizes:
-        py_tree = ex.random_tree(nodes, seed=nodes)
-        adt = ex.to_adt(py_tree)
-        expected = ex.reference(py_tree, w)[0]
+        py_tree = tree_lstm.random_tree(nodes, seed=nodes)
+        adt = tree_lstm.to_adt(py_tree)
+        expected = tree_lstm.reference(py_tree, w)[0]
         assert close(vm.invoke("main", adt), expected), "dynvm Tree-LSTM does not match numpy"
         name = f"Tree-LSTM 64->128 {nodes} nodes"
         for threads in (1, default_threads or 1):
             fns = {"vm": lambda: vm.invoke("main", adt)}
             labels = {}
             if threads == 1:
-                fns["numpy"] = lambda: ex.reference(py_tree, w)
-                labels["numpy"] = "numpy recursion (float64, example's reference)"
+                fns["numpy"] = lambda: tree_lstm.reference(py_tree, w)
+                labels["numpy"] = "numpy recursion (float64, the model's reference)"
             if torch:
                 torch.set_num_threads(threads)
-                rec, tt = bench.torch_tree_lstm(torch, w), bench.to_torch_tree(torch, py_tree)
+                rec, tt = peers.torch_tree_lstm(torch, w), peers.to_torch_tree(torch, py_tree)
                 assert close(rec(tt).numpy(), expected)
                 fns["torch"], labels["torch"] = (lambda: rec(tt)), f"torch eager recursion, {threads} thr"
             got = measure(fns, REPS)
@@ -214,15 +211,15 @@ def bench_tree_lstm(sizes):
 # where the time goes
 
 
-def lstm_profile(lstm_ex, seconds_vm, runs=20):
+def lstm_profile(seconds_vm, runs=20):
     """Where one LSTM step's time goes: the native loop's time per iteration and, for the same
     loop run as bytecode (native_loops=False), the VM overhead per step and the top kernels and
     opcodes of one step."""
     seq = max(seconds_vm)
-    w = lstm_ex.weights()
-    x = lstm_ex.make_input(seq, seed=seq)
+    w = lstm_model.weights()
+    x = lstm_model.make_input(seq, seed=seq)
     total_steps = runs * seq
-    native = VirtualMachine(build(lstm_ex.build_module(w)), profile=True)
+    native = VirtualMachine(build(lstm_model.build_module(w)), profile=True)
     for _ in range(runs):
         native.invoke("main", x)
     p = native.profile()
@@ -238,7 +235,7 @@ def lstm_profile(lstm_ex, seconds_vm, runs=20):
         fixed = seconds_vm[lo] - lo * per_step
         lines.append(f"  unprofiled time per step (slope seq {lo}->{hi}): {per_step * 1e6:.2f} us; "
                      f"fixed cost per invoke {fmt_time(fixed) if fixed > 0 else 'n/a (noise)'}")
-    pvm = VirtualMachine(build(lstm_ex.build_module(w), native_loops=False), profile=True)
+    pvm = VirtualMachine(build(lstm_model.build_module(w), native_loops=False), profile=True)
     for _ in range(runs):
         pvm.invoke("main", x)
     p = pvm.profile()
@@ -270,7 +267,11 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=REPS, help="repetitions per number")
     parser.add_argument("--seqs", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--tiny", action="store_true",
+                        help="one small size each, 2 repetitions (a smoke run)")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.reps, args.seqs, args.nodes = 2, [3], [3]
     REPS = harness.REPS = args.reps
     for line in cpu_lines():
         print(line)
@@ -278,12 +279,12 @@ def main(argv=None):
     if torch:
         print(f"PyTorch {torch.__version__}: measured with 1 thread and with its default "
               f"{torch.get_num_threads()} threads; ONNX Runtime likewise (1 / all cores)")
-    rows, lstm_ex, seconds_vm = bench_lstm(args.seqs)
+    rows, seconds_vm = bench_lstm(args.seqs)
     rows += bench_tree_lstm(args.nodes)
     print("ratio = baseline time / dynvm time (> 1: dynvm is faster)")
     print_table(rows)
     print()
-    for line in lstm_profile(lstm_ex, seconds_vm):
+    for line in lstm_profile(seconds_vm, runs=2 if args.tiny else 20):
         print(line)
 
 

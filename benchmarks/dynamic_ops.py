@@ -2,29 +2,25 @@
 examples across input sizes (latency, allocations, peak bytes), memory planning on/off, and
 where the time of a small NMS invoke goes (not a test).
 
-    python benchmarks/dynamic_ops.py [--reps 20]
+    python benchmarks/dynamic_ops.py [--reps 20] [--no-profile] [--tiny]
 
 Times are medians of `reps` repetitions, each timing a batch of calls; the functions compared in
 one table are interleaved batch by batch in the same run, and ratios are taken within the run.
 Memory numbers come from `vm.memory_stats()` (peak_bytes_live: bytes in pooled blocks handed
-out and not yet returned, the invocation's result included).
+out and not yet returned, the invocation's result included). `--tiny` runs two sizes of each
+table with few repetitions (the test suite's smoke run).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import sys
-import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from dynvm.compiler import build, ir, op  # noqa: E402
-from dynvm.shape_funcs.vision import nms_select  # noqa: E402
-from dynvm.vm import VirtualMachine  # noqa: E402
+from dynvm.bench import harness
+from dynvm.compiler import build, ir, op
+from dynvm.models import arange_model, nms_postprocess
+from dynvm.shape_funcs.vision import nms_select
+from dynvm.vm import VirtualMachine
 
 REPS = 20
 NMS_ATTRS = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}
@@ -34,23 +30,10 @@ NMS_ATTRS = {"max_output": 100, "iou_threshold": 0.5, "score_threshold": 0.05}
 # measuring
 
 
-def measure(fns: dict, reps=None, budget=0.004) -> dict:
-    """{name: median seconds per call}, the functions interleaved one batch each per repetition."""
-    reps = reps or REPS
-    sizes = {}
-    for name, fn in fns.items():
-        fn()
-        t = time.perf_counter()
-        fn()
-        sizes[name] = max(1, int(budget / max(time.perf_counter() - t, 1e-7)))
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(sizes[name]):
-                fn()
-            times[name].append((time.perf_counter() - t) / sizes[name])
-    return {name: float(np.median(ts)) for name, ts in times.items()}
+def measure(fns: dict, reps=None) -> dict:
+    """{name: median seconds per call}, the functions interleaved one batch (~4 ms) each per
+    repetition."""
+    return harness.measure(fns, reps or REPS, budget=0.004)
 
 
 def table(title, header, rows):
@@ -63,13 +46,6 @@ def table(title, header, rows):
 
 def us(seconds):
     return "-" if seconds is None else f"{seconds * 1e6:.1f}"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def memory_of(vm, fn):
@@ -128,10 +104,10 @@ def onnx_nms_session():
                                 providers=["CPUExecutionProvider"])
 
 
-def bench_nms():
+def bench_nms(sizes=(1000, 5000)):
     vm, session = nms_vm(), onnx_nms_session()
     rows = []
-    for n in (1000, 5000):
+    for n in sizes:
         boxes, scores = nms_boxes(n, seed=n)
         ours = vm.invoke("main", boxes, scores)
         ref = nms_select(boxes, scores, NMS_ATTRS)
@@ -167,14 +143,15 @@ def nms_profile():
 
 
 EXAMPLES = {
-    "nms_postprocess": (lambda m, n: m.make_input(n, seed=n), [0, 1, 10, 50, 100, 500, 1000, 2000, 5000, 10000]),
-    "arange_model": (lambda m, n: m.make_input(n), [0, 1, 7, 16, 64, 100, 128, 256, 500, 512]),
+    "nms_postprocess": (nms_postprocess, lambda m, n: m.make_input(n, seed=n),
+                        [0, 1, 10, 50, 100, 500, 1000, 2000, 5000, 10000]),
+    "arange_model": (arange_model, lambda m, n: m.make_input(n), [0, 1, 7, 16, 64, 100, 128, 256, 500, 512]),
 }
 
 
-def bench_examples():
-    for name, (make, sizes) in EXAMPLES.items():
-        module = load_example(name)
+def bench_examples(tiny=False):
+    for name, (module, make, sizes) in EXAMPLES.items():
+        sizes = sizes[:3] if tiny else sizes
         exe = build(module.build_module())
         vm = VirtualMachine(exe)
         rows = []
@@ -190,11 +167,11 @@ def bench_examples():
         for _ in range(5):
             vm.invoke("main", x)
         vm.reset_memory_stats()
-        calls = 200
+        calls = 5 if tiny else 200
         for _ in range(calls):
             vm.invoke("main", x)
         stats = vm.memory_stats()
-        table(f"(b) examples/{name}.py: one VM over 10 sizes (size = anchors / sequence length)",
+        table(f"(b) dynvm.models.{name}: one VM over {len(sizes)} sizes (size = anchors / sequence length)",
               ["size", "latency µs", "allocs (fresh VM)", "allocs (warm VM)", "peak bytes"], rows)
         print(f"\nafter warm-up at size {sizes[-2]}: {stats['allocations'] / calls:.2f} new "
               f"allocations per call over {calls} calls ({stats['pool_hits'] / calls:.1f} pool "
@@ -234,15 +211,14 @@ def leased_bytes(vm, fn):
 
 
 def bench_planning():
-    """Peak bytes live with memory planning on vs off. Planning (issue 4, item 3) is the
+    """Peak bytes live with memory planning on vs off. Planning is the
     liveness analysis (KillRegister, a block reused once its tensors are dead) plus the arena
     that coalesces static allocations; with it off every tensor has its own block until the
     invocation returns (Relay's VM before its memory planner), which `leased_bytes` measures
     exactly. The pooled VM without the arena pass is shown too: its dynamic reuse of dead
     blocks reaches the same peak, but costs a lease per tensor (the time columns)."""
     cases = []
-    for name, (make, sizes) in EXAMPLES.items():
-        module = load_example(name)
+    for name, (module, make, sizes) in EXAMPLES.items():
         cases.append((f"{name} (size {sizes[-2]})", module.build_module(), make(module, sizes[-2]), True))
     chain_input = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32) * 0.1
     cases.append(("chain of 24 static ops, fused", static_chain_module(), chain_input, True))
@@ -281,12 +257,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=REPS, help="repetitions per number (>= 5)")
     parser.add_argument("--no-profile", action="store_true", help="skip the NMS profile")
+    parser.add_argument("--tiny", action="store_true",
+                        help="two sizes per table, 2 repetitions, no profile (a smoke run)")
     args = parser.parse_args(argv)
-    REPS = max(5, args.reps)
-    bench_nms()
-    bench_examples()
+    REPS = 2 if args.tiny else max(5, args.reps)
+    bench_nms((50, 200) if args.tiny else (1000, 5000))
+    bench_examples(args.tiny)
     bench_planning()
-    if not args.no_profile:
+    if not (args.no_profile or args.tiny):
         nms_profile()
 
 

@@ -1,28 +1,25 @@
 """Kernel and call-overhead benchmarks: dynvm vs numpy, printed as one table (not a test).
 
-    python benchmarks/kernels.py [--reps 20]
+    python benchmarks/kernels.py [--reps 20] [--tiny]
 
 Every number is the median of >= `reps` repetitions, each repetition timing a batch of calls;
 dynvm and its baseline are measured in the same run and interleaved (one batch of each per
 repetition) so machine noise hits both alike. The ratio column is baseline time / dynvm time
-(> 1: dynvm is faster), or for overhead rows the measured value against its target.
+(> 1: dynvm is faster), or for overhead rows the measured value against its target. `--tiny`
+takes 2 repetitions (the test suite's smoke run).
 
 Programs are built with the public API (compiler.ir/op/build, vm.VirtualMachine). To add rows,
 append a function to BENCHMARKS that returns a list of `row(...)` dicts; rows for ops that do
 not compile yet should say "n/a" (see `na_row`).
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import harness  # noqa: E402  (benchmarks/harness.py: measuring, rows, the table)
-from dynvm.compiler import build, ir, op  # noqa: E402
-from harness import compare, cpu_lines, kernel_kinds, na_row, print_table, row  # noqa: E402
-from dynvm.vm import VirtualMachine  # noqa: E402
+from dynvm.bench import harness
+from dynvm.bench.harness import compare, cpu_lines, kernel_kinds, na_row, print_table, row
+from dynvm.compiler import build, ir, op
+from dynvm.vm import VirtualMachine
 
 REPS = harness.REPS
 
@@ -100,7 +97,9 @@ def main(argv=None):
     global REPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=REPS, help="repetitions per number (>= 20)")
-    REPS = harness.REPS = max(20, parser.parse_args(argv).reps)
+    parser.add_argument("--tiny", action="store_true", help="2 repetitions (a smoke run)")
+    args = parser.parse_args(argv)
+    REPS = harness.REPS = 2 if args.tiny else max(20, args.reps)
     for line in cpu_lines():
         print(line)
     rows = []

@@ -3,12 +3,13 @@ matrix-vector ("gemv") shapes in microseconds, then BERT's dense + bias shapes o
 lengths against numpy and torch.nn.functional.linear (torch.set_num_threads(1), if installed)
 (not a test).
 
-    python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024] [--bert-only]
+    python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024] [--bert-only] [--tiny]
 
 numpy runs single-threaded in this process (OPENBLAS_NUM_THREADS=1 is set before numpy loads,
 unless the caller set it); a child process measures numpy with 2 threads for reference. dynvm
 and numpy calls are interleaved (one of each per repetition) so machine noise hits both alike;
 each number is the median of the repetitions. The ratio is dynvm / numpy single-thread.
+`--tiny` runs size 64 with 3 repetitions (the test suite's smoke run).
 """
 import argparse
 import json
@@ -18,12 +19,11 @@ import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
 
-from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import abi, load_kernels  # noqa: E402
+from dynvm.kernels.builder import KernelBuilder  # noqa: E402
 
 
 def interleaved(reps, *fns):
@@ -105,7 +105,7 @@ def time_gemv(kernel, shape, reps, transpose_b):
     return ours, theirs, kernel.last_variant
 
 
-# BERT (examples/bert_varlen.py): weights (N, K) of dense(x (S, K)) + bias, S = sequence length
+# BERT (dynvm.models.bert_varlen): weights (N, K) of dense(x (S, K)) + bias, S = sequence length
 BERT_WEIGHTS = [(256, 256), (1024, 256), (256, 1024)]
 BERT_SEQS = [1, 16, 64, 128]
 
@@ -155,7 +155,10 @@ def main():
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024])
     p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
+    p.add_argument("--tiny", action="store_true", help="size 64, 3 repetitions (a smoke run)")
     args = p.parse_args()
+    if args.tiny:
+        args.reps, args.sizes = 3, [64]
     if args.bert_only:
         bert_table(args.reps)
         return
@@ -179,7 +182,7 @@ def main():
             ours, theirs, variant = time_pair(kernels[op], n, args.reps, transpose_b)
             print(f"{op:8} {n:5d} {variant:>8} {gflops(n, ours):11.1f} {gflops(n, theirs):9.1f} "
                   f"{theirs / ours:6.2f} {two[n]:9.1f}")
-    reps = max(args.reps, 200)
+    reps = args.reps if args.tiny else max(args.reps, 200)
     print(f"\ngemv shapes (M x N x K), median of {reps}; GB/s = weight bytes / dynvm time")
     print(f"{'kernel':8} {'shape':>15} {'variant':>8} {'dynvm us':>9} {'numpy 1T us':>12} "
           f"{'ratio':>6} {'GB/s':>6}")

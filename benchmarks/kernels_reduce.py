@@ -1,25 +1,21 @@
 """softmax / layer_norm / reductions, float32, compiled kernels vs numpy (not a test).
 
-    python benchmarks/kernels_reduce.py [--reps 200]
+    python benchmarks/kernels_reduce.py [--reps 200] [--tiny]
 
 numpy baselines are what a user writes: softmax = e / e.sum with e = exp(x - max), layer_norm =
 (x - mean) / sqrt(var + eps) * g + b, reductions = x.sum / x.max / x.argmax. "native" is the
 dispatcher called through its cffi pointer with descriptors packed once (what a VM call site
 does); "Kernel" is the Python `Kernel.__call__` path (argument checks + packing each call).
 Calls are interleaved (one of each per repetition) and each number is the median; ratio =
-numpy / native.
+numpy / native. `--tiny` takes 3 repetitions (the test suite's smoke run).
 """
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
+from dynvm.kernels import abi, load_kernels
 from dynvm.kernels.builder import KernelBuilder
-from dynvm.kernels import abi, load_kernels  # noqa: E402
 
 EPS = 1e-5
 
@@ -102,7 +98,10 @@ def run(reps):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--tiny", action="store_true", help="3 repetitions (a smoke run)")
     args = parser.parse_args()
+    if args.tiny:
+        args.reps = 3
     print(f"{'case':28s} {'native us':>10s} {'Kernel us':>10s} {'numpy us':>10s} "
           f"{'speedup':>8s}  variant")
     for label, native, through, numpy_us, ratio, variant in run(args.reps):

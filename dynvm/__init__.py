@@ -8,9 +8,11 @@
 
 Subpackages: `dynvm.compiler` (IR, operators, passes, code generation), `dynvm.vm` (the
 executable format and the runtime; it never imports the compiler), `dynvm.kernels` (native
-kernels), `dynvm.shape_funcs` (run-time shape functions). Importing `dynvm` loads only the
-runtime; `dynvm.ir`, `dynvm.op` and `dynvm.build` load the compiler on first use, so a program
-that only loads and runs executables never imports the code generator.
+kernels), `dynvm.shape_funcs` (run-time shape functions), `dynvm.models` (the example models,
+each with a numpy reference), `dynvm.bench` (`dynvm bench` and the benchmarks' measuring
+harness). Importing `dynvm` loads only the runtime; `dynvm.ir`, `dynvm.op` and `dynvm.build`
+load the compiler on first use, so a program that only loads and runs executables never imports
+the code generator.
 """
 from dynvm.vm import (ADT, Closure, Executable, StaticRuntime, VirtualMachine,  # noqa: F401
                       __version__)

@@ -1,6 +1,7 @@
 """The `dynvm` command: `dynvm demo` compiles and runs a small dynamic program, `dynvm ops`
 lists the operator registry (which ops run native kernels and which are VM instructions),
-`dynvm bench` times the example models on the VM and the alternatives (see compiler/bench.py)."""
+`dynvm bench` times the example models on the VM, the static runtime, numpy, PyTorch and ONNX
+Runtime."""
 from __future__ import annotations
 
 import argparse
@@ -68,9 +69,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="compile, save, load and run a small dynamic program")
     sub.add_parser("ops", help="list the operator registry")
-    from dynvm.compiler import bench
+    from dynvm.bench import run as bench
     bench.add_arguments(sub.add_parser("bench", help="time the example models: dynamic VM vs static "
-                                       "runtime, numpy, PyTorch, ONNX Runtime"))
+                                       "runtime, numpy, PyTorch, ONNX Runtime",
+                                       description=bench.__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main_from_args(args)

@@ -1,58 +1,31 @@
-"""Position embeddings over a sequence of run-time length: positions = arange(len(x)).
+"""The position embeddings of `dynvm.models.arange_model` (`x + take(table, arange(rows(x)))`, a
+data-dependent length): one executable for every sequence length, checked against numpy and
+timed against it.
 
-    y = x + take(table, arange(0, rows(x), 1))        x: Tensor[(?, 64), float32]
-
-The length of `positions` is data-dependent (a shape function reads start/stop/step at run
-time), and one executable serves every sequence length. Run as a script to check the result
-against numpy for several lengths and print timings.
+    python examples/arange_model.py [--tiny]
 """
-from __future__ import annotations
-
 import sys
 
 import numpy as np
 
-from dynvm.compiler import build, ir, op
-from dynvm.vm import VirtualMachine
-from dynvm.vm.profiler import median_seconds
-
-HIDDEN = 64
-MAX_LEN = 512
+from dynvm import VirtualMachine, build
+from dynvm.models import median_seconds, tiny_mode
+from dynvm.models.arange_model import build_module, make_input, position_table, reference
 
 
-def position_table(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((MAX_LEN, HIDDEN)).astype(np.float32)
-
-
-def build_module(table: np.ndarray | None = None) -> ir.IRModule:
-    table = position_table() if table is None else table
-    x = ir.var("x", ir.TensorType((ir.Any(), HIDDEN), "float32"))
-    rows = op.take(op.shape_of(x), ir.const(0, "int64"))
-    positions = op.arange(ir.const(0, "int64"), rows, ir.const(1, "int64"), dtype="int64")
-    embedded = op.take(ir.const(table), positions, axis=0)
-    return ir.IRModule.from_expr(ir.Function([x], op.add(x, embedded)))
-
-
-def reference(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    return x + table[np.arange(len(x))]
-
-
-def make_input(length: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((length, HIDDEN)).astype(np.float32)
-
-
-def main() -> int:
+def main(argv=None) -> int:
+    tiny = tiny_mode(argv, __doc__)
     table = position_table()
     vm = VirtualMachine(build(build_module(table)))
     ok = True
+    repeats = 2 if tiny else 50
     print(f"{'length':>7} {'dynvm µs':>10} {'numpy µs':>10}  check")
-    for length in (0, 1, 7, 64, 128, 500):
+    for length in ((0, 7) if tiny else (0, 1, 7, 64, 128, 500)):
         x = make_input(length)
-        got = vm.invoke("main", x)
-        good = np.allclose(got, reference(x, table), rtol=1e-6)
+        good = np.allclose(vm.invoke("main", x), reference(x, table), rtol=1e-6)
         ok &= good
-        t_vm = median_seconds(lambda: vm.invoke("main", x), 50) * 1e6
-        t_np = median_seconds(lambda: reference(x, table), 50) * 1e6
+        t_vm = median_seconds(lambda: vm.invoke("main", x), repeats) * 1e6
+        t_np = median_seconds(lambda: reference(x, table), repeats) * 1e6
         print(f"{length:>7} {t_vm:>10.1f} {t_np:>10.1f}  {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
 

@@ -1,118 +1,22 @@
-"""A child-sum Tree-LSTM (Tai et al. 2015) over a rose tree built in Python.
+"""The child-sum Tree-LSTM of `dynvm.models.tree_lstm` (recursion over the prelude's rose tree):
+one executable for random trees of 1..200 nodes, checked against numpy and timed.
 
-The tree is the prelude's `Tree` ADT (`Rose(x, children)`); the model is a recursive function
-that maps itself over the children (`@map`), sums their hidden states and forget-gated cells
-with `@foldl` closures, and combines them with the node's input:
-
-    h~ = sum_k h_k          i, o, u = sigma(W x + U h~ + b) (u with tanh)
-    f_k = sigma(W_f x + U_f h_k + b_f)      c = i*u + sum_k f_k*c_k      h = o*tanh(c)
-
-Run as a script to check random trees of 1..200 nodes against numpy and print timings.
+    python examples/tree_lstm.py [--tiny]
 """
-from __future__ import annotations
-
 import sys
 
-import numpy as np
-
-from dynvm.compiler import build, ir, op, prelude
-from dynvm.vm import VirtualMachine
-from dynvm.vm.profiler import check_and_time
-from dynvm.vm.convert import tree
-
-INPUT, HIDDEN = 64, 128
+from dynvm import VirtualMachine, build
+from dynvm.models import check_and_time, tiny_mode
+from dynvm.models.tree_lstm import build_module, random_tree, reference, to_adt, weights
 
 
-def weights(seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    s = 1 / np.sqrt(HIDDEN)
-    return {"w": rng.uniform(-s, s, (4 * HIDDEN, INPUT)).astype(np.float32),     # i, o, u, f
-            "u_iou": rng.uniform(-s, s, (3 * HIDDEN, HIDDEN)).astype(np.float32),
-            "u_f": rng.uniform(-s, s, (HIDDEN, HIDDEN)).astype(np.float32),
-            "b": rng.uniform(-s, s, 4 * HIDDEN).astype(np.float32)}
-
-
-def build_module(w: dict | None = None) -> ir.IRModule:
-    """main(t: Tree[Tensor[(1, 64)]]) -> h: (1, 128) of the root."""
-    w = weights() if w is None else w
-    mod = prelude.module()
-    tree_t = ir.TypeCall("Tree", [ir.TensorType((1, INPUT), "float32")])
-    state_t = ir.TupleType([ir.TensorType((1, HIDDEN), "float32")] * 2)
-    node = mod.get_global_var("tree_lstm")
-    t = ir.var("t", tree_t)
-    x = ir.var("x", ir.TensorType((1, INPUT), "float32"))
-    children = ir.var("children", ir.TypeCall("List", [tree_t]))
-    states = ir.var("states", ir.TypeCall("List", [state_t]))
-    zeros = op.zeros((1, HIDDEN), dtype="float32")
-
-    def fold(fn_body):
-        acc = ir.var("acc", ir.TensorType((1, HIDDEN), "float32"))
-        s = ir.var("s", state_t)
-        fn = ir.Function([acc, s], fn_body(acc, s), ret_type=acc.type_annotation)
-        return ir.Call(mod.get_global_var("foldl"), [fn, zeros, states])
-
-    h_sum = fold(lambda acc, s: op.add(acc, ir.TupleGetItem(s, 0)))
-    wx = op.add(op.dense(x, ir.const(w["w"])), ir.const(w["b"]))
-    x_parts = op.split(wx, 4, axis=1)
-    h_parts = op.split(op.dense(h_sum, ir.const(w["u_iou"])), 3, axis=1)
-    gate = lambda k: op.add(ir.TupleGetItem(x_parts, k), ir.TupleGetItem(h_parts, k))  # noqa: E731
-    f_x = ir.var("f_x", ir.TensorType((1, HIDDEN), "float32"))
-    forget = fold(lambda acc, s: op.add(acc, op.multiply(
-        op.sigmoid(op.add(f_x, op.dense(ir.TupleGetItem(s, 0), ir.const(w["u_f"])))),
-        ir.TupleGetItem(s, 1))))
-    c = op.add(op.multiply(op.sigmoid(gate(0)), op.tanh(gate(2))), forget)
-    c_var = ir.var("c", ir.TensorType((1, HIDDEN), "float32"))
-    h = op.multiply(op.sigmoid(gate(1)), op.tanh(c_var))
-    body = ir.Let(states, ir.Call(mod.get_global_var("map"), [node, children]),
-                  ir.Let(f_x, ir.TupleGetItem(x_parts, 3),
-                         ir.Let(c_var, c, ir.Tuple([h, c_var]))))
-    rose = mod.constructor("Rose")
-    match = ir.Match(t, [ir.Clause(ir.PatternConstructor(rose, [ir.PatternVar(x), ir.PatternVar(children)]),
-                                   body)])
-    mod["tree_lstm"] = ir.Function([t], match, ret_type=state_t)
-    root = ir.var("root", tree_t)
-    mod["main"] = ir.Function([root], ir.TupleGetItem(ir.Call(node, [root]), 0))
-    return mod
-
-
-def reference(node, w: dict):
-    """(h, c) of a nested (x, [children]) Python tree, in float64."""
-    x, children = node
-    states = [reference(child, w) for child in children]
-    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
-    h_sum = sum((s[0] for s in states), np.zeros((1, HIDDEN)))
-    wx = x.astype(np.float64) @ w["w"].T + w["b"]
-    i_x, o_x, u_x, f_x = np.split(wx, 4, axis=1)
-    i_h, o_h, u_h = np.split(h_sum @ w["u_iou"].T, 3, axis=1)
-    forget = sum((sigmoid(f_x + h_k @ w["u_f"].T) * c_k for h_k, c_k in states), np.zeros((1, HIDDEN)))
-    c = sigmoid(i_x + i_h) * np.tanh(u_x + u_h) + forget
-    return sigmoid(o_x + o_h) * np.tanh(c), c
-
-
-def random_tree(nodes: int, seed: int = 0):
-    """A random tree of `nodes` nodes as nested (x, [children]) Python tuples."""
-    rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal((1, INPUT)).astype(np.float32) for _ in range(nodes)]
-    children = [[] for _ in range(nodes)]
-    for k in range(1, nodes):
-        children[int(rng.integers(0, k))].append(k)
-
-    def make(k):
-        return (xs[k], [make(c) for c in children[k]])
-    return make(0)
-
-
-def to_adt(node):
-    x, children = node
-    return tree(x, [to_adt(c) for c in children])
-
-
-def main() -> int:
+def main(argv=None) -> int:
+    tiny = tiny_mode(argv, __doc__)
     w = weights()
     vm = VirtualMachine(build(build_module(w)))
-    trees = {nodes: random_tree(nodes, seed=nodes) for nodes in (1, 10, 100, 200)}
+    trees = {nodes: random_tree(nodes, seed=nodes) for nodes in ((1, 4) if tiny else (1, 10, 100, 200))}
     cases = [(nodes, [to_adt(t)], reference(t, w)[0]) for nodes, t in trees.items()]
-    return check_and_time(vm, "nodes", cases, rtol=1e-5, atol=1e-5, repeats=5)
+    return check_and_time(vm, "nodes", cases, rtol=1e-5, atol=1e-5, repeats=2 if tiny else 5)
 
 
 if __name__ == "__main__":

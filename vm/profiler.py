@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import statistics
 import time
 from collections import Counter, defaultdict
 
@@ -161,29 +160,3 @@ class Profile:
 
     def __repr__(self):
         return f"<Profile {sum(self.opcodes.values())} instructions, {len(self.events)} kernel events>"
-
-
-def check_and_time(vm, size_label, cases, rtol, atol, repeats=10) -> int:
-    """The examples' self-check: for each (size, args, expected) of `cases`, `main(*args)` is
-    compared with `expected` (numpy) and timed (median of `repeats`), one table row each.
-    Returns the script's exit status: 0 when every case matched."""
-    import numpy as np
-
-    ok = True
-    print(f"{size_label:>6} {'dynvm ms':>9}  check")
-    for size, args, expected in cases:
-        good = bool(np.allclose(vm.invoke("main", *args), expected, rtol=rtol, atol=atol))
-        ok &= good
-        seconds = median_seconds(lambda: vm.invoke("main", *args), repeats)
-        print(f"{size:>6} {seconds * 1e3:>9.3f}  {'ok' if good else 'MISMATCH'}")
-    return 0 if ok else 1
-
-
-def median_seconds(fn, repeats: int = 10) -> float:
-    """Median wall time of `repeats` calls of `fn()` (the examples' timing helper)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)

@@ -92,7 +92,7 @@ def test_a_loop_that_exits_from_the_then_branch_is_native_too():
 
 
 def test_the_lstm_example_runs_as_one_native_loop_and_matches_numpy():
-    from examples import lstm
+    from dynvm.models import lstm
 
     w = lstm.weights()
     exe = build(lstm.build_module(w))

@@ -2,8 +2,6 @@
 tuple and make int64 memory only when a kernel or Python needs it. These tests pin that the
 lazy form behaves exactly like the plain int64 tensor it replaces."""
 import math
-import sys
-from pathlib import Path
 
 import cffi
 import numpy as np
@@ -142,12 +140,7 @@ def test_shape_register_in_a_tuple_and_as_alloc_operand():
 
 
 def test_shape_registers_passed_to_kernels_match_numpy():
-    examples = str(Path(__file__).resolve().parents[2] / "examples")
-    sys.path.insert(0, examples)
-    try:
-        import arange_model as m
-    finally:
-        sys.path.remove(examples)
+    from dynvm.models import arange_model as m
     from dynvm.compiler import build
     table = m.position_table()
     machine = VirtualMachine(build(m.build_module(table)))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dynvm.compiler import build, ir, op
-from examples import bert_varlen as bert
-from examples import lstm
+from dynvm.models import bert_varlen as bert
+from dynvm.models import lstm
 from tests.vm.vm_helpers import SCALAR_I64, exe, fn, tensor
 from dynvm.vm import (InvokeArgumentError, KernelError, ShapeError, StaticRuntime, StaticRuntimeError,
                 VirtualMachine, VMError)

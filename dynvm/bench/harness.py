@@ -1,13 +1,12 @@
-"""Measuring helpers shared by every benchmark script and by `dynvm bench` (not a test).
+"""Measuring helpers shared by `dynvm bench` and the benchmark scripts in benchmarks/.
 
-    from harness import measure, compare, row, print_table, cpu_lines
+    from dynvm.bench.harness import measure, compare, row, print_table, cpu_lines
 
 Every number is a median over `reps` repetitions; a repetition times a batch of calls sized to
 last about `budget` seconds (at least one call), so microsecond calls are not swamped by the
 timer. The functions being compared are interleaved, one batch of each per repetition, so
-machine noise hits all of them alike. `dynvm bench` loads this file by path (it is not part of
-the installed package), so it imports nothing from the benchmarks folder and keeps numpy as its
-only dependency.
+machine noise hits all of them alike. numpy is the only dependency (PyTorch, ONNX Runtime and
+matplotlib are optional: `optional_import`).
 """
 from __future__ import annotations
 
