@@ -106,7 +106,7 @@ def dtype_code(name: str):
 
 
 def _data_pointer(a: np.ndarray):
-    """Element 0's address as a cdata (`arr.ctypes.data` is slow, see DESIGN.md).
+    """Element 0's address as a cdata (`arr.ctypes.data` costs microseconds).
 
     ffi.from_buffer is the fast path but needs a C-contiguous, non-empty array; the returned
     cdata keeps the buffer exported while it lives.

@@ -11,7 +11,7 @@ whose data addresses and extents never change again. What is left to do per run 
     for fn, args, nargs, _ in calls: rc = fn(args, nargs)   (a typed error if rc != 0)
     copy the results out
 
-It is the baseline the VM is measured against (DESIGN.md, "Static runtime"): same executable,
+It is the baseline the VM is measured against (docs/design.md, "Static runtime"): same executable,
 same kernels, same memory plan, no interpreter. Anything a fixed kernel list over fixed memory
 cannot express is rejected when the runtime is built, with a `StaticRuntimeError` naming the
 parameter dimension or the instruction: Any dims, control flow, calls, run-time shapes.

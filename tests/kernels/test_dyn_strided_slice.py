@@ -1,4 +1,4 @@
-"""dyn.strided_slice: begin / end / strides as run-time 1-D int tensors (issue 4, item 1).
+"""dyn.strided_slice: begin / end / strides as run-time 1-D int tensors.
 
 The compiled kernel (strided_slice family, spec op "dyn.strided_slice") agrees exactly with the
 numpy reference of tests/numpy_reference.py through the dispatcher and every variant, on hypothesis-drawn

@@ -31,7 +31,7 @@ KillRegister reg:reg
 Fatal message:str
 CallLoop kernel:kernel inputs:regs outputs:regs
 """
-# the rows of DESIGN.md's instruction set, plus CallLoop (native loops, compiler/codegen/native_loop.py)
+# the rows of the instruction set in docs/design.md, including CallLoop (native loops, compiler/codegen/native_loop.py)
 
 COUNTS = {"func": 2, "kernel": 1, "const": 3, "shape_func": 1, "ctor": 2}
 
