@@ -29,6 +29,9 @@ VERSION = "0.1.0"
 PRODUCER = f"dynvm {VERSION}"
 
 TUPLE_CONSTRUCTOR = {"name": "tuple", "tag": 0, "arity": None, "adt": "tuple"}
+# A frame's register file is allocated at every call: a file must not make that unbounded.
+# Compiled functions use far fewer (registers are reused once their value is dead).
+MAX_REGISTERS = 1 << 20
 SECTIONS = ("functions", "constants", "constructors", "kernels", "shape_funcs")
 
 
@@ -354,6 +357,9 @@ def _verify_function(exe: Executable, fn: VMFunction) -> None:
     _verify_type(fn.ret_type, where)
     _expect(type(fn.register_count) is int and fn.register_count >= len(fn.params),
             f"{where}: register_count {fn.register_count!r:.20} is smaller than the parameter count")
+    _expect(fn.register_count <= MAX_REGISTERS,
+            f"{where}: register_count {fn.register_count} is over the limit of {MAX_REGISTERS} "
+            "(a frame would cost unbounded memory)")
     counts = {"func": len(exe.functions), "const": len(exe.constants),
               "kernel": len(exe.kernels["kernels"]), "shape_func": len(exe.shape_funcs),
               "ctor": len(exe.constructors)}

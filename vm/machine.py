@@ -22,6 +22,7 @@ can reach it any more; `memory_stats()` reports the pool's counters.
 import itertools
 import math
 import operator
+import threading
 import time
 
 import numpy as np
@@ -71,7 +72,13 @@ class Frame:
 
 
 class VirtualMachine:
-    """Runs the functions of an Executable. Several VMs may share one Executable."""
+    """Runs the functions of an Executable. Several VMs may share one Executable.
+
+    A VM holds per-invocation state (frames, registers, prepared kernel descriptors, its storage
+    pool), so one VM runs one invocation at a time: use one VM per thread (they may share the
+    Executable and its loaded kernels). Calling `invoke` while another thread is inside it
+    raises a VMError instead of corrupting that invocation.
+    """
 
     def __init__(self, exe, max_depth: int = 1000, max_steps=None, profile: bool = False):
         if not exe._verified:
@@ -98,6 +105,7 @@ class VirtualMachine:
         self._stack = []
         self._result = None
         self._views = {}          # AllocTensor operands id -> (storage, view), per invocation
+        self._busy = threading.Lock()   # held while an invocation runs (one at a time)
 
     # ------------------------------------------------------------ public API
 
@@ -107,6 +115,16 @@ class VirtualMachine:
         Arguments are checked against the declared parameter types before anything runs.
         Returned arrays belong to the caller: no later invocation writes into them.
         """
+        if not self._busy.acquire(False):
+            raise VMError("this VirtualMachine is running an invocation in another thread; a VM "
+                          "runs one invocation at a time: create one VirtualMachine per thread "
+                          "(they can share the Executable)")
+        try:
+            return self._invoke(name, args)
+        finally:
+            self._busy.release()
+
+    def _invoke(self, name, args):
         plan = self._plans.get(name)
         if plan is None:
             raise VMError(f"no function named {name!r}; functions: {', '.join(self._index)}")
