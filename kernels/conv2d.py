@@ -15,10 +15,10 @@ An epilogue (spec["epilogue"], see matmul.py) gets extra inputs broadcast to (N,
 from __future__ import annotations
 
 from dynvm.kernels import family
-from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_SHAPE, I64, check, load_strides
-from dynvm.kernels.matmul import (CONV_VARIANTS, DTYPES, Geometry, broadcast_extras, c64,
-                            check_epilogue, dot_offset, emit_gemm_kernel, eq, for_range, imin,
-                            load, store)
+from dynvm.kernels.llvm_util import (ERR_LAYOUT, ERR_SHAPE, c64, check, dot_offset, eq,
+                                     for_range, if_then, load, load_strides, smin, store)
+from dynvm.kernels.matmul import (CONV_VARIANTS, DTYPES, Geometry, broadcast_extras,
+                                  check_epilogue, emit_gemm_kernel)
 from dynvm.shape_funcs.nn import conv2d_params
 from dynvm.vm.errors import DynVMError, KernelError
 
@@ -127,18 +127,7 @@ class ConvGeometry(Geometry):
 
     def _value(self, b, blk, inside, off):
         """X[off] when `inside`, else 0 (no load outside: X may be empty)."""
-        fn = b.function
-        pre = b.block
-        yes, join = fn.append_basic_block("in"), fn.append_basic_block("joined")
-        b.cbranch(inside, yes, join)
-        b.position_at_end(yes)
-        v = load(b, self.x, off, blk.ty)
-        b.branch(join)
-        b.position_at_end(join)
-        phi = b.phi(blk.ty)
-        phi.add_incoming(blk.zero, pre)
-        phi.add_incoming(v, yes)
-        return phi
+        return if_then(b, inside, lambda _: [load(b, self.x, off, blk.ty)], carried=[blk.zero])[0]
 
     def b_value(self, b, blk, bi, k, p):
         ci, khi, kwi = self._tap(b, k)
@@ -151,31 +140,22 @@ class ConvGeometry(Geometry):
         nr = blk.nr
 
         def strip(t):
-            width = imin(b, c64(nr), b.sub(nc, t))
+            width = smin(b, c64(nr), b.sub(nc, t))
             p0 = b.add(jc, t)
             oh0, ow0 = b.udiv(p0, self.ow), b.urem(p0, self.ow)
 
             def row(k):
                 ci, khi, kwi = self._tap(b, b.add(pc, k))
                 out = b.add(b.mul(t, kc), b.mul(k, c64(nr)))
-                fn = b.function
-                pre = b.block
-                body, done = fn.append_basic_block("col"), fn.append_basic_block("cols")
-                b.cbranch(b.icmp_signed(">", width, c64(0)), body, done)
-                b.position_at_end(body)
-                c, ohi, owi = b.phi(I64), b.phi(I64), b.phi(I64)
-                for phi, init in ((c, c64(0)), (ohi, oh0), (owi, ow0)):
-                    phi.add_incoming(init, pre)
-                inside, off = self._source(b, bi, ci, khi, kwi, ohi, owi)
-                store(b, self._value(b, blk, inside, off), dst, b.add(out, c))
-                ow1 = b.add(owi, c64(1))
-                wrap = eq(b, ow1, self.ow)
-                c1 = b.add(c, c64(1))
-                c.add_incoming(c1, b.block)
-                ohi.add_incoming(b.select(wrap, b.add(ohi, c64(1)), ohi), b.block)
-                owi.add_incoming(b.select(wrap, c64(0), ow1), b.block)
-                b.cbranch(b.icmp_signed("<", c1, width), body, done)
-                b.position_at_end(done)
+
+                def col(c, pos):
+                    ohi, owi = pos
+                    inside, off = self._source(b, bi, ci, khi, kwi, ohi, owi)
+                    store(b, self._value(b, blk, inside, off), dst, b.add(out, c))
+                    ow1 = b.add(owi, c64(1))
+                    wrap = eq(b, ow1, self.ow)
+                    return [b.select(wrap, b.add(ohi, c64(1)), ohi), b.select(wrap, c64(0), ow1)]
+                for_range(b, 0, width, col, carried=[oh0, ow0])
                 for_range(b, width, nr, lambda cc: store(b, blk.zero, dst, b.add(out, cc)))
             for_range(b, 0, kc, row)
         for_range(b, 0, nc, strip, step=nr)

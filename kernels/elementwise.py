@@ -30,26 +30,12 @@ Semantics worth knowing:
 """
 from llvmlite import ir
 
-from dynvm.kernels.llvm_util import (
-    const,
-    get_function,
-    check,
-    prologue,
-    element_count,
-    load_strides,
-    check_data,
-    new_function,
-    return_zero_if,
-    REG_TYPE,
-    MEM_TYPE,
-    I1,
-    I32,
-    I64,
-    F32,
-    F64,
-    ERR_BROADCAST,
-    ERR_LAYOUT,
-    PTR)
+from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, I1, I32, I64, MEM_TYPE, REG_TYPE,
+                                     cast, check, check_data, const, elem_ptr, for_nest,
+                                     for_range, intrinsic, is_compact, is_float, load,
+                                     load_strides, masked_load, new_function, product, prologue,
+                                     return_zero_if, splat, store, to_mem, to_reg, truth,
+                                     vector_type)
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import KernelError
@@ -59,14 +45,6 @@ ARITH = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
 COMPARE = ("less", "greater", "equal", "logical_and")
 FLOAT_ONLY = ("exp", "log", "sqrt", "tanh", "sigmoid")
 NOT_BOOL = ("negative", "subtract", "divide", "power")
-
-
-def is_float(dtype):
-    return dtype in ("float32", "float64")
-
-
-def is_int(dtype):
-    return dtype in ("int32", "int64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,13 +147,11 @@ def _ipow_function(module, ty):
 
 def reg_type(dtype, lanes=1):
     """Register type of `dtype`: a scalar, or an LLVM vector `<lanes x T>`."""
-    ty = REG_TYPE[dtype]
-    return ty if lanes == 1 else ir.VectorType(ty, lanes)
+    return vector_type(REG_TYPE[dtype], lanes)
 
 
 def mem_type(dtype, lanes=1):
-    ty = MEM_TYPE[dtype]
-    return ty if lanes == 1 else ir.VectorType(ty, lanes)
+    return vector_type(MEM_TYPE[dtype], lanes)
 
 
 def _math_module():
@@ -217,9 +193,9 @@ class _ExprEmitter:
             return self._constant(args[0], args[1]), args[1]
         if head == "cast":
             value, dtype = self.emit(args[0])
-            return self._cast(value, dtype, args[1]), args[1]
+            return cast(self.b, value, dtype, args[1]), args[1]
         if head == "where":
-            cond = self._truth(*self.emit(args[0]))
+            cond = truth(self.b, *self.emit(args[0]))
             (a, dt), (c, _) = self.emit(args[1]), self.emit(args[2])
             return self.b.select(cond, a, c), dt
         operands = [self.emit(a) for a in args]
@@ -239,33 +215,6 @@ class _ExprEmitter:
             return const(ty, int(bool(value)))
         return const(ty, int(value))
 
-    def _truth(self, value, dtype):
-        """numpy truthiness: non-zero (NaN counts as true)."""
-        if dtype == "bool":
-            return value
-        if is_float(dtype):
-            return self.b.fcmp_unordered("!=", value, const(value.type, 0.0))
-        return self.b.icmp_signed("!=", value, const(value.type, 0))
-
-    def _cast(self, value, src, dst):
-        b, ty = self.b, self.ty(dst)
-        if src == dst:
-            return value
-        if dst == "bool":
-            return self._truth(value, src)
-        if src == "bool":
-            return b.uitofp(value, ty) if is_float(dst) else b.zext(value, ty)
-        if is_float(src) and is_float(dst):
-            return b.fpext(value, ty) if dst == "float64" else b.fptrunc(value, ty)
-        if is_int(src) and is_int(dst):
-            wider = REG_TYPE[dst].width > REG_TYPE[src].width
-            return b.sext(value, ty) if wider else b.trunc(value, ty)
-        if is_int(src):
-            return b.sitofp(value, ty)
-        sat = get_function(self.module, f"llvm.fptosi.sat.{_tname(ty)}.{_tname(value.type)}",
-                           ir.FunctionType(ty, [value.type]))
-        return b.call(sat, [value])
-
     def _unary(self, head, x, dtype):
         b, ty = self.b, x.type
         if head == "negative":
@@ -273,9 +222,9 @@ class _ExprEmitter:
         if head in ("exp", "log", "tanh", "sigmoid") and self.math is not None:
             return getattr(self.math, head)(b, x)
         if head in ("exp", "log", "sqrt", "tanh"):
-            return b.call(_intrinsic(self.module, "llvm." + head, ty), [x])
+            return b.call(intrinsic(self.module, "llvm." + head, ty), [x])
         if head == "sigmoid":
-            e = b.call(_intrinsic(self.module, "llvm.exp", ty), [b.fneg(x)])
+            e = b.call(intrinsic(self.module, "llvm.exp", ty), [b.fneg(x)])
             return b.fdiv(const(ty, 1.0), b.fadd(const(ty, 1.0), e))
         # relu: max(x, 0), NaN stays NaN
         if dtype == "bool":
@@ -287,7 +236,7 @@ class _ExprEmitter:
     def _compare(self, head, x, y, dtype):
         b = self.b
         if head == "logical_and":
-            return b.and_(self._truth(x, dtype), self._truth(y, dtype))
+            return b.and_(truth(self.b, x, dtype), truth(self.b, y, dtype))
         op = {"less": "<", "greater": ">", "equal": "=="}[head]
         if is_float(dtype):
             return b.fcmp_ordered(op, x, y)
@@ -309,7 +258,7 @@ class _ExprEmitter:
         if head in simple:
             return simple[head](x, y)
         if head == "power":
-            return b.call(_intrinsic(self.module, "llvm.pow", x.type, 2), [x, y])
+            return b.call(intrinsic(self.module, "llvm.pow", x.type, 2), [x, y])
         # maximum/minimum: x if x is NaN, else the larger/smaller (y when y is NaN)
         pick_x = b.fcmp_ordered(">" if head == "maximum" else "<", x, y)
         x_nan = b.fcmp_unordered("uno", x, x)
@@ -352,23 +301,6 @@ def emit_expr(b, expr, in_dtypes, load_input, lanes=1):
     return _ExprEmitter(b, in_dtypes, load_input, lanes).emit(expr)
 
 
-def _intrinsic(module, name, ty, nargs=1):
-    """An overloaded LLVM intrinsic on scalars or vectors (llvmlite's declare_intrinsic
-    does not name vector overloads)."""
-    return get_function(module, f"{name}.{_tname(ty)}", ir.FunctionType(ty, [ty] * nargs))
-
-
-def _tname(ty):
-    """LLVM's overload suffix of a type: f32, i64, v16f32, ..."""
-    if isinstance(ty, ir.VectorType):
-        return f"v{ty.count}{_tname(ty.element)}"
-    if ty == F32:
-        return "f32"
-    if ty == F64:
-        return "f64"
-    return f"i{ty.width}"
-
-
 def _freeze(expr):
     if isinstance(expr, (list, tuple)):
         return tuple(_freeze(e) for e in expr)
@@ -390,94 +322,30 @@ def _check_broadcast(b, arrays):
             check(b, ok, ERR_BROADCAST | k << 8 | j << 16)
 
 
-def _splat(b, x, lanes):
-    vec = ir.VectorType(x.type, lanes)
-    one = b.insert_element(ir.Constant(vec, ir.Undefined), x, const(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, lanes), 0))
-
-
-def _load(b, dtype, data, offset, lanes=1):
-    """Load one element (or `lanes` consecutive ones) of `dtype` at element `offset`."""
-    ty = mem_type(dtype, lanes)
-    ptr = b.gep(data, [offset], inbounds=True, source_etype=MEM_TYPE[dtype])
-    return b.load(ptr, typ=ty, align=DTYPES[dtype][2] // 8)
-
-
-def _to_reg(b, value, dtype):
-    """Memory form -> register form (bool bytes become i1: any non-zero byte is True)."""
-    return b.icmp_unsigned("!=", value, const(value.type, 0)) if dtype == "bool" else value
-
-
 def _compute_and_store(b, sig, expr, load_input, out_data, out_offset, lanes):
     """Compute `expr` from `load_input(i)` values and store the result at `out_offset`."""
     in_dtypes = [dt for dt, _ in sig[:-1]]
     value, _ = _ExprEmitter(b, in_dtypes, load_input, lanes).emit(expr)
     out_dtype = sig[-1][0]
-    if out_dtype == "bool":
-        value = b.zext(value, mem_type("bool", lanes))
-    ptr = b.gep(out_data, [out_offset], inbounds=True, source_etype=MEM_TYPE[out_dtype])
-    b.store(value, ptr, align=DTYPES[out_dtype][2] // 8)
+    store(b, to_mem(b, value, out_dtype), out_data, out_offset)
 
 
 def _emit_at(b, sig, expr, arrays, offsets, lanes=1):
     """Elements (vectors) at per-array `offsets`, all arrays advancing together."""
     def load_input(i):
-        return _to_reg(b, _load(b, sig[i][0], arrays[i][0], offsets[i], lanes), sig[i][0])
+        dtype = sig[i][0]
+        return to_reg(b, load(b, arrays[i][0], offsets[i], mem_type(dtype, lanes)), dtype)
     _compute_and_store(b, sig, expr, load_input, arrays[-1][0], offsets[-1], lanes)
 
 
-def _range_loop(b, start, stop, body, step=1, unroll=False):
-    """for i in range(start, stop, step): body(i); runs nothing when start >= stop.
-    (stop - start) must be a multiple of `step`.
-
-    The loop is marked "do not vectorise" (and, unless `unroll`, "do not unroll"): vector code
-    here is explicit, the scalar loops are tails or strided paths where LLVM's loop vectoriser
-    gains little and costs most of the compile time.
-    """
-    fn = b.function
-    pre = b.block
-    head, after = fn.append_basic_block("range"), fn.append_basic_block("range.end")
-    b.cbranch(b.icmp_signed("<", start, stop), head, after)
-    b.position_at_end(head)
-    i = b.phi(I64, name="i")
-    i.add_incoming(start, pre)
-    body(i)
-    nxt = b.add(i, const(I64, step), name="i.next", flags=["nsw"])
-    i.add_incoming(nxt, b.block)
-    back = b.cbranch(b.icmp_signed("<", nxt, stop), head, after)
-    back.set_metadata("llvm.loop", _loop_id(b.module, unroll))
-    b.position_at_end(after)
+# Every loop here is marked "do not vectorise, do not unroll": vector code is explicit, the
+# scalar loops are tails or strided paths where LLVM's loop vectoriser gains little and costs
+# most of the compile time.
+NO_AUTO = {"vectorize": False, "unroll": False}
 
 
-def _loop_id(module, unroll):
-    """A fresh self-referential loop-ID node carrying the loop's optimisation hints."""
-    options = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.width"),
-                                    const(I32, 1)])]
-    if not unroll:
-        options.append(module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]))
-    count = len(module.metadata)
-    node = module.add_metadata([ir.MetaDataString(module, f"dynvm.loop.{count}"), *options])
-    node.operands = (node, *options)
-    return node
-
-
-def _loop(b, count, body, unroll=False):
-    """for i in range(count): body(i), count >= 0."""
-    _range_loop(b, const(I64, 0), count, body, unroll=unroll)
-
-
-def _is_compact(b, ext, strides_ptr):
-    """i1: strides are compact row-major except in extent-1 dims (NULL strides are compact)."""
-    ok = const(I1, 1)
-    if not ext:
-        return ok
-    strides = load_strides(b, ext, strides_ptr)
-    expected = const(I64, 1)
-    for e, s in zip(reversed(ext), reversed(strides)):
-        ok = b.and_(ok, b.or_(b.icmp_signed("==", e, const(I64, 1)), b.icmp_signed("==", s, expected)))
-        expected = b.mul(expected, e)
-    return ok
+def _compact(b, ext, strides_ptr):
+    return is_compact(b, ext, load_strides(b, ext, strides_ptr))
 
 
 def _flat_prologue(module, symbol, sig):
@@ -485,11 +353,11 @@ def _flat_prologue(module, symbol, sig):
     fn, b = new_function(module, symbol)
     arrays = prologue(b, *fn.args, sig)
     _check_broadcast(b, arrays)
-    n = element_count(b, arrays[-1][1])
+    n = product(b, arrays[-1][1])
     return_zero_if(b, b.icmp_signed("==", n, const(I64, 0)))
     for k, (_, ext, strides) in enumerate(arrays):
-        check(b, b.icmp_signed("==", element_count(b, ext), n), ERR_LAYOUT | k << 8)
-        check(b, _is_compact(b, ext, strides), ERR_LAYOUT | k << 8)
+        check(b, b.icmp_signed("==", product(b, ext), n), ERR_LAYOUT | k << 8)
+        check(b, _compact(b, ext, strides), ERR_LAYOUT | k << 8)
     check_data(b, arrays)
     return b, arrays, n
 
@@ -497,7 +365,7 @@ def _flat_prologue(module, symbol, sig):
 def _emit_scalar(module, symbol, sig, expr, lanes):
     """"scalar": one flat element loop, no vector setup (for sizes below one vector)."""
     b, arrays, n = _flat_prologue(module, symbol, sig)
-    _loop(b, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)))
+    for_range(b, 0, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)), **NO_AUTO)
     b.ret(const(I32, 0))
 
 
@@ -505,9 +373,9 @@ def _emit_vector(module, symbol, sig, expr, lanes):
     """"vector": explicit `<lanes x T>` loads, ops and stores, then a scalar tail."""
     b, arrays, n = _flat_prologue(module, symbol, sig)
     main = b.sub(n, b.urem(n, const(I64, lanes)))
-    _range_loop(b, const(I64, 0), main,
-                lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes), lanes)
-    _range_loop(b, main, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)))
+    for_range(b, 0, main, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes),
+              step=lanes, **NO_AUTO)
+    for_range(b, main, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)), **NO_AUTO)
     b.ret(const(I32, 0))
 
 
@@ -515,8 +383,8 @@ def _emit_vector_exact(module, symbol, sig, expr, lanes):
     """"vector_exact": the element count is a multiple of `lanes` (checked), so no tail."""
     b, arrays, n = _flat_prologue(module, symbol, sig)
     check(b, b.icmp_signed("==", b.urem(n, const(I64, lanes)), const(I64, 0)), ERR_LAYOUT)
-    _range_loop(b, const(I64, 0), n,
-                lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes), lanes)
+    for_range(b, 0, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes),
+              step=lanes, **NO_AUTO)
     b.ret(const(I32, 0))
 
 
@@ -533,7 +401,7 @@ def _emit_strided(module, symbol, sig, expr, lanes, perms=None):
     _check_broadcast(b, arrays)
     out_ext = arrays[-1][1]
     r = len(out_ext)
-    return_zero_if(b, b.icmp_signed("==", element_count(b, out_ext), const(I64, 0)))
+    return_zero_if(b, b.icmp_signed("==", product(b, out_ext), const(I64, 0)))
     check_data(b, arrays)
     eff = [_effective_strides(b, ext, strides, r) for _, ext, strides in arrays]
     if r == 0:
@@ -547,21 +415,13 @@ def _emit_strided(module, symbol, sig, expr, lanes, perms=None):
             fast = b.and_(fast, b.icmp_unsigned("<=", s, const(I64, 1)))
     fast_bb, slow_bb = fn.append_basic_block("inner.unit"), fn.append_basic_block("inner.any")
     b.cbranch(fast, fast_bb, slow_bb)
+    outer = [(out_ext[d], [s[d] for s in eff]) for d in range(r - 1)]
     for block, emit_inner in ((fast_bb, _inner_unit), (slow_bb, _inner_any)):
         b.position_at_end(block)
-        _nest(b, out_ext, eff, 0, [const(I64, 0)] * len(arrays),
-              lambda offsets: emit_inner(b, sig, expr, arrays, out_ext[-1], inner, offsets, lanes))
+        for_nest(b, outer, [const(I64, 0)] * len(arrays),
+                 lambda offsets: emit_inner(b, sig, expr, arrays, out_ext[-1], inner, offsets, lanes),
+                 **NO_AUTO)
         b.ret(const(I32, 0))
-
-
-def _nest(b, out_ext, eff, d, offsets, innermost):
-    """Loops over output dims d .. r-2 accumulating offsets; `innermost(offsets)` does dim r-1."""
-    if d == len(out_ext) - 1:
-        innermost(offsets)
-        return
-    _loop(b, out_ext[d], lambda i: _nest(b, out_ext, eff, d + 1, [
-        off if s[d] is None else b.add(off, b.mul(i, s[d])) for off, s in zip(offsets, eff)],
-        innermost))
 
 
 def _advance(b, offsets, inner, i):
@@ -569,7 +429,8 @@ def _advance(b, offsets, inner, i):
 
 
 def _inner_any(b, sig, expr, arrays, m, inner, offsets, lanes):
-    _loop(b, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)))
+    for_range(b, 0, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)),
+              **NO_AUTO)
 
 
 def _inner_unit(b, sig, expr, arrays, m, inner, offsets, lanes):
@@ -580,21 +441,17 @@ def _inner_unit(b, sig, expr, arrays, m, inner, offsets, lanes):
 
         def load_input(k):
             dtype = sig[k][0]
-            first = _load(b, dtype, arrays[k][0], at[k])
+            first = splat(b, load(b, arrays[k][0], at[k], MEM_TYPE[dtype]), lanes)
             if inner[k] is None:
-                return _to_reg(b, _splat(b, first, lanes), dtype)
-            vec = mem_type(dtype, lanes)
-            masked = get_function(b.module, f"llvm.masked.load.{_tname(vec)}.p0",
-                                  ir.FunctionType(vec, [PTR, I32, ir.VectorType(I1, lanes), vec]))
-            ptr = b.gep(arrays[k][0], [at[k]], inbounds=True, source_etype=MEM_TYPE[dtype])
-            unit = _splat(b, b.icmp_signed("==", inner[k], const(I64, 1)), lanes)
-            value = b.call(masked, [ptr, const(I32, DTYPES[dtype][2] // 8), unit,
-                                    _splat(b, first, lanes)])
-            return _to_reg(b, value, dtype)
+                return to_reg(b, first, dtype)
+            unit = splat(b, b.icmp_signed("==", inner[k], const(I64, 1)), lanes)
+            ptr = elem_ptr(b, arrays[k][0], at[k], MEM_TYPE[dtype])
+            return to_reg(b, masked_load(b, ptr, unit, first), dtype)
         _compute_and_store(b, sig, expr, load_input, arrays[-1][0], at[-1], lanes)
 
-    _range_loop(b, const(I64, 0), main, vector_body, lanes)
-    _range_loop(b, main, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)))
+    for_range(b, 0, main, vector_body, step=lanes, **NO_AUTO)
+    for_range(b, main, m, lambda i: _emit_at(b, sig, expr, arrays, _advance(b, offsets, inner, i)),
+              **NO_AUTO)
 
 
 def _permuted(b, arrays, perms):
@@ -632,11 +489,11 @@ def lanes_for(sig):
 def _dispatch_context(b, arrays):
     """(n, flat): the output's element count and whether the flat variants apply (every array
     compact, no input broadcast; an empty output counts as flat whatever its strides)."""
-    n = element_count(b, arrays[-1][1])
+    n = product(b, arrays[-1][1])
     flat = const(I1, 1)
     for _, ext, strides in arrays:
-        flat = b.and_(flat, b.icmp_signed("==", element_count(b, ext), n))
-        flat = b.and_(flat, _is_compact(b, ext, strides))
+        flat = b.and_(flat, b.icmp_signed("==", product(b, ext), n))
+        flat = b.and_(flat, _compact(b, ext, strides))
     return n, b.or_(flat, b.icmp_signed("==", n, const(I64, 0)))
 
 

@@ -1,8 +1,23 @@
-"""Shared LLVM IR building blocks for every kernel family (llvmlite.ir).
+"""The IR toolkit of the kernel families (llvmlite.ir): every family builds its kernels from
+these pieces and from no other family's helpers (numba's `cgutils` is the model).
 
-The kernel ABI seen from inside: `int32_t f(DLTensor *args, int32_t nargs)`; a prologue validates
-every argument (count, rank, dtype, NULL pointers, extents) and returns an error code
-`kind | arg << 8 | dim << 16` instead of touching memory it was not promised.
+- types and constants: I1 .. F64, PTR, DLTENSOR, REG_TYPE / MEM_TYPE (dtype -> register /
+  memory type), `vector_type`, `type_suffix`, `const`, `c64`, `intrinsic`, `get_function`;
+- integer arithmetic on i64 offsets: `icmp`, `eq`, `smin`, `smax`, `all_of`, `product`,
+  `add_mul`, `dot_offset`, `unravel`;
+- control flow: `for_range` (the one counted loop: zero trips, carried values as phis, loop
+  hints), `for_nest` (a loop nest advancing offsets), `if_then` (with or without an else arm,
+  optionally merging values), early exits `check` / `check_equal` / `return_zero_if`;
+- memory: `elem_ptr`, `load`, `store` (scalars or vectors, element-aligned), `stack_buffer`;
+- vectors: `splat`, `lane_ids`, `tail_mask`, `masked_load`, `masked_store` (a partial last
+  vector needs no scalar tail), `horizontal` (lane fold), `vector_fold` (a contiguous run in
+  unrolled vectors, vectors, then scalars);
+- dtype semantics: `is_float`, `to_reg` / `to_mem` (bool is i1 in registers, a byte in
+  memory), `truth`, `cast` (numpy `astype` on register values);
+- the kernel ABI seen from inside: `int32_t f(DLTensor *args, int32_t nargs)`; `new_function`,
+  `prologue` validates every argument (count, rank, dtype, NULL pointers, extents) and returns
+  an error code `kind | arg << 8 | dim << 16` instead of touching memory it was not promised;
+  `load_strides`, `is_compact`, `check_data`.
 """
 from llvmlite import ir
 
@@ -23,18 +38,127 @@ REG_TYPE = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": 
 MEM_TYPE = dict(REG_TYPE, bool=I8)
 
 
+# ---------------------------------------------------------------------------------------------
+# types, constants, declarations
+
+
+def is_float(dtype):
+    return dtype in ("float32", "float64")
+
+
+def element_type(ty):
+    """The scalar type of a scalar or vector type."""
+    return ty.element if isinstance(ty, ir.VectorType) else ty
+
+
+def with_element(ty, elem):
+    """`ty`'s shape (scalar or vector of the same count) with element type `elem`."""
+    return ir.VectorType(elem, ty.count) if isinstance(ty, ir.VectorType) else elem
+
+
+def vector_type(elem, lanes):
+    """`<lanes x elem>`, or `elem` itself for one lane."""
+    return elem if lanes == 1 else ir.VectorType(elem, lanes)
+
+
+def elem_bytes(ty):
+    """Bytes of one element of a scalar or vector type (i1 counts as one byte)."""
+    elem = element_type(ty)
+    return 4 if elem == F32 else 8 if elem == F64 else max(1, elem.width // 8)
+
+
+def type_suffix(ty):
+    """LLVM's overload suffix of a type: f32, i64, v16f32, ..."""
+    elem = element_type(ty)
+    name = "f32" if elem == F32 else "f64" if elem == F64 else f"i{elem.width}"
+    return f"v{ty.count}{name}" if isinstance(ty, ir.VectorType) else name
+
 
 def const(ty, value):
+    """A constant of type `ty`; for a vector type every lane is `value`."""
     return ir.Constant(ty, value)
 
 
-def intrinsic(module, name, ty):
-    return module.declare_intrinsic(name, [ty])
+def c64(value):
+    return ir.Constant(I64, value)
+
+
+def as_i64(value):
+    """An i64 IR value from an int or an IR value."""
+    return c64(value) if isinstance(value, int) else value
 
 
 def get_function(module, name, fnty):
     existing = module.globals.get(name)
     return existing if existing is not None else ir.Function(module, fnty, name=name)
+
+
+def intrinsic(module, name, ty, nargs=1):
+    """The overloaded intrinsic `name.<ty>` taking `nargs` args of `ty` (vectors too; llvmlite's
+    declare_intrinsic does not name vector overloads)."""
+    return get_function(module, f"{name}.{type_suffix(ty)}", ir.FunctionType(ty, [ty] * nargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# i64 arithmetic
+
+
+def icmp(b, op, x, y):
+    """Signed comparison; ints are i64 constants."""
+    return b.icmp_signed(op, as_i64(x), as_i64(y))
+
+
+def eq(b, x, y):
+    return icmp(b, "==", x, y)
+
+
+def smin(b, x, y):
+    return b.select(icmp(b, "<", x, y), x, y)
+
+
+def smax(b, x, y):
+    return b.select(icmp(b, ">", x, y), x, y)
+
+
+def all_of(b, conds):
+    ok = const(I1, 1)
+    for c in conds:
+        ok = b.and_(ok, c)
+    return ok
+
+
+def product(b, values):
+    """The product of i64 values (1 for none): an element count from extents."""
+    n = c64(1)
+    for v in values:
+        n = b.mul(n, v)
+    return n
+
+
+def add_mul(b, base, i, stride):
+    return b.add(base, b.mul(i, stride))
+
+
+def dot_offset(b, idx, strides):
+    """Element offset sum(idx[d] * strides[d])."""
+    off = c64(0)
+    for i, s in zip(idx, strides):
+        off = add_mul(b, off, i, s)
+    return off
+
+
+def unravel(b, flat, extents):
+    """Row-major multi-index of `flat` over `extents` (IR values)."""
+    idx = []
+    for e in reversed(extents[1:]):
+        idx.append(b.urem(flat, e))
+        flat = b.udiv(flat, e)
+    idx.append(flat)
+    return idx[::-1] if extents else []
+
+
+# ---------------------------------------------------------------------------------------------
+# control flow
 
 
 def check(b, ok, code):
@@ -48,22 +172,283 @@ def check(b, ok, code):
     b.position_at_end(cont)
 
 
-def loop(b, count, body):
-    """for i in range(count): body(i) — `count` must be >= 1 (checked by the caller)."""
+def check_equal(b, got, want, arg, dim):
+    """`got == want` (i64) or return ERR_SHAPE for argument `arg`, dim `dim`."""
+    check(b, eq(b, got, want), ERR_SHAPE | arg << 8 | dim << 16)
+
+
+def return_zero_if(b, cond):
+    """Return 0 (success, nothing to do) when `cond` holds."""
+    fn = b.function
+    done, cont = fn.append_basic_block("empty"), fn.append_basic_block("nonempty")
+    b.cbranch(cond, done, cont)
+    b.position_at_end(done)
+    b.ret(const(I32, 0))
+    b.position_at_end(cont)
+
+
+def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll=True):
+    """`for i in range(start, stop, step)` over i64 (ints or IR values; step > 0), tested before
+    the first trip, so that zero trips are fine.
+
+    body(i) emits one iteration; with `carried` (the initial values) it is body(i, values) ->
+    the values of the next iteration, each carried in a loop phi. Returns (end, values): the
+    first i not below `stop` (`start` when the loop does not run) and the values after the last
+    trip (the initial ones when it does not run). Loop hints: vectorize=False / unroll=False
+    keep LLVM's loop vectoriser / unroller off the loop (for loops that are already explicit
+    vector code, or scalar tails where they gain little and cost compile time)."""
+    start, stop, step = as_i64(start), as_i64(stop), as_i64(step)
+    inits = [] if carried is None else list(carried)
     fn = b.function
     pre = b.block
-    loop = fn.append_basic_block("loop")
-    after = fn.append_basic_block("after")
-    b.branch(loop)
-    b.position_at_end(loop)
+    head, done = fn.append_basic_block("for"), fn.append_basic_block("for.end")
+    b.cbranch(b.icmp_signed("<", start, stop), head, done)
+    b.position_at_end(head)
     i = b.phi(I64, name="i")
-    i.add_incoming(const(I64, 0), pre)
-    body(i)
-    nxt = b.add(i, const(I64, 1), name="i.next", flags=["nuw", "nsw"])
-    i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, count), loop, after)
-    b.position_at_end(after)
+    values = [b.phi(v.type) for v in inits]
+    if carried is None:
+        body(i)
+        new = []
+    else:
+        new = list(body(i, list(values)))
+    if len(new) != len(inits):
+        raise ValueError(f"for_range: body returned {len(new)} values for {len(inits)} carried")
+    nxt = b.add(i, step, name="i.next", flags=["nsw"])
+    latch = b.block
+    for phi, init, value in zip([i] + values, [start] + inits, [nxt] + new):
+        phi.add_incoming(init, pre)
+        phi.add_incoming(value, latch)
+    back = b.cbranch(b.icmp_signed("<", nxt, stop), head, done)
+    if not (vectorize and unroll):
+        back.set_metadata("llvm.loop", _loop_hints(b.module, vectorize, unroll))
+    b.position_at_end(done)
+    end, *out = _merge(b, [(pre, [start] + inits), (latch, [nxt] + new)])
+    return end, out
 
+
+def _loop_hints(module, vectorize, unroll):
+    """A fresh self-referential loop-ID node carrying the loop's optimisation hints."""
+    options = []
+    if not vectorize:
+        options.append(module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.width"),
+                                            const(I32, 1)]))
+    if not unroll:
+        options.append(module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]))
+    node = module.add_metadata([ir.MetaDataString(module, f"dynvm.loop.{len(module.metadata)}"),
+                                *options])
+    node.operands = (node, *options)
+    return node
+
+
+def _merge(b, arms):
+    """Phis (at the builder's position) of the values reaching it from each (block, values)."""
+    phis = [b.phi(v.type) for v in arms[0][1]]
+    for block, values in arms:
+        for phi, v in zip(phis, values):
+            phi.add_incoming(v, block)
+    return phis
+
+
+def for_nest(b, dims, offsets, body, carried=None, **hints):
+    """A loop nest over dims [(extent, [stride per offset, or None: it does not move]), ...],
+    outermost first: at index i of a level, offsets[k] advances by i * strides[k]. body(offsets)
+    emits the innermost work; with `carried` it is body(offsets, values) -> values, the values
+    flowing through every level (the final ones are returned). `hints` go to every for_range."""
+    def level(d, offs, values):
+        if d == len(dims):
+            return body(offs) if carried is None else body(offs, values)
+        extent, strides = dims[d]
+
+        def step(i, *vals):
+            inner = [o if s is None else add_mul(b, o, i, s) for o, s in zip(offs, strides)]
+            return level(d + 1, inner, vals[0] if vals else None)
+        return for_range(b, 0, extent, step, carried=values, **hints)[1]
+    return level(0, offsets, carried)
+
+
+def if_then(b, cond, then, otherwise=None, carried=None):
+    """Structured if: then() / otherwise() emit the two arms (no else arm when `otherwise` is
+    None); control joins afterwards. With `carried` values each arm is arm(values) -> values (a
+    missing else arm keeps them) and the joined values (phis) are returned."""
+    fn = b.function
+    pre = b.block
+    arms = [(fn.append_basic_block("then"), then)]
+    if otherwise is not None:
+        arms.append((fn.append_basic_block("else"), otherwise))
+    join = fn.append_basic_block("endif")
+    b.cbranch(cond, arms[0][0], arms[1][0] if otherwise is not None else join)
+    incoming = [] if otherwise is not None else [(pre, carried)]
+    for block, arm in arms:
+        b.position_at_end(block)
+        out = arm() if carried is None else list(arm(list(carried)))
+        incoming.append((b.block, out))
+        b.branch(join)
+    b.position_at_end(join)
+    return None if carried is None else _merge(b, incoming)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+def elem_ptr(b, base, offset, ty):
+    """Pointer to element `offset` of an array of `ty` (a vector type: of its element type)."""
+    return b.gep(base, [offset], inbounds=True, source_etype=element_type(ty))
+
+
+def load(b, base, offset, ty, align=None):
+    """Element (ty scalar) or consecutive elements (ty a vector) `offset` of `base`; aligned to
+    one element unless `align` says more."""
+    return b.load(elem_ptr(b, base, offset, ty), typ=ty, align=align or elem_bytes(ty))
+
+
+def store(b, value, base, offset, align=None):
+    b.store(value, elem_ptr(b, base, offset, value.type), align=align or elem_bytes(value.type))
+
+
+def stack_buffer(b, ty, count):
+    """A 64-byte aligned stack array of `count` elements, allocated in the entry block."""
+    fn = b.function
+    saved = b.block
+    b.position_at_start(fn.entry_basic_block)
+    buf = b.alloca(ir.ArrayType(ty, count))
+    buf.align = 64
+    buf.type = PTR   # opaque pointer, like every other pointer in kernels/
+    b.position_at_end(saved)
+    return buf
+
+
+# ---------------------------------------------------------------------------------------------
+# vectors
+
+
+def splat(b, value, lanes):
+    """A run-time scalar in every lane of a `<lanes x T>` vector (the scalar itself for 1)."""
+    if lanes == 1:
+        return value
+    vec = ir.VectorType(value.type, lanes)
+    v = b.insert_element(ir.Constant(vec, ir.Undefined), value, const(I32, 0))
+    return b.shuffle_vector(v, ir.Constant(vec, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+
+def lane_ids(lanes):
+    """<0, 1, ..., lanes-1> as i64 lanes (the scalar 0 for one lane)."""
+    return c64(0) if lanes == 1 else ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+
+
+def tail_mask(b, start, stop, lanes):
+    """Mask <lanes x i1>: lane l is on when start + l < stop (i64 scalars)."""
+    return b.icmp_signed("<", b.add(lane_ids(lanes), splat(b, start, lanes)), splat(b, stop, lanes))
+
+
+def masked_load(b, ptr, mask, passthru):
+    """llvm.masked.load of a vector of passthru's type: lanes whose mask bit is off are not
+    read (no fault past the end of an array) and take `passthru`."""
+    vec = passthru.type
+    fn = get_function(b.module, f"llvm.masked.load.{type_suffix(vec)}.p0",
+                      ir.FunctionType(vec, [PTR, I32, mask.type, vec]))
+    return b.call(fn, [ptr, const(I32, elem_bytes(vec)), mask, passthru])
+
+
+def masked_store(b, value, ptr, mask):
+    """llvm.masked.store: only the lanes whose mask bit is on are written."""
+    vec = value.type
+    fn = get_function(b.module, f"llvm.masked.store.{type_suffix(vec)}.p0",
+                      ir.FunctionType(ir.VoidType(), [vec, PTR, I32, mask.type]))
+    b.call(fn, [value, ptr, const(I32, elem_bytes(vec)), mask])
+
+
+def horizontal(b, values, combine):
+    """Fold the lanes of the vectors in `values` (one list per accumulator part, e.g. value and
+    index) with `combine(a, b) -> list`, halving the width each step. Returns scalars."""
+    while isinstance(values[0].type, ir.VectorType):
+        width = values[0].type.count
+        if width == 1:
+            return [b.extract_element(v, const(I32, 0)) for v in values]
+        half = width // 2
+        lo_mask = ir.Constant(ir.VectorType(I32, half), list(range(half)))
+        hi_mask = ir.Constant(ir.VectorType(I32, half), list(range(half, width)))
+        lo = [b.shuffle_vector(v, v, lo_mask) for v in values]
+        hi = [b.shuffle_vector(v, v, hi_mask) for v in values]
+        values = combine(lo, hi)
+    return values
+
+
+def vector_fold(b, n, lanes, init, body, merge, unroll=4):
+    """Fold a contiguous run of n elements: `unroll` vectors of `lanes` per step, then single
+    vectors, then scalars. init(lanes) -> accumulator list (may be empty for a map-only pass);
+    body(j, lanes, accs) -> accs handles elements j .. j+lanes-1; merge(a, c) -> accs joins
+    partial results of disjoint element sets. Returns the scalar accumulators."""
+    width = unroll * lanes
+    first = init(lanes)
+    part = len(first)
+
+    def wide(j, accs):
+        out = []
+        for u in range(unroll):
+            out += body(b.add(j, c64(u * lanes)), lanes, accs[u * part:(u + 1) * part])
+        return out
+
+    j, accs = for_range(b, 0, b.sub(n, c64(width - 1)), wide, step=width, carried=first * unroll)
+    merged = accs[:part]
+    for u in range(1, unroll):
+        merged = merge(merged, accs[u * part:(u + 1) * part])
+    if lanes > 1:
+        j, merged = for_range(b, j, b.sub(n, c64(lanes - 1)), lambda j, accs: body(j, lanes, accs),
+                              step=lanes, carried=merged)
+        merged = horizontal(b, merged, merge) if merged else []
+    _, scalars = for_range(b, j, n, lambda j, accs: body(j, 1, accs), carried=merged)
+    return scalars
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype semantics on register values (bool is i1 in registers)
+
+
+def to_reg(b, value, dtype):
+    """Memory form -> register form (bool bytes become i1: any non-zero byte is True)."""
+    return b.icmp_unsigned("!=", value, const(value.type, 0)) if dtype == "bool" else value
+
+
+def to_mem(b, value, dtype):
+    """Register form -> memory form (an i1 bool becomes a 0/1 byte)."""
+    return b.zext(value, with_element(value.type, I8)) if dtype == "bool" else value
+
+
+def truth(b, value, dtype):
+    """numpy truthiness: non-zero (NaN counts as true)."""
+    if dtype == "bool":
+        return value
+    if is_float(dtype):
+        return b.fcmp_unordered("!=", value, const(value.type, 0.0))
+    return b.icmp_signed("!=", value, const(value.type, 0))
+
+
+def cast(b, value, src, dst):
+    """numpy `astype` of a scalar or vector register value; float -> int saturates (NaN -> 0)
+    through llvm.fptosi.sat, where numpy's result is undefined."""
+    if src == dst:
+        return value
+    ty = with_element(value.type, REG_TYPE[dst])
+    if dst == "bool":
+        return truth(b, value, src)
+    if src == "bool":
+        return b.uitofp(value, ty) if is_float(dst) else b.zext(value, ty)
+    if is_float(src) and is_float(dst):
+        return b.fpext(value, ty) if dst == "float64" else b.fptrunc(value, ty)
+    if not is_float(src) and not is_float(dst):
+        wider = REG_TYPE[dst].width > REG_TYPE[src].width
+        return b.sext(value, ty) if wider else b.trunc(value, ty)
+    if not is_float(src):
+        return b.sitofp(value, ty)
+    sat = get_function(b.module, f"llvm.fptosi.sat.{type_suffix(ty)}.{type_suffix(value.type)}",
+                       ir.FunctionType(ty, [value.type]))
+    return b.call(sat, [value])
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel ABI: arguments, validation, layouts
 
 
 class Args:
@@ -114,38 +499,29 @@ def prologue(b, args_ptr, nargs, sig):
 
 
 
-def element_count(b, extents):
-    n = const(I64, 1)
-    for e in extents:
-        n = b.mul(n, e)
-    return n
-
 
 def load_strides(b, ext, strides_ptr):
     """Element strides; a NULL strides pointer means compact row-major (DLPack)."""
-    compact, acc = [], const(I64, 1)
+    if not ext:
+        return []
+    compact, acc = [], c64(1)
     for e in reversed(ext):
         compact.append(acc)
         acc = b.mul(acc, e)
     compact.reverse()
-    if not ext:
-        return []
-    fn = b.function
-    given, null, join = (fn.append_basic_block(n) for n in ("strides.given", "strides.null", "strides"))
-    b.cbranch(b.icmp_unsigned("==", strides_ptr, ir.Constant(PTR, None)), null, given)
-    b.position_at_end(given)
-    loaded = [Args(b, None).index(strides_ptr, j) for j in range(len(ext))]
-    b.branch(join)
-    b.position_at_end(null)
-    b.branch(join)
-    b.position_at_end(join)
-    out = []
-    for s, c in zip(loaded, compact):
-        phi = b.phi(I64)
-        phi.add_incoming(s, given)
-        phi.add_incoming(c, null)
-        out.append(phi)
-    return out
+    given = b.icmp_unsigned("!=", strides_ptr, ir.Constant(PTR, None))
+    return if_then(b, given, lambda _: [Args(b, None).index(strides_ptr, j) for j in range(len(ext))],
+                   carried=compact)
+
+
+def is_compact(b, ext, strides):
+    """i1: `strides` (loaded) are compact row-major, ignoring extent-1 dims; an empty array is
+    compact whatever its strides say."""
+    expected, conds = c64(1), []
+    for e, s in zip(reversed(ext), reversed(strides)):
+        conds.append(b.or_(eq(b, e, 1), eq(b, s, expected)))
+        expected = b.mul(expected, e)
+    return b.or_(eq(b, product(b, ext), 0), all_of(b, conds))
 
 
 def check_data(b, arrays):
@@ -153,21 +529,7 @@ def check_data(b, arrays):
         check(b, b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ERR_NULL | k << 8)
 
 
-
 def new_function(module, symbol):
     fn = ir.Function(module, ir.FunctionType(I32, [PTR, I32]), name=symbol)
     fn.args[0].name, fn.args[1].name = "args", "nargs"
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
-
-
-
-def return_zero_if(b, cond):
-    """Return 0 (success, nothing to do) when `cond` holds."""
-    fn = b.function
-    done, cont = fn.append_basic_block("empty"), fn.append_basic_block("nonempty")
-    b.cbranch(cond, done, cont)
-    b.position_at_end(done)
-    b.ret(const(I32, 0))
-    b.position_at_end(cont)
-
-

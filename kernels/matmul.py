@@ -48,8 +48,11 @@ from dynvm.kernels import family
 from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
 from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR,
-                               check, check_data, const, element_count, get_function,
-                               load_strides, new_function, prologue, return_zero_if)
+                                     c64, check, check_data, check_equal, const, dot_offset,
+                                     elem_ptr, eq, for_range, if_then, load, load_strides,
+                                     masked_load, masked_store, new_function, product, prologue,
+                                     return_zero_if, smin, splat, stack_buffer, store, tail_mask,
+                                     to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -99,200 +102,11 @@ class Blocking:
 
 
 # ---------------------------------------------------------------------------------------------
-# small IR helpers
-
-
-def c64(v):
-    return const(I64, v)
-
-
-def for_range(b, start, stop, body, step=1):
-    """for i in range(start, stop, step): body(i), with i64 IR values or ints; zero trips ok."""
-    start, stop = _i64(start), _i64(stop)
-    fn = b.function
-    pre = b.block
-    head, exit_ = fn.append_basic_block("for"), fn.append_basic_block("endfor")
-    b.cbranch(b.icmp_signed("<", start, stop), head, exit_)
-    b.position_at_end(head)
-    i = b.phi(I64, name="i")
-    i.add_incoming(start, pre)
-    body(i)
-    nxt = b.add(i, _i64(step), flags=["nsw"])
-    i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
-    b.position_at_end(exit_)
-
-
-def if_then(b, cond, then, otherwise=None):
-    """Structured if: `then()` / `otherwise()` emit code; control joins afterwards."""
-    fn = b.function
-    t, e, j = (fn.append_basic_block(n) for n in ("then", "else", "endif"))
-    b.cbranch(cond, t, e)
-    b.position_at_end(t)
-    then()
-    b.branch(j)
-    b.position_at_end(e)
-    if otherwise is not None:
-        otherwise()
-    b.branch(j)
-    b.position_at_end(j)
-
-
-def _i64(v):
-    return c64(v) if isinstance(v, int) else v
-
-
-def imin(b, x, y):
-    return b.select(b.icmp_signed("<", x, y), x, y)
-
-
-def stack_buffer(b, ty, count):
-    """A 64-byte aligned stack array of `count` elements, allocated in the entry block."""
-    fn = b.function
-    saved = b.block
-    b.position_at_start(fn.entry_basic_block)
-    buf = b.alloca(ir.ArrayType(ty, count))
-    buf.align = 64
-    buf.type = PTR   # opaque pointer, like every other pointer in kernels/
-    b.position_at_end(saved)
-    return buf
-
-
-def elem_ptr(b, base, offset, ty):
-    return b.gep(base, [offset], inbounds=True, source_etype=ty)
-
-
-def load(b, base, offset, ty):
-    return b.load(elem_ptr(b, base, offset, ty), typ=ty)
-
-
-def store(b, value, base, offset):
-    b.store(value, elem_ptr(b, base, offset, value.type))
-
-
-def splat(b, value, vec):
-    v = b.insert_element(ir.Constant(vec, ir.Undefined), value, const(I32, 0))
-    return b.shuffle_vector(v, ir.Constant(vec, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, vec.count), [0] * vec.count))
+# GEMM arithmetic
 
 
 def madd(b, x, y, acc, is_float):
     return fma(b, x, y, acc) if is_float else b.add(b.mul(x, y), acc)
-
-
-def dot_offset(b, idx, strides):
-    off = c64(0)
-    for i, s in zip(idx, strides):
-        off = b.add(off, b.mul(i, s))
-    return off
-
-
-def unravel(b, flat, extents):
-    """Row-major multi-index of `flat` over `extents` (IR values)."""
-    idx = []
-    for e in reversed(extents[1:]):
-        idx.append(b.urem(flat, e))
-        flat = b.udiv(flat, e)
-    idx.append(flat)
-    return idx[::-1] if extents else []
-
-
-def eq(b, x, y):
-    return b.icmp_signed("==", x, y)
-
-
-def carry_loop(b, start, stop, body, inits, step=1):
-    """values = inits; for i in range(start, stop, step): values = body(i, values).
-    Returns the final values (the inits when the loop runs zero times)."""
-    start, stop = _i64(start), _i64(stop)
-    fn = b.function
-    pre = b.block
-    head, exit_ = fn.append_basic_block("carry"), fn.append_basic_block("endcarry")
-    b.cbranch(b.icmp_signed("<", start, stop), head, exit_)
-    b.position_at_end(head)
-    i = b.phi(I64, name="i")
-    values = [b.phi(v.type) for v in inits]
-    new = body(i, values)
-    nxt = b.add(i, _i64(step), flags=["nsw"])
-    last = b.block
-    i.add_incoming(start, pre)
-    i.add_incoming(nxt, last)
-    for phi, init, v in zip(values, inits, new):
-        phi.add_incoming(init, pre)
-        phi.add_incoming(v, last)
-    b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
-    b.position_at_end(exit_)
-    return merge(b, inits, pre, new, last)
-
-
-def merge(b, values_a, block_a, values_b, block_b):
-    """Phis (at the builder's position) of values reaching it from two blocks."""
-    outs = []
-    for a, v in zip(values_a, values_b):
-        phi = b.phi(v.type)
-        phi.add_incoming(a, block_a)
-        phi.add_incoming(v, block_b)
-        outs.append(phi)
-    return outs
-
-
-def carry_if(b, cond, then, values):
-    """values = then(values) if cond else values (then() emits code); the merged values."""
-    fn = b.function
-    pre = b.block
-    t, j = fn.append_basic_block("then"), fn.append_basic_block("endif")
-    b.cbranch(cond, t, j)
-    b.position_at_end(t)
-    new = then(values)
-    last = b.block
-    b.branch(j)
-    b.position_at_end(j)
-    return merge(b, values, pre, new, last)
-
-
-# vector helpers
-
-
-def _tname(ty):
-    if isinstance(ty, ir.VectorType):
-        return f"v{ty.count}{_tname(ty.element)}"
-    if isinstance(ty, ir.FloatType):
-        return "f32"
-    if isinstance(ty, ir.DoubleType):
-        return "f64"
-    return f"i{ty.width}"
-
-
-def lane_ids(lanes):
-    """<0, 1, ..., lanes-1> as i64 lanes."""
-    return ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
-
-
-def first_lanes(b, start, stop, lanes):
-    """Mask <lanes x i1>: lane l is on when start + l < stop (i64 scalars)."""
-    vec = ir.VectorType(I64, lanes)
-    return b.icmp_signed("<", b.add(lane_ids(lanes), splat(b, start, vec)), splat(b, stop, vec))
-
-
-def masked_load(b, ptr, vec, mask, passthru):
-    """llvm.masked.load: lanes whose mask bit is off are not read and take `passthru`."""
-    fn = get_function(b.module, f"llvm.masked.load.{_tname(vec)}.p0",
-                      ir.FunctionType(vec, [PTR, I32, mask.type, vec]))
-    return b.call(fn, [ptr, const(I32, _align(vec)), mask, passthru])
-
-
-def masked_store(b, value, ptr, mask):
-    vec = value.type
-    fn = get_function(b.module, f"llvm.masked.store.{_tname(vec)}.p0",
-                      ir.FunctionType(ir.VoidType(), [vec, PTR, I32, mask.type]))
-    b.call(fn, [value, ptr, const(I32, _align(vec)), mask])
-
-
-def _align(vec):
-    """Element alignment of a vector's lanes (masked memory intrinsics take it explicitly)."""
-    e = vec.element
-    return 4 if isinstance(e, ir.FloatType) else 8 if isinstance(e, ir.DoubleType) else \
-        max(1, e.width // 8)
 
 
 def hsum(b, vectors, is_float):
@@ -340,11 +154,6 @@ def check_epilogue(spec, out_dtype, extra_dtypes, what):
     if result != out_dtype:
         raise KernelError(f"{what}: epilogue gives {result}, the output is {out_dtype}")
     return expr
-
-
-def _to_reg(b, value, dtype):
-    """Memory form -> register form of an epilogue input (bool bytes -> i1, any non-zero true)."""
-    return b.icmp_unsigned("!=", value, const(value.type, 0)) if dtype == "bool" else value
 
 
 class Extra:
@@ -428,7 +237,7 @@ class Geometry:
         ty, nr, zero = blk.ty, blk.nr, blk.zero
 
         def strip(t):
-            width = imin(b, c64(nr), b.sub(nc, t))
+            width = smin(b, c64(nr), b.sub(nc, t))
             out = b.mul(t, kc)        # t is a multiple of NR: strip start = t * kc
 
             def row(k):
@@ -443,7 +252,7 @@ class Geometry:
 
 def _shape_checks(b, got, want, arg):
     for j, (g, w) in enumerate(zip(got, want)):
-        check(b, eq(b, g, w), ERR_SHAPE | arg << 8 | j << 16)
+        check_equal(b, g, w, arg, j)
 
 
 class MatmulGeometry(Geometry):
@@ -471,7 +280,7 @@ class MatmulGeometry(Geometry):
         check(b, eq(b, we[1], self.K), ERR_SHAPE | 1 << 8 | 1 << 16)
         _shape_checks(b, out_ext, list(xe[:-1]) + [self.N], self.out_arg)
         self.row_dims = list(xe[:-1])
-        self.M = element_count(b, self.row_dims)
+        self.M = product(b, self.row_dims)
         self.a_strides, self.sa_k = xs[:-1], xs[-1]
         self.sb_k, self.sb_n = ws[1], ws[0]
         self.rank = r
@@ -538,7 +347,7 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
     vector_ok = eq(b, geo.sc_n, c64(1))
     for linear, stride in columns:
         vector_ok = b.and_(vector_ok, b.and_(linear, b.icmp_unsigned("<=", stride, c64(1))))
-    unit = [splat(b, eq(b, stride, c64(1)), ir.VectorType(I1, vl)) for _, stride in columns]
+    unit = [splat(b, eq(b, stride, c64(1)), vl) for _, stride in columns]
 
     def vector_rows():
         def row(r):
@@ -548,9 +357,9 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
                      for e, (_, stride) in zip(extras, columns)]
 
             def chunk(c):
-                mask = first_lanes(b, c, cols, vl)
+                mask = tail_mask(b, c, cols, vl)
                 cptr = elem_ptr(b, geo.c, b.add(cbase, c), blk.ty)
-                x = masked_load(b, cptr, vec, mask, ir.Constant(vec, None))
+                x = masked_load(b, cptr, mask, ir.Constant(vec, None))
 
                 def load_input(i):
                     if i == 0:
@@ -559,9 +368,8 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
                     ty = MEM_TYPE[e.dtype]
                     p = elem_ptr(b, e.data, b.add(ebase[i - 1], b.mul(c, stride)), ty)
                     first = b.load(p, typ=ty)      # lane 0 exists: c < cols
-                    evec = ir.VectorType(ty, vl)
-                    v = masked_load(b, p, evec, b.and_(mask, unit[i - 1]), splat(b, first, evec))
-                    return _to_reg(b, v, e.dtype)
+                    v = masked_load(b, p, b.and_(mask, unit[i - 1]), splat(b, first, vl))
+                    return to_reg(b, v, e.dtype)
                 value, _ = emit_expr(b, expr, dtypes, load_input, vl)
                 masked_store(b, value, cptr, mask)
             for_range(b, 0, cols, chunk, step=vl)
@@ -581,11 +389,11 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
                         return load(b, geo.c, o, blk.ty)
                     e = extras[i - 1]
                     off = b.add(erow[i - 1], geo.cursor_offset(b, e, cursor))
-                    return _to_reg(b, load(b, e.data, off, MEM_TYPE[e.dtype]), e.dtype)
+                    return to_reg(b, load(b, e.data, off, MEM_TYPE[e.dtype]), e.dtype)
                 value, _ = emit_expr(b, expr, dtypes, load_input)
                 store(b, value, geo.c, o)
                 return geo.next_cursor(b, cursor)
-            carry_loop(b, 0, cols, col, geo.column_cursor(b, n0))
+            for_range(b, 0, cols, col, carried=geo.column_cursor(b, n0))
         for_range(b, 0, rows, row)
     if_then(b, vector_ok, vector_rows, scalar_rows)
 
@@ -603,7 +411,7 @@ def emit_tiny_body(b, geo, blk, expr):
                 def step(k, acc):
                     av = load(b, geo.a, b.add(arow, b.mul(k, geo.sa_k)), ty)
                     return [madd(b, av, geo.b_value(b, blk, bi, k, n), acc[0], blk.is_float)]
-                (total,) = carry_loop(b, 0, geo.K, step, [zero])
+                _, (total,) = for_range(b, 0, geo.K, step, carried=[zero])
                 store(b, total, geo.c, b.add(crow, b.mul(n, geo.sc_n)))
             for_range(b, 0, geo.N, col)
             apply_epilogue(b, geo, blk, expr, bi, m, c64(1), c64(0), geo.N)
@@ -625,33 +433,20 @@ def micro_kernel(module, blk):
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vec, mr, nv, vl = blk.vec, blk.mr, blk.nv, blk.vl
     zero = ir.Constant(vec, [0.0 if blk.is_float else 0] * vl)
-    entry = b.block
-    body, done = fn.append_basic_block("k"), fn.append_basic_block("done")
-    b.branch(body)
-    b.position_at_end(body)
-    k = b.phi(I64)
-    k.add_incoming(c64(0), entry)
-    accs = [[b.phi(vec) for _ in range(nv)] for _ in range(mr)]
-    for row in accs:
-        for acc in row:
-            acc.add_incoming(zero, entry)
-    bvecs = [b.load(elem_ptr(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), blk.ty),
-                    typ=vec, align=64) for v in range(nv)]
-    arow = b.mul(k, c64(mr))
-    new = []
-    for r in range(mr):
-        a = splat(b, load(b, ap, b.add(arow, c64(r)), blk.ty), vec)
-        new.append([madd(b, a, bvecs[v], accs[r][v], blk.is_float) for v in range(nv)])
-    k2 = b.add(k, c64(1))
-    k.add_incoming(k2, body)
+
+    def step(k, accs):
+        bvecs = [load(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), vec, align=64)
+                 for v in range(nv)]
+        arow = b.mul(k, c64(mr))
+        new = []
+        for r in range(mr):
+            a = splat(b, load(b, ap, b.add(arow, c64(r)), blk.ty), vl)
+            new += [madd(b, a, bvecs[v], accs[r * nv + v], blk.is_float) for v in range(nv)]
+        return new
+    _, accs = for_range(b, 0, kc, step, carried=[zero] * (mr * nv))
     for r in range(mr):
         for v in range(nv):
-            accs[r][v].add_incoming(new[r][v], body)
-    b.cbranch(b.icmp_signed("<", k2, kc), body, done)
-    b.position_at_end(done)
-    for r in range(mr):
-        for v in range(nv):
-            b.store(new[r][v], elem_ptr(b, t, c64(r * blk.nr + v * vl), blk.ty), align=64)
+            store(b, accs[r * nv + v], t, c64(r * blk.nr + v * vl), align=64)
     b.ret_void()
     return fn
 
@@ -727,24 +522,24 @@ def emit_blocked_body(b, geo, blk, expr, fast):
 
     def batch(bi):
         def col_block(jc):
-            nc = imin(b, c64(blk.nc), b.sub(N, jc))
+            nc = smin(b, c64(blk.nc), b.sub(N, jc))
 
             def depth_block(pc):
-                kc = imin(b, c64(blk.kc), b.sub(K, pc))
+                kc = smin(b, c64(blk.kc), b.sub(K, pc))
                 first = eq(b, pc, c64(0))
                 last = eq(b, b.add(pc, kc), K)
                 geo.pack_b(b, blk, bi, pc, kc, jc, nc, bp)
 
                 def row_block(ic):
-                    mc = imin(b, c64(blk.mc), b.sub(M, ic))
+                    mc = smin(b, c64(blk.mc), b.sub(M, ic))
                     pack_a(b, geo, blk, bi, ic, mc, pc, kc, ap)
 
                     def col_strip(jr):
-                        cols = imin(b, c64(blk.nr), b.sub(nc, jr))
+                        cols = smin(b, c64(blk.nr), b.sub(nc, jr))
                         bstrip = elem_ptr(b, bp, b.mul(jr, kc), blk.ty)
 
                         def row_strip(ir_):
-                            rows = imin(b, c64(blk.mr), b.sub(mc, ir_))
+                            rows = smin(b, c64(blk.mr), b.sub(mc, ir_))
                             astrip = elem_ptr(b, ap, b.mul(ir_, kc), blk.ty)
                             b.call(mk, [astrip, bstrip, kc, tile])
                             m0, n0 = b.add(ic, ir_), b.add(jc, jr)
@@ -780,7 +575,7 @@ def aligned_start(b, blk, ptr, limit):
     starts there loads no vector that splits a cache line (two L1 accesses instead of one)."""
     width = c64(blk.vl * blk.size)
     gap = b.urem(b.sub(width, b.urem(b.ptrtoint(ptr, I64), width)), width)
-    return imin(b, b.udiv(gap, c64(blk.size)), limit)
+    return smin(b, b.udiv(gap, c64(blk.size)), limit)
 
 
 def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
@@ -808,17 +603,17 @@ def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
                 p = elem_ptr(b, base, k, ty)
                 if mask is None:
                     return b.load(p, typ=vec, align=blk.size)
-                return masked_load(b, p, vec, mask, zero)
+                return masked_load(b, p, mask, zero)
             av = [vload(p) for p in arows]
             bv = [vload(p) for p in bcols]
             return [madd(b, av[r], bv[j], accs[r * cols + j], blk.is_float)
                     for r in range(rows) for j in range(cols)]
         accs = [zero] * (rows * cols)
-        accs = carry_if(b, b.icmp_signed(">", head, c64(0)),
-                        lambda accs: fmas(c64(0), accs, first_lanes(b, c64(0), head, vl)), accs)
-        accs = carry_loop(b, head, kmain, lambda k, accs: fmas(k, accs, None), accs, step=vl)
-        accs = carry_if(b, b.icmp_signed("<", kmain, geo.K),
-                        lambda accs: fmas(kmain, accs, first_lanes(b, kmain, geo.K, vl)), accs)
+        accs = if_then(b, b.icmp_signed(">", head, c64(0)),
+                       lambda accs: fmas(c64(0), accs, tail_mask(b, c64(0), head, vl)), carried=accs)
+        _, accs = for_range(b, head, kmain, lambda k, accs: fmas(k, accs, None), step=vl, carried=accs)
+        accs = if_then(b, b.icmp_signed("<", kmain, geo.K),
+                       lambda accs: fmas(kmain, accs, tail_mask(b, kmain, geo.K, vl)), carried=accs)
         for r in range(rows):
             sums = hsum(b, accs[r * cols:(r + 1) * cols], blk.is_float)
             for j in range(cols):
@@ -841,7 +636,7 @@ def gemv_axpy(b, geo, blk, bi, m0, rows, n_lo, n_hi):
     bbase = b.mul(bi, geo.sb_b)
 
     def chunk(n0, masked):
-        masks = [first_lanes(b, b.add(n0, c64(v * vl)), n_hi, vl) if masked else None
+        masks = [tail_mask(b, b.add(n0, c64(v * vl)), n_hi, vl) if masked else None
                  for v in range(nv)]
 
         def step(k, accs):
@@ -850,11 +645,11 @@ def gemv_axpy(b, geo, blk, bi, m0, rows, n_lo, n_hi):
             for v in range(nv):
                 p = elem_ptr(b, geo.bm, b.add(brow, b.add(n0, c64(v * vl))), ty)
                 bv.append(b.load(p, typ=vec, align=blk.size) if masks[v] is None
-                          else masked_load(b, p, vec, masks[v], zero))
-            av = [splat(b, load(b, geo.a, b.add(o, b.mul(k, geo.sa_k)), ty), vec) for o in aoffs]
+                          else masked_load(b, p, masks[v], zero))
+            av = [splat(b, load(b, geo.a, b.add(o, b.mul(k, geo.sa_k)), ty), vl) for o in aoffs]
             return [madd(b, av[r], bv[v], accs[r * nv + v], blk.is_float)
                     for r in range(rows) for v in range(nv)]
-        accs = carry_loop(b, 0, geo.K, step, [zero] * (rows * nv))
+        _, accs = for_range(b, 0, geo.K, step, carried=[zero] * (rows * nv))
         for r in range(rows):
             for v in range(nv):
                 p = elem_ptr(b, geo.c, b.add(coffs[r], b.add(n0, c64(v * vl))), ty)
@@ -902,10 +697,10 @@ def emit_gemv_body(b, geo, blk, expr, tiny_fn):
         def batch(bi):
             def col_panel(n_fwd):
                 n_lo = b.select(backwards, b.sub(last_panel, n_fwd), n_fwd)
-                n_hi = imin(b, b.add(n_lo, panel), geo.N)
+                n_hi = smin(b, b.add(n_lo, panel), geo.N)
 
                 def group(m0):
-                    rows = imin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
+                    rows = smin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
                     join = fn.append_basic_block("rows.done")
                     cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
                     sw = b.switch(rows, cases[-1])
