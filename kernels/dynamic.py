@@ -9,11 +9,11 @@ Scalar inputs convert to the output dtype exactly like numpy's `astype` (the ele
 """
 from __future__ import annotations
 
-from dynvm.kernels.elementwise import _ExprEmitter, is_float
-from dynvm.kernels.llvm_util import ERR_SHAPE, ERR_VALUE, F64, I8, I64, REG_TYPE, check, const
-from dynvm.kernels.transform import (Info, Variant, add_mul, check_equal,
-                               check_sig, element_ptr, emit_kernel, family, for_range, icmp,
-                               is_compact)
+from dynvm.kernels.llvm_util import (ERR_SHAPE, ERR_VALUE, F64, I64, REG_TYPE, add_mul, cast,
+                                     check, check_equal, const, for_nest, for_range, icmp,
+                                     if_then, is_float, to_mem, to_reg, truth)
+from dynvm.kernels.transform import (Info, Variant, check_sig, compact, element_ptr, emit_kernel,
+                                     family)
 from dynvm.vm.errors import KernelError
 
 FILL_OPS = ("zeros", "ones", "full", "dyn.zeros", "dyn.ones", "dyn.full")
@@ -21,19 +21,11 @@ FILL_OPS = ("zeros", "ones", "full", "dyn.zeros", "dyn.ones", "dyn.full")
 
 def load_value(b, a, offset=None):
     """Element `offset` (default 0) of `a` as a register value (bool -> i1)."""
-    v = b.load(element_ptr(b, a, offset or const(I64, 0)), typ=a.ty)
-    return b.icmp_unsigned("!=", v, const(I8, 0)) if a.dtype == "bool" else v
-
-
-def convert(b, value, src, dst):
-    """numpy `astype` of one register value (the elementwise kernels' cast)."""
-    return _ExprEmitter(b, [], None)._cast(value, src, dst)
+    return to_reg(b, b.load(element_ptr(b, a, offset or const(I64, 0)), typ=a.ty), a.dtype)
 
 
 def store_value(b, a, offset, value):
-    if a.dtype == "bool":
-        value = b.zext(value, I8)
-    b.store(value, element_ptr(b, a, offset))
+    b.store(to_mem(b, value, a.dtype), element_ptr(b, a, offset))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,26 +74,21 @@ def emit_fill(module, symbol, spec, sig):
             for d, e in enumerate(spec["shape"]):
                 check_equal(b, out.ext[d], int(e), len(arrays) - 1, d)
         if has_fill:
-            value = convert(b, load_value(b, arrays[0]), arrays[0].dtype, out_dtype)
+            value = cast(b, load_value(b, arrays[0]), arrays[0].dtype, out_dtype)
         else:
             value = _constant(out_dtype, 0 if op.endswith("zeros") else 1)
         return Info(out=out, value=value, arrays=[out])
 
     def contiguous(b, info):
-        for_range(b, info.out.count, lambda i: store_value(b, info.out, i, info.value))
+        for_range(b, 0, info.out.count, lambda i: store_value(b, info.out, i, info.value))
 
     def strided(b, info):
         out = info.out
-
-        def nest(d, off):
-            if d == rank:
-                store_value(b, out, off, info.value)
-            else:
-                for_range(b, out.ext[d], lambda i: nest(d + 1, add_mul(b, off, i, out.strides[d])))
-        nest(0, const(I64, 0))
+        for_nest(b, [(e, [s]) for e, s in zip(out.ext, out.strides)], [const(I64, 0)],
+                 lambda offsets: store_value(b, out, offsets[0], info.value))
 
     return emit_kernel(module, symbol, sig, analyse, [
-        Variant("contiguous", contiguous, lambda b, info: is_compact(b, info.out)),
+        Variant("contiguous", contiguous, lambda b, info: compact(b, info.out)),
         Variant("strided", strided)])
 
 
@@ -138,7 +125,7 @@ def emit_arange(module, symbol, spec, sig):
                 finite = b.fcmp_ordered("<", b.call(_fabs(b, v.type), [v]),
                                         const(v.type, float("inf")))
                 check(b, finite, ERR_VALUE | k << 8)
-            values.append(convert(b, v, a.dtype, out_dtype))
+            values.append(cast(b, v, a.dtype, out_dtype))
         start, _, step = values
         zero = const(step.type, 0.0 if is_float(out_dtype) else 0)
         nonzero = (b.fcmp_unordered("!=", step, zero) if is_float(out_dtype)
@@ -161,7 +148,7 @@ def emit_arange(module, symbol, spec, sig):
                 k = i if ty == I64 else b.trunc(i, ty)
                 v = b.add(info.start, b.mul(info.step, k))
             store_value(b, out, b.mul(i, out.strides[0]), v)
-        for_range(b, out.ext[0], element)
+        for_range(b, 0, out.ext[0], element)
 
     return emit_kernel(module, symbol, sig, analyse, [Variant("loop", body)])
 
@@ -191,13 +178,6 @@ def emit_argwhere(module, symbol, spec, sig):
         check_equal(b, out.ext[1], rank, 1, 1)
         return Info(cond=cond, out=out, arrays=arrays)
 
-    def nonzero(b, v):
-        if dtype == "bool":
-            return v
-        if is_float(dtype):
-            return b.fcmp_unordered("!=", v, const(v.type, 0.0))   # NaN counts, as in numpy
-        return b.icmp_signed("!=", v, const(v.type, 0))
-
     def body(b, info):
         """One pass in row-major order; a row is written only below out.ext[0]."""
         cond, out = info.cond, info.out
@@ -219,15 +199,9 @@ def emit_argwhere(module, symbol, spec, sig):
 
         def nest(d, off, index):
             if d == rank:
-                is_hit = nonzero(b, load_value(b, cond, off))
-                yes, done = fn.append_basic_block("hit"), fn.append_basic_block("next")
-                b.cbranch(is_hit, yes, done)
-                b.position_at_end(yes)
-                hit(index)
-                b.branch(done)
-                b.position_at_end(done)
+                if_then(b, truth(b, load_value(b, cond, off), dtype), lambda: hit(index))
             else:
-                for_range(b, cond.ext[d], lambda i: nest(d + 1, add_mul(b, off, i, cond.strides[d]),
+                for_range(b, 0, cond.ext[d], lambda i: nest(d + 1, add_mul(b, off, i, cond.strides[d]),
                                                          index + [i]))
         nest(0, const(I64, 0), [])
         check(b, icmp(b, "==", b.load(counter, typ=I64), rows), ERR_SHAPE | 1 << 8)

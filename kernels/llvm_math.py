@@ -25,40 +25,20 @@ scalar results of tanh/sigmoid may differ by up to 2 ulp (about 0.1% of inputs);
 within the bounds above. No other fast-math flag is used, so the IR otherwise means exactly
 what it says. `fast=False` gives the portable form (bit-assembled 2**n, exact fdiv).
 
-Helpers for building vector code (`splat`, `vector_type`, `vector_lanes`, `fma`, `intrinsic`)
-are public: the reduce and softmax families use them too.
+`vector_lanes` (lanes of a native vector) and `fma` are public; the type helpers come from the
+IR toolkit (kernels/llvm_util.py).
 """
 import functools
 import math
 
 from llvmlite import ir
 
-F32, F64 = ir.FloatType(), ir.DoubleType()
-I32, I64 = ir.IntType(32), ir.IntType(64)
+from dynvm.kernels.llvm_util import (F32, F64, I32, I64, const, element_type, intrinsic,
+                                     type_suffix, with_element)
 
 
 # ---------------------------------------------------------------------------------------------
 # types and constants
-
-
-def element_type(ty):
-    """The scalar type of a scalar or vector type."""
-    return ty.element if isinstance(ty, ir.VectorType) else ty
-
-
-def with_element(ty, elem):
-    """`ty`'s shape (scalar or vector of the same count) with element type `elem`."""
-    return ir.VectorType(elem, ty.count) if isinstance(ty, ir.VectorType) else elem
-
-
-def splat(ty, value):
-    """A constant of scalar or vector type `ty` with every lane `value`."""
-    return ir.Constant(ty, value)
-
-
-def vector_type(elem, lanes):
-    """`<lanes x elem>`, or `elem` itself for one lane."""
-    return elem if lanes == 1 else ir.VectorType(elem, lanes)
 
 
 def vector_lanes(elem, features=None):
@@ -72,21 +52,6 @@ def vector_lanes(elem, features=None):
     return width * 8 // (32 if elem == F32 else 64 if elem == F64 else elem.width)
 
 
-def _type_suffix(ty):
-    elem = element_type(ty)
-    name = "f32" if elem == F32 else "f64" if elem == F64 else f"i{elem.width}"
-    return f"v{ty.count}{name}" if isinstance(ty, ir.VectorType) else name
-
-
-def intrinsic(module, name, ty, nargs=1):
-    """Declare the overloaded intrinsic `name.<ty>` taking `nargs` args of `ty` (vectors too)."""
-    full = f"{name}.{_type_suffix(ty)}"
-    existing = module.globals.get(full)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(ty, [ty] * nargs), name=full)
-
-
 def fma(b, x, y, z):
     """x * y + z, rounded once (llvm.fma: one instruction with FMA, libm-free either way)."""
     return b.call(intrinsic(b.module, "llvm.fma", x.type, 3), [x, y, z])
@@ -95,9 +60,9 @@ def fma(b, x, y, z):
 def _poly(b, x, coeffs):
     """Horner: coeffs[0] * x**(n-1) + ... + coeffs[-1], with fma."""
     ty = x.type
-    acc = splat(ty, coeffs[0])
+    acc = const(ty, coeffs[0])
     for c in coeffs[1:]:
-        acc = fma(b, acc, x, splat(ty, c))
+        acc = fma(b, acc, x, const(ty, c))
     return acc
 
 
@@ -118,7 +83,7 @@ def _pow2(b, n, ty):
     """2.0**n for integer n (same shape as `ty`) in the normal exponent range, by bit assembly."""
     ity = _int_like(ty)
     mant, bias = (23, 127) if _is_f32(ty) else (52, 1023)
-    return b.bitcast(b.shl(b.add(n, splat(ity, bias)), splat(ity, mant)), ty)
+    return b.bitcast(b.shl(b.add(n, const(ity, bias)), const(ity, mant)), ty)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +108,7 @@ def _fast(fast):
 def _ldexp(b, x, n):
     """x * 2**n rounded once (`n` has i32 lanes): llvm.ldexp, one vscalefps with AVX-512."""
     nty = n.type
-    name = f"llvm.ldexp.{_type_suffix(x.type)}.{_type_suffix(nty)}"
+    name = f"llvm.ldexp.{type_suffix(x.type)}.{type_suffix(nty)}"
     fn = b.module.globals.get(name)
     if fn is None:
         fn = ir.Function(b.module, ir.FunctionType(x.type, [x.type, nty]), name=name)
@@ -185,9 +150,9 @@ def _clamp(b, x, lo=None, hi=None):
     """x limited to [lo, hi]; NaN stays NaN (ordered compares)."""
     ty = x.type
     if lo is not None:
-        x = b.select(b.fcmp_ordered("<", x, splat(ty, lo)), splat(ty, lo), x)
+        x = b.select(b.fcmp_ordered("<", x, const(ty, lo)), const(ty, lo), x)
     if hi is not None:
-        x = b.select(b.fcmp_ordered(">", x, splat(ty, hi)), splat(ty, hi), x)
+        x = b.select(b.fcmp_ordered(">", x, const(ty, hi)), const(ty, hi), x)
     return x
 
 
@@ -198,13 +163,13 @@ def _reduce(b, x):
     ty = x.type
     f32 = _is_f32(ty)
     magic, magic_bits = _MAGIC[f32]
-    k = fma(b, x, splat(ty, 1 / math.log(2)), splat(ty, magic))
-    nf = b.fsub(k, splat(ty, magic))
+    k = fma(b, x, const(ty, 1 / math.log(2)), const(ty, magic))
+    nf = b.fsub(k, const(ty, magic))
     ity = _int_like(ty)
-    n = b.sub(b.bitcast(k, ity), splat(ity, magic_bits))
+    n = b.sub(b.bitcast(k, ity), const(ity, magic_bits))
     hi_c, lo_c = (_LN2_HI_F32, _LN2_LO_F32) if f32 else (_LN2_HI_F64, _LN2_LO_F64)
-    r = fma(b, b.fneg(nf), splat(ty, hi_c), x)
-    r = fma(b, b.fneg(nf), splat(ty, lo_c), r)
+    r = fma(b, b.fneg(nf), const(ty, hi_c), x)
+    r = fma(b, b.fneg(nf), const(ty, lo_c), r)
     return k, n, r
 
 
@@ -221,7 +186,7 @@ def _scale(b, p, n, fast):
             n = b.trunc(n, with_element(ty, I32))
         return _ldexp(b, p, n)
     ity = _int_like(ty)
-    n1 = b.ashr(n, splat(ity, 1))
+    n1 = b.ashr(n, const(ity, 1))
     n2 = b.sub(n, n1)
     return b.fmul(b.fmul(p, _pow2(b, n1, ty)), _pow2(b, n2, ty))
 
@@ -232,7 +197,7 @@ def _scale_normal(b, p, k):
     ty = p.type
     ity = _int_like(ty)
     mant, bias = (23, 127) if _is_f32(ty) else (52, 1023)
-    bits = b.add(b.shl(b.bitcast(k, ity), splat(ity, mant)), splat(ity, bias << mant))
+    bits = b.add(b.shl(b.bitcast(k, ity), const(ity, mant)), const(ity, bias << mant))
     return b.fmul(p, b.bitcast(bits, ty))
 
 
@@ -258,28 +223,28 @@ def log(b, x, fast=None):
     f32 = _is_f32(ty)
     ity = _int_like(ty)
     mant, bias, tiny, scale_bits = (23, 127, 2.0 ** -126, 25) if f32 else (52, 1023, 2.0 ** -1022, 54)
-    sub = b.fcmp_ordered("<", x, splat(ty, tiny))
-    xs = b.select(sub, b.fmul(x, splat(ty, 2.0 ** scale_bits)), x)
+    sub = b.fcmp_ordered("<", x, const(ty, tiny))
+    xs = b.select(sub, b.fmul(x, const(ty, 2.0 ** scale_bits)), x)
     bits = b.bitcast(xs, ity)
-    e = b.sub(b.lshr(bits, splat(ity, mant)), splat(ity, bias))
-    e = b.select(sub, b.sub(e, splat(ity, scale_bits)), e)
-    m_bits = b.or_(b.and_(bits, splat(ity, (1 << mant) - 1)), splat(ity, bias << mant))
+    e = b.sub(b.lshr(bits, const(ity, mant)), const(ity, bias))
+    e = b.select(sub, b.sub(e, const(ity, scale_bits)), e)
+    m_bits = b.or_(b.and_(bits, const(ity, (1 << mant) - 1)), const(ity, bias << mant))
     m = b.bitcast(m_bits, ty)                                        # [1, 2)
-    big = b.fcmp_ordered(">=", m, splat(ty, _SQRT2))
-    m = b.select(big, b.fmul(m, splat(ty, 0.5)), m)
-    e = b.select(big, b.add(e, splat(ity, 1)), e)
-    f = b.fsub(m, splat(ty, 1.0))                                    # exact (Sterbenz)
-    s = b.fdiv(f, b.fadd(f, splat(ty, 2.0)))
+    big = b.fcmp_ordered(">=", m, const(ty, _SQRT2))
+    m = b.select(big, b.fmul(m, const(ty, 0.5)), m)
+    e = b.select(big, b.add(e, const(ity, 1)), e)
+    f = b.fsub(m, const(ty, 1.0))                                    # exact (Sterbenz)
+    s = b.fdiv(f, b.fadd(f, const(ty, 2.0)))
     z = b.fmul(s, s)
     terms = 5 if f32 else 11                                         # 2/3, 2/5, ... 2/(2k+1)
     series = _poly(b, z, tuple(2.0 / (2 * k + 1) for k in range(terms, 0, -1)))
     log_m = fma(b, b.fmul(s, z), series, b.fadd(s, s))
     ef = b.sitofp(e, ty)
     hi_c, lo_c = (_LN2_HI_F32, _LN2_LO_F32) if f32 else (_LN2_HI_F64, _LN2_LO_F64)
-    result = fma(b, ef, splat(ty, hi_c), fma(b, ef, splat(ty, lo_c), log_m))
-    result = b.select(b.fcmp_ordered("==", x, splat(ty, math.inf)), x, result)
-    result = b.select(b.fcmp_ordered("==", x, splat(ty, 0.0)), splat(ty, -math.inf), result)
-    result = b.select(b.fcmp_ordered("<", x, splat(ty, 0.0)), splat(ty, math.nan), result)
+    result = fma(b, ef, const(ty, hi_c), fma(b, ef, const(ty, lo_c), log_m))
+    result = b.select(b.fcmp_ordered("==", x, const(ty, math.inf)), x, result)
+    result = b.select(b.fcmp_ordered("==", x, const(ty, 0.0)), const(ty, -math.inf), result)
+    result = b.select(b.fcmp_ordered("<", x, const(ty, 0.0)), const(ty, math.nan), result)
     return _keep_nan(b, x, result)
 
 
@@ -309,21 +274,21 @@ def tanh(b, x, fast=None):
         # small |x|). With D = 2 + m = 1 + e, tanh|x| = -m / D for |x| < 0.625 and
         # 1 - 2e / D beyond, where the rounding of D is damped by 2e / D <= 0.45: one division.
         # From |x| = 10 on tanh rounds to 1, so the argument is clamped (2**n stays normal).
-        k, _, r = _reduce(b, _clamp(b, b.fmul(ax, splat(ty, -2.0)), lo=-20.0))
+        k, _, r = _reduce(b, _clamp(b, b.fmul(ax, const(ty, -2.0)), lo=-20.0))
         em1_r = fma(b, b.fmul(r, r), _poly(b, r, _EXPM1_F32), r)
-        two_n = _scale_normal(b, splat(ty, 1.0), k)
-        m = fma(b, two_n, em1_r, b.fsub(two_n, splat(ty, 1.0)))
-        e2 = b.fmul(fma(b, two_n, em1_r, two_n), splat(ty, 2.0))
-        small = b.fcmp_ordered("<", ax, splat(ty, 0.625))
-        q = _estimated_div(b, b.select(small, m, e2), b.fadd(m, splat(ty, 2.0)), fast)
-        t = b.fsub(b.select(small, splat(ty, 0.0), splat(ty, 1.0)), q)
+        two_n = _scale_normal(b, const(ty, 1.0), k)
+        m = fma(b, two_n, em1_r, b.fsub(two_n, const(ty, 1.0)))
+        e2 = b.fmul(fma(b, two_n, em1_r, two_n), const(ty, 2.0))
+        small = b.fcmp_ordered("<", ax, const(ty, 0.625))
+        q = _estimated_div(b, b.select(small, m, e2), b.fadd(m, const(ty, 2.0)), fast)
+        t = b.fsub(b.select(small, const(ty, 0.0), const(ty, 1.0)), q)
         return b.call(intrinsic(b.module, "llvm.copysign", ty, 2), [t, x])  # NaN stays NaN
     e2 = exp(b, b.fadd(ax, ax), fast)
-    large = b.fsub(splat(ty, 1.0), b.fdiv(splat(ty, 2.0), b.fadd(e2, splat(ty, 1.0))))
-    large = b.select(b.fcmp_ordered("<", x, splat(ty, 0.0)), b.fneg(large), large)
+    large = b.fsub(const(ty, 1.0), b.fdiv(const(ty, 2.0), b.fadd(e2, const(ty, 1.0))))
+    large = b.select(b.fcmp_ordered("<", x, const(ty, 0.0)), b.fneg(large), large)
     ratio = b.fdiv(b.fmul(z, _poly(b, z, _TANH_P64)), _poly(b, z, _TANH_Q64))
     small = fma(b, x, ratio, x)
-    result = b.select(b.fcmp_ordered("<", ax, splat(ty, 0.625)), small, large)
+    result = b.select(b.fcmp_ordered("<", ax, const(ty, 0.625)), small, large)
     return _keep_nan(b, x, result)
 
 
@@ -337,8 +302,8 @@ def sigmoid(b, x, fast=None):
     lo, _ = _EXP_RANGE[_is_f32(ty)]
     _, n, r = _reduce(b, _clamp(b, b.fneg(ax), lo=lo))
     t = _scale(b, _exp_poly(b, r), n, fast)
-    s = _estimated_div(b, splat(ty, 1.0), b.fadd(splat(ty, 1.0), t), fast)
-    return b.select(b.fcmp_ordered("<", x, splat(ty, 0.0)), b.fmul(t, s), s)
+    s = _estimated_div(b, const(ty, 1.0), b.fadd(const(ty, 1.0), t), fast)
+    return b.select(b.fcmp_ordered("<", x, const(ty, 0.0)), b.fmul(t, s), s)
 
 
 FUNCTIONS = {"exp": exp, "log": log, "tanh": tanh, "sigmoid": sigmoid}

@@ -31,9 +31,12 @@ from llvmlite import ir
 
 from dynvm.kernels import llvm_math as lm
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
-from dynvm.kernels.llvm_util import (ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, F32, F64, I1, I32, I64, PTR,
-                               REG_TYPE, check, const, load_strides, new_function, prologue,
-                               return_zero_if)
+from dynvm.kernels.llvm_util import (ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, F32, F64, I32, I64,
+                                     PTR, REG_TYPE, cast, check, const, element_type,
+                                     for_nest, for_range, is_compact, lane_ids, load,
+                                     load_strides, new_function, product, prologue,
+                                     return_zero_if, splat, store, vector_fold, vector_type,
+                                     with_element)
 from dynvm.shape_funcs.reduce import reduced_axes
 from dynvm.vm.errors import DynVMError, KernelError
 
@@ -41,104 +44,10 @@ OPS = ("sum", "mean", "max", "min", "argmax")
 UNROLL = 4  # vector accumulators per loop iteration (hides the add/compare latency)
 
 
-# ---------------------------------------------------------------------------------------------
-# small IR helpers shared with kernels/softmax.py
-
-
-def for_range(b, start, stop, step, carried, body):
-    """`for i in range(start, stop, step)` (test at the top, so zero trips are fine) carrying
-    the values `carried`; body(i, values) -> new values. Returns (final i, final values)."""
-    fn = b.function
-    pre = b.block
-    head, loop, done = (fn.append_basic_block(n) for n in ("for.head", "for.body", "for.end"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64, name="i")
-    i.add_incoming(start, pre)
-    phis = []
-    for v in carried:
-        p = b.phi(v.type)
-        p.add_incoming(v, pre)
-        phis.append(p)
-    b.cbranch(b.icmp_signed("<", i, stop), loop, done)
-    b.position_at_end(loop)
-    new = list(body(i, list(phis)))
-    nxt = b.add(i, step, flags=["nsw"])
-    latch = b.block
-    i.add_incoming(nxt, latch)
-    for p, v in zip(phis, new):
-        p.add_incoming(v, latch)
-    b.branch(head)
-    b.position_at_end(done)
-    return i, phis
-
-
 def compact_flag(b, ext, strides_ptr):
-    """i1: the strides are compact row-major (NULL strides are; extent-1 dims are ignored)."""
-    if not ext:
-        return const(I1, 1)
-    ok = b.icmp_signed("==", product(b, ext), const(I64, 0))  # nothing to address
-    strides = load_strides(b, ext, strides_ptr)
-    expected, all_ok = const(I64, 1), const(I1, 1)
-    for e, s in zip(reversed(ext), reversed(strides)):
-        dim_ok = b.or_(b.icmp_signed("==", e, const(I64, 1)), b.icmp_signed("==", s, expected))
-        all_ok = b.and_(all_ok, dim_ok)
-        expected = b.mul(expected, e)
-    return b.or_(ok, all_ok)
-
-
-def product(b, values):
-    out = const(I64, 1)
-    for v in values:
-        out = b.mul(out, v)
-    return out
-
-
-def load_vec(b, base, offset, elem, lanes):
-    ptr = b.gep(base, [offset], inbounds=True, source_etype=elem)
-    return b.load(ptr, typ=lm.vector_type(elem, lanes), align=elem_bytes(elem))
-
-
-def store_vec(b, value, base, offset, elem):
-    ptr = b.gep(base, [offset], inbounds=True, source_etype=elem)
-    b.store(value, ptr, align=elem_bytes(elem))
-
-
-def elem_bytes(elem):
-    return 4 if elem == F32 else 8 if elem == F64 else elem.width // 8
-
-
-def lane_iota(lanes):
-    """<0, 1, ..., lanes-1> as i64 (or the scalar 0)."""
-    if lanes == 1:
-        return const(I64, 0)
-    return ir.Constant(ir.VectorType(I64, lanes), [const(I64, k) for k in range(lanes)])
-
-
-def splat_value(b, value, lanes):
-    """Broadcast a run-time scalar to `lanes` lanes (identity for 1 lane)."""
-    if lanes == 1:
-        return value
-    vty = ir.VectorType(value.type, lanes)
-    v = b.insert_element(ir.Constant(vty, ir.Undefined), value, const(I32, 0))
-    return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, lanes), [const(I32, 0)] * lanes))
-
-
-def horizontal(b, values, combine):
-    """Fold the lanes of the vectors in `values` (one list per accumulator part, e.g. value and
-    index) with `combine(a, b) -> list`, halving the width each step. Returns scalars."""
-    while isinstance(values[0].type, ir.VectorType):
-        width = values[0].type.count
-        if width == 1:
-            return [b.extract_element(v, const(I32, 0)) for v in values]
-        half = width // 2
-        lo_mask = ir.Constant(ir.VectorType(I32, half), [const(I32, k) for k in range(half)])
-        hi_mask = ir.Constant(ir.VectorType(I32, half), [const(I32, half + k) for k in range(half)])
-        lo = [b.shuffle_vector(v, v, lo_mask) for v in values]
-        hi = [b.shuffle_vector(v, v, hi_mask) for v in values]
-        values = combine(lo, hi)
-    return values
+    """i1: the array's strides are compact row-major (NULL strides are; extent-1 dims and empty
+    arrays are ignored)."""
+    return is_compact(b, ext, load_strides(b, ext, strides_ptr))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +55,7 @@ def horizontal(b, values, combine):
 
 
 def _is_float(ty):
-    return lm.element_type(ty) in (F32, F64)
+    return element_type(ty) in (F32, F64)
 
 
 class Reducer:
@@ -158,20 +67,20 @@ class Reducer:
         self.acc_elem = F64 if op == "mean" else self.elem
 
     def init(self, lanes):
-        ty = lm.vector_type(self.acc_elem, lanes)
+        ty = vector_type(self.acc_elem, lanes)
         if self.op in ("sum", "mean"):
-            return [lm.splat(ty, 0.0 if _is_float(ty) else 0)]
+            return [const(ty, 0.0 if _is_float(ty) else 0)]
         if _is_float(ty):
-            v = lm.splat(ty, float("-inf") if self.op in ("max", "argmax") else float("inf"))
+            v = const(ty, float("-inf") if self.op in ("max", "argmax") else float("inf"))
         else:
             bits = self.acc_elem.width
-            v = lm.splat(ty, -(1 << (bits - 1)) if self.op in ("max", "argmax") else (1 << (bits - 1)) - 1)
-        return [v] + ([lm.splat(lm.vector_type(I64, lanes), 0)] if self.op == "argmax" else [])
+            v = const(ty, -(1 << (bits - 1)) if self.op in ("max", "argmax") else (1 << (bits - 1)) - 1)
+        return [v] + ([const(vector_type(I64, lanes), 0)] if self.op == "argmax" else [])
 
     def convert(self, b, x):
         if self.op != "mean":
             return x
-        ty = lm.with_element(x.type, F64)
+        ty = with_element(x.type, F64)
         if self.elem == F64:
             return x
         return b.fpext(x, ty) if self.elem == F32 else b.sitofp(x, ty)
@@ -219,27 +128,8 @@ class Reducer:
             return acc[0]
         value = acc[0]
         lanes = value.type.count if isinstance(value.type, ir.VectorType) else 1
-        mean = b.fdiv(value, splat_value(b, b.sitofp(count, F64), lanes))
-        out = REG_TYPE[self.out_dtype]
-        out_ty = lm.with_element(mean.type, out)
-        if out == F64:
-            return mean
-        if out == F32:
-            return b.fptrunc(mean, out_ty)
-        sat = _declare(b.module, f"llvm.fptosi.sat.{_suffix(out_ty)}.{_suffix(mean.type)}",
-                       ir.FunctionType(out_ty, [mean.type]))
-        return b.call(sat, [mean])
-
-
-def _suffix(ty):
-    elem = lm.element_type(ty)
-    name = "f32" if elem == F32 else "f64" if elem == F64 else f"i{elem.width}"
-    return f"v{ty.count}{name}" if isinstance(ty, ir.VectorType) else name
-
-
-def _declare(module, name, fnty):
-    existing = module.globals.get(name)
-    return existing if existing is not None else ir.Function(module, fnty, name=name)
+        mean = b.fdiv(value, splat(b, b.sitofp(count, F64), lanes))
+        return cast(b, mean, "float64", self.out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,23 +210,7 @@ def _checked_start(module, symbol, spec, sig, layout):
 
 
 def _store_out(b, reducer, value, y_data, offset):
-    out = REG_TYPE[reducer.out_dtype]
-    store_vec(b, value, y_data, offset, out)
-
-
-def _nest(b, dims, offsets, carried, leaf):
-    """Loop nest over dims [(extent, [stride per offset])...]: offsets advance by stride * i;
-    carried values flow through every level. leaf(offsets, carried) -> carried."""
-    if not dims:
-        return leaf(offsets, carried)
-    (extent, strides), rest = dims[0], dims[1:]
-
-    def body(i, vals):
-        inner = [off if s is None else b.add(off, b.mul(i, s)) for off, s in zip(offsets, strides)]
-        return _nest(b, rest, inner, vals, leaf)
-
-    _, out = for_range(b, const(I64, 0), extent, const(I64, 1), carried, body)
-    return out
+    store(b, value, y_data, offset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,11 +239,11 @@ def _emit_generic(module, symbol, spec, sig, layout):
             value = b.load(b.gep(x[0], [roffs[0]], source_etype=elem), typ=elem)
             return reducer.step(b, acc, reducer.convert(b, value), roffs[1])
 
-        acc = _nest(b, reduced, [x_off, const(I64, 0)], reducer.init(1), leaf)
+        acc = for_nest(b, reduced, [x_off, const(I64, 0)], leaf, carried=reducer.init(1))
         _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
         return []
 
-    _nest(b, kept, [const(I64, 0), const(I64, 0)], [], per_output)
+    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[])
     b.ret(const(I32, 0))
 
 
@@ -414,40 +288,12 @@ def _emit_inner(module, symbol, spec, sig, layout):
             row = _reduce_row(b, reducer, x[0], roffs[0], n, roffs[1])
             return reducer.combine(b, acc, row)
 
-        acc = _nest(b, outer_red, [x_off, const(I64, 0)], reducer.init(1), leaf)
+        acc = for_nest(b, outer_red, [x_off, const(I64, 0)], leaf, carried=reducer.init(1))
         _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
         return []
 
-    _nest(b, kept, [const(I64, 0), const(I64, 0)], [], per_output)
+    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[])
     b.ret(const(I32, 0))
-
-
-def vector_fold(b, n, lanes, init, body, merge, unroll=UNROLL):
-    """Fold a contiguous run of n elements: `unroll` vectors of `lanes` per step, then single
-    vectors, then scalars. init(lanes) -> accumulator list (may be empty for a map-only pass);
-    body(j, lanes, accs) -> accs handles elements j .. j+lanes-1; merge(a, c) -> accs joins
-    partial results of disjoint element sets. Returns the scalar accumulators."""
-    width = unroll * lanes
-    first = init(lanes)
-    part = len(first)
-
-    def wide(j, accs):
-        out = []
-        for u in range(unroll):
-            out += body(b.add(j, const(I64, u * lanes)), lanes, accs[u * part:(u + 1) * part])
-        return out
-
-    j, accs = for_range(b, const(I64, 0), b.sub(n, const(I64, width - 1)), const(I64, width),
-                        first * unroll, wide)
-    merged = accs[:part]
-    for u in range(1, unroll):
-        merged = merge(merged, accs[u * part:(u + 1) * part])
-    if lanes > 1:
-        j, merged = for_range(b, j, b.sub(n, const(I64, lanes - 1)), const(I64, lanes), merged,
-                              lambda j, accs: body(j, lanes, accs))
-        merged = horizontal(b, merged, merge) if merged else []
-    _, scalars = for_range(b, j, n, const(I64, 1), merged, lambda j, accs: body(j, 1, accs))
-    return scalars
 
 
 def _reduce_row(b, reducer, data, start, n, flat_base):
@@ -455,14 +301,14 @@ def _reduce_row(b, reducer, data, start, n, flat_base):
     elem = reducer.elem
 
     def body(j, lanes, acc):
-        v = reducer.convert(b, load_vec(b, data, b.add(start, j), elem, lanes))
+        v = reducer.convert(b, load(b, data, b.add(start, j), vector_type(elem, lanes)))
         idx = None
         if reducer.op == "argmax":
-            idx = b.add(splat_value(b, b.add(flat_base, j), lanes), lane_iota(lanes))
+            idx = b.add(splat(b, b.add(flat_base, j), lanes), lane_ids(lanes))
         return reducer.step(b, acc, v, idx)
 
     return vector_fold(b, n, lm.vector_lanes(elem), reducer.init, body,
-                       lambda a, c: reducer.combine(b, a, c))
+                       lambda a, c: reducer.combine(b, a, c), unroll=UNROLL)
 
 
 def _emit_outer(module, symbol, spec, sig, layout):
@@ -484,12 +330,13 @@ def _emit_outer(module, symbol, spec, sig, layout):
         c = const(I64, 0)
         for width, vecs in ((UNROLL * lanes, UNROLL), (lanes, 1), (1, 1)):
             vl = width // vecs
-            c, _ = for_range(b, c, b.sub(m, const(I64, width - 1)), const(I64, width), [],
+            c, _ = for_range(b, c, b.sub(m, const(I64, width - 1)),
                              lambda c, _, vl=vl, vecs=vecs: _outer_chunk(
-                                 b, reducer, x, y, reduced, x_off, y_off, c, vl, vecs, count))
+                                 b, reducer, x, y, reduced, x_off, y_off, c, vl, vecs, count),
+                             step=width, carried=[])
         return []
 
-    _nest(b, outer_kept, [const(I64, 0), const(I64, 0)], [], per_row)
+    for_nest(b, outer_kept, [const(I64, 0), const(I64, 0)], per_row, carried=[])
     b.ret(const(I32, 0))
 
 
@@ -500,18 +347,19 @@ def _outer_chunk(b, reducer, x, y, reduced, x_off, y_off, c, lanes, vecs, count)
 
     def leaf(roffs, accs):
         base = b.add(b.add(x_off, roffs[0]), c)
-        idx = splat_value(b, roffs[1], lanes) if reducer.op == "argmax" else None
+        idx = splat(b, roffs[1], lanes) if reducer.op == "argmax" else None
         out = []
         for u in range(vecs):
-            v = reducer.convert(b, load_vec(b, x[0], b.add(base, const(I64, u * lanes)), elem, lanes))
+            at = b.add(base, const(I64, u * lanes))
+            v = reducer.convert(b, load(b, x[0], at, vector_type(elem, lanes)))
             out += reducer.step(b, accs[u * part:(u + 1) * part], v, idx)
         return out
 
-    accs = _nest(b, reduced, [const(I64, 0), const(I64, 0)], reducer.init(lanes) * vecs, leaf)
-    out_elem = REG_TYPE[reducer.out_dtype]
+    accs = for_nest(b, reduced, [const(I64, 0), const(I64, 0)], leaf,
+                    carried=reducer.init(lanes) * vecs)
     for u in range(vecs):
         value = reducer.finish(b, accs[u * part:(u + 1) * part], count)
-        store_vec(b, value, y[0], b.add(b.add(y_off, c), const(I64, u * lanes)), out_elem)
+        store(b, value, y[0], b.add(b.add(y_off, c), const(I64, u * lanes)))
     return []
 
 

@@ -23,10 +23,9 @@ from llvmlite import ir
 from dynvm.kernels import llvm_math as lm
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (ERR_LAYOUT, ERR_NULL, ERR_SHAPE, I1, I32, I64, PTR, REG_TYPE,
-                               check, const, load_strides, new_function, prologue,
-                               return_zero_if)
-from dynvm.kernels.reduce import (_nest, compact_flag, for_range, load_vec, product,
-                            splat_value, store_vec, vector_fold)
+                                     check, const, for_nest, for_range, intrinsic, is_compact,
+                                     load, load_strides, new_function, product, prologue,
+                                     return_zero_if, splat, store, vector_fold, vector_type)
 from dynvm.shape_funcs.common import normalize_axis
 from dynvm.vm.errors import DynVMError, KernelError
 
@@ -75,15 +74,14 @@ class Line:
         self.params = params  # layer_norm: (gamma data, gamma stride, beta data, beta stride)
 
     def load(self, k):
-        return load_vec(self.b, self.x, self.x_at(k), self.elem, self.lanes)
+        return load(self.b, self.x, self.x_at(k), vector_type(self.elem, self.lanes))
 
     def store(self, k, v):
-        store_vec(self.b, v, self.y, self.y_at(k), self.elem)
+        store(self.b, v, self.y, self.y_at(k))
 
     def param(self, which, k):
         data, stride = self.params[2 * which], self.params[2 * which + 1]
-        ptr = self.b.gep(data, [self.b.mul(k, stride)], inbounds=True, source_etype=self.elem)
-        return splat_value(self.b, self.b.load(ptr, typ=self.elem), self.lanes)
+        return splat(self.b, load(self.b, data, self.b.mul(k, stride), self.elem), self.lanes)
 
 
 def _max(b, a, c):
@@ -94,50 +92,47 @@ def _max(b, a, c):
 
 def _across(b, op, line, n, eps):
     """softmax/layer_norm of `line.lanes` independent lines, walking the axis k = 0..n-1."""
-    ty = lm.vector_type(line.elem, line.lanes)
-    one = lm.splat(ty, 1.0)
-    step = const(I64, 1)
+    ty = vector_type(line.elem, line.lanes)
+    one = const(ty, 1.0)
     if op == "softmax":
-        _, (mx,) = for_range(b, const(I64, 0), n, step, [lm.splat(ty, float("-inf"))],
-                             lambda k, a: [_max(b, a[0], line.load(k))])
+        _, (mx,) = for_range(b, 0, n, lambda k, a: [_max(b, a[0], line.load(k))],
+                             carried=[const(ty, float("-inf"))])
 
         def exp_pass(k, a):
             e = lm.exp(b, b.fsub(line.load(k), mx))
             line.store(k, e)
             return [b.fadd(a[0], e)]
 
-        _, (total,) = for_range(b, const(I64, 0), n, step, [lm.splat(ty, 0.0)], exp_pass)
+        _, (total,) = for_range(b, 0, n, exp_pass, carried=[const(ty, 0.0)])
         scale = b.fdiv(one, total)
-        for_range(b, const(I64, 0), n, step, [],
-                  lambda k, _: (line.store(k, b.fmul(load_out(b, line, k), scale)), [])[1])
+        for_range(b, 0, n, lambda k: line.store(k, b.fmul(load_out(b, line, k), scale)))
         return
-    nf = splat_value(b, b.sitofp(n, line.elem), line.lanes)
-    _, (total,) = for_range(b, const(I64, 0), n, step, [lm.splat(ty, 0.0)],
-                            lambda k, a: [b.fadd(a[0], line.load(k))])
+    nf = splat(b, b.sitofp(n, line.elem), line.lanes)
+    _, (total,) = for_range(b, 0, n, lambda k, a: [b.fadd(a[0], line.load(k))],
+                            carried=[const(ty, 0.0)])
     mean = b.fdiv(total, nf)
 
     def var_pass(k, a):
         d = b.fsub(line.load(k), mean)
         return [lm.fma(b, d, d, a[0])]
 
-    _, (sq,) = for_range(b, const(I64, 0), n, step, [lm.splat(ty, 0.0)], var_pass)
+    _, (sq,) = for_range(b, 0, n, var_pass, carried=[const(ty, 0.0)])
     rstd = _rstd(b, b.fdiv(sq, nf), eps, ty)
 
-    def out_pass(k, _):
+    def out_pass(k):
         xhat = b.fmul(b.fsub(line.load(k), mean), rstd)
         line.store(k, lm.fma(b, xhat, line.param(0, k), line.param(1, k)))
-        return []
 
-    for_range(b, const(I64, 0), n, step, [], out_pass)
+    for_range(b, 0, n, out_pass)
 
 
 def load_out(b, line, k):
-    return load_vec(b, line.y, line.y_at(k), line.elem, line.lanes)
+    return load(b, line.y, line.y_at(k), vector_type(line.elem, line.lanes))
 
 
 def _rstd(b, var, eps, ty):
-    sqrt = lm.intrinsic(b.module, "llvm.sqrt", ty)
-    return b.fdiv(lm.splat(ty, 1.0), b.call(sqrt, [b.fadd(var, lm.splat(ty, float(eps)))]))
+    sqrt = intrinsic(b.module, "llvm.sqrt", ty)
+    return b.fdiv(const(ty, 1.0), b.call(sqrt, [b.fadd(var, const(ty, float(eps)))]))
 
 
 def _along(b, op, elem, x, y, n, eps, params):
@@ -145,10 +140,10 @@ def _along(b, op, elem, x, y, n, eps, params):
     lanes = lm.vector_lanes(elem)
 
     def vec(v, l):
-        return splat_value(b, v, l)
+        return splat(b, v, l)
 
     def param(which, j, l):
-        return load_vec(b, params[which], j, elem, l)
+        return load(b, params[which], j, vector_type(elem, l))
 
     def fold(init, body, merge):
         return vector_fold(b, n, lanes, init, body, merge)
@@ -157,38 +152,38 @@ def _along(b, op, elem, x, y, n, eps, params):
         return [b.fadd(a[0], c[0])]
 
     def zero(l):
-        return [lm.splat(lm.vector_type(elem, l), 0.0)]
+        return [const(vector_type(elem, l), 0.0)]
 
     if op == "softmax":
-        (mx,) = fold(lambda l: [lm.splat(lm.vector_type(elem, l), float("-inf"))],
-                     lambda j, l, a: [_max(b, a[0], load_vec(b, x, j, elem, l))],
+        (mx,) = fold(lambda l: [const(vector_type(elem, l), float("-inf"))],
+                     lambda j, l, a: [_max(b, a[0], load(b, x, j, vector_type(elem, l)))],
                      lambda a, c: [_max(b, a[0], c[0])])
 
         def exp_body(j, l, a):
-            e = lm.exp(b, b.fsub(load_vec(b, x, j, elem, l), vec(mx, l)))
-            store_vec(b, e, y, j, elem)
+            e = lm.exp(b, b.fsub(load(b, x, j, vector_type(elem, l)), vec(mx, l)))
+            store(b, e, y, j)
             return [b.fadd(a[0], e)]
 
         (total,) = fold(zero, exp_body, add)
         scale = b.fdiv(const(elem, 1.0), total)
-        fold(lambda l: [], lambda j, l, a: (store_vec(
-            b, b.fmul(load_vec(b, y, j, elem, l), vec(scale, l)), y, j, elem), [])[1],
+        fold(lambda l: [], lambda j, l, a: (store(
+            b, b.fmul(load(b, y, j, vector_type(elem, l)), vec(scale, l)), y, j), [])[1],
             lambda a, c: [])
         return
     nf = b.sitofp(n, elem)
-    (total,) = fold(zero, lambda j, l, a: [b.fadd(a[0], load_vec(b, x, j, elem, l))], add)
+    (total,) = fold(zero, lambda j, l, a: [b.fadd(a[0], load(b, x, j, vector_type(elem, l)))], add)
     mean = b.fdiv(total, nf)
 
     def var_body(j, l, a):
-        d = b.fsub(load_vec(b, x, j, elem, l), vec(mean, l))
+        d = b.fsub(load(b, x, j, vector_type(elem, l)), vec(mean, l))
         return [lm.fma(b, d, d, a[0])]
 
     (sq,) = fold(zero, var_body, add)
     rstd = _rstd(b, b.fdiv(sq, nf), eps, elem)
 
     def out_body(j, l, a):
-        xhat = b.fmul(b.fsub(load_vec(b, x, j, elem, l), vec(mean, l)), vec(rstd, l))
-        store_vec(b, lm.fma(b, xhat, param(0, j, l), param(1, j, l)), y, j, elem)
+        xhat = b.fmul(b.fsub(load(b, x, j, vector_type(elem, l)), vec(mean, l)), vec(rstd, l))
+        store(b, lm.fma(b, xhat, param(0, j, l), param(1, j, l)), y, j)
         return []
 
     fold(lambda l: [], out_body, lambda a, c: [])
@@ -221,7 +216,7 @@ def _start(module, symbol, spec, sig):
 def _all_compact(b, arrays):
     ok = const(I1, 1)
     for _, ext, strides in arrays:
-        ok = b.and_(ok, compact_flag(b, ext, strides))
+        ok = b.and_(ok, is_compact(b, ext, load_strides(b, ext, strides)))
     return ok
 
 
@@ -236,14 +231,13 @@ def _emit_last(module, symbol, spec, sig):
     x, y = arrays[0][0], arrays[-1][0]
     params = [arrays[1][0], arrays[2][0]] if spec["op"] == "layer_norm" else None
 
-    def row(o, _):
+    def row(o):
         off = b.mul(o, n)
         xr = b.gep(x, [off], inbounds=True, source_etype=elem)
         yr = b.gep(y, [off], inbounds=True, source_etype=elem)
         _along(b, spec["op"], elem, xr, yr, n, _eps(spec), params)
-        return []
 
-    for_range(b, const(I64, 0), outer, const(I64, 1), [], row)
+    for_range(b, 0, outer, row)
     b.ret(const(I32, 0))
 
 
@@ -257,19 +251,17 @@ def _emit_columns(module, symbol, spec, sig):
         params = (arrays[1][0], const(I64, 1), arrays[2][0], const(I64, 1))
     lanes = lm.vector_lanes(elem)
 
-    def per_outer(o, _):
+    def per_outer(o):
         base = b.mul(o, b.mul(n, inner))
         c = const(I64, 0)
         for width in (lanes, 1):
-            def chunk(c, _, width=width):
+            def chunk(c, width=width):
                 def at(k):
                     return b.add(b.add(base, c), b.mul(k, inner))
                 _across(b, spec["op"], Line(b, elem, width, x, y, at, at, params), n, _eps(spec))
-                return []
-            c, _ = for_range(b, c, b.sub(inner, const(I64, width - 1)), const(I64, width), [], chunk)
-        return []
+            c, _ = for_range(b, c, b.sub(inner, const(I64, width - 1)), chunk, step=width)
 
-    for_range(b, const(I64, 0), outer, const(I64, 1), [], per_outer)
+    for_range(b, 0, outer, per_outer)
     b.ret(const(I32, 0))
 
 
@@ -284,14 +276,13 @@ def _emit_generic(module, symbol, spec, sig):
         params = (arrays[1][0], strides[1][0], arrays[2][0], strides[2][0])
     dims = [(x[1][a], [xs[a], ys[a]]) for a in range(len(x[1])) if a != axis]
 
-    def line(offs, _):
+    def line(offs):
         x_off, y_off = offs
         ln = Line(b, elem, 1, x[0], y[0], lambda k: b.add(x_off, b.mul(k, xs[axis])),
                   lambda k: b.add(y_off, b.mul(k, ys[axis])), params)
         _across(b, spec["op"], ln, n, _eps(spec))
-        return []
 
-    _nest(b, dims, [const(I64, 0), const(I64, 0)], [], line)
+    for_nest(b, dims, [const(I64, 0), const(I64, 0)], line)
     b.ret(const(I32, 0))
 
 

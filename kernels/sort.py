@@ -25,15 +25,12 @@ from llvmlite import ir
 
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (ERR_ALLOC, ERR_NULL, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR, const,
-                               get_function, load_strides, prologue)
+                                     for_nest, for_range, get_function, is_float, load_strides,
+                                     product, prologue)
 from dynvm.vm.errors import KernelError
 
 SORT_DTYPES = ("float32", "float64", "int32", "int64")
 INDEX_DTYPES = ("int32", "int64")
-
-
-def is_float(dtype):
-    return dtype in ("float32", "float64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,8 +39,8 @@ def is_float(dtype):
 
 
 class Emitter:
-    """One function under construction. Mutable locals are allocas (`var`) so loops need no
-    phi bookkeeping; `fail_if` returns an error code after freeing every scratch block."""
+    """One function under construction. Mutable locals are allocas (`var`) so loops (the
+    toolkit's `for_range` on `e.b`, or `while_`) need no phi bookkeeping; `fail_if` returns an error code after freeing every scratch block."""
 
     def __init__(self, module, name, fnty=None, internal=False):
         self.module = module
@@ -86,21 +83,6 @@ class Emitter:
         return self.b.gep(base, [index], inbounds=True, source_etype=MEM_TYPE[dtype])
 
     # -- control flow
-    def for_range(self, start, stop, body):
-        """for i in range(start, stop): body(i) (zero iterations allowed)."""
-        b, fn = self.b, self.fn
-        counter = self.var(I64, start)
-        head, loop, end = (fn.append_basic_block(n) for n in ("for.head", "for.body", "for.end"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.load(counter)
-        b.cbranch(b.icmp_signed("<", i, stop), loop, end)
-        b.position_at_end(loop)
-        body(i)
-        b.store(b.add(i, const(I64, 1)), counter)
-        b.branch(head)
-        b.position_at_end(end)
-
     def while_(self, cond, body):
         """while cond(): body() — `cond` emits its test in the loop head."""
         b, fn = self.b, self.fn
@@ -151,14 +133,6 @@ class Emitter:
             self.b.call(free, [p])
 
 
-def offset(b, indices, strides):
-    """Element offset sum(i_d * s_d)."""
-    off = const(I64, 0)
-    for i, s in zip(indices, strides):
-        off = b.add(off, b.mul(i, s))
-    return off
-
-
 def check_extents(e, k, extents, wanted):
     """ERR_SHAPE | k << 8 | d << 16 unless extents[d] == wanted[d] for every d."""
     for d, (got, want) in enumerate(zip(extents, wanted)):
@@ -168,9 +142,7 @@ def check_extents(e, k, extents, wanted):
 def check_data_nonempty(e, arrays):
     """Data pointers of non-empty arrays must not be NULL (an empty array's is never read)."""
     for k, (data, ext, _) in enumerate(arrays):
-        count = const(I64, 1)
-        for x in ext:
-            count = e.b.mul(count, x)
+        count = product(e.b, ext)
         null = e.b.icmp_unsigned("==", data, ir.Constant(PTR, None))
         e.fail_if(e.b.and_(null, e.b.icmp_signed("!=", count, const(I64, 0))), ERR_NULL | k << 8)
 
@@ -232,11 +204,11 @@ class Heap:
         def body(j):
             pos = e.b.sub(e.b.sub(half, const(I64, 1)), j)
             e.b.call(self.sift, [self.base, self.stride, self.heap, pos, n])
-        e.for_range(const(I64, 0), half, body)
+        for_range(e.b, const(I64, 0), half, body)
 
     def fill_iota(self, n):
         e = self.e
-        e.for_range(const(I64, 0), n, lambda i: e.store("int64", i, self.heap, i))
+        for_range(e.b, const(I64, 0), n, lambda i: e.store("int64", i, self.heap, i))
 
     def pop(self, size_var):
         """Remove and return the root of a heap of `*size_var` (> 0) elements."""
@@ -333,7 +305,7 @@ class PackedHeap:
         """Sift every internal node, the last one ((n - 2) // 4) first."""
         e, b = self.e, self.e.b
         internal = b.sdiv(b.add(n, const(I64, 2)), const(I64, 4))   # (n - 2) // 4 + 1, n >= 0
-        e.for_range(const(I64, 0), internal, lambda j: b.call(self.sift, [
+        for_range(e.b, const(I64, 0), internal, lambda j: b.call(self.sift, [
             self.heap, b.sub(b.sub(internal, const(I64, 1)), j), n]))
 
     def pop(self, size_var):
@@ -395,15 +367,8 @@ def for_each_row(e, extents, axis, strides, body):
     element offset of that row (its axis stride is strides[k][axis])."""
     dims = [d for d in range(len(extents)) if d != axis]
 
-    def nest(level, offsets):
-        if level == len(dims):
-            body(offsets)
-            return
-        d = dims[level]
-        e.for_range(const(I64, 0), extents[d], lambda i: nest(level + 1, [
-            e.b.add(off, e.b.mul(i, s[d])) for off, s in zip(offsets, strides)]))
-
-    nest(0, [const(I64, 0)] * len(strides))
+    for_nest(e.b, [(extents[d], [s[d] for s in strides]) for d in dims],
+             [const(I64, 0)] * len(strides), body)
 
 
 def store_index(e, dtype, value, base, index):
@@ -451,7 +416,7 @@ def _sorted_rows(module, symbol, sig, spec):
                     e.store(dtype, value, arrays[k][0], at)
                 else:
                     store_index(e, sig[k][0], idx, arrays[k][0], at)
-        e.for_range(const(I64, 0), count, emit)
+        for_range(e.b, const(I64, 0), count, emit)
 
     for_each_row(e, ext, axis, strides, row)
     e.ret_ok()
@@ -506,7 +471,7 @@ def _unique(module, symbol, sig, spec):
                     at = b.mul(b.sub(e.get(found), const(I64, 1)), strides[2][0])
                     e.store("int64", b.add(e.load("int64", arrays[2][0], at), const(I64, 1)),
                             arrays[2][0], at)
-    e.for_range(const(I64, 0), n, emit)
+    for_range(e.b, const(I64, 0), n, emit)
     e.fail_if(b.icmp_signed("!=", e.get(found), width), ERR_SHAPE | 1 << 8)
     e.ret_ok()
     e.finish()

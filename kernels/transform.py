@@ -36,9 +36,9 @@ from llvmlite import ir
 
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE, I1,
-                               I32, I64,
-                               MEM_TYPE, PTR, check, const, get_function, load_strides,
-                               new_function, prologue)
+                                     I32, I64, MEM_TYPE, PTR, add_mul, all_of, check, check_equal,
+                                     const, for_nest, for_range, get_function, icmp, is_compact,
+                                     load_strides, new_function, product, prologue, smax, smin)
 from dynvm.vm.errors import KernelError
 
 # Python ints in attrs may exceed int64; every extent is far below 2**62, so clamping a bound or
@@ -66,45 +66,9 @@ class Array:
         return len(self.ext)
 
 
-def product(b, values):
-    n = const(I64, 1)
-    for v in values:
-        n = b.mul(n, v)
-    return n
-
-
-def icmp(b, op, x, y):
-    return b.icmp_signed(op, x, y if isinstance(y, ir.Value) else const(I64, y))
-
-
-def smin(b, x, y):
-    return b.select(icmp(b, "<", x, y), x, y)
-
-
-def smax(b, x, y):
-    return b.select(icmp(b, ">", x, y), x, y)
-
-
-def all_of(b, conds):
-    ok = const(I1, 1)
-    for c in conds:
-        ok = b.and_(ok, c)
-    return ok
-
-
-def check_equal(b, got, want, arg, dim):
-    """`got == want` (i64) or return ERR_SHAPE for argument `arg`, dim `dim`."""
-    check(b, icmp(b, "==", got, want), ERR_SHAPE | arg << 8 | dim << 16)
-
-
-def is_compact(b, a):
-    """Row-major compact, ignoring extent-1 dims (NULL strides load as compact); an empty
-    array is compact whatever its strides say."""
-    expected, conds = const(I64, 1), []
-    for e, s in zip(reversed(a.ext), reversed(a.strides)):
-        conds.append(b.or_(icmp(b, "==", e, 1), icmp(b, "==", s, expected)))
-        expected = b.mul(expected, e)
-    return b.or_(icmp(b, "==", a.count, 0), all_of(b, conds))
+def compact(b, a):
+    """Row-major compact, ignoring extent-1 dims; an empty array is compact."""
+    return is_compact(b, a.ext, a.strides)
 
 
 def unit_inner(b, a):
@@ -113,22 +77,6 @@ def unit_inner(b, a):
         return const(I1, 1)
     fits = b.or_(icmp(b, "<=", a.ext[-1], 1), icmp(b, "==", a.strides[-1], 1))
     return b.or_(icmp(b, "==", a.count, 0), fits)
-
-
-def for_range(b, n, body):
-    """for i in range(n): body(i) — also correct for n <= 0 (no iteration)."""
-    fn = b.function
-    pre = b.block
-    head, after = fn.append_basic_block("for"), fn.append_basic_block("for.end")
-    b.cbranch(icmp(b, ">", n, 0), head, after)
-    b.position_at_end(head)
-    i = b.phi(I64, name="i")
-    i.add_incoming(const(I64, 0), pre)
-    body(i)
-    nxt = b.add(i, const(I64, 1), flags=["nsw"])
-    i.add_incoming(nxt, b.block)
-    b.cbranch(icmp(b, "<", nxt, n), head, after)
-    b.position_at_end(after)
 
 
 def element_ptr(b, a, offset):
@@ -147,27 +95,21 @@ def memcpy(b, dst, dst_off, src, src_off, count):
     b.call(fn, [element_ptr(b, dst, dst_off), element_ptr(b, src, src_off), size, const(I1, 0)])
 
 
-def add_mul(b, base, i, stride):
-    return b.add(base, b.mul(i, stride))
-
-
 def copy_nest(b, extents, dst, dst_off, dst_strides, src, src_off, src_strides, rows=False):
     """Copy the element at every index of `extents` from src to dst (strides per extent).
 
     rows=True copies the innermost extent with one memcpy (both inner strides must be 1).
     """
-    r = len(extents)
+    rows = rows and bool(extents)
+    loops = len(extents) - 1 if rows else len(extents)
+    dims = [(extents[d], [dst_strides[d], src_strides[d]]) for d in range(loops)]
 
-    def nest(d, do, so):
-        if rows and d == r - 1:
-            memcpy(b, dst, do, src, so, extents[d])
-        elif d == r:
-            copy_element(b, dst, do, src, so)
+    def innermost(offsets):
+        if rows:
+            memcpy(b, dst, offsets[0], src, offsets[1], extents[-1])
         else:
-            for_range(b, extents[d], lambda i: nest(d + 1, add_mul(b, do, i, dst_strides[d]),
-                                                        add_mul(b, so, i, src_strides[d])))
-
-    nest(0, dst_off, src_off)
+            copy_element(b, dst, offsets[0], src, offsets[1])
+    for_nest(b, dims, [dst_off, src_off], innermost)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +168,7 @@ def analyse_layout(b, arrays):
 
 
 def all_compact(b, info):
-    return all_of(b, [is_compact(b, a) for a in info.arrays])
+    return all_of(b, [compact(b, a) for a in info.arrays])
 
 
 def all_unit_inner(b, info):
@@ -338,11 +280,11 @@ def _transpose_tiled(b, info):
                     def per_elem(ii):
                         i = b.add(i0, ii)
                         copy_element(b, out, b.add(dst_row, i), x, b.add(base, add_mul(b, j, i, n)))
-                    for_range(b, ilen, per_elem)
-                for_range(b, jlen, per_col)
-            for_range(b, tiles_n, per_tile)
-        for_range(b, tiles_m, per_tile_row)
-    for_range(b, batch, per_batch)
+                    for_range(b, 0, ilen, per_elem)
+                for_range(b, 0, jlen, per_col)
+            for_range(b, 0, tiles_n, per_tile)
+        for_range(b, 0, tiles_m, per_tile_row)
+    for_range(b, 0, batch, per_batch)
 
 
 family("transpose", check_transpose, emit_transpose)
@@ -389,7 +331,7 @@ def emit_concatenate(module, symbol, spec, sig):
             for x, off in zip(info.xs, info.offsets):
                 size = b.mul(x.ext[axis], inner)
                 memcpy(b, out, add_mul(b, b.mul(off, inner), o, out_block), x, b.mul(o, size), size)
-        for_range(b, outer, per_outer)
+        for_range(b, 0, outer, per_outer)
 
     def strided(b, info):
         out = info.out
@@ -483,7 +425,7 @@ def emit_split(module, symbol, spec, sig):
             for out, start in zip(info.outs, info.starts):
                 size = b.mul(out.ext[axis], inner)
                 memcpy(b, out, b.mul(o, size), x, add_mul(b, b.mul(start, inner), o, x_block), size)
-        for_range(b, outer, per_outer)
+        for_range(b, 0, outer, per_outer)
 
     def strided(b, info):
         x = info.x
@@ -757,10 +699,10 @@ def emit_take(module, symbol, spec, sig):
                 if rows:
                     memcpy(b, out, dst, data, src, inner)
                 else:
-                    for_range(b, inner, lambda q: copy_element(b, out, b.add(dst, q),
+                    for_range(b, 0, inner, lambda q: copy_element(b, out, b.add(dst, q),
                                                                 data, b.add(src, q)))
-            for_range(b, j_count, per_index)
-        for_range(b, info.outer, per_outer)
+            for_range(b, 0, j_count, per_index)
+        for_range(b, 0, info.outer, per_outer)
 
     def strided(b, info):
         data, idx, out = info.data, info.idx, info.out
@@ -782,7 +724,7 @@ def emit_take(module, symbol, spec, sig):
                 ds, is_ = None, idx.strides[d - pre]
             else:
                 ds, is_ = data.strides[d - ri + 1], None
-            for_range(b, out.ext[d], lambda i: nest(
+            for_range(b, 0, out.ext[d], lambda i: nest(
                 d + 1, add_mul(b, oo, i, out.strides[d]),
                 do if ds is None else add_mul(b, do, i, ds),
                 io if is_ is None else add_mul(b, io, i, is_)))

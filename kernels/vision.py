@@ -21,8 +21,8 @@ import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels.family import Family, register
-from dynvm.kernels.llvm_util import F32, I1, I8, I32, I64, const
-from dynvm.kernels.sort import (ERR_SHAPE, Heap, PackedHeap, check_data_nonempty, check_extents,
+from dynvm.kernels.llvm_util import ERR_SHAPE, F32, I1, I8, I32, I64, const, for_range
+from dynvm.kernels.sort import (Heap, PackedHeap, check_data_nonempty, check_extents,
                           descending_f32_rank, expect, new_kernel, single_variant)
 
 VISION_OPS = ("get_valid_counts", "non_max_suppression", "nms")
@@ -71,7 +71,7 @@ def _copy_or_fill(e, out, dst, src, row, width, alive):
                 out.store(src.load(*row, k), *dst, k)
             with dead:
                 out.store(minus_one, *dst, k)
-    e.for_range(const(I64, 0), width, body)
+    for_range(e.b, const(I64, 0), width, body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,16 +108,16 @@ def _get_valid_counts(module, symbol, sig, spec):
                         b.add(b.mul(i, strides[3][0]), b.mul(c, strides[3][1])))
                 e.set(count, b.add(c, const(I64, 1)))
 
-        e.for_range(const(I64, 0), n, anchor)
+        for_range(e.b, const(I64, 0), n, anchor)
 
         def pad(j):
             _copy_or_fill(e, out, (i, j), data, (i, j), width, const(I1, 0))
             e.store("int32", const(I32, -1), out_idx,
                     b.add(b.mul(i, strides[3][0]), b.mul(j, strides[3][1])))
-        e.for_range(e.get(count), n, pad)
+        for_range(e.b, e.get(count), n, pad)
         e.store("int32", b.trunc(e.get(count), I32), counts, b.mul(i, strides[1][0]))
 
-    e.for_range(const(I64, 0), batch, batch_body)
+    for_range(e.b, const(I64, 0), batch, batch_body)
     e.ret_ok()
     e.finish()
 
@@ -190,17 +190,17 @@ class _NmsOutput:
         """Invalid entries after the last written one; the count output."""
         e, b, i = self.e, self.e.b, self.i
         if self.mode == "boxes":
-            e.for_range(valid, self.n, lambda j: self.entry(j, const(I64, 0), const(I1, 0)))
+            for_range(e.b, valid, self.n, lambda j: self.entry(j, const(I64, 0), const(I1, 0)))
             return
         first = e.get(self.written)
         if self.mode == "indices":
-            e.for_range(first, self.n, lambda j: e.store("int32", const(I32, -1),
+            for_range(e.b, first, self.n, lambda j: e.store("int32", const(I32, -1),
                                                          self.arrays[3][0], self._index_at(i, j)))
             count = self.arrays[4][0]
             e.store("int32", b.trunc(first, I32), count,
                     b.add(b.mul(i, self.strides[4][0]), b.mul(const(I64, 0), self.strides[4][1])))
         else:
-            e.for_range(first, self.n, lambda j: _copy_or_fill(
+            for_range(e.b, first, self.n, lambda j: _copy_or_fill(
                 e, self.out, (i, j), self.data, (i, j), self.width, const(I1, 0)))
 
 
@@ -234,10 +234,10 @@ def _non_max_suppression(module, symbol, sig, spec):
                 "float32", arrays[0][0], data.at(i, 0, score_index)), strides[0][1], heap_mem),
                 kept, output)
         else:
-            e.for_range(const(I64, 0), valid, lambda j: output.entry(j, j, const(I1, 1)))
+            for_range(e.b, const(I64, 0), valid, lambda j: output.entry(j, j, const(I1, 1)))
         output.finish(valid)
 
-    e.for_range(const(I64, 0), batch, batch_body)
+    for_range(e.b, const(I64, 0), batch, batch_body)
     e.ret_ok()
     e.finish()
 
@@ -275,9 +275,9 @@ def _greedy(e, spec, data, i, valid, heap, kept, output):
                         e.set(selected, b.add(s, const(I64, 1)))
         output.entry(j, r, e.get(alive))
 
-    e.for_range(const(I64, 0), keep_n, position)
+    for_range(e.b, const(I64, 0), keep_n, position)
     if output.mode == "boxes":
-        e.for_range(keep_n, valid, lambda j: output.entry(j, const(I64, 0), const(I1, 0)))
+        for_range(e.b, keep_n, valid, lambda j: output.entry(j, const(I64, 0), const(I1, 0)))
 
 
 def _survives(e, spec, data, i, r, kept, count, coord, id_index, threshold):
@@ -358,7 +358,7 @@ class _KeptBoxes:
             kept = [e.load("float32", col, t) for col in self.columns]
             flag = b.zext(_onnx_suppresses(b, cand, kept, threshold), I8)
             e.set(hit, b.or_(e.get(hit), flag))
-        e.for_range(const(I64, 0), count, body)
+        for_range(e.b, const(I64, 0), count, body)
         return b.icmp_unsigned("!=", e.get(hit), const(I8, 0))
 
 
@@ -392,7 +392,7 @@ def _nms(module, symbol, sig, spec):
         with e.if_(keep):
             heap.push_back(size, descending_f32_rank(b, score), i)
 
-    e.for_range(const(I64, 0), n, candidate)
+    for_range(e.b, const(I64, 0), n, candidate)
     heap.heapify(e.get(size))
     selected = e.var(I64, const(I64, 0))
     iou = f32(spec["iou_threshold"])
@@ -413,7 +413,7 @@ def _nms(module, symbol, sig, spec):
 
     e.while_(more, step)
     if counted:
-        e.for_range(e.get(selected), capacity,
+        for_range(e.b, e.get(selected), capacity,
                     lambda t: e.store("int64", const(I64, -1), out, b.mul(t, s_out)))
         e.store("int64", e.get(selected), arrays[3][0], const(I64, 0))
     else:

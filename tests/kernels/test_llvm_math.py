@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from llvmlite import ir
 
 from dynvm.kernels import codelib, llvm_math
+from dynvm.kernels.llvm_util import vector_type
 
 ffi = cffi.FFI()
 I64, PTR = ir.IntType(64), ir.PointerType()
@@ -46,7 +47,7 @@ def _emit_map(module, name, fn, elem, lanes):
     i.add_incoming(_const(0), entry)
     b.cbranch(b.icmp_signed("<", i, whole), vbody, shead)
     b.position_at_end(vbody)
-    vty = llvm_math.vector_type(elem, lanes)
+    vty = vector_type(elem, lanes)
     v = b.load(b.gep(src, [i], source_etype=elem), typ=vty, align=4)
     b.store(fn(b, v), b.gep(dst, [i], source_etype=elem), align=4)
     i.add_incoming(b.add(i, _const(lanes)), vbody)
@@ -186,9 +187,9 @@ def test_vector_and_scalar_paths_agree_for_any_length(n, dtype, fname, seed, fas
 
 def test_fast_form_flags_only_wide_float32_divisions():
     """The estimate flags appear on <16 x float> divisions and nowhere else."""
-    for ty, flagged in ((llvm_math.vector_type(llvm_math.F32, 16), True), (llvm_math.F32, False),
-                        (llvm_math.vector_type(llvm_math.F32, 8), False),
-                        (llvm_math.vector_type(llvm_math.F64, 8), False)):
+    for ty, flagged in ((vector_type(llvm_math.F32, 16), True), (llvm_math.F32, False),
+                        (vector_type(llvm_math.F32, 8), False),
+                        (vector_type(llvm_math.F64, 8), False)):
         for fname in ("tanh", "sigmoid"):
             module = ir.Module()
             f = ir.Function(module, ir.FunctionType(ty, [ty]), name="f")
