@@ -345,7 +345,9 @@ NO_AUTO = {"vectorize": False, "unroll": False}
 
 
 def _compact(b, ext, strides_ptr):
-    return is_compact(b, ext, load_strides(b, ext, strides_ptr))
+    """Compact strides (callers handle empty arrays: they are never flat with a non-empty
+    output, and an empty output returns first)."""
+    return is_compact(b, ext, load_strides(b, ext, strides_ptr), empty_ok=False)
 
 
 def _flat_prologue(module, symbol, sig):

@@ -187,7 +187,8 @@ def return_zero_if(b, cond):
     b.position_at_end(cont)
 
 
-def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll=True):
+def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll=True,
+              nonempty=False):
     """`for i in range(start, stop, step)` over i64 (ints or IR values; step > 0), tested before
     the first trip, so that zero trips are fine.
 
@@ -196,13 +197,17 @@ def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll
     first i not below `stop` (`start` when the loop does not run) and the values after the last
     trip (the initial ones when it does not run). Loop hints: vectorize=False / unroll=False
     keep LLVM's loop vectoriser / unroller off the loop (for loops that are already explicit
-    vector code, or scalar tails where they gain little and cost compile time)."""
+    vector code, or scalar tails where they gain little and cost compile time); nonempty=True
+    promises start < stop, so there is no test before the first trip and no merge after it."""
     start, stop, step = as_i64(start), as_i64(stop), as_i64(step)
     inits = [] if carried is None else list(carried)
     fn = b.function
     pre = b.block
     head, done = fn.append_basic_block("for"), fn.append_basic_block("for.end")
-    b.cbranch(b.icmp_signed("<", start, stop), head, done)
+    if nonempty:
+        b.branch(head)
+    else:
+        b.cbranch(b.icmp_signed("<", start, stop), head, done)
     b.position_at_end(head)
     i = b.phi(I64, name="i")
     values = [b.phi(v.type) for v in inits]
@@ -222,6 +227,8 @@ def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll
     if not (vectorize and unroll):
         back.set_metadata("llvm.loop", _loop_hints(b.module, vectorize, unroll))
     b.position_at_end(done)
+    if nonempty:
+        return nxt, new
     end, *out = _merge(b, [(pre, [start] + inits), (latch, [nxt] + new)])
     return end, out
 
@@ -514,14 +521,15 @@ def load_strides(b, ext, strides_ptr):
                    carried=compact)
 
 
-def is_compact(b, ext, strides):
-    """i1: `strides` (loaded) are compact row-major, ignoring extent-1 dims; an empty array is
-    compact whatever its strides say."""
+def is_compact(b, ext, strides, empty_ok=True):
+    """i1: `strides` (loaded) are compact row-major, ignoring extent-1 dims; with `empty_ok` an
+    empty array is compact whatever its strides say (nothing is addressed)."""
     expected, conds = c64(1), []
     for e, s in zip(reversed(ext), reversed(strides)):
         conds.append(b.or_(eq(b, e, 1), eq(b, s, expected)))
         expected = b.mul(expected, e)
-    return b.or_(eq(b, product(b, ext), 0), all_of(b, conds))
+    ok = all_of(b, conds)
+    return b.or_(eq(b, product(b, ext), 0), ok) if empty_ok else ok
 
 
 def check_data(b, arrays):

@@ -443,7 +443,7 @@ def micro_kernel(module, blk):
             a = splat(b, load(b, ap, b.add(arow, c64(r)), blk.ty), vl)
             new += [madd(b, a, bvecs[v], accs[r * nv + v], blk.is_float) for v in range(nv)]
         return new
-    _, accs = for_range(b, 0, kc, step, carried=[zero] * (mr * nv))
+    _, accs = for_range(b, 0, kc, step, carried=[zero] * (mr * nv), nonempty=True)   # kc >= 1
     for r in range(mr):
         for v in range(nv):
             store(b, accs[r * nv + v], t, c64(r * blk.nr + v * vl), align=64)
