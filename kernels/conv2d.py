@@ -15,8 +15,9 @@ An epilogue (spec["epilogue"], see matmul.py) gets extra inputs broadcast to (N,
 from __future__ import annotations
 
 from dynvm.kernels import family
-from dynvm.kernels.llvm_util import (ERR_LAYOUT, ERR_SHAPE, c64, check, dot_offset, eq,
-                                     for_range, if_then, load, load_strides, smin, store)
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_SHAPE
+from dynvm.kernels.llvm_util import (c64, check, dot_offset, eq, for_range, if_then, load,
+                                     load_strides, smin, store)
 from dynvm.kernels.matmul import (CONV_VARIANTS, DTYPES, Geometry, broadcast_extras,
                                   check_epilogue, emit_gemm_kernel)
 from dynvm.shape_funcs.nn import conv2d_params

@@ -9,9 +9,10 @@ Scalar inputs convert to the output dtype exactly like numpy's `astype` (the ele
 """
 from __future__ import annotations
 
-from dynvm.kernels.llvm_util import (ERR_SHAPE, ERR_VALUE, F64, I64, REG_TYPE, add_mul, cast,
-                                     check, check_equal, const, for_nest, for_range, icmp,
-                                     if_then, is_float, to_mem, to_reg, truth)
+from dynvm.kernels.abi import ERR_SHAPE, ERR_VALUE
+from dynvm.kernels.llvm_util import (F64, I64, REG_TYPE, add_mul, cast, check, check_equal, const,
+                                     for_nest, for_range, icmp, if_then, is_float, to_mem, to_reg,
+                                     truth)
 from dynvm.kernels.transform import (Info, Variant, check_sig, compact, element_ptr, emit_kernel,
                                      family)
 from dynvm.vm.errors import KernelError

@@ -30,12 +30,12 @@ Semantics worth knowing:
 """
 from llvmlite import ir
 
-from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, I1, I32, I64, MEM_TYPE, REG_TYPE,
-                                     cast, check, check_data, const, elem_ptr, for_nest,
-                                     for_range, intrinsic, is_compact, is_float, load,
-                                     load_strides, masked_load, new_function, product, prologue,
-                                     return_zero_if, splat, store, to_mem, to_reg, truth,
-                                     vector_type)
+from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT
+from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, REG_TYPE, cast, check, check_data,
+                                     const, elem_ptr, for_nest, for_range, intrinsic, is_compact,
+                                     is_float, load, load_strides, masked_load, new_function,
+                                     product, prologue, return_zero_if, splat, store, to_mem,
+                                     to_reg, truth, vector_type)
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import KernelError

@@ -1,5 +1,8 @@
-"""The IR toolkit of the kernel families (llvmlite.ir): every family builds its kernels from
-these pieces and from no other family's helpers (numba's `cgutils` is the model).
+"""The IR toolkit of the kernel families (llvmlite.ir; numba's `cgutils` is the model). General
+IR building blocks live here, and a family takes them from here, never from another family;
+what families share on purpose is a public entry point of its own family (the elementwise
+expression emitter, the GEMM core conv2d builds on, transform's variant scaffolding, sort's
+index heap). Error codes live with the ABI (kernels/abi.py).
 
 - types and constants: I1 .. F64, PTR, DLTENSOR, REG_TYPE / MEM_TYPE (dtype -> register /
   memory type), `vector_type`, `type_suffix`, `const`, `c64`, `intrinsic`, `get_function`;
@@ -21,10 +24,8 @@ these pieces and from no other family's helpers (numba's `cgutils` is the model)
 """
 from llvmlite import ir
 
+from dynvm.kernels.abi import ERR_DTYPE, ERR_EXTENT, ERR_NARGS, ERR_NDIM, ERR_NULL, ERR_SHAPE
 from dynvm.vm.dtypes import DTYPES
-from dynvm.kernels.abi import (ERR_ALLOC, ERR_BROADCAST, ERR_DTYPE, ERR_EMPTY,  # noqa: F401
-                                ERR_EXTENT, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
-                                ERR_SHAPE, ERR_STEPS, ERR_VALUE, ERROR_KINDS)
 
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))

@@ -47,12 +47,12 @@ from llvmlite import ir
 from dynvm.kernels import family
 from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
-from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR,
-                                     c64, check, check_data, check_equal, const, dot_offset,
-                                     elem_ptr, eq, for_range, if_then, load, load_strides,
-                                     masked_load, masked_store, new_function, product, prologue,
-                                     return_zero_if, smin, splat, stack_buffer, store, tail_mask,
-                                     to_reg, unravel)
+from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE
+from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, check_data,
+                                     check_equal, const, dot_offset, elem_ptr, eq, for_range,
+                                     if_then, load, load_strides, masked_load, masked_store,
+                                     new_function, product, prologue, return_zero_if, smin, splat,
+                                     stack_buffer, store, tail_mask, to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")

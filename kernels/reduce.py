@@ -31,12 +31,11 @@ from llvmlite import ir
 
 from dynvm.kernels import llvm_math as lm
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
-from dynvm.kernels.llvm_util import (ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, F32, F64, I32, I64,
-                                     PTR, REG_TYPE, cast, check, const, element_type,
-                                     for_nest, for_range, is_compact, lane_ids, load,
-                                     load_strides, new_function, product, prologue,
-                                     return_zero_if, splat, store, vector_fold, vector_type,
-                                     with_element)
+from dynvm.kernels.abi import ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.llvm_util import (F32, F64, I32, I64, PTR, REG_TYPE, cast, check, const,
+                                     element_type, for_nest, for_range, is_compact, lane_ids, load,
+                                     load_strides, new_function, product, prologue, return_zero_if,
+                                     splat, store, vector_fold, vector_type, with_element)
 from dynvm.shape_funcs.reduce import reduced_axes
 from dynvm.vm.errors import DynVMError, KernelError
 

@@ -22,10 +22,11 @@ from llvmlite import ir
 
 from dynvm.kernels import llvm_math as lm
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
-from dynvm.kernels.llvm_util import (ERR_LAYOUT, ERR_NULL, ERR_SHAPE, I1, I32, I64, PTR, REG_TYPE,
-                                     check, const, for_nest, for_range, intrinsic, is_compact,
-                                     load, load_strides, new_function, product, prologue,
-                                     return_zero_if, splat, store, vector_fold, vector_type)
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.llvm_util import (I1, I32, I64, PTR, REG_TYPE, check, const, for_nest, for_range,
+                                     intrinsic, is_compact, load, load_strides, new_function,
+                                     product, prologue, return_zero_if, splat, store, vector_fold,
+                                     vector_type)
 from dynvm.shape_funcs.common import normalize_axis
 from dynvm.vm.errors import DynVMError, KernelError
 

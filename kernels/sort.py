@@ -24,9 +24,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
-from dynvm.kernels.llvm_util import (ERR_ALLOC, ERR_NULL, ERR_SHAPE, I1, I32, I64, MEM_TYPE, PTR, const,
-                                     for_nest, for_range, get_function, is_float, load_strides,
-                                     product, prologue)
+from dynvm.kernels.abi import ERR_ALLOC, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, const, for_nest, for_range,
+                                     get_function, is_float, load_strides, product, prologue)
 from dynvm.vm.errors import KernelError
 
 SORT_DTYPES = ("float32", "float64", "int32", "int64")

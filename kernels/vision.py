@@ -21,7 +21,8 @@ import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels.family import Family, register
-from dynvm.kernels.llvm_util import ERR_SHAPE, F32, I1, I8, I32, I64, const, for_range
+from dynvm.kernels.abi import ERR_SHAPE
+from dynvm.kernels.llvm_util import F32, I1, I8, I32, I64, const, for_range
 from dynvm.kernels.sort import (Heap, PackedHeap, check_data_nonempty, check_extents,
                           descending_f32_rank, expect, new_kernel, single_variant)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import load_kernels
 from tests.numpy_reference import REFERENCE_KERNELS
-from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import Blocking
 from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout

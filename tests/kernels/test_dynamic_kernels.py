@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dynvm.kernels.llvm_util import ERR_SHAPE, ERR_VALUE
+from dynvm.kernels.abi import ERR_SHAPE, ERR_VALUE
 from tests.kernels.support import with_layout
 from tests.kernels.test_transform import (DTYPES, LAYOUTS, cached, check_all_variants, kind,
                                           native_table, random_array, reference)

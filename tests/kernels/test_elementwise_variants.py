@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import abi, load_kernels
 from dynvm.kernels.elementwise import lanes_for
-from dynvm.kernels.llvm_util import ERR_LAYOUT
+from dynvm.kernels.abi import ERR_LAYOUT
 from tests.kernels.support import cached_table, values, with_layout
 
 CHAIN = ["multiply", ["tanh", ["add", ["multiply", ["in", 0], ["in", 1]], ["in", 2]]],

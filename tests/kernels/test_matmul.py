@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import load_kernels
-from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
 from tests.kernels.support import raw_call, with_layout
 from dynvm.vm.errors import KernelError, ShapeError

@@ -17,7 +17,7 @@ from llvmlite import ir
 from dynvm.kernels import abi, codelib, llvm_math
 from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.family import get_family, variant_global, variant_symbol
-from dynvm.kernels.llvm_util import (ERR_DTYPE, ERR_EMPTY, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
+from dynvm.kernels.abi import (ERR_DTYPE, ERR_EMPTY, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
                                ERR_SHAPE)
 from dynvm.kernels.reduce import Layout
 from dynvm.shape_funcs.reduce import reduce_shape, reduced_axes

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from dynvm.kernels import llvm_math
 from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.family import get_family
-from dynvm.kernels.llvm_util import ERR_LAYOUT, ERR_NARGS, ERR_SHAPE
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_NARGS, ERR_SHAPE
 from tests.kernels.test_reduce import NativeTable
 from dynvm.vm.errors import KernelError
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import load_kernels
 from tests.numpy_reference import REFERENCE_KERNELS
-from dynvm.kernels.llvm_util import ERR_SHAPE
+from dynvm.kernels.abi import ERR_SHAPE
 from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
 from dynvm.vm.errors import KernelError, ShapeError

@@ -17,7 +17,8 @@ from dynvm import shape_funcs
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import abi, codelib
 from tests.numpy_reference import REFERENCE_KERNELS
-from dynvm.kernels.llvm_util import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL, ERR_SHAPE)
+from dynvm.kernels.abi import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
+                               ERR_SHAPE)
 from tests.kernels.support import with_layout
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
