@@ -189,29 +189,38 @@ def return_zero_if(b, cond):
 
 
 def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll=True,
-              nonempty=False):
-    """`for i in range(start, stop, step)` over i64 (ints or IR values; step > 0), tested before
-    the first trip, so that zero trips are fine.
+              nonempty=False, rotated=True):
+    """`for i in range(start, stop, step)` over i64 (ints or IR values; step > 0); zero trips
+    are fine.
 
     body(i) emits one iteration; with `carried` (the initial values) it is body(i, values) ->
     the values of the next iteration, each carried in a loop phi. Returns (end, values): the
     first i not below `stop` (`start` when the loop does not run) and the values after the last
-    trip (the initial ones when it does not run). Loop hints: vectorize=False / unroll=False
-    keep LLVM's loop vectoriser / unroller off the loop (for loops that are already explicit
-    vector code, or scalar tails where they gain little and cost compile time); nonempty=True
-    promises start < stop, so there is no test before the first trip and no merge after it."""
+    trip (the initial ones when it does not run).
+
+    Hints (the loop means the same either way): vectorize=False / unroll=False keep LLVM's loop
+    vectoriser / unroller off the loop (for loops that are already explicit vector code, or
+    scalar tails where they gain little and cost compile time); nonempty=True promises
+    start < stop, so there is no test before the first trip. The shape is LLVM's rotated loop (a
+    guard, then the test at the bottom of each trip); rotated=False tests at the top of each
+    trip instead: LLVM rotates that itself, but its inliner runs first and the later passes
+    start from a different shape, so families keep the shape their code was tuned with."""
     start, stop, step = as_i64(start), as_i64(stop), as_i64(step)
     inits = [] if carried is None else list(carried)
     fn = b.function
     pre = b.block
     head, done = fn.append_basic_block("for"), fn.append_basic_block("for.end")
-    if nonempty:
+    if nonempty or not rotated:
         b.branch(head)
     else:
         b.cbranch(b.icmp_signed("<", start, stop), head, done)
     b.position_at_end(head)
     i = b.phi(I64, name="i")
     values = [b.phi(v.type) for v in inits]
+    if not rotated:
+        trip = fn.append_basic_block("for.body")
+        b.cbranch(b.icmp_signed("<", i, stop), trip, done)
+        b.position_at_end(trip)
     if carried is None:
         body(i)
         new = []
@@ -224,10 +233,12 @@ def for_range(b, start, stop, body, step=1, carried=None, vectorize=True, unroll
     for phi, init, value in zip([i] + values, [start] + inits, [nxt] + new):
         phi.add_incoming(init, pre)
         phi.add_incoming(value, latch)
-    back = b.cbranch(b.icmp_signed("<", nxt, stop), head, done)
+    back = b.branch(head) if not rotated else b.cbranch(b.icmp_signed("<", nxt, stop), head, done)
     if not (vectorize and unroll):
         back.set_metadata("llvm.loop", _loop_hints(b.module, vectorize, unroll))
     b.position_at_end(done)
+    if not rotated:
+        return i, values
     if nonempty:
         return nxt, new
     end, *out = _merge(b, [(pre, [start] + inits), (latch, [nxt] + new)])
@@ -398,15 +409,16 @@ def vector_fold(b, n, lanes, init, body, merge, unroll=4):
             out += body(b.add(j, c64(u * lanes)), lanes, accs[u * part:(u + 1) * part])
         return out
 
-    j, accs = for_range(b, 0, b.sub(n, c64(width - 1)), wide, step=width, carried=first * unroll)
+    j, accs = for_range(b, 0, b.sub(n, c64(width - 1)), wide, step=width, carried=first * unroll,
+                        rotated=False)
     merged = accs[:part]
     for u in range(1, unroll):
         merged = merge(merged, accs[u * part:(u + 1) * part])
     if lanes > 1:
         j, merged = for_range(b, j, b.sub(n, c64(lanes - 1)), lambda j, accs: body(j, lanes, accs),
-                              step=lanes, carried=merged)
+                              step=lanes, carried=merged, rotated=False)
         merged = horizontal(b, merged, merge) if merged else []
-    _, scalars = for_range(b, j, n, lambda j, accs: body(j, 1, accs), carried=merged)
+    _, scalars = for_range(b, j, n, lambda j, accs: body(j, 1, accs), carried=merged, rotated=False)
     return scalars
 
 
@@ -518,7 +530,8 @@ def load_strides(b, ext, strides_ptr):
         acc = b.mul(acc, e)
     compact.reverse()
     given = b.icmp_unsigned("!=", strides_ptr, ir.Constant(PTR, None))
-    return if_then(b, given, lambda _: [Args(b, None).index(strides_ptr, j) for j in range(len(ext))],
+    loaded = range(len(ext))
+    return if_then(b, given, lambda _: [Args(b, None).index(strides_ptr, j) for j in loaded],
                    carried=compact)
 
 

@@ -35,8 +35,8 @@ import math
 
 from llvmlite import ir
 
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.abi import ERR_LAYOUT, ERR_SHAPE, ERR_STEPS
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (DLTENSOR, F_DATA, F_DTYPE, F_NDIM, F_SHAPE, F_STRIDES, I1, I8,
                                      I32, I64, PTR, check, check_data, const, get_function,
                                      new_function, prologue)

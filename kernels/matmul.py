@@ -45,9 +45,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dynvm.kernels import family
+from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE
 from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
-from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, check_data,
                                      check_equal, const, dot_offset, elem_ptr, eq, for_range,
                                      if_then, load, load_strides, masked_load, masked_store,
@@ -610,8 +610,10 @@ def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
                     for r in range(rows) for j in range(cols)]
         accs = [zero] * (rows * cols)
         accs = if_then(b, b.icmp_signed(">", head, c64(0)),
-                       lambda accs: fmas(c64(0), accs, tail_mask(b, c64(0), head, vl)), carried=accs)
-        _, accs = for_range(b, head, kmain, lambda k, accs: fmas(k, accs, None), step=vl, carried=accs)
+                       lambda accs: fmas(c64(0), accs, tail_mask(b, c64(0), head, vl)),
+                       carried=accs)
+        _, accs = for_range(b, head, kmain, lambda k, accs: fmas(k, accs, None), step=vl,
+                            carried=accs)
         accs = if_then(b, b.icmp_signed("<", kmain, geo.K),
                        lambda accs: fmas(kmain, accs, tail_mask(b, kmain, geo.K, vl)), carried=accs)
         for r in range(rows):

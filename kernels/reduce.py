@@ -30,8 +30,8 @@ into one loop at build time, so e.g. axes (1, 2) of a rank-4 tensor run as a 3-l
 from llvmlite import ir
 
 from dynvm.kernels import llvm_math as lm
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.abi import ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (F32, F64, I32, I64, PTR, REG_TYPE, cast, check, const,
                                      element_type, for_nest, for_range, is_compact, lane_ids, load,
                                      load_strides, new_function, product, prologue, return_zero_if,
@@ -41,6 +41,7 @@ from dynvm.vm.errors import DynVMError, KernelError
 
 OPS = ("sum", "mean", "max", "min", "argmax")
 UNROLL = 4  # vector accumulators per loop iteration (hides the add/compare latency)
+TOP_TESTED = {"rotated": False}   # the loop shape these kernels are tuned with (for_range)
 
 
 def compact_flag(b, ext, strides_ptr):
@@ -238,11 +239,12 @@ def _emit_generic(module, symbol, spec, sig, layout):
             value = b.load(b.gep(x[0], [roffs[0]], source_etype=elem), typ=elem)
             return reducer.step(b, acc, reducer.convert(b, value), roffs[1])
 
-        acc = for_nest(b, reduced, [x_off, const(I64, 0)], leaf, carried=reducer.init(1))
+        acc = for_nest(b, reduced, [x_off, const(I64, 0)], leaf, carried=reducer.init(1),
+                       **TOP_TESTED)
         _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
         return []
 
-    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[])
+    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[], **TOP_TESTED)
     b.ret(const(I32, 0))
 
 
@@ -287,11 +289,12 @@ def _emit_inner(module, symbol, spec, sig, layout):
             row = _reduce_row(b, reducer, x[0], roffs[0], n, roffs[1])
             return reducer.combine(b, acc, row)
 
-        acc = for_nest(b, outer_red, [x_off, const(I64, 0)], leaf, carried=reducer.init(1))
+        acc = for_nest(b, outer_red, [x_off, const(I64, 0)], leaf, carried=reducer.init(1),
+                       **TOP_TESTED)
         _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
         return []
 
-    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[])
+    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[], **TOP_TESTED)
     b.ret(const(I32, 0))
 
 
@@ -332,10 +335,11 @@ def _emit_outer(module, symbol, spec, sig, layout):
             c, _ = for_range(b, c, b.sub(m, const(I64, width - 1)),
                              lambda c, _, vl=vl, vecs=vecs: _outer_chunk(
                                  b, reducer, x, y, reduced, x_off, y_off, c, vl, vecs, count),
-                             step=width, carried=[])
+                             step=width, carried=[], **TOP_TESTED)
         return []
 
-    for_nest(b, outer_kept, [const(I64, 0), const(I64, 0)], per_row, carried=[])
+    for_nest(b, outer_kept, [const(I64, 0), const(I64, 0)], per_row, carried=[],
+             **TOP_TESTED)
     b.ret(const(I32, 0))
 
 
@@ -355,7 +359,7 @@ def _outer_chunk(b, reducer, x, y, reduced, x_off, y_off, c, lanes, vecs, count)
         return out
 
     accs = for_nest(b, reduced, [const(I64, 0), const(I64, 0)], leaf,
-                    carried=reducer.init(lanes) * vecs)
+                    carried=reducer.init(lanes) * vecs, **TOP_TESTED)
     for u in range(vecs):
         value = reducer.finish(b, accs[u * part:(u + 1) * part], count)
         store(b, value, y[0], b.add(b.add(y_off, c), const(I64, u * lanes)))

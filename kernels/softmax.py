@@ -21,13 +21,15 @@ The dispatcher picks "last" when inner == 1, "columns" when inner >= one vector,
 from llvmlite import ir
 
 from dynvm.kernels import llvm_math as lm
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.abi import ERR_LAYOUT, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (I1, I32, I64, PTR, REG_TYPE, check, const, for_nest, for_range,
                                      intrinsic, is_compact, load, load_strides, new_function,
                                      product, prologue, return_zero_if, splat, store, vector_fold,
                                      vector_type)
 from dynvm.shape_funcs.common import normalize_axis
+
+TOP_TESTED = {"rotated": False}   # the loop shape these kernels are tuned with (for_range)
 from dynvm.vm.errors import DynVMError, KernelError
 
 
@@ -97,34 +99,35 @@ def _across(b, op, line, n, eps):
     one = const(ty, 1.0)
     if op == "softmax":
         _, (mx,) = for_range(b, 0, n, lambda k, a: [_max(b, a[0], line.load(k))],
-                             carried=[const(ty, float("-inf"))])
+                             carried=[const(ty, float("-inf"))], **TOP_TESTED)
 
         def exp_pass(k, a):
             e = lm.exp(b, b.fsub(line.load(k), mx))
             line.store(k, e)
             return [b.fadd(a[0], e)]
 
-        _, (total,) = for_range(b, 0, n, exp_pass, carried=[const(ty, 0.0)])
+        _, (total,) = for_range(b, 0, n, exp_pass, carried=[const(ty, 0.0)], **TOP_TESTED)
         scale = b.fdiv(one, total)
-        for_range(b, 0, n, lambda k: line.store(k, b.fmul(load_out(b, line, k), scale)))
+        for_range(b, 0, n, lambda k: line.store(k, b.fmul(load_out(b, line, k), scale)),
+                  **TOP_TESTED)
         return
     nf = splat(b, b.sitofp(n, line.elem), line.lanes)
     _, (total,) = for_range(b, 0, n, lambda k, a: [b.fadd(a[0], line.load(k))],
-                            carried=[const(ty, 0.0)])
+                            carried=[const(ty, 0.0)], **TOP_TESTED)
     mean = b.fdiv(total, nf)
 
     def var_pass(k, a):
         d = b.fsub(line.load(k), mean)
         return [lm.fma(b, d, d, a[0])]
 
-    _, (sq,) = for_range(b, 0, n, var_pass, carried=[const(ty, 0.0)])
+    _, (sq,) = for_range(b, 0, n, var_pass, carried=[const(ty, 0.0)], **TOP_TESTED)
     rstd = _rstd(b, b.fdiv(sq, nf), eps, ty)
 
     def out_pass(k):
         xhat = b.fmul(b.fsub(line.load(k), mean), rstd)
         line.store(k, lm.fma(b, xhat, line.param(0, k), line.param(1, k)))
 
-    for_range(b, 0, n, out_pass)
+    for_range(b, 0, n, out_pass, **TOP_TESTED)
 
 
 def load_out(b, line, k):
@@ -238,7 +241,7 @@ def _emit_last(module, symbol, spec, sig):
         yr = b.gep(y, [off], inbounds=True, source_etype=elem)
         _along(b, spec["op"], elem, xr, yr, n, _eps(spec), params)
 
-    for_range(b, 0, outer, row)
+    for_range(b, 0, outer, row, **TOP_TESTED)
     b.ret(const(I32, 0))
 
 
@@ -260,9 +263,10 @@ def _emit_columns(module, symbol, spec, sig):
                 def at(k):
                     return b.add(b.add(base, c), b.mul(k, inner))
                 _across(b, spec["op"], Line(b, elem, width, x, y, at, at, params), n, _eps(spec))
-            c, _ = for_range(b, c, b.sub(inner, const(I64, width - 1)), chunk, step=width)
+            c, _ = for_range(b, c, b.sub(inner, const(I64, width - 1)), chunk, step=width,
+                             **TOP_TESTED)
 
-    for_range(b, 0, outer, per_outer)
+    for_range(b, 0, outer, per_outer, **TOP_TESTED)
     b.ret(const(I32, 0))
 
 
@@ -283,7 +287,7 @@ def _emit_generic(module, symbol, spec, sig):
                   lambda k: b.add(y_off, b.mul(k, ys[axis])), params)
         _across(b, spec["op"], ln, n, _eps(spec))
 
-    for_nest(b, dims, [const(I64, 0), const(I64, 0)], line)
+    for_nest(b, dims, [const(I64, 0), const(I64, 0)], line, **TOP_TESTED)
     b.ret(const(I32, 0))
 
 

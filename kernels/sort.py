@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.abi import ERR_ALLOC, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, const, for_nest, for_range,
                                      get_function, is_float, load_strides, product, prologue)
 from dynvm.vm.errors import KernelError
@@ -39,8 +39,8 @@ INDEX_DTYPES = ("int32", "int64")
 
 
 class Emitter:
-    """One function under construction. Mutable locals are allocas (`var`) so loops (the
-    toolkit's `for_range` on `e.b`, or `while_`) need no phi bookkeeping; `fail_if` returns an error code after freeing every scratch block."""
+    """One function under construction. Mutable locals are allocas (`var`) so loops need no
+    phi bookkeeping; `fail_if` returns an error code after freeing every scratch block."""
 
     def __init__(self, module, name, fnty=None, internal=False):
         self.module = module
@@ -83,6 +83,11 @@ class Emitter:
         return self.b.gep(base, [index], inbounds=True, source_etype=MEM_TYPE[dtype])
 
     # -- control flow
+    def for_range(self, start, stop, body):
+        """for i in range(start, stop): body(i) — the toolkit's loop, in the top-tested shape
+        this family is tuned with."""
+        for_range(self.b, start, stop, body, rotated=False)
+
     def while_(self, cond, body):
         """while cond(): body() — `cond` emits its test in the loop head."""
         b, fn = self.b, self.fn
@@ -204,11 +209,11 @@ class Heap:
         def body(j):
             pos = e.b.sub(e.b.sub(half, const(I64, 1)), j)
             e.b.call(self.sift, [self.base, self.stride, self.heap, pos, n])
-        for_range(e.b, const(I64, 0), half, body)
+        e.for_range(0, half, body)
 
     def fill_iota(self, n):
         e = self.e
-        for_range(e.b, const(I64, 0), n, lambda i: e.store("int64", i, self.heap, i))
+        e.for_range(0, n, lambda i: e.store("int64", i, self.heap, i))
 
     def pop(self, size_var):
         """Remove and return the root of a heap of `*size_var` (> 0) elements."""
@@ -305,7 +310,7 @@ class PackedHeap:
         """Sift every internal node, the last one ((n - 2) // 4) first."""
         e, b = self.e, self.e.b
         internal = b.sdiv(b.add(n, const(I64, 2)), const(I64, 4))   # (n - 2) // 4 + 1, n >= 0
-        for_range(e.b, const(I64, 0), internal, lambda j: b.call(self.sift, [
+        e.for_range(0, internal, lambda j: b.call(self.sift, [
             self.heap, b.sub(b.sub(internal, const(I64, 1)), j), n]))
 
     def pop(self, size_var):
@@ -416,7 +421,7 @@ def _sorted_rows(module, symbol, sig, spec):
                     e.store(dtype, value, arrays[k][0], at)
                 else:
                     store_index(e, sig[k][0], idx, arrays[k][0], at)
-        for_range(e.b, const(I64, 0), count, emit)
+        e.for_range(0, count, emit)
 
     for_each_row(e, ext, axis, strides, row)
     e.ret_ok()
@@ -471,7 +476,7 @@ def _unique(module, symbol, sig, spec):
                     at = b.mul(b.sub(e.get(found), const(I64, 1)), strides[2][0])
                     e.store("int64", b.add(e.load("int64", arrays[2][0], at), const(I64, 1)),
                             arrays[2][0], at)
-    for_range(e.b, const(I64, 0), n, emit)
+    e.for_range(0, n, emit)
     e.fail_if(b.icmp_signed("!=", e.get(found), width), ERR_SHAPE | 1 << 8)
     e.ret_ok()
     e.finish()

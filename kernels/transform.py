@@ -34,8 +34,8 @@ from typing import Callable
 
 from llvmlite import ir
 
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, add_mul, all_of, check,
                                      check_equal, const, for_nest, for_range, get_function, icmp,
                                      is_compact, load_strides, new_function, product, prologue,

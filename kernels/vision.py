@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from dynvm.kernels.family import Family, register
 from dynvm.kernels.abi import ERR_SHAPE
-from dynvm.kernels.llvm_util import F32, I1, I8, I32, I64, const, for_range
+from dynvm.kernels.family import Family, register
+from dynvm.kernels.llvm_util import F32, I1, I8, I32, I64, const
 from dynvm.kernels.sort import (Heap, PackedHeap, check_data_nonempty, check_extents,
                           descending_f32_rank, expect, new_kernel, single_variant)
 
@@ -72,7 +72,7 @@ def _copy_or_fill(e, out, dst, src, row, width, alive):
                 out.store(src.load(*row, k), *dst, k)
             with dead:
                 out.store(minus_one, *dst, k)
-    for_range(e.b, const(I64, 0), width, body)
+    e.for_range(0, width, body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,16 +109,16 @@ def _get_valid_counts(module, symbol, sig, spec):
                         b.add(b.mul(i, strides[3][0]), b.mul(c, strides[3][1])))
                 e.set(count, b.add(c, const(I64, 1)))
 
-        for_range(e.b, const(I64, 0), n, anchor)
+        e.for_range(0, n, anchor)
 
         def pad(j):
             _copy_or_fill(e, out, (i, j), data, (i, j), width, const(I1, 0))
             e.store("int32", const(I32, -1), out_idx,
                     b.add(b.mul(i, strides[3][0]), b.mul(j, strides[3][1])))
-        for_range(e.b, e.get(count), n, pad)
+        e.for_range(e.get(count), n, pad)
         e.store("int32", b.trunc(e.get(count), I32), counts, b.mul(i, strides[1][0]))
 
-    for_range(e.b, const(I64, 0), batch, batch_body)
+    e.for_range(0, batch, batch_body)
     e.ret_ok()
     e.finish()
 
@@ -191,17 +191,17 @@ class _NmsOutput:
         """Invalid entries after the last written one; the count output."""
         e, b, i = self.e, self.e.b, self.i
         if self.mode == "boxes":
-            for_range(e.b, valid, self.n, lambda j: self.entry(j, const(I64, 0), const(I1, 0)))
+            e.for_range(valid, self.n, lambda j: self.entry(j, const(I64, 0), const(I1, 0)))
             return
         first = e.get(self.written)
         if self.mode == "indices":
-            for_range(e.b, first, self.n, lambda j: e.store("int32", const(I32, -1),
+            e.for_range(first, self.n, lambda j: e.store("int32", const(I32, -1),
                                                          self.arrays[3][0], self._index_at(i, j)))
             count = self.arrays[4][0]
             e.store("int32", b.trunc(first, I32), count,
                     b.add(b.mul(i, self.strides[4][0]), b.mul(const(I64, 0), self.strides[4][1])))
         else:
-            for_range(e.b, first, self.n, lambda j: _copy_or_fill(
+            e.for_range(first, self.n, lambda j: _copy_or_fill(
                 e, self.out, (i, j), self.data, (i, j), self.width, const(I1, 0)))
 
 
@@ -235,10 +235,10 @@ def _non_max_suppression(module, symbol, sig, spec):
                 "float32", arrays[0][0], data.at(i, 0, score_index)), strides[0][1], heap_mem),
                 kept, output)
         else:
-            for_range(e.b, const(I64, 0), valid, lambda j: output.entry(j, j, const(I1, 1)))
+            e.for_range(0, valid, lambda j: output.entry(j, j, const(I1, 1)))
         output.finish(valid)
 
-    for_range(e.b, const(I64, 0), batch, batch_body)
+    e.for_range(0, batch, batch_body)
     e.ret_ok()
     e.finish()
 
@@ -276,9 +276,9 @@ def _greedy(e, spec, data, i, valid, heap, kept, output):
                         e.set(selected, b.add(s, const(I64, 1)))
         output.entry(j, r, e.get(alive))
 
-    for_range(e.b, const(I64, 0), keep_n, position)
+    e.for_range(0, keep_n, position)
     if output.mode == "boxes":
-        for_range(e.b, keep_n, valid, lambda j: output.entry(j, const(I64, 0), const(I1, 0)))
+        e.for_range(keep_n, valid, lambda j: output.entry(j, const(I64, 0), const(I1, 0)))
 
 
 def _survives(e, spec, data, i, r, kept, count, coord, id_index, threshold):
@@ -359,7 +359,7 @@ class _KeptBoxes:
             kept = [e.load("float32", col, t) for col in self.columns]
             flag = b.zext(_onnx_suppresses(b, cand, kept, threshold), I8)
             e.set(hit, b.or_(e.get(hit), flag))
-        for_range(e.b, const(I64, 0), count, body)
+        e.for_range(0, count, body)
         return b.icmp_unsigned("!=", e.get(hit), const(I8, 0))
 
 
@@ -393,7 +393,7 @@ def _nms(module, symbol, sig, spec):
         with e.if_(keep):
             heap.push_back(size, descending_f32_rank(b, score), i)
 
-    for_range(e.b, const(I64, 0), n, candidate)
+    e.for_range(0, n, candidate)
     heap.heapify(e.get(size))
     selected = e.var(I64, const(I64, 0))
     iou = f32(spec["iou_threshold"])
@@ -414,7 +414,7 @@ def _nms(module, symbol, sig, spec):
 
     e.while_(more, step)
     if counted:
-        for_range(e.b, e.get(selected), capacity,
+        e.for_range(e.get(selected), capacity,
                     lambda t: e.store("int64", const(I64, -1), out, b.mul(t, s_out)))
         e.store("int64", e.get(selected), arrays[3][0], const(I64, 0))
     else:

@@ -29,13 +29,18 @@ def emitter(fn):
 
 
 @emitter
-def counted(b, src, dst, start, stop, step):
+def counted(b, src, dst, start, stop, step, rotated=True):
     """dst = [end, sum of i, trips] of for i in range(start, stop, step)."""
     def body(i, acc):
         return [b.add(acc[0], i), b.add(acc[1], c64(1))]
-    end, (total, trips) = for_range(b, start, stop, body, step=step, carried=[c64(0), c64(0)])
+    end, (total, trips) = for_range(b, start, stop, body, step=step, carried=[c64(0), c64(0)],
+                                    rotated=rotated)
     for k, v in enumerate((end, total, trips)):
         store(b, v, dst, c64(k))
+
+
+EMITTERS["counted_top_tested"] = functools.partial(counted, rotated=False)
+SHAPES = ("counted", "counted_top_tested")
 
 
 @emitter
@@ -78,7 +83,8 @@ def masked_copy(b, src, dst, n, _, __):
     of each loaded vector read as -1 (passthru) and are not stored."""
     def chunk(i):
         mask = tail_mask(b, i, n, LANES)
-        v = masked_load(b, b.gep(src, [i], source_etype=F32), mask, splat(b, const(F32, -1.0), LANES))
+        passthru = splat(b, const(F32, -1.0), LANES)
+        v = masked_load(b, b.gep(src, [i], source_etype=F32), mask, passthru)
         masked_store(b, v, b.gep(dst, [i], source_etype=F32), mask)
         store(b, v, dst, b.add(c64(64), i), align=4)       # the whole vector, passthru lanes too
     for_range(b, 0, n, chunk, step=LANES)
@@ -106,7 +112,8 @@ def compact(b, src, dst, empty_ok, _, __):
     strides = [load(b, src, c64(k), I64) for k in (2, 3)]
     yes = if_then(b, b.icmp_signed("!=", empty_ok, c64(0)),
                   lambda v: [is_compact(b, ext, strides)],
-                  lambda v: [is_compact(b, ext, strides, empty_ok=False)], carried=[const(I1, 0)])[0]
+                  lambda v: [is_compact(b, ext, strides, empty_ok=False)],
+                  carried=[const(I1, 0)])[0]
     store(b, b.zext(yes, I64), dst, c64(0))
 
 
@@ -130,24 +137,27 @@ def run(name, src, dst, a=0, b=0, c=0):
     return dst
 
 
-def counted_loop(start, stop, step):
-    return run("counted", np.zeros(1), np.zeros(3, np.int64), start, stop, step)
+def counted_loop(shape, start, stop, step):
+    return run(shape, np.zeros(1), np.zeros(3, np.int64), start, stop, step)
 
 
 # ---------------------------------------------------------------------------------------------
 # for_range
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("start, stop, step", [(0, 10, 1), (2, 7, 1), (0, 10, 3), (-4, 5, 2),
                                                (0, 1, 1), (6, 7, 5)])
-def test_for_range_carries_values_and_ends_at_the_first_index_past_stop(start, stop, step):
+def test_for_range_carries_values_and_ends_at_the_first_index_past_stop(shape, start, stop, step):
     indices = list(range(start, stop, step))
-    assert counted_loop(start, stop, step).tolist() == [indices[-1] + step, sum(indices), len(indices)]
+    want = [indices[-1] + step, sum(indices), len(indices)]
+    assert counted_loop(shape, start, stop, step).tolist() == want
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("start, stop", [(0, 0), (5, 5), (5, 3), (0, -1)])
-def test_for_range_with_zero_trips_returns_start_and_the_initial_values(start, stop):
-    assert counted_loop(start, stop, 1).tolist() == [start, 0, 0]
+def test_for_range_with_zero_trips_returns_start_and_the_initial_values(shape, start, stop):
+    assert counted_loop(shape, start, stop, 1).tolist() == [start, 0, 0]
 
 
 @pytest.mark.parametrize("start, stop", [(0, 1), (3, 4), (0, 9)])
