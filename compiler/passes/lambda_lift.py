@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import FuncType
+from dynvm.compiler.ir.walk import each
 from dynvm.compiler.passes.mutator import ExprMutator
 
 
@@ -65,19 +66,21 @@ def _typed(node, t):
 
 
 class _Lifter(ExprMutator):
-    def __init__(self, mod, outer: str, new_functions: dict):
+    def __init__(self, mod, outer: str, new_functions: dict, next_number: dict):
         super().__init__()
         self.mod = mod
         self.outer = outer
         self.new_functions = new_functions
+        self.next_number = next_number          # name prefix -> first number not tried yet
         self.direct: dict[E.Var, tuple] = {}   # let-bound local function -> (GlobalVar, captured)
 
     def fresh_name(self, hint):
-        n = 0
-        while f"{self.outer}_{hint}{n}" in self.mod.functions or \
-                f"{self.outer}_{hint}{n}" in self.new_functions:
+        prefix = f"{self.outer}_{hint}"
+        n = self.next_number.get(prefix, 0)
+        while f"{prefix}{n}" in self.mod.functions or f"{prefix}{n}" in self.new_functions:
             n += 1
-        return f"{self.outer}_{hint}{n}"
+        self.next_number[prefix] = n + 1
+        return f"{prefix}{n}"
 
     def visit_Let(self, node):
         if isinstance(node.value, E.Function) and not node.value.attrs.get("Primitive"):
@@ -87,15 +90,15 @@ class _Lifter(ExprMutator):
     def visit_Function(self, node):
         if node.attrs.get("Primitive"):
             return node
-        gv, captured = self.lift(node, None, "lambda")
-        return self.closure(gv, captured, node)
+        gv, captured = yield self.lift(node, None, "lambda")
+        return (yield self.closure(gv, captured, node))
 
     def visit_Call(self, node):
         if isinstance(node.callee, E.Var) and node.callee in self.direct:
             gv, captured = self.direct[node.callee]
-            args = list(captured) + [self.visit(a) for a in node.args]
+            args = list(captured) + (yield from each(node.args))
             return _typed(E.Call(gv, args), node.checked_type)
-        return super().visit_Call(node)
+        return (yield from super().visit_Call(node))
 
     def visit_Var(self, node):
         if node in self.direct:        # the function used as a value: a closure
@@ -105,27 +108,25 @@ class _Lifter(ExprMutator):
 
     def lift_let(self, let):
         func = let.value
-        gv, captured = self.lift(func, let.var, let.var.name)
+        gv, captured = yield self.lift(func, let.var, let.var.name)
         self.direct[let.var] = (gv, captured)
-        body = self.visit(let.body)
-        if let.var not in free_vars(body):   # only called directly: no closure value needed
-            return body
-        value = self.closure(gv, captured, func)
-        return _typed(E.Let(let.var, value, body), let.checked_type)
+        # calls of %f became direct calls and its other uses closures (visit_Var): the let goes
+        return (yield let.body)
 
     def lift(self, func, self_var, hint):
-        """Create the global for `func`; returns (GlobalVar, captured outer variables)."""
+        """Create the global for `func`; returns (GlobalVar, captured outer variables).
+        A generator of the walk: the body is lifted by a nested walker."""
         captured = [v for v in free_vars(func) if v is not self_var]
         name = self.fresh_name(hint)
         gv = self.mod.get_global_var(name)
         fresh = [_typed(E.Var(v.name, v.checked_type), v.checked_type) for v in captured]
         for v in fresh:
             v.type_annotation = v.checked_type
-        inner = _Lifter(self.mod, name, self.new_functions)
+        inner = _Lifter(self.mod, name, self.new_functions, self.next_number)
         inner.memo.update({id(old): new for old, new in zip(captured, fresh)})
         if self_var is not None:
             inner.direct[self_var] = (gv, fresh)
-        body = inner.visit(func.body)
+        body = yield (inner, func.body)
         params = fresh + func.params
         ret = func.checked_type.ret_type
         lifted = E.Function(params, body, ret, attrs={"Closure": len(captured)})
@@ -134,16 +135,17 @@ class _Lifter(ExprMutator):
         return gv, captured
 
     def closure(self, gv, captured, func):
-        return _typed(E.Call(gv, [self.visit(v) for v in captured], {"closure": 1}),
-                      func.checked_type)
+        args = yield from each(captured)
+        return _typed(E.Call(gv, args, {"closure": 1}), func.checked_type)
 
 
 def lambda_lift(mod):
     """Lift every local function of `mod` to a global (see the module docstring)."""
     new_functions: dict = {}
+    next_number: dict = {}
     functions = {}
     for name, func in mod.functions.items():
-        lifter = _Lifter(mod, name, new_functions)
+        lifter = _Lifter(mod, name, new_functions, next_number)
         body = lifter.visit(func.body)
         if body is func.body:
             functions[name] = func
