@@ -54,7 +54,7 @@ class Walker:
         """The result of visiting `node` (with everything it yields), without recursion."""
         return _drive(self, node)
 
-    def run(self, generator):
+    def drive(self, generator):
         """Drive a generator of this walk (a helper that yields nodes) to its return value."""
         return _drive(self, generator)
 

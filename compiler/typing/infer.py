@@ -319,5 +319,5 @@ def infer_types(mod):
     inferencer = _Inferencer(mod)
     for name in mod.functions:
         if name not in inferencer.global_types:
-            inferencer.run(inferencer.infer_global(name))
+            inferencer.drive(inferencer.infer_global(name))
     return mod
