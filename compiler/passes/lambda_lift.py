@@ -13,43 +13,68 @@ from __future__ import annotations
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import FuncType
-from dynvm.compiler.ir.walk import each
+from dynvm.compiler.ir.walk import Walker, each
 from dynvm.compiler.passes.mutator import ExprMutator
 
 
 def free_vars(node: E.Expr) -> list[E.Var]:
     """Variables used in `node` but not bound inside it, in first-use order."""
-    found: dict[E.Var, None] = {}
-    _collect(node, set(), found, set())
-    return list(found)
+    return list(FreeVars().visit(node))
 
 
-def _collect(node, bound, found, seen):
-    stack = [(node, bound)]
-    while stack:
-        node, bound = stack.pop()
-        if isinstance(node, E.Var):
-            if node not in bound:
-                found.setdefault(node, None)
-        elif isinstance(node, E.Function):
-            stack.append((node.body, bound | set(node.params)))
-        elif isinstance(node, E.Let):
-            inner = bound | {node.var}
-            stack.append((node.body, inner))
-            stack.append((node.value, inner if isinstance(node.value, E.Function) else bound))
-        elif isinstance(node, E.Match):
-            stack.append((node.data, bound))
-            for clause in node.clauses:
-                stack.append((clause.rhs, bound | set(_pattern_vars(clause.pattern))))
-        elif isinstance(node, E.Call):
-            stack.extend((a, bound) for a in node.args)
-            stack.append((node.callee, bound))
-        elif isinstance(node, E.Tuple):
-            stack.extend((f, bound) for f in node.fields)
-        elif isinstance(node, E.TupleGetItem):
-            stack.append((node.tuple_value, bound))
-        elif isinstance(node, E.If):
-            stack.extend((x, bound) for x in (node.cond, node.true_branch, node.false_branch))
+class FreeVars(Walker):
+    """The free variables of every node visited, memoised (one walker serves a whole module, so
+    finding the captures of nested functions costs one walk, not one per function). A result
+    is a dict used as an ordered set; results are shared between nodes, never modified."""
+
+    def default(self, node):
+        return {}
+
+    def visit_Var(self, node):
+        return {node: None}
+
+    def visit_Call(self, node):
+        return _union([(yield node.callee)] + (yield from each(node.args)))
+
+    def visit_Tuple(self, node):
+        return _union((yield from each(node.fields)))
+
+    def visit_TupleGetItem(self, node):
+        return (yield node.tuple_value)
+
+    def visit_If(self, node):
+        return _union((yield from each([node.cond, node.true_branch, node.false_branch])))
+
+    def visit_Function(self, node):
+        return _without((yield node.body), node.params)
+
+    def visit_Let(self, node):
+        value = yield node.value
+        if isinstance(node.value, E.Function):       # a local function may call itself
+            value = _without(value, [node.var])
+        return _union([value, _without((yield node.body), [node.var])])
+
+    def visit_Match(self, node):
+        parts = [(yield node.data)]
+        for clause in node.clauses:
+            parts.append(_without((yield clause.rhs), _pattern_vars(clause.pattern)))
+        return _union(parts)
+
+
+def _union(parts: list) -> dict:
+    nonempty = [p for p in parts if p]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else {}
+    out: dict = {}
+    for p in nonempty:
+        out.update(p)
+    return out
+
+
+def _without(found: dict, bound) -> dict:
+    if not any(v in found for v in bound):
+        return found
+    return {v: None for v in found if v not in bound}
 
 
 def _pattern_vars(pattern):
@@ -66,9 +91,10 @@ def _typed(node, t):
 
 
 class _Lifter(ExprMutator):
-    def __init__(self, mod, outer: str, new_functions: dict, next_number: dict):
+    def __init__(self, mod, outer: str, new_functions: dict, next_number: dict, free: FreeVars):
         super().__init__()
         self.mod = mod
+        self.free = free
         self.outer = outer
         self.new_functions = new_functions
         self.next_number = next_number          # name prefix -> first number not tried yet
@@ -116,13 +142,13 @@ class _Lifter(ExprMutator):
     def lift(self, func, self_var, hint):
         """Create the global for `func`; returns (GlobalVar, captured outer variables).
         A generator of the walk: the body is lifted by a nested walker."""
-        captured = [v for v in free_vars(func) if v is not self_var]
+        captured = [v for v in self.free.visit(func) if v is not self_var]
         name = self.fresh_name(hint)
         gv = self.mod.get_global_var(name)
         fresh = [_typed(E.Var(v.name, v.checked_type), v.checked_type) for v in captured]
         for v in fresh:
             v.type_annotation = v.checked_type
-        inner = _Lifter(self.mod, name, self.new_functions, self.next_number)
+        inner = _Lifter(self.mod, name, self.new_functions, self.next_number, self.free)
         inner.memo.update({id(old): new for old, new in zip(captured, fresh)})
         if self_var is not None:
             inner.direct[self_var] = (gv, fresh)
@@ -143,9 +169,10 @@ def lambda_lift(mod):
     """Lift every local function of `mod` to a global (see the module docstring)."""
     new_functions: dict = {}
     next_number: dict = {}
+    free = FreeVars()
     functions = {}
     for name, func in mod.functions.items():
-        lifter = _Lifter(mod, name, new_functions, next_number)
+        lifter = _Lifter(mod, name, new_functions, next_number, free)
         body = lifter.visit(func.body)
         if body is func.body:
             functions[name] = func

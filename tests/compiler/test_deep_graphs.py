@@ -137,8 +137,9 @@ def test_deeply_nested_ifs_and_functions_build_and_run():
         y = ir.var(f"y{k}", F)
         e = ir.Call(ir.Function([y], e if k else op.add(e, y)), [x])
     a = data()
-    np.testing.assert_allclose(run(main([x, c], e), a, np.array(True)), a * 2 + 1500, rtol=1e-5)
-    np.testing.assert_allclose(run(main([x, c], e), a, np.array(False)), a * 2, rtol=1e-5)
+    vm = VirtualMachine(build(main([x, c], e)))
+    np.testing.assert_allclose(vm.invoke("main", a, np.array(True)), a * 2 + 1500, rtol=1e-5)
+    np.testing.assert_allclose(vm.invoke("main", a, np.array(False)), a * 2, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ text format
