@@ -12,7 +12,8 @@ op calls and scalar constants; the code generator compiles each such call into O
   (dense, matmul, batch_matmul, conv2d) with a compiled kernel fuses into that op's kernel, when
   it keeps the op's output type (same shape and dtype).
 A call is absorbed into its consumer only when the consumer is its single user (otherwise its
-value is needed elsewhere and must be materialised). Requires typed input (checked_type set);
+value is needed elsewhere and must be materialised), and a group takes at most MAX_GROUP_OPS
+ops (a longer chain becomes several kernels). Requires typed input (checked_type set);
 output is typed too.
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Op types come from each op's type relation in the registry; `Any` dims flow through them.
 Global functions must annotate their parameters; a function called recursively must also
 annotate its return type (its type is needed before its body is inferred). Errors are
-`TypeInferenceError`s that quote the offending expression in the text format.
+`TypeInferenceError`s that quote the offending expression in the text format. The inference
+is a walk (compiler/ir/walk.py), so it needs no recursion however deep the program nests.
 """
 from __future__ import annotations
 
