@@ -42,8 +42,14 @@ class Walker:
 
     def dispatch(self, node):
         """Start visiting `node`: a generator to drive, or the finished result."""
-        method = getattr(self, "visit_" + type(node).__name__, None)
-        return self.default(node) if method is None else method(node)
+        handlers = type(self).__dict__.get("_handlers")
+        if handlers is None:
+            handlers = type(self)._handlers = {}
+        kind = type(node)
+        if kind not in handlers:
+            handlers[kind] = getattr(type(self), "visit_" + kind.__name__, None)
+        method = handlers[kind]
+        return self.default(node) if method is None else method(self, node)
 
     def default(self, node):
         """The result for a node type the walker has no method for."""
@@ -75,7 +81,25 @@ def run(generator):
 def _drive(walker, item):
     stack: list = []           # (generator, node or _SUB, owning walker) per suspended frame
     while True:
-        value, error = _start(stack, walker, item)
+        # start `item`: a generator gets a frame; a node is looked up, or dispatched (a
+        # generator result gets a frame, a plain one is finished)
+        value = error = None
+        if type(item) is GeneratorType:
+            stack.append((item, _SUB, walker))
+        else:
+            if type(item) is tuple:
+                walker, item = item
+            try:
+                value = walker.lookup(item)
+                if value is MISSING:
+                    value = walker.dispatch(item)
+                    if type(value) is GeneratorType:
+                        stack.append((value, item, walker))
+                        value = None
+                    else:
+                        walker.remember(item, value)
+            except Exception as exc:  # noqa: BLE001 -- raised again in the frame below
+                error = exc
         # resume suspended frames until one yields the next item, or the walk is done; an
         # exception leaves its frame and is raised in the frame below, as in recursive code
         while True:
@@ -95,24 +119,3 @@ def _drive(walker, item):
             except Exception as exc:  # noqa: BLE001 -- raised again in the frame below
                 stack.pop()
                 error = exc
-
-
-def _start(stack, walker, item):
-    """Begin `item`: a generator gets a frame; a node is looked up, or dispatched (a generator
-    result gets a frame, a plain one is finished). Returns (value, error) for the frame below."""
-    if isinstance(item, GeneratorType):
-        stack.append((item, _SUB, walker))
-        return None, None
-    if isinstance(item, tuple):
-        walker, item = item
-    try:
-        value = walker.lookup(item)
-        if value is MISSING:
-            value = walker.dispatch(item)
-            if isinstance(value, GeneratorType):
-                stack.append((value, item, walker))
-                return None, None
-            walker.remember(item, value)
-        return value, None
-    except Exception as exc:  # noqa: BLE001 -- raised again in the frame below
-        return None, exc
