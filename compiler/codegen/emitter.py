@@ -4,6 +4,8 @@ Every primitive call becomes explicit: output storage and tensors are allocated 
 shapes from the type, `Any` shapes from a `CallShapeFunc`), then `CallKernel` fills them.
 Shape-only ops become VM instructions (`ShapeOf`, `ReshapeTensor`). Each value gets its own
 register; sub-expressions shared in the DAG are computed once per control-flow scope.
+The emitter is a walk (compiler/ir/walk.py): methods that compile a sub-expression are
+generators that `yield` it and receive its register.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dynvm.vm.errors import CompileError
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import TensorType, TupleType
+from dynvm.compiler.ir.walk import MISSING, Walker, each
 from dynvm.compiler.op.registry import get_op
 from dynvm.compiler.codegen.patterns import check_exhaustive
 from dynvm.compiler.codegen.native_loop import emit_native_loop
@@ -27,14 +30,16 @@ ALIGNMENT = 64
 TUPLE_CTOR = 0
 
 
-class FunctionEmitter:
+class FunctionEmitter(Walker):
     def __init__(self, module_compiler, name: str, func: E.Function):
+        super().__init__()
         self.mc = module_compiler
         self.name = name
         self.func = func
         self.code: list[Instruction] = []
         self.num_regs = 0
         self.env: dict[E.Expr, int] = {}   # var/shared node -> register
+        self.env_log: list = []            # (key, previous register) of every env write
         self.tuple_fields: dict[int, list] = {}   # register of a tuple built here -> field registers
 
     # -- helpers ---------------------------------------------------------------------------
@@ -51,31 +56,60 @@ class FunctionEmitter:
         self.emit(opcode, *operands, dst)
         return dst
 
+    # -- the environment -------------------------------------------------------------------
+    def bind(self, key, reg: int) -> None:
+        self.env_log.append((key, self.env.get(key, MISSING)))
+        self.env[key] = reg
+
+    def scoped(self, work):
+        """Run `work` (a generator of this walk); the env entries it makes are undone after it,
+        so values computed inside a branch are not visible after it."""
+        mark = len(self.env_log)
+        result = yield work
+        while len(self.env_log) > mark:
+            key, old = self.env_log.pop()
+            if old is MISSING:
+                del self.env[key]
+            else:
+                self.env[key] = old
+        return result
+
+    # -- the walk ----------------------------------------------------------------------------
+    def lookup(self, node):
+        return self.env.get(node, MISSING)
+
+    def remember(self, node, reg):
+        if not isinstance(node, (E.Let, E.If)):
+            self.bind(node, reg)
+
+    def default(self, node):
+        raise CompileError(f"{type(node).__name__} cannot be compiled yet")
+
     # -- entry -----------------------------------------------------------------------------
     def run(self):
         for p in self.func.params:
-            self.env[p] = self.new_reg()
+            self.bind(p, self.new_reg())
         if not (self.mc.native_loops and emit_native_loop(self)):
-            self.tail(self.func.body)
+            self.drive(self.tail(self.func.body))
         return self.code, self.num_regs
 
-    def tail(self, node: E.Expr) -> None:
+    def tail(self, node: E.Expr):
         """Compile `node` in tail position: every path ends in Ret, or in a Goto back to the
         function start for a self tail call (a loop that reuses the frame)."""
         while isinstance(node, E.Let):
-            self.env[node.var] = self.visit(node.value)
+            self.bind(node.var, (yield node.value))
             node = node.body
         if isinstance(node, E.If) and node not in self.env:
-            branch_at = self.branch_on(node.cond)
-            self.scoped(self.tail, node.true_branch)
+            branch_at = yield self.branch_on(node.cond)
+            yield self.scoped(self.tail(node.true_branch))
             self.patch_else(branch_at)
-            self.scoped(self.tail, node.false_branch)
+            yield self.scoped(self.tail(node.false_branch))
         elif isinstance(node, E.Match) and node not in self.env:
-            self.match(node, self.tail)
+            yield self.match(node, self.tail)
         elif self.is_self_call(node):
-            self.self_tail_call(node)
+            yield self.self_tail_call(node)
         else:
-            self.emit("Ret", self.visit(node))
+            self.emit("Ret", (yield node))
 
     def is_self_call(self, node) -> bool:
         return (isinstance(node, E.Call) and isinstance(node.callee, E.GlobalVar)
@@ -86,7 +120,7 @@ class FunctionEmitter:
         another parameter goes through a temporary (its parameter may be overwritten first);
         an unchanged parameter costs nothing."""
         params = [self.env[p] for p in self.func.params]
-        args = [self.visit(a) for a in node.args]
+        args = yield from each(node.args)
         moves = [(p, a) for p, a in zip(params, args) if p != a]
         sources = [self.via_temp(a) if a in params else a for _, a in moves]
         for (param, _), source in zip(moves, sources):
@@ -98,17 +132,6 @@ class FunctionEmitter:
         self.emit("Move", temp, reg)
         return temp
 
-    def visit(self, node: E.Expr) -> int:
-        if node in self.env:
-            return self.env[node]
-        handler = getattr(self, "visit_" + type(node).__name__, None)
-        if handler is None:
-            raise CompileError(f"{type(node).__name__} cannot be compiled yet")
-        reg = handler(node)
-        if not isinstance(node, (E.Let, E.If)):
-            self.env[node] = reg
-        return reg
-
     # -- nodes -----------------------------------------------------------------------------
     def visit_Var(self, node):
         raise CompileError(f"variable %{node.name} is not bound in @{self.name}")
@@ -117,7 +140,7 @@ class FunctionEmitter:
         return self.emit_to("LoadConst", self.mc.add_constant(node.data))
 
     def visit_Tuple(self, node):
-        return self.make_tuple([self.visit(f) for f in node.fields])
+        return self.make_tuple((yield from each(node.fields)))
 
     def make_tuple(self, fields: list) -> int:
         reg = self.emit_to("AllocADT", TUPLE_CTOR, fields)
@@ -125,25 +148,25 @@ class FunctionEmitter:
         return reg
 
     def visit_TupleGetItem(self, node):
-        tuple_reg = self.visit(node.tuple_value)
+        tuple_reg = yield node.tuple_value
         if tuple_reg in self.tuple_fields:          # a tuple built here: use the field directly
             return self.tuple_fields[tuple_reg][node.index]
         return self.emit_to("GetField", tuple_reg, node.index)
 
     def visit_Let(self, node):
         while isinstance(node, E.Let):
-            self.env[node.var] = self.visit(node.value)
+            self.bind(node.var, (yield node.value))
             node = node.body
-        return self.visit(node)
+        return (yield node)
 
     def visit_If(self, node):
         result = self.new_reg()
-        branch_at = self.branch_on(node.cond)
-        self.emit("Move", result, self.scoped(self.visit, node.true_branch))
+        branch_at = yield self.branch_on(node.cond)
+        self.emit("Move", result, (yield self.scoped(self.value_of(node.true_branch))))
         goto_at = len(self.code)
         self.emit("Goto", 0)                        # patched below
         self.patch_else(branch_at)
-        self.emit("Move", result, self.scoped(self.visit, node.false_branch))
+        self.emit("Move", result, (yield self.scoped(self.value_of(node.false_branch))))
         self.code[goto_at] = Instruction("Goto", len(self.code) - goto_at)
         return result
 
@@ -152,10 +175,10 @@ class FunctionEmitter:
         gotos = []
 
         def clause_value(rhs):
-            self.emit("Move", result, self.visit(rhs))
+            self.emit("Move", result, (yield rhs))
             gotos.append(len(self.code))
             self.emit("Goto", 0)                    # to the end, patched below
-        self.match(node, clause_value)
+        yield self.match(node, clause_value)
         for pc in gotos:
             self.code[pc] = Instruction("Goto", len(self.code) - pc)
         return result
@@ -164,26 +187,28 @@ class FunctionEmitter:
         """Clauses in order: each tests its pattern with GetTag/GetField/If and falls through
         to the next clause on the first failed test; no match at all is a Fatal. When the
         match is exhaustive, a value that failed every other clause fits the last one: its
-        pattern only binds (no tests), and nothing can fall through to a Fatal."""
+        pattern only binds (no tests), and nothing can fall through to a Fatal. `compile_rhs`
+        makes the generator that compiles a clause body."""
         exhaustive = node.complete and check_exhaustive(node, self.name, self.mc.mod.type_definitions)
-        data = self.visit(node.data)
+        data = yield node.data
         for k, clause in enumerate(node.clauses):
-            saved = dict(self.env)
             certain = exhaustive and k == len(node.clauses) - 1
             failures: list[int] | None = None if certain else []
-            self.bind_pattern(clause.pattern, data, failures)
-            compile_rhs(clause.rhs)
-            self.env = saved
+            yield self.scoped(self.clause(clause, data, failures, compile_rhs))
             for pc in failures or ():
                 self.patch_else(pc)
         if not exhaustive:
             self.emit("Fatal", f"match in @{self.name}: no clause matches the value")
 
+    def clause(self, clause, data, failures, compile_rhs):
+        self.bind_pattern(clause.pattern, data, failures)
+        yield compile_rhs(clause.rhs)
+
     def bind_pattern(self, pattern, reg: int, failures) -> None:
         """Bind the pattern's variables to fields of `reg`; `failures` collects the If pcs of
         its tests (None: the value is known to fit, test nothing)."""
         if isinstance(pattern, E.PatternVar):
-            self.env[pattern.var] = reg
+            self.bind(pattern.var, reg)
         elif isinstance(pattern, E.PatternConstructor):
             if failures is not None:
                 tag = self.emit_to("GetTag", reg)
@@ -202,7 +227,7 @@ class FunctionEmitter:
     def branch_on(self, cond: E.Expr) -> int:
         """Emit `If cond == 1` falling through to the then-code; returns the If's pc (its else
         offset is patched by `patch_else`)."""
-        test = self.visit(cond)
+        test = yield cond
         one = self.emit_to("LoadConsti", 1)
         self.emit("If", test, one, 1, 0)
         return len(self.code) - 1
@@ -212,21 +237,17 @@ class FunctionEmitter:
         test, target, then_off, _ = self.code[branch_at].args
         self.code[branch_at] = Instruction("If", test, target, then_off, len(self.code) - branch_at)
 
-    def scoped(self, compile_fn, node):
-        """Compile a branch; values computed inside it are not visible after it."""
-        saved = dict(self.env)
-        try:
-            return compile_fn(node)
-        finally:
-            self.env = saved
+    def value_of(self, node):
+        """The register of `node` (a generator: `scoped` takes one)."""
+        return (yield node)
 
     def visit_Call(self, node):
         callee = node.callee
         if isinstance(callee, E.Op):
-            return self.op_call(node)
+            return (yield self.op_call(node))
         if isinstance(callee, E.Function) and callee.attrs.get("Primitive"):
-            return self.call_kernel(node)
-        args = [self.visit(a) for a in node.args]
+            return (yield self.call_kernel(node))
+        args = yield from each(node.args)
         if isinstance(callee, E.GlobalVar):
             func = self.mc.function_index(callee.name)
             if node.attrs.get("closure"):
@@ -234,7 +255,7 @@ class FunctionEmitter:
             return self.emit_to("Invoke", func, args)
         if isinstance(callee, E.Constructor):
             return self.emit_to("AllocADT", self.mc.constructor_index(callee), args)
-        return self.emit_to("InvokeClosure", self.visit(callee), args)
+        return self.emit_to("InvokeClosure", (yield callee), args)
 
     def visit_GlobalVar(self, node):
         """A global function used as a value: a closure capturing nothing."""
@@ -244,14 +265,17 @@ class FunctionEmitter:
     def op_call(self, node: E.Call) -> int:
         opdef = get_op(node.callee.name)
         if opdef.lowering == "shape_of":
-            return self.emit_to("ShapeOf", self.visit(node.args[0]))
+            return self.emit_to("ShapeOf", (yield node.args[0]))
         if opdef.lowering == "reshape":
-            return self.reshape(node)
-        return self.kernel_call(node, opdef)
+            return (yield self.reshape(node))
+        if opdef.shape_mode == "upper_bound" and not node.checked_type.is_static:
+            return (yield self.upper_bound_call(node, opdef))
+        return (yield self.call_kernel(node))
 
-    def flat_inputs(self, node: E.Call) -> list[int]:
+    def flat_inputs(self, node: E.Call):
         """Registers of the tensor leaves of all arguments (tuple arguments are flattened)."""
-        return [r for arg in node.args for r in self.leaf_regs(self.visit(arg), arg.checked_type)]
+        regs = yield from each(node.args)
+        return [r for arg, reg in zip(node.args, regs) for r in self.leaf_regs(reg, arg.checked_type)]
 
     def leaf_regs(self, reg: int, t) -> list[int]:
         """The tensor leaves of the value in `reg` of type `t`: fields of a tuple built in this
@@ -266,14 +290,9 @@ class FunctionEmitter:
             out.extend(self.leaf_regs(field_reg, field))
         return out
 
-    def kernel_call(self, node: E.Call, opdef) -> int:
-        if opdef.shape_mode == "upper_bound" and not node.checked_type.is_static:
-            return self.upper_bound_call(node, opdef)
-        return self.call_kernel(node)
-
     def call_kernel(self, node: E.Call) -> int:
         """Allocate the outputs of an op or fused primitive call, then CallKernel fills them."""
-        inputs = self.flat_inputs(node)
+        inputs = yield self.flat_inputs(node)
         kernel, (shape_func, attrs, shape_inputs) = kernel_of(self.mc, node)
         out_types = tensor_leaves(node.checked_type)
         outputs = self.alloc_outputs(shape_func, attrs, inputs[:shape_inputs], out_types)
@@ -287,7 +306,7 @@ class FunctionEmitter:
         result's true shape into the header, and the result is a view of the filled part (no
         copy; AllocTensorReg checks that the shape fits the block). The bound is static when
         the op's `static_bound` hook gives one, else `<op>.upper_bound` computes it per call."""
-        inputs = self.flat_inputs(node)
+        inputs = yield self.flat_inputs(node)
         in_types = [leaf for a in node.args for leaf in tensor_leaves(a.checked_type)]
         out_type = node.checked_type
         bound_fn = shape_funcs.lookup(f"{opdef.name}.upper_bound").fn
@@ -330,7 +349,7 @@ class FunctionEmitter:
 
     def reshape(self, node: E.Call) -> int:
         """Zero-copy reshape: the new shape is a constant when static, else a shape function."""
-        data = self.visit(node.args[0])
+        data = yield node.args[0]
         out_type = node.checked_type
         if out_type.is_static:
             shape = self.emit_to("LoadConst", self.mc.add_constant(
@@ -338,5 +357,5 @@ class FunctionEmitter:
         else:
             shape = self.new_reg()
             sf = self.mc.add_shape_func(node.callee.name, node.attrs)
-            self.emit("CallShapeFunc", sf, [data] + [self.visit(a) for a in node.args[1:]], [shape])
+            self.emit("CallShapeFunc", sf, [data] + (yield from each(node.args[1:])), [shape])
         return self.emit_to("ReshapeTensor", data, shape)

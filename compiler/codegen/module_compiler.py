@@ -1,6 +1,8 @@
 """Compiles a typed IRModule into a `vm.Executable`: functions, constants, kernels, shape funcs."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from dynvm.kernels.builder import KernelBuilder
@@ -21,10 +23,12 @@ class ModuleCompiler:
         self.memory_plan = memory_plan
         self.native_loops = native_loops
         self.func_names = list(mod.functions)
+        self.func_ids = {name: i for i, name in enumerate(self.func_names)}
         self.constants: list[np.ndarray] = []
         self.constant_ids: dict[int, int] = {}
         self.kernel_builder = KernelBuilder()
         self.shape_funcs: list[dict] = []
+        self.shape_func_ids: dict[str, int] = {}
         self.constructors = [dict(TUPLE_CONSTRUCTOR)]
         self.constructor_ids: dict[str, int] = {}
         for td in mod.type_definitions.values():   # all of them: Python may pass any value in
@@ -33,8 +37,8 @@ class ModuleCompiler:
 
     def function_index(self, name: str) -> int:
         try:
-            return self.func_names.index(name)
-        except ValueError:
+            return self.func_ids[name]
+        except KeyError:
             raise CompileError(f"call of undefined global @{name}") from None
 
     def add_constant(self, data: np.ndarray) -> int:
@@ -53,10 +57,11 @@ class ModuleCompiler:
         return self.constructor_ids[ctor.name]
 
     def add_shape_func(self, name: str, attrs: dict) -> int:
-        entry = {"name": name, "attrs": attrs}
-        if entry not in self.shape_funcs:
-            self.shape_funcs.append(entry)
-        return self.shape_funcs.index(entry)
+        key = json.dumps([name, attrs], sort_keys=True, default=repr)
+        if key not in self.shape_func_ids:
+            self.shape_func_ids[key] = len(self.shape_funcs)
+            self.shape_funcs.append({"name": name, "attrs": attrs})
+        return self.shape_func_ids[key]
 
     def add_kernel(self, opdef, attrs, in_types, out_types, epilogue=None) -> int:
         """The kernel of one op call (with an optional fused elementwise epilogue)."""

@@ -22,6 +22,7 @@ from dynvm.vm.dtypes import itemsize
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import TensorType, is_any
+from dynvm.compiler.ir.walk import MISSING, Walker, each
 from dynvm.compiler.op.registry import get_op
 from dynvm.compiler.codegen.primitive import kernel_of
 from dynvm.compiler.codegen.types import tensor_leaves
@@ -77,10 +78,11 @@ def _match_loop(name, func):
     raise NotNative("no branch is a self tail call next to an exit returning parameters")
 
 
-class LoopPlan:
+class LoopPlan(Walker):
     """The loop kernel spec of one function (raises NotNative if it does not qualify)."""
 
     def __init__(self, mc, name, func):
+        super().__init__()
         self.mc, self.func = mc, func
         header, branch, body, call, self.exits, self.tuple_result, self.exit_when = \
             _match_loop(name, func)
@@ -93,12 +95,12 @@ class LoopPlan:
         self.bind_params()
         self.calls = self.header            # the calls `value` emits go here
         self.bind_lets(header)
-        self.cond = self.value(branch.cond)
+        self.cond = self.visit(branch.cond)
         if self.slots[self.cond][:2] != ["bool", []]:
             raise NotNative("the condition is not a bool scalar")
         self.calls = self.body
         self.bind_lets(body)
-        self.next = {i: self.value(call.args[i]) for i in self.carried}
+        self.next = {i: self.visit(call.args[i]) for i in self.carried}
         for i, nxt in self.next.items():     # e.g. an invariant of shape (?,) passed as a (3,) state
             if isinstance(nxt, list) or self.slots[nxt][:2] != self.slots[self.env[func.params[i]]][:2]:
                 raise NotNative(f"the next value of %{func.params[i].name} has another shape")
@@ -123,7 +125,7 @@ class LoopPlan:
 
     def bind_lets(self, lets):
         for var, value in lets:
-            self.env[var] = self.value(value)
+            self.env[var] = self.visit(value)
 
     # -- slots -------------------------------------------------------------------------------
     def new_slot(self, dtype, shape, kind, ref) -> int:
@@ -143,32 +145,41 @@ class LoopPlan:
             raise NotNative(f"{what} has type {t}, not a static tensor")
         return [t.dtype, list(t.shape)]
 
-    # -- values ------------------------------------------------------------------------------
-    def value(self, node):
-        """The slot (or list of slots, for a tuple) holding `node`'s value in an iteration."""
-        if node in self.env:
-            return self.env[node]
-        if isinstance(node, E.Let):
-            lets, body = _peel_lets(node)
-            self.bind_lets(lets)
-            return self.value(body)
-        if isinstance(node, E.Constant):
-            slot = self.constant(node)
-        elif isinstance(node, E.Tuple):
-            slot = [self.value(f) for f in node.fields]
-        elif isinstance(node, E.TupleGetItem):
-            fields = self.value(node.tuple_value)
-            if not isinstance(fields, list):
-                raise NotNative("TupleGetItem of a non-tuple")
-            slot = fields[node.index]
-        elif isinstance(node, E.Call) and (isinstance(node.callee, E.Op)
-                                           or isinstance(node.callee, E.Function)
-                                           and node.callee.attrs.get("Primitive")):
-            slot = self.call(node)
-        else:
-            raise NotNative(f"{type(node).__name__} in the loop body")
-        self.env[node] = slot
-        return slot
+    # -- values: a walk (compiler/ir/walk.py) whose result for a node is the slot (or list of
+    # slots, for a tuple) holding its value in an iteration ----------------------------------
+    def lookup(self, node):
+        return self.env.get(node, MISSING)
+
+    def remember(self, node, slot):
+        if not isinstance(node, E.Let):
+            self.env[node] = slot
+
+    def default(self, node):
+        raise NotNative(f"{type(node).__name__} in the loop body")
+
+    def visit_Let(self, node):
+        lets, body = _peel_lets(node)
+        for var, value in lets:
+            self.env[var] = yield value
+        return (yield body)
+
+    def visit_Constant(self, node):
+        return self.constant(node)
+
+    def visit_Tuple(self, node):
+        return (yield from each(node.fields))
+
+    def visit_TupleGetItem(self, node):
+        fields = yield node.tuple_value
+        if not isinstance(fields, list):
+            raise NotNative("TupleGetItem of a non-tuple")
+        return fields[node.index]
+
+    def visit_Call(self, node):
+        if not (isinstance(node.callee, E.Op) or isinstance(node.callee, E.Function)
+                and node.callee.attrs.get("Primitive")):
+            raise NotNative("Call in the loop body")
+        return self.call(node)
 
     def constant(self, node):
         data = node.data
@@ -177,10 +188,11 @@ class LoopPlan:
         return self.new_slot(data.dtype.name, data.shape, "input", index)
 
     def call(self, node):
+        """The slots of a kernel call's results (a walk generator)."""
         if isinstance(node.callee, E.Op):
             opdef = get_op(node.callee.name)
             if opdef.lowering == "reshape":
-                source = self.value(node.args[0])
+                source = yield node.args[0]
                 dtype, shape = self._static(node.checked_type, f"reshape of {node.callee.name}")
                 if isinstance(source, list) or self.slots[source][2] == "input":
                     raise NotNative("reshape of a loop input")
@@ -188,7 +200,7 @@ class LoopPlan:
             if opdef.lowering != "kernel" or opdef.shape_mode == "upper_bound":
                 raise NotNative(f"op {opdef.name} is lowered to {opdef.lowering}")
         outputs = [self._static(t, "a loop value") for t in tensor_leaves(node.checked_type)]
-        inputs = [s for a in node.args for s in _flatten(self.value(a))]
+        inputs = [s for value in (yield from each(node.args)) for s in _flatten(value)]
         kernel, _ = kernel_of(self.mc, node)
         entry = self.mc.kernel_builder.entry(kernel)
         if entry["kind"] != "compiled":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dynvm.vm.errors import CompileError
 
 from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.walk import run
 from dynvm.compiler.op.registry import get_op
 from dynvm.compiler.codegen.types import tensor_leaves
 
@@ -63,7 +64,7 @@ def kernel_expr(func: E.Function, anchor) -> list:
         extra = func.params[len(anchor.args):]
         leaves = {p: ["in", 1 + i] for i, p in enumerate(extra)}
 
-    def convert(node):
+    def convert(node):       # a generator for `walk.run`: no recursion however deep the body
         if node is anchor:
             return ["in", 0]
         if isinstance(node, E.Var):
@@ -74,9 +75,12 @@ def kernel_expr(func: E.Function, anchor) -> list:
             return leaves[node.args[0]]          # read through permuted strides
         if isinstance(node, E.Call) and isinstance(node.callee, E.Op):
             opdef = get_op(node.callee.name)
-            return opdef.expr([convert(a) for a in node.args], node.attrs)
+            args = []
+            for arg in node.args:
+                args.append((yield convert(arg)))
+            return opdef.expr(args, node.attrs)
         raise CompileError(f"unexpected {type(node).__name__} in a primitive function")
-    return convert(func.body)
+    return run(convert(func.body))
 
 
 def _is_transpose_of_param(node) -> bool:

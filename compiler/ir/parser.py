@@ -1,6 +1,8 @@
 """Reads the text format written by `compiler/ir/printer.py` back into an IRModule.
 
-A hand-written tokenizer and a recursive-descent parser. The module is read in three steps so
+A hand-written tokenizer and a recursive-descent parser whose expression methods are
+generators run on an explicit stack (compiler/ir/walk.py), so nesting depth in the text does not
+use Python stack. The module is read in three steps so
 order in the file does not matter: (1) a scan collects the names of all `type`s and `def`s (the
 globals are registered first, so recursion and mutual recursion resolve); (2) type definitions
 are parsed, creating the constructors; (3) function bodies are parsed. A graph binding `%N = e;`
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import GeneratorType
 
 import numpy as np
 
@@ -21,7 +24,7 @@ from dynvm.compiler.ir.expr import (Call, Clause, Constant, Constructor, Functio
                               PatternConstructor, PatternTuple, PatternVar, PatternWildcard, Tuple,
                               TupleGetItem, TypeData, Var)
 from dynvm.compiler.ir.module import IRModule
-from dynvm.compiler.ir.printer import deep_recursion
+from dynvm.compiler.ir.walk import run
 from dynvm.compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar
 
 SUFFIX_DTYPE = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64"}
@@ -77,8 +80,7 @@ def tokenize(text: str) -> list:
 
 def parse(text: str) -> IRModule:
     """Parse module text (as printed by `str(mod)`) into an IRModule."""
-    with deep_recursion():
-        return _Parser(text).module()
+    return _Parser(text).module()
 
 
 def _ops():
@@ -136,14 +138,22 @@ class _Parser:
         return self.next()
 
     def comma_list(self, close: str, item):
-        """Items separated by commas up to `close` (a trailing comma is allowed)."""
+        """Items separated by commas up to `close` (a trailing comma is allowed). A generator
+        (see below); `item()` may return a generator too (an item that holds expressions)."""
         items = []
         while not self.at(close):
-            items.append(item())
+            value = item()
+            if isinstance(value, GeneratorType):
+                value = yield value
+            items.append(value)
             if not self.accept(","):
                 break
         self.expect(close, f"',' or {close!r}")
         return items
+
+    def items(self, close: str, item):
+        """`comma_list` of items that hold no expressions (types, patterns, attrs, ...)."""
+        return run(self.comma_list(close, item))
 
     # ---- module
     def module(self) -> IRModule:
@@ -208,7 +218,7 @@ class _Parser:
         tvars = self.type_params()
         self.type_scopes.append(set(tvars))
         self.expect("{", "'{' starting the constructors")
-        ctors = self.comma_list("}", self.constructor_decl)
+        ctors = self.items("}", self.constructor_decl)
         self.type_scopes.pop()
         self.mod.add_type(TypeData(name, tvars, ctors))
 
@@ -216,7 +226,7 @@ class _Parser:
         tok = self.expect_kind("IDENT", "a constructor name")
         if tok.text in self.constructors:
             raise self.fail(f"constructor {tok.text} is defined twice", tok)
-        inputs = self.comma_list(")", self.type) if self.accept("(") else []
+        inputs = self.items(")", self.type) if self.accept("(") else []
         ctor = Constructor(tok.text, inputs, "")
         self.constructors[tok.text] = ctor
         return ctor
@@ -224,14 +234,16 @@ class _Parser:
     def type_params(self) -> list:
         if not self.accept("["):
             return []
-        return self.comma_list("]", lambda: self.expect_kind("IDENT", "a type variable").text)
+        return self.items("]", lambda: self.expect_kind("IDENT", "a type variable").text)
 
     def definition(self):
         self.expect("def")
         name = self.global_name(self.expect_kind("GLOBAL", "a global name such as @main"))
-        self.mod[name] = self.function_rest()
+        self.mod[name] = run(self.function_rest())
 
-    def function_rest(self) -> Function:
+    # The methods that parse expressions are generators run by `walk.run`: where they would
+    # call each other they `yield` the call, so deeply nested text uses no Python stack.
+    def function_rest(self):
         """`[tparams](params, attrs) -> ret { body }` after `def @name` or `fn`."""
         tparams = self.type_params()
         self.type_scopes.append(set(tparams))
@@ -245,9 +257,9 @@ class _Parser:
                 attrs[key] = value
             else:
                 params.append(self.binder())
-        self.comma_list(")", item)
+        self.items(")", item)
         ret = self.type() if self.accept("->") else None
-        body = self.block()
+        body = yield self.block()
         self.scopes.pop()
         self.type_scopes.pop()
         return Function(params, body, ret, [TypeVar(t) for t in tparams], attrs)
@@ -277,17 +289,17 @@ class _Parser:
                 var = self.binder()
                 self.scopes.pop()
                 self.expect("=", "'=' after the let variable")
-                value = self.expr()
+                value = yield self.expr()
                 self.expect(";", "';' after the let value")
                 value_scope[var_tok.text] = var
                 lets.append((var, value))
             elif tok.kind == "LOCAL" and tok.text[1:].isdigit() and self.at("=", 1):
                 self.pos += 2
-                value = self.expr()
+                value = yield self.expr()
                 self.expect(";", "';' after the graph binding")
                 self.scopes[-1][tok.text] = value
             else:
-                result = self.expr()
+                result = yield self.expr()
                 break
         self.expect("}", "'}' closing the block (or ';' ending a statement)")
         self.scopes.pop()
@@ -297,11 +309,11 @@ class _Parser:
 
     # ---- expressions
     def expr(self):
-        e = self.primary()
+        e = yield self.primary()
         while True:
             if self.at("("):
                 self.next()
-                args, attrs = self.call_args()
+                args, attrs = yield self.call_args()
                 e = Call(e, args, attrs)
             elif self.at("."):
                 self.next()
@@ -322,17 +334,17 @@ class _Parser:
             elif attrs:
                 raise self.error("an attribute `name=value` (positional arguments come first)")
             else:
-                args.append(self.expr())
-        self.comma_list(")", item)
+                args.append((yield self.expr()))
+        yield self.comma_list(")", item)
         return args, attrs
 
     def primary(self):
         tok = self.peek()
         if tok.kind == "PUNCT":
             if tok.text == "(":
-                return self.paren_expr()
+                return (yield self.paren_expr())
             if tok.text == "{":
-                return self.block()
+                return (yield self.block())
         elif tok.kind == "LOCAL":
             self.next()
             for scope in reversed(self.scopes):
@@ -352,18 +364,18 @@ class _Parser:
         elif tok.kind in ("INT", "FLOAT"):
             raise self.error("an expression (scalar constants need a dtype suffix, e.g. 1f32, 2i64)")
         elif tok.kind == "IDENT":
-            return self.word()
+            return (yield self.word())
         raise self.error("an expression")
 
     def paren_expr(self):
         self.expect("(")
         if self.accept(")"):
             return Tuple([])
-        first = self.expr()
+        first = yield self.expr()
         if self.accept(")"):
             return first
         self.expect(",", "',' or ')'")
-        return Tuple([first] + self.comma_list(")", self.expr))
+        return Tuple([first] + (yield self.comma_list(")", self.expr)))
 
     def word(self):
         tok = self.peek()
@@ -372,7 +384,8 @@ class _Parser:
                    "match": self.match_expr, "fn": self.fn_expr, "const": self.const_expr,
                    "ctor": self.ctor_ref}.get(word)
         if keyword is not None:
-            return keyword()
+            value = keyword()
+            return (yield value) if isinstance(value, GeneratorType) else value
         if word == "let":
             raise self.fail("`let` starts a statement; inside an expression write { let ...; ... }", tok)
         self.next()
@@ -381,7 +394,7 @@ class _Parser:
             if self.at("(") or ctor.inputs:
                 return ctor                  # called by the postfix loop, or a function value
             return Call(ctor, [])
-        return self.op_call(tok)
+        return (yield self.op_call(tok))
 
     def op_call(self, tok: Token):
         ops = _ops()
@@ -390,7 +403,7 @@ class _Parser:
         if not self.at("("):
             return Op(tok.text)
         self.next()
-        args, attrs = self.call_args()
+        args, attrs = yield self.call_args()
         opdef = ops[tok.text]
         if len(args) != len(opdef.args):
             raise self.fail(f"op {tok.text} takes {len(opdef.args)} argument(s) "
@@ -416,30 +429,30 @@ class _Parser:
     def if_expr(self):
         self.expect("if")
         self.expect("(", "'(' after if")
-        cond = self.expr()
+        cond = yield self.expr()
         self.expect(")", "')' after the condition")
-        then_b = self.block()
+        then_b = yield self.block()
         self.expect("else", "'else'")
-        return If(cond, then_b, self.block())
+        return If(cond, then_b, (yield self.block()))
 
     def fn_expr(self):
         self.expect("fn")
-        return self.function_rest()
+        return (yield self.function_rest())
 
     def match_expr(self):
         self.expect("match")
         complete = not self.accept("?")
         self.expect("(", "'(' after match")
-        data = self.expr()
+        data = yield self.expr()
         self.expect(")", "')' after the matched value")
         self.expect("{", "'{' starting the clauses")
-        return Match(data, self.comma_list("}", self.clause), complete)
+        return Match(data, (yield self.comma_list("}", self.clause)), complete)
 
     def clause(self) -> Clause:
         self.scopes.append({})
         pattern = self.pattern()
         self.expect("=>", "'=>' after the pattern")
-        rhs = self.expr()
+        rhs = yield self.expr()
         self.scopes.pop()
         return Clause(pattern, rhs)
 
@@ -448,14 +461,14 @@ class _Parser:
         if tok.kind == "LOCAL":
             return PatternVar(self.binder())
         if self.accept("("):
-            return PatternTuple(self.comma_list(")", self.pattern))
+            return PatternTuple(self.items(")", self.pattern))
         if tok.kind == "IDENT":
             self.next()
             if tok.text == "_":
                 return PatternWildcard()
             if tok.text not in self.constructors:
                 raise self.fail(f"unknown constructor {tok.text} in pattern", tok)
-            subs = self.comma_list(")", self.pattern) if self.accept("(") else []
+            subs = self.items(")", self.pattern) if self.accept("(") else []
             return PatternConstructor(self.constructors[tok.text], subs)
         raise self.error("a pattern (_, %var, Constructor(...) or a tuple)")
 
@@ -486,10 +499,10 @@ class _Parser:
         dtype = dtype_tok.text
         self.expect(",")
         self.expect("(", "'(' starting the shape")
-        shape = [int(t.text) for t in self.comma_list(")", lambda: self.expect_kind("INT", "a dim"))]
+        shape = [int(t.text) for t in self.items(")", lambda: self.expect_kind("INT", "a dim"))]
         self.expect(",")
         self.expect("[", "'[' starting the values")
-        values = self.comma_list("]", lambda: self.element(dtype))
+        values = self.items("]", lambda: self.element(dtype))
         self.expect(")")
         if any(d < 0 for d in shape) or len(values) != int(np.prod(shape, dtype=np.int64)):
             raise self.fail(f"const has {len(values)} values for shape {tuple(shape)}", start)
@@ -526,7 +539,7 @@ class _Parser:
         if tok.kind == "IDENT" and tok.text in ("True", "False", "None"):
             return {"True": True, "False": False, "None": None}[tok.text]
         if tok.kind == "PUNCT" and tok.text in "[(":
-            return self.comma_list("]" if tok.text == "[" else ")", self.attr_value)
+            return self.items("]" if tok.text == "[" else ")", self.attr_value)
         raise self.error("an attribute value (number, string, True, False, None or [list])", tok)
 
     # ---- types
@@ -539,7 +552,7 @@ class _Parser:
             if self.accept(")"):
                 return first
             self.expect(",", "',' or ')'")
-            return TupleType([first] + self.comma_list(")", self.type))
+            return TupleType([first] + self.items(")", self.type))
         if tok.kind != "IDENT":
             raise self.error("a type")
         self.next()
@@ -547,13 +560,13 @@ class _Parser:
             return self.tensor_type()
         if tok.text == "fn":
             self.expect("(", "'(' starting the argument types")
-            args = self.comma_list(")", self.type)
+            args = self.items(")", self.type)
             self.expect("->", "'->' and the return type")
             return FuncType(args, self.type())
         if tok.text == "_":
             return None
         if self.accept("["):
-            return TypeCall(tok.text, self.comma_list("]", self.type))
+            return TypeCall(tok.text, self.items("]", self.type))
         if any(tok.text in s for s in self.type_scopes) or tok.text not in self.type_names:
             return TypeVar(tok.text)
         return TypeCall(tok.text, ())
@@ -566,7 +579,7 @@ class _Parser:
             if self.accept("?"):
                 return Any()
             return int(self.expect_kind("INT", "a dim (integer or ?)").text)
-        shape = self.comma_list(")", dim)
+        shape = self.items(")", dim)
         self.expect(",", "',' and the dtype")
         dtype_tok = self.expect_kind("IDENT", "a dtype")
         if dtype_tok.text not in DTYPES:

@@ -20,15 +20,16 @@ Layout rules (what makes `parse(module_text(m))` structurally equal to `m` and p
 - Blocks `{ ... }` are function bodies, if branches, match clause bodies with statements, and a
   Let that is not in the tail of a block (e.g. a call argument): `add({ let %a = ...; %a }, %x)`.
 - Var names are unique within a `def` (`%x`, `%x_1`, ...) so the parser needs no shadowing rules.
-- Let chains are printed by a loop and shared nodes are emitted bottom-up by an explicit stack,
-  so long chains do not recurse; only deep trees of single-use nodes recurse (limit raised).
+- A single-use call, tuple or projection nested MAX_INLINE_DEPTH deep inside one statement is
+  bound like a shared node (`%N = ...;` before the statement), so lines stay short and printing
+  a deep chain is linear in its size (no quadratic string building).
+- No recursion on the depth of the IR: the printing methods are generators run on an explicit
+  stack (compiler/ir/walk.py), and the analysis walks use explicit stacks.
 """
 from __future__ import annotations
 
 import json
 import re
-import sys
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from dynvm.compiler.ir.expr import (Call, Constant, Constructor, Expr, Function,
                               Match, Op, Pattern, PatternConstructor, PatternTuple, PatternVar,
                               PatternWildcard, Tuple, TupleGetItem, Var)
 from dynvm.compiler.ir.types import FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
+from dynvm.compiler.ir.walk import run
 
 INDENT = "  "
 SCALAR_SUFFIX = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}
@@ -43,25 +45,18 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 ATOMIC = (Var, GlobalVar, Op, Constructor)
 # Constants with more elements than this are elided in `expr_text` (error messages).
 EXPR_TEXT_MAX_ELEMENTS = 16
-
-
-@contextmanager
-def deep_recursion(limit: int = 100_000):
-    """Let deep single-use trees (nested calls, nested ifs) recurse; Python 3.11 frames are cheap."""
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, limit))
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
+# How deep single-use calls nest inside one printed statement before one is bound to `%N`.
+MAX_INLINE_DEPTH = 32
+# Blocks nested deeper than this are indented no further, so the text of deeply nested control
+# flow grows linearly, not quadratically (whitespace means nothing to the parser).
+MAX_INDENT = 32
 
 
 def module_text(mod) -> str:
     """The whole module: type definitions, then functions in module order."""
     parts = [type_data_text(td) for td in mod.type_definitions.values()]
-    with deep_recursion():
-        for name, fn in mod.functions.items():
-            parts.append(_Printer().def_text(name, fn))
+    for name, fn in mod.functions.items():
+        parts.append(_Printer().def_text(name, fn))
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 
@@ -73,8 +68,7 @@ def expr_text(expr) -> str:
         return _Printer()._pattern(expr)
     if not isinstance(expr, Expr):
         return type_text(expr) if not hasattr(expr, "constructors") else type_data_text(expr)
-    with deep_recursion():
-        return _Printer(max_elements=EXPR_TEXT_MAX_ELEMENTS).top_text(expr)
+    return _Printer(max_elements=EXPR_TEXT_MAX_ELEMENTS).top_text(expr)
 
 
 # ---------------------------------------------------------------------------------- types
@@ -193,7 +187,8 @@ class _Scope:
     def __init__(self, parent: "_Scope | None", depth: int | None = None):
         self.parent = parent
         self.level = 0 if parent is None else parent.level + 1   # tree depth
-        self.depth = depth if depth is not None else parent.depth + 1  # indentation
+        depth = depth if depth is not None else parent.depth + 1
+        self.depth = min(depth, MAX_INDENT)    # indentation levels
         self.lines: list[str] = []
 
 
@@ -241,6 +236,7 @@ class _Printer:
         self.tail: set[int] = set()              # Lets printed as statements of their block
         self.child_scopes: dict[int, dict] = {}  # id(node) -> {slot: _Scope}
         self.bound: dict[int, str] = {}          # id(node) -> "%N"
+        self.cut: set[int] = set()               # single-use nodes bound to keep nesting shallow
         self.counter = 0
         self.keep: list = []                     # keeps ids valid
 
@@ -249,12 +245,12 @@ class _Printer:
         root = _Scope(None, 0)
         self._analyse(fn, root)
         header = "def " + global_text(name) + self._signature(fn)
-        return header + " " + self._block(self.child_scopes[id(fn)]["body"], fn.body)
+        return header + " " + run(self._block(self.child_scopes[id(fn)]["body"], fn.body))
 
     def top_text(self, expr: Expr) -> str:
         root = _Scope(None, 0)
         self._analyse(expr, root)
-        final = self._fill_block(root, expr)
+        final = run(self._fill_block(root, expr))
         return "\n".join(root.lines + [final])
 
     # ---- analysis: reference counts, tail lets, the block of every node
@@ -263,6 +259,7 @@ class _Printer:
         self.place[id(root)] = scope
         if isinstance(root, Let):
             self.tail.add(id(root))
+        self._cut_deep_nesting(order)
         for node in reversed(order):  # parents before children
             if _is_atomic(node):
                 continue
@@ -274,6 +271,20 @@ class _Printer:
                 self.place[cid] = use_scope if cid not in self.place else _lca(self.place[cid], use_scope)
                 if starts_chain and isinstance(child, Let) and self.refcount[cid] == 1:
                     self.tail.add(cid)
+
+    def _cut_deep_nesting(self, order):
+        """Mark single-use calls, tuples and projections nested MAX_INLINE_DEPTH deep in one
+        statement for binding, so no line nests deeper and printing stays linear."""
+        height: dict[int, int] = {}
+        for node in order:            # children before parents
+            if _is_atomic(node):
+                continue
+            h = 1 + max((height.get(id(c), 0) for c in self._same_block_children(node)), default=0)
+            if h >= MAX_INLINE_DEPTH and isinstance(node, (Call, Tuple, TupleGetItem)) \
+                    and self.refcount[id(node)] == 1:
+                self.cut.add(id(node))
+                h = 0
+            height[id(node)] = 0 if self.refcount[id(node)] > 1 else h
 
     def _postorder(self, root: Expr) -> list:
         order, seen = [], {id(root)}
@@ -317,8 +328,10 @@ class _Printer:
         return [(c, p, False) for c in _children(node)]
 
     # ---- blocks
-    def _block(self, scope: _Scope, root: Expr) -> str:
-        return self._braces(scope, self._fill_block(scope, root))
+    # The methods that print sub-expressions are generators run by `walk.run`: where they
+    # would call each other they `yield` the call, so deep nesting uses no Python stack.
+    def _block(self, scope: _Scope, root: Expr):
+        return self._braces(scope, (yield self._fill_block(scope, root)))
 
     def _braces(self, scope: _Scope, final: str) -> str:
         pad = INDENT * scope.depth
@@ -329,26 +342,27 @@ class _Printer:
         """Append the statements of a block to `scope.lines`; return its final expression."""
         cur = root
         while isinstance(cur, Let) and id(cur) in self.tail:
-            self._let_statement(scope, cur)
+            yield self._let_statement(scope, cur)
             cur = cur.body
-        self._emit_shared(cur)
-        return self._inline(cur)
+        yield self._emit_shared(cur)
+        return (yield self._inline(cur))
 
     def _let_statement(self, scope: _Scope, let: Let):
-        self._emit_shared(let.value)
-        value = self._inline(let.value)
+        yield self._emit_shared(let.value)
+        value = yield self._inline(let.value)
         scope.lines.append(f"let {self._binder(let.var)} = {value};")
 
     def _emit_shared(self, expr: Expr):
-        """Bind the not-yet-bound shared nodes under `expr` (same block), children first."""
+        """Bind the not-yet-bound shared (and cut) nodes under `expr` (same block), children
+        first."""
         stack = [(expr, False)]
         while stack:
             node, expanded = stack.pop()
             if _is_atomic(node) or id(node) in self.bound:
                 continue
             if expanded:
-                if self.refcount.get(id(node), 0) > 1:
-                    self._bind(node)
+                if self._must_bind(node):
+                    yield self._bind(node)
                 continue
             stack.append((node, True))
             for child in reversed(self._same_block_children(node)):
@@ -363,8 +377,11 @@ class _Printer:
             return [node.data]
         return _children(node)
 
-    def _bind(self, node) -> str:
-        text = self._form(node)
+    def _must_bind(self, node) -> bool:
+        return self.refcount.get(id(node), 0) > 1 or id(node) in self.cut
+
+    def _bind(self, node):
+        text = yield self._form(node)
         name = f"%{self.counter}"
         self.counter += 1
         self.place[id(node)].lines.append(f"{name} = {text};")
@@ -372,7 +389,19 @@ class _Printer:
         return name
 
     # ---- expressions
-    def _inline(self, e) -> str:
+    def _inline(self, e):
+        text = self._atom(e)
+        if text is not None:
+            return text
+        name = self.bound.get(id(e))
+        if name is not None:
+            return name
+        if self._must_bind(e):
+            return (yield self._bind(e))
+        return (yield self._form(e))
+
+    def _atom(self, e) -> str | None:
+        """The text of an atomic node (always inline), else None."""
         if isinstance(e, Var):
             return self._var_ref(e)
         if isinstance(e, GlobalVar):
@@ -383,41 +412,44 @@ class _Printer:
             return e.name if e.inputs else f"ctor({e.name})"
         if isinstance(e, Constant) and e.data.ndim == 0:
             return scalar_text(e.data)
-        name = self.bound.get(id(e))
-        if name is not None:
-            return name
-        if self.refcount.get(id(e), 0) > 1:
-            return self._bind(e)
-        return self._form(e)
+        return None
 
-    def _form(self, e) -> str:
+    def _form(self, e):
         if isinstance(e, Call):
-            return self._call(e)
+            return (yield self._call(e))
         if isinstance(e, Tuple):
-            fields = [self._inline(f) for f in e.fields]
+            fields = yield self._inline_all(e.fields)
             return f"({', '.join(fields)}{',' if len(fields) == 1 else ''})"
         if isinstance(e, TupleGetItem):
-            return f"{self._operand(e.tuple_value)}.{e.index}"
+            return f"{(yield self._operand(e.tuple_value))}.{e.index}"
         if isinstance(e, Constant):
             return constant_text(e.data, self.max_elements)
         if isinstance(e, If):
             slots = self.child_scopes[id(e)]
-            cond = self._inline(e.cond)
-            then_b = self._block(slots["then"], e.true_branch)
-            return f"if ({cond}) {then_b} else {self._block(slots['else'], e.false_branch)}"
+            cond = yield self._inline(e.cond)
+            then_b = yield self._block(slots["then"], e.true_branch)
+            else_b = yield self._block(slots["else"], e.false_branch)
+            return f"if ({cond}) {then_b} else {else_b}"
         if isinstance(e, Function):
-            return "fn " + self._signature(e) + " " + self._block(self.child_scopes[id(e)]["body"], e.body)
+            signature = self._signature(e)
+            return f"fn {signature} {(yield self._block(self.child_scopes[id(e)]['body'], e.body))}"
         if isinstance(e, Let):  # a let chain that is not the tail of a block: `{ let ...; e }`
             scope = self.child_scopes[id(e)]["block"]
-            self._let_statement(scope, e)
-            return self._block(scope, e.body)
+            yield self._let_statement(scope, e)
+            return (yield self._block(scope, e.body))
         if isinstance(e, Match):
-            return self._match(e)
+            return (yield self._match(e))
         return f"<unknown {type(e).__name__}>"
 
-    def _operand(self, e) -> str:
+    def _inline_all(self, exprs):
+        texts = []
+        for e in exprs:
+            texts.append((yield self._inline(e)))
+        return texts
+
+    def _operand(self, e):
         """A callee or tuple operand, parenthesised when it is a block-like form."""
-        text = self._inline(e)
+        text = yield self._inline(e)
         if isinstance(e, (If, Match, Function, Let)) and id(e) not in self.bound:
             return f"({text})"
         return text
@@ -426,20 +458,20 @@ class _Printer:
         callee = e.callee
         if (isinstance(callee, Constructor) and not e.args and not e.attrs):
             return callee.name
-        head = callee.name if isinstance(callee, Constructor) else self._operand(callee)
-        args = [self._inline(a) for a in e.args] + attrs_text(e.attrs)
+        head = callee.name if isinstance(callee, Constructor) else (yield self._operand(callee))
+        args = (yield self._inline_all(e.args)) + attrs_text(e.attrs)
         return f"{head}({', '.join(args)})"
 
-    def _match(self, e: Match) -> str:
+    def _match(self, e: Match):
         slots = self.child_scopes[id(e)]
-        data = self._inline(e.data)
+        data = yield self._inline(e.data)
         depth = self.place[id(e)].depth
         pad = INDENT * (depth + 1)
         lines = [f"match{'' if e.complete else '?'} ({data}) {{"]
         for i, clause in enumerate(e.clauses):
             pattern = self._pattern(clause.pattern)
             scope = slots[i]
-            final = self._fill_block(scope, clause.rhs)
+            final = yield self._fill_block(scope, clause.rhs)
             if scope.lines or "\n" in final:
                 final = self._braces(scope, final)
             lines.append(f"{pad}{pattern} => {final},")

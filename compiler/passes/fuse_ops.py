@@ -12,7 +12,8 @@ op calls and scalar constants; the code generator compiles each such call into O
   (dense, matmul, batch_matmul, conv2d) with a compiled kernel fuses into that op's kernel, when
   it keeps the op's output type (same shape and dtype).
 A call is absorbed into its consumer only when the consumer is its single user (otherwise its
-value is needed elsewhere and must be materialised). Requires typed input (checked_type set);
+value is needed elsewhere and must be materialised), and a group takes at most MAX_GROUP_OPS
+ops (a longer chain becomes several kernels). Requires typed input (checked_type set);
 output is typed too.
 """
 from __future__ import annotations
@@ -20,7 +21,13 @@ from __future__ import annotations
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import FuncType
 from dynvm.compiler.op.registry import get_op
+from dynvm.compiler.ir.walk import each, run
 from dynvm.compiler.passes.mutator import ExprMutator, map_functions
+
+
+# The most ops one fused group takes: a longer chain is cut into several kernels, so a kernel's
+# expression (compiled and serialised recursively) stays small however long the chain is.
+MAX_GROUP_OPS = 64
 
 
 def _opdef(node):
@@ -109,12 +116,14 @@ class _Group:
         return call
 
     def build(self, node):
-        """Copy the group rooted at `node` with leaves replaced by parameters."""
+        """Copy the group rooted at `node` with leaves replaced by parameters (a generator
+        for `walk.run`: the group may be deep). At most MAX_GROUP_OPS ops join a group."""
         self.size += 1
         args = []
         for arg in node.args:
-            if is_elementwise(arg) and self.counts.get(id(arg), 0) == 1:
-                args.append(self.build(arg))
+            if (is_elementwise(arg) and self.counts.get(id(arg), 0) == 1
+                    and self.size < MAX_GROUP_OPS):
+                args.append((yield self.build(arg)))
             elif is_transpose(arg) and self.counts.get(id(arg), 0) == 1:
                 args.append(self.transposed(arg))
             elif isinstance(arg, E.Constant) and arg.data.ndim == 0:
@@ -137,13 +146,13 @@ class _Fuser(ExprMutator):
         if not is_elementwise(node):
             return super().visit_Call(node)
         group = _Group(self.counts)
-        body = group.build(node)
+        body = run(group.build(node))
         anchor = None if group.transposes else self.epilogue_anchor(group, node)
         if group.size < 2 and anchor is None and not (group.inlined_constants or group.transposes):
             return super().visit_Call(node)
         if anchor is not None:
             return self.primitive_with_anchor(group, body, anchor)
-        return self.primitive(group, body, [self.visit(x) for x in group.inputs])
+        return self.primitive_call(group, body)
 
     def epilogue_anchor(self, group, root):
         """The single-use dense/matmul-like input of the group that its epilogue can absorb."""
@@ -165,11 +174,12 @@ class _Fuser(ExprMutator):
         body = _replace_var(body, group.params[id(anchor)], inner)
         extra = [x for x in group.inputs if x is not anchor]
         params = anchor_params + [group.params[id(x)] for x in extra]
-        args = [self.visit(a) for a in anchor.args] + [self.visit(x) for x in extra]
+        args = yield from each(anchor.args + extra)
         return self.make_call(params, body, args, "fused_" + anchor.callee.name)
 
-    def primitive(self, group, body, args):
+    def primitive_call(self, group, body):
         params = list(group.params.values())
+        args = yield from each(group.inputs)
         return self.make_call(params, body, args, "fused_" + body.callee.name)
 
     def make_call(self, params, body, args, name):

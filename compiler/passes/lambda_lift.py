@@ -13,42 +13,68 @@ from __future__ import annotations
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import FuncType
+from dynvm.compiler.ir.walk import Walker, each
 from dynvm.compiler.passes.mutator import ExprMutator
 
 
 def free_vars(node: E.Expr) -> list[E.Var]:
     """Variables used in `node` but not bound inside it, in first-use order."""
-    found: dict[E.Var, None] = {}
-    _collect(node, set(), found, set())
-    return list(found)
+    return list(FreeVars().visit(node))
 
 
-def _collect(node, bound, found, seen):
-    stack = [(node, bound)]
-    while stack:
-        node, bound = stack.pop()
-        if isinstance(node, E.Var):
-            if node not in bound:
-                found.setdefault(node, None)
-        elif isinstance(node, E.Function):
-            stack.append((node.body, bound | set(node.params)))
-        elif isinstance(node, E.Let):
-            inner = bound | {node.var}
-            stack.append((node.body, inner))
-            stack.append((node.value, inner if isinstance(node.value, E.Function) else bound))
-        elif isinstance(node, E.Match):
-            stack.append((node.data, bound))
-            for clause in node.clauses:
-                stack.append((clause.rhs, bound | set(_pattern_vars(clause.pattern))))
-        elif isinstance(node, E.Call):
-            stack.extend((a, bound) for a in node.args)
-            stack.append((node.callee, bound))
-        elif isinstance(node, E.Tuple):
-            stack.extend((f, bound) for f in node.fields)
-        elif isinstance(node, E.TupleGetItem):
-            stack.append((node.tuple_value, bound))
-        elif isinstance(node, E.If):
-            stack.extend((x, bound) for x in (node.cond, node.true_branch, node.false_branch))
+class FreeVars(Walker):
+    """The free variables of every node visited, memoised (one walker serves a whole module, so
+    finding the captures of nested functions costs one walk, not one per function). A result
+    is a dict used as an ordered set; results are shared between nodes, never modified."""
+
+    def default(self, node):
+        return {}
+
+    def visit_Var(self, node):
+        return {node: None}
+
+    def visit_Call(self, node):
+        return _union([(yield node.callee)] + (yield from each(node.args)))
+
+    def visit_Tuple(self, node):
+        return _union((yield from each(node.fields)))
+
+    def visit_TupleGetItem(self, node):
+        return (yield node.tuple_value)
+
+    def visit_If(self, node):
+        return _union((yield from each([node.cond, node.true_branch, node.false_branch])))
+
+    def visit_Function(self, node):
+        return _without((yield node.body), node.params)
+
+    def visit_Let(self, node):
+        value = yield node.value
+        if isinstance(node.value, E.Function):       # a local function may call itself
+            value = _without(value, [node.var])
+        return _union([value, _without((yield node.body), [node.var])])
+
+    def visit_Match(self, node):
+        parts = [(yield node.data)]
+        for clause in node.clauses:
+            parts.append(_without((yield clause.rhs), _pattern_vars(clause.pattern)))
+        return _union(parts)
+
+
+def _union(parts: list) -> dict:
+    nonempty = [p for p in parts if p]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else {}
+    out: dict = {}
+    for p in nonempty:
+        out.update(p)
+    return out
+
+
+def _without(found: dict, bound) -> dict:
+    if not any(v in found for v in bound):
+        return found
+    return {v: None for v in found if v not in bound}
 
 
 def _pattern_vars(pattern):
@@ -65,19 +91,22 @@ def _typed(node, t):
 
 
 class _Lifter(ExprMutator):
-    def __init__(self, mod, outer: str, new_functions: dict):
+    def __init__(self, mod, outer: str, new_functions: dict, next_number: dict, free: FreeVars):
         super().__init__()
         self.mod = mod
+        self.free = free
         self.outer = outer
         self.new_functions = new_functions
+        self.next_number = next_number          # name prefix -> first number not tried yet
         self.direct: dict[E.Var, tuple] = {}   # let-bound local function -> (GlobalVar, captured)
 
     def fresh_name(self, hint):
-        n = 0
-        while f"{self.outer}_{hint}{n}" in self.mod.functions or \
-                f"{self.outer}_{hint}{n}" in self.new_functions:
+        prefix = f"{self.outer}_{hint}"
+        n = self.next_number.get(prefix, 0)
+        while f"{prefix}{n}" in self.mod.functions or f"{prefix}{n}" in self.new_functions:
             n += 1
-        return f"{self.outer}_{hint}{n}"
+        self.next_number[prefix] = n + 1
+        return f"{prefix}{n}"
 
     def visit_Let(self, node):
         if isinstance(node.value, E.Function) and not node.value.attrs.get("Primitive"):
@@ -87,15 +116,15 @@ class _Lifter(ExprMutator):
     def visit_Function(self, node):
         if node.attrs.get("Primitive"):
             return node
-        gv, captured = self.lift(node, None, "lambda")
-        return self.closure(gv, captured, node)
+        gv, captured = yield self.lift(node, None, "lambda")
+        return (yield self.closure(gv, captured, node))
 
     def visit_Call(self, node):
         if isinstance(node.callee, E.Var) and node.callee in self.direct:
             gv, captured = self.direct[node.callee]
-            args = list(captured) + [self.visit(a) for a in node.args]
+            args = list(captured) + (yield from each(node.args))
             return _typed(E.Call(gv, args), node.checked_type)
-        return super().visit_Call(node)
+        return (yield from super().visit_Call(node))
 
     def visit_Var(self, node):
         if node in self.direct:        # the function used as a value: a closure
@@ -105,27 +134,25 @@ class _Lifter(ExprMutator):
 
     def lift_let(self, let):
         func = let.value
-        gv, captured = self.lift(func, let.var, let.var.name)
+        gv, captured = yield self.lift(func, let.var, let.var.name)
         self.direct[let.var] = (gv, captured)
-        body = self.visit(let.body)
-        if let.var not in free_vars(body):   # only called directly: no closure value needed
-            return body
-        value = self.closure(gv, captured, func)
-        return _typed(E.Let(let.var, value, body), let.checked_type)
+        # calls of %f became direct calls and its other uses closures (visit_Var): the let goes
+        return (yield let.body)
 
     def lift(self, func, self_var, hint):
-        """Create the global for `func`; returns (GlobalVar, captured outer variables)."""
-        captured = [v for v in free_vars(func) if v is not self_var]
+        """Create the global for `func`; returns (GlobalVar, captured outer variables).
+        A generator of the walk: the body is lifted by a nested walker."""
+        captured = [v for v in self.free.visit(func) if v is not self_var]
         name = self.fresh_name(hint)
         gv = self.mod.get_global_var(name)
         fresh = [_typed(E.Var(v.name, v.checked_type), v.checked_type) for v in captured]
         for v in fresh:
             v.type_annotation = v.checked_type
-        inner = _Lifter(self.mod, name, self.new_functions)
+        inner = _Lifter(self.mod, name, self.new_functions, self.next_number, self.free)
         inner.memo.update({id(old): new for old, new in zip(captured, fresh)})
         if self_var is not None:
             inner.direct[self_var] = (gv, fresh)
-        body = inner.visit(func.body)
+        body = yield (inner, func.body)
         params = fresh + func.params
         ret = func.checked_type.ret_type
         lifted = E.Function(params, body, ret, attrs={"Closure": len(captured)})
@@ -134,16 +161,18 @@ class _Lifter(ExprMutator):
         return gv, captured
 
     def closure(self, gv, captured, func):
-        return _typed(E.Call(gv, [self.visit(v) for v in captured], {"closure": 1}),
-                      func.checked_type)
+        args = yield from each(captured)
+        return _typed(E.Call(gv, args, {"closure": 1}), func.checked_type)
 
 
 def lambda_lift(mod):
     """Lift every local function of `mod` to a global (see the module docstring)."""
     new_functions: dict = {}
+    next_number: dict = {}
+    free = FreeVars()
     functions = {}
     for name, func in mod.functions.items():
-        lifter = _Lifter(mod, name, new_functions)
+        lifter = _Lifter(mod, name, new_functions, next_number, free)
         body = lifter.visit(func.body)
         if body is func.body:
             functions[name] = func

@@ -1,29 +1,21 @@
 """ExprMutator: the one generic rebuild-bottom-up traversal the passes share.
 
 `visit(expr)` returns the rewritten expression; unchanged sub-trees are returned as they are
-(no copy), shared sub-expressions are rewritten once (memoised by identity), and let chains are
-walked iteratively so long programs do not hit Python's recursion limit. A pass overrides
-`rewrite_call` (or another `rewrite_*`) to change what it cares about.
+(no copy), shared sub-expressions are rewritten once (memoised by identity). It is a `Walker`
+(compiler/ir/walk.py): the `visit_*` methods are generators that `yield` a child to get its
+rewritten form, so neither deep nesting nor long let chains use Python stack. A pass overrides
+`rewrite_call` (or a `visit_*`) to change what it cares about.
 """
 from __future__ import annotations
 
 from dynvm.compiler.ir import expr as E
+from dynvm.compiler.ir.walk import Walker, each
 
 
-class ExprMutator:
-    def __init__(self):
-        self.memo: dict[int, E.Expr] = {}
-
-    def visit(self, node: E.Expr) -> E.Expr:
-        key = id(node)
-        if key not in self.memo:
-            method = getattr(self, "visit_" + type(node).__name__, None)
-            self.memo[key] = method(node) if method else node
-        return self.memo[key]
-
+class ExprMutator(Walker):
     def visit_Call(self, node):
-        args = [self.visit(a) for a in node.args]
-        callee = self.visit(node.callee)
+        args = yield from each(node.args)
+        callee = yield node.callee
         if callee is node.callee and all(a is b for a, b in zip(args, node.args)):
             return self.rewrite_call(node)
         return self.rewrite_call(_typed(E.Call(callee, args, node.attrs), node))
@@ -32,27 +24,28 @@ class ExprMutator:
         return call
 
     def visit_Tuple(self, node):
-        fields = [self.visit(f) for f in node.fields]
+        fields = yield from each(node.fields)
         if all(a is b for a, b in zip(fields, node.fields)):
             return node
         return _typed(E.Tuple(fields), node)
 
     def visit_TupleGetItem(self, node):
-        value = self.visit(node.tuple_value)
+        value = yield node.tuple_value
         return node if value is node.tuple_value else _typed(E.TupleGetItem(value, node.index), node)
 
     def visit_If(self, node):
-        parts = [self.visit(x) for x in (node.cond, node.true_branch, node.false_branch)]
-        if all(a is b for a, b in zip(parts, (node.cond, node.true_branch, node.false_branch))):
+        old = (node.cond, node.true_branch, node.false_branch)
+        parts = yield from each(old)
+        if all(a is b for a, b in zip(parts, old)):
             return node
         return _typed(E.If(*parts), node)
 
     def visit_Let(self, node):
         chain = []
         while isinstance(node, E.Let):
-            chain.append((node, self.visit(node.value)))
+            chain.append((node, (yield node.value)))
             node = node.body
-        body = self.visit(node)
+        body = yield node
         for let, value in reversed(chain):
             if value is not let.value or body is not let.body:
                 body = _typed(E.Let(let.var, value, body), let)
@@ -61,15 +54,15 @@ class ExprMutator:
         return body
 
     def visit_Match(self, node):
-        data = self.visit(node.data)
-        rhs = [self.visit(c.rhs) for c in node.clauses]
+        data = yield node.data
+        rhs = yield from each([c.rhs for c in node.clauses])
         if data is node.data and all(a is c.rhs for a, c in zip(rhs, node.clauses)):
             return node
         clauses = [E.Clause(c.pattern, r) for c, r in zip(node.clauses, rhs)]
         return _typed(E.Match(data, clauses, node.complete), node)
 
     def visit_Function(self, node):
-        body = self.visit(node.body)
+        body = yield node.body
         if body is node.body:
             return node
         func = E.Function(node.params, body, node.ret_type, node.type_params, node.attrs)

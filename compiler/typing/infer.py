@@ -3,16 +3,16 @@
 Op types come from each op's type relation in the registry; `Any` dims flow through them.
 Global functions must annotate their parameters; a function called recursively must also
 annotate its return type (its type is needed before its body is inferred). Errors are
-`TypeInferenceError`s that quote the offending expression in the text format.
+`TypeInferenceError`s that quote the offending expression in the text format. The inference
+is a walk (compiler/ir/walk.py), so it needs no recursion however deep the program nests.
 """
 from __future__ import annotations
-
-import sys
 
 from dynvm.vm.errors import TypeInferenceError
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.printer import expr_text
+from dynvm.compiler.ir.walk import MISSING, Walker, each
 from dynvm.compiler.ir.types import Any, FuncType, TensorType, TupleType, TypeCall, TypeVar, is_any
 from dynvm.compiler.op.registry import get_op
 
@@ -88,15 +88,41 @@ def instantiate(func_type: FuncType, arg_types) -> FuncType:
     return substitute(func_type, binding) if binding else func_type
 
 
-class _Inferencer:
+class _Inferencer(Walker):
+    """A walk (compiler/ir/walk.py) whose result for a node is its type, stored as the node's
+    `checked_type`. `env` maps the variables bound at the current point to their types; a
+    scope records what it bound in an undo list and restores it on exit (no copying)."""
+
     def __init__(self, mod, free_vars_annotated=False):
+        super().__init__()
         self.mod = mod
         self.free_vars_annotated = free_vars_annotated
         self.global_types: dict[str, FuncType] = {}
         self.in_progress: set[str] = set()
+        self.env: dict = {}
+
+    def lookup(self, node):
+        if node.checked_type is not None and not isinstance(node, (E.Var, E.Function)):
+            return node.checked_type
+        return MISSING
+
+    def remember(self, node, result):
+        node.checked_type = result
+
+    def bind(self, var, t, undo: list) -> None:
+        undo.append((var, self.env.get(var, MISSING)))
+        self.env[var] = t
+
+    def unbind(self, undo: list) -> None:
+        for var, old in reversed(undo):
+            if old is MISSING:
+                del self.env[var]
+            else:
+                self.env[var] = old
 
     # -- globals ---------------------------------------------------------------------------
-    def global_type(self, name: str, where) -> FuncType:
+    def global_type(self, name: str, where):
+        """The type of global @name, inferring its body first if needed (a walk generator)."""
         if name in self.global_types:
             return self.global_types[name]
         if name not in self.mod.functions:
@@ -107,60 +133,56 @@ class _Inferencer:
                 raise TypeInferenceError(
                     f"recursive function @{name} needs a return type annotation")
             return FuncType([p.type_annotation for p in func.params], func.ret_type)
-        self.infer_global(name)
+        yield self.infer_global(name)
         return self.global_types[name]
 
     def infer_global(self, name: str):
+        """Infer global @name in an empty environment (a walk generator)."""
         func = self.mod.functions[name]
         for p in func.params:
             if p.type_annotation is None:
                 raise TypeInferenceError(f"parameter %{p.name} of @{name} needs a type annotation")
         self.in_progress.add(name)
+        outer_env, self.env = self.env, {}
         try:
-            self.global_types[name] = self.function(func, {})
+            self.global_types[name] = yield func
         finally:
+            self.env = outer_env
             self.in_progress.discard(name)
 
     # -- expressions -----------------------------------------------------------------------
-    def function(self, func: E.Function, env: dict) -> FuncType:
-        env = dict(env)
+    def visit_Function(self, func):
+        undo = []
         for p in func.params:
             if p.type_annotation is None:
                 raise TypeInferenceError(f"parameter %{p.name} needs a type annotation\n"
                                          f"  in: {expr_text(func)}")
             p.checked_type = p.type_annotation
-            env[p] = p.type_annotation
-        body_type = self.expr(func.body, env)
+            self.bind(p, p.type_annotation, undo)
+        body_type = yield func.body
+        self.unbind(undo)
         if func.ret_type is not None:
             if not fits(body_type, func.ret_type):
                 raise TypeInferenceError(f"function body has type {body_type} but the declared "
                                          f"return type is {func.ret_type}\n  in: {expr_text(func)}")
             body_type = func.ret_type
-        func.checked_type = FuncType([p.type_annotation for p in func.params], body_type)
-        return func.checked_type
+        return FuncType([p.type_annotation for p in func.params], body_type)
 
-    def expr(self, node: E.Expr, env: dict):
-        if node.checked_type is not None and not isinstance(node, (E.Var, E.Function)):
-            return node.checked_type
-        method = getattr(self, "visit_" + type(node).__name__)
-        node.checked_type = method(node, env)
-        return node.checked_type
-
-    def visit_Var(self, node, env):
-        if node in env:
-            return env[node]
+    def visit_Var(self, node):
+        if node in self.env:
+            return self.env[node]
         if self.free_vars_annotated and node.type_annotation is not None:
             return node.type_annotation
         raise TypeInferenceError(f"variable %{node.name} is not bound here")
 
-    def visit_Constant(self, node, env):
+    def visit_Constant(self, node):
         return TensorType(node.data.shape, node.data.dtype.name)
 
-    def visit_Tuple(self, node, env):
-        return TupleType([self.expr(f, env) for f in node.fields])
+    def visit_Tuple(self, node):
+        return TupleType((yield from each(node.fields)))
 
-    def visit_TupleGetItem(self, node, env):
-        tup = self.expr(node.tuple_value, env)
+    def visit_TupleGetItem(self, node):
+        tup = yield node.tuple_value
         if not isinstance(tup, TupleType):
             raise TypeInferenceError(f"indexing a non-tuple of type {tup}\n  in: {expr_text(node)}")
         if not 0 <= node.index < len(tup.fields):
@@ -168,50 +190,48 @@ class _Inferencer:
                                      f"  in: {expr_text(node)}")
         return tup.fields[node.index]
 
-    def visit_Let(self, node, env):
-        env = dict(env)
+    def visit_Let(self, node):
+        undo = []
         chain = []
         while isinstance(node, E.Let):  # iterate: let chains can be very long
             if isinstance(node.value, E.Function) and node.value.ret_type is not None:
-                env[node.var] = node.value.func_type   # the function may call itself
-            value_type = self.expr(node.value, env)
+                self.bind(node.var, node.value.func_type, undo)   # the function may call itself
+            value_type = yield node.value
             declared = node.var.type_annotation
             if declared is not None and not fits(value_type, declared):
                 raise TypeInferenceError(f"let %{node.var.name} is declared {declared} but its "
                                          f"value has type {value_type}\n  in: {expr_text(node.value)}")
             node.var.checked_type = declared or value_type
-            env[node.var] = node.var.checked_type
+            self.bind(node.var, node.var.checked_type, undo)
             chain.append(node)
             node = node.body
-        body_type = self.expr(node, env)
+        body_type = yield node
+        self.unbind(undo)
         for let in chain:
             let.checked_type = body_type
         return body_type
 
-    def visit_If(self, node, env):
-        cond = self.expr(node.cond, env)
+    def visit_If(self, node):
+        cond = yield node.cond
         if not (isinstance(cond, TensorType) and cond.rank == 0):
             raise TypeInferenceError(f"if condition must be a scalar tensor, got {cond}\n"
                                      f"  in: {expr_text(node.cond)}")
-        then_type = self.expr(node.true_branch, env)
-        else_type = self.expr(node.false_branch, env)
+        then_type = yield node.true_branch
+        else_type = yield node.false_branch
         return join_types(then_type, else_type, lambda: expr_text(node))
 
-    def visit_Function(self, node, env):
-        return self.function(node, env)
-
-    def visit_GlobalVar(self, node, env):
+    def visit_GlobalVar(self, node):
         return self.global_type(node.name, lambda: f"@{node.name}")
 
-    def visit_Call(self, node, env):
+    def visit_Call(self, node):
         where = lambda: expr_text(node)  # noqa: E731
-        arg_types = [self.expr(a, env) for a in node.args]
+        arg_types = yield from each(node.args)
         callee = node.callee
         if isinstance(callee, E.Op):
             return self.op_call(node, arg_types)
         if isinstance(callee, E.Constructor):
             return self.constructor_call(callee, arg_types, where)
-        callee_type = self.expr(callee, env)
+        callee_type = yield callee
         if not isinstance(callee_type, FuncType):
             raise TypeInferenceError(f"calling a value of non-function type {callee_type}\n"
                                      f"  in: {where()}")
@@ -246,33 +266,34 @@ class _Inferencer:
         self.check_args([substitute(t, binding) for t in ctor.inputs], arg_types, where)
         return TypeCall(td.name, [binding.get(v, v) for v in td.type_vars])
 
-    def visit_Constructor(self, node, env):
+    def visit_Constructor(self, node):
         td = self.mod.type_definitions.get(node.belongs_to)
         args = td.type_vars if td is not None else []
         return FuncType(node.inputs, TypeCall(node.belongs_to, args))
 
-    def visit_Match(self, node, env):
-        data_type = self.expr(node.data, env)
+    def visit_Match(self, node):
+        data_type = yield node.data
         result = None
         for clause in node.clauses:
-            clause_env = dict(env)
-            self.bind_pattern(clause.pattern, data_type, clause_env, node)
-            rhs = self.expr(clause.rhs, clause_env)
+            undo = []
+            self.bind_pattern(clause.pattern, data_type, undo, node)
+            rhs = yield clause.rhs
+            self.unbind(undo)
             result = rhs if result is None else join_types(result, rhs, lambda: expr_text(node))
         if result is None:
             raise TypeInferenceError(f"match without clauses\n  in: {expr_text(node)}")
         return result
 
-    def bind_pattern(self, pattern, t, env, where):
+    def bind_pattern(self, pattern, t, undo, where):
         if isinstance(pattern, E.PatternVar):
             pattern.var.checked_type = t
-            env[pattern.var] = t
+            self.bind(pattern.var, t, undo)
         elif isinstance(pattern, E.PatternTuple):
             if not isinstance(t, TupleType) or len(t.fields) != len(pattern.patterns):
                 raise TypeInferenceError(f"tuple pattern of {len(pattern.patterns)} fields does not "
                                          f"fit type {t}\n  in: {expr_text(where)}")
             for p, ft in zip(pattern.patterns, t.fields):
-                self.bind_pattern(p, ft, env, where)
+                self.bind_pattern(p, ft, undo, where)
         elif isinstance(pattern, E.PatternConstructor):
             ctor = pattern.constructor
             td = self.mod.type_definitions.get(ctor.belongs_to)
@@ -284,25 +305,20 @@ class _Inferencer:
                                          f"gives {len(pattern.patterns)}\n  in: {expr_text(where)}")
             binding = dict(zip(td.type_vars, t.args))
             for p, ft in zip(pattern.patterns, ctor.inputs):
-                self.bind_pattern(p, substitute(ft, binding), env, where)
+                self.bind_pattern(p, substitute(ft, binding), undo, where)
 
 
 def infer_expr_type(expr, mod=None):
     """The type of a stand-alone expression whose free variables carry type annotations
     (used by builders such as `ir.while_loop`). Sets checked_type on the nodes it visits."""
     from dynvm.compiler.ir.module import IRModule
-    return _Inferencer(mod or IRModule(), free_vars_annotated=True).expr(expr, {})
+    return _Inferencer(mod or IRModule(), free_vars_annotated=True).visit(expr)
 
 
 def infer_types(mod):
     """Annotate every expression of `mod` with its checked_type; returns `mod`."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))
-    try:
-        inferencer = _Inferencer(mod)
-        for name in mod.functions:
-            if name not in inferencer.global_types:
-                inferencer.infer_global(name)
-    finally:
-        sys.setrecursionlimit(limit)
+    inferencer = _Inferencer(mod)
+    for name in mod.functions:
+        if name not in inferencer.global_types:
+            inferencer.drive(inferencer.infer_global(name))
     return mod
