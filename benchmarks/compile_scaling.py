@@ -23,13 +23,11 @@ import sys
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from harness import cpu_lines  # noqa: E402
-from dynvm.compiler import build, ir, op  # noqa: E402
-from dynvm.compiler.passes.fuse_ops import use_counts  # noqa: E402
+from dynvm.bench.harness import cpu_lines
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.passes.fuse_ops import use_counts
 
 HIDDEN = 64
 OPS_PER_LAYER = 3

@@ -89,16 +89,15 @@ def ort_runner(make_model, input_name="x", prepare=lambda s: s, result=np.asarra
 # --- BERT ------------------------------------------------------------------------------------
 
 
-def bert(name, config, sizes, tol, bind_layers=False) -> Model:
+def bert(name, config, sizes, tol) -> Model:
     """The encoder of dynvm.models.bert_varlen at one Config."""
     return Model(
         name, "seq", sizes, tol, lambda: {"w": bert_varlen.weights(config)},
         sample=lambda ctx, n: bert_varlen.make_input(n, config=config),
         reference=lambda ctx, x: bert_varlen.reference(x, ctx["w"]),
         runners={
-            "vm": vm_runner(lambda ctx: bert_varlen.build_module(ctx["w"], bind_layers=bind_layers)),
-            "static": static_runner(lambda ctx, n: bert_varlen.build_module(
-                ctx["w"], seq=n, bind_layers=bind_layers)),
+            "vm": vm_runner(lambda ctx: bert_varlen.build_module(ctx["w"])),
+            "static": static_runner(lambda ctx, n: bert_varlen.build_module(ctx["w"], seq=n)),
             "torch": torch_runner(lambda torch, ctx: peers.torch_bert(torch, ctx["w"])),
             "ort": ort_runner(lambda ctx: peers.onnx_bert_model(ctx["w"]))})
 
@@ -106,10 +105,9 @@ def bert(name, config, sizes, tol, bind_layers=False) -> Model:
 BERT = bert("bert", bert_varlen.SMALL,
             {"full": [1, 16, 32, 64, 128, 256], "quick": [16, 64, 128], "tiny": [4]}, (1e-4, 1e-4))
 # BERT-base: 340 MB of weights, slow to build and to set up every peer, so full mode only (or
-# `--models bert_base`). Its 12 layers nest deeper than the compiler's recursive passes reach,
-# so each layer's output is let-bound.
+# `--models bert_base`). Built as one nested expression, like the small encoder.
 BERT_BASE = bert("bert_base", bert_varlen.BASE, {"full": [16, 128], "quick": [], "tiny": []},
-                 (1e-3, 1e-3), bind_layers=True)
+                 (1e-3, 1e-3))
 
 
 # --- LSTM ------------------------------------------------------------------------------------
