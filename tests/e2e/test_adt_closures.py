@@ -99,6 +99,7 @@ def test_folds_length_nth_concat_rev_zip(vm, lengths):
         np.testing.assert_array_equal(vm.invoke("at", lst, np.int64(i)), x)
     other = arrays(lengths[::-1], seed=2)
     both = from_list(vm.invoke("both", lst, to_list(other)))
+    assert len(both) == len(items) + len(other)
     for g, x in zip(both, (items + other)[::-1]):
         np.testing.assert_array_equal(g, x)
     pairs = from_list(vm.invoke("pairs", lst, to_list(other[:3])))
@@ -116,6 +117,7 @@ def test_nth_out_of_range_is_a_clear_run_time_error(vm):
 def test_iterate_builds_powers(vm):
     x = np.array([1.0, 2.0, -0.5], np.float32)
     got = from_list(vm.invoke("powers", x, np.int64(4)))
+    assert len(got) == 4
     for k, g in enumerate(got):
         np.testing.assert_allclose(g, x ** (k + 1), rtol=1e-6)
     assert from_list(vm.invoke("powers", x, np.int64(0))) == []

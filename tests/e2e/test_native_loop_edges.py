@@ -7,7 +7,7 @@ import pytest
 from dynvm.compiler import build, ir, op
 from dynvm.kernels.loop import check_spec
 from dynvm.vm import Executable, VirtualMachine
-from dynvm.vm.errors import DynVMError, KernelError, VMStepLimitError
+from dynvm.vm.errors import DynVMError, ExecutableFormatError, KernelError, VMStepLimitError
 
 I64 = ir.TensorType((), "int64")
 
@@ -92,7 +92,8 @@ def test_a_verified_executable_with_bad_loop_metadata_gives_a_dynvm_error():
     exe.kernels["kernels"][k]["attrs"]["body"][0][0] = "no_such_symbol"
     loaded = Executable.from_bytes(exe.to_bytes())
     loaded.verify()
-    with pytest.raises(DynVMError):
+    with pytest.raises(ExecutableFormatError,
+                       match=r"loop kernel loop_loop: bad call list \(KeyError: 'no_such_symbol'\)"):
         VirtualMachine(loaded)
 
 

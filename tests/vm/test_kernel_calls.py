@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from tests.vm.vm_helpers import exe, fn, tensor
-from dynvm.vm import Executable, KernelError, ShapeError, VirtualMachine, VMError
+from dynvm.vm import (Executable, InvokeArgumentError, KernelError, ShapeError, VirtualMachine,
+                     VMError)
+from tests.strategies import laid_out
 from dynvm.vm.values import Tensor
 
 kernels = pytest.importorskip("dynvm.kernels.builder")
@@ -70,11 +72,23 @@ def test_a_call_site_reuses_its_descriptors_when_shapes_change(kernel_exe):
         np.testing.assert_array_equal(vm.invoke("main", x, x), (x + x) * x)
 
 
-def test_non_contiguous_and_byte_swapped_inputs_are_copied_to_compact_arrays(kernel_exe):
-    x = np.arange(10, dtype=np.float32)[::2]
+@pytest.mark.parametrize("layout", ["step", "reversed", "broadcast"])
+def test_strided_reversed_and_stride_0_inputs_give_numpy_results_and_stay_unchanged(kernel_exe,
+                                                                                     layout):
+    x = laid_out(np.linspace(-2, 3, 17, dtype=np.float32), layout)
+    y = laid_out(np.arange(17, dtype=np.float32)[::-1].copy(), "reversed")
+    before = x.copy(), y.copy()
+    got = VirtualMachine(kernel_exe).invoke("main", x, y)
+    np.testing.assert_array_equal(got, (x + y) * x)
+    np.testing.assert_array_equal(x, before[0])
+    np.testing.assert_array_equal(y, before[1])
+
+
+def test_a_byte_swapped_input_is_rejected_naming_the_parameter(kernel_exe):
     y = np.ones(5, np.dtype(">f4"))
-    got = VirtualMachine(kernel_exe).invoke("main", x, y.astype(np.float32))
-    np.testing.assert_array_equal(got, (x + 1) * x)
+    with pytest.raises(InvokeArgumentError,
+                       match=r"parameter 'y': expected dtype float32 \(float32\[\?\]\), got >f4"):
+        VirtualMachine(kernel_exe).invoke("main", np.ones(5, np.float32), y)
 
 
 def test_wrong_dtype_at_a_call_site_is_a_kernel_error(kernel_exe):
