@@ -172,3 +172,22 @@ def tvm_non_max_suppression(data, valid_count, indices, attrs):
                 if r is not None:
                     out[i, j] = data[i, r]
     return [picked, counts] if attrs["return_indices"] else [out]
+
+
+# ---------------------------------------------------------------- sorting
+
+def sort_order(x, axis, descending):
+    """Indices ordering `x` along `axis`: by value with NaN largest and -0.0 == 0.0, equal values
+    by lower index (descending reverses the value order, not the tie order)."""
+    x = np.moveaxis(np.asarray(x), axis, -1)
+    order = np.empty(x.shape, np.int64)
+    for pos in np.ndindex(x.shape[:-1]):
+        line = x[pos]
+        nan = np.isnan(line) if line.dtype.kind == "f" else np.zeros(len(line), bool)
+        # rank key: (NaN last ascending / first descending, value, index)
+        def key(i):
+            big = bool(nan[i])
+            value = 0 if big else line[i]
+            return ((-1 if big else 0, -value, i) if descending else (1 if big else 0, value, i))
+        order[pos] = sorted(range(len(line)), key=key)
+    return np.moveaxis(order, -1, axis)
