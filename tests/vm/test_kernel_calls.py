@@ -5,15 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from tests.vm.vm_helpers import exe, fn, tensor
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import codelib
 from dynvm.vm import (Executable, InvokeArgumentError, KernelError, ShapeError, VirtualMachine,
                      VMError)
-from tests.strategies import laid_out
 from dynvm.vm.values import Tensor
-
-kernels = pytest.importorskip("dynvm.kernels.builder")
-from dynvm.kernels import codelib  # noqa: E402
-
+from tests.strategies import laid_out
+from tests.vm.vm_helpers import exe, fn, tensor
 
 def program():
     """main(x, y) = (x + y) * x via two kernels (k0 add, k1 mul) on float32[?];
@@ -47,7 +45,7 @@ def program():
 
 @pytest.fixture(scope="module")
 def kernel_exe():
-    kb = kernels.KernelBuilder()
+    kb = KernelBuilder()
     kb.add_elementwise("add", ["add", ["in", 0], ["in", 1]], [("float32", 1)] * 2, ("float32", 1))
     kb.add_elementwise("mul", ["multiply", ["in", 0], ["in", 1]], [("float32", 1)] * 2, ("float32", 1))
     executable = exe(*program(), kernels=kb.finish())
