@@ -1,12 +1,12 @@
 """End-to-end: IR program -> build -> (save/load) -> VirtualMachine.invoke, against numpy."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from dynvm.compiler import build, ir, op
 from dynvm.vm import Executable, VirtualMachine
 
-from tests.strategies import arrays
+from tests.strategies import PINNED_LAYOUTS, arrays, examples, layouts
 
 
 def run(mod, *args, name="main"):
@@ -172,3 +172,57 @@ def test_same_vm_invoked_repeatedly_with_different_shapes():
         results.append((data, vm.invoke("main", data)))
     for data, out in results:  # earlier results must not be overwritten by later calls
         np.testing.assert_array_equal(out, np.maximum(-data, 0))
+
+
+# ---------------------------------------------------------------- the invoke boundary
+
+def _softmax(x, axis):
+    e = np.exp(x - (x.max(axis=axis, keepdims=True) if x.size else 0))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# name -> (IR body over x: (?, ?) float32, numpy reference in float64)
+BOUNDARY_PROGRAMS = {
+    "softmax_rows": (lambda x: op.softmax(x, axis=-1), lambda x: _softmax(x, -1)),
+    "softmax_cols": (lambda x: op.softmax(x, axis=0), lambda x: _softmax(x, 0)),
+    "sum_rows": (lambda x: op.sum(x, axis=[1]), lambda x: x.sum(axis=1)),
+    "mean_cols": (lambda x: op.mean(x, axis=[0], keepdims=True),
+                  lambda x: x.mean(axis=0, keepdims=True)),
+    "max_rows_of_tanh": (lambda x: op.max(op.tanh(op.add(x, x)), axis=[1]),
+                         lambda x: np.tanh(2 * x).max(axis=1)),
+}
+_BOUNDARY = {}
+
+
+def _boundary_vm(name):
+    if name not in _BOUNDARY:
+        x = ir.var("x", f32(ir.Any(), ir.Any()))
+        body, _ = BOUNDARY_PROGRAMS[name]
+        _BOUNDARY[name] = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], body(x)))))
+    return _BOUNDARY[name]
+
+
+def _pin_boundary(test):
+    """Size-0, size-1 and vector-tail shapes (C order), then strided, reversed, transposed and
+    stride-0 inputs of a vector-tail shape."""
+    cases = [((0, 17), "c"), ((3, 0), "c"), ((1, 1), "c"), ((2, 17), "c")]
+    cases += [((5, 17), layout) for layout in PINNED_LAYOUTS + ("transpose",)]
+    for name in ("softmax_rows", "sum_rows"):
+        for shape, layout in cases:
+            test = example(name=name, shape=shape, layout=layout)(test)
+    return test
+
+
+@_pin_boundary
+@settings(max_examples=examples(30))
+@given(name=st.sampled_from(sorted(BOUNDARY_PROGRAMS)),
+       shape=st.tuples(st.sampled_from([1, 2, 3, 5]), st.sampled_from([1, 3, 4, 8, 9, 16, 17, 33])),
+       layout=layouts())
+def test_reductions_and_softmax_take_any_input_layout(name, shape, layout):
+    """Inputs of every layout reach the kernels with the values numpy sees in the view."""
+    x = arrays(shape, "float32", sum(shape), layout)
+    before = x.copy()
+    got = _boundary_vm(name).invoke("main", x)
+    _, reference = BOUNDARY_PROGRAMS[name]
+    np.testing.assert_allclose(got, reference(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x, before)
