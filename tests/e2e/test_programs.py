@@ -69,7 +69,7 @@ def test_arange_float_positions():
     np.testing.assert_allclose(run(mod, np.float32(3.0)), np.arange(0, 3, 0.5, dtype=np.float32))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(shape=st.lists(st.integers(0, 6), min_size=1, max_size=3), seed=st.integers(0, 1000),
        density=st.sampled_from([0.0, 0.3, 1.0]))
 def test_argwhere_on_random_masks(shape, seed, density):

@@ -21,6 +21,7 @@ from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
 from tests.references import conv2d as conv2d_reference
 from dynvm.vm.errors import DynVMError, ShapeError
+from tests.strategies import examples
 
 NR = Blocking("float32").nr
 BIAS_RELU = ["relu", ["add", ["in", 0], ["in", 1]]]
@@ -90,7 +91,7 @@ def data(rng, shape, dtype="float32"):
     return rng.uniform(-1, 1, size=shape).astype(dtype)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(n=st.sampled_from([0, 1, 2]), c=st.sampled_from([0, 1, 3, 4]), h=SPATIAL, w=SPATIAL,
        o=st.sampled_from([1, 5, 12, 13]), kh=st.sampled_from([1, 3]), kw=st.sampled_from([1, 2, 3]),
        lx=st.sampled_from(["c", "c", "transpose", "step"]), lo=st.sampled_from(["c", "c", "step"]),
@@ -101,7 +102,7 @@ def test_conv2d_same_padding_matches_reference(n, c, h, w, o, kh, kw, lx, lo, se
     run_everywhere("plain", x, data(rng, (o, c, kh, kw)), out_layout=lo)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(n=st.sampled_from([1, 2]), cg=st.sampled_from([1, 3]), h=st.sampled_from([5, 8, 13]),
        w=SPATIAL, og=st.sampled_from([1, 6, 13]), kh=st.sampled_from([1, 2, 3]),
        kw=st.sampled_from([1, 3]),
@@ -118,7 +119,7 @@ def test_conv2d_strides_dilation_groups_and_fused_bias_relu(n, cg, h, w, og, kh,
     run_everywhere("grouped", x, wt, data(rng, extra_shape))
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(20))
 @given(h=SPATIAL, w=SPATIAL, seed=st.integers(0, 2**16))
 def test_conv2d_float64(h, w, seed):
     rng = np.random.default_rng(seed)

@@ -18,6 +18,7 @@ from tests.kernels.test_transform import (LAYOUTS, cached, check_all_variants, k
                                           native_table, random_array, reference)
 from dynvm.vm import VirtualMachine
 from dynvm.vm.errors import ShapeError
+from tests.strategies import examples
 
 BOUND = st.one_of(st.integers(-12, 12), st.sampled_from([-(1 << 63), (1 << 63) - 1, -(1 << 40),
                                                           1 << 40]))
@@ -41,7 +42,7 @@ def vec(values, dtype="int64"):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_kernel_matches_numpy(dtype, data, seed):
     shape = (data.draw(st.integers(0, 7)), data.draw(st.integers(0, 9)))
@@ -56,7 +57,7 @@ def test_kernel_matches_numpy(dtype, data, seed):
                        data.draw(st.sampled_from(LAYOUTS)), compact=False)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_kernel_with_axes_and_int32_bounds(data, seed):
     shape = tuple(data.draw(st.integers(0, 5)) for _ in range(3))

@@ -20,6 +20,7 @@ from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
 from tests.references import sort_order
 from dynvm.vm.errors import KernelError, ShapeError
+from tests.strategies import examples
 
 # (key, op, spec attrs, input (dtype, rank))
 CASES = [
@@ -118,7 +119,7 @@ LAYOUTS = st.sampled_from(["c", "c", "step", "transpose", "reversed"])
 SORT_KEYS = [k for k, op, _, _ in CASES if op != "unique"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(st.sampled_from(SORT_KEYS), st.data())
 def test_sort_argsort_topk_match_reference_and_shape_function(key, data):
     op, attrs, (dtype, rank) = CASE[key]
@@ -129,7 +130,7 @@ def test_sort_argsort_topk_match_reference_and_shape_function(key, data):
     check(key, values(data.draw, shape, dtype), data.draw(LAYOUTS))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(st.sampled_from(["unique_counts", "unique_i64"]), st.integers(0, 40), st.data())
 def test_unique_matches_numpy_including_nan_and_empty(key, n, data):
     dtype = CASE[key][2][0]

@@ -20,6 +20,7 @@ from dynvm.shape_funcs import lookup
 from tests import references
 from tests.kernels.support import raw_call, with_layout
 from dynvm.vm.errors import KernelError, ShapeError
+from tests.strategies import examples
 
 TVM_NMS = {"max_output_size": -1, "iou_threshold": 0.5, "force_suppress": False, "top_k": -1,
            "coord_start": 2, "score_index": 1, "id_index": 0, "return_indices": True,
@@ -128,13 +129,13 @@ ANCHORS = st.sampled_from([0, 1, 2, 5, 16, 33])
 LAYOUT = st.sampled_from(["c", "c", "step", "reversed"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(st.sampled_from(["gvc", "gvc_k5"]), BATCH, ANCHORS, LAYOUT, st.data())
 def test_get_valid_counts_matches_reference(key, b, n, layout, data):
     check(key, [boxes_of(data.draw, (b, n), width(key))], layout)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(st.sampled_from(["nms_indices", "nms_boxes", "nms_bottom_force", "nms_iou0", "nms_k5"]),
        BATCH, ANCHORS, LAYOUT, st.data())
 def test_tvm_nms_after_get_valid_counts_matches_reference(key, b, n, layout, data):
@@ -143,7 +144,7 @@ def test_tvm_nms_after_get_valid_counts_matches_reference(key, b, n, layout, dat
     check(key, [boxes, valid, indices], layout)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 @given(st.sampled_from(["nms_indices", "nms_boxes"]), st.integers(1, 3), st.integers(0, 12),
        st.data())
 def test_tvm_nms_on_raw_boxes_with_any_valid_count(key, b, n, data):
@@ -155,7 +156,7 @@ def test_tvm_nms_on_raw_boxes_with_any_valid_count(key, b, n, data):
     check(key, [boxes, valid, indices])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(st.sampled_from(COUNTED), st.sampled_from([0, 1, 2, 7, 30, 64]), LAYOUT, st.data())
 def test_simple_nms_exact_and_upper_bound_forms_match_reference(key, n, layout, data):
     rows = boxes_of(data.draw, (n,), 5)

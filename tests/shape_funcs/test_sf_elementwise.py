@@ -37,7 +37,7 @@ def test_binary_shape_is_numpy_broadcast(pair, name, swap, layout):
     np.testing.assert_allclose(outs[0], NUMPY[name](x, y), rtol=1e-6)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 @given(shape=shapes(), name=st.sampled_from(sorted(UNARY)), layout=layouts())
 def test_unary_shape_is_input_shape(shape, name, layout):
     x = laid_out(np.abs(arrays(shape, "float64", 2)) + 0.5, layout)
@@ -46,7 +46,7 @@ def test_unary_shape_is_input_shape(shape, name, layout):
     np.testing.assert_allclose(outs[0], UNARY[name](x), rtol=1e-12)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 @given(pair=broadcastable_pair(), cond_first=st.booleans(), layout=layouts())
 def test_where_broadcasts_all_three(pair, cond_first, layout):
     a, b = pair

@@ -7,10 +7,10 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op
-from tests.strategies import DIM, arrays, laid_out, layouts, shapes
+from tests.strategies import DIM, arrays, examples, laid_out, layouts, shapes
 from dynvm.vm.errors import ShapeError
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=examples(40))
 
 
 @SETTINGS

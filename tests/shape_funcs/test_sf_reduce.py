@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op, run_op
-from tests.strategies import arrays, layouts, shapes
+from tests.strategies import arrays, examples, layouts, shapes
 from dynvm.vm.errors import ShapeError
 
 
@@ -28,7 +28,7 @@ def numpy_axes(rank, attrs):
     return tuple(axes)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80))
 @given(case=reduce_case(), layout=layouts())
 def test_sum_and_mean_match_numpy(case, layout):
     shape, attrs = case
@@ -41,7 +41,7 @@ def test_sum_and_mean_match_numpy(case, layout):
     check_op("mean", [x], attrs, expected)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80))
 @given(case=reduce_case(nonempty=True), layout=layouts())
 def test_max_and_argmax_match_numpy(case, layout):
     shape, attrs = case

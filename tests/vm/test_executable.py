@@ -172,10 +172,10 @@ def test_disassembly_lists_tables_and_functions():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.strategies import arrays, shapes  # noqa: E402
+from tests.strategies import arrays, examples, shapes  # noqa: E402
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(shapes(0, 3), st.sampled_from(["float32", "float64", "int32", "int64", "bool"]), st.integers(0, 99))
 def test_constants_of_every_dtype_and_shape_round_trip(shape, dtype, seed):
     c = arrays(shape, dtype, seed)
@@ -241,7 +241,7 @@ _LEAVES = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.float
            | st.binary(max_size=5) | st.sampled_from([0, 1, 2, -1, "tuple", "float32", "S"]))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400))
 @given(st.lists(st.tuples(st.integers(0, len(_SMALL_FILE) - 1), st.integers(0, 255)), min_size=1, max_size=6))
 def test_random_corruption_is_always_a_format_error(edits):
     bad = bytearray(_SMALL_FILE)
@@ -253,7 +253,7 @@ def test_random_corruption_is_always_a_format_error(edits):
         Executable.from_bytes(bytes(bad))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.sampled_from(["header", "body", "checksum", "magic", "functions", "x"]), inner, max_size=4), max_leaves=20))
 def test_arbitrary_msgpack_documents_are_format_errors(doc):
@@ -274,7 +274,7 @@ def _leaf_paths(obj, path=()):
 _BODY_PATHS = list(_leaf_paths(msgpack.unpackb(msgpack.unpackb(_SMALL_FILE, raw=False)["body"], raw=False)))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(st.sampled_from(_BODY_PATHS[:-1]), _LEAVES | st.lists(_LEAVES, max_size=3))
 def test_any_edited_body_value_loads_or_is_a_format_error(path, value):
     """Edit one value inside a well-checksummed body: it may still be valid, but never crashes."""
