@@ -6,7 +6,7 @@ from hypothesis import example, given, settings, strategies as st
 from dynvm.compiler import build, ir, op
 from dynvm.vm import Executable, VirtualMachine
 
-from tests.strategies import PINNED_LAYOUTS, arrays, examples, layouts
+from tests.strategies import PINNED_LAYOUTS, arrays, examples, laid_out, layouts
 
 
 def run(mod, *args, name="main"):
@@ -70,10 +70,13 @@ def test_arange_float_positions():
 
 
 @settings(max_examples=examples(25))
+@example(shape=[17], seed=1, density=0.3, layout="broadcast")
+@example(shape=[2, 17], seed=1, density=0.3, layout="reversed")
+@example(shape=[0, 3], seed=1, density=1.0, layout="c")
 @given(shape=st.lists(st.integers(0, 6), min_size=1, max_size=3), seed=st.integers(0, 1000),
-       density=st.sampled_from([0.0, 0.3, 1.0]))
-def test_argwhere_on_random_masks(shape, seed, density):
-    mask = np.random.default_rng(seed).random(shape) < density
+       density=st.sampled_from([0.0, 0.3, 1.0]), layout=layouts())
+def test_argwhere_on_random_masks(shape, seed, density, layout):
+    mask = laid_out(np.random.default_rng(seed).random(shape) < density, layout)
     out = VirtualMachine(_argwhere_exe(len(shape))).invoke("main", mask)
     np.testing.assert_array_equal(out, np.argwhere(mask))
 
