@@ -55,7 +55,8 @@ def test_broadcast_mismatch_at_run_time_is_a_shape_error():
         vm.invoke("main", np.ones(3, np.float32), np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize("start,stop,step", [(0, 10, 1), (2, 11, 3), (5, 0, -1), (3, 3, 1), (4, 0, 1)])
+@pytest.mark.parametrize("start,stop,step", [(0, 10, 1), (2, 11, 3), (2, 12, 3), (0, 7, 2), (5, 0, -1),
+                                             (10, 0, -3), (3, 3, 1), (4, 0, 1)])
 def test_arange_with_run_time_start_stop_step(start, stop, step):
     s, e, d = (ir.var(n, scalar("int64")) for n in ("start", "stop", "step"))
     mod = ir.IRModule.from_expr(ir.Function([s, e, d], op.arange(s, e, d, dtype="int64")))
