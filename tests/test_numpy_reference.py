@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.compiler.op import OPS
 from tests.numpy_reference import REFERENCE_KERNELS
-from tests.strategies import arrays, broadcastable_pair
+from tests.strategies import arrays, broadcastable_pair, examples
 from dynvm.vm.errors import ShapeError
 
 I32 = np.iinfo(np.int32)
@@ -40,7 +40,7 @@ FLOAT_BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
                 "divide": np.divide, "maximum": np.maximum, "minimum": np.minimum}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(pair=broadcastable_pair(), name=st.sampled_from(sorted(FLOAT_BINARY)),
        dtype=st.sampled_from(["float32", "float64"]), strided=st.booleans())
 def test_float_binary_kernels_broadcast_like_numpy(pair, name, dtype, strided):
@@ -51,7 +51,7 @@ def test_float_binary_kernels_broadcast_like_numpy(pair, name, dtype, strided):
     np.testing.assert_allclose(run(name, [x, y], expected.shape, dtype), expected, rtol=1e-6)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 @given(pair=broadcastable_pair(), name=st.sampled_from(["less", "greater", "equal"]))
 def test_comparisons_give_bool(pair, name):
     x, y = arrays(pair[0], "int64", 0), arrays(pair[1], "int64", 1)

@@ -9,7 +9,7 @@ from dynvm.compiler.passes import fuse_ops
 from dynvm.compiler.typing import infer_types
 from dynvm.vm import VirtualMachine
 
-from tests.e2e.test_roundtrip import random_program
+from tests.strategies import evaluate, examples, layouts, pin_programs, program_inputs, random_program
 
 
 def kernel_calls(exe):
@@ -90,17 +90,17 @@ def test_chains_inside_match_clauses_fuse_too():
     np.testing.assert_allclose(got, np.tanh(a + b) / (1 + np.exp(-b)), rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=10, deadline=None)
-@given(program=random_program(), rows=st.sampled_from([0, 1, 5]))
-def test_fused_equals_unfused_on_random_programs(program, rows):
-    func, _ = program
+@pin_programs()
+@settings(max_examples=examples(12))
+@given(program=random_program(), rows=st.sampled_from([0, 1, 5, 17]), layout=layouts())
+def test_fused_and_unfused_both_match_numpy_on_random_programs(program, rows, layout):
+    func, reference = program
     mod = ir.IRModule.from_expr(func)
-    rng = np.random.default_rng(rows)
-    x = rng.standard_normal((rows, 3)).astype(np.float32)
-    y = rng.standard_normal(3).astype(np.float32)
-    fused = VirtualMachine(build(mod)).invoke("main", x, y)[0]
-    unfused = VirtualMachine(build(mod, fuse=False)).invoke("main", x, y)[0]
-    np.testing.assert_allclose(fused, unfused, rtol=2e-6, atol=1e-6)
+    x, y = program_inputs(rows, layout, seed=rows)
+    expected = evaluate(reference, x, y)
+    for exe in (build(mod), build(mod, fuse=False)):
+        np.testing.assert_allclose(VirtualMachine(exe).invoke("main", x, y)[0], expected,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def dense_bias_relu_module(rows=ir.Any()):
@@ -113,8 +113,7 @@ def dense_bias_relu_module(rows=ir.Any()):
 
 def test_dense_epilogue_fuses_when_dense_is_compiled():
     mod, w, b = dense_bias_relu_module()
-    if op.get_op("dense").kernel != "compiled":
-        pytest.skip("dense has no compiled kernel yet")
+    assert op.get_op("dense").kernel == "compiled"
     exe = build(mod)
     assert len(kernel_calls(exe)) == 1
     data = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
@@ -128,8 +127,7 @@ def test_dense_epilogue_fuses_when_dense_is_compiled():
 def test_transpose_feeding_an_elementwise_chain_is_read_through_strides(axes):
     x = ir.var("x", ir.TensorType((ir.Any(), 3, ir.Any()), "float32"))
     t = op.transpose(x, axes=axes)
-    out_shape = np.transpose(np.zeros((4, 3, 5)), axes).shape
-    y = ir.var("y", ir.TensorType(out_shape[1:], "float32"))        # broadcast over dim 0
+    y = ir.var("y", ir.TensorType((ir.Any(), ir.Any()), "float32"))  # broadcast over dim 0
     body = op.sigmoid(op.multiply(op.add(t, y), ir.const(0.5)))
     mod = ir.IRModule.from_expr(ir.Function([x, y], body))
     exe = build(mod)
@@ -140,8 +138,6 @@ def test_transpose_feeding_an_elementwise_chain_is_read_through_strides(axes):
         a = rng.standard_normal(shape).astype(np.float32)
         t_shape = np.transpose(np.zeros(shape), axes).shape
         b = rng.standard_normal(t_shape[1:]).astype(np.float32)
-        if y.type_annotation.shape != tuple(t_shape[1:]):
-            continue                  # y's static shape fits the first shape's layout only
         expected = 1 / (1 + np.exp(-(np.transpose(a, axes) + b) * 0.5))
         np.testing.assert_allclose(vm.invoke("main", a, b), expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(unfused.invoke("main", a, b), expected, rtol=1e-5, atol=1e-6)

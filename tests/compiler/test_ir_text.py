@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from dynvm.compiler import ir, op
 from dynvm.vm.errors import IRParseError
+from tests.strategies import examples
 
 A = ir.Any()
 F4 = ir.TensorType((A, 4), "float32")
@@ -358,7 +359,7 @@ def random_dags(draw):
     return main_of(params + [cond], body)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
 @given(random_dags())
 def test_random_dags_roundtrip(mod):
     roundtrip(mod)
@@ -376,7 +377,7 @@ types = st.recursive(
     max_leaves=8)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(types)
 def test_random_types_roundtrip(t):
     td, _, _ = list_adt()
@@ -385,7 +386,7 @@ def test_random_types_roundtrip(t):
     assert ir.expr_text(t) in text
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(st.sampled_from(["float32", "float64", "int32", "int64", "bool"]), st.data())
 def test_random_constants_roundtrip_bit_exactly(dtype, data):
     shape = data.draw(st.lists(st.integers(0, 3), max_size=3))

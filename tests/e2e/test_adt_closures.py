@@ -10,6 +10,7 @@ from dynvm.compiler.codegen.patterns import NonExhaustiveMatchWarning
 from dynvm.vm import ADT, Closure, Executable, VirtualMachine
 from dynvm.vm.convert import from_list, to_list, tree
 from dynvm.vm.errors import ShapeError, VMError
+from tests.strategies import examples
 
 F32 = ir.TensorType((ir.Any(),), "float32")
 I64 = ir.TensorType((), "int64")
@@ -76,7 +77,7 @@ def arrays(lengths, seed=0):
 LISTS = st.lists(st.integers(0, 6), max_size=7)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(lengths=LISTS, scale=st.floats(-3, 3, width=32))
 def test_map_with_a_closure_capturing_a_tensor(vm, lengths, scale):
     items = arrays(lengths)
@@ -86,7 +87,7 @@ def test_map_with_a_closure_capturing_a_tensor(vm, lengths, scale):
         np.testing.assert_allclose(g, x * np.float32(scale), rtol=1e-6)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(lengths=LISTS)
 def test_folds_length_nth_concat_rev_zip(vm, lengths):
     items = arrays(lengths, seed=1)
@@ -99,6 +100,7 @@ def test_folds_length_nth_concat_rev_zip(vm, lengths):
         np.testing.assert_array_equal(vm.invoke("at", lst, np.int64(i)), x)
     other = arrays(lengths[::-1], seed=2)
     both = from_list(vm.invoke("both", lst, to_list(other)))
+    assert len(both) == len(items) + len(other)
     for g, x in zip(both, (items + other)[::-1]):
         np.testing.assert_array_equal(g, x)
     pairs = from_list(vm.invoke("pairs", lst, to_list(other[:3])))
@@ -116,6 +118,7 @@ def test_nth_out_of_range_is_a_clear_run_time_error(vm):
 def test_iterate_builds_powers(vm):
     x = np.array([1.0, 2.0, -0.5], np.float32)
     got = from_list(vm.invoke("powers", x, np.int64(4)))
+    assert len(got) == 4
     for k, g in enumerate(got):
         np.testing.assert_allclose(g, x ** (k + 1), rtol=1e-6)
     assert from_list(vm.invoke("powers", x, np.int64(0))) == []

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from dynvm.compiler import build, ir, op
-from dynvm.shape_funcs.vision import nms_select
+from tests import references
+from tests.references import greedy_nms
 from dynvm.vm import VirtualMachine
 from dynvm.vm.errors import DynVMError, TypeInferenceError
 
@@ -23,6 +24,11 @@ def nms_vm(request):
     attrs = dict(ATTRS, max_output=request.param)
     exe = build(nms_module(attrs))
     return exe, VirtualMachine(exe), attrs
+
+
+def nms_reference(boxes, scores, attrs):
+    return greedy_nms(boxes, scores, attrs["max_output"], attrs["iou_threshold"],
+                      attrs["score_threshold"])
 
 
 def random_boxes(n, seed, size=20.0):
@@ -47,7 +53,7 @@ def test_nms_matches_the_reference(nms_vm, n, seed):
     boxes, scores = random_boxes(n, seed)
     got = vm.invoke("main", boxes, scores)
     assert got.dtype == np.int64
-    np.testing.assert_array_equal(got, nms_select(boxes, scores, attrs))
+    np.testing.assert_array_equal(got, nms_reference(boxes, scores, attrs))
 
 
 def test_nms_adversarial_boxes(nms_vm):
@@ -58,7 +64,7 @@ def test_nms_adversarial_boxes(nms_vm):
     far = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(30)], np.float32)
     np.testing.assert_array_equal(vm.invoke("main", far, ties[:30]), np.arange(30))  # none suppressed
     flat = np.zeros((5, 4), np.float32)                                          # zero-area boxes
-    np.testing.assert_array_equal(vm.invoke("main", flat, ties[:5]), nms_select(flat, ties[:5], attrs))
+    np.testing.assert_array_equal(vm.invoke("main", flat, ties[:5]), nms_reference(flat, ties[:5], attrs))
     low = np.full(5, 0.01, np.float32)                                           # below threshold
     assert vm.invoke("main", far[:5], low).shape == (0,)
 
@@ -71,10 +77,13 @@ def test_results_of_earlier_calls_stay_valid(nms_vm):
     np.testing.assert_array_equal(first, kept)
 
 
-def test_bad_nms_attributes_are_clear_errors():
-    for bad in ({"max_output": -1}, {"iou_threshold": 1.5}):
-        with pytest.raises((TypeInferenceError, DynVMError)):
-            build(nms_module(dict(ATTRS, **bad)))
+@pytest.mark.parametrize("bad, phrase", [
+    ({"max_output": -1}, r"nms: max_output must be >= 0, got -1\n  in: nms\(%b, %s, max_output=-1"),
+    ({"iou_threshold": 1.5}, r"nms: iou_threshold must be in \[0, 1\], got 1.5\n  in: nms\("),
+])
+def test_bad_nms_attributes_are_clear_errors(bad, phrase):
+    with pytest.raises(TypeInferenceError, match=phrase):
+        build(nms_module(dict(ATTRS, **bad)))
 
 
 def test_arange_with_step_zero_is_a_clear_error():
@@ -104,14 +113,14 @@ def test_nms_uses_the_prepared_shape_functions_and_rejects_mismatched_inputs(nms
     with pytest.raises(DynVMError, match="extents do not fit" if static else "boxes must be"):
         vm.invoke("main", boxes, scores[:9])
     first = vm.invoke("main", boxes, scores)         # the VM still works after the error
-    np.testing.assert_array_equal(first, nms_select(boxes, scores, attrs))
+    np.testing.assert_array_equal(first, nms_reference(boxes, scores, attrs))
 
 
 def test_nms_results_are_owned_arrays_after_many_invokes(nms_vm):
     _, vm, attrs = nms_vm
     results = [(vm.invoke("main", *random_boxes(50, s)), s) for s in range(5)]
     for got, s in results:
-        np.testing.assert_array_equal(got, nms_select(*random_boxes(50, s), attrs))
+        np.testing.assert_array_equal(got, nms_reference(*random_boxes(50, s), attrs))
         assert got.flags.writeable
 
 
@@ -151,3 +160,23 @@ def test_shape_function_results_are_reused_only_while_input_shapes_stay_the_same
         counts.append(sum(calls.values()) - before)
     assert counts[0] > 0 and counts[1] == counts[3] == counts[6] == 0
     assert counts[2] == counts[4] == counts[5] == counts[0]
+
+
+def nms_postprocess_reference(m, data):
+    """examples/nms_postprocess's pipeline through the independent TVM references."""
+    valid, boxes, indices = references.get_valid_counts(data, **m.GVC)
+    (kept,) = references.tvm_non_max_suppression(boxes, valid, indices, m.NMS)
+    return kept[:, :m.TOP]
+
+
+@pytest.mark.parametrize("anchors", [0, 1, 7, 300])
+def test_nms_postprocess_example_and_its_reference_match_an_independent_reference(anchors):
+    """The example checks itself against the project's numpy kernels; both the program and that
+    check must agree with references written for the tests."""
+    from tests.e2e.test_examples import load_example
+    m = load_example("nms_postprocess")
+    data = m.make_input(anchors, seed=anchors)
+    want = nms_postprocess_reference(m, data)
+    assert want.shape == (1, min(anchors, m.TOP), 6)
+    np.testing.assert_array_equal(VirtualMachine(build(m.build_module())).invoke("main", data), want)
+    np.testing.assert_array_equal(m.reference(data), want)

@@ -1,8 +1,9 @@
 """Native loops (compiler/codegen/native_loop.py, kernels/loop.py): a while_loop of straight-line
-kernel calls runs as one CallLoop and gives exactly what the bytecode loop gives."""
+kernel calls runs as one CallLoop; it and the bytecode loop both match a numpy loop, and each
+other exactly."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynvm.compiler import build, ir, op
@@ -11,6 +12,7 @@ from dynvm.vm.dtypes import np_dtype
 from dynvm.vm.errors import DynVMError, ExecutableFormatError, VMStepLimitError
 
 from tests.e2e.test_control_flow import countdown_module
+from tests.strategies import examples, laid_out, layouts
 
 I64 = ir.TensorType((), "int64")
 SHAPES = [(0,), (1,), (3,), (17,), (2, 5), (1, 1), (4, 0)]
@@ -46,6 +48,22 @@ def loop_module(shape, swap=False, reshape=False, constant=True):
     return ir.IRModule.from_expr(ir.Function([x, n], loop))
 
 
+def loop_reference(x, n, shape, swap=False, constant=True):
+    """loop_module's loop in numpy (float32): (t, a, b) after n steps."""
+    c = np.linspace(-1, 1, int(np.prod(shape))).reshape(shape).astype(np.float32)
+    a, b = np.zeros(shape, np.float32), np.ones(shape, np.float32)
+    for t in range(n):
+        new_a = np.tanh(a * np.float32(0.5) + x[t]) + (c if constant else np.float32(0))
+        a, b = (b, a) if swap else (new_a, a - b)
+    return n, a, b
+
+
+def assert_matches_reference(got, want):
+    assert int(got[0]) == want[0]
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
 def both(mod):
     return build(mod), build(mod, native_loops=False)
 
@@ -56,19 +74,26 @@ def assert_same(got, want):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
-@settings(max_examples=12, deadline=None)
+@example(shape=(17,), swap=False, reshape=False, constant=True, rows=3, seed=0, layout="step")
+@example(shape=(2, 5), swap=False, reshape=True, constant=True, rows=3, seed=0, layout="reversed")
+@example(shape=(3,), swap=True, reshape=False, constant=False, rows=4, seed=0, layout="broadcast")
+@example(shape=(0,), swap=False, reshape=False, constant=True, rows=2, seed=0, layout="c")
+@example(shape=(1,), swap=False, reshape=True, constant=True, rows=1, seed=0, layout="c")
+@settings(max_examples=examples(12))
 @given(shape=st.sampled_from(SHAPES), swap=st.booleans(), reshape=st.booleans(),
-       constant=st.booleans(), rows=st.integers(0, 6), seed=st.integers(0, 2 ** 16))
-def test_native_loop_matches_the_bytecode_loop(shape, swap, reshape, constant, rows, seed):
+       constant=st.booleans(), rows=st.integers(0, 6), seed=st.integers(0, 2 ** 16),
+       layout=layouts())
+def test_native_and_bytecode_loops_match_numpy(shape, swap, reshape, constant, rows, seed, layout):
     reshape = reshape and 0 not in shape     # a 0 in a newshape means "copy that input dim"
     native, bytecode = both(loop_module(shape, swap, reshape, constant=constant))
     assert "CallLoop" in opcodes(native, "main_while_loop0")
     assert "CallLoop" not in opcodes(bytecode, "main_while_loop0")
-    x = np.random.default_rng(seed).standard_normal((max(rows, 1),) + shape).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = laid_out(rng.standard_normal((max(rows, 1),) + shape).astype(np.float32), layout)
     for n in (0, 1, rows):
         got = VirtualMachine(native).invoke("main", x, np.int64(n))
         want = VirtualMachine(bytecode).invoke("main", x, np.int64(n))
-        assert int(got[0]) == n
+        assert_matches_reference(got, loop_reference(x, n, shape, swap, constant))
         assert_same(got, want)
 
 
@@ -78,6 +103,8 @@ def test_non_contiguous_arguments_are_copied_in_and_results_are_fresh_arrays():
     vm = VirtualMachine(native)
     first = vm.invoke("main", x, np.int64(4))
     second = vm.invoke("main", x, np.int64(2))
+    assert_matches_reference(first, loop_reference(x, 4, (3,)))
+    assert_matches_reference(second, loop_reference(x, 2, (3,)))
     assert_same(first, VirtualMachine(bytecode).invoke("main", x, np.int64(4)))
     assert not np.shares_memory(first[1], second[1])
 
@@ -147,8 +174,9 @@ def test_native_loops_survive_save_and_load(tmp_path):
     path = tmp_path / "loop.dynvm"
     native.save(path)
     x = np.random.default_rng(0).standard_normal((3, 2, 5)).astype(np.float32)
-    assert_same(VirtualMachine(Executable.load(path)).invoke("main", x, np.int64(3)),
-                VirtualMachine(native).invoke("main", x, np.int64(3)))
+    got = VirtualMachine(Executable.load(path)).invoke("main", x, np.int64(3))
+    assert_matches_reference(got, loop_reference(x, 3, (2, 5), swap=True))
+    assert_same(got, VirtualMachine(native).invoke("main", x, np.int64(3)))
 
 
 def test_the_verifier_keeps_loop_kernels_and_callloop_together():
@@ -210,6 +238,10 @@ def test_exits_may_return_invariants_and_the_same_state_twice():
     assert "CallLoop" in opcodes(native, "loop")
     xs = np.arange(5, dtype=np.float32)
     got = VirtualMachine(native).invoke("loop", np.int64(4), xs, np.ones(2, np.float32))
+    acc = np.ones(2, np.float32)
+    for _ in range(4):
+        acc = acc * 2 + xs.sum()                                     # 12, 34, 78, 166
+    assert_same(got, (xs, acc, acc))
     assert_same(got, VirtualMachine(bytecode).invoke("loop", np.int64(4), xs, np.ones(2, np.float32)))
     np.testing.assert_array_equal(got[0], xs)
     want = np.ones(2)

@@ -1,12 +1,12 @@
 """End-to-end: IR program -> build -> (save/load) -> VirtualMachine.invoke, against numpy."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from dynvm.compiler import build, ir, op
 from dynvm.vm import Executable, VirtualMachine
 
-from tests.strategies import arrays
+from tests.strategies import PINNED_LAYOUTS, arrays, examples, laid_out, layouts
 
 
 def run(mod, *args, name="main"):
@@ -55,7 +55,8 @@ def test_broadcast_mismatch_at_run_time_is_a_shape_error():
         vm.invoke("main", np.ones(3, np.float32), np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize("start,stop,step", [(0, 10, 1), (2, 11, 3), (5, 0, -1), (3, 3, 1), (4, 0, 1)])
+@pytest.mark.parametrize("start,stop,step", [(0, 10, 1), (2, 11, 3), (2, 12, 3), (0, 7, 2), (5, 0, -1),
+                                             (10, 0, -3), (3, 3, 1), (4, 0, 1)])
 def test_arange_with_run_time_start_stop_step(start, stop, step):
     s, e, d = (ir.var(n, scalar("int64")) for n in ("start", "stop", "step"))
     mod = ir.IRModule.from_expr(ir.Function([s, e, d], op.arange(s, e, d, dtype="int64")))
@@ -69,11 +70,14 @@ def test_arange_float_positions():
     np.testing.assert_allclose(run(mod, np.float32(3.0)), np.arange(0, 3, 0.5, dtype=np.float32))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
+@example(shape=[17], seed=1, density=0.3, layout="broadcast")
+@example(shape=[2, 17], seed=1, density=0.3, layout="reversed")
+@example(shape=[0, 3], seed=1, density=1.0, layout="c")
 @given(shape=st.lists(st.integers(0, 6), min_size=1, max_size=3), seed=st.integers(0, 1000),
-       density=st.sampled_from([0.0, 0.3, 1.0]))
-def test_argwhere_on_random_masks(shape, seed, density):
-    mask = np.random.default_rng(seed).random(shape) < density
+       density=st.sampled_from([0.0, 0.3, 1.0]), layout=layouts())
+def test_argwhere_on_random_masks(shape, seed, density, layout):
+    mask = laid_out(np.random.default_rng(seed).random(shape) < density, layout)
     out = VirtualMachine(_argwhere_exe(len(shape))).invoke("main", mask)
     np.testing.assert_array_equal(out, np.argwhere(mask))
 
@@ -172,3 +176,57 @@ def test_same_vm_invoked_repeatedly_with_different_shapes():
         results.append((data, vm.invoke("main", data)))
     for data, out in results:  # earlier results must not be overwritten by later calls
         np.testing.assert_array_equal(out, np.maximum(-data, 0))
+
+
+# ---------------------------------------------------------------- the invoke boundary
+
+def _softmax(x, axis):
+    e = np.exp(x - (x.max(axis=axis, keepdims=True) if x.size else 0))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# name -> (IR body over x: (?, ?) float32, numpy reference in float64)
+BOUNDARY_PROGRAMS = {
+    "softmax_rows": (lambda x: op.softmax(x, axis=-1), lambda x: _softmax(x, -1)),
+    "softmax_cols": (lambda x: op.softmax(x, axis=0), lambda x: _softmax(x, 0)),
+    "sum_rows": (lambda x: op.sum(x, axis=[1]), lambda x: x.sum(axis=1)),
+    "mean_cols": (lambda x: op.mean(x, axis=[0], keepdims=True),
+                  lambda x: x.mean(axis=0, keepdims=True)),
+    "max_rows_of_tanh": (lambda x: op.max(op.tanh(op.add(x, x)), axis=[1]),
+                         lambda x: np.tanh(2 * x).max(axis=1)),
+}
+_BOUNDARY = {}
+
+
+def _boundary_vm(name):
+    if name not in _BOUNDARY:
+        x = ir.var("x", f32(ir.Any(), ir.Any()))
+        body, _ = BOUNDARY_PROGRAMS[name]
+        _BOUNDARY[name] = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x], body(x)))))
+    return _BOUNDARY[name]
+
+
+def _pin_boundary(test):
+    """Size-0, size-1 and vector-tail shapes (C order), then strided, reversed, transposed and
+    stride-0 inputs of a vector-tail shape."""
+    cases = [((0, 17), "c"), ((3, 0), "c"), ((1, 1), "c"), ((2, 17), "c")]
+    cases += [((5, 17), layout) for layout in PINNED_LAYOUTS + ("transpose",)]
+    for name in ("softmax_rows", "sum_rows"):
+        for shape, layout in cases:
+            test = example(name=name, shape=shape, layout=layout)(test)
+    return test
+
+
+@_pin_boundary
+@settings(max_examples=examples(30))
+@given(name=st.sampled_from(sorted(BOUNDARY_PROGRAMS)),
+       shape=st.tuples(st.sampled_from([1, 2, 3, 5]), st.sampled_from([1, 3, 4, 8, 9, 16, 17, 33])),
+       layout=layouts())
+def test_reductions_and_softmax_take_any_input_layout(name, shape, layout):
+    """Inputs of every layout reach the kernels with the values numpy sees in the view."""
+    x = arrays(shape, "float32", sum(shape), layout)
+    before = x.copy()
+    got = _boundary_vm(name).invoke("main", x)
+    _, reference = BOUNDARY_PROGRAMS[name]
+    np.testing.assert_allclose(got, reference(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x, before)

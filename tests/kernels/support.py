@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import abi, load_kernels
+from tests.strategies import laid_out as with_layout  # noqa: F401  (the kernel tests' name)
 
 # vector widths are 4/8/16 lanes: sizes one below/above them hit the loop tails
 LAST_DIM = st.sampled_from([0, 1, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33])
@@ -47,21 +48,6 @@ def values(rng, shape, dtype, low=-3.0, high=3.0, specials=()):
         picks = rng.integers(0, a.size, size=min(a.size, 3))
         flat[picks] = rng.choice(np.array(specials, dtype=dtype), size=len(picks))
     return a
-
-
-def with_layout(a, layout):
-    """A view with the values of `a` laid out as `layout` (real non-unit/negative strides)."""
-    if layout == "c" or a.ndim == 0:
-        return a
-    if layout == "step":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    if layout == "transpose":
-        return np.ascontiguousarray(a.T).T
-    if layout == "reversed":
-        return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
-    raise ValueError(layout)
 
 
 def empty_output(shape, dtype, layout):

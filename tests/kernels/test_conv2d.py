@@ -1,6 +1,7 @@
 """The "conv2d" kernel family (kernels/conv2d.py): NCHW conv2d with strides, padding, dilation,
-groups and a fused epilogue, every variant against a float64 reference built from the extern
-numpy kernel; the shape function, the type relation and one program through the VM.
+groups and a fused epilogue, every variant against a float64 direct-loop reference written for
+the tests (tests/references.py); the shape function against the reference's shapes, the type
+relation and one program through the VM.
 
 Tolerance: 2 K eps (|X| * |W|) per element with K = C/groups * KH * KW (the dot-product bound).
 """
@@ -18,7 +19,9 @@ from dynvm.kernels.abi import ERR_LAYOUT, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import Blocking
 from dynvm.shape_funcs import lookup
 from tests.kernels.support import raw_call, with_layout
+from tests.references import conv2d as conv2d_reference
 from dynvm.vm.errors import DynVMError, ShapeError
+from tests.strategies import examples
 
 NR = Blocking("float32").nr
 BIAS_RELU = ["relu", ["add", ["in", 0], ["in", 1]]]
@@ -47,13 +50,15 @@ def table():
 
 
 
+def direct(x, w, attrs):
+    return conv2d_reference(x, w, attrs["strides"], attrs["padding"], attrs["dilation"],
+                            attrs["groups"])
+
+
 def reference(key, x, w, extra):
     attrs, dtype, epi = KERNELS[key]
-    (shape,) = lookup("conv2d").fn([x, w], attrs)
-    ref, bound = np.zeros(shape), np.zeros(shape)
-    REFERENCE_KERNELS["conv2d"]([x.astype(np.float64), w.astype(np.float64)], [ref], attrs)
-    REFERENCE_KERNELS["conv2d"]([np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))],
-                             [bound], attrs)
+    ref, bound = direct(x, w, attrs), direct(np.abs(x), np.abs(w), attrs)
+    assert lookup("conv2d").fn([x, w], attrs) == [ref.shape]
     eps = np.finfo(dtype).eps
     k = w.shape[1] * w.shape[2] * w.shape[3]
     if epi is not None:
@@ -86,7 +91,7 @@ def data(rng, shape, dtype="float32"):
     return rng.uniform(-1, 1, size=shape).astype(dtype)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(n=st.sampled_from([0, 1, 2]), c=st.sampled_from([0, 1, 3, 4]), h=SPATIAL, w=SPATIAL,
        o=st.sampled_from([1, 5, 12, 13]), kh=st.sampled_from([1, 3]), kw=st.sampled_from([1, 2, 3]),
        lx=st.sampled_from(["c", "c", "transpose", "step"]), lo=st.sampled_from(["c", "c", "step"]),
@@ -97,7 +102,7 @@ def test_conv2d_same_padding_matches_reference(n, c, h, w, o, kh, kw, lx, lo, se
     run_everywhere("plain", x, data(rng, (o, c, kh, kw)), out_layout=lo)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(n=st.sampled_from([1, 2]), cg=st.sampled_from([1, 3]), h=st.sampled_from([5, 8, 13]),
        w=SPATIAL, og=st.sampled_from([1, 6, 13]), kh=st.sampled_from([1, 2, 3]),
        kw=st.sampled_from([1, 3]),
@@ -114,7 +119,7 @@ def test_conv2d_strides_dilation_groups_and_fused_bias_relu(n, cg, h, w, og, kh,
     run_everywhere("grouped", x, wt, data(rng, extra_shape))
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(20))
 @given(h=SPATIAL, w=SPATIAL, seed=st.integers(0, 2**16))
 def test_conv2d_float64(h, w, seed):
     rng = np.random.default_rng(seed)
@@ -144,6 +149,17 @@ def test_conv2d_bad_shapes_return_error_codes():
 # ---------------------------------------------------------------- shape function and op
 
 
+@pytest.mark.parametrize("key", sorted(KERNELS))
+def test_the_numpy_reference_kernel_matches_the_direct_loop(key):
+    attrs, dtype, _ = KERNELS[key]
+    rng = np.random.default_rng(5)
+    x, w = data(rng, (2, 4, 9, 7), dtype), data(rng, (6, 4 // attrs["groups"], 3, 2), dtype)
+    want = direct(x, w, attrs)
+    got = np.zeros(want.shape)
+    REFERENCE_KERNELS["conv2d"]([x.astype(np.float64), w.astype(np.float64)], [got], attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_shape_function_follows_relay_padding_forms():
     sf = lookup("conv2d").fn
     x, w = np.empty((2, 4, 10, 9)), np.empty((6, 2, 3, 3))
@@ -171,9 +187,7 @@ def test_conv2d_op_types_any_dims_and_runs_fused_through_the_vm():
     for shape in [(2, 3, 9, 10), (1, 3, 1, 1), (0, 3, 4, 4)]:
         xs = data(rng, shape)
         got = vm.invoke("main", xs)
-        ref = np.zeros(lookup("conv2d").fn([xs, w], {"strides": [2, 2], "padding": [1, 1]})[0])
-        REFERENCE_KERNELS["conv2d"]([xs.astype(np.float64), w.astype(np.float64)], [ref],
-                                 {"strides": [2, 2], "padding": [1, 1]})
+        ref = conv2d_reference(xs, w, strides=(2, 2), padding=(1, 1))
         np.testing.assert_allclose(got, np.maximum(ref + bias, 0), rtol=1e-5, atol=1e-5)
 
 

@@ -18,6 +18,7 @@ from tests.kernels.test_transform import (LAYOUTS, cached, check_all_variants, k
                                           native_table, random_array, reference)
 from dynvm.vm import VirtualMachine
 from dynvm.vm.errors import ShapeError
+from tests.strategies import examples
 
 BOUND = st.one_of(st.integers(-12, 12), st.sampled_from([-(1 << 63), (1 << 63) - 1, -(1 << 40),
                                                           1 << 40]))
@@ -41,7 +42,7 @@ def vec(values, dtype="int64"):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_kernel_matches_numpy(dtype, data, seed):
     shape = (data.draw(st.integers(0, 7)), data.draw(st.integers(0, 9)))
@@ -56,7 +57,7 @@ def test_kernel_matches_numpy(dtype, data, seed):
                        data.draw(st.sampled_from(LAYOUTS)), compact=False)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_kernel_with_axes_and_int32_bounds(data, seed):
     shape = tuple(data.draw(st.integers(0, 5)) for _ in range(3))
@@ -122,9 +123,10 @@ def test_op_strided_slice_builds_the_dyn_op_for_tensor_bounds():
     call = op.strided_slice(x, b, [4, 5])
     assert call.callee.name == "dyn.strided_slice" and len(call.args) == 4
     assert np.array_equal(call.args[3].data, [1, 1])        # strides default to ones
-    mod = ir.IRModule.from_expr(ir.Function([x, b], call))
-    built = build(mod)
-    assert built is not None
+    vm = VirtualMachine(build(ir.IRModule.from_expr(ir.Function([x, b], call))))
+    data = np.arange(42, dtype=np.float32).reshape(7, 6)
+    for begin, want in (([1, 2], data[1:4, 2:5]), ([-3, 0], data[-3:4, 0:5]), ([5, 5], data[5:4, 5:5])):
+        np.testing.assert_array_equal(vm.invoke("main", data, vec(begin)), want)
 
 
 def test_type_relation_keeps_unsliced_dims_and_checks_lengths():

@@ -11,6 +11,7 @@ from dynvm.kernels.abi import ERR_SHAPE, ERR_VALUE
 from tests.kernels.support import with_layout
 from tests.kernels.test_transform import (DTYPES, LAYOUTS, cached, check_all_variants, kind,
                                           native_table, random_array, reference)
+from tests.strategies import examples
 
 DIM = st.sampled_from([0, 1, 1, 2, 3, 5, 17])
 NUMERIC = ("float32", "float64", "int32", "int64")
@@ -59,7 +60,7 @@ def test_static_zeros_and_ones(op, dtype):
 
 @pytest.mark.parametrize("op, dtype", [(op, dt) for op in ("dyn.zeros", "dyn.ones")
                                        for dt in FILL_DTYPES[op]])
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(20))
 @given(shape=st.tuples(DIM, DIM), layout=st.sampled_from(LAYOUTS))
 def test_dynamic_zeros_and_ones(op, dtype, shape, layout):
     check_all_variants(fill_kernels()[(op, dtype)], op, {"dtype": dtype},
@@ -74,7 +75,7 @@ def test_dynamic_zeros_of_any_rank_with_an_int32_shape(rank):
 
 
 @pytest.mark.parametrize("src, dst", FULL_CASTS, ids=str)
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(20))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_full_casts_the_fill_value_like_numpy(src, dst, data, seed):
     value = np.asarray(random_array(np.random.default_rng(seed), (), src) * 7).astype(src)
@@ -115,7 +116,7 @@ def scalars(values, dtype):
 
 
 @pytest.mark.parametrize("src, dst", ARANGE_SIGS, ids=str)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20))
 @given(start=st.integers(-50, 50), stop=st.integers(-50, 50),
        step=st.sampled_from([1, 2, 3, 7, -1, -4, 0.5, -0.25, 2.5]), layout=st.sampled_from("cs"))
 def test_arange_matches_numpy_including_empty_ranges(src, dst, start, stop, step, layout):
@@ -171,7 +172,7 @@ def condition(rng, shape, dtype, density):
 
 
 @pytest.mark.parametrize("dtype, rank", ARGWHERE_SIGS, ids=str)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1),
        density=st.sampled_from([0.0, 0.3, 1.0]))
 def test_argwhere_matches_numpy_for_all_false_all_true_and_random(dtype, rank, data, seed,

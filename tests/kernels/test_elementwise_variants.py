@@ -16,6 +16,7 @@ from dynvm.kernels import abi, load_kernels
 from dynvm.kernels.elementwise import lanes_for
 from dynvm.kernels.abi import ERR_LAYOUT
 from tests.kernels.support import cached_table, values, with_layout
+from tests.strategies import examples
 
 CHAIN = ["multiply", ["tanh", ["add", ["multiply", ["in", 0], ["in", 1]], ["in", 2]]],
          ["sigmoid", ["in", 0]]]
@@ -96,7 +97,7 @@ FLAT_KEYS = ["chain32", "chain64", "div_pow_i32", "less_bool", "cast_f32_i32"]
 
 @pytest.mark.parametrize("variant", ["scalar", "vector", "vector_exact", "strided"])
 @pytest.mark.parametrize("key", FLAT_KEYS)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(data=st.data(), seed=st.integers(0, 2**31))
 def test_each_variant_called_directly_matches_numpy(key, variant, data, seed):
     n = data.draw(st.sampled_from(sizes_around(lanes(key))))
@@ -111,7 +112,7 @@ def test_each_variant_called_directly_matches_numpy(key, variant, data, seed):
     assert_matches(out, reference(key, xs))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30))
 @given(data=st.data(), seed=st.integers(0, 2**31))
 def test_strided_variant_broadcasts_any_layout_like_numpy(data, seed):
     """Inner strides 0/1 take the vectorised inner loop, others the scalar one."""

@@ -17,6 +17,7 @@ from llvmlite import ir
 
 from dynvm.kernels import codelib, llvm_math
 from dynvm.kernels.llvm_util import vector_type
+from tests.strategies import examples
 
 ffi = cffi.FFI()
 I64, PTR = ir.IntType(64), ir.PointerType()
@@ -168,7 +169,7 @@ def test_float32_max_relative_error_is_below_3e_7():
         assert rel.max() < 3e-7, (fname, rel.max())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(n=st.integers(0, 40), dtype=st.sampled_from(["float32", "float64"]),
        fname=st.sampled_from(sorted(llvm_math.FUNCTIONS)), seed=st.integers(0, 2**32 - 1),
        fast=st.sampled_from(MODES))

@@ -18,6 +18,7 @@ from dynvm.kernels.abi import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import GEMV_AXPY_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, Blocking
 from tests.kernels.support import raw_call, with_layout
 from dynvm.vm.errors import KernelError, ShapeError
+from tests.strategies import examples
 
 BLK = Blocking("float32")
 BIAS_RELU = ["relu", ["add", ["in", 0], ["in", 1]]]
@@ -117,7 +118,7 @@ def data(rng, shape, dtype):
     return rng.uniform(-2, 2, size=shape).astype(dtype)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(m=DIM, n=DIM, k=DEPTH, la=LAYOUT, lb=LAYOUT, lc=LAYOUT, seed=st.integers(0, 2**16))
 def test_matmul_float32_matches_numpy_in_every_variant(m, n, k, la, lb, lc, seed):
     rng = np.random.default_rng(seed)
@@ -126,14 +127,14 @@ def test_matmul_float32_matches_numpy_in_every_variant(m, n, k, la, lb, lc, seed
     run_everywhere("matmul_f32", [a, b], (m, n), lc)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(m=DIM, n=DIM, k=DEPTH, seed=st.integers(0, 2**16))
 def test_matmul_int32_is_exact(m, n, k, seed):
     rng = np.random.default_rng(seed)
     run_everywhere("matmul_i32", [data(rng, (m, k), "int32"), data(rng, (k, n), "int32")], (m, n))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20))
 @given(m=DIM, n=DIM, k=DEPTH, seed=st.integers(0, 2**16))
 def test_dense_float64_matches_numpy(m, n, k, seed):
     rng = np.random.default_rng(seed)
@@ -141,7 +142,7 @@ def test_dense_float64_matches_numpy(m, n, k, seed):
                    (m, n))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(lead=st.sampled_from([0, 1, 2, 5]), m=DIM, n=DIM, k=DEPTH,
        bias_len=st.sampled_from([None, 1]), lx=LAYOUT, seed=st.integers(0, 2**16))
 def test_dense_rank3_with_fused_bias_relu(lead, m, n, k, bias_len, lx, seed):
@@ -152,7 +153,7 @@ def test_dense_rank3_with_fused_bias_relu(lead, m, n, k, bias_len, lx, seed):
     run_everywhere("dense3_bias_relu", [x, w, bias], (lead, m, n))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25))
 @given(batch=st.sampled_from([(1, 1), (3, 3), (1, 3), (3, 1), (0, 0), (0, 1)]), m=DIM, n=DIM,
        k=DEPTH, extra=st.sampled_from(["full", "row", "col", "scalar"]),
        seed=st.integers(0, 2**16))
@@ -165,7 +166,7 @@ def test_batch_matmul_broadcasts_batch_and_fuses_epilogue(batch, m, n, k, extra,
     run_everywhere("bmm_tanh", [a, b, data(rng, shape, "float32")], (nb, m, n))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15))
 @given(batch=st.sampled_from([(2, 2), (1, 2), (2, 1)]), m=DIM, n=DIM, k=DEPTH,
        seed=st.integers(0, 2**16))
 def test_batch_matmul_transpose_a_float64(batch, m, n, k, seed):

@@ -20,6 +20,7 @@ from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.abi import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
                                ERR_SHAPE)
 from tests.kernels.support import with_layout
+from tests.strategies import examples
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
 LAYOUTS = ("c", "c", "step", "transpose", "reversed")
@@ -144,7 +145,7 @@ def transpose_kernels():
 
 
 @pytest.mark.parametrize("perm", PERMS, ids=str)
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=examples(20))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_transpose_every_perm_matches_numpy(perm, data, seed):
     shape = tuple(data.draw(DIM) for _ in perm)
@@ -155,7 +156,7 @@ def test_transpose_every_perm_matches_numpy(perm, data, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(20))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_transpose_every_dtype_matches_numpy(dtype, data, seed):
     """Shapes around the 32 x 32 tile edge, so partial tiles are covered."""
@@ -226,7 +227,7 @@ def concat_split_kernels():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(20))
 @given(a=st.integers(0, 40), b=st.integers(0, 40), seed=st.integers(0, 2**32 - 1))
 def test_concatenate_1d_every_dtype(dtype, a, b, seed):
     rng = np.random.default_rng(seed)
@@ -237,7 +238,7 @@ def test_concatenate_1d_every_dtype(dtype, a, b, seed):
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(24))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_concatenate_three_inputs_any_axis_and_layout(axis, data, seed):
     rng = np.random.default_rng(seed)
@@ -269,7 +270,7 @@ def test_concatenate_mismatched_extents_return_shape_error_code():
 
 
 @pytest.mark.parametrize("axis", [0, -1])
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(20))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_split_into_equal_sections(axis, data, seed):
     shape = [data.draw(DIM), data.draw(DIM)]
@@ -283,7 +284,7 @@ def test_split_into_equal_sections(axis, data, seed):
 
 
 @pytest.mark.parametrize("points", SPLIT_POINTS, ids=str)
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(20))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_split_at_points_clamps_like_numpy(points, data, seed):
     shape = (data.draw(DIM), data.draw(st.integers(0, 9)), data.draw(DIM))
@@ -337,7 +338,7 @@ def slice_kernels():
 
 
 @pytest.mark.parametrize("name", list(SLICES))
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(24))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_strided_slice_matches_numpy(name, data, seed):
     shape = (data.draw(st.integers(0, 9)), data.draw(st.integers(0, 9)))
@@ -389,7 +390,7 @@ def take_kernels():
 
 
 @pytest.mark.parametrize("axis, mode, idt", TAKES, ids=str)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(20))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_take_matches_numpy_with_out_of_range_indices(axis, mode, idt, data, seed):
     rng = np.random.default_rng(seed)

@@ -5,10 +5,10 @@ from hypothesis import assume, given, settings, strategies as st
 
 from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op
-from tests.strategies import arrays, shapes
+from tests.strategies import arrays, examples, shapes
 from dynvm.vm.errors import ShapeError
 
-SETTINGS = settings(max_examples=80, deadline=None)
+SETTINGS = settings(max_examples=examples(80))
 
 
 @SETTINGS

@@ -7,10 +7,10 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op
-from tests.strategies import DIM, arrays, shapes
+from tests.strategies import DIM, arrays, examples, laid_out, layouts, shapes
 from dynvm.vm.errors import ShapeError
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=examples(40))
 
 
 @SETTINGS
@@ -53,20 +53,20 @@ def test_nn_mismatch_is_shape_error(name, shapes_, attrs, phrase):
 
 
 @SETTINGS
-@given(shape=shapes(min_rank=1), data=st.data())
-def test_softmax_matches_numpy(shape, data):
+@given(shape=shapes(min_rank=1), data=st.data(), layout=layouts())
+def test_softmax_matches_numpy(shape, data, layout):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
-    x = arrays(shape, "float32", 0) * 10
+    x = laid_out(arrays(shape, "float32", 0) * 10, layout)
     e = np.exp(x.astype(np.float64) - (x.max(axis=axis, keepdims=True) if x.size else 0))
     check_op("softmax", [x], {"axis": axis}, e / e.sum(axis=axis, keepdims=True),
              rtol=1e-5, atol=1e-6)
 
 
 @SETTINGS
-@given(shape=shapes(min_rank=1), data=st.data())
-def test_layer_norm_matches_numpy(shape, data):
+@given(shape=shapes(min_rank=1), data=st.data(), layout=layouts())
+def test_layer_norm_matches_numpy(shape, data, layout):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
-    x = arrays(shape, "float64", 0)
+    x = arrays(shape, "float64", 0, layout)
     gamma, beta = arrays((shape[axis],), "float64", 1), arrays((shape[axis],), "float64", 2)
     bshape = [1] * len(shape)
     bshape[axis] = shape[axis]

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op, run_op
-from tests.strategies import arrays, shapes
+from tests.strategies import arrays, examples, layouts, shapes
 from dynvm.vm.errors import ShapeError
 
 
@@ -28,11 +28,11 @@ def numpy_axes(rank, attrs):
     return tuple(axes)
 
 
-@settings(max_examples=80, deadline=None)
-@given(case=reduce_case())
-def test_sum_and_mean_match_numpy(case):
+@settings(max_examples=examples(80))
+@given(case=reduce_case(), layout=layouts())
+def test_sum_and_mean_match_numpy(case, layout):
     shape, attrs = case
-    x = arrays(shape, "float64", 0)
+    x = arrays(shape, "float64", 0, layout)
     axes = numpy_axes(len(shape), attrs)
     check_op("sum", [x], attrs, np.sum(x, axis=axes, keepdims=attrs["keepdims"]))
     with np.errstate(all="ignore"):
@@ -41,11 +41,11 @@ def test_sum_and_mean_match_numpy(case):
     check_op("mean", [x], attrs, expected)
 
 
-@settings(max_examples=80, deadline=None)
-@given(case=reduce_case(nonempty=True))
-def test_max_and_argmax_match_numpy(case):
+@settings(max_examples=examples(80))
+@given(case=reduce_case(nonempty=True), layout=layouts())
+def test_max_and_argmax_match_numpy(case, layout):
     shape, attrs = case
-    x = arrays(shape, "int32", 0)
+    x = arrays(shape, "int32", 0, layout)
     axes = numpy_axes(len(shape), attrs)
     keep = attrs["keepdims"]
     check_op("max", [x], attrs, np.max(x, axis=axes, keepdims=keep))

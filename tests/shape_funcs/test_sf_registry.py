@@ -24,37 +24,38 @@ def test_value_dependent_ops_are_data_dependent(name):
     assert lookup(name).mode == "data_dependent"
 
 
-# one valid call per data-independent shape function, given only shapes
+# one valid call per data-independent shape function, given only shapes: (input shapes, attrs,
+# the output shapes worked out by hand)
 CALLS = {
-    "get_valid_counts": [((1, 5, 6),), {"score_threshold": 0.0, "id_index": 0, "score_index": 1}],
-    "non_max_suppression": [((1, 5, 6), (1,), (1, 5)), {"coord_start": 2, "score_index": 1, "id_index": 0, "return_indices": True}],
-    "sort": [((2, 3),), {"axis": -1, "is_ascend": True}],
-    "argsort": [((2, 3),), {"axis": -1, "is_ascend": True, "dtype": "int64"}],
-    "topk": [((2, 3),), {"k": 2, "axis": -1, "ret_type": "both", "is_ascend": False, "dtype": "int64"}],
-    "add": [((2, 1), (3,)), {}],
-    "conv2d": [((1, 4, 5, 6), (6, 2, 3, 3)), {"padding": [1], "groups": 2}],
-    "cast": [((2, 3),), {"dtype": "int32"}],
-    "where": [((2, 1), (1, 3), ()), {}],
-    "shape_of": [((2, 3),), {}],
-    "reshape": [((2, 3),), {"newshape": [-1]}],
-    "expand_dims": [((2, 3),), {"axis": 1, "num_newaxis": 1}],
-    "squeeze": [((1, 3),), {"axis": None}],
-    "transpose": [((2, 3),), {"axes": None}],
-    "concatenate": [((2, 3), (1, 3)), {"axis": 0}],
-    "split": [((4, 3),), {"indices_or_sections": 2, "axis": 0}],
-    "strided_slice": [((4, 3),), {"begin": [1], "end": [3], "strides": None, "axes": None}],
-    "take": [((4, 3), (5,)), {"axis": 0, "mode": "clip"}],
-    "broadcast_to": [((3,),), {"shape": [2, 3]}],
-    "zeros": [(), {"shape": [2], "dtype": "float32"}],
-    "ones": [(), {"shape": [2], "dtype": "float32"}],
-    "full": [((),), {"shape": [2], "dtype": None}],
-    "sum": [((2, 3),), {"axis": 1, "keepdims": False, "exclude": False}],
-    "max": [((2, 3),), {"axis": 1, "keepdims": False, "exclude": False}],
-    "dense": [((2, 3), (4, 3)), {}],
-    "matmul": [((2, 3), (3, 4)), {}],
-    "batch_matmul": [((1, 2, 3), (5, 4, 3)), {"transpose_a": False, "transpose_b": True}],
-    "softmax": [((2, 3),), {"axis": -1}],
-    "layer_norm": [((2, 3), (3,), (3,)), {"axis": -1, "epsilon": 1e-5}],
+    "get_valid_counts": [((1, 5, 6),), {"score_threshold": 0.0, "id_index": 0, "score_index": 1}, [(1,), (1, 5, 6), (1, 5)]],
+    "non_max_suppression": [((1, 5, 6), (1,), (1, 5)), {"coord_start": 2, "score_index": 1, "id_index": 0, "return_indices": True}, [(1, 5), (1, 1)]],
+    "sort": [((2, 3),), {"axis": -1, "is_ascend": True}, [(2, 3)]],
+    "argsort": [((2, 3),), {"axis": -1, "is_ascend": True, "dtype": "int64"}, [(2, 3)]],
+    "topk": [((2, 3),), {"k": 2, "axis": -1, "ret_type": "both", "is_ascend": False, "dtype": "int64"}, [(2, 2), (2, 2)]],
+    "add": [((2, 1), (3,)), {}, [(2, 3)]],
+    "conv2d": [((1, 4, 5, 6), (6, 2, 3, 3)), {"padding": [1], "groups": 2}, [(1, 6, 5, 6)]],
+    "cast": [((2, 3),), {"dtype": "int32"}, [(2, 3)]],
+    "where": [((2, 1), (1, 3), ()), {}, [(2, 3)]],
+    "shape_of": [((2, 3),), {}, [(2,)]],
+    "reshape": [((2, 3),), {"newshape": [-1]}, [(6,)]],
+    "expand_dims": [((2, 3),), {"axis": 1, "num_newaxis": 1}, [(2, 1, 3)]],
+    "squeeze": [((1, 3),), {"axis": None}, [(3,)]],
+    "transpose": [((2, 3),), {"axes": None}, [(3, 2)]],
+    "concatenate": [((2, 3), (1, 3)), {"axis": 0}, [(3, 3)]],
+    "split": [((4, 3),), {"indices_or_sections": 2, "axis": 0}, [(2, 3), (2, 3)]],
+    "strided_slice": [((4, 3),), {"begin": [1], "end": [3], "strides": None, "axes": None}, [(2, 3)]],
+    "take": [((4, 3), (5,)), {"axis": 0, "mode": "clip"}, [(5, 3)]],
+    "broadcast_to": [((3,),), {"shape": [2, 3]}, [(2, 3)]],
+    "zeros": [(), {"shape": [2], "dtype": "float32"}, [(2,)]],
+    "ones": [(), {"shape": [2], "dtype": "float32"}, [(2,)]],
+    "full": [((),), {"shape": [2], "dtype": None}, [(2,)]],
+    "sum": [((2, 3),), {"axis": 1, "keepdims": False, "exclude": False}, [(2,)]],
+    "max": [((2, 3),), {"axis": 1, "keepdims": False, "exclude": False}, [(2,)]],
+    "dense": [((2, 3), (4, 3)), {}, [(2, 4)]],
+    "matmul": [((2, 3), (3, 4)), {}, [(2, 4)]],
+    "batch_matmul": [((1, 2, 3), (5, 4, 3)), {"transpose_a": False, "transpose_b": True}, [(5, 2, 4)]],
+    "softmax": [((2, 3),), {"axis": -1}, [(2, 3)]],
+    "layer_norm": [((2, 3), (3,), (3,)), {"axis": -1, "epsilon": 1e-5}, [(2, 3)]],
 }
 
 
@@ -63,6 +64,7 @@ CALLS = {
 def test_data_independent_functions_read_only_shapes(name):
     sf = lookup(name)
     call = CALLS.get(name) or next(c for n, c in CALLS.items() if lookup(n).fn is sf.fn)
-    shapes, attrs = call
+    shapes, attrs, expected = call
     out = sf.fn([ShapeOnly(s) for s in shapes], attrs)
-    assert isinstance(out, list) and all(isinstance(s, tuple) for s in out)
+    assert out == expected
+    assert all(type(d) is int for s in out for d in s)

@@ -5,10 +5,10 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.shape_funcs import lookup
 from tests.shape_funcs.helpers import check_op
-from tests.strategies import arrays, broadcastable_pair, shapes
+from tests.strategies import arrays, broadcastable_pair, examples, shapes
 from dynvm.vm.errors import ShapeError
 
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=examples(60))
 
 
 def relay_target(in_shape, newshape):
@@ -207,7 +207,7 @@ def test_broadcast_to_mismatch_is_shape_error():
 
 
 @given(shape=shapes())
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20))
 def test_static_fills_use_the_shape_attribute(shape):
     attrs = {"shape": list(shape), "dtype": "int32"}
     check_op("zeros", [], attrs, np.zeros(shape, np.int32))

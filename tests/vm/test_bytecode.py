@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from dynvm.vm import ExecutableFormatError, Instruction, Opcode
 from dynvm.vm.bytecode import OPCODES, decode, encode, format_instruction, verify_function
+from tests.strategies import examples
 
 CONTRACT = """
 Move dst:reg src:reg
@@ -86,7 +87,7 @@ def instructions(draw):
     return Instruction(spec.code, *[draw(_KIND_VALUES[k]) for _, k in spec.fields])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(st.lists(instructions(), max_size=20))
 def test_encode_decode_round_trips_through_msgpack(code):
     import msgpack

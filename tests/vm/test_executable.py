@@ -151,9 +151,6 @@ def test_header_target_must_match_kernels_target():
 
 
 def test_unknown_shape_function_is_rejected():
-    shape_funcs = pytest.importorskip("dynvm.shape_funcs")
-    if not hasattr(shape_funcs, "lookup"):
-        pytest.skip("shape_funcs.lookup not written yet")
     bad = rewrite(small_exe().to_bytes(),
                   body=lambda b: b["shape_funcs"].append({"name": "no_such_op_xyz", "attrs": {}}))
     with pytest.raises(ExecutableFormatError, match="unknown shape function 'no_such_op_xyz'"):
@@ -176,10 +173,10 @@ def test_disassembly_lists_tables_and_functions():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.strategies import arrays, shapes  # noqa: E402
+from tests.strategies import arrays, examples, shapes  # noqa: E402
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(shapes(0, 3), st.sampled_from(["float32", "float64", "int32", "int64", "bool"]), st.integers(0, 99))
 def test_constants_of_every_dtype_and_shape_round_trip(shape, dtype, seed):
     c = arrays(shape, dtype, seed)
@@ -201,9 +198,9 @@ _KEEP_NATIVE_LIBRARIES_ALIVE = []
 
 
 def test_round_trip_with_compiled_kernels_runs_the_loaded_code(tmp_path):
-    kernels = pytest.importorskip("dynvm.kernels.builder")
+    from dynvm.kernels.builder import KernelBuilder
     from dynvm.vm import VirtualMachine
-    kb = kernels.KernelBuilder()
+    kb = KernelBuilder()
     kb.add_elementwise("mul", ["multiply", ["in", 0], ["in", 0]], inputs=[("float64", 1)], output=("float64", 1))
     section = kb.finish()
     main = fn("main", ["x"], [
@@ -222,7 +219,6 @@ def test_round_trip_with_compiled_kernels_runs_the_loaded_code(tmp_path):
 
 
 def test_kernels_section_that_cannot_load_is_a_format_error():
-    pytest.importorskip("dynvm.kernels.builder")
     section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
                "kernels": [{"name": "k", "kind": "numpy", "op": "cast", "attrs": {},
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]], "variants": []}]}
@@ -246,7 +242,7 @@ _LEAVES = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.float
            | st.binary(max_size=5) | st.sampled_from([0, 1, 2, -1, "tuple", "float32", "S"]))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400))
 @given(st.lists(st.tuples(st.integers(0, len(_SMALL_FILE) - 1), st.integers(0, 255)), min_size=1, max_size=6))
 def test_random_corruption_is_always_a_format_error(edits):
     bad = bytearray(_SMALL_FILE)
@@ -258,7 +254,7 @@ def test_random_corruption_is_always_a_format_error(edits):
         Executable.from_bytes(bytes(bad))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.sampled_from(["header", "body", "checksum", "magic", "functions", "x"]), inner, max_size=4), max_leaves=20))
 def test_arbitrary_msgpack_documents_are_format_errors(doc):
@@ -279,7 +275,7 @@ def _leaf_paths(obj, path=()):
 _BODY_PATHS = list(_leaf_paths(msgpack.unpackb(msgpack.unpackb(_SMALL_FILE, raw=False)["body"], raw=False)))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(st.sampled_from(_BODY_PATHS[:-1]), _LEAVES | st.lists(_LEAVES, max_size=3))
 def test_any_edited_body_value_loads_or_is_a_format_error(path, value):
     """Edit one value inside a well-checksummed body: it may still be valid, but never crashes."""

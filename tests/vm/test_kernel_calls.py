@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from tests.vm.vm_helpers import exe, fn, tensor
-from dynvm.vm import Executable, KernelError, ShapeError, VirtualMachine, VMError
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels import codelib
+from dynvm.vm import (Executable, InvokeArgumentError, KernelError, ShapeError, VirtualMachine,
+                     VMError)
 from dynvm.vm.values import Tensor
-
-kernels = pytest.importorskip("dynvm.kernels.builder")
-from dynvm.kernels import codelib  # noqa: E402
-
+from tests.strategies import laid_out
+from tests.vm.vm_helpers import exe, fn, tensor
 
 def program():
     """main(x, y) = (x + y) * x via two kernels (k0 add, k1 mul) on float32[?];
@@ -45,7 +45,7 @@ def program():
 
 @pytest.fixture(scope="module")
 def kernel_exe():
-    kb = kernels.KernelBuilder()
+    kb = KernelBuilder()
     kb.add_elementwise("add", ["add", ["in", 0], ["in", 1]], [("float32", 1)] * 2, ("float32", 1))
     kb.add_elementwise("mul", ["multiply", ["in", 0], ["in", 1]], [("float32", 1)] * 2, ("float32", 1))
     executable = exe(*program(), kernels=kb.finish())
@@ -70,11 +70,23 @@ def test_a_call_site_reuses_its_descriptors_when_shapes_change(kernel_exe):
         np.testing.assert_array_equal(vm.invoke("main", x, x), (x + x) * x)
 
 
-def test_non_contiguous_and_byte_swapped_inputs_are_copied_to_compact_arrays(kernel_exe):
-    x = np.arange(10, dtype=np.float32)[::2]
+@pytest.mark.parametrize("layout", ["step", "reversed", "broadcast"])
+def test_strided_reversed_and_stride_0_inputs_give_numpy_results_and_stay_unchanged(kernel_exe,
+                                                                                     layout):
+    x = laid_out(np.linspace(-2, 3, 17, dtype=np.float32), layout)
+    y = laid_out(np.arange(17, dtype=np.float32)[::-1].copy(), "reversed")
+    before = x.copy(), y.copy()
+    got = VirtualMachine(kernel_exe).invoke("main", x, y)
+    np.testing.assert_array_equal(got, (x + y) * x)
+    np.testing.assert_array_equal(x, before[0])
+    np.testing.assert_array_equal(y, before[1])
+
+
+def test_a_byte_swapped_input_is_rejected_naming_the_parameter(kernel_exe):
     y = np.ones(5, np.dtype(">f4"))
-    got = VirtualMachine(kernel_exe).invoke("main", x, y.astype(np.float32))
-    np.testing.assert_array_equal(got, (x + 1) * x)
+    with pytest.raises(InvokeArgumentError,
+                       match=r"parameter 'y': expected dtype float32 \(float32\[\?\]\), got >f4"):
+        VirtualMachine(kernel_exe).invoke("main", np.ones(5, np.float32), y)
 
 
 def test_wrong_dtype_at_a_call_site_is_a_kernel_error(kernel_exe):
@@ -177,6 +189,7 @@ def test_trusted_another_cpu_rejits_from_the_stored_llvm_ir(kernel_exe, tmp_path
     before = dict(codelib.stats)
     loaded = Executable.from_bytes(data, trust_native_code=True)
     _KEEP_ALIVE.append(loaded)
+    VirtualMachine(loaded)                                         # kernels load lazily
     assert codelib.stats["rejits"] == before["rejits"] + 1
     assert codelib.stats["compiles"] == before["compiles"] + 1
     x = np.ones(5, np.float32)

@@ -198,9 +198,13 @@ def test_a_result_passed_back_in_stays_intact(dyn_exe):
     vm = VirtualMachine(dyn_exe)
     first = vm.invoke("main", rows(8))[0][:, :4].copy()
     doubled = vm.invoke("main", rows(8))[0]
+    snapshot = doubled.copy()
     again = vm.invoke("main", doubled)
-    np.testing.assert_array_equal(again[0], dyn_reference(doubled)[0])
-    np.testing.assert_array_equal(first, dyn_reference(rows(8))[0])
+    np.testing.assert_array_equal(doubled, snapshot)
+    np.testing.assert_array_equal(doubled, dyn_reference(rows(8))[0])
+    np.testing.assert_array_equal(again[0], dyn_reference(snapshot)[0])
+    np.testing.assert_array_equal(again[1], dyn_reference(snapshot)[1])
+    np.testing.assert_array_equal(first, dyn_reference(rows(8))[0][:, :4])
 
 
 def test_results_are_writable_and_writing_them_does_not_affect_later_calls(dyn_exe):
