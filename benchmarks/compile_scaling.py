@@ -19,7 +19,6 @@ i.e. something in the compiler is not linear). Not a test.
 import argparse
 import gc
 import os
-import sys
 import time
 import tracemalloc
 
