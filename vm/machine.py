@@ -313,11 +313,7 @@ class VirtualMachine:
     def _op_CallShapeFunc(self, regs, a, pc):
         """Run a shape function and store one 1-D int64 shape tensor per output."""
         fn, attrs, wants_arrays, inputs, outputs, index = a
-        args = [regs[r] for r in inputs]
-        for t in args:
-            if not isinstance(t, Tensor):
-                for t, r in zip(args, inputs):
-                    _tensor(t, r)  # raises for the first non-tensor
+        args = _tensor_args(regs, inputs)
         shapes = fn([t.array for t in args] if wants_arrays else args, attrs)
         if len(shapes) != len(outputs):
             raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
@@ -331,11 +327,7 @@ class VirtualMachine:
     def _op_CallShapeFunc_prepared(self, regs, a, pc):
         """CallShapeFunc of a function specialized to its attrs at load (prepare.specialized)."""
         fast, inputs, outputs, index, last, _ = a
-        args = [regs[r] for r in inputs]
-        for t in args:
-            if not isinstance(t, Tensor):
-                for t, r in zip(args, inputs):
-                    _tensor(t, r)  # raises for the first non-tensor
+        args = _tensor_args(regs, inputs)
         shapes = fast(args)
         if len(shapes) != len(outputs):
             raise VMError(f"shape function {self.exe.shape_funcs[index]['name']!r} returned "
@@ -562,6 +554,16 @@ class VirtualMachine:
 
 
 # ---------------------------------------------------------------- value helpers
+
+def _tensor_args(regs, inputs):
+    """The tensors in registers `inputs` (a shape function's arguments); VMError otherwise."""
+    args = [regs[r] for r in inputs]
+    for t in args:
+        if not isinstance(t, Tensor):
+            for t, r in zip(args, inputs):
+                _tensor(t, r)  # raises for the first non-tensor
+    return args
+
 
 def _tensor(value, reg) -> Tensor:
     if not isinstance(value, Tensor):

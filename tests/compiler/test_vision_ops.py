@@ -6,6 +6,8 @@ import functools
 import numpy as np
 import pytest
 
+from tests.compiler.test_ops_types import fails, infer
+
 from dynvm.compiler import build, ir, op
 from dynvm.compiler.ir.expr import TupleGetItem
 from dynvm.compiler.ir.types import Any, TensorType as T, TupleType
@@ -19,16 +21,6 @@ A = Any()
 F = "float32"
 VISION_OPS = ("sort", "argsort", "topk", "unique", "get_valid_counts", "non_max_suppression",
               "nms")
-
-
-def infer(name, *arg_types, **attrs):
-    opdef = get_op(name)
-    return opdef.type_rel(list(arg_types), opdef.normalize_attrs(attrs))
-
-
-def fails(phrase, name, *arg_types, **attrs):
-    with pytest.raises(TypeInferenceError, match=phrase):
-        infer(name, *arg_types, **attrs)
 
 
 def test_registrations_name_family_mode_and_shape_function():
