@@ -328,6 +328,57 @@ def verify_function(name: str, instructions, register_count: int, counts: dict) 
         raise ExecutableFormatError(
             f"function {name!r}: last instruction is {instructions[-1].name}, "
             f"expected {_TERMINATOR_NAMES} (execution would fall off the end)")
+    _check_filled_registers(name, instructions)
+
+
+def _check_filled_registers(name, instructions):
+    """A register filled in place (a kernel's output, role `f`) must, on every path to that
+    instruction, hold memory this frame leased from the pool: a `leases` result, or a view
+    (role `v`) or a Move of one. Never a parameter, a constant, a `LoadConsti`/`GetTag` value,
+    a field or a call's result, which may be shared with other invocations or other VMs.
+    A forward dataflow over the control-flow graph; a join keeps "leased" only when every
+    incoming path agrees."""
+    n = len(instructions)
+    states = [None] * n                  # per pc: frozenset of registers holding leased memory
+    states[0] = frozenset()
+    work = [0]
+    while work:
+        pc = work.pop()
+        instr, leased = instructions[pc], states[pc]
+        spec = instr.spec
+        for i, many in spec.role_fields("f"):
+            for r in (instr.args[i] if many else (instr.args[i],)):
+                if r not in leased:
+                    raise ExecutableFormatError(
+                        f"function {name!r}, pc {pc} ({instr.name}): writes into r{r}, which does "
+                        "not hold memory this frame allocated on every path to it")
+        after = _leased_after(spec, instr.args, leased)
+        for nxt in _successors(spec, instr.args, pc):
+            merged = after if states[nxt] is None else states[nxt] & after
+            if merged != states[nxt]:
+                states[nxt] = merged
+                work.append(nxt)
+
+
+def _leased_after(spec, args, leased):
+    sources = [args[i] for i, _ in spec.role_fields("v")]
+    if spec.name == "Move":
+        sources.append(args[spec.field_names.index("src")])
+    fresh = spec.has("leases") or (sources and all(r in leased for r in sources))
+    written = set()
+    for i, many in spec.role_fields("w", "d"):
+        written.update(args[i] if many else (args[i],))
+    keep = leased - written
+    if fresh and spec.role_fields("w"):
+        keep |= {args[i] for i, many in spec.role_fields("w") if not many}
+    return keep
+
+
+def _successors(spec, args, pc):
+    nxt = [pc + args[i] for i in spec.offset_fields]
+    if spec.falls_through:
+        nxt.append(pc + 1)
+    return nxt
 
 
 def _operand_problem(kind, value, pc, n, register_count, counts):

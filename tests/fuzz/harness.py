@@ -333,6 +333,9 @@ def fuzz(mutants: int, seed: int = 0, out_dir: str | None = None, time_limit: fl
             name, data, args = rng.choice(seeds)
             mutant = mutate(rng, data)
             result = worker.run(mutant, args)
+            if result["outcome"] == "corruption":
+                worker.close()           # the process is damaged: later mutants get a new one
+                worker.start()
             counts[result["outcome"]] += 1
             if result["outcome"] in FINDINGS:
                 findings.append({"seed": name, "index": k, **result})

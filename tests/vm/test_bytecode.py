@@ -122,7 +122,34 @@ def _verify(code, registers=4):
 
 def test_verify_accepts_a_valid_function():
     _verify([("LoadConst", 2, 0), ("If", 0, 0, 1, 2), ("Goto", -2), ("Invoke", 1, [0, 3], 1),
-             ("CallKernel", 0, [0], [1]), ("AllocTensor", 0, 0, [0, 3], "bool", 2), ("Ret", 1)])
+             ("AllocStorage", 64, 64, "float32", 0), ("AllocTensor", 0, 0, [0, 3], "bool", 2),
+             ("CallKernel", 0, [1], [2]), ("Ret", 1)])
+
+
+LEASE = [("AllocStorage", 64, 64, "float32", 2), ("AllocTensor", 2, 0, [4], "float32", 3)]
+
+
+@pytest.mark.parametrize("code", [
+    [("CallKernel", 0, [1], [0]), ("Ret", 0)],                                # a parameter
+    [("LoadConsti", 1, 1), ("CallKernel", 0, [0], [1]), ("Ret", 1)],          # a shared small int
+    [("LoadConst", 0, 1), ("CallKernel", 0, [0], [1]), ("Ret", 1)],           # a constant
+    [("GetTag", 0, 1), ("CallKernel", 0, [0], [1]), ("Ret", 1)],              # a tag
+    [("Invoke", 0, [0], 1), ("CallKernel", 0, [0], [1]), ("Ret", 1)],         # a call's result
+    LEASE + [("KillRegister", 3), ("CallKernel", 0, [0], [3]), ("Ret", 0)],   # freed first
+    LEASE + [("Move", 3, 0), ("CallKernel", 0, [0], [3]), ("Ret", 0)],        # overwritten
+    [("If", 0, 0, 1, 3)] + LEASE + [("CallKernel", 0, [0], [3]), ("Ret", 0)],  # one path skips it
+])
+def test_kernel_outputs_must_hold_memory_this_frame_allocated_on_every_path(code):
+    with pytest.raises(ExecutableFormatError, match=r"writes into r\d, which does not hold memory"):
+        _verify(code)
+
+
+def test_leased_memory_reached_by_view_move_or_both_branches_may_be_written():
+    _verify(LEASE + [("Move", 1, 3), ("CallKernel", 0, [0], [1]),
+                     ("ReshapeTensor", 3, 0, 1), ("CallKernel", 0, [0], [1]), ("Ret", 1)])
+    _verify([("If", 0, 0, 1, 4), ("AllocStorage", 64, 64, "float32", 2), ("AllocTensor", 2, 0, [4], "float32", 3),
+             ("Goto", 3), ("AllocStorage", 64, 64, "float32", 2), ("AllocTensor", 2, 0, [4], "float32", 3),
+             ("CallKernel", 0, [0], [3]), ("Ret", 3)])
 
 
 @pytest.mark.parametrize("code, phrase", [

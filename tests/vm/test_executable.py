@@ -222,7 +222,8 @@ def test_kernels_section_that_cannot_load_is_a_format_error():
     section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
                "kernels": [{"name": "k", "kind": "numpy", "op": "cast", "attrs": {},
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]], "variants": []}]}
-    main = fn("main", ["x"], [("CallKernel", 0, [0], [0]), ("Ret", 0)])
+    main = fn("main", ["x"], [("AllocStorage", 64, 64, "float32", 1), ("AllocTensor", 1, 0, [4], "float32", 2), 
+                              ("CallKernel", 0, [0], [2]), ("Ret", 2)])
     with pytest.raises(ExecutableFormatError, match="unknown kind 'numpy'"):
         Executable.from_bytes(exe(main, kernels=section).to_bytes())
 
@@ -232,7 +233,8 @@ def test_call_kernel_with_wrong_argument_count_is_rejected():
                "kernels": [{"name": "k", "kind": "compiled", "op": "cast", "attrs": {}, "symbol": "k",
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]],
                             "variants": [{"name": "v", "symbol": "k__v"}]}]}
-    main = fn("main", ["x"], [("CallKernel", 0, [0, 0], [0]), ("Ret", 0)])
+    main = fn("main", ["x"], [("AllocStorage", 64, 64, "float32", 1), ("AllocTensor", 1, 0, [4], "float32", 2), 
+                              ("CallKernel", 0, [0, 0], [2]), ("Ret", 2)])
     with pytest.raises(ExecutableFormatError, match="kernel 'k' takes 1 inputs and 1 outputs, got 2 and 1"):
         Executable.from_bytes(exe(main, kernels=section).to_bytes())
 
