@@ -138,24 +138,26 @@ def onnx_bert_model(w):
 def torch_lstm(torch, w):
     """nn.LSTM(128, 256) holding the model's weights (PyTorch's gate order i, f, g, o is the
     model's; the model has one bias, so bias_hh is zero)."""
-    lstm = torch.nn.LSTM(w["w_ih"].shape[1], w["w_hh"].shape[1])
-    with torch.no_grad():
-        lstm.weight_ih_l0.copy_(torch.from_numpy(w["w_ih"]))
-        lstm.weight_hh_l0.copy_(torch.from_numpy(w["w_hh"]))
-        lstm.bias_ih_l0.copy_(torch.from_numpy(w["b"]))
-        lstm.bias_hh_l0.zero_()
-    return lstm.eval()
+    return _with_lstm_weights(torch, torch.nn.LSTM(*_lstm_sizes(w)), w, "_l0")
 
 
 def torch_lstm_cell(torch, w):
     """nn.LSTMCell with the same weights (for a Python loop over the steps)."""
-    cell = torch.nn.LSTMCell(w["w_ih"].shape[1], w["w_hh"].shape[1])
+    return _with_lstm_weights(torch, torch.nn.LSTMCell(*_lstm_sizes(w)), w, "")
+
+
+def _lstm_sizes(w):
+    return w["w_ih"].shape[1], w["w_hh"].shape[1]
+
+
+def _with_lstm_weights(torch, module, w, suffix):
+    """Copy the model's weights into `module`'s parameters named weight_ih<suffix>, ..."""
     with torch.no_grad():
-        cell.weight_ih.copy_(torch.from_numpy(w["w_ih"]))
-        cell.weight_hh.copy_(torch.from_numpy(w["w_hh"]))
-        cell.bias_ih.copy_(torch.from_numpy(w["b"]))
-        cell.bias_hh.zero_()
-    return cell.eval()
+        getattr(module, "weight_ih" + suffix).copy_(torch.from_numpy(w["w_ih"]))
+        getattr(module, "weight_hh" + suffix).copy_(torch.from_numpy(w["w_hh"]))
+        getattr(module, "bias_ih" + suffix).copy_(torch.from_numpy(w["b"]))
+        getattr(module, "bias_hh" + suffix).zero_()
+    return module.eval()
 
 
 def onnx_lstm_model(w):
