@@ -110,8 +110,9 @@ def _set(tree, path, value):
 def _mutate_leaf(rng, leaf):
     if isinstance(leaf, bool):
         return not leaf
-    if isinstance(leaf, int):
-        return rng.choice([leaf + rng.choice((-2, -1, 1, 2)), rng.choice(INTERESTING), -leaf])
+    if isinstance(leaf, int):   # kept within what msgpack can encode (int64 / uint64)
+        value = rng.choice([leaf + rng.choice((-2, -1, 1, 2)), rng.choice(INTERESTING), -leaf])
+        return min(max(value, -2**63), 2**64 - 1)
     if isinstance(leaf, float):
         return rng.choice([float("nan"), float("inf"), -leaf, 0.0, 1e300])
     if isinstance(leaf, str):
