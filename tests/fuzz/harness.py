@@ -90,14 +90,14 @@ def seed_programs():
 INTERESTING = (0, 1, -1, 2, 7, 63, 64, 255, 256, 2**31 - 1, -2**31, 2**32, 2**63 - 1, -2**63)
 
 
-def _paths(value, path=()):
-    """Every (path, leaf) of a decoded msgpack tree."""
+def tree_paths(value, path=()):
+    """Every (path, node) of a decoded msgpack tree, children before their parent."""
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _paths(v, path + (k,))
+            yield from tree_paths(v, path + (k,))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _paths(v, path + (i,))
+            yield from tree_paths(v, path + (i,))
     yield path, value
 
 
@@ -183,12 +183,12 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         body["kernels"]["target"]["cpu"] = rng.choice(("generic", "skylake", "x86-64-v2", ""))
         doc["header"]["target"] = body["kernels"]["target"]
     elif region == "header":
-        path, leaf = rng.choice(list(_paths(doc["header"])))
+        path, leaf = rng.choice(list(tree_paths(doc["header"])))
         if path:
             _set(doc["header"], path, _mutate_leaf(rng, leaf))
     else:
         for _ in range(rng.choice((1, 1, 1, 2, 3))):
-            paths = [p for p in _paths(body[region]) if p[0]]
+            paths = [p for p in tree_paths(body[region]) if p[0]]
             if not paths:
                 break
             path, leaf = rng.choice(paths)
@@ -276,10 +276,9 @@ class Worker:
         self.start()
 
     def start(self):
-        env = dict(os.environ, PYTHONFAULTHANDLER="")
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.harness", "--worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env,
+                                     stderr=subprocess.DEVNULL,
                                      cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                                          os.path.abspath(__file__)))))
         self.send(self.clean, [])

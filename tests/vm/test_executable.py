@@ -6,6 +6,7 @@ import pytest
 from dynvm.vm import Executable, ExecutableFormatError, Opcode
 from dynvm.vm.executable import FORMAT_VERSION, _checksum
 
+from tests.fuzz.harness import tree_paths
 from tests.vm.vm_helpers import NAT, NAT_CTORS, exe, fn, tensor
 
 
@@ -264,17 +265,8 @@ def test_arbitrary_msgpack_documents_are_format_errors(doc):
         Executable.from_bytes(msgpack.packb(doc, use_bin_type=True))
 
 
-def _leaf_paths(obj, path=()):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _leaf_paths(v, path + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _leaf_paths(v, path + (i,))
-    yield path
-
-
-_BODY_PATHS = list(_leaf_paths(msgpack.unpackb(msgpack.unpackb(_SMALL_FILE, raw=False)["body"], raw=False)))
+_BODY_PATHS = [path for path, _ in tree_paths(
+    msgpack.unpackb(msgpack.unpackb(_SMALL_FILE, raw=False)["body"], raw=False))]
 
 
 @settings(max_examples=examples(500))
