@@ -19,6 +19,7 @@ trusted by default: a file is just bytes, and its checksum is not a signature. I
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import hashlib
@@ -31,7 +32,10 @@ import msgpack
 from dynvm.kernels import codelib
 
 _SECTION_SUFFIX = ".section"
-_remembered: dict = {}  # spec key -> section (a private copy), also without a disk cache
+# spec key -> section (a private copy): the sections this process built most recently, found
+# without the disk cache (or when it is disabled); bounded, since each holds its object code
+_remembered: collections.OrderedDict = collections.OrderedDict()
+_REMEMBERED_MAX = 64
 _lock = threading.Lock()
 
 
@@ -61,6 +65,9 @@ def remember(section: dict) -> None:
     key = spec_key(section, section["target"])
     with _lock:
         _remembered[key] = copy.deepcopy(section)
+        _remembered.move_to_end(key)
+        while len(_remembered) > _REMEMBERED_MAX:
+            _remembered.popitem(last=False)
     try:
         packed = msgpack.packb(section, use_bin_type=True)
     except (OverflowError, TypeError, ValueError):
@@ -70,7 +77,8 @@ def remember(section: dict) -> None:
 
 def local_section(section: dict) -> dict | None:
     """The section this machine generated for the same specs on this host, or None."""
-    key = spec_key(section, codelib.host_target())
+    host = codelib.host_target()
+    key = spec_key(section, host)
     with _lock:
         local = _remembered.get(key)
     if local is not None:
@@ -82,4 +90,4 @@ def local_section(section: dict) -> dict | None:
         local = msgpack.unpackb(packed, raw=False, strict_map_key=True, use_list=True)
     except Exception:  # noqa: BLE001 - a damaged cache file only costs a rebuild
         return None
-    return local if spec_key(local, codelib.host_target()) == key else None
+    return local if spec_key(local, host) == key else None
