@@ -1,0 +1,731 @@
+"""The native tier: each VM function's verified bytecode translated into one LLVM function.
+
+Why a load-time translation of the bytecode (and not code stored in the file, nor a native
+interpreter): the bytecode is already verified and its register kinds are known at every pc
+(vm/kinds.py), so each instruction becomes a few lines of straight IR with no dispatch at all,
+the file format does not change, and the trust model is the kernels' one by construction: the
+only native code that runs is what this machine generates from a file it has verified. The IR
+text is a pure function of the bytecode, so the object cache (kernels/codelib.py) makes a second
+load of the same program as fast as the kernels'.
+
+Run-time model (one `Ctx` per VirtualMachine, reset by each invoke):
+- a register is a `Value` {data, block, dims[R]} (R: the module's highest rank); its dtype and
+  rank are static at every pc (the kinds), so they live in the code, not in the value;
+- storage is a reference-counted `Block` (64-byte header, then the bytes); a tensor view holds a
+  reference to its block; writing a register, KillRegister and leaving a function drop
+  references; a block returned to Python is owned by the numpy array that wraps it;
+- values that do not own memory (arguments, constants, LoadConsti) have block == NULL and are
+  never written: the verifier's filled-register rule guarantees that for every kernel output;
+- a call passes its arguments with a reference each (the callee owns them) and receives its
+  result with one;
+- every basic block charges its instruction count to the step budget on entry (the Python tier
+  charges per instruction: the totals agree), a call counts toward max_depth, and calls check
+  the native stack against a limit taken from the thread's real stack bounds.
+Failures return a non-zero code up the native call chain, releasing every register. The VM
+then runs the same invocation again in the Python tier, which raises the typed error with its
+message (function, pc, opcode): an invocation has no side effects, so the re-run sees exactly
+what the native run saw. A native stack that runs out is not an error: the invocation re-runs
+in the Python tier, whose frames are heap objects.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import cffi
+import numpy as np
+from llvmlite import ir
+
+from dynvm.kernels.abi import KDL_CPU, ffi
+from dynvm.vm.bytecode import OPCODES
+from dynvm.vm.dtypes import DTYPES, itemsize
+
+I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType()
+DLTENSOR = ir.LiteralStructType([PTR, ir.LiteralStructType([I32, I32]), I32,
+                                 ir.LiteralStructType([I8, I8, I16]), PTR, PTR, I64])
+BLOCK_HEADER = 64           # bytes before a block's data: refcount, size, then padding
+INT64_MAX = (1 << 63) - 1
+
+# native result codes (0 is success); the Python side decides what each means
+RC_FAILED = 1        # an instruction failed: the Python tier re-runs the invocation for the error
+RC_STACK = 2         # the native stack limit was reached: the Python tier runs the invocation
+CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "shape_funcs", "constants",
+              "err_func", "err_pc", "err_code")
+_CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
+CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64])
+
+SUPPORTED = frozenset({"Move", "Ret", "Invoke", "CallKernel", "CallShapeFunc", "AllocStorage",
+                       "AllocStorageReg", "AllocTensor", "AllocTensorReg", "If", "Goto",
+                       "LoadConst", "LoadConsti", "ShapeOf", "ReshapeTensor", "KillRegister",
+                       "Fatal"})
+
+
+class NotNative(Exception):
+    """Why a function cannot run in the native tier (its message is shown to the user)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# which functions are native
+
+
+def native_plan(exe, kinds_of, shape_func_native) -> dict:
+    """function index -> None (native) or the reason it runs in the Python tier.
+
+    `kinds_of(index)` gives the register kinds per pc; `shape_func_native(index, in_sigs)` says
+    whether shape function `index` has a native version for those input signatures. A function
+    is native when all its instructions are and every function it calls is native."""
+    reasons = {}
+    callees = {}
+    for i, fn in enumerate(exe.functions):
+        try:
+            callees[i] = _check_function(exe, fn, kinds_of(i), shape_func_native)
+            reasons[i] = None
+        except NotNative as e:
+            reasons[i] = str(e)
+    changed = True
+    while changed:          # a caller of a Python-tier function stays in the Python tier
+        changed = False
+        for i, calls in callees.items():
+            if reasons[i] is None:
+                bad = next((c for c in calls if reasons[c] is not None), None)
+                if bad is not None:
+                    reasons[i] = f"calls {exe.functions[bad].name}, which runs in the Python tier"
+                    changed = True
+    return reasons
+
+
+def _check_function(exe, fn, kinds, shape_func_native) -> set:
+    calls = set()
+    for pc, instr in enumerate(fn.instructions):
+        name = instr.name
+        where = f"pc {pc} ({name})"
+        if name not in SUPPORTED:
+            raise NotNative(f"{where}: {name} is not in the native tier yet")
+        spec = instr.spec
+        for k, role in enumerate(spec.roles):
+            if role is None or role == "w":
+                continue
+            regs = instr.args[k] if spec.fields[k][1] == "regs" else [instr.args[k]]
+            for r in regs:
+                kind = kinds[pc][r]
+                if kind.kind not in ("tensor", "storage"):
+                    raise NotNative(f"{where}: r{r} holds {kind}, not a tensor or storage")
+                if kind.kind == "tensor" and (kind.dtype is None or kind.rank is None):
+                    raise NotNative(f"{where}: the dtype or rank of r{r} is not known statically")
+        if name == "Invoke":
+            calls.add(instr.args[0])
+            callee = exe.functions[instr.args[0]]
+            for r, t in zip(instr.args[1], callee.param_types):
+                k = kinds[pc][r]
+                if t.get("kind") != "tensor" or (k.dtype, k.rank) != (t["dtype"], len(t["shape"])):
+                    raise NotNative(f"{where}: argument r{r} does not match {callee.name}'s parameter")
+        elif name in ("AllocStorageReg", "AllocTensorReg", "ReshapeTensor"):
+            k = kinds[pc][instr.shape]
+            if (k.dtype, k.rank) != ("int64", 1) or k.dims[0] is None:
+                raise NotNative(f"{where}: the length of shape r{instr.shape} is not known statically")
+        elif name.startswith("AllocStorage") and instr.alignment > BLOCK_HEADER:
+            raise NotNative(f"{where}: alignment {instr.alignment} is above {BLOCK_HEADER}")
+        if name == "If":
+            for r in instr.args[:2]:
+                if kinds[pc][r].dtype not in _MEM:
+                    raise NotNative(f"{where}: r{r} is not a tensor of a known dtype")
+        elif name == "CallShapeFunc":
+            sigs = [(kinds[pc][r].dtype, kinds[pc][r].rank) for r in instr.args[1]]
+            if not shape_func_native(instr.args[0], sigs):
+                sf = exe.shape_funcs[instr.args[0]]["name"]
+                raise NotNative(f"{where}: shape function {sf} has no native version")
+    if fn.ret_type.get("kind") != "tensor":
+        raise NotNative(f"returns a {fn.ret_type.get('kind')}, not a tensor")
+    for t in fn.param_types:
+        if t.get("kind") != "tensor":
+            raise NotNative(f"takes a {t.get('kind')} parameter")
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# translation
+
+
+def value_type(rank_bound: int):
+    """A register: data pointer, owning block (NULL: not owned), extents."""
+    return ir.LiteralStructType([PTR, PTR, ir.ArrayType(I64, max(1, rank_bound))])
+
+
+def symbol_of(func_index: int) -> str:
+    return f"dvm_fn_{func_index}"
+
+
+class ModuleTranslator:
+    """Builds the LLVM module of an executable's native functions and the runtime helpers
+    they share (block allocation and reference counts)."""
+
+    def __init__(self, exe, kinds_of, shape_sites, rank_bound):
+        self.exe, self.kinds_of, self.shape_sites = exe, kinds_of, shape_sites
+        self.module = ir.Module(name="dynvm_native")
+        self.value = value_type(rank_bound)
+        self.fnty = ir.FunctionType(I32, [PTR, PTR, PTR])
+        self.functions = {}
+        self._helpers()
+
+    def declare(self, index):
+        if index not in self.functions:
+            self.functions[index] = ir.Function(self.module, self.fnty, symbol_of(index))
+        return self.functions[index]
+
+    def _helpers(self):
+        m = self.module
+        self.aligned_alloc = ir.Function(m, ir.FunctionType(PTR, [I64, I64]), "aligned_alloc")
+        self.free = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR]), "free")
+        self.frameaddress = ir.Function(m, ir.FunctionType(PTR, [I32]), "llvm.frameaddress.p0")
+        self.retain = self._retain()
+        self.release = self._release()
+        self.alloc = self._alloc()
+
+    def _retain(self):
+        f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_retain")
+        f.linkage = "internal"
+        b = ir.IRBuilder(f.append_basic_block())
+        block = f.args[0]
+        with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
+            rc = b.load(block, typ=I64)
+            b.store(b.add(rc, ir.Constant(I64, 1)), block)
+        b.ret_void()
+        return f
+
+    def _release(self):
+        """Drop one reference (NULL: nothing); the last one frees the block. Also the function
+        Python's numpy wrappers of returned blocks call when they die."""
+        f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_release")
+        b = ir.IRBuilder(f.append_basic_block())
+        block = f.args[0]
+        with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
+            rc = b.sub(b.load(block, typ=I64), ir.Constant(I64, 1))
+            b.store(rc, block)
+            with b.if_then(b.icmp_signed("==", rc, ir.Constant(I64, 0))):
+                b.call(self.free, [block])
+        b.ret_void()
+        return f
+
+    def _alloc(self):
+        """A block of `size` bytes (data 64-byte aligned after the header), refcount 1; NULL
+        when the size overflows or memory is exhausted."""
+        f = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "dvm_alloc")
+        f.linkage = "internal"
+        b = ir.IRBuilder(f.append_basic_block())
+        size = f.args[0]
+        limit = ir.Constant(I64, INT64_MAX - 2 * BLOCK_HEADER)
+        fail = f.append_basic_block("fail")
+        ok = f.append_basic_block("ok")
+        b.cbranch(b.icmp_unsigned("<=", size, limit), ok, fail)
+        b.position_at_end(fail)
+        b.ret(ir.Constant(PTR, None))
+        b.position_at_end(ok)
+        total = b.and_(b.add(size, ir.Constant(I64, 2 * BLOCK_HEADER - 1)),
+                       ir.Constant(I64, -BLOCK_HEADER))       # aligned_alloc wants a multiple
+        block = b.call(self.aligned_alloc, [ir.Constant(I64, BLOCK_HEADER), total])
+        with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
+            b.store(ir.Constant(I64, 1), block)
+            b.store(size, b.gep(block, [ir.Constant(I64, 1)], source_etype=I64))
+        b.ret(block)
+        return f
+
+    def translate(self, index):
+        FunctionTranslator(self, index).emit()
+
+
+def _leaders(fn) -> list:
+    """Start pcs of the basic blocks, in order."""
+    starts = {0}
+    for pc, instr in enumerate(fn.instructions):
+        offsets = instr.spec.offset_fields
+        for k in offsets:
+            starts.add(pc + instr.args[k])
+        if offsets or instr.spec.has("terminator"):
+            starts.add(pc + 1)
+    return sorted(s for s in starts if s < len(fn.instructions))
+
+
+class FunctionTranslator:
+    """One VM function -> `i32 dvm_fn_<i>(Ctx *ctx, Value *args, Value *result)`."""
+
+    def __init__(self, mt, index):
+        self.mt, self.index = mt, index
+        self.fn = mt.exe.functions[index]
+        self.kinds = mt.kinds_of(index)
+        self.llfn = mt.declare(index)
+        self.b = None
+
+    # -- structure
+
+    def emit(self):
+        fn, llfn = self.fn, self.llfn
+        entry = llfn.append_basic_block("entry")
+        self.b = b = ir.IRBuilder(entry)
+        self.ctx, args, result = llfn.args
+        self.regs = [_alloca(b, self.mt.value, name=f"r{r}") for r in range(fn.register_count)]
+        for reg in self.regs:
+            b.store(ir.Constant(self.mt.value, None), reg)
+        for r in range(len(fn.params)):
+            b.store(b.load(b.gep(args, [ir.Constant(I64, r)], source_etype=self.mt.value),
+                           typ=self.mt.value), self.regs[r])
+        self.result = result
+        self.unwind = llfn.append_basic_block("unwind")
+        self.rc = _alloca(b, I32, name="rc")
+        starts = _leaders(fn)
+        self.blocks = {pc: llfn.append_basic_block(f"pc{pc}") for pc in starts}
+        self._enter()
+        b.branch(self.blocks[0])
+        ends = starts[1:] + [len(fn.instructions)]
+        for start, end in zip(starts, ends):
+            b.position_at_end(self.blocks[start])
+            self._charge_steps(end - start, start)
+            for pc in range(start, end):
+                self.pc = pc
+                getattr(self, "_op_" + fn.instructions[pc].name)(*fn.instructions[pc].args)
+            if not b.block.is_terminated:
+                b.branch(self.blocks[end])
+        self._emit_unwind()
+
+    def _ctx_field(self, name):
+        return self.b.gep(self.ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])],
+                          source_etype=CTX_TYPE)
+
+    def _enter(self):
+        """Depth and native-stack checks; the stack check makes deep recursion a re-run in the
+        Python tier instead of a crash."""
+        b = self.b
+        depth_ptr = self._ctx_field("depth")
+        depth = b.add(b.load(depth_ptr, typ=I64), ir.Constant(I64, 1))
+        b.store(depth, depth_ptr)
+        too_deep = b.icmp_signed(">", depth, b.load(self._ctx_field("max_depth"), typ=I64))
+        self._fail_if(too_deep, RC_FAILED)
+        frame = b.ptrtoint(b.call(self.mt.frameaddress, [ir.Constant(I32, 0)]), I64)
+        low = b.icmp_unsigned("<", frame, b.load(self._ctx_field("stack_limit"), typ=I64))
+        self._fail_if(low, RC_STACK)
+
+    def _charge_steps(self, count, pc):
+        b = self.b
+        ptr = self._ctx_field("steps")
+        left = b.sub(b.load(ptr, typ=I64), ir.Constant(I64, count))
+        b.store(left, ptr)
+        self.pc = pc
+        self._fail_if(b.icmp_signed("<", left, ir.Constant(I64, 0)), RC_FAILED)
+
+    def _fail_if(self, cond, code):
+        """Branch to the unwind path with `code` (recording function and pc) when `cond`."""
+        b = self.b
+        fail = self.llfn.append_basic_block("fail")
+        cont = self.llfn.append_basic_block("cont")
+        b.cbranch(cond, fail, cont, )
+        b.position_at_end(fail)
+        self._record_error(code)
+        b.branch(self.unwind)
+        b.position_at_end(cont)
+
+    def _record_error(self, code):
+        b = self.b
+        b.store(ir.Constant(I32, code), self.rc)
+        err = self._ctx_field("err_code")
+        with b.if_then(b.icmp_signed("==", b.load(err, typ=I64), ir.Constant(I64, 0))):
+            b.store(ir.Constant(I64, code), err)
+            b.store(ir.Constant(I64, self.index), self._ctx_field("err_func"))
+            b.store(ir.Constant(I64, getattr(self, "pc", 0)), self._ctx_field("err_pc"))
+
+    def _emit_unwind(self):
+        b = self.b
+        b.position_at_end(self.unwind)
+        self._release_all()
+        self._leave()
+        b.ret(b.load(self.rc, typ=I32))
+
+    def _release_all(self):
+        for r in range(len(self.regs)):
+            self._release(r)
+
+    def _leave(self):
+        b = self.b
+        depth_ptr = self._ctx_field("depth")
+        b.store(b.sub(b.load(depth_ptr, typ=I64), ir.Constant(I64, 1)), depth_ptr)
+
+    # -- register access
+
+    def _field(self, r, k):
+        return self.b.gep(self.regs[r], [ir.Constant(I32, 0), ir.Constant(I32, k)],
+                          source_etype=self.mt.value)
+
+    def _data(self, r):
+        return self.b.load(self._field(r, 0), typ=PTR)
+
+    def _block(self, r):
+        return self.b.load(self._field(r, 1), typ=PTR)
+
+    def _dims_ptr(self, r):
+        return self._field(r, 2)
+
+    def _dim(self, r, i):
+        b = self.b
+        return b.load(b.gep(self._dims_ptr(r), [ir.Constant(I32, 0), ir.Constant(I32, i)],
+                            source_etype=self.mt.value.elements[2]), typ=I64)
+
+    def _set_dim(self, r, i, value):
+        b = self.b
+        b.store(value, b.gep(self._dims_ptr(r), [ir.Constant(I32, 0), ir.Constant(I32, i)],
+                             source_etype=self.mt.value.elements[2]))
+
+    def _release(self, r):
+        self.b.call(self.mt.release, [self._block(r)])
+
+    def _set(self, r, data, block, dims):
+        """Define register r (dropping its old value's reference): `block`'s reference moves
+        into the register."""
+        self._release(r)
+        b = self.b
+        b.store(data, self._field(r, 0))
+        b.store(block, self._field(r, 1))
+        for i, d in enumerate(dims):
+            self._set_dim(r, i, d)
+
+    def _kind(self, r):
+        return self.kinds[self.pc][r]
+
+    def _rank(self, r):
+        return self._kind(r).rank
+
+    def _dims(self, r):
+        return [self._dim(r, i) for i in range(self._rank(r))]
+
+    def _nbytes(self, dims, dtype):
+        """Bytes of a tensor, or a failure when the product overflows int64."""
+        b = self.b
+        total = ir.Constant(I64, itemsize(dtype))
+        for d in dims:
+            self._fail_if(b.icmp_signed("<", d, ir.Constant(I64, 0)), RC_FAILED)
+            pair = b.smul_with_overflow(total, d)
+            self._fail_if(b.extract_value(pair, 1), RC_FAILED)
+            total = b.extract_value(pair, 0)
+        return total
+
+    def _new_block(self, size):
+        block = self.b.call(self.mt.alloc, [size])
+        self._fail_if(self.b.icmp_unsigned("==", block, ir.Constant(PTR, None)), RC_FAILED)
+        return block
+
+    def _block_data(self, block):
+        return self.b.gep(block, [ir.Constant(I64, BLOCK_HEADER)], source_etype=I8)
+
+    def _shape_values(self, r):
+        """The values of shape register r (int64, 1-d, length static), each checked >= 0."""
+        b = self.b
+        n = self._kind(r).dims[0]
+        data = self._data(r)
+        values = [b.load(b.gep(data, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
+                  for i in range(n)]
+        for v in values:
+            self._fail_if(b.icmp_signed("<", v, ir.Constant(I64, 0)), RC_FAILED)
+        return values
+
+    # -- opcodes (the table's order)
+
+    def _op_Move(self, dst, src):
+        b = self.b
+        value = b.load(self.regs[src], typ=self.mt.value)
+        b.call(self.mt.retain, [b.extract_value(value, 1)])
+        self._release(dst)
+        b.store(value, self.regs[dst])
+
+    def _op_Ret(self, src):
+        b = self.b
+        b.store(b.load(self.regs[src], typ=self.mt.value), self.result)
+        b.store(ir.Constant(PTR, None), self._field(src, 1))     # the reference moves out
+        self._release_all()
+        self._leave()
+        b.ret(ir.Constant(I32, 0))
+
+    def _op_Invoke(self, func, args, dst):
+        b = self.b
+        argv = _alloca(b, self.mt.value, len(args) or 1)
+        for k, r in enumerate(args):
+            value = b.load(self.regs[r], typ=self.mt.value)
+            b.call(self.mt.retain, [b.extract_value(value, 1)])
+            b.store(value, b.gep(argv, [ir.Constant(I64, k)], source_etype=self.mt.value))
+        out = _alloca(b, self.mt.value)
+        b.store(ir.Constant(self.mt.value, None), out)
+        rc = b.call(self.mt.declare(func), [self.ctx, argv, out])
+        failed = b.icmp_signed("!=", rc, ir.Constant(I32, 0))
+        fail = self.llfn.append_basic_block("callfail")
+        cont = self.llfn.append_basic_block("cont")
+        b.cbranch(failed, fail, cont)
+        b.position_at_end(fail)
+        b.store(rc, self.rc)
+        b.branch(self.unwind)
+        b.position_at_end(cont)
+        self._release(dst)
+        b.store(b.load(out, typ=self.mt.value), self.regs[dst])
+
+    def _call_table(self, table, index, regs_in, regs_out, sigs):
+        """Call entry `index` of a ctx table of kernel-ABI functions with registers as its
+        DLTensor arguments."""
+        b = self.b
+        n = len(sigs)
+        tensors = _alloca(b, DLTENSOR, n or 1)
+        for k, (r, (dtype, rank)) in enumerate(zip(list(regs_in) + list(regs_out), sigs)):
+            _, code, bits = DTYPES[dtype]
+            t = b.gep(tensors, [ir.Constant(I64, k)], source_etype=DLTENSOR)
+            value = ir.Constant(DLTENSOR, [None, [KDL_CPU, 0], rank, [code, bits, 1], None, None, 0])
+            value = b.insert_value(value, self._data(r), 0)
+            value = b.insert_value(value, self._dims_ptr(r), 4)
+            b.store(value, t)
+        fns = b.load(self._ctx_field(table), typ=PTR)
+        fn = b.load(b.gep(fns, [ir.Constant(I64, index)], source_etype=PTR),
+                    typ=_KERNEL_FNTY.as_pointer())
+        rc = b.call(fn, [tensors, ir.Constant(I32, n)])
+        self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
+
+    def _op_CallKernel(self, kernel, inputs, outputs):
+        k = self.mt.exe.loaded_kernels()[kernel]
+        self._call_table("kernels", kernel, inputs, outputs, k.inputs + k.outputs)
+
+    def _op_CallShapeFunc(self, shape_func, inputs, outputs):
+        site, out_lengths = self.mt.shape_sites(self.index, self.pc, shape_func,
+                                                [(self._kind(r).dtype, self._rank(r)) for r in inputs])
+        b = self.b
+        in_sigs = [(self._kind(r).dtype, self._rank(r)) for r in inputs]
+        for r, n in zip(outputs, out_lengths):
+            block = self._new_block(ir.Constant(I64, 8 * n))
+            self._set(r, self._block_data(block), block, [ir.Constant(I64, n)])
+        self._call_table("shape_funcs", site, inputs, outputs,
+                         in_sigs + [("int64", 1)] * len(outputs))
+
+    def _op_AllocStorage(self, size, alignment, dtype, dst):
+        block = self._new_block(ir.Constant(I64, size))
+        self._set(dst, self._block_data(block), block, [])
+
+    def _op_AllocStorageReg(self, shape, alignment, dtype, dst):
+        size = self._nbytes(self._shape_values(shape), dtype)
+        block = self._new_block(size)
+        self._set(dst, self._block_data(block), block, [])
+
+    def _view(self, storage, offset, dims, dtype, dst):
+        """A tensor of `dims` at byte `offset` of storage register `storage`, checked to fit."""
+        b = self.b
+        nbytes = self._nbytes(dims, dtype)
+        block = self._block(storage)
+        size = b.load(b.gep(block, [ir.Constant(I64, 1)], source_etype=I64), typ=I64)
+        end = b.add(nbytes, ir.Constant(I64, offset))
+        self._fail_if(b.icmp_signed(">", end, size), RC_FAILED)
+        b.call(self.mt.retain, [block])
+        data = b.gep(self._data(storage), [ir.Constant(I64, offset)], source_etype=I8)
+        self._set(dst, data, block, dims)
+
+    def _op_AllocTensor(self, storage, offset, shape, dtype, dst):
+        self._view(storage, offset, [ir.Constant(I64, d) for d in shape], dtype, dst)
+
+    def _op_AllocTensorReg(self, storage, offset, shape, dtype, dst):
+        self._view(storage, offset, self._shape_values(shape), dtype, dst)
+
+    def _op_If(self, test, target, then_off, else_off):
+        b = self.b
+        equal = b.icmp_signed("==", self._scalar(test), self._scalar(target))
+        b.cbranch(equal, self.blocks[self.pc + then_off], self.blocks[self.pc + else_off])
+
+    def _scalar(self, r):
+        """int(R[r]) of a one-element tensor (a failure when it has another size)."""
+        b = self.b
+        kind = self._kind(r)
+        count = ir.Constant(I64, 1)
+        for d in self._dims(r):
+            count = b.mul(count, d)
+        self._fail_if(b.icmp_signed("!=", count, ir.Constant(I64, 1)), RC_FAILED)
+        value = b.load(self._data(r), typ=_MEM[kind.dtype])
+        if kind.dtype.startswith("float"):
+            ok = b.fcmp_ordered("<", b.call(self.mt.module.declare_intrinsic("llvm.fabs", [value.type]),
+                                            [value]), ir.Constant(value.type, 9.2e18))
+            self._fail_if(b.not_(ok), RC_FAILED)        # NaN, inf or beyond int64: Python raises
+            return b.fptosi(value, I64)
+        return b.sext(value, I64) if kind.dtype != "bool" else b.zext(b.icmp_unsigned("!=", value, ir.Constant(I8, 0)), I64)
+
+    def _op_Goto(self, off):
+        self.b.branch(self.blocks[self.pc + off])
+
+    def _op_LoadConst(self, const, dst):
+        b = self.b
+        table = b.load(self._ctx_field("constants"), typ=PTR)
+        data = b.load(b.gep(table, [ir.Constant(I64, const)], source_etype=PTR), typ=PTR)
+        shape = self.mt.exe.constants[const].shape
+        self._set(dst, data, ir.Constant(PTR, None), [ir.Constant(I64, d) for d in shape])
+
+    def _op_LoadConsti(self, value, dst):
+        g = ir.GlobalVariable(self.mt.module, I64, f"dvm_i{self.index}_{self.pc}")
+        g.initializer = ir.Constant(I64, value)
+        g.global_constant = True
+        g.linkage = "internal"
+        g.align = 8
+        self._set(dst, self.b.bitcast(g, PTR), ir.Constant(PTR, None), [])
+
+    def _op_ShapeOf(self, tensor, dst):
+        b = self.b
+        dims = self._dims(tensor)
+        block = self._new_block(ir.Constant(I64, 8 * len(dims)))
+        data = self._block_data(block)
+        for i, d in enumerate(dims):
+            b.store(d, b.gep(data, [ir.Constant(I64, i)], source_etype=I64))
+        self._set(dst, data, block, [ir.Constant(I64, len(dims))])
+
+    def _op_ReshapeTensor(self, tensor, shape, dst):
+        b = self.b
+        old = ir.Constant(I64, 1)
+        for d in self._dims(tensor):
+            old = b.mul(old, d)
+        new_dims = self._shape_values(shape)
+        new = ir.Constant(I64, 1)
+        for d in new_dims:
+            new = b.mul(new, d)
+        self._fail_if(b.icmp_signed("!=", old, new), RC_FAILED)
+        block = self._block(tensor)
+        b.call(self.mt.retain, [block])
+        self._set(dst, self._data(tensor), block, new_dims)
+
+    def _op_KillRegister(self, reg):
+        self._release(reg)
+        self.b.store(ir.Constant(PTR, None), self._field(reg, 1))
+
+    def _op_Fatal(self, message):
+        self._record_error(RC_FAILED)
+        self.b.branch(self.unwind)
+
+
+_MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
+_KERNEL_FNTY = ir.FunctionType(I32, [PTR, I32])
+
+
+def _alloca(b, ty, count=None, name=""):
+    """Stack space for `ty` (or `count` of them) as an opaque pointer, like every pointer here;
+    allocated in the entry block so that a loop does not grow the stack."""
+    saved = b.block
+    entry = b.function.entry_basic_block
+    if entry.instructions:
+        b.position_before(entry.instructions[0])
+    else:
+        b.position_at_end(entry)
+    slot = b.alloca(ty, size=None if count is None else ir.Constant(I64, count), name=name)
+    slot.type = PTR
+    b.position_at_end(saved)
+    return slot
+
+
+
+# ---------------------------------------------------------------------------------------------
+# run time
+
+
+_libc = cffi.FFI()
+_libc.cdef("""
+unsigned long pthread_self(void);
+int pthread_getattr_np(unsigned long thread, void *attr);
+int pthread_attr_getstack(const void *attr, void **stackaddr, size_t *stacksize);
+int pthread_attr_destroy(void *attr);
+""")
+_STACK_MARGIN = 256 * 1024      # bytes of the thread's stack left for Python and the kernels
+_threads = threading.local()
+
+
+def stack_limit() -> int:
+    """The lowest address native frames may reach in this thread (its stack's low end plus a
+    margin); the highest address when the bounds cannot be read, so that every native call
+    defers to the Python tier instead of risking the stack."""
+    limit = getattr(_threads, "stack_limit", None)
+    if limit is None:
+        limit = (1 << 64) - 1
+        try:
+            lib = _libc.dlopen(None)
+            attr = _libc.new("char[256]")      # pthread_attr_t is at most 64 bytes on Linux
+            if lib.pthread_getattr_np(lib.pthread_self(), attr) == 0:
+                low, size = _libc.new("void **"), _libc.new("size_t *")
+                if lib.pthread_attr_getstack(attr, low, size) == 0 and size[0] > 2 * _STACK_MARGIN:
+                    limit = int(_libc.cast("uintptr_t", low[0])) + _STACK_MARGIN
+                lib.pthread_attr_destroy(attr)
+        except (OSError, AttributeError):
+            pass
+        _threads.stack_limit = limit
+    return limit
+
+
+class NativeTier:
+    """The native functions of one VirtualMachine: compiled once per executable and host
+    (object cache), with the VM's context, tables and argument buffers.
+
+    `reasons[i]` is None for a native function, else why function i runs in the Python tier.
+    """
+
+    def __init__(self, exe, kinds_of, constants, shape_funcs=None):
+        from dynvm.kernels import codelib     # lazily: a VM without native functions never JITs
+        self.exe = exe
+        self.reasons = native_plan(exe, kinds_of, lambda index, sigs: False)
+        native = sorted(i for i, r in self.reasons.items() if r is None)
+        self.entries = {}
+        if not native:
+            return
+        self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) for k in state
+                                     if k.kind == "tensor" and k.rank is not None])
+        self.words = 2 + self.rank_bound
+        mt = ModuleTranslator(exe, kinds_of, None, self.rank_bound)
+        for i in native:
+            mt.translate(i)
+        llvm_ir = str(mt.module)
+        host = codelib.host_target()
+        self._library = codelib.CodeLibrary(llvm_ir, codelib.compile_ir(llvm_ir, host), host)
+        for i in native:
+            self.entries[i] = ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)",
+                                       self._library.address(symbol_of(i)))
+        self._release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
+        kernels = exe.loaded_kernels()
+        self._kernels = ffi.new("uintptr_t[]", [k.address for k in kernels] or [0])
+        self._constants = ffi.new("uintptr_t[]", [t.address for t in constants] or [0])
+        self._shape_funcs = ffi.new("uintptr_t[]", [0])
+        self.ctx = ffi.new("int64_t[]", len(CTX_FIELDS))
+        for name, table in (("kernels", self._kernels), ("constants", self._constants),
+                            ("shape_funcs", self._shape_funcs)):
+            self.ctx[_CTX[name]] = int(ffi.cast("intptr_t", table))
+        most = max(len(exe.functions[i].params) for i in native)
+        self._args = ffi.new("int64_t[]", max(1, most) * self.words)
+        self._result = ffi.new("int64_t[]", self.words)
+        self.steps = 0
+
+    def run(self, index, tensors, max_steps, max_depth):
+        """Run native function `index` on argument Tensors; the result as a numpy array, or None
+        when the invocation must run in the Python tier (a failure to report, or a native
+        stack too small for its depth)."""
+        args, words, ctx = self._args, self.words, self.ctx
+        base = 0
+        for t in tensors:
+            args[base] = t.address
+            args[base + 1] = 0
+            shape = t.meta[1]
+            if shape:
+                args[base + 2:base + 2 + len(shape)] = shape
+            base += words
+        budget = INT64_MAX if max_steps is None else max_steps
+        ctx[0], ctx[1], ctx[2], ctx[3], ctx[9] = budget, 0, max(1, max_depth), stack_limit(), 0
+        rc = self.entries[index](ctx, args, self._result)
+        self.steps = budget - ctx[0]
+        if rc:
+            return None
+        return self._export(self.exe.functions[index].ret_type)
+
+    def _export(self, ret_type):
+        """The result Value as a numpy array that owns its block (or a copy of memory the
+        invocation does not own: a constant or an argument)."""
+        r = self._result
+        dtype = DTYPES[ret_type["dtype"]][0]
+        dims = tuple(r[2:2 + len(ret_type["shape"])])
+        count = math.prod(dims)
+        data, block = r[0], r[1]
+        if block:
+            owner = ffi.gc(ffi.cast("char *", block), self._release)
+            size = ffi.cast("int64_t *", block)[1]
+            buf = ffi.buffer(owner, BLOCK_HEADER + size)
+            return np.frombuffer(buf, dtype, count, data - block).reshape(dims)
+        nbytes = count * dtype.itemsize
+        return np.frombuffer(ffi.buffer(ffi.cast("char *", data), nbytes), dtype, count).reshape(dims).copy()
