@@ -39,6 +39,9 @@ Flags:
     leases      writes a new storage block taken from the VM's pool
     calls       runs another function in a new frame (which may lease blocks of its own)
     loop        its kernel operand names a native loop kernel (others name plain kernels)
+    alias       its written register receives the very value of its read register (a Move):
+                whatever is known of the source (its kind, that it holds leased memory) holds
+                for the destination
 
 Static runtime column: empty when StaticRuntime resolves or prepares the opcode when it is
 built; otherwise why it cannot (the reason is its error message).
@@ -52,7 +55,7 @@ from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import ExecutableFormatError
 
 ROLES = {"r": "read", "u": "used", "v": "viewed", "f": "filled", "w": "written", "d": "dropped"}
-FLAGS = {"pure", "terminator", "leases", "calls", "loop"}
+FLAGS = {"pure", "terminator", "leases", "calls", "loop", "alias"}
 REGISTER_KINDS = ("reg", "regs")
 INDEX_KINDS = ("func", "kernel", "const", "shape_func", "ctor")
 
@@ -114,6 +117,9 @@ def _table(*rows):
             roles.append(role[0] if role else None)
         if not set(flags.split()) <= FLAGS:
             raise ValueError(f"{name}: unknown flags in {flags!r}")
+        registers = sorted((role, kind) for role, (_, kind) in zip(roles, parsed) if role)
+        if "alias" in flags.split() and registers != [("r", "reg"), ("w", "reg")]:
+            raise ValueError(f"{name}: an alias reads one register and writes one")
         specs.append(OpSpec(code, name, tuple(parsed), tuple(roles), frozenset(flags.split()),
                             not_static, doc))
     return tuple(specs)
@@ -123,7 +129,7 @@ _CONTROL = "is control flow"
 # fmt: off
 OPCODES = _table(
     # name              operands (field:kind[:role])                    flags          static runtime: why not
-    ("Move",            "dst:reg:w src:reg:r",                          "pure",        "",
+    ("Move",            "dst:reg:w src:reg:r",                          "pure alias",  "",
      "R[dst] := R[src]"),
     ("Ret",             "src:reg:r",                                    "terminator",  "",
      "return R[src] to the caller"),
@@ -334,8 +340,9 @@ def verify_function(name: str, instructions, register_count: int, counts: dict) 
 def _check_filled_registers(name, instructions):
     """A register filled in place (a kernel's output, role `f`) must, on every path to that
     instruction, hold memory this frame leased from the pool: a `leases` result, or a view
-    (role `v`) or a Move of one. Never a parameter, a constant, a `LoadConsti`/`GetTag` value,
-    a field or a call's result, which may be shared with other invocations or other VMs.
+    (role `v`) or an alias (flag `alias`, a Move) of one. Never a parameter, a constant, a
+    `LoadConsti`/`GetTag` value, a field or a call's result, which may be shared with other
+    invocations or other VMs.
     A forward dataflow over the control-flow graph; a join keeps "leased" only when every
     incoming path agrees."""
     n = len(instructions)
@@ -362,8 +369,8 @@ def _check_filled_registers(name, instructions):
 
 def _leased_after(spec, args, leased):
     sources = [args[i] for i, _ in spec.role_fields("v")]
-    if spec.name == "Move":
-        sources.append(args[spec.field_names.index("src")])
+    if spec.has("alias"):
+        sources += [args[i] for i, _ in spec.role_fields("r")]
     fresh = spec.has("leases") or (sources and all(r in leased for r in sources))
     written = set()
     for i, many in spec.role_fields("w", "d"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from dynvm.vm import bytecode
+from dynvm.vm import bytecode, kinds
 from dynvm.vm.dtypes import DTYPES, dtype_name, np_dtype
 from dynvm.vm.errors import DynVMError, ExecutableFormatError
 
@@ -155,6 +155,8 @@ class Executable:
                 raise ExecutableFormatError(f"duplicate function name {fn.name!r}")
             names.add(fn.name)
             _verify_function(self, fn)
+        for i in range(len(self.functions)):  # after all: a call site reads its callee's types
+            kinds.check_function(self, i)
         self._verified = True
 
     # ------------------------------------------------------------ disassembly
@@ -461,9 +463,16 @@ def _verify_kernels_section(section) -> None:
     for k in section["kernels"]:
         _expect(type(k) is dict and type(k.get("name")) is str and type(k.get("kind")) is str
                 and type(k.get("inputs")) is list and type(k.get("outputs")) is list
+                and all(_is_signature_entry(s) for s in k["inputs"] + k["outputs"])
                 and type(k.get("variants")) is list
                 and all(type(v) is dict and type(v.get("name")) is str for v in k["variants"]),
                 f"bad kernel entry {k!r:.80}")
+
+
+def _is_signature_entry(s) -> bool:
+    """A kernel operand's [dtype, rank] (the verifier's kind checks read it)."""
+    return (type(s) is list and len(s) == 2 and type(s[0]) is str and s[0] in DTYPES
+            and type(s[1]) is int and s[1] >= 0)
 
 
 def _verify_shape_funcs(entries) -> None:

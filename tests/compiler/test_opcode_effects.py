@@ -20,7 +20,7 @@ from tests.vm.vm_helpers import exe, fn, tensor
 # the effects of every opcode: its register operands' roles (in operand order) and its flags;
 # a change to the table must change this contract on purpose
 EFFECTS = """
-Move            w r         pure
+Move            w r         pure alias
 Ret             r           terminator
 Invoke          r w         calls
 InvokeClosure   r r w       calls

@@ -16,7 +16,7 @@ def small_exe():
         ("LoadConst", 0, 1), ("LoadConsti", -5, 2), ("If", 1, 2, 1, 2), ("Fatal", "no"),
         ("Invoke", 1, [0], 3), ("AllocADT", 2, [3], 4), ("Ret", 4),
     ], registers=5, param_types=[tensor(None, 3)], ret_type=NAT)
-    ident = fn("ident", ["y"], [("Move", 1, 0), ("Ret", 1)], registers=2)
+    ident = fn("ident", ["y"], [("Move", 1, 0), ("Ret", 1)], registers=2, param_types=[tensor(None, 3)])
     return exe(main, ident, constructors=NAT_CTORS, constants=[
         np.array(3, np.int64), np.arange(6, dtype=np.float32).reshape(2, 3),
         np.zeros((0, 4), np.float64), np.array([True, False]), np.array([-1, 2**31 - 1], np.int32)])
@@ -165,7 +165,7 @@ def test_disassembly_lists_tables_and_functions():
                    "fn f0 main(r0 x: float32[?, 3]) -> Nat  [5 registers]",
                    "   1: LoadConsti value=-5 -> r2", "   2: If test=r1 target=r2 then=@3 else=@4",
                    "   4: Invoke f1(ident) args=[r0] -> r3", "   0: LoadConst c0(int64[]=3) -> r1",
-                   "   5: AllocADT ctor2(S) fields=[r3] -> r4", "fn f1 ident(r0 y: float32[?])"]:
+                   "   5: AllocADT ctor2(S) fields=[r3] -> r4", "fn f1 ident(r0 y: float32[?, 3])"]:
         assert phrase in text, phrase
 
 
@@ -188,7 +188,7 @@ def test_constants_of_every_dtype_and_shape_round_trip(shape, dtype, seed):
 
 def test_non_contiguous_constants_are_stored_contiguous():
     c = np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2]
-    (d,) = Executable.from_bytes(exe(fn("main", [], [("Ret", 0)], registers=1), constants=[c]).to_bytes()).constants
+    (d,) = Executable.from_bytes(exe(fn("main", [], [("LoadConst", 0, 0), ("Ret", 0)], registers=1), constants=[c]).to_bytes()).constants
     np.testing.assert_array_equal(d, c)
 
 

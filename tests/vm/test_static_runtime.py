@@ -8,7 +8,7 @@ from dynvm.compiler import build, ir, op
 from dynvm.models import bert_varlen as bert
 from dynvm.models import lstm
 from tests.vm.vm_helpers import SCALAR_I64, exe, fn, tensor
-from dynvm.vm import (InvokeArgumentError, KernelError, ShapeError, StaticRuntime, StaticRuntimeError,
+from dynvm.vm import (ExecutableFormatError, InvokeArgumentError, KernelError, ShapeError, StaticRuntime, StaticRuntimeError,
                 VirtualMachine, VMError)
 from dynvm.kernels.builder import KernelBuilder
 
@@ -279,9 +279,6 @@ def kernel_exe():
         fn("mismatch", ["x"], alloc + [("AllocTensor", 1, 0, [3], F32, 2),
                                        ("CallKernel", 0, [0, 0], [2]), ("Ret", 2)],
            param_types=[tensor(5)]),
-        fn("wrong", ["x"], alloc + [("AllocTensor", 1, 0, [2], F32, 2),
-                                    ("CallKernel", 0, [0, 0], [2]), ("Ret", 2)],
-           param_types=[tensor(2, dtype="float64")]),
         fn("chain", ["x"], alloc + [("AllocTensor", 1, 0, [4], F32, 2),
                                      ("CallKernel", 0, [0, 0], [2]),
                                      ("AllocStorage", 16, 64, F32, 3), ("AllocTensor", 3, 0, [4], F32, 4),
@@ -301,9 +298,12 @@ def test_a_native_error_code_raises_the_typed_error_with_its_location(kernel_exe
 
 
 def test_a_dtype_that_does_not_fit_the_kernel_is_an_error_when_built(kernel_exe):
-    with pytest.raises(KernelError, match=r"instruction 2 \(CallKernel add\): input 0 has dtype "
-                                          r"float64, expected float32"):
-        StaticRuntime(kernel_exe, "wrong")
+    wrong = fn("wrong", ["x"], [("AllocStorage", 64, 64, F32, 1), ("AllocTensor", 1, 0, [2], F32, 2),
+                                ("CallKernel", 0, [0, 0], [2]), ("Ret", 2)],
+               param_types=[tensor(2, dtype="float64")])
+    with pytest.raises(ExecutableFormatError, match=r"'wrong', pc 2 \(CallKernel\): r0 \(input 0\) "
+                                                    r"must be tensor float32\[\?\], found tensor float64\[2\]"):
+        StaticRuntime(exe(wrong, kernels=kernel_exe.kernels), "wrong")
 
 
 def test_two_kernels_run_in_order_from_the_call_list(kernel_exe):

@@ -11,6 +11,7 @@ def tensor(*shape, dtype="float32"):
 
 SCALAR_I64 = tensor(dtype="int64")
 FUNC = {"kind": "func"}
+ANY = {"kind": "any"}
 
 NAT_CTORS = [
     {"name": "tuple", "tag": 0, "arity": None, "adt": "tuple"},
@@ -21,10 +22,11 @@ NAT = {"kind": "adt", "name": "Nat"}
 
 
 def fn(name, params, code, registers=None, param_types=None, ret_type=None):
-    """A VMFunction from `params` (names) and `code` (tuples: opcode name, operands...)."""
+    """A VMFunction from `params` (names) and `code` (tuples: opcode name, operands...); by
+    default each parameter is a float32 vector and the result may be anything."""
     instructions = [Instruction(*c) for c in code]
     return VMFunction(name, list(params), param_types or [tensor(None) for _ in params],
-                      ret_type or tensor(None), registers if registers is not None else 8, instructions)
+                      ret_type or ANY, registers if registers is not None else 8, instructions)
 
 
 def exe(*functions, constants=(), constructors=None, shape_funcs=(), kernels=None):
