@@ -92,9 +92,9 @@ def _target_machine(target: dict, shared=True):
         return tm
 
 
-def _optimise(module, tm):
-    """Run the new-pass-manager O3 pipeline with loop and SLP vectorisation on."""
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+def _optimise(module, tm, speed_level=3):
+    """Run the new-pass-manager pipeline (O3 by default) with loop and SLP vectorisation on."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
     pto.loop_unrolling = True
@@ -114,9 +114,10 @@ def cache_dir():
     return os.path.join(os.path.expanduser("~"), ".cache", "dynvm")
 
 
-def _cache_key(llvm_ir: str, target: dict) -> str:
+def _cache_key(llvm_ir: str, target: dict, speed_level=3) -> str:
     h = hashlib.sha256()
-    for part in (llvmlite.__version__, target["triple"], target["cpu"], target["features"], llvm_ir):
+    for part in (llvmlite.__version__, target["triple"], target["cpu"], target["features"],
+                 str(speed_level), llvm_ir):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -164,10 +165,11 @@ def cache_write(key, data: bytes, suffix=".o"):
 # compile and load
 
 
-def compile_ir(llvm_ir: str, target: dict) -> bytes:
-    """Optimise `llvm_ir` at O3 for `target` and return native object code (disk-cached)."""
+def compile_ir(llvm_ir: str, target: dict, speed_level=3) -> bytes:
+    """Optimise `llvm_ir` (O3 unless `speed_level` says less) for `target` and return native
+    object code (disk-cached)."""
     _initialise()
-    key = _cache_key(llvm_ir, target)
+    key = _cache_key(llvm_ir, target, speed_level)
     cached = _cache_read_object(key)
     if cached is not None:
         stats["cache_hits"] += 1
@@ -179,7 +181,7 @@ def compile_ir(llvm_ir: str, target: dict) -> bytes:
         raise KernelError(f"generated LLVM IR is invalid: {e}") from None
     tm = _target_machine(target)
     with _lock:
-        _optimise(module, tm)
+        _optimise(module, tm, speed_level)
         obj = tm.emit_object(module)
         stats["compiles"] += 1
     cache_write(key, obj)

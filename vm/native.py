@@ -45,8 +45,10 @@ F32, F64 = ir.FloatType(), ir.DoubleType()
 PTR = ir.PointerType()
 DLTENSOR = ir.LiteralStructType([PTR, ir.LiteralStructType([I32, I32]), I32,
                                  ir.LiteralStructType([I8, I8, I16]), PTR, PTR, I64])
-BLOCK_HEADER = 64           # bytes before a block's data: refcount, size, then padding
+BLOCK_HEADER = 64    # bytes before a block's data: refcount, size, tuple field count, padding
 INT64_MAX = (1 << 63) - 1
+SPEED_LEVEL = 1      # the code is calls, loads and stores: O1 runs as fast and compiles ~2x faster
+COPY_RESULTS_UP_TO = 16384  # result bytes copied into a new array; larger results wrap their block
 
 # native result codes (0 is success); the Python side decides what each means
 RC_FAILED = 1        # an instruction failed: the Python tier re-runs the invocation for the error
@@ -59,7 +61,7 @@ CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I6
 SUPPORTED = frozenset({"Move", "Ret", "Invoke", "CallKernel", "CallShapeFunc", "AllocStorage",
                        "AllocStorageReg", "AllocTensor", "AllocTensorReg", "If", "Goto",
                        "LoadConst", "LoadConsti", "ShapeOf", "ReshapeTensor", "KillRegister",
-                       "Fatal"})
+                       "Fatal", "AllocADT", "GetField"})
 
 
 class NotNative(Exception):
@@ -73,8 +75,8 @@ class NotNative(Exception):
 def native_plan(exe, kinds_of, shape_func_native) -> dict:
     """function index -> None (native) or the reason it runs in the Python tier.
 
-    `kinds_of(index)` gives the register kinds per pc; `shape_func_native(index, in_sigs)` says
-    whether shape function `index` has a native version for those input signatures. A function
+    `kinds_of(index)` gives the register kinds per pc; `shape_func_native(entry, in_sigs)` says
+    whether a shape function has a native version for those input signatures. A function
     is native when all its instructions are and every function it calls is native."""
     reasons = {}
     callees = {}
@@ -110,16 +112,16 @@ def _check_function(exe, fn, kinds, shape_func_native) -> set:
             regs = instr.args[k] if spec.fields[k][1] == "regs" else [instr.args[k]]
             for r in regs:
                 kind = kinds[pc][r]
-                if kind.kind not in ("tensor", "storage"):
-                    raise NotNative(f"{where}: r{r} holds {kind}, not a tensor or storage")
+                if kind.kind not in ("tensor", "storage") and not _is_tuple(kind):
+                    raise NotNative(f"{where}: r{r} holds {kind}; ADTs and closures are not "
+                                    "in the native tier yet")
                 if kind.kind == "tensor" and (kind.dtype is None or kind.rank is None):
                     raise NotNative(f"{where}: the dtype or rank of r{r} is not known statically")
         if name == "Invoke":
             calls.add(instr.args[0])
             callee = exe.functions[instr.args[0]]
             for r, t in zip(instr.args[1], callee.param_types):
-                k = kinds[pc][r]
-                if t.get("kind") != "tensor" or (k.dtype, k.rank) != (t["dtype"], len(t["shape"])):
+                if not _fits(kinds[pc][r], t):
                     raise NotNative(f"{where}: argument r{r} does not match {callee.name}'s parameter")
         elif name in ("AllocStorageReg", "AllocTensorReg", "ReshapeTensor"):
             k = kinds[pc][instr.shape]
@@ -127,21 +129,58 @@ def _check_function(exe, fn, kinds, shape_func_native) -> set:
                 raise NotNative(f"{where}: the length of shape r{instr.shape} is not known statically")
         elif name.startswith("AllocStorage") and instr.alignment > BLOCK_HEADER:
             raise NotNative(f"{where}: alignment {instr.alignment} is above {BLOCK_HEADER}")
+        if name == "AllocADT" and instr.ctor != 0:
+            raise NotNative(f"{where}: ADT constructors are not in the native tier yet")
         if name == "If":
             for r in instr.args[:2]:
                 if kinds[pc][r].dtype not in _MEM:
                     raise NotNative(f"{where}: r{r} is not a tensor of a known dtype")
         elif name == "CallShapeFunc":
             sigs = [(kinds[pc][r].dtype, kinds[pc][r].rank) for r in instr.args[1]]
-            if not shape_func_native(instr.args[0], sigs):
+            if not shape_func_native(exe.shape_funcs[instr.args[0]], sigs):
                 sf = exe.shape_funcs[instr.args[0]]["name"]
                 raise NotNative(f"{where}: shape function {sf} has no native version")
-    if fn.ret_type.get("kind") != "tensor":
-        raise NotNative(f"returns a {fn.ret_type.get('kind')}, not a tensor")
-    for t in fn.param_types:
-        if t.get("kind") != "tensor":
-            raise NotNative(f"takes a {t.get('kind')} parameter")
+    for t in [fn.ret_type] + list(fn.param_types):
+        if not _native_type(t):
+            raise NotNative(f"its signature has a {t.get('kind')} value: only tensors and "
+                            "tuples of them cross into the native tier yet")
     return calls
+
+
+def _is_tuple(kind) -> bool:
+    return kind.kind == "adt" and kind.name == "tuple"
+
+
+def _native_type(t) -> bool:
+    """Whether a declared type is a tensor or a (nested) tuple of tensors."""
+    if t.get("kind") == "tensor":
+        return True
+    return t.get("kind") == "tuple" and all(_native_type(f) for f in t["fields"])
+
+
+def _fits(kind, t) -> bool:
+    """Whether a register kind statically is the declared type `t` (dtype and rank; tuples
+    field by field)."""
+    if t.get("kind") == "tensor":
+        return kind.kind == "tensor" and (kind.dtype, kind.rank) == (t["dtype"], len(t["shape"]))
+    return t.get("kind") == "tuple" and _is_tuple(kind) and kind.fields is not None and \
+        len(kind.fields) == len(t["fields"]) and all(map(_fits, kind.fields, t["fields"]))
+
+
+def shape_func_native(entry, sigs) -> bool:
+    """Whether the shape function of `entry` (name, attrs) runs natively for inputs of these
+    (dtype, rank)s."""
+    return False
+
+
+def explain(exe, kinds_of) -> str:
+    """One line per function: whether it runs in the native tier, and if not, why."""
+    reasons = native_plan(exe, kinds_of, shape_func_native)
+    lines = []
+    for i, fn in enumerate(exe.functions):
+        why = reasons[i]
+        lines.append(f"{fn.name}: native" if why is None else f"{fn.name}: Python tier ({why})")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,15 +234,22 @@ class ModuleTranslator:
         return f
 
     def _release(self):
-        """Drop one reference (NULL: nothing); the last one frees the block. Also the function
-        Python's numpy wrappers of returned blocks call when they die."""
+        """Drop one reference (NULL: nothing); the last one frees the block, after dropping the
+        references its fields hold when it is a tuple. Also what a numpy array wrapping a
+        returned block calls when it dies."""
         f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_release")
+        f.attributes.add("noinline")     # called at every register write: keep the code small
         b = ir.IRBuilder(f.append_basic_block())
         block = f.args[0]
         with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
             rc = b.sub(b.load(block, typ=I64), ir.Constant(I64, 1))
             b.store(rc, block)
             with b.if_then(b.icmp_signed("==", rc, ir.Constant(I64, 0))):
+                nfields = b.load(b.gep(block, [ir.Constant(I64, 2)], source_etype=I64), typ=I64)
+                fields = b.gep(block, [ir.Constant(I64, BLOCK_HEADER)], source_etype=I8)
+                with _counted_loop(b, nfields) as k:
+                    field = b.gep(fields, [k, ir.Constant(I32, 1)], source_etype=self.value)
+                    b.call(f, [b.load(field, typ=PTR)])
                 b.call(self.free, [block])
         b.ret_void()
         return f
@@ -226,8 +272,8 @@ class ModuleTranslator:
                        ir.Constant(I64, -BLOCK_HEADER))       # aligned_alloc wants a multiple
         block = b.call(self.aligned_alloc, [ir.Constant(I64, BLOCK_HEADER), total])
         with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
-            b.store(ir.Constant(I64, 1), block)
-            b.store(size, b.gep(block, [ir.Constant(I64, 1)], source_etype=I64))
+            for k, v in enumerate((ir.Constant(I64, 1), size, ir.Constant(I64, 0))):
+                b.store(v, b.gep(block, [ir.Constant(I64, k)], source_etype=I64))
         b.ret(block)
         return f
 
@@ -271,7 +317,10 @@ class FunctionTranslator:
             b.store(b.load(b.gep(args, [ir.Constant(I64, r)], source_etype=self.mt.value),
                            typ=self.mt.value), self.regs[r])
         self.result = result
+        self.record = llfn.append_basic_block("record")
         self.unwind = llfn.append_basic_block("unwind")
+        self._failures = []
+        self.pc = 0
         self.rc = _alloca(b, I32, name="rc")
         starts = _leaders(fn)
         self.blocks = {pc: llfn.append_basic_block(f"pc{pc}") for pc in starts}
@@ -314,27 +363,35 @@ class FunctionTranslator:
         self._fail_if(b.icmp_signed("<", left, ir.Constant(I64, 0)), RC_FAILED)
 
     def _fail_if(self, cond, code):
-        """Branch to the unwind path with `code` (recording function and pc) when `cond`."""
+        """Leave through the unwind path with `code`, recording function and pc, when `cond`."""
         b = self.b
-        fail = self.llfn.append_basic_block("fail")
         cont = self.llfn.append_basic_block("cont")
-        b.cbranch(cond, fail, cont, )
-        b.position_at_end(fail)
-        self._record_error(code)
-        b.branch(self.unwind)
+        self._failures.append((b.block, self.pc, code))
+        b.cbranch(cond, self.record, cont)
         b.position_at_end(cont)
 
-    def _record_error(self, code):
-        b = self.b
-        b.store(ir.Constant(I32, code), self.rc)
-        err = self._ctx_field("err_code")
-        with b.if_then(b.icmp_signed("==", b.load(err, typ=I64), ir.Constant(I64, 0))):
-            b.store(ir.Constant(I64, code), err)
-            b.store(ir.Constant(I64, self.index), self._ctx_field("err_func"))
-            b.store(ir.Constant(I64, getattr(self, "pc", 0)), self._ctx_field("err_pc"))
+    def _fail(self, code):
+        self._failures.append((self.b.block, self.pc, code))
+        self.b.branch(self.record)
 
     def _emit_unwind(self):
+        """`record`: the first failure of an invocation stores its code, function and pc in the
+        context (one block with phis, so a failure site costs a branch); then `unwind` drops
+        every register's reference and returns the code."""
         b = self.b
+        b.position_at_end(self.record)
+        pc = b.phi(I64)
+        code = b.phi(I32)
+        for block, at, rc in self._failures:
+            pc.add_incoming(ir.Constant(I64, at), block)
+            code.add_incoming(ir.Constant(I32, rc), block)
+        b.store(code, self.rc)
+        err = self._ctx_field("err_code")
+        with b.if_then(b.icmp_signed("==", b.load(err, typ=I64), ir.Constant(I64, 0))):
+            b.store(b.zext(code, I64), err)
+            b.store(ir.Constant(I64, self.index), self._ctx_field("err_func"))
+            b.store(pc, self._ctx_field("err_pc"))
+        b.branch(self.unwind)
         b.position_at_end(self.unwind)
         self._release_all()
         self._leave()
@@ -401,6 +458,14 @@ class FunctionTranslator:
         b = self.b
         total = ir.Constant(I64, itemsize(dtype))
         for d in dims:
+            if isinstance(d, ir.Constant) and isinstance(total, ir.Constant):   # static: fold
+                product = total.constant * d.constant
+                if product > INT64_MAX:
+                    self._fail(RC_FAILED)
+                    b.position_at_end(self.llfn.append_basic_block("unreachable"))
+                    product = 0
+                total = ir.Constant(I64, product)
+                continue
             self._fail_if(b.icmp_signed("<", d, ir.Constant(I64, 0)), RC_FAILED)
             pair = b.smul_with_overflow(total, d)
             self._fail_if(b.extract_value(pair, 1), RC_FAILED)
@@ -525,6 +590,27 @@ class FunctionTranslator:
     def _op_AllocTensorReg(self, storage, offset, shape, dtype, dst):
         self._view(storage, offset, self._shape_values(shape), dtype, dst)
 
+    def _op_AllocADT(self, ctor, fields, dst):
+        """A tuple: a block holding its fields' Values (each with a reference)."""
+        b = self.b
+        vt = self.mt.value
+        block = self._new_block(ir.Constant(I64, len(fields) * _value_bytes(vt)))
+        b.store(ir.Constant(I64, len(fields)), b.gep(block, [ir.Constant(I64, 2)], source_etype=I64))
+        data = self._block_data(block)
+        for k, r in enumerate(fields):
+            value = b.load(self.regs[r], typ=vt)
+            b.call(self.mt.retain, [b.extract_value(value, 1)])
+            b.store(value, b.gep(data, [ir.Constant(I64, k)], source_etype=vt))
+        self._set(dst, data, block, [])
+
+    def _op_GetField(self, obj, index, dst):
+        b = self.b
+        vt = self.mt.value
+        value = b.load(b.gep(self._data(obj), [ir.Constant(I64, index)], source_etype=vt), typ=vt)
+        b.call(self.mt.retain, [b.extract_value(value, 1)])
+        self._release(dst)
+        b.store(value, self.regs[dst])
+
     def _op_If(self, test, target, then_off, else_off):
         b = self.b
         equal = b.icmp_signed("==", self._scalar(test), self._scalar(target))
@@ -592,12 +678,41 @@ class FunctionTranslator:
         self.b.store(ir.Constant(PTR, None), self._field(reg, 1))
 
     def _op_Fatal(self, message):
-        self._record_error(RC_FAILED)
-        self.b.branch(self.unwind)
+        self._fail(RC_FAILED)
+
+
+def _value_bytes(value_type) -> int:
+    return 16 + 8 * value_type.elements[2].count
 
 
 _MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
 _KERNEL_FNTY = ir.FunctionType(I32, [PTR, I32])
+
+
+class _counted_loop:
+    """`with _counted_loop(b, n) as k:` emits a loop running its body for k in [0, n)."""
+
+    def __init__(self, b, n):
+        self.b, self.n = b, n
+
+    def __enter__(self):
+        b = self.b
+        fn = b.function
+        self.head, self.body, self.done = (fn.append_basic_block(x) for x in ("head", "body", "done"))
+        start = b.block
+        b.branch(self.head)
+        b.position_at_end(self.head)
+        self.k = b.phi(I64)
+        self.k.add_incoming(ir.Constant(I64, 0), start)
+        b.cbranch(b.icmp_signed("<", self.k, self.n), self.body, self.done)
+        b.position_at_end(self.body)
+        return self.k
+
+    def __exit__(self, *exc):
+        b = self.b
+        self.k.add_incoming(b.add(self.k, ir.Constant(I64, 1)), b.block)
+        b.branch(self.head)
+        b.position_at_end(self.done)
 
 
 def _alloca(b, ty, count=None, name=""):
@@ -652,51 +767,75 @@ def stack_limit() -> int:
     return limit
 
 
-class NativeTier:
-    """The native functions of one VirtualMachine: compiled once per executable and host
-    (object cache), with the VM's context, tables and argument buffers.
+class NativeCode:
+    """The native functions of one executable on this host: translated and compiled once (the
+    object cache makes a second load cheap) and shared by every VirtualMachine of it.
 
     `reasons[i]` is None for a native function, else why function i runs in the Python tier.
     """
 
-    def __init__(self, exe, kinds_of, constants, shape_funcs=None):
-        from dynvm.kernels import codelib     # lazily: a VM without native functions never JITs
-        self.exe = exe
-        self.reasons = native_plan(exe, kinds_of, lambda index, sigs: False)
+    def __init__(self, exe, kinds_of):
+        self.reasons = native_plan(exe, kinds_of, shape_func_native)
         native = sorted(i for i, r in self.reasons.items() if r is None)
-        self.entries = {}
+        self.addresses = {}
+        self.rank_bound = 1
         if not native:
             return
+        from dynvm.kernels import codelib     # lazily: a program without native code never JITs
         self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) for k in state
                                      if k.kind == "tensor" and k.rank is not None])
-        self.words = 2 + self.rank_bound
         mt = ModuleTranslator(exe, kinds_of, None, self.rank_bound)
         for i in native:
             mt.translate(i)
         llvm_ir = str(mt.module)
         host = codelib.host_target()
-        self._library = codelib.CodeLibrary(llvm_ir, codelib.compile_ir(llvm_ir, host), host)
-        for i in native:
-            self.entries[i] = ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)",
-                                       self._library.address(symbol_of(i)))
-        self._release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
-        kernels = exe.loaded_kernels()
-        self._kernels = ffi.new("uintptr_t[]", [k.address for k in kernels] or [0])
+        obj = codelib.compile_ir(llvm_ir, host, speed_level=SPEED_LEVEL)
+        self._library = codelib.CodeLibrary(llvm_ir, obj, host)
+        self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
+        self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
+
+
+_build_lock = threading.Lock()
+
+
+def native_code(exe, kinds_of) -> NativeCode:
+    """The executable's NativeCode, built on first use."""
+    with _build_lock:
+        code = exe._native_code
+        if code is None:
+            code = exe._native_code = NativeCode(exe, kinds_of)
+        return code
+
+
+class NativeTier:
+    """One VirtualMachine's side of the native tier: its context, tables and buffers."""
+
+    def __init__(self, exe, code: NativeCode, constants):
+        self.exe, self.code = exe, code
+        self.entries = {i: ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)", a)
+                        for i, a in code.addresses.items()}
+        if not self.entries:
+            return
+        self.words = 2 + code.rank_bound
+        self._release = code.release
+        self._kernels = ffi.new("uintptr_t[]", [k.address for k in exe.loaded_kernels()] or [0])
         self._constants = ffi.new("uintptr_t[]", [t.address for t in constants] or [0])
         self._shape_funcs = ffi.new("uintptr_t[]", [0])
         self.ctx = ffi.new("int64_t[]", len(CTX_FIELDS))
         for name, table in (("kernels", self._kernels), ("constants", self._constants),
                             ("shape_funcs", self._shape_funcs)):
             self.ctx[_CTX[name]] = int(ffi.cast("intptr_t", table))
-        most = max(len(exe.functions[i].params) for i in native)
+        most = max(len(exe.functions[i].params) for i in self.entries)
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
         self.steps = 0
+        self.last_rc = 0
+        self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
 
     def run(self, index, tensors, max_steps, max_depth):
         """Run native function `index` on argument Tensors; the result as a numpy array, or None
-        when the invocation must run in the Python tier (a failure to report, or a native
-        stack too small for its depth)."""
+        when the invocation must run in the Python tier (`last_rc`: RC_FAILED, a failure the
+        Python tier reports; RC_STACK, a native stack too small for the call depth)."""
         args, words, ctx = self._args, self.words, self.ctx
         base = 0
         for t in tensors:
@@ -708,24 +847,34 @@ class NativeTier:
             base += words
         budget = INT64_MAX if max_steps is None else max_steps
         ctx[0], ctx[1], ctx[2], ctx[3], ctx[9] = budget, 0, max(1, max_depth), stack_limit(), 0
-        rc = self.entries[index](ctx, args, self._result)
+        rc = self.last_rc = self.entries[index](ctx, args, self._result)
         self.steps = budget - ctx[0]
         if rc:
             return None
-        return self._export(self.exe.functions[index].ret_type)
+        result = self._result
+        try:
+            return self._export(result, self.exe.functions[index].ret_type)
+        finally:
+            self._release(ffi.cast("void *", result[1]))
 
-    def _export(self, ret_type):
-        """The result Value as a numpy array that owns its block (or a copy of memory the
-        invocation does not own: a constant or an argument)."""
-        r = self._result
-        dtype = DTYPES[ret_type["dtype"]][0]
-        dims = tuple(r[2:2 + len(ret_type["shape"])])
-        count = math.prod(dims)
-        data, block = r[0], r[1]
-        if block:
-            owner = ffi.gc(ffi.cast("char *", block), self._release)
-            size = ffi.cast("int64_t *", block)[1]
-            buf = ffi.buffer(owner, BLOCK_HEADER + size)
-            return np.frombuffer(buf, dtype, count, data - block).reshape(dims)
-        nbytes = count * dtype.itemsize
-        return np.frombuffer(ffi.buffer(ffi.cast("char *", data), nbytes), dtype, count).reshape(dims).copy()
+    def _export(self, value, t):
+        """A result Value (int64 words) of declared type `t` as what invoke returns: arrays the
+        caller owns. Small tensors are copied; large ones wrap their block (with a reference of
+        their own, dropped when the array dies); memory the invocation does not own (a
+        constant, an argument) is always copied."""
+        if t["kind"] == "tuple":
+            fields = ffi.cast("int64_t *", value[0])
+            return tuple(self._export(fields + k * self.words, f) for k, f in enumerate(t["fields"]))
+        dtype = DTYPES[t["dtype"]][0]
+        dims = tuple(value[2:2 + len(t["shape"])])
+        data, block = value[0], value[1]
+        if block and math.prod(dims) * dtype.itemsize > COPY_RESULTS_UP_TO:
+            header = ffi.cast("int64_t *", block)
+            header[0] += 1
+            code = self.code        # the array keeps the native code (its release) alive
+            owner = ffi.gc(ffi.cast("char *", block), lambda p: code.release(p))
+            buf = ffi.buffer(owner, BLOCK_HEADER + header[1])
+            return np.frombuffer(buf, dtype, math.prod(dims), data - block).reshape(dims)
+        out = np.empty(dims, dtype)
+        ffi.memmove(out, ffi.cast("char *", data), out.nbytes)
+        return out
