@@ -25,7 +25,10 @@ spec:
             that is (a view of) another state, a swap, is first copied to its stage slot
             (-1: none);
   results   [slot...]: what the outputs receive when the loop exits;
-  workspace its size in bytes.
+  workspace its size in bytes;
+  steps     [fixed, per_iteration]: the function as bytecode runs fixed + n * per_iteration
+            instructions for n iterations; the VM charges max_steps that (the kernel only
+            sees the iterations the steps left allow).
 Descriptors of the inner calls are built once before the loop: every slot has a fixed address.
 A failing inner call returns its own error code (the counters name the call).
 """
@@ -117,6 +120,9 @@ def _check(spec, inputs, outputs):
     for j, s in enumerate(spec["results"]):
         if slots[s][2] == "input" or [slots[s][0], len(slots[s][1])] != outputs[j]:
             raise KernelError(f"loop result {j}: slot {s} does not match the output")
+    steps = spec["steps"]
+    if not (isinstance(steps, list) and len(steps) == 2 and all(type(x) is int and 1 <= x < 1 << 32 for x in steps)):
+        raise KernelError(f"loop spec: steps must be [fixed, per_iteration], two positive ints, got {steps!r}")
     if spec["workspace"] % WORD:
         raise KernelError("loop workspace size must be a multiple of 8 bytes")
 

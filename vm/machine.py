@@ -22,6 +22,7 @@ can reach it any more; `memory_stats()` reports the pool's counters.
 import itertools
 import math
 import operator
+import sys
 import threading
 import time
 
@@ -38,8 +39,12 @@ from dynvm.vm.values import (_EMPTY_ADDRESS, ADT, Closure, ShapeTensor, Storage,
 
 _SWITCH = -1  # a handler's "the current frame changed" result
 _make_shape = ShapeTensor.make
-_I64_MAX = (1 << 63) - 1
-_FOREVER = itertools.repeat(None)  # the step counter without a limit (shared: it never ends)
+# Frames are heap objects (a Frame and its register list, ~250 bytes for a small function), so
+# the default depth only stops runaway recursion: prelude map/foldr over 10^5-element lists fit.
+DEFAULT_MAX_DEPTH = 250_000
+_NO_STEPS = itertools.repeat(None, 0)   # the step counter before the first invocation
+# Calls of these may leave a function; a native loop function has none (see _loop_block).
+_CONTROL = frozenset({"Invoke", "InvokeClosure", "If", "Goto", "Ret", "Fatal"})
 
 
 def _make_small_ints():
@@ -80,7 +85,7 @@ class VirtualMachine:
     raises a VMError instead of corrupting that invocation.
     """
 
-    def __init__(self, exe, max_depth: int = 1000, max_steps=None, profile: bool = False):
+    def __init__(self, exe, max_depth: int = DEFAULT_MAX_DEPTH, max_steps=None, profile: bool = False):
         if not exe._verified:
             exe.verify()
         self.exe = exe
@@ -92,7 +97,7 @@ class VirtualMachine:
         self._ctors = {c["name"]: c for c in exe.constructors}
         self._profile = Profile() if profile else None
         self._pool = StoragePool()
-        self._code = [prepare_function(self, fn) for fn in exe.functions]
+        self._code = [self._loop_block(fn) or prepare_function(self, fn) for fn in exe.functions]
         self._param_specs = [[tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
         # what invoke needs per function, looked up once: index, parameter count, the
@@ -105,6 +110,9 @@ class VirtualMachine:
         self._stack = []
         self._result = None
         self._views = {}          # AllocTensor operands id -> (storage, view), per invocation
+        # the step counter of the last invocation: one item per instruction it may still run
+        # (an iterator counts for free in `for`); `steps` is what it consumed
+        self._steps, self._step_limit = _NO_STEPS, 0
         self._busy = threading.Lock()   # held while an invocation runs (one at a time)
 
     # ------------------------------------------------------------ public API
@@ -163,6 +171,7 @@ class VirtualMachine:
                 i += 1
             else:
                 return export(self._run_frame(Frame(index, code, regs, None)))
+        self._steps, self._step_limit = _NO_STEPS, 0
         fn = self.exe.functions[index]
         if len(args) != len(fn.params):
             raise InvokeArgumentError(
@@ -173,6 +182,14 @@ class VirtualMachine:
             values.append(v if v is not None else
                           import_arg(a, t, f"{name}: parameter {p!r}", self._ctors, len(self.exe.functions)))
         return export(self._run(index, values))
+
+    @property
+    def steps(self) -> int:
+        """The bytecode instructions the last invocation executed (0 before the first, or when
+        its arguments were rejected). A native loop counts what the same loop executes as
+        bytecode, so the count does not depend on `build(..., native_loops=...)`; `max_steps`
+        bounds this number."""
+        return self._step_limit - operator.length_hint(self._steps)
 
     def prepared_code(self, name: str) -> list:
         """How each instruction of function `name` runs after preparation, one label per pc:
@@ -224,20 +241,30 @@ class VirtualMachine:
         """The machine: fetch (handler, operands) at pc, run it, follow frame switches."""
         frame = self._stack[-1]
         code, regs, pc = frame.code, frame.regs, frame.pc
-        # an iterator (not a range) so that CallLoop can take its iterations from the same count
-        steps = self._steps = iter(range(self.max_steps)) if self.max_steps is not None else _FOREVER
+        # one item per instruction allowed: handlers that stand for more instructions (fused
+        # pairs, CallLoop) take the extra ones with next() (StopIteration: out of steps)
+        limit = self._step_limit = sys.maxsize if self.max_steps is None else min(self.max_steps, sys.maxsize)
+        steps = self._steps = itertools.repeat(None, limit)
         try:
-            for _ in steps:
-                handler, operands = code[pc]
-                pc = handler(regs, operands, pc)
-                if pc < 0:  # _SWITCH: a call or a return changed the top frame
-                    if not self._stack:
-                        return self._result
-                    frame = self._stack[-1]
-                    code, regs, pc = frame.code, frame.regs, frame.pc
+            while True:
+                for _ in steps:
+                    handler, operands = code[pc]
+                    pc = handler(regs, operands, pc)
+                    if pc < 0:  # _SWITCH: a call or a return changed the top frame
+                        if not self._stack:
+                            return self._result
+                        frame = self._stack[-1]
+                        code, regs, pc = frame.code, frame.regs, frame.pc
+                        if steps is not self._steps:    # a native loop charged its steps
+                            break
+                else:
+                    break
+                steps = self._steps
         except DynVMError as e:
             self._locate(e, pc)
             raise
+        except StopIteration:
+            pass
         except Exception as e:  # noqa: BLE001 - a bad value kind in verified bytecode is a VMError
             raise self._locate(VMError(f"{type(e).__name__}: {e}"), pc) from e
         raise self._locate(VMStepLimitError(
@@ -253,6 +280,18 @@ class VirtualMachine:
         error.args = (f"{error.args[0] if error.args else ''} [{where}]",) + error.args[1:]
         error._dynvm_located = True
         return error
+
+    def _loop_block(self, fn):
+        """The prepared code of a native loop function (straight-line code around one CallLoop,
+        ending in Ret: what compiler/codegen/native_loop.py emits), else None. Its body runs as
+        one handler, so as one step: the CallLoop charges the rest, as many steps as the
+        function executes as a bytecode loop (the counts its kernel spec records), which may
+        be fewer than the instructions around it."""
+        names = [ins.name for ins in fn.instructions]
+        if names.count("CallLoop") != 1 or names[-1] != "Ret" or _CONTROL.intersection(names[:-1]):
+            return None
+        code = prepare_function(self, fn, fuse=False)
+        return [(self._op_LoopBlock, (tuple(code),))] + code[1:]
 
     def _new_frame(self, func_index, args, ret_dst):
         regs = [None] * self.exe.functions[func_index].register_count
@@ -390,6 +429,7 @@ class VirtualMachine:
         """AllocStorage + AllocTensor viewing it whole from offset 0 (fused at preparation,
         which checked that the view fits)."""
         (size, alignment, dtype, sdst, size_class), meta, dst = a   # StorageTensorOps
+        next(self._steps)                   # the second instruction's step
         s = regs[sdst] = self._pool.lease(size_class, size, alignment, dtype)
         regs[dst] = Tensor(s.address, meta, s._buf, s._start)
         return pc + 2
@@ -398,6 +438,7 @@ class VirtualMachine:
         """AllocStorageReg + AllocTensorReg of the same shape register at offset 0 (fused at
         preparation): the tensor is exactly the block, so it needs no bounds check."""
         sa, ta = a                          # StorageRegOps, TensorRegOps
+        next(self._steps)                   # the second instruction's step
         shape, alignment, dtype, sdst, element_size, classes = sa
         value = regs[shape]
         if type(value) is not ShapeTensor:  # a general shape tensor: the two handlers
@@ -520,12 +561,31 @@ class VirtualMachine:
         (message,) = a
         raise VMError(message)
 
+    def _op_LoopBlock(self, regs, a, pc):
+        """A native loop function's whole body (see _loop_block)."""
+        (code,) = a
+        try:
+            while pc >= 0:
+                handler, operands = code[pc]
+                pc = handler(regs, operands, pc)
+        except DynVMError as e:
+            raise self._locate(e, pc)
+        return pc
+
     def _op_CallLoop(self, regs, a, pc):
-        """A whole loop in one native call (kernels/loop.py). Each iteration counts as one step
-        toward max_steps: the kernel gets the steps left as its budget."""
+        """A whole loop in one native call (kernels/loop.py), charged as the bytecode loop
+        function it replaces: fixed + n * per_iteration steps for n iterations, this
+        instruction's own step included. The kernel's budget is the iterations the steps left
+        allow; the charge replaces the step counter (the dispatch loop picks it up at the next
+        frame switch: the Ret that ends a native loop function)."""
         site, inputs, outputs, kernel, calls, budget, counters = a
-        limited = self.max_steps is not None
-        budget.base[()] = _steps_left(self._steps) if limited else -1
+        fixed, per_iteration = kernel.attrs["steps"]
+        left = operator.length_hint(self._steps) - (fixed - 1)
+        if left < 0:
+            self._steps = _NO_STEPS
+            raise VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
+                                   f"loop {kernel.name} before its first iteration")
+        budget.base[()] = left // per_iteration
         counters.base[:] = (0, -1)      # what an argument the kernel rejects leaves there
         values = [regs[r] for r in inputs] + [budget] + [regs[r] for r in outputs] + [counters]
         bind(site, kernel, values, range(len(values)), f"CallLoop {kernel.name}", "argument ")
@@ -533,8 +593,7 @@ class VirtualMachine:
         rc = site.fn(site.tensors, site.nargs)
         seconds = time.perf_counter() - start
         iterations, failed = (int(v) for v in counters.base)
-        if limited and iterations:
-            next(itertools.islice(self._steps, iterations - 1, None), None)
+        self._steps = itertools.repeat(None, max(0, left - iterations * per_iteration))
         if rc:
             raise self._loop_error(kernel, calls, rc, iterations, failed, [t.shape for t in values])
         if self._profile is not None:
@@ -544,6 +603,7 @@ class VirtualMachine:
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
         from dynvm.kernels.abi import ERR_STEPS   # lazily: a program without kernels never loads cffi
         if (rc & 0xFF) == ERR_STEPS:
+            self._steps = _NO_STEPS     # the bytecode loop would stop at the limit
             return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
                                     f"loop {kernel.name} after {iterations} iterations (infinite loop?)")
         if 0 <= failed < len(calls):
@@ -612,13 +672,4 @@ def _reshape(tensor, shape):
         raise ShapeError(f"cannot reshape a tensor of shape {tensor.shape} ({tensor.size} elements) "
                          f"to {list(shape)} ({math.prod(shape)} elements)")
     return tensor.reshaped(shape)
-
-
-def _steps_left(steps) -> int:
-    """What remains of the step counter (a range iterator), capped to int64."""
-    try:
-        return min(operator.length_hint(steps), _I64_MAX)
-    except OverflowError:        # more than sys.maxsize steps left
-        return _I64_MAX
-
 

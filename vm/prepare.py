@@ -43,8 +43,9 @@ StorageTensorOps = namedtuple("StorageTensorOps", "storage meta dst")        # f
 StorageTensorRegOps = namedtuple("StorageTensorRegOps", "storage tensor")    # fused pair
 
 
-def prepare_function(vm, fn) -> list:
-    """The prepared code of one function: a list of (handler, operands), one per pc."""
+def prepare_function(vm, fn, fuse: bool = True) -> list:
+    """The prepared code of one function: a list of (handler, operands), one per pc (with
+    `fuse`, allocation pairs fused: see fuse_allocations)."""
     arena = arena_views(fn)
     profile = vm._profile
     code = []
@@ -53,7 +54,7 @@ def prepare_function(vm, fn) -> list:
         if profile is not None:
             handler = profile.timed(ins.name, handler)
         code.append((handler, operands))
-    if profile is None:
+    if profile is None and fuse:
         code = fuse_allocations(vm, code)
     return [(handler, _exact(operands)) for handler, operands in code]
 

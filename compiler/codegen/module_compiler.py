@@ -83,14 +83,28 @@ class ModuleCompiler:
             name, "elementwise", spec, [(t.dtype, t.rank) for t in in_types],
             [(out_type.dtype, out_type.rank)])
 
-    def compile_function(self, name: str) -> VMFunction:
+    def lower(self, name: str):
+        """(final instructions, register count) of function `name`."""
         func = self.mod.functions[name]
         code, num_regs = FunctionEmitter(self, name, func).run()
         code = eliminate_dead_code(code)
         if self.memory_plan:
             code, _ = plan_memory(code, len(func.params), num_regs)
         code = insert_kills(code, len(func.params))
-        code, num_regs = allocate_registers(code, len(func.params))
+        return allocate_registers(code, len(func.params))
+
+    def bytecode_loop(self, name: str) -> list:
+        """The instructions function `name` gets with native loops off (a native loop charges
+        max_steps what they would execute)."""
+        native, self.native_loops = self.native_loops, False
+        try:
+            return self.lower(name)[0]
+        finally:
+            self.native_loops = native
+
+    def compile_function(self, name: str) -> VMFunction:
+        func = self.mod.functions[name]
+        code, num_regs = self.lower(name)
         return VMFunction(name=name, params=[p.name for p in func.params],
                           param_types=[type_desc(p.checked_type) for p in func.params],
                           ret_type=type_desc(func.checked_type.ret_type),

@@ -211,20 +211,20 @@ class LoopPlan(Walker):
             else out_slots[0]
 
     # -- the spec and the bytecode -----------------------------------------------------------
-    def spec(self) -> dict:
+    def spec(self, steps) -> dict:
         state = self.state
         params = list(self.func.params)
         return {"slots": self.slots, "header": self.header, "body": self.body,
                 "cond": self.cond, "exit_when": self.exit_when,
                 "carried": [[i, state[params[i]], self.next[i], self.stages[i]] for i in self.carried],
                 "results": [state[params[i]] for i in self.result_params],
-                "workspace": self.workspace}
+                "workspace": self.workspace, "steps": steps}
 
     def emit(self, em):
         """The function's whole body: load the constants, allocate the results and the
         workspace, CallLoop, return the result."""
         params = list(self.func.params)
-        spec = self.spec()
+        spec = self.spec(bytecode_steps(self.mc.bytecode_loop(em.name)))
         const_regs = [em.emit_to("LoadConst", c) for c in self.constants]
         out_types = {i: params[i].checked_type for i in self.result_params}
         out_regs = {i: em.alloc_static(t) for i, t in out_types.items()}
@@ -244,3 +244,35 @@ class LoopPlan(Walker):
 
 def _flatten(value):
     return [s for v in value for s in _flatten(v)] if isinstance(value, list) else [value]
+
+
+def bytecode_steps(code) -> list:
+    """[fixed, per_iteration] of a loop function's bytecode: a call that runs n iterations
+    executes fixed + n * per_iteration instructions (the VM charges a CallLoop exactly that,
+    so max_steps counts the same with and without native loops). Such code is straight-line
+    apart from one If (stay or leave) and the self tail call's backward Goto."""
+    def path(pc, leave, ifs_left=1):
+        """(instructions run from pc to the Ret if `leave`, else through the backward Goto;
+        that Goto's target)."""
+        count = 0
+        while count <= len(code):
+            ins = code[pc]
+            count += 1
+            if ins.name == "Ret":
+                return count, None
+            if ins.name == "Goto" and ins.args[0] < 0:
+                return count, pc + ins.args[0]
+            if ins.name == "If":
+                if not ifs_left:
+                    raise NotNative("the bytecode loop branches more than once")
+                then_leaves = path(pc + ins.args[2], True, 0)[1] is None
+                pc += ins.args[2] if then_leaves == leave else ins.args[3]
+            else:
+                pc += ins.args[0] if ins.name == "Goto" else 1
+        raise NotNative("the bytecode loop has no exit or back edge")
+    fixed, none = path(0, True)
+    _, head = path(0, False)
+    per_iteration, again = path(head, False) if head is not None else (0, None)
+    if none is not None or again != head:
+        raise NotNative("the bytecode loop does not have the shape of a while loop")
+    return [fixed, per_iteration]

@@ -107,7 +107,7 @@ def test_check_spec_rejects_a_scratch_slot_before_the_workspace():
     spec = {"slots": [["int64", [], "scratch", -64], ["bool", [], "scratch", 0],
                       ["int64", [], "scratch", 64]],
             "header": [], "body": [], "cond": 1, "exit_when": True,
-            "carried": [[0, 0, 2, -1]], "results": [0], "workspace": 128}
+            "carried": [[0, 0, 2, -1]], "results": [0], "workspace": 128, "steps": [1, 1]}
     with pytest.raises(KernelError):
         check_spec(spec, *_state_sig())
 
@@ -118,7 +118,7 @@ def test_check_spec_rejects_two_shapes_for_one_input():
     spec = {"slots": [["float32", [1], "input", 0], ["float32", [1000], "input", 0],
                       ["float32", [1000], "scratch", 0], ["bool", [], "scratch", 4032]],
             "header": [], "body": [], "cond": 3, "exit_when": True,
-            "carried": [[1, 2, 1, -1]], "results": [2], "workspace": 4096}
+            "carried": [[1, 2, 1, -1]], "results": [2], "workspace": 4096, "steps": [1, 1]}
     with pytest.raises(KernelError):
         check_spec(spec, [["float32", 1], ["float32", 1], ["int64", 0]],
                    [["float32", 1], ["int64", 1], ["int64", 1]])
@@ -175,7 +175,7 @@ def test_check_spec_rejects_negative_indices(field, value):
     spec = {"slots": [["int64", [], "scratch", 0], ["bool", [], "scratch", 64],
                       ["int64", [], "scratch", 128]],
             "header": [], "body": [], "cond": 1, "exit_when": True,
-            "carried": [[0, 0, 2, -1]], "results": [0], "workspace": 192}
+            "carried": [[0, 0, 2, -1]], "results": [0], "workspace": 192, "steps": [1, 1]}
     check_spec(spec, *_state_sig())           # the well-formed spec passes
     with pytest.raises(KernelError):
         check_spec(dict(spec, **{field: value}), *_state_sig())

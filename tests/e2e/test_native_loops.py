@@ -159,11 +159,14 @@ def test_a_failing_inner_kernel_names_the_loop_and_the_kernel():
     assert int(vm.invoke("main", empty, np.int64(0))[0]) == 0      # no iteration: no take
 
 
-def test_the_step_budget_counts_iterations_and_leaves_the_vm_usable():
-    native, _ = both(loop_module((2,)))
+def test_the_step_budget_counts_instructions_and_leaves_the_vm_usable():
+    native, bytecode = both(loop_module((2,)))
     x = np.ones((4, 2), np.float32)
-    vm = VirtualMachine(native, max_steps=100)
+    counter = VirtualMachine(bytecode)
+    counter.invoke("main", x, np.int64(50))
+    vm = VirtualMachine(native, max_steps=counter.steps)
     assert int(vm.invoke("main", x, np.int64(50))[0]) == 50
+    assert vm.steps == counter.steps
     with pytest.raises(VMStepLimitError, match="native loop"):
         vm.invoke("main", x, np.int64(10 ** 9))
     assert int(vm.invoke("main", x, np.int64(3))[0]) == 3

@@ -7,6 +7,8 @@ import pytest
 from dynvm.vm import (ADT, Closure, InvokeArgumentError, ShapeError, Storage, VirtualMachine, VMError,
                 VMRecursionError, VMStepLimitError)
 
+from dynvm.vm.machine import DEFAULT_MAX_DEPTH
+
 from tests.vm.vm_helpers import ANY, FUNC, NAT, NAT_CTORS, SCALAR_I64, exe, fn, nat, nat_value, tensor
 
 LIST_CTORS = [{"name": "tuple", "tag": 0, "arity": None, "adt": "tuple"},
@@ -215,7 +217,7 @@ def test_recursion_deeper_than_max_depth_is_a_recursion_error():
 
 def test_unbounded_recursion_is_a_recursion_error():
     forever = fn("main", ["x"], [("Invoke", 0, [0], 1), ("Ret", 1)])
-    with pytest.raises(VMRecursionError, match="call depth exceeded max_depth=1000 calling 'main'"):
+    with pytest.raises(VMRecursionError, match=f"call depth exceeded max_depth={DEFAULT_MAX_DEPTH} calling 'main'"):
         run(exe(forever), np.ones(1, np.float32))
 
 
