@@ -1,5 +1,6 @@
 """The `dynvm` command: `dynvm demo` compiles and runs a small dynamic program, `dynvm ops`
 lists the operator registry (which ops run native kernels and which are VM instructions),
+`dynvm explain model.dvm` says which functions run in the native tier and why others do not,
 `dynvm bench` times the example models on the VM, the static runtime, numpy, PyTorch and ONNX
 Runtime."""
 from __future__ import annotations
@@ -64,11 +65,20 @@ def list_ops(out=sys.stdout) -> int:
     return 0
 
 
+def explain_file(path, out=sys.stdout) -> int:
+    from dynvm.vm import Executable
+    print(Executable.load(path).explain(), file=out)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dynvm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="compile, save, load and run a small dynamic program")
     sub.add_parser("ops", help="list the operator registry")
+    explain = sub.add_parser("explain", help="say which functions of a .dvm file run in the native "
+                             "tier, and why the others do not")
+    explain.add_argument("path", help="a file saved by Executable.save")
     from dynvm.bench import run as bench
     bench.add_arguments(sub.add_parser("bench", help="time the example models: dynamic VM vs static "
                                        "runtime, numpy, PyTorch, ONNX Runtime",
@@ -76,6 +86,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main_from_args(args)
+    if args.command == "explain":
+        return explain_file(args.path)
     return {"demo": run_demo, "ops": list_ops}[args.command]()
 
 

@@ -63,6 +63,7 @@ class Executable:
         self.kernels = kernels if kernels is not None else empty_kernels_section()
         self.shape_funcs = list(shape_funcs)
         self._loaded_kernels = None  # list of Kernel, loaded once and shared by every VM
+        self._native_code = None     # vm.native.NativeCode, built by the first native-tier VM
         self.trust_native_code = False  # run the section's own object code (see load)
         self._verified = False
 
@@ -160,6 +161,15 @@ class Executable:
         self._verified = True
 
     # ------------------------------------------------------------ disassembly
+
+    def explain(self) -> str:
+        """Which functions run in the native tier, and why each other one runs in the Python
+        tier (what `dynvm explain model.dvm` prints)."""
+        from dynvm.vm.kinds import register_kinds      # lazily: only tiers need the analysis
+        from dynvm.vm.native import explain
+        if not self._verified:
+            self.verify()
+        return explain(self, lambda i: register_kinds(self, i))
 
     def disassemble(self) -> str:
         """A readable listing: tables first, then each function's code."""

@@ -85,7 +85,10 @@ class VirtualMachine:
     raises a VMError instead of corrupting that invocation.
     """
 
-    def __init__(self, exe, max_depth: int = DEFAULT_MAX_DEPTH, max_steps=None, profile: bool = False):
+    def __init__(self, exe, max_depth: int = DEFAULT_MAX_DEPTH, max_steps=None, profile: bool = False,
+                 tier: str = "native"):
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
         if not exe._verified:
             exe.verify()
         self.exe = exe
@@ -114,6 +117,8 @@ class VirtualMachine:
         # (an iterator counts for free in `for`); `steps` is what it consumed
         self._steps, self._step_limit = _NO_STEPS, 0
         self._busy = threading.Lock()   # held while an invocation runs (one at a time)
+        self.tier = tier
+        self._native = _native_tier(exe, self._constants) if tier == "native" and not profile else None
 
     # ------------------------------------------------------------ public API
 
@@ -206,16 +211,25 @@ class VirtualMachine:
         allocations (new blocks from numpy/the OS), bytes_allocated (their size), pool_hits
         (requests served by a recycled block), peak_bytes_live and bytes_live (bytes in blocks
         handed out and not yet returned: blocks held by live results count), bytes_free (bytes
-        waiting in the pool)."""
-        return self._pool.stats()
+        waiting in the pool). The native tier has a pool of its own (the same size classes):
+        its counters are added in, the peaks taken as the larger."""
+        stats = self._pool.stats()
+        if self._native is not None:
+            for name, value in self._native.memory_stats().items():
+                stats[name] = max(stats[name], value) if name == "peak_bytes_live" else stats[name] + value
+        return stats
 
     def reset_memory_stats(self) -> None:
         """Zero the allocation counters; the peak restarts from the bytes live now."""
         self._pool.reset_stats()
+        if self._native is not None:
+            self._native.reset_memory_stats()
 
     def release_memory(self) -> None:
-        """Return the pool's free blocks to the OS (blocks still in use are unaffected)."""
+        """Return the pools' free blocks to the OS (blocks still in use are unaffected)."""
         self._pool.release()
+        if self._native is not None:
+            self._native.release_memory()
 
     def profile(self) -> Profile:
         """Counts and times per opcode and per kernel variant, a Chrome trace of the kernel
@@ -230,6 +244,32 @@ class VirtualMachine:
         return self._run_frame(self._new_frame(func_index, args, None))
 
     def _run_frame(self, frame):
+        native = self._native
+        if native is not None and frame.func_index in native.entries:
+            return self._run_native(native, frame)
+        return self._run_python(frame)
+
+    def _run_native(self, native, frame):
+        """The frame's function in native code; a native failure runs the invocation again in
+        the Python tier, which raises the typed error (an invocation has no side effects)."""
+        nparams = len(self.exe.functions[frame.func_index].params)
+        result = native.run(frame.func_index, frame.regs[:nparams], self.max_steps, self.max_depth)
+        self._step_limit = native.budget
+        self._steps = itertools.repeat(None, native.budget - native.steps)
+        if result is not None:
+            return result
+        from dynvm.vm.native import RC_FAILED
+        failed = native.last_rc
+        if failed != RC_FAILED:
+            native.fallbacks += 1
+        result = self._run_python(frame)
+        if failed == RC_FAILED:
+            raise VMError(f"internal error: the native tier failed in "
+                          f"{self.exe.functions[native.ctx[7]].name} at pc {native.ctx[8]} where the "
+                          "Python tier succeeded")
+        return result
+
+    def _run_python(self, frame):
         self._stack = [frame]
         try:
             return self._dispatch()
@@ -614,6 +654,17 @@ class VirtualMachine:
 
 
 # ---------------------------------------------------------------- value helpers
+
+TIERS = ("native", "python")
+
+
+def _native_tier(exe, constants):
+    """The VM's native tier, or None when no function of `exe` is native."""
+    from dynvm.vm.kinds import register_kinds   # lazily: the Python tier never needs them
+    from dynvm.vm.native import NativeTier, native_code
+    code = native_code(exe, lambda i: register_kinds(exe, i))
+    return NativeTier(exe, code, constants) if code.addresses else None
+
 
 def _tensor_args(regs, inputs):
     """The tensors in registers `inputs` (a shape function's arguments); VMError otherwise."""

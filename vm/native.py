@@ -29,8 +29,11 @@ in the Python tier, whose frames are heap objects.
 """
 from __future__ import annotations
 
+import collections
+import functools
 import math
 import threading
+import weakref
 
 import cffi
 import numpy as np
@@ -54,9 +57,19 @@ COPY_RESULTS_UP_TO = 16384  # result bytes copied into a new array; larger resul
 RC_FAILED = 1        # an instruction failed: the Python tier re-runs the invocation for the error
 RC_STACK = 2         # the native stack limit was reached: the Python tier runs the invocation
 CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "shape_funcs", "constants",
-              "err_func", "err_pc", "err_code")
+              "err_func", "err_pc", "err_code", "pool")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
-CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64])
+CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR])
+
+# The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
+# cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
+# granules up to 512 bytes, then four per power of two).
+POOL_FIELDS = ("allocations", "bytes_allocated", "pool_hits", "bytes_live", "peak_bytes_live",
+               "bytes_free", "max_free_bytes")
+POOL_CLASSES = 8 + 4 * 54
+POOL_WORDS = len(POOL_FIELDS) + POOL_CLASSES
+# block header words (before the data, BLOCK_HEADER bytes in all)
+B_COUNT, B_SIZE, B_FIELDS, B_POOL, B_CLASS, B_NEXT = range(6)
 
 SUPPORTED = frozenset({"Move", "Ret", "Invoke", "CallKernel", "CallShapeFunc", "AllocStorage",
                        "AllocStorageReg", "AllocTensor", "AllocTensorReg", "If", "Goto",
@@ -101,6 +114,8 @@ def native_plan(exe, kinds_of, shape_func_native) -> dict:
 def _check_function(exe, fn, kinds, shape_func_native) -> set:
     calls = set()
     for pc, instr in enumerate(fn.instructions):
+        if kinds[pc] is None:       # unreachable: translated as a failure, never run
+            continue
         name = instr.name
         where = f"pc {pc} ({name})"
         if name not in SUPPORTED:
@@ -221,6 +236,7 @@ class ModuleTranslator:
         self.retain = self._retain()
         self.release = self._release()
         self.alloc = self._alloc()
+        self._drain()
 
     def _retain(self):
         f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_retain")
@@ -250,30 +266,92 @@ class ModuleTranslator:
                 with _counted_loop(b, nfields) as k:
                     field = b.gep(fields, [k, ir.Constant(I32, 1)], source_etype=self.value)
                     b.call(f, [b.load(field, typ=PTR)])
+                self._give_back(b, block)
+        b.ret_void()
+        return f
+
+    def _give_back(self, b, block):
+        """A dead block goes to its pool's free list, or to the OS beyond the pool's cap."""
+        pool = b.inttoptr(b.load(_word(b, block, B_POOL), typ=I64), PTR)
+        cls = b.load(_word(b, block, B_CLASS), typ=I64)
+        _bump(b, pool, "bytes_live", b.neg(cls))
+        free = b.load(_word(b, pool, POOL_FIELDS.index("bytes_free")), typ=I64)
+        room = b.icmp_signed("<=", b.add(free, cls),
+                             b.load(_word(b, pool, POOL_FIELDS.index("max_free_bytes")), typ=I64))
+        with b.if_else(room) as (keep, drop):
+            with keep:
+                _, index = _size_class(b, cls)
+                head = _word(b, pool, len(POOL_FIELDS), index)
+                b.store(b.load(head, typ=PTR), _word(b, block, B_NEXT))
+                b.store(block, head)
+                _bump(b, pool, "bytes_free", cls)
+            with drop:
                 b.call(self.free, [block])
+
+    def _drain(self):
+        """`dvm_pool_drain(pool)`: every free block back to the OS (the pool is going away)."""
+        f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_pool_drain")
+        b = ir.IRBuilder(f.append_basic_block())
+        pool = f.args[0]
+        with _counted_loop(b, ir.Constant(I64, POOL_CLASSES)) as k:
+            head = _word(b, pool, len(POOL_FIELDS), k)
+            loop, body, done = (f.append_basic_block(x) for x in ("list", "pop", "next"))
+            b.branch(loop)
+            b.position_at_end(loop)
+            block = b.load(head, typ=PTR)
+            b.cbranch(b.icmp_unsigned("!=", block, ir.Constant(PTR, None)), body, done)
+            b.position_at_end(body)
+            b.store(b.load(_word(b, block, B_NEXT), typ=PTR), head)
+            b.call(self.free, [block])
+            b.branch(loop)
+            b.position_at_end(done)
+        _store_word(b, pool, "bytes_free", ir.Constant(I64, 0))
         b.ret_void()
         return f
 
     def _alloc(self):
-        """A block of `size` bytes (data 64-byte aligned after the header), refcount 1; NULL
-        when the size overflows or memory is exhausted."""
-        f = ir.Function(self.module, ir.FunctionType(PTR, [I64]), "dvm_alloc")
+        """`dvm_alloc(pool, size)`: a block for `size` bytes (data 64-byte aligned after the
+        header), refcount 1, from the pool's free list of its size class when it has one; NULL
+        when the size is out of range or memory is exhausted."""
+        f = ir.Function(self.module, ir.FunctionType(PTR, [PTR, I64]), "dvm_alloc")
         f.linkage = "internal"
         b = ir.IRBuilder(f.append_basic_block())
-        size = f.args[0]
-        limit = ir.Constant(I64, INT64_MAX - 2 * BLOCK_HEADER)
-        fail = f.append_basic_block("fail")
-        ok = f.append_basic_block("ok")
-        b.cbranch(b.icmp_unsigned("<=", size, limit), ok, fail)
+        pool, size = f.args
+        null = ir.Constant(PTR, None)
+        fail, ok = f.append_basic_block("fail"), f.append_basic_block("ok")
+        b.cbranch(b.icmp_unsigned("<=", size, ir.Constant(I64, 1 << 62)), ok, fail)
         b.position_at_end(fail)
-        b.ret(ir.Constant(PTR, None))
+        b.ret(null)
         b.position_at_end(ok)
-        total = b.and_(b.add(size, ir.Constant(I64, 2 * BLOCK_HEADER - 1)),
-                       ir.Constant(I64, -BLOCK_HEADER))       # aligned_alloc wants a multiple
-        block = b.call(self.aligned_alloc, [ir.Constant(I64, BLOCK_HEADER), total])
-        with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
-            for k, v in enumerate((ir.Constant(I64, 1), size, ir.Constant(I64, 0))):
-                b.store(v, b.gep(block, [ir.Constant(I64, k)], source_etype=I64))
+        cls, index = _size_class(b, size)
+        head = _word(b, pool, len(POOL_FIELDS), index)
+        free = b.load(head, typ=PTR)
+        reuse, fresh, done = (f.append_basic_block(x) for x in ("reuse", "fresh", "done"))
+        b.cbranch(b.icmp_unsigned("!=", free, null), reuse, fresh)
+        b.position_at_end(reuse)
+        b.store(b.load(_word(b, free, B_NEXT), typ=PTR), head)
+        _bump(b, pool, "pool_hits", ir.Constant(I64, 1))
+        _bump(b, pool, "bytes_free", b.neg(cls))
+        b.branch(done)
+        b.position_at_end(fresh)
+        new = b.call(self.aligned_alloc, [ir.Constant(I64, BLOCK_HEADER),
+                                          b.add(cls, ir.Constant(I64, BLOCK_HEADER))])
+        with b.if_then(b.icmp_unsigned("==", new, null)):
+            b.ret(null)
+        _bump(b, pool, "allocations", ir.Constant(I64, 1))
+        _bump(b, pool, "bytes_allocated", cls)
+        fresh_end = b.block
+        b.branch(done)
+        b.position_at_end(done)
+        block = b.phi(PTR)
+        block.add_incoming(free, reuse)
+        block.add_incoming(new, fresh_end)
+        live = _bump(b, pool, "bytes_live", cls)
+        peak = _word(b, pool, POOL_FIELDS.index("peak_bytes_live"))
+        b.store(b.select(b.icmp_signed(">", live, b.load(peak, typ=I64)), live, b.load(peak, typ=I64)), peak)
+        for k, v in ((B_COUNT, ir.Constant(I64, 1)), (B_SIZE, size), (B_FIELDS, ir.Constant(I64, 0)),
+                     (B_POOL, b.ptrtoint(pool, I64)), (B_CLASS, cls)):
+            b.store(v, _word(b, block, k))
         b.ret(block)
         return f
 
@@ -332,6 +410,9 @@ class FunctionTranslator:
             self._charge_steps(end - start, start)
             for pc in range(start, end):
                 self.pc = pc
+                if self.kinds[pc] is None:      # unreachable (no path from the entry)
+                    self._fail(RC_FAILED)
+                    break
                 getattr(self, "_op_" + fn.instructions[pc].name)(*fn.instructions[pc].args)
             if not b.block.is_terminated:
                 b.branch(self.blocks[end])
@@ -473,7 +554,8 @@ class FunctionTranslator:
         return total
 
     def _new_block(self, size):
-        block = self.b.call(self.mt.alloc, [size])
+        pool = self.b.load(self._ctx_field("pool"), typ=PTR)
+        block = self.b.call(self.mt.alloc, [pool, size])
         self._fail_if(self.b.icmp_unsigned("==", block, ir.Constant(PTR, None)), RC_FAILED)
         return block
 
@@ -573,13 +655,18 @@ class FunctionTranslator:
         self._set(dst, self._block_data(block), block, [])
 
     def _view(self, storage, offset, dims, dtype, dst):
-        """A tensor of `dims` at byte `offset` of storage register `storage`, checked to fit."""
+        """A tensor of `dims` at byte `offset` of storage register `storage`, checked to fit
+        (a bad static offset fails whenever it is reached, as in the Python tier)."""
         b = self.b
+        if offset < 0 or offset % itemsize(dtype) or offset > INT64_MAX // 2:
+            self._fail(RC_FAILED)
+            b.position_at_end(self.llfn.append_basic_block("unreachable"))
         nbytes = self._nbytes(dims, dtype)
         block = self._block(storage)
-        size = b.load(b.gep(block, [ir.Constant(I64, 1)], source_etype=I64), typ=I64)
-        end = b.add(nbytes, ir.Constant(I64, offset))
-        self._fail_if(b.icmp_signed(">", end, size), RC_FAILED)
+        size = b.load(_word(b, block, B_SIZE), typ=I64)
+        room = b.sub(size, ir.Constant(I64, offset))
+        self._fail_if(b.icmp_signed("<", room, ir.Constant(I64, 0)), RC_FAILED)
+        self._fail_if(b.icmp_signed(">", nbytes, room), RC_FAILED)
         b.call(self.mt.retain, [block])
         data = b.gep(self._data(storage), [ir.Constant(I64, offset)], source_etype=I8)
         self._set(dst, data, block, dims)
@@ -689,6 +776,43 @@ _MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
 _KERNEL_FNTY = ir.FunctionType(I32, [PTR, I32])
 
 
+def _word(b, base, k, index=None):
+    """Pointer to int64 word k (+ index) of `base`."""
+    offset = ir.Constant(I64, k) if index is None else b.add(ir.Constant(I64, k), index)
+    return b.gep(base, [offset], source_etype=I64)
+
+
+def _bump(b, pool, field, delta):
+    """pool[field] += delta; the new value."""
+    ptr = _word(b, pool, POOL_FIELDS.index(field))
+    value = b.add(b.load(ptr, typ=I64), delta)
+    b.store(value, ptr)
+    return value
+
+
+def _store_word(b, pool, field, value):
+    b.store(value, _word(b, pool, POOL_FIELDS.index(field)))
+
+
+def _size_class(b, n):
+    """(block size, free-list index) of a request of n >= 0 bytes, as vm/memory.py's
+    size_class: 64-byte granules up to 512 bytes, then four classes per power of two."""
+    c = lambda v: ir.Constant(I64, v)      # noqa: E731
+    ctlz = b.module.globals.get("llvm.ctlz.i64") or \
+        ir.Function(b.module, ir.FunctionType(I64, [I64, I1]), "llvm.ctlz.i64")
+    m = b.select(b.icmp_unsigned("<", n, c(1)), c(1), n)
+    bits = b.sub(c(64), b.call(ctlz, [b.sub(m, c(1)), ir.Constant(I1, 0)]))   # bit_length(m-1)
+    shift = b.select(b.icmp_signed("<", bits, c(9)), c(6), b.sub(bits, c(3)))
+    step = b.shl(c(1), shift)
+    size = b.mul(b.udiv(b.add(m, b.sub(step, c(1))), step), step)
+    small = b.icmp_unsigned("<=", size, c(512))
+    k = b.udiv(size, step)                              # 5..8 above 512 bytes
+    big = b.add(c(8), b.add(b.mul(b.sub(bits, c(10)), c(4)), b.sub(k, c(5))))
+    # a size that rounds up to the next power of two belongs to that power's last class
+    index = b.select(small, b.sub(b.udiv(size, c(64)), c(1)), big)
+    return size, index
+
+
 class _counted_loop:
     """`with _counted_loop(b, n) as k:` emits a loop running its body for k in [0, n)."""
 
@@ -741,7 +865,9 @@ unsigned long pthread_self(void);
 int pthread_getattr_np(unsigned long thread, void *attr);
 int pthread_attr_getstack(const void *attr, void **stackaddr, size_t *stacksize);
 int pthread_attr_destroy(void *attr);
+void free(void *ptr);
 """)
+_LIBC = _libc.dlopen(None)
 _STACK_MARGIN = 256 * 1024      # bytes of the thread's stack left for Python and the kernels
 _threads = threading.local()
 
@@ -754,7 +880,7 @@ def stack_limit() -> int:
     if limit is None:
         limit = (1 << 64) - 1
         try:
-            lib = _libc.dlopen(None)
+            lib = _LIBC
             attr = _libc.new("char[256]")      # pthread_attr_t is at most 64 bytes on Linux
             if lib.pthread_getattr_np(lib.pthread_self(), attr) == 0:
                 low, size = _libc.new("void **"), _libc.new("size_t *")
@@ -765,6 +891,22 @@ def stack_limit() -> int:
             pass
         _threads.stack_limit = limit
     return limit
+
+
+_orphans = threading.Lock()
+
+
+def _returned(tier_ref, queue, block):
+    """A returned array wrapping `block` died (on any thread): queue the reference for the pool's
+    owner; when the tier is gone, drop it here (the pool went with the tier)."""
+    if tier_ref() is not None:
+        queue.append(block)
+        return
+    with _orphans:
+        header = ffi.cast("int64_t *", block)
+        header[B_COUNT] -= 1
+        if header[B_COUNT] == 0:
+            _LIBC.free(header)
 
 
 class NativeCode:
@@ -782,8 +924,8 @@ class NativeCode:
         if not native:
             return
         from dynvm.kernels import codelib     # lazily: a program without native code never JITs
-        self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) for k in state
-                                     if k.kind == "tensor" and k.rank is not None])
+        self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) if state
+                                     for k in state if k.kind == "tensor" and k.rank is not None])
         mt = ModuleTranslator(exe, kinds_of, None, self.rank_bound)
         for i in native:
             mt.translate(i)
@@ -793,6 +935,7 @@ class NativeCode:
         self._library = codelib.CodeLibrary(llvm_ir, obj, host)
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
+        self.drain = ffi.cast("void (*)(int64_t *)", self._library.address("dvm_pool_drain"))
 
 
 _build_lock = threading.Lock()
@@ -803,7 +946,8 @@ def native_code(exe, kinds_of) -> NativeCode:
     with _build_lock:
         code = exe._native_code
         if code is None:
-            code = exe._native_code = NativeCode(exe, kinds_of)
+            kinds = [kinds_of(i) for i in range(len(exe.functions))]   # analysed once
+            code = exe._native_code = NativeCode(exe, kinds.__getitem__)
         return code
 
 
@@ -818,24 +962,71 @@ class NativeTier:
             return
         self.words = 2 + code.rank_bound
         self._release = code.release
+        self.pool = ffi.new("int64_t[]", POOL_WORDS)
+        self._returned = collections.deque()
+        self._on_return = functools.partial(_returned, weakref.ref(self), self._returned)
+        self.pool[POOL_FIELDS.index("max_free_bytes")] = 1 << 30
         self._kernels = ffi.new("uintptr_t[]", [k.address for k in exe.loaded_kernels()] or [0])
         self._constants = ffi.new("uintptr_t[]", [t.address for t in constants] or [0])
         self._shape_funcs = ffi.new("uintptr_t[]", [0])
         self.ctx = ffi.new("int64_t[]", len(CTX_FIELDS))
         for name, table in (("kernels", self._kernels), ("constants", self._constants),
-                            ("shape_funcs", self._shape_funcs)):
+                            ("shape_funcs", self._shape_funcs), ("pool", self.pool)):
             self.ctx[_CTX[name]] = int(ffi.cast("intptr_t", table))
         most = max(len(exe.functions[i].params) for i in self.entries)
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
-        self.steps = 0
+        self.steps = self.budget = 0
         self.last_rc = 0
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
+
+    def memory_stats(self) -> dict:
+        """The native pool's counters (the names of VirtualMachine.memory_stats)."""
+        return {name: int(self.pool[i]) for i, name in enumerate(POOL_FIELDS[:-1])}
+
+    def reset_memory_stats(self) -> None:
+        pool = self.pool
+        for name in ("allocations", "bytes_allocated", "pool_hits"):
+            pool[POOL_FIELDS.index(name)] = 0
+        pool[POOL_FIELDS.index("peak_bytes_live")] = pool[POOL_FIELDS.index("bytes_live")]
+
+    def release_memory(self) -> None:
+        """Free blocks back to the OS."""
+        self._take_returned()
+        self.code.drain(self.pool)
+
+    def _take_returned(self):
+        """Drop the references of returned arrays that died (their destructors, which may run
+        on any thread, only queue the block: the pool is touched by its owner alone)."""
+        returned, release = self._returned, self._release
+        while returned:
+            release(returned.popleft())
+
+    def __del__(self):
+        """Free the pool's blocks without running native code: during interpreter shutdown or
+        a garbage cycle the JIT-compiled code may already be gone. Blocks still referenced are
+        held by arrays, and those keep this tier alive, so only free and queued blocks remain."""
+        if not self.entries:
+            return
+        free = _LIBC.free
+        while self._returned:
+            block = ffi.cast("int64_t *", self._returned.popleft())
+            block[B_COUNT] -= 1
+            if block[B_COUNT] == 0:
+                free(block)
+        for k in range(POOL_CLASSES):
+            block = ffi.cast("int64_t *", self.pool[len(POOL_FIELDS) + k])
+            while block != ffi.NULL:
+                following = ffi.cast("int64_t *", block[B_NEXT])
+                free(block)
+                block = following
 
     def run(self, index, tensors, max_steps, max_depth):
         """Run native function `index` on argument Tensors; the result as a numpy array, or None
         when the invocation must run in the Python tier (`last_rc`: RC_FAILED, a failure the
         Python tier reports; RC_STACK, a native stack too small for the call depth)."""
+        if self._returned:
+            self._take_returned()
         args, words, ctx = self._args, self.words, self.ctx
         base = 0
         for t in tensors:
@@ -845,7 +1036,7 @@ class NativeTier:
             if shape:
                 args[base + 2:base + 2 + len(shape)] = shape
             base += words
-        budget = INT64_MAX if max_steps is None else max_steps
+        budget = self.budget = INT64_MAX if max_steps is None else min(max_steps, INT64_MAX)
         ctx[0], ctx[1], ctx[2], ctx[3], ctx[9] = budget, 0, max(1, max_depth), stack_limit(), 0
         rc = self.last_rc = self.entries[index](ctx, args, self._result)
         self.steps = budget - ctx[0]
@@ -871,8 +1062,7 @@ class NativeTier:
         if block and math.prod(dims) * dtype.itemsize > COPY_RESULTS_UP_TO:
             header = ffi.cast("int64_t *", block)
             header[0] += 1
-            code = self.code        # the array keeps the native code (its release) alive
-            owner = ffi.gc(ffi.cast("char *", block), lambda p: code.release(p))
+            owner = ffi.gc(ffi.cast("char *", block), self._on_return)
             buf = ffi.buffer(owner, BLOCK_HEADER + header[1])
             return np.frombuffer(buf, dtype, math.prod(dims), data - block).reshape(dims)
         out = np.empty(dims, dtype)

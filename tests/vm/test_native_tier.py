@@ -1,0 +1,153 @@
+"""The native tier against the Python tier: same results bit for bit, same errors, same step
+counts; what runs natively and why the rest does not; who owns returned memory."""
+import gc
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynvm.compiler import build, ir, op
+from dynvm.vm import Executable, VirtualMachine
+from dynvm.vm.errors import VMRecursionError, VMStepLimitError
+from tests.e2e.test_control_flow import countdown_module
+from tests.strategies import examples, layouts, program_inputs, random_program
+
+STATIC_ROWS = 5
+
+
+def both_tiers(exe, **options):
+    native = VirtualMachine(exe, **options)
+    assert native._native is not None, exe.explain()
+    return native, VirtualMachine(exe, tier="python", **options)
+
+
+def assert_same(a, b):
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+        return
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()       # bit for bit, NaNs included
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(program=random_program(rows=STATIC_ROWS), layout=layouts(), seed=st.integers(0, 3))
+def test_random_static_programs_agree_bit_for_bit(program, layout, seed):
+    func, _ = program
+    native, python = both_tiers(build(ir.IRModule.from_expr(func)))
+    x, y = program_inputs(STATIC_ROWS, layout, seed)
+    assert_same(native.invoke("main", x, y), python.invoke("main", x, y))
+    assert native.steps == python.steps
+
+
+@pytest.mark.parametrize("tail", [True, False])
+def test_loops_and_recursion_agree_with_equal_step_counts(tail):
+    native, python = both_tiers(build(countdown_module(tail), native_loops=False))
+    for n in (0, 1, 7, 300):
+        args = np.int64(n), np.int64(0)
+        assert_same(native.invoke("loop", *args), python.invoke("loop", *args))
+        assert native.steps == python.steps > 0
+
+
+def error_of(vm, *args):
+    with pytest.raises(Exception) as info:
+        vm.invoke("loop", *args)
+    return type(info.value), str(info.value)
+
+
+def test_step_limit_is_the_same_error_at_the_same_budget():
+    native, python = both_tiers(build(countdown_module(), native_loops=False), max_steps=1000)
+    args = np.int64(10 ** 9), np.int64(0)
+    assert error_of(native, *args) == error_of(python, *args)
+    assert error_of(native, *args)[0] is VMStepLimitError
+    assert int(native.invoke("loop", np.int64(10), np.int64(0))) == 55     # usable again
+
+
+def test_depth_limit_is_the_same_error():
+    native, python = both_tiers(build(countdown_module(tail=False), native_loops=False),
+                                max_depth=50)
+    args = np.int64(100), np.int64(0)
+    assert error_of(native, *args) == error_of(python, *args)
+    assert error_of(native, *args)[0] is VMRecursionError
+
+
+def test_recursion_deeper_than_the_native_stack_runs_in_the_python_tier():
+    """A thread with a small stack: the native frames run out long before max_depth; the
+    invocation is re-run in the Python tier (heap frames) and still answers."""
+    exe = build(countdown_module(tail=False), native_loops=False)
+    results = []
+
+    def run():
+        vm = VirtualMachine(exe, max_depth=10 ** 5)
+        results.append(int(vm.invoke("loop", np.int64(20000), np.int64(0))))
+        results.append(vm._native.fallbacks)
+
+    old = threading.stack_size(1 << 20)
+    try:
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    finally:
+        threading.stack_size(old)
+    assert results == [20000 * 20001 // 2, 1]
+
+
+def test_explain_names_the_native_functions_and_why_others_are_not():
+    x = ir.var("x", ir.TensorType((ir.Any(), 3), "float32"))
+    dynamic = build(ir.IRModule.from_expr(ir.Function([x], op.exp(x))))
+    text = dynamic.explain()
+    assert text.startswith("main: ")
+    static = build(countdown_module(), native_loops=False)
+    assert static.explain() == "loop: native"
+
+
+def test_a_function_outside_the_native_tier_runs_in_the_python_tier():
+    x = ir.var("x", ir.TensorType((ir.Any(), 3), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], op.exp(x))))
+    if "main: native" in exe.explain():
+        pytest.skip("every function of this program is native")
+    vm = VirtualMachine(exe)
+    a = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(vm.invoke("main", a), np.exp(a))
+
+
+def test_results_belong_to_the_caller():
+    """Small results are copies, large ones wrap their native block; neither aliases an
+    argument or another result, and both outlive the VM and the executable."""
+    n = 4096
+    x = ir.var("x", ir.TensorType((n,), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], ir.Tuple([op.exp(x), x]))))
+    vm = VirtualMachine(exe)
+    a = np.linspace(0, 1, n, dtype=np.float32)
+    first, echoed = vm.invoke("main", a)
+    second, _ = vm.invoke("main", a)
+    assert not np.shares_memory(first, second) and not np.shares_memory(echoed, a)
+    assert first.flags.writeable and echoed.flags.writeable
+    expected = VirtualMachine(exe, tier="python").invoke("main", a)[0]
+    first[:] = 0
+    assert_same(second, expected)
+    del vm, exe
+    gc.collect()
+    assert_same(second, expected)
+
+
+def test_a_saved_file_runs_natively_after_load(tmp_path):
+    path = str(tmp_path / "loop.dvm")
+    build(countdown_module(), native_loops=False).save(path)
+    vm = VirtualMachine(Executable.load(path))
+    assert vm._native is not None
+    assert int(vm.invoke("loop", np.int64(100), np.int64(0))) == 5050
+
+
+def test_profiling_runs_in_the_python_tier():
+    vm = VirtualMachine(build(countdown_module(), native_loops=False), profile=True)
+    assert vm._native is None
+    assert int(vm.invoke("loop", np.int64(10), np.int64(0))) == 55
+
+
+def test_unknown_tier_is_a_clear_error():
+    with pytest.raises(ValueError, match="tier"):
+        VirtualMachine(build(countdown_module()), tier="fast")
