@@ -1,0 +1,511 @@
+"""The "shape_func" family: a registered shape function compiled for one call site.
+
+There is no second copy of any shape function here. The functions of shape_funcs/ are written
+against a small integer interface (shape_funcs/common.py); this module runs them once with
+*symbolic* dims, `Sym` values whose operators emit LLVM IR, and the result is a kernel with the
+kernel ABI (`int32_t f(DLTensor *args, int32_t nargs)`, kernels/abi.py):
+
+- args: the op's input tensors (as the VM passes them to the Python function), then one int64
+  1-D output tensor per result shape (an upper-bound function has two: the bound and the
+  storage); output k has exactly as many elements as result k has dims;
+- returns 0 after writing every result dim, or an error code, writing nothing: ERR_SHAPE when
+  a check of the function fails (where the Python function raises ShapeError), ERR_ARITH when
+  a dim computation overflows int64, divides by zero or casts a float out of range (where
+  Python computes with unbounded ints, or raises ZeroDivisionError / OverflowError), ERR_NULL,
+  ERR_NDIM, ERR_DTYPE, ERR_EXTENT for arguments that break the signature.
+  The caller's contract: on any non-zero code, run the Python function on the same inputs; it
+  raises the error (same class, same message: one definition) or, for ERR_ARITH, may return
+  shapes Python computes exactly.
+
+Specialisation: a call site fixes the attrs, the input dtypes and ranks, and optionally static
+extents (the checked types' known dims; None for Any). Ranks and attrs are Python values while
+tracing, so loops over dims unroll; static extents are checked on entry (ERR_SHAPE) and then
+fold as constants. Value-dependent control flow must go through the interface: a symbolic
+value in a Python `if` raises TraceError while tracing, and that call site is not native
+(`NotNative`, with the reason and the line).
+
+API for the native tier: `native_shape_func_spec(name, attrs, input_sigs)` returns a
+`NativeShapeFunc` (the family's spec, the kernel signature and the lengths of the result
+shapes); `.add_to(kernel_builder, name)` adds it like any kernel, so the trust model applies
+unchanged (a file's shape-function kernels are rebuilt from their specs, never loaded as they
+are; the generator fingerprint covers shape_funcs/ too). `NATIVE_UNSUPPORTED` lists the
+registered shape functions that have no native form at all, with the reason.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import NamedTuple
+
+from llvmlite import ir
+
+from dynvm.kernels.abi import ERR_ARITH, ERR_NULL, ERR_SHAPE, MAX_RANK
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.llvm_util import (F32, F64, I1, I32, I64, MEM_TYPE, PTR, c64, check,
+                                     check_equal, const, for_nest, get_function, load,
+                                     load_strides, new_function, prologue, store, truth)
+from dynvm.shape_funcs import SHAPE_FUNCS
+from dynvm.shape_funcs.common import Symbolic, TracedInput, TraceError
+from dynvm.vm.dtypes import DTYPES
+from dynvm.vm.errors import KernelError, ShapeError
+
+FAMILY = "shape_func"
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+
+# Registered shape functions with no native form, and why (the native tier calls the Python
+# function for these; every other one compiles, call site by call site).
+NATIVE_UNSUPPORTED = {
+    "nms": "the exact count is the whole greedy NMS selection (float IoU over the sorted "
+           "candidates): the op's kernel itself; compiled programs use nms.upper_bound, which "
+           "is native",
+    "unique": "the count of distinct values needs a sort of the data (the unique kernel's "
+              "own work); no native sort is shared with shape functions yet",
+}
+
+
+class NotNative(KernelError):
+    """A shape function call site has no native form; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# symbolic values
+
+
+class Sym(Symbolic):
+    """A run-time value while tracing: an i64 ("int"), an f64 ("float": float32 values are
+    held widened, as Python holds them) or an i1 ("bool"), emitted with builder `b`."""
+
+    __slots__ = ("b", "v", "kind")
+
+    def __init__(self, b, v, kind):
+        self.b, self.v, self.kind = b, v, kind
+
+    def _as(self, x, kind):
+        return _lift(self.b, x, kind)
+
+    def _new(self, v, kind):
+        return Sym(self.b, v, kind)
+
+    # -- arithmetic (ints: Python's exact results, or ERR_ARITH)
+    def _overflowing(self, name, x, y):
+        b = self.b
+        fn = get_function(b.module, f"llvm.{name}.with.overflow.i64",
+                          ir.FunctionType(ir.LiteralStructType([I64, I1]), [I64, I64]))
+        r = b.call(fn, [x, y])
+        check(b, b.not_(b.extract_value(r, 1)), ERR_ARITH)
+        return b.extract_value(r, 0)
+
+    def _arith(self, other, swap, int_op, float_op):
+        kind = _number_kind(self, other)
+        x, y = self._as(self, kind), self._as(other, kind)
+        if swap:
+            x, y = y, x
+        if kind == "float":
+            if float_op is None:
+                raise TraceError("floor division or modulo of a float")
+            return self._new(getattr(self.b, float_op)(x, y), "float")
+        if int_op is None:
+            raise TraceError("true division of ints")
+        return self._new(int_op(x, y), "int")
+
+    def __add__(self, o):
+        return self._arith(o, False, lambda x, y: self._overflowing("sadd", x, y), "fadd")
+
+    def __radd__(self, o):
+        return self._arith(o, True, lambda x, y: self._overflowing("sadd", x, y), "fadd")
+
+    def __sub__(self, o):
+        return self._arith(o, False, lambda x, y: self._overflowing("ssub", x, y), "fsub")
+
+    def __rsub__(self, o):
+        return self._arith(o, True, lambda x, y: self._overflowing("ssub", x, y), "fsub")
+
+    def __mul__(self, o):
+        return self._arith(o, False, lambda x, y: self._overflowing("smul", x, y), "fmul")
+
+    def __rmul__(self, o):
+        return self._arith(o, True, lambda x, y: self._overflowing("smul", x, y), "fmul")
+
+    def __truediv__(self, o):
+        return self._arith(o, False, None, "fdiv")
+
+    def __rtruediv__(self, o):
+        return self._arith(o, True, None, "fdiv")
+
+    def __floordiv__(self, o):
+        return self._arith(o, False, lambda x, y: self._divmod(x, y)[0], None)
+
+    def __rfloordiv__(self, o):
+        return self._arith(o, True, lambda x, y: self._divmod(x, y)[0], None)
+
+    def __mod__(self, o):
+        return self._arith(o, False, lambda x, y: self._divmod(x, y)[1], None)
+
+    def __rmod__(self, o):
+        return self._arith(o, True, lambda x, y: self._divmod(x, y)[1], None)
+
+    def __neg__(self):
+        return 0 - self
+
+    def _divmod(self, x, y):
+        """Python's floor division and modulo (the remainder takes the divisor's sign):
+        LLVM's sdiv truncates, so a non-zero remainder whose sign differs from the divisor's
+        moves the quotient down by one and the remainder up by the divisor. Division by zero
+        and INT64_MIN // -1 are ERR_ARITH."""
+        b = self.b
+        check(b, b.icmp_signed("!=", y, c64(0)), ERR_ARITH)
+        check(b, b.not_(b.and_(b.icmp_signed("==", x, c64(I64_MIN)),
+                               b.icmp_signed("==", y, c64(-1)))), ERR_ARITH)
+        q, r = b.sdiv(x, y), b.srem(x, y)
+        signs_differ = b.icmp_signed("<", b.xor(r, y), c64(0))
+        adjust = b.and_(b.icmp_signed("!=", r, c64(0)), signs_differ)
+        return (b.sub(q, b.zext(adjust, I64)),
+                b.add(r, b.select(adjust, y, c64(0))))
+
+    # -- comparisons and conditions
+    def _compare(self, other, op):
+        kind = _number_kind(self, other)
+        x, y = self._as(self, kind), self._as(other, kind)
+        if kind == "float":   # Python: comparisons with NaN are False, except !=
+            v = (self.b.fcmp_unordered if op == "!=" else self.b.fcmp_ordered)(op, x, y)
+        else:
+            v = self.b.icmp_signed(op, x, y)
+        return self._new(v, "bool")
+
+    def __eq__(self, o):
+        return self._compare(o, "==")
+
+    def __ne__(self, o):
+        return self._compare(o, "!=")
+
+    def __lt__(self, o):
+        return self._compare(o, "<")
+
+    def __le__(self, o):
+        return self._compare(o, "<=")
+
+    def __gt__(self, o):
+        return self._compare(o, ">")
+
+    def __ge__(self, o):
+        return self._compare(o, ">=")
+
+    __hash__ = None
+
+    def _logic(self, other, op):
+        return self._new(op(self._as(self, "bool"), self._as(other, "bool")), "bool")
+
+    def __and__(self, o):
+        return self._logic(o, self.b.and_)
+
+    __rand__ = __and__
+
+    def __or__(self, o):
+        return self._logic(o, self.b.or_)
+
+    __ror__ = __or__
+
+    def not_(self):
+        return self._new(self.b.not_(self._as(self, "bool")), "bool")
+
+    def fails(self):
+        """The interface's `fails`: return ERR_SHAPE unless this condition holds."""
+        check(self.b, self._as(self, "bool"), ERR_SHAPE)
+        return False
+
+    def select(self, a, b):
+        kind = _kind(a, b)
+        return self._new(self.b.select(self._as(self, "bool"), self._as(a, kind),
+                                       self._as(b, kind)), kind)
+
+    # -- floats (arange)
+    def is_finite(self):
+        if self.kind != "float":
+            return True
+        fabs = get_function(self.b.module, "llvm.fabs.f64", ir.FunctionType(F64, [F64]))
+        v = self.b.call(fabs, [self.v])
+        return self._new(self.b.fcmp_ordered("<", v, const(F64, float("inf"))), "bool")
+
+    def ceil(self):
+        """math.ceil: ERR_ARITH where Python raises (NaN, infinities) or the int exceeds int64."""
+        b = self.b
+        fn = get_function(b.module, "llvm.ceil.f64", ir.FunctionType(F64, [F64]))
+        c = b.call(fn, [self._as(self, "float")])
+        return self._new(self._float_to_int(c, 64), "int")
+
+    def _float_to_int(self, v, bits):
+        """Truncate f64 `v` to a `bits`-bit signed int (as i64): ERR_ARITH out of range or NaN
+        (numpy's cast is undefined there)."""
+        b = self.b
+        lo, hi = const(F64, -float(1 << (bits - 1))), const(F64, float(1 << (bits - 1)))
+        check(b, b.and_(b.fcmp_ordered(">=", v, lo), b.fcmp_ordered("<", v, hi)), ERR_ARITH)
+        return b.fptosi(v, I64)
+
+    def cast(self, src: str, dst: str):
+        """numpy's astype of a scalar from dtype `src` to `dst`, as Python's `.item()` holds
+        it: floats widened to f64 (float32 rounded first), ints in i64, bool as 0/1."""
+        b = self.b
+        if src == dst:
+            return self
+        if dst in ("float32", "float64"):
+            v = self._as(self, "float") if self.kind != "float" else self.v
+            if dst == "float32":
+                v = b.fpext(b.fptrunc(v, F32), F64) if self.kind == "float" else \
+                    b.fpext(b.sitofp(self._as(self, "int"), F32), F64)
+            return self._new(v, "float")
+        if dst == "bool":
+            kind = "float" if self.kind == "float" else "int"
+            return self._new(b.zext(truth(b, self._as(self, kind),
+                                          "float64" if kind == "float" else "int64"), I64), "int")
+        bits = 32 if dst == "int32" else 64
+        if self.kind == "float":
+            return self._new(self._float_to_int(self.v, bits), "int")
+        v = self._as(self, "int")
+        if bits == 32:   # wraps like numpy
+            v = b.sext(b.trunc(v, I32), I64)
+        return self._new(v, "int")
+
+
+def _lift(b, x, kind):
+    """The IR value of a Python or symbolic value as `kind` (bools widen to 0 / 1, ints to
+    floats); a constant beyond int64 has no native form."""
+    if isinstance(x, Sym):
+        if x.kind == kind:
+            return x.v
+        if x.kind == "bool" and kind == "int":
+            return b.zext(x.v, I64)
+        if x.kind in ("bool", "int") and kind == "float":
+            return b.sitofp(_lift(b, x, "int"), F64)
+        raise TraceError(f"a symbolic {x.kind} is used as a {kind}")
+    if isinstance(x, bool) or type(x) is int:
+        if kind == "bool":
+            if isinstance(x, bool):
+                return const(I1, int(x))
+            raise TraceError(f"the int {x} is used as a condition")
+        if kind == "float":
+            return const(F64, float(x))
+        if not I64_MIN <= x <= I64_MAX:
+            raise NotNative(f"the constant {x} does not fit in int64")
+        return c64(int(x))
+    if isinstance(x, float) and kind == "float":
+        return const(F64, x)
+    raise TraceError(f"{type(x).__name__} value {x!r} in a shape computation")
+
+
+def _kind(*values):
+    """The common kind of Python and symbolic values: float if any is, bool if all are."""
+    kinds = {x.kind if isinstance(x, Sym) else "float" if isinstance(x, float) else
+             "bool" if isinstance(x, bool) else "int" for x in values}
+    return "float" if "float" in kinds else "bool" if kinds == {"bool"} else "int"
+
+
+def _number_kind(*values):
+    """Arithmetic and comparisons: bools count as 0 / 1."""
+    kind = _kind(*values)
+    return "int" if kind == "bool" else kind
+
+
+# ---------------------------------------------------------------------------------------------
+# traced inputs
+
+
+class TracedTensor(TracedInput):
+    """An input tensor while tracing: dtype and rank static; `shape` holds the static extents
+    as ints and the others as symbolic ints. Element reads are typed loads (int32 / int64 /
+    bool as ints, float32 / float64 as floats) through the DLTensor's strides."""
+
+    __slots__ = ("b", "dtype", "shape", "ndim", "_data", "_extents", "_strides_ptr", "_strides")
+
+    def __init__(self, b, dtype, shape, data, extents, strides_ptr):
+        self.b, self.dtype, self.shape, self.ndim = b, dtype, tuple(shape), len(shape)
+        self._data, self._extents, self._strides_ptr = data, extents, strides_ptr
+        self._strides = None
+
+    def _layout(self):
+        """Element strides (loaded once, where first needed: every later read is dominated by
+        that point, since the traced code is straight-line apart from loops that produce no
+        value read afterwards) and a non-NULL data pointer."""
+        if self._strides is None:
+            b = self.b
+            check(b, b.icmp_unsigned("!=", self._data, ir.Constant(PTR, None)), ERR_NULL)
+            self._strides = load_strides(b, self._extents, self._strides_ptr)
+        return self._strides
+
+    def _load(self, offset):
+        b = self.b
+        v = load(b, self._data, offset, MEM_TYPE[self.dtype])
+        if self.dtype in ("float32", "float64"):
+            return Sym(b, v if self.dtype == "float64" else b.fpext(v, F64), "float")
+        if self.dtype == "bool":
+            return Sym(b, b.zext(truth(b, v, "int64"), I64), "int")
+        return Sym(b, v if self.dtype == "int64" else b.sext(v, I64), "int")
+
+    def vector(self) -> tuple:
+        """The elements of a 1-D tensor, whose length must be static."""
+        n = self.shape[0]
+        if isinstance(n, Sym):
+            raise NotNative("a shape vector input needs a static length (pass it in the "
+                            "input signature)")
+        (stride,) = self._layout()
+        return tuple(self._load(self.b.mul(c64(i), stride)) for i in range(n))
+
+    def scalar(self):
+        """The first element (the caller checked there is exactly one)."""
+        self._layout()
+        return self._load(c64(0))
+
+    def count_nonzero(self):
+        """np.count_nonzero: a loop over every element (NaN counts as non-zero)."""
+        b = self.b
+        strides = self._layout()
+        ext = [c64(d) if isinstance(d, int) else d.v for d in self.shape]
+
+        def body(offsets, values):
+            v = load(b, self._data, offsets[0], MEM_TYPE[self.dtype])
+            nonzero = truth(b, v, "int64" if self.dtype == "bool" else self.dtype)
+            return [b.add(values[0], b.zext(nonzero, I64))]
+        (count,) = for_nest(b, [(e, [s]) for e, s in zip(ext, strides)], [c64(0)], body,
+                            carried=[c64(0)])
+        return Sym(b, count, "int")
+
+
+# ---------------------------------------------------------------------------------------------
+# tracing, the family
+
+
+def _trace(b, spec, inputs, arrays) -> list:
+    """Run the shape function on traced inputs; its result shapes (ints and Syms). Raises
+    NotNative when the call site has no native form."""
+    name, attrs = spec["shape_func"], spec["attrs"]
+    traced = []
+    for k, ((dtype, _), dims, (data, extents, strides)) in enumerate(zip(inputs, spec["dims"],
+                                                                           arrays)):
+        shape = []
+        for j, (d, e) in enumerate(zip(dims, extents)):
+            if d is None:
+                shape.append(Sym(b, e, "int"))
+            else:
+                check_equal(b, e, d, k, j)
+                shape.append(d)
+        traced.append(TracedTensor(b, dtype, shape, data, extents, strides))
+    try:
+        shapes = SHAPE_FUNCS[name].fn(traced, attrs)
+    except NotNative:
+        raise
+    except ShapeError as e:
+        raise NotNative(f"{name}: fails for every input of this signature ({e})") from None
+    except TraceError as e:
+        raise NotNative(f"{name}: value-dependent control flow at {_where(e)}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - bad attrs: the Python function raises the same
+        raise NotNative(f"{name}: raises {type(e).__name__} while tracing at {_where(e)}: "
+                        f"{e}") from None
+    for shape in shapes:
+        for d in shape:
+            if isinstance(d, Sym) and d.kind != "int" or not isinstance(d, (int, Sym)):
+                raise NotNative(f"{name}: a result dim is not an int ({d!r})")
+            _lift(b, d, "int")    # a constant dim beyond int64 has no native form
+    return shapes
+
+
+def _where(error) -> str:
+    """function and line of the innermost shape-function frame of an error raised while tracing."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "shape_funcs" in f.filename]
+    return f"{frames[-1].name} line {frames[-1].lineno}" if frames else "?"
+
+
+def _check_spec(spec, inputs):
+    if not isinstance(spec, dict) or set(spec) != {"shape_func", "attrs", "dims"}:
+        raise KernelError(f"shape_func spec must have keys shape_func, attrs, dims; got {spec!r}")
+    name, attrs, dims = spec["shape_func"], spec["attrs"], spec["dims"]
+    if name not in SHAPE_FUNCS:
+        raise KernelError(f"no shape function {name!r}")
+    if name in NATIVE_UNSUPPORTED:
+        raise NotNative(f"{name}: {NATIVE_UNSUPPORTED[name]}")
+    if not isinstance(attrs, dict):
+        raise KernelError(f"shape_func attrs must be a dict, got {attrs!r}")
+    if not isinstance(dims, list) or len(dims) != len(inputs) or any(
+            not isinstance(d, list) or len(d) != rank for d, (_, rank) in zip(dims, inputs)):
+        raise KernelError(f"shape_func dims {dims!r} do not match the input ranks")
+    for d in (d for ds in dims for d in ds):
+        if d is not None and (type(d) is not int or not 0 <= d <= I64_MAX):
+            raise KernelError(f"shape_func static extent {d!r} is not an int in [0, 2**63)")
+
+
+def _dry_run(spec, inputs) -> list:
+    """The result shapes of a trace into a scratch module (validates the call site)."""
+    module = ir.Module(name="dynvm_shape_probe")
+    fn, b = new_function(module, "probe")
+    return _trace(b, spec, inputs, prologue(b, *fn.args, inputs))
+
+
+def check_kernel(spec, inputs, outputs):
+    _check_spec(spec, inputs)
+    lengths = [len(s) for s in _dry_run(spec, inputs)]
+    if outputs != [["int64", 1]] * len(lengths):
+        raise KernelError(f"{spec['shape_func']}: outputs must be {len(lengths)} int64 1-D "
+                          f"tensors (one per result shape), got {outputs}")
+
+
+def emit_kernel(module, symbol, spec, inputs, outputs):
+    """One variant, `generic`: the traced function, then the result dims stored."""
+    sig = inputs + outputs
+    fn, b = new_function(module, variant_symbol(symbol, "generic"))
+    arrays = prologue(b, *fn.args, sig)
+    shapes = _trace(b, spec, inputs, arrays[:len(inputs)])
+    stores = []
+    for k, shape in enumerate(shapes):    # every check first: nothing is written on failure
+        arg = len(inputs) + k
+        data, (extent,), strides_ptr = arrays[arg]
+        check_equal(b, extent, len(shape), arg, 0)
+        if shape:
+            check(b, b.icmp_unsigned("!=", data, ir.Constant(PTR, None)), ERR_NULL | arg << 8)
+            (stride,) = load_strides(b, [extent], strides_ptr)
+            stores += [(_lift(b, d, "int"), data, b.mul(c64(j), stride))
+                       for j, d in enumerate(shape)]
+    for value, data, offset in stores:
+        store(b, value, data, offset)
+    b.ret(const(I32, 0))
+    return emit_dispatcher(module, symbol, sig, [("generic", None)])
+
+
+register(Family(FAMILY, check_kernel, emit_kernel))
+
+
+# ---------------------------------------------------------------------------------------------
+# the API of the native tier
+
+
+class NativeShapeFunc(NamedTuple):
+    """A shape function compiled for one call site: `family`, `spec`, `inputs`, `outputs` are
+    what KernelBuilder.add_compiled takes; `lengths[k]` is the number of dims of result k (the
+    element count of output k)."""
+
+    family: str
+    spec: dict
+    inputs: list
+    outputs: list
+    lengths: list
+
+    def add_to(self, builder, name: str) -> int:
+        """Add the kernel to a KernelBuilder; its index there."""
+        return builder.add_compiled(name, self.family, self.spec, self.inputs, self.outputs)
+
+
+def native_shape_func_spec(name: str, attrs: dict, input_sigs) -> NativeShapeFunc:
+    """The native form of shape function `name` at a call site with `attrs` and inputs
+    `input_sigs`: [(dtype, dims)...], dims a list of static extents (None where only the run
+    time knows it), or an int rank when no extent is static. Raises NotNative (a KernelError)
+    with the reason when the call site has none: the function is in NATIVE_UNSUPPORTED, its
+    control flow depends on a run-time value here, a shape vector input has no static length,
+    or it fails (or raises) whatever the input."""
+    from dynvm.kernels.builder import _plain
+    inputs, dims = [], []
+    for dtype, d in input_sigs:
+        d = [None] * d if type(d) is int else [None if e is None else int(e) for e in d]
+        if dtype not in DTYPES or len(d) > MAX_RANK:
+            raise KernelError(f"{name}: bad input signature {(dtype, d)!r}")
+        inputs.append([dtype, len(d)])
+        dims.append(d)
+    spec = {"shape_func": name, "attrs": _plain(dict(attrs)), "dims": dims}
+    _check_spec(spec, inputs)
+    lengths = [len(s) for s in _dry_run(spec, inputs)]
+    return NativeShapeFunc(FAMILY, spec, inputs, [["int64", 1] for _ in lengths], lengths)
