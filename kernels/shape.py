@@ -408,7 +408,8 @@ def _trace(b, spec, inputs, arrays) -> list:
 
 def _where(error) -> str:
     """function and line of the innermost shape-function frame of an error raised while tracing."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "shape_funcs" in f.filename]
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "shape_funcs" in f.filename and f.name != "_concrete"]
     return f"{frames[-1].name} line {frames[-1].lineno}" if frames else "?"
 
 

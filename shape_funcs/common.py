@@ -16,7 +16,8 @@ The rules a shape function follows so that both back ends run it:
   the Python back end for the message);
 - a value-dependent choice is `select(c, a, b)`, `smin`, `smax`; `same_dims` compares shapes;
   `slice_length` is len(range(n)[start:stop:step]);
-- input values are read through `shape_vector`, `scalar_input` and `count_nonzero`.
+- input values are read through `shape_vector`, `scalar_input` (and `cast_scalar`) and
+  `count_nonzero`.
 """
 from __future__ import annotations
 
@@ -176,18 +177,22 @@ def element_count(arr):
     return np.asarray(arr).size
 
 
-def scalar_input(arr, dtype: str):
-    """(value, value cast to `dtype`) of a one-element input (checked before): Python numbers,
-    the cast being numpy's astype; symbolic numbers when traced."""
+def scalar_input(arr):
+    """The value of a one-element input (checked before) in its own dtype: a Python number, or
+    a symbolic one when traced."""
     if isinstance(arr, TracedInput):
-        v = arr.scalar()
-        return v, v.cast(arr.dtype, dtype)
-    if isinstance(arr, Tensor) and arr.meta[0] == dtype:
-        v = scalar_value(arr)
-        if v is not None:
-            return v, v
-    a = np.asarray(arr).reshape(-1)
-    return a[0].item(), a.astype(dtype)[0].item()
+        return arr.scalar()
+    v = scalar_value(arr)
+    return np.asarray(arr).reshape(-1)[0].item() if v is None else v
+
+
+def cast_scalar(v, src: str, dst: str):
+    """numpy's astype of a scalar from dtype `src` to `dst`, as a Python (or symbolic) number."""
+    if src == dst:
+        return v
+    if isinstance(v, Symbolic):
+        return v.cast(src, dst)
+    return np.array(v, src).astype(dst).item()
 
 
 def is_finite(v):

@@ -1,9 +1,9 @@
 """Data-dependent shape functions: arange, argwhere and the dyn.* ops (they read values)."""
 from __future__ import annotations
 
-from dynvm.shape_funcs.common import (FLOAT_DTYPES, all_of, ceil_int, check_dims, count_nonzero,
-                                      element_count, fails, infer_reshape, is_finite,
-                                      scalar_input, shape_vector, smax)
+from dynvm.shape_funcs.common import (FLOAT_DTYPES, all_of, cast_scalar, ceil_int, check_dims,
+                                      count_nonzero, element_count, fails, infer_reshape,
+                                      is_finite, scalar_input, shape_vector, smax)
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.shape_funcs.transform import strided_slice
 from dynvm.vm.errors import ShapeError
@@ -18,10 +18,10 @@ def arange_params(inputs, dtype: str):
     for arr, what in zip(inputs, ("start", "stop", "step")):
         if fails(element_count(arr) == 1):
             raise ShapeError(f"arange: {what} must be a scalar, got shape {tuple(arr.shape)}")
-        v, cast = scalar_input(arr, dtype)
+        v = scalar_input(arr)
         if fails(is_finite(v)):
             raise ShapeError(f"arange: {what} must be finite, got {v}")
-        values.append(cast)
+        values.append(cast_scalar(v, str(arr.dtype), dtype))
     if fails(values[2] != 0):
         raise ShapeError("arange step must not be zero")
     return values
