@@ -196,7 +196,10 @@ def cast_scalar(v, src: str, dst: str):
 
 
 def is_finite(v):
-    return v.is_finite() if isinstance(v, Symbolic) else math.isfinite(v)
+    try:
+        return math.isfinite(v)
+    except TraceError:
+        return v.is_finite()
 
 
 def ceil_int(x):
@@ -247,29 +250,34 @@ def infer_reshape(op: str, in_shape, newshape) -> tuple:
     """
     newshape = list(newshape)
     rank = len(in_shape)
-    out, copies, infers, seen_infer = [], [], [], False
+    out, infers = [], []
+    total = math.prod(in_shape[len(newshape):])   # element counts, copied dims left out
+    known = 1
+    first = True                                  # no -1 so far
     for i, d in enumerate(newshape):
         copy, infer = d == 0, d == -1
-        if i >= rank and fails(not_(copy)):
+        if i >= rank and fails(d != 0):
             raise ShapeError(f"{op}: newshape {newshape} copies dim {i} of a rank {rank} input")
-        if fails(not_(infer & seen_infer)):
+        if fails(first | (d != -1)):
             raise ShapeError(f"{op}: newshape {newshape} has more than one -1")
         if fails(d >= -1):
             raise ShapeError(f"{op}: newshape {newshape} has invalid value {d}")
-        copy = copy & (i < rank)
-        seen_infer = seen_infer | infer
-        out.append(select(copy, in_shape[i] if i < rank else 0, select(infer, 1, d)))
-        copies.append(copy)
+        first = first & (d != -1)
+        dim = select(infer, 1, d)
+        known = known * select(copy, 1, dim)
+        if i < rank:
+            total = total * select(copy, 1, in_shape[i])
+            dim = select(copy, in_shape[i], dim)
+        out.append(dim)
         infers.append(infer)
-    copied = copies + [False] * (rank - len(copies))
-    total = math.prod(select(c, 1, d) for c, d in zip(copied, in_shape))
-    known = math.prod(select(c, 1, d) for c, d in zip(copies, out))
-    if fails(not_(seen_infer) | ((known != 0) & (total % smax(known, 1) == 0))):
+    if fails(first | ((known != 0) & (total % smax(known, 1) == 0))):
         raise ShapeError(f"{op}: cannot reshape {tuple(in_shape)} into {newshape}: "
                          f"no size fits the -1")
-    if fails(seen_infer | (total == known)):
+    if fails(not_(first) | (total == known)):
         raise ShapeError(f"{op}: cannot reshape {tuple(in_shape)} ({math.prod(in_shape)} "
                          f"elements) into {newshape}")
+    if first is True:
+        return tuple(out)
     size = total // smax(known, 1)
     return tuple(select(f, size, d) for f, d in zip(infers, out))
 
