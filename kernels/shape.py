@@ -11,8 +11,9 @@ kernel ABI (`int32_t f(DLTensor *args, int32_t nargs)`, kernels/abi.py):
 - returns 0 after writing every result dim, or an error code, writing nothing: ERR_SHAPE when
   a check of the function fails (where the Python function raises ShapeError), ERR_ARITH when
   a dim computation overflows int64, divides by zero or casts a float out of range (where
-  Python computes with unbounded ints, or raises ZeroDivisionError / OverflowError), ERR_NULL,
-  ERR_NDIM, ERR_DTYPE, ERR_EXTENT for arguments that break the signature.
+  Python computes with unbounded ints, or raises ZeroDivisionError / OverflowError), ERR_ALLOC
+  when unique's scratch memory is unavailable, and ERR_NULL, ERR_NDIM, ERR_DTYPE, ERR_EXTENT
+  for arguments that break the signature.
   The caller's contract: on any non-zero code, run the Python function on the same inputs; it
   raises the error (same class, same message: one definition) or, for ERR_ARITH, may return
   shapes Python computes exactly.
@@ -38,11 +39,12 @@ from typing import NamedTuple
 
 from llvmlite import ir
 
-from dynvm.kernels.abi import ERR_ARITH, ERR_NULL, ERR_SHAPE, MAX_RANK
+from dynvm.kernels.abi import ERR_ALLOC, ERR_ARITH, ERR_NULL, ERR_SHAPE, MAX_RANK
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (F32, F64, I1, I32, I64, MEM_TYPE, PTR, c64, check,
                                      check_equal, const, for_nest, get_function, load,
                                      load_strides, new_function, prologue, store, truth)
+from dynvm.kernels.sort import SORT_DTYPES, Emitter, Heap, key_equal
 from dynvm.shape_funcs import SHAPE_FUNCS
 from dynvm.shape_funcs.common import Symbolic, TracedInput, TraceError
 from dynvm.vm.dtypes import DTYPES
@@ -57,8 +59,6 @@ NATIVE_UNSUPPORTED = {
     "nms": "the exact count is the whole greedy NMS selection (float IoU over the sorted "
            "candidates): the op's kernel itself; compiled programs use nms.upper_bound, which "
            "is native",
-    "unique": "the count of distinct values needs a sort of the data (the unique kernel's "
-              "own work); no native sort is shared with shape functions yet",
 }
 
 
@@ -366,6 +366,51 @@ class TracedTensor(TracedInput):
         (count,) = for_nest(b, [(e, [s]) for e, s in zip(ext, strides)], [c64(0)], body,
                             carried=[c64(0)])
         return Sym(b, count, "int")
+
+    def count_distinct(self):
+        """len(np.unique(x)) of a 1-D tensor, by the sort family's index heap: O(n log n) and
+        n int64 of scratch (ERR_ALLOC when malloc fails)."""
+        if self.dtype not in SORT_DTYPES:
+            raise NotNative(f"counting distinct {self.dtype} values (sortable dtypes: "
+                            f"{', '.join(SORT_DTYPES)})")
+        b = self.b
+        (stride,) = self._layout()
+        n = c64(self.shape[0]) if isinstance(self.shape[0], int) else self.shape[0].v
+        count = b.call(_count_distinct_function(b.module, self.dtype), [self._data, stride, n])
+        check(b, b.icmp_signed(">=", count, c64(0)), ERR_ALLOC)
+        return Sym(b, count, "int")
+
+
+def _count_distinct_function(module, dtype):
+    """i64 count(ptr data, i64 stride, i64 n): the number of distinct values of data[0:n) in
+    numpy's sort order (NaN equals NaN, -0.0 equals 0.0); -1 when malloc fails. Pops an index
+    heap in ascending order and counts the values that differ from the previous one."""
+    name = f"dynvm.shape.count_distinct.{dtype}"
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    e = Emitter(module, name, ir.FunctionType(I64, [PTR, I64, I64]), internal=True)
+    data, stride, n = e.fn.args
+    b = e.b
+    malloc = get_function(module, "malloc", ir.FunctionType(PTR, [I64]))
+    mem = b.call(malloc, [b.mul(b.select(b.icmp_signed(">", n, c64(0)), n, c64(1)), c64(8))])
+    with e.if_(b.icmp_unsigned("==", mem, ir.Constant(PTR, None))):
+        b.ret(c64(-1))
+    heap = Heap(e, dtype, False, data, stride, mem)
+    heap.fill_iota(n)
+    heap.heapify(n)
+    size, found, prev = e.var(I64, n), e.var(I64, c64(0)), e.var(MEM_TYPE[dtype])
+
+    def step(j):
+        value = e.load(dtype, data, b.mul(heap.pop(size), stride))
+        fresh = b.or_(b.icmp_signed("==", j, c64(0)),
+                      b.not_(key_equal(b, dtype, value, e.get(prev))))
+        e.set(found, b.add(e.get(found), b.zext(fresh, I64)))
+        e.set(prev, value)
+    e.for_range(c64(0), n, step)
+    b.call(get_function(module, "free", ir.FunctionType(ir.VoidType(), [PTR])), [mem])
+    b.ret(e.get(found))
+    return e.finish()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ The rules a shape function follows so that both back ends run it:
   the Python back end for the message);
 - a value-dependent choice is `select(c, a, b)`, `smin`, `smax`; `same_dims` compares shapes;
   `slice_length` is len(range(n)[start:stop:step]);
-- input values are read through `shape_vector`, `scalar_input` (and `cast_scalar`) and
-  `count_nonzero`.
+- input values are read through `shape_vector`, `scalar_input` (and `cast_scalar`),
+  `count_nonzero` and `count_distinct`.
 """
 from __future__ import annotations
 
@@ -211,6 +211,13 @@ def count_nonzero(arr):
     if isinstance(arr, TracedInput):
         return arr.count_nonzero()
     return int(np.count_nonzero(arr))
+
+
+def count_distinct(arr):
+    """len(np.unique(arr)) of a 1-D input: NaNs count as one value, -0.0 equals 0.0."""
+    if isinstance(arr, TracedInput):
+        return arr.count_distinct()
+    return len(np.unique(arr))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynvm.shape_funcs.common import fails, normalize_axis, same_dims, smin
+from dynvm.shape_funcs.common import count_distinct, fails, normalize_axis, same_dims, smin
 from dynvm.shape_funcs.registry import UPPER_BOUND_HEADER, shape_func
 from dynvm.vm.errors import ShapeError
 
@@ -229,8 +229,8 @@ def topk(inputs, attrs):
 
 @shape_func("unique", mode="data_dependent")
 def unique(inputs, attrs):
-    x = np.asarray(inputs[0])
+    x = inputs[0]
     if x.ndim != 1:
         raise ShapeError(f"unique: data must be 1-D, got shape {x.shape}")
-    k = len(np.unique(x))
+    k = count_distinct(x)
     return [(k,), (k,)] if attrs.get("return_counts", False) else [(k,)]

@@ -103,6 +103,9 @@ SITES = [
     ("argsort", {"axis": 0, "is_ascend": False, "dtype": I}, [(F, 1)]),
     ("topk", {"k": 3, "axis": -1, "ret_type": "both"}, [(F, 2)]),
     ("topk", {"k": 0, "axis": 0, "ret_type": "values"}, [(F, 2)]),
+    ("unique", {"return_counts": False}, [(F, 1)]),
+    ("unique", {"return_counts": True}, [("int32", 1)]),
+    ("unique", {}, [("float64", [5])]),
 ]
 
 DIM = st.sampled_from([0, 1, 1, 2, 3, 3, 4, 6])
@@ -168,7 +171,7 @@ def values(draw, dtype, shape, name):
     elif dtype.startswith("float"):
         specials = st.sampled_from([0.0, float("inf"), float("nan"), -0.5])
         elems = st.one_of(st.floats(-30, 30, width=32), specials) if name == "arange" else \
-            st.sampled_from([0.0, 1.0, float("nan"), -2.5])
+            st.sampled_from([0.0, -0.0, 1.0, float("nan"), -2.5])
     else:
         elems = st.integers(-12, 12) if name == "arange" else st.integers(-3, 6)
     return np.array(draw(st.lists(elems, min_size=size, max_size=size)),
