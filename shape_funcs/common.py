@@ -110,13 +110,6 @@ def all_of(conds):
     return ok
 
 
-def any_of(conds):
-    found = False
-    for c in conds:
-        found = found | c
-    return found
-
-
 def same_dims(xs, ys):
     """tuple(xs) == tuple(ys): a bool, or symbolic when it depends on symbolic dims (the same
     symbolic dim object compares equal to itself statically)."""
@@ -180,19 +173,22 @@ def element_count(arr):
 def scalar_input(arr):
     """The value of a one-element input (checked before) in its own dtype: a Python number, or
     a symbolic one when traced."""
+    v = scalar_value(arr)
+    if v is not None:
+        return v
     if isinstance(arr, TracedInput):
         return arr.scalar()
-    v = scalar_value(arr)
-    return np.asarray(arr).reshape(-1)[0].item() if v is None else v
+    return np.asarray(arr).reshape(-1)[0].item()
 
 
-def cast_scalar(v, src: str, dst: str):
-    """numpy's astype of a scalar from dtype `src` to `dst`, as a Python (or symbolic) number."""
-    if src == dst:
+def cast_scalar(v, arr, dtype: str):
+    """numpy's astype of a scalar read from `arr` to `dtype`, as a Python (or symbolic) number."""
+    src = arr.meta[0] if isinstance(arr, Tensor) else str(arr.dtype)
+    if src == dtype:
         return v
     if isinstance(v, Symbolic):
-        return v.cast(src, dst)
-    return np.array(v, src).astype(dst).item()
+        return v.cast(src, dtype)
+    return np.array(v, src).astype(dtype).item()
 
 
 def is_finite(v):

@@ -21,7 +21,7 @@ def arange_params(inputs, dtype: str):
         v = scalar_input(arr)
         if fails(is_finite(v)):
             raise ShapeError(f"arange: {what} must be finite, got {v}")
-        values.append(cast_scalar(v, str(arr.dtype), dtype))
+        values.append(cast_scalar(v, arr, dtype))
     if fails(values[2] != 0):
         raise ShapeError("arange step must not be zero")
     return values

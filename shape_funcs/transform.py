@@ -1,6 +1,8 @@
 """Shape and layout ops (data-independent: they read input shapes only)."""
 from __future__ import annotations
 
+import math
+
 from dynvm.shape_funcs.common import (broadcast, check_dims, fails, infer_reshape,
                                       normalize_axis, same_dims, slice_length)
 from dynvm.shape_funcs.registry import shape_func
@@ -110,20 +112,13 @@ def take(inputs, attrs):
     data, indices = inputs[0].shape, inputs[1].shape
     axis = attrs.get("axis")
     if axis is None:
-        extent, out = _prod(data), indices
+        extent, out = math.prod(data), indices
     else:
         axis = normalize_axis("take", axis, len(data))
         extent, out = data[axis], data[:axis] + indices + data[axis + 1:]
-    if fails((extent != 0) | (_prod(indices) == 0)):
+    if fails((extent != 0) | (math.prod(indices) == 0)):
         raise ShapeError(f"take: cannot take indices from an empty axis (data shape {data})")
     return [out]
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 @shape_func("broadcast_to")
