@@ -41,10 +41,10 @@ from llvmlite import ir
 
 from dynvm.kernels.abi import ERR_ALLOC, ERR_ARITH, ERR_NULL, ERR_SHAPE, MAX_RANK
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
-from dynvm.kernels.llvm_util import (F32, F64, I1, I32, I64, MEM_TYPE, PTR, c64, check,
+from dynvm.kernels.llvm_util import (F32, F64, I1, I8, I32, I64, MEM_TYPE, PTR, c64, check,
                                      check_equal, const, for_nest, get_function, load,
                                      load_strides, new_function, prologue, store, truth)
-from dynvm.kernels.sort import SORT_DTYPES, Emitter, Heap, key_equal
+from dynvm.kernels.sort import SORT_DTYPES, Emitter
 from dynvm.shape_funcs import SHAPE_FUNCS
 from dynvm.shape_funcs.common import Symbolic, TracedInput, TraceError
 from dynvm.vm.dtypes import DTYPES
@@ -368,8 +368,8 @@ class TracedTensor(TracedInput):
         return Sym(b, count, "int")
 
     def count_distinct(self):
-        """len(np.unique(x)) of a 1-D tensor, by the sort family's index heap: O(n log n) and
-        n int64 of scratch (ERR_ALLOC when malloc fails)."""
+        """len(np.unique(x)) of a 1-D tensor: a hash set of the values, about 9n..36n bytes of
+        scratch (ERR_ALLOC when calloc fails)."""
         if self.dtype not in SORT_DTYPES:
             raise NotNative(f"counting distinct {self.dtype} values (sortable dtypes: "
                             f"{', '.join(SORT_DTYPES)})")
@@ -382,9 +382,10 @@ class TracedTensor(TracedInput):
 
 
 def _count_distinct_function(module, dtype):
-    """i64 count(ptr data, i64 stride, i64 n): the number of distinct values of data[0:n) in
-    numpy's sort order (NaN equals NaN, -0.0 equals 0.0); -1 when malloc fails. Pops an index
-    heap in ascending order and counts the values that differ from the previous one."""
+    """i64 count(ptr data, i64 stride, i64 n): the number of distinct values of data[0:n) as
+    np.unique counts them (every NaN is one value, -0.0 equals 0.0), or -1 when the scratch
+    memory is unavailable. One pass inserting each value's canonical bits into an open-addressing
+    hash set (a power-of-two table of at least 2n slots, linear probing): O(n) expected."""
     name = f"dynvm.shape.count_distinct.{dtype}"
     existing = module.globals.get(name)
     if existing is not None:
@@ -392,25 +393,53 @@ def _count_distinct_function(module, dtype):
     e = Emitter(module, name, ir.FunctionType(I64, [PTR, I64, I64]), internal=True)
     data, stride, n = e.fn.args
     b = e.b
-    malloc = get_function(module, "malloc", ir.FunctionType(PTR, [I64]))
-    mem = b.call(malloc, [b.mul(b.select(b.icmp_signed(">", n, c64(0)), n, c64(1)), c64(8))])
-    with e.if_(b.icmp_unsigned("==", mem, ir.Constant(PTR, None))):
+    with e.if_(b.icmp_signed(">", n, c64(1 << 40))):     # no table that big: let Python count
         b.ret(c64(-1))
-    heap = Heap(e, dtype, False, data, stride, mem)
-    heap.fill_iota(n)
-    heap.heapify(n)
-    size, found, prev = e.var(I64, n), e.var(I64, c64(0)), e.var(MEM_TYPE[dtype])
+    ctlz = get_function(module, "llvm.ctlz.i64", ir.FunctionType(I64, [I64, I1]))
+    bits = b.sub(c64(64), b.call(ctlz, [b.sub(b.mul(n, c64(2)), c64(1)), const(I1, 0)]))
+    slots = b.shl(c64(1), bits)                           # 2n <= slots < 4n (1 when n is 0)
+    calloc = get_function(module, "calloc", ir.FunctionType(PTR, [I64, I64]))
+    keys = b.call(calloc, [slots, c64(9)])               # i64 keys, then one byte per slot: used
+    with e.if_(b.icmp_unsigned("==", keys, ir.Constant(PTR, None))):
+        b.ret(c64(-1))
+    used = b.gep(keys, [b.mul(slots, c64(8))], inbounds=True, source_etype=I8)
+    mask, shift = b.sub(slots, c64(1)), b.sub(c64(64), bits)
+    found, slot = e.var(I64, c64(0)), e.var(I64)
 
-    def step(j):
-        value = e.load(dtype, data, b.mul(heap.pop(size), stride))
-        fresh = b.or_(b.icmp_signed("==", j, c64(0)),
-                      b.not_(key_equal(b, dtype, value, e.get(prev))))
-        e.set(found, b.add(e.get(found), b.zext(fresh, I64)))
-        e.set(prev, value)
-    e.for_range(c64(0), n, step)
-    b.call(get_function(module, "free", ir.FunctionType(ir.VoidType(), [PTR])), [mem])
+    def insert(i):
+        key = _canonical_bits(b, dtype, e.load(dtype, data, b.mul(i, stride)))
+        hashed = b.lshr(b.mul(key, c64(0x9E3779B97F4A7C15 - (1 << 64))), shift)
+        e.set(slot, b.and_(hashed, mask))
+
+        def taken_by_other():
+            at = e.get(slot)
+            taken = b.icmp_unsigned("!=", e.load("bool", used, at), const(I8, 0))
+            return b.and_(taken, b.icmp_unsigned("!=", e.load("int64", keys, at), key))
+        e.while_(taken_by_other, lambda: e.set(slot, b.and_(b.add(e.get(slot), c64(1)), mask)))
+        at = e.get(slot)
+        with e.if_(b.icmp_unsigned("==", e.load("bool", used, at), const(I8, 0))):
+            e.store("bool", const(I8, 1), used, at)
+            e.store("int64", key, keys, at)
+            e.set(found, b.add(e.get(found), c64(1)))
+    e.for_range(c64(0), n, insert)
+    b.call(get_function(module, "free", ir.FunctionType(ir.VoidType(), [PTR])), [keys])
     b.ret(e.get(found))
     return e.finish()
+
+
+def _canonical_bits(b, dtype, value):
+    """An i64 equal for two values exactly when np.unique counts them as one: floats with
+    -0.0 as 0.0 and every NaN as one NaN, then their bits; ints sign-extended."""
+    if dtype == "int32":
+        return b.sext(value, I64)
+    if dtype == "int64":
+        return value
+    zero, nan = const(value.type, 0.0), const(value.type, float("nan"))
+    value = b.select(b.fcmp_ordered("==", value, zero), zero, value)
+    value = b.select(b.fcmp_unordered("uno", value, value), nan, value)
+    if value.type == F32:
+        return b.zext(b.bitcast(value, I32), I64)
+    return b.bitcast(value, I64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -285,6 +285,24 @@ def test_topk_with_drawn_k(data, k, axis, rank):
     check_drawn(data.draw, "topk", {"k": k, "axis": axis, "ret_type": "indices"}, [(F, rank)])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+@pytest.mark.parametrize("n", [0, 1, 2, 1000, 5000])
+def test_unique_counts_like_numpy_on_long_inputs(dtype, n):
+    """The hash set of count_distinct: many duplicates, NaNs of several payloads, -0.0."""
+    kernel, lengths = compiled("unique", "{}", json.dumps([(dtype, 1)]))
+    rng = np.random.default_rng(n)
+    if dtype.startswith("float"):
+        bits = np.uint32 if dtype == "float32" else np.uint64
+        payload_nan = np.array([np.nan], dtype).view(bits) | bits(1)     # a NaN of other bits
+        pool = np.concatenate([np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1.5,
+                                         1e30], dtype), payload_nan.view(dtype)])
+        x = np.concatenate([rng.choice(pool, n // 2),
+                            rng.standard_normal(n - n // 2).astype(dtype)])
+    else:
+        x = rng.integers(-40, 40, n).astype(dtype)
+    assert run_native(kernel, lengths, [x]) == (0, [(len(np.unique(x)),)])
+
+
 # ---------------------------------------------------------------------------------------------
 # contracts
 
