@@ -12,8 +12,9 @@ kernel ABI (`int32_t f(DLTensor *args, int32_t nargs)`, kernels/abi.py):
   a check of the function fails (where the Python function raises ShapeError), ERR_ARITH when
   a dim computation overflows int64, divides by zero or casts a float out of range (where
   Python computes with unbounded ints, or raises ZeroDivisionError / OverflowError), ERR_ALLOC
-  when unique's scratch memory is unavailable, and ERR_NULL, ERR_NDIM, ERR_DTYPE, ERR_EXTENT
-  for arguments that break the signature.
+  when the scratch of unique's or nms's count is unavailable (nms passes its kernel's codes
+  through), and ERR_NULL, ERR_NDIM, ERR_DTYPE, ERR_EXTENT for arguments that break the
+  signature.
   The caller's contract: on any non-zero code, run the Python function on the same inputs; it
   raises the error (same class, same message: one definition) or, for ERR_ARITH, may return
   shapes Python computes exactly.
@@ -34,16 +35,19 @@ registered shape functions that have no native form at all, with the reason.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import traceback
 from typing import NamedTuple
 
 from llvmlite import ir
 
 from dynvm.kernels.abi import ERR_ALLOC, ERR_ARITH, ERR_NULL, ERR_SHAPE, MAX_RANK
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
-from dynvm.kernels.llvm_util import (F32, F64, I1, I8, I32, I64, MEM_TYPE, PTR, c64, check,
-                                     check_equal, const, for_nest, get_function, load,
-                                     load_strides, new_function, prologue, store, truth)
+from dynvm.kernels.family import Family, emit_dispatcher, get_family, register, variant_symbol
+from dynvm.kernels.llvm_util import (DLTENSOR, F32, F64, I1, I8, I16, I32, I64, MEM_TYPE, PTR,
+                                     c64, check, check_equal, const, for_nest, get_function, load,
+                                     load_strides, new_function, prologue, smax, stack_buffer,
+                                     store, truth)
 from dynvm.kernels.sort import SORT_DTYPES, Emitter
 from dynvm.shape_funcs import SHAPE_FUNCS
 from dynvm.shape_funcs.common import Symbolic, TracedInput, TraceError
@@ -54,12 +58,8 @@ FAMILY = "shape_func"
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 
 # Registered shape functions with no native form, and why (the native tier calls the Python
-# function for these; every other one compiles, call site by call site).
-NATIVE_UNSUPPORTED = {
-    "nms": "the exact count is the whole greedy NMS selection (float IoU over the sorted "
-           "candidates): the op's kernel itself; compiled programs use nms.upper_bound, which "
-           "is native",
-}
+# function for these; every other one compiles, call site by call site). Today: none.
+NATIVE_UNSUPPORTED: dict[str, str] = {}
 
 
 class NotNative(KernelError):
@@ -379,6 +379,64 @@ class TracedTensor(TracedInput):
         count = b.call(_count_distinct_function(b.module, self.dtype), [self._data, stride, n])
         check(b, b.icmp_signed(">=", count, c64(0)), ERR_ALLOC)
         return Sym(b, count, "int")
+
+
+    def upper_bound_count(self, family, spec, others, bound, dtype):
+        """The true length of the 1-D result of an upper-bound kernel of `family` for `spec`,
+        run on (self, *others) into scratch of `bound` elements of `dtype`: how a
+        data-dependent shape function counts with the op's own kernel (nms). The kernel is
+        emitted into this module under a name derived from its spec; its failure codes pass
+        through (the caller then runs the Python function)."""
+        b = self.b
+        inputs = [self] + list(others)
+        sig = [(t.dtype, t.ndim) for t in inputs] + [(dtype, 1), ("int64", 1)]
+        symbol = "dynvm.shape.kernel." + hashlib.sha256(
+            json.dumps([family, spec, sig], sort_keys=True).encode()).hexdigest()[:16]
+        if symbol not in b.module.globals:
+            ins, outs = [list(x) for x in sig[:-2]], [list(x) for x in sig[-2:]]
+            kernels = get_family(family)
+            try:
+                kernels.check(spec, ins, outs)
+            except KernelError as e:
+                raise NotNative(f"no {family} kernel for this call site: {e}") from None
+            kernels.emit(b.module, symbol, spec, ins, outs)
+        bound = _lift(b, bound, "int")
+        malloc = get_function(b.module, "malloc", ir.FunctionType(PTR, [I64]))
+        item = DTYPES[dtype][2] // 8
+        scratch = b.call(malloc, [b.mul(smax(b, bound, c64(1)), c64(item))])
+        check(b, b.icmp_unsigned("!=", scratch, ir.Constant(PTR, None)), ERR_ALLOC)
+        count = stack_buffer(b, I64, 1)
+        args = stack_buffer(b, DLTENSOR, len(sig))
+        for t in inputs:
+            t._layout()                   # non-NULL data
+        null = ir.Constant(PTR, None)
+        arrays = [(t._data, t._extents, t._strides_ptr) for t in inputs]
+        arrays += [(scratch, [bound], null), (count, [c64(1)], null)]
+        for k, ((data, extents, strides), (dt, rank)) in enumerate(zip(arrays, sig)):
+            shape = stack_buffer(b, I64, max(rank, 1))
+            for j, e in enumerate(extents):
+                b.store(e, b.gep(shape, [c64(j)], inbounds=True, source_etype=I64))
+            _, code, bits = DTYPES[dt]
+            fields = [(0, data), (2, const(I32, rank)), (4, shape), (5, strides),
+                      (6, c64(0))]
+            for f, value in fields:
+                b.store(value, b.gep(args, [c64(k), const(I32, f)], inbounds=True,
+                                     source_etype=DLTENSOR))
+            for f, (j, value) in ((1, (0, const(I32, 1))), (1, (1, const(I32, 0))),
+                                  (3, (0, const(I8, code))), (3, (1, const(I8, bits))),
+                                  (3, (2, const(I16, 1)))):
+                b.store(value, b.gep(args, [c64(k), const(I32, f), const(I32, j)],
+                                     inbounds=True, source_etype=DLTENSOR))
+        kernel = b.module.globals[symbol]
+        rc = b.call(kernel, [args, const(I32, len(sig))])
+        b.call(get_function(b.module, "free", ir.FunctionType(ir.VoidType(), [PTR])), [scratch])
+        fn = b.function
+        fail, ok = fn.append_basic_block("kernel.fail"), fn.append_basic_block("kernel.ok")
+        b.cbranch(b.icmp_signed("==", rc, const(I32, 0)), ok, fail)
+        b.position_at_end(fail)
+        b.ret(rc)
+        b.position_at_end(ok)
+        return Sym(b, b.load(count, typ=I64), "int")
 
 
 def _count_distinct_function(module, dtype):

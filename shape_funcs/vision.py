@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynvm.shape_funcs.common import count_distinct, fails, normalize_axis, same_dims, smin
+from dynvm.shape_funcs.common import (TracedInput, count_distinct, fails, normalize_axis,
+                                      same_dims, smin)
 from dynvm.shape_funcs.registry import UPPER_BOUND_HEADER, shape_func
 from dynvm.vm.errors import ShapeError
 
@@ -116,7 +117,15 @@ def nms_select(boxes, scores, attrs) -> np.ndarray:
 
 @shape_func("nms", mode="data_dependent")
 def nms(inputs, attrs):
-    return [(len(nms_select(inputs[0], inputs[1], attrs)),)]
+    """The exact count: the whole selection (natively: nms's own kernel into scratch)."""
+    (bound,), _ = nms_upper_bound(inputs, attrs)     # checks the shapes and attrs
+    boxes, scores = inputs
+    if isinstance(boxes, TracedInput):
+        spec = {"op": "nms", "max_output": attrs["max_output"],
+                "iou_threshold": attrs.get("iou_threshold", 0.5),
+                "score_threshold": attrs.get("score_threshold")}
+        return [(boxes.upper_bound_count("vision", spec, [scores], bound, "int64"),)]
+    return [(len(nms_select(boxes, scores, attrs)),)]
 
 
 @shape_func("nms.upper_bound", mode="upper_bound")

@@ -18,6 +18,7 @@ from dynvm.kernels.builder import KernelBuilder, rebuild_section
 from dynvm.kernels.shape import NATIVE_UNSUPPORTED, NotNative, native_shape_func_spec
 from dynvm.shape_funcs import SHAPE_FUNCS, ShapeFunc, lookup, shape_func
 from dynvm.shape_funcs.common import TraceError
+from dynvm.shape_funcs.vision import nms_select
 from dynvm.vm.dtypes import dtype_name
 from dynvm.vm.errors import ShapeError
 from dynvm.vm.values import Tensor
@@ -92,6 +93,9 @@ SITES = [
     ("dyn.full", {"dtype": None}, [(F, 0), (I, [2])]),
     ("dyn.strided_slice", {"axes": None}, [(F, 2), (I, [2]), (I, [2]), (I, [2])]),
     ("dyn.strided_slice", {"axes": [1]}, [(F, 3), ("int32", [1]), ("int32", [1]), (I, [1])]),
+    ("nms", {"max_output": 3}, [(F, 2), (F, 1)]),
+    ("nms", {"max_output": 10, "iou_threshold": 0.2, "score_threshold": 0.0},
+     [(F, [None, 4]), (F, 1)]),
     ("nms.upper_bound", {"max_output": 3}, [(F, 2), (F, 1)]),
     ("nms.upper_bound", {"max_output": 0, "iou_threshold": 0.3}, [(F, 2), (F, 1)]),
     ("get_valid_counts", {"score_threshold": 0.0, "id_index": 0, "score_index": 1}, [(F, 3)]),
@@ -340,16 +344,31 @@ def test_squeeze_of_every_unit_dim_needs_static_extents():
     assert native_shape_func_spec("squeeze", {"axis": None}, [(F, [1, 4])]).lengths == [1]
 
 
-def test_unsupported_functions_and_always_failing_sites_are_not_native():
-    for name in NATIVE_UNSUPPORTED:
-        with pytest.raises(NotNative, match=name):
-            native_shape_func_spec(name, {"max_output": 1}, [(F, 2), (F, 1)])
+def test_sites_without_a_native_form_say_why():
+    assert NATIVE_UNSUPPORTED == {}      # every registered function compiles somewhere
     with pytest.raises(NotNative, match="fails for every input.*must be 4-D"):
         native_shape_func_spec("conv2d", {}, [(F, 3), (F, 4)])
     with pytest.raises(NotNative, match="needs a static length"):
         native_shape_func_spec("dyn.zeros", {"dtype": F}, [(I, 1)])
     with pytest.raises(NotNative, match="does not fit in int64"):
         native_shape_func_spec("zeros", {"shape": [1 << 64], "dtype": F}, [])
+    with pytest.raises(NotNative, match="no vision kernel for this call site"):
+        native_shape_func_spec("nms", {"max_output": 2}, [("float64", 2), ("float64", 1)])
+
+
+@pytest.mark.parametrize("n, max_output", [(0, 5), (1, 5), (300, 50), (2000, 2000)])
+def test_nms_counts_what_the_greedy_selection_keeps(n, max_output):
+    """The exact nms count runs nms's own kernel natively: as many boxes as nms_select."""
+    attrs = {"max_output": max_output, "iou_threshold": 0.4, "score_threshold": 0.1}
+    kernel, lengths = compiled("nms", json.dumps(attrs, sort_keys=True),
+                               json.dumps([(F, 2), (F, 1)]))
+    rng = np.random.default_rng(n)
+    corners = rng.uniform(0, 50, (n, 2)).astype(F)
+    boxes = np.concatenate([corners, corners + rng.uniform(1, 10, (n, 2)).astype(F)], axis=1)
+    scores = rng.uniform(0, 1, n).astype(F)
+    expected = len(nms_select(boxes, scores, attrs))
+    assert run_native(kernel, lengths, [boxes, scores]) == (0, [(expected,)])
+    assert 0 < expected <= max_output or n == 0
 
 
 def test_static_extents_are_checked_on_entry():
