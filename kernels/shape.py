@@ -70,6 +70,17 @@ class NotNative(KernelError):
 # symbolic values
 
 
+def _operator(int_op, float_op):
+    """A binary operator of Sym and its reflected form: int_op(sym, x, y) on i64 IR values
+    (None: not for ints), float_op the IRBuilder method for f64 (None: not for floats)."""
+    return (lambda self, o: self._arith(o, False, int_op, float_op),
+            lambda self, o: self._arith(o, True, int_op, float_op))
+
+
+def _comparison(op):
+    return lambda self, o: self._compare(o, op)
+
+
 class Sym(Symbolic):
     """A run-time value while tracing: an i64 ("int"), an f64 ("float": float32 values are
     held widened, as Python holds them) or an i1 ("bool"), emitted with builder `b`."""
@@ -105,43 +116,14 @@ class Sym(Symbolic):
             return self._new(getattr(self.b, float_op)(x, y), "float")
         if int_op is None:
             raise TraceError("true division of ints")
-        return self._new(int_op(x, y), "int")
+        return self._new(int_op(self, x, y), "int")
 
-    def __add__(self, o):
-        return self._arith(o, False, lambda x, y: self._overflowing("sadd", x, y), "fadd")
-
-    def __radd__(self, o):
-        return self._arith(o, True, lambda x, y: self._overflowing("sadd", x, y), "fadd")
-
-    def __sub__(self, o):
-        return self._arith(o, False, lambda x, y: self._overflowing("ssub", x, y), "fsub")
-
-    def __rsub__(self, o):
-        return self._arith(o, True, lambda x, y: self._overflowing("ssub", x, y), "fsub")
-
-    def __mul__(self, o):
-        return self._arith(o, False, lambda x, y: self._overflowing("smul", x, y), "fmul")
-
-    def __rmul__(self, o):
-        return self._arith(o, True, lambda x, y: self._overflowing("smul", x, y), "fmul")
-
-    def __truediv__(self, o):
-        return self._arith(o, False, None, "fdiv")
-
-    def __rtruediv__(self, o):
-        return self._arith(o, True, None, "fdiv")
-
-    def __floordiv__(self, o):
-        return self._arith(o, False, lambda x, y: self._divmod(x, y)[0], None)
-
-    def __rfloordiv__(self, o):
-        return self._arith(o, True, lambda x, y: self._divmod(x, y)[0], None)
-
-    def __mod__(self, o):
-        return self._arith(o, False, lambda x, y: self._divmod(x, y)[1], None)
-
-    def __rmod__(self, o):
-        return self._arith(o, True, lambda x, y: self._divmod(x, y)[1], None)
+    __add__, __radd__ = _operator(lambda s, x, y: s._overflowing("sadd", x, y), "fadd")
+    __sub__, __rsub__ = _operator(lambda s, x, y: s._overflowing("ssub", x, y), "fsub")
+    __mul__, __rmul__ = _operator(lambda s, x, y: s._overflowing("smul", x, y), "fmul")
+    __truediv__, __rtruediv__ = _operator(None, "fdiv")
+    __floordiv__, __rfloordiv__ = _operator(lambda s, x, y: s._divmod(x, y)[0], None)
+    __mod__, __rmod__ = _operator(lambda s, x, y: s._divmod(x, y)[1], None)
 
     def __neg__(self):
         return 0 - self
@@ -171,24 +153,8 @@ class Sym(Symbolic):
             v = self.b.icmp_signed(op, x, y)
         return self._new(v, "bool")
 
-    def __eq__(self, o):
-        return self._compare(o, "==")
-
-    def __ne__(self, o):
-        return self._compare(o, "!=")
-
-    def __lt__(self, o):
-        return self._compare(o, "<")
-
-    def __le__(self, o):
-        return self._compare(o, "<=")
-
-    def __gt__(self, o):
-        return self._compare(o, ">")
-
-    def __ge__(self, o):
-        return self._compare(o, ">=")
-
+    __eq__, __ne__ = _comparison("=="), _comparison("!=")
+    __lt__, __le__, __gt__, __ge__ = (_comparison(op) for op in ("<", "<=", ">", ">="))
     __hash__ = None
 
     def _logic(self, other, op):
@@ -197,12 +163,10 @@ class Sym(Symbolic):
     def __and__(self, o):
         return self._logic(o, self.b.and_)
 
-    __rand__ = __and__
-
     def __or__(self, o):
         return self._logic(o, self.b.or_)
 
-    __ror__ = __or__
+    __rand__, __ror__ = __and__, __or__
 
     def not_(self):
         return self._new(self.b.not_(self._as(self, "bool")), "bool")
@@ -247,10 +211,11 @@ class Sym(Symbolic):
         if src == dst:
             return self
         if dst in ("float32", "float64"):
-            v = self._as(self, "float") if self.kind != "float" else self.v
-            if dst == "float32":
-                v = b.fpext(b.fptrunc(v, F32), F64) if self.kind == "float" else \
-                    b.fpext(b.sitofp(self._as(self, "int"), F32), F64)
+            if self.kind == "float":
+                v = self.v if dst == "float64" else b.fpext(b.fptrunc(self.v, F32), F64)
+            else:
+                i = self._as(self, "int")
+                v = b.sitofp(i, F64) if dst == "float64" else b.fpext(b.sitofp(i, F32), F64)
             return self._new(v, "float")
         if dst == "bool":
             kind = "float" if self.kind == "float" else "int"
