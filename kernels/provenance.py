@@ -23,6 +23,7 @@ import collections
 import copy
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import threading
@@ -41,14 +42,16 @@ _lock = threading.Lock()
 
 @functools.cache
 def generator_fingerprint() -> str:
-    """Hash of the kernel generators' source (kernels/*.py) and the LLVM version: code cached by
-    another version of the generators is never mistaken for what this version produces."""
+    """Hash of the kernel generators' source (kernels/*.py, and shape_funcs/*.py, which the
+    shape_func family traces into code) and the LLVM version: code cached by another version of
+    the generators is never mistaken for what this version produces."""
     h = hashlib.sha256(codelib.llvmlite.__version__.encode())
-    folder = os.path.dirname(os.path.abspath(__file__))
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read() + b"\0")
+    shape_funcs = importlib.util.find_spec("dynvm.shape_funcs").submodule_search_locations[0]
+    for folder in (os.path.dirname(os.path.abspath(__file__)), shape_funcs):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()
 
 

@@ -1,15 +1,12 @@
 """Data-dependent shape functions: arange, argwhere and the dyn.* ops (they read values)."""
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from dynvm.shape_funcs.common import check_dims, infer_reshape, shape_vector
+from dynvm.shape_funcs.common import (FLOAT_DTYPES, all_of, cast_scalar, ceil_int, check_dims,
+                                      count_nonzero, element_count, fails, infer_reshape,
+                                      is_finite, scalar_input, shape_vector, smax)
 from dynvm.shape_funcs.registry import shape_func
-from dynvm.shape_funcs.transform import slice_spec
+from dynvm.shape_funcs.transform import strided_slice
 from dynvm.vm.errors import ShapeError
-from dynvm.vm.values import Tensor, scalar_value
 
 
 def arange_params(inputs, dtype: str):
@@ -19,39 +16,33 @@ def arange_params(inputs, dtype: str):
     are read directly (no cast needed, so the value is exactly what numpy would give)."""
     values = []
     for arr, what in zip(inputs, ("start", "stop", "step")):
-        if isinstance(arr, Tensor) and arr.meta[0] == dtype:
-            v = scalar_value(arr)
-            if v is not None:
-                if not math.isfinite(v):
-                    raise ShapeError(f"arange: {what} must be finite, got {np.asarray(arr).reshape(-1)[0]}")
-                values.append(v)
-                continue
-        v = np.asarray(arr).reshape(-1)
-        if v.size != 1:
-            raise ShapeError(f"arange: {what} must be a scalar, got shape {np.shape(arr)}")
-        if not np.isfinite(v[0]):
-            raise ShapeError(f"arange: {what} must be finite, got {v[0]}")
-        values.append(v.astype(dtype)[0].item())
-    if values[2] == 0:
+        if fails(element_count(arr) == 1):
+            raise ShapeError(f"arange: {what} must be a scalar, got shape {tuple(arr.shape)}")
+        v = scalar_input(arr)
+        if fails(is_finite(v)):
+            raise ShapeError(f"arange: {what} must be finite, got {v}")
+        values.append(cast_scalar(v, arr, dtype))
+    if fails(values[2] != 0):
         raise ShapeError("arange step must not be zero")
     return values
 
 
-def arange_length(start, stop, step) -> int:
-    if isinstance(step, int):
-        return max(0, -((start - stop) // step))      # exact ceil((stop - start) / step)
-    return max(0, math.ceil((stop - start) / step))
+def arange_length(start, stop, step, dtype: str):
+    if dtype not in FLOAT_DTYPES:
+        return smax(0, -((start - stop) // step))      # exact ceil((stop - start) / step)
+    return smax(0, ceil_int((stop - start) / step))
 
 
 @shape_func("arange", mode="data_dependent", tensor_inputs=True)
 def arange(inputs, attrs):
-    return [(arange_length(*arange_params(inputs, attrs.get("dtype", "float32"))),)]
+    dtype = attrs.get("dtype", "float32")
+    return [(arange_length(*arange_params(inputs, dtype), dtype),)]
 
 
 @shape_func("argwhere", mode="data_dependent")
 def argwhere(inputs, attrs):
-    cond = np.asarray(inputs[0])
-    return [(int(np.count_nonzero(cond)), cond.ndim)]
+    cond = inputs[0]
+    return [(count_nonzero(cond), cond.ndim)]
 
 
 @shape_func("dyn.reshape", mode="data_dependent", tensor_inputs=True)
@@ -84,14 +75,11 @@ def dyn_slice_attrs(inputs, attrs) -> dict:
         if len(v) != n:
             raise ShapeError(f"{op}: {what} has length {len(v)}, expected {n}")
         values[what] = list(v)
-    if any(s == 0 for s in values["strides"]):
+    if fails(all_of(s != 0 for s in values["strides"])):
         raise ShapeError(f"{op}: stride must not be zero, got strides {values['strides']}")
     return {**values, "axes": axes}
 
 
 @shape_func("dyn.strided_slice", mode="data_dependent", tensor_inputs=True)
 def dyn_strided_slice(inputs, attrs):
-    shape = list(inputs[0].shape)
-    for axis, sl in slice_spec(dyn_slice_attrs(inputs, attrs), len(shape)):
-        shape[axis] = len(range(shape[axis])[sl])
-    return [tuple(shape)]
+    return strided_slice(inputs[:1], dyn_slice_attrs(inputs, attrs))

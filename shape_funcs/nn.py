@@ -1,13 +1,13 @@
 """Neural-network ops."""
 from __future__ import annotations
 
-from dynvm.shape_funcs.common import broadcast, normalize_axis
+from dynvm.shape_funcs.common import broadcast, fails, normalize_axis
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.vm.errors import ShapeError
 
 
 def _same(op: str, a: int, b: int, what: str):
-    if a != b:
+    if fails(a == b):
         raise ShapeError(f"{op}: {what} differ ({a} vs {b})")
 
 
@@ -87,7 +87,7 @@ def conv2d_out_dim(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int
     """Output extent of one spatial dim; ShapeError when the dilated kernel exceeds the
     padded input."""
     span = dilation * (kernel - 1) + 1
-    if kernel < 1 or size + pad_lo + pad_hi < span:
+    if fails((kernel >= 1) & (size + pad_lo + pad_hi >= span)):
         raise ShapeError(f"conv2d: kernel extent {kernel} (dilated {span}) does not fit the "
                          f"padded input extent {size + pad_lo + pad_hi}")
     return (size + pad_lo + pad_hi - span) // stride + 1
@@ -101,7 +101,7 @@ def conv2d(inputs, attrs):
     (sh, sw), (pt, pl, pb, pr), (dh, dw), groups = conv2d_params(attrs)
     n, c, h, w = data
     o, cg, kh, kw = weight
-    if c != cg * groups or o % groups:
+    if fails((c == cg * groups) & (o % groups == 0)):
         raise ShapeError(f"conv2d: data has {c} channels, weight {weight} with groups={groups} "
                          f"needs {cg * groups} and output channels divisible by groups")
     return [(n, o, conv2d_out_dim(h, kh, sh, pt, pb, dh), conv2d_out_dim(w, kw, sw, pl, pr, dw))]

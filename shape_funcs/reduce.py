@@ -1,7 +1,9 @@
 """Reductions: drop (or keep as 1) the reduced axes."""
 from __future__ import annotations
 
-from dynvm.shape_funcs.common import normalize_axis
+import math
+
+from dynvm.shape_funcs.common import fails, normalize_axis
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.vm.errors import ShapeError
 
@@ -35,6 +37,6 @@ def extreme(inputs, attrs):
     shape = inputs[0].shape
     out = reduce_shape("max", shape, attrs)
     axes = reduced_axes("max", len(shape), attrs)
-    if any(shape[a] == 0 for a in axes) and all(d != 0 for d in out):
+    if fails((math.prod(shape[a] for a in axes) != 0) | (math.prod(out) == 0)):
         raise ShapeError(f"max/argmax over an empty axis of shape {shape} has no value")
     return [out]

@@ -1,7 +1,10 @@
 """Shape and layout ops (data-independent: they read input shapes only)."""
 from __future__ import annotations
 
-from dynvm.shape_funcs.common import broadcast, check_dims, infer_reshape, normalize_axis
+import math
+
+from dynvm.shape_funcs.common import (broadcast, check_dims, fails, infer_reshape,
+                                      normalize_axis, same_dims, slice_length)
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.vm.errors import ShapeError
 
@@ -13,7 +16,7 @@ def shape_of(inputs, attrs):
 
 @shape_func("reshape")
 def reshape(inputs, attrs):
-    return [infer_reshape("reshape", inputs[0].shape, attrs["newshape"])]
+    return [infer_reshape("reshape", inputs[0].shape, [int(d) for d in attrs["newshape"]])]
 
 
 @shape_func("expand_dims")
@@ -31,7 +34,7 @@ def squeeze(inputs, attrs):
         return [tuple(d for d in shape if d != 1)]
     axes = {normalize_axis("squeeze", a, len(shape)) for a in ([axis] if isinstance(axis, int) else axis)}
     for a in sorted(axes):
-        if shape[a] != 1:
+        if fails(shape[a] == 1):
             raise ShapeError(f"squeeze: dim {a} of shape {shape} has size {shape[a]}, not 1")
     return [tuple(d for i, d in enumerate(shape) if i not in axes)]
 
@@ -54,7 +57,8 @@ def concatenate(inputs, attrs):
     axis = normalize_axis("concatenate", attrs.get("axis", 0), len(first))
     for x in inputs[1:]:
         s = x.shape
-        if len(s) != len(first) or s[:axis] + s[axis + 1:] != first[:axis] + first[axis + 1:]:
+        if len(s) != len(first) or fails(same_dims(s[:axis] + s[axis + 1:],
+                                                   first[:axis] + first[axis + 1:])):
             raise ShapeError(f"concatenate: shapes {first} and {s} differ off axis {axis}")
     total = sum(x.shape[axis] for x in inputs)
     return [first[:axis] + (total,) + first[axis + 1:]]
@@ -62,11 +66,11 @@ def concatenate(inputs, attrs):
 
 def split_sizes(dim: int, spec) -> list:
     if isinstance(spec, int):
-        if spec <= 0 or dim % spec:
+        if spec <= 0 or fails(dim % spec == 0):
             raise ShapeError(f"split: dim {dim} does not divide into {spec} equal sections")
         return [dim // spec] * spec
     bounds = [0, *spec, dim]
-    return [len(range(dim)[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return [slice_length(dim, a, b, None) for a, b in zip(bounds, bounds[1:])]
 
 
 @shape_func("split")
@@ -89,7 +93,7 @@ def slice_spec(attrs, rank: int) -> list:
         b = begin[i] if i < len(begin) else None
         e = end[i] if i < len(end) else None
         s = strides[i] if i < len(strides) else 1
-        if s == 0:
+        if fails(s != 0):
             raise ShapeError("strided_slice: stride must not be zero")
         out.append((normalize_axis("strided_slice", a, rank), slice(b, e, s)))
     return out
@@ -99,7 +103,7 @@ def slice_spec(attrs, rank: int) -> list:
 def strided_slice(inputs, attrs):
     shape = list(inputs[0].shape)
     for axis, sl in slice_spec(attrs, len(shape)):
-        shape[axis] = len(range(shape[axis])[sl])
+        shape[axis] = slice_length(shape[axis], sl.start, sl.stop, sl.step)
     return [tuple(shape)]
 
 
@@ -108,26 +112,19 @@ def take(inputs, attrs):
     data, indices = inputs[0].shape, inputs[1].shape
     axis = attrs.get("axis")
     if axis is None:
-        extent, out = _prod(data), indices
+        extent, out = math.prod(data), indices
     else:
         axis = normalize_axis("take", axis, len(data))
         extent, out = data[axis], data[:axis] + indices + data[axis + 1:]
-    if extent == 0 and _prod(indices) > 0:
+    if fails((extent != 0) | (math.prod(indices) == 0)):
         raise ShapeError(f"take: cannot take indices from an empty axis (data shape {data})")
     return [out]
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 @shape_func("broadcast_to")
 def broadcast_to(inputs, attrs):
     target = tuple(attrs["shape"])
-    if broadcast("broadcast_to", inputs[0].shape, target) != target:
+    if fails(same_dims(broadcast("broadcast_to", inputs[0].shape, target), target)):
         raise ShapeError(f"broadcast_to: cannot broadcast {inputs[0].shape} to {target}")
     return [target]
 

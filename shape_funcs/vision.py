@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynvm.shape_funcs.common import normalize_axis
+from dynvm.shape_funcs.common import (TracedInput, count_distinct, fails, normalize_axis,
+                                      same_dims, smin)
 from dynvm.shape_funcs.registry import UPPER_BOUND_HEADER, shape_func
 from dynvm.vm.errors import ShapeError
 
@@ -116,17 +117,25 @@ def nms_select(boxes, scores, attrs) -> np.ndarray:
 
 @shape_func("nms", mode="data_dependent")
 def nms(inputs, attrs):
-    return [(len(nms_select(inputs[0], inputs[1], attrs)),)]
+    """The exact count: the whole selection (natively: nms's own kernel into scratch)."""
+    (bound,), _ = nms_upper_bound(inputs, attrs)     # checks the shapes and attrs
+    boxes, scores = inputs
+    if isinstance(boxes, TracedInput):
+        spec = {"op": "nms", "max_output": attrs["max_output"],
+                "iou_threshold": attrs.get("iou_threshold", 0.5),
+                "score_threshold": attrs.get("score_threshold")}
+        return [(boxes.upper_bound_count("vision", spec, [scores], bound, "int64"),)]
+    return [(len(nms_select(boxes, scores, attrs)),)]
 
 
 @shape_func("nms.upper_bound", mode="upper_bound")
 def nms_upper_bound(inputs, attrs):
     """Reads only the input shapes (no numpy conversion: this runs on every call)."""
     boxes, scores = tuple(inputs[0].shape), tuple(inputs[1].shape)
-    if len(boxes) != 2 or boxes[1] != 4 or scores != boxes[:1]:
+    if len(boxes) != 2 or fails((boxes[1] == 4) & same_dims(scores, boxes[:1])):
         raise ShapeError(f"nms: boxes must be (N, 4) and scores (N,), got {boxes} and {scores}")
     max_output, _ = check_nms_attrs("nms", attrs)
-    bound = min(boxes[0], max_output)
+    bound = smin(boxes[0], max_output)
     return [(bound,), (bound + UPPER_BOUND_HEADER // 8,)]
 
 
@@ -171,7 +180,7 @@ def _box_layout(op, shape, attrs, keys):
     if len(shape) != 3:
         raise ShapeError(f"{op}: data must be (batch, anchors, box length), got {tuple(shape)}")
     need = max([attrs.get(k, 0) + (4 if k == "coord_start" else 1) for k in keys])
-    if shape[2] < need:
+    if fails(shape[2] >= need):
         raise ShapeError(f"{op}: boxes of length {shape[2]} lack the columns named by "
                          f"{', '.join(f'{k}={attrs.get(k)}' for k in keys)}")
     return tuple(shape)
@@ -179,18 +188,19 @@ def _box_layout(op, shape, attrs, keys):
 
 @shape_func("get_valid_counts")
 def get_valid_counts(inputs, attrs):
-    b, n, k = _box_layout("get_valid_counts", np.shape(inputs[0]), attrs,
+    b, n, k = _box_layout("get_valid_counts", tuple(inputs[0].shape), attrs,
                           ("score_index", "id_index"))
     return [(b,), (b, n, k), (b, n)]
 
 
 @shape_func("non_max_suppression")
 def non_max_suppression(inputs, attrs):
-    b, n, k = _box_layout("non_max_suppression", np.shape(inputs[0]), attrs,
+    b, n, k = _box_layout("non_max_suppression", tuple(inputs[0].shape), attrs,
                           ("coord_start", "score_index", "id_index"))
-    if np.shape(inputs[1]) != (b,) or np.shape(inputs[2]) != (b, n):
+    valid, indices = tuple(inputs[1].shape), tuple(inputs[2].shape)
+    if fails(same_dims(valid, (b,)) & same_dims(indices, (b, n))):
         raise ShapeError(f"non_max_suppression: valid_count must be ({b},) and indices "
-                         f"({b}, {n}), got {np.shape(inputs[1])} and {np.shape(inputs[2])}")
+                         f"({b}, {n}), got {valid} and {indices}")
     return [(b, n), (b, 1)] if attrs.get("return_indices", True) else [(b, n, k)]
 
 
@@ -200,7 +210,7 @@ def non_max_suppression(inputs, attrs):
 
 @shape_func("sort", "argsort")
 def same_shape(inputs, attrs):
-    shape = np.shape(inputs[0])
+    shape = tuple(inputs[0].shape)
     normalize_axis("sort", attrs.get("axis", -1), len(shape))
     return [tuple(shape)]
 
@@ -212,14 +222,14 @@ def topk_extent(shape, attrs) -> tuple:
     n = shape[axis]
     if k < 1:
         return axis, n
-    if k > n:
+    if fails(k <= n):
         raise ShapeError(f"topk: k={k} is larger than axis {axis} of shape {tuple(shape)}")
     return axis, k
 
 
 @shape_func("topk")
 def topk(inputs, attrs):
-    shape = tuple(np.shape(inputs[0]))
+    shape = tuple(inputs[0].shape)
     axis, k = topk_extent(shape, attrs)
     out = shape[:axis] + (k,) + shape[axis + 1:]
     ret = attrs.get("ret_type", "both")
@@ -228,8 +238,8 @@ def topk(inputs, attrs):
 
 @shape_func("unique", mode="data_dependent")
 def unique(inputs, attrs):
-    x = np.asarray(inputs[0])
+    x = inputs[0]
     if x.ndim != 1:
         raise ShapeError(f"unique: data must be 1-D, got shape {x.shape}")
-    k = len(np.unique(x))
+    k = count_distinct(x)
     return [(k,), (k,)] if attrs.get("return_counts", False) else [(k,)]
