@@ -48,6 +48,7 @@ built; otherwise why it cannot (the reason is its error message).
 """
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -72,29 +73,38 @@ class OpSpec:
     not_static: str  # why StaticRuntime cannot run it ("" when it can)
     doc: str
 
-    @property
+    # derived from the row once (the verifier asks for them at every instruction)
+    @cached_property
     def field_names(self):
         return tuple(f for f, _ in self.fields)
 
-    @property
+    @cached_property
     def offset_fields(self) -> tuple:
         """Indices of the jump offset operands (a jump has at least one)."""
         return tuple(i for i, (_, kind) in enumerate(self.fields) if kind == "offset")
 
-    @property
+    @cached_property
     def index_kinds(self) -> tuple:
         """The kinds of its operands that index a table of the executable (func, kernel, ...)."""
         return tuple(kind for _, kind in self.fields if kind in INDEX_KINDS)
 
-    @property
+    @cached_property
     def falls_through(self) -> bool:
         """Whether execution may continue at the next instruction without a jump to it."""
         return not self.has("terminator") and not self.offset_fields
 
     def role_fields(self, *roles) -> tuple:
         """(index, is a list) of the register operands whose role is one of `roles`."""
-        return tuple((i, self.fields[i][1] == "regs") for i, role in enumerate(self.roles)
-                     if role in roles)
+        key = frozenset(roles)
+        found = self._role_fields.get(key)
+        if found is None:
+            found = self._role_fields[key] = tuple(
+                (i, self.fields[i][1] == "regs") for i, role in enumerate(self.roles) if role in roles)
+        return found
+
+    @cached_property
+    def _role_fields(self) -> dict:
+        return {}
 
     def has(self, flag) -> bool:
         """Whether the row carries `flag` (one of FLAGS)."""
