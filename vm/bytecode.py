@@ -95,10 +95,9 @@ class OpSpec:
 
     def role_fields(self, *roles) -> tuple:
         """(index, is a list) of the register operands whose role is one of `roles`."""
-        key = frozenset(roles)
-        found = self._role_fields.get(key)
+        found = self._role_fields.get(roles)
         if found is None:
-            found = self._role_fields[key] = tuple(
+            found = self._role_fields[roles] = tuple(
                 (i, self.fields[i][1] == "regs") for i, role in enumerate(self.roles) if role in roles)
         return found
 
@@ -208,6 +207,9 @@ def registers(ins, *roles) -> list:
             out.append(ins.args[i])
     return out
 
+
+# The longest `str` operand (a Fatal message) a file may hold (a per-file budget).
+MAX_MESSAGE_LENGTH = 1 << 16
 
 READ_ROLES = ("r", "u", "v", "f", "d")  # every role but "w": the register's value is needed
 
@@ -421,6 +423,9 @@ def _operand_problem(kind, value, pc, n, register_count, counts):
     elif kind == "dtype":
         if value not in DTYPES:
             return f"unknown dtype {value!r}"
+    elif kind == "str":
+        if len(value) > MAX_MESSAGE_LENGTH:
+            return f"is {len(value)} characters long, over the limit MAX_MESSAGE_LENGTH = {MAX_MESSAGE_LENGTH}"
     return None
 
 

@@ -35,7 +35,7 @@ import heapq
 from functools import lru_cache
 from dataclasses import dataclass
 
-from dynvm.vm.bytecode import OPCODES, Opcode
+from dynvm.vm.bytecode import Opcode
 from dynvm.vm.errors import ExecutableFormatError
 
 KINDS = ("undef", "tensor", "storage", "adt", "closure", "any")
@@ -283,7 +283,9 @@ def _alloc_closure(site, func, captured, dst):
 
 def _get_field(site, obj, index, dst):
     k = site.expect(obj, ADT)
-    if k.kind != "adt":
+    if index < 0:
+        site.fail(f"reads field {index}: a field index is not negative")
+    if k.kind != "adt" or index < 0:
         return {dst: ANY}
     if k.fields is not None:
         if index < len(k.fields):
@@ -343,10 +345,6 @@ _RULES = {
 }
 assert set(_RULES) == set(Opcode), "every opcode needs a kind rule"
 
-_READS = {s.code: s.role_fields("r", "u", "v", "f") for s in OPCODES}
-_WRITES = {s.code: s.role_fields("w") for s in OPCODES}
-_DROPS = {s.code: s.role_fields("d") for s in OPCODES}
-_ALIASES = frozenset(s.code for s in OPCODES if s.has("alias"))
 
 
 def _regs(args, fields):
@@ -356,18 +354,18 @@ def _regs(args, fields):
 
 def _step(site, ins):
     """Check (in the checking pass) and apply one instruction to `site.state`, in place."""
-    state, args = site.state, ins.args
+    state, args, spec = site.state, ins.args, ins.spec
     if site.checking:
-        for r in _regs(args, _READS[ins.op]):
+        for r in _regs(args, spec.role_fields("r", "u", "v", "f")):
             if state[r].kind == "undef":
                 site.fail(f"reads r{r}, which is undefined on every path to it")
     written = _RULES[ins.op](site, *args)
-    if ins.op in _ALIASES:
-        (src,) = _regs(args, ins.spec.role_fields("r"))
-        written = {r: state[src] for r in _regs(args, _WRITES[ins.op])}
-    for r in _regs(args, _WRITES[ins.op]):
+    if spec.has("alias"):
+        (src,) = _regs(args, spec.role_fields("r"))
+        written = {r: state[src] for r in _regs(args, spec.role_fields("w"))}
+    for r in _regs(args, spec.role_fields("w")):
         state[r] = written.get(r, ANY)
-    for r in _regs(args, _DROPS[ins.op]):
+    for r in _regs(args, spec.role_fields("d")):
         state[r] = UNDEF
 
 
