@@ -425,7 +425,8 @@ def _operand_problem(kind, value, pc, n, register_count, counts):
             return f"unknown dtype {value!r}"
     elif kind == "str":
         if len(value) > MAX_MESSAGE_LENGTH:
-            return f"is {len(value)} characters long, over the limit MAX_MESSAGE_LENGTH = {MAX_MESSAGE_LENGTH}"
+            return (f"is {len(value)} characters long, over the limit MAX_MESSAGE_LENGTH = "
+                    f"{MAX_MESSAGE_LENGTH}")
     return None
 
 

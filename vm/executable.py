@@ -49,7 +49,7 @@ MAX_INSTRUCTIONS = 1 << 24                # in all functions together
 MAX_REGISTERS = 1 << 20                   # per function
 MAX_TOTAL_REGISTERS = 1 << 24             # in all functions together
 MAX_CONSTANT_BYTES = 1 << 33              # the constants' data in all
-MAX_NAME_LENGTH = 4096                    # names of functions, parameters, constructors, ADTs, kernels, symbols
+MAX_NAME_LENGTH = 4096                    # of functions, parameters, constructors, ADTs, kernels...
 MAX_MESSAGE_LENGTH = bytecode.MAX_MESSAGE_LENGTH  # a Fatal message (checked with the operands)
 SECTIONS = ("functions", "constants", "constructors", "kernels", "shape_funcs")
 
