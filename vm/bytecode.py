@@ -7,8 +7,8 @@ the position in the table. Encoding, decoding, verification and disassembly are 
 table, and so are the compiler passes that reason about effects (dead-code elimination,
 KillRegister insertion, memory planning, register allocation, relinking), the static runtime
 and the loader's checks: none of them keeps a list of opcode names. Adding an opcode is one row
-here, one preparer and handler in the VM (vm/prepare.py, vm/machine.py) and one case in the
-code generator.
+here, one preparer and handler in the VM (vm/prepare.py, vm/machine.py), one kind rule for the
+verifier (vm/kinds.py) and one case in the code generator.
 
 Operand kinds:
     reg         a register index of the current frame            (int)

@@ -36,7 +36,7 @@ TUPLE_CONSTRUCTOR = {"name": "tuple", "tag": 0, "arity": None, "adt": "tuple"}
 # (also for executables built in memory). Each is far above what real models need (measured:
 # BERT-base has 1 function of 1 485 instructions, 10 registers, 192 constants of 340 MB, 9
 # kernels; the 100 000-op graphs of benchmarks/compile_scaling.py have one function of up to
-# 600 000 instructions and 7 registers; names are under 64 characters).
+# 600 000 instructions and 7 registers; names and messages are under 100 characters).
 MAX_FUNCTIONS = 1 << 16
 MAX_CONSTANTS = 1 << 20
 MAX_KERNELS = 1 << 16
