@@ -40,6 +40,7 @@ from dynvm.vm.errors import ExecutableFormatError
 
 KINDS = ("undef", "tensor", "storage", "adt", "closure", "any")
 MAX_DEPTH = 4  # nesting of known field kinds kept (deeper fields become unknown): joins stay cheap
+MAX_RANK = 64  # numpy's limit on dimensions
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ SHAPE = Kind("tensor", "int64", 1, (None,))  # a shape: int64 1-D, its length un
 
 
 def tensor(dtype=None, rank=None, dims=None) -> Kind:
-    """A tensor kind; `dims` defaults to `rank` unknown dimensions."""
+    """A tensor kind; `dims` defaults to `rank` unknown dimensions. A rank above MAX_RANK (no
+    array has one) is unknown, so that a crafted shape cannot make the analysis slow."""
+    if rank is not None and rank > MAX_RANK:
+        rank = dims = None
     if dims is None and rank is not None:
         dims = (None,) * rank
     return _tensor(dtype, rank, None if dims is None else tuple(dims))
