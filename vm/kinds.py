@@ -35,7 +35,7 @@ import heapq
 from functools import lru_cache
 from dataclasses import dataclass
 
-from dynvm.vm.bytecode import Opcode
+from dynvm.vm.bytecode import Opcode, registers
 from dynvm.vm.errors import ExecutableFormatError
 
 KINDS = ("undef", "tensor", "storage", "adt", "closure", "any")
@@ -214,6 +214,8 @@ def _invoke_closure(site, closure, args, dst):
     if c.kind != "closure" or c.func is None:
         return {dst: ANY}
     callee = site.exe.functions[c.func]
+    if c.fields is None:               # how many values it captured is not known here
+        return {dst: kind_of_type(callee.ret_type)}
     captured = len(c.fields)
     if captured + len(args) != len(callee.params):
         site.fail(f"r{closure} is a closure of {callee.name!r}, which takes "
@@ -350,33 +352,27 @@ _RULES = {
 assert set(_RULES) == set(Opcode), "every opcode needs a kind rule"
 
 
-
-def _regs(args, fields):
-    for i, many in fields:
-        yield from (args[i] if many else (args[i],))
-
-
 def _step(site, ins):
     """Check (in the checking pass) and apply one instruction to `site.state`, in place."""
-    state, args, spec = site.state, ins.args, ins.spec
+    state = site.state
     if site.checking:
-        for r in _regs(args, spec.role_fields("r", "u", "v", "f")):
+        for r in registers(ins, "r", "u", "v", "f"):
             if state[r].kind == "undef":
                 site.fail(f"reads r{r}, which is undefined on every path to it")
-    written = _RULES[ins.op](site, *args)
-    if spec.has("alias"):
-        (src,) = _regs(args, spec.role_fields("r"))
-        written = {r: state[src] for r in _regs(args, spec.role_fields("w"))}
-    for r in _regs(args, spec.role_fields("w")):
+    written = _RULES[ins.op](site, *ins.args)
+    if ins.spec.has("alias"):
+        (src,) = registers(ins, "r")
+        written = {r: state[src] for r in registers(ins, "w")}
+    for r in registers(ins, "w"):
         state[r] = written.get(r, ANY)
-    for r in _regs(args, spec.role_fields("d")):
+    for r in registers(ins, "d"):
         state[r] = UNDEF
 
 
 # ---------------------------------------------------------------- the analysis
 
 def _blocks(instructions):
-    """Basic blocks: (start, end, successor starts) in pc order."""
+    """The basic blocks: {first pc: (pc after the last, [the successors' first pcs])}."""
     n = len(instructions)
     starts = {0}
     for pc, ins in enumerate(instructions):

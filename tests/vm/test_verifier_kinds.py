@@ -242,7 +242,10 @@ BRANCH = [("LoadConsti", 0, 5)]    # r5: a 0-d test for the If of each case belo
                ("AllocTensor", 2, 0, [4], "float32", 1), ("Goto", 3),
                ("AllocStorage", 64, 64, "float32", 2), ("AllocTensor", 2, 0, [5], "float32", 1),
                ("Ret", 1)], tensor_type(4)),
-], ids=["tensor or tuple", "defined on one path", "dtype joined", "dims joined"])
+    # closures of g capturing 0 or 1 values: the count is unknown after the join, the VM checks it
+    (BRANCH + [("If", 5, 5, 1, 3), ("AllocClosure", 1, [], 1), ("Goto", 2), ("AllocClosure", 1, [0], 1),
+               ("InvokeClosure", 1, [0], 2), ("Ret", 2)], F32),
+], ids=["tensor or tuple", "defined on one path", "dtype joined", "dims joined", "closures joined"])
 def test_what_is_fine_on_every_path_passes(code, ret_type):
     bad_exe(code, {"ret_type": ret_type}).verify()
 
