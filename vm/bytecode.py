@@ -7,8 +7,8 @@ the position in the table. Encoding, decoding, verification and disassembly are 
 table, and so are the compiler passes that reason about effects (dead-code elimination,
 KillRegister insertion, memory planning, register allocation, relinking), the static runtime
 and the loader's checks: none of them keeps a list of opcode names. Adding an opcode is one row
-here, one preparer and handler in the VM (vm/prepare.py, vm/machine.py) and one case in the
-code generator.
+here, one preparer and handler in the VM (vm/prepare.py, vm/machine.py), one kind rule for the
+verifier (vm/kinds.py) and one case in the code generator.
 
 Operand kinds:
     reg         a register index of the current frame            (int)
@@ -48,6 +48,7 @@ built; otherwise why it cannot (the reason is its error message).
 """
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -72,29 +73,37 @@ class OpSpec:
     not_static: str  # why StaticRuntime cannot run it ("" when it can)
     doc: str
 
-    @property
+    # derived from the row once (the verifier asks for them at every instruction)
+    @cached_property
     def field_names(self):
         return tuple(f for f, _ in self.fields)
 
-    @property
+    @cached_property
     def offset_fields(self) -> tuple:
         """Indices of the jump offset operands (a jump has at least one)."""
         return tuple(i for i, (_, kind) in enumerate(self.fields) if kind == "offset")
 
-    @property
+    @cached_property
     def index_kinds(self) -> tuple:
         """The kinds of its operands that index a table of the executable (func, kernel, ...)."""
         return tuple(kind for _, kind in self.fields if kind in INDEX_KINDS)
 
-    @property
+    @cached_property
     def falls_through(self) -> bool:
         """Whether execution may continue at the next instruction without a jump to it."""
         return not self.has("terminator") and not self.offset_fields
 
     def role_fields(self, *roles) -> tuple:
         """(index, is a list) of the register operands whose role is one of `roles`."""
-        return tuple((i, self.fields[i][1] == "regs") for i, role in enumerate(self.roles)
-                     if role in roles)
+        found = self._role_fields.get(roles)
+        if found is None:
+            found = self._role_fields[roles] = tuple(
+                (i, self.fields[i][1] == "regs") for i, role in enumerate(self.roles) if role in roles)
+        return found
+
+    @cached_property
+    def _role_fields(self) -> dict:
+        return {}
 
     def has(self, flag) -> bool:
         """Whether the row carries `flag` (one of FLAGS)."""
@@ -198,6 +207,9 @@ def registers(ins, *roles) -> list:
             out.append(ins.args[i])
     return out
 
+
+# The longest `str` operand (a Fatal message) a file may hold (a per-file budget).
+MAX_MESSAGE_LENGTH = 1 << 16
 
 READ_ROLES = ("r", "u", "v", "f", "d")  # every role but "w": the register's value is needed
 
@@ -411,6 +423,10 @@ def _operand_problem(kind, value, pc, n, register_count, counts):
     elif kind == "dtype":
         if value not in DTYPES:
             return f"unknown dtype {value!r}"
+    elif kind == "str":
+        if len(value) > MAX_MESSAGE_LENGTH:
+            return (f"is {len(value)} characters long, over the limit MAX_MESSAGE_LENGTH = "
+                    f"{MAX_MESSAGE_LENGTH}")
     return None
 
 

@@ -29,9 +29,28 @@ VERSION = "0.1.0"
 PRODUCER = f"dynvm {VERSION}"
 
 TUPLE_CONSTRUCTOR = {"name": "tuple", "tag": 0, "arity": None, "adt": "tuple"}
+
+# Per-file budgets: a small file must not make the loader, the verifier or the VM use memory or
+# time without bound. `from_bytes` checks the counts and sizes on the decoded document before it
+# builds any section; `verify` checks the per-function register count and the string lengths
+# (also for executables built in memory). Each is far above what real models need (measured:
+# BERT-base has 1 function of 1 485 instructions, 10 registers, 192 constants of 340 MB, 9
+# kernels; the 100 000-op graphs of benchmarks/compile_scaling.py have one function of up to
+# 600 000 instructions and 7 registers; names and messages are under 100 characters).
+MAX_FUNCTIONS = 1 << 16
+MAX_CONSTANTS = 1 << 20
+MAX_KERNELS = 1 << 16
+MAX_SHAPE_FUNCS = 1 << 16
+MAX_CONSTRUCTORS = 1 << 16
+MAX_INSTRUCTIONS_PER_FUNCTION = 1 << 23   # verification is linear: about 10 s at this size
+MAX_INSTRUCTIONS = 1 << 24                # in all functions together
 # A frame's register file is allocated at every call: a file must not make that unbounded.
 # Compiled functions use far fewer (registers are reused once their value is dead).
-MAX_REGISTERS = 1 << 20
+MAX_REGISTERS = 1 << 20                   # per function
+MAX_TOTAL_REGISTERS = 1 << 24             # in all functions together
+MAX_CONSTANT_BYTES = 1 << 33              # the constants' data in all
+MAX_NAME_LENGTH = 4096                    # of functions, parameters, constructors, ADTs, kernels...
+MAX_MESSAGE_LENGTH = bytecode.MAX_MESSAGE_LENGTH  # a Fatal message (checked with the operands)
 SECTIONS = ("functions", "constants", "constructors", "kernels", "shape_funcs")
 
 
@@ -302,6 +321,7 @@ def _decode_document(data, trust_native_code=False) -> Executable:
             "checksum mismatch: the executable is corrupt")
     body = msgpack.unpackb(doc["body"], raw=False, strict_map_key=True, use_list=True)
     _expect_dict(body, SECTIONS, "executable body")
+    _check_budgets(body)
     _expect(header["target"] == body["kernels"].get("target") if type(body["kernels"]) is dict else False,
             "header target does not match the kernels section target")
     exe = Executable(
@@ -315,6 +335,39 @@ def _decode_document(data, trust_native_code=False) -> Executable:
     exe.trust_native_code = trust_native_code
     _load_kernels_or_fail(exe)
     return exe
+
+
+def _within(count, limit, name, what):
+    _expect(count <= limit, f"the file has {count} {what}, over the limit {name} = {limit}")
+
+
+def _check_budgets(body) -> None:
+    """The counts and sizes of a decoded body against the per-file budgets (the MAX_ constants).
+    Only sizes are read here: what has the wrong type is reported by the decoding that follows."""
+    kernels = body["kernels"].get("kernels") if type(body["kernels"]) is dict else None
+    for section, limit, name in (("functions", MAX_FUNCTIONS, "MAX_FUNCTIONS"),
+                                 ("constants", MAX_CONSTANTS, "MAX_CONSTANTS"),
+                                 ("shape_funcs", MAX_SHAPE_FUNCS, "MAX_SHAPE_FUNCS"),
+                                 ("constructors", MAX_CONSTRUCTORS, "MAX_CONSTRUCTORS")):
+        _within(len(_list(body[section], section)), limit, name, section)
+    _within(len(kernels) if type(kernels) is list else 0, MAX_KERNELS, "MAX_KERNELS", "kernels")
+    functions = [f for f in body["functions"] if type(f) is dict]
+    code = [len(f["instructions"]) for f in functions if type(f.get("instructions")) is list]
+    _within(max(code, default=0), MAX_INSTRUCTIONS_PER_FUNCTION, "MAX_INSTRUCTIONS_PER_FUNCTION",
+            "instructions in one function")
+    _within(sum(code), MAX_INSTRUCTIONS, "MAX_INSTRUCTIONS", "instructions")
+    _within(sum(f["register_count"] for f in functions if type(f.get("register_count")) is int),
+            MAX_TOTAL_REGISTERS, "MAX_TOTAL_REGISTERS", "registers")
+    _within(sum(len(c["data"]) for c in body["constants"]
+                if type(c) is dict and type(c.get("data")) is bytes),
+            MAX_CONSTANT_BYTES, "MAX_CONSTANT_BYTES", "bytes of constants")
+
+
+def _name(value, what) -> None:
+    """A name: a string of at most MAX_NAME_LENGTH characters."""
+    _expect(type(value) is str, f"{what} must be a string, got {_brief(value)}")
+    _expect(len(value) <= MAX_NAME_LENGTH,
+            f"{what} is {len(value)} characters long, over the limit MAX_NAME_LENGTH = {MAX_NAME_LENGTH}")
 
 
 def _list(obj, what):
@@ -360,8 +413,10 @@ def _load_kernels_or_fail(exe: Executable) -> None:
 
 def _verify_function(exe: Executable, fn: VMFunction) -> None:
     where = f"function {fn.name!r:.60}"
-    _expect(type(fn.name) is str, f"{where}: name must be a string")
-    _expect(type(fn.params) is list and all(type(p) is str for p in fn.params), f"{where}: bad params")
+    _name(fn.name, f"{where}: name")
+    _expect(type(fn.params) is list, f"{where}: bad params")
+    for p in fn.params:
+        _name(p, f"{where}: a parameter name")
     _expect(type(fn.param_types) is list and len(fn.param_types) == len(fn.params),
             f"{where}: needs one param type per param")
     for t in fn.param_types:
@@ -370,8 +425,8 @@ def _verify_function(exe: Executable, fn: VMFunction) -> None:
     _expect(type(fn.register_count) is int and fn.register_count >= len(fn.params),
             f"{where}: register_count {fn.register_count!r:.20} is smaller than the parameter count")
     _expect(fn.register_count <= MAX_REGISTERS,
-            f"{where}: register_count {fn.register_count} is over the limit of {MAX_REGISTERS} "
-            "(a frame would cost unbounded memory)")
+            f"{where}: register_count {fn.register_count} is over the limit MAX_REGISTERS = "
+            f"{MAX_REGISTERS} (a frame would cost unbounded memory)")
     counts = {"func": len(exe.functions), "const": len(exe.constants),
               "kernel": len(exe.kernels["kernels"]), "shape_func": len(exe.shape_funcs),
               "ctor": len(exe.constructors)}
@@ -437,7 +492,7 @@ def _verify_type(t, where) -> None:
             _verify_type(f, where)
     elif kind == "adt":
         _expect_dict(t, ("kind", "name"), f"{where}: adt type")
-        _expect(type(t["name"]) is str, f"{where}: adt name must be a string")
+        _name(t["name"], f"{where}: an adt name")
     else:
         _expect(kind in ("func", "any"), f"{where}: unknown type kind {kind!r:.40}")
 
@@ -454,9 +509,11 @@ def _verify_constructors(ctors) -> None:
                     f"constructor {c.get('name')!r:.40}: fields must list one type per field")
             for t in c["fields"]:
                 _verify_type(t, f"constructor {c['name']!r:.40}")
-        _expect(type(c["name"]) is str and type(c["adt"]) is str and type(c["tag"]) is int and c["tag"] >= 0
+        _expect(type(c["tag"]) is int and c["tag"] >= 0
                 and (c["arity"] is None or (type(c["arity"]) is int and c["arity"] >= 0)),
                 f"bad constructor {c!r:.80}")
+        _name(c["name"], "a constructor name")
+        _name(c["adt"], f"the adt of constructor {c['name']!r:.40}")
         _expect(c["name"] not in names, f"duplicate constructor name {c['name']!r}")
         names.add(c["name"])
 
@@ -477,6 +534,9 @@ def _verify_kernels_section(section) -> None:
                 and type(k.get("variants")) is list
                 and all(type(v) is dict and type(v.get("name")) is str for v in k["variants"]),
                 f"bad kernel entry {k!r:.80}")
+        for name in [k["name"], k.get("symbol", "")] + [v[key] for v in k["variants"]
+                                                        for key in ("name", "symbol") if key in v]:
+            _name(name, f"a name in kernel entry {k['name']!r:.40}")
 
 
 def _is_signature_entry(s) -> bool:
@@ -489,6 +549,7 @@ def _verify_shape_funcs(entries) -> None:
     for s in entries:
         _expect_dict(s, ("name", "attrs"), "shape function entry")
         _expect(type(s["name"]) is str and type(s["attrs"]) is dict, f"bad shape function entry {s!r:.80}")
+        _name(s["name"], "a shape function name")
     if not entries:
         return
     from dynvm import shape_funcs  # lazily: the runtime only needs the registry when a program uses it

@@ -27,16 +27,20 @@ Each opcode's effect on kinds is one entry of `_RULES`; two effects come from th
 instead: a register dropped (role `d`) becomes undefined, and an opcode flagged `alias` gives its
 written register the kind of its read register (a Move).
 
-Cost: one pass over the instructions per visit of a block; states are stored only at block
-entries (one kind per register), and joins happen only at block ends.
+Cost: one pass over the instructions per visit of a block (a single pass for code without
+backward jumps); states are stored only at block entries (one kind per register), and joins
+happen only at block ends.
 """
+import heapq
+from functools import lru_cache
 from dataclasses import dataclass
 
-from dynvm.vm.bytecode import OPCODES, Opcode
+from dynvm.vm.bytecode import Opcode, registers
 from dynvm.vm.errors import ExecutableFormatError
 
 KINDS = ("undef", "tensor", "storage", "adt", "closure", "any")
 MAX_DEPTH = 4  # nesting of known field kinds kept (deeper fields become unknown): joins stay cheap
+MAX_RANK = 64  # numpy's limit on dimensions
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,19 @@ SHAPE = Kind("tensor", "int64", 1, (None,))  # a shape: int64 1-D, its length un
 
 
 def tensor(dtype=None, rank=None, dims=None) -> Kind:
-    """A tensor kind; `dims` defaults to `rank` unknown dimensions."""
+    """A tensor kind; `dims` defaults to `rank` unknown dimensions. A rank above MAX_RANK (no
+    array has one) is unknown, so that a crafted shape cannot make the analysis slow."""
+    if rank is not None and rank > MAX_RANK:
+        rank = dims = None
     if dims is None and rank is not None:
         dims = (None,) * rank
-    return Kind("tensor", dtype, rank, None if dims is None else tuple(dims))
+    return _tensor(dtype, rank, None if dims is None else tuple(dims))
+
+
+@lru_cache(maxsize=4096)
+def _tensor(dtype, rank, dims):
+    """One object per tensor kind in use: the analysis makes one at most instructions."""
+    return Kind("tensor", dtype, rank, dims)
 
 
 def kind_of_type(t, depth=0) -> Kind:
@@ -123,18 +136,20 @@ def join(a: Kind, b: Kind) -> Kind:
 def mismatch(found: Kind, expected: Kind) -> bool:
     """Whether `found` definitely is not `expected` (None parts of either are unknown: they fit;
     `any` fits everything but the undefined)."""
+    if found is expected:
+        return False
     if found.kind == "any" or expected.kind == "any":
         return found.kind == "undef"
     if found.kind != expected.kind:
         return True
-    if any(x is not None and y is not None and x != y
-           for x, y in ((found.dtype, expected.dtype), (found.rank, expected.rank),
-                        (found.name, expected.name), (found.ctor, expected.ctor),
-                        (found.func, expected.func))):
-        return True
-    if found.dims is not None and expected.dims is not None and any(
-            x is not None and y is not None and x != y for x, y in zip(found.dims, expected.dims)):
-        return True
+    for attr in ("dtype", "rank", "name", "ctor", "func"):
+        x, y = getattr(found, attr), getattr(expected, attr)
+        if x is not None and y is not None and x != y:
+            return True
+    if found.dims is not None and expected.dims is not None:
+        for x, y in zip(found.dims, expected.dims):
+            if x is not None and y is not None and x != y:
+                return True
     if found.fields is not None and expected.fields is not None:
         return len(found.fields) != len(expected.fields) or any(
             mismatch(x, y) for x, y in zip(found.fields, expected.fields))
@@ -199,6 +214,8 @@ def _invoke_closure(site, closure, args, dst):
     if c.kind != "closure" or c.func is None:
         return {dst: ANY}
     callee = site.exe.functions[c.func]
+    if c.fields is None:               # how many values it captured is not known here
+        return {dst: kind_of_type(callee.ret_type)}
     captured = len(c.fields)
     if captured + len(args) != len(callee.params):
         site.fail(f"r{closure} is a closure of {callee.name!r}, which takes "
@@ -272,7 +289,9 @@ def _alloc_closure(site, func, captured, dst):
 
 def _get_field(site, obj, index, dst):
     k = site.expect(obj, ADT)
-    if k.kind != "adt":
+    if index < 0:
+        site.fail(f"reads field {index}: a field index is not negative")
+    if k.kind != "adt" or index < 0:
         return {dst: ANY}
     if k.fields is not None:
         if index < len(k.fields):
@@ -332,37 +351,28 @@ _RULES = {
 }
 assert set(_RULES) == set(Opcode), "every opcode needs a kind rule"
 
-_READS = {s.code: s.role_fields("r", "u", "v", "f") for s in OPCODES}
-_WRITES = {s.code: s.role_fields("w") for s in OPCODES}
-_DROPS = {s.code: s.role_fields("d") for s in OPCODES}
-
-
-def _regs(args, fields):
-    for i, many in fields:
-        yield from (args[i] if many else (args[i],))
-
 
 def _step(site, ins):
     """Check (in the checking pass) and apply one instruction to `site.state`, in place."""
-    state, args = site.state, ins.args
+    state = site.state
     if site.checking:
-        for r in _regs(args, _READS[ins.op]):
+        for r in registers(ins, "r", "u", "v", "f"):
             if state[r].kind == "undef":
                 site.fail(f"reads r{r}, which is undefined on every path to it")
-    written = _RULES[ins.op](site, *args)
+    written = _RULES[ins.op](site, *ins.args)
     if ins.spec.has("alias"):
-        (src,) = _regs(args, ins.spec.role_fields("r"))
-        written = {r: state[src] for r in _regs(args, _WRITES[ins.op])}
-    for r in _regs(args, _WRITES[ins.op]):
+        (src,) = registers(ins, "r")
+        written = {r: state[src] for r in registers(ins, "w")}
+    for r in registers(ins, "w"):
         state[r] = written.get(r, ANY)
-    for r in _regs(args, _DROPS[ins.op]):
+    for r in registers(ins, "d"):
         state[r] = UNDEF
 
 
 # ---------------------------------------------------------------- the analysis
 
 def _blocks(instructions):
-    """Basic blocks: (start, end, successor starts) in pc order."""
+    """The basic blocks: {first pc: (pc after the last, [the successors' first pcs])}."""
     n = len(instructions)
     starts = {0}
     for pc, ins in enumerate(instructions):
@@ -390,40 +400,43 @@ def _entry_state(fn):
     return state
 
 
-def _fixed_point(exe, fn, blocks):
-    """The state at the start of every reachable block (unreachable ones are absent)."""
+def _visit(site, start, end, record):
+    """Run the block [start, end) on `site.state` (its entry state), recording states if asked."""
+    code = site.fn.instructions
+    for pc in range(start, end):
+        site.pc, site.ins = pc, code[pc]
+        if record is not None:
+            record[pc] = list(site.state)
+        _step(site, site.ins)
+
+
+def _walk(exe, func_index, checking, record=None):
+    """The fixed point over the blocks, lowest pc first, so that code without backward jumps
+    visits every block once, after all its predecessors: then that single visit checks and
+    records. With loops, a second pass over the final entry states does."""
+    fn = exe.functions[func_index]
+    blocks = _blocks(fn.instructions)
+    acyclic = all(nxt > start for start, (_, succ) in blocks.items() for nxt in succ)
+    site = _Site(exe, fn, checking and acyclic)
     heads = {0: _entry_state(fn)}
-    site = _Site(exe, fn, checking=False)
     work = [0]
     while work:
-        start = work.pop()
+        start = heapq.heappop(work)
         end, succ = blocks[start]
         site.state = list(heads[start])
-        for pc in range(start, end):
-            site.pc, site.ins = pc, fn.instructions[pc]
-            _step(site, site.ins)
+        _visit(site, start, end, record if acyclic else None)
         for nxt in succ:
             old = heads.get(nxt)
             new = site.state if old is None else [join(a, b) for a, b in zip(old, site.state)]
             if new != old:
-                heads[nxt] = list(new)
                 if nxt not in work:
-                    work.append(nxt)
-    return heads
-
-
-def _walk(exe, func_index, checking, record=None):
-    fn = exe.functions[func_index]
-    blocks = _blocks(fn.instructions)
-    heads = _fixed_point(exe, fn, blocks)
-    site = _Site(exe, fn, checking)
-    for start, state in heads.items():
-        site.state = list(state)
-        for pc in range(start, blocks[start][0]):
-            site.pc, site.ins = pc, fn.instructions[pc]
-            if record is not None:
-                record[pc] = list(site.state)
-            _step(site, site.ins)
+                    heapq.heappush(work, nxt)
+                heads[nxt] = list(new)
+    if not acyclic:
+        site.checking = checking
+        for start, state in heads.items():
+            site.state = list(state)
+            _visit(site, start, blocks[start][0], record)
 
 
 def check_function(exe, func_index) -> None:

@@ -129,7 +129,7 @@ def test_invalid_instruction_in_file_is_rejected(encoded, phrase):
     (lambda b: b["constants"][1].update(shape=[-2, -3]), "bad shape"),
     (lambda b: b["functions"].append(b["functions"][1]), "duplicate function name"),
     (lambda b: b["functions"][0].update(register_count=0), "smaller than the parameter count"),
-    (lambda b: b["functions"][0].update(register_count=2**31 - 1), "over the limit of 1048576"),
+    (lambda b: b["functions"][0].update(register_count=2**20 + 1), "over the limit MAX_REGISTERS = 1048576"),
     (lambda b: b["functions"][0]["param_types"][0].update(dtype="complex64"), "bad dtype"),
     (lambda b: b["functions"][0].update(param_types=[{"kind": "weird"}]), "unknown type kind"),
     (lambda b: b["functions"][0].update(instructions=[]), "no instructions"),
