@@ -184,11 +184,10 @@ class Executable:
     def explain(self) -> str:
         """Which functions run in the native tier, and why each other one runs in the Python
         tier (what `dynvm explain model.dvm` prints)."""
-        from dynvm.vm.kinds import register_kinds      # lazily: only tiers need the analysis
-        from dynvm.vm.native import explain
+        from dynvm.vm.native import explain      # lazily: it imports llvmlite
         if not self._verified:
             self.verify()
-        return explain(self, lambda i: register_kinds(self, i))
+        return explain(self)
 
     def disassemble(self) -> str:
         """A readable listing: tables first, then each function's code."""

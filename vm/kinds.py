@@ -172,10 +172,10 @@ class _Site:
     """One instruction under analysis: reads kinds from the state; `expect` raises only in the
     checking pass (the fixed-point pass computes kinds, and unknown parts never fail)."""
 
-    __slots__ = ("exe", "fn", "pc", "ins", "state", "checking")
+    __slots__ = ("exe", "fn", "pc", "ins", "state", "checking", "shape_lengths")
 
-    def __init__(self, exe, fn, checking):
-        self.exe, self.fn, self.checking = exe, fn, checking
+    def __init__(self, exe, fn, checking, shape_lengths=None):
+        self.exe, self.fn, self.checking, self.shape_lengths = exe, fn, checking, shape_lengths
 
     def expect(self, reg, expected: Kind, what=""):
         """The kind of `reg` after checking that it fits `expected`."""
@@ -243,9 +243,11 @@ def _call_kernel(site, k, inputs, outputs):
 
 
 def _call_shape_func(site, s, inputs, outputs):
-    for i, r in enumerate(inputs):
-        site.expect(r, TENSOR, f"input {i}")
-    return {r: SHAPE for r in outputs}
+    kinds = [site.expect(r, TENSOR, f"input {i}") for i, r in enumerate(inputs)]
+    lengths = site.shape_lengths and site.shape_lengths(site.exe.shape_funcs[s], kinds)
+    if not lengths or len(lengths) != len(outputs):
+        return {r: SHAPE for r in outputs}
+    return {r: tensor("int64", 1, (n,)) for r, n in zip(outputs, lengths)}
 
 
 def _alloc_storage(site, size, alignment, dtype, dst):
@@ -410,14 +412,14 @@ def _visit(site, start, end, record):
         _step(site, site.ins)
 
 
-def _walk(exe, func_index, checking, record=None):
+def _walk(exe, func_index, checking, record=None, shape_lengths=None):
     """The fixed point over the blocks, lowest pc first, so that code without backward jumps
     visits every block once, after all its predecessors: then that single visit checks and
     records. With loops, a second pass over the final entry states does."""
     fn = exe.functions[func_index]
     blocks = _blocks(fn.instructions)
     acyclic = all(nxt > start for start, (_, succ) in blocks.items() for nxt in succ)
-    site = _Site(exe, fn, checking and acyclic)
+    site = _Site(exe, fn, checking and acyclic, shape_lengths)
     heads = {0: _entry_state(fn)}
     work = [0]
     while work:
@@ -445,10 +447,14 @@ def check_function(exe, func_index) -> None:
     _walk(exe, func_index, checking=True)
 
 
-def register_kinds(exe, func_index) -> list:
+def register_kinds(exe, func_index, shape_lengths=None) -> list:
     """For every pc of function `func_index` of a verified executable, the kind of every register
     before that instruction runs (a list of `register_count` Kinds), or None for a pc no path
-    from the entry reaches. Memory: one list per pc."""
+    from the entry reaches. Memory: one list per pc.
+
+    `shape_lengths(entry, input_kinds)`, when given, says how long the shapes a CallShapeFunc
+    computes are (a list of ints, or None when unknown); the native tier knows it from tracing
+    the shape function, the verifier does not ask."""
     record = [None] * len(exe.functions[func_index].instructions)
-    _walk(exe, func_index, checking=False, record=record)
+    _walk(exe, func_index, checking=False, record=record, shape_lengths=shape_lengths)
     return record

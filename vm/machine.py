@@ -264,9 +264,9 @@ class VirtualMachine:
             native.fallbacks += 1
         result = self._run_python(frame)
         if failed == RC_FAILED:
-            raise VMError(f"internal error: the native tier failed in "
-                          f"{self.exe.functions[native.ctx[7]].name} at pc {native.ctx[8]} where the "
-                          "Python tier succeeded")
+            func, pc = native.failure()
+            raise VMError(f"internal error: the native tier failed in {self.exe.functions[func].name} "
+                          f"at pc {pc} where the Python tier succeeded")
         return result
 
     def _run_python(self, frame):
@@ -660,9 +660,8 @@ TIERS = ("native", "python")
 
 def _native_tier(exe, constants):
     """The VM's native tier, or None when no function of `exe` is native."""
-    from dynvm.vm.kinds import register_kinds   # lazily: the Python tier never needs them
-    from dynvm.vm.native import NativeTier, native_code
-    code = native_code(exe, lambda i: register_kinds(exe, i))
+    from dynvm.vm.native import NativeTier, native_code   # lazily: it imports llvmlite
+    code = native_code(exe)
     return NativeTier(exe, code, constants) if code.addresses else None
 
 

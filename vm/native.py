@@ -36,12 +36,14 @@ import threading
 import weakref
 
 import cffi
+import msgpack
 import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels.abi import KDL_CPU, ffi
 from dynvm.vm.bytecode import OPCODES
 from dynvm.vm.dtypes import DTYPES, itemsize
+from dynvm.vm.errors import KernelError
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -56,10 +58,12 @@ COPY_RESULTS_UP_TO = 16384  # result bytes copied into a new array; larger resul
 # native result codes (0 is success); the Python side decides what each means
 RC_FAILED = 1        # an instruction failed: the Python tier re-runs the invocation for the error
 RC_STACK = 2         # the native stack limit was reached: the Python tier runs the invocation
-CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "shape_funcs", "constants",
-              "err_func", "err_pc", "err_code", "pool")
+CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "constants", "pool",
+              "err_func", "err_pc", "err_code")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
-CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR])
+_STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE = (_CTX[n] for n in (
+    "steps", "depth", "max_depth", "stack_limit", "err_code"))
+CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64])
 
 # The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
 # cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
@@ -144,6 +148,10 @@ def _check_function(exe, fn, kinds, shape_func_native) -> set:
                 raise NotNative(f"{where}: the length of shape r{instr.shape} is not known statically")
         elif name.startswith("AllocStorage") and instr.alignment > BLOCK_HEADER:
             raise NotNative(f"{where}: alignment {instr.alignment} is above {BLOCK_HEADER}")
+        if name == "GetField":
+            fields = kinds[pc][instr.obj].fields
+            if fields is None or not 0 <= instr.index < len(fields):
+                raise NotNative(f"{where}: the fields of r{instr.obj} are not known statically")
         if name == "AllocADT" and instr.ctor != 0:
             raise NotNative(f"{where}: ADT constructors are not in the native tier yet")
         if name == "If":
@@ -151,10 +159,9 @@ def _check_function(exe, fn, kinds, shape_func_native) -> set:
                 if kinds[pc][r].dtype not in _MEM:
                     raise NotNative(f"{where}: r{r} is not a tensor of a known dtype")
         elif name == "CallShapeFunc":
-            sigs = [(kinds[pc][r].dtype, kinds[pc][r].rank) for r in instr.args[1]]
-            if not shape_func_native(exe.shape_funcs[instr.args[0]], sigs):
-                sf = exe.shape_funcs[instr.args[0]]["name"]
-                raise NotNative(f"{where}: shape function {sf} has no native version")
+            why = shape_func_native(exe.shape_funcs[instr.args[0]], _shape_func_sigs(kinds[pc], instr))
+            if why is not None:
+                raise NotNative(f"{where}: {why}")
     for t in [fn.ret_type] + list(fn.param_types):
         if not _native_type(t):
             raise NotNative(f"its signature has a {t.get('kind')} value: only tensors and "
@@ -182,15 +189,57 @@ def _fits(kind, t) -> bool:
         len(kind.fields) == len(t["fields"]) and all(map(_fits, kind.fields, t["fields"]))
 
 
-def shape_func_native(entry, sigs) -> bool:
-    """Whether the shape function of `entry` (name, attrs) runs natively for inputs of these
-    (dtype, rank)s."""
-    return False
+def _shape_func_sigs(kinds, instr) -> tuple:
+    """The input signatures of a CallShapeFunc: (dtype, static dims with None where unknown)."""
+    return _sigs([kinds[r] for r in instr.args[1]])
 
 
-def explain(exe, kinds_of) -> str:
+def _sigs(input_kinds) -> tuple:
+    return tuple((k.dtype, tuple(k.dims) if k.dims is not None else k.rank) for k in input_kinds)
+
+
+def shape_lengths(entry, input_kinds):
+    """The lengths of the shapes a shape function computes at a call site with these input
+    kinds (what register_kinds asks), or None when it has no native form there."""
+    if any(k.kind != "tensor" or k.dtype is None or k.rank is None for k in input_kinds):
+        return None
+    try:
+        return native_shape_func(entry, _sigs(input_kinds)).lengths
+    except KernelError:
+        return None
+
+
+def function_kinds(exe) -> list:
+    """Every function's register kinds per pc, with the shapes of native shape functions."""
+    from dynvm.vm.kinds import register_kinds
+    return [register_kinds(exe, i, shape_lengths) for i in range(len(exe.functions))]
+
+
+def shape_func_native(entry, sigs):
+    """None when the shape function of `entry` (name, attrs) has a native form for inputs of
+    these signatures; else why not."""
+    try:
+        native_shape_func(entry, sigs)
+    except KernelError as e:
+        return f"shape function {entry['name']} has no native form here: {e}"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _native_shape_func(name, attrs_key, sigs):
+    from dynvm.kernels.shape import native_shape_func_spec   # the tracer: only when needed
+    return native_shape_func_spec(name, msgpack.unpackb(attrs_key), sigs)
+
+
+def native_shape_func(entry, sigs):
+    """kernels/shape.py's NativeShapeFunc for a call site (memoised: planning and translation
+    ask for the same sites)."""
+    return _native_shape_func(entry["name"], msgpack.packb(entry["attrs"]), sigs)
+
+
+def explain(exe) -> str:
     """One line per function: whether it runs in the native tier, and if not, why."""
-    reasons = native_plan(exe, kinds_of, shape_func_native)
+    reasons = native_plan(exe, function_kinds(exe).__getitem__, shape_func_native)
     lines = []
     for i, fn in enumerate(exe.functions):
         why = reasons[i]
@@ -215,8 +264,8 @@ class ModuleTranslator:
     """Builds the LLVM module of an executable's native functions and the runtime helpers
     they share (block allocation and reference counts)."""
 
-    def __init__(self, exe, kinds_of, shape_sites, rank_bound):
-        self.exe, self.kinds_of, self.shape_sites = exe, kinds_of, shape_sites
+    def __init__(self, exe, kinds_of, rank_bound):
+        self.exe, self.kinds_of = exe, kinds_of
         self.module = ir.Module(name="dynvm_native")
         self.value = value_type(rank_bound)
         self.fnty = ir.FunctionType(I32, [PTR, PTR, PTR])
@@ -566,6 +615,7 @@ class FunctionTranslator:
         """The values of shape register r (int64, 1-d, length static), each checked >= 0."""
         b = self.b
         n = self._kind(r).dims[0]
+        self._fail_if(b.icmp_signed("!=", self._dim(r, 0), ir.Constant(I64, n)), RC_FAILED)
         data = self._data(r)
         values = [b.load(b.gep(data, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
                   for i in range(n)]
@@ -611,9 +661,9 @@ class FunctionTranslator:
         self._release(dst)
         b.store(b.load(out, typ=self.mt.value), self.regs[dst])
 
-    def _call_table(self, table, index, regs_in, regs_out, sigs):
-        """Call entry `index` of a ctx table of kernel-ABI functions with registers as its
-        DLTensor arguments."""
+    def _call(self, fn, regs_in, regs_out, sigs):
+        """Call a kernel-ABI function (a declared one, or a pointer loaded with its type) with
+        registers as its DLTensor arguments."""
         b = self.b
         n = len(sigs)
         tensors = _alloca(b, DLTENSOR, n or 1)
@@ -624,26 +674,31 @@ class FunctionTranslator:
             value = b.insert_value(value, self._data(r), 0)
             value = b.insert_value(value, self._dims_ptr(r), 4)
             b.store(value, t)
-        fns = b.load(self._ctx_field(table), typ=PTR)
-        fn = b.load(b.gep(fns, [ir.Constant(I64, index)], source_etype=PTR),
-                    typ=_KERNEL_FNTY.as_pointer())
         rc = b.call(fn, [tensors, ir.Constant(I32, n)])
         self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
     def _op_CallKernel(self, kernel, inputs, outputs):
+        b = self.b
         k = self.mt.exe.loaded_kernels()[kernel]
-        self._call_table("kernels", kernel, inputs, outputs, k.inputs + k.outputs)
+        table = b.load(self._ctx_field("kernels"), typ=PTR)
+        fn = b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
+                    typ=_KERNEL_FNTY.as_pointer())
+        self._call(fn, inputs, outputs, k.inputs + k.outputs)
 
     def _op_CallShapeFunc(self, shape_func, inputs, outputs):
-        site, out_lengths = self.mt.shape_sites(self.index, self.pc, shape_func,
-                                                [(self._kind(r).dtype, self._rank(r)) for r in inputs])
-        b = self.b
-        in_sigs = [(self._kind(r).dtype, self._rank(r)) for r in inputs]
-        for r, n in zip(outputs, out_lengths):
+        """The call site's native shape function (emitted into this module, kernel ABI), its
+        outputs allocated with the lengths tracing found."""
+        site = native_shape_func(self.mt.exe.shape_funcs[shape_func],
+                                 _shape_func_sigs(self.kinds[self.pc], self.mt.exe.functions[self.index]
+                                                  .instructions[self.pc]))
+        from dynvm.kernels.shape import emit_kernel     # the shape-function tracer only
+        symbol = f"dvm_sf_{self.index}_{self.pc}"
+        emit_kernel(self.mt.module, symbol, site.spec, site.inputs, site.outputs)
+        for r, n in zip(outputs, site.lengths):
             block = self._new_block(ir.Constant(I64, 8 * n))
             self._set(r, self._block_data(block), block, [ir.Constant(I64, n)])
-        self._call_table("shape_funcs", site, inputs, outputs,
-                         in_sigs + [("int64", 1)] * len(outputs))
+        callee = self.mt.module.globals[symbol]
+        self._call(callee, inputs, outputs, [tuple(sig) for sig in site.inputs + site.outputs])
 
     def _op_AllocStorage(self, size, alignment, dtype, dst):
         block = self._new_block(ir.Constant(I64, size))
@@ -926,7 +981,7 @@ class NativeCode:
         from dynvm.kernels import codelib     # lazily: a program without native code never JITs
         self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) if state
                                      for k in state if k.kind == "tensor" and k.rank is not None])
-        mt = ModuleTranslator(exe, kinds_of, None, self.rank_bound)
+        mt = ModuleTranslator(exe, kinds_of, self.rank_bound)
         for i in native:
             mt.translate(i)
         llvm_ir = str(mt.module)
@@ -941,13 +996,12 @@ class NativeCode:
 _build_lock = threading.Lock()
 
 
-def native_code(exe, kinds_of) -> NativeCode:
+def native_code(exe) -> NativeCode:
     """The executable's NativeCode, built on first use."""
     with _build_lock:
         code = exe._native_code
         if code is None:
-            kinds = [kinds_of(i) for i in range(len(exe.functions))]   # analysed once
-            code = exe._native_code = NativeCode(exe, kinds.__getitem__)
+            code = exe._native_code = NativeCode(exe, function_kinds(exe).__getitem__)
         return code
 
 
@@ -956,9 +1010,11 @@ class NativeTier:
 
     def __init__(self, exe, code: NativeCode, constants):
         self.exe, self.code = exe, code
+        # functions invoke can enter: tuples cross only between native functions
         self.entries = {i: ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)", a)
-                        for i, a in code.addresses.items()}
-        if not self.entries:
+                        for i, a in code.addresses.items()
+                        if all(t["kind"] == "tensor" for t in exe.functions[i].param_types)}
+        if not code.addresses:
             return
         self.words = 2 + code.rank_bound
         self._release = code.release
@@ -968,10 +1024,9 @@ class NativeTier:
         self.pool[POOL_FIELDS.index("max_free_bytes")] = 1 << 30
         self._kernels = ffi.new("uintptr_t[]", [k.address for k in exe.loaded_kernels()] or [0])
         self._constants = ffi.new("uintptr_t[]", [t.address for t in constants] or [0])
-        self._shape_funcs = ffi.new("uintptr_t[]", [0])
         self.ctx = ffi.new("int64_t[]", len(CTX_FIELDS))
         for name, table in (("kernels", self._kernels), ("constants", self._constants),
-                            ("shape_funcs", self._shape_funcs), ("pool", self.pool)):
+                            ("pool", self.pool)):
             self.ctx[_CTX[name]] = int(ffi.cast("intptr_t", table))
         most = max(len(exe.functions[i].params) for i in self.entries)
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
@@ -980,8 +1035,13 @@ class NativeTier:
         self.last_rc = 0
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
 
+    def failure(self) -> tuple:
+        """(function index, pc) of the instruction the last failed native run stopped at."""
+        return self.ctx[_CTX["err_func"]], self.ctx[_CTX["err_pc"]]
+
     def memory_stats(self) -> dict:
         """The native pool's counters (the names of VirtualMachine.memory_stats)."""
+        self._take_returned()
         return {name: int(self.pool[i]) for i, name in enumerate(POOL_FIELDS[:-1])}
 
     def reset_memory_stats(self) -> None:
@@ -1006,7 +1066,7 @@ class NativeTier:
         """Free the pool's blocks without running native code: during interpreter shutdown or
         a garbage cycle the JIT-compiled code may already be gone. Blocks still referenced are
         held by arrays, and those keep this tier alive, so only free and queued blocks remain."""
-        if not self.entries:
+        if getattr(self, "pool", None) is None:
             return
         free = _LIBC.free
         while self._returned:
@@ -1037,9 +1097,10 @@ class NativeTier:
                 args[base + 2:base + 2 + len(shape)] = shape
             base += words
         budget = self.budget = INT64_MAX if max_steps is None else min(max_steps, INT64_MAX)
-        ctx[0], ctx[1], ctx[2], ctx[3], ctx[9] = budget, 0, max(1, max_depth), stack_limit(), 0
+        ctx[_STEPS], ctx[_DEPTH], ctx[_MAX_DEPTH] = budget, 0, max(1, max_depth)
+        ctx[_STACK_LIMIT], ctx[_ERR_CODE] = stack_limit(), 0
         rc = self.last_rc = self.entries[index](ctx, args, self._result)
-        self.steps = budget - ctx[0]
+        self.steps = budget - ctx[_STEPS]
         if rc:
             return None
         result = self._result

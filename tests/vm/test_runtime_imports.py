@@ -1,6 +1,9 @@
-"""Loading and running an executable needs no code generator: in a fresh process, loading a
-.dvm built for this machine and invoking it imports no compiler module, no kernel builder or
-family and no IR toolkit (llvmlite.binding itself still imports llvmlite.ir internally)."""
+"""Loading and running an executable needs no compiler: in a fresh process, loading a .dvm built
+for this machine and invoking it in the Python tier imports no compiler module, no kernel builder
+or family and no IR toolkit (llvmlite.binding itself still imports llvmlite.ir internally). The
+native tier translates the bytecode on this machine, so it imports the shape-function tracer
+and the IR toolkit it builds on, and nothing else of the code generator."""
+import pytest
 import json
 import subprocess
 import sys
@@ -14,13 +17,15 @@ RUN = """
 import json, sys
 import numpy as np
 from dynvm.vm import Executable, VirtualMachine
-vm = VirtualMachine(Executable.load(sys.argv[1]))
+vm = VirtualMachine(Executable.load(sys.argv[1]), tier=sys.argv[2])
 out = vm.invoke("main", np.arange(6, dtype=np.float32).reshape(3, 2))
 print(json.dumps({"out": out.tolist(), "modules": sorted(m for m in sys.modules if m.startswith("dynvm"))}))
 """
 CODE_GENERATOR = ({"dynvm.compiler", "dynvm.kernels.builder", "dynvm.kernels.family",
                    "dynvm.kernels.llvm_util", "dynvm.kernels.llvm_math"}
                   | {f"dynvm.kernels.{m}" for m in FAMILY_MODULES})
+NATIVE_TIER_NEEDS = {"dynvm.kernels.shape", "dynvm.kernels.sort", "dynvm.kernels.family",
+                     "dynvm.kernels.builder", "dynvm.kernels.llvm_util"}
 
 
 def saved_program(tmp_path):
@@ -35,10 +40,11 @@ def saved_program(tmp_path):
     return path
 
 
-def test_loading_and_invoking_imports_no_code_generator(tmp_path):
+@pytest.mark.parametrize("tier", ["python", "native"])
+def test_loading_and_invoking_imports_no_code_generator(tmp_path, tier):
     path = saved_program(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", RUN, str(path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", RUN, str(path), tier], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
@@ -46,7 +52,8 @@ def test_loading_and_invoking_imports_no_code_generator(tmp_path):
     loaded = set(result["modules"])
     assert "dynvm.kernels.runtime" in loaded          # the kernels really were loaded
     assert not {m for m in loaded if m.split(".")[:2] == ["dynvm", "compiler"]}
-    assert not loaded & CODE_GENERATOR
+    allowed = NATIVE_TIER_NEEDS if tier == "native" else set()
+    assert not loaded & CODE_GENERATOR - allowed
 
 
 def test_importing_dynvm_loads_the_compiler_only_when_asked():
