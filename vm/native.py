@@ -1028,7 +1028,7 @@ class NativeTier:
         for name, table in (("kernels", self._kernels), ("constants", self._constants),
                             ("pool", self.pool)):
             self.ctx[_CTX[name]] = int(ffi.cast("intptr_t", table))
-        most = max(len(exe.functions[i].params) for i in self.entries)
+        most = max([len(exe.functions[i].params) for i in self.entries] or [1])
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
         self.steps = self.budget = 0
