@@ -142,9 +142,10 @@ def _cache_read_object(key):
     return obj if obj is not None and _looks_like_object(obj) else None
 
 
-def cache_write(key, data: bytes, suffix=".o"):
-    """Write atomically (temp file + os.replace) so concurrent processes never see half a file."""
-    directory = cache_dir()
+def cache_write(key, data: bytes, suffix=".o", directory=None):
+    """Write atomically (temp file + os.replace) so concurrent processes never see half a file;
+    into `directory` if given, else the object cache."""
+    directory = directory or cache_dir()
     if directory is None:
         return
     try:

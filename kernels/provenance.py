@@ -63,8 +63,10 @@ def spec_key(section: dict, target: dict) -> str:
     return "s" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def remember(section: dict) -> None:
-    """Record a section this machine just generated (called by the builder)."""
+def remember(section: dict, directory=None) -> None:
+    """Record a section this machine just generated (called by the builder); its cache file goes
+    to `directory` if given (a private cache, e.g. the fuzz harness's workers'), else to the
+    object cache."""
     key = spec_key(section, section["target"])
     with _lock:
         _remembered[key] = copy.deepcopy(section)
@@ -75,7 +77,7 @@ def remember(section: dict) -> None:
         packed = msgpack.packb(section, use_bin_type=True)
     except (OverflowError, TypeError, ValueError):
         return   # a spec no file can hold: remembered in this process only
-    codelib.cache_write(key, packed, _SECTION_SUFFIX)
+    codelib.cache_write(key, packed, _SECTION_SUFFIX, directory)
 
 
 def local_section(section: dict) -> dict | None:

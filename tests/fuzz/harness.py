@@ -4,7 +4,10 @@ worker process and its outcome classified.
     python -m tests.fuzz.harness --mutants 100000 --workers 2 --out fuzz-findings/
 
 Seeds are small real programs (a dynamic elementwise chain, a native loop, the same loop in
-bytecode, a prelude list program, a data-dependent arange). A mutation edits the decoded
+bytecode, a prelude list program, a data-dependent arange) and three models: the NMS
+post-process (data-dependent output sizes), a conv2d + bias + relu with Any batch and spatial
+dims, and a one-layer BERT encoder (hidden 32: the SMALL model's kernels and bytecode shape at a
+fraction of its weight bytes). A mutation edits the decoded
 document — an instruction's opcode or operand, a jump target, a register count, a constant's
 dtype/shape/bytes, a kernel entry's fields or spec, the object code, the LLVM IR, the target —
 re-encodes it and recomputes the checksum (as an attacker would), or damages raw bytes.
@@ -29,6 +32,7 @@ import random
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import msgpack
@@ -76,10 +80,34 @@ def seed_programs():
         }""")
     return [
         ("chain", build(chain).to_bytes(), [np.arange(7, dtype=np.float32).tolist()]),
+        *model_seeds(),
         ("native_loop", build(loop).to_bytes(), [5, 0]),
         ("bytecode_loop", build(loop, native_loops=False).to_bytes(), [5, 0]),
         ("arange", build(arange).to_bytes(), [9]),
         ("lists", build(lists).to_bytes(), [[0.5, 1.5, -1.0], 4]),
+    ]
+
+
+def model_seeds():
+    """[(name, bytes, args)] of the model seeds (see the module docstring)."""
+    import numpy as np
+
+    from dynvm import build, ir, op
+    from dynvm.models import bert_varlen, nms_postprocess
+
+    rng = np.random.default_rng(0)
+    x = ir.var("x", ir.TensorType((ir.Any(), 3, ir.Any(), ir.Any()), "float32"))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal((4, 1, 1)).astype(np.float32)
+    conv = ir.IRModule.from_expr(ir.Function([x], op.relu(op.add(
+        op.conv2d(x, ir.const(w), strides=[2, 2], padding=[1, 1]), ir.const(bias)))))
+    bert = bert_varlen.weights(bert_varlen.Config(hidden=32, heads=2, ffn=64, layers=1))
+    return [
+        ("nms", build(nms_postprocess.build_module()).to_bytes(),
+         [nms_postprocess.make_input(12).tolist()]),
+        ("conv2d", build(conv).to_bytes(), [rng.standard_normal((1, 3, 5, 6)).tolist()]),
+        ("bert", build(bert_varlen.build_module(bert)).to_bytes(),
+         [bert_varlen.make_input(3, config=bert["config"]).tolist()]),
     ]
 
 
@@ -270,8 +298,8 @@ def _run_one(mutant, args, Executable, VirtualMachine, DynVMError, np):
 class Worker:
     """One worker process; restarted after a crash or a hang."""
 
-    def __init__(self, clean: bytes):
-        self.clean = clean
+    def __init__(self, clean: bytes, cache_dir: str):
+        self.clean, self.cache_dir = clean, cache_dir
         self.proc = None
         self.start()
 
@@ -279,6 +307,7 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.harness", "--worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, DYNVM_CACHE_DIR=self.cache_dir),
                                      cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                                          os.path.abspath(__file__)))))
         self.send(self.clean, [])
@@ -322,8 +351,24 @@ def fuzz(mutants: int, seed: int = 0, out_dir: str | None = None, time_limit: fl
     rng = random.Random(seed)
     seeds = seed_programs()
     clean = next(data for name, data, _ in seeds if name == "bytecode_loop")
-    worker = Worker(clean)
+    with tempfile.TemporaryDirectory(prefix="dynvm-fuzz-cache-") as cache:
+        _fill_worker_cache(seeds, cache)
+        return _run(rng, seeds, Worker(clean, cache), mutants, out_dir, time_limit, progress)
+
+
+def _fill_worker_cache(seeds, directory):
+    """The workers' object cache: the seeds' kernels sections (a worker loads a seed without
+    rebuilding it), then whatever sections mutated specs rebuild — gone with the run, never in
+    the user's cache."""
+    from dynvm.kernels import provenance
+    from dynvm.vm import Executable
+    for _, data, _ in seeds:
+        provenance.remember(Executable.from_bytes(data).kernels, directory)
+
+
+def _run(rng, seeds, worker, mutants, out_dir, time_limit, progress) -> dict:
     counts = collections.Counter()
+    by_seed = {name: collections.Counter() for name, _, _ in seeds}
     findings = []
     start = time.perf_counter()
     try:
@@ -337,6 +382,7 @@ def fuzz(mutants: int, seed: int = 0, out_dir: str | None = None, time_limit: fl
                 worker.close()           # the process is damaged: later mutants get a new one
                 worker.start()
             counts[result["outcome"]] += 1
+            by_seed[name][result["outcome"]] += 1
             if result["outcome"] in FINDINGS:
                 findings.append({"seed": name, "index": k, **result})
                 if out_dir:
@@ -348,7 +394,18 @@ def fuzz(mutants: int, seed: int = 0, out_dir: str | None = None, time_limit: fl
     finally:
         worker.close()
     return {"counts": {o: counts[o] for o in OUTCOMES}, "total": sum(counts.values()),
-            "seconds": time.perf_counter() - start, "findings": findings}
+            "seconds": time.perf_counter() - start, "findings": findings,
+            "by_seed": {name: {o: c[o] for o in OUTCOMES} for name, c in by_seed.items()}}
+
+
+def outcome_table(report) -> str:
+    """The outcome counts per seed program and in total, as a Markdown table."""
+    lines = ["| seed | " + " | ".join(OUTCOMES) + " | total |",
+             "|---" * (len(OUTCOMES) + 2) + "|"]
+    for name, c in [*report["by_seed"].items(), ("all", report["counts"])]:
+        lines.append(f"| {name} | " + " | ".join(str(c[o]) for o in OUTCOMES)
+                     + f" | {sum(c.values())} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -363,7 +420,8 @@ def main(argv=None) -> int:
         return 0
     report = fuzz(args.mutants, args.seed, args.out,
                   progress=lambda n, c: print(f"{n:>7} mutants: {dict(c)}", flush=True))
-    print(json.dumps({k: v for k, v in report.items() if k != "findings"}, indent=1))
+    print(outcome_table(report))
+    print(f"{report['total']} mutants in {report['seconds']:.0f} s (seed {args.seed})")
     for f in report["findings"][:20]:
         print(f"{f['outcome']:<10} seed {f['seed']:<14} #{f['index']}: {f['detail']}")
     return 1 if report["findings"] else 0
