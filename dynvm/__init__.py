@@ -17,8 +17,9 @@ the code generator.
 from dynvm.vm import (ADT, Closure, Executable, StaticRuntime, VirtualMachine,  # noqa: F401
                       __version__)
 from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError,  # noqa: F401
-                             IRParseError, KernelError, ShapeError, StaticRuntimeError,
-                             TypeInferenceError, VMError, VMRecursionError, VMStepLimitError)
+                             IRParseError, KernelError, PerformanceWarning, ShapeError,
+                             StaticRuntimeError, TypeInferenceError, VMError, VMRecursionError,
+                             VMStepLimitError)
 
 _COMPILER_NAMES = ("ir", "op", "build")
 
@@ -34,5 +35,5 @@ __all__ = [
     "ir", "op", "build", "VirtualMachine", "StaticRuntime", "Executable", "ADT", "Closure",
     "__version__", "DynVMError", "TypeInferenceError", "IRParseError", "ShapeError",
     "ExecutableFormatError", "KernelError", "InvokeArgumentError", "StaticRuntimeError", "VMError",
-    "VMRecursionError", "VMStepLimitError",
+    "VMRecursionError", "VMStepLimitError", "PerformanceWarning",
 ]

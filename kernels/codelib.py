@@ -123,13 +123,22 @@ def _cache_key(llvm_ir: str, target: dict, speed_level=3) -> str:
     return h.hexdigest()
 
 
-def cache_read(key, suffix=".o"):
-    """The cached file `key + suffix`, or None (no cache, no such file, unreadable)."""
+def cache_path(key, suffix=".o"):
+    """The path of the cached file `key + suffix` if it exists, else None."""
     directory = cache_dir()
     if directory is None:
         return None
+    path = os.path.join(directory, key + suffix)
+    return path if os.path.isfile(path) else None
+
+
+def cache_read(key, suffix=".o"):
+    """The cached file `key + suffix`, or None (no cache, no such file, unreadable)."""
+    path = cache_path(key, suffix)
+    if path is None:
+        return None
     try:
-        with open(os.path.join(directory, key + suffix), "rb") as f:
+        with open(path, "rb") as f:
             return f.read()
     except OSError:
         return None

@@ -192,21 +192,21 @@ def validate_section(section):
 
 
 def load_kernels(section, trust_native_code=False) -> list:
+    """Kernel objects for a section (see `load_kernels_reported`)."""
+    return load_kernels_reported(section, trust_native_code)[0]
+
+
+def load_kernels_reported(section, trust_native_code=False) -> tuple[list, provenance.LoadReport]:
     """Kernel objects for a section, running only code this machine generated (provenance.py):
     the locally remembered section for the same specs, else a rebuild from the specs. With
-    `trust_native_code` the section's own object code runs (its IR re-JITted on another CPU)."""
+    `trust_native_code` the section's own object code runs (its IR re-JITted on another CPU).
+    Also returns how the code was obtained."""
     validate_section(section)
     if not section["kernels"]:
-        return []
-    if not trust_native_code:
-        section = provenance.local_section(section) or _rebuild(section)
+        return [], provenance.LoadReport(0, "local")
+    section, report = provenance.native_section(section, trust_native_code)
     library = codelib.CodeLibrary(section["llvm_ir"], bytes(section["object"]), section["target"])
-    return [_make_kernel(e, library) for e in section["kernels"]]
-
-
-def _rebuild(section):
-    from dynvm.kernels.builder import rebuild_section  # the code generator: foreign files only
-    return rebuild_section(section)
+    return [_make_kernel(e, library) for e in section["kernels"]], report
 
 
 def _make_kernel(entry, library):

@@ -9,6 +9,11 @@ class DynVMError(Exception):
     """Base class of every error dynvm raises on purpose."""
 
 
+class PerformanceWarning(UserWarning):
+    """dynvm took a slow path the caller may not expect (e.g. a file's kernels rebuilt at load);
+    `warnings.simplefilter("error", dynvm.PerformanceWarning)` turns it into an exception."""
+
+
 class TypeInferenceError(DynVMError):
     """A program is ill-typed (rank, dtype or shape mismatch found at compile time)."""
 

@@ -83,6 +83,7 @@ class Executable:
         self.shape_funcs = list(shape_funcs)
         self._loaded_kernels = None  # list of Kernel, loaded once and shared by every VM
         self._native_code = None     # vm.native.NativeCode, built by the first native-tier VM
+        self.load_report = None  # how the kernels got their native code (provenance.LoadReport)
         self.trust_native_code = False  # run the section's own object code (see load)
         self._verified = False
 
@@ -101,8 +102,9 @@ class Executable:
                 self._loaded_kernels = []
             else:
                 # lazily: programs without kernels never touch LLVM; loading needs no code generator
-                from dynvm.kernels.runtime import load_kernels
-                self._loaded_kernels = list(load_kernels(self.kernels, self.trust_native_code))
+                from dynvm.kernels.runtime import load_kernels_reported
+                self._loaded_kernels, self.load_report = load_kernels_reported(
+                    self.kernels, self.trust_native_code)
         return self._loaded_kernels
 
     def __eq__(self, other):
@@ -152,7 +154,7 @@ class Executable:
         """
         try:
             return _decode_document(data, trust_native_code)
-        except ExecutableFormatError:
+        except (ExecutableFormatError, Warning):   # a warning the caller's filter made an error
             raise
         except Exception as e:  # noqa: BLE001 - the promise is: a bad file is a format error, always
             raise ExecutableFormatError(f"malformed executable ({type(e).__name__}: {e})") from e

@@ -3,9 +3,13 @@
 The threat: a .dvm is bytes; its object code, IR, symbols and checksum can all be rewritten.
 By default the kernels come from the locally remembered section for the file's kernel specs,
 or are rebuilt from those specs; `trust_native_code=True` runs the file's own code."""
+import uuid
+import warnings
+
 import numpy as np
 import pytest
 
+import dynvm
 from dynvm import build, ir, op
 from dynvm.kernels import codelib, load_kernels
 from dynvm.vm import Executable, VirtualMachine
@@ -66,7 +70,8 @@ def test_a_foreign_section_is_rebuilt_once_then_found_in_the_cache(monkeypatch, 
     section["object"], section["llvm_ir"] = b"\x7fELF garbage", "garbage"
     monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
     before = codelib.stats["rebuilds"]
-    first = load_kernels(section)
+    with pytest.warns(dynvm.PerformanceWarning, match="1 kernel of this executable was rebuilt"):
+        first = load_kernels(section)
     assert codelib.stats["rebuilds"] == before + 1
     load_kernels(section)
     assert codelib.stats["rebuilds"] == before + 1           # remembered, on disk too
@@ -74,6 +79,64 @@ def test_a_foreign_section_is_rebuilt_once_then_found_in_the_cache(monkeypatch, 
     out = np.empty(3, np.float32)
     first[0]([np.ones(3, np.float32)], [out])
     np.testing.assert_array_equal(out, 0)
+
+
+def foreign_file(exe) -> bytes:
+    """`exe`'s file as if built elsewhere: a kernel name no process has built (so its specs are
+    neither remembered nor cached here) and object code this machine never generated."""
+    copy = Executable.from_bytes(exe.to_bytes())
+    copy.kernels["kernels"][0]["name"] = "elsewhere_" + uuid.uuid4().hex
+    copy.kernels["object"] = b"\x7fELF not this machine's code"
+    return copy.to_bytes()
+
+
+def load_recording(data, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exe = Executable.from_bytes(data, **kwargs)
+    return exe, [w for w in caught if issubclass(w.category, dynvm.PerformanceWarning)]
+
+
+def test_a_rebuild_warns_once_with_count_and_time_and_the_next_load_is_silent(
+        add_and_multiply, monkeypatch, tmp_path):
+    monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
+    data = foreign_file(add_and_multiply[0])
+    first, caught = load_recording(data)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "1 kernel of this executable was rebuilt from their specs in" in message
+    assert f"cached in {tmp_path}" in message and "trust_native_code=True" in message
+    assert caught[0].filename == __file__                     # names the caller's line
+    report = first.load_report
+    assert (report.origin, report.kernels, report.rebuilt, report.cached) == ("rebuilt", 1, 1, True)
+    assert report.seconds > 0
+    again, caught = load_recording(data)
+    assert caught == [] and again.load_report.origin == "local" and again.load_report.rebuilt == 0
+    np.testing.assert_array_equal(VirtualMachine(again).invoke("main", np.ones(2, np.float32)), [2, 2])
+
+
+def test_a_rebuild_without_a_cache_says_every_process_rebuilds(add_and_multiply, monkeypatch):
+    monkeypatch.setenv("DYNVM_CACHE_DIR", "")
+    exe, caught = load_recording(foreign_file(add_and_multiply[0]))
+    assert len(caught) == 1 and "every new process rebuilds them again" in str(caught[0].message)
+    assert exe.load_report.cached is False
+
+
+def test_local_and_trusted_loads_do_not_warn(add_and_multiply):
+    local, caught = load_recording(add_and_multiply[0].to_bytes())
+    assert caught == [] and local.load_report.origin == "local"
+    trusted, caught = load_recording(add_and_multiply[0].to_bytes(), trust_native_code=True)
+    assert caught == [] and trusted.load_report.origin == "trusted"
+
+
+def test_performance_warning_is_a_user_warning_that_can_become_an_error(add_and_multiply, tmp_path,
+                                                                         monkeypatch):
+    assert issubclass(dynvm.PerformanceWarning, UserWarning)
+    monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dynvm.PerformanceWarning)
+        with pytest.raises(dynvm.PerformanceWarning, match="rebuilt from their specs"):
+            Executable.from_bytes(foreign_file(add_and_multiply[0]))
 
 
 def test_trusted_garbage_object_code_is_a_format_error_not_a_crash(add_and_multiply):
