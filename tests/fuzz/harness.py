@@ -40,7 +40,9 @@ import msgpack
 FINDINGS = ("untyped", "crash", "hang", "corruption")
 OUTCOMES = ("rejected", "typed", "ran") + FINDINGS
 STEP_BUDGET = 20_000
-TIMEOUT_SECONDS = 20.0
+# per mutant: a load may rebuild a seed's kernels from edited specs (an O3 compile: BERT's
+# take ~5 s on an idle 2-core machine, 20 s under load), so the limit leaves room for that
+TIMEOUT_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +247,17 @@ def _read_frame(stream):
 
 
 def worker_main():
+    import faulthandler
+    import signal
+    import warnings
+
     import numpy as np
 
     from dynvm.vm import Executable, VirtualMachine
-    from dynvm.vm.errors import DynVMError
+    from dynvm.vm.errors import DynVMError, PerformanceWarning
+
+    faulthandler.register(signal.SIGUSR1)   # the driver asks where a hanging worker is
+    warnings.simplefilter("ignore", PerformanceWarning)   # rebuilds are expected here
 
     clean = None
     while True:
@@ -300,13 +309,16 @@ class Worker:
 
     def __init__(self, clean: bytes, cache_dir: str):
         self.clean, self.cache_dir = clean, cache_dir
-        self.proc = None
+        self.proc = self.stderr = None
         self.start()
 
     def start(self):
+        if self.stderr is not None:
+            self.stderr.close()
+        self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.harness", "--worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL,
+                                     stderr=self.stderr,
                                      env=dict(os.environ, DYNVM_CACHE_DIR=self.cache_dir),
                                      cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                                          os.path.abspath(__file__)))))
@@ -321,16 +333,28 @@ class Worker:
         import select
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
+            where = self.stack()
             self.proc.kill()
             self.proc.wait()
             self.start()
-            return {"outcome": "hang", "detail": f"no answer within {timeout} s"}
+            return {"outcome": "hang", "detail": f"no answer within {timeout} s; {where}"}
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
             self.start()
             return {"outcome": "crash", "detail": f"worker exited with {code}"}
         return json.loads(line)
+
+    def stack(self, frames=4) -> str:
+        """The innermost frames of the (hanging) worker's Python stack, from faulthandler."""
+        import signal
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").splitlines()
+        start = max((i for i, line in enumerate(lines) if "most recent call first" in line),
+                    default=len(lines))
+        return "stack: " + " <- ".join(line.strip() for line in lines[start + 1:start + 1 + frames])
 
     def run(self, mutant, args, timeout=TIMEOUT_SECONDS):
         try:
@@ -343,6 +367,7 @@ class Worker:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait()
+        self.stderr.close()
 
 
 def fuzz(mutants: int, seed: int = 0, out_dir: str | None = None, time_limit: float | None = None,
