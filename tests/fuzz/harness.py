@@ -372,13 +372,15 @@ class Worker:
 
 def fuzz(mutants: int, seed: int = 0, out_dir: str | None = None, time_limit: float | None = None,
          progress=None) -> dict:
-    """Run `mutants` mutants (or until `time_limit` seconds); returns counts and findings."""
+    """Run `mutants` mutants (or until `time_limit` seconds, building the seeds included);
+    returns counts and findings."""
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     rng = random.Random(seed)
     seeds = seed_programs()
     clean = next(data for name, data, _ in seeds if name == "bytecode_loop")
     with tempfile.TemporaryDirectory(prefix="dynvm-fuzz-cache-") as cache:
         _fill_worker_cache(seeds, cache)
-        return _run(rng, seeds, Worker(clean, cache), mutants, out_dir, time_limit, progress)
+        return _run(rng, seeds, Worker(clean, cache), mutants, out_dir, deadline, progress)
 
 
 def _fill_worker_cache(seeds, directory):
@@ -391,14 +393,14 @@ def _fill_worker_cache(seeds, directory):
         provenance.remember(Executable.from_bytes(data).kernels, directory)
 
 
-def _run(rng, seeds, worker, mutants, out_dir, time_limit, progress) -> dict:
+def _run(rng, seeds, worker, mutants, out_dir, deadline, progress) -> dict:
     counts = collections.Counter()
     by_seed = {name: collections.Counter() for name, _, _ in seeds}
     findings = []
     start = time.perf_counter()
     try:
         for k in range(mutants):
-            if time_limit is not None and time.perf_counter() - start > time_limit:
+            if deadline is not None and time.perf_counter() > deadline:
                 break
             name, data, args = rng.choice(seeds)
             mutant = mutate(rng, data)
