@@ -267,6 +267,14 @@ def print_loop(rows):
               f"{instructions:>11.1f} {ns(vm_part):>24}")
 
 
+def python_call_seconds():
+    """The time of one no-op Python function call now: the interpreter's speed on this machine
+    at this load (the Python tier's costs scale with it), printed next to the load average."""
+    def noop(a, b):
+        return a
+    return measure({"call": lambda: noop(1, 2)}, REPS)["call"]
+
+
 def main(argv=None):
     global REPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -282,6 +290,7 @@ def main(argv=None):
     for line in cpu_lines():
         print(line)
     print(f"dynvm tiers: {', '.join(f'{name} {kwargs}' for name, kwargs in TIERS.items())}")
+    print(f"calibration: a no-op Python call (through a lambda) takes {ns(python_call_seconds())} now")
     print_one_op(*bench_one_op())
     print()
     print_chain(bench_chain(args.chain))
