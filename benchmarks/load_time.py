@@ -119,12 +119,16 @@ def bench(names, reps, workdir):
     return table, kernels, sizes
 
 
+def seconds_text(seconds):
+    return f"{seconds:.2f} s" if seconds >= 1 else fmt_time(seconds)
+
+
 def print_table(table, kernels, sizes):
     width = 19
     print(f"{'model':18} {'kernels':>7} {'file':>9}" + "".join(f"{c:>{width}}" for c in CASES))
     for name in kernels:
         print(f"{name:18} {kernels[name]:>7} {sizes[name] / 1e6:>7.2f}MB"
-              + "".join(f"{fmt_time(table[(name, c)]):>{width}}" for c in CASES))
+              + "".join(f"{seconds_text(table[(name, c)]):>{width}}" for c in CASES))
 
 
 def main(argv=None):
