@@ -25,12 +25,13 @@ import operator
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
 from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, tensor_spec
-from dynvm.vm.errors import (DynVMError, InvokeArgumentError, ShapeError, VMError, VMRecursionError,
-                             VMStepLimitError)
+from dynvm.vm.errors import (DynVMError, InvokeArgumentError, PerformanceWarning, ShapeError, VMError,
+                             VMRecursionError, VMStepLimitError)
 from dynvm.vm.memory import StoragePool, class_for
 from dynvm.vm.prepare import handler_label, lookup_shape_funcs, prepare_function
 from dynvm.vm.profiler import Profile
@@ -262,6 +263,11 @@ class VirtualMachine:
         failed = native.last_rc
         if failed != RC_FAILED:
             native.fallbacks += 1
+            if native.fallbacks == 1:
+                warnings.warn(f"{self.exe.functions[frame.func_index].name}: the call depth "
+                              "outgrew this thread's native stack, so the invocation ran again in "
+                              "the Python tier (slower; later ones like it too, without a new "
+                              "warning)", PerformanceWarning, stacklevel=4)
         result = self._run_python(frame)
         if failed == RC_FAILED:
             func, pc = native.failure()

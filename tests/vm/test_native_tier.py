@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dynvm.compiler import build, ir, op
 from dynvm.vm import Executable, VirtualMachine
-from dynvm.vm.errors import VMRecursionError, VMStepLimitError
+from dynvm.vm.errors import PerformanceWarning, VMRecursionError, VMStepLimitError
 from tests.e2e.test_control_flow import countdown_module
 from tests.strategies import examples, layouts, program_inputs, random_program
 
@@ -87,9 +87,10 @@ def test_recursion_deeper_than_the_native_stack_runs_in_the_python_tier():
 
     old = threading.stack_size(1 << 20)
     try:
-        t = threading.Thread(target=run)
-        t.start()
-        t.join()
+        with pytest.warns(PerformanceWarning, match="native stack"):
+            t = threading.Thread(target=run)
+            t.start()
+            t.join()
     finally:
         threading.stack_size(old)
     assert results == [20000 * 20001 // 2, 1]
