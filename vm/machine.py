@@ -627,7 +627,8 @@ class VirtualMachine:
                                    f"loop {kernel.name} before its first iteration")
         budget.base[()] = left // per_iteration
         counters.base[:] = (0, -1)      # what an argument the kernel rejects leaves there
-        values = [regs[r] for r in inputs] + [budget] + [regs[r] for r in outputs] + [counters]
+        values = [regs[r] for r in inputs] + [budget, _interrupt_word()] + \
+            [regs[r] for r in outputs] + [counters]
         bind(site, kernel, values, range(len(values)), f"CallLoop {kernel.name}", "argument ")
         start = time.perf_counter()
         rc = site.fn(site.tensors, site.nargs)
@@ -641,7 +642,10 @@ class VirtualMachine:
         return pc + 1
 
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
-        from dynvm.kernels.abi import ERR_STEPS   # lazily: a program without kernels never loads cffi
+        from dynvm.kernels.abi import ERR_INTERRUPT, ERR_STEPS   # lazily: a program without kernels never loads cffi
+        if (rc & 0xFF) == ERR_INTERRUPT:
+            _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
+            return KeyboardInterrupt(f"native loop {kernel.name} interrupted after {iterations} iterations")
         if (rc & 0xFF) == ERR_STEPS:
             self._steps = _NO_STEPS     # the bytecode loop would stop at the limit
             return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
@@ -651,6 +655,27 @@ class VirtualMachine:
             inner.args = (f"native loop {kernel.name}, iteration {iterations}: {inner.args[0]}",)
             return inner
         return kernel.native_error(rc, shapes)
+
+
+# ---------------------------------------------------------------- Ctrl-C in native loops
+
+_WORD_TENSORS = {}      # id(word array) -> its Tensor (the arrays live as long as the process)
+
+
+def _interrupt_word() -> Tensor:
+    """The interrupt word a native loop in this thread polls (kernels/interrupt.py), cleared,
+    with the SIGINT handler that sets it installed when this is the main thread."""
+    from dynvm.kernels.interrupt import armed_word   # lazily, as the kernels themselves
+    word = armed_word()
+    t = _WORD_TENSORS.get(id(word))
+    if t is None:
+        t = _WORD_TENSORS[id(word)] = Tensor.from_array(word)
+    return t
+
+
+def _let_signal_handlers_run():
+    """Nothing: calling a Python function is a point where the interpreter runs the signal
+    handlers of signals that arrived (Python's SIGINT handler raises KeyboardInterrupt)."""
 
 
 # ---------------------------------------------------------------- value helpers
