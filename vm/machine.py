@@ -29,8 +29,8 @@ import time
 import numpy as np
 
 from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, tensor_spec
-from dynvm.vm.errors import (DynVMError, InvokeArgumentError, ShapeError, VMError, VMRecursionError,
-                             VMStepLimitError)
+from dynvm.vm.errors import (DynVMError, InvokeArgumentError, ShapeError, VMError, VMMemoryError,
+                             VMRecursionError, VMStepLimitError)
 from dynvm.vm.memory import StoragePool, class_for
 from dynvm.vm.prepare import handler_label, lookup_shape_funcs, prepare_function
 from dynvm.vm.profiler import Profile
@@ -86,7 +86,7 @@ class VirtualMachine:
     """
 
     def __init__(self, exe, max_depth: int = DEFAULT_MAX_DEPTH, max_steps=None, profile: bool = False,
-                 tier: str = "native"):
+                 tier: str = "native", max_memory_bytes=None):
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
         if not exe._verified:
@@ -99,7 +99,7 @@ class VirtualMachine:
         self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         self._ctors = {c["name"]: c for c in exe.constructors}
         self._profile = Profile() if profile else None
-        self._pool = StoragePool()
+        self._pool = StoragePool(max_live_bytes=max_memory_bytes)
         self._code = [self._loop_block(fn) or prepare_function(self, fn) for fn in exe.functions]
         self._param_specs = [[tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
@@ -118,7 +118,9 @@ class VirtualMachine:
         self._steps, self._step_limit = _NO_STEPS, 0
         self._busy = threading.Lock()   # held while an invocation runs (one at a time)
         self.tier = tier
-        self._native = _native_tier(exe, self._constants) if tier == "native" and not profile else None
+        # the native tier's pool has no cap yet: a memory limit runs the Python tier
+        self._native = _native_tier(exe, self._constants) \
+            if tier == "native" and not profile and max_memory_bytes is None else None
 
     # ------------------------------------------------------------ public API
 
@@ -134,6 +136,8 @@ class VirtualMachine:
                           "(they can share the Executable)")
         try:
             return self._invoke(name, args)
+        except MemoryError:     # numpy outside the machine (a result's copy, ...): typed
+            raise VMMemoryError(f"out of memory in {name}") from None
         finally:
             self._busy.release()
 
@@ -305,6 +309,8 @@ class VirtualMachine:
             raise
         except StopIteration:
             pass
+        except MemoryError:
+            raise self._locate(VMMemoryError("out of memory (the system refused an allocation)"), pc) from None
         except Exception as e:  # noqa: BLE001 - a bad value kind in verified bytecode is a VMError
             raise self._locate(VMError(f"{type(e).__name__}: {e}"), pc) from e
         raise self._locate(VMStepLimitError(
