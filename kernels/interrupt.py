@@ -51,7 +51,10 @@ typedef struct {            /* glibc's struct sigaction (x86-64, aarch64) */
 int sigaction(int signum, const dynvm_sigaction_t *act, dynvm_sigaction_t *oldact);
 """)
 
-_LIBC = _ffi.dlopen(None)
+_sigaction = _ffi.dlopen(None).sigaction
+_CURRENT = _ffi.new("dynvm_sigaction_t *")     # what the main thread's query fills
+_MAIN_THREAD = threading.main_thread().ident
+_LINUX = sys.platform == "linux"
 QUIET_WORD = np.zeros((), np.int32)      # the word of loops nothing interrupts
 QUIET_WORD.setflags(write=False)
 
@@ -79,29 +82,29 @@ def word_address() -> int:
 
 def _made():
     global _state
-    with _lock:
-        if _state is None:
-            _state = _make()
-        return _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                _state = _make()
+    return _state
 
 
 def armed_word() -> np.ndarray:
     """The word a native loop in this thread polls, cleared: in the main thread (on Linux),
     the interrupt word with our SIGINT handler installed in front of the current one;
     elsewhere QUIET_WORD."""
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+    if threading.get_ident() != _MAIN_THREAD or not _LINUX:
         return QUIET_WORD
     _, handler, word, previous = _made()
-    libc = _LIBC
-    current = _ffi.new("dynvm_sigaction_t *")
-    libc.sigaction(SIGINT, _ffi.NULL, current)
+    current = _CURRENT      # only the main thread gets here
+    _sigaction(SIGINT, _ffi.NULL, current)
     if current.handler != handler:
         if current.handler in (SIG_DFL, SIG_IGN) or current.flags & SA_SIGINFO:
             return QUIET_WORD
         previous[()] = current.handler          # set before ours can run
         ours = _ffi.new("dynvm_sigaction_t *", current[0])
         ours.handler = handler
-        libc.sigaction(SIGINT, ours, _ffi.NULL)
+        _sigaction(SIGINT, ours, _ffi.NULL)
     word[()] = 0
     return word
 

@@ -666,13 +666,16 @@ class VirtualMachine:
 # ---------------------------------------------------------------- Ctrl-C in native loops
 
 _WORD_TENSORS = {}      # id(word array) -> its Tensor (the arrays live as long as the process)
+_ARMED_WORD = []        # kernels.interrupt.armed_word, once imported
 
 
 def _interrupt_word() -> Tensor:
     """The interrupt word a native loop in this thread polls (kernels/interrupt.py), cleared,
     with the SIGINT handler that sets it installed when this is the main thread."""
-    from dynvm.kernels.interrupt import armed_word   # lazily, as the kernels themselves
-    word = armed_word()
+    if not _ARMED_WORD:     # imported lazily, as the kernels themselves
+        from dynvm.kernels.interrupt import armed_word
+        _ARMED_WORD.append(armed_word)
+    word = _ARMED_WORD[0]()
     t = _WORD_TENSORS.get(id(word))
     if t is None:
         t = _WORD_TENSORS[id(word)] = Tensor.from_array(word)
