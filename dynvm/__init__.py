@@ -18,7 +18,8 @@ from dynvm.vm import (ADT, Closure, Executable, StaticRuntime, VirtualMachine,  
                       __version__)
 from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError,  # noqa: F401
                              IRParseError, KernelError, PerformanceWarning, ShapeError,
-                             StaticRuntimeError, TypeInferenceError, VMError, VMRecursionError,
+                             StaticRuntimeError, TypeInferenceError, VMError, VMMemoryError,
+                             VMRecursionError,
                              VMStepLimitError)
 
 _COMPILER_NAMES = ("ir", "op", "build")
@@ -35,5 +36,5 @@ __all__ = [
     "ir", "op", "build", "VirtualMachine", "StaticRuntime", "Executable", "ADT", "Closure",
     "__version__", "DynVMError", "TypeInferenceError", "IRParseError", "ShapeError",
     "ExecutableFormatError", "KernelError", "InvokeArgumentError", "StaticRuntimeError", "VMError",
-    "VMRecursionError", "VMStepLimitError", "PerformanceWarning",
+    "VMMemoryError", "VMRecursionError", "VMStepLimitError", "PerformanceWarning",
 ]

@@ -20,6 +20,7 @@ ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound
 ERR_ALLOC = 11  # malloc of scratch memory failed
 ERR_STEPS = 12  # a native loop ran out of its step budget (a native loop kernel)
 ERR_ARITH = 13  # a shape function's int64 arithmetic overflowed, divided by zero or cast out of range
+ERR_INTERRUPT = 14  # a native loop saw the interrupt word set (Ctrl-C: kernels/interrupt.py)
 ERROR_KINDS = {
     ERR_NARGS: "wrong number of arguments",
     ERR_NDIM: "wrong rank",
@@ -34,6 +35,7 @@ ERROR_KINDS = {
     ERR_ALLOC: "out of memory for scratch space",
     ERR_STEPS: "step budget exhausted",
     ERR_ARITH: "shape arithmetic overflowed int64, divided by zero or cast out of range",
+    ERR_INTERRUPT: "interrupted (SIGINT)",
 }
 
 

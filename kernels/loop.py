@@ -5,7 +5,9 @@ iterations are straight-line calls of compiled kernels over static shapes into o
 this family, run by the VM's `CallLoop`. Per iteration the VM would have dispatched a few dozen
 instructions; here an iteration is the kernel calls themselves plus a few memcpys.
 
-Signature: inputs = the loop's tensor inputs, then the step budget (int64 0-d, < 0: none);
+Signature: inputs = the loop's tensor inputs, then the step budget (int64 0-d, < 0: none)
+and the interrupt word (int32 0-d, read every iteration: nonzero stops the loop with
+ERR_INTERRUPT; kernels/interrupt.py);
 outputs = the results, then the workspace (int64[words]: every intermediate and the loop state
 live in it at fixed offsets) and the counters (int64[2]: iterations run, and the index of the
 inner call that failed, -1 if none).
@@ -38,7 +40,7 @@ import math
 
 from llvmlite import ir
 
-from dynvm.kernels.abi import ERR_LAYOUT, ERR_SHAPE, ERR_STEPS
+from dynvm.kernels.abi import ERR_INTERRUPT, ERR_LAYOUT, ERR_SHAPE, ERR_STEPS
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (DLTENSOR, F_DATA, F_DTYPE, F_NDIM, F_SHAPE, F_STRIDES, I1, I8,
                                      I32, I64, PTR, check, check_data, const, get_function,
@@ -75,10 +77,11 @@ def check_spec(spec, inputs, outputs):
 
 
 def _check(spec, inputs, outputs):
-    slots, n_in = spec["slots"], len(inputs) - 1
-    if inputs[-1] != ["int64", 0] or outputs[-2:] != [["int64", 1], ["int64", 1]]:
-        raise KernelError("loop kernel: the last input is the budget (int64, 0-d), the last two "
-                          "outputs the workspace and the counters (int64, 1-d)")
+    slots, n_in = spec["slots"], len(inputs) - 2
+    if inputs[-2:] != [["int64", 0], ["int32", 0]] or outputs[-2:] != [["int64", 1], ["int64", 1]]:
+        raise KernelError("loop kernel: the last inputs are the budget (int64, 0-d) and the "
+                          "interrupt word (int32, 0-d), the last two outputs the workspace and "
+                          "the counters (int64, 1-d)")
     if len(spec["results"]) != len(outputs) - 2:
         raise KernelError("loop kernel: one result slot per output")
     input_refs = set()
@@ -143,7 +146,8 @@ class _LoopEmitter:
         self.fn, self.b = new_function(module, name)
         self.slots = spec["slots"]
         n_out = len(spec["results"])
-        self.budget_arg, self.ws_arg, self.counters_arg = n_in - 1, n_in + n_out, n_in + n_out + 1
+        self.budget_arg, self.interrupt_arg = n_in - 2, n_in - 1
+        self.ws_arg, self.counters_arg = n_in + n_out, n_in + n_out + 1
 
     def run(self):
         b = self.b
@@ -166,7 +170,7 @@ class _LoopEmitter:
         copies whole tensors (state inputs, inputs used as next values, outputs): a copy of
         a strided (or broadcast, stride 0) argument would read past its memory."""
         b, spec = self.b, self.spec
-        known = {self.budget_arg: [], self.ws_arg: [spec["workspace"] // WORD], self.counters_arg: [2]}
+        known = {self.budget_arg: [], self.interrupt_arg: [], self.ws_arg: [spec["workspace"] // WORD], self.counters_arg: [2]}
         for dtype, shape, kind, ref in self.slots:
             if kind == "input":
                 known.setdefault(ref, shape)
@@ -278,6 +282,9 @@ class _LoopEmitter:
         b.position_at_end(body)
         over = b.and_(b.icmp_signed(">=", budget, const(I64, 0)), b.icmp_signed(">=", i, budget))
         self.fail_if(over, i, const(I32, ERR_STEPS))
+        # atomic (relaxed): the optimizer may not assume the word stays what it read last
+        word = b.load_atomic(self.arrays[self.interrupt_arg][0], "monotonic", 4, typ=I32)
+        self.fail_if(b.icmp_signed("!=", word, const(I32, 0)), i, const(I32, ERR_INTERRUPT))
         self.run_calls(spec["body"], len(spec["header"]), i)
         self.step_state()
         nxt = b.add(i, const(I64, 1), flags=["nsw"])

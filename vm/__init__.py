@@ -4,7 +4,7 @@ The runtime is the bottom layer: it never imports the compiler, so it can ship a
 """
 from dynvm.vm.errors import (DynVMError, ExecutableFormatError, InvokeArgumentError, IRParseError,  # noqa: F401
                        KernelError, ShapeError, StaticRuntimeError, TypeInferenceError, VMError,
-                       VMRecursionError, VMStepLimitError)
+                       VMMemoryError, VMRecursionError, VMStepLimitError)
 from dynvm.vm.bytecode import OPCODES, Instruction, Opcode  # noqa: F401
 from dynvm.vm.values import ADT, Closure, Storage  # noqa: F401
 from dynvm.vm.executable import VERSION as __version__  # noqa: F401
@@ -17,5 +17,5 @@ __all__ = [
     "ADT", "Closure", "Storage", "empty_kernels_section",
     "DynVMError", "TypeInferenceError", "IRParseError", "ShapeError", "ExecutableFormatError",
     "KernelError", "InvokeArgumentError", "StaticRuntimeError", "VMError", "VMRecursionError",
-    "VMStepLimitError",
+    "VMMemoryError", "VMStepLimitError",
 ]

@@ -107,23 +107,28 @@ def import_tensor(value, desc, where):
             raise InvokeArgumentError(f"{where}: cannot convert {kind_of(value)} to a tensor ({e})") from None
     expected = f"{want_dtype}[{', '.join('?' if d is None else str(d) for d in want_shape)}]"
     got = f"{value.dtype}{list(value.shape)}"
-    if value.dtype != np_dtype(want_dtype):
+    if value.dtype.newbyteorder("=") != np_dtype(want_dtype):   # other byte orders: _as_tensor converts
         raise InvokeArgumentError(f"{where}: expected dtype {want_dtype} ({expected}), got {got}")
     if value.ndim != len(want_shape):
         raise InvokeArgumentError(f"{where}: expected rank {len(want_shape)} ({expected}), got {got}")
     for axis, (want, have) in enumerate(zip(want_shape, value.shape)):
         if want is not None and want != have:
             raise InvokeArgumentError(f"{where}: expected dim {axis} = {want} ({expected}), got {got}")
-    return _as_tensor(value)
+    return _as_tensor(value, where)
 
 
 _DTYPE_NAMES = {np_dtype(name): name for name in ("float32", "float64", "int32", "int64", "bool")}
 
 
-def _as_tensor(a: np.ndarray) -> Tensor:
+def _as_tensor(a: np.ndarray, where: str) -> Tensor:
     """The VM's Tensor for an array: kernels need compact, aligned, native-order memory."""
     if not (a.flags.c_contiguous and a.flags.aligned) or not a.dtype.isnative:
-        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+        try:
+            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+        except MemoryError:
+            raise InvokeArgumentError(f"{where}: a {a.dtype} array of shape {a.shape} needs a compact "
+                                      f"native-order copy of {a.size * a.itemsize} bytes, which cannot "
+                                      "be allocated") from None
     return Tensor.from_array(a)
 
 
@@ -162,17 +167,19 @@ def _import_leaf(value):
         dtype_name(arr.dtype)
     except DynVMError as e:
         raise InvokeArgumentError(f"ADT field: {e}") from None
-    return _as_tensor(arr)
+    return _as_tensor(arr, "ADT field")
 
 
 def export(value):
-    """Turn a run-time value into what `invoke` returns. Read-only arrays (constants) are copied
-    so that the caller owns, and may write, every array it gets."""
+    """Turn a run-time value into what `invoke` returns. The caller owns, and may write, every
+    array it gets, and none is memory it passed in: read-only arrays (constants) and arrays
+    over memory the VM did not allocate (an argument returned as it is, or a view of one: their
+    base is a numpy array, where the VM's storage has a buffer of its pool) are copies."""
     if type(value) is Tensor:       # the common result: a plain tensor
         a = value._array
         if a is None:
             a = value.array
-        return a if a.flags.writeable else a.copy()
+        return a if a.flags.writeable and type(value.base) is not np.ndarray else a.copy()
     if isinstance(value, Tensor):
         value = value.array
         return value if value.flags.writeable else value.copy()
@@ -197,7 +204,7 @@ def import_arg(value, desc, where, ctors, function_count):
     if kind == "adt":
         return _import_adt(value, desc["name"], where, ctors)
     if kind == "any":
-        return rebuild(value, _import_leaf)
+        return rebuild(value, _import_leaf, where=where)
     if not isinstance(value, Closure) or not 0 <= value.func_index < function_count:
         raise InvokeArgumentError(f"{where}: expected a vm.Closure from this executable, got {kind_of(value)}")
     return value
@@ -225,4 +232,4 @@ def _import_adt(value, adt_name, where, ctors):
                 raise InvokeArgumentError(f"{where}: field {i} of a {node.constructor} must be "
                                           f"{_describe(desc)}, got {kind_of(field)}")
         return ADT(node.constructor, node.tag, fields)
-    return rebuild(value, _import_leaf, make_adt=checked)
+    return rebuild(value, _import_leaf, make_adt=checked, where=where)

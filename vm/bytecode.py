@@ -183,7 +183,7 @@ OPCODES = _table(
     ("Fatal",           "message:str",                                  "terminator",  "always raises",
      "raise VMError(message)"),
     ("CallLoop",        "kernel:kernel inputs:regs:u outputs:regs:f",   "loop",        "runs a loop (control flow, as a native loop kernel)",
-     "run the native loop kernels[kernel] on R[inputs] into R[outputs] (the VM adds the step budget and the iteration counters)"),
+     "run the native loop kernels[kernel] on R[inputs] into R[outputs] (the VM adds the step budget, the interrupt word and the iteration counters)"),
 )
 # fmt: on
 

@@ -50,6 +50,10 @@ class VMStepLimitError(VMError):
     """The number of executed instructions exceeded `max_steps`."""
 
 
+class VMMemoryError(VMError):
+    """An allocation would exceed `max_memory_bytes`, or the system could not provide it."""
+
+
 class StaticRuntimeError(DynVMError):
     """`vm.StaticRuntime` cannot run a function: an Any dimension, control flow, a call, a
     run-time shape or another construct a fixed kernel list over fixed memory cannot express."""

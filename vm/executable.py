@@ -458,14 +458,14 @@ def _check_adt(exe, ins):
 
 
 def _check_kernel(exe, ins):
-    """An opcode flagged `loop` names a loop kernel (whose last input and last output the VM
-    supplies), any other a kernel that is not a loop; the registers match its signature."""
+    """An opcode flagged `loop` names a loop kernel (whose last two inputs and last output the
+    VM supplies), any other a kernel that is not a loop; the registers match its signature."""
     k, inputs, outputs = ins.args
     spec = exe.kernels["kernels"][k]
     loop = ins.spec.has("loop")
     if (spec.get("op") == "loop") != loop:
         return f"kernel {spec['name']!r} is {'not ' if loop else ''}a loop kernel"
-    n_in, n_out = len(spec["inputs"]) - loop, len(spec["outputs"]) - loop
+    n_in, n_out = len(spec["inputs"]) - 2 * loop, len(spec["outputs"]) - loop
     if len(inputs) == n_in and len(outputs) == n_out:
         return None
     return (f"kernel {spec['name']!r} takes {n_in} inputs and {n_out} outputs, got {len(inputs)}"

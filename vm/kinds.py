@@ -229,7 +229,7 @@ def _signature(site, k):
     kernel gets from the VM."""
     entry = site.exe.kernels["kernels"][k]
     loop = site.ins.spec.has("loop")
-    ins, outs = entry["inputs"][:len(entry["inputs"]) - loop], entry["outputs"][:len(entry["outputs"]) - loop]
+    ins, outs = entry["inputs"][:len(entry["inputs"]) - 2 * loop], entry["outputs"][:len(entry["outputs"]) - loop]
     return [tensor(d, r) for d, r in ins], [tensor(d, r) for d, r in outs]
 
 

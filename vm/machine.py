@@ -31,7 +31,7 @@ import numpy as np
 
 from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, tensor_spec
 from dynvm.vm.errors import (DynVMError, InvokeArgumentError, PerformanceWarning, ShapeError, VMError,
-                             VMRecursionError, VMStepLimitError)
+                             VMMemoryError, VMRecursionError, VMStepLimitError)
 from dynvm.vm.memory import StoragePool, class_for
 from dynvm.vm.prepare import handler_label, lookup_shape_funcs, prepare_function
 from dynvm.vm.profiler import Profile
@@ -87,7 +87,7 @@ class VirtualMachine:
     """
 
     def __init__(self, exe, max_depth: int = DEFAULT_MAX_DEPTH, max_steps=None, profile: bool = False,
-                 tier: str = "native"):
+                 tier: str = "native", max_memory_bytes=None):
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
         if not exe._verified:
@@ -100,7 +100,7 @@ class VirtualMachine:
         self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         self._ctors = {c["name"]: c for c in exe.constructors}
         self._profile = Profile() if profile else None
-        self._pool = StoragePool()
+        self._pool = StoragePool(max_live_bytes=max_memory_bytes)
         self._code = [self._loop_block(fn) or prepare_function(self, fn) for fn in exe.functions]
         self._param_specs = [[tensor_spec(t) for t in fn.param_types] for fn in exe.functions]
         self._index = {fn.name: i for i, fn in enumerate(exe.functions)}
@@ -119,7 +119,9 @@ class VirtualMachine:
         self._steps, self._step_limit = _NO_STEPS, 0
         self._busy = threading.Lock()   # held while an invocation runs (one at a time)
         self.tier = tier
-        self._native = _native_tier(exe, self._constants) if tier == "native" and not profile else None
+        # the native tier's pool has no cap yet: a memory limit runs the Python tier
+        self._native = _native_tier(exe, self._constants) \
+            if tier == "native" and not profile and max_memory_bytes is None else None
 
     # ------------------------------------------------------------ public API
 
@@ -135,6 +137,8 @@ class VirtualMachine:
                           "(they can share the Executable)")
         try:
             return self._invoke(name, args)
+        except MemoryError:     # numpy outside the machine (a result's copy, ...): typed
+            raise VMMemoryError(f"out of memory in {name}") from None
         finally:
             self._busy.release()
 
@@ -311,6 +315,8 @@ class VirtualMachine:
             raise
         except StopIteration:
             pass
+        except MemoryError:
+            raise self._locate(VMMemoryError("out of memory (the system refused an allocation)"), pc) from None
         except Exception as e:  # noqa: BLE001 - a bad value kind in verified bytecode is a VMError
             raise self._locate(VMError(f"{type(e).__name__}: {e}"), pc) from e
         raise self._locate(VMStepLimitError(
@@ -633,7 +639,8 @@ class VirtualMachine:
                                    f"loop {kernel.name} before its first iteration")
         budget.base[()] = left // per_iteration
         counters.base[:] = (0, -1)      # what an argument the kernel rejects leaves there
-        values = [regs[r] for r in inputs] + [budget] + [regs[r] for r in outputs] + [counters]
+        values = [regs[r] for r in inputs] + [budget, _interrupt_word()] + \
+            [regs[r] for r in outputs] + [counters]
         bind(site, kernel, values, range(len(values)), f"CallLoop {kernel.name}", "argument ")
         start = time.perf_counter()
         rc = site.fn(site.tensors, site.nargs)
@@ -647,7 +654,10 @@ class VirtualMachine:
         return pc + 1
 
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
-        from dynvm.kernels.abi import ERR_STEPS   # lazily: a program without kernels never loads cffi
+        from dynvm.kernels.abi import ERR_INTERRUPT, ERR_STEPS   # lazily: a program without kernels never loads cffi
+        if (rc & 0xFF) == ERR_INTERRUPT:
+            _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
+            return KeyboardInterrupt(f"native loop {kernel.name} interrupted after {iterations} iterations")
         if (rc & 0xFF) == ERR_STEPS:
             self._steps = _NO_STEPS     # the bytecode loop would stop at the limit
             return VMStepLimitError(f"step limit of {self.max_steps} instructions exceeded in native "
@@ -657,6 +667,30 @@ class VirtualMachine:
             inner.args = (f"native loop {kernel.name}, iteration {iterations}: {inner.args[0]}",)
             return inner
         return kernel.native_error(rc, shapes)
+
+
+# ---------------------------------------------------------------- Ctrl-C in native loops
+
+_WORD_TENSORS = {}      # id(word array) -> its Tensor (the arrays live as long as the process)
+_ARMED_WORD = []        # kernels.interrupt.armed_word, once imported
+
+
+def _interrupt_word() -> Tensor:
+    """The interrupt word a native loop in this thread polls (kernels/interrupt.py), cleared,
+    with the SIGINT handler that sets it installed when this is the main thread."""
+    if not _ARMED_WORD:     # imported lazily, as the kernels themselves
+        from dynvm.kernels.interrupt import armed_word
+        _ARMED_WORD.append(armed_word)
+    word = _ARMED_WORD[0]()
+    t = _WORD_TENSORS.get(id(word))
+    if t is None:
+        t = _WORD_TENSORS[id(word)] = Tensor.from_array(word)
+    return t
+
+
+def _let_signal_handlers_run():
+    """Nothing: calling a Python function is a point where the interpreter runs the signal
+    handlers of signals that arrived (Python's SIGINT handler raises KeyboardInterrupt)."""
 
 
 # ---------------------------------------------------------------- value helpers

@@ -22,10 +22,12 @@ drains that deque before it takes a block: one VM per thread needs no locks.
 from __future__ import annotations
 
 import collections
+import sys
 
 import cffi
 import numpy as np
 
+from dynvm.vm.errors import VMMemoryError
 from dynvm.vm.values import Storage, check_storage_request
 
 GRANULE = 64            # every block starts at a multiple of this
@@ -67,10 +69,14 @@ class StoragePool:
     """Size-class pools of storage blocks for one VM (use from one thread at a time).
 
     max_free_bytes caps the memory kept in free lists; blocks beyond it go back to the OS.
+    max_live_bytes (None: no limit) caps the bytes in blocks handed out and not yet returned:
+    a request that would go beyond it raises VMMemoryError before anything is allocated.
     """
 
-    def __init__(self, max_free_bytes: int = 1 << 30):
+    def __init__(self, max_free_bytes: int = 1 << 30, max_live_bytes=None):
         self.max_free_bytes = max_free_bytes
+        self.max_live_bytes = max_live_bytes
+        self._live_cap = sys.maxsize if max_live_bytes is None else max_live_bytes
         self._free: dict[int, list] = {}
         # a lease's destructor is this C-level append of the block's cdata: no Python frame runs
         # when the last reference dies, on whichever thread (deque.append is atomic)
@@ -106,14 +112,29 @@ class StoragePool:
             self.pool_hits += 1
             self.bytes_free -= block.size
         else:
-            block = _Block(cls)
+            if self.bytes_live + cls > self._live_cap:
+                self._refuse(cls)
+            try:
+                block = _Block(cls)
+            except MemoryError:
+                raise VMMemoryError(f"out of memory: the system cannot provide a block of {cls} bytes "
+                                    f"({self.bytes_live} bytes live)") from None
             self._blocks[block.cdata] = block
             self.allocations += 1
             self.bytes_allocated += cls
         self.bytes_live += block.size
-        if self.bytes_live > self.peak_bytes_live:
+        if self.bytes_live > self.peak_bytes_live:     # a new peak: the only time the cap can be crossed
+            if self.bytes_live > self._live_cap:
+                self.bytes_live -= block.size
+                self.bytes_free += block.size
+                free.append(block)
+                self._refuse(block.size)
             self.peak_bytes_live = self.bytes_live
         return block
+
+    def _refuse(self, size):
+        raise VMMemoryError(f"allocating {size} bytes would exceed max_memory_bytes="
+                            f"{self.max_live_bytes} ({self.bytes_live} bytes live)")
 
     def _drain(self):
         returned, free, blocks = self._returned, self._free, self._blocks

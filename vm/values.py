@@ -11,7 +11,7 @@ import cffi
 import numpy as np
 
 from dynvm.vm.dtypes import dtype_name, np_dtype
-from dynvm.vm.errors import VMError
+from dynvm.vm.errors import InvokeArgumentError, VMError
 
 _NP_DTYPES = {name: np_dtype(name) for name in ("float32", "float64", "int32", "int64", "bool")}
 _ITEMSIZE = {name: dt.itemsize for name, dt in _NP_DTYPES.items()}
@@ -260,28 +260,42 @@ def _children(value):
     return value if isinstance(value, tuple) else value.fields
 
 
-def rebuild(value, leaf, make_tuple=tuple, make_adt=None):
+_OPEN = object()    # rebuild: a node whose fields are being rebuilt
+
+
+def rebuild(value, leaf, make_tuple=tuple, make_adt=None, where="the value"):
     """Rebuild nested tuples and ADTs bottom-up, applying `leaf` to every other value.
 
     `make_adt(adt, fields)` builds an ADT node (default: a new ADT with the same constructor).
-    Iterative, for the same reason as `values_equal`: user data such as long lists is deep.
+    Iterative, for the same reason as `values_equal`: user data such as long lists is deep. A
+    node reached twice (shared) is rebuilt once; a node that contains itself (an ADT's fields
+    can be reassigned) is an InvokeArgumentError, not an endless walk.
     """
+    if not isinstance(value, (tuple, ADT)):
+        return leaf(value)
     make_adt = make_adt or (lambda adt, fields: ADT(adt.constructor, adt.tag, fields))
-    out, stack = [], [(value, False)]
+    built = {}                  # id(node) -> its rebuilt node, or _OPEN while its fields are
+    stack = [value]             # the open nodes on the stack are exactly the current path
     while stack:
-        node, expanded = stack.pop()
-        if not isinstance(node, (tuple, ADT)):
-            out.append(leaf(node))
-        elif not expanded:
-            kids = _children(node)
-            stack.append((node, True))
-            stack.extend((k, False) for k in reversed(kids))
-        else:
-            n = len(_children(node))
-            fields = out[len(out) - n:]
-            del out[len(out) - n:]
-            out.append(make_tuple(fields) if isinstance(node, tuple) else make_adt(node, fields))
-    return out[0]
+        node = stack[-1]
+        state = built.get(id(node))
+        kids = node if isinstance(node, tuple) else node.fields
+        if state is None:       # first visit: open it, then its composite fields first
+            built[id(node)] = _OPEN
+            for kid in kids:
+                if isinstance(kid, (tuple, ADT)):
+                    seen = built.get(id(kid))
+                    if seen is _OPEN:
+                        raise InvokeArgumentError(f"{where} contains itself (a cycle through "
+                                                  f"{type(kid).__name__} fields)")
+                    if seen is None:
+                        stack.append(kid)
+            continue
+        stack.pop()
+        if state is _OPEN:      # every composite field is rebuilt
+            fields = [built[id(k)] if isinstance(k, (tuple, ADT)) else leaf(k) for k in kids]
+            built[id(node)] = make_tuple(fields) if isinstance(node, tuple) else make_adt(node, fields)
+    return built[id(value)]
 
 
 class ADT:

@@ -234,7 +234,7 @@ class LoopPlan(Walker):
         in_sig += [(self.mc.constants[c].dtype.name, self.mc.constants[c].ndim) for c in self.constants]
         out_sig = [(out_types[i].dtype, out_types[i].rank) for i in out_types]
         kernel = self.mc.kernel_builder.add_compiled(
-            f"loop_{em.name}", "loop", spec, in_sig + [("int64", 0)],
+            f"loop_{em.name}", "loop", spec, in_sig + [("int64", 0), ("int32", 0)],
             out_sig + [("int64", 1), ("int64", 1)])
         results = [out_regs[i] for i in out_types]
         em.emit("CallLoop", kernel, inputs, results + [workspace])

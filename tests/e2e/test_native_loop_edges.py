@@ -99,7 +99,7 @@ def test_loop_metadata_naming_an_unknown_inner_kernel_is_a_format_error():
 
 
 def _state_sig():
-    return [["int64", 0], ["int64", 0]], [["int64", 0], ["int64", 1], ["int64", 1]]
+    return [["int64", 0], ["int64", 0], ["int32", 0]], [["int64", 0], ["int64", 1], ["int64", 1]]
 
 
 def test_check_spec_rejects_a_scratch_slot_before_the_workspace():
@@ -120,7 +120,7 @@ def test_check_spec_rejects_two_shapes_for_one_input():
             "header": [], "body": [], "cond": 3, "exit_when": True,
             "carried": [[1, 2, 1, -1]], "results": [2], "workspace": 4096, "steps": [1, 1]}
     with pytest.raises(KernelError):
-        check_spec(spec, [["float32", 1], ["float32", 1], ["int64", 0]],
+        check_spec(spec, [["float32", 1], ["float32", 1], ["int64", 0], ["int32", 0]],
                    [["float32", 1], ["int64", 1], ["int64", 1]])
 
 

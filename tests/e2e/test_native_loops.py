@@ -204,8 +204,8 @@ def test_the_loop_kernel_checks_its_arguments_when_called_directly():
     shapes = {ref: [2 if d is None else d for d in shape]
               for _, shape, kind, ref in spec["slots"] if kind == "input"}
     shapes.update({k: spec["slots"][state][1] for k, state, _, _ in spec["carried"]})
-    inputs = [np.zeros(shapes[k], np_dtype(dt)) for k, (dt, _) in enumerate(kernel.inputs[:-1])]
-    inputs.append(np.array(-1, np.int64))
+    inputs = [np.zeros(shapes[k], np_dtype(dt)) for k, (dt, _) in enumerate(kernel.inputs[:-2])]
+    inputs += [np.array(-1, np.int64), np.array(0, np.int32)]
     outputs = [np.zeros(spec["slots"][s][1], np_dtype(dt))
                for s, (dt, _) in zip(spec["results"], kernel.outputs)]
     outputs += [np.zeros(spec["workspace"] // 8, np.int64), np.zeros(2, np.int64)]
@@ -272,7 +272,8 @@ def test_an_input_copied_into_the_state_must_be_compact_when_the_kernel_is_calle
     kernel = next(k for k in exe.loaded_kernels() if k.op == "loop")
     spec = kernel.attrs
     broadcast = np.broadcast_to(np.float32(1), (64,))
-    inputs = [np.array(2, np.int64), broadcast, np.zeros(64, np.float32), np.array(-1, np.int64)]
+    inputs = [np.array(2, np.int64), broadcast, np.zeros(64, np.float32), np.array(-1, np.int64),
+              np.array(0, np.int32)]
     outputs = [np.zeros(64, np.float32), np.zeros(spec["workspace"] // 8, np.int64), np.zeros(2, np.int64)]
     with pytest.raises(DynVMError, match="layout"):
         kernel(inputs, outputs)

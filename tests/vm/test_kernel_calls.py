@@ -83,11 +83,13 @@ def test_strided_reversed_and_stride_0_inputs_give_numpy_results_and_stay_unchan
     np.testing.assert_array_equal(y, before[1])
 
 
-def test_a_byte_swapped_input_is_rejected_naming_the_parameter(kernel_exe):
-    y = np.ones(5, np.dtype(">f4"))
+def test_a_byte_swapped_input_is_converted(kernel_exe):
+    x, y = np.arange(5, dtype=np.float32), np.linspace(0, 1, 5).astype(">f4")
+    got = VirtualMachine(kernel_exe).invoke("main", x, y)
+    np.testing.assert_array_equal(got, (x + y.astype(np.float32)) * x)
     with pytest.raises(InvokeArgumentError,
-                       match=r"parameter 'y': expected dtype float32 \(float32\[\?\]\), got >f4"):
-        VirtualMachine(kernel_exe).invoke("main", np.ones(5, np.float32), y)
+                       match=r"parameter 'y': expected dtype float32 \(float32\[\?\]\), got >f8"):
+        VirtualMachine(kernel_exe).invoke("main", x, y.astype(">f8"))
 
 
 def test_wrong_dtype_at_a_call_site_is_a_kernel_error(kernel_exe):

@@ -30,7 +30,7 @@ def kernels(*signatures):
 
 
 ADD_F32_1D = ("elementwise", [["float32", 1], ["float32", 1]], [["float32", 1]])
-LOOP = ("loop", [["float32", 1], ["int64", 0]], [["float32", 1], ["int64", 0]])  # + the VM's counters
+LOOP = ("loop", [["float32", 1], ["int64", 0], ["int32", 0]], [["float32", 1], ["int64", 0]])  # + the VM's budget, word, counters
 LEASE = [("AllocStorage", 64, 64, "float32", 2), ("AllocTensor", 2, 0, [4], "float32", 3)]
 
 
