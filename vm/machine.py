@@ -263,8 +263,12 @@ class VirtualMachine:
         self._steps = itertools.repeat(None, native.budget - native.steps)
         if result is not None:
             return result
-        from dynvm.vm.native import RC_FAILED
+        from dynvm.vm.native import RC_FAILED, RC_INTERRUPT
         failed = native.last_rc
+        if failed == RC_INTERRUPT:
+            _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
+            func, pc = native.failure()
+            raise KeyboardInterrupt(f"interrupted in {self.exe.functions[func].name} at pc {pc}")
         if failed != RC_FAILED:
             native.fallbacks += 1
             if native.fallbacks == 1:

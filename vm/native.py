@@ -58,12 +58,13 @@ COPY_RESULTS_UP_TO = 16384  # result bytes copied into a new array; larger resul
 # native result codes (0 is success); the Python side decides what each means
 RC_FAILED = 1        # an instruction failed: the Python tier re-runs the invocation for the error
 RC_STACK = 2         # the native stack limit was reached: the Python tier runs the invocation
+RC_INTERRUPT = 3     # the interrupt word was set (Ctrl-C): the VM raises KeyboardInterrupt
 CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "constants", "pool",
-              "err_func", "err_pc", "err_code")
+              "err_func", "err_pc", "err_code", "interrupt")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
-_STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE = (_CTX[n] for n in (
-    "steps", "depth", "max_depth", "stack_limit", "err_code"))
-CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64])
+_STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE, _INTERRUPT = (_CTX[n] for n in (
+    "steps", "depth", "max_depth", "stack_limit", "err_code", "interrupt"))
+CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR])
 
 # The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
 # cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
@@ -408,6 +409,14 @@ class ModuleTranslator:
         FunctionTranslator(self, index).emit()
 
 
+def _loop_heads(fn) -> set:
+    """Targets of backward jumps."""
+    heads = set()
+    for pc, instr in enumerate(fn.instructions):
+        heads.update(pc + instr.args[k] for k in instr.spec.offset_fields if instr.args[k] <= 0)
+    return heads
+
+
 def _leaders(fn) -> list:
     """Start pcs of the basic blocks, in order."""
     starts = {0}
@@ -454,9 +463,12 @@ class FunctionTranslator:
         self._enter()
         b.branch(self.blocks[0])
         ends = starts[1:] + [len(fn.instructions)]
+        loop_heads = _loop_heads(fn)
         for start, end in zip(starts, ends):
             b.position_at_end(self.blocks[start])
             self._charge_steps(end - start, start)
+            if start in loop_heads:
+                self._poll_interrupt()
             for pc in range(start, end):
                 self.pc = pc
                 if self.kinds[pc] is None:      # unreachable (no path from the entry)
@@ -483,6 +495,14 @@ class FunctionTranslator:
         frame = b.ptrtoint(b.call(self.mt.frameaddress, [ir.Constant(I32, 0)]), I64)
         low = b.icmp_unsigned("<", frame, b.load(self._ctx_field("stack_limit"), typ=I64))
         self._fail_if(low, RC_STACK)
+        self._poll_interrupt()
+
+    def _poll_interrupt(self):
+        """Stop when the interrupt word is set (kernels/interrupt.py: Ctrl-C in the main thread);
+        polled at every call and at every loop head, so any loop stops within microseconds."""
+        b = self.b
+        word = b.load_atomic(b.load(self._ctx_field("interrupt"), typ=PTR), "monotonic", 4, typ=I32)
+        self._fail_if(b.icmp_signed("!=", word, ir.Constant(I32, 0)), RC_INTERRUPT)
 
     def _charge_steps(self, count, pc):
         b = self.b
@@ -964,6 +984,18 @@ def _returned(tier_ref, queue, block):
             _LIBC.free(header)
 
 
+_QUIET = np.zeros((), np.int32)            # the word of invocations nothing interrupts
+_QUIET_ADDRESS = _QUIET.__array_interface__["data"][0]
+
+
+def _armed_word_address() -> int:
+    """The address of the interrupt word this thread's invocation polls, armed (Ctrl-C sets it
+    in the main thread; other threads get one nothing sets)."""
+    from dynvm.kernels.interrupt import armed_word
+    word = armed_word()
+    return word.__array_interface__["data"][0]
+
+
 class NativeCode:
     """The native functions of one executable on this host: translated and compiled once (the
     object cache makes a second load cheap) and shared by every VirtualMachine of it.
@@ -989,8 +1021,16 @@ class NativeCode:
         obj = codelib.compile_ir(llvm_ir, host, speed_level=SPEED_LEVEL)
         self._library = codelib.CodeLibrary(llvm_ir, obj, host)
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
+        self.may_loop = _may_loop(exe, native)
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
         self.drain = ffi.cast("void (*)(int64_t *)", self._library.address("dvm_pool_drain"))
+
+
+def _may_loop(exe, native) -> set:
+    """The native functions that jump backwards or call (recursion): the ones that poll the
+    interrupt word for long, so an invocation entering them arms it."""
+    return {i for i in native
+            if _loop_heads(exe.functions[i]) or any(ins.name == "Invoke" for ins in exe.functions[i].instructions)}
 
 
 _build_lock = threading.Lock()
@@ -1099,6 +1139,7 @@ class NativeTier:
         budget = self.budget = INT64_MAX if max_steps is None else min(max_steps, INT64_MAX)
         ctx[_STEPS], ctx[_DEPTH], ctx[_MAX_DEPTH] = budget, 0, max(1, max_depth)
         ctx[_STACK_LIMIT], ctx[_ERR_CODE] = stack_limit(), 0
+        ctx[_INTERRUPT] = _armed_word_address() if index in self.code.may_loop else _QUIET_ADDRESS
         rc = self.last_rc = self.entries[index](ctx, args, self._result)
         self.steps = budget - ctx[_STEPS]
         if rc:

@@ -81,7 +81,7 @@ from dynvm.compiler import build
 from dynvm.vm import VirtualMachine
 from tests.e2e.test_control_flow import countdown_module
 
-vm = VirtualMachine(build(countdown_module()))
+vm = VirtualMachine(build(countdown_module(), native_loops=sys.argv[1] == "kernel"))
 
 def interrupted_after_300ms():
     '''Run a 10**9-iteration native loop, SIGINT at 0.3 s: (exception, ms from signal to it).'''
@@ -111,17 +111,20 @@ print("done")
 """
 
 
-def test_ctrl_c_stops_a_native_loop_within_50ms_and_the_vm_stays_usable():
+@pytest.mark.parametrize("loop, message", [("kernel", "native"), ("native tier", "interrupted")])
+def test_ctrl_c_stops_a_native_loop_within_50ms_and_the_vm_stays_usable(loop, message):
     """Python's own handler raises KeyboardInterrupt; a handler installed later is chained as
-    well; one that does not raise still ends the invocation with KeyboardInterrupt."""
+    well; one that does not raise still ends the invocation with KeyboardInterrupt. Both native
+    loops: a loop kernel (CallLoop), and a bytecode loop the native tier runs."""
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT], cwd=root, capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(root)))
+    done = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT, loop], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
     assert lines[-2] == "done"
     kinds = [line.split()[0] for line in lines[:3]]
-    assert kinds == ["default", "mine", "native"]      # "native loop loop_loop interrupted ..."
+    assert kinds == ["default", "mine", message]   # "native loop loop_loop interrupted ..."
     for line in lines[:3]:
         assert float(line.split()[-1]) < 50, line
 
