@@ -196,6 +196,18 @@ JUMPS = frozenset(Opcode(s.code) for s in OPCODES if s.offset_fields)
 _TERMINATOR_NAMES = " or ".join(", ".join(s.name for s in OPCODES if s.code in TERMINATORS).rsplit(", ", 1))
 
 
+def is_loop_function(instructions) -> bool:
+    """Whether a function is a native loop function: straight-line code around exactly one
+    loop-flagged instruction (CallLoop), ending in Ret, as the compiler emits a loop it turned
+    into a loop kernel. Both tiers count its whole body as one step; the CallLoop charges the
+    rest (the bytecode loop's `fixed + n * per_iteration` steps, recorded in the kernel spec)."""
+    if not instructions or instructions[-1].name != "Ret":
+        return False
+    specs = [ins.spec for ins in instructions[:-1]]
+    return sum(spec.has("loop") for spec in specs) == 1 and not any(
+        spec.has("calls") or spec.has("terminator") or spec.offset_fields for spec in specs)
+
+
 def registers(ins, *roles) -> list:
     """The registers of `ins`'s operands whose role is one of `roles` (any role when none are
     given), in operand order."""

@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, tensor_spec
+from dynvm.vm.bytecode import is_loop_function
 from dynvm.vm.errors import (DynVMError, InvokeArgumentError, PerformanceWarning, ShapeError, VMError,
                              VMMemoryError, VMRecursionError, VMStepLimitError)
 from dynvm.vm.memory import StoragePool, class_for
@@ -44,8 +45,6 @@ _make_shape = ShapeTensor.make
 # the default depth only stops runaway recursion: prelude map/foldr over 10^5-element lists fit.
 DEFAULT_MAX_DEPTH = 250_000
 _NO_STEPS = itertools.repeat(None, 0)   # the step counter before the first invocation
-# Calls of these may leave a function; a native loop function has none (see _loop_block).
-_CONTROL = frozenset({"Invoke", "InvokeClosure", "If", "Goto", "Ret", "Fatal"})
 
 
 def _make_small_ints():
@@ -268,7 +267,8 @@ class VirtualMachine:
         if failed == RC_INTERRUPT:
             _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
             func, pc = native.failure()
-            raise KeyboardInterrupt(f"interrupted in {self.exe.functions[func].name} at pc {pc}")
+            raise KeyboardInterrupt(f"native tier interrupted in {self.exe.functions[func].name} "
+                                    f"at pc {pc}")
         if failed != RC_FAILED:
             native.fallbacks += 1
             if native.fallbacks == 1:
@@ -343,8 +343,7 @@ class VirtualMachine:
         one handler, so as one step: the CallLoop charges the rest, as many steps as the
         function executes as a bytecode loop (the counts its kernel spec records), which may
         be fewer than the instructions around it."""
-        names = [ins.name for ins in fn.instructions]
-        if names.count("CallLoop") != 1 or names[-1] != "Ret" or _CONTROL.intersection(names[:-1]):
+        if not is_loop_function(fn.instructions):
             return None
         code = prepare_function(self, fn, fuse=False)
         return [(self._op_LoopBlock, (tuple(code),))] + code[1:]

@@ -40,8 +40,8 @@ import msgpack
 import numpy as np
 from llvmlite import ir
 
-from dynvm.kernels.abi import KDL_CPU, ffi
-from dynvm.vm.bytecode import OPCODES
+from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, ffi
+from dynvm.vm.bytecode import is_loop_function
 from dynvm.vm.dtypes import DTYPES, itemsize
 from dynvm.vm.errors import KernelError
 
@@ -79,7 +79,7 @@ B_COUNT, B_SIZE, B_FIELDS, B_POOL, B_CLASS, B_NEXT = range(6)
 SUPPORTED = frozenset({"Move", "Ret", "Invoke", "CallKernel", "CallShapeFunc", "AllocStorage",
                        "AllocStorageReg", "AllocTensor", "AllocTensorReg", "If", "Goto",
                        "LoadConst", "LoadConsti", "ShapeOf", "ReshapeTensor", "KillRegister",
-                       "Fatal", "AllocADT", "GetField"})
+                       "Fatal", "AllocADT", "GetField", "CallLoop"})
 
 
 class NotNative(Exception):
@@ -464,9 +464,10 @@ class FunctionTranslator:
         b.branch(self.blocks[0])
         ends = starts[1:] + [len(fn.instructions)]
         loop_heads = _loop_heads(fn)
+        one_step = is_loop_function(fn.instructions)    # a loop function's body is one step
         for start, end in zip(starts, ends):
             b.position_at_end(self.blocks[start])
-            self._charge_steps(end - start, start)
+            self._charge_steps(1 if one_step else end - start, start)
             if start in loop_heads:
                 self._poll_interrupt()
             for pc in range(start, end):
@@ -690,12 +691,11 @@ class FunctionTranslator:
         for k, (r, (dtype, rank)) in enumerate(zip(list(regs_in) + list(regs_out), sigs)):
             _, code, bits = DTYPES[dtype]
             t = b.gep(tensors, [ir.Constant(I64, k)], source_etype=DLTENSOR)
+            data, dims = r if isinstance(r, tuple) else (self._data(r), self._dims_ptr(r))
             value = ir.Constant(DLTENSOR, [None, [KDL_CPU, 0], rank, [code, bits, 1], None, None, 0])
-            value = b.insert_value(value, self._data(r), 0)
-            value = b.insert_value(value, self._dims_ptr(r), 4)
+            value = b.insert_value(b.insert_value(value, data, 0), dims, 4)
             b.store(value, t)
-        rc = b.call(fn, [tensors, ir.Constant(I32, n)])
-        self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
+        return b.call(fn, [tensors, ir.Constant(I32, n)])
 
     def _op_CallKernel(self, kernel, inputs, outputs):
         b = self.b
@@ -703,7 +703,38 @@ class FunctionTranslator:
         table = b.load(self._ctx_field("kernels"), typ=PTR)
         fn = b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
                     typ=_KERNEL_FNTY.as_pointer())
-        self._call(fn, inputs, outputs, k.inputs + k.outputs)
+        rc = self._call(fn, inputs, outputs, k.inputs + k.outputs)
+        self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
+
+    def _op_CallLoop(self, kernel, inputs, outputs):
+        """A loop kernel (kernels/loop.py) with what the VM supplies: the step budget (the
+        iterations the steps left allow), the interrupt word and the counters; charged as the
+        bytecode loop it replaces (its spec's `fixed - 1 + n * per_iteration`, the function's
+        one step already charged)."""
+        b = self.b
+        k = self.mt.exe.loaded_kernels()[kernel]
+        fixed, per_iteration = k.attrs["steps"]
+        steps = self._ctx_field("steps")
+        left = b.sub(b.load(steps, typ=I64), ir.Constant(I64, fixed - 1))
+        self._fail_if(b.icmp_signed("<", left, ir.Constant(I64, 0)), RC_FAILED)
+        budget = _alloca(b, I64)
+        b.store(b.sdiv(left, ir.Constant(I64, per_iteration)), budget)
+        counters = _alloca(b, I64, 2)
+        b.store(ir.Constant(I64, 0), counters)
+        b.store(ir.Constant(I64, -1), _word(b, counters, 1))
+        two = _alloca(b, I64)
+        b.store(ir.Constant(I64, 2), two)
+        word = b.load(self._ctx_field("interrupt"), typ=PTR)
+        table = b.load(self._ctx_field("kernels"), typ=PTR)
+        fn = b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
+                    typ=_KERNEL_FNTY.as_pointer())
+        rc = self._call(fn, list(inputs) + [(budget, two), (word, two)],   # 0-d: extents unread
+                        list(outputs) + [(counters, two)], k.inputs + k.outputs)
+        iterations = b.load(counters, typ=I64)
+        b.store(b.sub(left, b.mul(iterations, ir.Constant(I64, per_iteration))), steps)
+        interrupted = b.icmp_signed("==", b.and_(rc, ir.Constant(I32, 0xFF)), ir.Constant(I32, ERR_INTERRUPT))
+        self._fail_if(interrupted, RC_INTERRUPT)
+        self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
     def _op_CallShapeFunc(self, shape_func, inputs, outputs):
         """The call site's native shape function (emitted into this module, kernel ABI), its
@@ -718,7 +749,8 @@ class FunctionTranslator:
             block = self._new_block(ir.Constant(I64, 8 * n))
             self._set(r, self._block_data(block), block, [ir.Constant(I64, n)])
         callee = self.mt.module.globals[symbol]
-        self._call(callee, inputs, outputs, [tuple(sig) for sig in site.inputs + site.outputs])
+        rc = self._call(callee, inputs, outputs, [tuple(sig) for sig in site.inputs + site.outputs])
+        self._fail_if(self.b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
     def _op_AllocStorage(self, size, alignment, dtype, dst):
         block = self._new_block(ir.Constant(I64, size))
@@ -1029,8 +1061,8 @@ class NativeCode:
 def _may_loop(exe, native) -> set:
     """The native functions that jump backwards or call (recursion): the ones that poll the
     interrupt word for long, so an invocation entering them arms it."""
-    return {i for i in native
-            if _loop_heads(exe.functions[i]) or any(ins.name == "Invoke" for ins in exe.functions[i].instructions)}
+    return {i for i in native if _loop_heads(exe.functions[i]) or any(
+        ins.spec.has("calls") or ins.spec.has("loop") for ins in exe.functions[i].instructions)}
 
 
 _build_lock = threading.Lock()
