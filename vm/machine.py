@@ -264,23 +264,21 @@ class VirtualMachine:
             return result
         from dynvm.vm.native import RC_FAILED, RC_INTERRUPT
         failed = native.last_rc
+        func, pc = native.failure()
         if failed == RC_INTERRUPT:
             _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
-            func, pc = native.failure()
             raise KeyboardInterrupt(f"native tier interrupted in {self.exe.functions[func].name} "
                                     f"at pc {pc}")
-        if failed != RC_FAILED:
-            native.fallbacks += 1
-            if native.fallbacks == 1:
-                warnings.warn(f"{self.exe.functions[frame.func_index].name}: the call depth "
-                              "outgrew this thread's native stack, so the invocation ran again in "
-                              "the Python tier (slower; later ones like it too, without a new "
-                              "warning)", PerformanceWarning, stacklevel=4)
-        result = self._run_python(frame)
-        if failed == RC_FAILED:
-            func, pc = native.failure()
-            raise VMError(f"internal error: the native tier failed in {self.exe.functions[func].name} "
-                          f"at pc {pc} where the Python tier succeeded")
+        result = self._run_python(frame)    # raises the typed error of a real failure
+        # it did not raise: the native code stopped where the Python tier goes on (a native
+        # stack too small for the depth, or a native shape function's int64 overflow in a
+        # value Python never uses): the answer is the Python tier's, and that is a slow path
+        native.fallbacks += 1
+        if native.fallbacks == 1:
+            why = "a check the Python tier passes" if failed == RC_FAILED else "native stack exhausted"
+            warnings.warn(f"{self.exe.functions[func].name}: native code stopped at pc {pc} ({why}); "
+                          "the invocation ran in the Python tier (slower; later ones like it warn "
+                          "no more)", PerformanceWarning, stacklevel=4)
         return result
 
     def _run_python(self, frame):

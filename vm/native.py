@@ -52,6 +52,7 @@ DLTENSOR = ir.LiteralStructType([PTR, ir.LiteralStructType([I32, I32]), I32,
                                  ir.LiteralStructType([I8, I8, I16]), PTR, PTR, I64])
 BLOCK_HEADER = 64    # bytes before a block's data: refcount, size, tuple field count, padding
 INT64_MAX = (1 << 63) - 1
+MAX_NATIVE_INSTRUCTIONS = 2048  # per function (BERT-base has 1485): LLVM time grows superlinearly
 SPEED_LEVEL = 1      # the code is calls, loads and stores: O1 runs as fast and compiles ~2x faster
 COPY_RESULTS_UP_TO = 16384  # result bytes copied into a new array; larger results wrap their block
 
@@ -117,6 +118,9 @@ def native_plan(exe, kinds_of, shape_func_native) -> dict:
 
 
 def _check_function(exe, fn, kinds, shape_func_native) -> set:
+    if len(fn.instructions) > MAX_NATIVE_INSTRUCTIONS:
+        raise NotNative(f"{len(fn.instructions)} instructions: above the native tier's "
+                        f"{MAX_NATIVE_INSTRUCTIONS} per function (compile time grows faster than size)")
     calls = set()
     for pc, instr in enumerate(fn.instructions):
         if kinds[pc] is None:       # unreachable: translated as a failure, never run

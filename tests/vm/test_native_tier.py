@@ -17,13 +17,24 @@ from tests.strategies import examples, layouts, program_inputs, random_program
 STATIC_ROWS = 5
 
 
+class NativeVM(VirtualMachine):
+    """A native-tier VM that fails a test when an invocation had to re-run in the Python tier."""
+
+    def invoke(self, name, *args):
+        try:
+            return super().invoke(name, *args)
+        finally:
+            assert self._native.fallbacks == 0, "the native tier deferred to the Python tier"
+
+
 def both_tiers(exe, **options):
-    native = VirtualMachine(exe, **options)
+    native = NativeVM(exe, **options)
     assert native._native is not None, exe.explain()
     return native, VirtualMachine(exe, tier="python", **options)
 
 
 def assert_same(a, b):
+    """Bit for bit (the native VM must also have run natively: no Python-tier re-runs)."""
     if isinstance(a, tuple):
         assert isinstance(b, tuple) and len(a) == len(b)
         for x, y in zip(a, b):
