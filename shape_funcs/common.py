@@ -231,11 +231,13 @@ def broadcast(op: str, *shapes) -> tuple:
     first = tuple(shapes[0]) if shapes else ()
     if all(same_dims(s, first) is True for s in shapes[1:]):   # the common case, checked cheaply
         return first
-    rank = max((len(s) for s in shapes), default=0)
-    out = [1] * rank
-    for shape in shapes:
+    rank = max(len(s) for s in shapes)
+    out = [1] * (rank - len(first)) + list(first)
+    for shape in shapes[1:]:
         padded = (1,) * (rank - len(shape)) + tuple(shape)
         for i, (a, b) in enumerate(zip(out, padded)):
+            if a is b:          # the very same dim (int or symbolic): nothing to check
+                continue
             if fails((a == b) | (a == 1) | (b == 1)):
                 pretty = " and ".join(str(tuple(s)) for s in shapes)
                 raise ShapeError(f"{op}: cannot broadcast shapes {pretty} (dims {a} vs {b})")
