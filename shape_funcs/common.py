@@ -15,7 +15,7 @@ The rules a shape function follows so that both back ends run it:
   returns an error code when `ok` does not hold and never runs the raise; the caller re-runs
   the Python back end for the message);
 - a value-dependent choice is `select(c, a, b)`, `smin`, `smax`; `same_dims` compares shapes;
-  `slice_length` is len(range(n)[start:stop:step]);
+  `slice_length(n, sl)` is len(range(n)[sl]);
 - input values are read through `shape_vector`, `scalar_input` (and `cast_scalar`),
   `count_nonzero` and `count_distinct`.
 """
@@ -120,13 +120,13 @@ def same_dims(xs, ys):
         return all_of(x == y for x, y in zip(xs, ys))
 
 
-def slice_length(n, start, stop, step):
-    """len(range(n)[start:stop:step]): Python's clamping rules (step != 0, checked before)."""
+def slice_length(n, sl: slice):
+    """len(range(n)[sl]): Python's clamping rules (a zero step is checked before)."""
     try:
-        return len(range(n)[start:stop:step])
+        return len(range(n)[sl])
     except TraceError:
         pass
-    step = 1 if step is None else step
+    start, stop, step = sl.start, sl.stop, 1 if sl.step is None else sl.step
     up = step > 0
 
     def bound(v, default_up, default_down):
