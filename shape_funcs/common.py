@@ -15,7 +15,7 @@ The rules a shape function follows so that both back ends run it:
   returns an error code when `ok` does not hold and never runs the raise; the caller re-runs
   the Python back end for the message);
 - a value-dependent choice is `select(c, a, b)`, `smin`, `smax`; `same_dims` compares shapes;
-  `slice_length` is len(range(n)[start:stop:step]);
+  `slice_length(n, sl)` is len(range(n)[sl]);
 - input values are read through `shape_vector`, `scalar_input` (and `cast_scalar`),
   `count_nonzero` and `count_distinct`.
 """
@@ -120,13 +120,13 @@ def same_dims(xs, ys):
         return all_of(x == y for x, y in zip(xs, ys))
 
 
-def slice_length(n, start, stop, step):
-    """len(range(n)[start:stop:step]): Python's clamping rules (step != 0, checked before)."""
+def slice_length(n, sl: slice):
+    """len(range(n)[sl]): Python's clamping rules (a zero step is checked before)."""
     try:
-        return len(range(n)[start:stop:step])
+        return len(range(n)[sl])
     except TraceError:
         pass
-    step = 1 if step is None else step
+    start, stop, step = sl.start, sl.stop, 1 if sl.step is None else sl.step
     up = step > 0
 
     def bound(v, default_up, default_down):
@@ -231,11 +231,13 @@ def broadcast(op: str, *shapes) -> tuple:
     first = tuple(shapes[0]) if shapes else ()
     if all(same_dims(s, first) is True for s in shapes[1:]):   # the common case, checked cheaply
         return first
-    rank = max((len(s) for s in shapes), default=0)
-    out = [1] * rank
-    for shape in shapes:
+    rank = max(len(s) for s in shapes)
+    out = [1] * (rank - len(first)) + list(first)
+    for shape in shapes[1:]:
         padded = (1,) * (rank - len(shape)) + tuple(shape)
         for i, (a, b) in enumerate(zip(out, padded)):
+            if a is b:          # the very same dim (int or symbolic): nothing to check
+                continue
             if fails((a == b) | (a == 1) | (b == 1)):
                 pretty = " and ".join(str(tuple(s)) for s in shapes)
                 raise ShapeError(f"{op}: cannot broadcast shapes {pretty} (dims {a} vs {b})")

@@ -70,7 +70,7 @@ def split_sizes(dim: int, spec) -> list:
             raise ShapeError(f"split: dim {dim} does not divide into {spec} equal sections")
         return [dim // spec] * spec
     bounds = [0, *spec, dim]
-    return [slice_length(dim, a, b, None) for a, b in zip(bounds, bounds[1:])]
+    return [slice_length(dim, slice(a, b)) for a, b in zip(bounds, bounds[1:])]
 
 
 @shape_func("split")
@@ -103,7 +103,7 @@ def slice_spec(attrs, rank: int) -> list:
 def strided_slice(inputs, attrs):
     shape = list(inputs[0].shape)
     for axis, sl in slice_spec(attrs, len(shape)):
-        shape[axis] = slice_length(shape[axis], sl.start, sl.stop, sl.step)
+        shape[axis] = slice_length(shape[axis], sl)
     return [tuple(shape)]
 
 
