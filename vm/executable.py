@@ -24,7 +24,7 @@ from dynvm.vm.dtypes import DTYPES, dtype_name, np_dtype
 from dynvm.vm.errors import DynVMError, ExecutableFormatError
 
 MAGIC = "DYNVM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: loop kernels take the interrupt word and record their step counts
 VERSION = "0.1.0"
 PRODUCER = f"dynvm {VERSION}"
 
@@ -315,7 +315,9 @@ def _decode_document(data, trust_native_code=False) -> Executable:
     _expect(version <= FORMAT_VERSION,
             f"the file's format version {version} is newer than supported (this is dynvm {VERSION},"
             f" which reads format version {FORMAT_VERSION}); upgrade dynvm")
-    _expect(version == FORMAT_VERSION, f"unsupported old format version {version}")
+    _expect(version == FORMAT_VERSION,
+            f"the file's format version {version} is older than this dynvm {VERSION} reads "
+            f"({FORMAT_VERSION}); build the program again with this dynvm")
     _expect_dict(header, ("magic", "format_version", "producer", "target"), "executable header")
     _expect(type(doc["body"]) is bytes and type(doc["checksum"]) is bytes, "body and checksum must be bytes")
     _expect(_checksum(header, doc["body"]) == doc["checksum"],

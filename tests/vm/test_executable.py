@@ -88,7 +88,16 @@ def test_wrong_magic_is_rejected():
 def test_newer_format_version_says_so():
     bad = rewrite(small_exe().to_bytes(), header=lambda h: h.update(format_version=FORMAT_VERSION + 1),
                   keep_checksum=True)
-    with pytest.raises(ExecutableFormatError, match="version 2 is newer than supported"):
+    with pytest.raises(ExecutableFormatError,
+                       match=f"version {FORMAT_VERSION + 1} is newer than supported"):
+        Executable.from_bytes(bad)
+
+
+def test_older_format_version_says_to_build_again():
+    """Version 1 files predate the loop kernels' interrupt word and step counts."""
+    bad = rewrite(small_exe().to_bytes(), header=lambda h: h.update(format_version=FORMAT_VERSION - 1),
+                  keep_checksum=True)
+    with pytest.raises(ExecutableFormatError, match="older than .* build the program again"):
         Executable.from_bytes(bad)
 
 
