@@ -141,6 +141,8 @@ def _check_function(exe, fn, kinds, shape_func_native) -> set:
                                     "in the native tier yet")
                 if kind.kind == "tensor" and (kind.dtype is None or kind.rank is None):
                     raise NotNative(f"{where}: the dtype or rank of r{r} is not known statically")
+        if name == "Ret" and not _fits(kinds[pc][instr.src], fn.ret_type):
+            raise NotNative(f"{where}: r{instr.src} does not statically fit the declared return type")
         if name == "Invoke":
             calls.add(instr.args[0])
             callee = exe.functions[instr.args[0]]
