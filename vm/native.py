@@ -91,17 +91,16 @@ class NotNative(Exception):
 # which functions are native
 
 
-def native_plan(exe, kinds_of, shape_func_native) -> dict:
+def native_plan(exe, kinds_of) -> dict:
     """function index -> None (native) or the reason it runs in the Python tier.
 
-    `kinds_of(index)` gives the register kinds per pc; `shape_func_native(entry, in_sigs)` says
-    whether a shape function has a native version for those input signatures. A function
-    is native when all its instructions are and every function it calls is native."""
+    `kinds_of(index)` gives the register kinds per pc. A function is native when all its
+    instructions are and every function it calls is native."""
     reasons = {}
     callees = {}
     for i, fn in enumerate(exe.functions):
         try:
-            callees[i] = _check_function(exe, fn, kinds_of(i), shape_func_native)
+            callees[i] = _check_function(exe, fn, kinds_of(i))
             reasons[i] = None
         except NotNative as e:
             reasons[i] = str(e)
@@ -117,7 +116,7 @@ def native_plan(exe, kinds_of, shape_func_native) -> dict:
     return reasons
 
 
-def _check_function(exe, fn, kinds, shape_func_native) -> set:
+def _check_function(exe, fn, kinds) -> set:
     if len(fn.instructions) > MAX_NATIVE_INSTRUCTIONS:
         raise NotNative(f"{len(fn.instructions)} instructions: above the native tier's "
                         f"{MAX_NATIVE_INSTRUCTIONS} per function (compile time grows faster than size)")
@@ -246,7 +245,7 @@ def native_shape_func(entry, sigs):
 
 def explain(exe) -> str:
     """One line per function: whether it runs in the native tier, and if not, why."""
-    reasons = native_plan(exe, function_kinds(exe).__getitem__, shape_func_native)
+    reasons = native_plan(exe, function_kinds(exe).__getitem__)
     lines = []
     for i, fn in enumerate(exe.functions):
         why = reasons[i]
@@ -292,7 +291,6 @@ class ModuleTranslator:
         self.retain = self._retain()
         self.release = self._release()
         self.alloc = self._alloc()
-        self._drain()
 
     def _retain(self):
         f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_retain")
@@ -317,7 +315,7 @@ class ModuleTranslator:
             rc = b.sub(b.load(block, typ=I64), ir.Constant(I64, 1))
             b.store(rc, block)
             with b.if_then(b.icmp_signed("==", rc, ir.Constant(I64, 0))):
-                nfields = b.load(b.gep(block, [ir.Constant(I64, 2)], source_etype=I64), typ=I64)
+                nfields = b.load(_word(b, block, B_FIELDS), typ=I64)
                 fields = b.gep(block, [ir.Constant(I64, BLOCK_HEADER)], source_etype=I8)
                 with _counted_loop(b, nfields) as k:
                     field = b.gep(fields, [k, ir.Constant(I32, 1)], source_etype=self.value)
@@ -343,27 +341,6 @@ class ModuleTranslator:
                 _bump(b, pool, "bytes_free", cls)
             with drop:
                 b.call(self.free, [block])
-
-    def _drain(self):
-        """`dvm_pool_drain(pool)`: every free block back to the OS (the pool is going away)."""
-        f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_pool_drain")
-        b = ir.IRBuilder(f.append_basic_block())
-        pool = f.args[0]
-        with _counted_loop(b, ir.Constant(I64, POOL_CLASSES)) as k:
-            head = _word(b, pool, len(POOL_FIELDS), k)
-            loop, body, done = (f.append_basic_block(x) for x in ("list", "pop", "next"))
-            b.branch(loop)
-            b.position_at_end(loop)
-            block = b.load(head, typ=PTR)
-            b.cbranch(b.icmp_unsigned("!=", block, ir.Constant(PTR, None)), body, done)
-            b.position_at_end(body)
-            b.store(b.load(_word(b, block, B_NEXT), typ=PTR), head)
-            b.call(self.free, [block])
-            b.branch(loop)
-            b.position_at_end(done)
-        _store_word(b, pool, "bytes_free", ir.Constant(I64, 0))
-        b.ret_void()
-        return f
 
     def _alloc(self):
         """`dvm_alloc(pool, size)`: a block for `size` bytes (data 64-byte aligned after the
@@ -652,12 +629,19 @@ class FunctionTranslator:
 
     # -- opcodes (the table's order)
 
-    def _op_Move(self, dst, src):
-        b = self.b
-        value = b.load(self.regs[src], typ=self.mt.value)
-        b.call(self.mt.retain, [b.extract_value(value, 1)])
+    def _retained(self, ptr):
+        """The Value at `ptr` with one more reference to its block."""
+        value = self.b.load(ptr, typ=self.mt.value)
+        self.b.call(self.mt.retain, [self.b.extract_value(value, 1)])
+        return value
+
+    def _assign(self, dst, value):
+        """Register dst := a Value that carries a reference of its own (the old one dropped)."""
         self._release(dst)
-        b.store(value, self.regs[dst])
+        self.b.store(value, self.regs[dst])
+
+    def _op_Move(self, dst, src):
+        self._assign(dst, self._retained(self.regs[src]))
 
     def _op_Ret(self, src):
         b = self.b
@@ -671,9 +655,8 @@ class FunctionTranslator:
         b = self.b
         argv = _alloca(b, self.mt.value, len(args) or 1)
         for k, r in enumerate(args):
-            value = b.load(self.regs[r], typ=self.mt.value)
-            b.call(self.mt.retain, [b.extract_value(value, 1)])
-            b.store(value, b.gep(argv, [ir.Constant(I64, k)], source_etype=self.mt.value))
+            b.store(self._retained(self.regs[r]), b.gep(argv, [ir.Constant(I64, k)],
+                                                          source_etype=self.mt.value))
         out = _alloca(b, self.mt.value)
         b.store(ir.Constant(self.mt.value, None), out)
         rc = b.call(self.mt.declare(func), [self.ctx, argv, out])
@@ -685,8 +668,7 @@ class FunctionTranslator:
         b.store(rc, self.rc)
         b.branch(self.unwind)
         b.position_at_end(cont)
-        self._release(dst)
-        b.store(b.load(out, typ=self.mt.value), self.regs[dst])
+        self._assign(dst, b.load(out, typ=self.mt.value))
 
     def _call(self, fn, regs_in, regs_out, sigs):
         """Call a kernel-ABI function (a declared one, or a pointer loaded with its type) with
@@ -703,13 +685,17 @@ class FunctionTranslator:
             b.store(value, t)
         return b.call(fn, [tensors, ir.Constant(I32, n)])
 
+    def _kernel_fn(self, kernel):
+        """Kernel `kernel`'s dispatcher, from the context's table (its address is per process)."""
+        b = self.b
+        table = b.load(self._ctx_field("kernels"), typ=PTR)
+        return b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
+                      typ=_KERNEL_FNTY.as_pointer())
+
     def _op_CallKernel(self, kernel, inputs, outputs):
         b = self.b
         k = self.mt.exe.loaded_kernels()[kernel]
-        table = b.load(self._ctx_field("kernels"), typ=PTR)
-        fn = b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
-                    typ=_KERNEL_FNTY.as_pointer())
-        rc = self._call(fn, inputs, outputs, k.inputs + k.outputs)
+        rc = self._call(self._kernel_fn(kernel), inputs, outputs, k.inputs + k.outputs)
         self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
     def _op_CallLoop(self, kernel, inputs, outputs):
@@ -731,10 +717,7 @@ class FunctionTranslator:
         two = _alloca(b, I64)
         b.store(ir.Constant(I64, 2), two)
         word = b.load(self._ctx_field("interrupt"), typ=PTR)
-        table = b.load(self._ctx_field("kernels"), typ=PTR)
-        fn = b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
-                    typ=_KERNEL_FNTY.as_pointer())
-        rc = self._call(fn, list(inputs) + [(budget, two), (word, two)],   # 0-d: extents unread
+        rc = self._call(self._kernel_fn(kernel), list(inputs) + [(budget, two), (word, two)],   # 0-d: extents unread
                         list(outputs) + [(counters, two)], k.inputs + k.outputs)
         iterations = b.load(counters, typ=I64)
         b.store(b.sub(left, b.mul(iterations, ir.Constant(I64, per_iteration))), steps)
@@ -795,21 +778,15 @@ class FunctionTranslator:
         b = self.b
         vt = self.mt.value
         block = self._new_block(ir.Constant(I64, len(fields) * _value_bytes(vt)))
-        b.store(ir.Constant(I64, len(fields)), b.gep(block, [ir.Constant(I64, 2)], source_etype=I64))
+        b.store(ir.Constant(I64, len(fields)), _word(b, block, B_FIELDS))
         data = self._block_data(block)
         for k, r in enumerate(fields):
-            value = b.load(self.regs[r], typ=vt)
-            b.call(self.mt.retain, [b.extract_value(value, 1)])
-            b.store(value, b.gep(data, [ir.Constant(I64, k)], source_etype=vt))
+            b.store(self._retained(self.regs[r]), b.gep(data, [ir.Constant(I64, k)], source_etype=vt))
         self._set(dst, data, block, [])
 
     def _op_GetField(self, obj, index, dst):
-        b = self.b
-        vt = self.mt.value
-        value = b.load(b.gep(self._data(obj), [ir.Constant(I64, index)], source_etype=vt), typ=vt)
-        b.call(self.mt.retain, [b.extract_value(value, 1)])
-        self._release(dst)
-        b.store(value, self.regs[dst])
+        field = self.b.gep(self._data(obj), [ir.Constant(I64, index)], source_etype=self.mt.value)
+        self._assign(dst, self._retained(field))
 
     def _op_If(self, test, target, then_off, else_off):
         b = self.b
@@ -1042,7 +1019,7 @@ class NativeCode:
     """
 
     def __init__(self, exe, kinds_of):
-        self.reasons = native_plan(exe, kinds_of, shape_func_native)
+        self.reasons = native_plan(exe, kinds_of)
         native = sorted(i for i, r in self.reasons.items() if r is None)
         self.addresses = {}
         self.rank_bound = 1
@@ -1061,7 +1038,6 @@ class NativeCode:
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
         self.may_loop = _may_loop(exe, native)
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
-        self.drain = ffi.cast("void (*)(int64_t *)", self._library.address("dvm_pool_drain"))
 
 
 def _may_loop(exe, native) -> set:
@@ -1131,7 +1107,20 @@ class NativeTier:
     def release_memory(self) -> None:
         """Free blocks back to the OS."""
         self._take_returned()
-        self.code.drain(self.pool)
+        self._free_pooled()
+
+    def _free_pooled(self):
+        """Every block of the free lists back to the OS (in Python: no native code runs, so
+        `__del__` may use it too)."""
+        pool, heads = self.pool, len(POOL_FIELDS)
+        for k in range(POOL_CLASSES):
+            block = ffi.cast("int64_t *", pool[heads + k])
+            while block != ffi.NULL:
+                following = ffi.cast("int64_t *", block[B_NEXT])
+                _LIBC.free(block)
+                block = following
+            pool[heads + k] = 0
+        pool[POOL_FIELDS.index("bytes_free")] = 0
 
     def _take_returned(self):
         """Drop the references of returned arrays that died (their destructors, which may run
@@ -1146,18 +1135,12 @@ class NativeTier:
         held by arrays, and those keep this tier alive, so only free and queued blocks remain."""
         if getattr(self, "pool", None) is None:
             return
-        free = _LIBC.free
         while self._returned:
             block = ffi.cast("int64_t *", self._returned.popleft())
             block[B_COUNT] -= 1
             if block[B_COUNT] == 0:
-                free(block)
-        for k in range(POOL_CLASSES):
-            block = ffi.cast("int64_t *", self.pool[len(POOL_FIELDS) + k])
-            while block != ffi.NULL:
-                following = ffi.cast("int64_t *", block[B_NEXT])
-                free(block)
-                block = following
+                _LIBC.free(block)
+        self._free_pooled()
 
     def run(self, index, tensors, max_steps, max_depth):
         """Run native function `index` on argument Tensors; the result as a numpy array, or None
@@ -1201,9 +1184,9 @@ class NativeTier:
         data, block = value[0], value[1]
         if block and math.prod(dims) * dtype.itemsize > COPY_RESULTS_UP_TO:
             header = ffi.cast("int64_t *", block)
-            header[0] += 1
+            header[B_COUNT] += 1
             owner = ffi.gc(ffi.cast("char *", block), self._on_return)
-            buf = ffi.buffer(owner, BLOCK_HEADER + header[1])
+            buf = ffi.buffer(owner, BLOCK_HEADER + header[B_SIZE])
             return np.frombuffer(buf, dtype, math.prod(dims), data - block).reshape(dims)
         out = np.empty(dims, dtype)
         ffi.memmove(out, ffi.cast("char *", data), out.nbytes)
