@@ -152,7 +152,7 @@ def _check_function(exe, fn, kinds) -> set:
             k = kinds[pc][instr.shape]
             if (k.dtype, k.rank) != ("int64", 1) or k.dims[0] is None:
                 raise NotNative(f"{where}: the length of shape r{instr.shape} is not known statically")
-        elif name.startswith("AllocStorage") and instr.alignment > BLOCK_HEADER:
+        if name.startswith("AllocStorage") and instr.alignment > BLOCK_HEADER:
             raise NotNative(f"{where}: alignment {instr.alignment} is above {BLOCK_HEADER}")
         if name == "GetField":
             fields = kinds[pc][instr.obj].fields

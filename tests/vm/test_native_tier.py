@@ -144,6 +144,21 @@ def test_recursion_deeper_than_the_native_stack_runs_in_the_python_tier():
     assert results == [20000 * 20001 // 2, 1]
 
 
+def test_storage_aligned_beyond_the_native_blocks_stays_in_the_python_tier():
+    """Native blocks are 64-byte aligned: an AllocStorageReg asking for more is not native."""
+    from dynvm.vm.bytecode import Instruction
+    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], op.exp(x))))
+    code = exe.functions[0].instructions
+    pc = next(i for i, ins in enumerate(code) if ins.name == "AllocStorageReg")
+    shape, _, dtype, dst = code[pc].args
+    code[pc] = Instruction(code[pc].op, shape, 128, dtype, dst)
+    assert "alignment 128 is above 64" in exe.explain()
+    a = np.ones(5, np.float32)
+    assert_same(VirtualMachine(exe).invoke("main", a),
+                VirtualMachine(exe, tier="python").invoke("main", a))
+
+
 def list_program():
     from dynvm.compiler import prelude
     return build(prelude.parse("def @main(%xs: List[Tensor[(2), float32]]) -> int64 { @length(%xs) }"))
