@@ -108,3 +108,7 @@ def armed_word() -> np.ndarray:
     word[()] = 0
     return word
 
+
+def let_signal_handlers_run():
+    """Nothing: calling a Python function is a point where the interpreter runs the signal
+    handlers of signals that arrived (Python's SIGINT handler raises KeyboardInterrupt)."""

@@ -92,6 +92,7 @@ class VirtualMachine:
         if not exe._verified:
             exe.verify()
         self.exe = exe
+        self._native = None
         self.max_depth = max_depth
         self.max_steps = max_steps
         self.kernels = exe.loaded_kernels()
@@ -121,6 +122,33 @@ class VirtualMachine:
         # the native tier's pool has no cap yet: a memory limit runs the Python tier
         self._native = _native_tier(exe, self._constants) \
             if tier == "native" and not profile and max_memory_bytes is None else None
+        self._edges = {}        # function name -> the native fast path's `enter(args)`
+        if self._native is not None:
+            self._native.configure(max_steps, max_depth)
+            self._edges = {exe.functions[i].name: self._native.edge(i) for i in self._native.entries}
+
+    @property
+    def max_steps(self):
+        """The most bytecode instructions one invocation may execute (None: no limit); exceeding
+        it raises VMStepLimitError."""
+        return self._max_steps
+
+    @max_steps.setter
+    def max_steps(self, value):
+        self._max_steps = value
+        if self._native is not None:
+            self._native.configure(value, self._max_depth)
+
+    @property
+    def max_depth(self):
+        """The deepest call nesting one invocation may reach; deeper raises VMStackOverflowError."""
+        return self._max_depth
+
+    @max_depth.setter
+    def max_depth(self, value):
+        self._max_depth = value
+        if self._native is not None:
+            self._native.configure(self._max_steps, value)
 
     # ------------------------------------------------------------ public API
 
@@ -135,6 +163,12 @@ class VirtualMachine:
                           "runs one invocation at a time: create one VirtualMachine per thread "
                           "(they can share the Executable)")
         try:
+            enter = self._edges.get(name)
+            if enter is not None:
+                result = enter(args)
+                if result is not None:
+                    self._step_limit, self._steps = self._native.budget, self._native.remaining
+                    return result
             return self._invoke(name, args)
         except MemoryError:     # numpy outside the machine (a result's copy, ...): typed
             raise VMMemoryError(f"out of memory in {name}") from None
@@ -257,18 +291,15 @@ class VirtualMachine:
         """The frame's function in native code; a native failure runs the invocation again in
         the Python tier, which raises the typed error (an invocation has no side effects)."""
         nparams = len(self.exe.functions[frame.func_index].params)
-        result = native.run(frame.func_index, frame.regs[:nparams], self.max_steps, self.max_depth)
-        self._step_limit = native.budget
-        self._steps = itertools.repeat(None, native.budget - native.steps)
+        result = native.run(frame.func_index, frame.regs[:nparams])
+        self._step_limit, self._steps = native.budget, native.remaining
         if result is not None:
             return result
-        from dynvm.vm.native import RC_FAILED, RC_INTERRUPT
+        from dynvm.vm.native import RC_FAILED, RC_INTERRUPT, raise_interrupt
         failed = native.last_rc
         func, pc = native.failure()
         if failed == RC_INTERRUPT:
-            _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
-            raise KeyboardInterrupt(f"native tier interrupted in {self.exe.functions[func].name} "
-                                    f"at pc {pc}")
+            raise_interrupt(self.exe, func, pc)
         result = self._run_python(frame)    # raises the typed error of a real failure
         # it did not raise: the native code stopped where the Python tier goes on (a native
         # stack too small for the depth, or a native shape function's int64 overflow in a
@@ -657,7 +688,8 @@ class VirtualMachine:
     def _loop_error(self, kernel, calls, rc, iterations, failed, shapes):
         from dynvm.kernels.abi import ERR_INTERRUPT, ERR_STEPS   # lazily: a program without kernels never loads cffi
         if (rc & 0xFF) == ERR_INTERRUPT:
-            _let_signal_handlers_run()      # Python's SIGINT handler raises KeyboardInterrupt here
+            from dynvm.kernels.interrupt import let_signal_handlers_run
+            let_signal_handlers_run()       # Python's SIGINT handler raises KeyboardInterrupt here
             return KeyboardInterrupt(f"native loop {kernel.name} interrupted after {iterations} iterations")
         if (rc & 0xFF) == ERR_STEPS:
             self._steps = _NO_STEPS     # the bytecode loop would stop at the limit
@@ -687,11 +719,6 @@ def _interrupt_word() -> Tensor:
     if t is None:
         t = _WORD_TENSORS[id(word)] = Tensor.from_array(word)
     return t
-
-
-def _let_signal_handlers_run():
-    """Nothing: calling a Python function is a point where the interpreter runs the signal
-    handlers of signals that arrived (Python's SIGINT handler raises KeyboardInterrupt)."""
 
 
 # ---------------------------------------------------------------- value helpers

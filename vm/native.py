@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import sys
 import threading
 import weakref
 
@@ -60,12 +61,18 @@ COPY_RESULTS_UP_TO = 16384  # result bytes copied into a new array; larger resul
 RC_FAILED = 1        # an instruction failed: the Python tier re-runs the invocation for the error
 RC_STACK = 2         # the native stack limit was reached: the Python tier runs the invocation
 RC_INTERRUPT = 3     # the interrupt word was set (Ctrl-C): the VM raises KeyboardInterrupt
+RC_EDGE = 4          # an edge function declined its arguments (or thread): invoke's general path
+RC_RESHAPED = 5      # an edge function's result has another shape than the array made for it
 CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "constants", "pool",
-              "err_func", "err_pc", "err_code", "interrupt")
+              "err_func", "err_pc", "err_code", "interrupt",
+              # what an edge function (`dvm_edge_<i>`) reads: the configured limits, the thread
+              # the stack limit was taken on, numpy's array type and dtype objects, the result
+              "budget", "depth_limit", "thread", "ndarray_type", "descrs", "result")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
 _STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE, _INTERRUPT = (_CTX[n] for n in (
     "steps", "depth", "max_depth", "stack_limit", "err_code", "interrupt"))
-CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR])
+CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR,
+                                 I64, I64, I64, I64, PTR, PTR])
 
 # The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
 # cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
@@ -266,6 +273,10 @@ def symbol_of(func_index: int) -> str:
     return f"dvm_fn_{func_index}"
 
 
+def edge_symbol_of(func_index: int) -> str:
+    return f"dvm_edge_{func_index}"
+
+
 class ModuleTranslator:
     """Builds the LLVM module of an executable's native functions and the runtime helpers
     they share (block allocation and reference counts)."""
@@ -288,6 +299,9 @@ class ModuleTranslator:
         self.aligned_alloc = ir.Function(m, ir.FunctionType(PTR, [I64, I64]), "aligned_alloc")
         self.free = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR]), "free")
         self.frameaddress = ir.Function(m, ir.FunctionType(PTR, [I32]), "llvm.frameaddress.p0")
+        self.pthread_self = ir.Function(m, ir.FunctionType(I64, []), "pthread_self")
+        self.memcpy = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I1]),
+                                  "llvm.memcpy.p0.p0.i64")
         self.retain = self._retain()
         self.release = self._release()
         self.alloc = self._alloc()
@@ -390,6 +404,9 @@ class ModuleTranslator:
 
     def translate(self, index):
         FunctionTranslator(self, index).emit()
+
+    def translate_edge(self, index):
+        EdgeTranslator(self, index).emit()
 
 
 def _loop_heads(fn) -> set:
@@ -945,6 +962,148 @@ def _alloca(b, ty, count=None, name=""):
 
 
 
+# numpy's array object as edge functions read it (PyArrayObject_fields: unchanged since numpy
+# 1.7 and checked against live arrays before any edge is used, `numpy_layout_ok`): byte offsets
+ARRAY_TYPE, ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_DESCR, ARRAY_FLAGS = 8, 16, 24, 32, 56, 64
+TUPLE_SIZE, TUPLE_ITEMS = 16, 24    # CPython's tuple object: ob_size, then the item pointers
+C_CONTIGUOUS_ALIGNED = 0x0101       # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
+DTYPE_ORDER = tuple(DTYPES)         # the ctx.descrs table: one dtype object address per name
+
+
+class EdgeTranslator:
+    """`i32 dvm_edge_<i>(Ctx *ctx, i64 out, i64 args)`: invoke's way into function i with no
+    Python work per argument.
+
+    `args` is the address of invoke's argument tuple (`id(args)`); the edge takes it only with
+    as many items as parameters, and each item only when it is exactly a
+    numpy array with the parameter's dtype object (native byte order), rank and static dims,
+    C-contiguous and aligned, with no zero extent: the arrays invoke's general path takes as
+    they are. Anything else, and a thread other than the one the context's stack limit was
+    taken on, returns RC_EDGE: invoke then takes the general path, which checks, converts or
+    reports. The edge resets the context (steps, depth, error) from its configured limits and
+    calls the function. `out`, when not 0, is a fresh numpy array of the result's expected
+    shape (the static one, or the last result's): a result of that shape is copied into it and
+    released (one crossing for the whole invoke); otherwise (RC_RESHAPED, or out == 0) the
+    result stays in ctx.result for the caller to export."""
+
+    def __init__(self, mt, index):
+        self.mt, self.index = mt, index
+        self.fn = mt.exe.functions[index]
+        self.llfn = ir.Function(mt.module, ir.FunctionType(I32, [PTR, I64, I64]), edge_symbol_of(index))
+        self.b = ir.IRBuilder(self.llfn.append_basic_block("entry"))
+        self.decline = self.llfn.append_basic_block("decline")
+
+    def emit(self):
+        b, mt = self.b, self.mt
+        ctx, out, items = self.llfn.args
+        nparams = len(self.fn.params)
+        args = _alloca(b, mt.value, max(1, nparams))
+        self._require(b.icmp_unsigned("==", b.call(mt.pthread_self, []), self._ctx(ctx, "thread")))
+        items = b.inttoptr(items, PTR)
+        self._require(b.icmp_signed("==", self._load(items, TUPLE_SIZE, I64), ir.Constant(I64, nparams)))
+        for k, t in enumerate(self.fn.param_types):
+            obj = self._load(items, TUPLE_ITEMS + 8 * k, PTR)
+            b.store(self._argument(ctx, obj, t), b.gep(args, [ir.Constant(I64, k)], source_etype=mt.value))
+        for field, value in (("steps", self._ctx(ctx, "budget")), ("depth", ir.Constant(I64, 0)),
+                             ("max_depth", self._ctx(ctx, "depth_limit")),
+                             ("err_code", ir.Constant(I64, 0))):
+            b.store(value, self._ctx_ptr(ctx, field))
+        result = b.load(self._ctx_ptr(ctx, "result"), typ=PTR)
+        rc = b.call(mt.declare(self.index), [ctx, args, result])
+        with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
+            b.ret(rc)
+        t = self.fn.ret_type
+        if t["kind"] == "tensor":
+            with b.if_then(b.icmp_unsigned("!=", out, ir.Constant(I64, 0))):
+                self._copy_out(b.inttoptr(out, PTR), b.load(result, typ=mt.value), t)
+        b.ret(ir.Constant(I32, 0))
+        b.position_at_end(self.decline)
+        b.ret(ir.Constant(I32, RC_EDGE))
+
+    def _copy_out(self, out, value, t):
+        """The result Value into array `out` when it has out's shape (then its reference is
+        dropped); else return RC_RESHAPED with the result left in ctx.result."""
+        b = self.b
+        reshaped = self.llfn.append_basic_block("reshaped")
+        dims = self._load(out, ARRAY_DIMS, PTR)
+        nbytes = ir.Constant(I64, itemsize(t["dtype"]))
+        for i in range(len(t["shape"])):
+            d = b.load(b.gep(dims, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
+            same = b.append_basic_block("same")
+            b.cbranch(b.icmp_signed("==", d, b.extract_value(value, [2, i])), same, reshaped)
+            b.position_at_end(same)
+            nbytes = b.mul(nbytes, d)
+        b.call(self.mt.memcpy, [self._load(out, ARRAY_DATA, PTR), b.extract_value(value, 0),
+                                nbytes, ir.Constant(I1, 0)])
+        b.call(self.mt.release, [b.extract_value(value, 1)])
+        saved = b.block
+        b.position_at_end(reshaped)
+        b.ret(ir.Constant(I32, RC_RESHAPED))
+        b.position_at_end(saved)
+
+    def _argument(self, ctx, obj, t):
+        """The Value of argument object `obj` for a parameter of type `t`, or a decline."""
+        b = self.b
+        self._require(b.icmp_unsigned("==", self._load(obj, ARRAY_TYPE, I64),
+                                      self._ctx(ctx, "ndarray_type")))
+        descrs = b.load(self._ctx_ptr(ctx, "descrs"), typ=PTR)
+        descr = b.load(b.gep(descrs, [ir.Constant(I64, DTYPE_ORDER.index(t["dtype"]))],
+                             source_etype=I64), typ=I64)
+        self._require(b.icmp_unsigned("==", self._load(obj, ARRAY_DESCR, I64), descr))
+        shape = t["shape"]
+        self._require(b.icmp_signed("==", self._load(obj, ARRAY_ND, I32), ir.Constant(I32, len(shape))))
+        flags = b.and_(self._load(obj, ARRAY_FLAGS, I32), ir.Constant(I32, C_CONTIGUOUS_ALIGNED))
+        self._require(b.icmp_signed("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)))
+        dims = self._load(obj, ARRAY_DIMS, PTR)
+        value = b.insert_value(ir.Constant(self.mt.value, None), self._load(obj, ARRAY_DATA, PTR), 0)
+        for i, want in enumerate(shape):
+            d = b.load(b.gep(dims, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
+            if want is None:
+                self._require(b.icmp_signed(">", d, ir.Constant(I64, 0)))
+            else:
+                self._require(b.icmp_signed("==", d, ir.Constant(I64, want)))
+                self._require(ir.Constant(I1, want > 0))
+            value = b.insert_value(value, d, [2, i])
+        return value
+
+    def _require(self, cond):
+        ok = self.llfn.append_basic_block("ok")
+        self.b.cbranch(cond, ok, self.decline)
+        self.b.position_at_end(ok)
+
+    def _load(self, base, offset, ty):
+        return self.b.load(self.b.gep(base, [ir.Constant(I64, offset)], source_etype=I8), typ=ty)
+
+    def _ctx_ptr(self, ctx, name):
+        return self.b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])],
+                          source_etype=CTX_TYPE)
+
+    def _ctx(self, ctx, name):
+        return self.b.load(self._ctx_ptr(ctx, name), typ=I64)
+
+
+def numpy_layout_ok() -> bool:
+    """Whether numpy's array objects and CPython's tuples have the layout edge functions read
+    (checked on live objects: a contiguous array, a strided view, a tuple); when not, invoke
+    always takes its general path."""
+    if sys.implementation.name != "cpython" or sys.byteorder != "little":
+        return False
+    base = np.empty((2, 3), np.float32)
+    for a, flags in ((base, C_CONTIGUOUS_ALIGNED), (base[:, :2], 0x0100)):
+        words = ffi.cast("int64_t *", id(a))
+        dims = ffi.cast("int64_t *", words[ARRAY_DIMS // 8])
+        if (words[ARRAY_TYPE // 8], words[ARRAY_DATA // 8], words[ARRAY_DESCR // 8]) != \
+                (id(np.ndarray), a.__array_interface__["data"][0], id(a.dtype)) or \
+                ffi.cast("int32_t *", id(a))[ARRAY_ND // 4] != 2 or (dims[0], dims[1]) != a.shape or \
+                ffi.cast("int32_t *", id(a))[ARRAY_FLAGS // 4] & C_CONTIGUOUS_ALIGNED != flags:
+            return False
+    items = (base, None)
+    words = ffi.cast("int64_t *", id(items))
+    if (words[TUPLE_SIZE // 8], words[TUPLE_ITEMS // 8], words[TUPLE_ITEMS // 8 + 1]) != (2, id(base), id(None)):
+        return False
+    return all(np.empty(1, DTYPES[name][0]).dtype is DTYPES[name][0] for name in DTYPE_ORDER)
+
+
 # ---------------------------------------------------------------------------------------------
 # run time
 
@@ -1003,6 +1162,14 @@ _QUIET = np.zeros((), np.int32)            # the word of invocations nothing int
 _QUIET_ADDRESS = _QUIET.__array_interface__["data"][0]
 
 
+def raise_interrupt(exe, func, pc):
+    """The KeyboardInterrupt of a native run the interrupt word stopped (Python's own SIGINT
+    handler, when it raises, gets to raise first)."""
+    from dynvm.kernels.interrupt import let_signal_handlers_run
+    let_signal_handlers_run()
+    raise KeyboardInterrupt(f"native tier interrupted in {exe.functions[func].name} at pc {pc}")
+
+
 def _armed_word_address() -> int:
     """The address of the interrupt word this thread's invocation polls, armed (Ctrl-C sets it
     in the main thread; other threads get one nothing sets)."""
@@ -1021,7 +1188,7 @@ class NativeCode:
     def __init__(self, exe, kinds_of):
         self.reasons = native_plan(exe, kinds_of)
         native = sorted(i for i, r in self.reasons.items() if r is None)
-        self.addresses = {}
+        self.addresses, self.edges = {}, {}
         self.rank_bound = 1
         if not native:
             return
@@ -1031,13 +1198,28 @@ class NativeCode:
         mt = ModuleTranslator(exe, kinds_of, self.rank_bound)
         for i in native:
             mt.translate(i)
+        entries = [i for i in native if _enterable(exe.functions[i])]
+        for i in entries:
+            mt.translate_edge(i)
         llvm_ir = str(mt.module)
         host = codelib.host_target()
         obj = codelib.compile_ir(llvm_ir, host, speed_level=SPEED_LEVEL)
         self._library = codelib.CodeLibrary(llvm_ir, obj, host)
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
+        self.edges = {i: self._library.address(edge_symbol_of(i)) for i in entries}
         self.may_loop = _may_loop(exe, native)
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
+
+
+def _copied_shape(shape, dtype):
+    """`shape` when a result of it is copied into a new array (small enough), else None."""
+    return shape if math.prod(shape) * dtype.itemsize <= COPY_RESULTS_UP_TO else None
+
+
+def _enterable(fn) -> bool:
+    """Whether invoke can enter native function `fn` (its parameters are tensors: tuples cross
+    only between native functions)."""
+    return all(t["kind"] == "tensor" for t in fn.param_types)
 
 
 def _may_loop(exe, native) -> set:
@@ -1048,6 +1230,29 @@ def _may_loop(exe, native) -> set:
 
 
 _build_lock = threading.Lock()
+_DESCRS = None      # the ctx.descrs table (dtype object addresses, DTYPE_ORDER), once made
+
+
+def _descrs_address() -> int:
+    """The address of the dtype-object table edge functions compare arguments against; a table
+    of zeros (no argument matches: invoke always takes its general path) when numpy's array
+    layout is not the one edge functions read."""
+    global _DESCRS
+    if _DESCRS is None:
+        ok = numpy_layout_ok()
+        _DESCRS = ffi.new("int64_t[]", [id(DTYPES[n][0]) if ok else 0 for n in DTYPE_ORDER])
+    return int(ffi.cast("intptr_t", _DESCRS))
+
+
+class _Remaining:
+    """The steps the last native run left (`operator.length_hint` of it), read from the
+    context only when asked."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def __length_hint__(self):
+        return max(0, self.ctx[_STEPS])
 
 
 def native_code(exe) -> NativeCode:
@@ -1065,9 +1270,8 @@ class NativeTier:
     def __init__(self, exe, code: NativeCode, constants):
         self.exe, self.code = exe, code
         # functions invoke can enter: tuples cross only between native functions
-        self.entries = {i: ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)", a)
-                        for i, a in code.addresses.items()
-                        if all(t["kind"] == "tensor" for t in exe.functions[i].param_types)}
+        self.entries = {i: ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)", code.addresses[i])
+                        for i in code.edges}
         if not code.addresses:
             return
         self.words = 2 + code.rank_bound
@@ -1085,6 +1289,10 @@ class NativeTier:
         most = max([len(exe.functions[i].params) for i in self.entries] or [1])
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
+        for name, word in (("ndarray_type", id(np.ndarray)), ("descrs", _descrs_address()),
+                           ("result", int(ffi.cast("intptr_t", self._result)))):
+            self.ctx[_CTX[name]] = word
+        self.remaining = _Remaining(self.ctx)
         self.steps = self.budget = 0
         self.last_rc = 0
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
@@ -1142,7 +1350,13 @@ class NativeTier:
                 _LIBC.free(block)
         self._free_pooled()
 
-    def run(self, index, tensors, max_steps, max_depth):
+    def configure(self, max_steps, max_depth):
+        """The limits every later run starts from (the VM's max_steps and max_depth)."""
+        self.budget = INT64_MAX if max_steps is None else max(0, min(max_steps, INT64_MAX))
+        self.ctx[_CTX["budget"]] = self.budget
+        self.ctx[_CTX["depth_limit"]] = max(1, min(max_depth, INT64_MAX))
+
+    def run(self, index, tensors):
         """Run native function `index` on argument Tensors; the result as a numpy array, or None
         when the invocation must run in the Python tier (`last_rc`: RC_FAILED, a failure the
         Python tier reports; RC_STACK, a native stack too small for the call depth)."""
@@ -1157,19 +1371,58 @@ class NativeTier:
             if shape:
                 args[base + 2:base + 2 + len(shape)] = shape
             base += words
-        budget = self.budget = INT64_MAX if max_steps is None else min(max_steps, INT64_MAX)
-        ctx[_STEPS], ctx[_DEPTH], ctx[_MAX_DEPTH] = budget, 0, max(1, max_depth)
-        ctx[_STACK_LIMIT], ctx[_ERR_CODE] = stack_limit(), 0
-        ctx[_INTERRUPT] = _armed_word_address() if index in self.code.may_loop else _QUIET_ADDRESS
+        ctx[_STEPS], ctx[_DEPTH], ctx[_MAX_DEPTH] = self.budget, 0, ctx[_CTX["depth_limit"]]
+        ctx[_STACK_LIMIT], ctx[_CTX["thread"]], ctx[_ERR_CODE] = stack_limit(), threading.get_ident(), 0
+        self._arm(index)
         rc = self.last_rc = self.entries[index](ctx, args, self._result)
-        self.steps = budget - ctx[_STEPS]
-        if rc:
-            return None
+        return None if rc else self._take_result(index)
+
+    def _arm(self, index):
+        self.ctx[_INTERRUPT] = _armed_word_address() if index in self.code.may_loop else _QUIET_ADDRESS
+
+    def _take_result(self, index):
         result = self._result
         try:
             return self._export(result, self.exe.functions[index].ret_type)
         finally:
             self._release(ffi.cast("void *", result[1]))
+
+    def edge(self, index):
+        """invoke's fast path into native function `index`: `enter(args)` runs it on the
+        argument objects through its edge function and returns the result, or None when the
+        edge declined or the run failed (invoke's general path then runs the invocation)."""
+        fn = self.exe.functions[index]
+        entry = ffi.cast("int32_t (*)(int64_t *, int64_t, int64_t)", self.code.edges[index])
+        ctx, loops = self.ctx, index in self.code.may_loop
+        t = fn.ret_type
+        dtype = DTYPES[t["dtype"]][0] if t["kind"] == "tensor" else None
+        # the shape the next result is expected to have: the static one, else the last result's;
+        # None (no array made in advance) for tuples and results too large to copy
+        expected = [_copied_shape(tuple(t["shape"]), dtype) if dtype and None not in t["shape"] else None]
+
+        def enter(args):
+            if self._returned:
+                self._take_returned()
+            if loops:
+                self._arm(index)
+            shape = expected[0]
+            if shape is not None:
+                out = np.empty(shape, dtype)
+                rc = entry(ctx, id(out), id(args))
+                if not rc:
+                    return out
+            else:
+                rc = entry(ctx, 0, id(args))
+            if rc == 0 or rc == RC_RESHAPED:
+                result = self._take_result(index)
+                if dtype is not None:
+                    expected[0] = _copied_shape(result.shape, dtype)
+                return result
+            if rc == RC_INTERRUPT:
+                self.last_rc = rc
+                raise_interrupt(self.exe, *self.failure())
+            return None
+        return enter
 
     def _export(self, value, t):
         """A result Value (int64 words) of declared type `t` as what invoke returns: arrays the

@@ -82,6 +82,7 @@ from dynvm.vm import VirtualMachine
 from tests.e2e.test_control_flow import countdown_module
 
 vm = VirtualMachine(build(countdown_module(), native_loops=sys.argv[1] == "kernel"))
+number = np.int64 if sys.argv[2] == "scalar" else (lambda v: np.array(v, np.int64))
 
 def interrupted_after_300ms():
     '''Run a 10**9-iteration native loop, SIGINT at 0.3 s: (exception, ms from signal to it).'''
@@ -92,7 +93,7 @@ def interrupted_after_300ms():
         os.kill(os.getpid(), signal.SIGINT)
     threading.Thread(target=interrupt).start()
     try:
-        vm.invoke("loop", np.int64(10 ** 9), np.int64(0))
+        vm.invoke("loop", number(10 ** 9), number(0))
     except KeyboardInterrupt as e:
         return e, (time.perf_counter() - sent[0]) * 1e3
     raise AssertionError("the loop ran to its end")
@@ -105,19 +106,21 @@ for handler in (None, mine, lambda signum, frame: None):
         signal.signal(signal.SIGINT, handler)     # replaces the VM's handler: reinstalled
     error, ms = interrupted_after_300ms()
     print(f"{str(error) or 'default'} {ms:.1f}")
-    assert int(vm.invoke("loop", np.int64(10), np.int64(0))) == 55    # usable afterwards
+    assert int(vm.invoke("loop", number(10), number(0))) == 55    # usable afterwards
 time.sleep(0.05)        # no second KeyboardInterrupt is pending
 print("done")
 """
 
 
-@pytest.mark.parametrize("loop", ["kernel", "bytecode"])
-def test_ctrl_c_stops_a_native_loop_within_50ms_and_the_vm_stays_usable(loop):
+@pytest.mark.parametrize("loop, arguments", [("kernel", "scalar"), ("bytecode", "scalar"),
+                                             ("bytecode", "array")])
+def test_ctrl_c_stops_a_native_loop_within_50ms_and_the_vm_stays_usable(loop, arguments):
     """Python's own handler raises KeyboardInterrupt; a handler installed later is chained as
     well; one that does not raise still ends the invocation with KeyboardInterrupt. Both native
-    loops: a loop kernel (CallLoop), and a bytecode loop the native tier runs."""
+    loops: a loop kernel (CallLoop), and a bytecode loop the native tier runs, entered from
+    invoke's general path (numpy scalars) and from its native fast path (arrays)."""
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT, loop], cwd=root,
+    done = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT, loop, arguments], cwd=root,
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(root)))
     assert done.returncode == 0, done.stderr
