@@ -23,7 +23,6 @@ import itertools
 import math
 import operator
 import sys
-import threading
 import time
 import warnings
 
@@ -117,7 +116,9 @@ class VirtualMachine:
         # the step counter of the last invocation: one item per instruction it may still run
         # (an iterator counts for free in `for`); `steps` is what it consumed
         self._steps, self._step_limit = _NO_STEPS, 0
-        self._busy = threading.Lock()   # held while an invocation runs (one at a time)
+        # the right to run an invocation (one at a time): taken with list.pop and given back
+        # with append, each atomic (and about 5x cheaper than a Lock's acquire and release)
+        self._token = [True]
         self.tier = tier
         # the native tier's pool has no cap yet: a memory limit runs the Python tier
         self._native = _native_tier(exe, self._constants) \
@@ -158,10 +159,12 @@ class VirtualMachine:
         Arguments are checked against the declared parameter types before anything runs.
         Returned arrays belong to the caller: no later invocation writes into them.
         """
-        if not self._busy.acquire(False):
+        try:
+            self._token.pop()
+        except IndexError:
             raise VMError("this VirtualMachine is running an invocation in another thread; a VM "
                           "runs one invocation at a time: create one VirtualMachine per thread "
-                          "(they can share the Executable)")
+                          "(they can share the Executable)") from None
         try:
             enter = self._edges.get(name)
             if enter is not None:
@@ -173,7 +176,7 @@ class VirtualMachine:
         except MemoryError:     # numpy outside the machine (a result's copy, ...): typed
             raise VMMemoryError(f"out of memory in {name}") from None
         finally:
-            self._busy.release()
+            self._token.append(True)
 
     def _invoke(self, name, args):
         plan = self._plans.get(name)
