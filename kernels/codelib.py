@@ -144,11 +144,21 @@ def cache_read(key, suffix=".o"):
         return None
 
 
-def _cache_read_object(key):
+def cached_object(key):
+    """The object code cached under `key`, or None."""
     obj = cache_read(key)
     # files appear atomically (see cache_write), but a damaged disk or a hand-edited file
     # must cost a recompile, not a crash inside LLVM
-    return obj if obj is not None and _looks_like_object(obj) else None
+    if obj is None or not _looks_like_object(obj):
+        return None
+    stats["cache_hits"] += 1
+    return obj
+
+
+def source_key(source: bytes, target: dict, speed_level=3) -> str:
+    """An object-cache key for code generated from `source` (a digest of everything the
+    generated IR depends on), so a hit skips generating the IR as well as compiling it."""
+    return _cache_key("generated from " + hashlib.sha256(source).hexdigest(), target, speed_level)
 
 
 def cache_write(key, data: bytes, suffix=".o", directory=None):
@@ -175,14 +185,14 @@ def cache_write(key, data: bytes, suffix=".o", directory=None):
 # compile and load
 
 
-def compile_ir(llvm_ir: str, target: dict, speed_level=3) -> bytes:
+def compile_ir(llvm_ir: str, target: dict, speed_level=3, key=None) -> bytes:
     """Optimise `llvm_ir` (O3 unless `speed_level` says less) for `target` and return native
-    object code (disk-cached)."""
+    object code (disk-cached under `key`, by default the hash of the IR and target: a caller
+    that can name its IR without generating it passes a key of its own, `source_key`)."""
     _initialise()
-    key = _cache_key(llvm_ir, target, speed_level)
-    cached = _cache_read_object(key)
+    key = key or _cache_key(llvm_ir, target, speed_level)
+    cached = cached_object(key)
     if cached is not None:
-        stats["cache_hits"] += 1
         return cached
     try:
         module = llvm.parse_assembly(llvm_ir)

@@ -5,8 +5,9 @@ interpreter): the bytecode is already verified and its register kinds are known 
 (vm/kinds.py), so each instruction becomes a few lines of straight IR with no dispatch at all,
 the file format does not change, and the trust model is the kernels' one by construction: the
 only native code that runs is what this machine generates from a file it has verified. The IR
-text is a pure function of the bytecode, so the object cache (kernels/codelib.py) makes a second
-load of the same program as fast as the kernels'.
+is a pure function of the program and the runtime's sources, so the object cache
+(kernels/codelib.py) is asked under a digest of those before translating: a second load of the
+same program neither translates nor compiles.
 
 Run-time model (one `Ctx` per VirtualMachine, reset by each invoke):
 - a register is a `Value` {data, block, dims[R]} (R: the module's highest rank); its dtype and
@@ -287,6 +288,7 @@ class ModuleTranslator:
         self.value = value_type(rank_bound)
         self.fnty = ir.FunctionType(I32, [PTR, PTR, PTR])
         self.functions = {}
+        self._shape_symbols, self._shape_sites = {}, []
         self._helpers()
 
     def declare(self, index):
@@ -404,6 +406,17 @@ class ModuleTranslator:
 
     def translate(self, index):
         FunctionTranslator(self, index).emit()
+
+    def shape_function(self, site):
+        """The module's function for a native shape function (one per distinct shape function
+        and input signature, however many call sites share it)."""
+        symbol = self._shape_symbols.get(id(site))
+        if symbol is None:
+            from dynvm.kernels.shape import emit_kernel     # the shape-function tracer only
+            symbol = self._shape_symbols[id(site)] = f"dvm_sf_{len(self._shape_symbols)}"
+            self._shape_sites.append(site)      # keeps id(site) unique while the module is built
+            emit_kernel(self.module, symbol, site.spec, site.inputs, site.outputs)
+        return self.module.globals[symbol]
 
     def translate_edge(self, index):
         EdgeTranslator(self, index).emit()
@@ -748,13 +761,10 @@ class FunctionTranslator:
         site = native_shape_func(self.mt.exe.shape_funcs[shape_func],
                                  _shape_func_sigs(self.kinds[self.pc], self.mt.exe.functions[self.index]
                                                   .instructions[self.pc]))
-        from dynvm.kernels.shape import emit_kernel     # the shape-function tracer only
-        symbol = f"dvm_sf_{self.index}_{self.pc}"
-        emit_kernel(self.mt.module, symbol, site.spec, site.inputs, site.outputs)
         for r, n in zip(outputs, site.lengths):
             block = self._new_block(ir.Constant(I64, 8 * n))
             self._set(r, self._block_data(block), block, [ir.Constant(I64, n)])
-        callee = self.mt.module.globals[symbol]
+        callee = self.mt.shape_function(site)
         rc = self._call(callee, inputs, outputs, [tuple(sig) for sig in site.inputs + site.outputs])
         self._fail_if(self.b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
@@ -1195,20 +1205,50 @@ class NativeCode:
         from dynvm.kernels import codelib     # lazily: a program without native code never JITs
         self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) if state
                                      for k in state if k.kind == "tensor" and k.rank is not None])
-        mt = ModuleTranslator(exe, kinds_of, self.rank_bound)
-        for i in native:
-            mt.translate(i)
         entries = [i for i in native if _enterable(exe.functions[i])]
-        for i in entries:
-            mt.translate_edge(i)
-        llvm_ir = str(mt.module)
         host = codelib.host_target()
-        obj = codelib.compile_ir(llvm_ir, host, speed_level=SPEED_LEVEL)
-        self._library = codelib.CodeLibrary(llvm_ir, obj, host)
+        key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
+        obj = codelib.cached_object(key)
+        if obj is None:
+            mt = ModuleTranslator(exe, kinds_of, self.rank_bound)
+            for i in native:
+                mt.translate(i)
+            for i in entries:
+                mt.translate_edge(i)
+            obj = codelib.compile_ir(str(mt.module), host, speed_level=SPEED_LEVEL, key=key)
+        self._library = codelib.CodeLibrary("", obj, host)      # built for this host: no re-JIT
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
         self.edges = {i: self._library.address(edge_symbol_of(i)) for i in entries}
         self.may_loop = _may_loop(exe, native)
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
+
+
+def _program_source(exe, native, rank_bound) -> bytes:
+    """Everything the native module of `exe` is generated from: the functions' code and
+    signatures, the kernels' and shape functions' signatures and attributes, the constants'
+    types, which functions are native, and the translator itself (the runtime's sources).
+    Equal sources translate to equal IR, so the object cache can be asked before translating."""
+    program = [
+        [[fn.name, fn.params, fn.param_types, fn.ret_type, fn.register_count,
+          [[ins.name, ins.args] for ins in fn.instructions]] for fn in exe.functions],
+        [[k.name, k.inputs, k.outputs, k.attrs] for k in exe.loaded_kernels()],
+        exe.shape_funcs, [[c.dtype.str, c.shape] for c in exe.constants], exe.constructors,
+        native, rank_bound]
+    return _translator_digest() + msgpack.packb(program)
+
+
+@functools.lru_cache(maxsize=1)
+def _translator_digest() -> bytes:
+    """A digest of the sources translation runs (the runtime packages: the VM, the kernels and
+    the shape functions the tracer reads)."""
+    import hashlib
+    import pathlib
+    from dynvm import kernels, shape_funcs, vm
+    digest = hashlib.sha256()
+    for package in (vm, kernels, shape_funcs):
+        for path in sorted(pathlib.Path(package.__path__[0]).glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.digest()
 
 
 def _copied_shape(shape, dtype):

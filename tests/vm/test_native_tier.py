@@ -213,3 +213,24 @@ def test_profiling_runs_in_the_python_tier():
 def test_unknown_tier_is_a_clear_error():
     with pytest.raises(ValueError, match="tier"):
         VirtualMachine(build(countdown_module()), tier="fast")
+
+
+def test_a_cached_program_loads_without_translating(monkeypatch, tmp_path):
+    """The object cache is asked before translating, under a key made of everything the IR
+    depends on: an equal program reuses the object code, a different one is translated."""
+    from dynvm.vm import native
+    monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
+
+    def program(ops):
+        x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+        return build(ir.IRModule.from_expr(ir.Function([x], ops(x, x))))
+
+    def translating(self, index):
+        raise AssertionError(f"translated function {index}")
+
+    a = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(VirtualMachine(program(op.add)).invoke("main", a), a + a)
+    monkeypatch.setattr(native.ModuleTranslator, "translate", translating)
+    np.testing.assert_array_equal(VirtualMachine(program(op.add)).invoke("main", a), a + a)
+    with pytest.raises(AssertionError, match="translated function 0"):
+        VirtualMachine(program(op.multiply))
