@@ -392,8 +392,28 @@ class VirtualMachine:
                 f"call depth exceeded max_depth={self.max_depth} calling "
                 f"{self.exe.functions[func_index].name!r}")
         self._stack[-1].pc = pc + 1
+        native = self._native
+        if native is not None and func_index in native.entries and self._call_native(native, func_index, args, ret_dst):
+            return _SWITCH
         self._stack.append(self._new_frame(func_index, args, ret_dst))
         return _SWITCH
+
+    def _call_native(self, native, func_index, args, ret_dst) -> bool:
+        """A call from the Python tier into a native function: run it natively with the steps
+        and depth left, and write its result into the caller's register. False: it stopped
+        (a failure or too little native stack) and the call runs in the Python tier instead,
+        which raises the typed error (a call has no side effects: the re-run sees the same)."""
+        result = native.run(func_index, args, operator.length_hint(self._steps), len(self._stack))
+        if result is None:
+            from dynvm.vm.native import RC_INTERRUPT, raise_interrupt
+            if native.last_rc == RC_INTERRUPT:
+                raise_interrupt(self.exe, *native.failure())
+            return False
+        fn = self.exe.functions[func_index]
+        self._steps = itertools.repeat(None, operator.length_hint(native.remaining))
+        self._stack[-1].regs[ret_dst] = import_arg(result, fn.ret_type, f"{fn.name}: result",
+                                                   self._ctors, len(self.exe.functions))
+        return True
 
     # ------------------------------------------------------------ handlers, in table order
 

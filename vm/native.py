@@ -1396,10 +1396,12 @@ class NativeTier:
         self.ctx[_CTX["budget"]] = self.budget
         self.ctx[_CTX["depth_limit"]] = max(1, min(max_depth, INT64_MAX))
 
-    def run(self, index, tensors):
-        """Run native function `index` on argument Tensors; the result as a numpy array, or None
-        when the invocation must run in the Python tier (`last_rc`: RC_FAILED, a failure the
-        Python tier reports; RC_STACK, a native stack too small for the call depth)."""
+    def run(self, index, tensors, budget=None, depth=0):
+        """Run native function `index` on argument Tensors; the result as invoke returns it
+        (numpy arrays, tuples of them), or None when the call must run in the Python tier
+        (`last_rc`: RC_FAILED, a failure the Python tier reports; RC_STACK, a native stack too
+        small for the call depth). A call from the Python tier passes the steps it has left and
+        its depth; the steps left afterwards are `remaining`."""
         if self._returned:
             self._take_returned()
         args, words, ctx = self._args, self.words, self.ctx
@@ -1411,7 +1413,8 @@ class NativeTier:
             if shape:
                 args[base + 2:base + 2 + len(shape)] = shape
             base += words
-        ctx[_STEPS], ctx[_DEPTH], ctx[_MAX_DEPTH] = self.budget, 0, ctx[_CTX["depth_limit"]]
+        ctx[_STEPS] = self.budget if budget is None else budget
+        ctx[_DEPTH], ctx[_MAX_DEPTH] = depth, ctx[_CTX["depth_limit"]]
         ctx[_STACK_LIMIT], ctx[_CTX["thread"]], ctx[_ERR_CODE] = stack_limit(), threading.get_ident(), 0
         self._arm(index)
         rc = self.last_rc = self.entries[index](ctx, args, self._result)

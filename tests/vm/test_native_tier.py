@@ -234,3 +234,70 @@ def test_a_cached_program_loads_without_translating(monkeypatch, tmp_path):
     np.testing.assert_array_equal(VirtualMachine(program(op.add)).invoke("main", a), a + a)
     with pytest.raises(AssertionError, match="translated function 0"):
         VirtualMachine(program(op.multiply))
+
+
+CROSS_TIER = """
+def @double(%x: Tensor[(2), float32]) -> Tensor[(2), float32] { add(%x, %x) }
+def @quadruple(%x: Tensor[(2), float32]) -> Tensor[(2), float32] { @double(@double(%x)) }
+def @sum_doubled(%acc: Tensor[(2), float32], %l: List[Tensor[(2), float32]]) -> Tensor[(2), float32] {
+  match (%l) {
+    Cons(%h, %t) => @sum_doubled(add(%acc, @quadruple(%h)), %t),
+    Nil => %acc,
+  }
+}
+def @main(%acc: Tensor[(2), float32], %xs: List[Tensor[(2), float32]]) -> Tensor[(2), float32] {
+  @sum_doubled(%acc, %xs)
+}
+"""
+
+
+def cross_tier_program():
+    """A list walk (Python tier: ADTs) calling a tensor function (native, itself calling another)
+    once per element."""
+    from dynvm.compiler import prelude
+    exe = build(prelude.parse(CROSS_TIER))
+    assert "quadruple: native" in exe.explain() and "sum_doubled: Python tier" in exe.explain()
+    return exe
+
+
+def test_python_tier_functions_call_native_ones_natively():
+    from dynvm.vm.convert import to_list
+    native, python = both_tiers(cross_tier_program())
+    calls = []
+    run = native._native.run
+    native._native.run = lambda *a: calls.append(a[0]) or run(*a)
+    args = np.ones(2, np.float32), to_list([np.full(2, i, np.float32) for i in range(5)])
+    assert_same(native.invoke("main", *args), python.invoke("main", *args))
+    assert native.steps == python.steps
+    assert len(calls) == 5
+
+
+def test_limits_across_tiers_are_the_python_tiers_errors():
+    """Every step budget below the program's count fails at the same instruction with the same
+    message in both tiers, wherever the budget runs out (in the native callee or around it);
+    and a depth limit counts the Python frames below a native call."""
+    from dynvm.vm.convert import to_list
+    exe = cross_tier_program()
+    args = np.ones(2, np.float32), to_list([np.full(2, i, np.float32) for i in range(3)])
+    full = VirtualMachine(exe, tier="python")
+    full.invoke("main", *args)
+    for budget in range(0, full.steps + 1):
+        outcomes = []
+        for vm in both_tiers(exe, max_steps=budget):
+            try:
+                outcomes.append(("ok", vm.invoke("main", *args).tobytes(), vm.steps))
+            except VMStepLimitError as e:
+                outcomes.append(("error", str(e)))
+        assert outcomes[0] == outcomes[1], budget
+    outcomes = {depth: [error_or_value(vm, args) for vm in both_tiers(exe, max_depth=depth)]
+                for depth in (2, 3, 4, 5)}
+    assert all(native == python for native, python in outcomes.values()), outcomes
+    assert "calling 'double' [in quadruple" in outcomes[3][0]     # inside the native callee
+    assert isinstance(outcomes[4][0], bytes)
+
+
+def error_or_value(vm, args):
+    try:
+        return vm.invoke("main", *args).tobytes()
+    except VMRecursionError as e:
+        return str(e)
