@@ -305,6 +305,7 @@ class ModuleTranslator:
         self.memcpy = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I1]),
                                   "llvm.memcpy.p0.p0.i64")
         self.retain = self._retain()
+        self.record = self._record()
         self.release = self._release()
         self.alloc = self._alloc()
 
@@ -316,6 +317,24 @@ class ModuleTranslator:
         with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
             rc = b.load(block, typ=I64)
             b.store(b.add(rc, ir.Constant(I64, 1)), block)
+        b.ret_void()
+        return f
+
+    def _record(self):
+        """`dvm_record(ctx, func, pc, code)`: the first failure of an invocation stores its code,
+        function and pc in the context."""
+        f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64, I64]), "dvm_record")
+        f.linkage = "internal"
+        f.attributes.add("noinline")
+        f.attributes.add("cold")
+        b = ir.IRBuilder(f.append_basic_block())
+        ctx, func, pc, code = f.args
+        field = lambda name: b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])],   # noqa: E731
+                                   source_etype=CTX_TYPE)
+        with b.if_then(b.icmp_signed("==", b.load(field("err_code"), typ=I64), ir.Constant(I64, 0))):
+            b.store(code, field("err_code"))
+            b.store(func, field("err_func"))
+            b.store(pc, field("err_pc"))
         b.ret_void()
         return f
 
@@ -466,11 +485,10 @@ class FunctionTranslator:
             b.store(b.load(b.gep(args, [ir.Constant(I64, r)], source_etype=self.mt.value),
                            typ=self.mt.value), self.regs[r])
         self.result = result
-        self.record = llfn.append_basic_block("record")
         self.unwind = llfn.append_basic_block("unwind")
-        self._failures = []
+        self._failures = {}     # (pc, code) -> the block recording that failure
+        self._scratch_slots = {}
         self.pc = 0
-        self.rc = _alloca(b, I32, name="rc")
         starts = _leaders(fn)
         self.blocks = {pc: llfn.append_basic_block(f"pc{pc}") for pc in starts}
         self._enter()
@@ -526,40 +544,49 @@ class FunctionTranslator:
         self.pc = pc
         self._fail_if(b.icmp_signed("<", left, ir.Constant(I64, 0)), RC_FAILED)
 
+    def _scratch(self, purpose, ty, count=None):
+        """Stack space that lives only during one instruction (a call's argument block), shared
+        by every instruction of the function that needs the same: one alloca per function, not
+        per call site (thousands of allocas slow LLVM's code generation down)."""
+        key = (purpose, str(ty), count)
+        slot = self._scratch_slots.get(key)
+        if slot is None:
+            slot = self._scratch_slots[key] = _alloca(self.b, ty, count, name=purpose)
+        return slot
+
     def _fail_if(self, cond, code):
         """Leave through the unwind path with `code`, recording function and pc, when `cond`."""
         b = self.b
         cont = self.llfn.append_basic_block("cont")
-        self._failures.append((b.block, self.pc, code))
-        b.cbranch(cond, self.record, cont)
+        b.cbranch(cond, self._failure(code), cont)
         b.position_at_end(cont)
 
     def _fail(self, code):
-        self._failures.append((self.b.block, self.pc, code))
-        self.b.branch(self.record)
+        self.b.branch(self._failure(code))
+
+    def _failure(self, code):
+        """The block that records a failure `code` at this pc and unwinds: one per pc and code.
+        Each is its own small block (no phi merging thousands of failure sites: LLVM's time on
+        such a phi grows with the square of the function's size)."""
+        block = self._failures.get((self.pc, code))
+        if block is None:
+            block = self._failures[self.pc, code] = self.llfn.append_basic_block("fail")
+            saved = self.b.block
+            self.b.position_at_end(block)
+            self.b.call(self.mt.record, [self.ctx, ir.Constant(I64, self.index),
+                                         ir.Constant(I64, self.pc), ir.Constant(I64, code)])
+            self.b.branch(self.unwind)
+            self.b.position_at_end(saved)
+        return block
 
     def _emit_unwind(self):
-        """`record`: the first failure of an invocation stores its code, function and pc in the
-        context (one block with phis, so a failure site costs a branch); then `unwind` drops
-        every register's reference and returns the code."""
+        """`unwind`: drop every register's reference and return the invocation's failure code
+        (the first one recorded: every failure unwinds at once, callers included)."""
         b = self.b
-        b.position_at_end(self.record)
-        pc = b.phi(I64)
-        code = b.phi(I32)
-        for block, at, rc in self._failures:
-            pc.add_incoming(ir.Constant(I64, at), block)
-            code.add_incoming(ir.Constant(I32, rc), block)
-        b.store(code, self.rc)
-        err = self._ctx_field("err_code")
-        with b.if_then(b.icmp_signed("==", b.load(err, typ=I64), ir.Constant(I64, 0))):
-            b.store(b.zext(code, I64), err)
-            b.store(ir.Constant(I64, self.index), self._ctx_field("err_func"))
-            b.store(pc, self._ctx_field("err_pc"))
-        b.branch(self.unwind)
         b.position_at_end(self.unwind)
         self._release_all()
         self._leave()
-        b.ret(b.load(self.rc, typ=I32))
+        b.ret(b.trunc(b.load(self._ctx_field("err_code"), typ=I64), I32))
 
     def _release_all(self):
         for r in range(len(self.regs)):
@@ -683,20 +710,15 @@ class FunctionTranslator:
 
     def _op_Invoke(self, func, args, dst):
         b = self.b
-        argv = _alloca(b, self.mt.value, len(args) or 1)
+        argv = self._scratch("argv", self.mt.value, len(args) or 1)
         for k, r in enumerate(args):
             b.store(self._retained(self.regs[r]), b.gep(argv, [ir.Constant(I64, k)],
                                                           source_etype=self.mt.value))
-        out = _alloca(b, self.mt.value)
+        out = self._scratch("out", self.mt.value)
         b.store(ir.Constant(self.mt.value, None), out)
         rc = b.call(self.mt.declare(func), [self.ctx, argv, out])
-        failed = b.icmp_signed("!=", rc, ir.Constant(I32, 0))
-        fail = self.llfn.append_basic_block("callfail")
         cont = self.llfn.append_basic_block("cont")
-        b.cbranch(failed, fail, cont)
-        b.position_at_end(fail)
-        b.store(rc, self.rc)
-        b.branch(self.unwind)
+        b.cbranch(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), self.unwind, cont)    # recorded
         b.position_at_end(cont)
         self._assign(dst, b.load(out, typ=self.mt.value))
 
@@ -705,7 +727,7 @@ class FunctionTranslator:
         registers as its DLTensor arguments."""
         b = self.b
         n = len(sigs)
-        tensors = _alloca(b, DLTENSOR, n or 1)
+        tensors = self._scratch("tensors", DLTENSOR, n or 1)
         for k, (r, (dtype, rank)) in enumerate(zip(list(regs_in) + list(regs_out), sigs)):
             _, code, bits = DTYPES[dtype]
             t = b.gep(tensors, [ir.Constant(I64, k)], source_etype=DLTENSOR)
@@ -739,12 +761,12 @@ class FunctionTranslator:
         steps = self._ctx_field("steps")
         left = b.sub(b.load(steps, typ=I64), ir.Constant(I64, fixed - 1))
         self._fail_if(b.icmp_signed("<", left, ir.Constant(I64, 0)), RC_FAILED)
-        budget = _alloca(b, I64)
+        budget = self._scratch("budget", I64)
         b.store(b.sdiv(left, ir.Constant(I64, per_iteration)), budget)
-        counters = _alloca(b, I64, 2)
+        counters = self._scratch("counters", I64, 2)
         b.store(ir.Constant(I64, 0), counters)
         b.store(ir.Constant(I64, -1), _word(b, counters, 1))
-        two = _alloca(b, I64)
+        two = self._scratch("two", I64)
         b.store(ir.Constant(I64, 2), two)
         word = b.load(self._ctx_field("interrupt"), typ=PTR)
         rc = self._call(self._kernel_fn(kernel), list(inputs) + [(budget, two), (word, two)],   # 0-d: extents unread
