@@ -100,6 +100,14 @@ def targets(results) -> list:
     for seq in (16, 64, 128):
         target(f"BERT seq {seq} faster than PyTorch eager", "bert", seq, "torch", 1.0)
     target("VM <= 5% slower than static, BERT-base seq 128", "bert_base", 128, "static", 1.05)
+    for seq in (1, 16, 128, 256):
+        target(f"VM <= 3% slower than static, BERT seq {seq}", "bert", seq, "static", 1.03)
+    for model in ("lstm", "lstm_cond"):
+        for seq, limit in ((1, 0.9), (8, 0.9), (32, 0.9), (128, 1.0)):
+            target(f"{model} seq {seq} <= {limit}x ONNX Runtime", model, seq, "ort", limit)
+    for model, sizes in (("arange", (1, 512)), ("nms", (100, 20000))):
+        for n in sizes:
+            target(f"{model} {n} no slower than ONNX Runtime", model, n, "ort", 1.0)
     return out
 
 

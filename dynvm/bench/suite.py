@@ -122,18 +122,25 @@ def torch_lstm_run(torch, ctx):
     return run
 
 
-LSTM = Model(
-    "lstm", "seq", {"full": [1, 8, 32, 64, 128], "quick": [8, 128], "tiny": [3]},
-    (1e-4, 1e-5), lambda: {"w": lstm.weights()},
-    sample=lambda ctx, n: lstm.make_input(n),
-    reference=lambda ctx, x: lstm.reference(x, ctx["w"]),
-    runners={"vm": vm_runner(lambda ctx: lstm.build_module(ctx["w"])),
-             "static": static_runner(lambda ctx, n: lstm.build_module(ctx["w"], steps=n)),
-             "torch": torch_runner(torch_lstm_run,
-                                   prepare=lambda torch: lambda x: torch.from_numpy(x)[:, None, :],
-                                   result=lambda h: h.numpy()[0], note="nn.LSTM, "),
-             "ort": ort_runner(lambda ctx: peers.onnx_lstm_model(ctx["w"]),
-                               prepare=lambda x: x[:, None, :], result=lambda y: y[0])})
+def lstm_model(name, count_in_condition, sizes) -> Model:
+    """examples/lstm.py's LSTM; `count_in_condition`: the trip count written in the loop's
+    condition (see lstm.build_module)."""
+    return Model(
+        name, "seq", sizes, (1e-4, 1e-5), lambda: {"w": lstm.weights()},
+        sample=lambda ctx, n: lstm.make_input(n),
+        reference=lambda ctx, x: lstm.reference(x, ctx["w"]),
+        runners={"vm": vm_runner(lambda ctx: lstm.build_module(ctx["w"], count_in_condition=count_in_condition)),
+                 "static": static_runner(lambda ctx, n: lstm.build_module(ctx["w"], steps=n)),
+                 "torch": torch_runner(torch_lstm_run,
+                                       prepare=lambda torch: lambda x: torch.from_numpy(x)[:, None, :],
+                                       result=lambda h: h.numpy()[0], note="nn.LSTM, "),
+                 "ort": ort_runner(lambda ctx: peers.onnx_lstm_model(ctx["w"]),
+                                   prepare=lambda x: x[:, None, :], result=lambda y: y[0])})
+
+
+LSTM = lstm_model("lstm", False, {"full": [1, 8, 32, 64, 128], "quick": [8, 128], "tiny": [3]})
+# the same LSTM with the trip count in the loop condition
+LSTM_COND = lstm_model("lstm_cond", True, {"full": [1, 8, 32, 128], "quick": [8, 128], "tiny": [3]})
 
 
 # --- Tree-LSTM -------------------------------------------------------------------------------
@@ -181,4 +188,4 @@ ARANGE = Model(
              "ort": ort_runner(lambda ctx: peers.onnx_arange_model(ctx["table"]))})
 
 
-MODELS = {m.name: m for m in (BERT, LSTM, TREE_LSTM, NMS, ARANGE, BERT_BASE)}
+MODELS = {m.name: m for m in (BERT, LSTM, LSTM_COND, TREE_LSTM, NMS, ARANGE, BERT_BASE)}

@@ -25,12 +25,15 @@ def weights(seed: int = 0) -> dict:
             "b": rng.uniform(-scale, scale, 4 * HIDDEN).astype(np.float32)}
 
 
-def build_module(w: dict | None = None, steps: int | None = None) -> ir.IRModule:
+def build_module(w: dict | None = None, steps: int | None = None,
+                 count_in_condition: bool = False) -> ir.IRModule:
     """main(x: (?, 128)) -> h: (1, 256), the hidden state after the last step.
 
     With `steps` given, x is (steps, 128) and the time loop is unrolled in Python into
     straight-line code (the static form `vm.StaticRuntime` runs); the per-step ops are the same
-    as the loop body's.
+    as the loop body's. `count_in_condition` writes the loop as users often do, with the trip
+    count computed in the loop condition (`t < shape_of(projected)[0]`) instead of bound once
+    before the loop: the native tier runs both forms.
     """
     w = weights() if w is None else w
     x = ir.var("x", ir.TensorType((ir.Any() if steps is None else steps, INPUT), "float32"))
@@ -61,11 +64,13 @@ def build_module(w: dict | None = None, steps: int | None = None) -> ir.IRModule
             body = ir.Let(var, value, body)
         return ir.IRModule.from_expr(ir.Function([x], body))
     n = ir.var("steps", ir.TensorType((), "int64"))
-    loop = ir.while_loop(lambda t, h, c: op.less(t, n), step,
+    count = op.take(op.shape_of(projected if count_in_condition else x), ir.const(0, "int64"))
+    loop = ir.while_loop(lambda t, h, c: op.less(t, count if count_in_condition else n), step,
                          [ir.const(0, "int64"), zeros, zeros])
-    body = ir.Let(projected, op.dense(x, ir.const(w["w_ih"])),
-                  ir.Let(n, op.take(op.shape_of(x), ir.const(0, "int64")),
-                         ir.TupleGetItem(loop, 1)))
+    body = ir.TupleGetItem(loop, 1)
+    if not count_in_condition:
+        body = ir.Let(n, count, body)
+    body = ir.Let(projected, op.dense(x, ir.const(w["w_ih"])), body)
     return ir.IRModule.from_expr(ir.Function([x], body))
 
 
