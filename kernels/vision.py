@@ -259,22 +259,23 @@ def _greedy(e, spec, data, i, valid, heap, kept, output):
     selected = e.var(I64, const(I64, 0))
 
     def position(j):
-        r = heap.pop(size)
-        alive = e.var(I1, const(I1, 1))
+        # once max_output_size rows are kept, every later position is invalid whatever row it
+        # would hold: the heap is not popped any more (popping the rest was most of the time)
+        alive, row = e.var(I1, const(I1, 0)), e.var(I64, const(I64, 0))
         full = const(I1, 0) if max_out < 0 else b.icmp_signed("==", e.get(selected),
                                                               const(I64, max_out))
-        with e.if_else(full) as (stop, go):
-            with stop:
-                e.set(alive, const(I1, 0))
-            with go:
-                with e.if_(b.fcmp_ordered(">", data.load(i, r, score_index), const(F32, 0.0))):
-                    e.set(alive, _survives(e, spec, data, i, r, kept, e.get(selected),
-                                           coord, id_index, threshold))
-                    with e.if_(e.get(alive)):
-                        s = e.get(selected)
-                        e.store("int64", r, kept, s)
-                        e.set(selected, b.add(s, const(I64, 1)))
-        output.entry(j, r, e.get(alive))
+        with e.if_(b.not_(full)):
+            r = heap.pop(size)
+            e.set(row, r)
+            e.set(alive, const(I1, 1))      # a row scoring <= 0 passes through (TVM)
+            with e.if_(b.fcmp_ordered(">", data.load(i, r, score_index), const(F32, 0.0))):
+                e.set(alive, _survives(e, spec, data, i, r, kept, e.get(selected),
+                                       coord, id_index, threshold))
+                with e.if_(e.get(alive)):
+                    s = e.get(selected)
+                    e.store("int64", r, kept, s)
+                    e.set(selected, b.add(s, const(I64, 1)))
+        output.entry(j, e.get(row), e.get(alive))
 
     e.for_range(0, keep_n, position)
     if output.mode == "boxes":
