@@ -122,14 +122,16 @@ class _Lifter(ExprMutator):
     def visit_Call(self, node):
         if isinstance(node.callee, E.Var) and node.callee in self.direct:
             gv, captured = self.direct[node.callee]
-            args = list(captured) + (yield from each(node.args))
+            # the captured variables as this function sees them (inside a lifted function
+            # they are its own parameters), then the arguments
+            args = (yield from each(captured)) + (yield from each(node.args))
             return _typed(E.Call(gv, args), node.checked_type)
         return (yield from super().visit_Call(node))
 
     def visit_Var(self, node):
         if node in self.direct:        # the function used as a value: a closure
             gv, captured = self.direct[node]
-            return _typed(E.Call(gv, list(captured), {"closure": 1}), node.checked_type)
+            return _typed(E.Call(gv, (yield from each(captured)), {"closure": 1}), node.checked_type)
         return node
 
     def lift_let(self, let):

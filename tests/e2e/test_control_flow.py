@@ -64,3 +64,22 @@ def test_a_million_iterations_run_in_constant_frames_and_memory(native):
     stats = vm.memory_stats()
     assert stats["peak_bytes_live"] <= 1024 and stats["allocations"] <= 8
     assert stats["pool_hits"] >= (0 if native else 10 ** 6)
+
+
+def test_nested_loops_see_the_outer_functions_variables():
+    """An inner while_loop whose condition and body use the enclosing function's parameters
+    and the outer loop's variable (lifting passes them through the outer loop's function)."""
+    n, step = ir.var("n", I64), ir.var("step", I64)
+    one = ir.const(1, "int64")
+
+    def outer_body(i, total):
+        inner = ir.while_loop(lambda j, t: op.less(j, op.add(i, n)),
+                              lambda j, t: [op.add(j, one), op.add(t, step)], [ir.const(0, "int64"), total])
+        return [op.add(i, one), ir.TupleGetItem(inner, 1)]
+    outer = ir.while_loop(lambda i, total: op.less(i, n), outer_body, [ir.const(0, "int64"), ir.const(0, "int64")])
+    exe = build(ir.IRModule.from_expr(ir.Function([n, step], ir.TupleGetItem(outer, 1))))
+    for tier in ("native", "python"):
+        vm = VirtualMachine(exe, tier=tier)
+        for count in (0, 1, 3):
+            want = sum(i + count for i in range(count)) * 5
+            assert int(vm.invoke("main", np.int64(count), np.int64(5))) == want

@@ -111,3 +111,29 @@ def test_random_control_flow_programs_agree(mod, x_rows, y_rows, n, seed, limit)
             rng.standard_normal((y_rows, 3)).astype(np.float32), np.array(n, np.int64))
     native, python = both_tiers(exe, max_steps=limit)
     assert_same_outcome(native, python, args)
+
+
+def test_any_while_loop_runs_natively():
+    """Nested loops whose trip counts come from shape_of/take in the condition, an `if` and a
+    data-dependent shape (argwhere) inside the body: native throughout, same answers."""
+    x, n = ir.var("x", ROWS), ir.var("n", COUNT)
+    rows = op.take(op.shape_of(x), zero_d(0, np.int64))
+
+    def outer_body(i, acc):
+        def inner_body(j, total):
+            positive = op.argwhere(op.greater(x, zero_d(0.0, np.float32)))     # (?, 2)
+            count = op.cast(op.take(op.shape_of(positive), zero_d(0, np.int64)), "float32")
+            grown = ir.If(op.greater(op.sum(total), zero_d(100.0, np.float32)),
+                          op.subtract(total, count), op.add(total, count))
+            return [op.add(j, zero_d(1, np.int64)), grown]
+        inner = ir.while_loop(lambda j, total: op.less(j, op.add(i, n)), inner_body,
+                              [zero_d(0, np.int64), acc])
+        return [op.add(i, zero_d(1, np.int64)), ir.TupleGetItem(inner, 1)]
+    outer = ir.while_loop(lambda i, acc: op.less(i, rows), outer_body, [zero_d(0, np.int64), x])
+    exe = build(ir.IRModule.from_expr(ir.Function([x, n], ir.TupleGetItem(outer, 1))))
+    assert "Python tier" not in exe.explain(), exe.explain()
+    native, python = both_tiers(exe)
+    rng = np.random.default_rng(0)
+    for r in (0, 1, 4):
+        args = rng.standard_normal((r, 3)).astype(np.float32), np.array(2, np.int64)
+        assert_same_outcome(native, python, args)
