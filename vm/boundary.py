@@ -100,13 +100,16 @@ def import_tensor(value, desc, where):
             and value.flags.c_contiguous and value.flags.aligned and value.ndim == len(want_shape) \
             and all(w is None or w == h for w, h in zip(want_shape, value.shape)):
         return Tensor.from_array(value)  # the common case, checked in one go
-    if not isinstance(value, np.ndarray):
+    expected = f"{want_dtype}[{', '.join('?' if d is None else str(d) for d in want_shape)}]"
+    got = None
+    if isinstance(value, PYTHON_VALUES):
+        value, got = _from_python(value, want_dtype, expected, where)
+    elif not isinstance(value, np.ndarray):
         try:
             value = np.from_dlpack(value) if hasattr(value, "__dlpack__") else np.asarray(value)
         except Exception as e:  # noqa: BLE001 - anything numpy cannot convert
             raise InvokeArgumentError(f"{where}: cannot convert {kind_of(value)} to a tensor ({e})") from None
-    expected = f"{want_dtype}[{', '.join('?' if d is None else str(d) for d in want_shape)}]"
-    got = f"{value.dtype}{list(value.shape)}"
+    got = got or f"{value.dtype}{list(value.shape)}"
     if value.dtype.newbyteorder("=") != np_dtype(want_dtype):   # other byte orders: _as_tensor converts
         raise InvokeArgumentError(f"{where}: expected dtype {want_dtype} ({expected}), got {got}")
     if value.ndim != len(want_shape):
@@ -118,6 +121,42 @@ def import_tensor(value, desc, where):
 
 
 _DTYPE_NAMES = {np_dtype(name): name for name in ("float32", "float64", "int32", "int64", "bool")}
+
+PYTHON_VALUES = (bool, int, float, list, tuple)   # converted by the parameter's dtype
+# what each dtype kind takes from Python: a bool only bools, an integer bools and ints, a float
+# any number (rounding to float32 as numpy does)
+_PYTHON_KINDS = {"b": "b", "i": "bi", "u": "bu", "f": "bif"}
+_KIND_WORDS = {"b": "bools", "i": "integers", "u": "integers", "f": "floats"}
+
+
+def _from_python(value, want_dtype, expected, where):
+    """(array, description) of a Python number or (nested) list for a tensor parameter: the
+    values as the parameter's dtype, when that dtype holds them (no float silently truncated to
+    an integer, no integer wrapped around); else an error that names the Python value."""
+    natural = np.asarray(value) if not isinstance(value, (list, tuple)) else _nested_array(value, where)
+    what = (f"a Python {type(value).__name__} of shape {natural.shape}" if natural.ndim
+            else f"a Python {type(value).__name__}")
+    if natural.dtype.kind not in _KIND_WORDS:
+        values = "strings" if natural.dtype.kind in "US" else "values that are not numbers of one kind " \
+            "(or integers beyond 64 bits)"
+        raise InvokeArgumentError(f"{where}: expected {expected}, got {what} of {values}")
+    target = np_dtype(want_dtype)
+    if natural.dtype.kind not in _PYTHON_KINDS[target.kind]:
+        raise InvokeArgumentError(f"{where}: expected {expected}, got {what} of "
+                                  f"{_KIND_WORDS[natural.dtype.kind]} (convert it yourself if that is meant)")
+    converted = natural.astype(target)
+    if target.kind in "iu" and not np.array_equal(converted, natural):
+        raise InvokeArgumentError(f"{where}: expected {expected}, got {what} with values "
+                                  f"{want_dtype} cannot hold")
+    return converted, what
+
+
+def _nested_array(value, where):
+    try:
+        return np.array(value)
+    except (ValueError, OverflowError) as e:     # ragged lists, integers beyond int64
+        raise InvokeArgumentError(f"{where}: cannot make a tensor of a Python "
+                                  f"{type(value).__name__} ({e})") from None
 
 
 def _as_tensor(a: np.ndarray, where: str) -> Tensor:

@@ -300,11 +300,48 @@ def _brief(obj):
     return f"{type(obj).__name__} {obj!r:.60}"
 
 
+def _check_framing(data: bytes):
+    """Magic first, then the length the document declares (its body's byte count), so a wrong
+    or cut file gets a plain message instead of msgpack's."""
+    _expect(len(data) >= 16 and b"\xa5" + MAGIC.encode() in data[:64],
+            f"not a dynvm executable (bad magic: {len(data)} bytes that do not start with a dynvm header)")
+    expected = _declared_size(data)
+    if expected is not None and len(data) < expected:
+        raise ExecutableFormatError(f"truncated: {len(data)} of {expected} bytes (the file was cut short)")
+    if expected is not None and len(data) > expected:
+        raise ExecutableFormatError(f"{len(data) - expected} bytes after the end of the executable "
+                                    f"({expected} bytes): not one dynvm executable")
+
+
+_BIN_LENGTH = {0xc4: 1, 0xc5: 2, 0xc6: 4}      # msgpack bin 8/16/32: bytes of the length field
+_CHECKSUM_TAIL = len(msgpack.packb("checksum")) + len(msgpack.packb(bytes(32), use_bin_type=True))
+
+
+def _declared_size(data: bytes):
+    """The document's size from its body's length field (the body follows the small header),
+    or None when the layout is not the one `to_bytes` writes (msgpack then reports)."""
+    key = msgpack.packb("body")
+    at = data.find(key, 0, 4096)
+    if at < 0 or at + len(key) >= len(data) or data[at + len(key)] not in _BIN_LENGTH:
+        return None
+    width = _BIN_LENGTH[data[at + len(key)]]
+    start = at + len(key) + 1
+    if start + width > len(data):
+        return None
+    length = int.from_bytes(data[start:start + width], "big")
+    return start + width + length + _CHECKSUM_TAIL
+
+
 def _decode_document(data, trust_native_code=False) -> Executable:
     _expect(isinstance(data, (bytes, bytearray, memoryview)), "an executable is bytes")
+    data = bytes(data)
+    _check_framing(data)
     try:
-        doc = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
+        if "incomplete input" in str(e):
+            raise ExecutableFormatError(f"truncated: the file ends after {len(data)} bytes, inside "
+                                        "its header") from None
         raise ExecutableFormatError(f"not a dynvm executable: invalid msgpack ({e})") from None
     _expect_dict(doc, ("header", "body", "checksum"), "executable document")
     header = doc["header"]

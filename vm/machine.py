@@ -22,6 +22,7 @@ can reach it any more; `memory_stats()` reports the pool's counters.
 import itertools
 import math
 import operator
+import os
 import sys
 import time
 import warnings
@@ -32,6 +33,7 @@ from dynvm.vm.boundary import bind, export, fast_tensor, import_arg, kind_of, te
 from dynvm.vm.bytecode import is_loop_function
 from dynvm.vm.errors import (DynVMError, InvokeArgumentError, PerformanceWarning, ShapeError, VMError,
                              VMMemoryError, VMRecursionError, VMStepLimitError)
+from dynvm.vm.executable import Executable
 from dynvm.vm.memory import StoragePool, class_for
 from dynvm.vm.prepare import handler_label, lookup_shape_funcs, prepare_function
 from dynvm.vm.profiler import Profile
@@ -88,6 +90,11 @@ class VirtualMachine:
                  tier: str = "native", max_memory_bytes=None):
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+        if isinstance(exe, (str, os.PathLike)):
+            exe = Executable.load(exe)
+        elif not isinstance(exe, Executable):
+            raise TypeError(f"VirtualMachine takes an Executable or the path of a .dvm file, got "
+                            f"a {type(exe).__name__}")
         if not exe._verified:
             exe.verify()
         self.exe = exe

@@ -290,3 +290,18 @@ def test_any_edited_body_value_loads_or_is_a_format_error(path, value):
         Executable.from_bytes(rewrite(_SMALL_FILE, body=edit))
     except ExecutableFormatError:
         pass
+
+
+@pytest.mark.parametrize("cut, phrase", [
+    (lambda b: b"", "not a dynvm executable \\(bad magic: 0 bytes"),
+    (lambda b: b"PK\x03\x04" + b"\0" * 100, "not a dynvm executable \\(bad magic: 104 bytes"),
+    (lambda b: b[:30], "truncated: the file ends after 30 bytes, inside its header"),
+    (lambda b: b[:len(b) // 2], "truncated: {half} of {full} bytes"),
+    (lambda b: b[:-1], "truncated: {less} of {full} bytes"),
+    (lambda b: b + b"\0\0", "2 bytes after the end of the executable \\({full} bytes\\)"),
+])
+def test_a_wrong_or_cut_file_is_named_plainly(cut, phrase):
+    data = small_exe().to_bytes()
+    phrase = phrase.format(half=len(data) // 2, less=len(data) - 1, full=len(data))
+    with pytest.raises(ExecutableFormatError, match=phrase):
+        Executable.from_bytes(cut(data))

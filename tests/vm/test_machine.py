@@ -393,7 +393,8 @@ def test_unknown_function_name_lists_the_functions():
     ((), "main takes 1 arguments \\(x\\), got 0"),
     ((np.zeros((2, 3), np.float32),) * 2, "takes 1 arguments"),
     ((np.zeros((2, 3), np.float64),), "parameter 'x': expected dtype float32"),
-    (([[1.0, 2.0, 3.0]],), "expected dtype float32 \\(float32\\[\\?, 3\\]\\), got float64\\[1, 3\\]"),
+    (([["a", "b", "c"]],), "expected float32\\[\\?, 3\\], got a Python list of shape \\(1, 3\\) of strings"),
+    (([[1.0, 2.0]],), "expected dim 1 = 3 \\(float32\\[\\?, 3\\]\\), got a Python list of shape \\(1, 2\\)"),
     ((np.zeros((2, 3, 1), np.float32),), "expected rank 2"),
     ((np.zeros((2, 4), np.float32),), "expected dim 1 = 3 \\(float32\\[\\?, 3\\]\\), got float32\\[2, 4\\]"),
     ((object(),), "expected dtype float32"),
@@ -467,3 +468,45 @@ def test_constants_are_cache_aligned_copies_when_numpy_did_not_align_them():
         assert got.__array_interface__["data"][0] % 64 == 0
         np.testing.assert_array_equal(got, a)
         assert (got is a) == (a.__array_interface__["data"][0] % 64 == 0)
+
+
+PYTHON_VALUES = """
+def @main(%x: Tensor[(?, 2), float32], %n: Tensor[(), int64], %flag: Tensor[(), bool]) -> Tensor[(?, 2), float32] {
+  if (%flag) { add(%x, cast(%n, dtype="float32")) } else { %x }
+}
+"""
+
+
+def test_python_numbers_and_lists_convert_by_the_declared_dtype():
+    from dynvm.compiler import build
+    from dynvm.compiler.ir.parser import parse
+    vm = VirtualMachine(build(parse(PYTHON_VALUES)))
+    out = vm.invoke("main", [[1, 2], [3.5, 4]], 2, True)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[3, 4], [5.5, 6]])
+    np.testing.assert_array_equal(vm.invoke("main", ((1.0, 2.0),), True, False), [[1, 2]])
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (([[1, 2]], 2.5, True), "parameter 'n': expected int64\\[\\], got a Python float of floats"),
+    (([[1, 2]], 2 ** 70, True), "parameter 'n': expected int64\\[\\], got a Python int of values that are not"),
+    (([[1, 2]], 1, 1), "parameter 'flag': expected bool\\[\\], got a Python int of integers"),
+    (([[1], [2, 3]], 1, True), "parameter 'x': cannot make a tensor of a Python list"),
+    (([1, 2], 1, True), "parameter 'x': expected rank 2 \\(float32\\[\\?, 2\\]\\), got a Python list of shape \\(2,\\)"),
+])
+def test_python_values_the_dtype_cannot_hold_are_named_as_python_values(args, phrase):
+    from dynvm.compiler import build
+    from dynvm.compiler.ir.parser import parse
+    vm = VirtualMachine(build(parse(PYTHON_VALUES)))
+    with pytest.raises(InvokeArgumentError, match=phrase):
+        vm.invoke("main", *args)
+
+
+def test_a_vm_loads_a_path_and_rejects_other_things(tmp_path):
+    path = tmp_path / "model.dvm"
+    typed_exe().save(path)
+    x = np.ones((2, 3), np.float32)
+    for where in (path, str(path)):
+        np.testing.assert_array_equal(VirtualMachine(where).invoke("main", x), run(typed_exe(), x))
+    with pytest.raises(TypeError, match="an Executable or the path of a .dvm file, got a bytes"):
+        VirtualMachine(path.read_bytes())
