@@ -1,7 +1,10 @@
 """`build(mod)`: the compiler pipeline from an IRModule to a `vm.Executable`."""
+import warnings
+
 from dynvm.compiler.codegen import compile_module
 from dynvm.compiler.passes import fuse_ops, lambda_lift
 from dynvm.compiler.typing import infer_types
+from dynvm.vm.errors import PerformanceWarning
 
 
 def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool = True):
@@ -12,4 +15,21 @@ def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool =
     mod = lambda_lift(infer_types(mod))
     if fuse:
         mod = fuse_ops(mod)
-    return compile_module(mod, memory_plan, native_loops)
+    slower = {}
+    exe = compile_module(mod, memory_plan, native_loops, slower)
+    warn_slower_paths(exe, slower)
+    return exe
+
+
+def warn_slower_paths(exe, slower: dict):
+    """One PerformanceWarning naming every function that runs in the Python tier and every loop
+    that stays bytecode, with the reasons (`exe.explain()` lists every function; the warning
+    can be silenced by its category)."""
+    from dynvm.vm.native import function_kinds, native_plan     # lazily: it imports llvmlite
+    lines = [f"{name}: {why}" for name, why in slower.items()]
+    reasons = native_plan(exe, function_kinds(exe).__getitem__)
+    lines += [f"{fn.name}: runs in the Python tier ({reasons[i]})"
+              for i, fn in enumerate(exe.functions) if reasons[i] is not None]
+    if lines:
+        warnings.warn("some of this program runs on a slower path:\n  " + "\n  ".join(lines),
+                      PerformanceWarning, stacklevel=3)

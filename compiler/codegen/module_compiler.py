@@ -31,6 +31,7 @@ class ModuleCompiler:
         self.shape_func_ids: dict[str, int] = {}
         self.constructors = [dict(TUPLE_CONSTRUCTOR)]
         self.constructor_ids: dict[str, int] = {}
+        self.slower_paths: dict[str, str] = {}      # function -> why part of it runs slower
         for td in mod.type_definitions.values():   # all of them: Python may pass any value in
             for ctor in td.constructors:
                 self.constructor_index(ctor)
@@ -117,7 +118,13 @@ class ModuleCompiler:
                           shape_funcs=self.shape_funcs)
 
 
-def compile_module(mod, memory_plan: bool = True, native_loops: bool = True) -> Executable:
+def compile_module(mod, memory_plan: bool = True, native_loops: bool = True,
+                   slower_paths: dict | None = None) -> Executable:
     """Lower a type-checked module to an Executable (with static memory planning and native
-    loops unless off)."""
-    return ModuleCompiler(mod, memory_plan, native_loops).run()
+    loops unless off). `slower_paths`, if given, receives function -> why a part of it (a loop
+    that stays bytecode) runs slower than it could."""
+    compiler = ModuleCompiler(mod, memory_plan, native_loops)
+    exe = compiler.run()
+    if slower_paths is not None:
+        slower_paths.update(compiler.slower_paths)
+    return exe

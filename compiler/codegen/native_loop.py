@@ -36,10 +36,17 @@ class NotNative(Exception):
 
 
 def emit_native_loop(emitter) -> bool:
-    """Emit `emitter`'s function as one CallLoop if it qualifies; return whether it did."""
+    """Emit `emitter`'s function as one CallLoop if it qualifies; return whether it did. A loop
+    that does not qualify is recorded with the reason in the compiler's `slower_paths`."""
+    try:
+        _match_loop(emitter.name, emitter.func)
+    except NotNative:
+        return False            # not a loop at all
     try:
         plan = LoopPlan(emitter.mc, emitter.name, emitter.func)
-    except NotNative:
+    except NotNative as e:
+        emitter.mc.slower_paths[emitter.name] = \
+            f"its loop runs as bytecode, not as one native loop kernel ({e})"
         return False
     plan.emit(emitter)
     return True
