@@ -42,7 +42,7 @@ from dynvm.vm.errors import KernelError
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu")
 ARITH = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
-COMPARE = ("less", "greater", "equal", "logical_and")
+COMPARE = ("less", "greater", "less_equal", "greater_equal", "equal", "logical_and")
 FLOAT_ONLY = ("exp", "log", "sqrt", "tanh", "sigmoid")
 NOT_BOOL = ("negative", "subtract", "divide", "power")
 
@@ -237,7 +237,7 @@ class _ExprEmitter:
         b = self.b
         if head == "logical_and":
             return b.and_(truth(self.b, x, dtype), truth(self.b, y, dtype))
-        op = {"less": "<", "greater": ">", "equal": "=="}[head]
+        op = {"less": "<", "greater": ">", "less_equal": "<=", "greater_equal": ">=", "equal": "=="}[head]
         if is_float(dtype):
             return b.fcmp_ordered(op, x, y)
         if dtype == "bool":

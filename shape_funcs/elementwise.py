@@ -9,7 +9,7 @@ from dynvm.shape_funcs.registry import shape_func
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "cast")
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum",
-          "less", "greater", "equal", "logical_and", "where")
+          "less", "greater", "less_equal", "greater_equal", "equal", "logical_and", "where")
 
 
 @shape_func(*UNARY, *BINARY, "broadcast")

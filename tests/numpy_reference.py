@@ -83,7 +83,8 @@ def _power(x, y):
 
 BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": _divide,
           "power": _power, "maximum": np.maximum, "minimum": np.minimum, "less": np.less,
-          "greater": np.greater, "equal": np.equal, "logical_and": np.logical_and}
+          "greater": np.greater, "less_equal": np.less_equal, "greater_equal": np.greater_equal,
+          "equal": np.equal, "logical_and": np.logical_and}
 
 
 def _elementwise(name, fn):

@@ -52,7 +52,7 @@ def test_float_binary_kernels_broadcast_like_numpy(pair, name, dtype, strided):
 
 
 @settings(max_examples=examples(30))
-@given(pair=broadcastable_pair(), name=st.sampled_from(["less", "greater", "equal"]))
+@given(pair=broadcastable_pair(), name=st.sampled_from(["less", "greater", "less_equal", "greater_equal", "equal"]))
 def test_comparisons_give_bool(pair, name):
     x, y = arrays(pair[0], "int64", 0), arrays(pair[1], "int64", 1)
     expected = getattr(np, name)(x, y)

@@ -10,6 +10,7 @@ import numpy as np
 from dynvm.vm.dtypes import dtype_name, np_dtype
 from dynvm.vm.errors import DynVMError
 
+from dynvm.compiler.ir import sugar
 from dynvm.compiler.ir.types import FuncType, Type, TypeVar
 
 
@@ -21,6 +22,45 @@ class Expr:
     def __str__(self):
         from dynvm.compiler.ir.printer import expr_text
         return expr_text(self)
+
+    # operator sugar (compiler/ir/sugar.py); == and != stay identity: expressions are dict keys
+    def __add__(self, other): return sugar.call("add", self, other)             # noqa: E704
+    def __radd__(self, other): return sugar.call("add", other, self)            # noqa: E704
+    def __sub__(self, other): return sugar.call("subtract", self, other)        # noqa: E704
+    def __rsub__(self, other): return sugar.call("subtract", other, self)       # noqa: E704
+    def __mul__(self, other): return sugar.call("multiply", self, other)        # noqa: E704
+    def __rmul__(self, other): return sugar.call("multiply", other, self)       # noqa: E704
+    def __truediv__(self, other): return sugar.call("divide", self, other)      # noqa: E704
+    def __rtruediv__(self, other): return sugar.call("divide", other, self)     # noqa: E704
+    def __pow__(self, other): return sugar.call("power", self, other)           # noqa: E704
+    def __rpow__(self, other): return sugar.call("power", other, self)          # noqa: E704
+    def __matmul__(self, other): return sugar.call("matmul", self, other)       # noqa: E704
+    def __rmatmul__(self, other): return sugar.call("matmul", other, self)      # noqa: E704
+    def __lt__(self, other): return sugar.call("less", self, other)             # noqa: E704
+    def __gt__(self, other): return sugar.call("greater", self, other)          # noqa: E704
+    def __le__(self, other): return sugar.call("less_equal", self, other)       # noqa: E704
+    def __ge__(self, other): return sugar.call("greater_equal", self, other)    # noqa: E704
+
+    def __neg__(self):
+        return sugar.call("negative", self)
+
+    def __getitem__(self, key):
+        return sugar.getitem(self, key)
+
+    def __iter__(self):
+        raise TypeError("an IR expression is not iterable (index it: x[0], x[1:3])")
+
+    __hash__ = object.__hash__      # defining comparisons must not make expressions unhashable
+
+    @property
+    def shape(self):
+        """`x.shape[i]`: the run-time extent of axis i, as an int64 scalar expression."""
+        return sugar.Shape(self)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of a tensor expression."""
+        return sugar.dtype_of(self)
 
 
 class Var(Expr):

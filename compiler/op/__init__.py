@@ -12,4 +12,6 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(OPS))
+    """The ops callable as `op.<name>` (internal ops such as `dyn.full`, reached through
+    `op.full`, are not attributes) and the registry's functions."""
+    return sorted([name for name in OPS if name.isidentifier()] + ["OpDef", "get_op", "make_call", "register"])

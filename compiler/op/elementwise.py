@@ -33,6 +33,8 @@ BINARY = {
     "minimum": (NUMERIC_DTYPES, None, "the smaller of x and y"),
     "less": (tuple(DTYPES), "bool", "x < y"),
     "greater": (tuple(DTYPES), "bool", "x > y"),
+    "less_equal": (tuple(DTYPES), "bool", "x <= y"),
+    "greater_equal": (tuple(DTYPES), "bool", "x >= y"),
     "equal": (tuple(DTYPES), "bool", "x == y"),
     "logical_and": (("bool",), "bool", "x and y"),
 }

@@ -62,6 +62,7 @@ OPS: dict[str, OpDef] = {}
 
 
 def register(opdef: OpDef) -> OpDef:
+    """Add an op to the registry (its name must be new); `op.<name>` then builds calls of it."""
     if opdef.name in OPS:
         raise DynVMError(f"op {opdef.name} registered twice")
     OPS[opdef.name] = opdef
@@ -69,6 +70,8 @@ def register(opdef: OpDef) -> OpDef:
 
 
 def get_op(name: str) -> OpDef:
+    """The registered OpDef of op `name` (arguments, attributes with defaults, type relation,
+    documentation); a DynVMError naming the known ops otherwise."""
     try:
         return OPS[name]
     except KeyError:
@@ -82,7 +85,8 @@ def make_call(name: str, *args, **attrs):
     if len(args) != len(opdef.args):
         raise DynVMError(f"op {name} takes {len(opdef.args)} argument(s) "
                          f"({', '.join(opdef.args)}), got {len(args)}")
-    return Call(Op(name), args, opdef.normalize_attrs(attrs))
+    from dynvm.compiler.ir.sugar import wrap_operands
+    return Call(Op(name), wrap_operands(opdef, args), opdef.normalize_attrs(attrs))
 
 
 def constructor(name: str) -> Callable:

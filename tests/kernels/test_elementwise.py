@@ -25,8 +25,8 @@ UNARY_RANGE = {"exp": (-20, 20), "log": (-0.5, 50), "sqrt": (-0.5, 50), "sigmoid
 
 ARITH_REF = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
              "maximum": np.maximum, "minimum": np.minimum, "power": np.power}
-COMPARE_REF = {"less": np.less, "greater": np.greater, "equal": np.equal,
-               "logical_and": np.logical_and}
+COMPARE_REF = {"less": np.less, "greater": np.greater, "less_equal": np.less_equal,
+               "greater_equal": np.greater_equal, "equal": np.equal, "logical_and": np.logical_and}
 BOOL_ARITH = ("add", "multiply", "maximum", "minimum")
 RANK_PAIRS = ((2, 2), (1, 2), (2, 0))
 
@@ -111,7 +111,7 @@ def truncating_divide(a, b):
 def binary_operands(rng, op, dtype, shapes):
     if dtype in FLOATS:
         low, high = (0.1, 3.0) if op == "power" else (-5.0, 5.0)
-        specials = (np.nan, 0.0, -0.0) if op in ("maximum", "minimum", "less", "equal") else (0.0,)
+        specials = (np.nan, 0.0, -0.0) if op in ("maximum", "minimum", "less", "less_equal", "greater_equal", "equal") else (0.0,)
         return [values(rng, s, dtype, low, high, specials) for s in shapes]
     if dtype == "bool":
         return [values(rng, s, dtype) for s in shapes]
