@@ -9,9 +9,10 @@ from dynvm.vm.errors import PerformanceWarning
 
 def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool = True):
     """Type-check `mod`, fuse ops, lower it to explicit-memory bytecode with static memory
-    planning, and compile its kernels. Loops of straight-line kernel calls become native loop
-    kernels (compiler/codegen/native_loop.py). `fuse`/`memory_plan`/`native_loops` switch those
-    off (tests and benchmarks compare both ways)."""
+    planning, and compile its kernels: the result is a `vm.Executable`. Loops of straight-line
+    kernel calls become native loop kernels. `fuse`/`memory_plan`/`native_loops` switch those
+    off (tests and benchmarks compare both ways). A PerformanceWarning names every function
+    that will run in the Python tier and every loop that stays bytecode, with the reasons."""
     mod = lambda_lift(infer_types(mod))
     if fuse:
         mod = fuse_ops(mod)

@@ -90,6 +90,7 @@ class Executable:
     # ------------------------------------------------------------ lookup
 
     def function_index(self, name: str) -> int:
+        """The index of function `name` (KeyError when there is none)."""
         for i, fn in enumerate(self.functions):
             if fn.name == name:
                 return i
@@ -121,6 +122,8 @@ class Executable:
     # ------------------------------------------------------------ serialization
 
     def to_bytes(self) -> bytes:
+        """The executable as the bytes of a .dvm file (one msgpack document: header, body of
+        sections, checksum; `from_bytes` reads it back and verifies everything)."""
         body = msgpack.packb({
             "functions": [_encode_function(f) for f in self.functions],
             "constants": [_encode_constant(c) for c in self.constants],
@@ -134,6 +137,7 @@ class Executable:
                              use_bin_type=True)
 
     def save(self, path) -> None:
+        """Write the executable to a .dvm file (`to_bytes`)."""
         with open(path, "wb") as f:
             f.write(self.to_bytes())
 

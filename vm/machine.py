@@ -78,7 +78,17 @@ class Frame:
 
 
 class VirtualMachine:
-    """Runs the functions of an Executable. Several VMs may share one Executable.
+    """Runs the functions of an Executable (or of the .dvm file at a path). Several VMs may
+    share one Executable.
+
+    Options: `tier` "native" (the default: every function the native tier covers runs as
+    native code, the rest in the Python tier; `exe.explain()` says which) or "python" (the
+    reference interpreter for everything; same results, errors and step counts);
+    `max_steps` bounds the bytecode instructions one invocation executes (VMStepLimitError);
+    `max_depth` bounds call nesting (VMRecursionError); `max_memory_bytes` bounds the bytes of
+    storage live at once (VMMemoryError; runs the Python tier); `profile=True` times every
+    opcode and kernel (`profile()`; runs the Python tier). `max_steps` and `max_depth` may be
+    changed between invocations.
 
     A VM holds per-invocation state (frames, registers, prepared kernel descriptors, its storage
     pool), so one VM runs one invocation at a time: use one VM per thread (they may share the
@@ -149,7 +159,7 @@ class VirtualMachine:
 
     @property
     def max_depth(self):
-        """The deepest call nesting one invocation may reach; deeper raises VMStackOverflowError."""
+        """The deepest call nesting one invocation may reach; deeper raises VMRecursionError."""
         return self._max_depth
 
     @max_depth.setter
@@ -161,10 +171,16 @@ class VirtualMachine:
     # ------------------------------------------------------------ public API
 
     def invoke(self, name: str, *args):
-        """Run function `name` on numpy arrays / tuples / ADTs / closures and return its result.
+        """Run function `name` on its arguments and return its result.
 
-        Arguments are checked against the declared parameter types before anything runs.
-        Returned arrays belong to the caller: no later invocation writes into them.
+        A tensor parameter takes a numpy array (C-contiguous, aligned, native byte order and
+        of the declared dtype and static dims: used as it is, the fastest way in; other
+        layouts are copied), or a Python number or (nested) list converted by the declared
+        dtype; tuple parameters take tuples, ADT parameters `vm.ADT` values (`vm.convert`
+        builds lists and trees), function parameters closures. Everything is checked against
+        the declared types before anything runs (InvokeArgumentError). Results come back as
+        numpy arrays, tuples and ADTs; returned arrays belong to the caller: no later
+        invocation writes into them, and none is an argument's memory.
         """
         try:
             self._token.pop()

@@ -64,6 +64,9 @@ class Expr:
 
 
 class Var(Expr):
+    """A variable (a function parameter, a let binding); `type_annotation` is its declared
+    type, required for function parameters the program is entered with."""
+
     def __init__(self, name: str, type_annotation: Type | None = None):
         self.name = name
         self.type_annotation = type_annotation
@@ -103,6 +106,10 @@ class Op(Expr):
 
 
 class Call(Expr):
+    """`callee(args)`: an op (`op.<name>(...)` builds these), a global function
+    (`mod.get_global_var(name)`), a local function or a constructor; `attrs` are an op's
+    attributes."""
+
     def __init__(self, callee: Expr, args, attrs: dict | None = None):
         self.callee = callee
         self.args = list(args)
@@ -113,17 +120,24 @@ class Call(Expr):
 
 
 class Tuple(Expr):
+    """A tuple of expressions (a function may return several values as one)."""
+
     def __init__(self, fields):
         self.fields = list(fields)
 
 
 class TupleGetItem(Expr):
+    """Field `index` of a tuple expression (`t[index]` builds it too)."""
+
     def __init__(self, tuple_value: Expr, index: int):
         self.tuple_value = tuple_value
         self.index = int(index)
 
 
 class Let(Expr):
+    """`let var = value in body`: names a value computed once (the compiler walks long let
+    chains iteratively, so a model may be a let chain of any length)."""
+
     def __init__(self, var: Var, value: Expr, body: Expr):
         self.var = var
         self.value = value
@@ -131,6 +145,9 @@ class Let(Expr):
 
 
 class If(Expr):
+    """`if (cond) { true_branch } else { false_branch }`; `cond` is a 0-d bool tensor computed
+    at run time, and both branches have the same type."""
+
     def __init__(self, cond: Expr, true_branch: Expr, false_branch: Expr):
         self.cond = cond
         self.true_branch = true_branch
@@ -138,6 +155,9 @@ class If(Expr):
 
 
 class Function(Expr):
+    """`fn (params) -> ret_type { body }`: a module's global function, or a local function
+    (a closure over the variables it uses); `ret_type` is required for recursive functions."""
+
     def __init__(self, params, body: Expr, ret_type: Type | None = None,
                  type_params=(), attrs: dict | None = None):
         self.params = list(params)
@@ -214,6 +234,7 @@ class Match(Expr):
 
 
 def var(name: str, type_annotation: Type | None = None) -> Var:
+    """A new variable, e.g. `ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))`."""
     return Var(name, type_annotation)
 
 

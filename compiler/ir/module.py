@@ -7,6 +7,10 @@ from dynvm.compiler.ir.expr import Constructor, Function, GlobalVar, TypeData
 
 
 class IRModule:
+    """A program: global functions by name (`mod["f"] = fn`, `mod.get_global_var("f")` to call
+    one, also before it is defined: recursion) and ADT definitions; `IRModule.from_expr(fn)` makes
+    a module whose entry function is `main`."""
+
     def __init__(self, functions: dict | None = None, type_definitions=()):
         self.functions: dict[str, Function] = {}
         self.type_definitions: dict[str, TypeData] = {}
