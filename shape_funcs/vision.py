@@ -128,12 +128,18 @@ def nms(inputs, attrs):
     return [(len(nms_select(boxes, scores, attrs)),)]
 
 
+def _nms_shape_message(boxes, scores) -> str:
+    if len(boxes) == 2 and len(scores) == 1 and boxes[1] == 4:
+        return f"nms: scores has {scores[0]} rows but boxes has {boxes[0]}"
+    return f"nms: boxes must be (N, 4) and scores (N,), got {tuple(boxes)} and {tuple(scores)}"
+
+
 @shape_func("nms.upper_bound", mode="upper_bound")
 def nms_upper_bound(inputs, attrs):
     """Reads only the input shapes (no numpy conversion: this runs on every call)."""
     boxes, scores = tuple(inputs[0].shape), tuple(inputs[1].shape)
     if len(boxes) != 2 or fails((boxes[1] == 4) & same_dims(scores, boxes[:1])):
-        raise ShapeError(f"nms: boxes must be (N, 4) and scores (N,), got {boxes} and {scores}")
+        raise ShapeError(_nms_shape_message(boxes, scores))
     max_output, _ = check_nms_attrs("nms", attrs)
     bound = smin(boxes[0], max_output)
     return [(bound,), (bound + UPPER_BOUND_HEADER // 8,)]
@@ -148,7 +154,7 @@ def _nms_upper_bound_prepared(attrs):
     def bound(inputs):
         boxes, scores = inputs[0].meta[1], inputs[1].meta[1]
         if len(boxes) != 2 or boxes[1] != 4 or scores != boxes[:1]:
-            raise ShapeError(f"nms: boxes must be (N, 4) and scores (N,), got {boxes} and {scores}")
+            raise ShapeError(_nms_shape_message(boxes, scores))
         n = boxes[0] if boxes[0] < max_output else max_output
         return [(n,), (n + header,)]
     return bound

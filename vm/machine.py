@@ -476,7 +476,7 @@ class VirtualMachine:
         bind(site, kernel, regs, argregs)
         rc = fn(site.tensors, site.nargs)
         if rc:
-            raise kernel.native_error(rc, [regs[r].shape for r in argregs])
+            raise _kernel_error(kernel, rc, [regs[r] for r in argregs])
         return pc + 1
 
     def _op_CallShapeFunc(self, regs, a, pc):
@@ -752,6 +752,26 @@ class VirtualMachine:
 
 _WORD_TENSORS = {}      # id(word array) -> its Tensor (the arrays live as long as the process)
 _ARMED_WORD = []        # kernels.interrupt.armed_word, once imported
+
+
+def _kernel_error(kernel, rc, values):
+    """A failed kernel call's error. For a shape error, the op's own shape function is asked
+    first: when it rejects the inputs, its message (in the op's terms: "nms: scores has 3 rows
+    but boxes has 5") is the error, not the kernel's return code."""
+    error = kernel.native_error(rc, [v.shape for v in values])
+    if not isinstance(error, ShapeError):
+        return error
+    from dynvm import shape_funcs      # lazily, as for CallShapeFunc
+    inputs, op = values[:len(kernel.inputs)], kernel.attrs.get("op", kernel.op)
+    for name in (f"{op}.upper_bound", op):
+        try:
+            sf = shape_funcs.lookup(name)
+            sf.fn([v.array for v in inputs] if sf.mode == "data_dependent" else inputs, kernel.attrs)
+        except ShapeError as plain:
+            return plain
+        except Exception:   # noqa: BLE001 - no such function, or one that cannot say more
+            continue
+    return error
 
 
 def _interrupt_word() -> Tensor:

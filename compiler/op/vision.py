@@ -219,7 +219,10 @@ def _register_all():
                    doc="get_valid_counts(data, score_threshold=0.0, id_index=0, score_index=1) "
                        "-> (valid_count (B,) int32, out (B, N, K), out_indices (B, N) int32): "
                        "TVM's; boxes with score > threshold (and class >= 0 unless "
-                       "id_index < 0) move to the top, the rest are -1."))
+                       "id_index < 0) move to the top, the rest are -1. data is (B, N, K) rows "
+                       "[class, score, x1, y1, x2, y2, ...] (the columns id_index and "
+                       "score_index name). The first step of TVM's detection post-processing: "
+                       "feed its outputs to non_max_suppression."))
     register(OpDef("non_max_suppression", ("data", "valid_count", "indices"),
                    non_max_suppression_rel,
                    attrs={"max_output_size": -1, "iou_threshold": 0.5, "force_suppress": False,
@@ -230,8 +233,13 @@ def _register_all():
                        "score_index=1, id_index=0, return_indices=True, invalid_to_bottom=False)"
                        ": TVM's greedy NMS. return_indices -> (selected indices (B, N) int32 "
                        "padded with -1, count (B, 1) int32), else boxes (B, N, K) with "
-                       "suppressed entries -1. With two tensor arguments (boxes, scores) "
-                       "op.non_max_suppression builds the simple form `nms`."))
+                       "suppressed entries -1. Boxes are the 4 columns from coord_start of "
+                       "get_valid_counts' (B, N, K) rows, corners (x1, y1, x2, y2) in any order; "
+                       "classes are compared unless force_suppress. Use it after "
+                       "get_valid_counts for TVM/SSD-style pipelines (batches, classes, rows "
+                       "kept in place); use nms for plain (N, 4) boxes and (N,) scores. With "
+                       "two tensor arguments (boxes, scores) op.non_max_suppression builds "
+                       "the simple form `nms`."))
     register(OpDef("nms", ("boxes", "scores"), nms_rel,
                    attrs={"max_output": REQUIRED, "iou_threshold": 0.5,
                           "score_threshold": None},
@@ -240,7 +248,11 @@ def _register_all():
                        "score_threshold=None) -> selected indices (K,) int64, K <= "
                        "min(N, max_output): ONNX-style greedy NMS by score (ties by lower "
                        "index), IoU > iou_threshold suppresses, only scores > score_threshold "
-                       "are candidates."))
+                       "are candidates. boxes rows are corners (y1, x1, y2, x2) or (x1, y1, "
+                       "x2, y2), in any order per axis (IoU is symmetric in the axes); one "
+                       "class, one batch: the op to use for plain detections (ONNX's "
+                       "NonMaxSuppression per batch and class). For TVM/SSD-style (B, N, 6) "
+                       "rows with classes use get_valid_counts + non_max_suppression."))
     for name in ("sort", "argsort", "topk", "unique", "get_valid_counts", "nms"):
         get_op(name).make = positional(name)
     get_op("non_max_suppression").make = _nms_or_tvm

@@ -173,3 +173,15 @@ def test_nms_with_no_valid_box_returns_empty_selection():
     scores = np.zeros(5, np.float32)   # nothing above score_threshold 0.05
     simple = machine().invoke("main", data, boxes, scores, x)[1]
     assert simple.shape == (0,) and simple.dtype == np.int64
+
+
+@pytest.mark.parametrize("tier", ["native", "python"])
+def test_an_nms_shape_mismatch_is_reported_in_the_ops_terms(tier):
+    """The kernel rejects the operands; the op's shape function says what is wrong with them."""
+    from dynvm.vm import VirtualMachine
+    from dynvm.vm.errors import ShapeError
+    boxes = ir.var("boxes", ir.TensorType((ir.Any(), 4), "float32"))
+    scores = ir.var("scores", ir.TensorType((ir.Any(),), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([boxes, scores], op.nms(boxes, scores, max_output=10))))
+    with pytest.raises(ShapeError, match=r"^nms: scores has 3 rows but boxes has 5 \[in main"):
+        VirtualMachine(exe, tier=tier).invoke("main", np.zeros((5, 4), np.float32), np.zeros(3, np.float32))
