@@ -1,0 +1,1014 @@
+"""ONNX op -> dynvm IR: the one table of converters, `CONVERTERS`.
+
+A converter is registered with `@converter("OpType", attrs="names it understands")` and called
+as `fn(cx, ins, a)`: `cx` the importer's Context (opset, node, types and constant values of
+expressions), `ins` the node's input expressions (None for an omitted optional input), `a` its
+attributes. It returns the output expression, or a list of them (None for an output it cannot
+produce). A node carrying an attribute the converter does not list is unsupported; so is a form
+the converter rejects by raising `Unsupported`. Ops without a dynvm counterpart are built from
+the existing ones (e.g. Gelu from erf, itself a polynomial/exp decomposition; Pad from take).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from dynvm.compiler import ir, op
+from dynvm.frontend.onnx.importer import DTYPES, Unsupported, dtype_of
+
+
+@dataclass(frozen=True)
+class Converter:
+    fn: Callable
+    attrs: frozenset
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types, attrs: str = ""):
+    def register(fn):
+        for name in op_types:
+            assert name not in CONVERTERS, name
+            CONVERTERS[name] = Converter(fn, frozenset(attrs.split()))
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def const(value, dtype):
+    return ir.const(value, dtype)
+
+
+def like(cx, x, value):
+    """A scalar constant of x's dtype."""
+    return ir.const(value, cx.type_of(x).dtype)
+
+
+def rank(cx, x) -> int:
+    return cx.type_of(x).rank
+
+
+def ints(cx, e, what: str) -> list:
+    """The values of a constant integer tensor input as Python ints."""
+    value = cx.value_of(e)
+    if value is None:
+        raise Unsupported(f"{what} must be a constant (an initializer or a Constant node)")
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+def scalar_value(cx, e, what: str):
+    value = cx.value_of(e)
+    if value is None:
+        raise Unsupported(f"{what} must be a constant (an initializer or a Constant node)")
+    return np.asarray(value).reshape(-1)[0].item()
+
+
+def input_or_attr(cx, ins, index, a, name, what=None):
+    """An int list given as attribute `name` (older opsets) or constant input `index`; None when
+    neither is given."""
+    if name in a:
+        return list(a[name])
+    if len(ins) > index and ins[index] is not None:
+        return ints(cx, ins[index], what or name)
+    return None
+
+
+def axis_of(cx, x, axis: int, extra: int = 0) -> int:
+    """`axis` normalised against rank(x) + extra."""
+    r = rank(cx, x) + extra
+    if not -r <= axis < max(r, 1):
+        raise Unsupported(f"axis {axis} is out of range for rank {r}")
+    return axis % r if r else 0
+
+
+def dim(cx, x, i):
+    """Dim i of x: an int when static, else an int64 scalar expression."""
+    d = cx.type_of(x).shape[i]
+    if not ir.is_any(d):
+        return d
+    return op.take(op.shape_of(x), const(i, "int64"))
+
+
+def dims_product(cx, x, axes):
+    """The product of dims `axes` of x: an int when they are static, else an int64 scalar."""
+    static, dynamic = 1, None
+    for i in axes:
+        d = dim(cx, x, i)
+        if isinstance(d, int):
+            static *= d
+        else:
+            dynamic = d if dynamic is None else op.multiply(dynamic, d)
+    if dynamic is None:
+        return static
+    return dynamic if static == 1 else op.multiply(dynamic, const(static, "int64"))
+
+
+def as_vector(v):
+    """An int (or an int64 scalar expression) as a 1-element int64 vector expression."""
+    if isinstance(v, int):
+        return const([v], "int64")
+    return op.reshape(v, [1])
+
+
+def shape_vector(parts):
+    """A 1-D int64 shape expression from ints and int64 scalar expressions."""
+    if all(isinstance(p, int) for p in parts):
+        return [int(p) for p in parts]
+    return op.concatenate([as_vector(p) for p in parts], 0)
+
+
+def reshape(x, parts):
+    return op.reshape(x, shape_vector(parts))
+
+
+def to_scalar(x):
+    """A one-element tensor as a rank-0 tensor."""
+    return op.reshape(x, [])
+
+
+def per_channel(cx, v, x_rank: int):
+    """A (C,) vector shaped to broadcast over dim 1 of a rank-`x_rank` tensor: (C, 1, ..., 1)."""
+    return op.expand_dims(v, 1, x_rank - 2) if x_rank > 2 else v
+
+
+def fold(name, xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = getattr(op, name)(out, x)
+    return out
+
+
+def not_(x):
+    return op.equal(x, const(False, "bool"))
+
+
+def abs_(cx, x):
+    return op.where(op.less(x, like(cx, x, 0)), op.negative(x), x)
+
+
+def select_tuple(call, n):
+    return [ir.TupleGetItem(call, i) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Equal": "equal",
+          "Less": "less", "Greater": "greater", "And": "logical_and"}
+UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Tanh": "tanh", "Sigmoid": "sigmoid",
+         "Relu": "relu", "Neg": "negative"}
+VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
+
+
+def _register_elementwise():
+    for onnx_name, name in BINARY.items():
+        converter(onnx_name)(lambda cx, ins, a, n=name: getattr(op, n)(ins[0], ins[1]))
+    for onnx_name, name in UNARY.items():
+        converter(onnx_name)(lambda cx, ins, a, n=name: getattr(op, n)(ins[0]))
+    for onnx_name, name in VARIADIC.items():
+        converter(onnx_name)(lambda cx, ins, a, n=name: fold(n, ins))
+
+
+_register_elementwise()
+
+
+@converter("Mean")
+def mean_(cx, ins, a):
+    return op.divide(fold("add", ins), like(cx, ins[0], len(ins)))
+
+
+@converter("Pow")
+def pow_(cx, ins, a):
+    x, y = ins
+    dtype = cx.type_of(x).dtype
+    return op.power(x, y if cx.type_of(y).dtype == dtype else op.cast(y, dtype))
+
+
+@converter("Not")
+def not_op(cx, ins, a):
+    return not_(ins[0])
+
+
+@converter("Or")
+def or_(cx, ins, a):
+    return op.where(ins[0], const(True, "bool"), ins[1])
+
+
+@converter("Xor")
+def xor_(cx, ins, a):
+    return not_(op.equal(ins[0], ins[1]))
+
+
+@converter("LessOrEqual", "GreaterOrEqual")
+def compare_or_equal(cx, ins, a):
+    strict = op.less if cx.node.op_type == "LessOrEqual" else op.greater
+    return op.where(strict(*ins), const(True, "bool"), op.equal(*ins))
+
+
+@converter("Abs")
+def abs_op(cx, ins, a):
+    return abs_(cx, ins[0])
+
+
+@converter("Sign")
+def sign(cx, ins, a):
+    x = ins[0]
+    return op.where(op.greater(x, like(cx, x, 0)), like(cx, x, 1),
+                    op.where(op.less(x, like(cx, x, 0)), like(cx, x, -1), like(cx, x, 0)))
+
+
+@converter("Reciprocal")
+def reciprocal(cx, ins, a):
+    return op.divide(like(cx, ins[0], 1), ins[0])
+
+
+def floor_(cx, x):
+    """floor(x) = t - (t > x) with t = x truncated; |x| >= 2**52 (and inf, NaN) are already
+    integral and pass through."""
+    dtype = cx.type_of(x).dtype
+    if dtype not in ("float32", "float64"):
+        return x
+    t = op.cast(op.cast(x, "int64"), dtype)
+    floored = op.subtract(t, op.cast(op.greater(t, x), dtype))
+    return op.where(op.less(abs_(cx, x), like(cx, x, 2.0 ** 52)), floored, x)
+
+
+@converter("Floor")
+def floor_op(cx, ins, a):
+    return floor_(cx, ins[0])
+
+
+@converter("Ceil")
+def ceil_op(cx, ins, a):
+    return op.negative(floor_(cx, op.negative(ins[0])))
+
+
+ERF_SERIES = [2 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1))
+              for n in range(6)]
+ERF_AS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # A&S 7.1.26
+ERF_P = 0.3275911
+
+
+def erf_(cx, x):
+    """erf: its Taylor series below |x| = 0.5 (keeps the relative accuracy near 0), Abramowitz
+    and Stegun 7.1.26 above (absolute error < 1.5e-7)."""
+    c = lambda v: like(cx, x, v)  # noqa: E731
+    x2 = op.multiply(x, x)
+    series = c(ERF_SERIES[-1])
+    for coeff in reversed(ERF_SERIES[:-1]):
+        series = op.add(op.multiply(series, x2), c(coeff))
+    series = op.multiply(series, x)
+    ax = abs_(cx, x)
+    t = op.divide(c(1.0), op.add(c(1.0), op.multiply(c(ERF_P), ax)))
+    poly = c(ERF_AS[-1])
+    for coeff in reversed(ERF_AS[:-1]):
+        poly = op.add(op.multiply(poly, t), c(coeff))
+    tail = op.subtract(c(1.0), op.multiply(op.multiply(poly, t), op.exp(op.negative(x2))))
+    signed = op.where(op.less(x, c(0.0)), op.negative(tail), tail)
+    return op.where(op.less(ax, c(0.5)), series, signed)
+
+
+@converter("Erf")
+def erf_op(cx, ins, a):
+    return erf_(cx, ins[0])
+
+
+@converter("Gelu", attrs="approximate")
+def gelu(cx, ins, a):
+    x = ins[0]
+    c = lambda v: like(cx, x, v)  # noqa: E731
+    if a.get("approximate", "none") == "tanh":
+        inner = op.multiply(c(math.sqrt(2 / math.pi)),
+                            op.add(x, op.multiply(c(0.044715), op.multiply(x, op.multiply(x, x)))))
+        gate = op.add(c(1.0), op.tanh(inner))
+    else:
+        gate = op.add(c(1.0), erf_(cx, op.multiply(x, c(1 / math.sqrt(2)))))
+    return op.multiply(op.multiply(c(0.5), x), gate)
+
+
+def softplus_(cx, x):
+    """log(1 + e**x) = relu(x) + log(1 + e**-|x|): no overflow for large x."""
+    return op.add(op.relu(x), op.log(op.add(like(cx, x, 1.0), op.exp(op.negative(abs_(cx, x))))))
+
+
+@converter("Softplus")
+def softplus(cx, ins, a):
+    return softplus_(cx, ins[0])
+
+
+@converter("Softsign")
+def softsign(cx, ins, a):
+    x = ins[0]
+    return op.divide(x, op.add(like(cx, x, 1.0), abs_(cx, x)))
+
+
+@converter("Mish")
+def mish(cx, ins, a):
+    return op.multiply(ins[0], op.tanh(softplus_(cx, ins[0])))
+
+
+@converter("Elu", attrs="alpha")
+def elu(cx, ins, a):
+    x = ins[0]
+    neg = op.multiply(like(cx, x, a.get("alpha", 1.0)), op.subtract(op.exp(x), like(cx, x, 1.0)))
+    return op.where(op.less(x, like(cx, x, 0.0)), neg, x)
+
+
+@converter("Celu", attrs="alpha")
+def celu(cx, ins, a):
+    x, alpha = ins[0], a.get("alpha", 1.0)
+    neg = op.multiply(like(cx, x, alpha),
+                      op.subtract(op.exp(op.divide(x, like(cx, x, alpha))), like(cx, x, 1.0)))
+    return op.add(op.relu(x), op.minimum(like(cx, x, 0.0), neg))
+
+
+@converter("Selu", attrs="alpha gamma")
+def selu(cx, ins, a):
+    x = ins[0]
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    neg = op.multiply(like(cx, x, alpha), op.subtract(op.exp(x), like(cx, x, 1.0)))
+    return op.multiply(like(cx, x, gamma), op.where(op.greater(x, like(cx, x, 0.0)), x, neg))
+
+
+@converter("LeakyRelu", attrs="alpha")
+def leaky_relu(cx, ins, a):
+    x = ins[0]
+    return op.where(op.less(x, like(cx, x, 0.0)), op.multiply(x, like(cx, x, a.get("alpha", 0.01))), x)
+
+
+@converter("PRelu")
+def prelu(cx, ins, a):
+    x, slope = ins
+    return op.where(op.less(x, like(cx, x, 0)), op.multiply(x, slope), x)
+
+
+@converter("ThresholdedRelu", attrs="alpha")
+def thresholded_relu(cx, ins, a):
+    x = ins[0]
+    return op.where(op.greater(x, like(cx, x, a.get("alpha", 1.0))), x, like(cx, x, 0.0))
+
+
+def hard_sigmoid_(cx, x, alpha, beta):
+    lin = op.add(op.multiply(x, like(cx, x, alpha)), like(cx, x, beta))
+    return op.maximum(like(cx, x, 0.0), op.minimum(like(cx, x, 1.0), lin))
+
+
+@converter("HardSigmoid", attrs="alpha beta")
+def hard_sigmoid(cx, ins, a):
+    return hard_sigmoid_(cx, ins[0], a.get("alpha", 0.2), a.get("beta", 0.5))
+
+
+@converter("HardSwish")
+def hard_swish(cx, ins, a):
+    return op.multiply(ins[0], hard_sigmoid_(cx, ins[0], 1 / 6, 0.5))
+
+
+@converter("Clip", attrs="min max")
+def clip(cx, ins, a):
+    x = ins[0]
+    lo = ins[1] if len(ins) > 1 and ins[1] is not None else (
+        like(cx, x, a["min"]) if "min" in a else None)
+    hi = ins[2] if len(ins) > 2 and ins[2] is not None else (
+        like(cx, x, a["max"]) if "max" in a else None)
+    if lo is not None:
+        x = op.maximum(x, lo)
+    if hi is not None:
+        x = op.minimum(x, hi)
+    return x
+
+
+@converter("Where")
+def where(cx, ins, a):
+    return op.where(*ins)
+
+
+@converter("Cast", attrs="to saturate")
+def cast(cx, ins, a):
+    return op.cast(ins[0], dtype_of(a["to"], "the target type"))
+
+
+@converter("CastLike", attrs="saturate")
+def cast_like(cx, ins, a):
+    return op.cast(ins[0], cx.type_of(ins[1]).dtype)
+
+
+@converter("Identity")
+def identity(cx, ins, a):
+    return ins[0]
+
+
+@converter("Dropout", attrs="seed ratio is_test")
+def dropout(cx, ins, a):
+    """Inference: the identity, and a mask of ones."""
+    if len(ins) > 2 and ins[2] is not None and scalar_value(cx, ins[2], "training_mode"):
+        raise Unsupported("training_mode=True (only inference is supported)")
+    x = ins[0]
+    return [x, op.ones(op.shape_of(x), dtype="bool")]
+
+
+# ---------------------------------------------------------------------------------------------
+# constants and creation
+
+
+@converter("Constant", attrs="value value_float value_floats value_int value_ints")
+def constant(cx, ins, a):
+    if "value" in a:
+        return a["value"]
+    for key, dtype in (("value_float", "float32"), ("value_floats", "float32"),
+                       ("value_int", "int64"), ("value_ints", "int64")):
+        if key in a:
+            return const(a[key], dtype)
+    raise Unsupported("Constant without a supported value attribute")
+
+
+@converter("ConstantOfShape", attrs="value")
+def constant_of_shape(cx, ins, a):
+    value = a["value"].data.reshape(()) if "value" in a else np.float32(0)
+    fill = ir.const(value)
+    shape = cx.value_of(ins[0])
+    return op.full(fill, [int(d) for d in shape] if shape is not None else ins[0])
+
+
+@converter("Range")
+def range_(cx, ins, a):
+    return op.arange(*(to_scalar(x) for x in ins), dtype=cx.type_of(ins[0]).dtype)
+
+
+@converter("Shape", attrs="start end")
+def shape(cx, ins, a):
+    t = cx.type_of(ins[0])
+    dims = range(t.rank)[slice(a.get("start", 0), a.get("end"))]
+    if all(not ir.is_any(t.shape[i]) for i in dims):
+        return ir.Constant(np.array([t.shape[i] for i in dims], np.int64))
+    s = op.shape_of(ins[0])
+    if len(dims) == t.rank:
+        return s
+    return op.strided_slice(s, [dims.start], [dims.stop])
+
+
+@converter("Size")
+def size(cx, ins, a):
+    n = dims_product(cx, ins[0], range(rank(cx, ins[0])))
+    return const(n, "int64") if isinstance(n, int) else n
+
+
+@converter("EyeLike", attrs="dtype k")
+def eye_like(cx, ins, a):
+    x = ins[0]
+    dtype = dtype_of(a["dtype"], "dtype") if "dtype" in a else cx.type_of(x).dtype
+    rows = op.arange(const(0, "int64"), as_int64(dim(cx, x, 0)), const(1, "int64"), dtype="int64")
+    cols = op.arange(const(0, "int64"), as_int64(dim(cx, x, 1)), const(1, "int64"), dtype="int64")
+    diag = op.equal(op.subtract(cols, op.expand_dims(rows, 1)), const(a.get("k", 0), "int64"))
+    return op.cast(diag, dtype)
+
+
+def as_int64(d):
+    return const(d, "int64") if isinstance(d, int) else d
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes and data movement
+
+
+@converter("Reshape", attrs="allowzero")
+def reshape_op(cx, ins, a):
+    x, s = ins
+    value = cx.value_of(s)
+    if value is None:
+        if a.get("allowzero", 0):
+            raise Unsupported("allowzero=1 with a run-time shape")
+        return op.reshape(x, s)
+    newshape = [int(d) for d in value]
+    if a.get("allowzero", 0) and 0 in newshape:
+        # a 0 is an empty dim, not a copy: the result has no elements
+        return op.zeros(newshape, dtype=cx.type_of(x).dtype)
+    return op.reshape(x, newshape)
+
+
+@converter("Flatten", attrs="axis")
+def flatten(cx, ins, a):
+    x = ins[0]
+    r = rank(cx, x)
+    axis = a.get("axis", 1)
+    axis = axis + r if axis < 0 else axis
+    outer = dims_product(cx, x, range(axis))
+    inner = dims_product(cx, x, range(axis, r))
+    if isinstance(outer, int) and outer > 0:
+        return op.reshape(x, [outer, -1])
+    if isinstance(inner, int) and inner > 0:
+        return op.reshape(x, [-1, inner])
+    return reshape(x, [outer, inner])
+
+
+@converter("Transpose", attrs="perm")
+def transpose(cx, ins, a):
+    return op.transpose(ins[0], a.get("perm"))
+
+
+@converter("Squeeze", attrs="axes")
+def squeeze(cx, ins, a):
+    axes = input_or_attr(cx, ins, 1, a, "axes")
+    return op.squeeze(ins[0], axis=axes if axes else None)
+
+
+@converter("Unsqueeze", attrs="axes")
+def unsqueeze(cx, ins, a):
+    x = ins[0]
+    axes = input_or_attr(cx, ins, 1, a, "axes")
+    out_rank = rank(cx, x) + len(axes)
+    for axis in sorted(a % out_rank for a in axes):
+        x = op.expand_dims(x, axis)
+    return x
+
+
+@converter("Concat", attrs="axis")
+def concat(cx, ins, a):
+    parts = [x for x in ins if x is not None]
+    return op.concatenate(parts, a["axis"])
+
+
+@converter("Split", attrs="axis split num_outputs")
+def split(cx, ins, a):
+    x = ins[0]
+    axis = axis_of(cx, x, a.get("axis", 0))
+    n = len(cx.node.output)
+    sizes = input_or_attr(cx, ins, 1, a, "split", "split sizes")
+    d = cx.type_of(x).shape[axis]
+    if sizes is None and "num_outputs" in a and not ir.is_any(d):
+        chunk = -(-d // n)
+        sizes = [min(chunk, d - i * chunk) for i in range(n)]
+    if sizes is None:
+        parts = op.split(x, n, axis)
+    else:
+        parts = op.split(x, list(np.cumsum(sizes[:-1]).tolist()), axis)
+    return select_tuple(parts, n)
+
+
+@converter("Slice", attrs="starts ends axes")
+def slice_(cx, ins, a):
+    x = ins[0]
+    if "starts" in a:  # opset < 10
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+        return op.strided_slice(x, starts, ends, None, axes=axes)
+    starts, ends = ins[1], ins[2]
+    axes = ins[3] if len(ins) > 3 else None
+    steps = ins[4] if len(ins) > 4 else None
+    axes = ints(cx, axes, "Slice axes") if axes is not None else None
+    r = rank(cx, x)
+    if axes is not None:
+        axes = [v % r for v in axes]
+    values = [cx.value_of(e) if e is not None else None for e in (starts, ends, steps)]
+    if all(v is not None or e is None for v, e in zip(values, (starts, ends, steps))):
+        b, e, s = ([int(i) for i in v] if v is not None else None for v in values)
+        n = len(b)
+        return op.strided_slice(x, b, e, s, axes=axes if axes is not None else list(range(n)))
+    n = cx.type_of(starts).shape[0]
+    if ir.is_any(n):
+        raise Unsupported("Slice starts of unknown length")
+    as64 = lambda v: v if cx.type_of(v).dtype == "int64" else op.cast(v, "int64")  # noqa: E731
+    step = as64(steps) if steps is not None else [1] * n
+    return op.strided_slice(x, as64(starts), as64(ends), step,
+                            axes=axes if axes is not None else list(range(n)))
+
+
+@converter("Gather", attrs="axis")
+def gather(cx, ins, a):
+    data, indices = ins
+    return op.take(data, indices, axis=axis_of(cx, data, a.get("axis", 0)), mode="wrap")
+
+
+@converter("Expand")
+def expand(cx, ins, a):
+    x, s = ins
+    value = cx.value_of(s)
+    dtype = cx.type_of(x).dtype
+    ones = op.ones([int(d) for d in value] if value is not None else s, dtype=dtype)
+    return op.logical_and(x, ones) if dtype == "bool" else op.multiply(x, ones)
+
+
+@converter("Tile")
+def tile(cx, ins, a):
+    x = ins[0]
+    repeats = ints(cx, ins[1], "Tile repeats")
+    for axis, r in enumerate(repeats):
+        if r == 0:
+            x = op.strided_slice(x, [0], [0], axes=[axis])
+        elif r > 1:
+            x = op.concatenate([x] * r, axis)
+    return x
+
+
+@converter("Pad", attrs="mode pads value")
+def pad(cx, ins, a):
+    """Each padded axis is a `take` of clipped (edge), mirrored (reflect) or wrapped source
+    indices; constant mode then fills the out-of-range positions."""
+    x = ins[0]
+    r = rank(cx, x)
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise Unsupported(f"mode {mode!r}")
+    pads = input_or_attr(cx, ins, 1, a, "pads", "pads")
+    value = a.get("value", 0.0)
+    if len(ins) > 2 and ins[2] is not None:
+        value = ins[2]
+    fill = op.cast(to_scalar(value), cx.type_of(x).dtype) if isinstance(value, ir.Expr) \
+        else like(cx, x, value)
+    axes = ints(cx, ins[3], "Pad axes") if len(ins) > 3 and ins[3] is not None else range(r)
+    axes = [v % r for v in axes]
+    k = len(axes)
+    for axis, before, after in zip(axes, pads[:k], pads[k:]):
+        if before or after:
+            x = _pad_axis(cx, x, axis, before, after, mode, fill, r)
+    return x
+
+
+def _pad_axis(cx, x, axis, before, after, mode, fill, r):
+    n = as_int64(dim(cx, x, axis))
+    one = const(1, "int64")
+    idx = op.arange(const(-before, "int64"), op.add(n, const(after, "int64")), one, dtype="int64")
+    last = op.subtract(n, one)
+    if mode == "reflect":
+        mirrored = op.where(op.less(idx, const(0, "int64")), op.negative(idx), idx)
+        src = op.where(op.greater(mirrored, last),
+                       op.subtract(op.multiply(const(2, "int64"), last), mirrored), mirrored)
+    elif mode == "wrap":
+        src = idx
+    else:
+        src = op.maximum(const(0, "int64"), op.minimum(idx, last))
+    out = op.take(x, src, axis=axis, mode="wrap")
+    if mode != "constant":
+        return out
+    inside = op.logical_and(op.greater(idx, const(-1, "int64")), op.less(idx, n))
+    if r - axis - 1:
+        inside = op.expand_dims(inside, 1, r - axis - 1)
+    return op.where(inside, out, fill)
+
+
+@converter("NonZero")
+def nonzero(cx, ins, a):
+    return op.transpose(op.argwhere(ins[0]))
+
+
+@converter("OneHot", attrs="axis")
+def one_hot(cx, ins, a):
+    indices, depth, values = ins
+    out_rank = rank(cx, indices) + 1
+    axis = a.get("axis", -1) % out_rank
+    depth = op.cast(to_scalar(depth), "int64")
+    idx = op.cast(indices, "int64")
+    idx = op.where(op.less(idx, const(0, "int64")), op.add(idx, depth), idx)
+    classes = op.arange(const(0, "int64"), depth, const(1, "int64"), dtype="int64")
+    if out_rank - 1 - axis:
+        classes = op.expand_dims(classes, 1, out_rank - 1 - axis)
+    hit = op.equal(op.expand_dims(idx, axis), classes)
+    off = op.take(values, const(0, "int64"))
+    on = op.take(values, const(1, "int64"))
+    return op.where(hit, on, off)
+
+
+@converter("Trilu", attrs="upper")
+def trilu(cx, ins, a):
+    x = ins[0]
+    k = op.cast(to_scalar(ins[1]), "int64") if len(ins) > 1 and ins[1] is not None \
+        else const(0, "int64")
+    r = rank(cx, x)
+    one, zero = const(1, "int64"), const(0, "int64")
+    rows = op.arange(zero, as_int64(dim(cx, x, r - 2)), one, dtype="int64")
+    cols = op.arange(zero, as_int64(dim(cx, x, r - 1)), one, dtype="int64")
+    offset = op.subtract(cols, op.expand_dims(rows, 1))  # column - row
+    keep = not_(op.less(offset, k)) if a.get("upper", 1) else not_(op.greater(offset, k))
+    return op.where(keep, x, like(cx, x, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra and networks
+
+
+@converter("MatMul")
+def matmul(cx, ins, a):
+    x, w = ins
+    ra, rb = rank(cx, x), rank(cx, w)
+    if ra == 1 or rb == 1:
+        xe = op.expand_dims(x, 0) if ra == 1 else x
+        we = op.expand_dims(w, 1) if rb == 1 else w
+        out = matmul_nd(cx, xe, we)
+        if ra == 1:
+            out = op.squeeze(out, axis=[rank(cx, out) - 2])
+        if rb == 1:
+            out = op.squeeze(out, axis=[rank(cx, out) - 1])
+        return out
+    return matmul_nd(cx, x, w)
+
+
+def matmul_nd(cx, x, w):
+    ra, rb = rank(cx, x), rank(cx, w)
+    if rb == 2:
+        if ra == 2:
+            return op.matmul(x, w)
+        return op.dense(x, op.transpose(w))
+    if ra == rb == 3:
+        return op.batch_matmul(x, w, transpose_b=False)
+    if ra == 2 and rb == 3:
+        return op.batch_matmul(op.expand_dims(x, 0), w, transpose_b=False)
+    if ra != rb:
+        raise Unsupported(f"MatMul of ranks {ra} and {rb}")
+    batch = [dim(cx, x, i) for i in range(ra - 2)]
+    x3 = reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
+    w3 = reshape(w, [-1, dim(cx, w, rb - 2), dim(cx, w, rb - 1)])
+    out = op.batch_matmul(x3, w3, transpose_b=False)
+    return reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+
+
+@converter("Gemm", attrs="alpha beta transA transB")
+def gemm(cx, ins, a):
+    x, w = ins[0], ins[1]
+    if a.get("transA", 0):
+        x = op.transpose(x)
+    out = op.dense(x, w if a.get("transB", 0) else op.transpose(w))
+    if a.get("alpha", 1.0) != 1.0:
+        out = op.multiply(out, like(cx, out, a["alpha"]))
+    if len(ins) > 2 and ins[2] is not None:
+        c = ins[2]
+        if a.get("beta", 1.0) != 1.0:
+            c = op.multiply(c, like(cx, c, a["beta"]))
+        out = op.add(out, c)
+    return out
+
+
+@converter("Conv", attrs="auto_pad dilations group kernel_shape pads strides")
+def conv(cx, ins, a):
+    x, w = ins[0], ins[1]
+    r = rank(cx, x)
+    if r not in (3, 4):
+        raise Unsupported(f"Conv on rank {r} inputs (1-D and 2-D convolutions are supported)")
+    n = r - 2
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    pads = _conv_pads(cx, x, w, a, strides, dilations)
+    if n == 1:
+        x, w = op.expand_dims(x, 2), op.expand_dims(w, 2)
+        strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
+    out = op.conv2d(x, w, strides=strides, padding=pads, dilation=dilations,
+                    groups=a.get("group", 1))
+    if n == 1:
+        out = op.squeeze(out, axis=[2])
+    if len(ins) > 2 and ins[2] is not None:
+        out = op.add(out, per_channel(cx, ins[2], r))
+    return out
+
+
+def _conv_pads(cx, x, w, a, strides, dilations) -> list:
+    n = len(strides)
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        return list(a.get("pads", [0] * 2 * n)) if auto == "NOTSET" else [0] * 2 * n
+    xs, ws = cx.type_of(x).shape[2:], cx.type_of(w).shape[2:]
+    if any(ir.is_any(d) for d in list(xs) + list(ws)):
+        raise Unsupported(f"auto_pad={auto} with dynamic spatial dims")
+    begin, end = [], []
+    for size, k, s, d in zip(xs, ws, strides, dilations):
+        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+@converter("Softmax", "LogSoftmax", attrs="axis")
+def softmax(cx, ins, a):
+    x = ins[0]
+    r = rank(cx, x)
+    log = cx.node.op_type == "LogSoftmax"
+    if cx.opset >= 13:
+        out = op.softmax(x, axis=a.get("axis", -1))
+    else:  # the input is coerced to 2-D at axis
+        axis = a.get("axis", 1) % r
+        flat = x if axis == r - 1 else reshape(x, [dims_product(cx, x, range(axis)), -1])
+        out = op.softmax(flat, axis=-1)
+        if axis != r - 1:
+            out = op.reshape(out, op.shape_of(x))
+    return op.log(out) if log else out
+
+
+def moments(cx, x, axes):
+    mean = op.mean(x, axis=axes, keepdims=True)
+    centred = op.subtract(x, mean)
+    return centred, op.mean(op.multiply(centred, centred), axis=axes, keepdims=True)
+
+
+def normalise(cx, x, axes, epsilon):
+    centred, var = moments(cx, x, axes)
+    return op.divide(centred, op.sqrt(op.add(var, like(cx, x, epsilon))))
+
+
+@converter("LayerNormalization", attrs="axis epsilon stash_type")
+def layer_normalization(cx, ins, a):
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    r = rank(cx, x)
+    axis = a.get("axis", -1) % r
+    eps = a.get("epsilon", 1e-5)
+    if axis == r - 1 and rank(cx, scale) == 1 and (bias is None or rank(cx, bias) == 1):
+        beta = bias if bias is not None else op.multiply(scale, like(cx, scale, 0.0))
+        return op.layer_norm(x, scale, beta, axis=-1, epsilon=eps)
+    out = op.multiply(normalise(cx, x, list(range(axis, r)), eps), scale)
+    return op.add(out, bias) if bias is not None else out
+
+
+@converter("BatchNormalization", attrs="epsilon momentum training_mode spatial")
+def batch_normalization(cx, ins, a):
+    if a.get("training_mode", 0):
+        raise Unsupported("training_mode=1 (only inference is supported)")
+    x, scale, bias, mean, var = ins
+    r = rank(cx, x)
+    eps = a.get("epsilon", 1e-5)
+    values = [cx.value_of(e) for e in (scale, bias, mean, var)]
+    if all(v is not None for v in values):
+        s, b, m, v = values
+        mul = (s / np.sqrt(v + np.asarray(eps, v.dtype))).astype(s.dtype)
+        mul_e, add_e = ir.const(mul), ir.const((b - m * mul).astype(s.dtype))
+    else:
+        mul_e = op.divide(scale, op.sqrt(op.add(var, like(cx, var, eps))))
+        add_e = op.subtract(bias, op.multiply(mean, mul_e))
+    return op.add(op.multiply(x, per_channel(cx, mul_e, r)), per_channel(cx, add_e, r))
+
+
+@converter("InstanceNormalization", attrs="epsilon")
+def instance_normalization(cx, ins, a):
+    x, scale, bias = ins
+    r = rank(cx, x)
+    out = normalise(cx, x, list(range(2, r)), a.get("epsilon", 1e-5))
+    return op.add(op.multiply(out, per_channel(cx, scale, r)), per_channel(cx, bias, r))
+
+
+@converter("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(cx, ins, a):
+    x = ins[0]
+    reduce = op.mean if cx.node.op_type == "GlobalAveragePool" else op.max
+    return reduce(x, axis=list(range(2, rank(cx, x))), keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+def _log_sum_exp(x, axes, keepdims):
+    m = op.max(x, axis=axes, keepdims=True)
+    s = op.log(op.sum(op.exp(op.subtract(x, m)), axis=axes, keepdims=keepdims))
+    return op.add(s, m if keepdims else op.max(x, axis=axes, keepdims=False))
+
+
+REDUCTIONS = {
+    "ReduceSum": lambda cx, x, ax, k: op.sum(x, axis=ax, keepdims=k),
+    "ReduceMean": lambda cx, x, ax, k: op.mean(x, axis=ax, keepdims=k),
+    "ReduceMax": lambda cx, x, ax, k: op.max(x, axis=ax, keepdims=k),
+    "ReduceMin": lambda cx, x, ax, k: op.negative(op.max(op.negative(x), axis=ax, keepdims=k)),
+    "ReduceL1": lambda cx, x, ax, k: op.sum(abs_(cx, x), axis=ax, keepdims=k),
+    "ReduceL2": lambda cx, x, ax, k: op.sqrt(op.sum(op.multiply(x, x), axis=ax, keepdims=k)),
+    "ReduceSumSquare": lambda cx, x, ax, k: op.sum(op.multiply(x, x), axis=ax, keepdims=k),
+    "ReduceLogSum": lambda cx, x, ax, k: op.log(op.sum(x, axis=ax, keepdims=k)),
+    "ReduceLogSumExp": lambda cx, x, ax, k: _log_sum_exp(x, ax, k),
+}
+
+
+@converter(*REDUCTIONS, attrs="axes keepdims noop_with_empty_axes")
+def reduce(cx, ins, a):
+    x = ins[0]
+    axes = input_or_attr(cx, ins, 1, a, "axes")
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return x
+        axes = None
+    return REDUCTIONS[cx.node.op_type](cx, x, axes, bool(a.get("keepdims", 1)))
+
+
+@converter("ArgMax", "ArgMin", attrs="axis keepdims select_last_index")
+def arg_reduce(cx, ins, a):
+    if a.get("select_last_index", 0):
+        raise Unsupported("select_last_index=1")
+    x = ins[0] if cx.node.op_type == "ArgMax" else op.negative(ins[0])
+    return op.argmax(x, axis=a.get("axis", 0), keepdims=bool(a.get("keepdims", 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# selection and detection
+
+
+@converter("TopK", attrs="axis largest sorted")
+def topk(cx, ins, a):
+    x, k = ins
+    axis = axis_of(cx, x, a.get("axis", -1))
+    ascend = not a.get("largest", 1)
+    kv = cx.value_of(k)
+    if kv is not None and int(kv.reshape(-1)[0]) >= 1:
+        return select_tuple(op.topk(x, k=int(kv.reshape(-1)[0]), axis=axis, is_ascend=ascend), 2)
+    # a run-time k: sort the whole axis, then keep the first k
+    both = select_tuple(op.topk(x, k=0, axis=axis, is_ascend=ascend), 2)
+    end = op.reshape(k, [1])
+    return [op.strided_slice(t, const([0], "int64"), end, const([1], "int64"), axes=[axis])
+            for t in both]
+
+
+@converter("Unique", attrs="sorted axis")
+def unique(cx, ins, a):
+    if "axis" in a:
+        raise Unsupported("Unique with axis")
+    if not a.get("sorted", 1):
+        raise Unsupported("sorted=0 (values in order of appearance)")
+    flat = op.reshape(ins[0], [-1])
+    if len(cx.node.output) > 3 and cx.node.output[3]:
+        values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
+        return [values, None, None, counts]
+    return [op.unique(flat), None, None, None]
+
+
+@converter("NonMaxSuppression", attrs="center_point_box")
+def non_max_suppression(cx, ins, a):
+    """Per (batch, class) pair, dynvm's nms on that slice; rows [batch, class, box]."""
+    if a.get("center_point_box", 0):
+        raise Unsupported("center_point_box=1")
+    boxes, scores = ins[0], ins[1]
+    opt = lambda i: ins[i] if len(ins) > i and ins[i] is not None else None  # noqa: E731
+    max_out = int(scalar_value(cx, opt(2), "max_output_boxes_per_class")) if opt(2) is not None else 0
+    iou = float(scalar_value(cx, opt(3), "iou_threshold")) if opt(3) is not None else 0.0
+    score = float(scalar_value(cx, opt(4), "score_threshold")) if opt(4) is not None else None
+    b, c, _ = cx.type_of(scores).shape
+    if ir.is_any(b) or ir.is_any(c):
+        raise Unsupported("NonMaxSuppression with a dynamic batch or class count")
+    blocks = []
+    for i in range(b):
+        bx = op.take(boxes, const(i, "int64"), axis=0)
+        for j in range(c):
+            sc = op.take(op.take(scores, const(i, "int64"), axis=0), const(j, "int64"), axis=0)
+            sel = op.nms(bx, sc, max_output=max_out, iou_threshold=iou, score_threshold=score)
+            zero = op.multiply(sel, const(0, "int64"))
+            cols = [op.add(zero, const(i, "int64")), op.add(zero, const(j, "int64")), sel]
+            blocks.append(op.concatenate([op.expand_dims(col, 1) for col in cols], 1))
+    return blocks[0] if len(blocks) == 1 else op.concatenate(blocks, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# control flow
+
+
+@converter("If", attrs="then_branch else_branch")
+def if_(cx, ins, a):
+    """An IR `If`; branch results whose dims differ get Any dims."""
+    cond = to_scalar(ins[0])
+    then, other = cx.subgraph(a["then_branch"], []), cx.subgraph(a["else_branch"], [])
+    if len(then) == 1:
+        return ir.If(cond, then[0], other[0])
+    return select_tuple(ir.If(cond, ir.Tuple(then), ir.Tuple(other)), len(then))
+
+
+def widen(old: ir.TensorType, new: ir.TensorType) -> ir.TensorType:
+    """The loop-variable type holding both: dims that change become Any."""
+    if old.dtype != new.dtype or old.rank != new.rank:
+        raise Unsupported(f"a loop-carried value changes type from {old} to {new}")
+    return ir.TensorType(tuple(o if o == n else ir.Any() for o, n in zip(old.shape, new.shape)),
+                         old.dtype)
+
+
+@converter("Loop", attrs="body")
+def loop(cx, ins, a):
+    """`for (i = 0; i < M && cond; i++) (cond, v...) = body(i, cond, v...)` as `ir.while_loop`
+    over (i, cond, v..., scan accumulators...). A loop-carried value whose dims change between
+    iterations gets Any dims there (the body is converted again until the types settle); each
+    scan output is a carried tensor that grows by one row per iteration."""
+    body = a["body"]
+    trip = to_scalar(ins[0]) if ins[0] is not None else None
+    cond0 = to_scalar(ins[1]) if len(ins) > 1 and ins[1] is not None else const(True, "bool")
+    inits = list(ins[2:])
+    n = len(inits)
+    types = [cx.type_of(e) for e in inits]
+    scan_types = None
+    for _ in range(4):
+        i, c = ir.var("i", ir.TensorType((), "int64")), ir.var("cond", ir.TensorType((), "bool"))
+        carried = [ir.var(f"v{k}", t) for k, t in enumerate(types)]
+        outs = cx.subgraph(body, [i, c, *carried])
+        new = [widen(t, cx.type_of(o)) for t, o in zip(types, outs[1:1 + n])]
+        if scan_types is None:
+            scan_types = [cx.type_of(o) for o in outs[1 + n:]]
+        if new == types:
+            break
+        types = new
+    else:
+        raise Unsupported("the loop-carried types do not settle")
+    accs, acc_inits = [], []
+    for k, t in enumerate(scan_types):
+        if not t.is_static:
+            raise Unsupported("a scan output whose dims are not static")
+        accs.append(ir.var(f"scan{k}", ir.TensorType((ir.Any(),) + t.shape, t.dtype)))
+        acc_inits.append(op.zeros([0, *t.shape], dtype=t.dtype))
+    keep_going = c if trip is None else op.logical_and(c, op.less(i, trip))
+    step = [op.add(i, const(1, "int64")), to_scalar(outs[0]), *outs[1:1 + n]]
+    step += [op.concatenate([acc, op.expand_dims(o, 0)], 0) for acc, o in zip(accs, outs[1 + n:])]
+    loop_vars = [(i, const(0, "int64")), (c, cond0), *zip(carried, inits), *zip(accs, acc_inits)]
+    result = ir.while_loop(lambda *_: keep_going, lambda *_: step, loop_vars, name="onnx_loop")
+    return [ir.TupleGetItem(result, 2 + k) for k in range(n + len(accs))]
