@@ -7,7 +7,11 @@ ONNX's own runner does (same dtype, `assert_allclose` with the case's rtol/atol)
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import onnx
+from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from dynvm.frontend.onnx.importer import UnsupportedOnnxError, from_onnx
@@ -43,22 +47,54 @@ def case_inputs(case, inputs):
     return list(inputs)[:len(names)]
 
 
-def run_case(backend, case) -> tuple[str, str]:
+CONSTANT_NEEDED = "must be a constant"
+
+
+def frozen(case):
+    """The case's model with its small integer inputs (axes, pads, split sizes, shapes: what
+    a converter needs as a constant) made initializers holding the data set's values; None when
+    there are several data sets or no such input."""
+    if len(case.data_sets) != 1:
+        return None
+    initialized = {i.name for i in case.model.graph.initializer}
+    inputs = [vi for vi in case.model.graph.input if vi.name not in initialized]
+    values = dict(zip((vi.name for vi in inputs), case.data_sets[0][0]))
+    names = [n for n, v in values.items() if isinstance(v, np.ndarray) and v.ndim <= 1
+             and v.dtype in (np.int64, np.int32) and v.size <= 8]
+    if not names:
+        return None
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    keep = [vi for vi in model.graph.input if vi.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.graph.initializer.extend(numpy_helper.from_array(values[n], n) for n in names)
+    data_sets = [([v for n, v in values.items() if n not in names], case.data_sets[0][1])]
+    return dataclasses.replace(case, model=model, data_sets=data_sets)
+
+
+def run_case(backend, case, freeze: bool = True) -> tuple[str, str]:
     """(PASSED | FAILED | SKIPPED, reason) for one node test case on `backend`. SKIPPED means
-    the model is not supported (`UnsupportedOnnxError`, or an input that is not a tensor)."""
+    the model is not supported (`UnsupportedOnnxError`, or an input that is not a tensor).
+    With `freeze`, a case whose converters want a constant where the test feeds a graph input
+    runs again with those inputs as initializers (the reason then says "constant inputs")."""
     try:
         rep = backend.prepare(case.model, "CPU")
     except UnsupportedOnnxError as e:
+        again = frozen(case) if freeze and CONSTANT_NEEDED in str(e) else None
+        if again is not None:
+            status, reason = run_case(backend, again, freeze=False)
+            return status, "constant inputs" + (f"; {reason}" if reason else "")
         return SKIPPED, str(e).splitlines()[-1].strip()
     except Exception as e:  # noqa: BLE001  (any backend's failure is this case's result)
-        return FAILED, f"prepare: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return FAILED, f"{type(e).__name__} in prepare ({first_line(e)})"
     for inputs, expected in case.data_sets:
         if not all(isinstance(x, np.ndarray) for x in list(inputs) + list(expected)):
             return SKIPPED, "a non-tensor input or output"
         try:
             outputs = rep.run(case_inputs(case, inputs))
         except Exception as e:  # noqa: BLE001
-            return FAILED, f"run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return FAILED, f"{type(e).__name__} in run ({first_line(e)})"
         problem = compare(expected, outputs, case.rtol, case.atol)
         if problem:
             return FAILED, problem
@@ -80,3 +116,40 @@ def compare(expected, outputs, rtol, atol) -> str:
         except AssertionError:
             return f"output {i}: values differ beyond rtol={rtol}, atol={atol}"
     return ""
+
+
+def first_line(e) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
+def case_op(case) -> str:
+    """The op a node test case tests: its node's op type, or for a multi-node case (a
+    function body expanded, "test_<op>_..._expanded") the op its name starts with."""
+    ops = {n.op_type for n in case.model.graph.node}
+    if len(ops) == 1:
+        return ops.pop()
+    known = {s.name.lower(): s.name for s in onnx.defs.get_all_schemas()}
+    words = case.name[len("test_"):].split("_")
+    for k in range(len(words), 0, -1):
+        name = "".join(words[:k])
+        if name in known:
+            return known[name]
+    return words[0]
+
+
+def load_cases(ops=None) -> list:
+    """ONNX's node test cases (generated in memory by the installed onnx package): all of them,
+    or only those of `ops` (importing just their case modules, which is much faster)."""
+    if ops is None:
+        from onnx.backend.test.loader import load_model_tests
+        return load_model_tests(kind="node")
+    import importlib
+    import pkgutil
+
+    import onnx.backend.test.case.node as node_cases
+    wanted = {o.lower() for o in ops}
+    for module in pkgutil.iter_modules(node_cases.__path__):
+        name = module.name.replace("_", "")
+        if name in wanted or (name.endswith("op") and name[:-2] in wanted):
+            importlib.import_module(f"{node_cases.__name__}.{module.name}")
+    return [c for c in node_cases._NodeTestCases if case_op(c).lower() in wanted]

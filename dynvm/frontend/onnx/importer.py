@@ -180,16 +180,18 @@ class Context:
         try:
             outs = conv.fn(self, ins, attrs)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            wanted = sum(1 for i, name in enumerate(node.output) if name and i >= len(outs))
-            if wanted:
-                raise Unsupported(f"output(s) beyond the first {len(outs)} are not supported")
+            outs += [None] * (len(node.output) - len(outs))
+            missing = [i for i, name in enumerate(node.output) if name and outs[i] is None]
+            if missing:
+                raise Unsupported(f"output(s) {missing} are not supported")
             for e in outs:
-                self.type_of(e)  # a type error is this node's
+                if e is not None:
+                    self.type_of(e)  # a type error is this node's
             return outs
         except Unsupported as e:
             self.offend(node, str(e))
         except DynVMError as e:
-            self.offend(node, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            self.offend(node, f"{str(e).splitlines()[0]} ({type(e).__name__})")
         finally:
             self.node, self.scope = outer
         return None
