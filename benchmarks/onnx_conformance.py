@@ -23,9 +23,11 @@ TINY_OPS = ["Add", "Relu", "MatMul", "Softmax"]
 
 def ort_backend():
     try:
+        import onnxruntime
         import onnxruntime.backend as backend
     except ImportError:
         return None
+    onnxruntime.set_default_logger_severity(3)  # errors only: its warnings would flood the table
     return backend
 
 

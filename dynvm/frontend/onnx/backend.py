@@ -8,6 +8,7 @@ ONNX's own runner does (same dtype, `assert_allclose` with the case's rtol/atol)
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import onnx
@@ -47,22 +48,18 @@ def case_inputs(case, inputs):
     return list(inputs)[:len(names)]
 
 
-CONSTANT_NEEDED = "must be a constant"
+NEEDED_INPUT = re.compile(r"must be a constant .*; it is graph input '([^']+)'")
 
 
-def frozen(case):
-    """The case's model with its small integer inputs (axes, pads, split sizes, shapes: what
-    a converter needs as a constant) made initializers holding the data set's values; None when
-    there are several data sets or no such input."""
+def frozen(case, names):
+    """The case's model with graph inputs `names` made initializers holding the data set's
+    values (a converter needs them at import time: axes, pads, split sizes...); None when the
+    case has several data sets."""
     if len(case.data_sets) != 1:
         return None
     initialized = {i.name for i in case.model.graph.initializer}
-    inputs = [vi for vi in case.model.graph.input if vi.name not in initialized]
-    values = dict(zip((vi.name for vi in inputs), case.data_sets[0][0]))
-    names = [n for n, v in values.items() if isinstance(v, np.ndarray) and v.ndim <= 1
-             and v.dtype in (np.int64, np.int32) and v.size <= 8]
-    if not names:
-        return None
+    inputs = [vi.name for vi in case.model.graph.input if vi.name not in initialized]
+    values = dict(zip(inputs, (np.asarray(v) for v in case.data_sets[0][0])))
     model = onnx.ModelProto()
     model.CopyFrom(case.model)
     keep = [vi for vi in model.graph.input if vi.name not in names]
@@ -77,22 +74,35 @@ def run_case(backend, case, freeze: bool = True) -> tuple[str, str]:
     """(PASSED | FAILED | SKIPPED, reason) for one node test case on `backend`. SKIPPED means
     the model is not supported (`UnsupportedOnnxError`, or an input that is not a tensor).
     With `freeze`, a case whose converters want a constant where the test feeds a graph input
-    runs again with those inputs as initializers (the reason then says "constant inputs")."""
-    try:
-        rep = backend.prepare(case.model, "CPU")
-    except UnsupportedOnnxError as e:
-        again = frozen(case) if freeze and CONSTANT_NEEDED in str(e) else None
-        if again is not None:
-            status, reason = run_case(backend, again, freeze=False)
-            return status, "constant inputs" + (f"; {reason}" if reason else "")
-        return SKIPPED, str(e).splitlines()[-1].strip()
-    except Exception as e:  # noqa: BLE001  (any backend's failure is this case's result)
-        return FAILED, f"{type(e).__name__} in prepare ({first_line(e)})"
+    runs again with exactly those inputs as initializers (the reason then starts with
+    "constant inputs")."""
+    original, names, note = case, [], ""
+    while True:
+        try:
+            rep = backend.prepare(case.model, "CPU")
+            break
+        except UnsupportedOnnxError as e:
+            more = sorted(set(NEEDED_INPUT.findall(str(e))) - set(names))
+            again = frozen(original, names + more) if freeze and more else None
+            if again is None:
+                return SKIPPED, joined(note, str(e).splitlines()[-1].strip())
+            case, names, note = again, names + more, "constant inputs"
+        except Exception as e:  # noqa: BLE001  (any backend's failure is this case's result)
+            return FAILED, joined(note, f"{type(e).__name__} in prepare ({first_line(e)})")
+    status, reason = run_data_sets(rep, case)
+    return status, joined(note, reason)
+
+
+def joined(*parts) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def run_data_sets(rep, case) -> tuple[str, str]:
     for inputs, expected in case.data_sets:
-        if not all(isinstance(x, np.ndarray) for x in list(inputs) + list(expected)):
+        if not all(isinstance(x, (np.ndarray, np.generic)) for x in list(inputs) + list(expected)):
             return SKIPPED, "a non-tensor input or output"
         try:
-            outputs = rep.run(case_inputs(case, inputs))
+            outputs = rep.run([np.asarray(x) for x in case_inputs(case, inputs)])
         except Exception as e:  # noqa: BLE001
             return FAILED, f"{type(e).__name__} in run ({first_line(e)})"
         problem = compare(expected, outputs, case.rtol, case.atol)
@@ -106,7 +116,7 @@ def compare(expected, outputs, rtol, atol) -> str:
     if len(outputs) < len(expected):
         return f"{len(outputs)} outputs, expected {len(expected)}"
     for i, (ref, out) in enumerate(zip(expected, outputs)):
-        out = np.asarray(out)
+        ref, out = np.asarray(ref), np.asarray(out)
         if ref.dtype != out.dtype:
             return f"output {i}: dtype {out.dtype}, expected {ref.dtype}"
         if ref.shape != out.shape:

@@ -55,19 +55,23 @@ def rank(cx, x) -> int:
     return cx.type_of(x).rank
 
 
-def ints(cx, e, what: str) -> list:
-    """The values of a constant integer tensor input as Python ints."""
+def constant_value(cx, e, what: str) -> np.ndarray:
+    """The value of an input the converter needs at import time (axes, pads, sizes...)."""
     value = cx.value_of(e)
     if value is None:
-        raise Unsupported(f"{what} must be a constant (an initializer or a Constant node)")
-    return [int(v) for v in np.asarray(value).reshape(-1)]
+        source = f"graph input {e.name!r}" if isinstance(e, ir.Var) else "computed at run time"
+        raise Unsupported(f"{what} must be a constant (an initializer or a Constant node); "
+                          f"it is {source}")
+    return np.asarray(value)
+
+
+def ints(cx, e, what: str) -> list:
+    """The values of a constant integer tensor input as Python ints."""
+    return [int(v) for v in constant_value(cx, e, what).reshape(-1)]
 
 
 def scalar_value(cx, e, what: str):
-    value = cx.value_of(e)
-    if value is None:
-        raise Unsupported(f"{what} must be a constant (an initializer or a Constant node)")
-    return np.asarray(value).reshape(-1)[0].item()
+    return constant_value(cx, e, what).reshape(-1)[0].item()
 
 
 def input_or_attr(cx, ins, index, a, name, what=None):
@@ -301,6 +305,45 @@ def softplus_(cx, x):
 @converter("Softplus")
 def softplus(cx, ins, a):
     return softplus_(cx, ins[0])
+
+
+@converter("Swish", attrs="alpha")
+def swish(cx, ins, a):
+    x = ins[0]
+    return op.multiply(x, op.sigmoid(op.multiply(x, like(cx, x, a.get("alpha", 1.0)))))
+
+
+@converter("Round")
+def round_(cx, ins, a):
+    """Half to even: floor(x), plus one above the half, or at the half when floor(x) is odd."""
+    x = ins[0]
+    f = floor_(cx, x)
+    up = op.add(f, like(cx, x, 1.0))
+    frac = op.subtract(x, f)
+    half = like(cx, x, 0.5)
+    even = op.equal(floor_(cx, op.multiply(f, half)), op.multiply(f, half))
+    return op.where(op.greater(frac, half), up,
+                    op.where(op.less(frac, half), f, op.where(even, f, up)))
+
+
+@converter("Mod", attrs="fmod")
+def mod(cx, ins, a):
+    """fmod=1: x - trunc(x / y) * y (the sign of x); fmod=0 (integers): the sign of y."""
+    x, y = ins
+    dtype = cx.type_of(x).dtype
+    q = op.divide(x, y)
+    if dtype in ("float32", "float64"):
+        if not a.get("fmod", 0):
+            raise Unsupported("fmod=0 on floating-point inputs")
+        q = op.where(op.less(q, like(cx, q, 0)), op.negative(floor_(cx, op.negative(q))),
+                     floor_(cx, q))
+    rem = op.subtract(x, op.multiply(q, y))
+    if a.get("fmod", 0):
+        return rem
+    zero = like(cx, x, 0)
+    wrong_sign = op.logical_and(not_(op.equal(rem, zero)),
+                                not_(op.equal(op.less(rem, zero), op.less(y, zero))))
+    return op.where(wrong_sign, op.add(rem, y), rem)
 
 
 @converter("Softsign")
@@ -584,6 +627,53 @@ def gather(cx, ins, a):
     return op.take(data, indices, axis=axis_of(cx, data, a.get("axis", 0)), mode="wrap")
 
 
+def coordinate(cx, like_x, d, r):
+    """arange(dim d of like_x), shaped (n, 1, ..., 1) to broadcast along dim d of rank r."""
+    c = op.arange(const(0, "int64"), as_int64(dim(cx, like_x, d)), const(1, "int64"),
+                  dtype="int64")
+    return op.expand_dims(c, 1, r - 1 - d) if r - 1 - d else c
+
+
+def wrapped(cx, idx, size):
+    """int64 indices with negative ones counted from the end of an axis of `size`."""
+    idx = op.cast(idx, "int64") if cx.type_of(idx).dtype != "int64" else idx
+    return op.where(op.less(idx, const(0, "int64")), op.add(idx, as_int64(size)), idx)
+
+
+@converter("GatherElements", attrs="axis")
+def gather_elements(cx, ins, a):
+    """out[i..] = data[i.. with indices[i..] on axis]: a take from the flattened data."""
+    data, indices = ins
+    r = rank(cx, data)
+    axis = axis_of(cx, data, a.get("axis", 0))
+    flat = None
+    for d in range(r):
+        c = wrapped(cx, indices, dim(cx, data, axis)) if d == axis else coordinate(cx, indices, d, r)
+        stride = dims_product(cx, data, range(d + 1, r))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    return op.take(op.reshape(data, [-1]), flat, mode="wrap")
+
+
+@converter("GatherND", attrs="batch_dims")
+def gather_nd(cx, ins, a):
+    if a.get("batch_dims", 0):
+        raise Unsupported("batch_dims > 0")
+    data, indices = ins
+    k = cx.type_of(indices).shape[-1]
+    if ir.is_any(k):
+        raise Unsupported("indices whose last dim is dynamic")
+    flat = None
+    for j in range(k):
+        c = wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
+        stride = dims_product(cx, data, range(j + 1, k))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    r = rank(cx, data)
+    rows = reshape(data, [-1] + [dim(cx, data, d) for d in range(k, r)])
+    return op.take(rows, flat, axis=0, mode="wrap")
+
+
 @converter("Expand")
 def expand(cx, ins, a):
     x, s = ins
@@ -810,16 +900,25 @@ def normalise(cx, x, axes, epsilon):
 
 @converter("LayerNormalization", attrs="axis epsilon stash_type")
 def layer_normalization(cx, ins, a):
+    """dynvm's layer_norm for the common case (the last axis, 1-D scale and bias, only Y
+    wanted); otherwise mean / variance over axes [axis, rank), with the Mean and InvStdDev
+    outputs."""
     x, scale = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     r = rank(cx, x)
     axis = a.get("axis", -1) % r
     eps = a.get("epsilon", 1e-5)
-    if axis == r - 1 and rank(cx, scale) == 1 and (bias is None or rank(cx, bias) == 1):
+    only_y = not any(cx.node.output[1:])
+    if only_y and axis == r - 1 and rank(cx, scale) == 1 and (bias is None or rank(cx, bias) == 1):
         beta = bias if bias is not None else op.multiply(scale, like(cx, scale, 0.0))
         return op.layer_norm(x, scale, beta, axis=-1, epsilon=eps)
-    out = op.multiply(normalise(cx, x, list(range(axis, r)), eps), scale)
-    return op.add(out, bias) if bias is not None else out
+    axes = list(range(axis, r))
+    mean = op.mean(x, axis=axes, keepdims=True)
+    centred = op.subtract(x, mean)
+    var = op.mean(op.multiply(centred, centred), axis=axes, keepdims=True)
+    inv_std = op.divide(like(cx, x, 1.0), op.sqrt(op.add(var, like(cx, x, eps))))
+    y = op.multiply(op.multiply(centred, inv_std), scale)
+    return [op.add(y, bias) if bias is not None else y, mean, inv_std]
 
 
 @converter("BatchNormalization", attrs="epsilon momentum training_mode spatial")
@@ -894,6 +993,71 @@ def arg_reduce(cx, ins, a):
         raise Unsupported("select_last_index=1")
     x = ins[0] if cx.node.op_type == "ArgMax" else op.negative(ins[0])
     return op.argmax(x, axis=a.get("axis", 0), keepdims=bool(a.get("keepdims", 1)))
+
+
+@converter("CumSum", attrs="exclusive reverse")
+def cumsum(cx, ins, a):
+    """A product with a triangular 0/1 matrix along the (constant) axis: out[u] = sum of x[k]
+    over k <= u (k < u exclusive; k >= u, k > u reversed)."""
+    x = ins[0]
+    r = rank(cx, x)
+    axis = int(scalar_value(cx, ins[1], "CumSum axis")) % r
+    n = as_int64(dim(cx, x, axis))
+    ks = op.arange(const(0, "int64"), n, const(1, "int64"), dtype="int64")
+    us = op.expand_dims(ks, 1)
+    rev, excl = a.get("reverse", 0), a.get("exclusive", 0)
+    compare = {(0, 0): lambda: not_(op.greater(ks, us)), (0, 1): lambda: op.less(ks, us),
+               (1, 0): lambda: not_(op.less(ks, us)), (1, 1): lambda: op.greater(ks, us)}
+    weight = op.cast(compare[(rev, excl)](), cx.type_of(x).dtype)   # (u, k)
+    perm = [d for d in range(r) if d != axis] + [axis]
+    moved = x if axis == r - 1 else op.transpose(x, perm)
+    out = op.dense(moved, weight)
+    return out if axis == r - 1 else op.transpose(out, list(np.argsort(perm).tolist()))
+
+
+@converter("MaxPool", "AveragePool",
+           attrs="auto_pad ceil_mode count_include_pad dilations kernel_shape pads "
+                 "storage_order strides")
+def pool(cx, ins, a):
+    """The max (or mean) of the kernel's strided slices of the padded input: one slice per
+    kernel offset. Needs static spatial dims; ceil_mode=1 is not supported."""
+    if a.get("ceil_mode", 0):
+        raise Unsupported("ceil_mode=1")
+    x = ins[0]
+    t = cx.type_of(x)
+    spatial = t.shape[2:]
+    if len(spatial) not in (1, 2) or any(ir.is_any(d) for d in spatial):
+        raise Unsupported("pooling needs 1-D or 2-D static spatial dims")
+    kernel = list(a["kernel_shape"])
+    n = len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    w = ir.Constant(np.zeros([1, 1, *kernel], np.float32))
+    pads = _conv_pads(cx, x, w, a, strides, dilations)
+    is_max = cx.node.op_type == "MaxPool"
+    fill = like(cx, x, -np.inf if t.dtype in ("float32", "float64") else np.iinfo(np.int64).min) \
+        if is_max else like(cx, x, 0)
+    padded, ones = x, op.ones(list(t.shape[2:]), dtype=t.dtype)
+    for i in range(n):
+        if pads[i] or pads[n + i]:
+            padded = _pad_axis(cx, padded, 2 + i, pads[i], pads[n + i], "constant", fill, t.rank)
+            ones = _pad_axis(cx, ones, i, pads[i], pads[n + i], "constant", like(cx, x, 0), n)
+    sizes = [size + pads[i] + pads[n + i] for i, size in enumerate(spatial)]
+    outs = [(s - ((k - 1) * d + 1)) // st + 1 for s, k, d, st in zip(sizes, kernel, dilations, strides)]
+    acc, count = None, None
+    for offset in np.ndindex(*kernel):
+        begin = [o * d for o, d in zip(offset, dilations)]
+        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, outs, strides)]
+        part = op.strided_slice(padded, begin, end, strides, axes=list(range(2, 2 + n)))
+        acc = part if acc is None else (op.maximum if is_max else op.add)(acc, part)
+        if not is_max and not a.get("count_include_pad", 0):
+            valid = op.strided_slice(ones, begin, end, strides, axes=list(range(n)))
+            count = valid if count is None else op.add(count, valid)
+    if is_max:
+        return acc
+    if count is None:
+        return op.divide(acc, like(cx, x, math.prod(kernel)))
+    return op.divide(acc, count)
 
 
 # ---------------------------------------------------------------------------------------------

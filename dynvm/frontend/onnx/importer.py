@@ -23,6 +23,15 @@ DTYPES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64",
           TensorProto.INT32: "int32", TensorProto.INT64: "int64", TensorProto.BOOL: "bool"}
 ONNX_DOMAINS = ("", "ai.onnx")
 
+# Shape arithmetic: a node of these ops whose inputs are all small integer (or bool) constants
+# is evaluated at import time (onnx's reference implementation), so shape computations on
+# static dims (Shape -> Gather -> Concat -> Reshape in exported models) become constants.
+FOLDABLE = frozenset("""Shape Size Gather Slice Concat Unsqueeze Squeeze Reshape Cast Range Add
+    Sub Mul Div Mod Equal Less Greater LessOrEqual GreaterOrEqual Where Not And Or Max Min Abs
+    Neg Sign Identity ReduceProd ReduceSum ReduceMax ReduceMin ConstantOfShape Expand Tile
+    Transpose Flatten Split Clip CumSum""".split())
+FOLD_MAX_ELEMENTS = 4096
+
 
 class UnsupportedOnnxError(DynVMError):
     """The model has nodes dynvm cannot convert; `offenders` lists each as
@@ -150,13 +159,29 @@ class Context:
                 self.offend(node, "no converter for this op" if node.domain in ONNX_DOMAINS
                             else f"domain {node.domain!r} is not supported")
                 continue
-            outs = self.convert_node(node, conv, ins, scope)
+            outs = self.folded(node, ins) or self.convert_node(node, conv, ins, scope)
             if outs is None:
                 continue
             for name, expr in zip(node.output, outs):
                 if name:
                     scope.values[name] = expr
         return [scope.lookup(v.name) for v in graph.output]
+
+    def folded(self, node, ins):
+        """The node's outputs as constants when it is shape arithmetic on small integer
+        constants (see FOLDABLE), else None."""
+        if node.op_type not in FOLDABLE or not ins or not all(
+                isinstance(e, ir.Constant) and e.data.dtype.kind in "iub"
+                and e.data.size <= FOLD_MAX_ELEMENTS for e in ins if e is not None):
+            return None
+        from onnx.reference import ReferenceEvaluator
+        feeds = {name: e.data for name, e in zip(node.input, ins) if name}
+        try:
+            values = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+            return [tensor_constant(numpy_helper.from_array(np.asarray(v)), "a folded value")
+                    for v in values]
+        except Exception:  # noqa: BLE001  (not foldable here: the converter handles the node)
+            return None
 
     def subgraph(self, graph, bindings) -> list:
         """The outputs of subgraph `graph` (of the node being converted) with its inputs bound
