@@ -1176,3 +1176,169 @@ def loop(cx, ins, a):
     loop_vars = [(i, const(0, "int64")), (c, cond0), *zip(carried, inits), *zip(accs, acc_inits)]
     result = ir.while_loop(lambda *_: keep_going, lambda *_: step, loop_vars, name="onnx_loop")
     return [ir.TupleGetItem(result, 2 + k) for k in range(n + len(accs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent layers: one while_loop per direction over the time steps
+
+ACTIVATIONS = {"Sigmoid": op.sigmoid, "Tanh": op.tanh, "Relu": op.relu}
+RNN_ATTRS = "activations direction hidden_size layout"
+
+
+def rows(e, lo, hi):
+    """e[lo:hi] along axis 0."""
+    return op.strided_slice(e, [lo], [hi], axes=[0])
+
+
+def direction_of(cx, e, d):
+    """Slice d of a per-direction weight (num_directions, ...)."""
+    value = cx.value_of(e)
+    return ir.const(value[d]) if value is not None else op.take(e, const(d, "int64"), axis=0)
+
+
+def activations(a, defaults, directions):
+    names = a.get("activations", defaults * directions)
+    unknown = sorted(set(names) - set(ACTIVATIONS))
+    if unknown:
+        raise Unsupported(f"activation(s) {', '.join(unknown)}")
+    k = len(defaults)
+    return [[ACTIVATIONS[n] for n in names[d * k:(d + 1) * k]] for d in range(directions)]
+
+
+def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
+    """Shared by RNN, GRU and LSTM. `cell(cx, d, acts, x_t, states, inputs)` returns the new
+    states (h first). Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
+    x = ins[0]
+    if a.get("layout", 0):
+        x = op.transpose(x, [1, 0, 2])
+    if len(ins) > 4 and ins[4] is not None:
+        lens = constant_value(cx, ins[4], "sequence_lens")
+        if ir.is_any(cx.type_of(x).shape[0]) or (lens != cx.type_of(x).shape[0]).any():
+            raise Unsupported("sequence_lens other than the full length of every sequence")
+    mode = a.get("direction", "forward")
+    dirs = [False, True] if mode == "bidirectional" else [mode == "reverse"]
+    acts = activations(a, list(defaults), len(dirs))
+    hidden = a["hidden_size"]
+    seq, batch = as_int64(dim(cx, x, 0)), dim(cx, x, 1)
+    dtype = cx.type_of(x).dtype
+    outs, finals = [], []
+    for d, reverse in enumerate(dirs):
+        w = direction_of(cx, ins[1], d)
+        xw = op.dense(x, w)                                     # (seq, batch, gates * hidden)
+        states0 = []
+        for i in (5, 6)[:1 + with_c]:                       # initial_h, initial_c
+            given = ins[i] if len(ins) > i else None
+            states0.append(direction_of(cx, given, d) if given is not None
+                           else op.zeros(shape_vector([batch, hidden]), dtype=dtype))
+        y, states = time_loop(cx, xw, states0, seq, reverse,
+                              lambda x_t, st, d=d: cell(cx, d, acts[d], x_t, st, ins))
+        outs.append(op.expand_dims(y, 1))
+        finals.append(states)
+    y = outs[0] if len(outs) == 1 else op.concatenate(outs, 1)
+    if a.get("layout", 0):
+        y = op.transpose(y, [2, 0, 1, 3])
+    per_state = []
+    for k in range(1 + with_c):
+        s = op.concatenate([op.expand_dims(f[k], 0) for f in finals], 0)
+        per_state.append(op.transpose(s, [1, 0, 2]) if a.get("layout", 0) else s)
+    return [y, *per_state]
+
+
+def time_loop(cx, xw, states0, seq, reverse, step):
+    """Run `step(x_t, states) -> states` over t (backwards when reverse); (Y, final states)
+    with Y (seq, batch, hidden) in time order."""
+    t = ir.var("t", ir.TensorType((), "int64"))
+    states = [ir.var(f"s{k}", cx.type_of(s)) for k, s in enumerate(states0)]
+    h_type = cx.type_of(states0[0])
+    acc = ir.var("y", ir.TensorType((ir.Any(),) + h_type.shape, h_type.dtype))
+    acc0 = op.zeros(shape_vector([0, *(dim(cx, states0[0], i) for i in range(2))]),
+                    dtype=h_type.dtype)
+    new = step(op.take(xw, t, axis=0), states)
+    row = op.expand_dims(new[0], 0)
+    one = const(1, "int64")
+    if reverse:
+        t0, nxt, go = op.subtract(seq, one), op.subtract(t, one), op.greater(t, const(-1, "int64"))
+        grown = op.concatenate([row, acc], 0)
+    else:
+        t0, nxt, go = const(0, "int64"), op.add(t, one), op.less(t, seq)
+        grown = op.concatenate([acc, row], 0)
+    result = ir.while_loop(lambda *_: go, lambda *_: [nxt, *new, grown],
+                           [(t, t0), *zip(states, states0), (acc, acc0)], name="onnx_rnn")
+    n = len(states)
+    return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
+
+
+def recurrence(cx, ins, d, h, gates, hidden):
+    """h R^T + Rb for direction d (the recurrent half of the bias)."""
+    hr = op.dense(h, direction_of(cx, ins[2], d))
+    if len(ins) > 3 and ins[3] is not None:
+        b = direction_of(cx, ins[3], d)
+        hr = op.add(hr, rows(b, gates * hidden, 2 * gates * hidden))
+    return hr
+
+
+def input_bias(cx, ins, d, x_t, gates, hidden):
+    if len(ins) > 3 and ins[3] is not None:
+        return op.add(x_t, rows(direction_of(cx, ins[3], d), 0, gates * hidden))
+    return x_t
+
+
+def split_gates(e, n):
+    return select_tuple(op.split(e, n, axis=-1), n)
+
+
+@converter("RNN", attrs=RNN_ATTRS)
+def rnn(cx, ins, a):
+    hidden = a["hidden_size"]
+
+    def cell(cx, d, acts, x_t, st, ins):
+        pre = op.add(input_bias(cx, ins, d, x_t, 1, hidden), recurrence(cx, ins, d, st[0], 1, hidden))
+        return [acts[0](pre)]
+    return recurrent(cx, ins, a, 1, cell)
+
+
+@converter("GRU", attrs=RNN_ATTRS + " linear_before_reset")
+def gru(cx, ins, a):
+    hidden = a["hidden_size"]
+    before_reset = a.get("linear_before_reset", 0)
+
+    def cell(cx, d, acts, x_t, st, ins):
+        f, g = acts
+        h = st[0]
+        xz, xr, xh = split_gates(input_bias(cx, ins, d, x_t, 3, hidden), 3)
+        r_all = direction_of(cx, ins[2], d)
+        rb = rows(direction_of(cx, ins[3], d), 3 * hidden, 6 * hidden) \
+            if len(ins) > 3 and ins[3] is not None else None
+        hz, hr, hh = split_gates(op.add(op.dense(h, r_all), rb) if rb is not None
+                                 else op.dense(h, r_all), 3)
+        z, r = f(op.add(xz, hz)), f(op.add(xr, hr))
+        if before_reset:
+            cand = g(op.add(xh, op.multiply(r, hh)))
+        else:
+            rh = op.dense(op.multiply(r, h), rows(r_all, 2 * hidden, 3 * hidden))
+            if rb is not None:
+                rh = op.add(rh, rows(rb, 2 * hidden, 3 * hidden))
+            cand = g(op.add(xh, rh))
+        one = like(cx, h, 1.0)
+        return [op.add(op.multiply(op.subtract(one, z), cand), op.multiply(z, h))]
+    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"))
+
+
+@converter("LSTM", attrs=RNN_ATTRS)
+def lstm(cx, ins, a):
+    hidden = a["hidden_size"]
+
+    def cell(cx, d, acts, x_t, st, ins):
+        f, g, h_act = acts
+        h, c = st
+        pre = op.add(input_bias(cx, ins, d, x_t, 4, hidden), recurrence(cx, ins, d, h, 4, hidden))
+        i, o, fg, cand = split_gates(pre, 4)
+        peep = direction_of(cx, ins[7], d) if len(ins) > 7 and ins[7] is not None else None
+        if peep is not None:
+            pi, po, pf = (rows(peep, k * hidden, (k + 1) * hidden) for k in range(3))
+            i, fg = op.add(i, op.multiply(pi, c)), op.add(fg, op.multiply(pf, c))
+        c_new = op.add(op.multiply(f(fg), c), op.multiply(f(i), g(cand)))
+        if peep is not None:
+            o = op.add(o, op.multiply(po, c_new))
+        return [op.multiply(f(o), h_act(c_new)), c_new]
+    return recurrent(cx, ins, a, 4, cell, with_c=True, defaults=("Sigmoid", "Tanh", "Tanh"))
