@@ -12,12 +12,13 @@ from dynvm.vm import Executable, VirtualMachine
 F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 
 
-def model(nodes, inputs, outputs, initializers=(), opset=17, name="g"):
+def model(nodes, inputs, outputs, initializers=(), opset=17, name="g", check=True):
     graph = helper.make_graph(nodes, name, inputs, outputs,
                               [numpy_helper.from_array(v, k) for k, v in dict(initializers).items()])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
-    onnx.checker.check_model(m)
+    if check:
+        onnx.checker.check_model(m)
     return m
 
 
@@ -111,3 +112,22 @@ def ort_run(m, *inputs):
     sess = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     return sess.run(None, dict(zip(names, inputs)))
+
+
+def lstm_linear(seed=0, hidden=8, features=4):
+    """A bidirectional LSTM over a symbolic sequence length, then Linear (MatMul + Add) on Y."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((2, 4 * hidden, features)) * 0.3).astype(np.float32)
+    r = (rng.standard_normal((2, 4 * hidden, hidden)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal((2, 8 * hidden)) * 0.1).astype(np.float32)
+    lin = (rng.standard_normal((2 * hidden, 3)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("LSTM", ["x", "w", "r", "b"], ["y", "y_h", "y_c"],
+                              hidden_size=hidden, direction="bidirectional"),
+             helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["yt", "flat"], ["y2"]),
+             helper.make_node("MatMul", ["y2", "lin"], ["out"])]
+    return model(nodes, [helper.make_tensor_value_info("x", F, ["seq", 1, features])],
+                 [helper.make_tensor_value_info("out", F, ["seq", 1, 3]),
+                  helper.make_tensor_value_info("y_h", F, [2, 1, hidden])],
+                 {"w": w, "r": r, "b": b, "lin": lin,
+                  "flat": np.array([0, 0, -1], np.int64)})

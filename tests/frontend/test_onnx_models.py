@@ -62,3 +62,11 @@ def test_if_on_a_data_dependent_condition_with_differently_shaped_branches(tmp_p
     for x in ([[1, 2], [3, 4]], [[-1, -2], [3, -4], [0, 0]], [[5, 5]], [[-9, 1]] * 4,
               [[0.5, -0.25]] * 6):
         check(vm, m, np.array(x, np.float32))
+
+
+def test_bidirectional_lstm_over_a_dynamic_sequence_then_linear(tmp_path):
+    m = M.lstm_linear()
+    vm = M.compile_and_reload(m, tmp_path)
+    rng = np.random.default_rng(2)
+    for seq in (1, 2, 5, 11, 30):
+        check(vm, m, rng.standard_normal((seq, 1, 4)).astype(np.float32))

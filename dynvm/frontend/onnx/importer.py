@@ -126,7 +126,9 @@ class Context:
         self.opset = opset
         self.node = None                   # the node being converted, and its graph's scope
         self.scope = None
-        self.offenders: dict = {}          # id(node) -> (name, op type, opset, reason)
+        # serialized node (unique in a model; stable across a Loop body's re-conversions)
+        # -> (name, op type, opset, reason)
+        self.offenders: dict = {}
 
     def type_of(self, expr) -> ir.TensorType:
         t = infer_expr_type(expr)
@@ -140,7 +142,8 @@ class Context:
         return expr.data if isinstance(expr, ir.Constant) else None
 
     def offend(self, node, reason: str):
-        self.offenders.setdefault(id(node), (node.name, node.op_type, self.opset, reason))
+        self.offenders.setdefault(node.SerializeToString(),
+                                  (node.name, node.op_type, self.opset, reason))
 
     def convert_graph(self, graph, scope: Scope) -> list:
         """Convert `graph`'s nodes in `scope`; its output expressions (None for a failed one)."""
@@ -149,7 +152,8 @@ class Context:
             try:
                 scope.values[init.name] = tensor_constant(init, f"initializer {init.name!r}")
             except Unsupported as e:
-                self.offenders.setdefault(id(init), (init.name, "initializer", self.opset, str(e)))
+                self.offenders.setdefault(init.SerializeToString(),
+                                          (init.name, "initializer", self.opset, str(e)))
         for node in graph.node:
             ins = [scope.lookup(name) if name else None for name in node.input]
             if any(e is None and name for e, name in zip(ins, node.input)):
@@ -253,7 +257,8 @@ def from_onnx(model_or_path, shapes: dict | None = None) -> ir.IRModule:
         try:
             var = ir.var(vi.name, input_type(vi, shapes.pop(vi.name, None)))
         except Unsupported as e:
-            cx.offenders.setdefault(id(vi), (vi.name, "graph input", cx.opset, str(e)))
+            cx.offenders.setdefault(vi.SerializeToString(),
+                                    (vi.name, "graph input", cx.opset, str(e)))
             continue
         scope.values[vi.name] = var
         params.append(var)
