@@ -1139,6 +1139,35 @@ def widen(old: ir.TensorType, new: ir.TensorType) -> ir.TensorType:
                          old.dtype)
 
 
+def settled_body(cx, body, types, bindings):
+    """Convert loop body `body` with carried values of `types` until the carried types settle:
+    (carried vars, body outputs). `bindings(carried vars)` lists the body's inputs; the body's
+    outputs start with the carried values' new values (after `skip` leading outputs)."""
+    for _ in range(4):
+        carried = [ir.var(f"v{k}", t) for k, t in enumerate(types)]
+        outs, skip = bindings(carried)
+        new = [widen(t, cx.type_of(o)) for t, o in zip(types, outs[skip:skip + len(types)])]
+        if new == types:
+            return carried, outs
+        types = new
+    raise Unsupported("the loop-carried types do not settle")
+
+
+def scan_accumulators(cx, elements):
+    """For each per-iteration output: a carried (Any, ...) tensor starting empty, and its value
+    after one more iteration."""
+    accs, inits, grown = [], [], []
+    for k, e in enumerate(elements):
+        t = cx.type_of(e)
+        if not t.is_static:
+            raise Unsupported("a scan output whose dims are not static")
+        acc = ir.var(f"scan{k}", ir.TensorType((ir.Any(),) + t.shape, t.dtype))
+        accs.append(acc)
+        inits.append(op.zeros([0, *t.shape], dtype=t.dtype))
+        grown.append(op.concatenate([acc, op.expand_dims(e, 0)], 0))
+    return accs, inits, grown
+
+
 @converter("Loop", attrs="body")
 def loop(cx, ins, a):
     """`for (i = 0; i < M && cond; i++) (cond, v...) = body(i, cond, v...)` as `ir.while_loop`
@@ -1150,32 +1179,42 @@ def loop(cx, ins, a):
     cond0 = to_scalar(ins[1]) if len(ins) > 1 and ins[1] is not None else const(True, "bool")
     inits = list(ins[2:])
     n = len(inits)
-    types = [cx.type_of(e) for e in inits]
-    scan_types = None
-    for _ in range(4):
-        i, c = ir.var("i", ir.TensorType((), "int64")), ir.var("cond", ir.TensorType((), "bool"))
-        carried = [ir.var(f"v{k}", t) for k, t in enumerate(types)]
-        outs = cx.subgraph(body, [i, c, *carried])
-        new = [widen(t, cx.type_of(o)) for t, o in zip(types, outs[1:1 + n])]
-        if scan_types is None:
-            scan_types = [cx.type_of(o) for o in outs[1 + n:]]
-        if new == types:
-            break
-        types = new
-    else:
-        raise Unsupported("the loop-carried types do not settle")
-    accs, acc_inits = [], []
-    for k, t in enumerate(scan_types):
-        if not t.is_static:
-            raise Unsupported("a scan output whose dims are not static")
-        accs.append(ir.var(f"scan{k}", ir.TensorType((ir.Any(),) + t.shape, t.dtype)))
-        acc_inits.append(op.zeros([0, *t.shape], dtype=t.dtype))
+    i, c = ir.var("i", ir.TensorType((), "int64")), ir.var("cond", ir.TensorType((), "bool"))
+    carried, outs = settled_body(cx, body, [cx.type_of(e) for e in inits],
+                                 lambda vs: (cx.subgraph(body, [i, c, *vs]), 1))
+    accs, acc_inits, grown = scan_accumulators(cx, outs[1 + n:])
     keep_going = c if trip is None else op.logical_and(c, op.less(i, trip))
-    step = [op.add(i, const(1, "int64")), to_scalar(outs[0]), *outs[1:1 + n]]
-    step += [op.concatenate([acc, op.expand_dims(o, 0)], 0) for acc, o in zip(accs, outs[1 + n:])]
+    step = [op.add(i, const(1, "int64")), to_scalar(outs[0]), *outs[1:1 + n], *grown]
     loop_vars = [(i, const(0, "int64")), (c, cond0), *zip(carried, inits), *zip(accs, acc_inits)]
     result = ir.while_loop(lambda *_: keep_going, lambda *_: step, loop_vars, name="onnx_loop")
     return [ir.TupleGetItem(result, 2 + k) for k in range(n + len(accs))]
+
+
+@converter("Scan", attrs="body num_scan_inputs scan_input_axes scan_input_directions "
+                          "scan_output_axes scan_output_directions")
+def scan(cx, ins, a):
+    """Scan (opset >= 9) along axis 0, forwards: a while_loop over t < len(first scan input)
+    whose body gets the states and row t of each scan input."""
+    if cx.opset < 9:
+        raise Unsupported("Scan before opset 9 (batched form)")
+    for key in ("scan_input_axes", "scan_input_directions", "scan_output_axes",
+                "scan_output_directions"):
+        if any(a.get(key, [])):
+            raise Unsupported(f"{key} other than 0")
+    body, m = a["body"], a["num_scan_inputs"]
+    inits, xs = list(ins[:len(ins) - m]), list(ins[len(ins) - m:])
+    n = len(inits)
+    t = ir.var("t", ir.TensorType((), "int64"))
+    rows_t = [op.take(x, t, axis=0) for x in xs]
+    carried, outs = settled_body(cx, body, [cx.type_of(e) for e in inits],
+                                 lambda vs: (cx.subgraph(body, [*vs, *rows_t]), 0))
+    accs, acc_inits, grown = scan_accumulators(cx, outs[n:])
+    length = as_int64(dim(cx, xs[0], 0))
+    step = [op.add(t, const(1, "int64")), *outs[:n], *grown]
+    loop_vars = [(t, const(0, "int64")), *zip(carried, inits), *zip(accs, acc_inits)]
+    result = ir.while_loop(lambda *_: op.less(t, length), lambda *_: step, loop_vars,
+                           name="onnx_scan")
+    return [ir.TupleGetItem(result, 1 + k) for k in range(n + len(accs))]
 
 
 # ---------------------------------------------------------------------------------------------
