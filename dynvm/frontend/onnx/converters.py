@@ -346,6 +346,31 @@ def mod(cx, ins, a):
     return op.where(wrong_sign, op.add(rem, y), rem)
 
 
+@converter("Shrink", attrs="bias lambd")
+def shrink(cx, ins, a):
+    x = ins[0]
+    lambd, bias = a.get("lambd", 0.5), a.get("bias", 0.0)
+    return op.where(op.less(x, like(cx, x, -lambd)), op.add(x, like(cx, x, bias)),
+                    op.where(op.greater(x, like(cx, x, lambd)), op.subtract(x, like(cx, x, bias)),
+                             like(cx, x, 0)))
+
+
+@converter("IsNaN")
+def is_nan(cx, ins, a):
+    return not_(op.equal(ins[0], ins[0]))
+
+
+@converter("IsInf", attrs="detect_negative detect_positive")
+def is_inf(cx, ins, a):
+    x = ins[0]
+    out = const(False, "bool")
+    if a.get("detect_positive", 1):
+        out = op.equal(x, like(cx, x, np.inf))
+    if a.get("detect_negative", 1):
+        out = op.where(op.equal(x, like(cx, x, -np.inf)), const(True, "bool"), out)
+    return op.logical_and(out, op.equal(x, x))
+
+
 @converter("Softsign")
 def softsign(cx, ins, a):
     x = ins[0]
@@ -672,6 +697,36 @@ def gather_nd(cx, ins, a):
     r = rank(cx, data)
     rows = reshape(data, [-1] + [dim(cx, data, d) for d in range(k, r)])
     return op.take(rows, flat, axis=0, mode="wrap")
+
+
+def scaled(d, k, divide=False):
+    """A dim times (or divided by) the int k: an int, or an int64 scalar expression."""
+    if isinstance(d, int):
+        return d // k if divide else d * k
+    return (op.divide if divide else op.multiply)(d, const(k, "int64"))
+
+
+@converter("DepthToSpace", attrs="blocksize mode")
+def depth_to_space(cx, ins, a):
+    x, b = ins[0], a["blocksize"]
+    n, c, h, w = (dim(cx, x, i) for i in range(4))
+    depth = scaled(c, b * b, divide=True)
+    if a.get("mode", "DCR") == "DCR":
+        parts, perm = [n, b, b, depth, h, w], [0, 3, 4, 1, 5, 2]
+    else:
+        parts, perm = [n, depth, b, b, h, w], [0, 1, 4, 2, 5, 3]
+    moved = op.transpose(reshape(x, parts), perm)
+    return reshape(moved, [n, depth, scaled(h, b), scaled(w, b)])
+
+
+@converter("SpaceToDepth", attrs="blocksize mode")
+def space_to_depth(cx, ins, a):
+    x, b = ins[0], a["blocksize"]
+    n, c, h, w = (dim(cx, x, i) for i in range(4))
+    hb, wb = scaled(h, b, divide=True), scaled(w, b, divide=True)
+    perm = [0, 3, 5, 1, 2, 4] if a.get("mode", "DCR") == "DCR" else [0, 1, 3, 5, 2, 4]
+    moved = op.transpose(reshape(x, [n, c, hb, b, wb, b]), perm)
+    return reshape(moved, [n, scaled(c, b * b), hb, wb])
 
 
 @converter("Expand")
@@ -1058,6 +1113,18 @@ def pool(cx, ins, a):
     if count is None:
         return op.divide(acc, like(cx, x, math.prod(kernel)))
     return op.divide(acc, count)
+
+
+@converter("Hardmax", attrs="axis")
+def hardmax(cx, ins, a):
+    """1 at the first largest element along axis, 0 elsewhere (opset >= 13)."""
+    if cx.opset < 13:
+        raise Unsupported("Hardmax before opset 13 (2-D coercion)")
+    x = ins[0]
+    r = rank(cx, x)
+    axis = axis_of(cx, x, a.get("axis", -1))
+    top = op.argmax(x, axis=axis, keepdims=True)
+    return op.cast(op.equal(coordinate(cx, x, axis, r), top), cx.type_of(x).dtype)
 
 
 # ---------------------------------------------------------------------------------------------
