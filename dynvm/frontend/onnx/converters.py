@@ -1039,7 +1039,29 @@ def reduce(cx, ins, a):
         if a.get("noop_with_empty_axes", 0):
             return x
         axes = None
-    return REDUCTIONS[cx.node.op_type](cx, x, axes, bool(a.get("keepdims", 1)))
+    keepdims = bool(a.get("keepdims", 1))
+    empty = empty_reduction(cx, x, axes, keepdims)
+    if empty is not None:
+        return empty
+    return REDUCTIONS[cx.node.op_type](cx, x, axes, keepdims)
+
+
+# ONNX's value of an empty max / min / log-sum-exp (dynvm's max rejects an empty axis)
+EMPTY_REDUCTION = {"ReduceMax": -np.inf, "ReduceMin": np.inf, "ReduceLogSumExp": -np.inf}
+
+
+def empty_reduction(cx, x, axes, keepdims):
+    """The result of a float max / min / log-sum-exp over a statically empty axis, else None."""
+    t = cx.type_of(x)
+    value = EMPTY_REDUCTION.get(cx.node.op_type)
+    reduced = range(t.rank) if axes is None else [v % t.rank for v in axes]
+    if value is None or t.dtype not in ("float32", "float64") or \
+            not any(t.shape[i] == 0 for i in reduced):
+        return None
+    shape = [1 if i in reduced else d for i, d in enumerate(t.shape) if keepdims or i not in reduced]
+    if any(ir.is_any(d) for d in shape):
+        return None
+    return op.full(like(cx, x, value), shape)
 
 
 @converter("ArgMax", "ArgMin", attrs="axis keepdims select_last_index")
