@@ -18,7 +18,7 @@ def info(name, shape, elem=M.F):
 
 
 def test_unsupported_error_lists_every_offending_node_and_skips_their_consumers():
-    nodes = [helper.make_node("Hardmax", ["x"], ["a"], name="first"),          # no converter
+    nodes = [helper.make_node("Det", ["x"], ["a"], name="first"),          # no converter
              helper.make_node("Relu", ["a"], ["b"], name="consumer"),          # only downstream
              helper.make_node("Gelu", ["x"], ["c"], name="attr", approximate="tanh",
                               foo=1),                                           # unknown attr
@@ -33,7 +33,7 @@ def test_unsupported_error_lists_every_offending_node_and_skips_their_consumers(
     assert sorted(names) == ["attr", "first", "half", "u8"]
     text = str(err.value)
     assert "4 unsupported node(s)" in text
-    assert "first (Hardmax, opset 20): no converter for this op" in text
+    assert "first (Det, opset 20): no converter for this op" in text
     assert "attr (Gelu, opset 20): attribute(s) foo not supported" in text
     assert "half (Cast, opset 20): the target type has element type FLOAT16" in text
     assert "u8 (graph input, opset 20): input 'u8' has element type UINT8" in text

@@ -621,29 +621,28 @@ def split(cx, ins, a):
 
 @converter("Slice", attrs="starts ends axes")
 def slice_(cx, ins, a):
+    """Constant starts/ends/steps: strided_slice; run-time ones: dyn.strided_slice (axes must
+    be constant either way)."""
     x = ins[0]
-    if "starts" in a:  # opset < 10
-        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
-        return op.strided_slice(x, starts, ends, None, axes=axes)
+    if "starts" in a:  # opset < 10: attributes
+        return op.strided_slice(x, a["starts"], a["ends"], None, axes=a.get("axes"))
     starts, ends = ins[1], ins[2]
-    axes = ins[3] if len(ins) > 3 else None
     steps = ins[4] if len(ins) > 4 else None
-    axes = ints(cx, axes, "Slice axes") if axes is not None else None
     r = rank(cx, x)
-    if axes is not None:
-        axes = [v % r for v in axes]
+    n = cx.type_of(starts).shape[0]
+    if len(ins) > 3 and ins[3] is not None:
+        axes = [v % r for v in ints(cx, ins[3], "Slice axes")]
+    elif ir.is_any(n):
+        raise Unsupported("Slice starts of unknown length")
+    else:
+        axes = list(range(n))
     values = [cx.value_of(e) if e is not None else None for e in (starts, ends, steps)]
     if all(v is not None or e is None for v, e in zip(values, (starts, ends, steps))):
-        b, e, s = ([int(i) for i in v] if v is not None else None for v in values)
-        n = len(b)
-        return op.strided_slice(x, b, e, s, axes=axes if axes is not None else list(range(n)))
-    n = cx.type_of(starts).shape[0]
-    if ir.is_any(n):
-        raise Unsupported("Slice starts of unknown length")
+        begin, end, stride = ([int(i) for i in v] if v is not None else None for v in values)
+        return op.strided_slice(x, begin, end, stride, axes=axes)
     as64 = lambda v: v if cx.type_of(v).dtype == "int64" else op.cast(v, "int64")  # noqa: E731
-    step = as64(steps) if steps is not None else [1] * n
-    return op.strided_slice(x, as64(starts), as64(ends), step,
-                            axes=axes if axes is not None else list(range(n)))
+    stride = as64(steps) if steps is not None else [1] * len(axes)
+    return op.strided_slice(x, as64(starts), as64(ends), stride, axes=axes)
 
 
 @converter("Gather", attrs="axis")
@@ -942,15 +941,17 @@ def softmax(cx, ins, a):
     return op.log(out) if log else out
 
 
-def moments(cx, x, axes):
+def moments(cx, x, axes, epsilon):
+    """(mean, x - mean, 1 / sqrt(variance + epsilon)) over axes, kept as size-1 dims."""
     mean = op.mean(x, axis=axes, keepdims=True)
     centred = op.subtract(x, mean)
-    return centred, op.mean(op.multiply(centred, centred), axis=axes, keepdims=True)
+    var = op.mean(op.multiply(centred, centred), axis=axes, keepdims=True)
+    return mean, centred, op.divide(like(cx, x, 1.0), op.sqrt(op.add(var, like(cx, x, epsilon))))
 
 
 def normalise(cx, x, axes, epsilon):
-    centred, var = moments(cx, x, axes)
-    return op.divide(centred, op.sqrt(op.add(var, like(cx, x, epsilon))))
+    _, centred, inv_std = moments(cx, x, axes, epsilon)
+    return op.multiply(centred, inv_std)
 
 
 @converter("LayerNormalization", attrs="axis epsilon stash_type")
@@ -967,11 +968,7 @@ def layer_normalization(cx, ins, a):
     if only_y and axis == r - 1 and rank(cx, scale) == 1 and (bias is None or rank(cx, bias) == 1):
         beta = bias if bias is not None else op.multiply(scale, like(cx, scale, 0.0))
         return op.layer_norm(x, scale, beta, axis=-1, epsilon=eps)
-    axes = list(range(axis, r))
-    mean = op.mean(x, axis=axes, keepdims=True)
-    centred = op.subtract(x, mean)
-    var = op.mean(op.multiply(centred, centred), axis=axes, keepdims=True)
-    inv_std = op.divide(like(cx, x, 1.0), op.sqrt(op.add(var, like(cx, x, eps))))
+    mean, centred, inv_std = moments(cx, x, list(range(axis, r)), eps)
     y = op.multiply(op.multiply(centred, inv_std), scale)
     return [op.add(y, bias) if bias is not None else y, mean, inv_std]
 

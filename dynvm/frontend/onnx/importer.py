@@ -273,11 +273,3 @@ def from_onnx(model_or_path, shapes: dict | None = None) -> ir.IRModule:
     body = outs[0] if len(outs) == 1 else ir.Tuple(outs)
     return ir.IRModule.from_expr(ir.Function(params, body))
 
-
-def onnx_dtype(dtype: str) -> int:
-    """The ONNX element type of a dynvm dtype."""
-    return {v: k for k, v in DTYPES.items()}[dtype]
-
-
-def as_numpy_dtype(elem_type: int):
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
