@@ -136,13 +136,18 @@ def first_line(e) -> str:
     return str(e).splitlines()[0] if str(e) else ""
 
 
+# case-name prefixes that abbreviate their op's name
+CASE_ABBREVIATIONS = {"nllloss": "NegativeLogLikelihoodLoss", "sce": "SoftmaxCrossEntropyLoss",
+                      "mvn": "MeanVarianceNormalization"}
+
+
 def case_op(case) -> str:
     """The op a node test case tests: its node's op type, or for a multi-node case (a
     function body expanded, "test_<op>_..._expanded") the op its name starts with."""
     ops = {n.op_type for n in case.model.graph.node}
     if len(ops) == 1:
         return ops.pop()
-    known = {s.name.lower(): s.name for s in onnx.defs.get_all_schemas()}
+    known = {s.name.lower(): s.name for s in onnx.defs.get_all_schemas()} | CASE_ABBREVIATIONS
     words = case.name[len("test_"):].split("_")
     for k in range(len(words), 0, -1):
         name = "".join(words[:k])
