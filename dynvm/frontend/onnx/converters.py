@@ -1063,10 +1063,15 @@ def empty_reduction(cx, x, axes, keepdims):
 
 @converter("ArgMax", "ArgMin", attrs="axis keepdims select_last_index")
 def arg_reduce(cx, ins, a):
-    if a.get("select_last_index", 0):
-        raise Unsupported("select_last_index=1")
     x = ins[0] if cx.node.op_type == "ArgMax" else op.negative(ins[0])
-    return op.argmax(x, axis=a.get("axis", 0), keepdims=bool(a.get("keepdims", 1)))
+    axis = axis_of(cx, x, a.get("axis", 0))
+    keepdims = bool(a.get("keepdims", 1))
+    if not a.get("select_last_index", 0):
+        return op.argmax(x, axis=axis, keepdims=keepdims)
+    # the last extreme: the first one of the reversed axis, counted from the end
+    first = op.argmax(op.strided_slice(x, [-1], [-(1 << 62)], [-1], axes=[axis]), axis=axis,
+                      keepdims=keepdims)
+    return op.subtract(op.subtract(as_int64(dim(cx, x, axis)), const(1, "int64")), first)
 
 
 @converter("CumSum", attrs="exclusive reverse")
@@ -1181,9 +1186,12 @@ def unique(cx, ins, a):
 @converter("NonMaxSuppression", attrs="center_point_box")
 def non_max_suppression(cx, ins, a):
     """Per (batch, class) pair, dynvm's nms on that slice; rows [batch, class, box]."""
-    if a.get("center_point_box", 0):
-        raise Unsupported("center_point_box=1")
     boxes, scores = ins[0], ins[1]
+    if a.get("center_point_box", 0):  # [x_center, y_center, width, height] -> corners
+        xc, yc, w, h = split_last(boxes, 4)
+        half_w, half_h = op.multiply(w, like(cx, w, 0.5)), op.multiply(h, like(cx, h, 0.5))
+        boxes = op.concatenate([op.subtract(yc, half_h), op.subtract(xc, half_w),
+                                op.add(yc, half_h), op.add(xc, half_w)], -1)
     opt = lambda i: ins[i] if len(ins) > i and ins[i] is not None else None  # noqa: E731
     max_out = int(scalar_value(cx, opt(2), "max_output_boxes_per_class")) if opt(2) is not None else 0
     iou = float(scalar_value(cx, opt(3), "iou_threshold")) if opt(3) is not None else 0.0
@@ -1408,7 +1416,7 @@ def input_bias(cx, ins, d, x_t, gates, hidden):
     return x_t
 
 
-def split_gates(e, n):
+def split_last(e, n):
     return select_tuple(op.split(e, n, axis=-1), n)
 
 
@@ -1430,11 +1438,11 @@ def gru(cx, ins, a):
     def cell(cx, d, acts, x_t, st, ins):
         f, g = acts
         h = st[0]
-        xz, xr, xh = split_gates(input_bias(cx, ins, d, x_t, 3, hidden), 3)
+        xz, xr, xh = split_last(input_bias(cx, ins, d, x_t, 3, hidden), 3)
         r_all = direction_of(cx, ins[2], d)
         rb = rows(direction_of(cx, ins[3], d), 3 * hidden, 6 * hidden) \
             if len(ins) > 3 and ins[3] is not None else None
-        hz, hr, hh = split_gates(op.add(op.dense(h, r_all), rb) if rb is not None
+        hz, hr, hh = split_last(op.add(op.dense(h, r_all), rb) if rb is not None
                                  else op.dense(h, r_all), 3)
         z, r = f(op.add(xz, hz)), f(op.add(xr, hr))
         if before_reset:
@@ -1457,7 +1465,7 @@ def lstm(cx, ins, a):
         f, g, h_act = acts
         h, c = st
         pre = op.add(input_bias(cx, ins, d, x_t, 4, hidden), recurrence(cx, ins, d, h, 4, hidden))
-        i, o, fg, cand = split_gates(pre, 4)
+        i, o, fg, cand = split_last(pre, 4)
         peep = direction_of(cx, ins[7], d) if len(ins) > 7 and ins[7] is not None else None
         if peep is not None:
             pi, po, pf = (rows(peep, k * hidden, (k + 1) * hidden) for k in range(3))
