@@ -161,6 +161,11 @@ def select_tuple(call, n):
     return [ir.TupleGetItem(call, i) for i in range(n)]
 
 
+def split_last(e, n):
+    """e split into n equal parts along its last axis."""
+    return select_tuple(op.split(e, n, axis=-1), n)
+
+
 # ---------------------------------------------------------------------------------------------
 # elementwise
 
@@ -1414,10 +1419,6 @@ def input_bias(cx, ins, d, x_t, gates, hidden):
     if len(ins) > 3 and ins[3] is not None:
         return op.add(x_t, rows(direction_of(cx, ins[3], d), 0, gates * hidden))
     return x_t
-
-
-def split_last(e, n):
-    return select_tuple(op.split(e, n, axis=-1), n)
 
 
 @converter("RNN", attrs=RNN_ATTRS)
