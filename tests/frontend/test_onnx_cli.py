@@ -1,8 +1,8 @@
 """`dynvm compile model.onnx -o model.dvm` and `dynvm run model.dvm --input x=x.npy`."""
 import numpy as np
-import onnx
 import pytest
 
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from tests.e2e.test_cli import dynvm  # noqa: E402
