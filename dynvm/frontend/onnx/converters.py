@@ -1,0 +1,1478 @@
+"""ONNX op -> dynvm IR: the one table of converters, `CONVERTERS`.
+
+A converter is registered with `@converter("OpType", attrs="names it understands")` and called
+as `fn(cx, ins, a)`: `cx` the importer's Context (opset, node, types and constant values of
+expressions), `ins` the node's input expressions (None for an omitted optional input), `a` its
+attributes. It returns the output expression, or a list of them (None for an output it cannot
+produce). A node carrying an attribute the converter does not list is unsupported; so is a form
+the converter rejects by raising `Unsupported`. Ops without a dynvm counterpart are built from
+the existing ones (e.g. Gelu from erf, itself a polynomial/exp decomposition; Pad from take).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from dynvm.compiler import ir, op
+from dynvm.frontend.onnx.importer import DTYPES, Unsupported, dtype_of
+
+
+@dataclass(frozen=True)
+class Converter:
+    fn: Callable
+    attrs: frozenset
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types, attrs: str = ""):
+    def register(fn):
+        for name in op_types:
+            assert name not in CONVERTERS, name
+            CONVERTERS[name] = Converter(fn, frozenset(attrs.split()))
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def const(value, dtype):
+    return ir.const(value, dtype)
+
+
+def like(cx, x, value):
+    """A scalar constant of x's dtype."""
+    return ir.const(value, cx.type_of(x).dtype)
+
+
+def rank(cx, x) -> int:
+    return cx.type_of(x).rank
+
+
+def constant_value(cx, e, what: str) -> np.ndarray:
+    """The value of an input the converter needs at import time (axes, pads, sizes...)."""
+    value = cx.value_of(e)
+    if value is None:
+        source = f"graph input {e.name!r}" if isinstance(e, ir.Var) else "computed at run time"
+        raise Unsupported(f"{what} must be a constant (an initializer or a Constant node); "
+                          f"it is {source}")
+    return np.asarray(value)
+
+
+def ints(cx, e, what: str) -> list:
+    """The values of a constant integer tensor input as Python ints."""
+    return [int(v) for v in constant_value(cx, e, what).reshape(-1)]
+
+
+def scalar_value(cx, e, what: str):
+    return constant_value(cx, e, what).reshape(-1)[0].item()
+
+
+def input_or_attr(cx, ins, index, a, name, what=None):
+    """An int list given as attribute `name` (older opsets) or constant input `index`; None when
+    neither is given."""
+    if name in a:
+        return list(a[name])
+    if len(ins) > index and ins[index] is not None:
+        return ints(cx, ins[index], what or name)
+    return None
+
+
+def axis_of(cx, x, axis: int, extra: int = 0) -> int:
+    """`axis` normalised against rank(x) + extra."""
+    r = rank(cx, x) + extra
+    if not -r <= axis < max(r, 1):
+        raise Unsupported(f"axis {axis} is out of range for rank {r}")
+    return axis % r if r else 0
+
+
+def dim(cx, x, i):
+    """Dim i of x: an int when static, else an int64 scalar expression."""
+    d = cx.type_of(x).shape[i]
+    if not ir.is_any(d):
+        return d
+    return op.take(op.shape_of(x), const(i, "int64"))
+
+
+def dims_product(cx, x, axes):
+    """The product of dims `axes` of x: an int when they are static, else an int64 scalar."""
+    static, dynamic = 1, None
+    for i in axes:
+        d = dim(cx, x, i)
+        if isinstance(d, int):
+            static *= d
+        else:
+            dynamic = d if dynamic is None else op.multiply(dynamic, d)
+    if dynamic is None:
+        return static
+    return dynamic if static == 1 else op.multiply(dynamic, const(static, "int64"))
+
+
+def as_vector(v):
+    """An int (or an int64 scalar expression) as a 1-element int64 vector expression."""
+    if isinstance(v, int):
+        return const([v], "int64")
+    return op.reshape(v, [1])
+
+
+def shape_vector(parts):
+    """A 1-D int64 shape expression from ints and int64 scalar expressions."""
+    if all(isinstance(p, int) for p in parts):
+        return [int(p) for p in parts]
+    return op.concatenate([as_vector(p) for p in parts], 0)
+
+
+def reshape(x, parts):
+    return op.reshape(x, shape_vector(parts))
+
+
+def to_scalar(x):
+    """A one-element tensor as a rank-0 tensor."""
+    return op.reshape(x, [])
+
+
+def per_channel(cx, v, x_rank: int):
+    """A (C,) vector shaped to broadcast over dim 1 of a rank-`x_rank` tensor: (C, 1, ..., 1)."""
+    return op.expand_dims(v, 1, x_rank - 2) if x_rank > 2 else v
+
+
+def fold(name, xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = getattr(op, name)(out, x)
+    return out
+
+
+def not_(x):
+    return op.equal(x, const(False, "bool"))
+
+
+def abs_(cx, x):
+    return op.where(op.less(x, like(cx, x, 0)), op.negative(x), x)
+
+
+def select_tuple(call, n):
+    return [ir.TupleGetItem(call, i) for i in range(n)]
+
+
+def split_last(e, n):
+    """e split into n equal parts along its last axis."""
+    return select_tuple(op.split(e, n, axis=-1), n)
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Equal": "equal",
+          "Less": "less", "Greater": "greater", "And": "logical_and"}
+UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Tanh": "tanh", "Sigmoid": "sigmoid",
+         "Relu": "relu", "Neg": "negative"}
+VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
+
+
+def _register_elementwise():
+    for onnx_name, name in BINARY.items():
+        converter(onnx_name)(lambda cx, ins, a, n=name: getattr(op, n)(ins[0], ins[1]))
+    for onnx_name, name in UNARY.items():
+        converter(onnx_name)(lambda cx, ins, a, n=name: getattr(op, n)(ins[0]))
+    for onnx_name, name in VARIADIC.items():
+        converter(onnx_name)(lambda cx, ins, a, n=name: fold(n, ins))
+
+
+_register_elementwise()
+
+
+@converter("Mean")
+def mean_(cx, ins, a):
+    return op.divide(fold("add", ins), like(cx, ins[0], len(ins)))
+
+
+@converter("Pow")
+def pow_(cx, ins, a):
+    x, y = ins
+    dtype = cx.type_of(x).dtype
+    return op.power(x, y if cx.type_of(y).dtype == dtype else op.cast(y, dtype))
+
+
+@converter("Not")
+def not_op(cx, ins, a):
+    return not_(ins[0])
+
+
+@converter("Or")
+def or_(cx, ins, a):
+    return op.where(ins[0], const(True, "bool"), ins[1])
+
+
+@converter("Xor")
+def xor_(cx, ins, a):
+    return not_(op.equal(ins[0], ins[1]))
+
+
+@converter("LessOrEqual", "GreaterOrEqual")
+def compare_or_equal(cx, ins, a):
+    strict = op.less if cx.node.op_type == "LessOrEqual" else op.greater
+    return op.where(strict(*ins), const(True, "bool"), op.equal(*ins))
+
+
+@converter("Abs")
+def abs_op(cx, ins, a):
+    return abs_(cx, ins[0])
+
+
+@converter("Sign")
+def sign(cx, ins, a):
+    x = ins[0]
+    return op.where(op.greater(x, like(cx, x, 0)), like(cx, x, 1),
+                    op.where(op.less(x, like(cx, x, 0)), like(cx, x, -1), like(cx, x, 0)))
+
+
+@converter("Reciprocal")
+def reciprocal(cx, ins, a):
+    return op.divide(like(cx, ins[0], 1), ins[0])
+
+
+def floor_(cx, x):
+    """floor(x) = t - (t > x) with t = x truncated; |x| >= 2**52 (and inf, NaN) are already
+    integral and pass through."""
+    dtype = cx.type_of(x).dtype
+    if dtype not in ("float32", "float64"):
+        return x
+    t = op.cast(op.cast(x, "int64"), dtype)
+    floored = op.subtract(t, op.cast(op.greater(t, x), dtype))
+    return op.where(op.less(abs_(cx, x), like(cx, x, 2.0 ** 52)), floored, x)
+
+
+@converter("Floor")
+def floor_op(cx, ins, a):
+    return floor_(cx, ins[0])
+
+
+@converter("Ceil")
+def ceil_op(cx, ins, a):
+    return op.negative(floor_(cx, op.negative(ins[0])))
+
+
+ERF_SERIES = [2 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1))
+              for n in range(6)]
+ERF_AS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # A&S 7.1.26
+ERF_P = 0.3275911
+
+
+def erf_(cx, x):
+    """erf: its Taylor series below |x| = 0.5 (keeps the relative accuracy near 0), Abramowitz
+    and Stegun 7.1.26 above (absolute error < 1.5e-7)."""
+    c = lambda v: like(cx, x, v)  # noqa: E731
+    x2 = op.multiply(x, x)
+    series = c(ERF_SERIES[-1])
+    for coeff in reversed(ERF_SERIES[:-1]):
+        series = op.add(op.multiply(series, x2), c(coeff))
+    series = op.multiply(series, x)
+    ax = abs_(cx, x)
+    t = op.divide(c(1.0), op.add(c(1.0), op.multiply(c(ERF_P), ax)))
+    poly = c(ERF_AS[-1])
+    for coeff in reversed(ERF_AS[:-1]):
+        poly = op.add(op.multiply(poly, t), c(coeff))
+    tail = op.subtract(c(1.0), op.multiply(op.multiply(poly, t), op.exp(op.negative(x2))))
+    signed = op.where(op.less(x, c(0.0)), op.negative(tail), tail)
+    return op.where(op.less(ax, c(0.5)), series, signed)
+
+
+@converter("Erf")
+def erf_op(cx, ins, a):
+    return erf_(cx, ins[0])
+
+
+@converter("Gelu", attrs="approximate")
+def gelu(cx, ins, a):
+    x = ins[0]
+    c = lambda v: like(cx, x, v)  # noqa: E731
+    if a.get("approximate", "none") == "tanh":
+        inner = op.multiply(c(math.sqrt(2 / math.pi)),
+                            op.add(x, op.multiply(c(0.044715), op.multiply(x, op.multiply(x, x)))))
+        gate = op.add(c(1.0), op.tanh(inner))
+    else:
+        gate = op.add(c(1.0), erf_(cx, op.multiply(x, c(1 / math.sqrt(2)))))
+    return op.multiply(op.multiply(c(0.5), x), gate)
+
+
+def softplus_(cx, x):
+    """log(1 + e**x) = relu(x) + log(1 + e**-|x|): no overflow for large x."""
+    return op.add(op.relu(x), op.log(op.add(like(cx, x, 1.0), op.exp(op.negative(abs_(cx, x))))))
+
+
+@converter("Softplus")
+def softplus(cx, ins, a):
+    return softplus_(cx, ins[0])
+
+
+@converter("Swish", attrs="alpha")
+def swish(cx, ins, a):
+    x = ins[0]
+    return op.multiply(x, op.sigmoid(op.multiply(x, like(cx, x, a.get("alpha", 1.0)))))
+
+
+@converter("Round")
+def round_(cx, ins, a):
+    """Half to even: floor(x), plus one above the half, or at the half when floor(x) is odd."""
+    x = ins[0]
+    f = floor_(cx, x)
+    up = op.add(f, like(cx, x, 1.0))
+    frac = op.subtract(x, f)
+    half = like(cx, x, 0.5)
+    even = op.equal(floor_(cx, op.multiply(f, half)), op.multiply(f, half))
+    return op.where(op.greater(frac, half), up,
+                    op.where(op.less(frac, half), f, op.where(even, f, up)))
+
+
+@converter("Mod", attrs="fmod")
+def mod(cx, ins, a):
+    """fmod=1: x - trunc(x / y) * y (the sign of x); fmod=0 (integers): the sign of y."""
+    x, y = ins
+    dtype = cx.type_of(x).dtype
+    q = op.divide(x, y)
+    if dtype in ("float32", "float64"):
+        if not a.get("fmod", 0):
+            raise Unsupported("fmod=0 on floating-point inputs")
+        q = op.where(op.less(q, like(cx, q, 0)), op.negative(floor_(cx, op.negative(q))),
+                     floor_(cx, q))
+    rem = op.subtract(x, op.multiply(q, y))
+    if a.get("fmod", 0):
+        return rem
+    zero = like(cx, x, 0)
+    wrong_sign = op.logical_and(not_(op.equal(rem, zero)),
+                                not_(op.equal(op.less(rem, zero), op.less(y, zero))))
+    return op.where(wrong_sign, op.add(rem, y), rem)
+
+
+@converter("Shrink", attrs="bias lambd")
+def shrink(cx, ins, a):
+    x = ins[0]
+    lambd, bias = a.get("lambd", 0.5), a.get("bias", 0.0)
+    return op.where(op.less(x, like(cx, x, -lambd)), op.add(x, like(cx, x, bias)),
+                    op.where(op.greater(x, like(cx, x, lambd)), op.subtract(x, like(cx, x, bias)),
+                             like(cx, x, 0)))
+
+
+@converter("IsNaN")
+def is_nan(cx, ins, a):
+    return not_(op.equal(ins[0], ins[0]))
+
+
+@converter("IsInf", attrs="detect_negative detect_positive")
+def is_inf(cx, ins, a):
+    x = ins[0]
+    out = const(False, "bool")
+    if a.get("detect_positive", 1):
+        out = op.equal(x, like(cx, x, np.inf))
+    if a.get("detect_negative", 1):
+        out = op.where(op.equal(x, like(cx, x, -np.inf)), const(True, "bool"), out)
+    return op.logical_and(out, op.equal(x, x))
+
+
+@converter("Softsign")
+def softsign(cx, ins, a):
+    x = ins[0]
+    return op.divide(x, op.add(like(cx, x, 1.0), abs_(cx, x)))
+
+
+@converter("Mish")
+def mish(cx, ins, a):
+    return op.multiply(ins[0], op.tanh(softplus_(cx, ins[0])))
+
+
+@converter("Elu", attrs="alpha")
+def elu(cx, ins, a):
+    x = ins[0]
+    neg = op.multiply(like(cx, x, a.get("alpha", 1.0)), op.subtract(op.exp(x), like(cx, x, 1.0)))
+    return op.where(op.less(x, like(cx, x, 0.0)), neg, x)
+
+
+@converter("Celu", attrs="alpha")
+def celu(cx, ins, a):
+    x, alpha = ins[0], a.get("alpha", 1.0)
+    neg = op.multiply(like(cx, x, alpha),
+                      op.subtract(op.exp(op.divide(x, like(cx, x, alpha))), like(cx, x, 1.0)))
+    return op.add(op.relu(x), op.minimum(like(cx, x, 0.0), neg))
+
+
+@converter("Selu", attrs="alpha gamma")
+def selu(cx, ins, a):
+    x = ins[0]
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    neg = op.multiply(like(cx, x, alpha), op.subtract(op.exp(x), like(cx, x, 1.0)))
+    return op.multiply(like(cx, x, gamma), op.where(op.greater(x, like(cx, x, 0.0)), x, neg))
+
+
+@converter("LeakyRelu", attrs="alpha")
+def leaky_relu(cx, ins, a):
+    x = ins[0]
+    return op.where(op.less(x, like(cx, x, 0.0)), op.multiply(x, like(cx, x, a.get("alpha", 0.01))), x)
+
+
+@converter("PRelu")
+def prelu(cx, ins, a):
+    x, slope = ins
+    return op.where(op.less(x, like(cx, x, 0)), op.multiply(x, slope), x)
+
+
+@converter("ThresholdedRelu", attrs="alpha")
+def thresholded_relu(cx, ins, a):
+    x = ins[0]
+    return op.where(op.greater(x, like(cx, x, a.get("alpha", 1.0))), x, like(cx, x, 0.0))
+
+
+def hard_sigmoid_(cx, x, alpha, beta):
+    lin = op.add(op.multiply(x, like(cx, x, alpha)), like(cx, x, beta))
+    return op.maximum(like(cx, x, 0.0), op.minimum(like(cx, x, 1.0), lin))
+
+
+@converter("HardSigmoid", attrs="alpha beta")
+def hard_sigmoid(cx, ins, a):
+    return hard_sigmoid_(cx, ins[0], a.get("alpha", 0.2), a.get("beta", 0.5))
+
+
+@converter("HardSwish")
+def hard_swish(cx, ins, a):
+    return op.multiply(ins[0], hard_sigmoid_(cx, ins[0], 1 / 6, 0.5))
+
+
+@converter("Clip", attrs="min max")
+def clip(cx, ins, a):
+    x = ins[0]
+    lo = ins[1] if len(ins) > 1 and ins[1] is not None else (
+        like(cx, x, a["min"]) if "min" in a else None)
+    hi = ins[2] if len(ins) > 2 and ins[2] is not None else (
+        like(cx, x, a["max"]) if "max" in a else None)
+    if lo is not None:
+        x = op.maximum(x, lo)
+    if hi is not None:
+        x = op.minimum(x, hi)
+    return x
+
+
+@converter("Where")
+def where(cx, ins, a):
+    return op.where(*ins)
+
+
+@converter("Cast", attrs="to saturate")
+def cast(cx, ins, a):
+    return op.cast(ins[0], dtype_of(a["to"], "the target type"))
+
+
+@converter("CastLike", attrs="saturate")
+def cast_like(cx, ins, a):
+    return op.cast(ins[0], cx.type_of(ins[1]).dtype)
+
+
+@converter("Identity")
+def identity(cx, ins, a):
+    return ins[0]
+
+
+@converter("Dropout", attrs="seed ratio is_test")
+def dropout(cx, ins, a):
+    """Inference: the identity, and a mask of ones."""
+    if len(ins) > 2 and ins[2] is not None and scalar_value(cx, ins[2], "training_mode"):
+        raise Unsupported("training_mode=True (only inference is supported)")
+    x = ins[0]
+    return [x, op.ones(op.shape_of(x), dtype="bool")]
+
+
+# ---------------------------------------------------------------------------------------------
+# constants and creation
+
+
+@converter("Constant", attrs="value value_float value_floats value_int value_ints")
+def constant(cx, ins, a):
+    if "value" in a:
+        return a["value"]
+    for key, dtype in (("value_float", "float32"), ("value_floats", "float32"),
+                       ("value_int", "int64"), ("value_ints", "int64")):
+        if key in a:
+            return const(a[key], dtype)
+    raise Unsupported("Constant without a supported value attribute")
+
+
+@converter("ConstantOfShape", attrs="value")
+def constant_of_shape(cx, ins, a):
+    value = a["value"].data.reshape(()) if "value" in a else np.float32(0)
+    fill = ir.const(value)
+    shape = cx.value_of(ins[0])
+    return op.full(fill, [int(d) for d in shape] if shape is not None else ins[0])
+
+
+@converter("Range")
+def range_(cx, ins, a):
+    return op.arange(*(to_scalar(x) for x in ins), dtype=cx.type_of(ins[0]).dtype)
+
+
+@converter("Shape", attrs="start end")
+def shape(cx, ins, a):
+    t = cx.type_of(ins[0])
+    dims = range(t.rank)[slice(a.get("start", 0), a.get("end"))]
+    if all(not ir.is_any(t.shape[i]) for i in dims):
+        return ir.Constant(np.array([t.shape[i] for i in dims], np.int64))
+    s = op.shape_of(ins[0])
+    if len(dims) == t.rank:
+        return s
+    return op.strided_slice(s, [dims.start], [dims.stop])
+
+
+@converter("Size")
+def size(cx, ins, a):
+    n = dims_product(cx, ins[0], range(rank(cx, ins[0])))
+    return const(n, "int64") if isinstance(n, int) else n
+
+
+@converter("EyeLike", attrs="dtype k")
+def eye_like(cx, ins, a):
+    x = ins[0]
+    dtype = dtype_of(a["dtype"], "dtype") if "dtype" in a else cx.type_of(x).dtype
+    rows = op.arange(const(0, "int64"), as_int64(dim(cx, x, 0)), const(1, "int64"), dtype="int64")
+    cols = op.arange(const(0, "int64"), as_int64(dim(cx, x, 1)), const(1, "int64"), dtype="int64")
+    diag = op.equal(op.subtract(cols, op.expand_dims(rows, 1)), const(a.get("k", 0), "int64"))
+    return op.cast(diag, dtype)
+
+
+def as_int64(d):
+    return const(d, "int64") if isinstance(d, int) else d
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes and data movement
+
+
+@converter("Reshape", attrs="allowzero")
+def reshape_op(cx, ins, a):
+    x, s = ins
+    value = cx.value_of(s)
+    if value is None:
+        if a.get("allowzero", 0):
+            raise Unsupported("allowzero=1 with a run-time shape")
+        return op.reshape(x, s)
+    newshape = [int(d) for d in value]
+    if a.get("allowzero", 0) and 0 in newshape:
+        # a 0 is an empty dim, not a copy: the result has no elements
+        return op.zeros(newshape, dtype=cx.type_of(x).dtype)
+    return op.reshape(x, newshape)
+
+
+@converter("Flatten", attrs="axis")
+def flatten(cx, ins, a):
+    x = ins[0]
+    r = rank(cx, x)
+    axis = a.get("axis", 1)
+    axis = axis + r if axis < 0 else axis
+    outer = dims_product(cx, x, range(axis))
+    inner = dims_product(cx, x, range(axis, r))
+    if isinstance(outer, int) and outer > 0:
+        return op.reshape(x, [outer, -1])
+    if isinstance(inner, int) and inner > 0:
+        return op.reshape(x, [-1, inner])
+    return reshape(x, [outer, inner])
+
+
+@converter("Transpose", attrs="perm")
+def transpose(cx, ins, a):
+    return op.transpose(ins[0], a.get("perm"))
+
+
+@converter("Squeeze", attrs="axes")
+def squeeze(cx, ins, a):
+    axes = input_or_attr(cx, ins, 1, a, "axes")
+    return op.squeeze(ins[0], axis=axes if axes else None)
+
+
+@converter("Unsqueeze", attrs="axes")
+def unsqueeze(cx, ins, a):
+    x = ins[0]
+    axes = input_or_attr(cx, ins, 1, a, "axes")
+    out_rank = rank(cx, x) + len(axes)
+    for axis in sorted(a % out_rank for a in axes):
+        x = op.expand_dims(x, axis)
+    return x
+
+
+@converter("Concat", attrs="axis")
+def concat(cx, ins, a):
+    parts = [x for x in ins if x is not None]
+    return op.concatenate(parts, a["axis"])
+
+
+@converter("Split", attrs="axis split num_outputs")
+def split(cx, ins, a):
+    x = ins[0]
+    axis = axis_of(cx, x, a.get("axis", 0))
+    n = len(cx.node.output)
+    sizes = input_or_attr(cx, ins, 1, a, "split", "split sizes")
+    d = cx.type_of(x).shape[axis]
+    if sizes is None and "num_outputs" in a and not ir.is_any(d):
+        chunk = -(-d // n)
+        sizes = [min(chunk, d - i * chunk) for i in range(n)]
+    if sizes is None:
+        parts = op.split(x, n, axis)
+    else:
+        parts = op.split(x, list(np.cumsum(sizes[:-1]).tolist()), axis)
+    return select_tuple(parts, n)
+
+
+@converter("Slice", attrs="starts ends axes")
+def slice_(cx, ins, a):
+    """Constant starts/ends/steps: strided_slice; run-time ones: dyn.strided_slice (axes must
+    be constant either way)."""
+    x = ins[0]
+    if "starts" in a:  # opset < 10: attributes
+        return op.strided_slice(x, a["starts"], a["ends"], None, axes=a.get("axes"))
+    starts, ends = ins[1], ins[2]
+    steps = ins[4] if len(ins) > 4 else None
+    r = rank(cx, x)
+    n = cx.type_of(starts).shape[0]
+    if len(ins) > 3 and ins[3] is not None:
+        axes = [v % r for v in ints(cx, ins[3], "Slice axes")]
+    elif ir.is_any(n):
+        raise Unsupported("Slice starts of unknown length")
+    else:
+        axes = list(range(n))
+    values = [cx.value_of(e) if e is not None else None for e in (starts, ends, steps)]
+    if all(v is not None or e is None for v, e in zip(values, (starts, ends, steps))):
+        begin, end, stride = ([int(i) for i in v] if v is not None else None for v in values)
+        return op.strided_slice(x, begin, end, stride, axes=axes)
+    as64 = lambda v: v if cx.type_of(v).dtype == "int64" else op.cast(v, "int64")  # noqa: E731
+    stride = as64(steps) if steps is not None else [1] * len(axes)
+    return op.strided_slice(x, as64(starts), as64(ends), stride, axes=axes)
+
+
+@converter("Gather", attrs="axis")
+def gather(cx, ins, a):
+    data, indices = ins
+    return op.take(data, indices, axis=axis_of(cx, data, a.get("axis", 0)), mode="wrap")
+
+
+def coordinate(cx, like_x, d, r):
+    """arange(dim d of like_x), shaped (n, 1, ..., 1) to broadcast along dim d of rank r."""
+    c = op.arange(const(0, "int64"), as_int64(dim(cx, like_x, d)), const(1, "int64"),
+                  dtype="int64")
+    return op.expand_dims(c, 1, r - 1 - d) if r - 1 - d else c
+
+
+def wrapped(cx, idx, size):
+    """int64 indices with negative ones counted from the end of an axis of `size`."""
+    idx = op.cast(idx, "int64") if cx.type_of(idx).dtype != "int64" else idx
+    return op.where(op.less(idx, const(0, "int64")), op.add(idx, as_int64(size)), idx)
+
+
+@converter("GatherElements", attrs="axis")
+def gather_elements(cx, ins, a):
+    """out[i..] = data[i.. with indices[i..] on axis]: a take from the flattened data."""
+    data, indices = ins
+    r = rank(cx, data)
+    axis = axis_of(cx, data, a.get("axis", 0))
+    flat = None
+    for d in range(r):
+        c = wrapped(cx, indices, dim(cx, data, axis)) if d == axis else coordinate(cx, indices, d, r)
+        stride = dims_product(cx, data, range(d + 1, r))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    return op.take(op.reshape(data, [-1]), flat, mode="wrap")
+
+
+@converter("GatherND", attrs="batch_dims")
+def gather_nd(cx, ins, a):
+    if a.get("batch_dims", 0):
+        raise Unsupported("batch_dims > 0")
+    data, indices = ins
+    k = cx.type_of(indices).shape[-1]
+    if ir.is_any(k):
+        raise Unsupported("indices whose last dim is dynamic")
+    flat = None
+    for j in range(k):
+        c = wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
+        stride = dims_product(cx, data, range(j + 1, k))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    r = rank(cx, data)
+    rows = reshape(data, [-1] + [dim(cx, data, d) for d in range(k, r)])
+    return op.take(rows, flat, axis=0, mode="wrap")
+
+
+def scaled(d, k, divide=False):
+    """A dim times (or divided by) the int k: an int, or an int64 scalar expression."""
+    if isinstance(d, int):
+        return d // k if divide else d * k
+    return (op.divide if divide else op.multiply)(d, const(k, "int64"))
+
+
+@converter("DepthToSpace", attrs="blocksize mode")
+def depth_to_space(cx, ins, a):
+    x, b = ins[0], a["blocksize"]
+    n, c, h, w = (dim(cx, x, i) for i in range(4))
+    depth = scaled(c, b * b, divide=True)
+    if a.get("mode", "DCR") == "DCR":
+        parts, perm = [n, b, b, depth, h, w], [0, 3, 4, 1, 5, 2]
+    else:
+        parts, perm = [n, depth, b, b, h, w], [0, 1, 4, 2, 5, 3]
+    moved = op.transpose(reshape(x, parts), perm)
+    return reshape(moved, [n, depth, scaled(h, b), scaled(w, b)])
+
+
+@converter("SpaceToDepth", attrs="blocksize mode")
+def space_to_depth(cx, ins, a):
+    x, b = ins[0], a["blocksize"]
+    n, c, h, w = (dim(cx, x, i) for i in range(4))
+    hb, wb = scaled(h, b, divide=True), scaled(w, b, divide=True)
+    perm = [0, 3, 5, 1, 2, 4] if a.get("mode", "DCR") == "DCR" else [0, 1, 3, 5, 2, 4]
+    moved = op.transpose(reshape(x, [n, c, hb, b, wb, b]), perm)
+    return reshape(moved, [n, scaled(c, b * b), hb, wb])
+
+
+@converter("Expand")
+def expand(cx, ins, a):
+    x, s = ins
+    value = cx.value_of(s)
+    dtype = cx.type_of(x).dtype
+    ones = op.ones([int(d) for d in value] if value is not None else s, dtype=dtype)
+    return op.logical_and(x, ones) if dtype == "bool" else op.multiply(x, ones)
+
+
+@converter("Tile")
+def tile(cx, ins, a):
+    x = ins[0]
+    repeats = ints(cx, ins[1], "Tile repeats")
+    for axis, r in enumerate(repeats):
+        if r == 0:
+            x = op.strided_slice(x, [0], [0], axes=[axis])
+        elif r > 1:
+            x = op.concatenate([x] * r, axis)
+    return x
+
+
+@converter("Pad", attrs="mode pads value")
+def pad(cx, ins, a):
+    """Each padded axis is a `take` of clipped (edge), mirrored (reflect) or wrapped source
+    indices; constant mode then fills the out-of-range positions."""
+    x = ins[0]
+    r = rank(cx, x)
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise Unsupported(f"mode {mode!r}")
+    pads = input_or_attr(cx, ins, 1, a, "pads", "pads")
+    value = a.get("value", 0.0)
+    if len(ins) > 2 and ins[2] is not None:
+        value = ins[2]
+    fill = op.cast(to_scalar(value), cx.type_of(x).dtype) if isinstance(value, ir.Expr) \
+        else like(cx, x, value)
+    axes = ints(cx, ins[3], "Pad axes") if len(ins) > 3 and ins[3] is not None else range(r)
+    axes = [v % r for v in axes]
+    k = len(axes)
+    for axis, before, after in zip(axes, pads[:k], pads[k:]):
+        if before or after:
+            x = _pad_axis(cx, x, axis, before, after, mode, fill, r)
+    return x
+
+
+def _pad_axis(cx, x, axis, before, after, mode, fill, r):
+    n = as_int64(dim(cx, x, axis))
+    one = const(1, "int64")
+    idx = op.arange(const(-before, "int64"), op.add(n, const(after, "int64")), one, dtype="int64")
+    last = op.subtract(n, one)
+    if mode == "reflect":
+        mirrored = op.where(op.less(idx, const(0, "int64")), op.negative(idx), idx)
+        src = op.where(op.greater(mirrored, last),
+                       op.subtract(op.multiply(const(2, "int64"), last), mirrored), mirrored)
+    elif mode == "wrap":
+        src = idx
+    else:
+        src = op.maximum(const(0, "int64"), op.minimum(idx, last))
+    out = op.take(x, src, axis=axis, mode="wrap")
+    if mode != "constant":
+        return out
+    inside = op.logical_and(op.greater(idx, const(-1, "int64")), op.less(idx, n))
+    if r - axis - 1:
+        inside = op.expand_dims(inside, 1, r - axis - 1)
+    return op.where(inside, out, fill)
+
+
+@converter("NonZero")
+def nonzero(cx, ins, a):
+    return op.transpose(op.argwhere(ins[0]))
+
+
+@converter("OneHot", attrs="axis")
+def one_hot(cx, ins, a):
+    indices, depth, values = ins
+    out_rank = rank(cx, indices) + 1
+    axis = a.get("axis", -1) % out_rank
+    depth = op.cast(to_scalar(depth), "int64")
+    idx = op.cast(indices, "int64")
+    idx = op.where(op.less(idx, const(0, "int64")), op.add(idx, depth), idx)
+    classes = op.arange(const(0, "int64"), depth, const(1, "int64"), dtype="int64")
+    if out_rank - 1 - axis:
+        classes = op.expand_dims(classes, 1, out_rank - 1 - axis)
+    hit = op.equal(op.expand_dims(idx, axis), classes)
+    off = op.take(values, const(0, "int64"))
+    on = op.take(values, const(1, "int64"))
+    return op.where(hit, on, off)
+
+
+@converter("Trilu", attrs="upper")
+def trilu(cx, ins, a):
+    x = ins[0]
+    k = op.cast(to_scalar(ins[1]), "int64") if len(ins) > 1 and ins[1] is not None \
+        else const(0, "int64")
+    r = rank(cx, x)
+    one, zero = const(1, "int64"), const(0, "int64")
+    rows = op.arange(zero, as_int64(dim(cx, x, r - 2)), one, dtype="int64")
+    cols = op.arange(zero, as_int64(dim(cx, x, r - 1)), one, dtype="int64")
+    offset = op.subtract(cols, op.expand_dims(rows, 1))  # column - row
+    keep = not_(op.less(offset, k)) if a.get("upper", 1) else not_(op.greater(offset, k))
+    return op.where(keep, x, like(cx, x, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra and networks
+
+
+@converter("MatMul")
+def matmul(cx, ins, a):
+    x, w = ins
+    ra, rb = rank(cx, x), rank(cx, w)
+    if ra == 1 or rb == 1:
+        xe = op.expand_dims(x, 0) if ra == 1 else x
+        we = op.expand_dims(w, 1) if rb == 1 else w
+        out = matmul_nd(cx, xe, we)
+        if ra == 1:
+            out = op.squeeze(out, axis=[rank(cx, out) - 2])
+        if rb == 1:
+            out = op.squeeze(out, axis=[rank(cx, out) - 1])
+        return out
+    return matmul_nd(cx, x, w)
+
+
+def matmul_nd(cx, x, w):
+    ra, rb = rank(cx, x), rank(cx, w)
+    if rb == 2:
+        if ra == 2:
+            return op.matmul(x, w)
+        return op.dense(x, op.transpose(w))
+    if ra == rb == 3:
+        return op.batch_matmul(x, w, transpose_b=False)
+    if ra == 2 and rb == 3:
+        return op.batch_matmul(op.expand_dims(x, 0), w, transpose_b=False)
+    if ra != rb:
+        raise Unsupported(f"MatMul of ranks {ra} and {rb}")
+    batch = [dim(cx, x, i) for i in range(ra - 2)]
+    x3 = reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
+    w3 = reshape(w, [-1, dim(cx, w, rb - 2), dim(cx, w, rb - 1)])
+    out = op.batch_matmul(x3, w3, transpose_b=False)
+    return reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+
+
+@converter("Gemm", attrs="alpha beta transA transB")
+def gemm(cx, ins, a):
+    x, w = ins[0], ins[1]
+    if a.get("transA", 0):
+        x = op.transpose(x)
+    out = op.dense(x, w if a.get("transB", 0) else op.transpose(w))
+    if a.get("alpha", 1.0) != 1.0:
+        out = op.multiply(out, like(cx, out, a["alpha"]))
+    if len(ins) > 2 and ins[2] is not None:
+        c = ins[2]
+        if a.get("beta", 1.0) != 1.0:
+            c = op.multiply(c, like(cx, c, a["beta"]))
+        out = op.add(out, c)
+    return out
+
+
+@converter("Conv", attrs="auto_pad dilations group kernel_shape pads strides")
+def conv(cx, ins, a):
+    x, w = ins[0], ins[1]
+    r = rank(cx, x)
+    if r not in (3, 4):
+        raise Unsupported(f"Conv on rank {r} inputs (1-D and 2-D convolutions are supported)")
+    n = r - 2
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    pads = _conv_pads(cx, x, w, a, strides, dilations)
+    if n == 1:
+        x, w = op.expand_dims(x, 2), op.expand_dims(w, 2)
+        strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
+    out = op.conv2d(x, w, strides=strides, padding=pads, dilation=dilations,
+                    groups=a.get("group", 1))
+    if n == 1:
+        out = op.squeeze(out, axis=[2])
+    if len(ins) > 2 and ins[2] is not None:
+        out = op.add(out, per_channel(cx, ins[2], r))
+    return out
+
+
+def _conv_pads(cx, x, w, a, strides, dilations) -> list:
+    n = len(strides)
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        return list(a.get("pads", [0] * 2 * n)) if auto == "NOTSET" else [0] * 2 * n
+    xs, ws = cx.type_of(x).shape[2:], cx.type_of(w).shape[2:]
+    if any(ir.is_any(d) for d in list(xs) + list(ws)):
+        raise Unsupported(f"auto_pad={auto} with dynamic spatial dims")
+    begin, end = [], []
+    for size, k, s, d in zip(xs, ws, strides, dilations):
+        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+@converter("Softmax", "LogSoftmax", attrs="axis")
+def softmax(cx, ins, a):
+    x = ins[0]
+    r = rank(cx, x)
+    log = cx.node.op_type == "LogSoftmax"
+    if cx.opset >= 13:
+        out = op.softmax(x, axis=a.get("axis", -1))
+    else:  # the input is coerced to 2-D at axis
+        axis = a.get("axis", 1) % r
+        flat = x if axis == r - 1 else reshape(x, [dims_product(cx, x, range(axis)), -1])
+        out = op.softmax(flat, axis=-1)
+        if axis != r - 1:
+            out = op.reshape(out, op.shape_of(x))
+    return op.log(out) if log else out
+
+
+def moments(cx, x, axes, epsilon):
+    """(mean, x - mean, 1 / sqrt(variance + epsilon)) over axes, kept as size-1 dims."""
+    mean = op.mean(x, axis=axes, keepdims=True)
+    centred = op.subtract(x, mean)
+    var = op.mean(op.multiply(centred, centred), axis=axes, keepdims=True)
+    return mean, centred, op.divide(like(cx, x, 1.0), op.sqrt(op.add(var, like(cx, x, epsilon))))
+
+
+def normalise(cx, x, axes, epsilon):
+    _, centred, inv_std = moments(cx, x, axes, epsilon)
+    return op.multiply(centred, inv_std)
+
+
+@converter("LayerNormalization", attrs="axis epsilon stash_type")
+def layer_normalization(cx, ins, a):
+    """dynvm's layer_norm for the common case (the last axis, 1-D scale and bias, only Y
+    wanted); otherwise mean / variance over axes [axis, rank), with the Mean and InvStdDev
+    outputs."""
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    r = rank(cx, x)
+    axis = a.get("axis", -1) % r
+    eps = a.get("epsilon", 1e-5)
+    only_y = not any(cx.node.output[1:])
+    if only_y and axis == r - 1 and rank(cx, scale) == 1 and (bias is None or rank(cx, bias) == 1):
+        beta = bias if bias is not None else op.multiply(scale, like(cx, scale, 0.0))
+        return op.layer_norm(x, scale, beta, axis=-1, epsilon=eps)
+    mean, centred, inv_std = moments(cx, x, list(range(axis, r)), eps)
+    y = op.multiply(op.multiply(centred, inv_std), scale)
+    return [op.add(y, bias) if bias is not None else y, mean, inv_std]
+
+
+@converter("BatchNormalization", attrs="epsilon momentum training_mode spatial")
+def batch_normalization(cx, ins, a):
+    if a.get("training_mode", 0):
+        raise Unsupported("training_mode=1 (only inference is supported)")
+    x, scale, bias, mean, var = ins
+    r = rank(cx, x)
+    eps = a.get("epsilon", 1e-5)
+    values = [cx.value_of(e) for e in (scale, bias, mean, var)]
+    if all(v is not None for v in values):
+        s, b, m, v = values
+        mul = (s / np.sqrt(v + np.asarray(eps, v.dtype))).astype(s.dtype)
+        mul_e, add_e = ir.const(mul), ir.const((b - m * mul).astype(s.dtype))
+    else:
+        mul_e = op.divide(scale, op.sqrt(op.add(var, like(cx, var, eps))))
+        add_e = op.subtract(bias, op.multiply(mean, mul_e))
+    return op.add(op.multiply(x, per_channel(cx, mul_e, r)), per_channel(cx, add_e, r))
+
+
+@converter("InstanceNormalization", attrs="epsilon")
+def instance_normalization(cx, ins, a):
+    x, scale, bias = ins
+    r = rank(cx, x)
+    out = normalise(cx, x, list(range(2, r)), a.get("epsilon", 1e-5))
+    return op.add(op.multiply(out, per_channel(cx, scale, r)), per_channel(cx, bias, r))
+
+
+@converter("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(cx, ins, a):
+    x = ins[0]
+    reduce = op.mean if cx.node.op_type == "GlobalAveragePool" else op.max
+    return reduce(x, axis=list(range(2, rank(cx, x))), keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+def _log_sum_exp(x, axes, keepdims):
+    m = op.max(x, axis=axes, keepdims=True)
+    s = op.log(op.sum(op.exp(op.subtract(x, m)), axis=axes, keepdims=keepdims))
+    return op.add(s, m if keepdims else op.max(x, axis=axes, keepdims=False))
+
+
+REDUCTIONS = {
+    "ReduceSum": lambda cx, x, ax, k: op.sum(x, axis=ax, keepdims=k),
+    "ReduceMean": lambda cx, x, ax, k: op.mean(x, axis=ax, keepdims=k),
+    "ReduceMax": lambda cx, x, ax, k: op.max(x, axis=ax, keepdims=k),
+    "ReduceMin": lambda cx, x, ax, k: op.negative(op.max(op.negative(x), axis=ax, keepdims=k)),
+    "ReduceL1": lambda cx, x, ax, k: op.sum(abs_(cx, x), axis=ax, keepdims=k),
+    "ReduceL2": lambda cx, x, ax, k: op.sqrt(op.sum(op.multiply(x, x), axis=ax, keepdims=k)),
+    "ReduceSumSquare": lambda cx, x, ax, k: op.sum(op.multiply(x, x), axis=ax, keepdims=k),
+    "ReduceLogSum": lambda cx, x, ax, k: op.log(op.sum(x, axis=ax, keepdims=k)),
+    "ReduceLogSumExp": lambda cx, x, ax, k: _log_sum_exp(x, ax, k),
+}
+
+
+@converter(*REDUCTIONS, attrs="axes keepdims noop_with_empty_axes")
+def reduce(cx, ins, a):
+    x = ins[0]
+    axes = input_or_attr(cx, ins, 1, a, "axes")
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return x
+        axes = None
+    keepdims = bool(a.get("keepdims", 1))
+    empty = empty_reduction(cx, x, axes, keepdims)
+    if empty is not None:
+        return empty
+    return REDUCTIONS[cx.node.op_type](cx, x, axes, keepdims)
+
+
+# ONNX's value of an empty max / min / log-sum-exp (dynvm's max rejects an empty axis)
+EMPTY_REDUCTION = {"ReduceMax": -np.inf, "ReduceMin": np.inf, "ReduceLogSumExp": -np.inf}
+
+
+def empty_reduction(cx, x, axes, keepdims):
+    """The result of a float max / min / log-sum-exp over a statically empty axis, else None."""
+    t = cx.type_of(x)
+    value = EMPTY_REDUCTION.get(cx.node.op_type)
+    reduced = range(t.rank) if axes is None else [v % t.rank for v in axes]
+    if value is None or t.dtype not in ("float32", "float64") or \
+            not any(t.shape[i] == 0 for i in reduced):
+        return None
+    shape = [1 if i in reduced else d for i, d in enumerate(t.shape) if keepdims or i not in reduced]
+    if any(ir.is_any(d) for d in shape):
+        return None
+    return op.full(like(cx, x, value), shape)
+
+
+@converter("ArgMax", "ArgMin", attrs="axis keepdims select_last_index")
+def arg_reduce(cx, ins, a):
+    x = ins[0] if cx.node.op_type == "ArgMax" else op.negative(ins[0])
+    axis = axis_of(cx, x, a.get("axis", 0))
+    keepdims = bool(a.get("keepdims", 1))
+    if not a.get("select_last_index", 0):
+        return op.argmax(x, axis=axis, keepdims=keepdims)
+    # the last extreme: the first one of the reversed axis, counted from the end
+    first = op.argmax(op.strided_slice(x, [-1], [-(1 << 62)], [-1], axes=[axis]), axis=axis,
+                      keepdims=keepdims)
+    return op.subtract(op.subtract(as_int64(dim(cx, x, axis)), const(1, "int64")), first)
+
+
+@converter("CumSum", attrs="exclusive reverse")
+def cumsum(cx, ins, a):
+    """A product with a triangular 0/1 matrix along the (constant) axis: out[u] = sum of x[k]
+    over k <= u (k < u exclusive; k >= u, k > u reversed)."""
+    x = ins[0]
+    r = rank(cx, x)
+    axis = int(scalar_value(cx, ins[1], "CumSum axis")) % r
+    n = as_int64(dim(cx, x, axis))
+    ks = op.arange(const(0, "int64"), n, const(1, "int64"), dtype="int64")
+    us = op.expand_dims(ks, 1)
+    rev, excl = a.get("reverse", 0), a.get("exclusive", 0)
+    compare = {(0, 0): lambda: not_(op.greater(ks, us)), (0, 1): lambda: op.less(ks, us),
+               (1, 0): lambda: not_(op.less(ks, us)), (1, 1): lambda: op.greater(ks, us)}
+    weight = op.cast(compare[(rev, excl)](), cx.type_of(x).dtype)   # (u, k)
+    perm = [d for d in range(r) if d != axis] + [axis]
+    moved = x if axis == r - 1 else op.transpose(x, perm)
+    out = op.dense(moved, weight)
+    return out if axis == r - 1 else op.transpose(out, list(np.argsort(perm).tolist()))
+
+
+@converter("MaxPool", "AveragePool",
+           attrs="auto_pad ceil_mode count_include_pad dilations kernel_shape pads "
+                 "storage_order strides")
+def pool(cx, ins, a):
+    """The max (or mean) of the kernel's strided slices of the padded input: one slice per
+    kernel offset. Needs static spatial dims; ceil_mode=1 is not supported."""
+    if a.get("ceil_mode", 0):
+        raise Unsupported("ceil_mode=1")
+    x = ins[0]
+    t = cx.type_of(x)
+    spatial = t.shape[2:]
+    if len(spatial) not in (1, 2) or any(ir.is_any(d) for d in spatial):
+        raise Unsupported("pooling needs 1-D or 2-D static spatial dims")
+    kernel = list(a["kernel_shape"])
+    n = len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    w = ir.Constant(np.zeros([1, 1, *kernel], np.float32))
+    pads = _conv_pads(cx, x, w, a, strides, dilations)
+    is_max = cx.node.op_type == "MaxPool"
+    fill = like(cx, x, -np.inf if t.dtype in ("float32", "float64") else np.iinfo(np.int64).min) \
+        if is_max else like(cx, x, 0)
+    padded, ones = x, op.ones(list(t.shape[2:]), dtype=t.dtype)
+    for i in range(n):
+        if pads[i] or pads[n + i]:
+            padded = _pad_axis(cx, padded, 2 + i, pads[i], pads[n + i], "constant", fill, t.rank)
+            ones = _pad_axis(cx, ones, i, pads[i], pads[n + i], "constant", like(cx, x, 0), n)
+    sizes = [size + pads[i] + pads[n + i] for i, size in enumerate(spatial)]
+    outs = [(s - ((k - 1) * d + 1)) // st + 1 for s, k, d, st in zip(sizes, kernel, dilations, strides)]
+    acc, count = None, None
+    for offset in np.ndindex(*kernel):
+        begin = [o * d for o, d in zip(offset, dilations)]
+        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, outs, strides)]
+        part = op.strided_slice(padded, begin, end, strides, axes=list(range(2, 2 + n)))
+        acc = part if acc is None else (op.maximum if is_max else op.add)(acc, part)
+        if not is_max and not a.get("count_include_pad", 0):
+            valid = op.strided_slice(ones, begin, end, strides, axes=list(range(n)))
+            count = valid if count is None else op.add(count, valid)
+    if is_max:
+        return acc
+    if count is None:
+        return op.divide(acc, like(cx, x, math.prod(kernel)))
+    return op.divide(acc, count)
+
+
+@converter("Hardmax", attrs="axis")
+def hardmax(cx, ins, a):
+    """1 at the first largest element along axis, 0 elsewhere (opset >= 13)."""
+    if cx.opset < 13:
+        raise Unsupported("Hardmax before opset 13 (2-D coercion)")
+    x = ins[0]
+    r = rank(cx, x)
+    axis = axis_of(cx, x, a.get("axis", -1))
+    top = op.argmax(x, axis=axis, keepdims=True)
+    return op.cast(op.equal(coordinate(cx, x, axis, r), top), cx.type_of(x).dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# selection and detection
+
+
+@converter("TopK", attrs="axis largest sorted")
+def topk(cx, ins, a):
+    x, k = ins
+    axis = axis_of(cx, x, a.get("axis", -1))
+    ascend = not a.get("largest", 1)
+    kv = cx.value_of(k)
+    if kv is not None and int(kv.reshape(-1)[0]) >= 1:
+        return select_tuple(op.topk(x, k=int(kv.reshape(-1)[0]), axis=axis, is_ascend=ascend), 2)
+    # a run-time k: sort the whole axis, then keep the first k
+    both = select_tuple(op.topk(x, k=0, axis=axis, is_ascend=ascend), 2)
+    end = op.reshape(k, [1])
+    return [op.strided_slice(t, const([0], "int64"), end, const([1], "int64"), axes=[axis])
+            for t in both]
+
+
+@converter("Unique", attrs="sorted axis")
+def unique(cx, ins, a):
+    if "axis" in a:
+        raise Unsupported("Unique with axis")
+    if not a.get("sorted", 1):
+        raise Unsupported("sorted=0 (values in order of appearance)")
+    flat = op.reshape(ins[0], [-1])
+    if len(cx.node.output) > 3 and cx.node.output[3]:
+        values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
+        return [values, None, None, counts]
+    return [op.unique(flat), None, None, None]
+
+
+@converter("NonMaxSuppression", attrs="center_point_box")
+def non_max_suppression(cx, ins, a):
+    """Per (batch, class) pair, dynvm's nms on that slice; rows [batch, class, box]."""
+    boxes, scores = ins[0], ins[1]
+    if a.get("center_point_box", 0):  # [x_center, y_center, width, height] -> corners
+        xc, yc, w, h = split_last(boxes, 4)
+        half_w, half_h = op.multiply(w, like(cx, w, 0.5)), op.multiply(h, like(cx, h, 0.5))
+        boxes = op.concatenate([op.subtract(yc, half_h), op.subtract(xc, half_w),
+                                op.add(yc, half_h), op.add(xc, half_w)], -1)
+    opt = lambda i: ins[i] if len(ins) > i and ins[i] is not None else None  # noqa: E731
+    max_out = int(scalar_value(cx, opt(2), "max_output_boxes_per_class")) if opt(2) is not None else 0
+    iou = float(scalar_value(cx, opt(3), "iou_threshold")) if opt(3) is not None else 0.0
+    score = float(scalar_value(cx, opt(4), "score_threshold")) if opt(4) is not None else None
+    b, c, _ = cx.type_of(scores).shape
+    if ir.is_any(b) or ir.is_any(c):
+        raise Unsupported("NonMaxSuppression with a dynamic batch or class count")
+    blocks = []
+    for i in range(b):
+        bx = op.take(boxes, const(i, "int64"), axis=0)
+        for j in range(c):
+            sc = op.take(op.take(scores, const(i, "int64"), axis=0), const(j, "int64"), axis=0)
+            sel = op.nms(bx, sc, max_output=max_out, iou_threshold=iou, score_threshold=score)
+            zero = op.multiply(sel, const(0, "int64"))
+            cols = [op.add(zero, const(i, "int64")), op.add(zero, const(j, "int64")), sel]
+            blocks.append(op.concatenate([op.expand_dims(col, 1) for col in cols], 1))
+    return blocks[0] if len(blocks) == 1 else op.concatenate(blocks, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# control flow
+
+
+@converter("If", attrs="then_branch else_branch")
+def if_(cx, ins, a):
+    """An IR `If`; branch results whose dims differ get Any dims."""
+    cond = to_scalar(ins[0])
+    then, other = cx.subgraph(a["then_branch"], []), cx.subgraph(a["else_branch"], [])
+    if len(then) == 1:
+        return ir.If(cond, then[0], other[0])
+    return select_tuple(ir.If(cond, ir.Tuple(then), ir.Tuple(other)), len(then))
+
+
+def widen(old: ir.TensorType, new: ir.TensorType) -> ir.TensorType:
+    """The loop-variable type holding both: dims that change become Any."""
+    if old.dtype != new.dtype or old.rank != new.rank:
+        raise Unsupported(f"a loop-carried value changes type from {old} to {new}")
+    return ir.TensorType(tuple(o if o == n else ir.Any() for o, n in zip(old.shape, new.shape)),
+                         old.dtype)
+
+
+def settled_body(cx, body, types, bindings):
+    """Convert loop body `body` with carried values of `types` until the carried types settle:
+    (carried vars, body outputs). `bindings(carried vars)` lists the body's inputs; the body's
+    outputs start with the carried values' new values (after `skip` leading outputs)."""
+    for _ in range(4):
+        carried = [ir.var(f"v{k}", t) for k, t in enumerate(types)]
+        outs, skip = bindings(carried)
+        new = [widen(t, cx.type_of(o)) for t, o in zip(types, outs[skip:skip + len(types)])]
+        if new == types:
+            return carried, outs
+        types = new
+    raise Unsupported("the loop-carried types do not settle")
+
+
+def scan_accumulators(cx, elements):
+    """For each per-iteration output: a carried (Any, ...) tensor starting empty, and its value
+    after one more iteration."""
+    accs, inits, grown = [], [], []
+    for k, e in enumerate(elements):
+        t = cx.type_of(e)
+        if not t.is_static:
+            raise Unsupported("a scan output whose dims are not static")
+        acc = ir.var(f"scan{k}", ir.TensorType((ir.Any(),) + t.shape, t.dtype))
+        accs.append(acc)
+        inits.append(op.zeros([0, *t.shape], dtype=t.dtype))
+        grown.append(op.concatenate([acc, op.expand_dims(e, 0)], 0))
+    return accs, inits, grown
+
+
+@converter("Loop", attrs="body")
+def loop(cx, ins, a):
+    """`for (i = 0; i < M && cond; i++) (cond, v...) = body(i, cond, v...)` as `ir.while_loop`
+    over (i, cond, v..., scan accumulators...). A loop-carried value whose dims change between
+    iterations gets Any dims there (the body is converted again until the types settle); each
+    scan output is a carried tensor that grows by one row per iteration."""
+    body = a["body"]
+    trip = to_scalar(ins[0]) if ins[0] is not None else None
+    cond0 = to_scalar(ins[1]) if len(ins) > 1 and ins[1] is not None else const(True, "bool")
+    inits = list(ins[2:])
+    n = len(inits)
+    i, c = ir.var("i", ir.TensorType((), "int64")), ir.var("cond", ir.TensorType((), "bool"))
+    carried, outs = settled_body(cx, body, [cx.type_of(e) for e in inits],
+                                 lambda vs: (cx.subgraph(body, [i, c, *vs]), 1))
+    accs, acc_inits, grown = scan_accumulators(cx, outs[1 + n:])
+    keep_going = c if trip is None else op.logical_and(c, op.less(i, trip))
+    step = [op.add(i, const(1, "int64")), to_scalar(outs[0]), *outs[1:1 + n], *grown]
+    loop_vars = [(i, const(0, "int64")), (c, cond0), *zip(carried, inits), *zip(accs, acc_inits)]
+    result = ir.while_loop(lambda *_: keep_going, lambda *_: step, loop_vars, name="onnx_loop")
+    return [ir.TupleGetItem(result, 2 + k) for k in range(n + len(accs))]
+
+
+@converter("Scan", attrs="body num_scan_inputs scan_input_axes scan_input_directions "
+                          "scan_output_axes scan_output_directions")
+def scan(cx, ins, a):
+    """Scan (opset >= 9) along axis 0, forwards: a while_loop over t < len(first scan input)
+    whose body gets the states and row t of each scan input."""
+    if cx.opset < 9:
+        raise Unsupported("Scan before opset 9 (batched form)")
+    for key in ("scan_input_axes", "scan_input_directions", "scan_output_axes",
+                "scan_output_directions"):
+        if any(a.get(key, [])):
+            raise Unsupported(f"{key} other than 0")
+    body, m = a["body"], a["num_scan_inputs"]
+    inits, xs = list(ins[:len(ins) - m]), list(ins[len(ins) - m:])
+    n = len(inits)
+    t = ir.var("t", ir.TensorType((), "int64"))
+    rows_t = [op.take(x, t, axis=0) for x in xs]
+    carried, outs = settled_body(cx, body, [cx.type_of(e) for e in inits],
+                                 lambda vs: (cx.subgraph(body, [*vs, *rows_t]), 0))
+    accs, acc_inits, grown = scan_accumulators(cx, outs[n:])
+    length = as_int64(dim(cx, xs[0], 0))
+    step = [op.add(t, const(1, "int64")), *outs[:n], *grown]
+    loop_vars = [(t, const(0, "int64")), *zip(carried, inits), *zip(accs, acc_inits)]
+    result = ir.while_loop(lambda *_: op.less(t, length), lambda *_: step, loop_vars,
+                           name="onnx_scan")
+    return [ir.TupleGetItem(result, 1 + k) for k in range(n + len(accs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent layers: one while_loop per direction over the time steps
+
+ACTIVATIONS = {"Sigmoid": op.sigmoid, "Tanh": op.tanh, "Relu": op.relu}
+RNN_ATTRS = "activations direction hidden_size layout"
+
+
+def rows(e, lo, hi):
+    """e[lo:hi] along axis 0."""
+    return op.strided_slice(e, [lo], [hi], axes=[0])
+
+
+def direction_of(cx, e, d):
+    """Slice d of a per-direction weight (num_directions, ...)."""
+    value = cx.value_of(e)
+    return ir.const(value[d]) if value is not None else op.take(e, const(d, "int64"), axis=0)
+
+
+def activations(a, defaults, directions):
+    names = a.get("activations", defaults * directions)
+    unknown = sorted(set(names) - set(ACTIVATIONS))
+    if unknown:
+        raise Unsupported(f"activation(s) {', '.join(unknown)}")
+    k = len(defaults)
+    return [[ACTIVATIONS[n] for n in names[d * k:(d + 1) * k]] for d in range(directions)]
+
+
+def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
+    """Shared by RNN, GRU and LSTM. `cell(cx, d, acts, x_t, states, inputs)` returns the new
+    states (h first). Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
+    x = ins[0]
+    if a.get("layout", 0):
+        x = op.transpose(x, [1, 0, 2])
+    if len(ins) > 4 and ins[4] is not None:
+        lens = constant_value(cx, ins[4], "sequence_lens")
+        if ir.is_any(cx.type_of(x).shape[0]) or (lens != cx.type_of(x).shape[0]).any():
+            raise Unsupported("sequence_lens other than the full length of every sequence")
+    mode = a.get("direction", "forward")
+    dirs = [False, True] if mode == "bidirectional" else [mode == "reverse"]
+    acts = activations(a, list(defaults), len(dirs))
+    hidden = a["hidden_size"]
+    seq, batch = as_int64(dim(cx, x, 0)), dim(cx, x, 1)
+    dtype = cx.type_of(x).dtype
+    outs, finals = [], []
+    for d, reverse in enumerate(dirs):
+        w = direction_of(cx, ins[1], d)
+        xw = op.dense(x, w)                                     # (seq, batch, gates * hidden)
+        states0 = []
+        for i in (5, 6)[:1 + with_c]:                       # initial_h, initial_c
+            given = ins[i] if len(ins) > i else None
+            states0.append(direction_of(cx, given, d) if given is not None
+                           else op.zeros(shape_vector([batch, hidden]), dtype=dtype))
+        y, states = time_loop(cx, xw, states0, seq, reverse,
+                              lambda x_t, st, d=d: cell(cx, d, acts[d], x_t, st, ins))
+        outs.append(op.expand_dims(y, 1))
+        finals.append(states)
+    y = outs[0] if len(outs) == 1 else op.concatenate(outs, 1)
+    if a.get("layout", 0):
+        y = op.transpose(y, [2, 0, 1, 3])
+    per_state = []
+    for k in range(1 + with_c):
+        s = op.concatenate([op.expand_dims(f[k], 0) for f in finals], 0)
+        per_state.append(op.transpose(s, [1, 0, 2]) if a.get("layout", 0) else s)
+    return [y, *per_state]
+
+
+def time_loop(cx, xw, states0, seq, reverse, step):
+    """Run `step(x_t, states) -> states` over t (backwards when reverse); (Y, final states)
+    with Y (seq, batch, hidden) in time order."""
+    t = ir.var("t", ir.TensorType((), "int64"))
+    states = [ir.var(f"s{k}", cx.type_of(s)) for k, s in enumerate(states0)]
+    h_type = cx.type_of(states0[0])
+    acc = ir.var("y", ir.TensorType((ir.Any(),) + h_type.shape, h_type.dtype))
+    acc0 = op.zeros(shape_vector([0, *(dim(cx, states0[0], i) for i in range(2))]),
+                    dtype=h_type.dtype)
+    new = step(op.take(xw, t, axis=0), states)
+    row = op.expand_dims(new[0], 0)
+    one = const(1, "int64")
+    if reverse:
+        t0, nxt, go = op.subtract(seq, one), op.subtract(t, one), op.greater(t, const(-1, "int64"))
+        grown = op.concatenate([row, acc], 0)
+    else:
+        t0, nxt, go = const(0, "int64"), op.add(t, one), op.less(t, seq)
+        grown = op.concatenate([acc, row], 0)
+    result = ir.while_loop(lambda *_: go, lambda *_: [nxt, *new, grown],
+                           [(t, t0), *zip(states, states0), (acc, acc0)], name="onnx_rnn")
+    n = len(states)
+    return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
+
+
+def recurrence(cx, ins, d, h, gates, hidden):
+    """h R^T + Rb for direction d (the recurrent half of the bias)."""
+    hr = op.dense(h, direction_of(cx, ins[2], d))
+    if len(ins) > 3 and ins[3] is not None:
+        b = direction_of(cx, ins[3], d)
+        hr = op.add(hr, rows(b, gates * hidden, 2 * gates * hidden))
+    return hr
+
+
+def input_bias(cx, ins, d, x_t, gates, hidden):
+    if len(ins) > 3 and ins[3] is not None:
+        return op.add(x_t, rows(direction_of(cx, ins[3], d), 0, gates * hidden))
+    return x_t
+
+
+@converter("RNN", attrs=RNN_ATTRS)
+def rnn(cx, ins, a):
+    hidden = a["hidden_size"]
+
+    def cell(cx, d, acts, x_t, st, ins):
+        pre = op.add(input_bias(cx, ins, d, x_t, 1, hidden), recurrence(cx, ins, d, st[0], 1, hidden))
+        return [acts[0](pre)]
+    return recurrent(cx, ins, a, 1, cell)
+
+
+@converter("GRU", attrs=RNN_ATTRS + " linear_before_reset")
+def gru(cx, ins, a):
+    hidden = a["hidden_size"]
+    before_reset = a.get("linear_before_reset", 0)
+
+    def cell(cx, d, acts, x_t, st, ins):
+        f, g = acts
+        h = st[0]
+        xz, xr, xh = split_last(input_bias(cx, ins, d, x_t, 3, hidden), 3)
+        r_all = direction_of(cx, ins[2], d)
+        rb = rows(direction_of(cx, ins[3], d), 3 * hidden, 6 * hidden) \
+            if len(ins) > 3 and ins[3] is not None else None
+        hz, hr, hh = split_last(op.add(op.dense(h, r_all), rb) if rb is not None
+                                 else op.dense(h, r_all), 3)
+        z, r = f(op.add(xz, hz)), f(op.add(xr, hr))
+        if before_reset:
+            cand = g(op.add(xh, op.multiply(r, hh)))
+        else:
+            rh = op.dense(op.multiply(r, h), rows(r_all, 2 * hidden, 3 * hidden))
+            if rb is not None:
+                rh = op.add(rh, rows(rb, 2 * hidden, 3 * hidden))
+            cand = g(op.add(xh, rh))
+        one = like(cx, h, 1.0)
+        return [op.add(op.multiply(op.subtract(one, z), cand), op.multiply(z, h))]
+    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"))
+
+
+@converter("LSTM", attrs=RNN_ATTRS)
+def lstm(cx, ins, a):
+    hidden = a["hidden_size"]
+
+    def cell(cx, d, acts, x_t, st, ins):
+        f, g, h_act = acts
+        h, c = st
+        pre = op.add(input_bias(cx, ins, d, x_t, 4, hidden), recurrence(cx, ins, d, h, 4, hidden))
+        i, o, fg, cand = split_last(pre, 4)
+        peep = direction_of(cx, ins[7], d) if len(ins) > 7 and ins[7] is not None else None
+        if peep is not None:
+            pi, po, pf = (rows(peep, k * hidden, (k + 1) * hidden) for k in range(3))
+            i, fg = op.add(i, op.multiply(pi, c)), op.add(fg, op.multiply(pf, c))
+        c_new = op.add(op.multiply(f(fg), c), op.multiply(f(i), g(cand)))
+        if peep is not None:
+            o = op.add(o, op.multiply(po, c_new))
+        return [op.multiply(f(o), h_act(c_new)), c_new]
+    return recurrent(cx, ins, a, 4, cell, with_c=True, defaults=("Sigmoid", "Tanh", "Tanh"))

@@ -1,0 +1,72 @@
+"""from_onnx itself: input types, initializers, the one error naming every unsupported node,
+constant folding of shape arithmetic."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+from dynvm.compiler import ir  # noqa: E402
+from dynvm.frontend.onnx import UnsupportedOnnxError, from_onnx  # noqa: E402
+from dynvm.vm.errors import DynVMError  # noqa: E402
+from tests.frontend import onnx_models as M  # noqa: E402
+
+
+def info(name, shape, elem=M.F):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_unsupported_error_lists_every_offending_node_and_skips_their_consumers():
+    nodes = [helper.make_node("Det", ["x"], ["a"], name="first"),          # no converter
+             helper.make_node("Relu", ["a"], ["b"], name="consumer"),          # only downstream
+             helper.make_node("Gelu", ["x"], ["c"], name="attr", approximate="tanh",
+                              foo=1),                                           # unknown attr
+             helper.make_node("Cast", ["x"], ["d"], name="half", to=TensorProto.FLOAT16),
+             helper.make_node("Add", ["b", "c"], ["y"], name="fine")]
+    m = M.model(nodes, [info("x", [2, 3]), info("u8", [2], TensorProto.UINT8)],
+                [info("y", [2, 3]), info("d", [2, 3], TensorProto.FLOAT16)], opset=20,
+                check=False)  # the checker would reject the made-up attribute
+    with pytest.raises(UnsupportedOnnxError) as err:
+        from_onnx(m)
+    names = [o[0] for o in err.value.offenders]
+    assert sorted(names) == ["attr", "first", "half", "u8"]
+    text = str(err.value)
+    assert "4 unsupported node(s)" in text
+    assert "first (Det, opset 20): no converter for this op" in text
+    assert "attr (Gelu, opset 20): attribute(s) foo not supported" in text
+    assert "half (Cast, opset 20): the target type has element type FLOAT16" in text
+    assert "u8 (graph input, opset 20): input 'u8' has element type UINT8" in text
+    assert isinstance(err.value, DynVMError)
+
+
+def test_a_converter_needing_a_constant_names_the_graph_input():
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["y"])]
+    m = M.model(nodes, [info("x", [2, 3]), info("axes", [1], M.I64)], [info("y", [3])])
+    with pytest.raises(UnsupportedOnnxError, match="axes must be a constant .* graph input 'axes'"):
+        from_onnx(m)
+
+
+def test_symbolic_and_unknown_dims_are_any_initializers_are_constants():
+    nodes = [helper.make_node("Add", ["x", "bias"], ["y"])]
+    x = helper.make_tensor_value_info("x", M.F, ["batch", None, 3])
+    m = M.model(nodes, [x], [info("y", ["batch", None, 3])], {"bias": np.ones(3, np.float32)})
+    fn = from_onnx(m)["main"]
+    assert [p.name for p in fn.params] == ["x"]
+    assert fn.params[0].type_annotation == ir.TensorType((ir.Any(), ir.Any(), 3), "float32")
+    assert isinstance(fn.body.args[1], ir.Constant)
+
+
+def test_shapes_must_name_inputs_and_match_their_rank():
+    with pytest.raises(DynVMError, match="shapes names no input of the model: \\['y'\\]"):
+        from_onnx(M.mlp(), shapes={"y": (1, 8)})
+    with pytest.raises(DynVMError, match="has rank 1, the model's input has rank 2"):
+        from_onnx(M.mlp(), shapes={"x": (8,)})
+
+
+def test_shape_arithmetic_on_static_dims_folds_to_a_static_reshape():
+    m = M.shape_gather_reshape()
+    fn = from_onnx(m, shapes={"x": (2, 5, 4)})["main"]
+    assert fn.body.callee.name == "reshape" and fn.body.attrs["newshape"] == [2, -1]
+    dynamic = from_onnx(m)["main"]
+    assert dynamic.body.callee.name == "dyn.reshape"
