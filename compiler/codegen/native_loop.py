@@ -96,7 +96,10 @@ class LoopPlan(Walker):
         params = list(func.params)
         self.carried = [i for i, (p, a) in enumerate(zip(params, call.args)) if a is not p]
         self.result_params = list(dict.fromkeys(i for i in self.exits if i in self.carried))
-        self.slots, self.header, self.body, self.constants = [], [], [], []
+        self.slots, self.header, self.body = [], [], []
+        # inputs after the parameters, computed before the loop: ("const", constant index) or
+        # ("shape", parameter index) for the shape of a loop invariant
+        self.extra_inputs = []
         self.workspace = 0
         self.env = {}
         self.bind_params()
@@ -190,14 +193,29 @@ class LoopPlan(Walker):
 
     def constant(self, node):
         data = node.data
-        self.constants.append(self.mc.add_constant(data))
-        index = len(self.func.params) + len(self.constants) - 1
-        return self.new_slot(data.dtype.name, data.shape, "input", index)
+        return self.extra_input(("const", self.mc.add_constant(data)), data.dtype.name, data.shape)
+
+    def extra_input(self, source, dtype, shape) -> int:
+        self.extra_inputs.append(source)
+        return self.new_slot(dtype, shape, "input", len(self.func.params) + len(self.extra_inputs) - 1)
+
+    def invariant_shape(self, node):
+        """shape_of of a loop invariant (e.g. the trip count written in the condition as
+        `i < take(shape_of(x), 0)`): the same every iteration, so computed once before the loop
+        (a ShapeOf) and passed in as an input (a walk generator)."""
+        slot = yield node.args[0]
+        if isinstance(slot, list) or self.slots[slot][2] != "input" or \
+                self.slots[slot][3] >= len(self.func.params):
+            raise NotNative("shape_of of a value computed in the loop")
+        rank = len(self.slots[slot][1])
+        return self.extra_input(("shape", self.slots[slot][3]), "int64", [rank])
 
     def call(self, node):
         """The slots of a kernel call's results (a walk generator)."""
         if isinstance(node.callee, E.Op):
             opdef = get_op(node.callee.name)
+            if opdef.name == "shape_of":
+                return (yield from self.invariant_shape(node))
             if opdef.lowering == "reshape":
                 source = yield node.args[0]
                 dtype, shape = self._static(node.checked_type, f"reshape of {node.callee.name}")
@@ -232,13 +250,15 @@ class LoopPlan(Walker):
         workspace, CallLoop, return the result."""
         params = list(self.func.params)
         spec = self.spec(bytecode_steps(self.mc.bytecode_loop(em.name)))
-        const_regs = [em.emit_to("LoadConst", c) for c in self.constants]
+        extra_regs = [em.emit_to("LoadConst", ref) if kind == "const" else em.emit_to("ShapeOf", em.env[params[ref]])
+                      for kind, ref in self.extra_inputs]
         out_types = {i: params[i].checked_type for i in self.result_params}
         out_regs = {i: em.alloc_static(t) for i, t in out_types.items()}
         workspace = em.alloc_static(TensorType((self.workspace // 8,), "int64"))
-        inputs = [em.env[p] for p in params] + const_regs
+        inputs = [em.env[p] for p in params] + extra_regs
         in_sig = [(p.checked_type.dtype, p.checked_type.rank) for p in params]
-        in_sig += [(self.mc.constants[c].dtype.name, self.mc.constants[c].ndim) for c in self.constants]
+        in_sig += [(self.mc.constants[ref].dtype.name, self.mc.constants[ref].ndim) if kind == "const"
+                   else ("int64", 1) for kind, ref in self.extra_inputs]
         out_sig = [(out_types[i].dtype, out_types[i].rank) for i in out_types]
         kernel = self.mc.kernel_builder.add_compiled(
             f"loop_{em.name}", "loop", spec, in_sig + [("int64", 0), ("int32", 0)],

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 SCRIPTS = sorted((pathlib.Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py"))
+REQUIRES = {"onnx_conformance.py": "onnx"}      # scripts of an optional extra: skipped without it
 
 
 def test_there_are_benchmark_scripts():
@@ -17,6 +18,8 @@ def test_there_are_benchmark_scripts():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_benchmark_script_runs_its_tiny_mode(script, tmp_path):
+    if script.name in REQUIRES:
+        pytest.importorskip(REQUIRES[script.name])
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(script), "--tiny"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

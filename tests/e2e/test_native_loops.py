@@ -277,3 +277,20 @@ def test_an_input_copied_into_the_state_must_be_compact_when_the_kernel_is_calle
     outputs = [np.zeros(64, np.float32), np.zeros(spec["workspace"] // 8, np.int64), np.zeros(2, np.int64)]
     with pytest.raises(DynVMError, match="layout"):
         kernel(inputs, outputs)
+
+
+def test_a_trip_count_written_in_the_condition_is_a_native_loop_too():
+    """`i < take(shape_of(x), 0)` in the condition: the shape of the invariant is taken once
+    before the loop kernel (a ShapeOf), with the bytecode loop's results and step counts."""
+    from dynvm.models import lstm
+    w = lstm.weights()
+    fast = build(lstm.build_module(w, count_in_condition=True))
+    assert [ins.name for ins in fast.functions[1].instructions].count("CallLoop") == 1
+    slow = build(lstm.build_module(w, count_in_condition=True), native_loops=False)
+    for n in (0, 1, 5):
+        x = lstm.make_input(n) if n else np.zeros((0, lstm.INPUT), np.float32)
+        a, b = VirtualMachine(fast), VirtualMachine(slow, tier="python")
+        np.testing.assert_array_equal(a.invoke("main", x), b.invoke("main", x))
+        assert a.steps == b.steps
+        if n:
+            np.testing.assert_allclose(a.invoke("main", x), lstm.reference(x, w), rtol=1e-4, atol=1e-5)
