@@ -1708,6 +1708,11 @@ class NativeTier:
         self.remaining = _Remaining(self.ctx)
         self.steps = self.budget = 0
         self.last_rc = 0
+        # the Python-tier depth of the last call the native stack could not take: the Python
+        # frames of that call's recursion call deeper ones in the Python tier too (retrying
+        # each natively would cost the native stack's depth per frame), until a call at that
+        # depth or above (a new invocation) tries again
+        self._stack_short = None
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
 
     def failure(self) -> tuple:
@@ -1777,6 +1782,12 @@ class NativeTier:
         its depth; the steps left afterwards are `remaining`."""
         if self._returned:
             self._take_returned()
+        short = self._stack_short
+        if short is not None:
+            if depth > short:   # deeper than a call the native stack already could not take
+                self.last_rc = RC_STACK
+                return None
+            self._stack_short = None
         args, words, ctx = self._args, self.words, self.ctx
         ctx[_STEPS] = self.budget if budget is None else budget
         ctx[_DEPTH], ctx[_MAX_DEPTH] = depth, ctx[_CTX["depth_limit"]]
@@ -1796,6 +1807,8 @@ class NativeTier:
                     args[base + 2:base + 2 + len(shape)] = shape
                 base += words
         rc = self.last_rc = self.entries[index](ctx, args, self._result)
+        if rc == RC_STACK:
+            self._stack_short = depth
         return None if rc else self._take_result(index)
 
     def _decline(self, index):
