@@ -199,6 +199,14 @@ def _check_function(exe, fn, kinds) -> set:
     return calls
 
 
+def _declared_ranks(t) -> list:
+    """The ranks of the tensors a declared type names (a return type checked at run time may
+    name a rank no register kind has: Values must still hold it)."""
+    if t.get("kind") == "tensor":
+        return [len(t["shape"])]
+    return [r for f in t.get("fields", ()) for r in _declared_ranks(f)] if t.get("kind") == "tuple" else []
+
+
 def _holds_storage(kind) -> bool:
     return kind.kind == "storage" or any(map(_holds_storage, kind.fields or ()))
 
@@ -1573,7 +1581,9 @@ class NativeCode:
             return
         from dynvm.kernels import codelib     # lazily: a program without native code never JITs
         self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) if state
-                                     for k in state if k.kind == "tensor" and k.rank is not None])
+                                     for k in state if k.kind == "tensor" and k.rank is not None]
+                              + [r for i in native for t in [exe.functions[i].ret_type] + list(
+                                  exe.functions[i].param_types) for r in _declared_ranks(t)])
         entries = [i for i in native if _enterable(exe.functions[i])]
         host = codelib.host_target()
         key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
