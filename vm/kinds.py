@@ -172,10 +172,11 @@ class _Site:
     """One instruction under analysis: reads kinds from the state; `expect` raises only in the
     checking pass (the fixed-point pass computes kinds, and unknown parts never fail)."""
 
-    __slots__ = ("exe", "fn", "pc", "ins", "state", "checking", "shape_lengths")
+    __slots__ = ("exe", "fn", "pc", "ins", "state", "checking", "shape_lengths", "assume")
 
-    def __init__(self, exe, fn, checking, shape_lengths=None):
+    def __init__(self, exe, fn, checking, shape_lengths=None, assume=None):
         self.exe, self.fn, self.checking, self.shape_lengths = exe, fn, checking, shape_lengths
+        self.assume = assume or {}
 
     def expect(self, reg, expected: Kind, what=""):
         """The kind of `reg` after checking that it fits `expected`."""
@@ -366,7 +367,7 @@ def _step(site, ins):
         (src,) = registers(ins, "r")
         written = {r: state[src] for r in registers(ins, "w")}
     for r in registers(ins, "w"):
-        state[r] = written.get(r, ANY)
+        state[r] = site.assume.get((site.pc, r)) or written.get(r, ANY)
     for r in registers(ins, "d"):
         state[r] = UNDEF
 
@@ -412,14 +413,14 @@ def _visit(site, start, end, record):
         _step(site, site.ins)
 
 
-def _walk(exe, func_index, checking, record=None, shape_lengths=None):
+def _walk(exe, func_index, checking, record=None, shape_lengths=None, assume=None):
     """The fixed point over the blocks, lowest pc first, so that code without backward jumps
     visits every block once, after all its predecessors: then that single visit checks and
     records. With loops, a second pass over the final entry states does."""
     fn = exe.functions[func_index]
     blocks = _blocks(fn.instructions)
     acyclic = all(nxt > start for start, (_, succ) in blocks.items() for nxt in succ)
-    site = _Site(exe, fn, checking and acyclic, shape_lengths)
+    site = _Site(exe, fn, checking and acyclic, shape_lengths, assume)
     heads = {0: _entry_state(fn)}
     work = [0]
     while work:
@@ -447,14 +448,18 @@ def check_function(exe, func_index) -> None:
     _walk(exe, func_index, checking=True)
 
 
-def register_kinds(exe, func_index, shape_lengths=None) -> list:
+def register_kinds(exe, func_index, shape_lengths=None, assume=None) -> list:
     """For every pc of function `func_index` of a verified executable, the kind of every register
     before that instruction runs (a list of `register_count` Kinds), or None for a pc no path
     from the entry reaches. Memory: one list per pc.
 
     `shape_lengths(entry, input_kinds)`, when given, says how long the shapes a CallShapeFunc
     computes are (a list of ints, or None when unknown); the native tier knows it from tracing
-    the shape function, the verifier does not ask."""
+    the shape function, the verifier does not ask.
+
+    `assume`, when given, maps (pc, register) to the kind the register holds after the
+    instruction at pc writes it, in place of what the rule says: what a later tier checks at
+    run time there (the native tier's type words)."""
     record = [None] * len(exe.functions[func_index].instructions)
-    _walk(exe, func_index, checking=False, record=record, shape_lengths=shape_lengths)
+    _walk(exe, func_index, checking=False, record=record, shape_lengths=shape_lengths, assume=assume)
     return record

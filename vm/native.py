@@ -43,9 +43,10 @@ import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, ffi
-from dynvm.vm.bytecode import is_loop_function
+from dynvm.vm.bytecode import is_loop_function, registers
 from dynvm.vm.dtypes import DTYPES, itemsize
-from dynvm.vm.errors import KernelError
+from dynvm.vm.errors import KernelError, VMError
+from dynvm.vm.values import ADT, Closure, Tensor
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -82,13 +83,44 @@ POOL_FIELDS = ("allocations", "bytes_allocated", "pool_hits", "bytes_live", "pea
                "bytes_free", "max_free_bytes")
 POOL_CLASSES = 8 + 4 * 54
 POOL_WORDS = len(POOL_FIELDS) + POOL_CLASSES
-# block header words (before the data, BLOCK_HEADER bytes in all)
+# block header words (before the data, BLOCK_HEADER bytes in all); B_NEXT links a free block
+# into its free list, and a dying block into dvm_release's work list
 B_COUNT, B_SIZE, B_FIELDS, B_POOL, B_CLASS, B_NEXT = range(6)
 
-SUPPORTED = frozenset({"Move", "Ret", "Invoke", "CallKernel", "CallShapeFunc", "AllocStorage",
-                       "AllocStorageReg", "AllocTensor", "AllocTensorReg", "If", "Goto",
+# A Value's type word: what the register holds at run time, read where the register kinds do not
+# say (a generic function's values, a closure's arguments, a constructor's fields):
+#   bits 0-7 the kind; tensor: bits 8-15 the dtype's index in DTYPES, bits 16-23 the rank;
+#   ADT (tuples are constructor 0): bits 8-31 the constructor, bits 32-63 the field count;
+#   closure: bits 8-31 the function, bits 32-63 the number of captured values.
+T_TENSOR, T_STORAGE, T_ADT, T_CLOSURE = 1, 2, 3, 4
+DTYPE_ORDER = tuple(DTYPES)     # dtype codes (type words, the edge's ctx.descrs table)
+DTYPE_CODES = {name: i for i, name in enumerate(DTYPE_ORDER)}
+MAX_INDEX = 1 << 24     # constructors and functions a type word can name
+
+
+def tensor_word(dtype, rank) -> int:
+    return T_TENSOR | DTYPE_CODES[dtype] << 8 | rank << 16
+
+
+def adt_word(ctor, count) -> int:
+    return T_ADT | ctor << 8 | count << 32
+
+
+def closure_word(func, count) -> int:
+    return T_CLOSURE | func << 8 | count << 32
+
+
+SUPPORTED = frozenset({"Move", "Ret", "Invoke", "InvokeClosure", "CallKernel", "CallShapeFunc",
+                       "AllocStorage", "AllocStorageReg", "AllocTensor", "AllocTensorReg",
+                       "AllocADT", "AllocClosure", "GetField", "GetTag", "If", "Goto",
                        "LoadConst", "LoadConsti", "ShapeOf", "ReshapeTensor", "KillRegister",
-                       "Fatal", "AllocADT", "GetField", "CallLoop"})
+                       "Fatal", "CallLoop"})
+# operands whose register may hold any value: moved, stored, passed, returned, dropped, or
+# checked at run time against its type word (GetField's and GetTag's object, a kernel's inputs,
+# the closure InvokeClosure calls, If's scalars)
+_ANY_OPERANDS = {"r", "d"}
+_CHECKED_OPERANDS = {("CallKernel", "inputs"), ("CallLoop", "inputs"), ("GetTag", "obj"),
+                     ("If", "test"), ("If", "target")}
 
 
 class NotNative(Exception):
@@ -128,6 +160,8 @@ def _check_function(exe, fn, kinds) -> set:
     if len(fn.instructions) > MAX_NATIVE_INSTRUCTIONS:
         raise NotNative(f"{len(fn.instructions)} instructions: above the native tier's "
                         f"{MAX_NATIVE_INSTRUCTIONS} per function (compile time grows faster than size)")
+    if len(exe.functions) >= MAX_INDEX or len(exe.constructors) >= MAX_INDEX:
+        raise NotNative(f"more than {MAX_INDEX} functions or constructors")
     calls = set()
     for pc, instr in enumerate(fn.instructions):
         if kinds[pc] is None:       # unreachable: translated as a failure, never run
@@ -138,69 +172,64 @@ def _check_function(exe, fn, kinds) -> set:
             raise NotNative(f"{where}: {name} is not in the native tier yet")
         spec = instr.spec
         for k, role in enumerate(spec.roles):
-            if role is None or role == "w":
+            if role is None or role == "w" or role in _ANY_OPERANDS or \
+                    (name, spec.fields[k][0]) in _CHECKED_OPERANDS:
                 continue
             regs = instr.args[k] if spec.fields[k][1] == "regs" else [instr.args[k]]
             for r in regs:
                 kind = kinds[pc][r]
-                if kind.kind not in ("tensor", "storage") and not _is_tuple(kind):
-                    raise NotNative(f"{where}: r{r} holds {kind}; ADTs and closures are not "
-                                    "in the native tier yet")
+                if kind.kind not in ("tensor", "storage"):
+                    raise NotNative(f"{where}: r{r} holds {kind}, not a tensor or storage")
                 if kind.kind == "tensor" and (kind.dtype is None or kind.rank is None):
                     raise NotNative(f"{where}: the dtype or rank of r{r} is not known statically")
-        if name == "Ret" and not _fits(kinds[pc][instr.src], fn.ret_type):
-            raise NotNative(f"{where}: r{instr.src} does not statically fit the declared return type")
+        if name == "Ret" and _holds_storage(kinds[pc][instr.src]):
+            raise NotNative(f"{where}: returns a storage block")
         if name == "Invoke":
             calls.add(instr.args[0])
-            callee = exe.functions[instr.args[0]]
-            for r, t in zip(instr.args[1], callee.param_types):
-                if not _fits(kinds[pc][r], t):
-                    raise NotNative(f"{where}: argument r{r} does not match {callee.name}'s parameter")
         elif name in ("AllocStorageReg", "AllocTensorReg", "ReshapeTensor"):
             k = kinds[pc][instr.shape]
             if (k.dtype, k.rank) != ("int64", 1) or k.dims[0] is None:
                 raise NotNative(f"{where}: the length of shape r{instr.shape} is not known statically")
         if name.startswith("AllocStorage") and instr.alignment > BLOCK_HEADER:
             raise NotNative(f"{where}: alignment {instr.alignment} is above {BLOCK_HEADER}")
-        if name == "GetField":
-            fields = kinds[pc][instr.obj].fields
-            if fields is None or not 0 <= instr.index < len(fields):
-                raise NotNative(f"{where}: the fields of r{instr.obj} are not known statically")
-        if name == "AllocADT" and instr.ctor != 0:
-            raise NotNative(f"{where}: ADT constructors are not in the native tier yet")
-        if name == "If":
-            for r in instr.args[:2]:
-                if kinds[pc][r].dtype not in _MEM:
-                    raise NotNative(f"{where}: r{r} is not a tensor of a known dtype")
-        elif name == "CallShapeFunc":
+        if name == "CallShapeFunc":
             why = shape_func_native(exe.shape_funcs[instr.args[0]], _shape_func_sigs(kinds[pc], instr))
             if why is not None:
                 raise NotNative(f"{where}: {why}")
-    for t in [fn.ret_type] + list(fn.param_types):
-        if not _native_type(t):
-            raise NotNative(f"its signature has a {t.get('kind')} value: only tensors and "
-                            "tuples of them cross into the native tier yet")
     return calls
+
+
+def _declared_ranks(t) -> list:
+    """The ranks of the tensors a declared type names (a return type checked at run time may
+    name a rank no register kind has: Values must still hold it)."""
+    if t.get("kind") == "tensor":
+        return [len(t["shape"])]
+    return [r for f in t.get("fields", ()) for r in _declared_ranks(f)] if t.get("kind") == "tuple" else []
+
+
+def _holds_storage(kind) -> bool:
+    return kind.kind == "storage" or any(map(_holds_storage, kind.fields or ()))
 
 
 def _is_tuple(kind) -> bool:
     return kind.kind == "adt" and kind.name == "tuple"
 
 
-def _native_type(t) -> bool:
-    """Whether a declared type is a tensor or a (nested) tuple of tensors."""
-    if t.get("kind") == "tensor":
-        return True
-    return t.get("kind") == "tuple" and all(_native_type(f) for f in t["fields"])
-
-
 def _fits(kind, t) -> bool:
-    """Whether a register kind statically is the declared type `t` (dtype and rank; tuples
-    field by field)."""
-    if t.get("kind") == "tensor":
+    """Whether a register kind statically is the declared type `t` (tensors: dtype and rank;
+    tuples field by field); where it is not known to, the value's type word is checked at run
+    time."""
+    k = t.get("kind")
+    if k == "tensor":
         return kind.kind == "tensor" and (kind.dtype, kind.rank) == (t["dtype"], len(t["shape"]))
-    return t.get("kind") == "tuple" and _is_tuple(kind) and kind.fields is not None and \
-        len(kind.fields) == len(t["fields"]) and all(map(_fits, kind.fields, t["fields"]))
+    if k == "tuple":
+        return _is_tuple(kind) and kind.fields is not None and \
+            len(kind.fields) == len(t["fields"]) and all(map(_fits, kind.fields, t["fields"]))
+    if k == "adt":
+        return kind.kind == "adt" and kind.name == t["name"]
+    if k == "func":
+        return kind.kind == "closure"
+    return True
 
 
 def _shape_func_sigs(kinds, instr) -> tuple:
@@ -223,10 +252,75 @@ def shape_lengths(entry, input_kinds):
         return None
 
 
+class _Kinds(list):
+    """A function's register kinds per pc, and `assumed`: {(pc, register): tensor Kind} the
+    values written there are checked against (their type words) as they are written."""
+
+    assumed = {}
+
+
 def function_kinds(exe) -> list:
-    """Every function's register kinds per pc, with the shapes of native shape functions."""
+    """Every function's register kinds per pc, with the shapes of native shape functions, and
+    the kinds assumed (and checked) where a value of unknown kind is written and a kernel
+    takes it later."""
     from dynvm.vm.kinds import register_kinds
-    return [register_kinds(exe, i, shape_lengths) for i in range(len(exe.functions))]
+    out = []
+    for i in range(len(exe.functions)):
+        kinds = register_kinds(exe, i, shape_lengths)
+        assumed = _kernel_demands(exe, exe.functions[i], kinds)
+        if assumed:
+            kinds = _Kinds(register_kinds(exe, i, shape_lengths, assumed))
+            kinds.assumed = assumed
+        out.append(kinds)
+    return out
+
+
+def _kernel_demands(exe, fn, kinds) -> dict:
+    """{(pc, r): Kind} for each register r written at pc with no static dtype or rank (a match's
+    field, a generic call's result) that reaches a kernel input (before it is written again)
+    whose signature says its dtype and rank; demands that disagree assume nothing. A value
+    that does not fit fails its check where it is written, and the Python tier runs."""
+    from dynvm.vm.kinds import tensor
+    code = fn.instructions
+    demands = {}
+    for pc, ins in enumerate(code):
+        if pc + 1 >= len(code) or kinds[pc] is None or kinds[pc + 1] is None:
+            continue
+        for r in registers(ins, "w"):
+            k = kinds[pc + 1][r]
+            if k.kind in ("tensor", "any") and (k.dtype is None or k.rank is None):
+                sigs = _uses_by_kernels(exe, code, pc, r)
+                if len(sigs) == 1:
+                    demands[(pc, r)] = tensor(*sigs.pop())
+    return demands
+
+
+def _uses_by_kernels(exe, code, start, r) -> set:
+    """The (dtype, rank) signatures of the kernel inputs the value written into r at `start`
+    reaches."""
+    sigs, seen = set(), set()
+    work = list(_next_pcs(code, start))
+    while work:
+        pc = work.pop()
+        if pc in seen:
+            continue
+        seen.add(pc)
+        ins = code[pc]
+        if ins.name in ("CallKernel", "CallLoop"):
+            entry = exe.kernels["kernels"][ins.args[0]]
+            sigs.update(tuple(entry["inputs"][k]) for k, x in enumerate(ins.args[1]) if x == r)
+        if r in registers(ins, "w", "d"):
+            continue
+        work.extend(_next_pcs(code, pc))
+    return sigs
+
+
+def _next_pcs(code, pc):
+    ins = code[pc]
+    nxt = [pc + ins.args[k] for k in ins.spec.offset_fields]
+    if ins.spec.falls_through:
+        nxt.append(pc + 1)
+    return nxt
 
 
 def shape_func_native(entry, sigs):
@@ -266,8 +360,16 @@ def explain(exe) -> str:
 
 
 def value_type(rank_bound: int):
-    """A register: data pointer, owning block (NULL: not owned), extents."""
-    return ir.LiteralStructType([PTR, PTR, ir.ArrayType(I64, max(1, rank_bound))])
+    """A register: data pointer, owning block (NULL: not owned), extents, type word."""
+    return ir.LiteralStructType([PTR, PTR, ir.ArrayType(I64, max(1, rank_bound)), I64])
+
+
+def value_words(rank_bound: int) -> int:
+    """The int64 words of a Value (what the Python edge reads and writes)."""
+    return 3 + max(1, rank_bound)
+
+
+_TYPE = 3       # the type word's field in a Value
 
 
 def symbol_of(func_index: int) -> str:
@@ -278,23 +380,57 @@ def edge_symbol_of(func_index: int) -> str:
     return f"dvm_edge_{func_index}"
 
 
+def checked_symbol_of(func_index: int) -> str:
+    """The entry that checks the arguments' type words first (closure calls, and calls whose
+    arguments the register kinds do not prove)."""
+    return f"dvm_cfn_{func_index}"
+
+
 class ModuleTranslator:
     """Builds the LLVM module of an executable's native functions and the runtime helpers
     they share (block allocation and reference counts)."""
 
-    def __init__(self, exe, kinds_of, rank_bound):
+    def __init__(self, exe, kinds_of, rank_bound, native):
         self.exe, self.kinds_of = exe, kinds_of
         self.module = ir.Module(name="dynvm_native")
         self.value = value_type(rank_bound)
         self.fnty = ir.FunctionType(I32, [PTR, PTR, PTR])
         self.functions = {}
         self._shape_symbols, self._shape_sites = {}, []
+        self.checked = {}
+        self.native = native
+        self.max_params = max([1] + [len(fn.params) for fn in exe.functions])
         self._helpers()
+        self._tables()
 
     def declare(self, index):
         if index not in self.functions:
             self.functions[index] = ir.Function(self.module, self.fnty, symbol_of(index))
         return self.functions[index]
+
+    def declare_checked(self, index):
+        if index not in self.checked:
+            self.checked[index] = ir.Function(self.module, self.fnty, checked_symbol_of(index))
+        return self.checked[index]
+
+    def _constant_table(self, name, ty, items):
+        table = ir.GlobalVariable(self.module, ir.ArrayType(ty, len(items)), name)
+        table.initializer = ir.Constant(ir.ArrayType(ty, len(items)), items)
+        table.global_constant = True
+        table.linkage = "internal"
+        return table
+
+    def _tables(self):
+        """What closure calls and GetTag look up by index: each function's checked entry (NULL
+        for one in the Python tier) and parameter count, each constructor's tag."""
+        exe = self.exe
+        self.entry_table = self._constant_table("dvm_closure_entries", PTR, [
+            self.declare_checked(i) if i in self.native else ir.Constant(PTR, None)
+            for i in range(len(exe.functions))])
+        self.param_counts = self._constant_table(
+            "dvm_param_counts", I64, [len(fn.params) for fn in exe.functions])
+        self.tags = self._constant_table("dvm_tags", I64, [c["tag"] for c in exe.constructors] or [0])
+        self.tags.align = 8
 
     def _helpers(self):
         m = self.module
@@ -340,22 +476,43 @@ class ModuleTranslator:
 
     def _release(self):
         """Drop one reference (NULL: nothing); the last one frees the block, after dropping the
-        references its fields hold when it is a tuple. Also what a numpy array wrapping a
-        returned block calls when it dies."""
+        references its fields hold when it is an ADT, a tuple or a closure. Also what a numpy
+        array wrapping a returned block calls when it dies. No recursion: the blocks that die
+        wait in a work list linked through their B_NEXT words, so releasing a list of any
+        length takes no C stack."""
         f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), "dvm_release")
         f.attributes.add("noinline")     # called at every register write: keep the code small
         b = ir.IRBuilder(f.append_basic_block())
+        null = ir.Constant(PTR, None)
         block = f.args[0]
-        with b.if_then(b.icmp_unsigned("!=", block, ir.Constant(PTR, None))):
-            rc = b.sub(b.load(block, typ=I64), ir.Constant(I64, 1))
-            b.store(rc, block)
-            with b.if_then(b.icmp_signed("==", rc, ir.Constant(I64, 0))):
-                nfields = b.load(_word(b, block, B_FIELDS), typ=I64)
-                fields = b.gep(block, [ir.Constant(I64, BLOCK_HEADER)], source_etype=I8)
-                with _counted_loop(b, nfields) as k:
-                    field = b.gep(fields, [k, ir.Constant(I32, 1)], source_etype=self.value)
-                    b.call(f, [b.load(field, typ=PTR)])
-                self._give_back(b, block)
+        work = _alloca(b, PTR, name="work")
+
+        def drop(blk):
+            """One reference less; a block that dies joins the work list."""
+            with b.if_then(b.icmp_unsigned("!=", blk, null)):
+                rc = b.sub(b.load(blk, typ=I64), ir.Constant(I64, 1))
+                b.store(rc, blk)
+                with b.if_then(b.icmp_signed("==", rc, ir.Constant(I64, 0))):
+                    b.store(b.load(work, typ=PTR), _word(b, blk, B_NEXT))
+                    b.store(blk, work)
+
+        b.store(null, work)
+        drop(block)
+        head, body, done = (f.append_basic_block(x) for x in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        dead = b.load(work, typ=PTR)
+        b.cbranch(b.icmp_unsigned("!=", dead, null), body, done)
+        b.position_at_end(body)
+        b.store(b.load(_word(b, dead, B_NEXT), typ=PTR), work)
+        nfields = b.load(_word(b, dead, B_FIELDS), typ=I64)
+        fields = b.gep(dead, [ir.Constant(I64, BLOCK_HEADER)], source_etype=I8)
+        with _counted_loop(b, nfields) as k:
+            field = b.gep(fields, [k, ir.Constant(I32, 1)], source_etype=self.value)
+            drop(b.load(field, typ=PTR))
+        self._give_back(b, dead)
+        b.branch(head)
+        b.position_at_end(done)
         b.ret_void()
         return f
 
@@ -425,6 +582,58 @@ class ModuleTranslator:
 
     def translate(self, index):
         FunctionTranslator(self, index).emit()
+        self._checked_entry(index)
+
+    def _checked_entry(self, index):
+        """`dvm_cfn_<i>`: check each argument's type word against its declared parameter type
+        (tuples field by field), then enter `dvm_fn_<i>`; a mismatch drops the arguments'
+        references and fails (the Python tier runs the invocation)."""
+        fn = self.exe.functions[index]
+        f = self.declare_checked(index)
+        b = ir.IRBuilder(f.append_basic_block("entry"))
+        ctx, args, result = f.args
+        fail = f.append_basic_block("fail")
+        for k, t in enumerate(fn.param_types):
+            arg = b.gep(args, [ir.Constant(I64, k)], source_etype=self.value)
+            self.check_type(b, arg, t, lambda cond: _branch_if(b, cond, fail))
+        b.ret(b.call(self.declare(index), [ctx, args, result]))
+        b.position_at_end(fail)
+        for k in range(len(fn.params)):
+            arg = b.gep(args, [ir.Constant(I64, k), ir.Constant(I32, 1)], source_etype=self.value)
+            b.call(self.release, [b.load(arg, typ=PTR)])
+        b.call(self.record, [ctx, ir.Constant(I64, index), ir.Constant(I64, 0), ir.Constant(I64, RC_FAILED)])
+        b.ret(ir.Constant(I32, RC_FAILED))
+
+    def check_type(self, b, value, t, fail_if):
+        """Emit the run-time check that the Value at `value` is of declared type `t`: its type
+        word (tensors: dtype and rank, then the static extents; ADTs: a constructor of the ADT;
+        tuples: the field count, then each field). `fail_if(cond)` leaves when cond holds."""
+        kind = t.get("kind")
+        word = b.load(b.gep(value, [ir.Constant(I32, 0), ir.Constant(I32, _TYPE)],
+                            source_etype=self.value), typ=I64)
+        if kind == "tensor":
+            fail_if(b.icmp_unsigned("!=", word, ir.Constant(I64, tensor_word(t["dtype"], len(t["shape"])))))
+            for i, d in enumerate(t["shape"]):
+                if d is not None:
+                    dim = b.load(b.gep(value, [ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, i)],
+                                       source_etype=self.value), typ=I64)
+                    fail_if(b.icmp_signed("!=", dim, ir.Constant(I64, d)))
+        elif kind == "tuple":
+            fail_if(b.icmp_unsigned("!=", word, ir.Constant(I64, adt_word(0, len(t["fields"])))))
+            data = b.load(b.gep(value, [ir.Constant(I32, 0), ir.Constant(I32, 0)], source_etype=self.value),
+                          typ=PTR)
+            for i, f in enumerate(t["fields"]):
+                self.check_type(b, b.gep(data, [ir.Constant(I64, i)], source_etype=self.value), f, fail_if)
+        elif kind == "adt":
+            fail_if(b.icmp_unsigned("!=", b.and_(word, ir.Constant(I64, 0xFF)), ir.Constant(I64, T_ADT)))
+            ctor = b.and_(b.lshr(word, ir.Constant(I64, 8)), ir.Constant(I64, MAX_INDEX - 1))
+            ok = ir.Constant(I1, 0)
+            for c, entry in enumerate(self.exe.constructors):
+                if entry["adt"] == t["name"]:
+                    ok = b.or_(ok, b.icmp_unsigned("==", ctor, ir.Constant(I64, c)))
+            fail_if(b.not_(ok))
+        elif kind == "func":
+            fail_if(b.icmp_unsigned("!=", b.and_(word, ir.Constant(I64, 0xFF)), ir.Constant(I64, T_CLOSURE)))
 
     def shape_function(self, site):
         """The module's function for a native shape function (one per distinct shape function
@@ -481,9 +690,11 @@ class FunctionTranslator:
         self.regs = [_alloca(b, self.mt.value, name=f"r{r}") for r in range(fn.register_count)]
         for reg in self.regs:
             b.store(ir.Constant(self.mt.value, None), reg)
-        for r in range(len(fn.params)):
+        for r, t in enumerate(fn.param_types):
             b.store(b.load(b.gep(args, [ir.Constant(I64, r)], source_etype=self.mt.value),
                            typ=self.mt.value), self.regs[r])
+            if t["kind"] == "tensor":       # the Python edge writes no type word for tensors
+                b.store(ir.Constant(I64, tensor_word(t["dtype"], len(t["shape"]))), self._field(r, _TYPE))
         self.result = result
         self.unwind = llfn.append_basic_block("unwind")
         self._failures = {}     # (pc, code) -> the block recording that failure
@@ -507,6 +718,12 @@ class FunctionTranslator:
                     self._fail(RC_FAILED)
                     break
                 getattr(self, "_op_" + fn.instructions[pc].name)(*fn.instructions[pc].args)
+                for r in registers(fn.instructions[pc], "w"):
+                    assumed = getattr(self.kinds, "assumed", {}).get((pc, r))
+                    if assumed is not None:
+                        self.mt.check_type(b, self.regs[r], {"kind": "tensor", "dtype": assumed.dtype,
+                                                             "shape": [None] * assumed.rank},
+                                           lambda cond: self._fail_if(cond, RC_FAILED))
             if not b.block.is_terminated:
                 b.branch(self.blocks[end])
         self._emit_unwind()
@@ -625,15 +842,36 @@ class FunctionTranslator:
     def _release(self, r):
         self.b.call(self.mt.release, [self._block(r)])
 
-    def _set(self, r, data, block, dims):
-        """Define register r (dropping its old value's reference): `block`'s reference moves
-        into the register."""
+    def _set(self, r, data, block, dims, word):
+        """Define register r (dropping its old value's reference) with type word `word`:
+        `block`'s reference moves into the register."""
         self._release(r)
         b = self.b
         b.store(data, self._field(r, 0))
         b.store(block, self._field(r, 1))
         for i, d in enumerate(dims):
             self._set_dim(r, i, d)
+        b.store(word if isinstance(word, ir.Value) else ir.Constant(I64, word), self._field(r, _TYPE))
+
+    def _set_tensor(self, r, data, block, dims, dtype):
+        self._set(r, data, block, dims, tensor_word(dtype, len(dims)))
+
+    def _type_word(self, r):
+        return self.b.load(self._field(r, _TYPE), typ=I64)
+
+    def _check_type(self, r, t):
+        """Fail unless register r holds a value of declared type `t`, unless its kind says so
+        statically."""
+        if not _fits(self._kind(r), t):
+            self.mt.check_type(self.b, self.regs[r], t, lambda cond: self._fail_if(cond, RC_FAILED))
+
+    def _check_word_kind(self, r, kind_code):
+        """Fail unless register r's type word has kind `kind_code` (T_ADT, T_CLOSURE); the word."""
+        b = self.b
+        word = self._type_word(r)
+        self._fail_if(b.icmp_unsigned("!=", b.and_(word, ir.Constant(I64, 0xFF)),
+                                      ir.Constant(I64, kind_code)), RC_FAILED)
+        return word
 
     def _kind(self, r):
         return self.kinds[self.pc][r]
@@ -701,6 +939,7 @@ class FunctionTranslator:
         self._assign(dst, self._retained(self.regs[src]))
 
     def _op_Ret(self, src):
+        self._check_type(src, self.fn.ret_type)
         b = self.b
         b.store(b.load(self.regs[src], typ=self.mt.value), self.result)
         b.store(ir.Constant(PTR, None), self._field(src, 1))     # the reference moves out
@@ -709,14 +948,24 @@ class FunctionTranslator:
         b.ret(ir.Constant(I32, 0))
 
     def _op_Invoke(self, func, args, dst):
+        """A direct call; through the callee's checked entry when the register kinds do not
+        prove the arguments fit its parameters."""
         b = self.b
         argv = self._scratch("argv", self.mt.value, len(args) or 1)
         for k, r in enumerate(args):
             b.store(self._retained(self.regs[r]), b.gep(argv, [ir.Constant(I64, k)],
                                                           source_etype=self.mt.value))
+        proven = all(map(_fits, (self._kind(r) for r in args), self.mt.exe.functions[func].param_types))
+        callee = self.mt.declare(func) if proven else self.mt.declare_checked(func)
+        self._call_function(callee, argv, dst)
+
+    def _call_function(self, callee, argv, dst):
+        """R[dst] := callee(argv) (a function pointer of type fnty, or a declared function);
+        a failure unwinds with the callee's code."""
+        b = self.b
         out = self._scratch("out", self.mt.value)
         b.store(ir.Constant(self.mt.value, None), out)
-        rc = b.call(self.mt.declare(func), [self.ctx, argv, out])
+        rc = b.call(callee, [self.ctx, argv, out])
         cont = self.llfn.append_basic_block("cont")
         b.cbranch(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), self.unwind, cont)    # recorded
         b.position_at_end(cont)
@@ -744,9 +993,16 @@ class FunctionTranslator:
         return b.load(b.gep(table, [ir.Constant(I64, kernel)], source_etype=PTR),
                       typ=_KERNEL_FNTY.as_pointer())
 
+    def _check_inputs(self, inputs, sigs):
+        """Kernel inputs whose dtype or rank the kinds do not know: checked against the
+        kernel's signature (the kernel checks the extents)."""
+        for r, (dtype, rank) in zip(inputs, sigs):
+            self._check_type(r, {"kind": "tensor", "dtype": dtype, "shape": [None] * rank})
+
     def _op_CallKernel(self, kernel, inputs, outputs):
         b = self.b
         k = self.mt.exe.loaded_kernels()[kernel]
+        self._check_inputs(inputs, k.inputs)
         rc = self._call(self._kernel_fn(kernel), inputs, outputs, k.inputs + k.outputs)
         self._fail_if(b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
@@ -757,6 +1013,7 @@ class FunctionTranslator:
         one step already charged)."""
         b = self.b
         k = self.mt.exe.loaded_kernels()[kernel]
+        self._check_inputs(inputs, k.inputs)
         fixed, per_iteration = k.attrs["steps"]
         steps = self._ctx_field("steps")
         left = b.sub(b.load(steps, typ=I64), ir.Constant(I64, fixed - 1))
@@ -785,19 +1042,19 @@ class FunctionTranslator:
                                                   .instructions[self.pc]))
         for r, n in zip(outputs, site.lengths):
             block = self._new_block(ir.Constant(I64, 8 * n))
-            self._set(r, self._block_data(block), block, [ir.Constant(I64, n)])
+            self._set_tensor(r, self._block_data(block), block, [ir.Constant(I64, n)], "int64")
         callee = self.mt.shape_function(site)
         rc = self._call(callee, inputs, outputs, [tuple(sig) for sig in site.inputs + site.outputs])
         self._fail_if(self.b.icmp_signed("!=", rc, ir.Constant(I32, 0)), RC_FAILED)
 
     def _op_AllocStorage(self, size, alignment, dtype, dst):
         block = self._new_block(ir.Constant(I64, size))
-        self._set(dst, self._block_data(block), block, [])
+        self._set(dst, self._block_data(block), block, [], T_STORAGE)
 
     def _op_AllocStorageReg(self, shape, alignment, dtype, dst):
         size = self._nbytes(self._shape_values(shape), dtype)
         block = self._new_block(size)
-        self._set(dst, self._block_data(block), block, [])
+        self._set(dst, self._block_data(block), block, [], T_STORAGE)
 
     def _view(self, storage, offset, dims, dtype, dst):
         """A tensor of `dims` at byte `offset` of storage register `storage`, checked to fit
@@ -814,7 +1071,7 @@ class FunctionTranslator:
         self._fail_if(b.icmp_signed(">", nbytes, room), RC_FAILED)
         b.call(self.mt.retain, [block])
         data = b.gep(self._data(storage), [ir.Constant(I64, offset)], source_etype=I8)
-        self._set(dst, data, block, dims)
+        self._set_tensor(dst, data, block, dims, dtype)
 
     def _op_AllocTensor(self, storage, offset, shape, dtype, dst):
         self._view(storage, offset, [ir.Constant(I64, d) for d in shape], dtype, dst)
@@ -822,20 +1079,72 @@ class FunctionTranslator:
     def _op_AllocTensorReg(self, storage, offset, shape, dtype, dst):
         self._view(storage, offset, self._shape_values(shape), dtype, dst)
 
-    def _op_AllocADT(self, ctor, fields, dst):
-        """A tuple: a block holding its fields' Values (each with a reference)."""
+    def _fields_block(self, regs):
+        """(data, block) of a new block holding the Values of `regs`, each with a reference
+        (B_FIELDS says how many: releasing the block drops them); NULLs when there are none."""
+        if not regs:
+            return ir.Constant(PTR, None), ir.Constant(PTR, None)
         b = self.b
         vt = self.mt.value
-        block = self._new_block(ir.Constant(I64, len(fields) * _value_bytes(vt)))
-        b.store(ir.Constant(I64, len(fields)), _word(b, block, B_FIELDS))
+        block = self._new_block(ir.Constant(I64, len(regs) * _value_bytes(vt)))
+        b.store(ir.Constant(I64, len(regs)), _word(b, block, B_FIELDS))
         data = self._block_data(block)
-        for k, r in enumerate(fields):
+        for k, r in enumerate(regs):
             b.store(self._retained(self.regs[r]), b.gep(data, [ir.Constant(I64, k)], source_etype=vt))
-        self._set(dst, data, block, [])
+        return data, block
+
+    def _op_AllocADT(self, ctor, fields, dst):
+        """A tuple or a constructor's value: a block of its fields' Values (none for a nullary
+        constructor), the constructor and field count in the type word. Fields the constructor
+        declares a type for are checked (GetField's kinds rely on them)."""
+        for r, t in zip(fields, self.mt.exe.constructors[ctor].get("fields", ())):
+            self._check_type(r, t)
+        data, block = self._fields_block(fields)
+        self._set(dst, data, block, [], adt_word(ctor, len(fields)))
+
+    def _op_AllocClosure(self, func, captured, dst):
+        data, block = self._fields_block(captured)
+        self._set(dst, data, block, [], closure_word(func, len(captured)))
 
     def _op_GetField(self, obj, index, dst):
-        field = self.b.gep(self._data(obj), [ir.Constant(I64, index)], source_etype=self.mt.value)
+        b = self.b
+        kind = self._kind(obj)
+        if kind.kind != "adt" or kind.fields is None or index >= len(kind.fields):
+            count = b.lshr(self._check_word_kind(obj, T_ADT), ir.Constant(I64, 32))
+            self._fail_if(b.icmp_unsigned(">=", ir.Constant(I64, index), count), RC_FAILED)
+        field = b.gep(self._data(obj), [ir.Constant(I64, index)], source_etype=self.mt.value)
         self._assign(dst, self._retained(field))
+
+    def _op_GetTag(self, obj, dst):
+        """A 0-d int64 viewing the constructor's entry of the tag table."""
+        b = self.b
+        word = self._check_word_kind(obj, T_ADT) if self._kind(obj).kind != "adt" else self._type_word(obj)
+        ctor = b.and_(b.lshr(word, ir.Constant(I64, 8)), ir.Constant(I64, MAX_INDEX - 1))
+        tag = b.gep(self.mt.tags, [ir.Constant(I64, 0), ctor], source_etype=self.mt.tags.value_type)
+        self._set_tensor(dst, tag, ir.Constant(PTR, None), [], "int64")
+
+    def _op_InvokeClosure(self, closure, args, dst):
+        """Call the closure's function (its checked entry, from the table) with its captured
+        Values then `args`; a closure of a Python-tier function fails (the Python tier runs)."""
+        b = self.b
+        vt = self.mt.value
+        word = self._check_word_kind(closure, T_CLOSURE)
+        func = b.and_(b.lshr(word, ir.Constant(I64, 8)), ir.Constant(I64, MAX_INDEX - 1))
+        captured = b.lshr(word, ir.Constant(I64, 32))
+        count = b.load(b.gep(self.mt.param_counts, [ir.Constant(I64, 0), func],
+                             source_etype=self.mt.param_counts.value_type), typ=I64)
+        self._fail_if(b.icmp_unsigned("!=", b.add(captured, ir.Constant(I64, len(args))), count), RC_FAILED)
+        entry = b.load(b.gep(self.mt.entry_table, [ir.Constant(I64, 0), func],
+                             source_etype=self.mt.entry_table.value_type), typ=self.mt.fnty.as_pointer())
+        self._fail_if(b.icmp_unsigned("==", b.ptrtoint(entry, I64), ir.Constant(I64, 0)), RC_FAILED)
+        argv = _alloca(b, vt, self.mt.max_params)
+        data = self._data(closure)
+        with _counted_loop(b, captured) as k:
+            b.store(self._retained(b.gep(data, [k], source_etype=vt)), b.gep(argv, [k], source_etype=vt))
+        for j, r in enumerate(args):
+            b.store(self._retained(self.regs[r]),
+                    b.gep(argv, [b.add(captured, ir.Constant(I64, j))], source_etype=vt))
+        self._call_function(entry, argv, dst)
 
     def _op_If(self, test, target, then_off, else_off):
         b = self.b
@@ -846,17 +1155,53 @@ class FunctionTranslator:
         """int(R[r]) of a one-element tensor (a failure when it has another size)."""
         b = self.b
         kind = self._kind(r)
+        if kind.kind != "tensor" or kind.dtype not in _MEM or kind.rank is None:
+            return self._dynamic_scalar(r)
         count = ir.Constant(I64, 1)
         for d in self._dims(r):
             count = b.mul(count, d)
         self._fail_if(b.icmp_signed("!=", count, ir.Constant(I64, 1)), RC_FAILED)
-        value = b.load(self._data(r), typ=_MEM[kind.dtype])
-        if kind.dtype.startswith("float"):
+        return self._int_of(self._data(r), kind.dtype)
+
+    def _dynamic_scalar(self, r):
+        """int(R[r]) of a 0-d tensor whose dtype only its type word says (a closure's result):
+        one conversion per dtype; another kind or rank fails."""
+        b = self.b
+        word = self._type_word(r)
+        self._fail_if(b.icmp_unsigned("!=", b.and_(word, ir.Constant(I64, 0xFF00FF)),
+                                      ir.Constant(I64, T_TENSOR)), RC_FAILED)
+        code = b.and_(b.lshr(word, ir.Constant(I64, 8)), ir.Constant(I64, 0xFF))
+        other = self.llfn.append_basic_block("other_dtype")
+        done = self.llfn.append_basic_block("scalar")
+        data = self._data(r)
+        switch = b.switch(code, other)
+        results = []
+        for dtype in _MEM:
+            case = self.llfn.append_basic_block(dtype)
+            switch.add_case(ir.Constant(I64, DTYPE_CODES[dtype]), case)
+            b.position_at_end(case)
+            results.append((self._int_of(data, dtype), b.block))
+            b.branch(done)
+        b.position_at_end(other)
+        self._fail(RC_FAILED)
+        b.position_at_end(done)
+        value = b.phi(I64)
+        for v, block in results:
+            value.add_incoming(v, block)
+        return value
+
+    def _int_of(self, data, dtype):
+        """int() of the element of `dtype` at `data` (NaN, inf or beyond int64 fail)."""
+        b = self.b
+        value = b.load(data, typ=_MEM[dtype])
+        if dtype.startswith("float"):
             ok = b.fcmp_ordered("<", b.call(self.mt.module.declare_intrinsic("llvm.fabs", [value.type]),
                                             [value]), ir.Constant(value.type, 9.2e18))
             self._fail_if(b.not_(ok), RC_FAILED)        # NaN, inf or beyond int64: Python raises
             return b.fptosi(value, I64)
-        return b.sext(value, I64) if kind.dtype != "bool" else b.zext(b.icmp_unsigned("!=", value, ir.Constant(I8, 0)), I64)
+        if dtype == "bool":
+            return b.zext(b.icmp_unsigned("!=", value, ir.Constant(I8, 0)), I64)
+        return value if dtype == "int64" else b.sext(value, I64)
 
     def _op_Goto(self, off):
         self.b.branch(self.blocks[self.pc + off])
@@ -866,7 +1211,8 @@ class FunctionTranslator:
         table = b.load(self._ctx_field("constants"), typ=PTR)
         data = b.load(b.gep(table, [ir.Constant(I64, const)], source_etype=PTR), typ=PTR)
         shape = self.mt.exe.constants[const].shape
-        self._set(dst, data, ir.Constant(PTR, None), [ir.Constant(I64, d) for d in shape])
+        self._set_tensor(dst, data, ir.Constant(PTR, None), [ir.Constant(I64, d) for d in shape],
+                         self.mt.exe.constants[const].dtype.name)
 
     def _op_LoadConsti(self, value, dst):
         g = ir.GlobalVariable(self.mt.module, I64, f"dvm_i{self.index}_{self.pc}")
@@ -874,7 +1220,7 @@ class FunctionTranslator:
         g.global_constant = True
         g.linkage = "internal"
         g.align = 8
-        self._set(dst, self.b.bitcast(g, PTR), ir.Constant(PTR, None), [])
+        self._set_tensor(dst, self.b.bitcast(g, PTR), ir.Constant(PTR, None), [], "int64")
 
     def _op_ShapeOf(self, tensor, dst):
         b = self.b
@@ -883,7 +1229,7 @@ class FunctionTranslator:
         data = self._block_data(block)
         for i, d in enumerate(dims):
             b.store(d, b.gep(data, [ir.Constant(I64, i)], source_etype=I64))
-        self._set(dst, data, block, [ir.Constant(I64, len(dims))])
+        self._set_tensor(dst, data, block, [ir.Constant(I64, len(dims))], "int64")
 
     def _op_ReshapeTensor(self, tensor, shape, dst):
         b = self.b
@@ -897,18 +1243,27 @@ class FunctionTranslator:
         self._fail_if(b.icmp_signed("!=", old, new), RC_FAILED)
         block = self._block(tensor)
         b.call(self.mt.retain, [block])
-        self._set(dst, self._data(tensor), block, new_dims)
+        self._set_tensor(dst, self._data(tensor), block, new_dims, self._kind(tensor).dtype)
 
     def _op_KillRegister(self, reg):
+        """Drop the value; the type word says "nothing" (a later read checks it)."""
         self._release(reg)
         self.b.store(ir.Constant(PTR, None), self._field(reg, 1))
+        self.b.store(ir.Constant(I64, 0), self._field(reg, _TYPE))
 
     def _op_Fatal(self, message):
         self._fail(RC_FAILED)
 
 
 def _value_bytes(value_type) -> int:
-    return 16 + 8 * value_type.elements[2].count
+    return 24 + 8 * value_type.elements[2].count
+
+
+def _branch_if(b, cond, target):
+    """Branch to `target` when cond holds; go on in a new block otherwise."""
+    cont = b.function.append_basic_block("ok")
+    b.cbranch(cond, target, cont)
+    b.position_at_end(cont)
 
 
 _MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
@@ -999,7 +1354,6 @@ def _alloca(b, ty, count=None, name=""):
 ARRAY_TYPE, ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_DESCR, ARRAY_FLAGS = 8, 16, 24, 32, 56, 64
 TUPLE_SIZE, TUPLE_ITEMS = 16, 24    # CPython's tuple object: ob_size, then the item pointers
 C_CONTIGUOUS_ALIGNED = 0x0101       # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
-DTYPE_ORDER = tuple(DTYPES)         # the ctx.descrs table: one dtype object address per name
 
 
 class EdgeTranslator:
@@ -1219,6 +1573,7 @@ class NativeCode:
 
     def __init__(self, exe, kinds_of):
         self.reasons = native_plan(exe, kinds_of)
+        self.ctor_index = {c["name"]: i for i, c in enumerate(exe.constructors)}
         native = sorted(i for i, r in self.reasons.items() if r is None)
         self.addresses, self.edges = {}, {}
         self.rank_bound = 1
@@ -1226,13 +1581,15 @@ class NativeCode:
             return
         from dynvm.kernels import codelib     # lazily: a program without native code never JITs
         self.rank_bound = max([1] + [k.rank for i in native for state in kinds_of(i) if state
-                                     for k in state if k.kind == "tensor" and k.rank is not None])
+                                     for k in state if k.kind == "tensor" and k.rank is not None]
+                              + [r for i in native for t in [exe.functions[i].ret_type] + list(
+                                  exe.functions[i].param_types) for r in _declared_ranks(t)])
         entries = [i for i in native if _enterable(exe.functions[i])]
         host = codelib.host_target()
         key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
         obj = codelib.cached_object(key)
         if obj is None:
-            mt = ModuleTranslator(exe, kinds_of, self.rank_bound)
+            mt = ModuleTranslator(exe, kinds_of, self.rank_bound, set(native))
             for i in native:
                 mt.translate(i)
             for i in entries:
@@ -1331,12 +1688,16 @@ class NativeTier:
 
     def __init__(self, exe, code: NativeCode, constants):
         self.exe, self.code = exe, code
-        # functions invoke can enter: tuples cross only between native functions
-        self.entries = {i: ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)", code.addresses[i])
-                        for i in code.edges}
+        # functions invoke can enter (the ones with edge functions also without Python work)
+        self.entries = {i: ffi.cast("int32_t (*)(int64_t *, int64_t *, int64_t *)", a)
+                        for i, a in code.addresses.items()}
+        # the ones with a parameter that is not a tensor: their arguments go through _import
+        self._imports = {i for i in self.entries
+                         if any(t["kind"] != "tensor" for t in exe.functions[i].param_types)}
         if not code.addresses:
             return
-        self.words = 2 + code.rank_bound
+        self.words = value_words(code.rank_bound)
+        self.rank_bound = code.rank_bound
         self._release = code.release
         self.pool = ffi.new("int64_t[]", POOL_WORDS)
         self._returned = collections.deque()
@@ -1357,6 +1718,11 @@ class NativeTier:
         self.remaining = _Remaining(self.ctx)
         self.steps = self.budget = 0
         self.last_rc = 0
+        # the Python-tier depth of the last call the native stack could not take: the Python
+        # frames of that call's recursion call deeper ones in the Python tier too (retrying
+        # each natively would cost the native stack's depth per frame), until a call at that
+        # depth or above (a new invocation) tries again
+        self._stack_short = None
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
 
     def failure(self) -> tuple:
@@ -1426,21 +1792,41 @@ class NativeTier:
         its depth; the steps left afterwards are `remaining`."""
         if self._returned:
             self._take_returned()
+        short = self._stack_short
+        if short is not None:
+            if depth > short:   # deeper than a call the native stack already could not take
+                self.last_rc = RC_STACK
+                return None
+            self._stack_short = None
         args, words, ctx = self._args, self.words, self.ctx
-        base = 0
-        for t in tensors:
-            args[base] = t.address
-            args[base + 1] = 0
-            shape = t.meta[1]
-            if shape:
-                args[base + 2:base + 2 + len(shape)] = shape
-            base += words
         ctx[_STEPS] = self.budget if budget is None else budget
         ctx[_DEPTH], ctx[_MAX_DEPTH] = depth, ctx[_CTX["depth_limit"]]
         ctx[_STACK_LIMIT], ctx[_CTX["thread"]], ctx[_ERR_CODE] = stack_limit(), threading.get_ident(), 0
         self._arm(index)
+        if index in self._imports:
+            imported = self._import(tensors)     # noqa: F841 - the arguments' memory, held
+            if imported is None:
+                return self._decline(index)
+        else:
+            base = 0
+            for t in tensors:
+                args[base] = t.address
+                args[base + 1] = 0
+                shape = t.meta[1]
+                if shape:
+                    args[base + 2:base + 2 + len(shape)] = shape
+                base += words
         rc = self.last_rc = self.entries[index](ctx, args, self._result)
+        if rc == RC_STACK:
+            self._stack_short = depth
         return None if rc else self._take_result(index)
+
+    def _decline(self, index):
+        """None, as a failed run: a value crossing the edge has no native form (the Python
+        tier runs the invocation)."""
+        self.last_rc = RC_FAILED
+        self.ctx[_CTX["err_func"]], self.ctx[_CTX["err_pc"]] = index, 0
+        return None
 
     def _arm(self, index):
         self.ctx[_INTERRUPT] = _armed_word_address() if index in self.code.may_loop else _QUIET_ADDRESS
@@ -1448,14 +1834,19 @@ class NativeTier:
     def _take_result(self, index):
         result = self._result
         try:
-            return self._export(result, self.exe.functions[index].ret_type)
+            return self._export(result, index)
+        except _NoNativeForm:       # a storage block in the result: the Python tier returns it
+            return self._decline(index)
         finally:
             self._release(ffi.cast("void *", result[1]))
 
     def edge(self, index):
         """invoke's fast path into native function `index`: `enter(args)` runs it on the
         argument objects through its edge function and returns the result, or None when the
-        edge declined or the run failed (invoke's general path then runs the invocation)."""
+        edge declined or the run failed (invoke's general path then runs the invocation); None
+        for a function without an edge (a parameter that is not a tensor)."""
+        if index not in self.code.edges:
+            return None
         fn = self.exe.functions[index]
         entry = ffi.cast("int32_t (*)(int64_t *, int64_t, int64_t)", self.code.edges[index])
         ctx, loops = self.ctx, index in self.code.may_loop
@@ -1489,17 +1880,124 @@ class NativeTier:
             return None
         return enter
 
-    def _export(self, value, t):
-        """A result Value (int64 words) of declared type `t` as what invoke returns: arrays the
-        caller owns. Small tensors are copied; large ones wrap their block (with a reference of
-        their own, dropped when the array dies); memory the invocation does not own (a
-        constant, an argument) is always copied."""
-        if t["kind"] == "tuple":
-            fields = ffi.cast("int64_t *", value[0])
-            return tuple(self._export(fields + k * self.words, f) for k, f in enumerate(t["fields"]))
-        dtype = DTYPES[t["dtype"]][0]
-        dims = tuple(value[2:2 + len(t["shape"])])
-        data, block = value[0], value[1]
+    def _import(self, values):
+        """Write the checked Python values of an invocation's arguments into the argument
+        Values. ADTs, tuples and closures become Values over one int64 buffer of this
+        invocation (block NULL: not owned, like an argument tensor; each node's fields are a
+        run of Values in it), tensors view the caller's memory. Returns the buffer (the caller
+        keeps it alive while the invocation runs), or None when a value has no native form (a
+        rank above the module's, a Storage): then the Python tier runs the invocation."""
+        words, bound = self.words, self.rank_bound
+        out = []                # the buffer's words: the argument Values, then the field runs
+        pointers = []           # positions of data words holding an offset into the buffer
+        pending = []            # (position of a Value's data word, node) whose run is not laid out
+        runs = {}               # id(node) -> the word offset of its run (shared nodes once)
+
+        def value(v):
+            """Append v's Value; nodes get their run later (their data word is patched)."""
+            at = len(out)
+            if type(v) is Tensor or isinstance(v, Tensor):
+                dtype, shape = v.meta
+                if len(shape) > bound:
+                    raise _NoNativeForm
+                out.extend((v.address, 0, *shape, *[0] * (bound - len(shape)), tensor_word(dtype, len(shape))))
+                return
+            if isinstance(v, tuple):
+                fields, word = v, adt_word(0, len(v))
+            elif isinstance(v, ADT):
+                fields, word = v.fields, adt_word(self.code.ctor_index[v.constructor], len(v.fields))
+            elif isinstance(v, Closure):
+                fields, word = v.captured, closure_word(v.func_index, len(v.captured))
+            else:
+                raise _NoNativeForm
+            out.extend((0, 0, *[0] * bound, word))
+            if fields:
+                pending.append((at, fields))
+
+        try:
+            for v in values:
+                value(v)
+            while pending:
+                at, fields = pending.pop()
+                run = runs.get(id(fields))
+                if run is None:
+                    run = runs[id(fields)] = len(out)
+                    for f in fields:
+                        value(f)
+                out[at] = run
+                pointers.append(at)
+        except _NoNativeForm:
+            return None
+        buffer = np.array(out, np.int64)
+        base = buffer.__array_interface__["data"][0]
+        if pointers:
+            buffer[pointers] = buffer[pointers] * 8 + base
+        n = len(values) * words
+        ffi.memmove(self._args, ffi.cast("int64_t *", base), n * 8)
+        return buffer
+
+    def _export(self, value, index):
+        """A result Value (int64 words) as what invoke returns, read from its type words:
+        arrays the caller owns, tuples, vm.ADT and vm.Closure objects (a closure's captured
+        tensors as VM Tensors, as the Python tier returns them). Iterative: a long list is
+        fine; a node shared in the result is exported once."""
+        words = self.words
+        cast = ffi.cast
+        built = {}
+        exe = self.exe
+
+        def leaf(v, in_closure):
+            word = v[words - 1]
+            if word & 0xFF != T_TENSOR:
+                raise _NoNativeForm
+            rank = (word >> 16) & 0xFF
+            a = self._export_tensor(v[0], v[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(v[2:2 + rank]))
+            return Tensor.from_array(a) if in_closure else a
+
+        def node_of(v):
+            word = v[words - 1]
+            return word & 0xFF, (word >> 8) & (MAX_INDEX - 1), word >> 32, v[0]
+
+        root = value
+        if value[words - 1] & 0xFF == T_TENSOR:
+            return leaf(root, False)
+        # an explicit stack of (Value pointer, inside a closure, expanded?)
+        stack = [(root, False, False)]
+        opened = set()
+        while stack:
+            v, in_closure, expanded = stack.pop()
+            kind, index, count, data = node_of(v)
+            key = (data, kind, index, count)
+            if key in built:
+                continue
+            fields = [cast("int64_t *", data) + k * words for k in range(count)] if count else []
+            composite = [f for f in fields if f[words - 1] & 0xFF in (T_ADT, T_CLOSURE)]
+            inner = in_closure or kind == T_CLOSURE
+            if not expanded and composite:
+                if key in opened:
+                    raise VMError("the result contains itself (a cycle through closure fields)")
+                opened.add(key)
+                stack.append((v, in_closure, True))
+                stack.extend((f, inner, False) for f in composite)
+                continue
+            items = [built[node_of(f)[3], *node_of(f)[:3]] if f[words - 1] & 0xFF in (T_ADT, T_CLOSURE)
+                     else leaf(f, inner) for f in fields]
+            if kind == T_CLOSURE:
+                obj = Closure(index, items)
+            elif index == 0:
+                obj = tuple(items)
+            else:
+                c = exe.constructors[index]
+                obj = ADT(c["name"], c["tag"], items)
+            built[key] = obj
+        kind, index, count, data = node_of(root)
+        return built[(data, kind, index, count)]
+
+    def _export_tensor(self, data, block, dtype_name, dims):
+        """One tensor of a result: small ones are copied; large ones wrap their block (with a
+        reference of their own, dropped when the array dies); memory the invocation does not
+        own (a constant, an argument) is always copied."""
+        dtype = DTYPES[dtype_name][0]
         if block and math.prod(dims) * dtype.itemsize > COPY_RESULTS_UP_TO:
             header = ffi.cast("int64_t *", block)
             header[B_COUNT] += 1
@@ -1509,3 +2007,7 @@ class NativeTier:
         out = np.empty(dims, dtype)
         ffi.memmove(out, ffi.cast("char *", data), out.nbytes)
         return out
+
+
+class _NoNativeForm(Exception):
+    """An argument value the native tier cannot represent."""

@@ -165,8 +165,9 @@ def test_load_on_the_same_cpu_compiles_nothing(kernel_exe, tmp_path):
     np.testing.assert_array_equal(VirtualMachine(loaded).invoke("main", x, x), 2 * x)
     assert codelib.stats["compiles"] == before["compiles"]
     assert codelib.stats["rejits"] == before["rejits"]
-    assert codelib.stats["cache_hits"] == before["cache_hits"]
-    assert codelib.stats["loads"] == before["loads"] + 1
+    # the native tier's code, regenerated at load, comes from the object cache
+    assert codelib.stats["cache_hits"] == before["cache_hits"] + 1
+    assert codelib.stats["loads"] == before["loads"] + 2
 
 
 def test_another_cpu_runs_the_code_generated_here_for_its_specs(kernel_exe):
@@ -194,7 +195,7 @@ def test_trusted_another_cpu_rejits_from_the_stored_llvm_ir(kernel_exe, tmp_path
     _KEEP_ALIVE.append(loaded)
     VirtualMachine(loaded)                                         # kernels load lazily
     assert codelib.stats["rejits"] == before["rejits"] + 1
-    assert codelib.stats["compiles"] == before["compiles"] + 1
+    assert codelib.stats["compiles"] == before["compiles"] + 2     # and the native tier's code
     x = np.ones(5, np.float32)
     np.testing.assert_array_equal(VirtualMachine(loaded).invoke("main", x, x), 2 * x)
 
