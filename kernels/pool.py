@@ -32,8 +32,10 @@ import os
 import threading
 
 import cffi
+from llvmlite import ir
 
 from dynvm.kernels import codelib
+from dynvm.kernels.llvm_util import I32, I64, PTR, if_then
 
 MAX_WORKERS = 63
 
@@ -282,6 +284,22 @@ def make():
         codelib.add_symbol("dynvm_parallel_for", library.address("dynvm_parallel_for"))
         threads = _ffi.cast("int64_t (*)(void)", library.address("dynvm_pool_threads"))
         _state = (library, key[0], threads, _global(library, "workers", "int64_t *"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels' side (IR)
+
+CHUNK_FN = ir.FunctionType(I32, [PTR, I64, I64])     # i32 fn(ptr ctx, i64 lo, i64 hi)
+
+
+def emit_parallel_for(b, chunks, ctx, n, worth):
+    """Run `chunks` (a CHUNK_FN) over [0, n): directly, fn(ctx, 0, n), unless `worth` (i1: the
+    work pays for waking threads, a family's measured threshold), then via the pool."""
+    module = b.module
+    entry = module.globals.get("dynvm_parallel_for") or ir.Function(
+        module, ir.FunctionType(I32, [PTR, PTR, I64]), name="dynvm_parallel_for")
+    if_then(b, worth, lambda: b.call(entry, [chunks, ctx, n]),
+            lambda: b.call(chunks, [ctx, ir.Constant(I64, 0), n]))
 
 
 def _global(library, name, ctype):
