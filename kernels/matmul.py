@@ -29,6 +29,13 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 226 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack.
 
+Threads: gemv, blocked and fast compute in chunks of output columns (a batch's gemv panel or
+NC block; `emit_chunks`), each in the one-thread loop order, so every output element is summed
+the same way whoever computes it: results are identical for every thread count. The chunks run
+on the kernel threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
+PARALLEL_WORK, measured; a spec may lower it, e.g. to 0 in tests, or raise it), else in one
+call on the calling thread.
+
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
 that follow the op's own inputs, broadcast to the output shape (numpy rules). It runs on the
@@ -159,6 +166,13 @@ def check_epilogue(spec, out_dtype, extra_dtypes, what):
     if result != out_dtype:
         raise KernelError(f"{what}: epilogue gives {result}, the output is {out_dtype}")
     return expr
+
+
+def check_parallel_work(spec, what):
+    """`spec["parallel_work"]`, if given, is the work from which the kernel uses threads."""
+    threshold = spec.get("parallel_work", PARALLEL_WORK)
+    if type(threshold) is not int or threshold < 0:
+        raise KernelError(f"{what}: parallel_work must be an int >= 0, got {threshold!r}")
 
 
 class Extra:
@@ -805,7 +819,8 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     step = column_step(b, geo, blk, variant)
     n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
-    pool.emit_parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, c64(PARALLEL_WORK)))
+    threshold = c64(spec.get("parallel_work", PARALLEL_WORK))
+    pool.emit_parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, threshold))
     b.ret(const(I32, 0))
 
 
@@ -864,6 +879,7 @@ def _check(spec, inputs, outputs):
     if any(rank > orank for _, rank in inputs[2:]):
         raise KernelError(f"{what}: an epilogue input has a higher rank than the output")
     check_epilogue(spec, od, [dt for dt, _ in inputs[2:]], what)
+    check_parallel_work(spec, what)
 
 
 def _emit(module, symbol, spec, inputs, outputs):
