@@ -57,7 +57,9 @@ def main():
     one = np.ones(1, np.float32)
     row("one-op add", compare(build(ir.IRModule.from_expr(ir.Function([x, y], op.add(x, y)))),
                               (one, one), args.reps))
-    configs = [("bert", bert_varlen.SMALL)] + ([("bert-base", bert_varlen.BASE)] if args.base else [])
+    configs = [("bert", bert_varlen.SMALL)]
+    if args.base:
+        configs.append(("bert-base", bert_varlen.BASE))
     for name, config in configs:
         exe = build(bert_varlen.build_module(bert_varlen.weights(config)))
         for seq in args.seqs:

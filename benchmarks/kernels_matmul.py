@@ -112,7 +112,8 @@ def threshold_table(reps):
           f"{'speedup':>8}")
     for m, n, k in THRESHOLD_SHAPES:
         rng = np.random.default_rng(m + n + k)
-        x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(np.float32)
         out = np.empty((m, n), np.float32)
         tensors, keep = abi.pack([x, w, out], [abi.dtype_code("float32")] * 3)
         entry = abi.kernel_function(kernel.address)

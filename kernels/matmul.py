@@ -51,15 +51,16 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dynvm.kernels import family, pool
+from dynvm.kernels import family
 from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE
 from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
-from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, check_data,
-                                     check_equal, const, dot_offset, elem_ptr, eq, for_range,
-                                     if_then, load, load_strides, masked_load, masked_store,
-                                     new_function, product, prologue, return_zero_if, smin, splat,
-                                     stack_buffer, store, tail_mask, to_reg, unravel)
+from dynvm.kernels.llvm_util import (CHUNK_FN, I1, I32, I64, MEM_TYPE, PTR, c64, check,
+                                     check_data, check_equal, const, dot_offset, elem_ptr, eq,
+                                     for_range, if_then, load, load_strides, masked_load,
+                                     masked_store, new_function, parallel_for, product, prologue,
+                                     return_zero_if, smin, splat, stack_buffer, store, tail_mask,
+                                     to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -756,7 +757,7 @@ def column_step(b, geo, blk, variant):
 def emit_chunks(module, name, variant, sig, spec, make_geometry):
     """`i32 name(ptr ctx, i64 lo, i64 hi)`: chunks [lo, hi) of a variant, chunk c being batch
     c / P, column block c % P (P column blocks per batch), in the one-thread order."""
-    fn = ir.Function(module, pool.CHUNK_FN, name=name + ".chunks")
+    fn = ir.Function(module, CHUNK_FN, name=name + ".chunks")
     fn.linkage = "internal"
     ctx, lo, hi = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -803,7 +804,7 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     backwards = const(I1, 0)
     if variant == "gemv":
         dot, axpy = gemv_layouts(b, geo)
-        streams, neither = fn.append_basic_block("gemv.streams"), fn.append_basic_block("gemv.neither")
+        streams, neither = (fn.append_basic_block(f"gemv.{n}") for n in ("streams", "neither"))
         b.cbranch(b.or_(dot, axpy), streams, neither)
         b.position_at_end(neither)
         b.ret(b.call(tiny, list(fn.args)))
@@ -820,7 +821,7 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
     threshold = c64(spec.get("parallel_work", PARALLEL_WORK))
-    pool.emit_parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, threshold))
+    parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, threshold))
     b.ret(const(I32, 0))
 
 

@@ -3,7 +3,8 @@ chunks [0, n) on the calling thread plus sleeping worker threads, all in native 
 
 Everything that runs per call is JIT-compiled IR (below) calling libc's pthread functions; no
 Python runs per task and kernels reach the entry as an ordinary external symbol (registered
-with the JIT before any kernels library loads: codelib's runtime hook calls `install`).
+with the JIT before any kernels library loads: codelib's runtime hook calls `make`). Kernels
+emit the call with llvm_util's `parallel_for`; this module is runtime only (no code generator).
 
 Contract of `i32 dynvm_parallel_for(ptr fn, ptr ctx, i64 n)`, fn being
 `i32 fn(ptr ctx, i64 lo, i64 hi)` (its result is ignored: kernels validate before they split):
@@ -32,10 +33,8 @@ import os
 import threading
 
 import cffi
-from llvmlite import ir
 
 from dynvm.kernels import codelib
-from dynvm.kernels.llvm_util import I32, I64, PTR, if_then
 
 MAX_WORKERS = 63
 
@@ -284,22 +283,6 @@ def make():
         codelib.add_symbol("dynvm_parallel_for", library.address("dynvm_parallel_for"))
         threads = _ffi.cast("int64_t (*)(void)", library.address("dynvm_pool_threads"))
         _state = (library, key[0], threads, _global(library, "workers", "int64_t *"))
-
-
-# ---------------------------------------------------------------------------------------------
-# the kernels' side (IR)
-
-CHUNK_FN = ir.FunctionType(I32, [PTR, I64, I64])     # i32 fn(ptr ctx, i64 lo, i64 hi)
-
-
-def emit_parallel_for(b, chunks, ctx, n, worth):
-    """Run `chunks` (a CHUNK_FN) over [0, n): directly, fn(ctx, 0, n), unless `worth` (i1: the
-    work pays for waking threads, a family's measured threshold), then via the pool."""
-    module = b.module
-    entry = module.globals.get("dynvm_parallel_for") or ir.Function(
-        module, ir.FunctionType(I32, [PTR, PTR, I64]), name="dynvm_parallel_for")
-    if_then(b, worth, lambda: b.call(entry, [chunks, ctx, n]),
-            lambda: b.call(chunks, [ctx, ir.Constant(I64, 0), n]))
 
 
 def _global(library, name, ctype):

@@ -206,7 +206,8 @@ def every_thread_count(kernel, inputs, shape, dtype):
 
 @settings(max_examples=examples(40), deadline=None)
 @given(key=st.sampled_from(sorted(KERNELS)), batch=st.sampled_from([0, 1, 3]),
-       m=st.sampled_from([0, 1, 2, 5, 13, 97, 130]), n=st.sampled_from([0, 1, 15, 16, 17, 33, 129, 300]),
+       m=st.sampled_from([0, 1, 2, 5, 13, 97, 130]),
+       n=st.sampled_from([0, 1, 15, 16, 17, 33, 129, 300]),
        k=st.sampled_from([0, 1, 7, 64, 257]), seed=st.integers(0, 2**16))
 def test_matmul_family_results_are_identical_for_every_thread_count(key, batch, m, n, k, seed):
     kernel = table()[key]
@@ -216,7 +217,8 @@ def test_matmul_family_results_are_identical_for_every_thread_count(key, batch, 
     for other in outs[1:]:
         assert other.tobytes() == outs[0].tobytes()
     a, w = inputs[0].astype(np.float64), inputs[1].astype(np.float64)
-    ref = {"dense_f32": lambda: a @ w.T, "dense3_bias_relu": lambda: np.maximum(a @ w.T + inputs[2], 0),
+    ref = {"dense_f32": lambda: a @ w.T,
+           "dense3_bias_relu": lambda: np.maximum(a @ w.T + inputs[2], 0),
            "matmul_f64": lambda: a @ w, "bmm_f32": lambda: a @ w.transpose(0, 2, 1),
            "bmm_nt_i32": lambda: a @ w}[key]()
     np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4 * max(k, 1))
