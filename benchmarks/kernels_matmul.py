@@ -4,11 +4,16 @@ lengths against numpy and torch.nn.functional.linear (torch.set_num_threads(1), 
 (not a test).
 
     python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024] [--bert-only] [--tiny]
+                                        [--threshold]
 
 numpy runs single-threaded in this process (OPENBLAS_NUM_THREADS=1 is set before numpy loads,
 unless the caller set it); a child process measures numpy with 2 threads for reference. dynvm
 and numpy calls are interleaved (one of each per repetition) so machine noise hits both alike;
 each number is the median of the repetitions. The ratio is dynvm / numpy single-thread.
+The square sizes run dynvm at 1 and 2 kernel threads (kernels/pool.py), interleaved with numpy
+1 thread; numpy 2 threads comes from the child process (not interleaved: compare with care).
+`--threshold` instead measures where a second thread starts to pay (the matmul family's
+PARALLEL_WORK): dense built with parallel_work 0, 2 threads vs 1 over growing M*N*K.
 `--tiny` runs size 64 with 3 repetitions (the test suite's smoke run).
 """
 import argparse
@@ -22,7 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from dynvm.kernels import abi, load_kernels  # noqa: E402
+from dynvm.kernels import abi, load_kernels, pool  # noqa: E402
 from dynvm.kernels.builder import KernelBuilder  # noqa: E402
 
 
@@ -59,17 +64,25 @@ def gflops(n, seconds):
     return 2 * n ** 3 / seconds / 1e9
 
 
-def build():
+def build(**spec):
     kb = KernelBuilder()
     sig = [("float32", 2), ("float32", 2)]
-    idx = {op: kb.add_compiled(op, "matmul", {"op": op}, sig, [("float32", 2)])
+    idx = {op: kb.add_compiled(op, "matmul", {"op": op, **spec}, sig, [("float32", 2)])
            for op in ("matmul", "dense")}
     loaded = load_kernels(kb.finish())
     return {op: loaded[i] for op, i in idx.items()}
 
 
+def on_threads(threads, fn):
+    """`fn` called with the kernels of this thread on `threads` threads."""
+    def call():
+        pool.use_threads(threads)
+        return fn()
+    return call
+
+
 def time_pair(kernel, n, reps, transpose_b):
-    """(median dynvm seconds, median numpy seconds, variant) with interleaved calls."""
+    """(median dynvm seconds at 1 and 2 threads, median numpy seconds, variant), interleaved."""
     a, b, c = operands(n)
     codes = [abi.dtype_code("float32")] * 3
     tensors, keep = abi.pack([a, b, c], codes)
@@ -78,9 +91,37 @@ def time_pair(kernel, n, reps, transpose_b):
     ref = np.empty_like(c)
     assert entry(tensors, 3) == 0
     assert np.allclose(c, a @ bt, rtol=1e-3, atol=1e-3 * n ** 0.5)
-    ours, theirs = interleaved(reps, lambda: entry(tensors, 3), lambda: np.matmul(a, bt, out=ref))
+    one, two, theirs = interleaved(reps, on_threads(1, lambda: entry(tensors, 3)),
+                                   on_threads(2, lambda: entry(tensors, 3)),
+                                   lambda: np.matmul(a, bt, out=ref))
     del keep
-    return ours, theirs, kernel.last_variant
+    return (one, two), theirs, kernel.last_variant
+
+
+# (M, N, K) of the --threshold table: squares, gemv rows, BERT at small sequence lengths
+THRESHOLD_SHAPES = [(32, 32, 32), (64, 64, 64), (96, 96, 96), (128, 128, 128), (160, 160, 160),
+                    (192, 192, 192), (1, 1024, 256), (1, 4096, 1024), (16, 768, 768),
+                    (8, 3072, 768), (32, 768, 768)]
+
+
+def threshold_table(reps):
+    """dense with parallel_work 0 (every shape through the pool): 2 threads vs 1, interleaved."""
+    kernel = build(parallel_work=0)["dense"]
+    print(f"dense, parallel_work 0: 1 vs 2 kernel threads, median of {reps} (us)")
+    print(f"{'M x N x K':>16} {'work':>10} {'variant':>8} {'1 thread':>9} {'2 threads':>10} "
+          f"{'speedup':>8}")
+    for m, n, k in THRESHOLD_SHAPES:
+        rng = np.random.default_rng(m + n + k)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        out = np.empty((m, n), np.float32)
+        tensors, keep = abi.pack([x, w, out], [abi.dtype_code("float32")] * 3)
+        entry = abi.kernel_function(kernel.address)
+        one, two = interleaved(reps, on_threads(1, lambda: entry(tensors, 3)),
+                               on_threads(2, lambda: entry(tensors, 3)))
+        del keep
+        print(f"{f'{m}x{n}x{k}':>16} {m * n * k:>10} {kernel.last_variant:>8} {one * 1e6:9.1f} "
+              f"{two * 1e6:10.1f} {one / two:8.2f}")
 
 
 # (M, N, K): the LSTM step (1, 256) x (1024, 256)^T (a 1 MB weight), 4 rows of it, a larger
@@ -156,10 +197,16 @@ def main():
     p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
     p.add_argument("--tiny", action="store_true", help="size 64, 3 repetitions (a smoke run)")
+    p.add_argument("--threshold", action="store_true",
+                   help="only the table that sets PARALLEL_WORK (2 vs 1 kernel threads)")
     args = p.parse_args()
+    if args.threshold:
+        threshold_table(args.reps)
+        return
     if args.tiny:
         args.reps, args.sizes = 3, [64]
     if args.bert_only:
+        pool.use_threads(1)
         bert_table(args.reps)
         return
     if args.numpy_only:
@@ -175,13 +222,17 @@ def main():
                 if ln.startswith("model name")), "?")
     print(f"CPU: {cpu}; {os.cpu_count()} cores; numpy {np.__version__}, "
           f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; median of {args.reps}")
-    print(f"{'kernel':8} {'n':>5} {'variant':>8} {'dynvm GF/s':>11} {'numpy 1T':>9} "
-          f"{'ratio':>6} {'numpy 2T':>9}")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; GF/s; ratio = dynvm "
+          "GF/s / numpy GF/s at the same thread count")
+    print(f"{'kernel':8} {'n':>5} {'variant':>8} {'dynvm 1T':>9} {'numpy 1T':>9} {'ratio':>6} "
+          f"{'dynvm 2T':>9} {'numpy 2T':>9} {'ratio':>6} {'2T/1T':>6}")
     for n in args.sizes:
         for op, transpose_b in (("matmul", False), ("dense", True)):
-            ours, theirs, variant = time_pair(kernels[op], n, args.reps, transpose_b)
-            print(f"{op:8} {n:5d} {variant:>8} {gflops(n, ours):11.1f} {gflops(n, theirs):9.1f} "
-                  f"{theirs / ours:6.2f} {two[n]:9.1f}")
+            (one, dual), theirs, variant = time_pair(kernels[op], n, args.reps, transpose_b)
+            g1, g2, np1 = gflops(n, one), gflops(n, dual), gflops(n, theirs)
+            print(f"{op:8} {n:5d} {variant:>8} {g1:9.1f} {np1:9.1f} {g1 / np1:6.2f} {g2:9.1f} "
+                  f"{two[n]:9.1f} {g2 / two[n]:6.2f} {one / dual:6.2f}")
+    pool.use_threads(1)     # the tables below compare one thread with one thread
     reps = args.reps if args.tiny else max(args.reps, 200)
     print(f"\ngemv shapes (M x N x K), median of {reps}; GB/s = weight bytes / dynvm time")
     print(f"{'kernel':8} {'shape':>15} {'variant':>8} {'dynvm us':>9} {'numpy 1T us':>12} "

@@ -52,11 +52,47 @@ def _register_libm():
     path = ctypes.util.find_library("m")
     if path is None:
         return  # rely on the process's own symbols
-    libm = ctypes.CDLL(path)
-    for name in _LIBM_SYMBOLS:
-        fn = getattr(libm, name, None)
+    _register(ctypes.CDLL(path), _LIBM_SYMBOLS)
+
+
+def _register(library, names):
+    for name in names:
+        fn = getattr(library, name, None)
         if fn is not None:
             llvm.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
+
+
+def register_process_symbols(names):
+    """Resolve `names` (libc functions JIT code calls) in this process, explicitly."""
+    _initialise()
+    _register(ctypes.CDLL(None), names)
+
+
+def add_symbol(name: str, address: int):
+    """Make `name` resolve to `address` in every object loaded from now on."""
+    _initialise()
+    llvm.add_symbol(name, address)
+
+
+_runtime = None     # None, "installing", "installed": the kernels' runtime symbols
+
+
+def install_runtime():
+    """Register the symbols kernels call (the thread pool's `dynvm_parallel_for`) before the
+    first object loads; the pool's own library loads while this runs ("installing")."""
+    global _runtime
+    if _runtime == "installed":
+        return
+    with _lock:
+        if _runtime is None:
+            _runtime = "installing"
+            from dynvm.kernels import pool
+            try:
+                pool.make()
+            except BaseException:
+                _runtime = None
+                raise
+            _runtime = "installed"
 
 
 def host_target() -> dict:
@@ -222,6 +258,7 @@ class CodeLibrary:
 
     def __init__(self, llvm_ir: str, obj: bytes, target: dict):
         _initialise()
+        install_runtime()
         host = host_target()
         self.rejitted = _same_target(target, host) is False
         if self.rejitted:

@@ -310,6 +310,19 @@ def if_then(b, cond, then, otherwise=None, carried=None):
 # memory
 
 
+# chunks of a kernel on the kernel threads (kernels/pool.py): i32 fn(ptr ctx, i64 lo, i64 hi)
+CHUNK_FN = ir.FunctionType(I32, [PTR, I64, I64])
+
+
+def parallel_for(b, chunks, ctx, n, worth):
+    """Run `chunks` (a CHUNK_FN) over the chunks [0, n): in one call, chunks(ctx, 0, n), unless
+    `worth` (i1: the work pays for waking threads, a family's measured threshold); then through
+    the pool's `dynvm_parallel_for`, which may run chunks on several threads, one chunk per call."""
+    entry = get_function(b.module, "dynvm_parallel_for", ir.FunctionType(I32, [PTR, PTR, I64]))
+    if_then(b, worth, lambda: b.call(entry, [chunks, ctx, n]),
+            lambda: b.call(chunks, [ctx, const(I64, 0), n]))
+
+
 def elem_ptr(b, base, offset, ty):
     """Pointer to element `offset` of an array of `ty` (a vector type: of its element type)."""
     return b.gep(base, [offset], inbounds=True, source_etype=element_type(ty))

@@ -29,6 +29,13 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 226 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack.
 
+Threads: gemv, blocked and fast compute in chunks of output columns (a batch's gemv panel or
+NC block; `emit_chunks`), each in the one-thread loop order, so every output element is summed
+the same way whoever computes it: results are identical for every thread count. The chunks run
+on the kernel threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
+PARALLEL_WORK, measured; a spec may lower it, e.g. to 0 in tests, or raise it), else in one
+call on the calling thread.
+
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
 that follow the op's own inputs, broadcast to the output shape (numpy rules). It runs on the
@@ -48,11 +55,12 @@ from dynvm.kernels import family
 from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE
 from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
-from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, check_data,
-                                     check_equal, const, dot_offset, elem_ptr, eq, for_range,
-                                     if_then, load, load_strides, masked_load, masked_store,
-                                     new_function, product, prologue, return_zero_if, smin, splat,
-                                     stack_buffer, store, tail_mask, to_reg, unravel)
+from dynvm.kernels.llvm_util import (CHUNK_FN, I1, I32, I64, MEM_TYPE, PTR, c64, check,
+                                     check_data, check_equal, const, dot_offset, elem_ptr, eq,
+                                     for_range, if_then, load, load_strides, masked_load,
+                                     masked_store, new_function, parallel_for, product, prologue,
+                                     return_zero_if, smin, splat, stack_buffer, store, tail_mask,
+                                     to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -77,6 +85,11 @@ GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache ac
 GEMV_MAX_ROWS = 128
 GEMV_AXPY_ROWS = 32
 GEMV_AXPY_RESIDENT = 1 << 20
+# M*N*K (times batches) from which gemv / blocked / fast split their columns over the kernel
+# threads (kernels/pool.py): below it the job runs on the calling thread alone. Measured with
+# benchmarks/kernels_matmul.py --threshold (threads 2 vs 1 on the same shapes, this constant
+# set to 0): see docs/design.md, "Kernel threads".
+PARALLEL_WORK = 1 << 21
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +167,13 @@ def check_epilogue(spec, out_dtype, extra_dtypes, what):
     if result != out_dtype:
         raise KernelError(f"{what}: epilogue gives {result}, the output is {out_dtype}")
     return expr
+
+
+def check_parallel_work(spec, what):
+    """`spec["parallel_work"]`, if given, is the work from which the kernel uses threads."""
+    threshold = spec.get("parallel_work", PARALLEL_WORK)
+    if type(threshold) is not int or threshold < 0:
+        raise KernelError(f"{what}: parallel_work must be an int >= 0, got {threshold!r}")
 
 
 class Extra:
@@ -511,48 +531,43 @@ def write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast):
     if_then(b, full, vector_path, scalar_path)
 
 
-def emit_blocked_body(b, geo, blk, expr, fast):
-    """The cache-blocked GEMM over all batches (K >= 1, M, N >= 1 checked by the caller)."""
-    module = b.module
-    mk = micro_kernel(module, blk)
+def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc):
+    """The cache-blocked GEMM of batch `bi`, columns [jc, jc + NC) (K, M, N >= 1 checked by the
+    caller): pack a KC x NC panel of B, then every MC-row block of A against it."""
+    mk = micro_kernel(b.module, blk)
     ap = stack_buffer(b, blk.ty, blk.mc * blk.kc)
     bp = stack_buffer(b, blk.ty, blk.kc * blk.nc)
     tile = stack_buffer(b, blk.ty, blk.mr * blk.nr)
     M, N, K = geo.M, geo.N, geo.K
+    nc = smin(b, c64(blk.nc), b.sub(N, jc))
 
-    def batch(bi):
-        def col_block(jc):
-            nc = smin(b, c64(blk.nc), b.sub(N, jc))
+    def depth_block(pc):
+        kc = smin(b, c64(blk.kc), b.sub(K, pc))
+        first = eq(b, pc, c64(0))
+        last = eq(b, b.add(pc, kc), K)
+        geo.pack_b(b, blk, bi, pc, kc, jc, nc, bp)
 
-            def depth_block(pc):
-                kc = smin(b, c64(blk.kc), b.sub(K, pc))
-                first = eq(b, pc, c64(0))
-                last = eq(b, b.add(pc, kc), K)
-                geo.pack_b(b, blk, bi, pc, kc, jc, nc, bp)
+        def row_block(ic):
+            mc = smin(b, c64(blk.mc), b.sub(M, ic))
+            pack_a(b, geo, blk, bi, ic, mc, pc, kc, ap)
 
-                def row_block(ic):
-                    mc = smin(b, c64(blk.mc), b.sub(M, ic))
-                    pack_a(b, geo, blk, bi, ic, mc, pc, kc, ap)
+            def col_strip(jr):
+                cols = smin(b, c64(blk.nr), b.sub(nc, jr))
+                bstrip = elem_ptr(b, bp, b.mul(jr, kc), blk.ty)
 
-                    def col_strip(jr):
-                        cols = smin(b, c64(blk.nr), b.sub(nc, jr))
-                        bstrip = elem_ptr(b, bp, b.mul(jr, kc), blk.ty)
-
-                        def row_strip(ir_):
-                            rows = smin(b, c64(blk.mr), b.sub(mc, ir_))
-                            astrip = elem_ptr(b, ap, b.mul(ir_, kc), blk.ty)
-                            b.call(mk, [astrip, bstrip, kc, tile])
-                            m0, n0 = b.add(ic, ir_), b.add(jc, jr)
-                            write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast)
-                            if expr is not None:
-                                if_then(b, last, lambda: apply_epilogue(
-                                    b, geo, blk, expr, bi, m0, rows, n0, cols))
-                        for_range(b, 0, mc, row_strip, step=blk.mr)
-                    for_range(b, 0, nc, col_strip, step=blk.nr)
-                for_range(b, 0, M, row_block, step=blk.mc)
-            for_range(b, 0, K, depth_block, step=blk.kc)
-        for_range(b, 0, N, col_block, step=blk.nc)
-    for_range(b, 0, geo.nb, batch)
+                def row_strip(ir_):
+                    rows = smin(b, c64(blk.mr), b.sub(mc, ir_))
+                    astrip = elem_ptr(b, ap, b.mul(ir_, kc), blk.ty)
+                    b.call(mk, [astrip, bstrip, kc, tile])
+                    m0, n0 = b.add(ic, ir_), b.add(jc, jr)
+                    write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast)
+                    if expr is not None:
+                        if_then(b, last, lambda: apply_epilogue(
+                            b, geo, blk, expr, bi, m0, rows, n0, cols))
+                for_range(b, 0, mc, row_strip, step=blk.mr)
+            for_range(b, 0, nc, col_strip, step=blk.nr)
+        for_range(b, 0, M, row_block, step=blk.mc)
+    for_range(b, 0, K, depth_block, step=blk.kc)
 
 
 def gemv_layouts(b, geo):
@@ -678,57 +693,41 @@ def _flip_direction(b):
     return b.icmp_signed("!=", flag, const(I32, 0))
 
 
-def emit_gemv_body(b, geo, blk, expr, tiny_fn):
-    """"gemv" (K >= 1): rows in groups of up to GEMV_ROWS, each group in one streaming pass
-    over B (the dot or the axpy form, whichever the strides fit; the tiny code when neither
-    does), then the group's epilogue over its contiguous output rows."""
-    fn = b.function
-    dot, axpy = gemv_layouts(b, geo)
-
-    # column panel: as many columns of B as fit GEMV_PANEL_BYTES (a multiple of the axpy
-    # chunk, hence of the dot form's column group; at least one chunk)
+def gemv_panel(b, geo, blk):
+    """Columns of B per gemv panel: as many as fit GEMV_PANEL_BYTES (a multiple of the axpy
+    chunk, hence of the dot form's column group; at least one chunk)."""
     width = GEMV_VECS * blk.vl
     per_col = b.mul(geo.K, c64(blk.size))
     panel = b.mul(b.udiv(b.udiv(c64(GEMV_PANEL_BYTES), per_col), c64(width)), c64(width))
-    panel = b.select(b.icmp_signed("<", panel, c64(width)), c64(width), panel)
+    return b.select(b.icmp_signed("<", panel, c64(width)), c64(width), panel)
 
-    backwards = _flip_direction(b)
+
+def emit_gemv_panel(b, geo, blk, expr, bi, n_fwd, panel, backwards):
+    """"gemv" (K >= 1) on batch `bi`, the panel at `n_fwd` counted from the walk's start (the
+    last panel first when `backwards`): rows in groups of up to GEMV_ROWS, each group in one
+    streaming pass over the panel (the dot form when the strides fit it, else the axpy form:
+    the caller checked that one of them does), then the group's epilogue over its rows."""
+    fn = b.function
+    dot, _ = gemv_layouts(b, geo)
     last_panel = b.mul(b.udiv(b.sub(geo.N, c64(1)), panel), panel)     # N >= 1 here
+    n_lo = b.select(backwards, b.sub(last_panel, n_fwd), n_fwd)
+    n_hi = smin(b, b.add(n_lo, panel), geo.N)
 
-    def emit_form(form):
-        def batch(bi):
-            def col_panel(n_fwd):
-                n_lo = b.select(backwards, b.sub(last_panel, n_fwd), n_fwd)
-                n_hi = smin(b, b.add(n_lo, panel), geo.N)
-
-                def group(m0):
-                    rows = smin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
-                    join = fn.append_basic_block("rows.done")
-                    cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
-                    sw = b.switch(rows, cases[-1])
-                    for r, block in enumerate(cases, 1):
-                        sw.add_case(c64(r), block)
-                        b.position_at_end(block)
-                        form(b, geo, blk, bi, m0, r, n_lo, n_hi)
-                        b.branch(join)
-                    b.position_at_end(join)
-                    apply_epilogue(b, geo, blk, expr, bi, m0, rows, n_lo, b.sub(n_hi, n_lo))
-                for_range(b, 0, geo.M, group, step=GEMV_ROWS)
-            for_range(b, 0, geo.N, col_panel, step=panel)
-        for_range(b, 0, geo.nb, batch)
-        b.ret(const(I32, 0))
-
-    dot_bb, other, axpy_bb, neither = (fn.append_basic_block(n) for n in
-                                       ("gemv.dot", "gemv.other", "gemv.axpy", "gemv.neither"))
-    b.cbranch(dot, dot_bb, other)
-    b.position_at_end(other)
-    b.cbranch(axpy, axpy_bb, neither)
-    b.position_at_end(neither)
-    b.ret(b.call(tiny_fn, list(fn.args)))
-    b.position_at_end(dot_bb)
-    emit_form(gemv_dot)
-    b.position_at_end(axpy_bb)
-    emit_form(gemv_axpy)
+    def rows_of(form):
+        def group(m0):
+            rows = smin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
+            join = fn.append_basic_block("rows.done")
+            cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
+            sw = b.switch(rows, cases[-1])
+            for r, block in enumerate(cases, 1):
+                sw.add_case(c64(r), block)
+                b.position_at_end(block)
+                form(b, geo, blk, bi, m0, r, n_lo, n_hi)
+                b.branch(join)
+            b.position_at_end(join)
+            apply_epilogue(b, geo, blk, expr, bi, m0, rows, n_lo, b.sub(n_hi, n_lo))
+        for_range(b, 0, geo.M, group, step=GEMV_ROWS)
+    if_then(b, dot, lambda: rows_of(gemv_dot), lambda: rows_of(gemv_axpy))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,8 +738,52 @@ def _output_empty(b, geo):
     return b.or_(b.or_(eq(b, geo.M, c64(0)), eq(b, geo.N, c64(0))), eq(b, geo.nb, c64(0)))
 
 
+# The context a variant hands its chunks: the kernel's own arguments (the chunk function
+# validates and derives the geometry again: cheap, and no IR value crosses functions) and,
+# for gemv, the direction of this call's walk over B's panels.
+CHUNK_CTX = ir.LiteralStructType([PTR, I32, I1])
+
+
+def _ctx_field(b, ctx, k):
+    return b.gep(ctx, [const(I32, 0), const(I32, k)], source_etype=CHUNK_CTX)
+
+
+def column_step(b, geo, blk, variant):
+    """Columns of one chunk: a gemv panel or a blocked NC block (the loops' own steps, so
+    every output element is computed by one chunk in the order one thread uses)."""
+    return gemv_panel(b, geo, blk) if variant == "gemv" else c64(blk.nc)
+
+
+def emit_chunks(module, name, variant, sig, spec, make_geometry):
+    """`i32 name(ptr ctx, i64 lo, i64 hi)`: chunks [lo, hi) of a variant, chunk c being batch
+    c / P, column block c % P (P column blocks per batch), in the one-thread order."""
+    fn = ir.Function(module, CHUNK_FN, name=name + ".chunks")
+    fn.linkage = "internal"
+    ctx, lo, hi = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    field = [_ctx_field(b, ctx, k) for k in range(3)]
+    args, nargs = b.load(field[0], typ=PTR), b.load(field[1], typ=I32)
+    backwards = b.load(field[2], typ=I1)
+    geo = make_geometry(b, spec, sig, prologue(b, args, nargs, sig))
+    blk = Blocking(sig[-1][0])
+    expr = spec.get("epilogue")
+    step = column_step(b, geo, blk, variant)
+    per_batch = b.udiv(b.add(geo.N, b.sub(step, c64(1))), step)
+
+    def chunk(c):
+        bi, n0 = b.udiv(c, per_batch), b.mul(b.urem(c, per_batch), step)
+        if variant == "gemv":
+            emit_gemv_panel(b, geo, blk, expr, bi, n0, step, backwards)
+        else:
+            emit_blocked_columns(b, geo, blk, expr, variant == "fast", bi, n0)
+    for_range(b, lo, hi, chunk)
+    b.ret(const(I32, 0))
+    return fn
+
+
 def emit_variant(module, symbol, variant, sig, spec, make_geometry):
-    """One variant function: validate everything, then compute."""
+    """One variant function: validate everything, then compute (gemv, blocked and fast in
+    chunks of output columns, on several threads when the work is at least PARALLEL_WORK)."""
     fn, b = new_function(module, family.variant_symbol(symbol, variant))
     arrays = prologue(b, *fn.args, sig)
     geo = make_geometry(b, spec, sig, arrays)
@@ -758,13 +801,27 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     b.position_at_end(k_zero)
     b.ret(b.call(tiny, list(fn.args)))
     b.position_at_end(go)
+    backwards = const(I1, 0)
     if variant == "gemv":
-        emit_gemv_body(b, geo, blk, expr, tiny)
-        return
+        dot, axpy = gemv_layouts(b, geo)
+        streams, neither = (fn.append_basic_block(f"gemv.{n}") for n in ("streams", "neither"))
+        b.cbranch(b.or_(dot, axpy), streams, neither)
+        b.position_at_end(neither)
+        b.ret(b.call(tiny, list(fn.args)))
+        b.position_at_end(streams)
+        backwards = _flip_direction(b)
     if variant == "fast":
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         check(b, b.and_(aligned, eq(b, geo.sc_n, c64(1))), ERR_LAYOUT)
-    emit_blocked_body(b, geo, blk, expr, fast=variant == "fast")
+    chunks = emit_chunks(module, fn.name, variant, sig, spec, make_geometry)
+    ctx = stack_buffer(b, CHUNK_CTX, 1)
+    for k, value in enumerate((fn.args[0], fn.args[1], backwards)):
+        b.store(value, _ctx_field(b, ctx, k))
+    step = column_step(b, geo, blk, variant)
+    n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
+    work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
+    threshold = c64(spec.get("parallel_work", PARALLEL_WORK))
+    parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, threshold))
     b.ret(const(I32, 0))
 
 
@@ -823,6 +880,7 @@ def _check(spec, inputs, outputs):
     if any(rank > orank for _, rank in inputs[2:]):
         raise KernelError(f"{what}: an epilogue input has a higher rank than the output")
     check_epilogue(spec, od, [dt for dt, _ in inputs[2:]], what)
+    check_parallel_work(spec, what)
 
 
 def _emit(module, symbol, spec, inputs, outputs):

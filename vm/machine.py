@@ -94,12 +94,18 @@ class VirtualMachine:
     pool), so one VM runs one invocation at a time: use one VM per thread (they may share the
     Executable and its loaded kernels). Calling `invoke` while another thread is inside it
     raises a VMError instead of corrupting that invocation.
+
+    `threads`: how many threads each kernel may run on (default: the cores this process may
+    use); 1 runs every kernel on the invoking thread alone. Results do not depend on it. The
+    count belongs to the invoking OS thread: `invoke` sets it there.
     """
 
     def __init__(self, exe, max_depth: int = DEFAULT_MAX_DEPTH, max_steps=None, profile: bool = False,
-                 tier: str = "native", max_memory_bytes=None):
+                 tier: str = "native", max_memory_bytes=None, threads=None):
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
         if isinstance(exe, (str, os.PathLike)):
             exe = Executable.load(exe)
         elif not isinstance(exe, Executable):
@@ -112,6 +118,7 @@ class VirtualMachine:
         self.max_depth = max_depth
         self.max_steps = max_steps
         self.kernels = exe.loaded_kernels()
+        self._threads = _kernel_threads(threads) if self.kernels else None
         self.shape_funcs = lookup_shape_funcs(exe)
         self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         self._ctors = {c["name"]: c for c in exe.constructors}
@@ -144,6 +151,11 @@ class VirtualMachine:
         if self._native is not None:
             self._native.configure(max_steps, max_depth)
             self._edges = {exe.functions[i].name: self._native.edge(i) for i in self._native.entries}
+
+    @property
+    def threads(self) -> int:
+        """The threads each kernel of an invocation may run on (1 for a program without kernels)."""
+        return self._threads[1] if self._threads is not None else 1
 
     @property
     def max_steps(self):
@@ -189,6 +201,8 @@ class VirtualMachine:
                           "runs one invocation at a time: create one VirtualMachine per thread "
                           "(they can share the Executable)") from None
         try:
+            if self._threads is not None:
+                self._threads[0](self._threads[1])
             enter = self._edges.get(name)
             if enter is not None:
                 result = enter(args)
@@ -751,6 +765,12 @@ class VirtualMachine:
 # ---------------------------------------------------------------- Ctrl-C in native loops
 
 _WORD_TENSORS = {}      # id(word array) -> its Tensor (the arrays live as long as the process)
+def _kernel_threads(threads):
+    """(setter, count): what `invoke` calls to give its thread's kernels `threads` threads."""
+    from dynvm.kernels import pool      # lazily, as the kernels themselves
+    return pool.use_threads, pool.default_threads() if threads is None else threads
+
+
 _ARMED_WORD = []        # kernels.interrupt.armed_word, once imported
 
 

@@ -9,7 +9,14 @@ import numpy as np
 
 from dynvm.bench.harness import optional_import
 
-THREADS = None          # PyTorch / ONNX Runtime threads (`dynvm bench --threads`); None: theirs
+THREADS = None          # threads of every runtime (`dynvm bench --threads`); None: each one's default
+
+
+def use_kernel_threads():
+    """dynvm kernels called outside a VM (the static runtime) on THREADS threads, from this
+    thread (a VM gets `threads=THREADS` instead); None: all cores, the VM's default."""
+    from dynvm.kernels import pool
+    pool.use_threads(THREADS or pool.default_threads())
 
 
 class Skip(Exception):

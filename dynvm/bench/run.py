@@ -135,6 +135,7 @@ def machine_info() -> dict:
         if name == "torch" and mod:
             info["torch_threads"] = peers.torch_module().get_num_threads()
     info["ort_threads"] = peers.THREADS or "default (all cores)"
+    info["dynvm_threads"] = peers.THREADS or f"default ({len(os.sched_getaffinity(0))}, all cores)"
     info["numpy_blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     return info
 
@@ -156,7 +157,7 @@ def print_report(report, out=sys.stdout):
           file=out)
     m = report["machine"]
     print(f"CPU: {m['cpu']}, {m['cores']} cores (LLVM target {m.get('llvm_cpu', '?')}); load average "
-          f"at start {' '.join(map(str, m['load_average']))}; threads: dynvm 1, torch "
+          f"at start {' '.join(map(str, m['load_average']))}; threads: dynvm {m.get('dynvm_threads', 1)}, torch "
           f"{m.get('torch_threads', '-')}, ORT {m['ort_threads']}, numpy BLAS "
           f"{m['numpy_blas_threads']}", file=out)
     if max(m["load_average"][0], m.get("load_average_end", [0])[0]) > 0.5 * (m["cores"] or 1):
@@ -327,8 +328,8 @@ def add_arguments(parser):
                              "(`tiny`: one small size per model, for the test suite)")
     parser.add_argument("--reps", type=positive_int, default=None, help="repetitions per number")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="threads for PyTorch and ONNX Runtime (default: their own default, "
-                             "all cores; the dynvm VM runs on one thread)")
+                        help="threads for dynvm's kernels, PyTorch and ONNX Runtime (default: each "
+                             "one's own default, all cores)")
 
 
 def main_from_args(args) -> int:

@@ -49,7 +49,7 @@ def vm_runner(build_mod, prepare=lambda s: s):
         from dynvm.compiler import build
         from dynvm.vm import VirtualMachine
         if "vm" not in ctx:
-            ctx["vm"] = VirtualMachine(build(build_mod(ctx)))
+            ctx["vm"] = VirtualMachine(build(build_mod(ctx)), threads=peers.THREADS)
         vm = ctx["vm"]
         return Runner(lambda x: vm.invoke("main", x), prepare)
     return factory
@@ -61,6 +61,7 @@ def static_runner(build_static):
     def factory(ctx, n):
         from dynvm.compiler import build
         from dynvm.vm import StaticRuntime
+        peers.use_kernel_threads()
         return Runner(StaticRuntime(build(build_static(ctx, n))).run)
     return factory
 

@@ -1,0 +1,72 @@
+"""The VM at 1 and 2 kernel threads in one process, interleaved: BERT (dynvm.models.bert_varlen,
+the small config and, with --base, BERT-base) over sequence lengths, and the one-op invoke
+(a 1-element add: no kernel is big enough to split, so the columns must match: no wake-up
+tail). Not a test.
+
+    python benchmarks/kernel_threads.py [--reps 15] [--seqs 1 16 128 256] [--base] [--tiny]
+
+Both VMs share one executable; their invocations alternate batch by batch
+(dynvm.bench.harness.measure), so machine noise hits both alike: the speedup column is the
+number to read. The load average is printed before and after: on a machine busier than its
+cores, a second thread cannot help (and a preempted worker holding the last chunk makes the
+caller wait).
+"""
+import argparse
+import os
+
+import numpy as np
+
+from dynvm.bench.harness import fmt_time, measure
+from dynvm.compiler import build, ir, op
+from dynvm.models import bert_varlen
+from dynvm.vm import VirtualMachine
+
+THREADS = (1, 2)
+
+
+def load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def compare(exe, args, reps):
+    """{threads: median seconds} of `main(*args)` on one VM per thread count, interleaved."""
+    vms = {t: VirtualMachine(exe, threads=t) for t in THREADS}
+    results = [vm.invoke("main", *args) for vm in vms.values()]
+    assert all(r.tobytes() == results[0].tobytes() for r in results)    # identical bits
+    return measure({t: (lambda vm=vm: vm.invoke("main", *args)) for t, vm in vms.items()}, reps)
+
+
+def row(label, times):
+    one, two = times[1], times[2]
+    print(f"{label:>18} {fmt_time(one):>10} {fmt_time(two):>10} {one / two:8.2f}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--seqs", type=int, nargs="+", default=[1, 16, 128, 256])
+    p.add_argument("--base", action="store_true", help="BERT-base as well (slow to build)")
+    p.add_argument("--tiny", action="store_true", help="seq 16, 3 repetitions (a smoke run)")
+    args = p.parse_args()
+    if args.tiny:
+        args.reps, args.seqs = 3, [16]
+    print(f"load average {load()} ({os.cpu_count()} cores); median of {args.reps}")
+    print(f"{'':>18} {'1 thread':>10} {'2 threads':>10} {'speedup':>8}")
+    t = ir.TensorType((1,), "float32")
+    x, y = ir.var("x", t), ir.var("y", t)
+    one = np.ones(1, np.float32)
+    row("one-op add", compare(build(ir.IRModule.from_expr(ir.Function([x, y], op.add(x, y)))),
+                              (one, one), args.reps))
+    configs = [("bert", bert_varlen.SMALL)]
+    if args.base:
+        configs.append(("bert-base", bert_varlen.BASE))
+    for name, config in configs:
+        exe = build(bert_varlen.build_module(bert_varlen.weights(config)))
+        for seq in args.seqs:
+            row(f"{name} seq {seq}",
+                compare(exe, (bert_varlen.make_input(seq, config=config),), args.reps))
+    print(f"load average {load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Kernels on several threads (kernels/pool.py): the pool's contract (every chunk once, one
+call on one thread, a second caller alone, idle workers asleep), matmul-family results identical
+bit for bit for every thread count, and `VirtualMachine(threads=N)`.
+
+The kernels here are built with `parallel_work: 0`, so even small shapes go through the pool.
+"""
+import functools
+import threading
+import time
+
+import cffi
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynvm.kernels import codelib, load_kernels, pool
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.vm.errors import KernelError
+from tests.strategies import examples
+
+THREADS = (1, 2, 3)
+
+# ---------------------------------------------------------------------------------------------
+# the pool itself, with a JIT-compiled chunk function that records who ran which chunk
+
+_IR = r"""
+declare i32 @dynvm_parallel_for(ptr, ptr, i64)
+declare i64 @pthread_self()
+declare i32 @usleep(i32)
+@calls = global i64 0
+
+; ctx: i64 owner[n], i64 runs[n], i64 sleep_us
+define internal i32 @body(ptr %ctx, i64 %lo, i64 %hi) {
+entry:
+  atomicrmw add ptr @calls, i64 1 seq_cst
+  %n.p = getelementptr i64, ptr %ctx, i64 0
+  %n = load i64, ptr %n.p
+  %us.p = getelementptr i64, ptr %ctx, i64 1
+  %us = load i64, ptr %us.p
+  %us32 = trunc i64 %us to i32
+  %empty = icmp uge i64 %lo, %hi
+  br i1 %empty, label %out, label %loop
+loop:
+  %i = phi i64 [%lo, %entry], [%i1, %loop]
+  %o = add i64 %i, 2
+  %owner = getelementptr i64, ptr %ctx, i64 %o
+  %t = call i64 @pthread_self()
+  store i64 %t, ptr %owner
+  %r0 = add i64 %o, %n
+  %runs = getelementptr i64, ptr %ctx, i64 %r0
+  atomicrmw add ptr %runs, i64 1 seq_cst
+  call i32 @usleep(i32 %us32)
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, %hi
+  br i1 %more, label %loop, label %out
+out:
+  ret i32 0
+}
+
+define i32 @run(ptr %ctx, i64 %n) {
+  %r = call i32 @dynvm_parallel_for(ptr @body, ptr %ctx, i64 %n)
+  ret i32 %r
+}
+"""
+_ffi = cffi.FFI()
+
+
+@functools.cache
+def chunk_recorder():
+    codelib.register_process_symbols(["pthread_self", "usleep"])
+    host = codelib.host_target()
+    library = codelib.CodeLibrary(_IR, codelib.compile_ir(_IR, host), host)
+    run = _ffi.cast("int32_t (*)(int64_t *, int64_t)", library.address("run"))
+    calls = _ffi.cast("int64_t *", library.global_address("calls"))
+    return library, run, calls
+
+
+def record(n, sleep_us=0):
+    """(owner thread of each chunk, times each chunk ran, calls of the chunk function)."""
+    _, run, calls = chunk_recorder()
+    ctx = np.zeros(2 + 2 * n, np.int64)
+    ctx[0], ctx[1] = n, sleep_us
+    before = calls[0]
+    assert run(_ffi.cast("int64_t *", ctx.ctypes.data), n) == 0
+    return ctx[2:2 + n], ctx[2 + n:], calls[0] - before
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 64])
+def test_parallel_for_runs_every_chunk_exactly_once(threads, n):
+    pool.use_threads(threads)
+    owners, runs, calls = record(n)
+    assert runs.tolist() == [1] * n
+    if threads == 1 or n <= 1:
+        assert calls == 1          # fn(ctx, 0, n): the one-thread loop order, no pool
+        assert len(set(owners.tolist())) <= 1
+    else:
+        assert calls == n
+
+
+def test_workers_take_chunks_and_sleep_when_idle():
+    pool.use_threads(3)
+    for _ in range(20):            # a loaded machine may run everything on the caller once
+        owners, runs, _ = record(40, sleep_us=300)
+        assert runs.tolist() == [1] * 40
+        if len(set(owners.tolist())) >= 2:
+            break
+    else:
+        pytest.fail("no worker ever took a chunk")
+    assert pool.started_workers() >= 2
+    cpu = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - cpu < 0.05          # nobody spins between jobs
+
+
+def test_the_thread_count_belongs_to_the_calling_thread():
+    pool.use_threads(2)
+    seen = []
+    t = threading.Thread(target=lambda: (pool.use_threads(1), seen.append(pool.current_threads())))
+    t.start()
+    t.join()
+    assert seen == [1] and pool.current_threads() == 2
+    t = threading.Thread(target=lambda: seen.append(pool.current_threads()))
+    t.start()
+    t.join()
+    assert seen[-1] == pool.default_threads() == len(__import__("os").sched_getaffinity(0))
+
+
+def test_concurrent_callers_each_get_every_chunk():
+    """Several Python threads in the pool at once: one owns it, the others run alone."""
+    errors = []
+
+    def caller(threads):
+        try:
+            pool.use_threads(threads)
+            for _ in range(10):
+                _, runs, _ = record(16, sleep_us=50)
+                assert runs.tolist() == [1] * 16
+        except BaseException as e:     # noqa: BLE001  (reported below)
+            errors.append(e)
+    ts = [threading.Thread(target=caller, args=(t,)) for t in (2, 3, 1, 2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
+# ---------------------------------------------------------------------------------------------
+# the matmul family: identical bits for every thread count
+
+BIAS_RELU = ["relu", ["add", ["in", 0], ["in", 1]]]
+KERNELS = {
+    "dense_f32": ({"op": "dense"}, [("float32", 2), ("float32", 2)], ("float32", 2)),
+    "dense3_bias_relu": ({"op": "dense", "epilogue": BIAS_RELU},
+                         [("float32", 3), ("float32", 2), ("float32", 1)], ("float32", 3)),
+    "matmul_f64": ({"op": "matmul"}, [("float64", 2), ("float64", 2)], ("float64", 2)),
+    "bmm_f32": ({"op": "batch_matmul", "transpose_b": True},
+                [("float32", 3), ("float32", 3)], ("float32", 3)),
+    "bmm_nt_i32": ({"op": "batch_matmul", "transpose_b": False},
+                   [("int32", 3), ("int32", 3)], ("int32", 3)),
+}
+
+
+@functools.cache
+def table():
+    kb = KernelBuilder()
+    index = {key: kb.add_compiled(key, "matmul", {**spec, "parallel_work": 0}, ins, [out])
+             for key, (spec, ins, out) in KERNELS.items()}
+    conv = kb.add_compiled("conv", "conv2d", {"op": "conv2d", "strides": [1, 1],
+                                               "padding": [1, 1, 1, 1], "parallel_work": 0},
+                           [("float32", 4), ("float32", 4)], [("float32", 4)])
+    loaded = load_kernels(kb.finish())
+    return {**{key: loaded[i] for key, i in index.items()}, "conv": loaded[conv]}
+
+
+def operands(key, batch, m, n, k, rng):
+    dtype = KERNELS[key][2][0]
+
+    def make(*shape):
+        if dtype.startswith("int"):
+            return rng.integers(-20, 20, size=shape).astype(dtype)
+        return rng.standard_normal(shape).astype(dtype)
+    if key == "dense_f32":
+        return [make(m, k), make(n, k)], (m, n)
+    if key == "dense3_bias_relu":
+        return [make(batch, m, k), make(n, k), make(n)], (batch, m, n)
+    if key == "matmul_f64":
+        return [make(m, k), make(k, n)], (m, n)
+    if key == "bmm_f32":
+        return [make(batch, m, k), make(batch, n, k)], (batch, m, n)
+    return [make(batch, m, k), make(1, k, n)], (batch, m, n)
+
+
+def every_thread_count(kernel, inputs, shape, dtype):
+    """The kernel's output at each of THREADS (fresh, NaN-filled outputs each time)."""
+    outs = []
+    for threads in THREADS:
+        pool.use_threads(threads)
+        out = np.full(shape, 7, dtype)
+        kernel(inputs, [out])
+        outs.append(out)
+    return outs
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(key=st.sampled_from(sorted(KERNELS)), batch=st.sampled_from([0, 1, 3]),
+       m=st.sampled_from([0, 1, 2, 5, 13, 97, 130]),
+       n=st.sampled_from([0, 1, 15, 16, 17, 33, 129, 300]),
+       k=st.sampled_from([0, 1, 7, 64, 257]), seed=st.integers(0, 2**16))
+def test_matmul_family_results_are_identical_for_every_thread_count(key, batch, m, n, k, seed):
+    kernel = table()[key]
+    inputs, shape = operands(key, batch, m, n, k, np.random.default_rng(seed))
+    dtype = KERNELS[key][2][0]
+    outs = every_thread_count(kernel, inputs, shape, dtype)
+    for other in outs[1:]:
+        assert other.tobytes() == outs[0].tobytes()
+    a, w = inputs[0].astype(np.float64), inputs[1].astype(np.float64)
+    ref = {"dense_f32": lambda: a @ w.T,
+           "dense3_bias_relu": lambda: np.maximum(a @ w.T + inputs[2], 0),
+           "matmul_f64": lambda: a @ w, "bmm_f32": lambda: a @ w.transpose(0, 2, 1),
+           "bmm_nt_i32": lambda: a @ w}[key]()
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4 * max(k, 1))
+
+
+@pytest.mark.parametrize("m, n, k", [(256, 256, 256), (130, 768, 768), (300, 333, 257)])
+def test_large_products_identical_for_every_thread_count(m, n, k):
+    """The shapes of the benchmarks: blocked, fast and gemv variants, several chunks each."""
+    rng = np.random.default_rng(m)
+    kernel = table()["dense_f32"]
+    inputs, shape = operands("dense_f32", 1, m, n, k, rng)
+    outs = every_thread_count(kernel, inputs, shape, "float32")
+    assert kernel.last_variant in ("gemv", "blocked", "fast")
+    for other in outs[1:]:
+        assert other.tobytes() == outs[0].tobytes()
+
+
+def test_conv2d_identical_for_every_thread_count():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((40, 8, 3, 3)).astype(np.float32)
+    outs = every_thread_count(table()["conv"], [x, w], (2, 40, 20, 20), "float32")
+    for other in outs[1:]:
+        assert other.tobytes() == outs[0].tobytes()
+
+
+def test_parallel_work_must_be_a_non_negative_int():
+    kb = KernelBuilder()
+    with pytest.raises(KernelError, match="parallel_work must be an int >= 0"):
+        kb.add_compiled("d", "matmul", {"op": "dense", "parallel_work": -1},
+                        [("float32", 2), ("float32", 2)], [("float32", 2)])
+
+
+# ---------------------------------------------------------------------------------------------
+# VirtualMachine(threads=N)
+
+
+@functools.cache
+def dense_program():
+    from dynvm.compiler import build, ir, op
+    x = ir.var("x", ir.TensorType((ir.Any(), 256), "float32"))
+    w = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
+    return build(ir.IRModule.from_expr(ir.Function([x], op.relu(op.dense(x, ir.const(w))))))
+
+
+def test_vm_threads_default_validation_and_identical_results():
+    from dynvm.vm import VirtualMachine
+    exe = dense_program()
+    assert VirtualMachine(exe).threads == pool.default_threads()
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+            VirtualMachine(exe, threads=bad)
+    x = np.random.default_rng(2).standard_normal((300, 256)).astype(np.float32)
+    results = []
+    for threads in THREADS:
+        vm = VirtualMachine(exe, threads=threads)
+        results.append(vm.invoke("main", x))
+        assert pool.current_threads() == threads      # set on the invoking thread
+    assert all(r.tobytes() == results[0].tobytes() for r in results)
+
+
+def test_concurrent_vms_on_several_threads():
+    from dynvm.vm import VirtualMachine
+    exe = dense_program()
+    x = np.random.default_rng(4).standard_normal((200, 256)).astype(np.float32)
+    want = VirtualMachine(exe, threads=1).invoke("main", x)
+    errors = []
+
+    def worker(threads):
+        try:
+            vm = VirtualMachine(exe, threads=threads)
+            for _ in range(5):
+                assert vm.invoke("main", x).tobytes() == want.tobytes()
+        except BaseException as e:     # noqa: BLE001  (reported below)
+            errors.append(e)
+    ts = [threading.Thread(target=worker, args=(t,)) for t in (1, 2, 3, 2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
