@@ -127,24 +127,32 @@ def test_the_thread_count_belongs_to_the_calling_thread():
     assert seen[-1] == pool.default_threads() == len(__import__("os").sched_getaffinity(0))
 
 
-def test_concurrent_callers_each_get_every_chunk():
-    """Several Python threads in the pool at once: one owns it, the others run alone."""
+def on_threads(work, thread_counts):
+    """Run work(threads) on one Python thread per count at once; re-raise the first failure."""
     errors = []
 
-    def caller(threads):
+    def run(threads):
         try:
-            pool.use_threads(threads)
-            for _ in range(10):
-                _, runs, _ = record(16, sleep_us=50)
-                assert runs.tolist() == [1] * 16
-        except BaseException as e:     # noqa: BLE001  (reported below)
+            work(threads)
+        except BaseException as e:     # noqa: BLE001  (re-raised below)
             errors.append(e)
-    ts = [threading.Thread(target=caller, args=(t,)) for t in (2, 3, 1, 2)]
+    ts = [threading.Thread(target=run, args=(t,)) for t in thread_counts]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    assert not errors
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_callers_each_get_every_chunk():
+    """Several Python threads in the pool at once: one owns it, the others run alone."""
+    def caller(threads):
+        pool.use_threads(threads)
+        for _ in range(10):
+            _, runs, _ = record(16, sleep_us=50)
+            assert runs.tolist() == [1] * 16
+    on_threads(caller, (2, 3, 1, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,18 +293,9 @@ def test_concurrent_vms_on_several_threads():
     exe = dense_program()
     x = np.random.default_rng(4).standard_normal((200, 256)).astype(np.float32)
     want = VirtualMachine(exe, threads=1).invoke("main", x)
-    errors = []
 
     def worker(threads):
-        try:
-            vm = VirtualMachine(exe, threads=threads)
-            for _ in range(5):
-                assert vm.invoke("main", x).tobytes() == want.tobytes()
-        except BaseException as e:     # noqa: BLE001  (reported below)
-            errors.append(e)
-    ts = [threading.Thread(target=worker, args=(t,)) for t in (1, 2, 3, 2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
+        vm = VirtualMachine(exe, threads=threads)
+        for _ in range(5):
+            assert vm.invoke("main", x).tobytes() == want.tobytes()
+    on_threads(worker, (1, 2, 3, 2))
