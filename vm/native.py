@@ -465,12 +465,11 @@ class ModuleTranslator:
         f.attributes.add("cold")
         b = ir.IRBuilder(f.append_basic_block())
         ctx, func, pc, code = f.args
-        field = lambda name: b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])],   # noqa: E731
-                                   source_etype=CTX_TYPE)
-        with b.if_then(b.icmp_signed("==", b.load(field("err_code"), typ=I64), ir.Constant(I64, 0))):
-            b.store(code, field("err_code"))
-            b.store(func, field("err_func"))
-            b.store(pc, field("err_pc"))
+        err = ctx_field(b, ctx, "err_code")
+        with b.if_then(b.icmp_signed("==", b.load(err, typ=I64), ir.Constant(I64, 0))):
+            b.store(code, err)
+            b.store(func, ctx_field(b, ctx, "err_func"))
+            b.store(pc, ctx_field(b, ctx, "err_pc"))
         b.ret_void()
         return f
 
@@ -729,8 +728,7 @@ class FunctionTranslator:
         self._emit_unwind()
 
     def _ctx_field(self, name):
-        return self.b.gep(self.ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])],
-                          source_etype=CTX_TYPE)
+        return ctx_field(self.b, self.ctx, name)
 
     def _enter(self):
         """Depth and native-stack checks; the stack check makes deep recursion a re-run in the
@@ -1270,6 +1268,11 @@ _MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
 _KERNEL_FNTY = ir.FunctionType(I32, [PTR, I32])
 
 
+def ctx_field(b, ctx, name):
+    """Pointer to the context's field `name` (CTX_FIELDS)."""
+    return b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])], source_etype=CTX_TYPE)
+
+
 def _word(b, base, k, index=None):
     """Pointer to int64 word k (+ index) of `base`."""
     offset = ir.Constant(I64, k) if index is None else b.add(ir.Constant(I64, k), index)
@@ -1393,8 +1396,8 @@ class EdgeTranslator:
         for field, value in (("steps", self._ctx(ctx, "budget")), ("depth", ir.Constant(I64, 0)),
                              ("max_depth", self._ctx(ctx, "depth_limit")),
                              ("err_code", ir.Constant(I64, 0))):
-            b.store(value, self._ctx_ptr(ctx, field))
-        result = b.load(self._ctx_ptr(ctx, "result"), typ=PTR)
+            b.store(value, ctx_field(b, ctx, field))
+        result = b.load(ctx_field(b, ctx, "result"), typ=PTR)
         rc = b.call(mt.declare(self.index), [ctx, args, result])
         with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
             b.ret(rc)
@@ -1432,7 +1435,7 @@ class EdgeTranslator:
         b = self.b
         self._require(b.icmp_unsigned("==", self._load(obj, ARRAY_TYPE, I64),
                                       self._ctx(ctx, "ndarray_type")))
-        descrs = b.load(self._ctx_ptr(ctx, "descrs"), typ=PTR)
+        descrs = b.load(ctx_field(b, ctx, "descrs"), typ=PTR)
         descr = b.load(b.gep(descrs, [ir.Constant(I64, DTYPE_ORDER.index(t["dtype"]))],
                              source_etype=I64), typ=I64)
         self._require(b.icmp_unsigned("==", self._load(obj, ARRAY_DESCR, I64), descr))
@@ -1460,12 +1463,8 @@ class EdgeTranslator:
     def _load(self, base, offset, ty):
         return self.b.load(self.b.gep(base, [ir.Constant(I64, offset)], source_etype=I8), typ=ty)
 
-    def _ctx_ptr(self, ctx, name):
-        return self.b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, _CTX[name])],
-                          source_etype=CTX_TYPE)
-
     def _ctx(self, ctx, name):
-        return self.b.load(self._ctx_ptr(ctx, name), typ=I64)
+        return self.b.load(ctx_field(self.b, ctx, name), typ=I64)
 
 
 def numpy_layout_ok() -> bool:
