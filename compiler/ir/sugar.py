@@ -71,8 +71,9 @@ def dtype_of(expr) -> str:
         name = node.callee.name
         if name == "cast":
             return node.attrs["dtype"]
-        if name in ("less", "greater", "less_equal", "greater_equal", "equal", "logical_and"):
-            return "bool"
+        out_dtype = _binary_out_dtype(name)     # comparisons: bool
+        if out_dtype is not None:
+            return out_dtype
         if _pattern(name) not in ELEMENTWISE_PATTERNS or name == "where":
             break
         node = node.args[0]
@@ -81,6 +82,12 @@ def dtype_of(expr) -> str:
     if not isinstance(t, TensorType):
         raise DynVMError(f"expected a tensor expression, got one of type {t}")
     return t.dtype
+
+
+def _binary_out_dtype(name):
+    """The fixed result dtype of a binary elementwise op (the op table's), else None."""
+    from dynvm.compiler.op.elementwise import BINARY
+    return BINARY[name][1] if name in BINARY else None
 
 
 def _pattern(name):
