@@ -33,8 +33,9 @@ def batch_size(fn, budget=0.002):
     return max(1, int(budget / once))
 
 
-def measure(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
-    """{name: median seconds per call} of every callable in `fns`, interleaved batch by batch.
+def measure_runs(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
+    """{name: [seconds per call, one per repetition]} of every callable in `fns`, interleaved
+    batch by batch.
 
     Each function is called `warmup` times first; `on_rep(k)` (if given) is called after each
     repetition, e.g. to advance a progress bar."""
@@ -53,7 +54,56 @@ def measure(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
             times[name].append((time.perf_counter() - t) / n)
         if on_rep is not None:
             on_rep(k)
-    return {name: float(np.median(ts)) for name, ts in times.items()}
+    return times
+
+
+def measure(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
+    """{name: median seconds per call} of every callable in `fns` (see `measure_runs`)."""
+    return {name: float(np.median(ts))
+            for name, ts in measure_runs(fns, reps, budget, warmup, on_rep).items()}
+
+
+# A median is trusted when its repetitions agree (interquartile range within this fraction of
+# the median) and the machine had a core for every runnable thread, give or take the peers' own
+# worker threads (load average at most 1.5 x cores).
+MAX_SPREAD = 0.25
+MAX_LOAD_PER_CORE = 1.5
+
+
+def spread(times) -> float:
+    """Interquartile range of `times` over their median: 0 for perfectly repeatable runs."""
+    q25, q50, q75 = np.percentile(times, [25, 50, 75])
+    return float((q75 - q25) / q50) if q50 > 0 else 0.0
+
+
+def noise(runs: dict, load: float, cores: int):
+    """Why the medians of `runs` (from `measure_runs`, taken at load average `load`) are not to
+    be trusted, or None when they are."""
+    worst = max(runs, key=lambda name: spread(runs[name]), default=None)
+    if worst is not None and spread(runs[worst]) > MAX_SPREAD:
+        return f"{worst}'s repetitions spread {spread(runs[worst]):.0%} around their median"
+    if load > MAX_LOAD_PER_CORE * cores:
+        return f"load average {load:.1f} on {cores} cores"
+    return None
+
+
+def measure_steady(fns: dict, reps=None, budget=0.002, on_rep=None, attempts=2):
+    """({name: median seconds per call}, why noisy or None): measured again (up to `attempts`
+    times) while the machine is busy or the repetitions scatter; the steadiest attempt is kept
+    and, if even that one is noisy, the reason says so."""
+    cores = len(os.sched_getaffinity(0))
+    best = None
+    for _ in range(attempts):
+        load_before = os.getloadavg()[0]
+        runs = measure_runs(fns, reps, budget, on_rep=on_rep)
+        why = noise(runs, max(load_before, os.getloadavg()[0]), cores)
+        steadiness = max((spread(ts) for ts in runs.values()), default=0.0)
+        if best is None or (why is None, -steadiness) > (best[1] is None, -best[2]):
+            best = (runs, why, steadiness)
+        if why is None:
+            break
+    runs, why, _ = best
+    return {name: float(np.median(ts)) for name, ts in runs.items()}, why
 
 
 def compare(dynvm, baseline, reps=None):

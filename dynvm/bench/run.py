@@ -67,15 +67,15 @@ def bench_size(model, ctx, n, reps, budget, progress) -> dict:
         except Exception as e:  # noqa: BLE001 - a failing runtime must not hide the others
             cells[runtime] = {"skipped": f"error: {type(e).__name__}: {e}"[:300], "error": True}
     progress.step(label)
-    seconds = harness.measure(timed, reps=reps, budget=budget,
-                                on_rep=lambda k: progress.step(label))
+    seconds, noisy = harness.measure_steady(timed, reps=reps, budget=budget,
+                                            on_rep=lambda k: progress.step(label))
     for runtime, s in seconds.items():
         cells[runtime]["seconds"] = s
     vm = cells["vm"].get("seconds")
     ratios = {f"vm/{p}": (vm / cells[p]["seconds"] if vm and cells[p].get("seconds") else None)
               for p in PEERS}
     return {"model": model.name, "size_name": model.size_name, "size": n, "runtimes": cells,
-            "ratios": ratios}
+            "ratios": ratios, "noisy": noisy}
 
 
 def targets(results) -> list:
@@ -92,6 +92,9 @@ def targets(results) -> list:
         if ratio is None:
             why = r["runtimes"][peer].get("skipped") or r["runtimes"]["vm"].get("skipped", "")
             out.append({"target": text, "status": f"not measured ({why})"})
+        elif r.get("noisy"):
+            out.append({"target": text, "ratio": ratio, "status": "unreliable",
+                        "why": f"measured twice, still noisy: {r['noisy']}"})
         else:
             out.append({"target": text, "ratio": ratio,
                         "status": "met" if ratio <= limit else "missed"})
@@ -164,7 +167,8 @@ def print_report(report, out=sys.stdout):
         print(f"!! the machine was busy (load average {m['load_average'][0]} at start, "
               f"{m.get('load_average_end', ['?'])[0]} at end on {m['cores']} cores): multi-threaded "
               "peers suffer most; rerun on a quiet machine or with --threads 1", file=out)
-    print("ratios are VM latency / that runtime's latency: < 1 means the VM is faster", file=out)
+    print("ratios are VM latency / that runtime's latency: < 1 means the VM is faster; a ratio "
+          "marked ? was measured twice and still noisy (not a result)", file=out)
     for model in dict.fromkeys(r["model"] for r in report["results"]):
         rows = [r for r in report["results"] if r["model"] == model]
         built = rows[0]["runtimes"]["vm"].get("setup_seconds")
@@ -176,9 +180,12 @@ def print_report(report, out=sys.stdout):
         for r in rows:
             cells = r["runtimes"]
             line = f"{r['size']:>7} " + "".join(f"{fmt_cell(cells[rt]):>11}" for rt in RUNTIMES)
-            line += "".join(f"{r['ratios'][f'vm/{p}']:>10.2f}x" if r["ratios"][f"vm/{p}"] else f"{'-':>11}"
-                            for p in PEERS)
+            mark = "?" if r.get("noisy") else "x"
+            line += "".join(f"{r['ratios'][f'vm/{p}']:>10.2f}{mark}" if r["ratios"][f"vm/{p}"]
+                            else f"{'-':>11}" for p in PEERS)
             print(line, file=out)
+            if r.get("noisy"):
+                print(f"  ? at {r['size_name']}={r['size']}: {r['noisy']}", file=out)
             for rt in RUNTIMES:
                 if "skipped" in cells[rt]:
                     notes.setdefault(f"{rt}: {cells[rt]['skipped']}", None)
@@ -193,8 +200,13 @@ def print_report(report, out=sys.stdout):
     print("\ntargets:", file=out)
     for t in report["targets"]:
         ratio = f" (vm/peer {t['ratio']:.2f}x)" if "ratio" in t else ""
-        print(f"  {t['status']:<10} {t['target']}{ratio}" if t["status"] in ("met", "missed")
-              else f"  {'-':<10} {t['target']}: {t['status']}", file=out)
+        if t["status"] in ("met", "missed"):
+            print(f"  {t['status']:<10} {t['target']}{ratio}", file=out)
+        elif t["status"] == "unreliable":
+            print(f"  {t['status']:<10} {t['target']} (vm/peer {t['ratio']:.2f}?): {t['why']}",
+                  file=out)
+        else:
+            print(f"  {'-':<10} {t['target']}: {t['status']}", file=out)
     k = report.get("kernel_compiles", {})
     print(f"\nelapsed {report['elapsed_seconds']:.1f} s (native kernel compiles {k.get('compiles', '?')}, "
           f"object-cache hits {k.get('cache_hits', '?')})", file=out)

@@ -1,0 +1,74 @@
+"""`dynvm bench` on a busy machine: a measurement whose repetitions scatter, or that ran while
+the machine had more runnable threads than cores, is measured again; if it is still noisy its
+ratio is marked and its targets say "unreliable" instead of met or missed."""
+import io
+import time
+
+from dynvm.bench import harness
+from dynvm.bench.run import print_report, targets
+
+
+def alternating_sleeper(short=0.001, long=0.004):
+    """A callable whose calls alternate between two durations: repetitions that never agree."""
+    state = {"calls": 0}
+
+    def fn():
+        state["calls"] += 1
+        time.sleep(short if state["calls"] % 2 else long)
+    return fn
+
+
+def test_spread_is_the_interquartile_range_over_the_median():
+    assert harness.spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert abs(harness.spread([1.0, 1.0, 4.0, 4.0]) - 3.0 / 2.5) < 1e-12
+
+
+def test_noise_names_the_scattered_runtime_then_the_load():
+    steady = {"vm": [1.0, 1.01, 0.99, 1.0], "ort": [2.0, 2.0, 2.02, 1.98]}
+    assert harness.noise(steady, load=1.0, cores=2) is None
+    assert harness.noise(steady, load=3.5, cores=2) == "load average 3.5 on 2 cores"
+    scattered = dict(steady, ort=[1.0, 1.0, 4.0, 4.0])
+    assert harness.noise(scattered, load=1.0, cores=2).startswith("ort's repetitions spread 120%")
+
+
+def test_a_noisy_measurement_is_taken_twice_and_reported():
+    reps = []
+    seconds, why = harness.measure_steady({"flaky": alternating_sleeper()}, reps=4,
+                                          budget=1e-4, on_rep=reps.append)
+    assert len(reps) == 8, "measured a second time"
+    assert why and "flaky's repetitions spread" in why
+    assert 0.001 <= seconds["flaky"] < 0.05
+
+
+def result(ratio, noisy=None):
+    cells = {rt: {"seconds": 1e-3} for rt in ("vm", "static", "numpy", "torch", "ort")}
+    return {"model": "arange", "size_name": "rows", "size": 512, "runtimes": cells,
+            "ratios": {f"vm/{p}": ratio for p in ("static", "numpy", "torch", "ort")},
+            "noisy": noisy}
+
+
+def arange_512(results):
+    return next(t for t in targets(results) if t["target"] == "arange 512 no slower than ONNX Runtime")
+
+
+def test_a_noisy_ratio_is_unreliable_not_met():
+    assert arange_512([result(0.01)])["status"] == "met"
+    t = arange_512([result(0.01, noisy="load average 7.9 on 2 cores")])
+    assert t["status"] == "unreliable"
+    assert t["why"] == "measured twice, still noisy: load average 7.9 on 2 cores"
+
+
+def test_the_report_marks_noisy_ratios():
+    machine = {"cpu": "cpu", "cores": 2, "load_average": [7.9, 7, 6], "load_average_end": [8, 7, 6],
+               "ort_threads": 1, "numpy_blas_threads": "1"}
+    report = {"mode": "tiny", "reps": 2, "machine": machine, "left_out": [],
+              "results": [result(0.5, noisy="load average 7.9 on 2 cores")],
+              "elapsed_seconds": 1.0}
+    report["targets"] = targets(report["results"])
+    out = io.StringIO()
+    print_report(report, out)
+    text = out.getvalue()
+    assert text.count("0.50?") == 4 + 1 and "0.50x" not in text
+    assert "? at rows=512: load average 7.9 on 2 cores" in text
+    assert "unreliable arange 512 no slower than ONNX Runtime (vm/peer 0.50?): measured twice" in text
+    assert " met " not in text
