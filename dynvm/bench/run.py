@@ -27,6 +27,7 @@ PEERS = ("static", "numpy", "torch", "ort")         # ratio columns: vm time / p
 LABELS = {"vm": "dynvm VM", "static": "static runtime", "numpy": "numpy reference",
           "torch": "PyTorch eager", "ort": "ONNX Runtime"}
 MODES = {"full": 15, "quick": 5, "tiny": 2}         # repetitions per number
+QUICK_DURATION = "about 2 minutes on 2 cores"      # `--quick`, warm kernel cache, quiet machine
 
 
 def check(got, expected, tol) -> dict:
@@ -332,7 +333,7 @@ def add_arguments(parser):
     parser.add_argument("--models", nargs="+", metavar="MODEL", choices=list(MODELS),
                         help=f"models to run (default: all of {', '.join(MODELS)})")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer sizes and repetitions (under 2 minutes on 2 cores; leaves out "
+                        help=f"fewer sizes and repetitions ({QUICK_DURATION}; leaves out "
                              f"{', '.join(slow)} unless named with --models)")
     parser.add_argument("--out", default=".", metavar="DIR", help="where bench.json/bench.png go")
     parser.add_argument("--sizes", type=parse_sizes, default=None, metavar="N,N,...",

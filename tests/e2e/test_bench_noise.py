@@ -72,3 +72,17 @@ def test_the_report_marks_noisy_ratios():
     assert "? at rows=512: load average 7.9 on 2 cores" in text
     assert "unreliable arange 512 no slower than ONNX Runtime (vm/peer 0.50?): measured twice" in text
     assert " met " not in text
+
+
+def test_quick_mode_has_one_stated_duration():
+    """The README and `--help` state the same duration for `--quick`."""
+    import argparse
+    from pathlib import Path
+
+    from dynvm.bench.run import QUICK_DURATION, add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    quick = next(a for a in parser._actions if "--quick" in a.option_strings)
+    assert QUICK_DURATION in quick.help
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"dynvm bench --quick                # {QUICK_DURATION}" in readme
