@@ -76,34 +76,33 @@ def spread(times) -> float:
     return float((q75 - q25) / q50) if q50 > 0 else 0.0
 
 
-def noise(runs: dict, load: float, cores: int):
-    """Why the medians of `runs` (from `measure_runs`, taken at load average `load`) are not to
-    be trusted, or None when they are."""
-    worst = max(runs, key=lambda name: spread(runs[name]), default=None)
-    if worst is not None and spread(runs[worst]) > MAX_SPREAD:
-        return f"{worst}'s repetitions spread {spread(runs[worst]):.0%} around their median"
+def noise(runs: dict, load: float, cores: int) -> dict:
+    """{name: why its median is not to be trusted} for the medians of `runs` (from
+    `measure_runs`, taken at load average `load`); empty when every one is."""
     if load > MAX_LOAD_PER_CORE * cores:
-        return f"load average {load:.1f} on {cores} cores"
-    return None
+        return {name: f"load average {load:.1f} on {cores} cores" for name in runs}
+    spreads = {name: spread(ts) for name, ts in runs.items()}
+    return {name: f"repetitions spread {s:.0%} around their median"
+            for name, s in spreads.items() if s > MAX_SPREAD}
 
 
 def measure_steady(fns: dict, reps=None, budget=0.002, on_rep=None, attempts=2):
-    """({name: median seconds per call}, why noisy or None): measured again (up to `attempts`
-    times) while the machine is busy or the repetitions scatter; the steadiest attempt is kept
-    and, if even that one is noisy, the reason says so."""
+    """({name: median seconds per call}, {name: why noisy}): measured again (up to `attempts`
+    times) while the machine is busy or some function's repetitions scatter; the attempt with
+    the fewest noisy medians is kept, and those still noisy say why."""
     cores = len(os.sched_getaffinity(0))
     best = None
     for _ in range(attempts):
         load_before = os.getloadavg()[0]
         runs = measure_runs(fns, reps, budget, on_rep=on_rep)
-        why = noise(runs, max(load_before, os.getloadavg()[0]), cores)
-        steadiness = max((spread(ts) for ts in runs.values()), default=0.0)
-        if best is None or (why is None, -steadiness) > (best[1] is None, -best[2]):
-            best = (runs, why, steadiness)
-        if why is None:
+        noisy = noise(runs, max(load_before, os.getloadavg()[0]), cores)
+        rank = (len(noisy), max((spread(ts) for ts in runs.values()), default=0.0))
+        if best is None or rank < best[0]:
+            best = (rank, runs, noisy)
+        if not noisy:
             break
-    runs, why, _ = best
-    return {name: float(np.median(ts)) for name, ts in runs.items()}, why
+    _, runs, noisy = best
+    return {name: float(np.median(ts)) for name, ts in runs.items()}, noisy
 
 
 def compare(dynvm, baseline, reps=None):

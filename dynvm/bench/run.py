@@ -72,11 +72,19 @@ def bench_size(model, ctx, n, reps, budget, progress) -> dict:
                                             on_rep=lambda k: progress.step(label))
     for runtime, s in seconds.items():
         cells[runtime]["seconds"] = s
+        if runtime in noisy:
+            cells[runtime]["noisy"] = noisy[runtime]
     vm = cells["vm"].get("seconds")
     ratios = {f"vm/{p}": (vm / cells[p]["seconds"] if vm and cells[p].get("seconds") else None)
               for p in PEERS}
     return {"model": model.name, "size_name": model.size_name, "size": n, "runtimes": cells,
-            "ratios": ratios, "noisy": noisy}
+            "ratios": ratios}
+
+
+def noisy_ratio(result, peer) -> str:
+    """Why the ratio vm/`peer` of `result` is not a result ("" when it is)."""
+    cells = result["runtimes"]
+    return "; ".join(f"{rt}: {cells[rt]['noisy']}" for rt in ("vm", peer) if "noisy" in cells[rt])
 
 
 def targets(results) -> list:
@@ -93,9 +101,9 @@ def targets(results) -> list:
         if ratio is None:
             why = r["runtimes"][peer].get("skipped") or r["runtimes"]["vm"].get("skipped", "")
             out.append({"target": text, "status": f"not measured ({why})"})
-        elif r.get("noisy"):
+        elif noisy_ratio(r, peer):
             out.append({"target": text, "ratio": ratio, "status": "unreliable",
-                        "why": f"measured twice, still noisy: {r['noisy']}"})
+                        "why": f"measured twice, still noisy: {noisy_ratio(r, peer)}"})
         else:
             out.append({"target": text, "ratio": ratio,
                         "status": "met" if ratio <= limit else "missed"})
@@ -181,12 +189,12 @@ def print_report(report, out=sys.stdout):
         for r in rows:
             cells = r["runtimes"]
             line = f"{r['size']:>7} " + "".join(f"{fmt_cell(cells[rt]):>11}" for rt in RUNTIMES)
-            mark = "?" if r.get("noisy") else "x"
-            line += "".join(f"{r['ratios'][f'vm/{p}']:>10.2f}{mark}" if r["ratios"][f"vm/{p}"]
-                            else f"{'-':>11}" for p in PEERS)
+            line += "".join(f"{r['ratios'][f'vm/{p}']:>10.2f}{'?' if noisy_ratio(r, p) else 'x'}"
+                            if r["ratios"][f"vm/{p}"] else f"{'-':>11}" for p in PEERS)
             print(line, file=out)
-            if r.get("noisy"):
-                print(f"  ? at {r['size_name']}={r['size']}: {r['noisy']}", file=out)
+            noisy = [f"{rt}: {cells[rt]['noisy']}" for rt in RUNTIMES if "noisy" in cells[rt]]
+            if noisy:
+                print(f"  ? at {r['size_name']}={r['size']}: {'; '.join(noisy)}", file=out)
             for rt in RUNTIMES:
                 if "skipped" in cells[rt]:
                     notes.setdefault(f"{rt}: {cells[rt]['skipped']}", None)
