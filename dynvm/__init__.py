@@ -10,7 +10,7 @@ Subpackages: `dynvm.compiler` (IR, operators, passes, code generation), `dynvm.v
 executable format and the runtime; it never imports the compiler), `dynvm.kernels` (native
 kernels), `dynvm.shape_funcs` (run-time shape functions), `dynvm.models` (the example models,
 each with a numpy reference), `dynvm.bench` (`dynvm bench` and the benchmarks' measuring
-harness). Importing `dynvm` loads only the runtime; `dynvm.ir`, `dynvm.op` and `dynvm.build`
+harness), `dynvm.ray` (score Ray Datasets and serve with Ray Serve; needs the `ray` extra). Importing `dynvm` loads only the runtime; `dynvm.ir`, `dynvm.op` and `dynvm.build`
 load the compiler on first use, so a program that only loads and runs executables never imports
 the code generator.
 """

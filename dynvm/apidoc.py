@@ -14,6 +14,7 @@ IR_NAMES = ("var", "const", "TensorType", "TupleType", "Any", "Function", "Call"
 ERRORS = ("DynVMError", "TypeInferenceError", "IRParseError", "ShapeError", "ExecutableFormatError",
           "KernelError", "InvokeArgumentError", "StaticRuntimeError", "VMError", "VMRecursionError",
           "VMStepLimitError", "VMMemoryError", "PerformanceWarning")
+RAY_NAMES = ("ship", "load", "Predictor", "deployment", "Runner", "RowError")
 
 
 def entries() -> list:
@@ -27,7 +28,20 @@ def entries() -> list:
     sections.append(("IR (`dynvm.ir`)", [_object(f"ir.{n}", getattr(ir, n)) for n in IR_NAMES]))
     sections.append(("Operators (`dynvm.op`)", [_op(op, n) for n in dir(op) if n in op.OPS]))
     sections.append(("Errors and warnings", [(f"`dynvm.{n}`", getattr(dynvm, n).__doc__) for n in ERRORS]))
+    sections.append(("Scale out on Ray (`dynvm.ray`)", _ray_entries()))
     return sections
+
+
+def _ray_entries() -> list:
+    """dynvm.ray's functions and classes (the module imports without Ray installed)."""
+    from dynvm import ray
+    out = []
+    for name in RAY_NAMES:
+        value = getattr(ray, name)
+        out.append(_object(f"dynvm.ray.{name}", value))
+        if inspect.isclass(value):
+            out += _members(value)
+    return out
 
 
 def _function(name, fn):

@@ -2,8 +2,9 @@
 
     import dynvm.ray
     exe_ref = dynvm.ray.ship(exe)     # the .dvm bytes, put in the object store once
-    scored = dataset.map_batches(dynvm.ray.Predictor, batch_format="numpy", concurrency=2,
-                                 num_cpus=1, fn_constructor_kwargs={"executable": exe_ref})
+    scored = dataset.map_batches(dynvm.ray.Predictor, batch_format="numpy", num_cpus=1,
+                                 compute=ray.data.ActorPoolStrategy(size=2),
+                                 fn_constructor_kwargs={"executable": exe_ref})
     serve.run(dynvm.ray.deployment("model.dvm"))   # POST {"args": [...]} -> {"output": ...}
 
 What crosses to a worker is the executable's bytes (`Executable.to_bytes`), through the object
@@ -16,8 +17,6 @@ batch are unaffected. Any other exception is a bug and propagates.
 
 Ray is imported only when needed (`pip install 'dynvm[ray]'`), so this module imports without it.
 """
-from __future__ import annotations
-
 import os
 import threading
 from dataclasses import dataclass
@@ -153,8 +152,9 @@ def _assigned_cpus():
 
 class Predictor:
     """A callable class for `ray.data.Dataset.map_batches(Predictor, batch_format="numpy",
-    concurrency=N, fn_constructor_kwargs={"executable": ...})`: each actor loads the
-    executable once (see `load`) and scores every row of a batch with `function`.
+    compute=ray.data.ActorPoolStrategy(size=N), fn_constructor_kwargs={"executable": ...})`:
+    each actor loads the executable once (see `load`) and scores every row of a batch with
+    `function`.
 
     `inputs` names the columns holding the function's arguments, in order (a column of
     variable-shaped arrays is fine: each row is invoked with its own shape). The result batch

@@ -45,25 +45,37 @@ def fetch_and_load(ref_holder: list) -> tuple:
     return fetched - start, time.perf_counter() - fetched, exe.load_report.origin
 
 
+class TimedPredictor(dynvm.ray.Predictor):
+    """dynvm.ray.Predictor, plus a `cpu` column: the CPU seconds its batch took, per row. On a
+    shared machine, CPU seconds / wall seconds says how many cores the actors actually got."""
+
+    def __call__(self, batch: dict) -> dict:
+        start = time.thread_time()
+        out = super().__call__(batch)
+        out["cpu"] = np.full(len(batch["id"]), (time.thread_time() - start) / len(batch["id"]))
+        return out
+
+
 def score(inputs, exe_ref, actors: int):
     """The scored dataset (materialized) and the wall seconds it took, actor start included."""
     start = time.perf_counter()
     scored = inputs.map_batches(
-        dynvm.ray.Predictor, batch_format="numpy", batch_size=256, num_cpus=1,
+        TimedPredictor, batch_format="numpy", batch_size=256, num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"executable": exe_ref}).materialize()
     return scored, time.perf_counter() - start
 
 
-def collect(scored, rows: int) -> np.ndarray:
-    """Outputs in row order (rows, 1, 256); raises if a row failed."""
-    out = np.empty((rows, 1, lstm.HIDDEN), np.float32)
+def collect(scored, rows: int):
+    """Outputs in row order (rows, 1, 256) and the actors' CPU seconds; raises if a row failed."""
+    out, cpu = np.empty((rows, 1, lstm.HIDDEN), np.float32), 0.0
     for batch in scored.iter_batches(batch_format="numpy", batch_size=4096):
         failed = [e for e in batch["error"] if e]
         if failed:
             raise RuntimeError(f"{len(failed)} rows failed, e.g. {failed[0]}")
         out[batch["id"]] = np.stack(list(batch["output"]))
-    return out
+        cpu += batch["cpu"].sum()
+    return out, cpu
 
 
 def local_outputs(exe, rows: int, max_len: int):
@@ -113,10 +125,12 @@ def run(rows: int, max_len: int) -> int:
     for actors in (1, 2):
         scored, seconds = score(inputs, exe_ref, actors)
         throughput[actors] = rows / seconds
-        good = np.array_equal(collect(scored, rows), expected)
+        outputs, cpu = collect(scored, rows)
+        good = np.array_equal(outputs, expected)
         ok &= good
         print(f"{actors} actor{'s' if actors > 1 else ' '}: {seconds:7.2f} s  "
-              f"{throughput[actors]:8.0f} rows/s  {'ok' if good else 'MISMATCH'}")
+              f"{throughput[actors]:8.0f} rows/s  actors' CPU {cpu / rows * 1e6:4.0f} us per row, "
+              f"{cpu / seconds:4.2f} cores busy  {'ok' if good else 'MISMATCH'}")
     print(f"2 actors / 1 actor: {throughput[2] / throughput[1]:.2f}x")
     return 0 if ok else 1
 
