@@ -113,10 +113,20 @@ class Runner:
         lands on the rows that cause it."""
         stacked = self._invoke(tuple(_stack(values) for values in zip(*rows)))
         if not isinstance(stacked, RowError):
-            return list(stacked)
+            return self._unstack(stacked, len(rows))
         if len(rows) == 1:
             return [stacked]
         return [self._invoke_stacked([row])[0] for row in rows]
+
+    def _unstack(self, result, count: int) -> list:
+        """A stacked invocation's result (a tensor, or a tuple of them) as `count` rows."""
+        if isinstance(result, tuple):
+            return [tuple(row) for row in zip(*(self._unstack(r, count) for r in result))]
+        if np.ndim(result) == 0 or len(result) != count:
+            raise ValueError(f"batch_dim=True, but {self.function} returned shape "
+                             f"{np.shape(result)} for {count} stacked rows: its result needs "
+                             f"the leading batch dimension")
+        return list(result)
 
 
 def _stack(values):
@@ -174,8 +184,9 @@ class Predictor:
         """Score one batch (a dict of column name -> numpy array)."""
         results = self.runner.run(zip(*(batch[name] for name in self.inputs)))
         out = {k: v for k, v in batch.items() if k not in self.inputs}
-        out[self.output] = _column([self._failed if isinstance(r, RowError) else r for r in results])
-        out[self.error] = np.array([str(r) if isinstance(r, RowError) else "" for r in results])
+        failed = [isinstance(r, RowError) for r in results]
+        out[self.output] = _column([self._failed if f else r for f, r in zip(failed, results)])
+        out[self.error] = np.array([str(r) if f else "" for f, r in zip(failed, results)])
         return out
 
 
@@ -240,7 +251,8 @@ def deployment(executable, function: str = "main", batch_dim: bool = False,
                                      f'the body must be JSON {{"args": [...]}} ({e})'}}, 400)
             result = await self._run(tuple(args))
             if isinstance(result, RowError):
-                return JSONResponse({"error": {"type": result.type, "message": result.message}}, 422)
+                error = {"type": result.type, "message": result.message}
+                return JSONResponse({"error": error}, 422)
             return {"output": _jsonable(result)}
 
     return Server.bind(executable)

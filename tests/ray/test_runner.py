@@ -36,6 +36,22 @@ def test_with_batch_dim_rows_of_equal_shape_are_stacked_and_split_back(row_sums)
     np.testing.assert_array_equal(results, [x.sum() for (x,) in rows])
 
 
+def test_with_batch_dim_a_tuple_result_is_split_field_by_field():
+    x = ir.var("x", ir.TensorType((ir.Any(), 3), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], ir.Tuple([op.sum(x, axis=1), op.exp(x)]))))
+    rows = rows_of(3, 3)
+    for (row,), (total, exp) in zip(rows, Runner(exe, batch_dim=True).run(rows)):
+        assert total == row.sum()
+        np.testing.assert_allclose(exp, np.exp(row), rtol=1e-6)
+
+
+def test_batch_dim_on_a_function_whose_result_has_no_batch_dim_is_a_value_error():
+    x = ir.var("x", ir.TensorType((ir.Any(), 4), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], op.sum(x))))
+    with pytest.raises(ValueError, match="needs the leading batch dimension"):
+        Runner(exe, batch_dim=True).run(rows_of(4, 4))
+
+
 def test_a_failing_group_is_rerun_row_by_row_so_only_bad_rows_fail(row_sums):
     rows = rows_of(4, 5, 4, 5) + [(np.zeros(4, np.float64),)]
     results = Runner(row_sums, batch_dim=True).run(rows)
