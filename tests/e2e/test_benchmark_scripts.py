@@ -10,6 +10,7 @@ import pytest
 
 SCRIPTS = sorted((pathlib.Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py"))
 REQUIRES = {"onnx_conformance.py": "onnx"}      # scripts of an optional extra: skipped without it
+PRINTS = {"compile_scaling.py": ["nested: marginal us/op", "lets: marginal us/op"]}  # besides a table
 
 
 def test_there_are_benchmark_scripts():
@@ -27,3 +28,5 @@ def test_benchmark_script_runs_its_tiny_mode(script, tmp_path):
     assert len(proc.stdout.splitlines()) >= 4, proc.stdout
     for failure in ("MISMATCH", "Error:", "Traceback"):
         assert failure not in proc.stdout, proc.stdout
+    for text in PRINTS.get(script.name, []):
+        assert text in proc.stdout, proc.stdout
