@@ -131,3 +131,75 @@ def lstm_linear(seed=0, hidden=8, features=4):
                   helper.make_tensor_value_info("y_h", F, [2, 1, hidden])],
                  {"w": w, "r": r, "b": b, "lin": lin,
                   "flat": np.array([0, 0, -1], np.int64)})
+
+
+def bidirectional_gru(seed=0, hidden=6, features=3):
+    """A bidirectional GRU (linear_before_reset, as PyTorch exports it) over a symbolic
+    sequence length, its initial state given."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((2, 3 * hidden, features)) * 0.4).astype(np.float32)
+    r = (rng.standard_normal((2, 3 * hidden, hidden)) * 0.4).astype(np.float32)
+    b = (rng.standard_normal((2, 6 * hidden)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("GRU", ["x", "w", "r", "b", "", "h0"], ["y", "y_h"],
+                              hidden_size=hidden, direction="bidirectional", linear_before_reset=1)]
+    return model(nodes, [helper.make_tensor_value_info("x", F, ["seq", 1, features]),
+                         helper.make_tensor_value_info("h0", F, [2, 1, hidden])],
+                 [helper.make_tensor_value_info("y", F, ["seq", 2, 1, hidden]),
+                  helper.make_tensor_value_info("y_h", F, [2, 1, hidden])],
+                 {"w": w, "r": r, "b": b})
+
+
+def masked_attention(seed=0, width=8):
+    """One attention head over x (seq, width) with a key padding mask (seq,): scores of padded
+    keys are -inf before the softmax, then LayerNormalization of x + attention."""
+    rng = np.random.default_rng(seed)
+    wq, wk, wv = ((rng.standard_normal((width, width)) * 0.3).astype(np.float32) for _ in range(3))
+    nodes = [helper.make_node("MatMul", ["x", name], [name[1]]) for name in ("wq", "wk", "wv")]
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
+              helper.make_node("MatMul", ["q", "kt"], ["s"]),
+              helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+              helper.make_node("Unsqueeze", ["padding", "zero1"], ["pad_row"]),
+              helper.make_node("Where", ["pad_row", "minus_inf", "scaled"], ["masked"]),
+              helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "v"], ["att"]),
+              helper.make_node("Add", ["x", "att"], ["res"]),
+              helper.make_node("LayerNormalization", ["res", "gamma", "beta"], ["y"], axis=-1)]
+    return model(nodes, [helper.make_tensor_value_info("x", F, ["seq", width]),
+                         helper.make_tensor_value_info("padding", B, ["seq"])],
+                 [helper.make_tensor_value_info("y", F, ["seq", width])],
+                 {"wq": wq, "wk": wk, "wv": wv, "scale": np.array(width ** -0.5, np.float32),
+                  "zero1": np.array([0], np.int64), "minus_inf": np.array(-np.inf, np.float32),
+                  "gamma": np.ones(width, np.float32), "beta": np.zeros(width, np.float32)})
+
+
+def detection_postprocess(max_boxes=4):
+    """boxes (n, 4), scores (n,): keep scores > 0.3 (NonZero -> Gather), NonMaxSuppression,
+    then the best `max_boxes` of the survivors (TopK with a run-time k) -> Gather."""
+    nodes = [helper.make_node("Greater", ["scores", "threshold"], ["over"]),
+             helper.make_node("NonZero", ["over"], ["nz"]),
+             helper.make_node("Squeeze", ["nz", "zero1"], ["keep"]),
+             helper.make_node("Gather", ["boxes", "keep"], ["kb"], axis=0),
+             helper.make_node("Gather", ["scores", "keep"], ["ks"], axis=0),
+             helper.make_node("Unsqueeze", ["kb", "zero1"], ["b3"]),
+             helper.make_node("Reshape", ["ks", "one_one_m1"], ["s3"]),
+             helper.make_node("NonMaxSuppression", ["b3", "s3", "max_out", "iou"], ["sel"]),
+             helper.make_node("Gather", ["sel", "two"], ["index"], axis=1),
+             helper.make_node("Gather", ["ks", "index"], ["survivors"], axis=0),
+             helper.make_node("Shape", ["survivors"], ["count"]),
+             helper.make_node("Min", ["count", "max_k"], ["k"]),
+             helper.make_node("TopK", ["survivors", "k"], ["top", "order"]),
+             helper.make_node("Gather", ["index", "order"], ["best"], axis=0),
+             helper.make_node("Gather", ["kb", "best"], ["kept"], axis=0)]
+    return model(nodes, [helper.make_tensor_value_info("boxes", F, ["n", 4]),
+                         helper.make_tensor_value_info("scores", F, ["n"])],
+                 [helper.make_tensor_value_info("kept", F, ["k", 4]),
+                  helper.make_tensor_value_info("top", F, ["k"])],
+                 {"threshold": np.array(0.3, np.float32), "zero1": np.array([0], np.int64),
+                  "one_one_m1": np.array([1, 1, -1], np.int64),
+                  "max_out": np.array([100], np.int64), "iou": np.array([0.5], np.float32),
+                  "two": np.array(2, np.int64), "max_k": np.array([max_boxes], np.int64)})
+
+
+def random_boxes(rng, n):
+    corner = rng.uniform(0, 10, (n, 2))
+    return np.concatenate([corner, corner + rng.uniform(1, 5, (n, 2))], 1).astype(np.float32)

@@ -70,3 +70,29 @@ def test_bidirectional_lstm_over_a_dynamic_sequence_then_linear(tmp_path):
     rng = np.random.default_rng(2)
     for seq in (1, 2, 5, 11, 30):
         check(vm, m, rng.standard_normal((seq, 1, 4)).astype(np.float32))
+
+
+def test_bidirectional_gru_with_an_initial_state(tmp_path):
+    m = M.bidirectional_gru()
+    vm = M.compile_and_reload(m, tmp_path)
+    rng = np.random.default_rng(3)
+    for seq in (1, 2, 4, 9, 20):
+        check(vm, m, rng.standard_normal((seq, 1, 3)).astype(np.float32),
+              rng.standard_normal((2, 1, 6)).astype(np.float32))
+
+
+def test_attention_with_a_key_padding_mask(tmp_path):
+    m = M.masked_attention()
+    vm = M.compile_and_reload(m, tmp_path)
+    rng = np.random.default_rng(4)
+    for seq in (1, 2, 3, 8, 13):
+        padding = np.arange(seq) >= seq - seq // 3
+        check(vm, m, rng.standard_normal((seq, 8)).astype(np.float32), padding)
+
+
+def test_detection_postprocess_filters_suppresses_and_takes_the_top_boxes(tmp_path):
+    m = M.detection_postprocess()
+    vm = M.compile_and_reload(m, tmp_path)
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 3, 8, 30):
+        check(vm, m, M.random_boxes(rng, n), rng.uniform(0, 1, n).astype(np.float32))
