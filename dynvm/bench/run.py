@@ -337,6 +337,7 @@ def run(models=None, quick=False, out_dir=".", sizes=None, reps=None, stream=sys
 
 
 def add_arguments(parser):
+    from dynvm.cli import parse_shape
     slow = [m.name for m in MODELS.values() if not m.sizes["quick"]]
     parser.add_argument("--models", nargs="+", metavar="MODEL", choices=list(MODELS),
                         help=f"models to run (default: all of {', '.join(MODELS)})")
@@ -348,6 +349,12 @@ def add_arguments(parser):
                         help="input sizes for every chosen model, instead of each model's own "
                              "(`tiny`: one small size per model, for the test suite)")
     parser.add_argument("--reps", type=positive_int, default=None, help="repetitions per number")
+    parser.add_argument("--onnx", metavar="MODEL.onnx",
+                        help="instead of the model suite: dynvm vs ONNX Runtime on this ONNX file "
+                             "(needs onnx and onnxruntime)")
+    parser.add_argument("--shape", action="append", type=parse_shape, default=[],
+                        metavar="NAME=DIMS", help="with --onnx: an input's dims, e.g. x=1,64,32; "
+                        "repeat an input's --shape for several sizes")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads for dynvm's kernels, PyTorch and ONNX Runtime (default: each "
                              "one's own default, all cores)")
@@ -355,4 +362,7 @@ def add_arguments(parser):
 
 def main_from_args(args) -> int:
     peers.THREADS = args.threads
+    if args.onnx:
+        from dynvm.bench import onnx_file
+        return onnx_file.run(args.onnx, args.shape, args.reps)
     return run(args.models, args.quick, args.out, args.sizes, args.reps)

@@ -1,4 +1,5 @@
-"""`dynvm compile model.onnx -o model.dvm` and `dynvm run model.dvm --input x=x.npy`."""
+"""`dynvm compile model.onnx -o model.dvm`, `dynvm run model.dvm --input x=x.npy` and `dynvm bench
+--onnx model.onnx`."""
 import numpy as np
 import pytest
 
@@ -42,3 +43,25 @@ def test_run_names_missing_and_unknown_inputs(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
     proc = dynvm("run", "mlp.dvm", "--input", "z=x.npy", cwd=tmp_path)
     assert proc.returncode == 2 and "main takes x; missing x; unknown z" in proc.stderr
+
+
+def test_bench_onnx_times_dynvm_and_onnxruntime_at_each_size(tmp_path):
+    onnx.save(M.mlp(), tmp_path / "mlp.onnx")
+    proc = dynvm("bench", "--onnx", "mlp.onnx", "--shape", "x=1,8", "--shape", "x=32,8",
+                 "--reps", "2", "--threads", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("x=")]
+    assert [r[0] for r in rows] == ["x=1,8", "x=32,8"]
+    assert all(r[-1] == "ok" and float(r[-2]) > 0 for r in rows)
+
+
+def test_bench_onnx_wants_every_dynamic_dim():
+    from dynvm.bench.onnx_file import graph_inputs, size_points
+    from dynvm.vm.errors import DynVMError
+    specs = graph_inputs(M.mlp())
+    assert specs == [("x", np.dtype(np.float32), (None, 8))]
+    assert size_points(specs, [("x", (2, 8)), ("x", (5, 8))]) == [{"x": (2, 8)}, {"x": (5, 8)}]
+    with pytest.raises(DynVMError, match=r"input x has dims \(\?, 8\): give every dim"):
+        size_points(specs, [])
+    with pytest.raises(DynVMError, match="--shape names no input of the model: y"):
+        size_points(specs, [("y", (1, 8))])
