@@ -109,9 +109,25 @@ class _Lifter(ExprMutator):
         return f"{prefix}{n}"
 
     def visit_Let(self, node):
-        if isinstance(node.value, E.Function) and not node.value.attrs.get("Primitive"):
-            return self.lift_let(node)
-        return super().visit_Let(node)
+        """A let chain, walked iteratively; a let-bound local function anywhere in it is
+        lifted and its let goes (its calls became direct calls, its other uses closures: see
+        visit_Call and visit_Var)."""
+        chain = []
+        while isinstance(node, E.Let):
+            if isinstance(node.value, E.Function) and not node.value.attrs.get("Primitive"):
+                gv, captured = yield self.lift(node.value, node.var, node.var.name)
+                self.direct[node.var] = (gv, captured)
+                chain.append((node, None))
+            else:
+                chain.append((node, (yield node.value)))
+            node = node.body
+        body = yield node
+        for let, value in reversed(chain):
+            if value is None:
+                continue
+            body = let if value is let.value and body is let.body else \
+                _typed(E.Let(let.var, value, body), let.checked_type)
+        return body
 
     def visit_Function(self, node):
         if node.attrs.get("Primitive"):
@@ -133,13 +149,6 @@ class _Lifter(ExprMutator):
             gv, captured = self.direct[node]
             return _typed(E.Call(gv, (yield from each(captured)), {"closure": 1}), node.checked_type)
         return node
-
-    def lift_let(self, let):
-        func = let.value
-        gv, captured = yield self.lift(func, let.var, let.var.name)
-        self.direct[let.var] = (gv, captured)
-        # calls of %f became direct calls and its other uses closures (visit_Var): the let goes
-        return (yield let.body)
 
     def lift(self, func, self_var, hint):
         """Create the global for `func`; returns (GlobalVar, captured outer variables).

@@ -1224,10 +1224,12 @@ def non_max_suppression(cx, ins, a):
 def if_(cx, ins, a):
     """An IR `If`; branch results whose dims differ get Any dims."""
     cond = to_scalar(ins[0])
+    mark = len(cx.captures)
     then, other = cx.subgraph(a["then_branch"], []), cx.subgraph(a["else_branch"], [])
     if len(then) == 1:
-        return ir.If(cond, then[0], other[0])
-    return select_tuple(ir.If(cond, ir.Tuple(then), ir.Tuple(other)), len(then))
+        return cx.bind_captures(mark, ir.If(cond, then[0], other[0]))
+    return select_tuple(cx.bind_captures(mark, ir.If(cond, ir.Tuple(then), ir.Tuple(other))),
+                        len(then))
 
 
 def widen(old: ir.TensorType, new: ir.TensorType) -> ir.TensorType:
@@ -1241,8 +1243,11 @@ def widen(old: ir.TensorType, new: ir.TensorType) -> ir.TensorType:
 def settled_body(cx, body, types, bindings):
     """Convert loop body `body` with carried values of `types` until the carried types settle:
     (carried vars, body outputs). `bindings(carried vars)` lists the body's inputs; the body's
-    outputs start with the carried values' new values (after `skip` leading outputs)."""
+    outputs start with the carried values' new values (after `skip` leading outputs). Only the
+    last conversion's captures are kept."""
+    mark = len(cx.captures)
     for _ in range(4):
+        del cx.captures[mark:]
         carried = [ir.var(f"v{k}", t) for k, t in enumerate(types)]
         outs, skip = bindings(carried)
         new = [widen(t, cx.type_of(o)) for t, o in zip(types, outs[skip:skip + len(types)])]
@@ -1274,7 +1279,8 @@ def loop(cx, ins, a):
     iterations gets Any dims there (the body is converted again until the types settle); each
     scan output is a carried tensor that grows by one row per iteration."""
     body = a["body"]
-    trip = to_scalar(ins[0]) if ins[0] is not None else None
+    mark = len(cx.captures)
+    trip = cx.capture(to_scalar(ins[0])) if ins[0] is not None else None
     cond0 = to_scalar(ins[1]) if len(ins) > 1 and ins[1] is not None else const(True, "bool")
     inits = list(ins[2:])
     n = len(inits)
@@ -1285,7 +1291,8 @@ def loop(cx, ins, a):
     keep_going = c if trip is None else op.logical_and(c, op.less(i, trip))
     step = [op.add(i, const(1, "int64")), to_scalar(outs[0]), *outs[1:1 + n], *grown]
     loop_vars = [(i, const(0, "int64")), (c, cond0), *zip(carried, inits), *zip(accs, acc_inits)]
-    result = ir.while_loop(lambda *_: keep_going, lambda *_: step, loop_vars, name="onnx_loop")
+    result = cx.bind_captures(mark, ir.while_loop(lambda *_: keep_going, lambda *_: step,
+                                                  loop_vars, name="onnx_loop"))
     return [ir.TupleGetItem(result, 2 + k) for k in range(n + len(accs))]
 
 
@@ -1301,18 +1308,19 @@ def scan(cx, ins, a):
         if any(a.get(key, [])):
             raise Unsupported(f"{key} other than 0")
     body, m = a["body"], a["num_scan_inputs"]
+    mark = len(cx.captures)
     inits, xs = list(ins[:len(ins) - m]), list(ins[len(ins) - m:])
     n = len(inits)
     t = ir.var("t", ir.TensorType((), "int64"))
-    rows_t = [op.take(x, t, axis=0) for x in xs]
+    rows_t = [op.take(cx.capture(x), t, axis=0) for x in xs]
     carried, outs = settled_body(cx, body, [cx.type_of(e) for e in inits],
                                  lambda vs: (cx.subgraph(body, [*vs, *rows_t]), 0))
     accs, acc_inits, grown = scan_accumulators(cx, outs[n:])
-    length = as_int64(dim(cx, xs[0], 0))
+    length = cx.capture(as_int64(dim(cx, xs[0], 0)))
     step = [op.add(t, const(1, "int64")), *outs[:n], *grown]
     loop_vars = [(t, const(0, "int64")), *zip(carried, inits), *zip(accs, acc_inits)]
-    result = ir.while_loop(lambda *_: op.less(t, length), lambda *_: step, loop_vars,
-                           name="onnx_scan")
+    result = cx.bind_captures(mark, ir.while_loop(lambda *_: op.less(t, length),
+                                                  lambda *_: step, loop_vars, name="onnx_scan"))
     return [ir.TupleGetItem(result, 1 + k) for k in range(n + len(accs))]
 
 
@@ -1366,8 +1374,11 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
         states0 = []
         for i in (5, 6)[:1 + with_c]:                       # initial_h, initial_c
             given = ins[i] if len(ins) > i else None
-            states0.append(direction_of(cx, given, d) if given is not None
-                           else op.zeros(shape_vector([batch, hidden]), dtype=dtype))
+            state = (direction_of(cx, given, d) if given is not None
+                     else op.zeros(shape_vector([batch, hidden]), dtype=dtype))
+            if isinstance(batch, int) and not cx.type_of(state).is_static:
+                state = op.reshape(state, [batch, hidden])  # static states: a native loop
+            states0.append(state)
         y, states = time_loop(cx, xw, states0, seq, reverse,
                               lambda x_t, st, d=d: cell(cx, d, acts[d], x_t, st, ins))
         outs.append(op.expand_dims(y, 1))
@@ -1385,6 +1396,8 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
 def time_loop(cx, xw, states0, seq, reverse, step):
     """Run `step(x_t, states) -> states` over t (backwards when reverse); (Y, final states)
     with Y (seq, batch, hidden) in time order."""
+    mark = len(cx.captures)
+    xw, seq = cx.capture(xw), cx.capture(seq)
     t = ir.var("t", ir.TensorType((), "int64"))
     states = [ir.var(f"s{k}", cx.type_of(s)) for k, s in enumerate(states0)]
     h_type = cx.type_of(states0[0])
@@ -1400,8 +1413,9 @@ def time_loop(cx, xw, states0, seq, reverse, step):
     else:
         t0, nxt, go = const(0, "int64"), op.add(t, one), op.less(t, seq)
         grown = op.concatenate([acc, row], 0)
-    result = ir.while_loop(lambda *_: go, lambda *_: [nxt, *new, grown],
-                           [(t, t0), *zip(states, states0), (acc, acc0)], name="onnx_rnn")
+    result = cx.bind_captures(mark, ir.while_loop(
+        lambda *_: go, lambda *_: [nxt, *new, grown], [(t, t0), *zip(states, states0), (acc, acc0)],
+        name="onnx_rnn"))
     n = len(states)
     return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
 

@@ -103,17 +103,34 @@ def attributes(node) -> dict:
 
 
 class Scope:
-    """The values of one graph, falling back to the enclosing graph's."""
+    """The values of one graph, falling back to the enclosing graph's.
 
-    def __init__(self, parent=None):
+    A subgraph's scope is a boundary: an enclosing graph's computed value (not a variable or a
+    constant) that a subgraph uses is *captured*, i.e. replaced by a fresh variable recorded in
+    `captures` of the outermost boundary crossed, which the converter of the node owning the
+    subgraph binds by a `Let` outside it (`Context.bind_captures`). Otherwise a Loop body
+    would recompute the value in every iteration: IR expressions are trees, and a loop is a
+    local function."""
+
+    def __init__(self, parent=None, boundary=False):
         self.values: dict = {}
         self.parent = parent
+        self.boundary = boundary
+        self.captures: list = []           # (variable, the enclosing graph's expression)
 
     def lookup(self, name):
-        scope = self
+        scope, crossed = self, None
         while scope is not None:
             if name in scope.values:
-                return scope.values[name]
+                value = scope.values[name]
+                if crossed is None or value is None or isinstance(value, (ir.Var, ir.Constant)):
+                    return value
+                var = ir.var(f"outer{len(crossed.captures)}", infer_expr_type(value))
+                crossed.values[name] = var
+                crossed.captures.append((var, value))
+                return var
+            if scope.boundary:
+                crossed = scope
             scope = scope.parent
         return None
 
@@ -129,6 +146,7 @@ class Context:
         # serialized node (unique in a model; stable across a Loop body's re-conversions)
         # -> (name, op type, opset, reason)
         self.offenders: dict = {}
+        self.captures: list = []            # of the subgraphs converted, not yet bound
 
     def type_of(self, expr) -> ir.TensorType:
         t = infer_expr_type(expr)
@@ -190,13 +208,32 @@ class Context:
     def subgraph(self, graph, bindings) -> list:
         """The outputs of subgraph `graph` (of the node being converted) with its inputs bound
         to `bindings`; its nodes see the enclosing graphs' values."""
-        scope = Scope(self.scope)
+        scope = Scope(self.scope, boundary=True)
         for vi, value in zip(graph.input, bindings):
             scope.values[vi.name] = value
         outs = self.convert_graph(graph, scope)
+        self.captures.extend(scope.captures)
         if any(o is None for o in outs):
             raise Unsupported(f"its subgraph {graph.name!r} has unsupported nodes")
         return outs
+
+    def capture(self, expr):
+        """A variable for `expr` (a value computed outside the loop being built, used inside
+        it), bound by the converter's `bind_captures`; variables and constants stay as they
+        are."""
+        if isinstance(expr, (ir.Var, ir.Constant)):
+            return expr
+        var = ir.var(f"outer{len(self.captures)}", self.type_of(expr))
+        self.captures.append((var, expr))
+        return var
+
+    def bind_captures(self, mark: int, expr):
+        """`expr` inside Lets binding the values captured by the subgraphs converted since
+        `len(self.captures)` was `mark`."""
+        for var, value in reversed(self.captures[mark:]):
+            expr = ir.Let(var, value, expr)
+        del self.captures[mark:]
+        return expr
 
     def convert_node(self, node, conv, ins, scope):
         attrs = attributes(node)
