@@ -66,6 +66,11 @@ def size_points(specs, shapes) -> list:
     return points
 
 
+def describe_input(a) -> str:
+    """`1,64,32` for a tensor, its value for a scalar."""
+    return str(a.item()) if a.ndim == 0 else ",".join(map(str, a.shape))
+
+
 def describe(dims) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
@@ -90,26 +95,36 @@ def outputs_match(got, want, rtol=1e-4, atol=1e-5) -> str:
     return "ok"
 
 
-def compare(model, points, reps=None, budget=0.002, seed=0, on_rep=None) -> list:
-    """One result per size point: {"shapes", "dynvm", "ort" (median seconds), "ratio",
-    "check"}; dynvm's executable is built once for all of them."""
+def random_inputs(model, points, seed=0) -> list:
+    """For each size point, the model's inputs (in graph order) filled at random."""
+    rng = np.random.default_rng(seed)
+    specs = graph_inputs(model)
+    return [[random_input(dtype, point[name], rng) for name, dtype, _ in specs]
+            for point in points]
+
+
+def compare(model, arg_sets, reps=None, budget=0.002, on_rep=None) -> list:
+    """One result per list of inputs (in graph order) in `arg_sets`: {"inputs" (input name ->
+    its dims, or its value for a scalar), "dynvm", "ort" (median seconds), "ratio", "check"};
+    dynvm's executable is built once for all of them."""
     from dynvm.compiler import build
     from dynvm.frontend.onnx import from_onnx
     from dynvm.vm import VirtualMachine
     vm = VirtualMachine(build(from_onnx(model)), threads=peers.THREADS)
+    peers.needs("onnxruntime").set_default_logger_severity(3)   # errors only
     session = peers.ort_session(model)
-    specs = graph_inputs(model)
-    rng = np.random.default_rng(seed)
+    names = [name for name, _, _ in graph_inputs(model)]
     results = []
-    for point in points:
-        args = [random_input(dtype, point[name], rng) for name, dtype, _ in specs]
-        feed = {name: a for (name, _, _), a in zip(specs, args)}
+    for args in arg_sets:
+        feed = dict(zip(names, args))
         check = outputs_match(vm.invoke("main", *args), session.run(None, feed))
         seconds = harness.measure({"dynvm": lambda: vm.invoke("main", *args),
                                    "ort": lambda: session.run(None, feed)},
                                   reps=reps, budget=budget, on_rep=on_rep)
-        results.append({"shapes": point, "dynvm": seconds["dynvm"], "ort": seconds["ort"],
-                        "ratio": seconds["dynvm"] / seconds["ort"], "check": check})
+        results.append({"inputs": {n: describe_input(a) for n, a in feed.items()},
+                        "dynvm": seconds["dynvm"],
+                        "ort": seconds["ort"], "ratio": seconds["dynvm"] / seconds["ort"],
+                        "check": check})
     return results
 
 
@@ -118,7 +133,7 @@ def print_results(path, results, out=sys.stdout):
           "is faster)", file=out)
     print(f"{'inputs':<40} {'dynvm':>12} {'ORT':>12} {'ratio':>7}  check", file=out)
     for r in results:
-        shapes = " ".join(f"{n}={','.join(map(str, d))}" for n, d in r["shapes"].items())
+        shapes = " ".join(f"{n}={d}" for n, d in r["inputs"].items())
         print(f"{shapes:<40} {harness.fmt_time(r['dynvm']):>12} {harness.fmt_time(r['ort']):>12} "
               f"{r['ratio']:>7.2f}  {r['check']}", file=out)
 
@@ -138,7 +153,8 @@ def run(path, shapes, reps=None, out=sys.stdout) -> int:
     reps = reps or harness.REPS
     progress = harness.ProgressBar(len(points) * reps)
     start = time.perf_counter()
-    results = compare(model, points, reps=reps, on_rep=lambda k: progress.step(path))
+    results = compare(model, random_inputs(model, points), reps=reps,
+                      on_rep=lambda k: progress.step(path))
     progress.close()
     print_results(path, results, out)
     print(f"({time.perf_counter() - start:.1f} s including the build)", file=out)

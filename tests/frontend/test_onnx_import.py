@@ -70,3 +70,35 @@ def test_shape_arithmetic_on_static_dims_folds_to_a_static_reshape():
     assert fn.body.callee.name == "reshape" and fn.body.attrs["newshape"] == [2, -1]
     dynamic = from_onnx(m)["main"]
     assert dynamic.body.callee.name == "dyn.reshape"
+
+
+def test_a_loop_body_computes_the_enclosing_graphs_values_once(tmp_path):
+    """The body (and an If inside it) uses x @ w, computed outside the loop: the product runs
+    once per call, not once per iteration."""
+    from dynvm.compiler import build
+    from dynvm.vm import VirtualMachine
+    inner_then = helper.make_graph([helper.make_node("Add", ["acc_in", "xw"], ["t"])], "then", [],
+                                   [info("t", None)])
+    inner_else = helper.make_graph([helper.make_node("Sub", ["acc_in", "xw"], ["e"])], "else", [],
+                                   [info("e", None)])
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "xw"], ["plus"]),
+         helper.make_node("If", ["cond_in"], ["acc_out"], then_branch=inner_then,
+                          else_branch=inner_else),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [info("i", [], M.I64), info("cond_in", [], M.B), info("acc_in", [2, 3])],
+        [info("cond_out", [], M.B), info("acc_out", [2, 3]), info("plus", [2, 3])])
+    m = M.model([helper.make_node("MatMul", ["x", "w"], ["xw"]),
+                 helper.make_node("Loop", ["n", "", "x0"], ["acc", "steps"], body=body)],
+                [info("n", [], M.I64), info("x", [2, 4]), info("x0", [2, 3])],
+                [info("acc", [2, 3]), info("steps", [None, 2, 3])],
+                {"w": np.arange(12, dtype=np.float32).reshape(4, 3)})
+    vm = VirtualMachine(build(from_onnx(m)), profile=True, tier="python")
+    x = np.ones((2, 4), np.float32)
+    acc, steps = vm.invoke("main", np.array(5, np.int64), x, np.zeros((2, 3), np.float32))
+    want = M.ort_run(m, np.array(5, np.int64), x, np.zeros((2, 3), np.float32))
+    np.testing.assert_allclose(acc, want[0])
+    np.testing.assert_allclose(steps, want[1])
+    products = {k: v["calls"] for k, v in vm.profile()["kernels"].items()
+                if "dense" in k or "matmul" in k}
+    assert sum(products.values()) == 1, products

@@ -1,0 +1,48 @@
+"""dynvm against ONNX Runtime on models exported from PyTorch (not a test: a measurement).
+
+    python benchmarks/onnx_models.py [--models lstm_linear ...] [--reps N] [--threads 1]
+
+The models of tests/frontend/torch_models.py (LSTM + Linear, bidirectional GRU, a 2-layer
+transformer encoder with a padding mask, a detection post-process, a greedy decoding Loop, a
+data-dependent If), each exported once and built once by dynvm, run at several input sizes on
+both runtimes with the same inputs (outputs compared), timed interleaved
+(`dynvm.bench.harness.measure`). Prints per model and size: both medians and dynvm / ORT
+(< 1: dynvm is faster). One thread by default (batch 1), as the targets are stated.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynvm.bench import harness, onnx_file, peers  # noqa: E402
+
+SIZES = {"lstm_linear": (16, 64, 256), "bidirectional_gru": (16, 64, 256),
+         "transformer_encoder": (8, 32, 128), "detection_postprocess": (10, 100, 1000),
+         "greedy_decoder": (8, 32, 128), "data_dependent_if": (4, 64, 1024)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    from tests.frontend import torch_models
+    peers.THREADS = args.threads
+    for line in harness.cpu_lines():
+        print(line)
+    print(f"threads: {args.threads}, {args.reps} repetitions per number")
+    for name in args.models:
+        start = time.perf_counter()
+        model, inputs = torch_models.MODELS[name]()
+        results = onnx_file.compare(model, [inputs(n) for n in SIZES[name]], reps=args.reps)
+        print()
+        onnx_file.print_results(name, results)
+        print(f"({time.perf_counter() - start:.1f} s)")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
