@@ -1170,7 +1170,8 @@ def topk(cx, ins, a):
         return select_tuple(op.topk(x, k=int(kv.reshape(-1)[0]), axis=axis, is_ascend=ascend), 2)
     # a run-time k: sort the whole axis, then keep the first k
     both = select_tuple(op.topk(x, k=0, axis=axis, is_ascend=ascend), 2)
-    end = op.reshape(k, [1])
+    # (a kernel's output, not a reshape: the native tier needs its static length)
+    end = op.take(op.reshape(k, [-1]), const([0], "int64"), axis=0)
     return [op.strided_slice(t, const([0], "int64"), end, const([1], "int64"), axes=[axis])
             for t in both]
 
