@@ -289,6 +289,38 @@ def erf_op(cx, ins, a):
     return erf_(cx, ins[0])
 
 
+SIN_TERMS = 9          # Taylor terms of sin on [-pi/2, pi/2]: error below 1e-15 (float64)
+
+
+def sin_(cx, x, shift=0.0):
+    """sin(x + shift), computed in float64: x reduced to r in [-pi, pi] (x - 2 pi round(x / 2
+    pi)), folded into [-pi/2, pi/2] (sin(r) = sin(pi - r)), then its Taylor series."""
+    dtype = cx.type_of(x).dtype
+    if dtype not in ("float32", "float64"):
+        raise Unsupported(f"{cx.node.op_type} of {dtype}")
+    c = lambda v: const(v, "float64")  # noqa: E731
+    x = op.add(op.cast(x, "float64"), c(shift))
+    r = op.subtract(x, op.multiply(c(2 * math.pi),
+                                   floor_(cx, op.add(op.multiply(x, c(0.5 / math.pi)), c(0.5)))))
+    r = op.where(op.greater(r, c(math.pi / 2)), op.subtract(c(math.pi), r),
+                 op.where(op.less(r, c(-math.pi / 2)), op.subtract(c(-math.pi), r), r))
+    r2 = op.multiply(r, r)
+    series = c((-1) ** (SIN_TERMS - 1) / math.factorial(2 * SIN_TERMS - 1))
+    for n in reversed(range(SIN_TERMS - 1)):
+        series = op.add(op.multiply(series, r2), c((-1) ** n / math.factorial(2 * n + 1)))
+    return op.cast(op.multiply(series, r), dtype)
+
+
+@converter("Sin")
+def sin(cx, ins, a):
+    return sin_(cx, ins[0])
+
+
+@converter("Cos")
+def cos(cx, ins, a):
+    return sin_(cx, ins[0], shift=math.pi / 2)
+
+
 @converter("Gelu", attrs="approximate")
 def gelu(cx, ins, a):
     x = ins[0]
@@ -875,6 +907,65 @@ def matmul_nd(cx, x, w):
     return reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
 
 
+@converter("Einsum", attrs="equation")
+def einsum(cx, ins, a):
+    """One or two operands, no ellipsis, no letter twice in one operand (no diagonals): the
+    letters of one operand only and not in the output are summed away first; two operands are
+    then one batch_matmul of (batch letters, left letters, contracted letters) by (batch,
+    contracted, right letters), reshaped and transposed into the output's order."""
+    equation = a["equation"].replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    terms = lhs.split(",")
+    if "." in equation or len(terms) != len(ins) or len(terms) > 2:
+        raise Unsupported("Einsum with an ellipsis or more than two operands")
+    if any(len(set(t)) != len(t) for t in terms):
+        raise Unsupported("Einsum with a letter repeated in one operand (a diagonal)")
+    if not arrow:
+        out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    sizes = {c: dim(cx, x, i) for t, x in zip(terms, ins) for i, c in enumerate(t)}
+    if any(d == 0 for d in sizes.values()):
+        raise Unsupported("Einsum with a dim of size 0")
+    xs = []
+    for k, (t, x) in enumerate(zip(terms, ins)):
+        kept = "".join(terms[:k] + terms[k + 1:]) + out
+        summed = [i for i, c in enumerate(t) if c not in kept]
+        if summed:
+            x, t = op.sum(x, axis=summed), "".join(c for c in t if c in kept)
+        xs.append((t, x))
+    if len(xs) == 1:
+        t, x = xs[0]
+        return x if t == out else op.transpose(x, [t.index(c) for c in out])
+    (ta, xa), (tb, xb) = xs
+    batch = [c for c in ta if c in tb and c in out]
+    contracted = [c for c in ta if c in tb and c not in out]
+    left, right = [c for c in ta if c not in tb], [c for c in tb if c not in ta]
+
+    def grouped(x, t, groups):
+        order = [t.index(c) for g in groups for c in g]
+        if order != list(range(len(t))):
+            x = op.transpose(x, order)
+        return reshape(x, [product(sizes, g) for g in groups])
+    c3 = op.batch_matmul(grouped(xa, ta, [batch, left, contracted]),
+                         grouped(xb, tb, [batch, contracted, right]), transpose_b=False)
+    result = batch + left + right
+    c = reshape(c3, [sizes[ch] for ch in result]) if result else to_scalar(c3)
+    order = [result.index(ch) for ch in out]
+    return c if order == list(range(len(order))) else op.transpose(c, order)
+
+
+def product(sizes, letters):
+    """The product of the letters' dims: an int when static, else an int64 scalar."""
+    static, dynamic = 1, None
+    for c in letters:
+        if isinstance(sizes[c], int):
+            static *= sizes[c]
+        else:
+            dynamic = sizes[c] if dynamic is None else op.multiply(dynamic, sizes[c])
+    if dynamic is None:
+        return static
+    return dynamic if static == 1 else op.multiply(dynamic, const(static, "int64"))
+
+
 @converter("Gemm", attrs="alpha beta transA transB")
 def gemm(cx, ins, a):
     x, w = ins[0], ins[1]
@@ -1030,7 +1121,27 @@ REDUCTIONS = {
     "ReduceSumSquare": lambda cx, x, ax, k: op.sum(op.multiply(x, x), axis=ax, keepdims=k),
     "ReduceLogSum": lambda cx, x, ax, k: op.log(op.sum(x, axis=ax, keepdims=k)),
     "ReduceLogSumExp": lambda cx, x, ax, k: _log_sum_exp(x, ax, k),
+    "ReduceProd": lambda cx, x, ax, k: _product(cx, x, ax, k),
 }
+
+
+def _product(cx, x, axes, keepdims):
+    """The product of floats, in float64: 0 if a factor is 0, else the sign (from the count of
+    negative factors) times exp(sum(log|x|))."""
+    dtype = cx.type_of(x).dtype
+    if dtype not in ("float32", "float64"):
+        raise Unsupported(f"ReduceProd of {dtype}")
+    x = op.cast(x, "float64")
+    zero, one = const(0.0, "float64"), const(1.0, "float64")
+    count = lambda mask: op.sum(op.cast(mask, "float64"), axis=axes, keepdims=keepdims)  # noqa: E731
+    negatives = count(op.less(x, zero))
+    odd = op.subtract(negatives, op.multiply(const(2.0, "float64"),
+                                             floor_(cx, op.multiply(negatives, const(0.5, "float64")))))
+    sign = op.subtract(one, op.multiply(const(2.0, "float64"), odd))
+    size = op.exp(op.sum(op.log(abs_(cx, op.where(op.equal(x, zero), one, x))), axis=axes,
+                         keepdims=keepdims))
+    product = op.where(op.greater(count(op.equal(x, zero)), zero), zero, op.multiply(sign, size))
+    return op.cast(product, dtype)
 
 
 @converter(*REDUCTIONS, attrs="axes keepdims noop_with_empty_axes")

@@ -1,0 +1,85 @@
+"""Sin, Cos, ReduceProd and Einsum (built from existing dynvm ops) against numpy, on inputs
+with dynamic dims (one executable per op, every drawn shape, size-0 and size-1 dims included)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("onnx")
+
+from onnx import helper  # noqa: E402
+
+from dynvm.compiler import build  # noqa: E402
+from dynvm.frontend.onnx import UnsupportedOnnxError, from_onnx  # noqa: E402
+from dynvm.vm import VirtualMachine  # noqa: E402
+from tests.frontend import onnx_models as M  # noqa: E402
+
+SETTINGS = settings(max_examples=15, deadline=None)
+dims = st.integers(0, 4)
+
+
+def compiled(node, ranks):
+    """A VM running `node` on float32 inputs i0, i1... of the given ranks, every dim dynamic."""
+    ins = [helper.make_tensor_value_info(f"i{k}", M.F, [None] * r) for k, r in enumerate(ranks)]
+    m = M.model([node], ins, [helper.make_tensor_value_info("y", M.F, None)], check=False)
+    return VirtualMachine(build(from_onnx(m)))
+
+
+SIN = compiled(helper.make_node("Sin", ["i0"], ["y"]), [2])
+COS = compiled(helper.make_node("Cos", ["i0"], ["y"]), [2])
+
+
+@SETTINGS
+@given(st.tuples(dims, dims), st.floats(0.1, 1e4), st.integers(0, 2 ** 31))
+def test_sin_and_cos_match_numpy(shape, scale, seed):
+    x = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+    np.testing.assert_allclose(SIN.invoke("main", x), np.sin(x), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(COS.invoke("main", x), np.cos(x), rtol=1e-5, atol=2e-6)
+
+
+PRODS = {(axis, keep): compiled(helper.make_node("ReduceProd", ["i0"], ["y"], axes=[axis],
+                                                 keepdims=keep), [3])
+         for axis in (0, 2) for keep in (0, 1)}
+
+
+@SETTINGS
+@given(st.tuples(dims, dims, dims), st.sampled_from(sorted(PRODS)), st.integers(0, 2 ** 31))
+def test_reduce_prod_matches_numpy_with_zeros_negatives_and_empty_axes(shape, key, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, shape).astype(np.float32)
+    x[rng.random(shape) < 0.1] = 0.0
+    axis, keep = key
+    want = np.prod(x.astype(np.float64), axis=axis, keepdims=bool(keep)).astype(np.float32)
+    np.testing.assert_allclose(PRODS[key].invoke("main", x), want, rtol=1e-5, atol=1e-7)
+
+
+EQUATIONS = ["ij,jk->ik", "bij,bjk->bik", "ij->ji", "ij->", "i,i", "i,j->ij", "ij,kj",
+             "bhqd,bhkd->bhqk", "abc,cd->abd", "ijk->j", "ij,ij->ij"]
+
+
+def operand_shapes(equation, sizes):
+    terms = equation.split("->")[0].split(",")
+    return [tuple(sizes[ord(c) - ord("a")] for c in t) for t in terms]
+
+
+EINSUMS = {eq: compiled(helper.make_node("Einsum", [f"i{k}" for k in range(len(
+    eq.split("->")[0].split(",")))], ["y"], equation=eq),
+    [len(t) for t in eq.split("->")[0].split(",")]) for eq in EQUATIONS}
+
+
+@SETTINGS
+@given(st.sampled_from(EQUATIONS), st.lists(st.integers(1, 4), min_size=26, max_size=26),
+       st.integers(0, 2 ** 31))
+def test_einsum_matches_numpy(equation, sizes, seed):
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in operand_shapes(equation, sizes)]
+    got = EINSUMS[equation].invoke("main", *xs)
+    np.testing.assert_allclose(got, np.einsum(equation, *xs), rtol=1e-5, atol=1e-5)
+
+
+def test_einsum_rejects_diagonals_and_ellipses():
+    for equation in ("ii->i", "...ij->...ji"):
+        with pytest.raises(UnsupportedOnnxError, match="Einsum with"):
+            from_onnx(M.model([helper.make_node("Einsum", ["i0"], ["y"], equation=equation)],
+                              [helper.make_tensor_value_info("i0", M.F, [3, 3])],
+                              [helper.make_tensor_value_info("y", M.F, None)], check=False))
