@@ -1,5 +1,6 @@
 """Sin, Cos, ReduceProd and Einsum (built from existing dynvm ops) against numpy, on inputs
-with dynamic dims (one executable per op, every drawn shape, size-0 and size-1 dims included)."""
+with dynamic dims (one executable per op, every drawn shape, size-0 and size-1 dims included);
+Resize against ONNX Runtime."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -83,3 +84,28 @@ def test_einsum_rejects_diagonals_and_ellipses():
             from_onnx(M.model([helper.make_node("Einsum", ["i0"], ["y"], equation=equation)],
                               [helper.make_tensor_value_info("i0", M.F, [3, 3])],
                               [helper.make_tensor_value_info("y", M.F, None)], check=False))
+
+
+@pytest.mark.parametrize("attrs, scales, sizes", [
+    ({"mode": "nearest"}, [1, 1, 2, 3], None),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     [1, 1, 0.5, 1.5], None),
+    ({"mode": "linear"}, None, [1, 2, 3, 7]),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 1, 2, 0.4], None),
+    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, None, [1, 2, 1, 9]),
+])
+def test_resize_matches_onnxruntime(attrs, scales, sizes):
+    pytest.importorskip("onnxruntime")
+    inits = {"roi": np.zeros(0, np.float32),
+             "scales": np.array(scales or [], np.float32)}
+    if sizes:
+        inits["sizes"] = np.array(sizes, np.int64)
+    node = helper.make_node("Resize", ["x", "roi", "scales"] + (["sizes"] if sizes else []),
+                            ["y"], **attrs)
+    m = M.model([node], [helper.make_tensor_value_info("x", M.F, [1, 2, 4, 5])],
+                [helper.make_tensor_value_info("y", M.F, None)], inits, check=False)
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 5)).astype(np.float32)
+    got = VirtualMachine(build(from_onnx(m))).invoke("main", x)
+    want = M.ort_run(m, x)[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -832,6 +832,67 @@ def _pad_axis(cx, x, axis, before, after, mode, fill, r):
     return op.where(inside, out, fill)
 
 
+# coordinate_transformation_mode -> the source coordinate of output positions x (floats) for
+# input size n, output size m, scale s (n * s, unrounded, is the spec's "length_resized")
+SOURCE_COORDINATES = {
+    "half_pixel": lambda x, n, m, s: (x + 0.5) / s - 0.5,
+    "pytorch_half_pixel": lambda x, n, m, s: (x + 0.5) / s - 0.5 if m > 1 else 0 * x,
+    "align_corners": lambda x, n, m, s: x * (n - 1) / (n * s - 1) if m > 1 else 0 * x,
+    "asymmetric": lambda x, n, m, s: x / s,
+}
+NEAREST = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+           "floor": np.floor, "ceil": np.ceil}
+
+
+@converter("Resize", "Upsample", attrs="mode coordinate_transformation_mode nearest_mode axes "
+                                        "antialias keep_aspect_ratio_policy cubic_coeff_a "
+                                        "exclude_outside extrapolation_value scales")
+def resize(cx, ins, a):
+    """Nearest and linear resizing of static dims with constant scales or sizes: per resized
+    axis, the source indices (and linear weights) computed at import time, then `take`."""
+    x, t = ins[0], cx.type_of(ins[0])
+    mode = a.get("mode", "nearest")
+    legacy = cx.node.op_type == "Upsample" or cx.opset < 11      # scales input 1, asymmetric
+    coords = "asymmetric" if legacy else a.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in ("nearest", "linear") or coords not in SOURCE_COORDINATES \
+            or a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise Unsupported(f"mode {mode!r} with coordinate_transformation_mode {coords!r} (supported: "
+                          "nearest and linear; no antialias, no aspect-ratio policy)")
+    axes = [axis % t.rank for axis in a.get("axes", range(t.rank))]
+    scales_in, sizes_in = (ins[1], None) if legacy else (ins[2] if len(ins) > 2 else None,
+                                                         ins[3] if len(ins) > 3 else None)
+    sizes = None
+    if "scales" in a:
+        scales = list(a["scales"])
+    elif scales_in is not None and cx.type_of(scales_in).shape[0] != 0:
+        scales = [float(v) for v in constant_value(cx, scales_in, "Resize scales").reshape(-1)]
+    else:
+        sizes = ints(cx, sizes_in, "Resize sizes")
+    if any(ir.is_any(t.shape[axis]) for axis in axes):
+        raise Unsupported("Resize of a dynamic dim")
+    for k, axis in enumerate(axes):
+        n = t.shape[axis]
+        m = sizes[k] if sizes is not None else int(math.floor(n * scales[k]))
+        scale = scales[k] if sizes is None else (m / n if n else 1.0)
+        if m == n and scale == 1.0:
+            continue
+        source = SOURCE_COORDINATES[coords](np.arange(m, dtype=np.float64), n, m, scale)
+        if mode == "nearest":
+            rounding = "floor" if legacy else a.get("nearest_mode", "round_prefer_floor")
+            index = np.clip(NEAREST[rounding](source), 0, n - 1)
+            x = op.take(x, const(index.astype(np.int64), "int64"), axis=axis)
+            continue
+        source = np.clip(source, 0, n - 1)
+        lo = np.floor(source).astype(np.int64)
+        hi, w = np.minimum(lo + 1, n - 1), source - lo
+        shape = [1] * t.rank
+        shape[axis] = m
+        weight = const(w.reshape(shape), t.dtype)
+        below, above = (op.take(x, const(i, "int64"), axis=axis) for i in (lo, hi))
+        x = op.add(below, op.multiply(op.subtract(above, below), weight))
+    return x
+
+
 @converter("NonZero")
 def nonzero(cx, ins, a):
     return op.transpose(op.argwhere(ins[0]))
