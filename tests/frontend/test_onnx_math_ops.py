@@ -109,3 +109,51 @@ def test_resize_matches_onnxruntime(attrs, scales, sizes):
     want = M.ort_run(m, x)[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def scatter_model(op_type, **attrs):
+    node = helper.make_node(op_type, ["data", "indices", "updates"], ["y"], **attrs)
+    ins = [helper.make_tensor_value_info("data", M.F, [None, None]),
+           helper.make_tensor_value_info("indices", M.I64,
+                                         [None, 1 if op_type == "ScatterND" else None]),
+           helper.make_tensor_value_info("updates", M.F, [None, None])]
+    return M.model([node], ins, [helper.make_tensor_value_info("y", M.F, None)], check=False)
+
+
+SCATTERS = {key: VirtualMachine(build(from_onnx(scatter_model(*key[:1], **dict(key[1:])))))
+            for key in [("ScatterElements", ("axis", 1)), ("ScatterElements", ("axis", 0),
+                                                                ("reduction", "add")),
+                        ("ScatterND",), ("ScatterND", ("reduction", "add"))]}
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(SCATTERS)), st.integers(1, 5), st.integers(1, 5),
+       st.integers(0, 4), st.integers(0, 2 ** 31))
+def test_scatter_elements_and_nd_match_numpy(key, rows, cols, count, seed):
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((rows, cols)).astype(np.float32)
+    attrs = dict(key[1:])
+    add = attrs.get("reduction") == "add"
+    want = data.copy()
+    if key[0] == "ScatterND":       # whole rows: indices (count, 1), updates (count, cols)
+        picked = rng.choice(rows, min(count, rows), replace=add) if not add else \
+            rng.integers(0, rows, count)
+        indices = picked.reshape(-1, 1).astype(np.int64)
+        updates = rng.standard_normal((len(picked), cols)).astype(np.float32)
+        for k, i in enumerate(picked):
+            want[i] = want[i] + updates[k] if add else updates[k]
+    else:
+        axis = attrs["axis"]
+        other = cols if axis == 0 else rows
+        size = rows if axis == 0 else cols
+        n = min(count, size)
+        idx = np.stack([rng.choice(size, n, replace=False) for _ in range(other)], 1 - axis) \
+            if n else np.zeros((0, other) if axis == 0 else (other, 0), np.int64)
+        indices = (idx - size * (rng.random(idx.shape) < 0.3)).astype(np.int64)   # negatives
+        updates = rng.standard_normal(indices.shape).astype(np.float32)
+        for pos in np.ndindex(indices.shape):
+            target = list(pos)
+            target[axis] = indices[pos] % size
+            want[tuple(target)] = want[tuple(target)] + updates[pos] if add else updates[pos]
+    got = SCATTERS[key].invoke("main", data, indices, updates)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -735,6 +735,75 @@ def gather_nd(cx, ins, a):
     return op.take(rows, flat, axis=0, mode="wrap")
 
 
+def scatter_rows(cx, data, rows, width, flat, updates, reduction):
+    """data viewed as `rows` rows of `width` elements, with update row k written to (or, for
+    reduction "add", added to) row flat[k]: a rows x updates 0/1 match matrix picks each row's
+    update (the last one when several hit a row) or, times the updates, sums them. Memory and
+    time grow with rows x updates: fine for the index updates exported models make, not for
+    scattering a large tensor into a large one."""
+    dtype = cx.type_of(data).dtype
+    if reduction not in ("none", "add") or dtype not in ("float32", "float64"):
+        raise Unsupported(f"reduction {reduction!r} on {dtype} (supported: none and add, "
+                          "on floats)")
+    n = cx.type_of(flat).shape[0]
+    if n == 0:
+        return data
+    data2, upd2 = reshape(data, [rows, width]), reshape(updates, [-1, width])
+    positions = op.arange(const(0, "int64"), as_int64(rows), const(1, "int64"), dtype="int64")
+    match = op.cast(op.equal(op.expand_dims(positions, 1), op.reshape(flat, [1, -1])), dtype)
+    if reduction == "add":
+        return op.add(data2, op.matmul(match, upd2))
+    # column 0 stands for "no update" (so the axis is never empty), column k for update k - 1;
+    # argmax of the match weighted by column number: the last matching update, or 0
+    order = op.arange(const(1, "int64"), op.add(as_int64(dim(cx, flat, 0)), const(1, "int64")),
+                      const(1, "int64"), dtype=dtype)
+    weighted = op.concatenate([op.zeros(shape_vector([rows, 1]), dtype=dtype),
+                               op.multiply(match, order)], 1)
+    last = op.argmax(weighted, axis=1)
+    padded = op.concatenate([op.zeros(shape_vector([1, width]), dtype=dtype), upd2], 0)
+    hit = op.greater(op.expand_dims(last, 1), const(0, "int64"))
+    return op.where(hit, op.take(padded, last, axis=0, mode="clip"), data2)
+
+
+@converter("ScatterElements", "Scatter", attrs="axis reduction")
+def scatter_elements(cx, ins, a):
+    """Each update to data[i.. with indices[i..] on axis]: flat positions as in GatherElements,
+    then scatter_rows over the flattened data."""
+    data, indices, updates = ins
+    r = rank(cx, data)
+    axis = axis_of(cx, data, a.get("axis", 0))
+    flat = None
+    for d in range(r):
+        c = wrapped(cx, indices, dim(cx, data, axis)) if d == axis else coordinate(cx, indices, d, r)
+        stride = dims_product(cx, data, range(d + 1, r))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    out = scatter_rows(cx, data, dims_product(cx, data, range(r)), 1, op.reshape(flat, [-1]),
+                       updates, a.get("reduction", "none"))
+    return reshape(out, [dim(cx, data, d) for d in range(r)])
+
+
+@converter("ScatterND", attrs="reduction")
+def scatter_nd(cx, ins, a):
+    """Each update slice to data[indices[j]]: flat row positions as in GatherND, then
+    scatter_rows over data viewed as (prod(dims[:k]), prod(dims[k:]))."""
+    data, indices, updates = ins
+    k = cx.type_of(indices).shape[-1]
+    if ir.is_any(k):
+        raise Unsupported("indices whose last dim is dynamic")
+    r = rank(cx, data)
+    flat = None
+    for j in range(k):
+        c = wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
+        stride = dims_product(cx, data, range(j + 1, k))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    out = scatter_rows(cx, data, dims_product(cx, data, range(k)),
+                       dims_product(cx, data, range(k, r)), op.reshape(flat, [-1]), updates,
+                       a.get("reduction", "none"))
+    return reshape(out, [dim(cx, data, d) for d in range(r)])
+
+
 def scaled(d, k, divide=False):
     """A dim times (or divided by) the int k: an int, or an int64 scalar expression."""
     if isinstance(d, int):
