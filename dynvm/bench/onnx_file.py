@@ -6,7 +6,8 @@ every dynamic input its dims (`--shape x=1,64,32`; give `--shape` for an input s
 for several sizes, the k-th value of each input making the k-th size). Inputs are random:
 floats standard normal, integers in [0, 10), bools all false. At each size both runtimes run
 the same inputs, their outputs are compared once, then they are timed interleaved (medians of
-`dynvm.bench.harness.measure`). The table gives both medians and the ratio dynvm / ORT (< 1:
+`dynvm.bench.harness.measure_steady`: measured again when the machine is busy, a ratio still
+noisy is marked `?`). The table gives both medians and the ratio dynvm / ORT (< 1:
 dynvm is faster).
 """
 from __future__ import annotations
@@ -105,8 +106,9 @@ def random_inputs(model, points, seed=0) -> list:
 
 def compare(model, arg_sets, reps=None, budget=0.002, on_rep=None) -> list:
     """One result per list of inputs (in graph order) in `arg_sets`: {"inputs" (input name ->
-    its dims, or its value for a scalar), "dynvm", "ort" (median seconds), "ratio", "check"};
-    dynvm's executable is built once for all of them."""
+    its dims, or its value for a scalar), "dynvm", "ort" (median seconds), "ratio", "check",
+    "noisy" (why the medians are not to be trusted, "" when they are: see
+    `harness.measure_steady`)}; dynvm's executable is built once for all of them."""
     from dynvm.compiler import build
     from dynvm.frontend.onnx import from_onnx
     from dynvm.vm import VirtualMachine
@@ -118,24 +120,27 @@ def compare(model, arg_sets, reps=None, budget=0.002, on_rep=None) -> list:
     for args in arg_sets:
         feed = dict(zip(names, args))
         check = outputs_match(vm.invoke("main", *args), session.run(None, feed))
-        seconds = harness.measure({"dynvm": lambda: vm.invoke("main", *args),
-                                   "ort": lambda: session.run(None, feed)},
-                                  reps=reps, budget=budget, on_rep=on_rep)
+        seconds, noisy = harness.measure_steady({"dynvm": lambda: vm.invoke("main", *args),
+                                                 "ort": lambda: session.run(None, feed)},
+                                                reps=reps, budget=budget, on_rep=on_rep)
         results.append({"inputs": {n: describe_input(a) for n, a in feed.items()},
                         "dynvm": seconds["dynvm"],
                         "ort": seconds["ort"], "ratio": seconds["dynvm"] / seconds["ort"],
-                        "check": check})
+                        "check": check,
+                        "noisy": "; ".join(f"{k}: {why}" for k, why in noisy.items())})
     return results
 
 
 def print_results(path, results, out=sys.stdout):
     print(f"{path}: dynvm vs ONNX Runtime (median per call; ratio = dynvm / ORT, < 1: dynvm "
-          "is faster)", file=out)
+          "is faster; ? = unreliable, the machine was busy)", file=out)
     print(f"{'inputs':<40} {'dynvm':>12} {'ORT':>12} {'ratio':>7}  check", file=out)
     for r in results:
         shapes = " ".join(f"{n}={d}" for n, d in r["inputs"].items())
+        ratio = f"{r['ratio']:.2f}" + ("?" if r["noisy"] else "")
         print(f"{shapes:<40} {harness.fmt_time(r['dynvm']):>12} {harness.fmt_time(r['ort']):>12} "
-              f"{r['ratio']:>7.2f}  {r['check']}", file=out)
+              f"{ratio:>7}  {r['check']}" + (f" (unreliable: {r['noisy']})" if r["noisy"] else ""),
+              file=out)
 
 
 def run(path, shapes, reps=None, out=sys.stdout) -> int:
