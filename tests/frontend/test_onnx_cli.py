@@ -52,7 +52,7 @@ def test_bench_onnx_times_dynvm_and_onnxruntime_at_each_size(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("x=")]
     assert [r[0] for r in rows] == ["x=1,8", "x=32,8"]
-    assert all(r[4] == "ok" and float(r[3].rstrip("?")) > 0 for r in rows)
+    assert all(r[6] == "ok" and float(r[5].rstrip("?")) > 0 for r in rows)   # name t u t u ratio
 
 
 def test_bench_onnx_wants_every_dynamic_dim():
