@@ -1345,9 +1345,9 @@ def cumsum(cx, ins, a):
                  "storage_order strides")
 def pool(cx, ins, a):
     """The max (or mean) of the kernel's strided slices of the padded input: one slice per
-    kernel offset. Needs static spatial dims; ceil_mode=1 is not supported."""
-    if a.get("ceil_mode", 0):
-        raise Unsupported("ceil_mode=1")
+    kernel offset. Needs static spatial dims. ceil_mode=1 pads the end further so the last,
+    partial window exists (unless it would start in the end padding); a mean divides by the
+    window's cells inside the input (and inside the declared pads with count_include_pad)."""
     x = ins[0]
     t = cx.type_of(x)
     spatial = t.shape[2:]
@@ -1359,23 +1359,35 @@ def pool(cx, ins, a):
     dilations = list(a.get("dilations", [1] * n))
     w = ir.Constant(np.zeros([1, 1, *kernel], np.float32))
     pads = _conv_pads(cx, x, w, a, strides, dilations)
+    sizes = [size + pads[i] + pads[n + i] for i, size in enumerate(spatial)]
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    if a.get("ceil_mode", 0):
+        outs = [-(-(s - e) // st) + 1 for s, e, st in zip(sizes, extents, strides)]
+        outs = [m - 1 if (m - 1) * st >= size + pads[i] else m
+                for i, (m, st, size) in enumerate(zip(outs, strides, spatial))]
+    else:
+        outs = [(s - e) // st + 1 for s, e, st in zip(sizes, extents, strides)]
+    extra = [max(0, (m - 1) * st + e - s) for m, st, e, s in zip(outs, strides, extents, sizes)]
     is_max = cx.node.op_type == "MaxPool"
     fill = like(cx, x, -np.inf if t.dtype in ("float32", "float64") else np.iinfo(np.int64).min) \
         if is_max else like(cx, x, 0)
+    counted = not is_max and (not a.get("count_include_pad", 0) or any(extra))
+    in_pads = like(cx, x, 0 if not a.get("count_include_pad", 0) else 1)
     padded, ones = x, op.ones(list(t.shape[2:]), dtype=t.dtype)
     for i in range(n):
-        if pads[i] or pads[n + i]:
-            padded = _pad_axis(cx, padded, 2 + i, pads[i], pads[n + i], "constant", fill, t.rank)
-            ones = _pad_axis(cx, ones, i, pads[i], pads[n + i], "constant", like(cx, x, 0), n)
-    sizes = [size + pads[i] + pads[n + i] for i, size in enumerate(spatial)]
-    outs = [(s - ((k - 1) * d + 1)) // st + 1 for s, k, d, st in zip(sizes, kernel, dilations, strides)]
+        if pads[i] or pads[n + i] + extra[i]:
+            padded = _pad_axis(cx, padded, 2 + i, pads[i], pads[n + i] + extra[i], "constant",
+                               fill, t.rank)
+            ones = _pad_axis(cx, ones, i, pads[i], pads[n + i], "constant", in_pads, n)
+            if extra[i]:
+                ones = _pad_axis(cx, ones, i, 0, extra[i], "constant", like(cx, x, 0), n)
     acc, count = None, None
     for offset in np.ndindex(*kernel):
         begin = [o * d for o, d in zip(offset, dilations)]
         end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, outs, strides)]
         part = op.strided_slice(padded, begin, end, strides, axes=list(range(2, 2 + n)))
         acc = part if acc is None else (op.maximum if is_max else op.add)(acc, part)
-        if not is_max and not a.get("count_include_pad", 0):
+        if counted:
             valid = op.strided_slice(ones, begin, end, strides, axes=list(range(n)))
             count = valid if count is None else op.add(count, valid)
     if is_max:

@@ -1,6 +1,7 @@
-"""Sin, Cos, ReduceProd and Einsum (built from existing dynvm ops) against numpy, on inputs
+"""Ops built from existing dynvm ops: Sin, Cos, ReduceProd and Einsum against numpy, on inputs
 with dynamic dims (one executable per op, every drawn shape, size-0 and size-1 dims included);
-Resize against ONNX Runtime."""
+ScatterElements and ScatterND against numpy; Resize and ceil_mode pooling against ONNX
+Runtime."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -156,4 +157,23 @@ def test_scatter_elements_and_nd_match_numpy(key, rows, cols, count, seed):
             target[axis] = indices[pos] % size
             want[tuple(target)] = want[tuple(target)] + updates[pos] if add else updates[pos]
     got = SCATTERS[key].invoke("main", data, indices, updates)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op_type, attrs", [
+    ("MaxPool", dict(kernel_shape=[2, 3], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    ("AveragePool", dict(kernel_shape=[3, 2], strides=[3, 3], pads=[1, 1, 1, 1], ceil_mode=1,
+                         count_include_pad=1)),
+])
+def test_pooling_with_ceil_mode_matches_onnxruntime(op_type, attrs):
+    """The last window is partial (and dropped when it would start in the end padding)."""
+    pytest.importorskip("onnxruntime")
+    m = M.model([helper.make_node(op_type, ["x"], ["y"], **attrs)],
+                [helper.make_tensor_value_info("x", M.F, [1, 2, 7, 6])],
+                [helper.make_tensor_value_info("y", M.F, None)], check=False)
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 6)).astype(np.float32)
+    got = VirtualMachine(build(from_onnx(m))).invoke("main", x)
+    want = M.ort_run(m, x)[0]
+    assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
