@@ -16,7 +16,7 @@ from dynvm.frontend.onnx import UnsupportedOnnxError, from_onnx  # noqa: E402
 from dynvm.vm import VirtualMachine  # noqa: E402
 from tests.frontend import onnx_models as M  # noqa: E402
 
-SETTINGS = settings(max_examples=15, deadline=None)
+SETTINGS = settings(max_examples=10, deadline=None)
 dims = st.integers(0, 4)
 
 
@@ -88,12 +88,10 @@ def test_einsum_rejects_diagonals_and_ellipses():
 
 
 @pytest.mark.parametrize("attrs, scales, sizes", [
-    ({"mode": "nearest"}, [1, 1, 2, 3], None),
     ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
      [1, 1, 0.5, 1.5], None),
     ({"mode": "linear"}, None, [1, 2, 3, 7]),
     ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 1, 2, 0.4], None),
-    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, None, [1, 2, 1, 9]),
 ])
 def test_resize_matches_onnxruntime(attrs, scales, sizes):
     pytest.importorskip("onnxruntime")
