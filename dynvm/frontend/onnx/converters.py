@@ -923,10 +923,13 @@ def resize(cx, ins, a):
     mode = a.get("mode", "nearest")
     legacy = cx.node.op_type == "Upsample" or cx.opset < 11      # scales input 1, asymmetric
     coords = "asymmetric" if legacy else a.get("coordinate_transformation_mode", "half_pixel")
-    if mode not in ("nearest", "linear") or coords not in SOURCE_COORDINATES \
-            or a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise Unsupported(f"mode {mode!r} with coordinate_transformation_mode {coords!r} (supported: "
-                          "nearest and linear; no antialias, no aspect-ratio policy)")
+    if mode not in ("nearest", "linear"):
+        raise Unsupported(f"mode {mode!r} (supported: nearest, linear)")
+    if coords not in SOURCE_COORDINATES:
+        raise Unsupported(f"coordinate_transformation_mode {coords!r} (supported: "
+                          f"{', '.join(SOURCE_COORDINATES)})")
+    if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise Unsupported("antialias or keep_aspect_ratio_policy other than stretch")
     axes = [axis % t.rank for axis in a.get("axes", range(t.rank))]
     scales_in, sizes_in = (ins[1], None) if legacy else (ins[2] if len(ins) > 2 else None,
                                                          ins[3] if len(ins) > 3 else None)
