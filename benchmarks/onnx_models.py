@@ -1,13 +1,15 @@
 """dynvm against ONNX Runtime on models exported from PyTorch (not a test: a measurement).
 
-    python benchmarks/onnx_models.py [--models lstm_linear ...] [--reps N] [--threads 1]
+    python benchmarks/onnx_models.py [--models lstm_linear ...] [--reps N] [--threads 1] [--tiny]
 
 The models of tests/frontend/torch_models.py (LSTM + Linear, bidirectional GRU, a 2-layer
 transformer encoder with a padding mask, a detection post-process, a greedy decoding Loop, a
 data-dependent If), each exported once and built once by dynvm, run at several input sizes on
 both runtimes with the same inputs (outputs compared), timed interleaved
 (`dynvm.bench.harness.measure`). Prints per model and size: both medians and dynvm / ORT
-(< 1: dynvm is faster). One thread by default (batch 1), as the targets are stated.
+(< 1: dynvm is faster). One thread by default (batch 1), as the targets are stated. `--tiny`
+(the test suite's smoke run): two models at one small size, two repetitions. Needs torch,
+onnx and onnxruntime.
 """
 import argparse
 import os
@@ -28,7 +30,11 @@ def main():
     parser.add_argument("--models", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: two models, size 4")
     args = parser.parse_args()
+    sizes = {name: (4,) for name in ("lstm_linear", "data_dependent_if")} if args.tiny else SIZES
+    if args.tiny:
+        args.models, args.reps = list(sizes), 2
     from tests.frontend import torch_models
     peers.THREADS = args.threads
     for line in harness.cpu_lines():
@@ -37,7 +43,7 @@ def main():
     for name in args.models:
         start = time.perf_counter()
         model, inputs = torch_models.MODELS[name]()
-        results = onnx_file.compare(model, [inputs(n) for n in SIZES[name]], reps=args.reps)
+        results = onnx_file.compare(model, [inputs(n) for n in sizes[name]], reps=args.reps)
         print()
         onnx_file.print_results(name, results)
         print(f"({time.perf_counter() - start:.1f} s)")

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 SCRIPTS = sorted((pathlib.Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py"))
-REQUIRES = {"onnx_conformance.py": "onnx"}      # scripts of an optional extra: skipped without it
+# scripts of an optional extra: skipped without it
+REQUIRES = {"onnx_conformance.py": "onnx", "onnx_models.py": "torch"}
 PRINTS = {"compile_scaling.py": ["nested: marginal us/op", "lets: marginal us/op"]}  # besides a table
 
 
