@@ -34,8 +34,8 @@ from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, REG_TYPE, cast, check, check_data,
                                      const, elem_ptr, for_nest, for_range, intrinsic, is_compact,
                                      is_float, load, load_strides, masked_load, new_function,
-                                     product, prologue, return_zero_if, splat, store, to_mem,
-                                     to_reg, truth, vector_type)
+                                     parallel_work, product, prologue, return_zero_if, splat,
+                                     split_for, store, to_mem, to_reg, truth, vector_type)
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import KernelError
@@ -364,40 +364,61 @@ def _flat_prologue(module, symbol, sig):
     return b, arrays, n
 
 
-def _emit_scalar(module, symbol, sig, expr, lanes):
+def _split_flat(b, arrays, n, elements, align, threshold):
+    """elements(b', arrays', lo, hi) over the flat range [0, n) in chunks of a multiple of
+    `align` elements, on the kernel threads from `threshold` elements (the arrays' data
+    pointers are all the flat variants read)."""
+    def chunk(b, data, lo, hi):
+        elements(b, [(d, None, None) for d in data], lo, hi)
+    worth = b.icmp_unsigned(">=", n, const(I64, threshold))
+    split_for(b, [data for data, _, _ in arrays], n, chunk, worth, align=align)
+
+
+def _emit_scalar(module, symbol, sig, expr, lanes, threshold):
     """"scalar": one flat element loop, no vector setup (for sizes below one vector)."""
     b, arrays, n = _flat_prologue(module, symbol, sig)
     for_range(b, 0, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)), **NO_AUTO)
     b.ret(const(I32, 0))
 
 
-def _emit_vector(module, symbol, sig, expr, lanes):
-    """"vector": explicit `<lanes x T>` loads, ops and stores, then a scalar tail."""
+def _emit_vector(module, symbol, sig, expr, lanes, threshold):
+    """"vector": explicit `<lanes x T>` loads, ops and stores, then a scalar tail (chunks on
+    the kernel threads are whole vectors: only the last one has the tail)."""
     b, arrays, n = _flat_prologue(module, symbol, sig)
-    main = b.sub(n, b.urem(n, const(I64, lanes)))
-    for_range(b, 0, main, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes),
-              step=lanes, **NO_AUTO)
-    for_range(b, main, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)), **NO_AUTO)
+
+    def elements(b, arrays, lo, hi):
+        main = b.sub(hi, b.urem(b.sub(hi, lo), const(I64, lanes)))
+        for_range(b, lo, main, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes),
+                  step=lanes, **NO_AUTO)
+        for_range(b, main, hi, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays)),
+                  **NO_AUTO)
+    _split_flat(b, arrays, n, elements, lanes, threshold)
     b.ret(const(I32, 0))
 
 
-def _emit_vector_exact(module, symbol, sig, expr, lanes):
+def _emit_vector_exact(module, symbol, sig, expr, lanes, threshold):
     """"vector_exact": the element count is a multiple of `lanes` (checked), so no tail."""
     b, arrays, n = _flat_prologue(module, symbol, sig)
     check(b, b.icmp_signed("==", b.urem(n, const(I64, lanes)), const(I64, 0)), ERR_LAYOUT)
-    for_range(b, 0, n, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes),
-              step=lanes, **NO_AUTO)
+
+    def elements(b, arrays, lo, hi):
+        for_range(b, lo, hi, lambda i: _emit_at(b, sig, expr, arrays, [i] * len(arrays), lanes),
+                  step=lanes, **NO_AUTO)
+    _split_flat(b, arrays, n, elements, lanes, threshold)
     b.ret(const(I32, 0))
 
 
-def _emit_strided(module, symbol, sig, expr, lanes, perms=None):
+def _emit_strided(module, symbol, sig, expr, lanes, threshold, perms=None):
     """"strided": a loop nest over the output extents with numpy broadcasting (an input's
     stride is 0 in dims where its extent is 1, any explicit strides allowed). When every
     innermost stride is 0 or 1 the innermost loop is vectorised: stride-1 inputs load a
     vector, stride-0 ones a splat (a masked load whose mask is off).
 
     `perms` {input: perm}: that input is read transposed (a fused `transpose(x, perm)`): its
-    extents and strides are permuted before broadcasting, so no transposed copy is made."""
+    extents and strides are permuted before broadcasting, so no transposed copy is made.
+
+    With rank >= 2 the outermost dim is cut into chunks for the kernel threads (from
+    `threshold` output elements); the innermost loop is always whole."""
     fn, b = new_function(module, symbol)
     arrays = _permuted(b, prologue(b, *fn.args, sig), perms or {})
     _check_broadcast(b, arrays)
@@ -415,15 +436,35 @@ def _emit_strided(module, symbol, sig, expr, lanes, perms=None):
     for s in inner:
         if s is not None:
             fast = b.and_(fast, b.icmp_unsigned("<=", s, const(I64, 1)))
+    worth = b.icmp_unsigned(">=", product(b, out_ext), const(I64, threshold))
+    data = [d for d, _, _ in arrays]
     fast_bb, slow_bb = fn.append_basic_block("inner.unit"), fn.append_basic_block("inner.any")
     b.cbranch(fast, fast_bb, slow_bb)
-    outer = [(out_ext[d], [s[d] for s in eff]) for d in range(r - 1)]
     for block, emit_inner in ((fast_bb, _inner_unit), (slow_bb, _inner_any)):
         b.position_at_end(block)
-        for_nest(b, outer, [const(I64, 0)] * len(arrays),
-                 lambda offsets: emit_inner(b, sig, expr, arrays, out_ext[-1], inner, offsets, lanes),
-                 **NO_AUTO)
+        if r == 1:
+            emit_inner(b, sig, expr, arrays, out_ext[-1], inner, [const(I64, 0)] * len(arrays),
+                       lanes)
+        else:
+            split_for(b, [data, out_ext, eff], out_ext[0],
+                      lambda b, values, lo, hi: _strided_rows(b, sig, expr, lanes, emit_inner,
+                                                              *values, lo, hi), worth)
         b.ret(const(I32, 0))
+
+
+def _strided_rows(b, sig, expr, lanes, emit_inner, data, out_ext, eff, lo, hi):
+    """The strided loop nest for outermost indices [lo, hi)."""
+    arrays = [(d, None, None) for d in data]
+    r = len(out_ext)
+    inner = [s[-1] for s in eff]
+    outer = [(out_ext[d], [s[d] for s in eff]) for d in range(1, r - 1)]
+
+    def row(i):
+        start = [const(I64, 0) if s[0] is None else b.mul(i, s[0]) for s in eff]
+        for_nest(b, outer, start,
+                 lambda offsets: emit_inner(b, sig, expr, arrays, out_ext[-1], inner, offsets,
+                                            lanes), **NO_AUTO)
+    for_range(b, lo, hi, row, **NO_AUTO)
 
 
 def _advance(b, offsets, inner, i):
@@ -529,6 +570,7 @@ def check_spec(spec, inputs, outputs):
     if not isinstance(spec, dict) or "expr" not in spec:
         raise KernelError(f"elementwise spec must be {{'expr': ...}}, got {spec!r:.80}")
     _perms(spec, inputs)
+    parallel_work(spec, "elementwise", "elementwise")
     if len(outputs) != 1:
         raise KernelError(f"an elementwise kernel has one output, got {len(outputs)}")
     result = expr_dtype(spec["expr"], [dt for dt, _ in inputs])
@@ -543,11 +585,13 @@ def emit_elementwise(module, symbol, spec, inputs, outputs):
     sig = [tuple(x) for x in inputs] + [tuple(outputs[0])]
     lanes = lanes_for(sig)
     perms = _perms(spec, inputs)
+    threshold = parallel_work(spec, "elementwise", "elementwise")
     if perms:       # a transposed input: only the loop nest reads it right
-        _emit_strided(module, variant_symbol(symbol, "strided"), sig, spec["expr"], lanes, perms)
+        _emit_strided(module, variant_symbol(symbol, "strided"), sig, spec["expr"], lanes,
+                      threshold, perms)
         return emit_dispatcher(module, symbol, sig, [("strided", None)])
     for name, emit in VARIANTS.items():
-        emit(module, variant_symbol(symbol, name), sig, spec["expr"], lanes)
+        emit(module, variant_symbol(symbol, name), sig, spec["expr"], lanes, threshold)
     return emit_dispatcher(module, symbol, sig, dispatch_choices(lanes), prepare=_dispatch_context)
 
 

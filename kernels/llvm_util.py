@@ -323,6 +323,86 @@ def parallel_for(b, chunks, ctx, n, worth):
             lambda: b.call(chunks, [ctx, const(I64, 0), n]))
 
 
+# Work (a family's unit, below) from which a kernel's chunks go to the kernel threads; below it
+# the kernel runs on the calling thread alone (no wake-up). One entry per family, measured with
+# benchmarks/kernel_thresholds.py (threads 2 vs 1 on the same kernel built with parallel_work
+# 0, over growing sizes: the smallest size from which 2 threads stay faster); a spec's
+# "parallel_work" overrides it (tests use 0). Units: multiply-adds (M*N*K*batches) for matmul
+# and conv2d; elements of the largest array for the others.
+PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 15, "layer_norm": 1 << 15,
+                 "elementwise": 1 << 16, "reduce": 1 << 16}
+# chunks `split_for` cuts its items into: enough that a descheduled thread (a loaded machine)
+# leaves little behind, few enough that claiming one (two atomics) stays negligible
+SPLIT_CHUNKS = 32
+
+
+def parallel_work(spec, family, what):
+    """The work from which `family`'s kernel for `spec` uses the kernel threads: the spec's
+    "parallel_work" (validated) or the family's measured PARALLEL_WORK."""
+    threshold = spec.get("parallel_work", PARALLEL_WORK[family])
+    if type(threshold) is not int or threshold < 0:
+        from dynvm.vm.errors import KernelError
+        raise KernelError(f"{what}: parallel_work must be an int >= 0, got {threshold!r}")
+    return threshold
+
+
+def split_for(b, values, count, body, worth, align=1):
+    """body(b', values', lo, hi) over the independent items [0, count), cut into chunks of a
+    multiple of `align` items (at most SPLIT_CHUNKS chunks; only the last one may be shorter),
+    run by `parallel_for`: on the kernel threads when `worth` (i1), else in one call. Each item
+    is computed wholly inside one chunk in the order of a one-thread loop over [lo, hi), so
+    the results do not depend on the thread count.
+
+    `body` emits into a new internal chunk function with its own builder b'; every run-time
+    value it uses must come in through `values` (nested lists/tuples of IR values and Python
+    objects), which it receives rebuilt there (non-constant IR values travel in a context
+    struct on the caller's stack)."""
+    fields = []
+
+    def flatten(v):
+        if isinstance(v, (list, tuple)):
+            return type(v)(flatten(x) for x in v)
+        if isinstance(v, ir.Value) and not isinstance(v, ir.Constant):
+            fields.append(v)
+            return _Field(len(fields) - 1)
+        return v
+    template = flatten(values)
+    ctx_type = ir.LiteralStructType([I64, I64] + [v.type for v in fields])
+    module = b.module
+    fn = ir.Function(module, CHUNK_FN, name=module.get_unique_name(b.function.name + ".chunks"))
+    fn.linkage = "internal"
+    ctx, lo, hi = fn.args
+    cb = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def field(builder, base, k):
+        return builder.gep(base, [const(I32, 0), const(I32, k)], source_etype=ctx_type)
+    got = [cb.load(field(cb, ctx, 2 + k), typ=v.type) for k, v in enumerate(fields)]
+
+    def rebuild(v):
+        if isinstance(v, (list, tuple)):
+            return type(v)(rebuild(x) for x in v)
+        return got[v.index] if isinstance(v, _Field) else v
+    per, total = cb.load(field(cb, ctx, 0), typ=I64), cb.load(field(cb, ctx, 1), typ=I64)
+    body(cb, rebuild(template), cb.mul(lo, per), smin(cb, cb.mul(hi, per), total))
+    cb.ret(const(I32, 0))
+
+    count = as_i64(count)
+    span = b.udiv(b.add(count, c64(SPLIT_CHUNKS - 1)), c64(SPLIT_CHUNKS))
+    per = b.mul(b.udiv(b.add(span, c64(align - 1)), c64(align)), c64(align))
+    per = b.select(eq(b, per, c64(0)), c64(align), per)
+    buf = stack_buffer(b, ctx_type, 1)
+    for k, v in enumerate([per, count] + fields):
+        b.store(v, field(b, buf, k))
+    parallel_for(b, fn, buf, b.udiv(b.add(count, b.sub(per, c64(1))), per), worth)
+
+
+class _Field:
+    """Where a value passed to `split_for` sits in its context struct."""
+
+    def __init__(self, index):
+        self.index = index
+
+
 def elem_ptr(b, base, offset, ty):
     """Pointer to element `offset` of an array of `ty` (a vector type: of its element type)."""
     return b.gep(base, [offset], inbounds=True, source_etype=element_type(ty))

@@ -25,8 +25,8 @@ from dynvm.kernels.abi import ERR_LAYOUT, ERR_NULL, ERR_SHAPE
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (I1, I32, I64, PTR, REG_TYPE, check, const, for_nest, for_range,
                                      intrinsic, is_compact, load, load_strides, new_function,
-                                     product, prologue, return_zero_if, splat, store, vector_fold,
-                                     vector_type)
+                                     parallel_work, product, prologue, return_zero_if, splat,
+                                     split_for, store, vector_fold, vector_type)
 from dynvm.shape_funcs.common import normalize_axis
 
 TOP_TESTED = {"rotated": False}   # the loop shape these kernels are tuned with (for_range)
@@ -59,6 +59,7 @@ def check_spec(spec, inputs, outputs):
         raise KernelError(f"{op}: {e}") from None
     if op == "layer_norm" and not isinstance(spec.get("epsilon", 1e-5), (int, float)):
         raise KernelError("layer_norm: epsilon must be a number")
+    parallel_work(spec, op, op)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +225,13 @@ def _all_compact(b, arrays):
     return ok
 
 
+def _worth(b, spec, outer, n, inner):
+    """i1: the tensor is large enough for the kernel threads (its family's PARALLEL_WORK,
+    in elements)."""
+    size = b.mul(b.mul(outer, n), inner)
+    return b.icmp_unsigned(">=", size, const(I64, parallel_work(spec, spec["op"], spec["op"])))
+
+
 def _eps(spec):
     return float(spec.get("epsilon", 1e-5))
 
@@ -235,13 +243,18 @@ def _emit_last(module, symbol, spec, sig):
     x, y = arrays[0][0], arrays[-1][0]
     params = [arrays[1][0], arrays[2][0]] if spec["op"] == "layer_norm" else None
 
-    def row(o):
-        off = b.mul(o, n)
-        xr = b.gep(x, [off], inbounds=True, source_etype=elem)
-        yr = b.gep(y, [off], inbounds=True, source_etype=elem)
-        _along(b, spec["op"], elem, xr, yr, n, _eps(spec), params)
+    def rows(b, values, lo, hi):
+        x, y, n, params = values
 
-    for_range(b, 0, outer, row, **TOP_TESTED)
+        def row(o):
+            off = b.mul(o, n)
+            xr = b.gep(x, [off], inbounds=True, source_etype=elem)
+            yr = b.gep(y, [off], inbounds=True, source_etype=elem)
+            _along(b, spec["op"], elem, xr, yr, n, _eps(spec), params)
+
+        for_range(b, lo, hi, row, **TOP_TESTED)
+
+    split_for(b, [x, y, n, params], outer, rows, _worth(b, spec, outer, n, inner))
     b.ret(const(I32, 0))
 
 
@@ -255,18 +268,24 @@ def _emit_columns(module, symbol, spec, sig):
         params = (arrays[1][0], const(I64, 1), arrays[2][0], const(I64, 1))
     lanes = lm.vector_lanes(elem)
 
-    def per_outer(o):
-        base = b.mul(o, b.mul(n, inner))
-        c = const(I64, 0)
-        for width in (lanes, 1):
-            def chunk(c, width=width):
-                def at(k):
-                    return b.add(b.add(base, c), b.mul(k, inner))
-                _across(b, spec["op"], Line(b, elem, width, x, y, at, at, params), n, _eps(spec))
-            c, _ = for_range(b, c, b.sub(inner, const(I64, width - 1)), chunk, step=width,
-                             **TOP_TESTED)
+    def outers(b, values, lo, hi):
+        x, y, n, inner, params = values
 
-    for_range(b, 0, outer, per_outer, **TOP_TESTED)
+        def per_outer(o):
+            base = b.mul(o, b.mul(n, inner))
+            c = const(I64, 0)
+            for width in (lanes, 1):
+                def chunk(c, width=width):
+                    def at(k):
+                        return b.add(b.add(base, c), b.mul(k, inner))
+                    _across(b, spec["op"], Line(b, elem, width, x, y, at, at, params), n,
+                            _eps(spec))
+                c, _ = for_range(b, c, b.sub(inner, const(I64, width - 1)), chunk, step=width,
+                                 **TOP_TESTED)
+
+        for_range(b, lo, hi, per_outer, **TOP_TESTED)
+
+    split_for(b, [x, y, n, inner, params], outer, outers, _worth(b, spec, outer, n, inner))
     b.ret(const(I32, 0))
 
 
