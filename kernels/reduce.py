@@ -34,8 +34,9 @@ from dynvm.kernels.abi import ERR_EMPTY, ERR_LAYOUT, ERR_NULL, ERR_SHAPE
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (F32, F64, I32, I64, PTR, REG_TYPE, cast, check, const,
                                      element_type, for_nest, for_range, is_compact, lane_ids, load,
-                                     load_strides, new_function, product, prologue, return_zero_if,
-                                     splat, store, vector_fold, vector_type, with_element)
+                                     load_strides, new_function, parallel_work, product, prologue,
+                                     return_zero_if, splat, split_for, store, vector_fold,
+                                     vector_type, with_element)
 from dynvm.shape_funcs.reduce import reduced_axes
 from dynvm.vm.errors import DynVMError, KernelError
 
@@ -178,6 +179,7 @@ def check_spec(spec, inputs, outputs):
         raise KernelError(f"{op}: bad axes: {e}") from None
     if out_rank != layout.out_rank:
         raise KernelError(f"{op}: output rank must be {layout.out_rank}, got {out_rank}")
+    parallel_work(spec, "reduce", op)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,20 +284,52 @@ def _emit_inner(module, symbol, spec, sig, layout):
     outer_red = [(extents[g], [in_stride[g], flat[g]]) for g in red_groups[:-1]]
     n = extents[red_groups[-1]]
 
-    def per_output(offs, _):
-        x_off, y_off = offs
+    def outputs(b, values, kept_nest):
+        x_data, y_data, outer_red, n, count = values
 
-        def leaf(roffs, acc):
-            row = _reduce_row(b, reducer, x[0], roffs[0], n, roffs[1])
-            return reducer.combine(b, acc, row)
+        def per_output(offs, _):
+            x_off, y_off = offs
 
-        acc = for_nest(b, outer_red, [x_off, const(I64, 0)], leaf, carried=reducer.init(1),
-                       **TOP_TESTED)
-        _store_out(b, reducer, reducer.finish(b, acc, count), y[0], y_off)
-        return []
+            def leaf(roffs, acc):
+                row = _reduce_row(b, reducer, x_data, roffs[0], n, roffs[1])
+                return reducer.combine(b, acc, row)
 
-    for_nest(b, kept, [const(I64, 0), const(I64, 0)], per_output, carried=[], **TOP_TESTED)
+            acc = for_nest(b, outer_red, [x_off, const(I64, 0)], leaf, carried=reducer.init(1),
+                           **TOP_TESTED)
+            _store_out(b, reducer, reducer.finish(b, acc, count), y_data, y_off)
+            return []
+        kept_nest(per_output)
+
+    _split_kept(b, spec, x, kept, [x[0], y[0], outer_red, n, count], outputs)
     b.ret(const(I32, 0))
+
+
+def _split_kept(b, spec, x, kept, values, outputs):
+    """outputs(b', values', nest) over every kept position, `nest(per_output)` walking them:
+    the outermost kept group is cut into chunks for the kernel threads (from the family's
+    PARALLEL_WORK input elements), each output reduced wholly by one chunk."""
+    def nest_of(b, kept, lo, hi):
+        def nest(per_output):
+            if not kept:
+                per_output([const(I64, 0), const(I64, 0)], [])
+                return
+
+            def first(i):
+                start = [b.mul(i, kept[0][1][0]), b.mul(i, kept[0][1][1])]
+                for_nest(b, kept[1:], start, per_output, carried=[], **TOP_TESTED)
+            for_range(b, lo, hi, first, **TOP_TESTED)
+        return nest
+
+    if not kept:
+        outputs(b, values, nest_of(b, kept, None, None))
+        return
+    split_for(b, [values, kept], kept[0][0],
+              lambda b, v, lo, hi: outputs(b, v[0], nest_of(b, v[1], lo, hi)), _worth(b, spec, x))
+
+
+def _worth(b, spec, x):
+    size = product(b, x[1])
+    return b.icmp_unsigned(">=", size, const(I64, parallel_work(spec, "reduce", spec["op"])))
 
 
 def _reduce_row(b, reducer, data, start, n, flat_base):
@@ -327,23 +361,34 @@ def _emit_outer(module, symbol, spec, sig, layout):
     m = extents[-1]
     lanes = lm.vector_lanes(reducer.elem)
 
-    def per_row(offs, _):
-        x_off, y_off = offs
-        c = const(I64, 0)
-        for width, vecs in ((UNROLL * lanes, UNROLL), (lanes, 1), (1, 1)):
-            vl = width // vecs
-            c, _ = for_range(b, c, b.sub(m, const(I64, width - 1)),
-                             lambda c, _, vl=vl, vecs=vecs: _outer_chunk(
-                                 b, reducer, x, y, reduced, x_off, y_off, c, vl, vecs, count),
-                             step=width, carried=[], **TOP_TESTED)
-        return []
+    def columns(b, values, c_lo, c_hi):
+        """Output columns [c_lo, c_hi) of every row (of the outer kept groups)."""
+        x_data, y_data, reduced, count = values
 
-    for_nest(b, outer_kept, [const(I64, 0), const(I64, 0)], per_row, carried=[],
-             **TOP_TESTED)
+        def per_row(offs, _):
+            x_off, y_off = offs
+            c = c_lo
+            for width, vecs in ((UNROLL * lanes, UNROLL), (lanes, 1), (1, 1)):
+                vl = width // vecs
+                c, _ = for_range(b, c, b.sub(c_hi, const(I64, width - 1)),
+                                 lambda c, _, vl=vl, vecs=vecs: _outer_chunk(
+                                     b, reducer, x_data, y_data, reduced, x_off, y_off, c, vl,
+                                     vecs, count),
+                                 step=width, carried=[], **TOP_TESTED)
+            return []
+        return per_row
+
+    values = [x[0], y[0], reduced, count]
+    if outer_kept:      # rows to the threads
+        _split_kept(b, spec, x, outer_kept, [values, m], lambda b, v, nest: nest(
+            columns(b, v[0], const(I64, 0), v[1])))
+    else:               # one row: its columns to the threads, in whole unrolled chunks
+        split_for(b, values, m, lambda b, v, lo, hi: columns(b, v, lo, hi)(
+            [const(I64, 0), const(I64, 0)], []), _worth(b, spec, x), align=UNROLL * lanes)
     b.ret(const(I32, 0))
 
 
-def _outer_chunk(b, reducer, x, y, reduced, x_off, y_off, c, lanes, vecs, count):
+def _outer_chunk(b, reducer, x_data, y_data, reduced, x_off, y_off, c, lanes, vecs, count):
     """y[y_off + c : + lanes*vecs] = reduce over all reduced positions of the x rows."""
     elem = reducer.elem
     part = len(reducer.init(1))
@@ -354,7 +399,7 @@ def _outer_chunk(b, reducer, x, y, reduced, x_off, y_off, c, lanes, vecs, count)
         out = []
         for u in range(vecs):
             at = b.add(base, const(I64, u * lanes))
-            v = reducer.convert(b, load(b, x[0], at, vector_type(elem, lanes)))
+            v = reducer.convert(b, load(b, x_data, at, vector_type(elem, lanes)))
             out += reducer.step(b, accs[u * part:(u + 1) * part], v, idx)
         return out
 
@@ -362,7 +407,7 @@ def _outer_chunk(b, reducer, x, y, reduced, x_off, y_off, c, lanes, vecs, count)
                     carried=reducer.init(lanes) * vecs, **TOP_TESTED)
     for u in range(vecs):
         value = reducer.finish(b, accs[u * part:(u + 1) * part], count)
-        store(b, value, y[0], b.add(b.add(y_off, c), const(I64, u * lanes)))
+        store(b, value, y_data, b.add(b.add(y_off, c), const(I64, u * lanes)))
     return []
 
 

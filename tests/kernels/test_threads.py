@@ -1,6 +1,7 @@
 """Kernels on several threads (kernels/pool.py): the pool's contract (every chunk once, one
-call on one thread, a second caller alone, idle workers asleep), matmul-family results identical
-bit for bit for every thread count, and `VirtualMachine(threads=N)`.
+call on one thread, a second caller alone, idle workers asleep), the results of every family on
+the threads (matmul, conv2d, softmax, layer_norm, elementwise, reductions) identical bit for
+bit for every thread count, and `VirtualMachine(threads=N)` / `StaticRuntime(threads=N)`.
 
 The kernels here are built with `parallel_work: 0`, so even small shapes go through the pool.
 """
@@ -253,11 +254,128 @@ def test_conv2d_identical_for_every_thread_count():
         assert other.tobytes() == outs[0].tobytes()
 
 
-def test_parallel_work_must_be_a_non_negative_int():
+@pytest.mark.parametrize("family, spec", [
+    ("matmul", {"op": "dense"}), ("softmax", {"op": "softmax"}), ("reduce", {"op": "sum"}),
+    ("elementwise", {"expr": ["exp", ["in", 0]]})])
+def test_parallel_work_must_be_a_non_negative_int(family, spec):
     kb = KernelBuilder()
-    with pytest.raises(KernelError, match="parallel_work must be an int >= 0"):
-        kb.add_compiled("d", "matmul", {"op": "dense", "parallel_work": -1},
-                        [("float32", 2), ("float32", 2)], [("float32", 2)])
+    ins = [("float32", 2)] * (2 if family == "matmul" else 1)
+    out = [("float32", 0 if family == "reduce" else 2)]
+    for bad in (-1, 1.5):
+        with pytest.raises(KernelError, match="parallel_work must be an int >= 0"):
+            kb.add_compiled("k", family, {**spec, "parallel_work": bad}, ins, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax, layer_norm, elementwise and reductions: identical bits for every thread count
+# (rank-3 inputs; each kernel: family, spec, the output's shape and numpy's result from x)
+
+GELU = ["multiply", ["in", 0], ["sigmoid", ["multiply", ["in", 0], ["in", 1]]]]
+ROW_KERNELS = {
+    "softmax_last": ("softmax", {"op": "softmax", "axis": -1}, lambda x: _softmax(x, -1)),
+    "softmax_axis1": ("softmax", {"op": "softmax", "axis": 1}, lambda x: _softmax(x, 1)),
+    "layer_norm_last": ("layer_norm", {"op": "layer_norm", "axis": -1, "epsilon": 1e-5},
+                        lambda x: _layer_norm(x, -1)),
+    "layer_norm_axis1": ("layer_norm", {"op": "layer_norm", "axis": 1, "epsilon": 1e-5},
+                         lambda x: _layer_norm(x, 1)),
+    "exp": ("elementwise", {"expr": ["exp", ["in", 0]]}, np.exp),
+    "gelu_fused": ("elementwise", {"expr": GELU}, lambda x: x / (1 + np.exp(-1.702 * x))),
+    "add_broadcast": ("elementwise", {"expr": ["add", ["in", 0], ["in", 1]]},
+                      lambda x: x + _column(x)),
+    "sum_last": ("reduce", {"op": "sum", "axis": -1}, lambda x: x.sum(-1)),
+    "mean_first": ("reduce", {"op": "mean", "axis": [0, 1]}, lambda x: x.mean((0, 1))),
+    "max_middle": ("reduce", {"op": "max", "axis": 1}, lambda x: x.max(1)),
+    "argmax_last": ("reduce", {"op": "argmax", "axis": -1}, lambda x: x.argmax(-1)),
+}
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _layer_norm(x, axis):
+    gamma, beta = _params(x.shape[axis])
+    shape = [1] * 3
+    shape[axis] = x.shape[axis]
+    mean = x.mean(axis, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+def _params(n):
+    return np.linspace(0.5, 1.5, n, dtype=np.float32), np.linspace(-1, 1, n, dtype=np.float32)
+
+
+def _column(x):
+    """The broadcast input of add_broadcast: one value per row of the middle axis."""
+    return np.arange(x.shape[1], dtype=np.float32).reshape(1, -1, 1)
+
+
+def _row_inputs(key, x):
+    if key.startswith("layer_norm"):
+        return [x, *_params(x.shape[1 if key.endswith("axis1") else 2])]
+    if key == "gelu_fused":
+        return [x, np.array(1.702, np.float32)]
+    if key == "add_broadcast":
+        return [x, _column(x)]
+    return [x]
+
+
+def _row_signature(key):
+    family, spec, _ = ROW_KERNELS[key]
+    ins = {"layer_norm": [("float32", 3), ("float32", 1), ("float32", 1)],
+           "elementwise": [("float32", 3)] + {"gelu_fused": [("float32", 0)],
+                                               "add_broadcast": [("float32", 3)]}.get(key, [])
+           }.get(family, [("float32", 3)])
+    out_rank = {"sum_last": 2, "mean_first": 1, "max_middle": 2, "argmax_last": 2}.get(key, 3)
+    return ins, [("int64" if key == "argmax_last" else "float32", out_rank)]
+
+
+@functools.cache
+def row_table():
+    kb = KernelBuilder()
+    index = {key: kb.add_compiled(key, family, {**spec, "parallel_work": 0}, *_row_signature(key))
+             for key, (family, spec, _) in ROW_KERNELS.items()}
+    loaded = load_kernels(kb.finish())
+    return {key: loaded[i] for key, i in index.items()}
+
+
+DIMS = st.sampled_from([0, 1, 2, 3, 7, 8, 9, 16, 17, 33, 70])
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(key=st.sampled_from(sorted(ROW_KERNELS)), shape=st.tuples(DIMS, DIMS, DIMS),
+       seed=st.integers(0, 2**16))
+def test_row_families_are_identical_for_every_thread_count(key, shape, seed):
+    """Every element is computed by one chunk in the one-thread order: the same bits at 1, 2
+    and 3 threads, whatever the shape (empty dims, one row, vector tails)."""
+    _, _, reference = ROW_KERNELS[key]
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    empty_reduce = key in ("max_middle", "argmax_last") and 0 in shape
+    if empty_reduce or (key == "mean_first" and 0 in shape[:2]):
+        return        # max/argmax of nothing is an error; numpy's mean of nothing warns
+    want = reference(x.astype(np.float64))
+    outs = every_thread_count(row_table()[key], _row_inputs(key, x), want.shape,
+                              want.dtype if key == "argmax_last" else np.float32)
+    for other in outs[1:]:
+        assert other.tobytes() == outs[0].tobytes()
+    np.testing.assert_allclose(outs[0], want, rtol=2e-5, atol=2e-5 * max(1, max(shape)))
+
+
+@pytest.mark.parametrize("key, shape", [("softmax_last", (4, 128, 129)),
+                                        ("layer_norm_last", (2, 256, 768)),
+                                        ("gelu_fused", (3, 257, 301)),
+                                        ("add_broadcast", (12, 128, 130)),
+                                        ("sum_last", (8, 300, 301)),
+                                        ("max_middle", (2, 500, 129))])
+def test_large_row_kernels_identical_for_every_thread_count(key, shape):
+    """Sizes with many chunks per thread (and the default thresholds would split them too)."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    want = ROW_KERNELS[key][2](x)
+    outs = every_thread_count(row_table()[key], _row_inputs(key, x), want.shape, np.float32)
+    for other in outs[1:]:
+        assert other.tobytes() == outs[0].tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
