@@ -4,7 +4,6 @@ lengths against numpy and torch.nn.functional.linear (torch.set_num_threads(1), 
 (not a test).
 
     python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024] [--bert-only] [--tiny]
-                                        [--threshold]
 
 numpy runs single-threaded in this process (OPENBLAS_NUM_THREADS=1 is set before numpy loads,
 unless the caller set it); a child process measures numpy with 2 threads for reference. dynvm
@@ -12,8 +11,7 @@ and numpy calls are interleaved (one of each per repetition) so machine noise hi
 each number is the median of the repetitions. The ratio is dynvm / numpy single-thread.
 The square sizes run dynvm at 1 and 2 kernel threads (kernels/pool.py), interleaved with numpy
 1 thread; numpy 2 threads comes from the child process (not interleaved: compare with care).
-`--threshold` instead measures where a second thread starts to pay (the matmul family's
-PARALLEL_WORK): dense built with parallel_work 0, 2 threads vs 1 over growing M*N*K.
+Where a second thread starts to pay (the threshold) is benchmarks/kernel_thresholds.py.
 `--tiny` runs size 64 with 3 repetitions (the test suite's smoke run).
 """
 import argparse
@@ -98,32 +96,6 @@ def time_pair(kernel, n, reps, transpose_b):
     return (one, two), theirs, kernel.last_variant
 
 
-# (M, N, K) of the --threshold table: squares, gemv rows, BERT at small sequence lengths
-THRESHOLD_SHAPES = [(32, 32, 32), (64, 64, 64), (96, 96, 96), (128, 128, 128), (160, 160, 160),
-                    (192, 192, 192), (1, 1024, 256), (1, 4096, 1024), (16, 768, 768),
-                    (8, 3072, 768), (32, 768, 768)]
-
-
-def threshold_table(reps):
-    """dense with parallel_work 0 (every shape through the pool): 2 threads vs 1, interleaved."""
-    kernel = build(parallel_work=0)["dense"]
-    print(f"dense, parallel_work 0: 1 vs 2 kernel threads, median of {reps} (us)")
-    print(f"{'M x N x K':>16} {'work':>10} {'variant':>8} {'1 thread':>9} {'2 threads':>10} "
-          f"{'speedup':>8}")
-    for m, n, k in THRESHOLD_SHAPES:
-        rng = np.random.default_rng(m + n + k)
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        w = rng.standard_normal((n, k)).astype(np.float32)
-        out = np.empty((m, n), np.float32)
-        tensors, keep = abi.pack([x, w, out], [abi.dtype_code("float32")] * 3)
-        entry = abi.kernel_function(kernel.address)
-        one, two = interleaved(reps, on_threads(1, lambda: entry(tensors, 3)),
-                               on_threads(2, lambda: entry(tensors, 3)))
-        del keep
-        print(f"{f'{m}x{n}x{k}':>16} {m * n * k:>10} {kernel.last_variant:>8} {one * 1e6:9.1f} "
-              f"{two * 1e6:10.1f} {one / two:8.2f}")
-
-
 # (M, N, K): the LSTM step (1, 256) x (1024, 256)^T (a 1 MB weight), 4 rows of it, a larger
 # layer, and one whose weight stays in L2
 GEMV_SHAPES = [(1, 1024, 256), (4, 1024, 256), (1, 4096, 1024), (1, 256, 256)]
@@ -197,12 +169,7 @@ def main():
     p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
     p.add_argument("--tiny", action="store_true", help="size 64, 3 repetitions (a smoke run)")
-    p.add_argument("--threshold", action="store_true",
-                   help="only the table that sets PARALLEL_WORK (2 vs 1 kernel threads)")
     args = p.parse_args()
-    if args.threshold:
-        threshold_table(args.reps)
-        return
     if args.tiny:
         args.reps, args.sizes = 3, [64]
     if args.bert_only:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dynvm.kernels import family
 from dynvm.kernels.abi import ERR_LAYOUT, ERR_SHAPE
 from dynvm.kernels.llvm_util import (c64, check, dot_offset, eq, for_range, if_then, load,
-                                     load_strides, smin, store)
+                                     load_strides, parallel_work, smin, store)
 from dynvm.kernels.matmul import (CONV_VARIANTS, DTYPES, Geometry, broadcast_extras,
-                                  check_epilogue, check_parallel_work, emit_gemm_kernel)
+                                  check_epilogue, emit_gemm_kernel)
 from dynvm.shape_funcs.nn import conv2d_params
 from dynvm.vm.errors import DynVMError, KernelError
 
@@ -180,7 +180,7 @@ def _check(spec, inputs, outputs):
     if any(rank > 4 for _, rank in inputs[2:]):
         raise KernelError(f"{what}: an epilogue input has a higher rank than the output")
     check_epilogue(spec, od, [dt for dt, _ in inputs[2:]], what)
-    check_parallel_work(spec, what)
+    parallel_work(spec, "matmul", what)
 
 
 def _emit(module, symbol, spec, inputs, outputs):

@@ -324,13 +324,17 @@ def parallel_for(b, chunks, ctx, n, worth):
 
 
 # Work (a family's unit, below) from which a kernel's chunks go to the kernel threads; below it
-# the kernel runs on the calling thread alone (no wake-up). One entry per family, measured with
-# benchmarks/kernel_thresholds.py (threads 2 vs 1 on the same kernel built with parallel_work
-# 0, over growing sizes: the smallest size from which 2 threads stay faster); a spec's
-# "parallel_work" overrides it (tests use 0). Units: multiply-adds (M*N*K*batches) for matmul
-# and conv2d; elements of the largest array for the others.
-PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 15, "layer_norm": 1 << 15,
-                 "elementwise": 1 << 16, "reduce": 1 << 16}
+# the kernel runs on the calling thread alone (no wake-up). One entry per family, set with
+# benchmarks/kernel_thresholds.py (each family's kernel built with parallel_work 0, 2 threads
+# against 1 over growing sizes, interleaved): waking a worker and waiting for its last chunk
+# cost 2-8 us there, so each entry is the size that takes one thread about 30-60 us (softmax
+# rows of 128: 256 rows; layer_norm rows of 768: 170 rows; the GELU expression: 64 rows of
+# 1024; sum over rows of 256: 2048 rows; dense: 64x256x128), where that tail is under 10-20%.
+# See docs/design.md, "Kernel threads", for the sweeps and the load they were taken at. A
+# spec's "parallel_work" overrides an entry (tests use 0). Units: multiply-adds
+# (M*N*K*batches) for matmul and conv2d; elements of the input for the others.
+PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 15, "layer_norm": 1 << 17,
+                 "elementwise": 1 << 16, "reduce": 1 << 19}
 # chunks `split_for` cuts its items into: enough that a descheduled thread (a loaded machine)
 # leaves little behind, few enough that claiming one (two atomics) stays negligible
 SPLIT_CHUNKS = 32

@@ -33,8 +33,8 @@ Threads: gemv, blocked and fast compute in chunks of output columns (a batch's g
 NC block; `emit_chunks`), each in the one-thread loop order, so every output element is summed
 the same way whoever computes it: results are identical for every thread count. The chunks run
 on the kernel threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
-PARALLEL_WORK, measured; a spec may lower it, e.g. to 0 in tests, or raise it), else in one
-call on the calling thread.
+llvm_util.PARALLEL_WORK["matmul"], measured; a spec may lower it, e.g. to 0 in tests, or raise
+it), else in one call on the calling thread.
 
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
@@ -58,9 +58,9 @@ from dynvm.kernels.llvm_math import fma, vector_lanes
 from dynvm.kernels.llvm_util import (CHUNK_FN, I1, I32, I64, MEM_TYPE, PTR, c64, check,
                                      check_data, check_equal, const, dot_offset, elem_ptr, eq,
                                      for_range, if_then, load, load_strides, masked_load,
-                                     masked_store, new_function, parallel_for, product, prologue,
-                                     return_zero_if, smin, splat, stack_buffer, store, tail_mask,
-                                     to_reg, unravel)
+                                     masked_store, new_function, parallel_for, parallel_work,
+                                     product, prologue, return_zero_if, smin, splat, stack_buffer,
+                                     store, tail_mask, to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -85,11 +85,6 @@ GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache ac
 GEMV_MAX_ROWS = 128
 GEMV_AXPY_ROWS = 32
 GEMV_AXPY_RESIDENT = 1 << 20
-# M*N*K (times batches) from which gemv / blocked / fast split their columns over the kernel
-# threads (kernels/pool.py): below it the job runs on the calling thread alone. Measured with
-# benchmarks/kernels_matmul.py --threshold (threads 2 vs 1 on the same shapes, this constant
-# set to 0): see docs/design.md, "Kernel threads".
-PARALLEL_WORK = 1 << 21
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,13 +162,6 @@ def check_epilogue(spec, out_dtype, extra_dtypes, what):
     if result != out_dtype:
         raise KernelError(f"{what}: epilogue gives {result}, the output is {out_dtype}")
     return expr
-
-
-def check_parallel_work(spec, what):
-    """`spec["parallel_work"]`, if given, is the work from which the kernel uses threads."""
-    threshold = spec.get("parallel_work", PARALLEL_WORK)
-    if type(threshold) is not int or threshold < 0:
-        raise KernelError(f"{what}: parallel_work must be an int >= 0, got {threshold!r}")
 
 
 class Extra:
@@ -820,7 +808,7 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     step = column_step(b, geo, blk, variant)
     n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
-    threshold = c64(spec.get("parallel_work", PARALLEL_WORK))
+    threshold = c64(parallel_work(spec, "matmul", symbol))
     parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, threshold))
     b.ret(const(I32, 0))
 
@@ -880,7 +868,7 @@ def _check(spec, inputs, outputs):
     if any(rank > orank for _, rank in inputs[2:]):
         raise KernelError(f"{what}: an epilogue input has a higher rank than the output")
     check_epilogue(spec, od, [dt for dt, _ in inputs[2:]], what)
-    check_parallel_work(spec, what)
+    parallel_work(spec, "matmul", what)
 
 
 def _emit(module, symbol, spec, inputs, outputs):

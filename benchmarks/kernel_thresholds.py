@@ -1,0 +1,147 @@
+"""Where a second kernel thread starts to pay, per kernel family: the numbers behind
+llvm_util.PARALLEL_WORK (not a test).
+
+    python benchmarks/kernel_thresholds.py [--reps 41] [--families matmul softmax ...] [--tiny]
+
+Every family's kernel is built with parallel_work 0 (every size goes through the pool) and
+called at 1 and 2 kernel threads, interleaved call by call (each sample a batch of calls lasting
+about 200 us, so the timer's cost vanishes), over sizes growing by about 2x; each line is the
+median of the repetitions. The crossover is the smallest size from which 2 threads are faster
+by at least CROSS at every larger size of the sweep: the family's PARALLEL_WORK is that size
+rounded up to a power of two (in the family's unit: multiply-adds for matmul, elements of the
+input for the others). The load average is printed before and after: on a machine busier than
+its cores a second thread cannot help, and the crossover moves up.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from dynvm.kernels import abi, load_kernels, pool
+from dynvm.kernels.builder import KernelBuilder
+from dynvm.kernels.llvm_util import PARALLEL_WORK
+
+CROSS = 1.1     # 2 threads at least this much faster than 1 from the crossover on
+GELU = ["multiply", ["in", 0], ["sigmoid", ["multiply", ["in", 0], ["in", 1]]]]
+ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+
+
+def _f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# family: (kernel family, spec, signature, cases); a case is (label, work, inputs, output shape)
+def cases(family, rng):
+    if family == "matmul":
+        shapes = [(8, 64, 64), (16, 64, 64), (16, 128, 64), (32, 128, 64), (32, 128, 128),
+                  (64, 128, 128), (64, 256, 128), (128, 256, 128), (128, 256, 256),
+                  (128, 512, 256), (256, 512, 256), (256, 512, 512), (512, 512, 512)]
+        return [(f"{m}x{n}x{k}", m * n * k, [_f32(rng, m, k), _f32(rng, n, k)], (m, n))
+                for m, n, k in shapes]
+    width = {"softmax": 128, "layer_norm": 768, "reduce": 256, "elementwise": 1024}[family]
+    out = []
+    for rows in ROWS:
+        x = _f32(rng, rows, width)
+        inputs = {"layer_norm": [x, _f32(rng, width), _f32(rng, width)],
+                  "elementwise": [x, np.array(1.702, np.float32)]}.get(family, [x])
+        shape = (rows,) if family == "reduce" else (rows, width)
+        out.append((f"{rows}x{width}", rows * width, inputs, shape))
+    return out
+
+
+KERNELS = {
+    "matmul": ("matmul", {"op": "dense"}, [("float32", 2)] * 2, ("float32", 2)),
+    "softmax": ("softmax", {"op": "softmax", "axis": -1}, [("float32", 2)], ("float32", 2)),
+    "layer_norm": ("layer_norm", {"op": "layer_norm", "axis": -1},
+                   [("float32", 2), ("float32", 1), ("float32", 1)], ("float32", 2)),
+    "elementwise": ("elementwise", {"expr": GELU}, [("float32", 2), ("float32", 0)],
+                    ("float32", 2)),
+    "reduce": ("reduce", {"op": "sum", "axis": -1}, [("float32", 2)], ("float32", 1)),
+}
+
+
+def build(families):
+    kb = KernelBuilder()
+    index = {name: kb.add_compiled(name, family, {**spec, "parallel_work": 0}, ins, [out])
+             for name, (family, spec, ins, out) in KERNELS.items() if name in families}
+    loaded = load_kernels(kb.finish())
+    return {name: loaded[i] for name, i in index.items()}
+
+
+def batch_size(call):
+    """Calls per sample so that one sample lasts about 200 us."""
+    pool.use_threads(1)
+    t = time.perf_counter()
+    call()
+    return max(1, int(2e-4 / max(time.perf_counter() - t, 1e-7)))
+
+
+def one_and_two(call, reps):
+    """Median seconds per call at 1 and 2 kernel threads, interleaved sample by sample."""
+    count = batch_size(call)
+    times = {1: [], 2: []}
+    for _ in range(reps):
+        for threads, spent in times.items():
+            pool.use_threads(threads)
+            t = time.perf_counter()
+            for _ in range(count):
+                call()
+            spent.append((time.perf_counter() - t) / count)
+    return float(np.median(times[1])), float(np.median(times[2]))
+
+
+def crossover(rows):
+    """The smallest work from which every speedup of the sweep is >= CROSS (None: never)."""
+    found = None
+    for work, speedup in reversed(rows):
+        if speedup < CROSS:
+            break
+        found = work
+    return found
+
+
+def sweep(name, kernel, reps):
+    rng = np.random.default_rng(0)
+    entry = abi.kernel_function(kernel.address)
+    unit = "multiply-adds" if name == "matmul" else "elements"
+    print(f"\n{name} (PARALLEL_WORK now {PARALLEL_WORK[KERNELS[name][0]]} {unit})")
+    print(f"{'shape':>14} {'work':>9} {'variant':>12} {'1 thread':>10} {'2 threads':>10} "
+          f"{'speedup':>8}")
+    rows = []
+    for label, work, inputs, shape in cases(name, rng):
+        out = np.empty(shape, np.float32)
+        arrays = inputs + [out]
+        tensors, keep = abi.pack(arrays, [abi.dtype_code(str(a.dtype)) for a in arrays])
+        assert entry(tensors, len(arrays)) == 0
+        one, two = one_and_two(lambda: entry(tensors, len(arrays)), reps)
+        del keep
+        rows.append((work, one / two))
+        print(f"{label:>14} {work:>9} {kernel.last_variant:>12} {one * 1e6:10.2f} "
+              f"{two * 1e6:10.2f} {one / two:8.2f}")
+    found = crossover(rows)
+    suggest = "none in the sweep" if found is None else f"{found} -> 2^{(found - 1).bit_length()}"
+    print(f"crossover (speedup >= {CROSS} from there on): {suggest}")
+
+
+def load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=41)
+    p.add_argument("--families", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    p.add_argument("--tiny", action="store_true", help="3 repetitions (a smoke run)")
+    args = p.parse_args()
+    if args.tiny:
+        args.reps = 3
+    kernels = build(args.families)
+    print(f"load average {load()} ({os.cpu_count()} cores); median of {args.reps}")
+    for name in args.families:
+        sweep(name, kernels[name], args.reps)
+    print(f"\nload average {load()}")
+
+
+if __name__ == "__main__":
+    main()
