@@ -104,8 +104,7 @@ class VirtualMachine:
                  tier: str = "native", max_memory_bytes=None, threads=None):
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
-        if threads is not None and (type(threads) is not int or threads < 1):
-            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+        check_threads(threads)
         if isinstance(exe, (str, os.PathLike)):
             exe = Executable.load(exe)
         elif not isinstance(exe, Executable):
@@ -118,7 +117,7 @@ class VirtualMachine:
         self.max_depth = max_depth
         self.max_steps = max_steps
         self.kernels = exe.loaded_kernels()
-        self._threads = _kernel_threads(threads) if self.kernels else None
+        self._threads = kernel_threads(threads) if self.kernels else None
         self.shape_funcs = lookup_shape_funcs(exe)
         self._constants = [Tensor.from_array(cache_aligned(c)) for c in exe.constants]
         self._ctors = {c["name"]: c for c in exe.constructors}
@@ -765,8 +764,15 @@ class VirtualMachine:
 # ---------------------------------------------------------------- Ctrl-C in native loops
 
 _WORD_TENSORS = {}      # id(word array) -> its Tensor (the arrays live as long as the process)
-def _kernel_threads(threads):
-    """(setter, count): what `invoke` calls to give its thread's kernels `threads` threads."""
+def check_threads(threads):
+    """A runtime's `threads` argument: an int >= 1, or None for the cores (ValueError)."""
+    if threads is not None and (type(threads) is not int or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+
+
+def kernel_threads(threads):
+    """(setter, count): what a runtime (the VM's `invoke`, the static runtime's `run`) calls
+    to give its thread's kernels `threads` threads (None: the cores this process may use)."""
     from dynvm.kernels import pool      # lazily, as the kernels themselves
     return pool.use_threads, pool.default_threads() if threads is None else threads
 

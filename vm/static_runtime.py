@@ -22,6 +22,7 @@ from dynvm.vm.boundary import bind, import_tensor
 from dynvm.vm.bytecode import OPCODES
 from dynvm.vm.dtypes import np_dtype
 from dynvm.vm.errors import InvokeArgumentError, KernelError, StaticRuntimeError, VMError
+from dynvm.vm.machine import check_threads, kernel_threads
 from dynvm.vm.profiler import Profile
 from dynvm.vm.values import ADT, Storage, Tensor, cache_aligned, rebuild
 
@@ -35,9 +36,14 @@ class StaticRuntime:
     array-likes of the declared dtypes and shapes) and returns the same values; returned arrays
     are copies that no later run touches. profile=True records every kernel call like the VM's
     profiler (`profile()`).
+
+    `threads`: how many threads each kernel may run on, as in `VirtualMachine` (default: the
+    cores this process may use; 1: every kernel on the calling thread alone). Results do not
+    depend on it. The count belongs to the calling OS thread: `run` sets it there.
     """
 
-    def __init__(self, exe, name: str = "main", profile: bool = False):
+    def __init__(self, exe, name: str = "main", profile: bool = False, threads=None):
+        check_threads(threads)
         if not exe._verified:
             exe.verify()
         names = [f.name for f in exe.functions]
@@ -48,6 +54,7 @@ class StaticRuntime:
         _check_params(fn)
         _check_code(fn)
         self._profile = Profile() if profile else None
+        self._threads = kernel_threads(threads)
         self._plan(exe, fn)
 
     # ------------------------------------------------------------ public API
@@ -62,6 +69,7 @@ class StaticRuntime:
             if type(a) is not np.ndarray or a.shape != shape or a.dtype != dt:
                 a = import_tensor(a, desc, where).array  # converts, or raises the VM's error
             buf[...] = a
+        self._threads[0](self._threads[1])
         for fn, tensors, nargs, i in self._calls:
             rc = fn(tensors, nargs)
             if rc:
@@ -75,6 +83,11 @@ class StaticRuntime:
         if self._profile is None:
             raise VMError("profiling is off; create the StaticRuntime with profile=True")
         return self._profile
+
+    @property
+    def threads(self) -> int:
+        """The threads each kernel of a run may run on."""
+        return self._threads[1]
 
     @property
     def kernel_calls(self) -> int:

@@ -12,13 +12,6 @@ from dynvm.bench.harness import optional_import
 THREADS = None          # threads of every runtime (`dynvm bench --threads`); None: each one's default
 
 
-def use_kernel_threads():
-    """dynvm kernels called outside a VM (the static runtime) on THREADS threads, from this
-    thread (a VM gets `threads=THREADS` instead); None: all cores, the VM's default."""
-    from dynvm.kernels import pool
-    pool.use_threads(THREADS or pool.default_threads())
-
-
 class Skip(Exception):
     """A runtime that cannot run this model here; the message is the reason (kept in the JSON)."""
 

@@ -61,8 +61,7 @@ def static_runner(build_static):
     def factory(ctx, n):
         from dynvm.compiler import build
         from dynvm.vm import StaticRuntime
-        peers.use_kernel_threads()
-        return Runner(StaticRuntime(build(build_static(ctx, n))).run)
+        return Runner(StaticRuntime(build(build_static(ctx, n)), threads=peers.THREADS).run)
     return factory
 
 

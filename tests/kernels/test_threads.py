@@ -417,3 +417,21 @@ def test_concurrent_vms_on_several_threads():
         for _ in range(5):
             assert vm.invoke("main", x).tobytes() == want.tobytes()
     on_threads(worker, (1, 2, 3, 2))
+
+
+def test_static_runtime_threads_like_the_vm():
+    from dynvm.compiler import build, ir, op
+    from dynvm.vm import StaticRuntime
+    x = ir.var("x", ir.TensorType((300, 256), "float32"))
+    w = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
+    exe = build(ir.IRModule.from_expr(ir.Function([x], op.softmax(op.dense(x, ir.const(w))))))
+    assert StaticRuntime(exe).threads == pool.default_threads()
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+            StaticRuntime(exe, threads=bad)
+    data = np.random.default_rng(2).standard_normal((300, 256)).astype(np.float32)
+    results = []
+    for threads in THREADS:
+        results.append(StaticRuntime(exe, threads=threads).run(data))
+        assert pool.current_threads() == threads      # set on the calling thread
+    assert all(r.tobytes() == results[0].tobytes() for r in results)
