@@ -102,7 +102,9 @@ class Blocking:
         self.zero = const(self.ty, 0.0 if self.is_float else 0)
         self.nv = 2                      # vectors per micro-tile row
         self.nr = self.nv * self.vl      # micro-tile columns (32 float32 with AVX-512)
-        self.mr = 12 if self.vl >= 8 else 6
+        # MR x NV accumulators + NV vectors of B + A's splat must fit the vector registers:
+        # 12 x 2 + 3 of AVX-512's 32, 6 x 2 + 3 of AVX2's 16 (more spills every k step)
+        self.mr = 12 if family.vector_bits() >= 512 else 6
         size = self.size = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}[dtype]
         self.kc = 256 if size == 4 else 128
         self.mc = self.mr * (96 // self.mr)
