@@ -314,6 +314,11 @@ def if_then(b, cond, then, otherwise=None, carried=None):
 CHUNK_FN = ir.FunctionType(I32, [PTR, I64, I64])
 
 
+def kernel_threads(b):
+    """i64: the thread count kernels called from this OS thread may use (kernels/pool.py)."""
+    return b.call(get_function(b.module, "dynvm_pool_threads", ir.FunctionType(I64, [])), [])
+
+
 def parallel_for(b, chunks, ctx, n, worth):
     """Run `chunks` (a CHUNK_FN) over the chunks [0, n): in one call, chunks(ctx, 0, n), unless
     `worth` (i1: the work pays for waking threads, a family's measured threshold); then through

@@ -27,10 +27,11 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   over k, masked last chunk. The epilogue runs per (row group, panel), in L1.
   Other strides: tiny code.
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
-226 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack.
+610 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack
+(glibc's default thread stack is 8 MiB).
 
 Threads: gemv, blocked and fast compute in chunks of output columns (a batch's gemv panel or
-NC block; `emit_chunks`), each in the one-thread loop order, so every output element is summed
+column block: NC on one thread, smaller on more, see `column_step`; `emit_chunks`), each in the one-thread loop order, so every output element is summed
 the same way whoever computes it: results are identical for every thread count. The chunks run
 on the kernel threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
 llvm_util.PARALLEL_WORK["matmul"], measured; a spec may lower it, e.g. to 0 in tests, or raise
@@ -57,16 +58,21 @@ from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
 from dynvm.kernels.llvm_util import (CHUNK_FN, I1, I32, I64, MEM_TYPE, PTR, c64, check,
                                      check_data, check_equal, const, dot_offset, elem_ptr, eq,
-                                     for_range, if_then, load, load_strides, masked_load,
-                                     masked_store, new_function, parallel_for, parallel_work,
-                                     product, prologue, return_zero_if, smin, splat, stack_buffer,
-                                     store, tail_mask, to_reg, unravel)
+                                     for_range, if_then, kernel_threads, load, load_strides,
+                                     masked_load, masked_store, new_function, parallel_for,
+                                     parallel_work, product, prologue, return_zero_if, smin, splat,
+                                     stack_buffer, store, tail_mask, to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
 OPS = {"dense": 2, "matmul": 2, "batch_matmul": 2}
 VARIANTS = ("tiny", "gemv", "blocked", "fast")      # the matmul family's
 CONV_VARIANTS = ("tiny", "blocked", "fast")        # conv2d's B (im2col) is never contiguous
+# the packed KC x NC panel of B at one thread (L2-sized on znver2: each MC x KC block of A,
+# packed again for every NC columns, is then reused over 512 float32 columns, not 128: 1024^3
+# went from 0.79 to 0.86-0.92 of single-threaded OpenBLAS at load 6); on more threads NC
+# shrinks to give each thread two column blocks (`column_step`), which changes no result
+NC_BYTES = 512 * 1024
 TINY_WORK = 16 * 16 * 16   # M*N*K at or below which setup costs more than blocking saves
 GEMV_ROWS = 4    # rows of A per pass over B in "gemv" (M <= GEMV_ROWS streams B once)
 GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector lanes)
@@ -108,7 +114,7 @@ class Blocking:
         size = self.size = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}[dtype]
         self.kc = 256 if size == 4 else 128
         self.mc = self.mr * (96 // self.mr)
-        self.nc = self.nr * max(1, (128 * 1024 // size) // (self.kc * self.nr))
+        self.nc = self.nr * max(1, (NC_BYTES // size) // (self.kc * self.nr))   # at most
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,15 +527,16 @@ def write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast):
     if_then(b, full, vector_path, scalar_path)
 
 
-def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc):
-    """The cache-blocked GEMM of batch `bi`, columns [jc, jc + NC) (K, M, N >= 1 checked by the
-    caller): pack a KC x NC panel of B, then every MC-row block of A against it."""
+def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step):
+    """The cache-blocked GEMM of batch `bi`, columns [jc, jc + step) (step <= NC; K, M, N >= 1
+    checked by the caller): pack a KC x step panel of B, then every MC-row block of A against
+    it. Each output element sums the same KC blocks in the same order whatever the step."""
     mk = micro_kernel(b.module, blk)
     ap = stack_buffer(b, blk.ty, blk.mc * blk.kc)
     bp = stack_buffer(b, blk.ty, blk.kc * blk.nc)
     tile = stack_buffer(b, blk.ty, blk.mr * blk.nr)
     M, N, K = geo.M, geo.N, geo.K
-    nc = smin(b, c64(blk.nc), b.sub(N, jc))
+    nc = smin(b, step, b.sub(N, jc))
 
     def depth_block(pc):
         kc = smin(b, c64(blk.kc), b.sub(K, pc))
@@ -729,19 +736,26 @@ def _output_empty(b, geo):
 
 
 # The context a variant hands its chunks: the kernel's own arguments (the chunk function
-# validates and derives the geometry again: cheap, and no IR value crosses functions) and,
-# for gemv, the direction of this call's walk over B's panels.
-CHUNK_CTX = ir.LiteralStructType([PTR, I32, I1])
+# validates and derives the geometry again: cheap, and no IR value crosses functions), for
+# gemv the direction of this call's walk over B's panels, and the columns per chunk.
+CHUNK_CTX = ir.LiteralStructType([PTR, I32, I1, I64])
 
 
 def _ctx_field(b, ctx, k):
     return b.gep(ctx, [const(I32, 0), const(I32, k)], source_etype=CHUNK_CTX)
 
 
-def column_step(b, geo, blk, variant):
-    """Columns of one chunk: a gemv panel or a blocked NC block (the loops' own steps, so
-    every output element is computed by one chunk in the order one thread uses)."""
-    return gemv_panel(b, geo, blk) if variant == "gemv" else c64(blk.nc)
+def column_step(b, geo, blk, variant, parallel):
+    """Columns of one chunk: a gemv panel, or a blocked column block: NC on one thread (or
+    when the work stays on the calling thread: `parallel` false), else N / (2 * threads)
+    rounded up to whole NR strips (at most NC), so each thread gets about two blocks. Every
+    output element is computed by one chunk in the order one thread uses."""
+    if variant == "gemv":
+        return gemv_panel(b, geo, blk)
+    threads = b.select(parallel, kernel_threads(b), c64(1))
+    share = b.udiv(b.add(geo.N, b.sub(b.mul(threads, c64(2)), c64(1))), b.mul(threads, c64(2)))
+    strips = b.mul(b.udiv(b.add(share, c64(blk.nr - 1)), c64(blk.nr)), c64(blk.nr))
+    return b.select(b.icmp_signed("<=", threads, c64(1)), c64(blk.nc), smin(b, strips, c64(blk.nc)))
 
 
 def emit_chunks(module, name, variant, sig, spec, make_geometry):
@@ -751,13 +765,11 @@ def emit_chunks(module, name, variant, sig, spec, make_geometry):
     fn.linkage = "internal"
     ctx, lo, hi = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    field = [_ctx_field(b, ctx, k) for k in range(3)]
-    args, nargs = b.load(field[0], typ=PTR), b.load(field[1], typ=I32)
-    backwards = b.load(field[2], typ=I1)
+    args, nargs, backwards, step = (b.load(_ctx_field(b, ctx, k), typ=ty)
+                                    for k, ty in enumerate(CHUNK_CTX.elements))
     geo = make_geometry(b, spec, sig, prologue(b, args, nargs, sig))
     blk = Blocking(sig[-1][0])
     expr = spec.get("epilogue")
-    step = column_step(b, geo, blk, variant)
     per_batch = b.udiv(b.add(geo.N, b.sub(step, c64(1))), step)
 
     def chunk(c):
@@ -765,7 +777,7 @@ def emit_chunks(module, name, variant, sig, spec, make_geometry):
         if variant == "gemv":
             emit_gemv_panel(b, geo, blk, expr, bi, n0, step, backwards)
         else:
-            emit_blocked_columns(b, geo, blk, expr, variant == "fast", bi, n0)
+            emit_blocked_columns(b, geo, blk, expr, variant == "fast", bi, n0, step)
     for_range(b, lo, hi, chunk)
     b.ret(const(I32, 0))
     return fn
@@ -804,14 +816,14 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         check(b, b.and_(aligned, eq(b, geo.sc_n, c64(1))), ERR_LAYOUT)
     chunks = emit_chunks(module, fn.name, variant, sig, spec, make_geometry)
-    ctx = stack_buffer(b, CHUNK_CTX, 1)
-    for k, value in enumerate((fn.args[0], fn.args[1], backwards)):
-        b.store(value, _ctx_field(b, ctx, k))
-    step = column_step(b, geo, blk, variant)
-    n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
-    threshold = c64(parallel_work(spec, "matmul", symbol))
-    parallel_for(b, chunks, ctx, n, b.icmp_unsigned(">=", work, threshold))
+    parallel = b.icmp_unsigned(">=", work, c64(parallel_work(spec, "matmul", symbol)))
+    step = column_step(b, geo, blk, variant, parallel)
+    ctx = stack_buffer(b, CHUNK_CTX, 1)
+    for k, value in enumerate((fn.args[0], fn.args[1], backwards, step)):
+        b.store(value, _ctx_field(b, ctx, k))
+    n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
+    parallel_for(b, chunks, ctx, n, parallel)
     b.ret(const(I32, 0))
 
 

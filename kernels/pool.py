@@ -3,8 +3,9 @@ chunks [0, n) on the calling thread plus sleeping worker threads, all in native 
 
 Everything that runs per call is JIT-compiled IR (below) calling libc's pthread functions; no
 Python runs per task and kernels reach the entry as an ordinary external symbol (registered
-with the JIT before any kernels library loads: codelib's runtime hook calls `make`). Kernels
-emit the call with llvm_util's `parallel_for`; this module is runtime only (no code generator).
+with the JIT before any kernels library loads: codelib's runtime hook calls `make`), as is
+`i64 dynvm_pool_threads()`, the calling thread's count. Kernels emit the calls with llvm_util's
+`parallel_for` / `kernel_threads`; this module is runtime only (no code generator).
 
 Contract of `i32 dynvm_parallel_for(ptr fn, ptr ctx, i64 n)`, fn being
 `i32 fn(ptr ctx, i64 lo, i64 hi)` (its result is ignored: kernels validate before they split):
@@ -280,7 +281,8 @@ def make():
             raise OSError("pthread_key_create failed: no thread-specific key left")
         _global(library, "dynvm_pool_key", "uint32_t *")[0] = key[0]
         _global(library, "dynvm_pool_default", "int64_t *")[0] = default_threads()
-        codelib.add_symbol("dynvm_parallel_for", library.address("dynvm_parallel_for"))
+        for symbol in ("dynvm_parallel_for", "dynvm_pool_threads"):
+            codelib.add_symbol(symbol, library.address(symbol))
         threads = _ffi.cast("int64_t (*)(void)", library.address("dynvm_pool_threads"))
         _state = (library, key[0], threads, _global(library, "workers", "int64_t *"))
 
