@@ -57,8 +57,8 @@ def load(executable, trust_native_code: bool = False) -> Executable:
     if isinstance(executable, (str, os.PathLike)):
         return Executable.load(executable, trust_native_code)
     if not isinstance(executable, (bytes, bytearray, memoryview)):
-        import ray
-        if not isinstance(executable, ray.ObjectRef):
+        ray = _ray()
+        if ray is None or not isinstance(executable, ray.ObjectRef):
             raise TypeError(f"executable must be an Executable, .dvm bytes, a path or a "
                             f"ray.ObjectRef to .dvm bytes, got a {type(executable).__name__}")
         executable = ray.get(executable)
@@ -151,10 +151,20 @@ def _groups_of_equal_shape(rows) -> dict:
     return groups
 
 
+def _ray():
+    """The ray module, or None when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray
+
+
 def _assigned_cpus():
-    """The CPUs Ray assigned to the current task or actor (at least 1), or None outside one."""
-    import ray
-    if not ray.is_initialized():
+    """The CPUs Ray assigned to the current task or actor (at least 1), or None outside one
+    (also when Ray is not installed: a `Runner` works without it)."""
+    ray = _ray()
+    if ray is None or not ray.is_initialized():
         return None
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     return max(1, int(cpus)) if cpus else None
