@@ -65,16 +65,19 @@ RC_STACK = 2         # the native stack limit was reached: the Python tier runs 
 RC_INTERRUPT = 3     # the interrupt word was set (Ctrl-C): the VM raises KeyboardInterrupt
 RC_EDGE = 4          # an edge function declined its arguments (or thread): invoke's general path
 RC_RESHAPED = 5      # an edge function's result has another shape than the array made for it
+RC_ARENA = 6         # an edge function's import arena was too small: invoke's general path
 CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "constants", "pool",
               "err_func", "err_pc", "err_code", "interrupt",
               # what an edge function (`dvm_edge_<i>`) reads: the configured limits, the thread
               # the stack limit was taken on, numpy's array type and dtype objects, the result
-              "budget", "depth_limit", "thread", "ndarray_type", "descrs", "result")
+              "budget", "depth_limit", "thread", "ndarray_type", "descrs", "result",
+              # what `dvm_import` reads and writes (IMPORT_FIELDS)
+              "imports")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
 _STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE, _INTERRUPT = (_CTX[n] for n in (
     "steps", "depth", "max_depth", "stack_limit", "err_code", "interrupt"))
 CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR,
-                                 I64, I64, I64, I64, PTR, PTR])
+                                 I64, I64, I64, I64, PTR, PTR, PTR])
 
 # The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
 # cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
@@ -96,6 +99,23 @@ T_TENSOR, T_STORAGE, T_ADT, T_CLOSURE = 1, 2, 3, 4
 DTYPE_ORDER = tuple(DTYPES)     # dtype codes (type words, the edge's ctx.descrs table)
 DTYPE_CODES = {name: i for i, name in enumerate(DTYPE_ORDER)}
 MAX_INDEX = 1 << 24     # constructors and functions a type word can name
+
+
+# What `dvm_import` (an edge function's way to take an ADT or tuple argument) reads and writes:
+# the int64 words at ctx.imports (built by `ImportTables`). The arena is where the argument's
+# nodes become Values: runs of field Values from the bottom up, the walk's work stack (3 words
+# an entry) from the top down.
+IMPORT_FIELDS = ("arena", "capacity", "top", "adt_type", "tuple_type", "checks", "ctors",
+                 "ctor_count", "ctor_slot", "tag_slot", "fields_slot")
+# A check is what a value must be, a run of words in the checks table that starts with its kind:
+#   ADT: then the ADT's number; tensor: the dtype code, the rank, the extents (-1: any);
+#   tuple: the field count, then each field's check. Check 0 is CHECK_ANY.
+CHECK_ANY, CHECK_ADT, CHECK_TENSOR, CHECK_TUPLE = range(4)
+# a constructor's row: its name object, its tag object (0 when the tag is not a cached small
+# int), arity (-1: any), ADT number, where its field checks start and how many there are
+CTOR_WORDS = 6
+ARENA_WORDS = 1 << 12           # an arena's first size (grown to fit what the general path saw)
+MAX_ARENA_WORDS = 1 << 23       # larger arguments always take the general path
 
 
 def tensor_word(dtype, rank) -> int:
@@ -390,8 +410,9 @@ class ModuleTranslator:
     """Builds the LLVM module of an executable's native functions and the runtime helpers
     they share (block allocation and reference counts)."""
 
-    def __init__(self, exe, kinds_of, rank_bound, native):
+    def __init__(self, exe, kinds_of, rank_bound, native, import_tables):
         self.exe, self.kinds_of = exe, kinds_of
+        self.import_tables = import_tables
         self.module = ir.Module(name="dynvm_native")
         self.value = value_type(rank_bound)
         self.fnty = ir.FunctionType(I32, [PTR, PTR, PTR])
@@ -513,6 +534,174 @@ class ModuleTranslator:
         b.branch(head)
         b.position_at_end(done)
         b.ret_void()
+        return f
+
+    @functools.cached_property
+    def importer(self):
+        """`i32 dvm_import(ctx, obj, check, dest)`: the Value of the Python object `obj` (an
+        argument, or inside one) into `dest`, when it passes `check` and every check of the
+        general path (`boundary.import_arg`) below it; else RC_EDGE (or RC_ARENA when the arena
+        is full), and invoke's general path runs, which converts or reports. It takes exactly
+        vm.ADT nodes (constructors of this program, by name object and tag, arity and declared
+        field types), tuples and numpy arrays as the edge takes tensor arguments (any dtype
+        and rank inside ADTs); anything else declines. ADT and tuple nodes become runs of field
+        Values in the arena (block NULL: not owned, like an argument tensor); tensors view the
+        caller's arrays. The walk is iterative (a work stack at the arena's top), and a cycle
+        only fills the arena. Shared nodes are laid out once per path."""
+        f = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, I64, PTR]), "dvm_import")
+        f.attributes.add("noinline")
+        b = ir.IRBuilder(f.append_basic_block("entry"))
+        ctx, root, root_check, root_dest = f.args
+        c = lambda v: ir.Constant(I64, v)      # noqa: E731
+        words = _value_bytes(self.value) // 8
+        rank_bound = words - 3
+        imports = b.load(ctx_field(b, ctx, "imports"), typ=PTR)
+        field = lambda name: _word(b, imports, IMPORT_FIELDS.index(name))    # noqa: E731
+        arena, checks, ctors = (b.load(field(n), typ=PTR) for n in ("arena", "checks", "ctors"))
+        ndarray_type = b.load(ctx_field(b, ctx, "ndarray_type"), typ=I64)
+        descrs = b.load(ctx_field(b, ctx, "descrs"), typ=PTR)
+        top, sp = _alloca(b, I64, name="top"), _alloca(b, I64, name="sp")
+        b.store(b.load(field("top"), typ=I64), top)
+        b.store(b.load(field("capacity"), typ=I64), sp)
+        decline, full = f.append_basic_block("decline"), f.append_basic_block("full")
+        _branch_if(b, b.icmp_signed(">", b.load(top, typ=I64), b.sub(b.load(sp, typ=I64), c(3))), full)
+
+        def require(cond):
+            _branch_if(b, b.not_(cond), decline)
+
+        def push(dest, obj, check):
+            at = b.sub(b.load(sp, typ=I64), c(3))
+            b.store(at, sp)
+            for k, v in enumerate((b.ptrtoint(dest, I64), obj, check)):
+                b.store(v, _word(b, arena, k, at))
+
+        def load(obj, offset, ty):
+            return b.load(b.gep(obj, [offset if isinstance(offset, ir.Value) else c(offset)],
+                                source_etype=I8), typ=ty)
+
+        def check_word(check, k):
+            return b.load(_word(b, checks, k, check), typ=I64)
+
+        def write(dest, data, word):
+            b.store(data, _word(b, dest, 0))
+            b.store(c(0), _word(b, dest, 1))
+            b.store(word, _word(b, dest, words - 1))
+
+        def node(dest, items, n, word, check_of):
+            """A run of n field Values for `dest` (items: the objects' pointer array), each
+            field pushed with its check."""
+            run_top = b.load(top, typ=I64)
+            new_top = b.add(run_top, b.mul(n, c(words)))
+            _branch_if(b, b.icmp_signed(">", b.add(new_top, b.mul(n, c(3))), b.load(sp, typ=I64)), full)
+            b.store(new_top, top)
+            run = _word(b, arena, 0, run_top)
+            write(dest, b.ptrtoint(run, I64), word)
+            for i in range(rank_bound):
+                b.store(c(0), _word(b, dest, 2 + i))
+            with _counted_loop(b, n) as k:
+                item = b.load(b.gep(items, [k], source_etype=I64), typ=I64)
+                push(b.gep(run, [b.mul(k, c(words))], source_etype=I64), item, check_of(k))
+
+        push(root_dest, root, root_check)
+        head, body = f.append_basic_block("head"), f.append_basic_block("body")
+        done = f.append_basic_block("done")
+        b.branch(head)
+        b.position_at_end(head)
+        at = b.load(sp, typ=I64)
+        b.cbranch(b.icmp_signed("<", at, b.load(field("capacity"), typ=I64)), body, done)
+        b.position_at_end(body)
+        dest = b.inttoptr(b.load(_word(b, arena, 0, at), typ=I64), PTR)
+        obj = b.inttoptr(b.load(_word(b, arena, 1, at), typ=I64), PTR)
+        check = b.load(_word(b, arena, 2, at), typ=I64)
+        b.store(b.add(at, c(3)), sp)
+        kind = check_word(check, 0)
+        is_kind = lambda k: b.icmp_signed("==", kind, c(k))    # noqa: E731
+        obj_type = load(obj, ARRAY_TYPE, I64)
+        on_array, on_tuple, on_adt, other = (f.append_basic_block(n) for n in ("array", "tuple", "adt", "other"))
+        b.cbranch(b.icmp_unsigned("==", obj_type, ndarray_type), on_array, other)
+        b.position_at_end(other)
+        b.cbranch(b.icmp_unsigned("==", obj_type, b.load(field("tuple_type"), typ=I64)), on_tuple, on_adt)
+
+        # a numpy array: compact, aligned, of a VM dtype (native order), no zero extent
+        b.position_at_end(on_array)
+        require(b.or_(is_kind(CHECK_ANY), is_kind(CHECK_TENSOR)))
+        descr = load(obj, ARRAY_DESCR, I64)
+        code = c(-1)
+        for i in range(len(DTYPE_ORDER)):
+            known = b.load(_word(b, descrs, i), typ=I64)
+            code = b.select(b.icmp_unsigned("==", descr, known), c(i), code)
+        require(b.icmp_signed(">=", code, c(0)))
+        nd = b.sext(load(obj, ARRAY_ND, I32), I64)
+        require(b.icmp_signed("<=", nd, c(rank_bound)))
+        flags = b.and_(load(obj, ARRAY_FLAGS, I32), ir.Constant(I32, C_CONTIGUOUS_ALIGNED))
+        require(b.icmp_signed("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)))
+        loose = b.not_(is_kind(CHECK_TENSOR))
+        require(b.or_(loose, b.and_(b.icmp_signed("==", code, check_word(check, 1)),
+                                    b.icmp_signed("==", nd, check_word(check, 2)))))
+        dims = load(obj, ARRAY_DIMS, PTR)
+        for i in range(rank_bound):
+            with b.if_else(b.icmp_signed("<", c(i), nd)) as (inside, beyond):
+                with inside:
+                    d = b.load(_word(b, dims, i), typ=I64)
+                    want = check_word(check, 3 + i)     # the table is padded: always readable
+                    require(b.icmp_signed(">", d, c(0)))
+                    require(b.or_(loose, b.or_(b.icmp_signed("<", want, c(0)), b.icmp_signed("==", want, d))))
+                    b.store(d, _word(b, dest, 2 + i))
+                with beyond:
+                    b.store(c(0), _word(b, dest, 2 + i))
+        write(dest, load(obj, ARRAY_DATA, I64),
+              b.or_(c(T_TENSOR), b.or_(b.shl(code, c(8)), b.shl(nd, c(16)))))
+        b.branch(head)
+
+        # a tuple: its fields, checked field by field when the check is a tuple's
+        b.position_at_end(on_tuple)
+        require(b.or_(is_kind(CHECK_ANY), is_kind(CHECK_TUPLE)))
+        n = load(obj, TUPLE_SIZE, I64)
+        require(b.or_(is_kind(CHECK_ANY), b.icmp_signed("==", n, check_word(check, 1))))
+        tuple_check = is_kind(CHECK_TUPLE)
+        node(dest, b.gep(obj, [c(TUPLE_ITEMS)], source_etype=I8), n, b.or_(c(T_ADT), b.shl(n, c(32))),
+             lambda k: b.load(_word(b, checks, 0, b.select(tuple_check, b.add(check, b.add(k, c(2))),
+                                                          c(0))), typ=I64))
+        b.branch(head)
+
+        # a vm.ADT: a constructor of this program, by name object, tag object and arity
+        b.position_at_end(on_adt)
+        require(b.icmp_unsigned("==", obj_type, b.load(field("adt_type"), typ=I64)))
+        require(b.or_(is_kind(CHECK_ANY), is_kind(CHECK_ADT)))
+        slot = lambda name: load(obj, b.load(field(name), typ=I64), I64)    # noqa: E731
+        name, tag = slot("ctor_slot"), slot("tag_slot")
+        fields = b.inttoptr(slot("fields_slot"), PTR)
+        require(b.icmp_unsigned("==", load(fields, ARRAY_TYPE, I64), b.load(field("tuple_type"), typ=I64)))
+        n = load(fields, TUPLE_SIZE, I64)
+        found = _alloca(b, I64, name="found")
+        b.store(c(-1), found)
+        with _counted_loop(b, b.load(field("ctor_count"), typ=I64)) as k:
+            same = b.icmp_unsigned("==", b.load(_word(b, ctors, 0, b.mul(k, c(CTOR_WORDS))), typ=I64), name)
+            b.store(b.select(same, k, b.load(found, typ=I64)), found)
+        ctor = b.load(found, typ=I64)
+        require(b.icmp_signed(">=", ctor, c(0)))
+        row = _word(b, ctors, 0, b.mul(ctor, c(CTOR_WORDS)))
+        require(b.icmp_unsigned("==", b.load(_word(b, row, 1), typ=I64), tag))
+        arity = b.load(_word(b, row, 2), typ=I64)
+        require(b.or_(b.icmp_signed("<", arity, c(0)), b.icmp_signed("==", arity, n)))
+        require(b.or_(is_kind(CHECK_ANY), b.icmp_signed("==", b.load(_word(b, row, 3), typ=I64),
+                                                         check_word(check, 1))))
+        first, declared = b.load(_word(b, row, 4), typ=I64), b.load(_word(b, row, 5), typ=I64)
+        node(dest, b.gep(fields, [c(TUPLE_ITEMS)], source_etype=I8), n,
+             b.or_(c(T_ADT), b.or_(b.shl(ctor, c(8)), b.shl(n, c(32)))),
+             lambda k: b.select(b.icmp_signed("<", k, declared),
+                                b.load(_word(b, checks, 0, b.add(first, b.select(
+                                    b.icmp_signed("<", k, declared), k, c(0)))), typ=I64),
+                                c(CHECK_ANY)))
+        b.branch(head)
+
+        b.position_at_end(done)
+        b.store(b.load(top, typ=I64), field("top"))
+        b.ret(ir.Constant(I32, 0))
+        b.position_at_end(decline)
+        b.ret(ir.Constant(I32, RC_EDGE))
+        b.position_at_end(full)
+        b.ret(ir.Constant(I32, RC_ARENA))
         return f
 
     def _give_back(self, b, block):
@@ -1364,10 +1553,11 @@ class EdgeTranslator:
     Python work per argument.
 
     `args` is the address of invoke's argument tuple (`id(args)`); the edge takes it only with
-    as many items as parameters, and each item only when it is exactly a
+    as many items as parameters, and each tensor only when it is exactly a
     numpy array with the parameter's dtype object (native byte order), rank and static dims,
     C-contiguous and aligned, with no zero extent: the arrays invoke's general path takes as
-    they are. Anything else, and a thread other than the one the context's stack limit was
+    they are. ADT and tuple arguments go through `dvm_import` (the same rule for the arrays
+    inside, and every check of the general path). Anything else, and a thread other than the one the context's stack limit was
     taken on, returns RC_EDGE: invoke then takes the general path, which checks, converts or
     reports. The edge resets the context (steps, depth, error) from its configured limits and
     calls the function. `out`, when not 0, is a fresh numpy array of the result's expected
@@ -1390,9 +1580,18 @@ class EdgeTranslator:
         self._require(b.icmp_unsigned("==", b.call(mt.pthread_self, []), self._ctx(ctx, "thread")))
         items = b.inttoptr(items, PTR)
         self._require(b.icmp_signed("==", self._load(items, TUPLE_SIZE, I64), ir.Constant(I64, nparams)))
+        if not all(t["kind"] == "tensor" for t in self.fn.param_types):
+            imports = b.load(ctx_field(b, ctx, "imports"), typ=PTR)
+            b.store(ir.Constant(I64, 0), _word(b, imports, IMPORT_FIELDS.index("top")))
         for k, t in enumerate(self.fn.param_types):
             obj = self._load(items, TUPLE_ITEMS + 8 * k, PTR)
-            b.store(self._argument(ctx, obj, t), b.gep(args, [ir.Constant(I64, k)], source_etype=mt.value))
+            dest = b.gep(args, [ir.Constant(I64, k)], source_etype=mt.value)
+            if t["kind"] == "tensor":
+                b.store(self._argument(ctx, obj, t), dest)
+                continue
+            rc = b.call(mt.importer, [ctx, b.ptrtoint(obj, I64), ir.Constant(I64, mt.import_tables.params[self.index][k]), dest])
+            with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
+                b.ret(rc)
         for field, value in (("steps", self._ctx(ctx, "budget")), ("depth", ir.Constant(I64, 0)),
                              ("max_depth", self._ctx(ctx, "depth_limit")),
                              ("err_code", ir.Constant(I64, 0))):
@@ -1465,6 +1664,68 @@ class EdgeTranslator:
 
     def _ctx(self, ctx, name):
         return self.b.load(ctx_field(self.b, ctx, name), typ=I64)
+
+
+class ImportTables:
+    """The checks and constructor rows `dvm_import` reads for one executable (IMPORT_FIELDS):
+    what `boundary.import_arg` checks, as tables. `params[i]` are function i's parameters'
+    check numbers (constants in its edge function)."""
+
+    def __init__(self, exe, rank_bound):
+        self.words = [CHECK_ANY]
+        self._ids = {}
+        self._adts = {}
+        for c in exe.constructors:
+            self._adts.setdefault(c["adt"], len(self._adts))
+        by_name = {c["name"]: i for i, c in enumerate(exe.constructors)}   # invoke's lookup
+        self.names = [sys.intern(c["name"]) for c in exe.constructors]    # compared by identity
+        self.rows = []
+        for i, c in enumerate(exe.constructors):
+            fields = [self.check(d) for d in c.get("fields", ())]
+            first = len(self.words)
+            self.words += fields
+            tag = c["tag"]
+            self.rows += [id(self.names[i]) if by_name[c["name"]] == i else 0,
+                          id(tag) if -5 <= tag <= 256 else 0,   # CPython's cached small ints
+                          -1 if c["arity"] is None else c["arity"], self._adts[c["adt"]],
+                          first, len(fields)]
+        self.params = [[self.check(t) for t in fn.param_types] for fn in exe.functions]
+        self.words += [0] * (3 + rank_bound)    # a tensor check's extents read past a shorter one
+
+    def check(self, desc) -> int:
+        """The number of the check for type descriptor `desc` (added on first use)."""
+        kind = desc["kind"]
+        if kind == "tensor":
+            words = [CHECK_TENSOR, DTYPE_CODES[desc["dtype"]], len(desc["shape"]),
+                     *(-1 if d is None else d for d in desc["shape"])]
+        elif kind == "adt":
+            words = [CHECK_ADT, self._adts.get(desc["name"], -1)]
+        elif kind == "tuple":
+            fields = [self.check(f) for f in desc["fields"]]
+            words = [CHECK_TUPLE, len(fields), *fields]
+        else:
+            return 0
+        key = tuple(words)
+        if key not in self._ids:
+            self._ids[key] = len(self.words)
+            self.words += words
+        return self._ids[key]
+
+
+def adt_slots():
+    """The byte offsets of a vm.ADT's constructor, tag and fields slots (found on a live
+    object), or None when the layout is not the one `dvm_import` reads."""
+    if not numpy_layout_ok():
+        return None
+    probe = ADT("dvm_probe", 7, (None,))
+    words = ffi.cast("int64_t *", id(probe))
+    if words[ARRAY_TYPE // 8] != id(ADT):
+        return None
+    scan = [words[k] for k in range(2, 2 + len(ADT.__slots__))]
+    wanted = [id(probe.constructor), id(probe.tag), id(probe.fields)]
+    if sorted(scan) != sorted(wanted):
+        return None
+    return tuple(8 * (2 + scan.index(w)) for w in wanted)
 
 
 def numpy_layout_ok() -> bool:
@@ -1584,11 +1845,12 @@ class NativeCode:
                               + [r for i in native for t in [exe.functions[i].ret_type] + list(
                                   exe.functions[i].param_types) for r in _declared_ranks(t)])
         entries = [i for i in native if _enterable(exe.functions[i])]
+        self.import_tables = ImportTables(exe, self.rank_bound)
         host = codelib.host_target()
         key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
         obj = codelib.cached_object(key)
         if obj is None:
-            mt = ModuleTranslator(exe, kinds_of, self.rank_bound, set(native))
+            mt = ModuleTranslator(exe, kinds_of, self.rank_bound, set(native), self.import_tables)
             for i in native:
                 mt.translate(i)
             for i in entries:
@@ -1635,9 +1897,9 @@ def _copied_shape(shape, dtype):
 
 
 def _enterable(fn) -> bool:
-    """Whether invoke can enter native function `fn` (its parameters are tensors: tuples cross
-    only between native functions)."""
-    return all(t["kind"] == "tensor" for t in fn.param_types)
+    """Whether invoke can enter native function `fn` through an edge function (its parameters
+    are tensors, tuples and ADTs; closures and type variables take the general path)."""
+    return all(t["kind"] in ("tensor", "tuple", "adt") for t in fn.param_types)
 
 
 def _may_loop(exe, native) -> set:
@@ -1711,8 +1973,10 @@ class NativeTier:
         most = max([len(exe.functions[i].params) for i in self.entries] or [1])
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
+        self._import_tables(code.import_tables)
         for name, word in (("ndarray_type", id(np.ndarray)), ("descrs", _descrs_address()),
-                           ("result", int(ffi.cast("intptr_t", self._result)))):
+                           ("result", int(ffi.cast("intptr_t", self._result))),
+                           ("imports", int(ffi.cast("intptr_t", self.imports)))):
             self.ctx[_CTX[name]] = word
         self.remaining = _Remaining(self.ctx)
         self.steps = self.budget = 0
@@ -1723,6 +1987,31 @@ class NativeTier:
         # depth or above (a new invocation) tries again
         self._stack_short = None
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
+
+    def _import_tables(self, tables):
+        """ctx.imports: the tables `dvm_import` reads (no ADT type when the object layouts are
+        not the ones it reads: every ADT argument then takes the general path) and an arena."""
+        slots = adt_slots()
+        self._checks = ffi.new("int64_t[]", tables.words)
+        self._ctor_rows = ffi.new("int64_t[]", tables.rows)
+        self.imports = ffi.new("int64_t[]", len(IMPORT_FIELDS))
+        for name, word in (("adt_type", id(ADT) if slots else 0),
+                           ("tuple_type", id(tuple) if slots else 0),
+                           ("checks", int(ffi.cast("intptr_t", self._checks))),
+                           ("ctors", int(ffi.cast("intptr_t", self._ctor_rows))),
+                           ("ctor_count", len(tables.rows) // CTOR_WORDS),
+                           *zip(("ctor_slot", "tag_slot", "fields_slot"), slots or (0, 0, 0))):
+            self.imports[IMPORT_FIELDS.index(name)] = word
+        self._fit_arena(ARENA_WORDS)
+
+    def _fit_arena(self, words):
+        """An import arena of at least `words` (a power of two up to MAX_ARENA_WORDS)."""
+        words = 1 << max(0, words - 1).bit_length()
+        if words > MAX_ARENA_WORDS or words <= self.imports[IMPORT_FIELDS.index("capacity")]:
+            return
+        self._arena = ffi.new("int64_t[]", words)
+        self.imports[IMPORT_FIELDS.index("arena")] = int(ffi.cast("intptr_t", self._arena))
+        self.imports[IMPORT_FIELDS.index("capacity")] = words
 
     def failure(self) -> tuple:
         """(function index, pc) of the instruction the last failed native run stopped at."""
@@ -1927,6 +2216,8 @@ class NativeTier:
                 pointers.append(at)
         except _NoNativeForm:
             return None
+        # room for the same argument in the edge's arena next time (its work stack included)
+        self._fit_arena(2 * len(out) + 3 * len(values))
         buffer = np.array(out, np.int64)
         base = buffer.__array_interface__["data"][0]
         if pointers:
