@@ -137,10 +137,10 @@ SUPPORTED = frozenset({"Move", "Ret", "Invoke", "InvokeClosure", "CallKernel", "
                        "Fatal", "CallLoop"})
 # operands whose register may hold any value: moved, stored, passed, returned, dropped, or
 # checked at run time against its type word (GetField's and GetTag's object, a kernel's inputs,
-# the closure InvokeClosure calls, If's scalars)
+# the closure InvokeClosure calls, If's scalars, ShapeOf's tensor)
 _ANY_OPERANDS = {"r", "d"}
 _CHECKED_OPERANDS = {("CallKernel", "inputs"), ("CallLoop", "inputs"), ("GetTag", "obj"),
-                     ("If", "test"), ("If", "target")}
+                     ("If", "test"), ("If", "target"), ("ShapeOf", "tensor")}
 
 
 class NotNative(Exception):
@@ -1411,12 +1411,29 @@ class FunctionTranslator:
 
     def _op_ShapeOf(self, tensor, dst):
         b = self.b
+        kind = self._kind(tensor)
+        if kind.kind != "tensor" or kind.rank is None:
+            return self._dynamic_shape_of(tensor, dst)
         dims = self._dims(tensor)
         block = self._new_block(ir.Constant(I64, 8 * len(dims)))
         data = self._block_data(block)
         for i, d in enumerate(dims):
             b.store(d, b.gep(data, [ir.Constant(I64, i)], source_etype=I64))
         self._set_tensor(dst, data, block, [ir.Constant(I64, len(dims))], "int64")
+
+    def _dynamic_shape_of(self, tensor, dst):
+        """ShapeOf of a value whose rank is known only at run time (a match's field, a generic
+        call's result): the rank from its type word, which must say tensor."""
+        b = self.b
+        word = self._check_word_kind(tensor, T_TENSOR)
+        rank = b.and_(b.lshr(word, ir.Constant(I64, 16)), ir.Constant(I64, 0xFF))
+        block = self._new_block(b.mul(rank, ir.Constant(I64, 8)))
+        data = self._block_data(block)
+        dims = self._dims_ptr(tensor)
+        with _counted_loop(b, rank) as i:
+            d = b.load(b.gep(dims, [ir.Constant(I64, 0), i], source_etype=self.mt.value.elements[2]), typ=I64)
+            b.store(d, b.gep(data, [i], source_etype=I64))
+        self._set_tensor(dst, data, block, [rank], "int64")
 
     def _op_ReshapeTensor(self, tensor, shape, dst):
         b = self.b
