@@ -2247,48 +2247,47 @@ class NativeTier:
         """A result Value (int64 words) as what invoke returns, read from its type words:
         arrays the caller owns, tuples, vm.ADT and vm.Closure objects (a closure's captured
         tensors as VM Tensors, as the Python tier returns them). Iterative: a long list is
-        fine; a node shared in the result is exported once."""
-        words = self.words
-        cast = ffi.cast
-        built = {}
-        exe = self.exe
+        fine; a node shared in the result is exported once. Each node's run of field Values
+        is read in one `ffi.unpack` (a list of ints), not word by word."""
+        words, exe = self.words, self.exe
+        unpack, built, opened = ffi.unpack, {}, set()
 
         def leaf(v, in_closure):
-            word = v[words - 1]
+            word = v[-1]
             if word & 0xFF != T_TENSOR:
                 raise _NoNativeForm
-            rank = (word >> 16) & 0xFF
-            a = self._export_tensor(v[0], v[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(v[2:2 + rank]))
+            a = self._export_tensor(v[0], v[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(v[2:2 + ((word >> 16) & 0xFF)]))
             return Tensor.from_array(a) if in_closure else a
 
-        def node_of(v):
-            word = v[words - 1]
-            return word & 0xFF, (word >> 8) & (MAX_INDEX - 1), word >> 32, v[0]
-
-        root = value
-        if value[words - 1] & 0xFF == T_TENSOR:
+        root = unpack(value, words)
+        if root[-1] & 0xFF == T_TENSOR:
             return leaf(root, False)
-        # an explicit stack of (Value pointer, inside a closure, expanded?)
-        stack = [(root, False, False)]
-        opened = set()
+        # an explicit stack of (Value words, inside a closure, its field Values once read)
+        stack = [(root, False, None)]
         while stack:
-            v, in_closure, expanded = stack.pop()
-            kind, index, count, data = node_of(v)
-            key = (data, kind, index, count)
+            v, in_closure, fields = stack.pop()
+            key = (v[0], v[-1])
             if key in built:
                 continue
-            fields = [cast("int64_t *", data) + k * words for k in range(count)] if count else []
-            composite = [f for f in fields if f[words - 1] & 0xFF in (T_ADT, T_CLOSURE)]
+            word = v[-1]
+            kind = word & 0xFF
+            if fields is None:
+                count = word >> 32
+                run = unpack(_cast(_INT64_PTR, v[0]), count * words) if count else ()
+                fields = [run[k:k + words] for k in range(0, len(run), words)]
+                composite = [f for f in fields if f[-1] & 0xFF in (T_ADT, T_CLOSURE)]
+                if composite:
+                    if key in opened:
+                        raise VMError("the result contains itself (a cycle through closure fields)")
+                    opened.add(key)
+                    inner = in_closure or kind == T_CLOSURE
+                    stack.append((v, in_closure, fields))
+                    stack.extend((f, inner, None) for f in composite)
+                    continue
             inner = in_closure or kind == T_CLOSURE
-            if not expanded and composite:
-                if key in opened:
-                    raise VMError("the result contains itself (a cycle through closure fields)")
-                opened.add(key)
-                stack.append((v, in_closure, True))
-                stack.extend((f, inner, False) for f in composite)
-                continue
-            items = [built[node_of(f)[3], *node_of(f)[:3]] if f[words - 1] & 0xFF in (T_ADT, T_CLOSURE)
-                     else leaf(f, inner) for f in fields]
+            items = [built[f[0], f[-1]] if f[-1] & 0xFF in (T_ADT, T_CLOSURE) else leaf(f, inner)
+                     for f in fields]
+            index = (word >> 8) & (MAX_INDEX - 1)
             if kind == T_CLOSURE:
                 obj = Closure(index, items)
             elif index == 0:
@@ -2297,8 +2296,7 @@ class NativeTier:
                 c = exe.constructors[index]
                 obj = ADT(c["name"], c["tag"], items)
             built[key] = obj
-        kind, index, count, data = node_of(root)
-        return built[(data, kind, index, count)]
+        return built[root[0], root[-1]]
 
     def _export_tensor(self, data, block, dtype_name, dims):
         """One tensor of a result: small ones are copied; large ones wrap their block (with a
@@ -2312,8 +2310,12 @@ class NativeTier:
             buf = ffi.buffer(owner, BLOCK_HEADER + header[B_SIZE])
             return np.frombuffer(buf, dtype, math.prod(dims), data - block).reshape(dims)
         out = np.empty(dims, dtype)
-        ffi.memmove(out, ffi.cast("char *", data), out.nbytes)
+        ffi.memmove(out, _cast(_CHAR_PTR, data), out.nbytes)
         return out
+
+
+_cast = ffi._backend.cast     # cffi's cast with the type resolved once (ffi.cast parses it per call)
+_INT64_PTR, _CHAR_PTR = ffi.typeof("int64_t *"), ffi.typeof("char *")
 
 
 class _NoNativeForm(Exception):
