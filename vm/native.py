@@ -1562,6 +1562,7 @@ def _alloca(b, ty, count=None, name=""):
 # 1.7 and checked against live arrays before any edge is used, `numpy_layout_ok`): byte offsets
 ARRAY_TYPE, ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_DESCR, ARRAY_FLAGS = 8, 16, 24, 32, 56, 64
 TUPLE_SIZE, TUPLE_ITEMS = 16, 24    # CPython's tuple object: ob_size, then the item pointers
+SCALAR_VALUE = 16                   # a numpy scalar's value, after the object header
 C_CONTIGUOUS_ALIGNED = 0x0101       # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 
 
@@ -1648,6 +1649,10 @@ class EdgeTranslator:
 
     def _argument(self, ctx, obj, t):
         """The Value of argument object `obj` for a parameter of type `t`, or a decline."""
+        return self._array_argument(ctx, obj, t) if t["shape"] else self._scalar_argument(ctx, obj, t)
+
+    def _array_argument(self, ctx, obj, t):
+        """The Value of numpy array `obj` for tensor type `t`, or a decline."""
         b = self.b
         self._require(b.icmp_unsigned("==", self._load(obj, ARRAY_TYPE, I64),
                                       self._ctx(ctx, "ndarray_type")))
@@ -1670,6 +1675,27 @@ class EdgeTranslator:
                 self._require(ir.Constant(I1, want > 0))
             value = b.insert_value(value, d, [2, i])
         return value
+
+    def _scalar_argument(self, ctx, obj, t):
+        """A 0-d parameter also takes exactly a numpy scalar of its dtype (np.float32(0.5)):
+        its value, inside the immutable scalar object, is the data (what the general path
+        would copy into a 0-d array)."""
+        b = self.b
+        code = DTYPE_ORDER.index(t["dtype"])
+        scalar_type = b.load(b.gep(b.load(ctx_field(b, ctx, "descrs"), typ=PTR),
+                                   [ir.Constant(I64, len(DTYPE_ORDER) + code)], source_etype=I64), typ=I64)
+        is_scalar = b.icmp_unsigned("==", self._load(obj, ARRAY_TYPE, I64), scalar_type)
+        scalar_data = b.gep(obj, [ir.Constant(I64, SCALAR_VALUE)], source_etype=I8)
+        with b.if_else(is_scalar) as (scalar, array):
+            with scalar:
+                from_scalar = b.block
+            with array:
+                data = b.extract_value(self._array_argument(ctx, obj, t), 0)
+                from_array = b.block
+        value = b.phi(PTR)
+        value.add_incoming(scalar_data, from_scalar)
+        value.add_incoming(data, from_array)
+        return b.insert_value(ir.Constant(self.mt.value, None), value, 0)
 
     def _require(self, cond):
         ok = self.llfn.append_basic_block("ok")
@@ -1727,6 +1753,18 @@ class ImportTables:
             self._ids[key] = len(self.words)
             self.words += words
         return self._ids[key]
+
+
+def numpy_scalars_ok() -> bool:
+    """Whether numpy scalars (np.float32(x), ...) hold their value SCALAR_VALUE bytes into the
+    object (checked on live scalars of every dtype)."""
+    for name in DTYPE_ORDER:
+        dtype = DTYPES[name][0]
+        value = dtype.type(1)
+        if ffi.buffer(ffi.cast("char *", id(value) + SCALAR_VALUE), dtype.itemsize)[:] != \
+                np.ones((), dtype).tobytes():
+            return False
+    return True
 
 
 def adt_slots():
@@ -1927,7 +1965,7 @@ def _may_loop(exe, native) -> set:
 
 
 _build_lock = threading.Lock()
-_DESCRS = None      # the ctx.descrs table (dtype object addresses, DTYPE_ORDER), once made
+_DESCRS = None      # the ctx.descrs table (dtype objects, then numpy scalar types, DTYPE_ORDER), once made
 
 
 def _descrs_address() -> int:
@@ -1937,7 +1975,9 @@ def _descrs_address() -> int:
     global _DESCRS
     if _DESCRS is None:
         ok = numpy_layout_ok()
-        _DESCRS = ffi.new("int64_t[]", [id(DTYPES[n][0]) if ok else 0 for n in DTYPE_ORDER])
+        scalars = ok and numpy_scalars_ok()
+        _DESCRS = ffi.new("int64_t[]", [id(DTYPES[n][0]) if ok else 0 for n in DTYPE_ORDER]
+                          + [id(DTYPES[n][0].type) if scalars else 0 for n in DTYPE_ORDER])
     return int(ffi.cast("intptr_t", _DESCRS))
 
 

@@ -1,4 +1,4 @@
-"""ADT and tuple arguments at invoke's native edge (`dvm_import`): the arguments it takes
+"""ADT, tuple and numpy-scalar arguments at invoke's native edge (`dvm_import`): the ones it takes
 itself, the ones it hands to the general path, and that both give the Python tier's results,
 errors and step counts."""
 import numpy as np
@@ -161,3 +161,37 @@ def test_a_long_list_grows_the_arena_then_takes_the_edge(exe):
     assert native.general == general
     assert [a.tolist() for a in from_list(got)[:2]] == [[19999, -19999], [19998, -19998]]
     assert_same(got, want)
+
+
+SCALAR = prelude.parse("""
+def @main(%s: Tensor[(), float32], %n: Tensor[(), int64], %b: Tensor[(), bool]) -> Tensor[(), float32] {
+  if (%b) { multiply(%s, cast(%n, dtype="float32")) } else { %s }
+}
+""")
+
+
+def test_numpy_scalars_of_the_parameters_dtype_take_the_edge():
+    exe = build(SCALAR)
+    native, python = Counting(exe), VirtualMachine(exe, tier="python")
+    args = (np.float32(1.5), np.int64(4), np.bool_(True))
+    native.invoke("main", *args)        # the first call on a thread takes its stack bounds
+    general = native.general
+    for args in (args, (np.float32(-2), np.int64(3), np.bool_(False)), (np.array(1.5, np.float32), np.int64(2), np.array(True))):
+        assert_same(native.invoke("main", *args), python.invoke("main", *args))
+    assert native.general == general
+    assert float(native.invoke("main", np.float32(1.5), np.int64(4), np.bool_(True))) == 6.0
+
+
+@pytest.mark.parametrize("args", [(np.float64(1.5), np.int64(4), np.bool_(True)),
+                                  (np.float32(1.5), np.int32(4), np.bool_(True)),
+                                  (1.5, 4, True),
+                                  (np.float32(1.5), np.float32(4), np.bool_(True)),
+                                  (np.float32(1.5), np.int64(4), np.int64(1))])
+def test_other_scalars_give_the_general_paths_answer(args):
+    exe = build(SCALAR)
+    (got, want), native = both_answers(exe, "main", args)
+    if isinstance(want, Exception):
+        assert type(got) is type(want) and str(got) == str(want)
+    else:
+        assert_same(got, want)
+    assert native.general >= 1
