@@ -273,10 +273,15 @@ def @main(%acc: Tensor[(2), float32], %xs: List[Tensor[(2), float32]]) -> Tensor
 
 
 def cross_tier_program():
-    """A list walk (Python tier: the shape of a match's field, which no kernel takes, has no
-    static rank) calling a tensor function (native, itself calling another) once per element."""
+    """A list walk (Python tier: its storage asks for 128-byte alignment, above the native
+    blocks') calling a tensor function (native, itself calling another) once per element."""
     from dynvm.compiler import prelude
+    from dynvm.vm.bytecode import Instruction
     exe = build(prelude.parse(CROSS_TIER))
+    code = next(f for f in exe.functions if f.name == "sum_doubled").instructions
+    pc = next(i for i, ins in enumerate(code) if ins.name.startswith("AllocStorage"))
+    size, _, dtype, dst = code[pc].args
+    code[pc] = Instruction(code[pc].op, size, 128, dtype, dst)
     assert "quadruple: native" in exe.explain() and "sum_doubled: Python tier" in exe.explain()
     return exe
 
