@@ -8,6 +8,13 @@ installed (1 thread, the same recursion in Python), interleaved; the input is co
 (`to_adt`, `to_list`, torch tensors) outside the timed region, so the time includes invoke's
 checks and the native tier's import of the ADT. Every output is checked against the numpy
 reference first. The load average is printed: the machine may be shared.
+
+The Tree-LSTM rows also give the native tier's VM cost per node: the per-node time of the same
+program with 1-wide tensors (`tree_lstm.weights(input_size=1, hidden=1)`), whose nine kernels a
+node calls do one multiply-add each. That is the VM's work per node (the edge's import of the
+tree, match, closures, allocation, the calls) plus nine kernel-call floors: an upper bound.
+(Subtracting the profiled Python tier's kernel times from the native time does not work: the
+kernels run cache-cold between Python handlers, slower than between native instructions.)
 """
 import argparse
 
@@ -31,7 +38,10 @@ def tree_lstm_rows(sizes, reps):
     if torch is not None:
         torch.set_num_threads(1)
         model = peers.torch_tree_lstm(torch, w)
-    print(f"\nTree-LSTM (nodes): {'  '.join(f'{n:>10}' for n in TIERS)}  {'torch':>10}  torch/native")
+    tiny_w = tree_lstm.weights(input_size=1, hidden=1)
+    tiny = VirtualMachine(build(tree_lstm.build_module(tiny_w))), tiny_w
+    print(f"\nTree-LSTM (nodes): {'  '.join(f'{n:>10}' for n in TIERS)}  {'torch':>10}  torch/native"
+          "  VM cost/node")
     for nodes in sizes:
         t = tree_lstm.random_tree(nodes, seed=nodes)
         adt, want = tree_lstm.to_adt(t), tree_lstm.reference(t, w)[0]
@@ -46,7 +56,15 @@ def tree_lstm_rows(sizes, reps):
         times = measure(fns, reps)
         ratio = f"{times['torch'] / times['native']:.2f}x" if "torch" in times else ""
         print(f"{nodes:>17}: " + "  ".join(f"{fmt_time(times[n]):>10}" for n in TIERS)
-              + f"  {fmt_time(times.get('torch')):>10}  {ratio}")
+              + f"  {fmt_time(times.get('torch')):>10}  {ratio:>12}  {vm_cost_per_node(*tiny, nodes, reps) * 1e6:>9.2f} us")
+
+
+def vm_cost_per_node(vm, w, nodes, reps):
+    """Seconds per node of the native 1-wide Tree-LSTM (`vm`, weights `w`) on a tree of `nodes`."""
+    t = tree_lstm.random_tree(nodes, seed=nodes, input_size=1)
+    adt = tree_lstm.to_adt(t)
+    np.testing.assert_allclose(vm.invoke("main", adt), tree_lstm.reference(t, w)[0], rtol=1e-4, atol=1e-5)
+    return measure({"native": lambda: vm.invoke("main", adt)}, reps)["native"] / nodes
 
 
 def list_ops_rows(sizes, reps):

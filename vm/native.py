@@ -65,16 +65,19 @@ RC_STACK = 2         # the native stack limit was reached: the Python tier runs 
 RC_INTERRUPT = 3     # the interrupt word was set (Ctrl-C): the VM raises KeyboardInterrupt
 RC_EDGE = 4          # an edge function declined its arguments (or thread): invoke's general path
 RC_RESHAPED = 5      # an edge function's result has another shape than the array made for it
+RC_ARENA = 6         # an edge function's import arena was too small: invoke's general path
 CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "constants", "pool",
               "err_func", "err_pc", "err_code", "interrupt",
               # what an edge function (`dvm_edge_<i>`) reads: the configured limits, the thread
               # the stack limit was taken on, numpy's array type and dtype objects, the result
-              "budget", "depth_limit", "thread", "ndarray_type", "descrs", "result")
+              "budget", "depth_limit", "thread", "ndarray_type", "descrs", "result",
+              # what `dvm_import` reads and writes (IMPORT_FIELDS)
+              "imports")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
 _STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE, _INTERRUPT = (_CTX[n] for n in (
     "steps", "depth", "max_depth", "stack_limit", "err_code", "interrupt"))
 CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR,
-                                 I64, I64, I64, I64, PTR, PTR])
+                                 I64, I64, I64, I64, PTR, PTR, PTR])
 
 # The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
 # cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
@@ -98,6 +101,23 @@ DTYPE_CODES = {name: i for i, name in enumerate(DTYPE_ORDER)}
 MAX_INDEX = 1 << 24     # constructors and functions a type word can name
 
 
+# What `dvm_import` (an edge function's way to take an ADT or tuple argument) reads and writes:
+# the int64 words at ctx.imports (built by `ImportTables`). The arena is where the argument's
+# nodes become Values: runs of field Values from the bottom up, the walk's work stack (3 words
+# an entry) from the top down.
+IMPORT_FIELDS = ("arena", "capacity", "top", "adt_type", "tuple_type", "checks", "ctors",
+                 "ctor_count", "ctor_slot", "tag_slot", "fields_slot")
+# A check is what a value must be, a run of words in the checks table that starts with its kind:
+#   ADT: then the ADT's number; tensor: the dtype code, the rank, the extents (-1: any);
+#   tuple: the field count, then each field's check. Check 0 is CHECK_ANY.
+CHECK_ANY, CHECK_ADT, CHECK_TENSOR, CHECK_TUPLE = range(4)
+# a constructor's row: its name object, its tag object (0 when the tag is not a cached small
+# int), arity (-1: any), ADT number, where its field checks start and how many there are
+CTOR_WORDS = 6
+ARENA_WORDS = 1 << 12           # an arena's first size (grown to fit what the general path saw)
+MAX_ARENA_WORDS = 1 << 23       # larger arguments always take the general path
+
+
 def tensor_word(dtype, rank) -> int:
     return T_TENSOR | DTYPE_CODES[dtype] << 8 | rank << 16
 
@@ -117,10 +137,10 @@ SUPPORTED = frozenset({"Move", "Ret", "Invoke", "InvokeClosure", "CallKernel", "
                        "Fatal", "CallLoop"})
 # operands whose register may hold any value: moved, stored, passed, returned, dropped, or
 # checked at run time against its type word (GetField's and GetTag's object, a kernel's inputs,
-# the closure InvokeClosure calls, If's scalars)
+# the closure InvokeClosure calls, If's scalars, ShapeOf's tensor)
 _ANY_OPERANDS = {"r", "d"}
 _CHECKED_OPERANDS = {("CallKernel", "inputs"), ("CallLoop", "inputs"), ("GetTag", "obj"),
-                     ("If", "test"), ("If", "target")}
+                     ("If", "test"), ("If", "target"), ("ShapeOf", "tensor")}
 
 
 class NotNative(Exception):
@@ -390,8 +410,9 @@ class ModuleTranslator:
     """Builds the LLVM module of an executable's native functions and the runtime helpers
     they share (block allocation and reference counts)."""
 
-    def __init__(self, exe, kinds_of, rank_bound, native):
+    def __init__(self, exe, kinds_of, rank_bound, native, import_tables):
         self.exe, self.kinds_of = exe, kinds_of
+        self.import_tables = import_tables
         self.module = ir.Module(name="dynvm_native")
         self.value = value_type(rank_bound)
         self.fnty = ir.FunctionType(I32, [PTR, PTR, PTR])
@@ -513,6 +534,174 @@ class ModuleTranslator:
         b.branch(head)
         b.position_at_end(done)
         b.ret_void()
+        return f
+
+    @functools.cached_property
+    def importer(self):
+        """`i32 dvm_import(ctx, obj, check, dest)`: the Value of the Python object `obj` (an
+        argument, or inside one) into `dest`, when it passes `check` and every check of the
+        general path (`boundary.import_arg`) below it; else RC_EDGE (or RC_ARENA when the arena
+        is full), and invoke's general path runs, which converts or reports. It takes exactly
+        vm.ADT nodes (constructors of this program, by name object and tag, arity and declared
+        field types), tuples and numpy arrays as the edge takes tensor arguments (any dtype
+        and rank inside ADTs); anything else declines. ADT and tuple nodes become runs of field
+        Values in the arena (block NULL: not owned, like an argument tensor); tensors view the
+        caller's arrays. The walk is iterative (a work stack at the arena's top), and a cycle
+        only fills the arena. Shared nodes are laid out once per path."""
+        f = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, I64, PTR]), "dvm_import")
+        f.attributes.add("noinline")
+        b = ir.IRBuilder(f.append_basic_block("entry"))
+        ctx, root, root_check, root_dest = f.args
+        c = lambda v: ir.Constant(I64, v)      # noqa: E731
+        words = _value_bytes(self.value) // 8
+        rank_bound = words - 3
+        imports = b.load(ctx_field(b, ctx, "imports"), typ=PTR)
+        field = lambda name: _word(b, imports, IMPORT_FIELDS.index(name))    # noqa: E731
+        arena, checks, ctors = (b.load(field(n), typ=PTR) for n in ("arena", "checks", "ctors"))
+        ndarray_type = b.load(ctx_field(b, ctx, "ndarray_type"), typ=I64)
+        descrs = b.load(ctx_field(b, ctx, "descrs"), typ=PTR)
+        top, sp = _alloca(b, I64, name="top"), _alloca(b, I64, name="sp")
+        b.store(b.load(field("top"), typ=I64), top)
+        b.store(b.load(field("capacity"), typ=I64), sp)
+        decline, full = f.append_basic_block("decline"), f.append_basic_block("full")
+        _branch_if(b, b.icmp_signed(">", b.load(top, typ=I64), b.sub(b.load(sp, typ=I64), c(3))), full)
+
+        def require(cond):
+            _branch_if(b, b.not_(cond), decline)
+
+        def push(dest, obj, check):
+            at = b.sub(b.load(sp, typ=I64), c(3))
+            b.store(at, sp)
+            for k, v in enumerate((b.ptrtoint(dest, I64), obj, check)):
+                b.store(v, _word(b, arena, k, at))
+
+        def load(obj, offset, ty):
+            return b.load(b.gep(obj, [offset if isinstance(offset, ir.Value) else c(offset)],
+                                source_etype=I8), typ=ty)
+
+        def check_word(check, k):
+            return b.load(_word(b, checks, k, check), typ=I64)
+
+        def write(dest, data, word):
+            b.store(data, _word(b, dest, 0))
+            b.store(c(0), _word(b, dest, 1))
+            b.store(word, _word(b, dest, words - 1))
+
+        def node(dest, items, n, word, check_of):
+            """A run of n field Values for `dest` (items: the objects' pointer array), each
+            field pushed with its check."""
+            run_top = b.load(top, typ=I64)
+            new_top = b.add(run_top, b.mul(n, c(words)))
+            _branch_if(b, b.icmp_signed(">", b.add(new_top, b.mul(n, c(3))), b.load(sp, typ=I64)), full)
+            b.store(new_top, top)
+            run = _word(b, arena, 0, run_top)
+            write(dest, b.ptrtoint(run, I64), word)
+            for i in range(rank_bound):
+                b.store(c(0), _word(b, dest, 2 + i))
+            with _counted_loop(b, n) as k:
+                item = b.load(b.gep(items, [k], source_etype=I64), typ=I64)
+                push(b.gep(run, [b.mul(k, c(words))], source_etype=I64), item, check_of(k))
+
+        push(root_dest, root, root_check)
+        head, body = f.append_basic_block("head"), f.append_basic_block("body")
+        done = f.append_basic_block("done")
+        b.branch(head)
+        b.position_at_end(head)
+        at = b.load(sp, typ=I64)
+        b.cbranch(b.icmp_signed("<", at, b.load(field("capacity"), typ=I64)), body, done)
+        b.position_at_end(body)
+        dest = b.inttoptr(b.load(_word(b, arena, 0, at), typ=I64), PTR)
+        obj = b.inttoptr(b.load(_word(b, arena, 1, at), typ=I64), PTR)
+        check = b.load(_word(b, arena, 2, at), typ=I64)
+        b.store(b.add(at, c(3)), sp)
+        kind = check_word(check, 0)
+        is_kind = lambda k: b.icmp_signed("==", kind, c(k))    # noqa: E731
+        obj_type = load(obj, ARRAY_TYPE, I64)
+        on_array, on_tuple, on_adt, other = (f.append_basic_block(n) for n in ("array", "tuple", "adt", "other"))
+        b.cbranch(b.icmp_unsigned("==", obj_type, ndarray_type), on_array, other)
+        b.position_at_end(other)
+        b.cbranch(b.icmp_unsigned("==", obj_type, b.load(field("tuple_type"), typ=I64)), on_tuple, on_adt)
+
+        # a numpy array: compact, aligned, of a VM dtype (native order), no zero extent
+        b.position_at_end(on_array)
+        require(b.or_(is_kind(CHECK_ANY), is_kind(CHECK_TENSOR)))
+        descr = load(obj, ARRAY_DESCR, I64)
+        code = c(-1)
+        for i in range(len(DTYPE_ORDER)):
+            known = b.load(_word(b, descrs, i), typ=I64)
+            code = b.select(b.icmp_unsigned("==", descr, known), c(i), code)
+        require(b.icmp_signed(">=", code, c(0)))
+        nd = b.sext(load(obj, ARRAY_ND, I32), I64)
+        require(b.icmp_signed("<=", nd, c(rank_bound)))
+        flags = b.and_(load(obj, ARRAY_FLAGS, I32), ir.Constant(I32, C_CONTIGUOUS_ALIGNED))
+        require(b.icmp_signed("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)))
+        loose = b.not_(is_kind(CHECK_TENSOR))
+        require(b.or_(loose, b.and_(b.icmp_signed("==", code, check_word(check, 1)),
+                                    b.icmp_signed("==", nd, check_word(check, 2)))))
+        dims = load(obj, ARRAY_DIMS, PTR)
+        for i in range(rank_bound):
+            with b.if_else(b.icmp_signed("<", c(i), nd)) as (inside, beyond):
+                with inside:
+                    d = b.load(_word(b, dims, i), typ=I64)
+                    want = check_word(check, 3 + i)     # the table is padded: always readable
+                    require(b.icmp_signed(">", d, c(0)))
+                    require(b.or_(loose, b.or_(b.icmp_signed("<", want, c(0)), b.icmp_signed("==", want, d))))
+                    b.store(d, _word(b, dest, 2 + i))
+                with beyond:
+                    b.store(c(0), _word(b, dest, 2 + i))
+        write(dest, load(obj, ARRAY_DATA, I64),
+              b.or_(c(T_TENSOR), b.or_(b.shl(code, c(8)), b.shl(nd, c(16)))))
+        b.branch(head)
+
+        # a tuple: its fields, checked field by field when the check is a tuple's
+        b.position_at_end(on_tuple)
+        require(b.or_(is_kind(CHECK_ANY), is_kind(CHECK_TUPLE)))
+        n = load(obj, TUPLE_SIZE, I64)
+        require(b.or_(is_kind(CHECK_ANY), b.icmp_signed("==", n, check_word(check, 1))))
+        tuple_check = is_kind(CHECK_TUPLE)
+        node(dest, b.gep(obj, [c(TUPLE_ITEMS)], source_etype=I8), n, b.or_(c(T_ADT), b.shl(n, c(32))),
+             lambda k: b.load(_word(b, checks, 0, b.select(tuple_check, b.add(check, b.add(k, c(2))),
+                                                          c(0))), typ=I64))
+        b.branch(head)
+
+        # a vm.ADT: a constructor of this program, by name object, tag object and arity
+        b.position_at_end(on_adt)
+        require(b.icmp_unsigned("==", obj_type, b.load(field("adt_type"), typ=I64)))
+        require(b.or_(is_kind(CHECK_ANY), is_kind(CHECK_ADT)))
+        slot = lambda name: load(obj, b.load(field(name), typ=I64), I64)    # noqa: E731
+        name, tag = slot("ctor_slot"), slot("tag_slot")
+        fields = b.inttoptr(slot("fields_slot"), PTR)
+        require(b.icmp_unsigned("==", load(fields, ARRAY_TYPE, I64), b.load(field("tuple_type"), typ=I64)))
+        n = load(fields, TUPLE_SIZE, I64)
+        found = _alloca(b, I64, name="found")
+        b.store(c(-1), found)
+        with _counted_loop(b, b.load(field("ctor_count"), typ=I64)) as k:
+            same = b.icmp_unsigned("==", b.load(_word(b, ctors, 0, b.mul(k, c(CTOR_WORDS))), typ=I64), name)
+            b.store(b.select(same, k, b.load(found, typ=I64)), found)
+        ctor = b.load(found, typ=I64)
+        require(b.icmp_signed(">=", ctor, c(0)))
+        row = _word(b, ctors, 0, b.mul(ctor, c(CTOR_WORDS)))
+        require(b.icmp_unsigned("==", b.load(_word(b, row, 1), typ=I64), tag))
+        arity = b.load(_word(b, row, 2), typ=I64)
+        require(b.or_(b.icmp_signed("<", arity, c(0)), b.icmp_signed("==", arity, n)))
+        require(b.or_(is_kind(CHECK_ANY), b.icmp_signed("==", b.load(_word(b, row, 3), typ=I64),
+                                                         check_word(check, 1))))
+        first, declared = b.load(_word(b, row, 4), typ=I64), b.load(_word(b, row, 5), typ=I64)
+        node(dest, b.gep(fields, [c(TUPLE_ITEMS)], source_etype=I8), n,
+             b.or_(c(T_ADT), b.or_(b.shl(ctor, c(8)), b.shl(n, c(32)))),
+             lambda k: b.select(b.icmp_signed("<", k, declared),
+                                b.load(_word(b, checks, 0, b.add(first, b.select(
+                                    b.icmp_signed("<", k, declared), k, c(0)))), typ=I64),
+                                c(CHECK_ANY)))
+        b.branch(head)
+
+        b.position_at_end(done)
+        b.store(b.load(top, typ=I64), field("top"))
+        b.ret(ir.Constant(I32, 0))
+        b.position_at_end(decline)
+        b.ret(ir.Constant(I32, RC_EDGE))
+        b.position_at_end(full)
+        b.ret(ir.Constant(I32, RC_ARENA))
         return f
 
     def _give_back(self, b, block):
@@ -1222,12 +1411,29 @@ class FunctionTranslator:
 
     def _op_ShapeOf(self, tensor, dst):
         b = self.b
+        kind = self._kind(tensor)
+        if kind.kind != "tensor" or kind.rank is None:
+            return self._dynamic_shape_of(tensor, dst)
         dims = self._dims(tensor)
         block = self._new_block(ir.Constant(I64, 8 * len(dims)))
         data = self._block_data(block)
         for i, d in enumerate(dims):
             b.store(d, b.gep(data, [ir.Constant(I64, i)], source_etype=I64))
         self._set_tensor(dst, data, block, [ir.Constant(I64, len(dims))], "int64")
+
+    def _dynamic_shape_of(self, tensor, dst):
+        """ShapeOf of a value whose rank is known only at run time (a match's field, a generic
+        call's result): the rank from its type word, which must say tensor."""
+        b = self.b
+        word = self._check_word_kind(tensor, T_TENSOR)
+        rank = b.and_(b.lshr(word, ir.Constant(I64, 16)), ir.Constant(I64, 0xFF))
+        block = self._new_block(b.mul(rank, ir.Constant(I64, 8)))
+        data = self._block_data(block)
+        dims = self._dims_ptr(tensor)
+        with _counted_loop(b, rank) as i:
+            d = b.load(b.gep(dims, [ir.Constant(I64, 0), i], source_etype=self.mt.value.elements[2]), typ=I64)
+            b.store(d, b.gep(data, [i], source_etype=I64))
+        self._set_tensor(dst, data, block, [rank], "int64")
 
     def _op_ReshapeTensor(self, tensor, shape, dst):
         b = self.b
@@ -1356,6 +1562,7 @@ def _alloca(b, ty, count=None, name=""):
 # 1.7 and checked against live arrays before any edge is used, `numpy_layout_ok`): byte offsets
 ARRAY_TYPE, ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_DESCR, ARRAY_FLAGS = 8, 16, 24, 32, 56, 64
 TUPLE_SIZE, TUPLE_ITEMS = 16, 24    # CPython's tuple object: ob_size, then the item pointers
+SCALAR_VALUE = 16                   # a numpy scalar's value, after the object header
 C_CONTIGUOUS_ALIGNED = 0x0101       # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 
 
@@ -1364,10 +1571,11 @@ class EdgeTranslator:
     Python work per argument.
 
     `args` is the address of invoke's argument tuple (`id(args)`); the edge takes it only with
-    as many items as parameters, and each item only when it is exactly a
+    as many items as parameters, and each tensor only when it is exactly a
     numpy array with the parameter's dtype object (native byte order), rank and static dims,
     C-contiguous and aligned, with no zero extent: the arrays invoke's general path takes as
-    they are. Anything else, and a thread other than the one the context's stack limit was
+    they are. ADT and tuple arguments go through `dvm_import` (the same rule for the arrays
+    inside, and every check of the general path). Anything else, and a thread other than the one the context's stack limit was
     taken on, returns RC_EDGE: invoke then takes the general path, which checks, converts or
     reports. The edge resets the context (steps, depth, error) from its configured limits and
     calls the function. `out`, when not 0, is a fresh numpy array of the result's expected
@@ -1390,9 +1598,18 @@ class EdgeTranslator:
         self._require(b.icmp_unsigned("==", b.call(mt.pthread_self, []), self._ctx(ctx, "thread")))
         items = b.inttoptr(items, PTR)
         self._require(b.icmp_signed("==", self._load(items, TUPLE_SIZE, I64), ir.Constant(I64, nparams)))
+        if not all(t["kind"] == "tensor" for t in self.fn.param_types):
+            imports = b.load(ctx_field(b, ctx, "imports"), typ=PTR)
+            b.store(ir.Constant(I64, 0), _word(b, imports, IMPORT_FIELDS.index("top")))
         for k, t in enumerate(self.fn.param_types):
             obj = self._load(items, TUPLE_ITEMS + 8 * k, PTR)
-            b.store(self._argument(ctx, obj, t), b.gep(args, [ir.Constant(I64, k)], source_etype=mt.value))
+            dest = b.gep(args, [ir.Constant(I64, k)], source_etype=mt.value)
+            if t["kind"] == "tensor":
+                b.store(self._argument(ctx, obj, t), dest)
+                continue
+            rc = b.call(mt.importer, [ctx, b.ptrtoint(obj, I64), ir.Constant(I64, mt.import_tables.params[self.index][k]), dest])
+            with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
+                b.ret(rc)
         for field, value in (("steps", self._ctx(ctx, "budget")), ("depth", ir.Constant(I64, 0)),
                              ("max_depth", self._ctx(ctx, "depth_limit")),
                              ("err_code", ir.Constant(I64, 0))):
@@ -1432,6 +1649,10 @@ class EdgeTranslator:
 
     def _argument(self, ctx, obj, t):
         """The Value of argument object `obj` for a parameter of type `t`, or a decline."""
+        return self._array_argument(ctx, obj, t) if t["shape"] else self._scalar_argument(ctx, obj, t)
+
+    def _array_argument(self, ctx, obj, t):
+        """The Value of numpy array `obj` for tensor type `t`, or a decline."""
         b = self.b
         self._require(b.icmp_unsigned("==", self._load(obj, ARRAY_TYPE, I64),
                                       self._ctx(ctx, "ndarray_type")))
@@ -1455,6 +1676,27 @@ class EdgeTranslator:
             value = b.insert_value(value, d, [2, i])
         return value
 
+    def _scalar_argument(self, ctx, obj, t):
+        """A 0-d parameter also takes exactly a numpy scalar of its dtype (np.float32(0.5)):
+        its value, inside the immutable scalar object, is the data (what the general path
+        would copy into a 0-d array)."""
+        b = self.b
+        code = DTYPE_ORDER.index(t["dtype"])
+        scalar_type = b.load(b.gep(b.load(ctx_field(b, ctx, "descrs"), typ=PTR),
+                                   [ir.Constant(I64, len(DTYPE_ORDER) + code)], source_etype=I64), typ=I64)
+        is_scalar = b.icmp_unsigned("==", self._load(obj, ARRAY_TYPE, I64), scalar_type)
+        scalar_data = b.gep(obj, [ir.Constant(I64, SCALAR_VALUE)], source_etype=I8)
+        with b.if_else(is_scalar) as (scalar, array):
+            with scalar:
+                from_scalar = b.block
+            with array:
+                data = b.extract_value(self._array_argument(ctx, obj, t), 0)
+                from_array = b.block
+        value = b.phi(PTR)
+        value.add_incoming(scalar_data, from_scalar)
+        value.add_incoming(data, from_array)
+        return b.insert_value(ir.Constant(self.mt.value, None), value, 0)
+
     def _require(self, cond):
         ok = self.llfn.append_basic_block("ok")
         self.b.cbranch(cond, ok, self.decline)
@@ -1465,6 +1707,80 @@ class EdgeTranslator:
 
     def _ctx(self, ctx, name):
         return self.b.load(ctx_field(self.b, ctx, name), typ=I64)
+
+
+class ImportTables:
+    """The checks and constructor rows `dvm_import` reads for one executable (IMPORT_FIELDS):
+    what `boundary.import_arg` checks, as tables. `params[i]` are function i's parameters'
+    check numbers (constants in its edge function)."""
+
+    def __init__(self, exe, rank_bound):
+        self.words = [CHECK_ANY]
+        self._ids = {}
+        self._adts = {}
+        for c in exe.constructors:
+            self._adts.setdefault(c["adt"], len(self._adts))
+        by_name = {c["name"]: i for i, c in enumerate(exe.constructors)}   # invoke's lookup
+        self.names = [sys.intern(c["name"]) for c in exe.constructors]    # compared by identity
+        self.rows = []
+        for i, c in enumerate(exe.constructors):
+            fields = [self.check(d) for d in c.get("fields", ())]
+            first = len(self.words)
+            self.words += fields
+            tag = c["tag"]
+            self.rows += [id(self.names[i]) if by_name[c["name"]] == i else 0,
+                          id(tag) if -5 <= tag <= 256 else 0,   # CPython's cached small ints
+                          -1 if c["arity"] is None else c["arity"], self._adts[c["adt"]],
+                          first, len(fields)]
+        self.params = [[self.check(t) for t in fn.param_types] for fn in exe.functions]
+        self.words += [0] * (3 + rank_bound)    # a tensor check's extents read past a shorter one
+
+    def check(self, desc) -> int:
+        """The number of the check for type descriptor `desc` (added on first use)."""
+        kind = desc["kind"]
+        if kind == "tensor":
+            words = [CHECK_TENSOR, DTYPE_CODES[desc["dtype"]], len(desc["shape"]),
+                     *(-1 if d is None else d for d in desc["shape"])]
+        elif kind == "adt":
+            words = [CHECK_ADT, self._adts.get(desc["name"], -1)]
+        elif kind == "tuple":
+            fields = [self.check(f) for f in desc["fields"]]
+            words = [CHECK_TUPLE, len(fields), *fields]
+        else:
+            return 0
+        key = tuple(words)
+        if key not in self._ids:
+            self._ids[key] = len(self.words)
+            self.words += words
+        return self._ids[key]
+
+
+def numpy_scalars_ok() -> bool:
+    """Whether numpy scalars (np.float32(x), ...) hold their value SCALAR_VALUE bytes into the
+    object (checked on live scalars of every dtype)."""
+    for name in DTYPE_ORDER:
+        dtype = DTYPES[name][0]
+        value = dtype.type(1)
+        if ffi.buffer(ffi.cast("char *", id(value) + SCALAR_VALUE), dtype.itemsize)[:] != \
+                np.ones((), dtype).tobytes():
+            return False
+    return True
+
+
+def adt_slots():
+    """The byte offsets of a vm.ADT's constructor, tag and fields slots (found on a live
+    object), or None when the layout is not the one `dvm_import` reads."""
+    if not numpy_layout_ok():
+        return None
+    probe = ADT("dvm_probe", 7, (None,))
+    words = ffi.cast("int64_t *", id(probe))
+    if words[ARRAY_TYPE // 8] != id(ADT):
+        return None
+    scan = [words[k] for k in range(2, 2 + len(ADT.__slots__))]
+    wanted = [id(probe.constructor), id(probe.tag), id(probe.fields)]
+    if sorted(scan) != sorted(wanted):
+        return None
+    return tuple(8 * (2 + scan.index(w)) for w in wanted)
 
 
 def numpy_layout_ok() -> bool:
@@ -1584,11 +1900,12 @@ class NativeCode:
                               + [r for i in native for t in [exe.functions[i].ret_type] + list(
                                   exe.functions[i].param_types) for r in _declared_ranks(t)])
         entries = [i for i in native if _enterable(exe.functions[i])]
+        self.import_tables = ImportTables(exe, self.rank_bound)
         host = codelib.host_target()
         key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
         obj = codelib.cached_object(key)
         if obj is None:
-            mt = ModuleTranslator(exe, kinds_of, self.rank_bound, set(native))
+            mt = ModuleTranslator(exe, kinds_of, self.rank_bound, set(native), self.import_tables)
             for i in native:
                 mt.translate(i)
             for i in entries:
@@ -1635,9 +1952,9 @@ def _copied_shape(shape, dtype):
 
 
 def _enterable(fn) -> bool:
-    """Whether invoke can enter native function `fn` (its parameters are tensors: tuples cross
-    only between native functions)."""
-    return all(t["kind"] == "tensor" for t in fn.param_types)
+    """Whether invoke can enter native function `fn` through an edge function (its parameters
+    are tensors, tuples and ADTs; closures and type variables take the general path)."""
+    return all(t["kind"] in ("tensor", "tuple", "adt") for t in fn.param_types)
 
 
 def _may_loop(exe, native) -> set:
@@ -1648,7 +1965,7 @@ def _may_loop(exe, native) -> set:
 
 
 _build_lock = threading.Lock()
-_DESCRS = None      # the ctx.descrs table (dtype object addresses, DTYPE_ORDER), once made
+_DESCRS = None      # the ctx.descrs table (dtype objects, then numpy scalar types, DTYPE_ORDER), once made
 
 
 def _descrs_address() -> int:
@@ -1658,7 +1975,9 @@ def _descrs_address() -> int:
     global _DESCRS
     if _DESCRS is None:
         ok = numpy_layout_ok()
-        _DESCRS = ffi.new("int64_t[]", [id(DTYPES[n][0]) if ok else 0 for n in DTYPE_ORDER])
+        scalars = ok and numpy_scalars_ok()
+        _DESCRS = ffi.new("int64_t[]", [id(DTYPES[n][0]) if ok else 0 for n in DTYPE_ORDER]
+                          + [id(DTYPES[n][0].type) if scalars else 0 for n in DTYPE_ORDER])
     return int(ffi.cast("intptr_t", _DESCRS))
 
 
@@ -1711,8 +2030,10 @@ class NativeTier:
         most = max([len(exe.functions[i].params) for i in self.entries] or [1])
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
+        self._import_tables(code.import_tables)
         for name, word in (("ndarray_type", id(np.ndarray)), ("descrs", _descrs_address()),
-                           ("result", int(ffi.cast("intptr_t", self._result)))):
+                           ("result", int(ffi.cast("intptr_t", self._result))),
+                           ("imports", int(ffi.cast("intptr_t", self.imports)))):
             self.ctx[_CTX[name]] = word
         self.remaining = _Remaining(self.ctx)
         self.steps = self.budget = 0
@@ -1723,6 +2044,31 @@ class NativeTier:
         # depth or above (a new invocation) tries again
         self._stack_short = None
         self.fallbacks = 0      # invocations re-run in the Python tier for want of native stack
+
+    def _import_tables(self, tables):
+        """ctx.imports: the tables `dvm_import` reads (no ADT type when the object layouts are
+        not the ones it reads: every ADT argument then takes the general path) and an arena."""
+        slots = adt_slots()
+        self._checks = ffi.new("int64_t[]", tables.words)
+        self._ctor_rows = ffi.new("int64_t[]", tables.rows)
+        self.imports = ffi.new("int64_t[]", len(IMPORT_FIELDS))
+        for name, word in (("adt_type", id(ADT) if slots else 0),
+                           ("tuple_type", id(tuple) if slots else 0),
+                           ("checks", int(ffi.cast("intptr_t", self._checks))),
+                           ("ctors", int(ffi.cast("intptr_t", self._ctor_rows))),
+                           ("ctor_count", len(tables.rows) // CTOR_WORDS),
+                           *zip(("ctor_slot", "tag_slot", "fields_slot"), slots or (0, 0, 0))):
+            self.imports[IMPORT_FIELDS.index(name)] = word
+        self._fit_arena(ARENA_WORDS)
+
+    def _fit_arena(self, words):
+        """An import arena of at least `words` (a power of two up to MAX_ARENA_WORDS)."""
+        words = 1 << max(0, words - 1).bit_length()
+        if words > MAX_ARENA_WORDS or words <= self.imports[IMPORT_FIELDS.index("capacity")]:
+            return
+        self._arena = ffi.new("int64_t[]", words)
+        self.imports[IMPORT_FIELDS.index("arena")] = int(ffi.cast("intptr_t", self._arena))
+        self.imports[IMPORT_FIELDS.index("capacity")] = words
 
     def failure(self) -> tuple:
         """(function index, pc) of the instruction the last failed native run stopped at."""
@@ -1927,6 +2273,8 @@ class NativeTier:
                 pointers.append(at)
         except _NoNativeForm:
             return None
+        # room for the same argument in the edge's arena next time (its work stack included)
+        self._fit_arena(2 * len(out) + 3 * len(values))
         buffer = np.array(out, np.int64)
         base = buffer.__array_interface__["data"][0]
         if pointers:
@@ -1939,48 +2287,47 @@ class NativeTier:
         """A result Value (int64 words) as what invoke returns, read from its type words:
         arrays the caller owns, tuples, vm.ADT and vm.Closure objects (a closure's captured
         tensors as VM Tensors, as the Python tier returns them). Iterative: a long list is
-        fine; a node shared in the result is exported once."""
-        words = self.words
-        cast = ffi.cast
-        built = {}
-        exe = self.exe
+        fine; a node shared in the result is exported once. Each node's run of field Values
+        is read in one `ffi.unpack` (a list of ints), not word by word."""
+        words, exe = self.words, self.exe
+        unpack, built, opened = ffi.unpack, {}, set()
 
         def leaf(v, in_closure):
-            word = v[words - 1]
+            word = v[-1]
             if word & 0xFF != T_TENSOR:
                 raise _NoNativeForm
-            rank = (word >> 16) & 0xFF
-            a = self._export_tensor(v[0], v[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(v[2:2 + rank]))
+            a = self._export_tensor(v[0], v[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(v[2:2 + ((word >> 16) & 0xFF)]))
             return Tensor.from_array(a) if in_closure else a
 
-        def node_of(v):
-            word = v[words - 1]
-            return word & 0xFF, (word >> 8) & (MAX_INDEX - 1), word >> 32, v[0]
-
-        root = value
-        if value[words - 1] & 0xFF == T_TENSOR:
+        root = unpack(value, words)
+        if root[-1] & 0xFF == T_TENSOR:
             return leaf(root, False)
-        # an explicit stack of (Value pointer, inside a closure, expanded?)
-        stack = [(root, False, False)]
-        opened = set()
+        # an explicit stack of (Value words, inside a closure, its field Values once read)
+        stack = [(root, False, None)]
         while stack:
-            v, in_closure, expanded = stack.pop()
-            kind, index, count, data = node_of(v)
-            key = (data, kind, index, count)
+            v, in_closure, fields = stack.pop()
+            key = (v[0], v[-1])
             if key in built:
                 continue
-            fields = [cast("int64_t *", data) + k * words for k in range(count)] if count else []
-            composite = [f for f in fields if f[words - 1] & 0xFF in (T_ADT, T_CLOSURE)]
+            word = v[-1]
+            kind = word & 0xFF
+            if fields is None:
+                count = word >> 32
+                run = unpack(_cast(_INT64_PTR, v[0]), count * words) if count else ()
+                fields = [run[k:k + words] for k in range(0, len(run), words)]
+                composite = [f for f in fields if f[-1] & 0xFF in (T_ADT, T_CLOSURE)]
+                if composite:
+                    if key in opened:
+                        raise VMError("the result contains itself (a cycle through closure fields)")
+                    opened.add(key)
+                    inner = in_closure or kind == T_CLOSURE
+                    stack.append((v, in_closure, fields))
+                    stack.extend((f, inner, None) for f in composite)
+                    continue
             inner = in_closure or kind == T_CLOSURE
-            if not expanded and composite:
-                if key in opened:
-                    raise VMError("the result contains itself (a cycle through closure fields)")
-                opened.add(key)
-                stack.append((v, in_closure, True))
-                stack.extend((f, inner, False) for f in composite)
-                continue
-            items = [built[node_of(f)[3], *node_of(f)[:3]] if f[words - 1] & 0xFF in (T_ADT, T_CLOSURE)
-                     else leaf(f, inner) for f in fields]
+            items = [built[f[0], f[-1]] if f[-1] & 0xFF in (T_ADT, T_CLOSURE) else leaf(f, inner)
+                     for f in fields]
+            index = (word >> 8) & (MAX_INDEX - 1)
             if kind == T_CLOSURE:
                 obj = Closure(index, items)
             elif index == 0:
@@ -1989,8 +2336,7 @@ class NativeTier:
                 c = exe.constructors[index]
                 obj = ADT(c["name"], c["tag"], items)
             built[key] = obj
-        kind, index, count, data = node_of(root)
-        return built[(data, kind, index, count)]
+        return built[root[0], root[-1]]
 
     def _export_tensor(self, data, block, dtype_name, dims):
         """One tensor of a result: small ones are copied; large ones wrap their block (with a
@@ -2004,8 +2350,12 @@ class NativeTier:
             buf = ffi.buffer(owner, BLOCK_HEADER + header[B_SIZE])
             return np.frombuffer(buf, dtype, math.prod(dims), data - block).reshape(dims)
         out = np.empty(dims, dtype)
-        ffi.memmove(out, ffi.cast("char *", data), out.nbytes)
+        ffi.memmove(out, _cast(_CHAR_PTR, data), out.nbytes)
         return out
+
+
+_cast = ffi._backend.cast     # cffi's cast with the type resolved once (ffi.cast parses it per call)
+_INT64_PTR, _CHAR_PTR = ffi.typeof("int64_t *"), ffi.typeof("char *")
 
 
 class _NoNativeForm(Exception):

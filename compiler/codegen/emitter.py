@@ -41,6 +41,7 @@ class FunctionEmitter(Walker):
         self.env: dict[E.Expr, int] = {}   # var/shared node -> register
         self.env_log: list = []            # (key, previous register) of every env write
         self.tuple_fields: dict[int, list] = {}   # register of a tuple built here -> field registers
+        self.storage_of: dict[int, int] = {}      # static tensor allocated here -> its storage
 
     # -- helpers ---------------------------------------------------------------------------
     def new_reg(self) -> int:
@@ -270,6 +271,8 @@ class FunctionEmitter(Walker):
             return (yield self.reshape(node))
         if opdef.shape_mode == "upper_bound" and not node.checked_type.is_static:
             return (yield self.upper_bound_call(node, opdef))
+        if opdef.name == "split":
+            return (yield self.split(node))
         return (yield self.call_kernel(node))
 
     def flat_inputs(self, node: E.Call):
@@ -292,7 +295,10 @@ class FunctionEmitter(Walker):
 
     def call_kernel(self, node: E.Call) -> int:
         """Allocate the outputs of an op or fused primitive call, then CallKernel fills them."""
-        inputs = yield self.flat_inputs(node)
+        return self.kernel_on(node, (yield self.flat_inputs(node)))
+
+    def kernel_on(self, node: E.Call, inputs: list) -> int:
+        """call_kernel on the registers of its inputs."""
         kernel, (shape_func, attrs, shape_inputs) = kernel_of(self.mc, node)
         out_types = tensor_leaves(node.checked_type)
         outputs = self.alloc_outputs(shape_func, attrs, inputs[:shape_inputs], out_types)
@@ -341,7 +347,30 @@ class FunctionEmitter(Walker):
     def alloc_static(self, t: TensorType) -> int:
         nbytes = int(np.prod(t.shape, dtype=np.int64)) * itemsize(t.dtype)
         storage = self.emit_to("AllocStorage", nbytes, ALIGNMENT, t.dtype)
-        return self.emit_to("AllocTensor", storage, 0, list(t.shape), t.dtype)
+        tensor = self.emit_to("AllocTensor", storage, 0, list(t.shape), t.dtype)
+        self.storage_of[tensor] = storage
+        return tensor
+
+    def split(self, node: E.Call) -> int:
+        """A split whose parts are runs of the input's memory (every dim before the axis is 1:
+        a (1, N) tensor along axis 1, any tensor along axis 0) of a static tensor allocated in
+        this function: each part is an AllocTensor view of the input's storage at its offset,
+        no kernel and no copy. Else the split kernel. (The memory planner leaves a storage with
+        several views out of its arena: the parts keep the input's block alive.)"""
+        data = yield node.args[0]
+        in_type, parts = node.args[0].checked_type, tensor_leaves(node.checked_type)
+        storage = self.storage_of.get(data)
+        axis = node.attrs["axis"] % max(1, len(in_type.shape)) if in_type.shape else 0
+        if storage is None or not all(t.is_static for t in parts) or \
+                int(np.prod(in_type.shape[:axis], dtype=np.int64)) != 1:
+            return self.kernel_on(node, [data])
+        row = int(np.prod(in_type.shape[axis + 1:], dtype=np.int64)) * itemsize(in_type.dtype)
+        dim, spec = in_type.shape[axis], node.attrs["indices_or_sections"]
+        bounds = [k * dim // spec for k in range(spec + 1)] if isinstance(spec, int) else [0, *spec, dim]
+        # where each part starts: split points are Python slice bounds (negative, clamped)
+        starts = [range(dim)[a:b].start for a, b in zip(bounds, bounds[1:])]
+        return self.make_tuple([self.emit_to("AllocTensor", storage, start * row, list(t.shape), t.dtype)
+                                for start, t in zip(starts, parts)])
 
     def alloc_dynamic(self, shape_reg: int, dtype: str) -> int:
         storage = self.emit_to("AllocStorageReg", shape_reg, ALIGNMENT, dtype)

@@ -11,7 +11,7 @@ import numpy as np
 
 from dynvm.bench import peers
 from dynvm.bench.peers import Skip
-from dynvm.models import arange_model, bert_varlen, lstm, nms_postprocess, tree_lstm
+from dynvm.models import arange_model, bert_varlen, list_ops, lstm, nms_postprocess, tree_lstm
 
 
 @dataclasses.dataclass
@@ -43,15 +43,19 @@ def skip(reason):
     return factory
 
 
-def vm_runner(build_mod, prepare=lambda s: s):
-    """The dynamic VM: one executable, built on first use, for every size."""
+def vm_runner(build_mod, prepare=lambda s: s, tier="native", result=np.asarray):
+    """The dynamic VM (in `tier`): one executable, built on first use, for every size. A
+    prepared tuple is the invocation's arguments."""
     def factory(ctx, n):
         from dynvm.compiler import build
         from dynvm.vm import VirtualMachine
-        if "vm" not in ctx:
-            ctx["vm"] = VirtualMachine(build(build_mod(ctx)), threads=peers.THREADS)
-        vm = ctx["vm"]
-        return Runner(lambda x: vm.invoke("main", x), prepare)
+        if "exe" not in ctx:
+            ctx["exe"] = build(build_mod(ctx))
+        if tier not in ctx:
+            ctx[tier] = VirtualMachine(ctx["exe"], tier=tier, threads=peers.THREADS)
+        vm = ctx[tier]
+        return Runner(lambda x: vm.invoke("main", *x) if type(x) is tuple else vm.invoke("main", x),
+                      prepare, result)
     return factory
 
 
@@ -159,6 +163,50 @@ TREE_LSTM = Model(
              "ort": skip("no ONNX form: ONNX graphs have no recursion over trees")})
 
 
+# --- list_ops --------------------------------------------------------------------------------
+
+
+def _list_ops_flat(normalised, energy):
+    """The list of normalised tensors and the energy as one array (what the check compares)."""
+    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in normalised] + [[float(energy)]])
+
+
+def _list_ops_vm_result(out):
+    from dynvm.vm.convert import from_list
+    return _list_ops_flat(from_list(out[0]), out[1])
+
+
+def _torch_list_ops(torch, ctx):
+    def run(args):
+        xs, scale = args
+        normalised = [(x - x.mean()) * scale for x in xs]
+        return normalised, sum(((y * y).sum() for y in normalised), torch.zeros(()))
+    return run
+
+
+def _list_ops_vm_args(sample):
+    from dynvm.vm.convert import to_list
+    return to_list(sample[0]), sample[1]
+
+
+LIST_OPS_SCALE = np.array(0.5, np.float32)
+LIST_OPS = Model(
+    "list_ops", "tensors", {"full": [1, 3, 10, 40, 200], "quick": [10, 200], "tiny": [3]},
+    (1e-5, 1e-5), dict,
+    sample=lambda ctx, n: (list_ops.make_input([1 + 7 * k % 40 for k in range(n)], seed=n), LIST_OPS_SCALE),
+    reference=lambda ctx, s: _list_ops_flat(*list_ops.reference(*s)),
+    runners={"vm": vm_runner(lambda ctx: list_ops.build_module(), _list_ops_vm_args, result=_list_ops_vm_result),
+             "python": vm_runner(lambda ctx: list_ops.build_module(), _list_ops_vm_args, tier="python",
+                                 result=_list_ops_vm_result),
+             "static": skip("no static form: a run-time list of run-time lengths"),
+             "torch": torch_runner(_torch_list_ops,
+                                   prepare=lambda torch: lambda s: ([torch.from_numpy(x) for x in s[0]],
+                                                                    torch.from_numpy(s[1])),
+                                   result=lambda out: _list_ops_flat([y.numpy() for y in out[0]], out[1]),
+                                   note="a Python loop, "),
+             "ort": skip("no ONNX form: ONNX has no lists of tensors of different lengths")})
+
+
 # --- NMS -------------------------------------------------------------------------------------
 
 
@@ -188,4 +236,4 @@ ARANGE = Model(
              "ort": ort_runner(lambda ctx: peers.onnx_arange_model(ctx["table"]))})
 
 
-MODELS = {m.name: m for m in (BERT, LSTM, LSTM_COND, TREE_LSTM, NMS, ARANGE, BERT_BASE)}
+MODELS = {m.name: m for m in (BERT, LSTM, LSTM_COND, TREE_LSTM, LIST_OPS, NMS, ARANGE, BERT_BASE)}

@@ -16,7 +16,7 @@ TINY = [name for name, m in MODELS.items() if m.sizes["tiny"]]
 # runtimes each model has a form for (the others are skipped with a reason)
 FORMS = {"bert": {"static", "torch", "ort"}, "lstm": {"static", "torch", "ort"},
          "lstm_cond": {"static", "torch", "ort"},
-         "tree_lstm": {"torch"}, "nms": {"ort"}, "arange": {"torch", "ort"}}
+         "tree_lstm": {"torch"}, "list_ops": {"torch"}, "nms": {"ort"}, "arange": {"torch", "ort"}}
 PEER_MODULES = {"torch": ["torch"], "ort": ["onnxruntime", "onnx"]}
 
 

@@ -1,6 +1,7 @@
 """The native tier against the Python tier: same results bit for bit, same errors, same step
 counts; what runs natively and why the rest does not; who owns returned memory."""
 import gc
+import re
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from dynvm.compiler import build, ir, op
 from dynvm.vm import Executable, VirtualMachine
-from dynvm.vm.errors import PerformanceWarning, ShapeError, VMRecursionError, VMStepLimitError
+from dynvm.vm.errors import DynVMError, PerformanceWarning, ShapeError, VMRecursionError, VMStepLimitError
 from tests.e2e.test_control_flow import countdown_module
 from tests.strategies import examples, layouts, program_inputs, random_program
 
@@ -146,13 +147,7 @@ def test_recursion_deeper_than_the_native_stack_runs_in_the_python_tier():
 
 def test_storage_aligned_beyond_the_native_blocks_stays_in_the_python_tier():
     """Native blocks are 64-byte aligned: an AllocStorageReg asking for more is not native."""
-    from dynvm.vm.bytecode import Instruction
-    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
-    exe = build(ir.IRModule.from_expr(ir.Function([x], op.exp(x))))
-    code = exe.functions[0].instructions
-    pc = next(i for i, ins in enumerate(code) if ins.name == "AllocStorageReg")
-    shape, _, dtype, dst = code[pc].args
-    code[pc] = Instruction(code[pc].op, shape, 128, dtype, dst)
+    exe = aligned_storage_program()
     assert "alignment 128 is above 64" in exe.explain()
     a = np.ones(5, np.float32)
     assert_same(VirtualMachine(exe).invoke("main", a),
@@ -160,23 +155,44 @@ def test_storage_aligned_beyond_the_native_blocks_stays_in_the_python_tier():
 
 
 def list_program():
-    """The shape of a list's head: a match's field has no static kind (its rank is not known
-    where ShapeOf reads it), so main stays in the Python tier."""
+    """The shape of a list's head: a match's field has no static kind (its rank is known only
+    at run time, from its type word)."""
     from dynvm.compiler import prelude
     return build(prelude.parse("""def @main(%xs: List[Tensor[(?), float32]]) -> Tensor[(1), int64] {
       match? (%xs) { Cons(%h, _) => shape_of(%h) } }"""))
 
 
+def aligned_storage_program():
+    """exp of a vector whose AllocStorageReg asks for 128-byte alignment (native blocks have 64)."""
+    from dynvm.vm.bytecode import Instruction
+    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+    exe = build(ir.IRModule.from_expr(ir.Function([x], op.exp(x))))
+    code = exe.functions[0].instructions
+    pc = next(i for i, ins in enumerate(code) if ins.name == "AllocStorageReg")
+    shape, _, dtype, dst = code[pc].args
+    code[pc] = Instruction(code[pc].op, shape, 128, dtype, dst)
+    return exe
+
+
 def test_explain_names_the_native_functions_and_why_others_are_not():
     assert build(countdown_module(), native_loops=False).explain() == "loop: native"
     text = list_program().explain()
-    assert "main: Python tier (pc 4 (ShapeOf): r1 holds any value" in text and "map: native" in text
+    assert "main: native" in text and "map: native" in text
+    assert "main: Python tier (pc 1 (AllocStorageReg): alignment 128 is above 64)" in aligned_storage_program().explain()
 
 
-def test_a_function_outside_the_native_tier_runs_in_the_python_tier():
+def test_the_shape_of_a_match_field_is_native():
+    """ShapeOf reads the rank from the field's type word; a field that is not a tensor (the
+    list's type variable is not checked at invoke) fails as in the Python tier."""
     from dynvm.vm.convert import to_list
-    vm = VirtualMachine(list_program())
-    assert vm.invoke("main", to_list([np.zeros(2, np.float32)] * 3)).tolist() == [2]
+    native, python = both_tiers(list_program())
+    for items in ([np.zeros(2, np.float32)] * 3, [np.zeros(7, np.float32)], [np.zeros((), np.float32)]):
+        assert_same(native.invoke("main", to_list(items)), python.invoke("main", to_list(items)))
+    bad = to_list([(np.zeros(2, np.float32),)])
+    with pytest.raises(DynVMError) as from_python:
+        python.invoke("main", bad)
+    with pytest.raises(type(from_python.value), match=re.escape(str(from_python.value))):
+        VirtualMachine(list_program()).invoke("main", bad)
 
 
 def test_results_belong_to_the_caller():
@@ -257,10 +273,15 @@ def @main(%acc: Tensor[(2), float32], %xs: List[Tensor[(2), float32]]) -> Tensor
 
 
 def cross_tier_program():
-    """A list walk (Python tier: the shape of a match's field, which no kernel takes, has no
-    static rank) calling a tensor function (native, itself calling another) once per element."""
+    """A list walk (Python tier: its storage asks for 128-byte alignment, above the native
+    blocks') calling a tensor function (native, itself calling another) once per element."""
     from dynvm.compiler import prelude
+    from dynvm.vm.bytecode import Instruction
     exe = build(prelude.parse(CROSS_TIER))
+    code = next(f for f in exe.functions if f.name == "sum_doubled").instructions
+    pc = next(i for i, ins in enumerate(code) if ins.name.startswith("AllocStorage"))
+    size, _, dtype, dst = code[pc].args
+    code[pc] = Instruction(code[pc].op, size, 128, dtype, dst)
     assert "quadruple: native" in exe.explain() and "sum_doubled: Python tier" in exe.explain()
     return exe
 
