@@ -22,10 +22,10 @@ from dynvm.bench import harness, peers
 from dynvm.bench.peers import Skip
 from dynvm.bench.suite import MODELS, Runner
 
-RUNTIMES = ("vm", "static", "numpy", "torch", "ort")
-PEERS = ("static", "numpy", "torch", "ort")         # ratio columns: vm time / peer time
-LABELS = {"vm": "dynvm VM", "static": "static runtime", "numpy": "numpy reference",
-          "torch": "PyTorch eager", "ort": "ONNX Runtime"}
+RUNTIMES = ("vm", "python", "static", "numpy", "torch", "ort")
+PEERS = RUNTIMES[1:]                                 # ratio columns: vm time / peer time
+LABELS = {"vm": "dynvm VM", "python": "dynvm Python tier", "static": "static runtime",
+          "numpy": "numpy reference", "torch": "PyTorch eager", "ort": "ONNX Runtime"}
 MODES = {"full": 15, "quick": 5, "tiny": 2}         # repetitions per number
 QUICK_DURATION = "about 2 minutes on 2 cores"      # `--quick`, warm kernel cache, quiet machine
 
@@ -117,6 +117,12 @@ def targets(results) -> list:
     for model in ("lstm", "lstm_cond"):
         for seq, limit in ((1, 0.9), (8, 0.9), (32, 0.9), (128, 1.0)):
             target(f"{model} seq {seq} <= {limit}x ONNX Runtime", model, seq, "ort", limit)
+    for nodes in (1, 10, 50, 100, 200):
+        target(f"tree_lstm {nodes} nodes >= 3x faster than PyTorch eager", "tree_lstm", nodes,
+               "torch", 1 / 3)
+    for n in (40, 200):
+        target(f"list_ops {n} tensors >= 10x faster than the Python tier", "list_ops", n,
+               "python", 0.1)
     for model, sizes in (("arange", (1, 512)), ("nms", (100, 20000))):
         for n in sizes:
             target(f"{model} {n} no slower than ONNX Runtime", model, n, "ort", 1.0)
@@ -233,7 +239,8 @@ def plot(report, path) -> bool:
     cols = min(3, len(models))
     rows_n = (len(models) + cols - 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
-    colors = dict(zip(RUNTIMES, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    colors = dict(zip(RUNTIMES, ("tab:blue", "tab:cyan", "tab:orange", "tab:green", "tab:red",
+                                 "tab:purple")))
     for ax in axes.flat[len(models):]:
         ax.axis("off")
     for ax, model in zip(axes.flat, models):

@@ -11,12 +11,12 @@ import pytest
 
 from dynvm.bench.suite import MODELS
 
-RUNTIMES = ["vm", "static", "numpy", "torch", "ort"]
+RUNTIMES = ["vm", "python", "static", "numpy", "torch", "ort"]
 TINY = [name for name, m in MODELS.items() if m.sizes["tiny"]]
 # runtimes each model has a form for (the others are skipped with a reason)
 FORMS = {"bert": {"static", "torch", "ort"}, "lstm": {"static", "torch", "ort"},
          "lstm_cond": {"static", "torch", "ort"},
-         "tree_lstm": {"torch"}, "list_ops": {"torch"}, "nms": {"ort"}, "arange": {"torch", "ort"}}
+         "tree_lstm": {"torch"}, "list_ops": {"python", "torch"}, "nms": {"ort"}, "arange": {"torch", "ort"}}
 PEER_MODULES = {"torch": ["torch"], "ort": ["onnxruntime", "onnx"]}
 
 

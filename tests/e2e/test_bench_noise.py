@@ -5,7 +5,7 @@ import io
 import time
 
 from dynvm.bench import harness
-from dynvm.bench.run import print_report, targets
+from dynvm.bench.run import PEERS, RUNTIMES, print_report, targets
 
 
 def alternating_sleeper(short=0.001, long=0.004):
@@ -53,11 +53,11 @@ def test_a_measurement_on_a_busy_machine_is_taken_twice(monkeypatch):
 
 def result(ratio, noisy=None):
     """An arange row at 512 rows with every ratio `ratio`; `noisy`: {runtime: why}."""
-    cells = {rt: {"seconds": 1e-3} for rt in ("vm", "static", "numpy", "torch", "ort")}
+    cells = {rt: {"seconds": 1e-3} for rt in RUNTIMES}
     for rt, why in (noisy or {}).items():
         cells[rt]["noisy"] = why
     return {"model": "arange", "size_name": "rows", "size": 512, "runtimes": cells,
-            "ratios": {f"vm/{p}": ratio for p in ("static", "numpy", "torch", "ort")}}
+            "ratios": {f"vm/{p}": ratio for p in PEERS}}
 
 
 def arange_512(results):
@@ -83,7 +83,7 @@ def test_the_report_marks_noisy_ratios():
     out = io.StringIO()
     print_report(report, out)
     text = out.getvalue()
-    assert "0.50x      0.50x      0.50?      0.50x" in text, "only vm/torch is marked"
+    assert "0.50x      0.50x      0.50x      0.50?      0.50x" in text, "only vm/torch is marked"
     assert "? at rows=512: torch: load average 7.9 on 2 cores" in text
     assert "met        arange 512 no slower than ONNX Runtime (vm/peer 0.50x)" in text
 
