@@ -133,7 +133,7 @@ def vectors(draw_lengths, seed):
     return [rng.standard_normal(n).astype(np.float32) for n in draw_lengths]
 
 
-@settings(max_examples=examples(12), deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(steps=st.lists(st.sampled_from(sorted(STEPS)), max_size=3), end=st.sampled_from(sorted(ENDS)),
        lengths=st.lists(st.integers(0, 5), max_size=8), seed=st.integers(0, 3))
 def test_random_list_programs_agree(steps, end, lengths, seed):

@@ -100,7 +100,7 @@ def assert_same_outcome(native, python, args):
         assert a[2] == b[2]
 
 
-@settings(max_examples=examples(12), deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(mod=control_program(), x_rows=st.sampled_from([0, 1, 2, 3]), y_rows=st.sampled_from([1, 2, 3]),
        n=st.integers(0, 4), seed=st.integers(0, 3), limit=st.one_of(st.none(), st.integers(0, 200)))
 def test_random_control_flow_programs_agree(mod, x_rows, y_rows, n, seed, limit):
