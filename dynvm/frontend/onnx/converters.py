@@ -705,15 +705,17 @@ def wrapped(cx, idx, size):
 def gather_elements(cx, ins, a):
     """out[i..] = data[i.. with indices[i..] on axis]: a take from the flattened data."""
     data, indices = ins
-    r = rank(cx, data)
-    axis = axis_of(cx, data, a.get("axis", 0))
-    flat = None
-    for d in range(r):
-        c = wrapped(cx, indices, dim(cx, data, axis)) if d == axis else coordinate(cx, indices, d, r)
-        stride = dims_product(cx, data, range(d + 1, r))
-        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
-        flat = term if flat is None else op.add(flat, term)
+    flat = flat_positions(cx, data, indices, axis_of(cx, data, a.get("axis", 0)))
     return op.take(op.reshape(data, [-1]), flat, mode="wrap")
+
+
+def flat_positions(cx, data, indices, axis):
+    """Positions in the flattened `data` of each element of `indices` (an index on `axis`,
+    negative ones wrapped; its own coordinate on every other axis)."""
+    r = rank(cx, data)
+    return linear_position(cx, data, [
+        wrapped(cx, indices, dim(cx, data, axis)) if d == axis else coordinate(cx, indices, d, r)
+        for d in range(r)])
 
 
 @converter("GatherND", attrs="batch_dims")
@@ -721,18 +723,31 @@ def gather_nd(cx, ins, a):
     if a.get("batch_dims", 0):
         raise Unsupported("batch_dims > 0")
     data, indices = ins
-    k = cx.type_of(indices).shape[-1]
-    if ir.is_any(k):
-        raise Unsupported("indices whose last dim is dynamic")
-    flat = None
-    for j in range(k):
-        c = wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
-        stride = dims_product(cx, data, range(j + 1, k))
-        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
-        flat = term if flat is None else op.add(flat, term)
+    k, flat = nd_positions(cx, data, indices)
     r = rank(cx, data)
     rows = reshape(data, [-1] + [dim(cx, data, d) for d in range(k, r)])
     return op.take(rows, flat, axis=0, mode="wrap")
+
+
+def nd_positions(cx, data, indices):
+    """(k, the row of data[:k] flattened that each index tuple indices[..., :k] names)."""
+    k = cx.type_of(indices).shape[-1]
+    if ir.is_any(k):
+        raise Unsupported("indices whose last dim is dynamic")
+    coords = [wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
+              for j in range(k)]
+    return k, linear_position(cx, data, coords)
+
+
+def linear_position(cx, data, coords):
+    """The position of coordinates `coords` (one per leading dim of `data`) in those dims
+    flattened, row-major."""
+    flat = None
+    for j, c in enumerate(coords):
+        stride = dims_product(cx, data, range(j + 1, len(coords)))
+        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
+        flat = term if flat is None else op.add(flat, term)
+    return flat
 
 
 def scatter_rows(cx, data, rows, width, flat, updates, reduction):
@@ -771,13 +786,7 @@ def scatter_elements(cx, ins, a):
     then scatter_rows over the flattened data."""
     data, indices, updates = ins
     r = rank(cx, data)
-    axis = axis_of(cx, data, a.get("axis", 0))
-    flat = None
-    for d in range(r):
-        c = wrapped(cx, indices, dim(cx, data, axis)) if d == axis else coordinate(cx, indices, d, r)
-        stride = dims_product(cx, data, range(d + 1, r))
-        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
-        flat = term if flat is None else op.add(flat, term)
+    flat = flat_positions(cx, data, indices, axis_of(cx, data, a.get("axis", 0)))
     out = scatter_rows(cx, data, dims_product(cx, data, range(r)), 1, op.reshape(flat, [-1]),
                        updates, a.get("reduction", "none"))
     return reshape(out, [dim(cx, data, d) for d in range(r)])
@@ -788,16 +797,8 @@ def scatter_nd(cx, ins, a):
     """Each update slice to data[indices[j]]: flat row positions as in GatherND, then
     scatter_rows over data viewed as (prod(dims[:k]), prod(dims[k:]))."""
     data, indices, updates = ins
-    k = cx.type_of(indices).shape[-1]
-    if ir.is_any(k):
-        raise Unsupported("indices whose last dim is dynamic")
+    k, flat = nd_positions(cx, data, indices)
     r = rank(cx, data)
-    flat = None
-    for j in range(k):
-        c = wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
-        stride = dims_product(cx, data, range(j + 1, k))
-        term = op.multiply(c, as_int64(stride)) if stride != 1 else c
-        flat = term if flat is None else op.add(flat, term)
     out = scatter_rows(cx, data, dims_product(cx, data, range(k)),
                        dims_product(cx, data, range(k, r)), op.reshape(flat, [-1]), updates,
                        a.get("reduction", "none"))
