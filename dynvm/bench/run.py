@@ -178,7 +178,8 @@ def print_report(report, out=sys.stdout):
           f"at start {' '.join(map(str, m['load_average']))}; threads: dynvm {m.get('dynvm_threads', 1)}, torch "
           f"{m.get('torch_threads', '-')}, ORT {m['ort_threads']}, numpy BLAS "
           f"{m['numpy_blas_threads']}", file=out)
-    if max(m["load_average"][0], m.get("load_average_end", [0])[0]) > 0.5 * (m["cores"] or 1):
+    if max(m["load_average"][0], m.get("load_average_end", [0])[0]) > \
+            harness.MAX_LOAD_PER_CORE * (m["cores"] or 1):
         print(f"!! the machine was busy (load average {m['load_average'][0]} at start, "
               f"{m.get('load_average_end', ['?'])[0]} at end on {m['cores']} cores): multi-threaded "
               "peers suffer most; rerun on a quiet machine or with --threads 1", file=out)
