@@ -87,7 +87,8 @@ POOL_FIELDS = ("allocations", "bytes_allocated", "pool_hits", "bytes_live", "pea
 POOL_CLASSES = 8 + 4 * 54
 POOL_WORDS = len(POOL_FIELDS) + POOL_CLASSES
 # block header words (before the data, BLOCK_HEADER bytes in all); B_NEXT links a free block
-# into its free list, and a dying block into dvm_release's work list
+# into its free list, and a dying block into dvm_release's work list; in a live block it is 0
+# except while `dvm_export` marks the nodes it has visited
 B_COUNT, B_SIZE, B_FIELDS, B_POOL, B_CLASS, B_NEXT = range(6)
 
 # A Value's type word: what the register holds at run time, read where the register kinds do not
@@ -116,6 +117,15 @@ CHECK_ANY, CHECK_ADT, CHECK_TENSOR, CHECK_TUPLE = range(4)
 CTOR_WORDS = 6
 ARENA_WORDS = 1 << 12           # an arena's first size (grown to fit what the general path saw)
 MAX_ARENA_WORDS = 1 << 23       # larger arguments always take the general path
+
+
+# What `dvm_export` (a result's ADTs and tuples flattened for Python) reads and writes: the
+# int64 words of NativeTier's export buffers. The work buffer holds the walk's stack (2 words an
+# entry: the Value's address, the next field) and then the blocks it marked, `capacity` of each.
+EXPORT_FIELDS = ("records", "capacity", "work", "data", "data_capacity", "data_used")
+R_SHARED = 0            # a record's kind for a node exported before: word 0 is its record's index
+EXPORT_RECORDS = 1 << 10          # records an export buffer first has room for
+MAX_EXPORT_RECORDS = 1 << 22      # results with more nodes take the general export
 
 
 def tensor_word(dtype, rank) -> int:
@@ -704,6 +714,148 @@ class ModuleTranslator:
         b.ret(ir.Constant(I32, RC_ARENA))
         return f
 
+    @functools.cached_property
+    def exporter(self):
+        """`i64 dvm_export(io, root)`: the ADT or tuple Value `root` flattened for Python, which
+        builds the result's objects in one pass over it (`NativeTier._flat_export`): one record
+        per node in post-order (a node's fields before it), each `words` int64 long (EXPORT_FIELDS
+        says where the buffers are). A tensor's record is its Value with the data word an offset
+        into the data buffer its bytes were copied to (16-byte aligned), or, for a large tensor
+        in a block of its own, the Value itself (its block is wrapped, not copied). An ADT's or
+        tuple's record is its type word; a node met again is a R_SHARED record naming the first
+        one's record, so shared nodes stay shared. Returns the record count; -1 when the result
+        holds what this walk does not export (a closure, a storage, a node of an argument, a
+        cycle: the general export then runs), -2 when the records or the work stack are full.
+        Copies that do not fit the data buffer are skipped; `data_used` says how much it needs.
+        Visited nodes are marked in their block's B_NEXT word (0 in every live block) and
+        unmarked before it returns."""
+        f = ir.Function(self.module, ir.FunctionType(I64, [PTR, PTR]), "dvm_export")
+        f.attributes.add("noinline")
+        b = ir.IRBuilder(f.append_basic_block("entry"))
+        io, root = f.args
+        c = lambda v: ir.Constant(I64, v)      # noqa: E731
+        words = _value_bytes(self.value) // 8
+        field = lambda name: _word(b, io, EXPORT_FIELDS.index(name))    # noqa: E731
+        records, work, data = (b.load(field(n), typ=PTR) for n in ("records", "work", "data"))
+        capacity, data_capacity = (b.load(field(n), typ=I64) for n in ("capacity", "data_capacity"))
+        marks = _word(b, work, 0, b.mul(capacity, c(2)))    # the marked blocks, after the stack
+        sizes = self._constant_table("dvm_itemsizes", I64, [c(itemsize(n)) for n in DTYPE_ORDER])
+        n, sp, marked, used, result = (_alloca(b, I64, name=x) for x in ("n", "sp", "marked", "used", "result"))
+        for slot, v in ((n, c(0)), (sp, c(1)), (marked, c(0)), (used, c(0))):
+            b.store(v, slot)
+        b.store(b.ptrtoint(root, I64), _word(b, work, 0))
+        b.store(c(0), _word(b, work, 1))
+        head, body, finish, decline, full, clear = (f.append_basic_block(x) for x in (
+            "head", "body", "finish", "decline", "full", "clear"))
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(b.icmp_signed(">", b.load(sp, typ=I64), c(0)), body, finish)
+
+        b.position_at_end(body)
+        top = b.sub(b.load(sp, typ=I64), c(1))
+        value = b.inttoptr(b.load(_word(b, work, 0, b.mul(top, c(2))), typ=I64), PTR)
+        cursor_at = _word(b, work, 1, b.mul(top, c(2)))
+        word = b.load(_word(b, value, words - 1), typ=I64)
+        data_word, block = (b.load(_word(b, value, k), typ=I64) for k in (0, 1))
+        kind = b.and_(word, c(0xFF))
+        on_tensor, on_adt = f.append_basic_block("tensor"), f.append_basic_block("adt")
+        switch = b.switch(kind, decline)
+        switch.add_case(c(T_TENSOR), on_tensor)
+        switch.add_case(c(T_ADT), on_adt)
+
+        def emit(first, second, dims_from, type_word):
+            """Append a record (full: the `full` exit) and pop the node."""
+            at = b.load(n, typ=I64)
+            _branch_if(b, b.icmp_signed(">=", at, capacity), full)
+            record = _word(b, records, 0, b.mul(at, c(words)))
+            for k, v in enumerate((first, second)):
+                b.store(v, _word(b, record, k))
+            for k in range(2, words - 1):
+                b.store(c(0) if dims_from is None else b.load(_word(b, dims_from, k), typ=I64),
+                        _word(b, record, k))
+            b.store(type_word, _word(b, record, words - 1))
+            b.store(b.add(at, c(1)), n)
+            b.store(top, sp)
+            return at
+
+        # a tensor: copied into the data buffer, or a large one of a block named by its Value
+        b.position_at_end(on_tensor)
+        rank = b.and_(b.lshr(word, c(16)), c(0xFF))
+        count = c(1)
+        for k in range(words - 3):
+            dim = b.load(_word(b, value, 2 + k), typ=I64)
+            count = b.mul(count, b.select(b.icmp_signed("<", c(k), rank), dim, c(1)))
+        size = b.load(b.gep(sizes, [c(0), b.and_(b.lshr(word, c(8)), c(0xFF))],
+                            source_etype=sizes.value_type), typ=I64)
+        nbytes = b.mul(count, size)
+        wrap = b.and_(b.icmp_unsigned("!=", block, c(0)), b.icmp_signed(">", nbytes, c(COPY_RESULTS_UP_TO)))
+        offset = b.and_(b.add(b.load(used, typ=I64), c(15)), c(-16))
+        with b.if_then(b.not_(wrap)):
+            end = b.add(offset, nbytes)
+            with b.if_then(b.icmp_signed("<=", end, data_capacity)):
+                b.call(self.memcpy, [b.gep(data, [offset], source_etype=I8),
+                                     b.inttoptr(data_word, PTR), nbytes, ir.Constant(I1, 0)])
+            b.store(end, used)
+        emit(b.select(wrap, data_word, offset), b.select(wrap, block, c(0)), value, word)
+        b.branch(head)
+
+        # an ADT or tuple: marked on the way down, its fields pushed one by one, then its record
+        b.position_at_end(on_adt)
+        fields = b.lshr(word, c(32))
+        cursor = b.load(cursor_at, typ=I64)
+        mark_at = b.gep(b.inttoptr(block, PTR), [c(B_NEXT)], source_etype=I64)
+        first_visit = b.and_(b.icmp_signed("==", cursor, c(0)), b.icmp_signed(">", fields, c(0)))
+        visit, descend = f.append_basic_block("visit"), f.append_basic_block("descend")
+        b.cbranch(first_visit, visit, descend)
+        b.position_at_end(visit)
+        _branch_if(b, b.icmp_unsigned("==", block, c(0)), decline)    # a node of an argument
+        mark = b.load(mark_at, typ=I64)
+        _branch_if(b, b.icmp_signed("<", mark, c(0)), decline)        # a cycle
+        seen, fresh = f.append_basic_block("seen"), f.append_basic_block("fresh")
+        b.cbranch(b.icmp_signed(">", mark, c(0)), seen, fresh)
+        b.position_at_end(seen)
+        emit(b.sub(mark, c(1)), c(0), None, c(R_SHARED))
+        b.branch(head)
+        b.position_at_end(fresh)
+        at = b.load(marked, typ=I64)
+        _branch_if(b, b.icmp_signed(">=", at, capacity), full)
+        b.store(block, _word(b, marks, 0, at))
+        b.store(b.add(at, c(1)), marked)
+        b.store(c(-1), mark_at)
+        b.branch(descend)
+        b.position_at_end(descend)
+        push, close = f.append_basic_block("push"), f.append_basic_block("close")
+        b.cbranch(b.icmp_signed("<", cursor, fields), push, close)
+        b.position_at_end(push)
+        b.store(b.add(cursor, c(1)), cursor_at)
+        depth = b.load(sp, typ=I64)
+        _branch_if(b, b.icmp_signed(">=", depth, capacity), full)
+        child = b.gep(b.inttoptr(data_word, PTR), [b.mul(cursor, c(words))], source_etype=I64)
+        b.store(b.ptrtoint(child, I64), _word(b, work, 0, b.mul(depth, c(2))))
+        b.store(c(0), _word(b, work, 1, b.mul(depth, c(2))))
+        b.store(b.add(depth, c(1)), sp)
+        b.branch(head)
+        b.position_at_end(close)
+        at = emit(c(0), c(0), None, word)
+        with b.if_then(b.icmp_signed(">", fields, c(0))):
+            b.store(b.add(at, c(1)), mark_at)
+        b.branch(head)
+
+        b.position_at_end(finish)
+        b.store(b.load(used, typ=I64), field("data_used"))
+        b.store(b.load(n, typ=I64), result)
+        b.branch(clear)
+        for exit_block, code in ((decline, -1), (full, -2)):
+            b.position_at_end(exit_block)
+            b.store(c(code), result)
+            b.branch(clear)
+        b.position_at_end(clear)
+        with _counted_loop(b, b.load(marked, typ=I64)) as k:
+            marked_block = b.inttoptr(b.load(_word(b, marks, 0, k), typ=I64), PTR)
+            b.store(c(0), _word(b, marked_block, B_NEXT))
+        b.ret(b.load(result, typ=I64))
+        return f
+
     def _give_back(self, b, block):
         """A dead block goes to its pool's free list, or to the OS beyond the pool's cap."""
         pool = b.inttoptr(b.load(_word(b, block, B_POOL), typ=I64), PTR)
@@ -763,7 +915,7 @@ class ModuleTranslator:
         peak = _word(b, pool, POOL_FIELDS.index("peak_bytes_live"))
         b.store(b.select(b.icmp_signed(">", live, b.load(peak, typ=I64)), live, b.load(peak, typ=I64)), peak)
         for k, v in ((B_COUNT, ir.Constant(I64, 1)), (B_SIZE, size), (B_FIELDS, ir.Constant(I64, 0)),
-                     (B_POOL, b.ptrtoint(pool, I64)), (B_CLASS, cls)):
+                     (B_POOL, b.ptrtoint(pool, I64)), (B_CLASS, cls), (B_NEXT, ir.Constant(I64, 0))):
             b.store(v, _word(b, block, k))
         b.ret(block)
         return f
@@ -1890,7 +2042,7 @@ class NativeCode:
         self.reasons = native_plan(exe, kinds_of)
         self.ctor_index = {c["name"]: i for i, c in enumerate(exe.constructors)}
         native = sorted(i for i, r in self.reasons.items() if r is None)
-        self.addresses, self.edges = {}, {}
+        self.addresses, self.edges, self.exporter = {}, {}, None
         self.rank_bound = 1
         if not native:
             return
@@ -1900,6 +2052,7 @@ class NativeCode:
                               + [r for i in native for t in [exe.functions[i].ret_type] + list(
                                   exe.functions[i].param_types) for r in _declared_ranks(t)])
         entries = [i for i in native if _enterable(exe.functions[i])]
+        exports = any(exe.functions[i].ret_type["kind"] != "tensor" for i in native)
         self.import_tables = ImportTables(exe, self.rank_bound)
         host = codelib.host_target()
         key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
@@ -1910,12 +2063,16 @@ class NativeCode:
                 mt.translate(i)
             for i in entries:
                 mt.translate_edge(i)
+            if exports:
+                mt.exporter     # noqa: B018 - emitted on first use
             obj = codelib.compile_ir(str(mt.module), host, speed_level=SPEED_LEVEL, key=key)
         self._library = codelib.CodeLibrary("", obj, host)      # built for this host: no re-JIT
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
         self.edges = {i: self._library.address(edge_symbol_of(i)) for i in entries}
         self.may_loop = _may_loop(exe, native)
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
+        self.exporter = ffi.cast("int64_t (*)(int64_t *, int64_t *)",
+                                 self._library.address("dvm_export")) if exports else None
 
 
 def _program_source(exe, native, rank_bound) -> bytes:
@@ -2031,6 +2188,10 @@ class NativeTier:
         self._args = ffi.new("int64_t[]", max(1, most) * self.words)
         self._result = ffi.new("int64_t[]", self.words)
         self._import_tables(code.import_tables)
+        self._export_io = ffi.new("int64_t[]", len(EXPORT_FIELDS))
+        self._fit_export(EXPORT_RECORDS)
+        self._data_hint = 0
+        self._ctor_names = [(c["name"], c["tag"]) for c in exe.constructors]
         for name, word in (("ndarray_type", id(np.ndarray)), ("descrs", _descrs_address()),
                            ("result", int(ffi.cast("intptr_t", self._result))),
                            ("imports", int(ffi.cast("intptr_t", self.imports)))):
@@ -2069,6 +2230,16 @@ class NativeTier:
         self._arena = ffi.new("int64_t[]", words)
         self.imports[IMPORT_FIELDS.index("arena")] = int(ffi.cast("intptr_t", self._arena))
         self.imports[IMPORT_FIELDS.index("capacity")] = words
+
+    def _fit_export(self, records):
+        """Export buffers with room for `records` records (and as many stack entries and
+        marked blocks)."""
+        self._records = ffi.new("int64_t[]", records * self.words)
+        self._record_rows = np.frombuffer(ffi.buffer(self._records), np.int64).reshape(records, self.words)
+        self._work = ffi.new("int64_t[]", 3 * records)
+        for name, word in (("records", int(ffi.cast("intptr_t", self._records))), ("capacity", records),
+                           ("work", int(ffi.cast("intptr_t", self._work)))):
+            self._export_io[EXPORT_FIELDS.index(name)] = word
 
     def failure(self) -> tuple:
         """(function index, pc) of the instruction the last failed native run stopped at."""
@@ -2302,6 +2473,9 @@ class NativeTier:
         root = unpack(value, words)
         if root[-1] & 0xFF == T_TENSOR:
             return leaf(root, False)
+        flat = self._flat_export(value) if self.code.exporter is not None else None
+        if flat is not None:
+            return flat
         # an explicit stack of (Value words, inside a closure, its field Values once read)
         stack = [(root, False, None)]
         while stack:
@@ -2338,6 +2512,56 @@ class NativeTier:
             built[key] = obj
         return built[root[0], root[-1]]
 
+    def _flat_export(self, value):
+        """The result's objects built from `dvm_export`'s records (see there), or None when the
+        general export must run. The small tensors become arrays over one new buffer their
+        bytes were copied to; its size is the last result's, and a walk is redone with the
+        size needed when that was too small, or with more records when they were too few."""
+        io, field = self._export_io, EXPORT_FIELDS.index
+        while True:
+            data = np.empty(max(self._data_hint, 16), np.uint8)
+            io[field("data")] = data.__array_interface__["data"][0]
+            io[field("data_capacity")] = data.size
+            n = self.code.exporter(io, value)
+            if n == -1:
+                return None
+            if n == -2:
+                records = 4 * io[field("capacity")]
+                if records > MAX_EXPORT_RECORDS:
+                    return None
+                self._fit_export(records)
+                continue
+            self._data_hint = io[field("data_used")]
+            if self._data_hint <= data.size:
+                return self._rebuild(self._record_rows[:n].tolist(), data)
+
+    def _rebuild(self, rows, data):
+        """The objects of `dvm_export`'s records, in one pass (a node's fields precede it)."""
+        stack, built, names, dtypes = [], {}, self._ctor_names, _DTYPE_OBJECTS
+        for i, r in enumerate(rows):
+            word = r[-1]
+            kind = word & 0xFF
+            if kind == T_TENSOR:
+                rank = (word >> 16) & 0xFF
+                if r[1]:
+                    a = self._export_tensor(r[0], r[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(r[2:2 + rank]))
+                elif rank == 1:
+                    a = np.frombuffer(data, dtypes[(word >> 8) & 0xFF], r[2], r[0])
+                else:
+                    dims = r[2:2 + rank]
+                    a = np.frombuffer(data, dtypes[(word >> 8) & 0xFF], math.prod(dims), r[0]).reshape(dims)
+                stack.append(a)
+            elif kind == R_SHARED:
+                stack.append(built[r[0]])
+            else:
+                count, ctor = word >> 32, (word >> 8) & (MAX_INDEX - 1)
+                start = len(stack) - count
+                items = stack[start:]
+                del stack[start:]
+                obj = built[i] = tuple(items) if ctor == 0 else ADT(*names[ctor], items)
+                stack.append(obj)
+        return stack[0]
+
     def _export_tensor(self, data, block, dtype_name, dims):
         """One tensor of a result: small ones are copied; large ones wrap their block (with a
         reference of their own, dropped when the array dies); memory the invocation does not
@@ -2354,6 +2578,7 @@ class NativeTier:
         return out
 
 
+_DTYPE_OBJECTS = tuple(DTYPES[n][0] for n in DTYPE_ORDER)
 _cast = ffi._backend.cast     # cffi's cast with the type resolved once (ffi.cast parses it per call)
 _INT64_PTR, _CHAR_PTR = ffi.typeof("int64_t *"), ffi.typeof("char *")
 
