@@ -43,6 +43,7 @@ import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, ffi
+from dynvm.kernels.interrupt import armed_word
 from dynvm.vm.bytecode import is_loop_function, registers
 from dynvm.vm.dtypes import DTYPES, itemsize
 from dynvm.vm.errors import KernelError, VMError
@@ -2025,10 +2026,16 @@ def raise_interrupt(exe, func, pc):
 
 def _armed_word_address() -> int:
     """The address of the interrupt word this thread's invocation polls, armed (Ctrl-C sets it
-    in the main thread; other threads get one nothing sets)."""
-    from dynvm.kernels.interrupt import armed_word
+    in the main thread; other threads get one nothing sets). The words are arrays that live as
+    long as the process: their addresses are looked up once (asking numpy costs microseconds)."""
     word = armed_word()
-    return word.__array_interface__["data"][0]
+    address = _WORD_ADDRESSES.get(id(word))
+    if address is None:
+        address = _WORD_ADDRESSES[id(word)] = word.__array_interface__["data"][0]
+    return address
+
+
+_WORD_ADDRESSES = {}    # id of an interrupt word array -> its address
 
 
 class NativeCode:
@@ -2350,11 +2357,15 @@ class NativeTier:
     def _take_result(self, index):
         result = self._result
         try:
+            if result[self.words - 1] & 0xFF != T_TENSOR and self.code.exporter is not None:
+                flat = self._flat_export(result)
+                if flat is not None:
+                    return flat
             return self._export(result, index)
         except _NoNativeForm:       # a storage block in the result: the Python tier returns it
             return self._decline(index)
         finally:
-            self._release(ffi.cast("void *", result[1]))
+            self._release(_cast(_VOID_PTR, result[1]))
 
     def edge(self, index):
         """invoke's fast path into native function `index`: `enter(args)` runs it on the
@@ -2455,7 +2466,8 @@ class NativeTier:
         return buffer
 
     def _export(self, value, index):
-        """A result Value (int64 words) as what invoke returns, read from its type words:
+        """A result Value (int64 words) as what invoke returns, read from its type words (the
+        general export: `_flat_export` builds most ADT and tuple results faster):
         arrays the caller owns, tuples, vm.ADT and vm.Closure objects (a closure's captured
         tensors as VM Tensors, as the Python tier returns them). Iterative: a long list is
         fine; a node shared in the result is exported once. Each node's run of field Values
@@ -2473,9 +2485,6 @@ class NativeTier:
         root = unpack(value, words)
         if root[-1] & 0xFF == T_TENSOR:
             return leaf(root, False)
-        flat = self._flat_export(value) if self.code.exporter is not None else None
-        if flat is not None:
-            return flat
         # an explicit stack of (Value words, inside a closure, its field Values once read)
         stack = [(root, False, None)]
         while stack:
@@ -2517,49 +2526,51 @@ class NativeTier:
         general export must run. The small tensors become arrays over one new buffer their
         bytes were copied to; its size is the last result's, and a walk is redone with the
         size needed when that was too small, or with more records when they were too few."""
-        io, field = self._export_io, EXPORT_FIELDS.index
+        io = self._export_io
         while True:
-            data = np.empty(max(self._data_hint, 16), np.uint8)
-            io[field("data")] = data.__array_interface__["data"][0]
-            io[field("data_capacity")] = data.size
+            size = max(self._data_hint, 16)
+            data = ffi.new("char[]", size)
+            io[_X_DATA], io[_X_DATA_CAPACITY] = int(_cast(_INTPTR, data)), size
             n = self.code.exporter(io, value)
             if n == -1:
                 return None
             if n == -2:
-                records = 4 * io[field("capacity")]
+                records = 4 * io[_X_CAPACITY]
                 if records > MAX_EXPORT_RECORDS:
                     return None
                 self._fit_export(records)
                 continue
-            self._data_hint = io[field("data_used")]
-            if self._data_hint <= data.size:
-                return self._rebuild(self._record_rows[:n].tolist(), data)
+            self._data_hint = io[_X_DATA_USED]
+            if self._data_hint <= size:
+                return self._rebuild(self._record_rows[:n].tolist(), ffi.buffer(data))
 
     def _rebuild(self, rows, data):
         """The objects of `dvm_export`'s records, in one pass (a node's fields precede it)."""
-        stack, built, names, dtypes = [], {}, self._ctor_names, _DTYPE_OBJECTS
+        stack, built, names, dtypes, frombuffer = [], {}, self._ctor_names, _DTYPE_OBJECTS, np.frombuffer
+        push = stack.append
         for i, r in enumerate(rows):
             word = r[-1]
             kind = word & 0xFF
             if kind == T_TENSOR:
                 rank = (word >> 16) & 0xFF
                 if r[1]:
-                    a = self._export_tensor(r[0], r[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(r[2:2 + rank]))
+                    push(self._export_tensor(r[0], r[1], DTYPE_ORDER[(word >> 8) & 0xFF], tuple(r[2:2 + rank])))
                 elif rank == 1:
-                    a = np.frombuffer(data, dtypes[(word >> 8) & 0xFF], r[2], r[0])
+                    push(frombuffer(data, dtypes[(word >> 8) & 0xFF], r[2], r[0]))
                 else:
                     dims = r[2:2 + rank]
-                    a = np.frombuffer(data, dtypes[(word >> 8) & 0xFF], math.prod(dims), r[0]).reshape(dims)
-                stack.append(a)
+                    push(frombuffer(data, dtypes[(word >> 8) & 0xFF], math.prod(dims), r[0]).reshape(dims))
             elif kind == R_SHARED:
-                stack.append(built[r[0]])
+                push(built[r[0]])
             else:
                 count, ctor = word >> 32, (word >> 8) & (MAX_INDEX - 1)
-                start = len(stack) - count
-                items = stack[start:]
-                del stack[start:]
+                if count:
+                    items = stack[-count:]
+                    del stack[-count:]
+                else:
+                    items = ()
                 obj = built[i] = tuple(items) if ctor == 0 else ADT(*names[ctor], items)
-                stack.append(obj)
+                push(obj)
         return stack[0]
 
     def _export_tensor(self, data, block, dtype_name, dims):
@@ -2580,7 +2591,9 @@ class NativeTier:
 
 _DTYPE_OBJECTS = tuple(DTYPES[n][0] for n in DTYPE_ORDER)
 _cast = ffi._backend.cast     # cffi's cast with the type resolved once (ffi.cast parses it per call)
-_INT64_PTR, _CHAR_PTR = ffi.typeof("int64_t *"), ffi.typeof("char *")
+_INT64_PTR, _CHAR_PTR, _VOID_PTR, _INTPTR = (ffi.typeof(t) for t in ("int64_t *", "char *", "void *", "intptr_t"))
+_X_DATA, _X_DATA_CAPACITY, _X_CAPACITY, _X_DATA_USED = (
+    EXPORT_FIELDS.index(n) for n in ("data", "data_capacity", "capacity", "data_used"))
 
 
 class _NoNativeForm(Exception):
