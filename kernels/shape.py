@@ -52,7 +52,7 @@ from dynvm.kernels.sort import SORT_DTYPES, Emitter
 from dynvm.shape_funcs import SHAPE_FUNCS
 from dynvm.shape_funcs.common import Symbolic, TracedInput, TraceError
 from dynvm.vm.dtypes import DTYPES
-from dynvm.vm.errors import KernelError, ShapeError
+from dynvm.vm.errors import KernelError, NotNative, ShapeError
 
 FAMILY = "shape_func"
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
@@ -60,10 +60,6 @@ I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 # Registered shape functions with no native form, and why (the native tier calls the Python
 # function for these; every other one compiles, call site by call site). Today: none.
 NATIVE_UNSUPPORTED: dict[str, str] = {}
-
-
-class NotNative(KernelError):
-    """A shape function call site has no native form; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,13 @@ class KernelError(DynVMError):
     """A native kernel rejected its arguments or failed to compile/load."""
 
 
+class NotNative(KernelError):
+    """Why something has no native form: a function (it runs in the Python tier), a loop (it
+    runs as bytecode, not as one loop kernel), a shape function's call site (the Python shape
+    function runs). Caught where the choice is made; the message reaches the user as the
+    reason `Executable.explain` and the PerformanceWarning give."""
+
+
 class InvokeArgumentError(DynVMError, TypeError):
     """An argument to `VirtualMachine.invoke` does not match the parameter's declared type."""
 

@@ -46,7 +46,7 @@ from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, ffi
 from dynvm.kernels.interrupt import armed_word
 from dynvm.vm.bytecode import is_loop_function, registers
 from dynvm.vm.dtypes import DTYPES, itemsize
-from dynvm.vm.errors import KernelError, VMError
+from dynvm.vm.errors import KernelError, NotNative, VMError
 from dynvm.vm.values import ADT, Closure, Tensor
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
@@ -152,10 +152,6 @@ SUPPORTED = frozenset({"Move", "Ret", "Invoke", "InvokeClosure", "CallKernel", "
 _ANY_OPERANDS = {"r", "d"}
 _CHECKED_OPERANDS = {("CallKernel", "inputs"), ("CallLoop", "inputs"), ("GetTag", "obj"),
                      ("If", "test"), ("If", "target"), ("ShapeOf", "tensor")}
-
-
-class NotNative(Exception):
-    """Why a function cannot run in the native tier (its message is shown to the user)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import math
 
 from dynvm.kernels.loop import root_slot
 from dynvm.vm.dtypes import itemsize
+from dynvm.vm.errors import NotNative
 
 from dynvm.compiler.ir import expr as E
 from dynvm.compiler.ir.types import TensorType, is_any
@@ -29,10 +30,6 @@ from dynvm.compiler.codegen.types import tensor_leaves
 
 MAX_WORKSPACE = 256 << 20   # bytes; a bigger loop stays in bytecode (its tensors use the pool)
 ALIGN = 64
-
-
-class NotNative(Exception):
-    """The function is not a loop the loop kernel family can run (the message says why)."""
 
 
 def emit_native_loop(emitter) -> bool:

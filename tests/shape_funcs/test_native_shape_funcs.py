@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 
 from dynvm.kernels import abi, load_kernels
 from dynvm.kernels.builder import KernelBuilder, rebuild_section
-from dynvm.kernels.shape import NATIVE_UNSUPPORTED, NotNative, native_shape_func_spec
+from dynvm.kernels.shape import NATIVE_UNSUPPORTED, native_shape_func_spec
+from dynvm.vm.errors import NotNative
 from dynvm.shape_funcs import SHAPE_FUNCS, ShapeFunc, lookup, shape_func
 from dynvm.shape_funcs.common import TraceError
 from dynvm.shape_funcs.vision import nms_select
