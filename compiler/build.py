@@ -26,9 +26,9 @@ def warn_slower_paths(exe, slower: dict):
     """One PerformanceWarning naming every function that runs in the Python tier and every loop
     that stays bytecode, with the reasons (`exe.explain()` lists every function; the warning
     can be silenced by its category)."""
-    from dynvm.vm.native import function_kinds, native_plan     # lazily: it imports llvmlite
+    from dynvm.vm.native import planned     # lazily: it imports llvmlite
     lines = [f"{name}: {why}" for name, why in slower.items()]
-    reasons = native_plan(exe, function_kinds(exe).__getitem__)
+    reasons = planned(exe)[1]
     lines += [f"{fn.name}: runs in the Python tier ({reasons[i]})"
               for i, fn in enumerate(exe.functions) if reasons[i] is not None]
     if lines:

@@ -83,6 +83,7 @@ class Executable:
         self.shape_funcs = list(shape_funcs)
         self._loaded_kernels = None  # list of Kernel, loaded once and shared by every VM
         self._native_code = None     # vm.native.NativeCode, built by the first native-tier VM
+        self._native_plan = None     # vm.native.planned: register kinds and native-tier reasons
         self.load_report = None  # how the kernels got their native code (provenance.LoadReport)
         self.trust_native_code = False  # run the section's own object code (see load)
         self._verified = False

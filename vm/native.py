@@ -372,9 +372,19 @@ def native_shape_func(entry, sigs):
     return _native_shape_func(entry["name"], msgpack.packb(entry["attrs"]), sigs)
 
 
+def planned(exe) -> tuple:
+    """(register kinds per function, native_plan's reasons) of `exe`: computed once per
+    executable, for build's warning, `explain` and the native code alike."""
+    with _build_lock:
+        if exe._native_plan is None:
+            kinds = function_kinds(exe)
+            exe._native_plan = kinds, native_plan(exe, kinds.__getitem__)
+        return exe._native_plan
+
+
 def explain(exe) -> str:
     """One line per function: whether it runs in the native tier, and if not, why."""
-    reasons = native_plan(exe, function_kinds(exe).__getitem__)
+    reasons = planned(exe)[1]
     lines = []
     for i, fn in enumerate(exe.functions):
         why = reasons[i]
@@ -2041,8 +2051,9 @@ class NativeCode:
     `reasons[i]` is None for a native function, else why function i runs in the Python tier.
     """
 
-    def __init__(self, exe, kinds_of):
-        self.reasons = native_plan(exe, kinds_of)
+    def __init__(self, exe, kinds, reasons):
+        kinds_of = kinds.__getitem__
+        self.reasons = reasons
         self.ctor_index = {c["name"]: i for i, c in enumerate(exe.constructors)}
         native = sorted(i for i, r in self.reasons.items() if r is None)
         self.addresses, self.edges, self.exporter = {}, {}, None
@@ -2124,7 +2135,7 @@ def _may_loop(exe, native) -> set:
         ins.spec.has("calls") or ins.spec.has("loop") for ins in exe.functions[i].instructions)}
 
 
-_build_lock = threading.Lock()
+_build_lock = threading.RLock()     # planned() inside native_code()
 _DESCRS = None      # the ctx.descrs table (dtype objects, then numpy scalar types, DTYPE_ORDER), once made
 
 
@@ -2157,7 +2168,7 @@ def native_code(exe) -> NativeCode:
     with _build_lock:
         code = exe._native_code
         if code is None:
-            code = exe._native_code = NativeCode(exe, function_kinds(exe).__getitem__)
+            code = exe._native_code = NativeCode(exe, *planned(exe))
         return code
 
 

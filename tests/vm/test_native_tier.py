@@ -171,7 +171,7 @@ def aligned_storage_program():
     pc = next(i for i, ins in enumerate(code) if ins.name == "AllocStorageReg")
     shape, _, dtype, dst = code[pc].args
     code[pc] = Instruction(code[pc].op, shape, 128, dtype, dst)
-    return exe
+    return Executable.from_bytes(exe.to_bytes())     # a fresh executable of the edited code
 
 
 def test_explain_names_the_native_functions_and_why_others_are_not():
@@ -282,6 +282,7 @@ def cross_tier_program():
     pc = next(i for i, ins in enumerate(code) if ins.name.startswith("AllocStorage"))
     size, _, dtype, dst = code[pc].args
     code[pc] = Instruction(code[pc].op, size, 128, dtype, dst)
+    exe = Executable.from_bytes(exe.to_bytes())     # a fresh executable of the edited code
     assert "quadruple: native" in exe.explain() and "sum_doubled: Python tier" in exe.explain()
     return exe
 
