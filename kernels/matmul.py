@@ -30,9 +30,11 @@ Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR element
 610 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack
 (glibc's default thread stack is 8 MiB).
 
-Threads: gemv, blocked and fast compute in chunks of output columns (a batch's gemv panel or
-column block: NC on one thread, smaller on more, see `column_step`; `emit_chunks`), each in the one-thread loop order, so every output element is summed
-the same way whoever computes it: results are identical for every thread count. The chunks run
+Threads: gemv, blocked and fast compute items of output columns (a batch's gemv panel or
+column block: NC on one thread, smaller on more, see `column_step`), cut into chunks by
+llvm_util's `split_for` like every family; each item runs in the one-thread loop order, so
+every output element is summed the same way whoever computes it: results are identical for
+every thread count. The chunks run
 on the kernel threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
 llvm_util.PARALLEL_WORK["matmul"], measured; a spec may lower it, e.g. to 0 in tests, or raise
 it), else in one call on the calling thread.
@@ -56,12 +58,12 @@ from dynvm.kernels import family
 from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_SHAPE
 from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
-from dynvm.kernels.llvm_util import (CHUNK_FN, I1, I32, I64, MEM_TYPE, PTR, c64, check,
-                                     check_data, check_equal, const, dot_offset, elem_ptr, eq,
-                                     for_range, if_then, kernel_threads, load, load_strides,
-                                     masked_load, masked_store, new_function, parallel_for,
-                                     parallel_work, product, prologue, return_zero_if, smin, splat,
-                                     stack_buffer, store, tail_mask, to_reg, unravel)
+from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, check_data,
+                                     check_equal, const, dot_offset, elem_ptr, eq, for_range,
+                                     if_then, kernel_threads, load, load_strides, masked_load,
+                                     masked_store, new_function, parallel_work, product, prologue,
+                                     return_zero_if, smin, split_for, splat, stack_buffer, store,
+                                     tail_mask, to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -735,16 +737,6 @@ def _output_empty(b, geo):
     return b.or_(b.or_(eq(b, geo.M, c64(0)), eq(b, geo.N, c64(0))), eq(b, geo.nb, c64(0)))
 
 
-# The context a variant hands its chunks: the kernel's own arguments (the chunk function
-# validates and derives the geometry again: cheap, and no IR value crosses functions), for
-# gemv the direction of this call's walk over B's panels, and the columns per chunk.
-CHUNK_CTX = ir.LiteralStructType([PTR, I32, I1, I64])
-
-
-def _ctx_field(b, ctx, k):
-    return b.gep(ctx, [const(I32, 0), const(I32, k)], source_etype=CHUNK_CTX)
-
-
 def column_step(b, geo, blk, variant, parallel):
     """Columns of one chunk: a gemv panel, or a blocked column block: NC on one thread (or
     when the work stays on the calling thread: `parallel` false), else N / (2 * threads)
@@ -758,29 +750,8 @@ def column_step(b, geo, blk, variant, parallel):
     return b.select(b.icmp_signed("<=", threads, c64(1)), c64(blk.nc), smin(b, strips, c64(blk.nc)))
 
 
-def emit_chunks(module, name, variant, sig, spec, make_geometry):
-    """`i32 name(ptr ctx, i64 lo, i64 hi)`: chunks [lo, hi) of a variant, chunk c being batch
-    c / P, column block c % P (P column blocks per batch), in the one-thread order."""
-    fn = ir.Function(module, CHUNK_FN, name=name + ".chunks")
-    fn.linkage = "internal"
-    ctx, lo, hi = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    args, nargs, backwards, step = (b.load(_ctx_field(b, ctx, k), typ=ty)
-                                    for k, ty in enumerate(CHUNK_CTX.elements))
-    geo = make_geometry(b, spec, sig, prologue(b, args, nargs, sig))
-    blk = Blocking(sig[-1][0])
-    expr = spec.get("epilogue")
-    per_batch = b.udiv(b.add(geo.N, b.sub(step, c64(1))), step)
-
-    def chunk(c):
-        bi, n0 = b.udiv(c, per_batch), b.mul(b.urem(c, per_batch), step)
-        if variant == "gemv":
-            emit_gemv_panel(b, geo, blk, expr, bi, n0, step, backwards)
-        else:
-            emit_blocked_columns(b, geo, blk, expr, variant == "fast", bi, n0, step)
-    for_range(b, lo, hi, chunk)
-    b.ret(const(I32, 0))
-    return fn
+def _ceil_div(b, x, y):
+    return b.udiv(b.add(x, b.sub(y, c64(1))), y)
 
 
 def emit_variant(module, symbol, variant, sig, spec, make_geometry):
@@ -815,15 +786,27 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     if variant == "fast":
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         check(b, b.and_(aligned, eq(b, geo.sc_n, c64(1))), ERR_LAYOUT)
-    chunks = emit_chunks(module, fn.name, variant, sig, spec, make_geometry)
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
     parallel = b.icmp_unsigned(">=", work, c64(parallel_work(spec, "matmul", symbol)))
     step = column_step(b, geo, blk, variant, parallel)
-    ctx = stack_buffer(b, CHUNK_CTX, 1)
-    for k, value in enumerate((fn.args[0], fn.args[1], backwards, step)):
-        b.store(value, _ctx_field(b, ctx, k))
-    n = b.mul(geo.nb, b.udiv(b.add(geo.N, b.sub(step, c64(1))), step))
-    parallel_for(b, chunks, ctx, n, parallel)
+
+    def chunks(cb, values, lo, hi):
+        """Items [lo, hi) in a chunk function: item c is batch c / P, column block c % P (P
+        blocks per batch). The geometry is derived again from the kernel's own arguments
+        (cheap, and no IR value crosses functions)."""
+        (args, nargs), backwards, step = values
+        cgeo = make_geometry(cb, spec, sig, prologue(cb, args, nargs, sig))
+        per_batch = _ceil_div(cb, cgeo.N, step)
+
+        def item(c):
+            bi, n0 = cb.udiv(c, per_batch), cb.mul(cb.urem(c, per_batch), step)
+            if variant == "gemv":
+                emit_gemv_panel(cb, cgeo, blk, expr, bi, n0, step, backwards)
+            else:
+                emit_blocked_columns(cb, cgeo, blk, expr, variant == "fast", bi, n0, step)
+        for_range(cb, lo, hi, item)
+    items = b.mul(geo.nb, _ceil_div(b, geo.N, step))
+    split_for(b, (tuple(fn.args), backwards, step), items, chunks, parallel)
     b.ret(const(I32, 0))
 
 
