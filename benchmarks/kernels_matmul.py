@@ -1,27 +1,28 @@
-"""dense / matmul float32 kernels vs numpy (OpenBLAS): GFLOP/s at square sizes, the
-matrix-vector ("gemv") shapes in microseconds, then BERT's dense + bias shapes over sequence
-lengths against numpy and torch.nn.functional.linear (torch.set_num_threads(1), if installed)
-(not a test).
+"""dense / matmul float32 kernels vs numpy (OpenBLAS) and ONNX Runtime's MatMul: GFLOP/s at
+square sizes on 1 and 2 threads, the matrix-vector ("gemv") shapes in microseconds, then BERT's
+dense + bias shapes over sequence lengths against numpy and torch.nn.functional.linear
+(torch.set_num_threads(1), if installed) (not a test).
 
-    python benchmarks/kernels_matmul.py [--reps 30] [--sizes 64 256 512 1024] [--bert-only] [--tiny]
+    python benchmarks/kernels_matmul.py [--reps 30] [--runs 3] [--sizes 64 256 512 1024]
+                                        [--bert-only] [--tiny]
 
-numpy runs single-threaded in this process (OPENBLAS_NUM_THREADS=1 is set before numpy loads,
-unless the caller set it); a child process measures numpy with 2 threads for reference. dynvm
-and numpy calls are interleaved (one of each per repetition) so machine noise hits both alike;
-each number is the median of the repetitions. The ratio is dynvm / numpy single-thread.
-The square sizes run dynvm at 1 and 2 kernel threads (kernels/pool.py), interleaved with numpy
-1 thread; numpy 2 threads comes from the child process (not interleaved: compare with care).
+Square sizes: dynvm at 1 and 2 kernel threads (kernels/pool.py), numpy at 1 and 2 OpenBLAS
+threads (switched per call through OpenBLAS's own set_num_threads) and ORT's MatMul in sessions
+of 1 and 2 intra-op threads are all called in turn once per repetition, so machine noise hits
+them alike; each number is the median of the repetitions, and the whole table is taken `--runs`
+times with the load average before each (the machine may be shared: compare ratios within one
+run). The ratios are dynvm / numpy and dynvm / ORT at the same thread count.
 Where a second thread starts to pay (the threshold) is benchmarks/kernel_thresholds.py.
 `--tiny` runs size 64 with 3 repetitions (the test suite's smoke run).
 """
 import argparse
-import json
+import functools
+import ctypes
+import glob
 import os
-import subprocess
-import sys
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")   # the most threads numpy is switched to
 
 import numpy as np  # noqa: E402
 
@@ -41,15 +42,38 @@ def interleaved(reps, *fns):
     return [float(np.median(spent)) for spent in times]
 
 
-def numpy_only(sizes, reps):
-    """GFLOP/s of np.matmul per size (run in the child with 2 OpenBLAS threads)."""
-    out = {}
-    for n in sizes:
-        a, b, c = operands(n)
-        np.matmul(a, b, out=c)
-        (seconds,) = interleaved(reps, lambda: np.matmul(a, b, out=c))
-        out[n] = gflops(n, seconds)
-    return out
+def openblas_threads():
+    """set(n): the OpenBLAS numpy loaded runs on n threads from now on (its own
+    set_num_threads; None when numpy's BLAS is not the bundled OpenBLAS)."""
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
+                                  "libscipy_openblas*.so"))
+    if not libs:
+        return None
+    lib = ctypes.CDLL(libs[0])
+    for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads"):
+        if hasattr(lib, name):
+            return getattr(lib, name)
+    return None
+
+
+def ort_matmul(n, threads):
+    """An ONNX Runtime session computing one n x n MatMul on `threads` intra-op threads, or
+    None without onnx / onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from onnx import TensorProto, helper
+    io = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", io[:2],
+                              io[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def operands(n):
@@ -79,8 +103,9 @@ def on_threads(threads, fn):
     return call
 
 
-def time_pair(kernel, n, reps, transpose_b):
-    """(median dynvm seconds at 1 and 2 threads, median numpy seconds, variant), interleaved."""
+def time_square(kernel, n, reps, transpose_b, set_blas, sessions):
+    """Median seconds of dynvm at 1 and 2 threads, numpy at 1 and 2, ORT at 1 and 2 (NaN
+    where missing), all interleaved, and the variant dynvm ran."""
     a, b, c = operands(n)
     codes = [abi.dtype_code("float32")] * 3
     tensors, keep = abi.pack([a, b, c], codes)
@@ -89,11 +114,20 @@ def time_pair(kernel, n, reps, transpose_b):
     ref = np.empty_like(c)
     assert entry(tensors, 3) == 0
     assert np.allclose(c, a @ bt, rtol=1e-3, atol=1e-3 * n ** 0.5)
-    one, two, theirs = interleaved(reps, on_threads(1, lambda: entry(tensors, 3)),
-                                   on_threads(2, lambda: entry(tensors, 3)),
-                                   lambda: np.matmul(a, bt, out=ref))
+    bc = np.ascontiguousarray(bt)
+
+    def numpy_on(threads):
+        def call():
+            set_blas(threads)
+            np.matmul(a, bt, out=ref)
+        return call
+    fns = [on_threads(1, lambda: entry(tensors, 3)), on_threads(2, lambda: entry(tensors, 3))]
+    fns += [numpy_on(1), numpy_on(2)] if set_blas else []
+    fns += [functools.partial(sess.run, None, {"a": a, "b": bc}) for sess in sessions]
+    times = interleaved(reps, *fns)
     del keep
-    return (one, two), theirs, kernel.last_variant
+    times += [float("nan")] * (6 - len(times))
+    return times, kernel.last_variant
 
 
 # (M, N, K): the LSTM step (1, 256) x (1024, 256)^T (a 1 MB weight), 4 rows of it, a larger
@@ -166,39 +200,42 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024])
-    p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, default=1, help="times the square table is taken")
     p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
     p.add_argument("--tiny", action="store_true", help="size 64, 3 repetitions (a smoke run)")
     args = p.parse_args()
     if args.tiny:
-        args.reps, args.sizes = 3, [64]
+        args.reps, args.sizes, args.runs = 3, [64], 1
     if args.bert_only:
         pool.use_threads(1)
+        set_blas = openblas_threads()
+        if set_blas:
+            set_blas(1)
         bert_table(args.reps)
         return
-    if args.numpy_only:
-        print(json.dumps(numpy_only(args.sizes, args.reps)))
-        return
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
-    child = subprocess.run([sys.executable, __file__, "--numpy-only", "--reps", str(args.reps),
-                            "--sizes", *map(str, args.sizes)], env=env, capture_output=True,
-                           text=True, check=True)
-    two = {int(k): v for k, v in json.loads(child.stdout).items()}
+    set_blas = openblas_threads()
     kernels = build()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), "?")
-    print(f"CPU: {cpu}; {os.cpu_count()} cores; numpy {np.__version__}, "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; median of {args.reps}")
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; GF/s; ratio = dynvm "
-          "GF/s / numpy GF/s at the same thread count")
-    print(f"{'kernel':8} {'n':>5} {'variant':>8} {'dynvm 1T':>9} {'numpy 1T':>9} {'ratio':>6} "
-          f"{'dynvm 2T':>9} {'numpy 2T':>9} {'ratio':>6} {'2T/1T':>6}")
-    for n in args.sizes:
-        for op, transpose_b in (("matmul", False), ("dense", True)):
-            (one, dual), theirs, variant = time_pair(kernels[op], n, args.reps, transpose_b)
-            g1, g2, np1 = gflops(n, one), gflops(n, dual), gflops(n, theirs)
-            print(f"{op:8} {n:5d} {variant:>8} {g1:9.1f} {np1:9.1f} {g1 / np1:6.2f} {g2:9.1f} "
-                  f"{two[n]:9.1f} {g2 / two[n]:6.2f} {one / dual:6.2f}")
+    print(f"CPU: {cpu}; {os.cpu_count()} cores; numpy {np.__version__} (OpenBLAS threads "
+          f"{'switched per call' if set_blas else 'NOT switchable: numpy columns missing'}); "
+          f"median of {args.reps}; GF/s; ratio = dynvm / other at the same thread count")
+    for run in range(args.runs):
+        print(f"\nrun {run + 1}/{args.runs}, load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"{'kernel':8} {'n':>5} {'variant':>8} {'threads':>7} {'dynvm':>7} {'numpy':>7} "
+              f"{'ORT':>7} {'/numpy':>7} {'/ORT':>6}")
+        for n in args.sizes:
+            sessions = [s for s in (ort_matmul(n, 1), ort_matmul(n, 2)) if s is not None]
+            for op, transpose_b in (("matmul", False), ("dense", True)):
+                times, variant = time_square(kernels[op], n, args.reps, transpose_b,
+                                             set_blas, sessions)
+                for t in (1, 2):
+                    ours, blas, ort = (gflops(n, x) for x in times[t - 1::2])
+                    print(f"{op:8} {n:5d} {variant:>8} {t:7d} {ours:7.1f} {blas:7.1f} "
+                          f"{ort:7.1f} {ours / blas:7.2f} {ours / ort:6.2f}")
+    if set_blas:
+        set_blas(1)
     pool.use_threads(1)     # the tables below compare one thread with one thread
     reps = args.reps if args.tiny else max(args.reps, 200)
     print(f"\ngemv shapes (M x N x K), median of {reps}; GB/s = weight bytes / dynvm time")
