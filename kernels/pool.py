@@ -108,16 +108,11 @@ entry:
   %a = ptrtoint ptr %arg to i64
   %index = and i64 %a, 65535
   %seen0 = lshr i64 %a, 16
-  call i32 @pthread_mutex_lock(ptr @mutex)
+  br label %next
+next:
+  %seen = phi i64 [ %seen0, %entry ], [ %g, %again ]
   br label %wait
-wait:
-  %seen = phi i64 [ %seen0, %entry ], [ %seen, %sleep ], [ %g, %again ]
-  %g = load i64, ptr @job_gen
-  %new = icmp ne i64 %g, %seen
-  br i1 %new, label %take, label %sleep
-sleep:
-  call i32 @pthread_cond_wait(ptr @work_cond, ptr @mutex)
-  br label %wait
+WAIT_FOR_JOB
 take:
   %fn = load ptr, ptr @job_fn
   %ctx = load ptr, ptr @job_ctx
@@ -131,8 +126,7 @@ run:
   call void @run_chunks(ptr %fn, ptr %ctx, i64 %n, i64 %g32)
   br label %again
 again:
-  call i32 @pthread_mutex_lock(ptr @mutex)
-  br label %wait
+  br label %next
 }
 
 define i64 @dynvm_pool_threads() {
@@ -225,16 +219,7 @@ owned:
   %d = load atomic i64, ptr @job_done acquire, align 8
   %finished = icmp uge i64 %d, %n
   br i1 %finished, label %release, label %wait
-wait:
-  call i32 @pthread_mutex_lock(ptr @mutex)
-  br label %check
-check:
-  %d2 = load atomic i64, ptr @job_done acquire, align 8
-  %finished2 = icmp uge i64 %d2, %n
-  br i1 %finished2, label %unlock, label %sleep
-sleep:
-  call i32 @pthread_cond_wait(ptr @done_cond, ptr @mutex)
-  br label %check
+WAIT_FOR_DONE
 unlock:
   call i32 @pthread_mutex_unlock(ptr @mutex)
   br label %release
@@ -242,7 +227,34 @@ release:
   store atomic i32 0, ptr @busy release, align 4
   ret i32 0
 }
-""".replace("MAX_WORKERS", str(MAX_WORKERS))
+"""
+
+
+def _wait_until(label, test, cond, then):
+    """IR blocks from `label`: lock the mutex, then until `test` (IR lines defining %<label>.ok)
+    holds, sleep on `cond` (the wait releases the mutex and takes it again before the test
+    runs again); then branch to `then` with the mutex held. The worker waiting for a job and
+    the caller waiting for its last chunk are both this loop."""
+    lines = "\n  ".join(test)
+    return f"""{label}:
+  call i32 @pthread_mutex_lock(ptr @mutex)
+  br label %{label}.test
+{label}.test:
+  {lines}
+  br i1 %{label}.ok, label %{then}, label %{label}.sleep
+{label}.sleep:
+  call i32 @pthread_cond_wait(ptr @{cond}, ptr @mutex)
+  br label %{label}.test"""
+
+
+_IR = (_IR.replace("MAX_WORKERS", str(MAX_WORKERS))
+       .replace("WAIT_FOR_JOB", _wait_until("wait", ["%g = load i64, ptr @job_gen",
+                                                     "%wait.ok = icmp ne i64 %g, %seen"],
+                                            "work_cond", "take"))
+       .replace("WAIT_FOR_DONE", _wait_until("wait", ["%d2 = load atomic i64, ptr @job_done "
+                                                      "acquire, align 8",
+                                                      "%wait.ok = icmp uge i64 %d2, %n"],
+                                             "done_cond", "unlock")))
 
 _LIBC_SYMBOLS = ("pthread_mutex_lock", "pthread_mutex_unlock", "pthread_cond_wait",
                  "pthread_cond_broadcast", "pthread_create", "pthread_detach",
