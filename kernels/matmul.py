@@ -256,17 +256,26 @@ class Geometry:
         """dst[t*kc*NR + k*NR + c] = B[pc + k, jc + t*NR + c], zero past nc."""
         ty, nr, zero = blk.ty, blk.nr, blk.zero
 
+        columns = eq(b, self.sb_k, c64(1))     # B read by columns (dense's weight rows)
+
         def strip(t):
             width = smin(b, c64(nr), b.sub(nc, t))
             out = b.mul(t, kc)        # t is a multiple of NR: strip start = t * kc
 
-            def row(k):
-                src = self.b_offset(b, bi, b.add(pc, k), b.add(jc, t))
-                o = b.add(out, b.mul(k, c64(nr)))
-                for_range(b, 0, width, lambda c: store(
-                    b, load(b, self.bm, b.add(src, b.mul(c, self.sb_n)), ty), dst, b.add(o, c)))
-                for_range(b, width, nr, lambda c: store(b, zero, dst, b.add(o, c)))
-            for_range(b, 0, kc, row)
+            def by_rows():
+                def row(k):
+                    src = self.b_offset(b, bi, b.add(pc, k), b.add(jc, t))
+                    o = b.add(out, b.mul(k, c64(nr)))
+                    for_range(b, 0, width, lambda c: store(
+                        b, load(b, self.bm, b.add(src, b.mul(c, self.sb_n)), ty), dst,
+                        b.add(o, c)))
+                    for_range(b, width, nr, lambda c: store(b, zero, dst, b.add(o, c)))
+                for_range(b, 0, kc, row)
+
+            def by_columns():
+                src = [self.b_offset(b, bi, pc, b.add(jc, b.add(t, c64(c)))) for c in range(nr)]
+                pack_strip(b, blk, self.bm, src, self.sb_k, kc, dst, out)
+            if_then(b, b.and_(columns, eq(b, width, c64(nr))), by_columns, by_rows)
         for_range(b, 0, nc, strip, step=nr)
 
 
@@ -490,35 +499,41 @@ def concat(b, vectors):
     return vectors[0]
 
 
+def pack_strip(b, blk, base, src, stride, kc, dst, out):
+    """dst[out + k*R + r] = base[src[r] + k*stride] for k < kc, r < R = len(src): R rows of a
+    matrix, each read along k, interleaved (a packed strip of A, or of B read by columns). With
+    stride 1 it moves VL columns at a time: R vector loads, one transposing shuffle, one
+    R*VL-element store; the last kc % VL columns (and other strides) one column of R
+    elements at a time."""
+    rows, vl = len(src), blk.vl
+    vwidth = b.select(eq(b, stride, c64(1)), b.sub(kc, b.urem(kc, c64(vl))), c64(0))
+    transpose = ir.Constant(ir.VectorType(I32, rows * vl),
+                            [r * vl + k for k in range(vl) for r in range(rows)])
+
+    def vectors(k):
+        block = concat(b, [load(b, base, b.add(o, k), blk.vec) for o in src])
+        packed = b.shuffle_vector(block, ir.Constant(block.type, ir.Undefined), transpose)
+        store(b, packed, dst, b.add(out, b.mul(k, c64(rows))))
+
+    def column(k):
+        for r, o in enumerate(src):
+            value = load(b, base, b.add(o, b.mul(k, stride)), blk.ty)
+            store(b, value, dst, b.add(out, b.add(b.mul(k, c64(rows)), c64(r))))
+    for_range(b, 0, vwidth, vectors, step=vl, vectorize=False, unroll=False)
+    for_range(b, vwidth, kc, column, vectorize=False, unroll=False)
+
+
 def pack_a(b, geo, blk, bi, ic, mc, pc, kc, dst):
-    """dst[s*MR*kc + k*MR + r] = A[ic + s*MR + r, pc + k], zero rows past mc. A full strip with
-    A's rows contiguous along K moves VL columns at a time: MR vector loads, one transposing
-    shuffle, one MR*VL-element store; other strips (and the last VL - 1 columns) move one
-    column of MR elements at a time."""
-    mr, vl, ty, zero = blk.mr, blk.vl, blk.ty, blk.zero
+    """dst[s*MR*kc + k*MR + r] = A[ic + s*MR + r, pc + k], zero rows past mc: full strips by
+    `pack_strip`, the last partial one row by row."""
+    mr, ty, zero = blk.mr, blk.ty, blk.zero
     full = b.udiv(mc, c64(mr))
-    unit = eq(b, geo.sa_k, c64(1))
-    vwidth = b.select(unit, b.sub(kc, b.urem(kc, c64(vl))), c64(0))
-    transpose = ir.Constant(ir.VectorType(I32, mr * vl),
-                            [r * vl + k for k in range(vl) for r in range(mr)])
 
     def strip(s):
-        out = b.mul(s, b.mul(c64(mr), kc))
-        src = [b.add(geo.a_row(b, geo.row_index(b, bi, b.add(ic, b.add(b.mul(s, c64(mr)), c64(r))))),
+        first = b.add(ic, b.mul(s, c64(mr)))
+        src = [b.add(geo.a_row(b, geo.row_index(b, bi, b.add(first, c64(r)))),
                      b.mul(pc, geo.sa_k)) for r in range(mr)]
-
-        def vectors(k):
-            rows = [load(b, geo.a, b.add(o, k), blk.vec) for o in src]
-            block = concat(b, rows)
-            packed = b.shuffle_vector(block, ir.Constant(block.type, ir.Undefined), transpose)
-            store(b, packed, dst, b.add(out, b.mul(k, c64(mr))))
-
-        def column(k):
-            for r, o in enumerate(src):
-                value = load(b, geo.a, b.add(o, b.mul(k, geo.sa_k)), ty)
-                store(b, value, dst, b.add(out, b.add(b.mul(k, c64(mr)), c64(r))))
-        for_range(b, 0, vwidth, vectors, step=vl, vectorize=False, unroll=False)
-        for_range(b, vwidth, kc, column, vectorize=False, unroll=False)
+        pack_strip(b, blk, geo.a, src, geo.sa_k, kc, dst, b.mul(s, b.mul(c64(mr), kc)))
     for_range(b, 0, full, strip)
 
     def row(i):      # the last, partial strip
