@@ -17,8 +17,7 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
 - "fast": the same with M % MR == 0, N % NR == 0 and unit column stride of C: every tile is
   written with whole-vector loads/stores and no edge test.
 - "gemv" (matmul family only; conv2d's implicit B is never contiguous): skinny shapes with no
-  packing at all, up to GEMV_MAX_ROWS rows per batch (an LSTM step, BERT at any sequence length
-  up to 128). B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
+  packing at all, up to GEMV_MAX_ROWS rows per batch (an LSTM step, BERT at a few tokens). B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
   every group of up to GEMV_ROWS rows of A streams over it: the "dot" form when A rows and B
   columns are contiguous along K (dense, batch_matmul with transpose_b): GEMV_COLS columns per
   K loop, rows x cols vector FMA accumulators, a masked last vector (for one or two rows also
@@ -87,14 +86,12 @@ GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector l
 GEMV_ALIGN_ROWS = 2
 GEMV_VECS = 4    # vectors of output columns per K loop in gemv's axpy form
 GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache across row groups
-# dispatcher: gemv up to GEMV_MAX_ROWS rows per batch (dot form), the axpy form only up to
-# GEMV_AXPY_ROWS rows unless B has at most GEMV_AXPY_RESIDENT elements (its panels are strided
-# along K; beyond that the packed "fast" kernel wins at 128 rows). Measured on AVX2 (see
-# benchmarks/kernels_matmul.py): dot-form gemv 85-105 GFLOP/s vs fast 7-80 for M 8..512 with
-# the BERT weights, still ahead at M=512.
-GEMV_MAX_ROWS = 128
-GEMV_AXPY_ROWS = 32
-GEMV_AXPY_RESIDENT = 1 << 20
+# dispatcher: gemv up to GEMV_MAX_ROWS rows per batch. Each group of GEMV_ROWS rows streams
+# all of B again, so past a few groups the packed GEMM wins: with the vectorised packing, BERT's
+# dense + bias shapes (benchmarks/kernels_matmul.py --bert-only, AVX2, 1 thread, load 3-4)
+# take 40/156/147 us in gemv vs 49/174/202 in fast at 8 rows, 78/308/287 vs 64/248/268 at 16,
+# 598 vs 295 us (256 x 256) at 128.
+GEMV_MAX_ROWS = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,18 +886,15 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
 
 def choices(blk, variants):
     """Dispatcher rules: tiny for K == 0 or little work; gemv (if a variant) for M <=
-    GEMV_MAX_ROWS rows per batch when a streaming form fits the strides (the axpy form: only
-    for M <= GEMV_AXPY_ROWS or a cache-sized B); fast when the tiles fit; else blocked."""
+    GEMV_MAX_ROWS rows per batch when a streaming form fits the strides; fast when the tiles
+    fit; else blocked."""
     def tiny(b, geo):
         work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
         return b.or_(eq(b, geo.K, c64(0)), b.icmp_signed("<=", work, c64(TINY_WORK)))
 
     def gemv(b, geo):
         dot, axpy = gemv_layouts(b, geo)
-        rows = b.icmp_signed("<=", geo.M, c64(GEMV_MAX_ROWS))
-        few = b.icmp_signed("<=", geo.M, c64(GEMV_AXPY_ROWS))
-        resident = b.icmp_signed("<=", b.mul(geo.N, geo.K), c64(GEMV_AXPY_RESIDENT))
-        return b.and_(rows, b.or_(dot, b.and_(axpy, b.or_(few, resident))))
+        return b.and_(b.icmp_signed("<=", geo.M, c64(GEMV_MAX_ROWS)), b.or_(dot, axpy))
 
     def fast(b, geo):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))

@@ -233,7 +233,8 @@ def test_matmul_family_results_are_identical_for_every_thread_count(key, batch, 
     np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4 * max(k, 1))
 
 
-@pytest.mark.parametrize("m, n, k", [(256, 256, 256), (130, 768, 768), (300, 333, 257)])
+@pytest.mark.parametrize("m, n, k", [(256, 256, 256), (130, 768, 768), (300, 333, 257),
+                                     (5, 1000, 513)])
 def test_large_products_identical_for_every_thread_count(m, n, k):
     """The shapes of the benchmarks: blocked, fast and gemv variants, several chunks each."""
     rng = np.random.default_rng(m)
