@@ -812,15 +812,17 @@ def _output_empty(b, geo):
 
 
 def column_step(b, geo, blk, variant, parallel):
-    """Columns of one chunk: a gemv panel, or a blocked column block: NC on one thread (or
-    when the work stays on the calling thread: `parallel` false), else N / (2 * threads)
-    rounded up to whole NR strips (at most NC), so each thread gets about two blocks. Every
-    output element is computed by one chunk in the order one thread uses."""
+    """Columns of one item: a gemv panel, or a blocked column block: NC on one thread (or when
+    the work stays on the calling thread: `parallel` false), else on T threads N / q with
+    q = ceil(2T / batches) rounded up to whole NR strips (at most NC), so there are about two
+    items per thread, and no more: every column block packs all of A again (batch_matmul over
+    the heads needs no column split at all). Every output element is computed by one item in
+    the order one thread uses."""
     if variant == "gemv":
         return gemv_panel(b, geo, blk)
     threads = b.select(parallel, kernel_threads(b), c64(1))
-    share = b.udiv(b.add(geo.N, b.sub(b.mul(threads, c64(2)), c64(1))), b.mul(threads, c64(2)))
-    strips = b.mul(b.udiv(b.add(share, c64(blk.nr - 1)), c64(blk.nr)), c64(blk.nr))
+    per_batch = _ceil_div(b, b.mul(threads, c64(2)), geo.nb)       # nb >= 1 here
+    strips = b.mul(_ceil_div(b, _ceil_div(b, geo.N, per_batch), c64(blk.nr)), c64(blk.nr))
     return b.select(b.icmp_signed("<=", threads, c64(1)), c64(blk.nc), smin(b, strips, c64(blk.nc)))
 
 
