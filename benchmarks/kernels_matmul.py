@@ -11,7 +11,10 @@ threads (switched per call through OpenBLAS's own set_num_threads) and ORT's Mat
 of 1 and 2 intra-op threads are all called in turn once per repetition, so machine noise hits
 them alike; each number is the median of the repetitions, and the whole table is taken `--runs`
 times with the load average before each (the machine may be shared: compare ratios within one
-run). The ratios are dynvm / numpy and dynvm / ORT at the same thread count.
+run). The ratios are dynvm / numpy and dynvm / ORT at the same thread count. `--cpu-time`
+times the one-thread columns only, by the calling thread's CPU time (time.thread_time: on a
+machine busier than its cores the time other processes take is not counted; their cache
+traffic still is).
 Where a second thread starts to pay (the threshold) is benchmarks/kernel_thresholds.py.
 `--tiny` runs size 64 with 3 repetitions (the test suite's smoke run).
 """
@@ -30,15 +33,15 @@ from dynvm.kernels import abi, load_kernels, pool  # noqa: E402
 from dynvm.kernels.builder import KernelBuilder  # noqa: E402
 
 
-def interleaved(reps, *fns):
+def interleaved(reps, *fns, clock=time.perf_counter):
     """Median seconds of each function, all called in turn once per repetition (so machine
     noise hits them alike)."""
     times = [[] for _ in fns]
     for _ in range(reps):
         for fn, spent in zip(fns, times):
-            t = time.perf_counter()
+            t = clock()
             fn()
-            spent.append(time.perf_counter() - t)
+            spent.append(clock() - t)
     return [float(np.median(spent)) for spent in times]
 
 
@@ -103,9 +106,9 @@ def on_threads(threads, fn):
     return call
 
 
-def time_square(kernel, n, reps, transpose_b, set_blas, sessions):
-    """Median seconds of dynvm at 1 and 2 threads, numpy at 1 and 2, ORT at 1 and 2 (NaN
-    where missing), all interleaved, and the variant dynvm ran."""
+def time_square(kernel, n, reps, transpose_b, set_blas, sessions, threads, clock):
+    """{(runtime, threads): median seconds} of dynvm, numpy and ORT (when available) at each
+    count of `threads`, all interleaved, and the variant dynvm ran."""
     a, b, c = operands(n)
     codes = [abi.dtype_code("float32")] * 3
     tensors, keep = abi.pack([a, b, c], codes)
@@ -116,17 +119,20 @@ def time_square(kernel, n, reps, transpose_b, set_blas, sessions):
     assert np.allclose(c, a @ bt, rtol=1e-3, atol=1e-3 * n ** 0.5)
     bc = np.ascontiguousarray(bt)
 
-    def numpy_on(threads):
+    def numpy_on(t):
         def call():
-            set_blas(threads)
+            set_blas(t)
             np.matmul(a, bt, out=ref)
         return call
-    fns = [on_threads(1, lambda: entry(tensors, 3)), on_threads(2, lambda: entry(tensors, 3))]
-    fns += [numpy_on(1), numpy_on(2)] if set_blas else []
-    fns += [functools.partial(sess.run, None, {"a": a, "b": bc}) for sess in sessions]
-    times = interleaved(reps, *fns)
+    fns = {}
+    for t in threads:
+        fns["dynvm", t] = on_threads(t, lambda: entry(tensors, 3))
+        if set_blas:
+            fns["numpy", t] = numpy_on(t)
+        if t in sessions:
+            fns["ORT", t] = functools.partial(sessions[t].run, None, {"a": a, "b": bc})
+    times = dict(zip(fns, interleaved(reps, *fns.values(), clock=clock)))
     del keep
-    times += [float("nan")] * (6 - len(times))
     return times, kernel.last_variant
 
 
@@ -201,6 +207,8 @@ def main():
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024])
     p.add_argument("--runs", type=int, default=1, help="times the square table is taken")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="square sizes on 1 thread only, timed by the calling thread's CPU time")
     p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
     p.add_argument("--tiny", action="store_true", help="size 64, 3 repetitions (a smoke run)")
     args = p.parse_args()
@@ -220,18 +228,20 @@ def main():
     print(f"CPU: {cpu}; {os.cpu_count()} cores; numpy {np.__version__} (OpenBLAS threads "
           f"{'switched per call' if set_blas else 'NOT switchable: numpy columns missing'}); "
           f"median of {args.reps}; GF/s; ratio = dynvm / other at the same thread count")
+    threads, clock = ((1,), time.thread_time) if args.cpu_time else ((1, 2), time.perf_counter)
     for run in range(args.runs):
         print(f"\nrun {run + 1}/{args.runs}, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'kernel':8} {'n':>5} {'variant':>8} {'threads':>7} {'dynvm':>7} {'numpy':>7} "
               f"{'ORT':>7} {'/numpy':>7} {'/ORT':>6}")
         for n in args.sizes:
-            sessions = [s for s in (ort_matmul(n, 1), ort_matmul(n, 2)) if s is not None]
+            sessions = {t: s for t in threads if (s := ort_matmul(n, t)) is not None}
             for op, transpose_b in (("matmul", False), ("dense", True)):
                 times, variant = time_square(kernels[op], n, args.reps, transpose_b,
-                                             set_blas, sessions)
-                for t in (1, 2):
-                    ours, blas, ort = (gflops(n, x) for x in times[t - 1::2])
+                                             set_blas, sessions, threads, clock)
+                for t in threads:
+                    ours, blas, ort = (gflops(n, times.get((who, t), float("nan")))
+                                       for who in ("dynvm", "numpy", "ORT"))
                     print(f"{op:8} {n:5d} {variant:>8} {t:7d} {ours:7.1f} {blas:7.1f} "
                           f"{ort:7.1f} {ours / blas:7.2f} {ours / ort:6.2f}")
     if set_blas:
