@@ -17,7 +17,8 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
 - "fast": the same with M % MR == 0, N % NR == 0 and unit column stride of C: every tile is
   written with whole-vector loads/stores and no edge test.
 - "gemv" (matmul family only; conv2d's implicit B is never contiguous): skinny shapes with no
-  packing at all, up to GEMV_MAX_ROWS rows per batch (an LSTM step, BERT at a few tokens). B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
+  packing at all, up to GEMV_MAX_ROWS rows per batch (an LSTM step, BERT at a few tokens).
+  B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
   every group of up to GEMV_ROWS rows of A streams over it: the "dot" form when A rows and B
   columns are contiguous along K (dense, batch_matmul with transpose_b): GEMV_COLS columns per
   K loop, rows x cols vector FMA accumulators, a masked last vector (for one or two rows also
@@ -33,10 +34,9 @@ Threads: gemv, blocked and fast compute items of output columns (a batch's gemv 
 column block: NC on one thread, smaller on more, see `column_step`), cut into chunks by
 llvm_util's `split_for` like every family; each item runs in the one-thread loop order, so
 every output element is summed the same way whoever computes it: results are identical for
-every thread count. The chunks run
-on the kernel threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
-llvm_util.PARALLEL_WORK["matmul"], measured; a spec may lower it, e.g. to 0 in tests, or raise
-it), else in one call on the calling thread.
+every thread count. The chunks run on the kernel threads (kernels/pool.py) when
+M*N*K*batches >= `spec["parallel_work"]` (default llvm_util.PARALLEL_WORK["matmul"], measured;
+a spec may lower it, e.g. to 0 in tests, or raise it), else in one call on the calling thread.
 
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
@@ -59,11 +59,10 @@ from dynvm.kernels.elementwise import emit_expr, expr_dtype
 from dynvm.kernels.llvm_math import fma, vector_lanes
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, check_data,
                                      check_equal, const, dot_offset, elem_ptr, eq, for_range,
-                                     get_function,
-                                     if_then, kernel_threads, load, load_strides, masked_load,
-                                     masked_store, new_function, parallel_work, product, prologue,
-                                     return_zero_if, smin, split_for, splat, stack_buffer, store,
-                                     tail_mask, to_reg, unravel)
+                                     get_function, if_then, kernel_threads, load, load_strides,
+                                     masked_load, masked_store, new_function, parallel_work,
+                                     product, prologue, return_zero_if, smin, split_for, splat,
+                                     stack_buffer, store, tail_mask, to_reg, unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -72,8 +71,9 @@ VARIANTS = ("tiny", "gemv", "blocked", "fast")      # the matmul family's
 CONV_VARIANTS = ("tiny", "blocked", "fast")        # conv2d's B (im2col) is never contiguous
 # the packed KC x NC panel of B at one thread (L2-sized on znver2: each MC x KC block of A,
 # packed again for every NC columns, is then reused over 512 float32 columns, not 128: 1024^3
-# went from 0.79 to 0.86-0.92 of single-threaded OpenBLAS at load 6); on more threads NC
-# shrinks to give each thread two column blocks (`column_step`), which changes no result
+# went from 0.79 to 0.86-0.92 of single-threaded OpenBLAS at load 6); on more threads the
+# column blocks shrink to give each thread about two items (`column_step`), which changes no
+# result
 NC_BYTES = 512 * 1024
 MK_UNROLL = 4    # k steps per trip of the micro-kernel's loop
 TINY_WORK = 16 * 16 * 16   # M*N*K at or below which setup costs more than blocking saves
@@ -469,6 +469,7 @@ def micro_kernel(module, blk):
             a = splat(b, load(b, ap, b.add(arow, c64(r)), blk.ty), vl)
             new += [madd(b, a, bvecs[v], accs[r * nv + v], blk.is_float) for v in range(nv)]
         return new
+
     def steps(k, accs):       # MK_UNROLL k steps per trip: less loop overhead per FMA
         for u in range(MK_UNROLL):
             accs = step(b.add(k, c64(u)), accs)
@@ -593,7 +594,8 @@ def prefetch_tile(b, geo, blk, bi, m0, n0, rows):
     reads them, and C's rows, a power of two of bytes apart in a square product, miss in cache
     (12% of 1024^3 without this). A hint: prefetches never fault; rows past `rows` repeat the
     last one."""
-    fn = get_function(b.module, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]))
+    fn = get_function(b.module, "llvm.prefetch.p0",
+                      ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]))
     last = b.sub(rows, c64(1))
     for r in range(blk.mr):
         row = geo.c_row(b, geo.row_index(b, bi, b.add(m0, smin(b, c64(r), last))))
