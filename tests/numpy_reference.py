@@ -367,6 +367,43 @@ def conv2d(inputs, outputs, attrs):
     store("conv2d", out, result)
 
 
+@reference("pool")
+def pool(inputs, outputs, attrs):
+    """Max (NaN ignored, like np.fmax) or average of each window: the data padded far enough for
+    every window (with -inf / the int minimum for max, 0 for avg), one strided slice per tap;
+    the average divides by the taps inside the data (or inside the declared padding)."""
+    from dynvm.shape_funcs.window import pool_params
+    x, out = inputs[0], outputs[0]
+    mode, kernel, strides, dilation, lo, hi, _, include = pool_params(attrs)
+    if out.size == 0:
+        return
+    sizes = x.shape[2:]
+    ends = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out.shape[2:], strides, kernel,
+                                                                  dilation)]
+    grow = [max(0, e - l - n) for e, l, n in zip(ends, lo, sizes)]
+    widths = [(0, 0), (0, 0)] + [(l, g) for l, g in zip(lo, grow)]
+    if mode == "max":
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    else:
+        fill = 0
+    xp = np.pad(x, widths, constant_values=fill)
+    inside = np.pad(np.ones(sizes), widths[2:])
+    declared = np.pad(np.ones([l + n + h for l, n, h in zip(lo, sizes, hi)]),
+                      [(0, max(0, g - h)) for g, h in zip(grow, hi)])
+    acc, count = None, 0
+    for tap in np.ndindex(*kernel):
+        cells = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                      for t, d, o, s in zip(tap, dilation, out.shape[2:], strides))
+        part = xp[(slice(None), slice(None)) + cells]
+        if mode == "max":
+            acc = part if acc is None else (np.fmax if x.dtype.kind == "f" else np.maximum)(acc, part)
+        else:
+            acc = part if acc is None else acc + part
+            count = count + (declared if include else inside)[cells]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        store("pool", out, acc if mode == "max" else (acc / count).astype(out.dtype))
+
+
 # ---------------------------------------------------------------- sorting (references)
 # Order: by value (NaN largest, -0.0 == 0.0), equal values by lower index, i.e. a stable sort;
 # descending reverses the value order only. See kernels/sort.py for the native kernels.

@@ -1125,7 +1125,7 @@ def conv(cx, ins, a):
     n = r - 2
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    pads = _conv_pads(cx, x, w, a, strides, dilations)
+    pads = _conv_pads(cx, x, cx.type_of(w).shape[2:], a, strides, dilations)
     if n == 1:
         x, w = op.expand_dims(x, 2), op.expand_dims(w, 2)
         strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
@@ -1138,13 +1138,14 @@ def conv(cx, ins, a):
     return out
 
 
-def _conv_pads(cx, x, w, a, strides, dilations) -> list:
+def _conv_pads(cx, x, kernel, a, strides, dilations) -> list:
+    """[begins..., ends...] of a window op from pads / auto_pad; kernel: the window's extents."""
     n = len(strides)
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("NOTSET", "VALID"):
         return list(a.get("pads", [0] * 2 * n)) if auto == "NOTSET" else [0] * 2 * n
-    xs, ws = cx.type_of(x).shape[2:], cx.type_of(w).shape[2:]
-    if any(ir.is_any(d) for d in list(xs) + list(ws)):
+    xs, ws = cx.type_of(x).shape[2:], list(kernel)
+    if any(ir.is_any(d) for d in list(xs) + ws):
         raise Unsupported(f"auto_pad={auto} with dynamic spatial dims")
     begin, end = [], []
     for size, k, s, d in zip(xs, ws, strides, dilations):
@@ -1348,57 +1349,20 @@ def cumsum(cx, ins, a):
            attrs="auto_pad ceil_mode count_include_pad dilations kernel_shape pads "
                  "storage_order strides")
 def pool(cx, ins, a):
-    """The max (or mean) of the kernel's strided slices of the padded input: one slice per
-    kernel offset. Needs static spatial dims. ceil_mode=1 pads the end further so the last,
-    partial window exists (unless it would start in the end padding); a mean divides by the
-    window's cells inside the input (and inside the declared pads with count_include_pad)."""
+    """dynvm's pool op over the 1 or 2 spatial dims (MaxPool's Indices output is not
+    produced; storage_order only matters for it)."""
     x = ins[0]
-    t = cx.type_of(x)
-    spatial = t.shape[2:]
-    if len(spatial) not in (1, 2) or any(ir.is_any(d) for d in spatial):
-        raise Unsupported("pooling needs 1-D or 2-D static spatial dims")
     kernel = list(a["kernel_shape"])
     n = len(kernel)
+    if n not in (1, 2) or rank(cx, x) != 2 + n:
+        raise Unsupported("pooling over 1 or 2 spatial dims only")
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    w = ir.Constant(np.zeros([1, 1, *kernel], np.float32))
-    pads = _conv_pads(cx, x, w, a, strides, dilations)
-    sizes = [size + pads[i] + pads[n + i] for i, size in enumerate(spatial)]
-    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    if a.get("ceil_mode", 0):
-        outs = [-(-(s - e) // st) + 1 for s, e, st in zip(sizes, extents, strides)]
-        outs = [m - 1 if (m - 1) * st >= size + pads[i] else m
-                for i, (m, st, size) in enumerate(zip(outs, strides, spatial))]
-    else:
-        outs = [(s - e) // st + 1 for s, e, st in zip(sizes, extents, strides)]
-    extra = [max(0, (m - 1) * st + e - s) for m, st, e, s in zip(outs, strides, extents, sizes)]
-    is_max = cx.node.op_type == "MaxPool"
-    fill = like(cx, x, -np.inf if t.dtype in ("float32", "float64") else np.iinfo(np.int64).min) \
-        if is_max else like(cx, x, 0)
-    counted = not is_max and (not a.get("count_include_pad", 0) or any(extra))
-    in_pads = like(cx, x, 0 if not a.get("count_include_pad", 0) else 1)
-    padded, ones = x, op.ones(list(t.shape[2:]), dtype=t.dtype)
-    for i in range(n):
-        if pads[i] or pads[n + i] + extra[i]:
-            padded = _pad_axis(cx, padded, 2 + i, pads[i], pads[n + i] + extra[i], "constant",
-                               fill, t.rank)
-            ones = _pad_axis(cx, ones, i, pads[i], pads[n + i], "constant", in_pads, n)
-            if extra[i]:
-                ones = _pad_axis(cx, ones, i, 0, extra[i], "constant", like(cx, x, 0), n)
-    acc, count = None, None
-    for offset in np.ndindex(*kernel):
-        begin = [o * d for o, d in zip(offset, dilations)]
-        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, outs, strides)]
-        part = op.strided_slice(padded, begin, end, strides, axes=list(range(2, 2 + n)))
-        acc = part if acc is None else (op.maximum if is_max else op.add)(acc, part)
-        if counted:
-            valid = op.strided_slice(ones, begin, end, strides, axes=list(range(n)))
-            count = valid if count is None else op.add(count, valid)
-    if is_max:
-        return acc
-    if count is None:
-        return op.divide(acc, like(cx, x, math.prod(kernel)))
-    return op.divide(acc, count)
+    return op.pool(x, mode="max" if cx.node.op_type == "MaxPool" else "avg", pool_size=kernel,
+                   strides=strides, dilation=dilations,
+                   padding=_conv_pads(cx, x, kernel, a, strides, dilations),
+                   ceil_mode=bool(a.get("ceil_mode", 0)),
+                   count_include_pad=bool(a.get("count_include_pad", 0)))
 
 
 @converter("Hardmax", attrs="axis")

@@ -1,0 +1,77 @@
+"""Window ops: pool (max / average pooling over the last 1 or 2 dims, ONNX's semantics).
+
+`pool_params` is the one reading of pool's attrs (the type relation, this shape function, the
+kernel and the numpy reference all use it); `pool_out_dim` the one output-extent rule.
+"""
+from __future__ import annotations
+
+from dynvm.shape_funcs.common import fails, select
+from dynvm.shape_funcs.registry import shape_func
+from dynvm.vm.errors import ShapeError
+
+POOL_MODES = ("max", "avg")
+
+
+def _ints(value, n, what, low):
+    if not isinstance(value, (list, tuple)) or len(value) != n or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
+        raise ShapeError(f"pool: {what} must be {n} ints >= {low}, got {value!r}")
+    return tuple(value)
+
+
+def _given(attrs, key, default):
+    """attrs[key], or `default` when it is missing or None (the op's default)."""
+    value = attrs.get(key)
+    return default if value is None else value
+
+
+def pool_params(attrs) -> tuple:
+    """(mode, kernel, strides, dilation, pads_begin, pads_end, ceil_mode, count_include_pad):
+    kernel/strides/dilation hold one int per pooled dim (1 or 2), `padding` holds the begin
+    pads then the end pads (ONNX order). ShapeError for anything else."""
+    mode = attrs.get("mode", "max")
+    if mode not in POOL_MODES:
+        raise ShapeError(f"pool: mode must be one of {POOL_MODES}, got {mode!r}")
+    kernel = attrs.get("pool_size")
+    if not isinstance(kernel, (list, tuple)) or len(kernel) not in (1, 2):
+        raise ShapeError(f"pool: pool_size must be 1 or 2 ints, got {kernel!r}")
+    n = len(kernel)
+    kernel = _ints(kernel, n, "pool_size", 1)
+    strides = _ints(_given(attrs, "strides", [1] * n), n, "strides", 1)
+    dilation = _ints(_given(attrs, "dilation", [1] * n), n, "dilation", 1)
+    pads = _ints(_given(attrs, "padding", [0] * 2 * n), 2 * n, "padding", 0)
+    flags = []
+    for key in ("ceil_mode", "count_include_pad"):
+        if not isinstance(attrs.get(key, False), bool):
+            raise ShapeError(f"pool: {key} must be a bool, got {attrs.get(key)!r}")
+        flags.append(attrs.get(key, False))
+    return (mode, kernel, strides, dilation, pads[:n], pads[n:], *flags)
+
+
+def pool_out_dim(size, kernel: int, stride: int, dilation: int, lo: int, hi: int,
+                 ceil_mode: bool):
+    """Windows along one dim: floor((size + lo + hi - span) / stride) + 1, rounded up with
+    ceil_mode, where a last window starting inside the end padding is dropped (ONNX, PyTorch).
+    ShapeError when the dilated window exceeds the padded input."""
+    span = dilation * (kernel - 1) + 1
+    room = size + lo + hi - span
+    if fails(room >= 0):
+        raise ShapeError(f"pool: window extent {kernel} (dilated {span}) does not fit the "
+                         f"padded input extent {size + lo + hi}")
+    if not ceil_mode:
+        return room // stride + 1
+    out = (room + stride - 1) // stride + 1
+    return select((out - 1) * stride >= size + lo, out - 1, out)
+
+
+@shape_func("pool")
+def pool(inputs, attrs):
+    shape = tuple(inputs[0].shape)
+    _, kernel, strides, dilation, lo, hi, ceil_mode, _ = pool_params(attrs)
+    n = len(kernel)
+    if len(shape) != 2 + n:
+        raise ShapeError(f"pool: a {n}-D window needs data of rank {2 + n} (N, C, spatial...), "
+                         f"got shape {shape}")
+    spatial = tuple(pool_out_dim(shape[2 + i], kernel[i], strides[i], dilation[i], lo[i], hi[i],
+                                 ceil_mode) for i in range(n))
+    return [shape[:2] + spatial]
