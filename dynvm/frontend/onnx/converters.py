@@ -1138,6 +1138,85 @@ def conv(cx, ins, a):
     return out
 
 
+@converter("ConvTranspose",
+           attrs="auto_pad dilations group kernel_shape output_padding output_shape pads strides")
+def conv_transpose(cx, ins, a):
+    """conv2d (stride 1) of the input spread out by the strides (s - 1 zeros after each cell)
+    with the weight transposed per group and flipped, padded by the dilated window's extent
+    minus the pads: out = (in - 1) * s + span - pads + output_padding per dim. A padding that
+    comes out negative crops the result instead. The weight's shape must be static."""
+    x, w = ins[0], ins[1]
+    r = rank(cx, x)
+    if r not in (3, 4):
+        raise Unsupported(f"ConvTranspose on rank {r} inputs (1-D and 2-D are supported)")
+    if any(ir.is_any(d) for d in cx.type_of(w).shape):
+        raise Unsupported("ConvTranspose with a weight of dynamic shape")
+    n, groups = r - 2, a.get("group", 1)
+    cin, og, *kernel = cx.type_of(w).shape
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    extra = list(a.get("output_padding", [0] * n))
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
+    pads = _conv_transpose_pads(cx, x, a, strides, spans, extra)
+    if n == 1:
+        x, w = op.expand_dims(x, 2), op.expand_dims(w, 2)
+        strides, dilations, kernel, spans = [1] + strides, [1] + dilations, [1] + kernel, [1] + spans
+        extra, pads = [0] + extra, [0, pads[0], 0, pads[1]]
+    if strides != [1, 1]:
+        x = _spread(cx, x, strides)
+    w = op.transpose(reshape(w, [groups, cin // groups, og, *kernel]), [0, 2, 1, 3, 4])
+    w = reshape(w, [groups * og, cin // groups, *kernel])
+    for axis, k in ((2, kernel[0]), (3, kernel[1])):
+        if k > 1:
+            w = op.take(w, const(np.arange(k - 1, -1, -1), "int64"), axis=axis)
+    lo = [sp - 1 - p for sp, p in zip(spans, pads[:2])]
+    hi = [sp - 1 - p + e - (s - 1) for sp, p, e, s in zip(spans, pads[2:], extra, strides)]
+    out = op.conv2d(x, w, strides=[1, 1], padding=[max(0, v) for v in lo + hi],
+                    dilation=dilations, groups=groups)
+    if min(lo + hi) < 0:
+        out = op.strided_slice(out, [max(0, -v) for v in lo], [v if v < 0 else END for v in hi],
+                               [1, 1], axes=[2, 3])
+    if n == 1:
+        out = op.squeeze(out, axis=[2])
+    if len(ins) > 2 and ins[2] is not None:
+        out = op.add(out, per_channel(cx, ins[2], r))
+    return out
+
+
+END = 1 << 62   # a slice end past any extent
+
+
+def _spread(cx, x, strides):
+    """(N, C, H, W) -> (N, C, H*sh, W*sw): each cell followed by zeros (sh - 1 rows, sw - 1
+    columns), by selecting x where a one-hot (sh, sw) mask is set, 0 elsewhere."""
+    (sh, sw), dims = strides, [dim(cx, x, i) for i in range(4)]
+    mask = np.zeros((1, 1, 1, sh, 1, sw), bool)
+    mask[..., 0, :, 0] = True
+    cells = reshape(x, [dims[0], dims[1], dims[2], 1, dims[3], 1])
+    spread = op.where(const(mask, "bool"), cells, like(cx, x, 0))
+    scaled = [d * s if isinstance(d, int) else op.multiply(d, const(s, "int64"))
+              for d, s in zip(dims[2:], strides)]
+    return reshape(spread, dims[:2] + scaled)
+
+
+def _conv_transpose_pads(cx, x, a, strides, spans, extra) -> list:
+    """[begins..., ends...]: pads, or from output_shape / auto_pad SAME_* the total padding
+    in + (in - 1) * s + span + output_padding - out, its odd cell at the end for SAME_UPPER and
+    at the beginning otherwise (ONNX's rule)."""
+    n = len(strides)
+    auto = a.get("auto_pad", "NOTSET")
+    if "output_shape" not in a and auto in ("NOTSET", "VALID"):
+        return list(a.get("pads", [0] * 2 * n)) if auto == "NOTSET" else [0] * 2 * n
+    sizes = cx.type_of(x).shape[2:]
+    if any(ir.is_any(d) for d in sizes):
+        raise Unsupported("ConvTranspose output_shape or auto_pad SAME with dynamic spatial dims")
+    wanted = list(a.get("output_shape", [size * s for size, s in zip(sizes, strides)]))[-n:]
+    total = [s * (size - 1) + e + sp - want
+             for s, size, e, sp, want in zip(strides, sizes, extra, spans, wanted)]
+    small, big = [t // 2 for t in total], [t - t // 2 for t in total]
+    return small + big if auto == "SAME_UPPER" else big + small
+
+
 def _conv_pads(cx, x, kernel, a, strides, dilations) -> list:
     """[begins..., ends...] of a window op from pads / auto_pad; kernel: the window's extents."""
     n = len(strides)
