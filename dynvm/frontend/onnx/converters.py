@@ -1478,15 +1478,23 @@ def topk(cx, ins, a):
 
 @converter("Unique", attrs="sorted axis")
 def unique(cx, ins, a):
+    """Y and counts from dynvm's unique (sorted, NaNs as one); indices (first occurrence) and
+    inverse_indices from the (K, n) table of which element equals which distinct value, so
+    they cost O(n * K); sorted=0 reorders the distinct values by first occurrence."""
     if "axis" in a:
         raise Unsupported("Unique with axis")
-    if not a.get("sorted", 1):
-        raise Unsupported("sorted=0 (values in order of appearance)")
     flat = op.reshape(ins[0], [-1])
-    if len(cx.node.output) > 3 and cx.node.output[3]:
-        values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
+    values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
+    ordered = a.get("sorted", 1)
+    if ordered and not any(name for name in cx.node.output[1:3]):
         return [values, None, None, counts]
-    return [op.unique(flat), None, None, None]
+    same = op.cast(op.equal(op.expand_dims(values, 1), op.expand_dims(flat, 0)), "int32")
+    first, inverse = op.argmax(same, axis=[1]), op.argmax(same, axis=[0])
+    if not ordered:
+        order = op.argsort(first)
+        values, first, counts = (op.take(t, order, axis=0) for t in (values, first, counts))
+        inverse = op.take(op.argsort(order), inverse, axis=0)
+    return [values, first, inverse, counts]
 
 
 @converter("NonMaxSuppression", attrs="center_point_box")
