@@ -1,6 +1,13 @@
 """Kernel family "window": pool, max or average pooling over the last 1 or 2 dims of (N, C, W)
-or (N, C, H, W) data (ONNX's MaxPool / AveragePool; attrs read by shape_funcs/window.py's
-`pool_params`, the numpy reference in tests/numpy_reference.py).
+or (N, C, H, W) data (ONNX's MaxPool / AveragePool), and roi_align (ONNX's RoiAlign). Attrs are
+read by shape_funcs/window.py's `pool_params` / `roi_align_params`; the numpy references are
+in tests/numpy_reference.py.
+
+roi_align: one item of `split_for` per (roi, channel); the roi's geometry is computed in the
+data's dtype in the order ONNX Runtime uses (so the sample positions agree), every sample's
+four bilinear taps are loaded only when the sample lies within one cell of the image (else it
+contributes 0, as in ONNX Runtime). A batch index outside [0, N) returns ERR_VALUE before the
+first store.
 
 One direct loop nest per (n, c) plane: for each output position the window's taps that fall
 inside the data are found arithmetically (the first and last tap index per dim), so the inner
@@ -16,16 +23,15 @@ compact); the output extents are checked against the attrs before the first stor
 """
 from __future__ import annotations
 
-from llvmlite import ir
 
-from dynvm.kernels.abi import ERR_SHAPE
+from dynvm.kernels.abi import ERR_SHAPE, ERR_VALUE
 from dynvm.kernels.family import Family, register
-from dynvm.kernels.llvm_util import (MEM_TYPE, c64, check, check_data, const, dot_offset, for_range,
-                                     is_float, load, load_strides, new_function, parallel_work,
-                                     product, prologue, return_zero_if, smax, smin, split_for,
-                                     store)
+from dynvm.kernels.llvm_util import (I32, MEM_TYPE, c64, check, check_data, const, dot_offset,
+                                     for_range, if_then, intrinsic, is_float, load, load_strides,
+                                     new_function, parallel_work, product, prologue,
+                                     return_zero_if, smax, smin, split_for, store)
 from dynvm.kernels.sort import single_variant
-from dynvm.shape_funcs.window import pool_params
+from dynvm.shape_funcs.window import pool_params, roi_align_params
 from dynvm.vm.errors import KernelError, ShapeError
 
 DTYPES = {"max": ("float32", "float64", "int32", "int64"), "avg": ("float32", "float64")}
@@ -133,13 +139,144 @@ def _pool(module, symbol, sig, spec):
         for_range(cb, first, stop, plane, **NO_HINTS)
 
     split_for(b, [x, o, xs, os_, (ch, h, w, oh, ow)], planes, chunk, worth)
-    b.ret(const(ir.IntType(32), 0))
+    b.ret(const(I32, 0))
 
 
-def _check(spec, inputs, outputs):
+# ---------------------------------------------------------------------------------------------
+# roi_align
+
+
+def _fmax(b, x, y):
+    return b.select(b.fcmp_ordered(">", x, y), x, y)
+
+
+class _Image:
+    """Bilinear samples of one (batch, channel) plane of (N, C, H, W) data."""
+
+    def __init__(self, b, data, base, strides, h, w, ty):
+        self.b, self.data, self.base, self.strides, self.ty = b, data, base, strides, ty
+        self.h, self.w = h, w
+        self.hf, self.wf = b.sitofp(h, ty), b.sitofp(w, ty)
+
+    def _axis(self, v, size):
+        """(low, high, fraction) of one coordinate, clamped like ONNX Runtime."""
+        b, zero = self.b, const(self.ty, 0.0)
+        v = _fmax(b, v, zero)
+        low = b.fptosi(v, c64(0).type)
+        edge = b.icmp_signed(">=", low, b.sub(size, c64(1)))
+        last = b.sub(size, c64(1))
+        low = b.select(edge, last, low)
+        high = b.select(edge, last, b.add(low, c64(1)))
+        v = b.select(edge, b.sitofp(last, self.ty), v)
+        return low, high, b.fsub(v, b.sitofp(low, self.ty))
+
+    def taps(self, y, x):
+        """weight * value of the four taps around (y, x); only for a sample `inside` the image."""
+        b, one = self.b, const(self.ty, 1.0)
+        yl, yh, ly = self._axis(y, self.h)
+        xl, xh, lx = self._axis(x, self.w)
+        hy, hx = b.fsub(one, ly), b.fsub(one, lx)
+        out = []
+        for yi, xi, wy, wx in ((yl, xl, hy, hx), (yl, xh, hy, lx), (yh, xl, ly, hx),
+                               (yh, xh, ly, lx)):
+            at = b.add(self.base, dot_offset(b, [yi, xi], self.strides))
+            out.append(b.fmul(b.fmul(wy, wx), load(b, self.data, at, self.ty)))
+        return out
+
+    def inside(self, y, x):
+        b, minus_one = self.b, const(self.ty, -1.0)
+        ok = b.and_(b.icmp_signed(">", self.h, c64(0)), b.icmp_signed(">", self.w, c64(0)))
+        for v, size in ((y, self.hf), (x, self.wf)):
+            ok = b.and_(ok, b.and_(b.fcmp_ordered(">=", v, minus_one),
+                                   b.fcmp_ordered("<=", v, size)))
+        return ok
+
+
+def _roi_align(module, symbol, sig, spec):
+    mode, oh, ow, ratio, scale, half = roi_align_params(spec)
+    ty = MEM_TYPE[sig[0][0]]
+    fn, b = new_function(module, symbol)
+    arrays = prologue(b, *fn.args, sig)
+    (x, xe, _), (rois, re_, _), (bi, be, _), (o, oe, _) = arrays
+    xs, rs, bs, os_ = (load_strides(b, e, p) for _, e, p in arrays)
+    n, ch, h, w = xe
+    count = re_[0]
+    check(b, b.icmp_signed("==", re_[1], c64(4)), ERR_SHAPE | 1 << 8 | 1 << 16)
+    check(b, b.icmp_signed("==", be[0], count), ERR_SHAPE | 2 << 8)
+    for j, want in enumerate((count, ch, c64(oh), c64(ow))):
+        check(b, b.icmp_signed("==", oe[j], want), ERR_SHAPE | 3 << 8 | j << 16)
+    return_zero_if(b, b.icmp_signed("==", product(b, oe), c64(0)))
+    check_data(b, [arrays[1], arrays[2], arrays[3]])
+
+    def in_range(r):
+        k = load(b, bi, b.mul(r, bs[0]), c64(0).type)
+        check(b, b.and_(b.icmp_signed(">=", k, c64(0)), b.icmp_signed("<", k, n)),
+              ERR_VALUE | 2 << 8)
+    for_range(b, 0, count, in_range, **NO_HINTS)
+    items = b.mul(count, ch)
+    work = b.mul(items, c64(oh * ow * 4 * max(ratio, 2) ** 2))
+    worth = b.icmp_signed(">=", work, c64(parallel_work(spec, "reduce", "roi_align")))
+
+    def chunk(cb, vals, first, stop):
+        x_, rois_, bi_, o_, xs_, rs_, bs_, os2, (ch_, h_, w_) = vals
+        f = lambda v: const(ty, v)  # noqa: E731
+
+        def item(i):
+            r, c = cb.sdiv(i, ch_), cb.srem(i, ch_)
+            corner = [cb.fsub(cb.fmul(load(cb, rois_, dot_offset(cb, [r, c64(k)], rs_), ty),
+                                      f(scale)), f(0.5 if half else 0.0)) for k in range(4)]
+            x0, y0, x1, y1 = corner
+            rw, rh = cb.fsub(x1, x0), cb.fsub(y1, y0)
+            if not half:
+                rw, rh = _fmax(cb, rw, f(1.0)), _fmax(cb, rh, f(1.0))
+            bin_h, bin_w = cb.fdiv(rh, f(oh)), cb.fdiv(rw, f(ow))
+            ceil = intrinsic(cb.module, "llvm.ceil", ty)
+            gh, gw = ((c64(ratio), c64(ratio)) if ratio > 0 else
+                      (cb.fptosi(cb.call(ceil, [cb.fdiv(v, f(e))]), c64(0).type)
+                       for v, e in ((rh, oh), (rw, ow))))
+            gh_f, gw_f = cb.sitofp(gh, ty), cb.sitofp(gw, ty)
+            cells = cb.sitofp(smax(cb, cb.mul(gh, gw), c64(1)), ty)
+            batch = load(cb, bi_, cb.mul(r, bs_[0]), c64(0).type)
+            image = _Image(cb, x_, dot_offset(cb, [batch, c], xs_[:2]), xs_[2:], h_, w_, ty)
+            out_base = dot_offset(cb, [r, c], os2[:2])
+
+            def cell(ph, pw):
+                ystart = cb.fadd(y0, cb.fmul(cb.sitofp(ph, ty), bin_h))
+                xstart = cb.fadd(x0, cb.fmul(cb.sitofp(pw, ty), bin_w))
+
+                def row(iy, acc):
+                    yy = cb.fadd(ystart, cb.fdiv(cb.fmul(cb.fadd(cb.sitofp(iy, ty), f(0.5)), bin_h), gh_f))
+
+                    def col(ix, acc2):
+                        xx = cb.fadd(xstart, cb.fdiv(cb.fmul(cb.fadd(cb.sitofp(ix, ty), f(0.5)), bin_w), gw_f))
+
+                        def sample(_):
+                            taps = image.taps(yy, xx)
+                            combine = cb.fadd if mode == "avg" else lambda p, q: _fmax(cb, p, q)
+                            return [combine(combine(combine(taps[0], taps[1]), taps[2]), taps[3])]
+                        value = if_then(cb, image.inside(yy, xx), sample, carried=[f(0.0)])[0]
+                        if mode == "avg":
+                            return [cb.fadd(acc2[0], value)]
+                        return [_fmax(cb, acc2[0], value)]
+                    return for_range(cb, 0, gw, col, carried=acc, **NO_HINTS)[1]
+                init = f(0.0) if mode == "avg" else f(float("-inf"))
+                acc = for_range(cb, 0, gh, row, carried=[init], **NO_HINTS)[1][0]
+                if mode == "avg":
+                    acc = cb.fdiv(acc, cells)
+                else:       # no sample at all (an empty grid): 0, as ONNX Runtime
+                    some = cb.and_(cb.icmp_signed(">", gh, c64(0)), cb.icmp_signed(">", gw, c64(0)))
+                    acc = cb.select(some, acc, f(0.0))
+                store(cb, acc, o_, cb.add(out_base, dot_offset(cb, [ph, pw], os2[2:])))
+            for_range(cb, 0, oh, lambda ph: for_range(cb, 0, ow, lambda pw: cell(ph, pw),
+                                                      **NO_HINTS), **NO_HINTS)
+        for_range(cb, first, stop, item, **NO_HINTS)
+
+    split_for(b, [x, rois, bi, o, xs, rs, bs, os_, (ch, h, w)], items, chunk, worth)
+    b.ret(const(I32, 0))
+
+
+def _check_pool(spec, inputs, outputs):
     what = "pool kernel"
-    if spec.get("op") != "pool":
-        raise KernelError(f"window family: unknown op {spec.get('op')!r}")
     try:
         mode, kernel, *_ = pool_params(spec)
     except ShapeError as e:
@@ -153,12 +290,36 @@ def _check(spec, inputs, outputs):
     if (xr, orank) != (rank, rank):
         raise KernelError(f"{what}: a {len(kernel)}-D window needs data and output of rank "
                           f"{rank}, got {xr} and {orank}")
-    parallel_work(spec, "reduce", what)
+
+
+def _check_roi_align(spec, inputs, outputs):
+    what = "roi_align kernel"
+    try:
+        roi_align_params(spec)
+    except ShapeError as e:
+        raise KernelError(f"{what}: {e}") from None
+    dtype = inputs[0][0] if inputs else None
+    want = [[dtype, 4], [dtype, 2], ["int64", 1]], [[dtype, 4]]
+    got = [list(t) for t in inputs], [list(t) for t in outputs]
+    if dtype not in DTYPES["avg"] or got != want:
+        raise KernelError(f"{what}: signature must be {want[0]} -> {want[1]} with a float "
+                          f"dtype, got {got[0]} -> {got[1]}")
+
+
+OPS = {"pool": (_check_pool, _pool), "roi_align": (_check_roi_align, _roi_align)}
+
+
+def _check(spec, inputs, outputs):
+    if spec.get("op") not in OPS:
+        raise KernelError(f"window family: unknown op {spec.get('op')!r}")
+    OPS[spec["op"]][0](spec, inputs, outputs)
+    parallel_work(spec, "reduce", f"{spec['op']} kernel")
 
 
 def _emit(module, symbol, spec, inputs, outputs):
     sig = [tuple(t) for t in inputs] + [tuple(t) for t in outputs]
-    return single_variant(module, symbol, sig, lambda m, s, g: _pool(m, s, g, spec))
+    emit = OPS[spec["op"]][1]
+    return single_variant(module, symbol, sig, lambda m, s, g: emit(m, s, g, spec))
 
 
 FAMILY = register(Family("window", _check, _emit))

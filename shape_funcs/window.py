@@ -1,7 +1,9 @@
-"""Window ops: pool (max / average pooling over the last 1 or 2 dims, ONNX's semantics).
+"""Window ops: pool (max / average pooling over the last 1 or 2 dims, ONNX's semantics) and
+roi_align (bilinear samples of regions of interest, ONNX's RoiAlign).
 
-`pool_params` is the one reading of pool's attrs (the type relation, this shape function, the
-kernel and the numpy reference all use it); `pool_out_dim` the one output-extent rule.
+`pool_params` and `roi_align_params` are the one reading of each op's attrs (the type
+relation, these shape functions, the kernels and the numpy references all use them);
+`pool_out_dim` the one output-extent rule of pooling.
 """
 from __future__ import annotations
 
@@ -75,3 +77,44 @@ def pool(inputs, attrs):
     spatial = tuple(pool_out_dim(shape[2 + i], kernel[i], strides[i], dilation[i], lo[i], hi[i],
                                  ceil_mode) for i in range(n))
     return [shape[:2] + spatial]
+
+
+# ---------------------------------------------------------------------------------------------
+# roi_align
+
+ROI_MODES = ("avg", "max")
+ROI_COORDINATES = ("half_pixel", "output_half_pixel")
+
+
+def roi_align_params(attrs) -> tuple:
+    """(mode, output_height, output_width, sampling_ratio, spatial_scale, half_pixel);
+    ShapeError for a bad attribute."""
+    mode, coords = attrs.get("mode", "avg"), attrs.get("coordinate_transformation_mode",
+                                                       "half_pixel")
+    if mode not in ROI_MODES or coords not in ROI_COORDINATES:
+        raise ShapeError(f"roi_align: mode must be one of {ROI_MODES} and "
+                         f"coordinate_transformation_mode one of {ROI_COORDINATES}, got "
+                         f"{mode!r}, {coords!r}")
+    ints = [attrs.get(k, d) for k, d in (("output_height", 1), ("output_width", 1),
+                                         ("sampling_ratio", 0))]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or min(ints[:2]) < 1 \
+            or ints[2] < 0:
+        raise ShapeError(f"roi_align: output_height and output_width must be ints >= 1 and "
+                         f"sampling_ratio an int >= 0, got {ints}")
+    scale = attrs.get("spatial_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
+        raise ShapeError(f"roi_align: spatial_scale must be a number, got {scale!r}")
+    return mode, ints[0], ints[1], ints[2], float(scale), coords == "half_pixel"
+
+
+@shape_func("roi_align")
+def roi_align(inputs, attrs):
+    data, rois, batch = (tuple(t.shape) for t in inputs)
+    _, oh, ow, *_ = roi_align_params(attrs)
+    if len(data) != 4 or len(rois) != 2 or len(batch) != 1:
+        raise ShapeError(f"roi_align: data must be (N, C, H, W), rois (R, 4) and batch_indices "
+                         f"(R,), got {data}, {rois}, {batch}")
+    if fails((rois[1] == 4) & (batch[0] == rois[0])):
+        raise ShapeError(f"roi_align: rois must be (R, 4) and batch_indices (R,), got {rois} "
+                         f"and {batch}")
+    return [(rois[0], data[1], oh, ow)]

@@ -404,6 +404,54 @@ def pool(inputs, outputs, attrs):
         store("pool", out, acc if mode == "max" else (acc / count).astype(out.dtype))
 
 
+@reference("roi_align")
+def roi_align(inputs, outputs, attrs):
+    """ONNX's RoiAlign in the data's dtype: per roi its bins' sample grid (sampling_ratio, or
+    ceil(bin size) per dim), each sample bilinear from its four clamped taps (0 when more than
+    a cell outside the image); a bin averages its samples over max(grid cells, 1) or takes the
+    largest weighted tap (0 without samples)."""
+    from dynvm.shape_funcs.window import roi_align_params
+    x, rois, batch = inputs
+    out = outputs[0]
+    mode, oh, ow, ratio, scale, half = roi_align_params(attrs)
+    t = x.dtype.type
+    _, _, h, w = x.shape
+    result = np.zeros(out.shape, x.dtype)
+    for r in range(rois.shape[0]):
+        x0, y0, x1, y1 = (rois[r] * t(scale) - t(0.5 if half else 0.0)).astype(x.dtype)
+        rh, rw = y1 - y0, x1 - x0
+        if not half:
+            rh, rw = max(rh, t(1)), max(rw, t(1))
+        bh, bw = rh / t(oh), rw / t(ow)
+        gh, gw = (ratio, ratio) if ratio else (int(np.ceil(rh / t(oh))), int(np.ceil(rw / t(ow))))
+        img = x[batch[r]]
+        for ph, pw in np.ndindex(oh, ow):
+            samples = []
+            for iy, ix in np.ndindex(max(gh, 0), max(gw, 0)):
+                yy = y0 + t(ph) * bh + (t(iy) + t(0.5)) * bh / t(gh)
+                xx = x0 + t(pw) * bw + (t(ix) + t(0.5)) * bw / t(gw)
+                if not (h and w and -1 <= yy <= h and -1 <= xx <= w):
+                    samples.append(np.zeros(x.shape[1], x.dtype))
+                    continue
+                taps = []
+                for v, n in ((max(yy, t(0)), h), (max(xx, t(0)), w)):
+                    low = int(v)
+                    if low >= n - 1:
+                        taps.append((n - 1, n - 1, t(0)))
+                    else:
+                        taps.append((low, low + 1, v - t(low)))
+                (yl, yh, ly), (xl, xh, lx) = taps
+                parts = [(t(1) - ly) * (t(1) - lx) * img[:, yl, xl], (t(1) - ly) * lx * img[:, yl, xh],
+                         ly * (t(1) - lx) * img[:, yh, xl], ly * lx * img[:, yh, xh]]
+                samples.append(parts[0] + parts[1] + parts[2] + parts[3] if mode == "avg"
+                               else np.max(parts, axis=0))
+            if mode == "avg":
+                result[r, :, ph, pw] = sum(samples, np.zeros(x.shape[1], x.dtype)) / t(max(gh * gw, 1))
+            elif samples:
+                result[r, :, ph, pw] = np.max(samples, axis=0)
+    store("roi_align", out, result)
+
+
 # ---------------------------------------------------------------- sorting (references)
 # Order: by value (NaN largest, -0.0 == 0.0), equal values by lower index, i.e. a stable sort;
 # descending reverses the value order only. See kernels/sort.py for the native kernels.

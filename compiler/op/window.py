@@ -1,7 +1,8 @@
-"""Window ops: pool (max or average pooling over the last 1 or 2 dims of (N, C, ...) data).
+"""Window ops: pool (max or average pooling over the last 1 or 2 dims of (N, C, ...) data) and
+roi_align (ONNX's RoiAlign: bilinear samples averaged or maxed over regions of interest).
 
-Native kernel: family "window" (kernels/window.py); numpy reference in tests/numpy_reference.py;
-attrs and output extents in shape_funcs/window.py (`pool_params`, `pool_out_dim`).
+Native kernels: family "window" (kernels/window.py); numpy references in
+tests/numpy_reference.py; attrs and output extents in shape_funcs/window.py.
 """
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dynvm.compiler.ir.types import Any, TensorType, is_any
 from dynvm.compiler.op.builders import positional
 from dynvm.compiler.op.registry import REQUIRED, OpDef, get_op, register
 from dynvm.compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, check_arity,
-                                         check_dtype_in, fail, tensor_arg)
-from dynvm.shape_funcs.window import pool_out_dim, pool_params
+                                         check_dtype_in, fail, tensor_arg, unify_dim)
+from dynvm.shape_funcs.window import pool_out_dim, pool_params, roi_align_params
 from dynvm.vm.errors import ShapeError
 
 
@@ -38,6 +39,26 @@ def pool_rel(arg_types, attrs):
     return TensorType(x.shape[:2] + tuple(spatial(i) for i in range(n)), x.dtype)
 
 
+def roi_align_rel(arg_types, attrs):
+    check_arity("roi_align", arg_types, 3)
+    data, rois, batch = (tensor_arg("roi_align", t, w)
+                         for t, w in zip(arg_types, ("data", "rois", "batch_indices")))
+    try:
+        _, oh, ow, *_ = roi_align_params(attrs)
+    except ShapeError as e:
+        fail(str(e))
+    check_dtype_in("roi_align", data, FLOAT_DTYPES, "data")
+    if rois.dtype != data.dtype or batch.dtype != "int64":
+        fail(f"roi_align: rois need data's dtype {data.dtype} and batch_indices int64, got "
+             f"{rois} and {batch}")
+    if data.rank != 4 or rois.rank != 2 or batch.rank != 1:
+        fail(f"roi_align: data must be (N, C, H, W), rois (R, 4) and batch_indices (R,), got "
+             f"{data}, {rois}, {batch}")
+    unify_dim("roi_align", rois.shape[1], 4, "roi length")
+    r = unify_dim("roi_align", rois.shape[0], batch.shape[0], "roi counts (rois, batch_indices)")
+    return TensorType((r, data.shape[1], oh, ow), data.dtype)
+
+
 def _register_all():
     register(OpDef("pool", ("data",), pool_rel,
                    attrs={"mode": "max", "pool_size": REQUIRED, "strides": None,
@@ -51,7 +72,22 @@ def _register_all():
                        "end pads; padded cells never win a max; an average divides by the "
                        "window's cells inside the data, or with count_include_pad inside the "
                        "padded data (cells that only ceil_mode adds never count)."))
-    get_op("pool").make = positional("pool")
+    register(OpDef("roi_align", ("data", "rois", "batch_indices"), roi_align_rel,
+                   attrs={"mode": "avg", "output_height": 1, "output_width": 1,
+                          "sampling_ratio": 0, "spatial_scale": 1.0,
+                          "coordinate_transformation_mode": "half_pixel"},
+                   kernel="compiled", family="window", pattern="opaque",
+                   doc="roi_align(data (N, C, H, W), rois (R, 4), batch_indices (R,) int64, "
+                       "mode='avg', output_height=1, output_width=1, sampling_ratio=0, "
+                       "spatial_scale=1.0, coordinate_transformation_mode='half_pixel') -> "
+                       "(R, C, output_height, output_width): ONNX's RoiAlign. Each roi row "
+                       "[x1, y1, x2, y2] (scaled by spatial_scale; half_pixel shifts by -0.5, "
+                       "output_half_pixel makes it at least 1 x 1) is cut into output bins; "
+                       "each bin averages (or maxes) sampling_ratio x sampling_ratio bilinear "
+                       "samples (0: ceil(bin size) per dim) of image batch_indices[r]. A "
+                       "sample more than one cell outside the image counts as 0."))
+    for name in ("pool", "roi_align"):
+        get_op(name).make = positional(name)
 
 
 _register_all()

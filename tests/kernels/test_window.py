@@ -1,7 +1,8 @@
 """The "window" kernel family (kernels/window.py): pool (max / average, 1-d and 2-d) against a
 direct loop over output positions written here, and the numpy reference (tests/numpy_reference.py)
 against the same loop; the shape function, type relation, error codes, and one program with
-Any dims through the VM.
+Any dims through the VM. roi_align against its numpy reference (ONNX's own RoiAlign node cases,
+run in tests/frontend/test_onnx_conformance.py, check both against ONNX's expected outputs).
 
 Tolerance: an average sums at most 9 float32 values of magnitude <= 1: 1e-5 absolute.
 """
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynvm.kernels import load_kernels
-from dynvm.kernels.abi import ERR_NDIM, ERR_SHAPE
+from dynvm.kernels.abi import ERR_NDIM, ERR_SHAPE, ERR_VALUE
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.shape_funcs import lookup
 from dynvm.shape_funcs.window import pool_params
@@ -46,6 +47,19 @@ KERNELS = {
 PARALLEL = {"max3x3", "avg_ceil"}
 
 
+def roi(mode, oh, ow, ratio, scale, coords):
+    return {"mode": mode, "output_height": oh, "output_width": ow, "sampling_ratio": ratio,
+            "spatial_scale": scale, "coordinate_transformation_mode": coords}
+
+
+ROI_KERNELS = {
+    "avg_half_ratio2": (roi("avg", 3, 2, 2, 0.5, "half_pixel"), "float32"),
+    "max_output_half_adaptive": (roi("max", 2, 3, 0, 1.0, "output_half_pixel"), "float32"),
+    "avg_output_half_adaptive_f64": (roi("avg", 4, 1, 0, 0.25, "output_half_pixel"), "float64"),
+    "max_half_ratio1": (roi("max", 1, 2, 1, 2.0, "half_pixel"), "float64"),
+}
+
+
 @functools.cache
 def table():
     kb = KernelBuilder()
@@ -55,6 +69,11 @@ def table():
         for par in ([False, True] if key in PARALLEL else [False]):
             spec = {"op": "pool", **a, **({"parallel_work": 0} if par else {})}
             index[key, par] = kb.add_compiled(key, "window", spec, [(dtype, r)], [(dtype, r)])
+    for key, (a, dtype) in ROI_KERNELS.items():
+        for par in (False, True):
+            spec = {"op": "roi_align", **a, **({"parallel_work": 0} if par else {})}
+            index[key, par] = kb.add_compiled(key, "window", spec,
+                                              [(dtype, 4), (dtype, 2), ("int64", 1)], [(dtype, 4)])
     loaded = load_kernels(kb.finish())
     return {k: loaded[i] for k, i in index.items()}
 
@@ -186,3 +205,39 @@ def test_pool_op_types_any_dims_and_runs_through_the_vm():
     bad = ir.var("x", ir.TensorType((1, 3, 2, 2), "int32"))
     with pytest.raises(DynVMError, match="data"):
         build(ir.IRModule.from_expr(ir.Function([bad], op.pool(bad, **a))))
+
+
+# ---------------------------------------------------------------- roi_align
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(key=st.sampled_from(sorted(ROI_KERNELS)), rois=st.sampled_from([0, 1, 4]),
+       n=st.sampled_from([1, 2]), c=st.sampled_from([0, 1, 3]), h=st.sampled_from([0, 1, 2, 7]),
+       w=st.sampled_from([0, 1, 5, 9]), layout=st.sampled_from(["c", "step", "transpose"]),
+       seed=st.integers(0, 2**16))
+def test_roi_align_matches_the_numpy_reference(key, rois, n, c, h, w, layout, seed):
+    """rois from 3 cells before to 3 past the image (samples outside it, inverted boxes)."""
+    a, dtype = ROI_KERNELS[key]
+    rng = np.random.default_rng(seed)
+    x = with_layout(values(rng, (n, c, h, w), dtype), layout)
+    boxes = (rng.uniform(-3, max(h, w) + 3, (rois, 4)) / a["spatial_scale"]).astype(dtype)
+    batch = rng.integers(0, n, rois).astype(np.int64)
+    (shape,) = lookup("roi_align").fn([x, boxes, batch], a)
+    want = np.zeros(shape, dtype)
+    REFERENCE_KERNELS["roi_align"]([x, boxes, batch], [want], a)
+    for par in (False, True):
+        got = np.full(shape, 7, dtype)
+        table()[key, par]([x, boxes, batch], [got])
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_roi_align_rejects_bad_batch_indices_and_shapes():
+    kernel = table()["avg_half_ratio2", False]
+    x, boxes = np.ones((2, 1, 4, 4), np.float32), np.ones((1, 4), np.float32)
+    out = np.zeros((1, 1, 3, 2), np.float32)
+    assert raw_call(kernel, [x, boxes, np.array([2]), out]) & 0xFF == ERR_VALUE
+    assert raw_call(kernel, [x, boxes, np.array([-1]), out]) & 0xFF == ERR_VALUE
+    assert raw_call(kernel, [x, boxes, np.array([0]), out[..., :1]]) & 0xFF == ERR_SHAPE
+    assert raw_call(kernel, [x, np.ones((1, 3), np.float32), np.array([0]), out]) & 0xFF == ERR_SHAPE
+    with pytest.raises(ShapeError, match=r"rois must be \(R, 4\)"):
+        lookup("roi_align").fn([x, boxes, np.array([0, 1])], ROI_KERNELS["avg_half_ratio2"][0])

@@ -1497,6 +1497,21 @@ def unique(cx, ins, a):
     return [values, first, inverse, counts]
 
 
+@converter("RoiAlign", attrs="coordinate_transformation_mode mode output_height output_width "
+                               "sampling_ratio spatial_scale")
+def roi_align(cx, ins, a):
+    """dynvm's roi_align; before opset 16 RoiAlign had no coordinate_transformation_mode and
+    behaved as output_half_pixel."""
+    default = "half_pixel" if cx.opset >= 16 else "output_half_pixel"
+    return op.roi_align(ins[0], ins[1], op.cast(ins[2], "int64"), mode=a.get("mode", "avg"),
+                        output_height=a.get("output_height", 1),
+                        output_width=a.get("output_width", 1),
+                        sampling_ratio=a.get("sampling_ratio", 0),
+                        spatial_scale=float(a.get("spatial_scale", 1.0)),
+                        coordinate_transformation_mode=a.get("coordinate_transformation_mode",
+                                                             default))
+
+
 @converter("NonMaxSuppression", attrs="center_point_box")
 def non_max_suppression(cx, ins, a):
     """Per (batch, class) pair, dynvm's nms on that slice; rows [batch, class, box]."""
