@@ -3,6 +3,10 @@ or (N, C, H, W) data (ONNX's MaxPool / AveragePool), and roi_align (ONNX's RoiAl
 read by shape_funcs/window.py's `pool_params` / `roi_align_params`; the numpy references are
 in tests/numpy_reference.py.
 
+col2im (ConvTranspose's scatter-add after its GEMM) is computed as a gather: each output cell
+sums the (tap, input cell) pairs that land on it, found per tap by one divisibility test, so
+planes are independent `split_for` items and the sum's order is fixed (any thread count).
+
 roi_align: one item of `split_for` per (roi, channel); the roi's geometry is computed in the
 data's dtype in the order ONNX Runtime uses (so the sample positions agree), every sample's
 four bilinear taps are loaded only when the sample lies within one cell of the image (else it
@@ -31,7 +35,7 @@ from dynvm.kernels.llvm_util import (I32, MEM_TYPE, c64, check, check_data, cons
                                      new_function, parallel_work, product, prologue,
                                      return_zero_if, smax, smin, split_for, store)
 from dynvm.kernels.sort import single_variant
-from dynvm.shape_funcs.window import pool_params, roi_align_params
+from dynvm.shape_funcs.window import col2im_params, pool_params, roi_align_params
 from dynvm.vm.errors import KernelError, ShapeError
 
 DTYPES = {"max": ("float32", "float64", "int32", "int64"), "avg": ("float32", "float64")}
@@ -275,6 +279,96 @@ def _roi_align(module, symbol, sig, spec):
     b.ret(const(I32, 0))
 
 
+# ---------------------------------------------------------------------------------------------
+# col2im
+
+
+def _first_tap(b, pos, pad, stride, dil):
+    """The first tap index worth visiting and the step between taps: with dilation 1 only
+    every stride-th tap can land on an input cell, starting at (pos + pad) mod stride."""
+    if dil != 1 or stride == 1:
+        return c64(0), 1
+    r = b.srem(b.add(pos, c64(pad)), c64(stride))
+    return b.select(b.icmp_signed("<", r, c64(0)), b.add(r, c64(stride)), r), stride
+
+
+def _source(b, pos, pad, k, stride, dil, size, stepped):
+    """(valid: i1, input index) of tap k for output position pos: pos + pad - k * dil must be
+    a non-negative multiple of the stride (known when the taps are `stepped`) below
+    size * stride."""
+    t = b.sub(b.add(pos, c64(pad)), b.mul(k, c64(dil)))
+    q = b.sdiv(t, c64(stride))
+    ok = b.and_(b.icmp_signed(">=", t, c64(0)), b.icmp_signed("<", q, size))
+    if stride > 1 and not stepped:
+        ok = b.and_(ok, b.icmp_signed("==", b.srem(t, c64(stride)), c64(0)))
+    return ok, q
+
+
+def _col2im(module, symbol, sig, spec):
+    (sh, sw), (dh, dw), (pt, pl, pb, pr), (eh, ew) = col2im_params(spec)
+    ty = MEM_TYPE[sig[0][0]]
+    fn, b = new_function(module, symbol)
+    (x, xe, xsp), (o, oe, osp) = prologue(b, *fn.args, sig)
+    xs, os_ = load_strides(b, xe, xsp), load_strides(b, oe, osp)
+    n, ch, kh, kw, h, w = xe
+    for j, (size, k, s, d, lo, hi, e) in enumerate(((h, kh, sh, dh, pt, pb, eh),
+                                                     (w, kw, sw, dw, pl, pr, ew))):
+        want = b.add(b.add(b.mul(b.sub(size, c64(1)), c64(s)), b.mul(b.sub(k, c64(1)), c64(d))),
+                     c64(1 + e - lo - hi))
+        check(b, b.icmp_signed("==", oe[2 + j], want), ERR_SHAPE | 1 << 8 | (2 + j) << 16)
+    for j in range(2):
+        check(b, b.icmp_signed("==", oe[j], xe[j]), ERR_SHAPE | 1 << 8 | j << 16)
+    return_zero_if(b, b.icmp_signed("==", product(b, oe), c64(0)))
+    check_data(b, [(o, None, None)])
+    planes = b.mul(n, ch)
+    work = b.mul(product(b, oe), b.mul(kh, kw))
+    worth = b.icmp_signed(">=", work, c64(parallel_work(spec, "reduce", "col2im")))
+
+    def chunk(cb, vals, first, stop):
+        x_, o_, xs_, os2, (ch_, kh_, kw_, h_, w_, oh_, ow_) = vals
+
+        def plane(p):
+            xbase = dot_offset(cb, [cb.sdiv(p, ch_), cb.srem(p, ch_)], xs_[:2])
+            obase = dot_offset(cb, [cb.sdiv(p, ch_), cb.srem(p, ch_)], os2[:2])
+
+            def cell(y, xo):
+                (ky0, sy), (kx0, sx) = _first_tap(cb, y, pt, sh, dh), _first_tap(cb, xo, pl, sw, dw)
+
+                def tap_row(ky, acc):
+                    ok, iy = _source(cb, y, pt, ky, sh, dh, h_, sy > 1)
+
+                    def columns(acc2):
+                        def tap(kx, acc3):
+                            ok2, ix = _source(cb, xo, pl, kx, sw, dw, w_, sx > 1)
+                            at = cb.add(xbase, dot_offset(cb, [ky, kx, iy, ix], xs_[2:]))
+                            return if_then(cb, ok2, lambda a: [cb.fadd(a[0], load(cb, x_, at, ty))],
+                                           carried=acc3)
+                        return for_range(cb, kx0, kw_, tap, step=sx, carried=acc2, **NO_HINTS)[1]
+                    return if_then(cb, ok, columns, carried=acc)
+                acc = for_range(cb, ky0, kh_, tap_row, step=sy, carried=[const(ty, 0.0)],
+                                **NO_HINTS)[1][0]
+                store(cb, acc, o_, cb.add(obase, dot_offset(cb, [y, xo], os2[2:])))
+            for_range(cb, 0, oh_, lambda y: for_range(cb, 0, ow_, lambda xo: cell(y, xo),
+                                                      **NO_HINTS), **NO_HINTS)
+        for_range(cb, first, stop, plane, **NO_HINTS)
+
+    split_for(b, [x, o, xs, os_, (ch, kh, kw, h, w, oe[2], oe[3])], planes, chunk, worth)
+    b.ret(const(I32, 0))
+
+
+def _check_col2im(spec, inputs, outputs):
+    what = "col2im kernel"
+    try:
+        col2im_params(spec)
+    except ShapeError as e:
+        raise KernelError(f"{what}: {e}") from None
+    dtype = inputs[0][0] if inputs else None
+    got = [list(t) for t in inputs], [list(t) for t in outputs]
+    if dtype not in DTYPES["avg"] or got != ([[dtype, 6]], [[dtype, 4]]):
+        raise KernelError(f"{what}: signature must be [[dtype, 6]] -> [[dtype, 4]] with a float "
+                          f"dtype, got {got[0]} -> {got[1]}")
+
+
 def _check_pool(spec, inputs, outputs):
     what = "pool kernel"
     try:
@@ -306,7 +400,8 @@ def _check_roi_align(spec, inputs, outputs):
                           f"dtype, got {got[0]} -> {got[1]}")
 
 
-OPS = {"pool": (_check_pool, _pool), "roi_align": (_check_roi_align, _roi_align)}
+OPS = {"pool": (_check_pool, _pool), "roi_align": (_check_roi_align, _roi_align),
+       "col2im": (_check_col2im, _col2im)}
 
 
 def _check(spec, inputs, outputs):

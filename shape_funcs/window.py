@@ -118,3 +118,39 @@ def roi_align(inputs, attrs):
         raise ShapeError(f"roi_align: rois must be (R, 4) and batch_indices (R,), got {rois} "
                          f"and {batch}")
     return [(rois[0], data[1], oh, ow)]
+
+
+# ---------------------------------------------------------------------------------------------
+# col2im
+
+
+def col2im_params(attrs) -> tuple:
+    """((sh, sw), (dh, dw), (top, left, bottom, right), (extra_h, extra_w)): strides and
+    dilation >= 1; padding (begins then ends) may be negative (it then adds output cells);
+    output_padding >= 0 extends the end."""
+    strides = _ints(_given(attrs, "strides", [1, 1]), 2, "strides", 1)
+    dilation = _ints(_given(attrs, "dilation", [1, 1]), 2, "dilation", 1)
+    pads = _ints(_given(attrs, "padding", [0, 0, 0, 0]), 4, "padding", -(1 << 31))
+    extra = _ints(_given(attrs, "output_padding", [0, 0]), 2, "output_padding", 0)
+    return strides, dilation, pads, extra
+
+
+def col2im_out_dim(size, kernel, stride: int, dilation: int, lo: int, hi: int, extra: int):
+    """(size - 1) * stride + dilation * (kernel - 1) + 1 + extra - lo - hi, ConvTranspose's
+    output extent (ShapeError when negative)."""
+    out = (size - 1) * stride + dilation * (kernel - 1) + 1 + extra - lo - hi
+    if fails(out >= 0):
+        raise ShapeError(f"col2im: padding {lo} + {hi} exceeds the output extent "
+                         f"{out + lo + hi}")
+    return out
+
+
+@shape_func("col2im")
+def col2im(inputs, attrs):
+    shape = tuple(inputs[0].shape)
+    (sh, sw), (dh, dw), (pt, pl, pb, pr), (eh, ew) = col2im_params(attrs)
+    if len(shape) != 6:
+        raise ShapeError(f"col2im: data must be (N, C, KH, KW, H, W), got shape {shape}")
+    n, c, kh, kw, h, w = shape
+    return [(n, c, col2im_out_dim(h, kh, sh, dh, pt, pb, eh),
+             col2im_out_dim(w, kw, sw, dw, pl, pr, ew))]

@@ -452,6 +452,23 @@ def roi_align(inputs, outputs, attrs):
     store("roi_align", out, result)
 
 
+@reference("col2im")
+def col2im(inputs, outputs, attrs):
+    """Scatter-add: every tap (ky, kx) of every input cell (iy, ix) adds into output cell
+    (iy * sh - top + ky * dh, ix * sw - left + kx * dw) when that cell exists."""
+    from dynvm.shape_funcs.window import col2im_params
+    x, out = inputs[0], outputs[0]
+    (sh, sw), (dh, dw), (pt, pl, _, _), _ = col2im_params(attrs)
+    n, c, kh, kw, h, w = x.shape
+    oh, ow = out.shape[2:]
+    result = np.zeros(out.shape, x.dtype)
+    for ky, kx, iy, ix in np.ndindex(kh, kw, h, w):
+        y, xo = iy * sh - pt + ky * dh, ix * sw - pl + kx * dw
+        if 0 <= y < oh and 0 <= xo < ow:
+            result[:, :, y, xo] += x[:, :, ky, kx, iy, ix]
+    store("col2im", out, result)
+
+
 # ---------------------------------------------------------------- sorting (references)
 # Order: by value (NaN largest, -0.0 == 0.0), equal values by lower index, i.e. a stable sort;
 # descending reverses the value order only. See kernels/sort.py for the native kernels.

@@ -1,5 +1,6 @@
-"""Window ops: pool (max or average pooling over the last 1 or 2 dims of (N, C, ...) data) and
-roi_align (ONNX's RoiAlign: bilinear samples averaged or maxed over regions of interest).
+"""Window ops: pool (max or average pooling over the last 1 or 2 dims of (N, C, ...) data),
+roi_align (ONNX's RoiAlign: bilinear samples averaged or maxed over regions of interest) and
+col2im (the scatter-add of a transposed convolution).
 
 Native kernels: family "window" (kernels/window.py); numpy references in
 tests/numpy_reference.py; attrs and output extents in shape_funcs/window.py.
@@ -11,7 +12,8 @@ from dynvm.compiler.op.builders import positional
 from dynvm.compiler.op.registry import REQUIRED, OpDef, get_op, register
 from dynvm.compiler.op.type_rels import (FLOAT_DTYPES, NUMERIC_DTYPES, check_arity,
                                          check_dtype_in, fail, tensor_arg, unify_dim)
-from dynvm.shape_funcs.window import pool_out_dim, pool_params, roi_align_params
+from dynvm.shape_funcs.window import (col2im_out_dim, col2im_params, pool_out_dim, pool_params,
+                                      roi_align_params)
 from dynvm.vm.errors import ShapeError
 
 
@@ -59,6 +61,28 @@ def roi_align_rel(arg_types, attrs):
     return TensorType((r, data.shape[1], oh, ow), data.dtype)
 
 
+def col2im_rel(arg_types, attrs):
+    check_arity("col2im", arg_types, 1)
+    x = tensor_arg("col2im", arg_types[0], "data")
+    check_dtype_in("col2im", x, FLOAT_DTYPES, "data")
+    if x.rank != 6:
+        fail(f"col2im: data must be (N, C, KH, KW, H, W), got {x}")
+    try:
+        strides, dilation, pads, extra = col2im_params(attrs)
+    except ShapeError as e:
+        fail(str(e))
+    n, c, kh, kw, h, w = x.shape
+
+    def spatial(i, size, k):
+        if is_any(size) or is_any(k):
+            return Any()
+        try:
+            return col2im_out_dim(size, k, strides[i], dilation[i], pads[i], pads[2 + i], extra[i])
+        except ShapeError as e:
+            fail(str(e))
+    return TensorType((n, c, spatial(0, h, kh), spatial(1, w, kw)), x.dtype)
+
+
 def _register_all():
     register(OpDef("pool", ("data",), pool_rel,
                    attrs={"mode": "max", "pool_size": REQUIRED, "strides": None,
@@ -86,7 +110,19 @@ def _register_all():
                        "each bin averages (or maxes) sampling_ratio x sampling_ratio bilinear "
                        "samples (0: ceil(bin size) per dim) of image batch_indices[r]. A "
                        "sample more than one cell outside the image counts as 0."))
-    for name in ("pool", "roi_align"):
+    register(OpDef("col2im", ("data",), col2im_rel,
+                   attrs={"strides": [1, 1], "dilation": [1, 1], "padding": [0, 0, 0, 0],
+                          "output_padding": [0, 0]},
+                   kernel="compiled", family="window", pattern="opaque",
+                   doc="col2im(data (N, C, KH, KW, H, W), strides=[1, 1], dilation=[1, 1], "
+                       "padding=[0, 0, 0, 0], output_padding=[0, 0]) -> (N, C, OH, OW): the "
+                       "transposed convolution's scatter-add, as a gather: out[n, c, y, x] sums "
+                       "data[n, c, ky, kx, iy, ix] over y = iy * sh - top + ky * dh (same for "
+                       "x); OH = (H - 1) * sh + dh * (KH - 1) + 1 + output_padding - top - "
+                       "bottom. padding is the begin pads then the end pads; negative pads add "
+                       "output cells. ConvTranspose is a batch_matmul into (N, C, KH, KW, H, W) "
+                       "and this."))
+    for name in ("pool", "roi_align", "col2im"):
         get_op(name).make = positional(name)
 
 

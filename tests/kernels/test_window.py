@@ -1,7 +1,8 @@
 """The "window" kernel family (kernels/window.py): pool (max / average, 1-d and 2-d) against a
 direct loop over output positions written here, and the numpy reference (tests/numpy_reference.py)
 against the same loop; the shape function, type relation, error codes, and one program with
-Any dims through the VM. roi_align against its numpy reference (ONNX's own RoiAlign node cases,
+Any dims through the VM. col2im against a scatter loop written here, roi_align against its
+numpy reference (ONNX's own RoiAlign node cases,
 run in tests/frontend/test_onnx_conformance.py, check both against ONNX's expected outputs).
 
 Tolerance: an average sums at most 9 float32 values of magnitude <= 1: 1e-5 absolute.
@@ -60,6 +61,13 @@ ROI_KERNELS = {
 }
 
 
+COL2IM = {
+    "stride2": ({"strides": [2, 2], "padding": [1, 1, 1, 1], "output_padding": [1, 0]}, "float32"),
+    "dilated_negative_pad": ({"strides": [3, 1], "dilation": [1, 2], "padding": [0, -1, 2, 0],
+                              "output_padding": [0, 0]}, "float64"),
+}
+
+
 @functools.cache
 def table():
     kb = KernelBuilder()
@@ -74,6 +82,10 @@ def table():
             spec = {"op": "roi_align", **a, **({"parallel_work": 0} if par else {})}
             index[key, par] = kb.add_compiled(key, "window", spec,
                                               [(dtype, 4), (dtype, 2), ("int64", 1)], [(dtype, 4)])
+    for key, (a, dtype) in COL2IM.items():
+        for par in (False, True):
+            spec = {"op": "col2im", **a, **({"parallel_work": 0} if par else {})}
+            index[key, par] = kb.add_compiled(key, "window", spec, [(dtype, 6)], [(dtype, 4)])
     loaded = load_kernels(kb.finish())
     return {k: loaded[i] for k, i in index.items()}
 
@@ -241,3 +253,42 @@ def test_roi_align_rejects_bad_batch_indices_and_shapes():
     assert raw_call(kernel, [x, np.ones((1, 3), np.float32), np.array([0]), out]) & 0xFF == ERR_SHAPE
     with pytest.raises(ShapeError, match=r"rois must be \(R, 4\)"):
         lookup("roi_align").fn([x, boxes, np.array([0, 1])], ROI_KERNELS["avg_half_ratio2"][0])
+
+
+# ---------------------------------------------------------------- col2im
+
+
+def scatter(x, a):
+    """Every (tap, input cell) added into its output cell, cells outside the output dropped."""
+    (out,) = lookup("col2im").fn([x], a)
+    full = np.zeros(out, np.float64)
+    (sh, sw), (dh, dw) = a["strides"], a.get("dilation", [1, 1])
+    top, left = a["padding"][:2]
+    for ky, kx, iy, ix in itertools.product(*[range(d) for d in x.shape[2:]]):
+        y, xo = iy * sh - top + ky * dh, ix * sw - left + kx * dw
+        if 0 <= y < out[2] and 0 <= xo < out[3]:
+            full[:, :, y, xo] += x[:, :, ky, kx, iy, ix]
+    return full
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(key=st.sampled_from(sorted(COL2IM)), n=st.sampled_from([0, 1, 2]),
+       c=st.sampled_from([0, 1, 3]), k=st.sampled_from([(1, 1), (3, 2), (4, 4)]),
+       h=st.sampled_from([0, 1, 3, 6]), w=st.sampled_from([1, 2, 5]),
+       layout=st.sampled_from(["c", "step", "transpose"]), seed=st.integers(0, 2**16))
+def test_col2im_matches_the_scatter_loop(key, n, c, k, h, w, layout, seed):
+    a, dtype = COL2IM[key]
+    x = values(np.random.default_rng(seed), (n, c, *k, h, w), dtype)
+    try:
+        want = scatter(x, a)
+    except ShapeError:
+        return                                           # pads larger than the output
+    ref = np.zeros(want.shape, dtype)
+    REFERENCE_KERNELS["col2im"]([x], [ref], a)
+    np.testing.assert_allclose(ref, want, rtol=1e-6, atol=1e-5)
+    for par in (False, True):
+        got = np.full(want.shape, 7, dtype)
+        table()[key, par]([with_layout(x, layout)], [got])
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    bad = np.zeros(want.shape[:3] + (want.shape[3] + 1,), dtype)
+    assert raw_call(table()[key, False], [x, bad]) & 0xFF == ERR_SHAPE
