@@ -96,16 +96,27 @@ def _pool(module, symbol, sig, spec):
     work = b.mul(product(b, oe[2:]), c64(kernel[0] * kernel[1]))
     worth = b.icmp_signed(">=", b.mul(planes, work), c64(parallel_work(spec, "reduce", "pool")))
 
+    if mode == "avg":
+        init = const(ty, 0.0)
+    else:
+        init = const(ty, float("-inf") if is_float(dtype) else -(1 << (ty.width - 1)))
+
     def chunk(cb, vals, first, stop):
         x_, o_, xs_, os2, (ch_, h_, w_, oh_, ow_) = vals
-        init = (const(ty, float("-inf")) if mode == "max" and is_float(dtype)
-                else const(ty, -(1 << (ty.width - 1))) if mode == "max" else const(ty, 0.0))
 
         def combine(acc, v):
             if mode == "avg":
                 return cb.fadd(acc, v)
-            bigger = cb.fcmp_ordered(">", v, acc) if is_float(dtype) else cb.icmp_signed(">", v, acc)
+            bigger = (cb.fcmp_ordered(">", v, acc) if is_float(dtype)
+                      else cb.icmp_signed(">", v, acc))
             return cb.select(bigger, v, acc)
+
+        def cells(start, first_tap, stop_tap, size, axis):
+            """The divisor's factor along one axis (avg only)."""
+            if not include:
+                return smax(cb, cb.sub(stop_tap, first_tap), c64(0))
+            end = cb.sub(cb.add(size, c64(hi[axis])), start)
+            return smin(cb, c64(kernel[axis]), _ceil_div(cb, end, dilation[axis]))
 
         def plane(p):
             ni, ci = cb.sdiv(p, ch_), cb.srem(p, ch_)
@@ -121,22 +132,18 @@ def _pool(module, symbol, sig, spec):
                     xlo, xhi = _taps(cb, x0, w_, kernel[1], dilation[1])
 
                     def tap_row(ky, acc):
-                        yoff = cb.add(xbase, cb.mul(cb.add(y0, cb.mul(ky, c64(dilation[0]))), xs_[2]))
+                        yi = cb.add(y0, cb.mul(ky, c64(dilation[0])))
+                        yoff = cb.add(xbase, cb.mul(yi, xs_[2]))
 
                         def tap(kx, acc2):
                             xi = cb.add(x0, cb.mul(kx, c64(dilation[1])))
-                            return [combine(acc2[0], load(cb, x_, cb.add(yoff, cb.mul(xi, xs_[3])), ty))]
+                            v = load(cb, x_, cb.add(yoff, cb.mul(xi, xs_[3])), ty)
+                            return [combine(acc2[0], v)]
                         return for_range(cb, xlo, xhi, tap, carried=acc, **NO_HINTS)[1]
                     acc = for_range(cb, ylo, yhi, tap_row, carried=[init], **NO_HINTS)[1][0]
                     if mode == "avg":
-                        if include:
-                            cy = smin(cb, c64(kernel[0]),
-                                      _ceil_div(cb, cb.sub(cb.add(h_, c64(hi[0])), y0), dilation[0]))
-                            cx = smin(cb, c64(kernel[1]),
-                                      _ceil_div(cb, cb.sub(cb.add(w_, c64(hi[1])), x0), dilation[1]))
-                        else:
-                            cy, cx = smax(cb, cb.sub(yhi, ylo), c64(0)), smax(cb, cb.sub(xhi, xlo), c64(0))
-                        acc = cb.fdiv(acc, cb.sitofp(cb.mul(cy, cx), ty))
+                        count = cb.mul(cells(y0, ylo, yhi, h_, 0), cells(x0, xlo, xhi, w_, 1))
+                        acc = cb.fdiv(acc, cb.sitofp(count, ty))
                     store(cb, acc, o_, cb.add(obase, dot_offset(cb, [oy, ox], os2[2:])))
                 for_range(cb, 0, ow_, col, **NO_HINTS)
             for_range(cb, 0, oh_, row, **NO_HINTS)
@@ -248,11 +255,16 @@ def _roi_align(module, symbol, sig, spec):
                 ystart = cb.fadd(y0, cb.fmul(cb.sitofp(ph, ty), bin_h))
                 xstart = cb.fadd(x0, cb.fmul(cb.sitofp(pw, ty), bin_w))
 
+                def at(start, i, size, grid):
+                    """start + (i + 0.5) * size / grid, in ONNX Runtime's order."""
+                    half = cb.fadd(cb.sitofp(i, ty), f(0.5))
+                    return cb.fadd(start, cb.fdiv(cb.fmul(half, size), grid))
+
                 def row(iy, acc):
-                    yy = cb.fadd(ystart, cb.fdiv(cb.fmul(cb.fadd(cb.sitofp(iy, ty), f(0.5)), bin_h), gh_f))
+                    yy = at(ystart, iy, bin_h, gh_f)
 
                     def col(ix, acc2):
-                        xx = cb.fadd(xstart, cb.fdiv(cb.fmul(cb.fadd(cb.sitofp(ix, ty), f(0.5)), bin_w), gw_f))
+                        xx = at(xstart, ix, bin_w, gw_f)
 
                         def sample(_):
                             taps = image.taps(yy, xx)

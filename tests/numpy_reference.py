@@ -396,7 +396,8 @@ def pool(inputs, outputs, attrs):
                       for t, d, o, s in zip(tap, dilation, out.shape[2:], strides))
         part = xp[(slice(None), slice(None)) + cells]
         if mode == "max":
-            acc = part if acc is None else (np.fmax if x.dtype.kind == "f" else np.maximum)(acc, part)
+            larger = np.fmax if x.dtype.kind == "f" else np.maximum
+            acc = part if acc is None else larger(acc, part)
         else:
             acc = part if acc is None else acc + part
             count = count + (declared if include else inside)[cells]
@@ -441,12 +442,14 @@ def roi_align(inputs, outputs, attrs):
                     else:
                         taps.append((low, low + 1, v - t(low)))
                 (yl, yh, ly), (xl, xh, lx) = taps
-                parts = [(t(1) - ly) * (t(1) - lx) * img[:, yl, xl], (t(1) - ly) * lx * img[:, yl, xh],
-                         ly * (t(1) - lx) * img[:, yh, xl], ly * lx * img[:, yh, xh]]
+                hy, hx = t(1) - ly, t(1) - lx
+                parts = [hy * hx * img[:, yl, xl], hy * lx * img[:, yl, xh],
+                         ly * hx * img[:, yh, xl], ly * lx * img[:, yh, xh]]
                 samples.append(parts[0] + parts[1] + parts[2] + parts[3] if mode == "avg"
                                else np.max(parts, axis=0))
             if mode == "avg":
-                result[r, :, ph, pw] = sum(samples, np.zeros(x.shape[1], x.dtype)) / t(max(gh * gw, 1))
+                total = sum(samples, np.zeros(x.shape[1], x.dtype))
+                result[r, :, ph, pw] = total / t(max(gh * gw, 1))
             elif samples:
                 result[r, :, ph, pw] = np.max(samples, axis=0)
     store("roi_align", out, result)

@@ -85,15 +85,16 @@ def col2im_rel(arg_types, attrs):
 
 def _register_all():
     register(OpDef("pool", ("data",), pool_rel,
-                   attrs={"mode": "max", "pool_size": REQUIRED, "strides": None,
+                   attrs={"pool_size": REQUIRED, "mode": "max", "strides": None,
                           "dilation": None, "padding": None, "ceil_mode": False,
                           "count_include_pad": False},
                    kernel="compiled", family="window", pattern="opaque",
-                   doc="pool(data, mode='max', pool_size, strides=1s, dilation=1s, padding=0s, "
-                       "ceil_mode=False, count_include_pad=False): max or average ('avg') of "
-                       "each window over the last 1 or 2 dims of (N, C, W) or (N, C, H, W) "
-                       "data, ONNX's MaxPool/AveragePool. padding is the begin pads then the "
-                       "end pads; padded cells never win a max; an average divides by the "
+                   doc="pool(data, pool_size, mode='max', strides=None, dilation=None, "
+                       "padding=None, ceil_mode=False, count_include_pad=False): max or "
+                       "average ('avg') of each window over the last 1 or 2 dims of (N, C, W) "
+                       "or (N, C, H, W) data, ONNX's MaxPool/AveragePool. strides and "
+                       "dilation default to 1s; padding (default 0s) is the begin pads then "
+                       "the end pads; padded cells never win a max; an average divides by the "
                        "window's cells inside the data, or with count_include_pad inside the "
                        "padded data (cells that only ceil_mode adds never count)."))
     register(OpDef("roi_align", ("data", "rois", "batch_indices"), roi_align_rel,

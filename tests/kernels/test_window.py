@@ -250,7 +250,8 @@ def test_roi_align_rejects_bad_batch_indices_and_shapes():
     assert raw_call(kernel, [x, boxes, np.array([2]), out]) & 0xFF == ERR_VALUE
     assert raw_call(kernel, [x, boxes, np.array([-1]), out]) & 0xFF == ERR_VALUE
     assert raw_call(kernel, [x, boxes, np.array([0]), out[..., :1]]) & 0xFF == ERR_SHAPE
-    assert raw_call(kernel, [x, np.ones((1, 3), np.float32), np.array([0]), out]) & 0xFF == ERR_SHAPE
+    short = np.ones((1, 3), np.float32)
+    assert raw_call(kernel, [x, short, np.array([0]), out]) & 0xFF == ERR_SHAPE
     with pytest.raises(ShapeError, match=r"rois must be \(R, 4\)"):
         lookup("roi_align").fn([x, boxes, np.array([0, 1])], ROI_KERNELS["avg_half_ratio2"][0])
 
