@@ -1,11 +1,22 @@
-"""Kernel family "window": pool, max or average pooling over the last 1 or 2 dims of (N, C, W)
-or (N, C, H, W) data (ONNX's MaxPool / AveragePool), and roi_align (ONNX's RoiAlign). Attrs are
-read by shape_funcs/window.py's `pool_params` / `roi_align_params`; the numpy references are
-in tests/numpy_reference.py.
+"""Kernel family "window": pool, max or average pooling over the last 1, 2 or 3 dims of
+(N, C, ...) data (ONNX's MaxPool / AveragePool), col2im (the scatter-add of ConvTranspose) and
+roi_align (ONNX's RoiAlign). Attrs are read by shape_funcs/window.py (`pool_params`,
+`col2im_params`, `roi_align_params`); the numpy references are in tests/numpy_reference.py.
 
-col2im (ConvTranspose's scatter-add after its GEMM) is computed as a gather: each output cell
-sums the (tap, input cell) pairs that land on it, found per tap by one divisibility test, so
-planes are independent `split_for` items and the sum's order is fixed (any thread count).
+pool: one direct loop nest per (n, c) plane, built recursively over the pooled dims: for each
+output position the window's taps that fall inside the data are found arithmetically (the
+first and last tap index per dim), so the inner loops run over exactly those taps with no
+bounds test and padded cells are never loaded. Planes are independent items of `split_for`: on
+the kernel threads when outputs x window cells reach the "reduce" family's PARALLEL_WORK.
+max keeps the first of equal values and ignores NaN (`v > acc`), like ONNX Runtime; a window
+with no cell inside the data gives -inf (the dtype's minimum for ints). avg sums in the dtype
+and divides by the window's cells inside the data, or with count_include_pad by its cells
+inside the padded data (cells that only ceil_mode adds never count).
+
+col2im (after ConvTranspose's GEMM) is computed as a gather: each output cell sums the (tap,
+input cell) pairs that land on it; with dilation 1 only every stride-th tap can, so the tap
+loops step by the stride from the first such tap. Planes are independent `split_for` items and
+the sum's order is fixed (any thread count).
 
 roi_align: one item of `split_for` per (roi, channel); the roi's geometry is computed in the
 data's dtype in the order ONNX Runtime uses (so the sample positions agree), every sample's
@@ -13,20 +24,12 @@ four bilinear taps are loaded only when the sample lies within one cell of the i
 contributes 0, as in ONNX Runtime). A batch index outside [0, N) returns ERR_VALUE before the
 first store.
 
-One direct loop nest per (n, c) plane: for each output position the window's taps that fall
-inside the data are found arithmetically (the first and last tap index per dim), so the inner
-loops run over exactly those taps with no bounds test and padded cells are never loaded. A 1-D
-pool is the 2-D loop nest with a height of 1. Planes are independent items of `split_for`: on
-the kernel threads when outputs x window cells reach the "reduce" family's PARALLEL_WORK.
-
-Semantics: max keeps the first of equal values and ignores NaN (`v > acc`), like ONNX Runtime;
-a window with no cell inside the data gives -inf (the dtype's minimum for ints). avg sums in
-the dtype and divides by the window's cells inside the data, or with count_include_pad by its
-cells inside the padded data (cells that only ceil_mode adds never count). Any strides (NULL =
-compact); the output extents are checked against the attrs before the first store (ERR_SHAPE).
+Every kernel takes any strides (NULL = compact) and checks its output extents against the
+attrs before the first store (ERR_SHAPE).
 """
 from __future__ import annotations
 
+import math
 
 from dynvm.kernels.abi import ERR_SHAPE, ERR_VALUE
 from dynvm.kernels.family import Family, register
@@ -40,15 +43,6 @@ from dynvm.vm.errors import KernelError, ShapeError
 
 DTYPES = {"max": ("float32", "float64", "int32", "int64"), "avg": ("float32", "float64")}
 NO_HINTS = dict(vectorize=False, unroll=False)   # strided, data-dependent trip counts
-
-
-def _params(spec):
-    """pool_params as 2-D: a 1-D pool gets a leading window dim of extent 1."""
-    mode, kernel, strides, dilation, lo, hi, ceil_mode, include = pool_params(spec)
-    if len(kernel) == 1:
-        kernel, strides, dilation = (1,) + kernel, (1,) + strides, (1,) + dilation
-        lo, hi = (0,) + lo, (0,) + hi
-    return mode, kernel, strides, dilation, lo, hi, ceil_mode, include
 
 
 def _out_dim(b, size, k, s, d, lo, hi, ceil_mode):
@@ -74,35 +68,33 @@ def _taps(b, start, size, k, d):
 
 
 def _pool(module, symbol, sig, spec):
-    mode, kernel, strides, dilation, lo, hi, ceil_mode, include = _params(spec)
+    """One loop per pooled dim over the output, then one per dim over the window's taps that
+    fall inside the data (1 to 3 dims, written once: the nests are built recursively)."""
+    mode, kernel, strides, dilation, lo, hi, ceil_mode, include = pool_params(spec)
+    dims = len(kernel)
     dtype = sig[0][0]
     ty = MEM_TYPE[dtype]
     fn, b = new_function(module, symbol)
     (x, xe, xsp), (o, oe, osp) = prologue(b, *fn.args, sig)
     xs, os_ = load_strides(b, xe, xsp), load_strides(b, oe, osp)
-    if len(xe) == 3:                       # 1-D: height 1
-        xe, xs = xe[:2] + [c64(1)] + xe[2:], xs[:2] + [c64(0)] + xs[2:]
-        oe, os_ = oe[:2] + [c64(1)] + oe[2:], os_[:2] + [c64(0)] + os_[2:]
-    n, ch, h, w = xe
-    oh = _out_dim(b, h, kernel[0], strides[0], dilation[0], lo[0], hi[0], ceil_mode)
-    ow = _out_dim(b, w, kernel[1], strides[1], dilation[1], lo[1], hi[1], ceil_mode)
-    for j, (got, want) in enumerate(zip(oe, (n, ch, oh, ow))):
-        dim = j if sig[1][1] == 4 or j < 2 else j - 1      # the output's own dim
-        check(b, b.icmp_signed("==", got, want), ERR_SHAPE | 1 << 8 | dim << 16)
+    sizes = xe[2:]
+    outs = [_out_dim(b, sizes[i], kernel[i], strides[i], dilation[i], lo[i], hi[i], ceil_mode)
+            for i in range(dims)]
+    for j, (got, want) in enumerate(zip(oe, xe[:2] + outs)):
+        check(b, b.icmp_signed("==", got, want), ERR_SHAPE | 1 << 8 | j << 16)
     return_zero_if(b, b.icmp_signed("==", product(b, oe), c64(0)))
     check_data(b, [(o, None, None)])
     # x may be empty (and NULL) when every window lies in the padding: no tap is then loaded
-    planes = b.mul(n, ch)
-    work = b.mul(product(b, oe[2:]), c64(kernel[0] * kernel[1]))
-    worth = b.icmp_signed(">=", b.mul(planes, work), c64(parallel_work(spec, "reduce", "pool")))
-
+    planes = b.mul(xe[0], xe[1])
+    work = b.mul(product(b, oe), c64(math.prod(kernel)))
+    worth = b.icmp_signed(">=", work, c64(parallel_work(spec, "reduce", "pool")))
     if mode == "avg":
         init = const(ty, 0.0)
     else:
         init = const(ty, float("-inf") if is_float(dtype) else -(1 << (ty.width - 1)))
 
     def chunk(cb, vals, first, stop):
-        x_, o_, xs_, os2, (ch_, h_, w_, oh_, ow_) = vals
+        x_, o_, xs_, os2, ch_, sizes_, outs_ = vals
 
         def combine(acc, v):
             if mode == "avg":
@@ -111,45 +103,50 @@ def _pool(module, symbol, sig, spec):
                       else cb.icmp_signed(">", v, acc))
             return cb.select(bigger, v, acc)
 
-        def cells(start, first_tap, stop_tap, size, axis):
+        def cells(axis, start, first_tap, stop_tap):
             """The divisor's factor along one axis (avg only)."""
             if not include:
                 return smax(cb, cb.sub(stop_tap, first_tap), c64(0))
-            end = cb.sub(cb.add(size, c64(hi[axis])), start)
+            end = cb.sub(cb.add(sizes_[axis], c64(hi[axis])), start)
             return smin(cb, c64(kernel[axis]), _ceil_div(cb, end, dilation[axis]))
+
+        def window(xbase, windows):
+            """The reduced value of the window at (start, first tap, stop tap) per axis."""
+            def taps(axis, offset, acc):
+                if axis == dims:
+                    return [combine(acc[0], load(cb, x_, offset, ty))]
+                start, first_tap, stop_tap = windows[axis]
+
+                def tap(k, acc2):
+                    i = cb.add(start, cb.mul(k, c64(dilation[axis])))
+                    return taps(axis + 1, cb.add(offset, cb.mul(i, xs_[2 + axis])), acc2)
+                return for_range(cb, first_tap, stop_tap, tap, carried=acc, **NO_HINTS)[1]
+            acc = taps(0, xbase, [init])[0]
+            if mode == "avg":
+                count = product(cb, [cells(i, *w) for i, w in enumerate(windows)])
+                acc = cb.fdiv(acc, cb.sitofp(count, ty))
+            return acc
 
         def plane(p):
             ni, ci = cb.sdiv(p, ch_), cb.srem(p, ch_)
             xbase = dot_offset(cb, [ni, ci], xs_[:2])
-            obase = dot_offset(cb, [ni, ci], os2[:2])
 
-            def row(oy):
-                y0 = cb.sub(cb.mul(oy, c64(strides[0])), c64(lo[0]))
-                ylo, yhi = _taps(cb, y0, h_, kernel[0], dilation[0])
+            def positions(axis, offset, windows):
+                if axis == dims:
+                    store(cb, window(xbase, windows), o_, offset)
+                    return
 
-                def col(ox):
-                    x0 = cb.sub(cb.mul(ox, c64(strides[1])), c64(lo[1]))
-                    xlo, xhi = _taps(cb, x0, w_, kernel[1], dilation[1])
-
-                    def tap_row(ky, acc):
-                        yi = cb.add(y0, cb.mul(ky, c64(dilation[0])))
-                        yoff = cb.add(xbase, cb.mul(yi, xs_[2]))
-
-                        def tap(kx, acc2):
-                            xi = cb.add(x0, cb.mul(kx, c64(dilation[1])))
-                            v = load(cb, x_, cb.add(yoff, cb.mul(xi, xs_[3])), ty)
-                            return [combine(acc2[0], v)]
-                        return for_range(cb, xlo, xhi, tap, carried=acc, **NO_HINTS)[1]
-                    acc = for_range(cb, ylo, yhi, tap_row, carried=[init], **NO_HINTS)[1][0]
-                    if mode == "avg":
-                        count = cb.mul(cells(y0, ylo, yhi, h_, 0), cells(x0, xlo, xhi, w_, 1))
-                        acc = cb.fdiv(acc, cb.sitofp(count, ty))
-                    store(cb, acc, o_, cb.add(obase, dot_offset(cb, [oy, ox], os2[2:])))
-                for_range(cb, 0, ow_, col, **NO_HINTS)
-            for_range(cb, 0, oh_, row, **NO_HINTS)
+                def at(q):
+                    start = cb.sub(cb.mul(q, c64(strides[axis])), c64(lo[axis]))
+                    first_tap, stop_tap = _taps(cb, start, sizes_[axis], kernel[axis],
+                                                dilation[axis])
+                    positions(axis + 1, cb.add(offset, cb.mul(q, os2[2 + axis])),
+                              windows + [(start, first_tap, stop_tap)])
+                for_range(cb, 0, outs_[axis], at, **NO_HINTS)
+            positions(0, dot_offset(cb, [ni, ci], os2[:2]), [])
         for_range(cb, first, stop, plane, **NO_HINTS)
 
-    split_for(b, [x, o, xs, os_, (ch, h, w, oh, ow)], planes, chunk, worth)
+    split_for(b, [x, o, xs, os_, xe[1], sizes, outs], planes, chunk, worth)
     b.ret(const(I32, 0))
 
 

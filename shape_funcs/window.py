@@ -1,4 +1,4 @@
-"""Window ops: pool (max / average pooling over the last 1 or 2 dims, ONNX's semantics) and
+"""Window ops: pool (max / average pooling over the last 1, 2 or 3 dims, ONNX's semantics) and
 roi_align (bilinear samples of regions of interest, ONNX's RoiAlign).
 
 `pool_params` and `roi_align_params` are the one reading of each op's attrs (the type
@@ -29,14 +29,14 @@ def _given(attrs, key, default):
 
 def pool_params(attrs) -> tuple:
     """(mode, kernel, strides, dilation, pads_begin, pads_end, ceil_mode, count_include_pad):
-    kernel/strides/dilation hold one int per pooled dim (1 or 2), `padding` holds the begin
+    kernel/strides/dilation hold one int per pooled dim (1, 2 or 3), `padding` holds the begin
     pads then the end pads (ONNX order). ShapeError for anything else."""
     mode = attrs.get("mode", "max")
     if mode not in POOL_MODES:
         raise ShapeError(f"pool: mode must be one of {POOL_MODES}, got {mode!r}")
     kernel = attrs.get("pool_size")
-    if not isinstance(kernel, (list, tuple)) or len(kernel) not in (1, 2):
-        raise ShapeError(f"pool: pool_size must be 1 or 2 ints, got {kernel!r}")
+    if not isinstance(kernel, (list, tuple)) or len(kernel) not in (1, 2, 3):
+        raise ShapeError(f"pool: pool_size must be 1, 2 or 3 ints, got {kernel!r}")
     n = len(kernel)
     kernel = _ints(kernel, n, "pool_size", 1)
     strides = _ints(_given(attrs, "strides", [1] * n), n, "strides", 1)

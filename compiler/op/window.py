@@ -1,4 +1,4 @@
-"""Window ops: pool (max or average pooling over the last 1 or 2 dims of (N, C, ...) data),
+"""Window ops: pool (max or average pooling over the last 1, 2 or 3 dims of (N, C, ...) data),
 roi_align (ONNX's RoiAlign: bilinear samples averaged or maxed over regions of interest) and
 col2im (the scatter-add of a transposed convolution).
 
@@ -91,8 +91,8 @@ def _register_all():
                    kernel="compiled", family="window", pattern="opaque",
                    doc="pool(data, pool_size, mode='max', strides=None, dilation=None, "
                        "padding=None, ceil_mode=False, count_include_pad=False): max or "
-                       "average ('avg') of each window over the last 1 or 2 dims of (N, C, W) "
-                       "or (N, C, H, W) data, ONNX's MaxPool/AveragePool. strides and "
+                       "average ('avg') of each window over the last 1, 2 or 3 dims of "
+                       "(N, C, ...) data, ONNX's MaxPool/AveragePool. strides and "
                        "dilation default to 1s; padding (default 0s) is the begin pads then "
                        "the end pads; padded cells never win a max; an average divides by the "
                        "window's cells inside the data, or with count_include_pad inside the "

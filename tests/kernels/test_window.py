@@ -1,4 +1,4 @@
-"""The "window" kernel family (kernels/window.py): pool (max / average, 1-d and 2-d) against a
+"""The "window" kernel family (kernels/window.py): pool (max / average, 1-d to 3-d) against a
 direct loop over output positions written here, and the numpy reference (tests/numpy_reference.py)
 against the same loop; the shape function, type relation, error codes, and one program with
 Any dims through the VM. col2im against a scatter loop written here, roi_align against its
@@ -43,6 +43,10 @@ KERNELS = {
                                    include=True), "float64"),
     "max1d": (attrs("max", [3], [2], pads=[1, 2], ceil=True), "float32"),
     "avg1d": (attrs("avg", [4], [1], [2], [2, 1], include=True), "float64"),
+    "max3d": (attrs("max", [2, 3, 2], [1, 2, 2], [2, 1, 1], [1, 0, 1, 0, 1, 1], ceil=True),
+              "float32"),
+    "avg3d_include": (attrs("avg", [3, 2, 2], [2, 1, 2], pads=[1, 1, 0, 1, 0, 1],
+                            include=True), "float32"),
 }
 # the same pooling split over the kernel threads from any size (parallel_work 0)
 PARALLEL = {"max3x3", "avg_ceil"}
@@ -133,14 +137,14 @@ def check(key, x, out_layout="c"):
 SPATIAL = st.sampled_from([1, 2, 3, 4, 7, 9])
 
 
-@settings(max_examples=examples(30), deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(key=st.sampled_from(sorted(KERNELS)), n=st.sampled_from([0, 1, 2]),
        c=st.sampled_from([0, 1, 3]), h=SPATIAL, w=SPATIAL,
        layout=st.sampled_from(["c", "c", "step", "transpose", "reversed"]),
        out_layout=st.sampled_from(["c", "step"]), seed=st.integers(0, 2**16))
 def test_pool_matches_the_direct_loop(key, n, c, h, w, layout, out_layout, seed):
     a, dtype = KERNELS[key]
-    shape = (n, c, h, w)[:2 + len(a["pool_size"])]
+    shape = (n, c, h, w, 3)[:2 + len(a["pool_size"])]
     x = values(np.random.default_rng(seed), shape, dtype)
     try:
         lookup("pool").fn([x], a)
@@ -167,7 +171,7 @@ def test_max_ignores_nan_and_a_window_in_the_padding_is_minus_inf():
 @pytest.mark.parametrize("key", sorted(KERNELS))
 def test_the_numpy_reference_matches_the_direct_loop(key):
     a, dtype = KERNELS[key]
-    x = values(np.random.default_rng(5), (2, 3, 8, 7)[:2 + len(a["pool_size"])], dtype)
+    x = values(np.random.default_rng(5), (2, 3, 8, 7, 5)[:2 + len(a["pool_size"])], dtype)
     want = direct(x, a)
     got = np.zeros(want.shape, dtype)
     REFERENCE_KERNELS["pool"]([x], [got], a)

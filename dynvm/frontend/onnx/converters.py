@@ -1412,13 +1412,13 @@ def cumsum(cx, ins, a):
            attrs="auto_pad ceil_mode count_include_pad dilations kernel_shape pads "
                  "storage_order strides")
 def pool(cx, ins, a):
-    """dynvm's pool op over the 1 or 2 spatial dims (MaxPool's Indices output is not
+    """dynvm's pool op over the 1, 2 or 3 spatial dims (MaxPool's Indices output is not
     produced; storage_order only matters for it)."""
     x = ins[0]
     kernel = list(a["kernel_shape"])
     n = len(kernel)
-    if n not in (1, 2) or rank(cx, x) != 2 + n:
-        raise Unsupported("pooling over 1 or 2 spatial dims only")
+    if n not in (1, 2, 3) or rank(cx, x) != 2 + n:
+        raise Unsupported("pooling over 1, 2 or 3 spatial dims only")
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
     return op.pool(x, mode="max" if cx.node.op_type == "MaxPool" else "avg", pool_size=kernel,
