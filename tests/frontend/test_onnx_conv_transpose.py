@@ -55,7 +55,6 @@ EXPLICIT = {
     "stride2": (2, (2, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),
     "groups_dilation": (4, (4, 1, 2, 3), dict(strides=[1, 3], dilations=[2, 1], group=2,
                                               pads=[0, 2, 1, 0])),
-    "crop_past_window": (1, (1, 2, 3, 3), dict(strides=[3, 2], pads=[1, 2, 1, 2])),
     "1d": (3, (3, 2, 4), dict(strides=[2], pads=[1, 0], dilations=[2])),
 }
 VMS = {key: model(["N", c] + ["S"] * (len(w) - 2), w, bias=(key != "1d"), **attrs)

@@ -1462,11 +1462,12 @@ def topk(cx, ins, a):
 
 @converter("Unique", attrs="sorted axis")
 def unique(cx, ins, a):
-    """Y and counts from dynvm's unique (sorted, NaNs as one); indices (first occurrence) and
-    inverse_indices from the (K, n) table of which element equals which distinct value, so
-    they cost O(n * K); sorted=0 reorders the distinct values by first occurrence."""
+    """Without axis: Y and counts from dynvm's unique (sorted, NaNs as one); indices (first
+    occurrence) and inverse_indices from the (K, n) table of which element equals which
+    distinct value, so they cost O(n * K). sorted=0 reorders the distinct values by first
+    occurrence. With axis: `_unique_slices`."""
     if "axis" in a:
-        raise Unsupported("Unique with axis")
+        return _unique_slices(cx, ins[0], axis_of(cx, ins[0], a["axis"]), a.get("sorted", 1))
     flat = op.reshape(ins[0], [-1])
     values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
     ordered = a.get("sorted", 1)
@@ -1479,6 +1480,42 @@ def unique(cx, ins, a):
         values, first, counts = (op.take(t, order, axis=0) for t in (values, first, counts))
         inverse = op.take(op.argsort(order), inverse, axis=0)
     return [values, first, inverse, counts]
+
+
+def _unique_slices(cx, x, axis, ordered):
+    """Unique slices along `axis` from (A, A) tables over the A slices (as rows of R values):
+    `same` (the rows are equal), the first differing column of each pair and from it
+    `below` (row i sorts before row j, lexicographically). A row is kept when no earlier row
+    equals it (argwhere: appearance order); sorted, the kept rows go in the order of how many
+    kept rows sort below them. O(A^2 * R) work: meant for the small tables Unique sees."""
+    r = rank(cx, x)
+    perm = [axis] + [d for d in range(r) if d != axis]
+    moved = op.transpose(x, perm) if axis else x
+    rows = reshape(moved, [dim(cx, x, axis), dims_product(cx, x, perm[1:])])
+    differ = op.subtract(const(1, "int32"), op.cast(op.equal(op.expand_dims(rows, 1),
+                                                             op.expand_dims(rows, 0)), "int32"))
+    apart = op.max(differ, axis=[2])                                               # (A, A)
+    same = op.equal(apart, const(0, "int32"))
+    first_of = op.argmax(op.cast(same, "int32"), axis=[1])                         # (A,)
+    count = as_int64(dim(cx, x, axis))
+    index = op.arange(const(0, "int64"), count, const(1, "int64"), dtype="int64")
+    kept = op.reshape(op.argwhere(op.equal(first_of, index)), [-1])                # (K,)
+    if ordered:
+        column = op.argmax(differ, axis=[2])                                       # (A, A)
+        width = as_int64(dims_product(cx, x, perm[1:]))
+        flat = op.reshape(rows, [-1])
+        at_i = op.take(flat, op.add(op.multiply(op.expand_dims(index, 1), width), column))
+        at_j = op.take(flat, op.add(op.multiply(op.expand_dims(index, 0), width), column))
+        below = op.logical_and(op.greater(apart, const(0, "int32")), op.less(at_i, at_j))
+        smaller = op.sum(op.cast(op.take(below, kept, axis=0), "int64"), axis=[0])  # (A,)
+        kept = op.take(kept, op.argsort(op.take(smaller, kept, axis=0)), axis=0)
+    y = op.take(moved, kept, axis=0)
+    if axis:
+        y = op.transpose(y, [int(i) for i in np.argsort(perm)])
+    hits = op.equal(op.expand_dims(first_of, 1), op.expand_dims(kept, 0))        # (A, K)
+    inverse = op.argmax(op.cast(hits, "int32"), axis=[1])
+    counts = op.sum(op.cast(hits, "int64"), axis=[0])
+    return [y, kept, inverse, counts]
 
 
 @converter("RoiAlign", attrs="coordinate_transformation_mode mode output_height output_width "
