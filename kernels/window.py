@@ -5,8 +5,10 @@ roi_align (ONNX's RoiAlign). Attrs are read by shape_funcs/window.py (`pool_para
 
 pool: one direct loop nest per (n, c) plane, built recursively over the pooled dims: for each
 output position the window's taps that fall inside the data are found arithmetically (the
-first and last tap index per dim), so the inner loops run over exactly those taps with no
-bounds test and padded cells are never loaded. Planes are independent items of `split_for`: on
+first and last tap index per dim). A window wholly inside the data (windows of up to
+MAX_UNROLLED_TAPS taps) is straight-line code, one load per tap at a constant offset; a window
+crossing the border loops over exactly its taps inside the data with no bounds test, so padded
+cells are never loaded. Planes are independent items of `split_for`: on
 the kernel threads when outputs x window cells reach the "reduce" family's PARALLEL_WORK.
 max keeps the first of equal values and ignores NaN (`v > acc`), like ONNX Runtime; a window
 with no cell inside the data gives -inf (the dtype's minimum for ints). avg sums in the dtype
@@ -29,20 +31,22 @@ attrs before the first store (ERR_SHAPE).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 from dynvm.kernels.abi import ERR_SHAPE, ERR_VALUE
 from dynvm.kernels.family import Family, register
-from dynvm.kernels.llvm_util import (I32, MEM_TYPE, c64, check, check_data, const, dot_offset,
-                                     for_range, if_then, intrinsic, is_float, load, load_strides,
-                                     new_function, parallel_work, product, prologue,
-                                     return_zero_if, smax, smin, split_for, store)
+from dynvm.kernels.llvm_util import (I32, MEM_TYPE, all_of, c64, check, check_data, const,
+                                     dot_offset, eq, for_range, if_then, intrinsic, is_float,
+                                     load, load_strides, new_function, parallel_work, product,
+                                     prologue, return_zero_if, smax, smin, split_for, store)
 from dynvm.kernels.sort import single_variant
 from dynvm.shape_funcs.window import col2im_params, pool_params, roi_align_params
 from dynvm.vm.errors import KernelError, ShapeError
 
 DTYPES = {"max": ("float32", "float64", "int32", "int64"), "avg": ("float32", "float64")}
 NO_HINTS = dict(vectorize=False, unroll=False)   # strided, data-dependent trip counts
+MAX_UNROLLED_TAPS = 64    # pool windows of up to this many taps get a straight-line interior
 
 
 def _out_dim(b, size, k, s, d, lo, hi, ceil_mode):
@@ -110,8 +114,30 @@ def _pool(module, symbol, sig, spec):
             end = cb.sub(cb.add(sizes_[axis], c64(hi[axis])), start)
             return smin(cb, c64(kernel[axis]), _ceil_div(cb, end, dilation[axis]))
 
+        # a window wholly inside the data (the common case) is straight-line code: one load
+        # per tap at a constant tap offset, a constant divisor
+        unrolled = math.prod(kernel) <= MAX_UNROLLED_TAPS
+        tap_offsets = [dot_offset(cb, [c64(t * d) for t, d in zip(tap, dilation)], xs_[2:])
+                       for tap in itertools.product(*map(range, kernel))] if unrolled else []
+
+        def whole(corner):
+            acc = init
+            for off in tap_offsets:
+                acc = combine(acc, load(cb, x_, cb.add(corner, off), ty))
+            return cb.fdiv(acc, const(ty, float(len(tap_offsets)))) if mode == "avg" else acc
+
         def window(xbase, windows):
             """The reduced value of the window at (start, first tap, stop tap) per axis."""
+            if not unrolled:
+                return partial(xbase, windows)
+            inside = all_of(cb, [cb.and_(eq(cb, w[1], c64(0)), eq(cb, w[2], c64(k)))
+                                 for w, k in zip(windows, kernel)])
+            corner = cb.add(xbase, dot_offset(cb, [w[0] for w in windows], xs_[2:]))
+            return if_then(cb, inside, lambda _: [whole(corner)],
+                           lambda _: [partial(xbase, windows)], carried=[init])[0]
+
+        def partial(xbase, windows):
+            """The window at (start, first tap, stop tap) per axis, clipped to the data."""
             def taps(axis, offset, acc):
                 if axis == dims:
                     return [combine(acc[0], load(cb, x_, offset, ty))]
