@@ -35,13 +35,14 @@ def node_model(op_type, inputs, attrs, opset=17):
 
 
 def cases(rng, tiny):
-    """name -> (model, [argument lists]): batch 1 and 4 (1 and 2 with --tiny)."""
+    """name -> (model, [argument lists]): batch 1 and 4 (with --tiny: 1 and 2, smaller
+    images, fewer channels and rois than the names say)."""
     batches = (1, 2) if tiny else (1, 4)
-    side = 16 if tiny else 56
+    side, rois, channels = (16, 10, 16) if tiny else (56, 100, 256)
     pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
     x = lambda n, c, s: rng.standard_normal((n, c, s, s)).astype(np.float32)  # noqa: E731
     w = rng.standard_normal((64, 32, 4, 4)).astype(np.float32) * 0.05
-    boxes = np.sort(rng.uniform(0, 48, (100, 2, 2)), axis=1).reshape(100, 4)[:, [0, 2, 1, 3]]
+    boxes = np.sort(rng.uniform(0, 48, (rois, 2, 2)), axis=1).reshape(rois, 4)[:, [0, 2, 1, 3]]
     return {
         "MaxPool 3x3/2 (N, 64, 56, 56)": (
             node_model("MaxPool", [("x", ["N", 64, side, side])], pool),
@@ -54,11 +55,11 @@ def cases(rng, tiny):
                        {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
             [[x(n, 64, 32), w] for n in batches]),
         "RoiAlign 7x7 x100 rois (N, 256, 50, 50)": (
-            node_model("RoiAlign", [("x", ["N", 256, 50, 50]), ("rois", ["R", 4]),
+            node_model("RoiAlign", [("x", ["N", channels, 50, 50]), ("rois", ["R", 4]),
                                     ("batch_indices", ["R"])],
                        {"output_height": 7, "output_width": 7, "sampling_ratio": 2,
                         "spatial_scale": 1.0}, opset=16),
-            [[x(n, 256, 50), boxes.astype(np.float32), rng.integers(0, n, 100)]
+            [[x(n, channels, 50), boxes.astype(np.float32), rng.integers(0, n, rois)]
              for n in batches]),
     }
 
