@@ -49,7 +49,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {}
 FAMILY_MODULES = ("elementwise", "matmul", "conv2d", "transform", "dynamic", "reduce", "softmax",
-                  "sort", "vision", "loop", "shape")
+                  "sort", "vision", "window", "loop", "shape")
 
 
 def register(family: Family) -> Family:

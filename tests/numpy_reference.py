@@ -367,6 +367,111 @@ def conv2d(inputs, outputs, attrs):
     store("conv2d", out, result)
 
 
+@reference("pool")
+def pool(inputs, outputs, attrs):
+    """Max (NaN ignored, like np.fmax) or average of each window: the data padded far enough for
+    every window (with -inf / the int minimum for max, 0 for avg), one strided slice per tap;
+    the average divides by the taps inside the data (or inside the declared padding)."""
+    from dynvm.shape_funcs.window import pool_params
+    x, out = inputs[0], outputs[0]
+    mode, kernel, strides, dilation, lo, hi, _, include = pool_params(attrs)
+    if out.size == 0:
+        return
+    sizes = x.shape[2:]
+    ends = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out.shape[2:], strides, kernel,
+                                                                  dilation)]
+    grow = [max(0, e - l - n) for e, l, n in zip(ends, lo, sizes)]
+    widths = [(0, 0), (0, 0)] + [(l, g) for l, g in zip(lo, grow)]
+    if mode == "max":
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    else:
+        fill = 0
+    xp = np.pad(x, widths, constant_values=fill)
+    inside = np.pad(np.ones(sizes), widths[2:])
+    declared = np.pad(np.ones([l + n + h for l, n, h in zip(lo, sizes, hi)]),
+                      [(0, max(0, g - h)) for g, h in zip(grow, hi)])
+    acc, count = None, 0
+    for tap in np.ndindex(*kernel):
+        cells = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                      for t, d, o, s in zip(tap, dilation, out.shape[2:], strides))
+        part = xp[(slice(None), slice(None)) + cells]
+        if mode == "max":
+            larger = np.fmax if x.dtype.kind == "f" else np.maximum
+            acc = part if acc is None else larger(acc, part)
+        else:
+            acc = part if acc is None else acc + part
+            count = count + (declared if include else inside)[cells]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        store("pool", out, acc if mode == "max" else (acc / count).astype(out.dtype))
+
+
+@reference("roi_align")
+def roi_align(inputs, outputs, attrs):
+    """ONNX's RoiAlign in the data's dtype: per roi its bins' sample grid (sampling_ratio, or
+    ceil(bin size) per dim), each sample bilinear from its four clamped taps (0 when more than
+    a cell outside the image); a bin averages its samples over max(grid cells, 1) or takes the
+    largest weighted tap (0 without samples)."""
+    from dynvm.shape_funcs.window import roi_align_params
+    x, rois, batch = inputs
+    out = outputs[0]
+    mode, oh, ow, ratio, scale, half = roi_align_params(attrs)
+    t = x.dtype.type
+    _, _, h, w = x.shape
+    result = np.zeros(out.shape, x.dtype)
+    for r in range(rois.shape[0]):
+        x0, y0, x1, y1 = (rois[r] * t(scale) - t(0.5 if half else 0.0)).astype(x.dtype)
+        rh, rw = y1 - y0, x1 - x0
+        if not half:
+            rh, rw = max(rh, t(1)), max(rw, t(1))
+        bh, bw = rh / t(oh), rw / t(ow)
+        gh, gw = (ratio, ratio) if ratio else (int(np.ceil(rh / t(oh))), int(np.ceil(rw / t(ow))))
+        img = x[batch[r]]
+        for ph, pw in np.ndindex(oh, ow):
+            samples = []
+            for iy, ix in np.ndindex(max(gh, 0), max(gw, 0)):
+                yy = y0 + t(ph) * bh + (t(iy) + t(0.5)) * bh / t(gh)
+                xx = x0 + t(pw) * bw + (t(ix) + t(0.5)) * bw / t(gw)
+                if not (h and w and -1 <= yy <= h and -1 <= xx <= w):
+                    samples.append(np.zeros(x.shape[1], x.dtype))
+                    continue
+                taps = []
+                for v, n in ((max(yy, t(0)), h), (max(xx, t(0)), w)):
+                    low = int(v)
+                    if low >= n - 1:
+                        taps.append((n - 1, n - 1, t(0)))
+                    else:
+                        taps.append((low, low + 1, v - t(low)))
+                (yl, yh, ly), (xl, xh, lx) = taps
+                hy, hx = t(1) - ly, t(1) - lx
+                parts = [hy * hx * img[:, yl, xl], hy * lx * img[:, yl, xh],
+                         ly * hx * img[:, yh, xl], ly * lx * img[:, yh, xh]]
+                samples.append(parts[0] + parts[1] + parts[2] + parts[3] if mode == "avg"
+                               else np.max(parts, axis=0))
+            if mode == "avg":
+                total = sum(samples, np.zeros(x.shape[1], x.dtype))
+                result[r, :, ph, pw] = total / t(max(gh * gw, 1))
+            elif samples:
+                result[r, :, ph, pw] = np.max(samples, axis=0)
+    store("roi_align", out, result)
+
+
+@reference("col2im")
+def col2im(inputs, outputs, attrs):
+    """Scatter-add: every tap (ky, kx) of every input cell (iy, ix) adds into output cell
+    (iy * sh - top + ky * dh, ix * sw - left + kx * dw) when that cell exists."""
+    from dynvm.shape_funcs.window import col2im_params
+    x, out = inputs[0], outputs[0]
+    (sh, sw), (dh, dw), (pt, pl, _, _), _ = col2im_params(attrs)
+    n, c, kh, kw, h, w = x.shape
+    oh, ow = out.shape[2:]
+    result = np.zeros(out.shape, x.dtype)
+    for ky, kx, iy, ix in np.ndindex(kh, kw, h, w):
+        y, xo = iy * sh - pt + ky * dh, ix * sw - pl + kx * dw
+        if 0 <= y < oh and 0 <= xo < ow:
+            result[:, :, y, xo] += x[:, :, ky, kx, iy, ix]
+    store("col2im", out, result)
+
+
 # ---------------------------------------------------------------- sorting (references)
 # Order: by value (NaN largest, -0.0 == 0.0), equal values by lower index, i.e. a stable sort;
 # descending reverses the value order only. See kernels/sort.py for the native kernels.

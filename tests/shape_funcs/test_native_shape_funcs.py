@@ -111,6 +111,12 @@ SITES = [
     ("unique", {"return_counts": False}, [(F, 1)]),
     ("unique", {"return_counts": True}, [("int32", 1)]),
     ("unique", {}, [("float64", [5])]),
+    ("pool", {"pool_size": [3, 2], "strides": [2, 1], "padding": [1, 0, 1, 1], "ceil_mode": True},
+     [(F, 4)]),
+    ("pool", {"pool_size": [2], "dilation": [2], "mode": "avg"}, [(F, 3)]),
+    ("roi_align", {"output_height": 2, "output_width": 3}, [(F, 4), (F, 2), (I, 1)]),
+    ("col2im", {"strides": [2, 1], "padding": [1, -1, 0, 2], "output_padding": [1, 0]},
+     [(F, 6)]),
 ]
 
 DIM = st.sampled_from([0, 1, 1, 2, 3, 3, 4, 6])

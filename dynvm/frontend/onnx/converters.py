@@ -1125,7 +1125,7 @@ def conv(cx, ins, a):
     n = r - 2
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    pads = _conv_pads(cx, x, w, a, strides, dilations)
+    pads = _conv_pads(cx, x, cx.type_of(w).shape[2:], a, strides, dilations)
     if n == 1:
         x, w = op.expand_dims(x, 2), op.expand_dims(w, 2)
         strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
@@ -1138,13 +1138,77 @@ def conv(cx, ins, a):
     return out
 
 
-def _conv_pads(cx, x, w, a, strides, dilations) -> list:
+@converter("ConvTranspose",
+           attrs="auto_pad dilations group kernel_shape output_padding output_shape pads strides")
+def conv_transpose(cx, ins, a):
+    """Per group a batch_matmul of the weight (as (C/g, O/g * KH * KW), transposed) with the
+    input (as (N, C/g, H * W)) gives every tap's contribution of every input cell; col2im adds
+    them into the output: out = (in - 1) * s + dilated window + output_padding - pads per dim.
+    The weight's shape must be static. (Measured 3-6x faster than conv2d of the input spread
+    out by the strides, which multiplies the multiply-adds by the strides' product.)"""
+    x, w = ins[0], ins[1]
+    r = rank(cx, x)
+    if r not in (3, 4):
+        raise Unsupported(f"ConvTranspose on rank {r} inputs (1-D and 2-D are supported)")
+    if any(ir.is_any(d) for d in cx.type_of(w).shape):
+        raise Unsupported("ConvTranspose with a weight of dynamic shape")
+    n, groups = r - 2, a.get("group", 1)
+    cin, og, *kernel = cx.type_of(w).shape
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    extra = list(a.get("output_padding", [0] * n))
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
+    pads = _conv_transpose_pads(cx, x, a, strides, spans, extra)
+    if n == 1:
+        x, w = op.expand_dims(x, 2), op.expand_dims(w, 2)
+        strides, dilations, kernel = [1] + strides, [1] + dilations, [1] + kernel
+        extra, pads = [0] + extra, [0, pads[0], 0, pads[1]]
+    batch, h, wd = dim(cx, x, 0), dim(cx, x, 2), dim(cx, x, 3)
+    cg, taps = cin // groups, og * kernel[0] * kernel[1]
+    flat = reshape(x, [batch, cin, dims_product(cx, x, [2, 3])])
+    parts = []
+    for g in range(groups):
+        wg = w if groups == 1 else op.strided_slice(w, [g * cg], [(g + 1) * cg], [1], axes=[0])
+        xg = flat if groups == 1 else op.strided_slice(flat, [g * cg], [(g + 1) * cg], [1],
+                                                       axes=[1])
+        parts.append(op.batch_matmul(reshape(wg, [1, cg, taps]), xg, transpose_a=True,
+                                     transpose_b=False))
+    cols = parts[0] if groups == 1 else op.concatenate(parts, 1)
+    cols = reshape(cols, [batch, groups * og, *kernel, h, wd])
+    out = op.col2im(cols, strides=strides, dilation=dilations, padding=pads, output_padding=extra)
+    if n == 1:
+        out = op.squeeze(out, axis=[2])
+    if len(ins) > 2 and ins[2] is not None:
+        out = op.add(out, per_channel(cx, ins[2], r))
+    return out
+
+
+def _conv_transpose_pads(cx, x, a, strides, spans, extra) -> list:
+    """[begins..., ends...]: pads, or from output_shape / auto_pad SAME_* the total padding
+    in + (in - 1) * s + span + output_padding - out, its odd cell at the end for SAME_UPPER and
+    at the beginning otherwise (ONNX's rule)."""
+    n = len(strides)
+    auto = a.get("auto_pad", "NOTSET")
+    if "output_shape" not in a and auto in ("NOTSET", "VALID"):
+        return list(a.get("pads", [0] * 2 * n)) if auto == "NOTSET" else [0] * 2 * n
+    sizes = cx.type_of(x).shape[2:]
+    if any(ir.is_any(d) for d in sizes):
+        raise Unsupported("ConvTranspose output_shape or auto_pad SAME with dynamic spatial dims")
+    wanted = list(a.get("output_shape", [size * s for size, s in zip(sizes, strides)]))[-n:]
+    total = [s * (size - 1) + e + sp - want
+             for s, size, e, sp, want in zip(strides, sizes, extra, spans, wanted)]
+    small, big = [t // 2 for t in total], [t - t // 2 for t in total]
+    return small + big if auto == "SAME_UPPER" else big + small
+
+
+def _conv_pads(cx, x, kernel, a, strides, dilations) -> list:
+    """[begins..., ends...] of a window op from pads / auto_pad; kernel: the window's extents."""
     n = len(strides)
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("NOTSET", "VALID"):
         return list(a.get("pads", [0] * 2 * n)) if auto == "NOTSET" else [0] * 2 * n
-    xs, ws = cx.type_of(x).shape[2:], cx.type_of(w).shape[2:]
-    if any(ir.is_any(d) for d in list(xs) + list(ws)):
+    xs, ws = cx.type_of(x).shape[2:], list(kernel)
+    if any(ir.is_any(d) for d in list(xs) + ws):
         raise Unsupported(f"auto_pad={auto} with dynamic spatial dims")
     begin, end = [], []
     for size, k, s, d in zip(xs, ws, strides, dilations):
@@ -1348,57 +1412,20 @@ def cumsum(cx, ins, a):
            attrs="auto_pad ceil_mode count_include_pad dilations kernel_shape pads "
                  "storage_order strides")
 def pool(cx, ins, a):
-    """The max (or mean) of the kernel's strided slices of the padded input: one slice per
-    kernel offset. Needs static spatial dims. ceil_mode=1 pads the end further so the last,
-    partial window exists (unless it would start in the end padding); a mean divides by the
-    window's cells inside the input (and inside the declared pads with count_include_pad)."""
+    """dynvm's pool op over the 1, 2 or 3 spatial dims (MaxPool's Indices output is not
+    produced; storage_order only matters for it)."""
     x = ins[0]
-    t = cx.type_of(x)
-    spatial = t.shape[2:]
-    if len(spatial) not in (1, 2) or any(ir.is_any(d) for d in spatial):
-        raise Unsupported("pooling needs 1-D or 2-D static spatial dims")
     kernel = list(a["kernel_shape"])
     n = len(kernel)
+    if n not in (1, 2, 3) or rank(cx, x) != 2 + n:
+        raise Unsupported("pooling over 1, 2 or 3 spatial dims only")
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    w = ir.Constant(np.zeros([1, 1, *kernel], np.float32))
-    pads = _conv_pads(cx, x, w, a, strides, dilations)
-    sizes = [size + pads[i] + pads[n + i] for i, size in enumerate(spatial)]
-    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    if a.get("ceil_mode", 0):
-        outs = [-(-(s - e) // st) + 1 for s, e, st in zip(sizes, extents, strides)]
-        outs = [m - 1 if (m - 1) * st >= size + pads[i] else m
-                for i, (m, st, size) in enumerate(zip(outs, strides, spatial))]
-    else:
-        outs = [(s - e) // st + 1 for s, e, st in zip(sizes, extents, strides)]
-    extra = [max(0, (m - 1) * st + e - s) for m, st, e, s in zip(outs, strides, extents, sizes)]
-    is_max = cx.node.op_type == "MaxPool"
-    fill = like(cx, x, -np.inf if t.dtype in ("float32", "float64") else np.iinfo(np.int64).min) \
-        if is_max else like(cx, x, 0)
-    counted = not is_max and (not a.get("count_include_pad", 0) or any(extra))
-    in_pads = like(cx, x, 0 if not a.get("count_include_pad", 0) else 1)
-    padded, ones = x, op.ones(list(t.shape[2:]), dtype=t.dtype)
-    for i in range(n):
-        if pads[i] or pads[n + i] + extra[i]:
-            padded = _pad_axis(cx, padded, 2 + i, pads[i], pads[n + i] + extra[i], "constant",
-                               fill, t.rank)
-            ones = _pad_axis(cx, ones, i, pads[i], pads[n + i], "constant", in_pads, n)
-            if extra[i]:
-                ones = _pad_axis(cx, ones, i, 0, extra[i], "constant", like(cx, x, 0), n)
-    acc, count = None, None
-    for offset in np.ndindex(*kernel):
-        begin = [o * d for o, d in zip(offset, dilations)]
-        end = [b + (m - 1) * st + 1 for b, m, st in zip(begin, outs, strides)]
-        part = op.strided_slice(padded, begin, end, strides, axes=list(range(2, 2 + n)))
-        acc = part if acc is None else (op.maximum if is_max else op.add)(acc, part)
-        if counted:
-            valid = op.strided_slice(ones, begin, end, strides, axes=list(range(n)))
-            count = valid if count is None else op.add(count, valid)
-    if is_max:
-        return acc
-    if count is None:
-        return op.divide(acc, like(cx, x, math.prod(kernel)))
-    return op.divide(acc, count)
+    return op.pool(x, mode="max" if cx.node.op_type == "MaxPool" else "avg", pool_size=kernel,
+                   strides=strides, dilation=dilations,
+                   padding=_conv_pads(cx, x, kernel, a, strides, dilations),
+                   ceil_mode=bool(a.get("ceil_mode", 0)),
+                   count_include_pad=bool(a.get("count_include_pad", 0)))
 
 
 @converter("Hardmax", attrs="axis")
@@ -1435,15 +1462,75 @@ def topk(cx, ins, a):
 
 @converter("Unique", attrs="sorted axis")
 def unique(cx, ins, a):
+    """Without axis: Y and counts from dynvm's unique (sorted, NaNs as one); indices (first
+    occurrence) and inverse_indices from the (K, n) table of which element equals which
+    distinct value, so they cost O(n * K). sorted=0 reorders the distinct values by first
+    occurrence. With axis: `_unique_slices`."""
     if "axis" in a:
-        raise Unsupported("Unique with axis")
-    if not a.get("sorted", 1):
-        raise Unsupported("sorted=0 (values in order of appearance)")
+        return _unique_slices(cx, ins[0], axis_of(cx, ins[0], a["axis"]), a.get("sorted", 1))
     flat = op.reshape(ins[0], [-1])
-    if len(cx.node.output) > 3 and cx.node.output[3]:
-        values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
+    values, counts = select_tuple(op.unique(flat, return_counts=True), 2)
+    ordered = a.get("sorted", 1)
+    if ordered and not any(name for name in cx.node.output[1:3]):
         return [values, None, None, counts]
-    return [op.unique(flat), None, None, None]
+    same = op.cast(op.equal(op.expand_dims(values, 1), op.expand_dims(flat, 0)), "int32")
+    first, inverse = op.argmax(same, axis=[1]), op.argmax(same, axis=[0])
+    if not ordered:
+        order = op.argsort(first)
+        values, first, counts = (op.take(t, order, axis=0) for t in (values, first, counts))
+        inverse = op.take(op.argsort(order), inverse, axis=0)
+    return [values, first, inverse, counts]
+
+
+def _unique_slices(cx, x, axis, ordered):
+    """Unique slices along `axis` from (A, A) tables over the A slices (as rows of R values):
+    `same` (the rows are equal), the first differing column of each pair and from it
+    `below` (row i sorts before row j, lexicographically). A row is kept when no earlier row
+    equals it (argwhere: appearance order); sorted, the kept rows go in the order of how many
+    kept rows sort below them. O(A^2 * R) work: meant for the small tables Unique sees."""
+    r = rank(cx, x)
+    perm = [axis] + [d for d in range(r) if d != axis]
+    moved = op.transpose(x, perm) if axis else x
+    rows = reshape(moved, [dim(cx, x, axis), dims_product(cx, x, perm[1:])])
+    differ = op.subtract(const(1, "int32"), op.cast(op.equal(op.expand_dims(rows, 1),
+                                                             op.expand_dims(rows, 0)), "int32"))
+    apart = op.max(differ, axis=[2])                                               # (A, A)
+    same = op.equal(apart, const(0, "int32"))
+    first_of = op.argmax(op.cast(same, "int32"), axis=[1])                         # (A,)
+    count = as_int64(dim(cx, x, axis))
+    index = op.arange(const(0, "int64"), count, const(1, "int64"), dtype="int64")
+    kept = op.reshape(op.argwhere(op.equal(first_of, index)), [-1])                # (K,)
+    if ordered:
+        column = op.argmax(differ, axis=[2])                                       # (A, A)
+        width = as_int64(dims_product(cx, x, perm[1:]))
+        flat = op.reshape(rows, [-1])
+        at_i = op.take(flat, op.add(op.multiply(op.expand_dims(index, 1), width), column))
+        at_j = op.take(flat, op.add(op.multiply(op.expand_dims(index, 0), width), column))
+        below = op.logical_and(op.greater(apart, const(0, "int32")), op.less(at_i, at_j))
+        smaller = op.sum(op.cast(op.take(below, kept, axis=0), "int64"), axis=[0])  # (A,)
+        kept = op.take(kept, op.argsort(op.take(smaller, kept, axis=0)), axis=0)
+    y = op.take(moved, kept, axis=0)
+    if axis:
+        y = op.transpose(y, [int(i) for i in np.argsort(perm)])
+    hits = op.equal(op.expand_dims(first_of, 1), op.expand_dims(kept, 0))        # (A, K)
+    inverse = op.argmax(op.cast(hits, "int32"), axis=[1])
+    counts = op.sum(op.cast(hits, "int64"), axis=[0])
+    return [y, kept, inverse, counts]
+
+
+@converter("RoiAlign", attrs="coordinate_transformation_mode mode output_height output_width "
+                               "sampling_ratio spatial_scale")
+def roi_align(cx, ins, a):
+    """dynvm's roi_align; before opset 16 RoiAlign had no coordinate_transformation_mode and
+    behaved as output_half_pixel."""
+    default = "half_pixel" if cx.opset >= 16 else "output_half_pixel"
+    return op.roi_align(ins[0], ins[1], op.cast(ins[2], "int64"), mode=a.get("mode", "avg"),
+                        output_height=a.get("output_height", 1),
+                        output_width=a.get("output_width", 1),
+                        sampling_ratio=a.get("sampling_ratio", 0),
+                        spatial_scale=float(a.get("spatial_scale", 1.0)),
+                        coordinate_transformation_mode=a.get("coordinate_transformation_mode",
+                                                             default))
 
 
 @converter("NonMaxSuppression", attrs="center_point_box")
