@@ -6,6 +6,7 @@ Kernels come from the families registered in kernels/family.py: the builder vali
 the signature, asks the family to check the spec and emit its variants and dispatcher, and
 records {"symbol": S, "variants": [{"name", "symbol": S__<name>}...]} in the section.
 """
+import copy
 import json
 import re
 
@@ -75,11 +76,9 @@ class KernelBuilder:
             return self._index[key]
         index = len(self._kernels)
         symbol = f"dynvm_k{index}_{re.sub(r'[^A-Za-z0-9_]', '_', str(name))[:48]}"
-        names = fam.emit(self._module, symbol, spec, inputs, outputs)
-        variants = [{"name": v, "symbol": variant_symbol(symbol, v)} for v in names]
         return self._add(key, {"name": str(name), "kind": "compiled", "op": family,
                                "attrs": spec, "inputs": inputs, "outputs": outputs,
-                               "symbol": symbol, "variants": variants})
+                               "symbol": symbol, "variants": []})     # emitted by finish()
 
     def add_elementwise(self, name, expr, inputs, output) -> int:
         """Shorthand: a fused elementwise kernel computing `expr` (see elementwise.py)."""
@@ -111,13 +110,27 @@ class KernelBuilder:
             raise KernelError("KernelBuilder.finish() was already called")
 
     def finish(self) -> dict:
-        """Compile the module once (nothing to compile when there is no kernel)."""
+        """The kernels section: the one this machine generated before for the same kernels
+        (provenance's spec key: names, specs, signatures, host, generator sources), found
+        before any IR is generated; else every kernel's variants and dispatcher emitted into
+        one module, compiled once (nothing to compile when there is no kernel)."""
         if self._section is None:
-            llvm_ir = str(self._module) if self._kernels else ""
-            obj = codelib.compile_ir(llvm_ir, self._target) if self._kernels else b""
-            self._section = {"target": dict(self._target), "llvm_ir": llvm_ir, "object": obj,
-                             "kernels": self._kernels}
-            provenance.remember(self._section)
+            section = {"target": dict(self._target), "llvm_ir": "", "object": b"",
+                       "kernels": self._kernels}
+            local = provenance.local_section(section) if self._kernels else None
+            if local is not None:
+                self._section = copy.deepcopy(local)
+                return self._section
+            for entry in self._kernels:
+                names = get_family(entry["op"]).emit(self._module, entry["symbol"], entry["attrs"],
+                                                     entry["inputs"], entry["outputs"])
+                entry["variants"] = [{"name": v, "symbol": variant_symbol(entry["symbol"], v)}
+                                     for v in names]
+            if self._kernels:
+                section["llvm_ir"] = str(self._module)
+                section["object"] = codelib.compile_ir(section["llvm_ir"], self._target)
+            self._section = section
+            provenance.remember(section)
         return self._section
 
 

@@ -162,12 +162,13 @@ def test_lanes_follow_the_host_simd_width():
 def test_section_lists_variant_symbols_and_the_dispatcher():
     kb = KernelBuilder()
     kb.add_elementwise("neg", ["negative", ["in", 0]], [("float32", 1)], ("float32", 1))
-    entry = kb._kernels[0]
+    section = kb.finish()
+    entry = section["kernels"][0]
     assert entry["symbol"] == "dynvm_k0_neg"
     assert [v["symbol"] for v in entry["variants"]] == [
         "dynvm_k0_neg__scalar", "dynvm_k0_neg__vector_exact", "dynvm_k0_neg__vector",
         "dynvm_k0_neg__strided"]
-    ir_text = str(kb._module)
+    ir_text = section["llvm_ir"]
     assert "@\"dynvm_k0_neg__variant\" = global i32 -1" in ir_text
     assert "<16 x float>" in ir_text or "<8 x float>" in ir_text or "<4 x float>" in ir_text
 

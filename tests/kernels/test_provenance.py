@@ -3,6 +3,7 @@
 The threat: a .dvm is bytes; its object code, IR, symbols and checksum can all be rewritten.
 By default the kernels come from the locally remembered section for the file's kernel specs,
 or are rebuilt from those specs; `trust_native_code=True` runs the file's own code."""
+import dataclasses
 import uuid
 import warnings
 
@@ -61,6 +62,26 @@ def test_a_file_built_here_loads_its_remembered_code_without_compiling(add_and_m
     exe = Executable.load(str(path))
     assert (codelib.stats["compiles"], codelib.stats["rebuilds"]) == (before["compiles"], before["rebuilds"])
     np.testing.assert_array_equal(VirtualMachine(exe).invoke("main", np.ones(2, np.float32)), [2, 2])
+
+
+def test_building_kernels_built_before_generates_no_ir(monkeypatch):
+    """The builder asks for the section of the same kernels before emitting any: a second build
+    of a program (in any process sharing the cache) skips the generators and LLVM."""
+    from dynvm.kernels import family
+    make = lambda x: op.tanh(op.add(x, op.multiply(x, x)))    # noqa: E731
+    first = one_op_exe(make)
+    emitted = []
+    real = family.get_family
+
+    def counting(name):
+        fam = real(name)
+        return dataclasses.replace(fam, emit=lambda *a: emitted.append(a[1]) or fam.emit(*a))
+    monkeypatch.setattr("dynvm.kernels.builder.get_family", counting)
+    second = one_op_exe(make)
+    assert second.kernels["kernels"] == first.kernels["kernels"] and emitted == []
+    x = np.linspace(-1, 1, 7, dtype=np.float32)
+    np.testing.assert_array_equal(VirtualMachine(second).invoke("main", x),
+                                  VirtualMachine(first).invoke("main", x))
 
 
 def test_a_foreign_section_is_rebuilt_once_then_found_in_the_cache(monkeypatch, tmp_path):
