@@ -1740,27 +1740,25 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
 
 def time_loop(cx, xw, states0, seq, reverse, step):
     """Run `step(x_t, states) -> states` over t (backwards when reverse); (Y, final states)
-    with Y (seq, batch, hidden) in time order."""
+    with Y (seq, batch, hidden) in time order. Y is allocated once and each step writes its row
+    with `set_row`, which a native loop does in place."""
     mark = len(cx.captures)
     xw, seq = cx.capture(xw), cx.capture(seq)
     t = ir.var("t", ir.TensorType((), "int64"))
     states = [ir.var(f"s{k}", cx.type_of(s)) for k, s in enumerate(states0)]
     h_type = cx.type_of(states0[0])
     acc = ir.var("y", ir.TensorType((ir.Any(),) + h_type.shape, h_type.dtype))
-    acc0 = op.zeros(shape_vector([0, *(dim(cx, states0[0], i) for i in range(2))]),
+    acc0 = op.zeros(shape_vector([seq, *(dim(cx, states0[0], i) for i in range(2))]),
                     dtype=h_type.dtype)
     new = step(op.take(xw, t, axis=0), states)
-    row = op.expand_dims(new[0], 0)
     one = const(1, "int64")
     if reverse:
         t0, nxt, go = op.subtract(seq, one), op.subtract(t, one), op.greater(t, const(-1, "int64"))
-        grown = op.concatenate([row, acc], 0)
     else:
         t0, nxt, go = const(0, "int64"), op.add(t, one), op.less(t, seq)
-        grown = op.concatenate([acc, row], 0)
     result = cx.bind_captures(mark, ir.while_loop(
-        lambda *_: go, lambda *_: [nxt, *new, grown], [(t, t0), *zip(states, states0), (acc, acc0)],
-        name="onnx_rnn"))
+        lambda *_: go, lambda *_: [nxt, *new, op.set_row(acc, t, new[0])],
+        [(t, t0), *zip(states, states0), (acc, acc0)], name="onnx_rnn"))
     n = len(states)
     return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
 
