@@ -1677,7 +1677,9 @@ RNN_ATTRS = "activations direction hidden_size layout"
 
 
 def rows(e, lo, hi):
-    """e[lo:hi] along axis 0."""
+    """e[lo:hi] along axis 0 (sliced at import time when e is a constant)."""
+    if isinstance(e, ir.Constant):
+        return ir.const(np.ascontiguousarray(e.data[lo:hi]))
     return op.strided_slice(e, [lo], [hi], axes=[0])
 
 
@@ -1696,9 +1698,11 @@ def activations(a, defaults, directions):
     return [[ACTIVATIONS[n] for n in names[d * k:(d + 1) * k]] for d in range(directions)]
 
 
-def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
+def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",), folded=None):
     """Shared by RNN, GRU and LSTM. `cell(cx, d, acts, x_t, states, inputs)` returns the new
-    states (h first). Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
+    states (h first), x_t being row t of the input projection X W^T + Wb, plus Rb on the first
+    `folded` gates (default: all): a bias that is only ever added is added once, in the one
+    GEMM over every step, not in every step. Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
     x = ins[0]
     if a.get("layout", 0):
         x = op.transpose(x, [1, 0, 2])
@@ -1716,6 +1720,8 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
     for d, reverse in enumerate(dirs):
         w = direction_of(cx, ins[1], d)
         xw = op.dense(x, w)                                     # (seq, batch, gates * hidden)
+        if len(ins) > 3 and ins[3] is not None:
+            xw = op.add(xw, input_bias(cx, ins, d, gates, hidden, gates if folded is None else folded))
         states0 = []
         for i in (5, 6)[:1 + with_c]:                       # initial_h, initial_c
             given = ins[i] if len(ins) > i else None
@@ -1763,19 +1769,15 @@ def time_loop(cx, xw, states0, seq, reverse, step):
     return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
 
 
-def recurrence(cx, ins, d, h, gates, hidden):
-    """h R^T + Rb for direction d (the recurrent half of the bias)."""
-    hr = op.dense(h, direction_of(cx, ins[2], d))
-    if len(ins) > 3 and ins[3] is not None:
-        b = direction_of(cx, ins[3], d)
-        hr = op.add(hr, rows(b, gates * hidden, 2 * gates * hidden))
-    return hr
-
-
-def input_bias(cx, ins, d, x_t, gates, hidden):
-    if len(ins) > 3 and ins[3] is not None:
-        return op.add(x_t, rows(direction_of(cx, ins[3], d), 0, gates * hidden))
-    return x_t
+def input_bias(cx, ins, d, gates, hidden, folded):
+    """Wb, plus Rb on the first `folded` gates (gates * hidden,)."""
+    b = direction_of(cx, ins[3], d)
+    wb, rb = rows(b, 0, gates * hidden), rows(b, gates * hidden, (gates + folded) * hidden)
+    if folded < gates:
+        rb = op.concatenate([rb, op.zeros(((gates - folded) * hidden,), dtype=cx.type_of(b).dtype)], 0)
+    if isinstance(wb, ir.Constant) and isinstance(rb, ir.Constant):
+        return ir.const(wb.data + rb.data)
+    return op.add(wb, rb)
 
 
 @converter("RNN", attrs=RNN_ATTRS)
@@ -1783,8 +1785,7 @@ def rnn(cx, ins, a):
     hidden = a["hidden_size"]
 
     def cell(cx, d, acts, x_t, st, ins):
-        pre = op.add(input_bias(cx, ins, d, x_t, 1, hidden), recurrence(cx, ins, d, st[0], 1, hidden))
-        return [acts[0](pre)]
+        return [acts[0](op.add(x_t, op.dense(st[0], direction_of(cx, ins[2], d))))]
     return recurrent(cx, ins, a, 1, cell)
 
 
@@ -1796,23 +1797,26 @@ def gru(cx, ins, a):
     def cell(cx, d, acts, x_t, st, ins):
         f, g = acts
         h = st[0]
-        xz, xr, xh = split_last(input_bias(cx, ins, d, x_t, 3, hidden), 3)
+        xz, xr, xh = split_last(x_t, 3)
         r_all = direction_of(cx, ins[2], d)
-        rb = rows(direction_of(cx, ins[3], d), 3 * hidden, 6 * hidden) \
-            if len(ins) > 3 and ins[3] is not None else None
-        hz, hr, hh = split_last(op.add(op.dense(h, r_all), rb) if rb is not None
-                                 else op.dense(h, r_all), 3)
+        rb_h = rows(direction_of(cx, ins[3], d), 5 * hidden, 6 * hidden) \
+            if len(ins) > 3 and ins[3] is not None else None     # the one Rb not folded
+        if before_reset:
+            hz, hr, hh = split_last(op.dense(h, r_all), 3)
+            hh = op.add(hh, rb_h) if rb_h is not None else hh
+        else:
+            hz, hr = split_last(op.dense(h, rows(r_all, 0, 2 * hidden)), 2)
         z, r = f(op.add(xz, hz)), f(op.add(xr, hr))
         if before_reset:
             cand = g(op.add(xh, op.multiply(r, hh)))
         else:
             rh = op.dense(op.multiply(r, h), rows(r_all, 2 * hidden, 3 * hidden))
-            if rb is not None:
-                rh = op.add(rh, rows(rb, 2 * hidden, 3 * hidden))
+            if rb_h is not None:
+                rh = op.add(rh, rb_h)
             cand = g(op.add(xh, rh))
         one = like(cx, h, 1.0)
         return [op.add(op.multiply(op.subtract(one, z), cand), op.multiply(z, h))]
-    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"))
+    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"), folded=2)
 
 
 @converter("LSTM", attrs=RNN_ATTRS)
@@ -1822,7 +1826,7 @@ def lstm(cx, ins, a):
     def cell(cx, d, acts, x_t, st, ins):
         f, g, h_act = acts
         h, c = st
-        pre = op.add(input_bias(cx, ins, d, x_t, 4, hidden), recurrence(cx, ins, d, h, 4, hidden))
+        pre = op.add(x_t, op.dense(h, direction_of(cx, ins[2], d)))
         i, o, fg, cand = split_last(pre, 4)
         peep = direction_of(cx, ins[7], d) if len(ins) > 7 and ins[7] is not None else None
         if peep is not None:
