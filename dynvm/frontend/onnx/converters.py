@@ -589,12 +589,35 @@ def reshape_op(cx, ins, a):
     if value is None:
         if a.get("allowzero", 0):
             raise Unsupported("allowzero=1 with a run-time shape")
-        return op.reshape(x, s)
+        parts = shape_parts(cx, s)
+        if parts is None or parts.count(None) != 1 or -1 in parts or 0 in parts:
+            return op.reshape(x, s)
+        value = [-1 if d is None else d for d in parts]    # the one run-time dim is inferred
     newshape = [int(d) for d in value]
     if a.get("allowzero", 0) and 0 in newshape:
         # a 0 is an empty dim, not a copy: the result has no elements
         return op.zeros(newshape, dtype=cx.type_of(x).dtype)
     return op.reshape(x, newshape)
+
+
+def shape_parts(cx, s):
+    """The entries of a run-time 1-D shape built by Concat of constants and one-element
+    run-time parts (as exported models build Reshape's shape): ints, None for a run-time
+    entry; None when s is not such a Concat. A Reshape whose only run-time entry is inferred
+    (-1) from the element count is a static reshape: the result's other dims stay static."""
+    if not (isinstance(s, ir.Call) and isinstance(s.callee, ir.Op) and s.callee.name == "concatenate"
+            and isinstance(s.args[0], ir.Tuple)):
+        return None
+    parts = []
+    for part in s.args[0].fields:
+        value = cx.value_of(part)
+        if value is not None:
+            parts += [int(d) for d in np.ravel(value)]
+        elif cx.type_of(part).shape == (1,):
+            parts.append(None)
+        else:
+            return None
+    return parts
 
 
 @converter("Flatten", attrs="axis")
@@ -628,6 +651,9 @@ def unsqueeze(cx, ins, a):
     x = ins[0]
     axes = input_or_attr(cx, ins, 1, a, "axes")
     out_rank = rank(cx, x) + len(axes)
+    value = cx.value_of(x)
+    if value is not None:                    # shape arithmetic on constants stays constant
+        return ir.const(np.expand_dims(value, tuple(sorted(a % out_rank for a in axes))))
     for axis in sorted(a % out_rank for a in axes):
         x = op.expand_dims(x, axis)
     return x
@@ -636,6 +662,9 @@ def unsqueeze(cx, ins, a):
 @converter("Concat", attrs="axis")
 def concat(cx, ins, a):
     parts = [x for x in ins if x is not None]
+    values = [cx.value_of(x) for x in parts]
+    if all(v is not None for v in values):
+        return ir.const(np.concatenate(values, a["axis"]))
     return op.concatenate(parts, a["axis"])
 
 
@@ -685,7 +714,19 @@ def slice_(cx, ins, a):
 @converter("Gather", attrs="axis")
 def gather(cx, ins, a):
     data, indices = ins
-    return op.take(data, indices, axis=axis_of(cx, data, a.get("axis", 0)), mode="wrap")
+    axis = axis_of(cx, data, a.get("axis", 0))
+    idx = cx.value_of(indices)
+    if idx is not None:
+        value = cx.value_of(data)
+        if (value is None and isinstance(data, ir.Call) and isinstance(data.callee, ir.Op)
+                and data.callee.name == "shape_of"):        # static dims of a run-time shape
+            dims = cx.type_of(data.args[0]).shape
+            picked = np.take(np.arange(len(dims)), idx, mode="wrap")
+            if not any(ir.is_any(dims[i]) for i in np.ravel(picked)):
+                value = np.array([-1 if ir.is_any(d) else d for d in dims], np.int64)
+        if value is not None and value.shape[axis]:
+            return ir.const(np.take(value, idx, axis=axis, mode="wrap"))
+    return op.take(data, indices, axis=axis, mode="wrap")
 
 
 def coordinate(cx, like_x, d, r):
@@ -1027,18 +1068,39 @@ def matmul_nd(cx, x, w):
     if rb == 2:
         if ra == 2:
             return op.matmul(x, w)
-        return op.dense(x, op.transpose(w))
-    if ra == rb == 3:
-        return op.batch_matmul(x, w, transpose_b=False)
+        value = cx.value_of(w)             # a weight: transposed once, at import
+        return op.dense(x, op.transpose(w) if value is None else ir.const(np.ascontiguousarray(value.T)))
     if ra == 2 and rb == 3:
-        return op.batch_matmul(op.expand_dims(x, 0), w, transpose_b=False)
+        x, ra = op.expand_dims(x, 0), 3
     if ra != rb:
         raise Unsupported(f"MatMul of ranks {ra} and {rb}")
     batch = [dim(cx, x, i) for i in range(ra - 2)]
-    x3 = reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
-    w3 = reshape(w, [-1, dim(cx, w, rb - 2), dim(cx, w, rb - 1)])
-    out = op.batch_matmul(x3, w3, transpose_b=False)
-    return reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+    x3 = x if ra == 3 else reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
+    wt = transposed_operand(cx, w)
+    if wt is not None:       # B^T costs the same one transpose as B: the (N, K) layout
+        w3, transpose_b = wt if rb == 3 else reshape(wt, [-1, dim(cx, wt, rb - 2), dim(cx, wt, rb - 1)]), True
+    else:
+        w3 = w if rb == 3 else reshape(w, [-1, dim(cx, w, rb - 2), dim(cx, w, rb - 1)])
+        transpose_b = False
+    out = op.batch_matmul(x3, w3, transpose_b=transpose_b)
+    return out if ra == 3 else reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+
+
+def transposed_operand(cx, w):
+    """B^T (its last two dims swapped) when B is a Transpose whose source can be read the
+    other way for the same price and batch_matmul's dot form fits better: the contraction K
+    at least as long as the output columns N (a run-time dim counts as long). The dot form
+    runs along K, the plain form along N; with a short K (attention's Q K^T, K = head size)
+    the plain form is faster, with a short N (attention's P V) the dot form, by up to 7x."""
+    if not (isinstance(w, ir.Call) and isinstance(w.callee, ir.Op) and w.callee.name == "transpose"):
+        return None
+    k, n = cx.type_of(w).shape[-2:]
+    if ir.is_any(n) or not (ir.is_any(k) or k >= n):
+        return None
+    source = w.args[0]
+    axes = w.attrs.get("axes") or list(reversed(range(rank(cx, source))))
+    axes = [a % len(axes) for a in axes]
+    return op.transpose(source, axes[:-2] + [axes[-1], axes[-2]])
 
 
 @converter("Einsum", attrs="equation")
