@@ -651,9 +651,6 @@ def unsqueeze(cx, ins, a):
     x = ins[0]
     axes = input_or_attr(cx, ins, 1, a, "axes")
     out_rank = rank(cx, x) + len(axes)
-    value = cx.value_of(x)
-    if value is not None:                    # shape arithmetic on constants stays constant
-        return ir.const(np.expand_dims(value, tuple(sorted(a % out_rank for a in axes))))
     for axis in sorted(a % out_rank for a in axes):
         x = op.expand_dims(x, axis)
     return x
@@ -662,9 +659,6 @@ def unsqueeze(cx, ins, a):
 @converter("Concat", attrs="axis")
 def concat(cx, ins, a):
     parts = [x for x in ins if x is not None]
-    values = [cx.value_of(x) for x in parts]
-    if all(v is not None for v in values):
-        return ir.const(np.concatenate(values, a["axis"]))
     return op.concatenate(parts, a["axis"])
 
 
@@ -716,16 +710,12 @@ def gather(cx, ins, a):
     data, indices = ins
     axis = axis_of(cx, data, a.get("axis", 0))
     idx = cx.value_of(indices)
-    if idx is not None:
-        value = cx.value_of(data)
-        if (value is None and isinstance(data, ir.Call) and isinstance(data.callee, ir.Op)
-                and data.callee.name == "shape_of"):        # static dims of a run-time shape
-            dims = cx.type_of(data.args[0]).shape
-            picked = np.take(np.arange(len(dims)), idx, mode="wrap")
-            if not any(ir.is_any(dims[i]) for i in np.ravel(picked)):
-                value = np.array([-1 if ir.is_any(d) else d for d in dims], np.int64)
-        if value is not None and value.shape[axis]:
-            return ir.const(np.take(value, idx, axis=axis, mode="wrap"))
+    if idx is not None and isinstance(data, ir.Call) and isinstance(data.callee, ir.Op) \
+            and data.callee.name == "shape_of":      # static dims of a run-time shape: constants
+        dims = cx.type_of(data.args[0]).shape
+        picked = np.take(np.arange(len(dims)), idx, mode="wrap") if dims else None
+        if picked is not None and not any(ir.is_any(dims[i]) for i in np.ravel(picked)):
+            return ir.const(np.array([dims[i] for i in np.ravel(picked)], np.int64).reshape(picked.shape))
     return op.take(data, indices, axis=axis, mode="wrap")
 
 
