@@ -106,7 +106,7 @@ def _check(spec, inputs, outputs):
         if kind == "scratch" and not (ref >= 0 and ref % 64 == 0
                                       and ref + slot_bytes(slots[s]) <= spec["workspace"]):
             raise KernelError(f"loop slot {s}: offset {ref} outside the workspace or unaligned")
-        if kind == "view" and not (0 <= ref < s and slots[ref][2] == "scratch"
+        if kind == "view" and not (0 <= ref < s and slots[ref][2] in ("scratch", "view")
                                    and slot_bytes(slots[ref]) == slot_bytes(slots[s])):
             raise KernelError(f"loop slot {s}: bad view of slot {ref}")
     for symbol, args in spec["header"] + spec["body"]:
