@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dynvm.bench import harness, onnx_file, peers  # noqa: E402
 
-SIZES = {"lstm_linear": (16, 64, 256), "bidirectional_gru": (16, 64, 256),
+SIZES = {"lstm_linear": (1, 8, 32, 128, 512), "bidirectional_gru": (1, 8, 32, 128, 512),
          "transformer_encoder": (8, 32, 128), "detection_postprocess": (10, 100, 1000),
          "greedy_decoder": (8, 32, 128), "data_dependent_if": (4, 64, 1024)}
 

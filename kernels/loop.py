@@ -16,7 +16,9 @@ spec:
   slots     [[dtype, shape, kind, ref]...]: the tensors of one iteration. kind "input": argument
             `ref` (shape may hold None for dims only known at run time: the incoming descriptor
             is used as it is); "scratch": `ref` is a byte offset in the workspace; "view": the
-            data of slot `ref` seen with another static shape (a reshape).
+            data of slot `ref` seen with another static shape (a reshape); "output": result
+            `ref` itself (None dims allowed, the descriptor used as it is): the state of an
+            in-place update, whose inner calls write into it;
   header    [[symbol, [slot...]]...]: kernel calls (dispatchers of this module) that compute
             the condition, run at the top of every iteration;
   cond      the bool 0-d slot; the loop continues while it differs from `exit_when`;
@@ -25,8 +27,11 @@ spec:
             (scratch) is loaded from the input before the first iteration and replaced by the
             next slot's value after every iteration, as a parallel assignment: a next value
             that is (a view of) another state, a swap, is first copied to its stage slot
-            (-1: none);
-  results   [slot...]: what the outputs receive when the loop exits;
+            (-1: none). An "output" state slot is updated in place: its next slot is itself,
+            no stage; the input is copied into the output once, before the first iteration
+            (same extents, both compact);
+  results   [slot...]: what the outputs receive when the loop exits (an "output" slot of
+            this result already holds it);
   workspace its size in bytes;
   steps     [fixed, per_iteration]: the function as bytecode runs fixed + n * per_iteration
             instructions for n iterations; the VM charges max_steps that (the kernel only
@@ -48,7 +53,7 @@ from dynvm.kernels.llvm_util import (DLTENSOR, F_DATA, F_DTYPE, F_NDIM, F_SHAPE,
 from dynvm.vm.dtypes import DTYPES, itemsize
 from dynvm.vm.errors import KernelError
 
-SLOT_KINDS = ("input", "scratch", "view")
+SLOT_KINDS = ("input", "scratch", "view", "output")
 WORD = 8    # the workspace is int64[words]
 
 
@@ -84,22 +89,24 @@ def _check(spec, inputs, outputs):
                           "the counters (int64, 1-d)")
     if len(spec["results"]) != len(outputs) - 2:
         raise KernelError("loop kernel: one result slot per output")
-    input_refs = set()
+    input_refs, output_refs = set(), set()
     for s, (dtype, shape, kind, ref) in enumerate(slots):
         if kind not in SLOT_KINDS or dtype not in DTYPES:
             raise KernelError(f"loop slot {s}: bad kind {kind!r} or dtype {dtype!r}")
-        if kind == "input":
-            if not 0 <= ref < n_in or inputs[ref] != [dtype, len(shape)] or ref in input_refs:
-                raise KernelError(f"loop slot {s}: input {ref} does not match the signature "
+        if kind in ("input", "output"):
+            n, sig, refs = (n_in, inputs, input_refs) if kind == "input" else \
+                (len(outputs) - 2, outputs, output_refs)
+            if not 0 <= ref < n or sig[ref] != [dtype, len(shape)] or ref in refs:
+                raise KernelError(f"loop slot {s}: {kind} {ref} does not match the signature "
                                   "or has another slot")
-            input_refs.add(ref)
+            refs.add(ref)
             continue
         if any(type(d) is not int or d < 0 for d in shape):
             raise KernelError(f"loop slot {s}: a {kind} slot needs a static shape, got {shape}")
         if kind == "scratch" and not (ref >= 0 and ref % 64 == 0
                                       and ref + slot_bytes(slots[s]) <= spec["workspace"]):
             raise KernelError(f"loop slot {s}: offset {ref} outside the workspace or unaligned")
-        if kind == "view" and not (0 <= ref < s and slots[ref][2] != "input"
+        if kind == "view" and not (0 <= ref < s and slots[ref][2] in ("scratch", "view")
                                    and slot_bytes(slots[ref]) == slot_bytes(slots[s])):
             raise KernelError(f"loop slot {s}: bad view of slot {ref}")
     for symbol, args in spec["header"] + spec["body"]:
@@ -113,6 +120,11 @@ def _check(spec, inputs, outputs):
         raise KernelError("loop condition must be a bool 0-d slot")
     states = {state for _, state, _, _ in spec["carried"]}
     for k, state, nxt, stage in spec["carried"]:
+        if slots[state][2] == "output":
+            if nxt != state or stage != -1 or [slots[state][0], len(slots[state][1])] != inputs[k]:
+                raise KernelError(f"loop state slot {state}: an in-place state is its own next "
+                                  f"value, without a stage, and matches input {k}")
+            continue
         nxt_root = root_slot(slots, nxt)
         kind_of = {slots[state][2], slots[stage][2] if stage >= 0 else "scratch"}
         same = slots[state][:2] == slots[nxt][:2] == (slots[stage][:2] if stage >= 0 else slots[nxt][:2])
@@ -121,7 +133,8 @@ def _check(spec, inputs, outputs):
         if (nxt_root in states) != (stage >= 0):
             raise KernelError(f"loop state slot {state}: a next value that is a state needs a stage slot")
     for j, s in enumerate(spec["results"]):
-        if slots[s][2] == "input" or [slots[s][0], len(slots[s][1])] != outputs[j]:
+        if slots[s][2] == "input" or slots[s][2] == "output" and slots[s][3] != j or \
+                [slots[s][0], len(slots[s][1])] != outputs[j]:
             raise KernelError(f"loop result {j}: slot {s} does not match the output")
     steps = spec["steps"]
     if not (isinstance(steps, list) and len(steps) == 2 and all(type(x) is int and 1 <= x < 1 << 32 for x in steps)):
@@ -157,7 +170,10 @@ class _LoopEmitter:
         self.data = self.slot_data()
         self.calls = {id(c): self.descriptors(k, c) for k, c in enumerate(self.spec["header"] + self.spec["body"])}
         for k, state, _, _ in self.spec["carried"]:
-            self.copy(self.data[state], self.arrays[k][0], self.slots[state])
+            if self.slots[state][2] == "output":
+                self.copy_run_time(self.data[state], self.arrays[k], self.slots[state][0])
+            else:
+                self.copy(self.data[state], self.arrays[k][0], self.slots[state])
         budget = b.load(self.arrays[self.budget_arg][0], typ=I64)
         counters = self.arrays[self.counters_arg][0]
         self.counters = counters, b.gep(counters, [const(I64, 1)], source_etype=I64)
@@ -174,10 +190,16 @@ class _LoopEmitter:
         for dtype, shape, kind, ref in self.slots:
             if kind == "input":
                 known.setdefault(ref, shape)
+            elif kind == "output":
+                known[self.n_in + ref] = shape
         for k, state, _, _ in spec["carried"]:
             known[k] = self.slots[state][1]
+            if self.slots[state][2] == "output":        # copied in whole: the same extents
+                out = self.arrays[self.n_in + self.slots[state][3]][1]
+                for d, (got, want) in enumerate(zip(self.arrays[k][1], out)):
+                    check(b, b.icmp_signed("==", got, want), ERR_SHAPE | k << 8 | d << 16)
         for j, s in enumerate(spec["results"]):
-            known[self.n_in + j] = self.slots[s][1]
+            known.setdefault(self.n_in + j, self.slots[s][1])
         for k, shape in known.items():
             for d, want in enumerate(shape):
                 if want is not None:
@@ -199,12 +221,13 @@ class _LoopEmitter:
         done = self.fn.append_basic_block("strides.ok")
         b.cbranch(b.icmp_unsigned("==", strides, ir.Constant(PTR, None)), done, given)
         b.position_at_end(given)
-        expected = 1
-        for d in reversed(range(len(shape))):
-            if shape[d] > 1:
-                got = b.load(b.gep(strides, [const(I64, d)], source_etype=I64), typ=I64)
-                check(b, b.icmp_signed("==", got, const(I64, expected)), ERR_LAYOUT | k << 8 | d << 16)
-            expected *= shape[d]
+        expected = const(I64, 1)
+        for d in reversed(range(len(shape))):     # dims the spec leaves open: run-time extents
+            extent = const(I64, shape[d]) if shape[d] is not None else self.arrays[k][1][d]
+            got = b.load(b.gep(strides, [const(I64, d)], source_etype=I64), typ=I64)
+            ok = b.or_(b.icmp_signed("<=", extent, const(I64, 1)), b.icmp_signed("==", got, expected))
+            check(b, ok, ERR_LAYOUT | k << 8 | d << 16)
+            expected = b.mul(expected, extent)
         b.branch(done)
         b.position_at_end(done)
 
@@ -213,8 +236,8 @@ class _LoopEmitter:
         ws = self.arrays[self.ws_arg][0]
         data = []
         for dtype, shape, kind, ref in self.slots:
-            if kind == "input":
-                data.append(self.arrays[ref][0])
+            if kind in ("input", "output"):
+                data.append(self.arrays[ref if kind == "input" else self.n_in + ref][0])
             elif kind == "scratch":
                 data.append(self.b.gep(ws, [const(I64, ref)], source_etype=I8))
             else:
@@ -245,8 +268,9 @@ class _LoopEmitter:
         for j, s in enumerate(args):
             dtype, shape, kind, ref = self.slots[s]
             slot_ptr = b.gep(array, [const(I64, j)], inbounds=True, source_etype=DLTENSOR)
-            if kind == "input":
-                incoming = b.gep(self.fn.args[0], [const(I64, ref)], inbounds=True, source_etype=DLTENSOR)
+            if kind in ("input", "output"):
+                arg = ref if kind == "input" else self.n_in + ref
+                incoming = b.gep(self.fn.args[0], [const(I64, arg)], inbounds=True, source_etype=DLTENSOR)
                 b.store(b.load(incoming, typ=DLTENSOR), slot_ptr)
                 continue
             _, code, bits = DTYPES[dtype]
@@ -293,7 +317,8 @@ class _LoopEmitter:
         b.position_at_end(exit_)
         b.store(i, self.counters[0])
         for j, s in enumerate(spec["results"]):
-            self.copy(self.arrays[self.n_in + j][0], self.data[s], self.slots[s])
+            if self.slots[s][2] != "output":
+                self.copy(self.arrays[self.n_in + j][0], self.data[s], self.slots[s])
         b.ret(const(I32, 0))
 
     def run_calls(self, calls, first_index, i):
@@ -321,12 +346,22 @@ class _LoopEmitter:
     def step_state(self):
         """state := next for every carried value, as a parallel assignment (swaps go through
         their stage slots first)."""
-        carried = self.spec["carried"]
+        carried = [c for c in self.spec["carried"] if self.slots[c[1]][2] != "output"]
         for _, state, nxt, stage in carried:
             if stage >= 0:
                 self.copy(self.data[stage], self.data[nxt], self.slots[state])
         for _, state, nxt, stage in carried:
             self.copy(self.data[state], self.data[stage if stage >= 0 else nxt], self.slots[state])
+
+    def copy_run_time(self, dst, array, dtype):
+        """Copy a whole compact argument (extents read at run time) to `dst`."""
+        _, extents, _ = array
+        size = const(I64, itemsize(dtype))
+        for e in extents:
+            size = self.b.mul(size, e)
+        memcpy = get_function(self.module, "llvm.memcpy.p0.p0.i64",
+                              ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I1]))
+        self.b.call(memcpy, [dst, array[0], size, const(I1, 0)])
 
     def copy(self, dst, src, slot):
         size = slot_bytes(slot)

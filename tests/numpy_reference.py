@@ -182,6 +182,17 @@ def take(inputs, outputs, attrs):
     store("take", outputs[0], np.take(data, indices, axis=axis, mode=attrs.get("mode", "clip")))
 
 
+@reference("set_row")
+def set_row(inputs, outputs, attrs):
+    """data with row index (clamped into [0, n - 1]) replaced; an empty axis has no row."""
+    data, index, row = inputs
+    if data.shape[0] == 0:
+        raise ShapeError(f"set_row: data of shape {data.shape} has no row to replace")
+    out = data.copy()
+    out[min(max(int(index), 0), data.shape[0] - 1)] = row
+    store("set_row", outputs[0], out)
+
+
 @reference("broadcast_to")
 def broadcast_to(inputs, outputs, attrs):
     try:

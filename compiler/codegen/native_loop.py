@@ -8,7 +8,10 @@ A function qualifies when its body has the shape `while_loop` gives it:
 (or with the branches swapped), where every value computed per iteration is a call of a compiled
 kernel (an op or a fused primitive) or a static reshape, with a static type; parameters passed
 on unchanged (loop invariants) may have `Any` dims, the others (the loop state) must be static
-tensors. Everything else (calls of functions, closures, ADTs, data-dependent shapes, nested
+tensors, except a state updated in place: one whose only use in an iteration is a `set_row` of
+it giving its next value (a recurrent layer's output, allocated once for the whole sequence).
+Such a state is one of the kernel's outputs: the kernel copies its initial value in once and
+every `set_row` writes its row there. Everything else (calls of functions, closures, ADTs, data-dependent shapes, nested
 control flow) keeps the bytecode loop. The function stays a function: callers `Invoke` it as
 before; only its body becomes a CallLoop. `build(mod, native_loops=False)` keeps every loop in
 bytecode.
@@ -92,7 +95,9 @@ class LoopPlan(Walker):
             _match_loop(name, func)
         params = list(func.params)
         self.carried = [i for i, (p, a) in enumerate(zip(params, call.args)) if a is not p]
-        self.result_params = list(dict.fromkeys(i for i in self.exits if i in self.carried))
+        self.in_place = _in_place_states(params, self.carried, header, branch.cond, body, call)
+        self.result_params = list(dict.fromkeys([*(i for i in self.exits if i in self.carried),
+                                                 *self.in_place]))
         self.slots, self.header, self.body = [], [], []
         # inputs after the parameters, computed before the loop: ("const", constant index) or
         # ("shape", parameter index) for the shape of a loop invariant
@@ -113,17 +118,22 @@ class LoopPlan(Walker):
                 raise NotNative(f"the next value of %{func.params[i].name} has another shape")
         states = set(self.state.values())
         self.stages = {i: self.scratch(self.slots[self.next[i]][:2])
-                       if root_slot(self.slots, self.next[i]) in states else -1 for i in self.carried}
+                       if root_slot(self.slots, self.next[i]) in states and i not in self.in_place
+                       else -1 for i in self.carried}
         if self.workspace > MAX_WORKSPACE:
             raise NotNative(f"workspace of {self.workspace} bytes")
 
     def bind_params(self):
-        """Loop state: a scratch slot each (static tensors only); invariants: input slots."""
+        """Loop state: a scratch slot each (static tensors only), or an output slot (updated in
+        place); invariants: input slots."""
         for i, p in enumerate(self.func.params):
             t = p.checked_type
             if not isinstance(t, TensorType):
                 raise NotNative(f"parameter %{p.name} is not a tensor")
-            if i in self.carried:
+            if i in self.in_place:
+                shape = [None if is_any(d) else d for d in t.shape]
+                self.env[p] = self.new_slot(t.dtype, shape, "output", self.result_params.index(i))
+            elif i in self.carried:
                 self.env[p] = self.scratch(self._static(t, f"loop state %{p.name}"))
             else:
                 shape = [None if is_any(d) else d for d in t.shape]
@@ -221,13 +231,16 @@ class LoopPlan(Walker):
                 return self.new_slot(dtype, shape, "view", source)
             if opdef.lowering != "kernel" or opdef.shape_mode == "upper_bound":
                 raise NotNative(f"op {opdef.name} is lowered to {opdef.lowering}")
-        outputs = [self._static(t, "a loop value") for t in tensor_leaves(node.checked_type)]
         inputs = [s for value in (yield from each(node.args)) for s in _flatten(value)]
+        if inputs and self.slots[inputs[0]][2] == "output":   # the set_row of an in-place state
+            out_slots = [inputs[0]]
+        else:
+            out_slots = [self.scratch(self._static(t, "a loop value"))
+                         for t in tensor_leaves(node.checked_type)]
         kernel, _ = kernel_of(self.mc, node)
         entry = self.mc.kernel_builder.entry(kernel)
         if entry["kind"] != "compiled":
             raise NotNative(f"kernel {entry['name']} is not compiled")
-        out_slots = [self.scratch(t) for t in outputs]
         self.calls.append([entry["symbol"], inputs + out_slots])
         return out_slots if len(out_slots) > 1 or not isinstance(node.checked_type, TensorType) \
             else out_slots[0]
@@ -250,7 +263,8 @@ class LoopPlan(Walker):
         extra_regs = [em.emit_to("LoadConst", ref) if kind == "const" else em.emit_to("ShapeOf", em.env[params[ref]])
                       for kind, ref in self.extra_inputs]
         out_types = {i: params[i].checked_type for i in self.result_params}
-        out_regs = {i: em.alloc_static(t) for i, t in out_types.items()}
+        out_regs = {i: em.alloc_dynamic(em.emit_to("ShapeOf", em.env[params[i]]), t.dtype)
+                    if i in self.in_place else em.alloc_static(t) for i, t in out_types.items()}
         workspace = em.alloc_static(TensorType((self.workspace // 8,), "int64"))
         inputs = [em.env[p] for p in params] + extra_regs
         in_sig = [(p.checked_type.dtype, p.checked_type.rank) for p in params]
@@ -264,6 +278,46 @@ class LoopPlan(Walker):
         em.emit("CallLoop", kernel, inputs, results + [workspace])
         fields = [out_regs.get(i, em.env[params[i]]) for i in self.exits]
         em.emit("Ret", em.make_tuple(fields) if self.tuple_result else fields[0])
+
+
+def _in_place_states(params, carried, header, cond, body, call) -> list:
+    """The loop states (parameter indices) updated in place: not static, and used once in an
+    iteration, by the `set_row` giving the next value (directly, or through a let variable used
+    only there). Nothing else reads the state during an iteration, so writing its row into the
+    state's memory is the update `set_row` describes."""
+    uses = _var_uses([value for _, value in header + body] + [cond, *call.args])
+    lets = dict(body)
+    found = []
+    for i in carried:
+        p, nxt = params[i], call.args[i]
+        if isinstance(p.checked_type, TensorType) and p.checked_type.is_static:
+            continue
+        if isinstance(nxt, E.Var) and uses.get(nxt) == 1:
+            nxt = lets.get(nxt, nxt)
+        if (isinstance(nxt, E.Call) and isinstance(nxt.callee, E.Op) and nxt.callee.name == "set_row"
+                and nxt.args[0] is p and uses.get(p) == 1):
+            found.append(i)
+    return found
+
+
+def _var_uses(roots) -> dict:
+    """Var -> how many times the expressions `roots` reference it (a let's binder excluded)."""
+    uses, stack = {}, list(roots)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, E.Var):
+            uses[node] = uses.get(node, 0) + 1
+        elif isinstance(node, E.Let):
+            stack += [node.value, node.body]
+        elif isinstance(node, E.Call):
+            stack += [node.callee, *node.args]
+        elif isinstance(node, E.Tuple):
+            stack += node.fields
+        elif isinstance(node, E.TupleGetItem):
+            stack.append(node.tuple_value)
+        elif isinstance(node, E.If):
+            stack += [node.cond, node.true_branch, node.false_branch]
+    return uses
 
 
 def _flatten(value):

@@ -7,8 +7,9 @@ pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from dynvm.compiler import ir  # noqa: E402
+from dynvm.compiler import build, ir  # noqa: E402
 from dynvm.frontend.onnx import UnsupportedOnnxError, from_onnx  # noqa: E402
+from dynvm.vm import VirtualMachine  # noqa: E402
 from dynvm.vm.errors import DynVMError  # noqa: E402
 from tests.frontend import onnx_models as M  # noqa: E402
 
@@ -75,8 +76,6 @@ def test_shape_arithmetic_on_static_dims_folds_to_a_static_reshape():
 def test_a_loop_body_computes_the_enclosing_graphs_values_once(tmp_path):
     """The body (and an If inside it) uses x @ w, computed outside the loop: the product runs
     once per call, not once per iteration."""
-    from dynvm.compiler import build
-    from dynvm.vm import VirtualMachine
     inner_then = helper.make_graph([helper.make_node("Add", ["acc_in", "xw"], ["t"])], "then", [],
                                    [info("t", None)])
     inner_else = helper.make_graph([helper.make_node("Sub", ["acc_in", "xw"], ["e"])], "else", [],
@@ -102,3 +101,25 @@ def test_a_loop_body_computes_the_enclosing_graphs_values_once(tmp_path):
     products = {k: v["calls"] for k, v in vm.profile()["kernels"].items()
                 if "dense" in k or "matmul" in k}
     assert sum(products.values()) == 1, products
+
+
+def test_a_reshape_with_one_run_time_entry_infers_it_and_keeps_the_other_dims_static():
+    """x (n, 6, 4) reshaped to Concat([n, Gather(Shape(x), 1) / 2, 8]): the Gather of the static
+    dim folds, the run-time n is inferred (-1), and the result's type keeps (3, 8)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Gather", ["s", "one"], ["m"], axis=0),
+             helper.make_node("Div", ["m", "two"], ["half"]),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Unsqueeze", ["half", "axes"], ["h1"]),
+             helper.make_node("Concat", ["n1", "h1", "eight"], ["newshape"], axis=0),
+             helper.make_node("Reshape", ["x", "newshape"], ["y"])]
+    m = M.model(nodes, [info("x", ["n", 6, 4])], [info("y", ["n", 3, 8])],
+                {"zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+                 "two": np.array(2, np.int64), "axes": np.array([0], np.int64),
+                 "eight": np.array([8], np.int64)})
+    fn = from_onnx(m)["main"]
+    assert fn.body.callee.name == "reshape" and fn.body.attrs["newshape"] == [-1, 3, 8]
+    x = np.arange(48, dtype=np.float32).reshape(2, 6, 4)
+    np.testing.assert_array_equal(VirtualMachine(build(from_onnx(m))).invoke("main", x),
+                                  x.reshape(2, 3, 8))

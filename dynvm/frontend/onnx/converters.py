@@ -589,12 +589,35 @@ def reshape_op(cx, ins, a):
     if value is None:
         if a.get("allowzero", 0):
             raise Unsupported("allowzero=1 with a run-time shape")
-        return op.reshape(x, s)
+        parts = shape_parts(cx, s)
+        if parts is None or parts.count(None) != 1 or -1 in parts or 0 in parts:
+            return op.reshape(x, s)
+        value = [-1 if d is None else d for d in parts]    # the one run-time dim is inferred
     newshape = [int(d) for d in value]
     if a.get("allowzero", 0) and 0 in newshape:
         # a 0 is an empty dim, not a copy: the result has no elements
         return op.zeros(newshape, dtype=cx.type_of(x).dtype)
     return op.reshape(x, newshape)
+
+
+def shape_parts(cx, s):
+    """The entries of a run-time 1-D shape built by Concat of constants and one-element
+    run-time parts (as exported models build Reshape's shape): ints, None for a run-time
+    entry; None when s is not such a Concat. A Reshape whose only run-time entry is inferred
+    (-1) from the element count is a static reshape: the result's other dims stay static."""
+    if not (isinstance(s, ir.Call) and isinstance(s.callee, ir.Op) and s.callee.name == "concatenate"
+            and isinstance(s.args[0], ir.Tuple)):
+        return None
+    parts = []
+    for part in s.args[0].fields:
+        value = cx.value_of(part)
+        if value is not None:
+            parts += [int(d) for d in np.ravel(value)]
+        elif cx.type_of(part).shape == (1,):
+            parts.append(None)
+        else:
+            return None
+    return parts
 
 
 @converter("Flatten", attrs="axis")
@@ -685,7 +708,15 @@ def slice_(cx, ins, a):
 @converter("Gather", attrs="axis")
 def gather(cx, ins, a):
     data, indices = ins
-    return op.take(data, indices, axis=axis_of(cx, data, a.get("axis", 0)), mode="wrap")
+    axis = axis_of(cx, data, a.get("axis", 0))
+    idx = cx.value_of(indices)
+    if idx is not None and isinstance(data, ir.Call) and isinstance(data.callee, ir.Op) \
+            and data.callee.name == "shape_of":      # static dims of a run-time shape: constants
+        dims = cx.type_of(data.args[0]).shape
+        picked = np.take(np.arange(len(dims)), idx, mode="wrap") if dims else None
+        if picked is not None and not any(ir.is_any(dims[i]) for i in np.ravel(picked)):
+            return ir.const(np.array([dims[i] for i in np.ravel(picked)], np.int64).reshape(picked.shape))
+    return op.take(data, indices, axis=axis, mode="wrap")
 
 
 def coordinate(cx, like_x, d, r):
@@ -1027,18 +1058,39 @@ def matmul_nd(cx, x, w):
     if rb == 2:
         if ra == 2:
             return op.matmul(x, w)
-        return op.dense(x, op.transpose(w))
-    if ra == rb == 3:
-        return op.batch_matmul(x, w, transpose_b=False)
+        value = cx.value_of(w)             # a weight: transposed once, at import
+        return op.dense(x, op.transpose(w) if value is None else ir.const(np.ascontiguousarray(value.T)))
     if ra == 2 and rb == 3:
-        return op.batch_matmul(op.expand_dims(x, 0), w, transpose_b=False)
+        x, ra = op.expand_dims(x, 0), 3
     if ra != rb:
         raise Unsupported(f"MatMul of ranks {ra} and {rb}")
     batch = [dim(cx, x, i) for i in range(ra - 2)]
-    x3 = reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
-    w3 = reshape(w, [-1, dim(cx, w, rb - 2), dim(cx, w, rb - 1)])
-    out = op.batch_matmul(x3, w3, transpose_b=False)
-    return reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+    x3 = x if ra == 3 else reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
+    wt = transposed_operand(cx, w)
+    if wt is not None:       # B^T costs the same one transpose as B: the (N, K) layout
+        w3, transpose_b = wt if rb == 3 else reshape(wt, [-1, dim(cx, wt, rb - 2), dim(cx, wt, rb - 1)]), True
+    else:
+        w3 = w if rb == 3 else reshape(w, [-1, dim(cx, w, rb - 2), dim(cx, w, rb - 1)])
+        transpose_b = False
+    out = op.batch_matmul(x3, w3, transpose_b=transpose_b)
+    return out if ra == 3 else reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+
+
+def transposed_operand(cx, w):
+    """B^T (its last two dims swapped) when B is a Transpose whose source can be read the
+    other way for the same price and batch_matmul's dot form fits better: the contraction K
+    at least as long as the output columns N (a run-time dim counts as long). The dot form
+    runs along K, the plain form along N; with a short K (attention's Q K^T, K = head size)
+    the plain form is faster, with a short N (attention's P V) the dot form, by up to 7x."""
+    if not (isinstance(w, ir.Call) and isinstance(w.callee, ir.Op) and w.callee.name == "transpose"):
+        return None
+    k, n = cx.type_of(w).shape[-2:]
+    if ir.is_any(n) or not (ir.is_any(k) or k >= n):
+        return None
+    source = w.args[0]
+    axes = w.attrs.get("axes") or list(reversed(range(rank(cx, source))))
+    axes = [a % len(axes) for a in axes]
+    return op.transpose(source, axes[:-2] + [axes[-1], axes[-2]])
 
 
 @converter("Einsum", attrs="equation")
@@ -1677,7 +1729,9 @@ RNN_ATTRS = "activations direction hidden_size layout"
 
 
 def rows(e, lo, hi):
-    """e[lo:hi] along axis 0."""
+    """e[lo:hi] along axis 0 (sliced at import time when e is a constant)."""
+    if isinstance(e, ir.Constant):
+        return ir.const(np.ascontiguousarray(e.data[lo:hi]))
     return op.strided_slice(e, [lo], [hi], axes=[0])
 
 
@@ -1696,9 +1750,11 @@ def activations(a, defaults, directions):
     return [[ACTIVATIONS[n] for n in names[d * k:(d + 1) * k]] for d in range(directions)]
 
 
-def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
+def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",), folded=None):
     """Shared by RNN, GRU and LSTM. `cell(cx, d, acts, x_t, states, inputs)` returns the new
-    states (h first). Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
+    states (h first), x_t being row t of the input projection X W^T + Wb, plus Rb on the first
+    `folded` gates (default: all): a bias that is only ever added is added once, in the one
+    GEMM over every step, not in every step. Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
     x = ins[0]
     if a.get("layout", 0):
         x = op.transpose(x, [1, 0, 2])
@@ -1716,6 +1772,8 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
     for d, reverse in enumerate(dirs):
         w = direction_of(cx, ins[1], d)
         xw = op.dense(x, w)                                     # (seq, batch, gates * hidden)
+        if len(ins) > 3 and ins[3] is not None:
+            xw = op.add(xw, input_bias(cx, ins, d, gates, hidden, gates if folded is None else folded))
         states0 = []
         for i in (5, 6)[:1 + with_c]:                       # initial_h, initial_c
             given = ins[i] if len(ins) > i else None
@@ -1740,44 +1798,38 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",)):
 
 def time_loop(cx, xw, states0, seq, reverse, step):
     """Run `step(x_t, states) -> states` over t (backwards when reverse); (Y, final states)
-    with Y (seq, batch, hidden) in time order."""
+    with Y (seq, batch, hidden) in time order. Y is allocated once and each step writes its row
+    with `set_row`, which a native loop does in place."""
     mark = len(cx.captures)
     xw, seq = cx.capture(xw), cx.capture(seq)
     t = ir.var("t", ir.TensorType((), "int64"))
     states = [ir.var(f"s{k}", cx.type_of(s)) for k, s in enumerate(states0)]
     h_type = cx.type_of(states0[0])
     acc = ir.var("y", ir.TensorType((ir.Any(),) + h_type.shape, h_type.dtype))
-    acc0 = op.zeros(shape_vector([0, *(dim(cx, states0[0], i) for i in range(2))]),
+    acc0 = op.zeros(shape_vector([seq, *(dim(cx, states0[0], i) for i in range(2))]),
                     dtype=h_type.dtype)
     new = step(op.take(xw, t, axis=0), states)
-    row = op.expand_dims(new[0], 0)
     one = const(1, "int64")
     if reverse:
         t0, nxt, go = op.subtract(seq, one), op.subtract(t, one), op.greater(t, const(-1, "int64"))
-        grown = op.concatenate([row, acc], 0)
     else:
         t0, nxt, go = const(0, "int64"), op.add(t, one), op.less(t, seq)
-        grown = op.concatenate([acc, row], 0)
     result = cx.bind_captures(mark, ir.while_loop(
-        lambda *_: go, lambda *_: [nxt, *new, grown], [(t, t0), *zip(states, states0), (acc, acc0)],
-        name="onnx_rnn"))
+        lambda *_: go, lambda *_: [nxt, *new, op.set_row(acc, t, new[0])],
+        [(t, t0), *zip(states, states0), (acc, acc0)], name="onnx_rnn"))
     n = len(states)
     return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
 
 
-def recurrence(cx, ins, d, h, gates, hidden):
-    """h R^T + Rb for direction d (the recurrent half of the bias)."""
-    hr = op.dense(h, direction_of(cx, ins[2], d))
-    if len(ins) > 3 and ins[3] is not None:
-        b = direction_of(cx, ins[3], d)
-        hr = op.add(hr, rows(b, gates * hidden, 2 * gates * hidden))
-    return hr
-
-
-def input_bias(cx, ins, d, x_t, gates, hidden):
-    if len(ins) > 3 and ins[3] is not None:
-        return op.add(x_t, rows(direction_of(cx, ins[3], d), 0, gates * hidden))
-    return x_t
+def input_bias(cx, ins, d, gates, hidden, folded):
+    """Wb, plus Rb on the first `folded` gates (gates * hidden,)."""
+    b = direction_of(cx, ins[3], d)
+    wb, rb = rows(b, 0, gates * hidden), rows(b, gates * hidden, (gates + folded) * hidden)
+    if folded < gates:
+        rb = op.concatenate([rb, op.zeros(((gates - folded) * hidden,), dtype=cx.type_of(b).dtype)], 0)
+    if isinstance(wb, ir.Constant) and isinstance(rb, ir.Constant):
+        return ir.const(wb.data + rb.data)
+    return op.add(wb, rb)
 
 
 @converter("RNN", attrs=RNN_ATTRS)
@@ -1785,8 +1837,7 @@ def rnn(cx, ins, a):
     hidden = a["hidden_size"]
 
     def cell(cx, d, acts, x_t, st, ins):
-        pre = op.add(input_bias(cx, ins, d, x_t, 1, hidden), recurrence(cx, ins, d, st[0], 1, hidden))
-        return [acts[0](pre)]
+        return [acts[0](op.add(x_t, op.dense(st[0], direction_of(cx, ins[2], d))))]
     return recurrent(cx, ins, a, 1, cell)
 
 
@@ -1798,23 +1849,26 @@ def gru(cx, ins, a):
     def cell(cx, d, acts, x_t, st, ins):
         f, g = acts
         h = st[0]
-        xz, xr, xh = split_last(input_bias(cx, ins, d, x_t, 3, hidden), 3)
+        xz, xr, xh = split_last(x_t, 3)
         r_all = direction_of(cx, ins[2], d)
-        rb = rows(direction_of(cx, ins[3], d), 3 * hidden, 6 * hidden) \
-            if len(ins) > 3 and ins[3] is not None else None
-        hz, hr, hh = split_last(op.add(op.dense(h, r_all), rb) if rb is not None
-                                 else op.dense(h, r_all), 3)
+        rb_h = rows(direction_of(cx, ins[3], d), 5 * hidden, 6 * hidden) \
+            if len(ins) > 3 and ins[3] is not None else None     # the one Rb not folded
+        if before_reset:
+            hz, hr, hh = split_last(op.dense(h, r_all), 3)
+            hh = op.add(hh, rb_h) if rb_h is not None else hh
+        else:
+            hz, hr = split_last(op.dense(h, rows(r_all, 0, 2 * hidden)), 2)
         z, r = f(op.add(xz, hz)), f(op.add(xr, hr))
         if before_reset:
             cand = g(op.add(xh, op.multiply(r, hh)))
         else:
             rh = op.dense(op.multiply(r, h), rows(r_all, 2 * hidden, 3 * hidden))
-            if rb is not None:
-                rh = op.add(rh, rows(rb, 2 * hidden, 3 * hidden))
+            if rb_h is not None:
+                rh = op.add(rh, rb_h)
             cand = g(op.add(xh, rh))
         one = like(cx, h, 1.0)
         return [op.add(op.multiply(op.subtract(one, z), cand), op.multiply(z, h))]
-    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"))
+    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"), folded=2)
 
 
 @converter("LSTM", attrs=RNN_ATTRS)
@@ -1824,7 +1878,7 @@ def lstm(cx, ins, a):
     def cell(cx, d, acts, x_t, st, ins):
         f, g, h_act = acts
         h, c = st
-        pre = op.add(input_bias(cx, ins, d, x_t, 4, hidden), recurrence(cx, ins, d, h, 4, hidden))
+        pre = op.add(x_t, op.dense(h, direction_of(cx, ins[2], d)))
         i, o, fg, cand = split_last(pre, 4)
         peep = direction_of(cx, ins[7], d) if len(ins) > 7 and ins[7] is not None else None
         if peep is not None:

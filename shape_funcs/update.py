@@ -1,0 +1,16 @@
+"""set_row (compiler/op/update.py): the result has data's shape."""
+from __future__ import annotations
+
+from dynvm.shape_funcs.common import fails, same_dims
+from dynvm.shape_funcs.registry import shape_func
+from dynvm.vm.errors import ShapeError
+
+
+@shape_func("set_row")
+def set_row(inputs, attrs):
+    data, row = inputs[0].shape, inputs[2].shape
+    if fails(same_dims(data[1:], row)):
+        raise ShapeError(f"set_row: row of shape {row} does not fit a row of data of shape {data}")
+    if fails(data[0] != 0):
+        raise ShapeError(f"set_row: data of shape {data} has no row to replace")
+    return [data]
