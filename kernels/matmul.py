@@ -889,9 +889,10 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
 
 
 def choices(blk, variants):
-    """Dispatcher rules: tiny for K == 0 or little work; gemv (if a variant) for M <=
-    GEMV_MAX_ROWS rows per batch when a streaming form fits the strides; fast when the tiles
-    fit; else blocked."""
+    """Dispatcher rules: gemv (if a variant) for 0 < K and M <= GEMV_MAX_ROWS rows per batch
+    when a streaming form fits the strides, however little the work (its vector loop beats
+    tiny's one scalar chain per output: an ONNX LSTM step's 1x16 by 16x64 dense, 0.9 -> 0.5 us);
+    tiny for K == 0 or little work; fast when the tiles fit; else blocked."""
     def tiny(b, geo):
         work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
         return b.or_(eq(b, geo.K, c64(0)), b.icmp_signed("<=", work, c64(TINY_WORK)))
@@ -903,7 +904,9 @@ def choices(blk, variants):
     def fast(b, geo):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         return b.and_(aligned, eq(b, geo.sc_n, c64(1)))
-    rules = [("tiny", tiny), ("gemv", gemv), ("fast", fast), ("blocked", None)]
+    def streaming(b, geo):
+        return b.and_(gemv(b, geo), b.icmp_signed(">", geo.K, c64(0)))
+    rules = [("gemv", streaming), ("tiny", tiny), ("fast", fast), ("blocked", None)]
     return [(name, rule) for name, rule in rules if name in variants]
 
 

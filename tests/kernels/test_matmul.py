@@ -178,7 +178,7 @@ def test_batch_matmul_transpose_a_float64(batch, m, n, k, seed):
 
 def test_dispatcher_picks_tiny_gemv_fast_or_blocked():
     rng = np.random.default_rng(0)
-    cases = {(4, 4, 4): "tiny", (64, 64, 0): "tiny", (64, 64, 64): "fast",
+    cases = {(4, 4, 4): "gemv", (GEMV_MAX_ROWS + 1, 4, 4): "tiny", (64, 64, 0): "tiny", (64, 64, 64): "fast",
              (GEMV_MAX_ROWS + 1, 64, 64): "fast", (GEMV_MAX_ROWS + 1, 63, 64): "blocked",
              (1, 300, 64): "gemv", (GEMV_ROWS, 64, 64): "gemv", (GEMV_ROWS + 1, 64, 64): "gemv",
              (GEMV_MAX_ROWS, 64, 64): "gemv", (1, 1024, 1025): "gemv"}
