@@ -84,7 +84,8 @@ GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector l
 # 15-20% (LSTM step, 1 x 1024 x 256). With more rows the FMAs bound it, and one more (masked)
 # vector per column group and A's loads, misaligned in turn, cost 3-8% instead.
 GEMV_ALIGN_ROWS = 2
-GEMV_VECS = 4    # vectors of output columns per K loop in gemv's axpy form
+GEMV_K_ROWS = 4  # rows of B per pass over the C segment in gemv's axpy form
+GEMV_STREAM_BYTES = 16 * 1024   # gemv's axpy form: the C segment (all rows), kept in L1
 GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache across row groups
 # dispatcher: gemv up to GEMV_MAX_ROWS rows per batch. Each group of GEMV_ROWS rows streams
 # all of B again, so past a few groups the packed GEMM wins: with the vectorised packing, BERT's
@@ -716,42 +717,90 @@ def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
     for_range(b, nmain, n_hi, lambda n: group(n, 1))
 
 
-def gemv_axpy(b, geo, blk, bi, m0, rows, n_lo, n_hi):
-    """C[m0:m0+rows, n_lo:n_hi] for `rows` (a constant) rows, N contiguous in B and C. Per chunk of
-    GEMV_VECS vectors of columns: over k, splat(A[m, k]) * B[k, chunk] into rows x GEMV_VECS
-    accumulators; the last partial chunk uses masked loads and stores. B is read once."""
-    ty, vec, vl = blk.ty, blk.vec, blk.vl
-    zero = ir.Constant(vec, None)
-    nv = GEMV_VECS
-    width = nv * vl
-    aoffs, coffs = _row_offsets(b, geo, bi, m0, rows)
+def vector_columns(b, blk, n_lo, n_hi, body):
+    """body(n, mask) for every vector of columns [n_lo, n_hi): whole vectors (mask None), then
+    one masked partial vector."""
+    vl = blk.vl
+    nmain = b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), c64(vl)))
+    for_range(b, n_lo, nmain, lambda n: body(n, None), step=vl)
+    if_then(b, b.icmp_signed("<", nmain, n_hi),
+            lambda: body(nmain, tail_mask(b, nmain, n_hi, vl)))
+
+
+def _vector_load(b, blk, ptr, mask):
+    if mask is None:
+        return b.load(ptr, typ=blk.vec, align=blk.size)
+    return masked_load(b, ptr, mask, ir.Constant(blk.vec, None))
+
+
+def _vector_store(b, blk, value, ptr, mask):
+    if mask is None:
+        b.store(value, ptr, align=blk.size)
+    else:
+        masked_store(b, value, ptr, mask)
+
+
+def gemv_axpy(b, geo, blk, bi, n_lo, n_hi):
+    """C[:, n_lo:n_hi] (every row), N contiguous in B and C, streaming B's rows: the segment of
+    C is zeroed, then for each group of GEMV_K_ROWS rows k of B and each group of up to
+    GEMV_ROWS rows m of C, C[m, seg] += A[m, k] * B[k, seg] for the k in order, one vector of
+    columns at a time (each B vector loaded once for the group's rows). B is read row by row in
+    runs of the whole segment (no stride of N per k: each page of B is used once per pass)
+    while the C segment (`gemv_stream_columns`) stays in L1. Every C element is the FMA chain
+    over k = 0, 1, ... from 0: the same whatever the segments or the thread."""
+    ty = blk.ty
     bbase = b.mul(bi, geo.sb_b)
+    zero = ir.Constant(blk.vec, None)
 
-    def chunk(n0, masked):
-        masks = [tail_mask(b, b.add(n0, c64(v * vl)), n_hi, vl) if masked else None
-                 for v in range(nv)]
+    def zero_row(m):
+        crow = geo.c_row(b, geo.row_index(b, bi, m))
+        vector_columns(b, blk, n_lo, n_hi, lambda n, mask: _vector_store(
+            b, blk, zero, elem_ptr(b, geo.c, b.add(crow, n), ty), mask))
+    for_range(b, 0, geo.M, zero_row)
 
-        def step(k, accs):
-            brow = b.add(bbase, b.mul(k, geo.sb_k))
-            bv = []
-            for v in range(nv):
-                p = elem_ptr(b, geo.bm, b.add(brow, b.add(n0, c64(v * vl))), ty)
-                bv.append(b.load(p, typ=vec, align=blk.size) if masks[v] is None
-                          else masked_load(b, p, masks[v], zero))
-            av = [splat(b, load(b, geo.a, b.add(o, b.mul(k, geo.sa_k)), ty), vl) for o in aoffs]
-            return [madd(b, av[r], bv[v], accs[r * nv + v], blk.is_float)
-                    for r in range(rows) for v in range(nv)]
-        _, accs = for_range(b, 0, geo.K, step, carried=[zero] * (rows * nv))
-        for r in range(rows):
-            for v in range(nv):
-                p = elem_ptr(b, geo.c, b.add(coffs[r], b.add(n0, c64(v * vl))), ty)
-                if masks[v] is None:
-                    b.store(accs[r * nv + v], p, align=blk.size)
-                else:
-                    masked_store(b, accs[r * nv + v], p, masks[v])
-    nmain = b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), c64(width)))
-    for_range(b, n_lo, nmain, lambda n0: chunk(n0, False), step=width)
-    if_then(b, b.icmp_signed("<", nmain, n_hi), lambda: chunk(nmain, True))
+    def update(m0, rows, k0, nk):
+        aoffs, coffs = _row_offsets(b, geo, bi, m0, rows)
+        brows = [b.add(bbase, b.mul(b.add(k0, c64(u)), geo.sb_k)) for u in range(nk)]
+        av = [[splat(b, load(b, geo.a, b.add(o, b.mul(b.add(k0, c64(u)), geo.sa_k)), ty), blk.vl)
+               for u in range(nk)] for o in aoffs]
+
+        def columns(n, mask):
+            bv = [_vector_load(b, blk, elem_ptr(b, geo.bm, b.add(row, n), ty), mask)
+                  for row in brows]
+            for r in range(rows):
+                cptr = elem_ptr(b, geo.c, b.add(coffs[r], n), ty)
+                acc = _vector_load(b, blk, cptr, mask)
+                for u in range(nk):
+                    acc = madd(b, av[r][u], bv[u], acc, blk.is_float)
+                _vector_store(b, blk, acc, cptr, mask)
+        vector_columns(b, blk, n_lo, n_hi, columns)
+
+    def k_rows(k0, nk):
+        for_row_groups(b, geo, lambda m0, rows: update(m0, rows, k0, nk))
+    kmain = b.sub(geo.K, b.urem(geo.K, c64(GEMV_K_ROWS)))
+    for_range(b, 0, kmain, lambda k0: k_rows(k0, GEMV_K_ROWS), step=GEMV_K_ROWS)
+    for_range(b, kmain, geo.K, lambda k: k_rows(k, 1))
+
+
+def for_row_groups(b, geo, body, after=None):
+    """body(m0, rows) over the rows of C in groups of GEMV_ROWS, `rows` a constant (a switch
+    on the group's size), then after(m0, rows) with `rows` the run-time size."""
+    fn = b.function
+
+    def group(m0):
+        rows = smin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
+        join = fn.append_basic_block("rows.done")
+        cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
+        sw = b.switch(rows, cases[-1])
+        for r, block in enumerate(cases, 1):
+            sw.add_case(c64(r), block)
+            b.position_at_end(block)
+            body(m0, r)
+            b.branch(join)
+        b.position_at_end(join)
+        if after is not None:
+            after(m0, rows)
+    for_range(b, 0, geo.M, group, step=GEMV_ROWS)
 
 
 def _flip_direction(b):
@@ -768,41 +817,44 @@ def _flip_direction(b):
     return b.icmp_signed("!=", flag, const(I32, 0))
 
 
-def gemv_panel(b, geo, blk):
-    """Columns of B per gemv panel: as many as fit GEMV_PANEL_BYTES (a multiple of the axpy
-    chunk, hence of the dot form's column group; at least one chunk)."""
-    width = GEMV_VECS * blk.vl
-    per_col = b.mul(geo.K, c64(blk.size))
-    panel = b.mul(b.udiv(b.udiv(c64(GEMV_PANEL_BYTES), per_col), c64(width)), c64(width))
-    return b.select(b.icmp_signed("<", panel, c64(width)), c64(width), panel)
+def gemv_panel(b, geo, blk, parallel):
+    """Columns of one gemv item. Dot form: a panel of B of about GEMV_PANEL_BYTES (whole
+    vectors of columns, at least one), kept in cache while the row groups stream over it.
+    Axpy form: a segment of GEMV_STREAM_BYTES of C over all rows (whole vectors, at least one),
+    cut further on several threads like a blocked column block (`thread_columns`)."""
+    vl = c64(blk.vl)
+
+    def vectors_in(nbytes, per_col):
+        cols = b.mul(b.udiv(b.udiv(c64(nbytes), per_col), vl), vl)
+        return b.select(b.icmp_signed("<", cols, vl), vl, cols)
+    dot, _ = gemv_layouts(b, geo)
+    panel = vectors_in(GEMV_PANEL_BYTES, b.mul(geo.K, c64(blk.size)))
+    segment = vectors_in(GEMV_STREAM_BYTES, b.mul(geo.M, c64(blk.size)))
+    segment = smin(b, segment, thread_columns(b, geo, blk.vl, parallel, segment))
+    return b.select(dot, panel, segment)
 
 
 def emit_gemv_panel(b, geo, blk, expr, bi, n_fwd, panel, backwards):
     """"gemv" (K >= 1) on batch `bi`, the panel at `n_fwd` counted from the walk's start (the
-    last panel first when `backwards`): rows in groups of up to GEMV_ROWS, each group in one
-    streaming pass over the panel (the dot form when the strides fit it, else the axpy form:
-    the caller checked that one of them does), then the group's epilogue over its rows."""
-    fn = b.function
+    last panel first when `backwards`). Dot form: rows in groups of up to GEMV_ROWS, each group
+    in one streaming pass over the panel, then the group's epilogue over its rows. Axpy form
+    (the caller checked that one of them fits the strides): every row at once (`gemv_axpy`),
+    then the epilogue."""
     dot, _ = gemv_layouts(b, geo)
     last_panel = b.mul(b.udiv(b.sub(geo.N, c64(1)), panel), panel)     # N >= 1 here
     n_lo = b.select(backwards, b.sub(last_panel, n_fwd), n_fwd)
     n_hi = smin(b, b.add(n_lo, panel), geo.N)
+    cols = b.sub(n_hi, n_lo)
 
-    def rows_of(form):
-        def group(m0):
-            rows = smin(b, c64(GEMV_ROWS), b.sub(geo.M, m0))
-            join = fn.append_basic_block("rows.done")
-            cases = [fn.append_basic_block(f"rows{r}") for r in range(1, GEMV_ROWS + 1)]
-            sw = b.switch(rows, cases[-1])
-            for r, block in enumerate(cases, 1):
-                sw.add_case(c64(r), block)
-                b.position_at_end(block)
-                form(b, geo, blk, bi, m0, r, n_lo, n_hi)
-                b.branch(join)
-            b.position_at_end(join)
-            apply_epilogue(b, geo, blk, expr, bi, m0, rows, n_lo, b.sub(n_hi, n_lo))
-        for_range(b, 0, geo.M, group, step=GEMV_ROWS)
-    if_then(b, dot, lambda: rows_of(gemv_dot), lambda: rows_of(gemv_axpy))
+    def dot_rows():
+        for_row_groups(b, geo, lambda m0, r: gemv_dot(b, geo, blk, bi, m0, r, n_lo, n_hi),
+                       lambda m0, rows: apply_epilogue(b, geo, blk, expr, bi, m0, rows, n_lo,
+                                                       cols))
+
+    def axpy_rows():
+        gemv_axpy(b, geo, blk, bi, n_lo, n_hi)
+        apply_epilogue(b, geo, blk, expr, bi, c64(0), geo.M, n_lo, cols)
+    if_then(b, dot, dot_rows, axpy_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -814,18 +866,24 @@ def _output_empty(b, geo):
 
 
 def column_step(b, geo, blk, variant, parallel):
-    """Columns of one item: a gemv panel, or a blocked column block: NC on one thread (or when
-    the work stays on the calling thread: `parallel` false), else on T threads N / q with
-    q = ceil(2T / batches) rounded up to whole NR strips (at most NC), so there are about two
-    items per thread, and no more: every column block packs all of A again (batch_matmul over
-    the heads needs no column split at all). Every output element is computed by one item in
-    the order one thread uses."""
+    """Columns of one item: a gemv panel or segment (`gemv_panel`), or a blocked column block:
+    NC on one thread (or when the work stays on the calling thread: `parallel` false), else
+    `thread_columns` in whole NR strips (at most NC). Every output element is computed by one
+    item in the order one thread uses."""
     if variant == "gemv":
-        return gemv_panel(b, geo, blk)
+        return gemv_panel(b, geo, blk, parallel)
+    return thread_columns(b, geo, blk.nr, parallel, c64(blk.nc))
+
+
+def thread_columns(b, geo, granule, parallel, single):
+    """Columns per item: `single` on one thread (or when `parallel` is false), else on T
+    threads N / q with q = ceil(2T / batches) rounded up to whole `granule`s, at most `single`:
+    about two items per thread, and no more (every column block of the blocked GEMM packs all
+    of A again; batch_matmul over the heads needs no column split at all)."""
     threads = b.select(parallel, kernel_threads(b), c64(1))
     per_batch = _ceil_div(b, b.mul(threads, c64(2)), geo.nb)       # nb >= 1 here
-    strips = b.mul(_ceil_div(b, _ceil_div(b, geo.N, per_batch), c64(blk.nr)), c64(blk.nr))
-    return b.select(b.icmp_signed("<=", threads, c64(1)), c64(blk.nc), smin(b, strips, c64(blk.nc)))
+    cols = b.mul(_ceil_div(b, _ceil_div(b, geo.N, per_batch), c64(granule)), c64(granule))
+    return b.select(b.icmp_signed("<=", threads, c64(1)), single, smin(b, cols, single))
 
 
 def _ceil_div(b, x, y):
