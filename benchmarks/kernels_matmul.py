@@ -4,7 +4,7 @@ dense + bias shapes over sequence lengths against numpy and torch.nn.functional.
 (torch.set_num_threads(1), if installed) (not a test).
 
     python benchmarks/kernels_matmul.py [--reps 30] [--runs 3] [--sizes 64 256 512 1024]
-                                        [--bert-only] [--tiny]
+                                        [--cpu-time] [--bert-only] [--gemv-only] [--tiny]
 
 Square sizes: dynvm at 1 and 2 kernel threads (kernels/pool.py), numpy at 1 and 2 OpenBLAS
 threads (switched per call through OpenBLAS's own set_num_threads) and ORT's MatMul in sessions
@@ -15,8 +15,11 @@ run). The ratios are dynvm / numpy and dynvm / ORT at the same thread count. `--
 times the one-thread columns only, by the calling thread's CPU time (time.thread_time: on a
 machine busier than its cores the time other processes take is not counted; their cache
 traffic still is).
+The gemv table (`--gemv-only`: only it) runs dense and matmul with M = 1, 2, 4, 8 rows against
+every K x N weight of 256, 1024, 4096 on one thread, against numpy and ORT's MatMul with the
+weight as an initializer (as in a model); with `--cpu-time` by thread CPU time too.
 Where a second thread starts to pay (the threshold) is benchmarks/kernel_thresholds.py.
-`--tiny` runs size 64 with 3 repetitions (the test suite's smoke run).
+`--tiny` runs size 64 with 3 repetitions and two small gemv shapes (the test suite's smoke run).
 """
 import argparse
 import functools
@@ -59,18 +62,24 @@ def openblas_threads():
     return None
 
 
-def ort_matmul(n, threads):
-    """An ONNX Runtime session computing one n x n MatMul on `threads` intra-op threads, or
-    None without onnx / onnxruntime."""
+def ort_matmul(a_shape, b_shape, threads, weight=None):
+    """An ONNX Runtime session computing MatMul(a, b) on `threads` intra-op threads (b a
+    constant initializer when `weight` is given, as in a model: ORT may pre-pack it), or None
+    without onnx / onnxruntime."""
     try:
         import onnx
         import onnxruntime as ort
     except ImportError:
         return None
-    from onnx import TensorProto, helper
-    io = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", io[:2],
-                              io[2:])
+    from onnx import TensorProto, helper, numpy_helper
+    m, n = a_shape[0], b_shape[1]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape))]
+    if weight is None:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_shape)))
+    out = [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])]
+    inits = [] if weight is None else [numpy_helper.from_array(weight, "b")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", inputs,
+                              out, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -136,14 +145,16 @@ def time_square(kernel, n, reps, transpose_b, set_blas, sessions, threads, clock
     return times, kernel.last_variant
 
 
-# (M, N, K): the LSTM step (1, 256) x (1024, 256)^T (a 1 MB weight), 4 rows of it, a larger
-# layer, and one whose weight stays in L2
-GEMV_SHAPES = [(1, 1024, 256), (4, 1024, 256), (1, 4096, 1024), (1, 256, 256)]
+# gemv shapes: M rows (an LSTM step, a decoder at batch 1, BERT at a few tokens) against every
+# weight K x N of GEMV_SIZES (256 x 256 stays in L2, 4096 x 4096 is 64 MB)
+GEMV_ROWS = [1, 2, 4, 8]
+GEMV_SIZES = [256, 1024, 4096]
 
 
-def time_gemv(kernel, shape, reps, transpose_b):
-    """(median dynvm seconds, median numpy seconds, variant) for x (M, K) against a weight
-    (N, K) for dense (numpy: x @ w.T) or (K, N) for matmul; interleaved calls."""
+def time_gemv(kernel, shape, reps, transpose_b, clock):
+    """(median dynvm, numpy, ORT seconds (nan without it), variant) for x (M, K) against a
+    weight (N, K) for dense (numpy: x @ w.T) or (K, N) for matmul; ORT's MatMul with the
+    (K, N) weight as an initializer; interleaved calls."""
     m, n, k = shape
     rng = np.random.default_rng(m * n + k)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -153,9 +164,34 @@ def time_gemv(kernel, shape, reps, transpose_b):
     entry = abi.kernel_function(kernel.address)
     wt = w.T if transpose_b else w
     assert entry(tensors, 3) == 0 and np.allclose(out, x @ wt, rtol=1e-3, atol=1e-3 * k ** 0.5)
-    ours, theirs = interleaved(reps, lambda: entry(tensors, 3), lambda: np.matmul(x, wt, out=ref))
+    fns = [lambda: entry(tensors, 3), lambda: np.matmul(x, wt, out=ref)]
+    session = ort_matmul((m, k), (k, n), 1, np.ascontiguousarray(wt))
+    if session is not None:
+        fns.append(functools.partial(session.run, None, {"a": x}))
+    ours, theirs, *ort = interleaved(reps, *fns, clock=clock)
     del keep
-    return ours, theirs, kernel.last_variant
+    return ours, theirs, ort[0] if ort else float("nan"), kernel.last_variant
+
+
+def gemv_table(kernels, reps, runs, clock, rows=GEMV_ROWS, sizes=GEMV_SIZES):
+    """dense and matmul at `rows` x `sizes`^2 on one thread against numpy (1 OpenBLAS thread)
+    and ORT (1 intra-op thread), `runs` times."""
+    for run in range(runs):
+        print(f"\ngemv shapes (M x K x N), median of {reps} (us), 1 thread, run {run + 1}/{runs}, "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+              "GB/s = weight bytes / dynvm time")
+        print(f"{'kernel':8} {'shape':>14} {'variant':>8} {'dynvm':>9} {'numpy':>9} {'ORT':>9} "
+              f"{'np/dyn':>7} {'ort/dyn':>7} {'GB/s':>6}")
+        for m in rows:
+            for k in sizes:
+                for n in sizes:
+                    for op, transpose_b in (("dense", True), ("matmul", False)):
+                        ours, blas, ort, variant = time_gemv(kernels[op], (m, n, k), reps,
+                                                             transpose_b, clock)
+                        label = f"{m}x{k}x{n}"
+                        print(f"{op:8} {label:>14} {variant:>8} {ours * 1e6:9.1f} "
+                              f"{blas * 1e6:9.1f} {ort * 1e6:9.1f} {blas / ours:7.2f} "
+                              f"{ort / ours:7.2f} {n * k * 4 / ours / 1e9:6.1f}")
 
 
 # BERT (dynvm.models.bert_varlen): weights (N, K) of dense(x (S, K)) + bias, S = sequence length
@@ -210,10 +246,20 @@ def main():
     p.add_argument("--cpu-time", action="store_true",
                    help="square sizes on 1 thread only, timed by the calling thread's CPU time")
     p.add_argument("--bert-only", action="store_true", help="only the BERT dense table")
+    p.add_argument("--gemv-only", action="store_true",
+                   help="only the gemv table (M = 1..8 rows), --runs times")
     p.add_argument("--tiny", action="store_true", help="size 64, 3 repetitions (a smoke run)")
     args = p.parse_args()
     if args.tiny:
         args.reps, args.sizes, args.runs = 3, [64], 1
+    if args.gemv_only:
+        pool.use_threads(1)
+        set_blas = openblas_threads()
+        if set_blas:
+            set_blas(1)
+        gemv_table(build(), args.reps, args.runs,
+                   time.thread_time if args.cpu_time else time.perf_counter)
+        return
     if args.bert_only:
         pool.use_threads(1)
         set_blas = openblas_threads()
@@ -235,7 +281,8 @@ def main():
         print(f"{'kernel':8} {'n':>5} {'variant':>8} {'threads':>7} {'dynvm':>7} {'numpy':>7} "
               f"{'ORT':>7} {'/numpy':>7} {'/ORT':>6}")
         for n in args.sizes:
-            sessions = {t: s for t in threads if (s := ort_matmul(n, t)) is not None}
+            sessions = {t: s for t in threads
+                        if (s := ort_matmul((n, n), (n, n), t)) is not None}
             for op, transpose_b in (("matmul", False), ("dense", True)):
                 times, variant = time_square(kernels[op], n, args.reps, transpose_b,
                                              set_blas, sessions, threads, clock)
@@ -247,16 +294,10 @@ def main():
     if set_blas:
         set_blas(1)
     pool.use_threads(1)     # the tables below compare one thread with one thread
-    reps = args.reps if args.tiny else max(args.reps, 200)
-    print(f"\ngemv shapes (M x N x K), median of {reps}; GB/s = weight bytes / dynvm time")
-    print(f"{'kernel':8} {'shape':>15} {'variant':>8} {'dynvm us':>9} {'numpy 1T us':>12} "
-          f"{'ratio':>6} {'GB/s':>6}")
-    for shape in GEMV_SHAPES:
-        for op, transpose_b in (("dense", True), ("matmul", False)):
-            ours, theirs, variant = time_gemv(kernels[op], shape, reps, transpose_b)
-            label = "x".join(map(str, shape))
-            print(f"{op:8} {label:>15} {variant:>8} {ours * 1e6:9.2f} {theirs * 1e6:12.2f} "
-                  f"{theirs / ours:6.2f} {shape[1] * shape[2] * 4 / ours / 1e9:6.1f}")
+    if args.tiny:
+        gemv_table(kernels, args.reps, 1, clock, rows=[1, 2], sizes=[256])
+    else:
+        gemv_table(kernels, max(args.reps, 100), args.runs, clock)
     bert_table(args.reps)
 
 
