@@ -39,6 +39,9 @@ def cases(family, rng):
                   (128, 512, 256), (256, 512, 256), (256, 512, 512), (512, 512, 512)]
         return [(f"{m}x{n}x{k}", m * n * k, [_f32(rng, m, k), _f32(rng, n, k)], (m, n))
                 for m, n, k in shapes]
+    if family == "transpose":     # BERT's heads: (S, 12, 64) -> (12, S, 64)
+        return [(f"{rows}x12x64", rows * 768, [_f32(rng, rows, 12, 64)], (12, rows, 64))
+                for rows in ROWS]
     width = {"softmax": 128, "layer_norm": 768, "reduce": 256, "elementwise": 1024}[family]
     out = []
     for rows in ROWS:
@@ -58,7 +61,11 @@ KERNELS = {
     "elementwise": ("elementwise", {"expr": GELU}, [("float32", 2), ("float32", 0)],
                     ("float32", 2)),
     "reduce": ("reduce", {"op": "sum", "axis": -1}, [("float32", 2)], ("float32", 1)),
+    "transpose": ("transpose", {"op": "transpose", "axes": [1, 0, 2]}, [("float32", 3)],
+                  ("float32", 3)),
 }
+# kernel families without a PARALLEL_WORK entry of their own: the entry they use
+THRESHOLD_OF = {"transpose": "elementwise"}
 
 
 def build(families):
@@ -105,7 +112,8 @@ def sweep(name, kernel, reps):
     rng = np.random.default_rng(0)
     entry = abi.kernel_function(kernel.address)
     unit = "multiply-adds" if name == "matmul" else "elements"
-    print(f"\n{name} (PARALLEL_WORK now {PARALLEL_WORK[KERNELS[name][0]]} {unit})")
+    family = KERNELS[name][0]
+    print(f"\n{name} (PARALLEL_WORK now {PARALLEL_WORK[THRESHOLD_OF.get(family, family)]} {unit})")
     print(f"{'shape':>14} {'work':>9} {'variant':>12} {'1 thread':>10} {'2 threads':>10} "
           f"{'speedup':>8}")
     rows = []

@@ -38,8 +38,8 @@ from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ER
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, add_mul, all_of, check,
                                      check_equal, const, for_nest, for_range, get_function, icmp,
-                                     is_compact, load_strides, new_function, product, prologue,
-                                     smax, smin)
+                                     is_compact, load_strides, new_function, parallel_work,
+                                     product, prologue, smax, smin, split_for)
 from dynvm.vm.errors import KernelError
 
 # Python ints in attrs may exceed int64; every extent is far below 2**62, so clamping a bound or
@@ -121,23 +121,31 @@ def copy_nest(b, extents, dst, dst_off, dst_strides, src, src_off, src_strides, 
 class Variant:
     """name; body(b, info) emits the work; requires(b, info) -> i1 is the layout condition
     (ERR_LAYOUT when false, None = always fits); prefer(b, info) -> i1 is the dispatcher's
-    choice (defaults to `requires`)."""
+    choice (defaults to `requires`).
+
+    items(b, info) -> i64, when given, makes the body body(b, info, lo, hi) over the items
+    [lo, hi) of that many independent ones (rows of the outermost output dim, tiles...), which
+    `split_for` runs on the kernel threads once the output has `threshold` elements (see
+    `emit_kernel`). A moved element is the same whoever moves it: bit-identical by nature."""
 
     name: str
     body: Callable
     requires: Callable | None = None
     prefer: Callable | None = None
+    items: Callable | None = None
 
 
 def arrays_of(b, arrays, sig):
     return [Array(b, data, ext, strides, dt) for (data, ext, strides), (dt, _) in zip(arrays, sig)]
 
 
-def emit_kernel(module, symbol, sig, analyse, variants):
+def emit_kernel(module, symbol, sig, analyse, variants, threshold=None):
     """Variant functions `symbol__<name>` and the dispatcher `symbol`; returns variant names.
 
     analyse(b, arrays) -> info checks every shape relation (returning ERR_SHAPE) and returns
     what the bodies need; it runs in each variant, so a variant called directly is safe too.
+    A variant with `items` runs them through `split_for`, on the kernel threads when the
+    output has at least `threshold` elements (the family's parallel_work).
     """
     for v in variants:
         fn, b = new_function(module, variant_symbol(symbol, v.name))
@@ -148,7 +156,10 @@ def emit_kernel(module, symbol, sig, analyse, variants):
         info = analyse(b, arrays)
         if v.requires is not None:
             check(b, v.requires(b, info), ERR_LAYOUT)
-        v.body(b, info)
+        if v.items is None:
+            v.body(b, info)
+        else:
+            _split_items(b, tuple(fn.args), sig, analyse, v, info, threshold)
         b.ret(const(I32, 0))
 
     def prepare(b, raw):
@@ -157,6 +168,16 @@ def emit_kernel(module, symbol, sig, analyse, variants):
     choices = [(v.name, (lambda v: lambda b, info: (v.prefer or v.requires)(b, info))(v))
                for v in variants[:-1]] + [(variants[-1].name, None)]
     return emit_dispatcher(module, symbol, sig, choices, prepare)
+
+
+def _split_items(b, args, sig, analyse, variant, info, threshold):
+    """variant.body over its items in `split_for` chunks; each chunk function reads the
+    arrays again from the kernel's own arguments (already validated: cheap, and no IR value
+    crosses functions)."""
+    def chunks(cb, args, lo, hi):
+        variant.body(cb, analyse(cb, arrays_of(cb, prologue(cb, *args, sig), sig)), lo, hi)
+    worth = b.icmp_unsigned(">=", info.out.count, const(I64, threshold))
+    split_for(b, args, variant.items(b, info), chunks, worth)
 
 
 class Info(SimpleNamespace):
@@ -226,9 +247,12 @@ def check_transpose(spec, inputs, outputs):
     if inputs[0][1] != outputs[0][1]:
         raise KernelError("transpose: input and output ranks differ")
     transpose_perm(spec, inputs[0][1])
+    parallel_work(spec, "elementwise", "transpose")
 
 
 def emit_transpose(module, symbol, spec, sig):
+    """Every variant splits its outermost output dim (the tiled one: its batches x tile
+    columns) over the kernel threads from the elementwise family's parallel_work."""
     r = sig[0][1]
     perm = transpose_perm(spec, r)
 
@@ -238,54 +262,64 @@ def emit_transpose(module, symbol, spec, sig):
             check_equal(b, out.ext[d], x.ext[p], 1, d)
         return Info(x=x, out=out, arrays=arrays)
 
-    def generic(b, info, rows=False):
+    def generic(b, info, lo=None, hi=None, rows=False):
+        """out[lo:hi] (the outermost dim) = the permuted x; everything for rank 0."""
         x, out = info.x, info.out
-        copy_nest(b, out.ext, out, const(I64, 0), out.strides,
-                  x, const(I64, 0), [x.strides[p] for p in perm], rows=rows)
+        ext, start = list(out.ext), [const(I64, 0), const(I64, 0)]
+        xs = [x.strides[p] for p in perm]
+        if lo is not None:
+            ext[0] = b.sub(hi, lo)
+            start = [b.mul(lo, out.strides[0]), b.mul(lo, xs[0])]
+        copy_nest(b, ext, out, start[0], out.strides, x, start[1], xs, rows=rows)
 
+    outer = (lambda b, info: info.out.ext[0]) if r >= 1 else None
     variants = []
     if r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2]:
-        variants.append(Variant("tiled", _transpose_tiled, all_compact))
+        variants.append(Variant("tiled", _transpose_tiled, all_compact, items=_tile_columns))
     if r >= 1 and perm[-1] == r - 1:
-        variants.append(Variant("rows", lambda b, info: generic(b, info, rows=True),
-                                all_unit_inner))
-    variants.append(Variant("generic", generic))
-    return emit_kernel(module, symbol, sig, analyse, variants)
+        variants.append(Variant("rows", lambda b, info, lo, hi: generic(b, info, lo, hi, True),
+                                all_unit_inner, items=outer))
+    variants.append(Variant("generic", generic, items=outer))
+    return emit_kernel(module, symbol, sig, analyse, variants,
+                       parallel_work(spec, "elementwise", "transpose"))
 
 
-def _transpose_tiled(b, info):
-    """[..., M, N] -> [..., N, M], compact, in TILE x TILE tiles: the inner loop stores
-    contiguously and the strided loads of one tile stay in cache."""
+def _tile_columns(b, info):
+    """Items of the tiled transpose: batches x column tiles of x (TILE rows of the output)."""
+    tiles_n = b.sdiv(b.add(info.x.ext[-1], const(I64, TILE - 1)), const(I64, TILE))
+    return b.mul(product(b, info.x.ext[:-2]), tiles_n)
+
+
+def _transpose_tiled(b, info, lo, hi):
+    """[..., M, N] -> [..., N, M], compact, items [lo, hi) of `_tile_columns`: TILE x TILE tiles
+    down one column tile of x; the inner loop stores contiguously and the strided loads of one
+    tile stay in cache."""
     x, out = info.x, info.out
     m, n = x.ext[-2], x.ext[-1]
-    batch = product(b, x.ext[:-2])
     mn = b.mul(m, n)
     tiles_m = b.sdiv(b.add(m, const(I64, TILE - 1)), const(I64, TILE))
     tiles_n = b.sdiv(b.add(n, const(I64, TILE - 1)), const(I64, TILE))
 
-    def per_batch(t):
-        base = b.mul(t, mn)
+    def per_item(t):
+        base = b.mul(b.sdiv(t, tiles_n), mn)
+        j0 = b.mul(b.srem(t, tiles_n), const(I64, TILE))
+        jlen = smin(b, const(I64, TILE), b.sub(n, j0))
 
-        def per_tile_row(ti):
+        def per_tile(ti):
             i0 = b.mul(ti, const(I64, TILE))
             ilen = smin(b, const(I64, TILE), b.sub(m, i0))
 
-            def per_tile(tj):
-                j0 = b.mul(tj, const(I64, TILE))
-                jlen = smin(b, const(I64, TILE), b.sub(n, j0))
+            def per_col(jj):
+                j = b.add(j0, jj)
+                dst_row = b.add(base, b.mul(j, m))
 
-                def per_col(jj):
-                    j = b.add(j0, jj)
-                    dst_row = b.add(base, b.mul(j, m))
-
-                    def per_elem(ii):
-                        i = b.add(i0, ii)
-                        copy_element(b, out, b.add(dst_row, i), x, b.add(base, add_mul(b, j, i, n)))
-                    for_range(b, 0, ilen, per_elem)
-                for_range(b, 0, jlen, per_col)
-            for_range(b, 0, tiles_n, per_tile)
-        for_range(b, 0, tiles_m, per_tile_row)
-    for_range(b, 0, batch, per_batch)
+                def per_elem(ii):
+                    i = b.add(i0, ii)
+                    copy_element(b, out, b.add(dst_row, i), x, b.add(base, add_mul(b, j, i, n)))
+                for_range(b, 0, ilen, per_elem)
+            for_range(b, 0, jlen, per_col)
+        for_range(b, 0, tiles_m, per_tile)
+    for_range(b, lo, hi, per_item)
 
 
 family("transpose", check_transpose, emit_transpose)

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import load_kernels
 from dynvm.kernels.abi import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
-from dynvm.kernels.matmul import GEMV_MAX_ROWS, GEMV_ROWS, Blocking
+from dynvm.kernels.matmul import (GEMV_K_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, GEMV_STREAM_BYTES,
+                                  Blocking)
 from tests.kernels.support import raw_call, with_layout
 from dynvm.vm.errors import KernelError, ShapeError
 from tests.strategies import examples
@@ -28,6 +29,8 @@ BIAS_SIGMOID = ["sigmoid", ["add", ["in", 0], ["in", 1]]]
 KERNELS = {
     "matmul_f32": ({"op": "matmul"}, [("float32", 2), ("float32", 2)], ("float32", 2)),
     "matmul_i32": ({"op": "matmul"}, [("int32", 2), ("int32", 2)], ("int32", 2)),
+    "matmul_bias_relu": ({"op": "matmul", "epilogue": BIAS_RELU},
+                         [("float32", 2), ("float32", 2), ("float32", 1)], ("float32", 2)),
     "dense_f64": ({"op": "dense"}, [("float64", 2), ("float64", 2)], ("float64", 2)),
     "dense_bias_sigmoid": ({"op": "dense", "epilogue": BIAS_SIGMOID},
                            [("float32", 2), ("float32", 2), ("float32", 1)], ("float32", 2)),
@@ -264,6 +267,19 @@ def test_gemv_axpy_form_and_strided_fallback(m):
                            (m, n), "step")
             run_everywhere("matmul_i32", [data(rng, (m, k), "int32"), data(rng, (k, n), "int32")],
                            (m, n))
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_gemv_axpy_segments_with_bias_relu(m):
+    """The axpy form over every row at once, in segments of C of GEMV_STREAM_BYTES (float32:
+    4096 / M columns): N past one segment, K around the GEMV_K_ROWS groups, vector tails, the
+    epilogue over all rows of each segment."""
+    rng = np.random.default_rng(20 + m)
+    for n in [17, GEMV_STREAM_BYTES // (4 * m) + 5]:
+        for k in [1, 3, GEMV_K_ROWS, 5, 9]:
+            a, b = data(rng, (m, k), "float32"), data(rng, (k, n), "float32")
+            bias = data(rng, (n,) if k % 2 else (1,), "float32")
+            run_everywhere("matmul_bias_relu", [a, b, bias], (m, n))
 
 
 def test_gemv_batched_with_tanh_and_float64():

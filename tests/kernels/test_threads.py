@@ -1,6 +1,6 @@
 """Kernels on several threads (kernels/pool.py): the pool's contract (every chunk once, one
 call on one thread, a second caller alone, idle workers asleep), the results of every family on
-the threads (matmul, conv2d, softmax, layer_norm, elementwise, reductions) identical bit for
+the threads (matmul, conv2d, softmax, layer_norm, elementwise, reductions, transposes) identical bit for
 bit for every thread count, and `VirtualMachine(threads=N)` / `StaticRuntime(threads=N)`.
 
 The kernels here are built with `parallel_work: 0`, so even small shapes go through the pool.
@@ -246,6 +246,19 @@ def test_large_products_identical_for_every_thread_count(m, n, k):
         assert other.tobytes() == outs[0].tobytes()
 
 
+@pytest.mark.parametrize("m, n, k", [(1, 2100, 37), (3, 700, 9), (8, 300, 64), (2, 301, 9)])
+def test_gemv_axpy_segments_identical_for_every_thread_count(m, n, k):
+    """matmul with a few rows streams B's rows into segments of C (float64: 2048 / M columns
+    on one thread, cut smaller on more): more than one segment, vector and K tails."""
+    inputs, shape = operands("matmul_f64", 1, m, n, k, np.random.default_rng(n))
+    kernel = table()["matmul_f64"]
+    outs = every_thread_count(kernel, inputs, shape, "float64")
+    assert kernel.last_variant == "gemv"
+    for other in outs[1:]:
+        assert other.tobytes() == outs[0].tobytes()
+    np.testing.assert_allclose(outs[0], inputs[0] @ inputs[1], rtol=1e-12, atol=1e-12 * k)
+
+
 def test_conv2d_identical_for_every_thread_count():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 8, 20, 20)).astype(np.float32)
@@ -287,11 +300,17 @@ ROW_KERNELS = {
     "mean_first": ("reduce", {"op": "mean", "axis": [0, 1]}, lambda x: x.mean((0, 1))),
     "max_middle": ("reduce", {"op": "max", "axis": 1}, lambda x: x.max(1)),
     "argmax_last": ("reduce", {"op": "argmax", "axis": -1}, lambda x: x.argmax(-1)),
+    "transpose_tiled": ("transpose", {"op": "transpose", "axes": [0, 2, 1]},
+                        lambda x: x.transpose(0, 2, 1)),
+    "transpose_rows": ("transpose", {"op": "transpose", "axes": [1, 0, 2]},
+                       lambda x: x.transpose(1, 0, 2)),
+    "transpose_generic": ("transpose", {"op": "transpose", "axes": [2, 0, 1]},
+                          lambda x: x.transpose(2, 0, 1)),
 }
 
 
 def _softmax(x, axis):
-    e = np.exp(x - x.max(axis, keepdims=True))
+    e = np.exp(x - x.max(axis, keepdims=True, initial=-np.inf))     # initial: an empty axis
     return e / e.sum(axis, keepdims=True)
 
 
@@ -369,7 +388,10 @@ def test_row_families_are_identical_for_every_thread_count(key, shape, seed):
                                         ("gelu_fused", (3, 257, 301)),
                                         ("add_broadcast", (12, 128, 130)),
                                         ("sum_last", (8, 300, 301)),
-                                        ("max_middle", (2, 500, 129))])
+                                        ("max_middle", (2, 500, 129)),
+                                        ("transpose_rows", (256, 12, 64)),
+                                        ("transpose_tiled", (3, 100, 130)),
+                                        ("transpose_generic", (40, 33, 70))])
 def test_large_row_kernels_identical_for_every_thread_count(key, shape):
     """Sizes with many chunks per thread (and the default thresholds would split them too)."""
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
