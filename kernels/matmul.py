@@ -18,14 +18,15 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   written with whole-vector loads/stores and no edge test.
 - "gemv" (matmul family only; conv2d's implicit B is never contiguous): skinny shapes with no
   packing at all, up to GEMV_MAX_ROWS rows per batch (an LSTM step, BERT at a few tokens).
-  B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache while
-  every group of up to GEMV_ROWS rows of A streams over it: the "dot" form when A rows and B
-  columns are contiguous along K (dense, batch_matmul with transpose_b): GEMV_COLS columns per
-  K loop, rows x cols vector FMA accumulators, a masked last vector (for one or two rows also
-  a masked first one, so that B's loads are aligned), a shuffle-tree horizontal sum; the
-  "axpy" form when B and C rows are contiguous along N (matmul): splat(A[m, k]) * B[k, chunk]
-  over k, masked last chunk. The epilogue runs per (row group, panel), in L1.
-  Other strides: tiny code.
+  The "dot" form when A rows and B columns are contiguous along K (dense, batch_matmul with
+  transpose_b): B is cut into column panels of about GEMV_PANEL_BYTES, each kept in cache
+  while every group of up to GEMV_ROWS rows of A streams over it: GEMV_COLS columns per K
+  loop, rows x cols vector FMA accumulators, a masked last vector (for one or two rows also a
+  masked first one, so that B's loads are aligned), a shuffle-tree horizontal sum; the
+  epilogue per (row group, panel), in L1. The "axpy" form when B and C rows are contiguous
+  along N (matmul's weight): B streamed row by row into a segment of C (all rows,
+  GEMV_STREAM_BYTES), C[m, seg] += A[m, k] * B[k, seg] for GEMV_K_ROWS rows k at a time,
+  masked last vector; the epilogue per segment. Other strides: tiny code.
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 610 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack
 (glibc's default thread stack is 8 MiB).
@@ -84,8 +85,11 @@ GEMV_COLS = 4    # output columns per K loop in gemv's dot form (<= the vector l
 # 15-20% (LSTM step, 1 x 1024 x 256). With more rows the FMAs bound it, and one more (masked)
 # vector per column group and A's loads, misaligned in turn, cost 3-8% instead.
 GEMV_ALIGN_ROWS = 2
-GEMV_K_ROWS = 4  # rows of B per pass over the C segment in gemv's axpy form
-GEMV_STREAM_BYTES = 16 * 1024   # gemv's axpy form: the C segment (all rows), kept in L1
+GEMV_K_ROWS = 4  # rows of B per pass over the C segment in gemv's axpy form (8: no faster)
+# gemv's axpy form: the C segment (all rows), in L1/L2. Longer segments read B in longer runs
+# per row: at 8 rows 16 KiB (2 KiB runs) gave 0.92x numpy at 8 x 4096 x 4096, 64 KiB 1.26x;
+# 1 row is bound by memory either way (znver2, 1 thread, thread CPU time, load 3-5)
+GEMV_STREAM_BYTES = 64 * 1024
 GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache across row groups
 # dispatcher: gemv up to GEMV_MAX_ROWS rows per batch. Each group of GEMV_ROWS rows streams
 # all of B again, so past a few groups the packed GEMM wins: with the vectorised packing, BERT's
@@ -690,13 +694,8 @@ def gemv_dot(b, geo, blk, bi, m0, rows, n_lo, n_hi):
         kmain = b.sub(geo.K, b.urem(b.sub(geo.K, head), c64(vl)))
 
         def fmas(k, accs, mask):
-            def vload(base):
-                p = elem_ptr(b, base, k, ty)
-                if mask is None:
-                    return b.load(p, typ=vec, align=blk.size)
-                return masked_load(b, p, mask, zero)
-            av = [vload(p) for p in arows]
-            bv = [vload(p) for p in bcols]
+            av = [_vector_load(b, blk, elem_ptr(b, p, k, ty), mask) for p in arows]
+            bv = [_vector_load(b, blk, elem_ptr(b, p, k, ty), mask) for p in bcols]
             return [madd(b, av[r], bv[j], accs[r * cols + j], blk.is_float)
                     for r in range(rows) for j in range(cols)]
         accs = [zero] * (rows * cols)
@@ -746,7 +745,7 @@ def gemv_axpy(b, geo, blk, bi, n_lo, n_hi):
     GEMV_ROWS rows m of C, C[m, seg] += A[m, k] * B[k, seg] for the k in order, one vector of
     columns at a time (each B vector loaded once for the group's rows). B is read row by row in
     runs of the whole segment (no stride of N per k: each page of B is used once per pass)
-    while the C segment (`gemv_stream_columns`) stays in L1. Every C element is the FMA chain
+    while the C segment (`gemv_panel`) stays in L1/L2. Every C element is the FMA chain
     over k = 0, 1, ... from 0: the same whatever the segments or the thread."""
     ty = blk.ty
     bbase = b.mul(bi, geo.sb_b)
