@@ -64,8 +64,6 @@ KERNELS = {
     "transpose": ("transpose", {"op": "transpose", "axes": [1, 0, 2]}, [("float32", 3)],
                   ("float32", 3)),
 }
-# kernel families without a PARALLEL_WORK entry of their own: the entry they use
-THRESHOLD_OF = {"transpose": "elementwise"}
 
 
 def build(families):
@@ -112,8 +110,7 @@ def sweep(name, kernel, reps):
     rng = np.random.default_rng(0)
     entry = abi.kernel_function(kernel.address)
     unit = "multiply-adds" if name == "matmul" else "elements"
-    family = KERNELS[name][0]
-    print(f"\n{name} (PARALLEL_WORK now {PARALLEL_WORK[THRESHOLD_OF.get(family, family)]} {unit})")
+    print(f"\n{name} (PARALLEL_WORK now {PARALLEL_WORK[KERNELS[name][0]]} {unit})")
     print(f"{'shape':>14} {'work':>9} {'variant':>12} {'1 thread':>10} {'2 threads':>10} "
           f"{'speedup':>8}")
     rows = []

@@ -339,7 +339,7 @@ def parallel_for(b, chunks, ctx, n, worth):
 # spec's "parallel_work" overrides an entry (tests use 0). Units: multiply-adds
 # (M*N*K*batches) for matmul and conv2d; elements of the input for the others.
 PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 15, "layer_norm": 1 << 17,
-                 "elementwise": 1 << 16, "reduce": 1 << 19}
+                 "elementwise": 1 << 16, "reduce": 1 << 19, "transpose": 1 << 19}
 # chunks `split_for` cuts its items into: enough that a descheduled thread (a loaded machine)
 # leaves little behind, few enough that claiming one (two atomics) stays negligible
 SPLIT_CHUNKS = 32

@@ -247,12 +247,12 @@ def check_transpose(spec, inputs, outputs):
     if inputs[0][1] != outputs[0][1]:
         raise KernelError("transpose: input and output ranks differ")
     transpose_perm(spec, inputs[0][1])
-    parallel_work(spec, "elementwise", "transpose")
+    parallel_work(spec, "transpose", "transpose")
 
 
 def emit_transpose(module, symbol, spec, sig):
     """Every variant splits its outermost output dim (the tiled one: its batches x tile
-    columns) over the kernel threads from the elementwise family's parallel_work."""
+    columns) over the kernel threads from PARALLEL_WORK["transpose"] output elements."""
     r = sig[0][1]
     perm = transpose_perm(spec, r)
 
@@ -281,7 +281,7 @@ def emit_transpose(module, symbol, spec, sig):
                                 all_unit_inner, items=outer))
     variants.append(Variant("generic", generic, items=outer))
     return emit_kernel(module, symbol, sig, analyse, variants,
-                       parallel_work(spec, "elementwise", "transpose"))
+                       parallel_work(spec, "transpose", "transpose"))
 
 
 def _tile_columns(b, info):

@@ -1,7 +1,7 @@
 """Kernels on several threads (kernels/pool.py): the pool's contract (every chunk once, one
 call on one thread, a second caller alone, idle workers asleep), the results of every family on
-the threads (matmul, conv2d, softmax, layer_norm, elementwise, reductions, transposes) identical bit for
-bit for every thread count, and `VirtualMachine(threads=N)` / `StaticRuntime(threads=N)`.
+the threads (matmul, conv2d, softmax, layer_norm, elementwise, reductions, transposes) identical
+bit for bit for every thread count, and `VirtualMachine(threads=N)` / `StaticRuntime(threads=N)`.
 
 The kernels here are built with `parallel_work: 0`, so even small shapes go through the pool.
 """
@@ -270,7 +270,7 @@ def test_conv2d_identical_for_every_thread_count():
 
 @pytest.mark.parametrize("family, spec", [
     ("matmul", {"op": "dense"}), ("softmax", {"op": "softmax"}), ("reduce", {"op": "sum"}),
-    ("elementwise", {"expr": ["exp", ["in", 0]]})])
+    ("elementwise", {"expr": ["exp", ["in", 0]]}), ("transpose", {"op": "transpose"})])
 def test_parallel_work_must_be_a_non_negative_int(family, spec):
     kb = KernelBuilder()
     ins = [("float32", 2)] * (2 if family == "matmul" else 1)
