@@ -817,20 +817,17 @@ def _flip_direction(b):
 
 
 def gemv_panel(b, geo, blk, parallel):
-    """Columns of one gemv item. Dot form: a panel of B of about GEMV_PANEL_BYTES (whole
-    vectors of columns, at least one), kept in cache while the row groups stream over it.
+    """Columns of one gemv item. Dot form: a panel of B of about GEMV_PANEL_BYTES (in units of
+    4 vectors of columns, at least one), kept in cache while the row groups stream over it.
     Axpy form: a segment of GEMV_STREAM_BYTES of C over all rows (whole vectors, at least one),
     cut further on several threads like a blocked column block (`thread_columns`)."""
-    vl = c64(blk.vl)
-
-    def vectors_in(nbytes, per_col):
-        cols = b.mul(b.udiv(b.udiv(c64(nbytes), per_col), vl), vl)
-        return b.select(b.icmp_signed("<", cols, vl), vl, cols)
+    def fit(nbytes, per_col, unit):
+        cols = b.mul(b.udiv(b.udiv(c64(nbytes), per_col), c64(unit)), c64(unit))
+        return b.select(b.icmp_signed("<", cols, c64(unit)), c64(unit), cols)
     dot, _ = gemv_layouts(b, geo)
-    panel = vectors_in(GEMV_PANEL_BYTES, b.mul(geo.K, c64(blk.size)))
-    segment = vectors_in(GEMV_STREAM_BYTES, b.mul(geo.M, c64(blk.size)))
-    segment = smin(b, segment, thread_columns(b, geo, blk.vl, parallel, segment))
-    return b.select(dot, panel, segment)
+    panel = fit(GEMV_PANEL_BYTES, b.mul(geo.K, c64(blk.size)), 4 * blk.vl)
+    segment = fit(GEMV_STREAM_BYTES, b.mul(geo.M, c64(blk.size)), blk.vl)
+    return b.select(dot, panel, thread_columns(b, geo, blk.vl, parallel, segment))
 
 
 def emit_gemv_panel(b, geo, blk, expr, bi, n_fwd, panel, backwards):
