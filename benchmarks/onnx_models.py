@@ -14,11 +14,10 @@ onnx and onnxruntime.
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dynvm.bench import harness, onnx_file, peers  # noqa: E402
+from dynvm.bench import onnx_file  # noqa: E402
 
 SIZES = {"lstm_linear": (1, 8, 32, 128, 512), "bidirectional_gru": (1, 8, 32, 128, 512),
          "transformer_encoder": (8, 32, 128), "detection_postprocess": (10, 100, 1000),
@@ -36,18 +35,12 @@ def main():
     if args.tiny:
         args.models, args.reps = list(sizes), 2
     from tests.frontend import torch_models
-    peers.THREADS = args.threads
-    for line in harness.cpu_lines():
-        print(line)
-    print(f"threads: {args.threads}, {args.reps} repetitions per number")
-    for name in args.models:
-        start = time.perf_counter()
+
+    def make(name):
         model, inputs = torch_models.MODELS[name]()
-        results = onnx_file.compare(model, [inputs(n) for n in sizes[name]], reps=args.reps)
-        print()
-        onnx_file.print_results(name, results)
-        print(f"({time.perf_counter() - start:.1f} s)")
-    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return model, [inputs(n) for n in sizes[name]]
+    onnx_file.compare_models([(name, lambda name=name: make(name)) for name in args.models],
+                             args.threads, args.reps)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ onnxruntime.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dynvm.bench import harness, onnx_file, peers  # noqa: E402
+from dynvm.bench import onnx_file  # noqa: E402
 
 
 def node_model(op_type, inputs, attrs, opset=17):
@@ -70,18 +69,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a smoke run: small sizes")
     args = parser.parse_args()
-    peers.THREADS = args.threads
-    for line in harness.cpu_lines():
-        print(line)
-    print(f"threads: {args.threads}, {args.reps} repetitions per number")
-    for name, (model, arg_sets) in cases(np.random.default_rng(0), args.tiny).items():
-        start = time.perf_counter()
-        results = onnx_file.compare(model, arg_sets, reps=2 if args.tiny else args.reps)
-        print()
-        onnx_file.print_results(name, results)
-        print(f"(build + runs {time.perf_counter() - start:.1f} s)")
-    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-
+    reps = 2 if args.tiny else args.reps
+    onnx_file.compare_models([(name, lambda case=case: case) for name, case
+                              in cases(np.random.default_rng(0), args.tiny).items()], args.threads, reps)
 
 if __name__ == "__main__":
     main()

@@ -391,25 +391,32 @@ def _col2im(module, symbol, sig, spec):
     b.ret(const(I32, 0))
 
 
-def _check_col2im(spec, inputs, outputs):
-    what = "col2im kernel"
+def _params(what, parse, spec):
+    """`parse(spec)`, a spec it rejects as the kernel's KernelError."""
     try:
-        col2im_params(spec)
+        return parse(spec)
     except ShapeError as e:
         raise KernelError(f"{what}: {e}") from None
+
+
+def _check_float_signature(what, inputs, outputs, ranks_in, rank_out, *more):
+    """inputs of `ranks_in` (one float dtype, then the fixed `more` entries) -> one output."""
     dtype = inputs[0][0] if inputs else None
+    want = [[dtype, r] for r in ranks_in] + [list(t) for t in more], [[dtype, rank_out]]
     got = [list(t) for t in inputs], [list(t) for t in outputs]
-    if dtype not in DTYPES["avg"] or got != ([[dtype, 6]], [[dtype, 4]]):
-        raise KernelError(f"{what}: signature must be [[dtype, 6]] -> [[dtype, 4]] with a float "
+    if dtype not in DTYPES["avg"] or got != want:
+        raise KernelError(f"{what}: signature must be {want[0]} -> {want[1]} with a float "
                           f"dtype, got {got[0]} -> {got[1]}")
+
+
+def _check_col2im(spec, inputs, outputs):
+    _params("col2im kernel", col2im_params, spec)
+    _check_float_signature("col2im kernel", inputs, outputs, [6], 4)
 
 
 def _check_pool(spec, inputs, outputs):
     what = "pool kernel"
-    try:
-        mode, kernel, *_ = pool_params(spec)
-    except ShapeError as e:
-        raise KernelError(f"{what}: {e}") from None
+    mode, kernel, *_ = _params(what, pool_params, spec)
     rank = 2 + len(kernel)
     if len(inputs) != 1 or len(outputs) != 1:
         raise KernelError(f"{what}: needs 1 input and 1 output")
@@ -422,17 +429,8 @@ def _check_pool(spec, inputs, outputs):
 
 
 def _check_roi_align(spec, inputs, outputs):
-    what = "roi_align kernel"
-    try:
-        roi_align_params(spec)
-    except ShapeError as e:
-        raise KernelError(f"{what}: {e}") from None
-    dtype = inputs[0][0] if inputs else None
-    want = [[dtype, 4], [dtype, 2], ["int64", 1]], [[dtype, 4]]
-    got = [list(t) for t in inputs], [list(t) for t in outputs]
-    if dtype not in DTYPES["avg"] or got != want:
-        raise KernelError(f"{what}: signature must be {want[0]} -> {want[1]} with a float "
-                          f"dtype, got {got[0]} -> {got[1]}")
+    _params("roi_align kernel", roi_align_params, spec)
+    _check_float_signature("roi_align kernel", inputs, outputs, [4, 2], 4, ["int64", 1])
 
 
 OPS = {"pool": (_check_pool, _pool), "roi_align": (_check_roi_align, _roi_align),

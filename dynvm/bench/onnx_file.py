@@ -143,6 +143,25 @@ def print_results(path, results, out=sys.stdout):
               file=out)
 
 
+def compare_models(models, threads, reps, out=sys.stdout):
+    """The benchmark scripts' report: the machine, then for each (name, `make`) in `models`
+    (`make()` returns the model and its argument sets, built when its turn comes) the table of
+    `print_results` and the seconds it took, then the load average."""
+    import os
+    peers.THREADS = threads
+    for line in harness.cpu_lines():
+        print(line, file=out)
+    print(f"threads: {threads}, {reps} repetitions per number", file=out)
+    for name, make in models:
+        start = time.perf_counter()
+        model, arg_sets = make()
+        results = compare(model, arg_sets, reps=reps)
+        print(file=out)
+        print_results(name, results, out)
+        print(f"(build + runs {time.perf_counter() - start:.1f} s)", file=out)
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=out)
+
+
 def run(path, shapes, reps=None, out=sys.stdout) -> int:
     """`dynvm bench --onnx`: the exit status is 1 if an output mismatched, 2 on bad options."""
     import onnx

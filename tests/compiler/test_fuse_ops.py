@@ -91,7 +91,7 @@ def test_chains_inside_match_clauses_fuse_too():
 
 
 @pin_programs()
-@settings(max_examples=examples(12))
+@settings(max_examples=examples(8))
 @given(program=random_program(), rows=st.sampled_from([0, 1, 5, 17]), layout=layouts())
 def test_fused_and_unfused_both_match_numpy_on_random_programs(program, rows, layout):
     func, reference = program

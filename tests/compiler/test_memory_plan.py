@@ -104,7 +104,7 @@ def test_planned_program_inside_a_branch(flag):
 
 
 @pin_programs(static_rows=6)
-@settings(max_examples=examples(12))
+@settings(max_examples=examples(8))
 @given(program=random_program(rows=6), layout=layouts())
 def test_planned_and_unplanned_both_match_numpy_on_random_static_programs(program, layout):
     """x: (6, 3) is static, so everything is plannable."""
@@ -202,7 +202,7 @@ def test_planning_is_never_worse_than_the_pooled_baseline(n_ops):
 
 
 @pin_programs(static_rows=6)
-@settings(max_examples=examples(12))
+@settings(max_examples=examples(8))
 @given(program=random_program(rows=6), layout=layouts())
 def test_random_plans_returning_one_tensor_match_numpy_and_never_alias(program, layout):
     """Random static programs returning a single tensor (so the result may join the arena)."""

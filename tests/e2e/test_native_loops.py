@@ -79,7 +79,7 @@ def assert_same(got, want):
 @example(shape=(3,), swap=True, reshape=False, constant=False, rows=4, seed=0, layout="broadcast")
 @example(shape=(0,), swap=False, reshape=False, constant=True, rows=2, seed=0, layout="c")
 @example(shape=(1,), swap=False, reshape=True, constant=True, rows=1, seed=0, layout="c")
-@settings(max_examples=examples(8))
+@settings(max_examples=examples(4))
 @given(shape=st.sampled_from(SHAPES), swap=st.booleans(), reshape=st.booleans(),
        constant=st.booleans(), rows=st.integers(0, 6), seed=st.integers(0, 2 ** 16),
        layout=layouts())

@@ -9,7 +9,7 @@ from tests.strategies import evaluate, examples, layouts, pin_programs, program_
 
 
 @pin_programs()
-@settings(max_examples=examples(12))
+@settings(max_examples=examples(8))
 @given(program=random_program(), rows=st.sampled_from([0, 1, 4, 9, 17]), layout=layouts())
 def test_random_program_survives_text_and_save_load(program, rows, layout, tmp_path_factory):
     func, reference = program

@@ -158,7 +158,7 @@ def random_rose(rng, nodes):
     return built[0]
 
 
-@settings(max_examples=examples(20), deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(nodes=st.integers(1, 60), seed=st.integers(0, 10))
 def test_random_trees_agree(nodes, seed):
     exe = build(prelude.parse(HELPERS + """
