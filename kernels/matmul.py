@@ -947,20 +947,19 @@ def choices(blk, variants):
     when a streaming form fits the strides, however little the work (its vector loop beats
     tiny's one scalar chain per output: an ONNX LSTM step's 1x16 by 16x64 dense, 0.9 -> 0.5 us);
     tiny for K == 0 or little work; fast when the tiles fit; else blocked."""
+    def gemv(b, geo):
+        dot, axpy = gemv_layouts(b, geo)
+        skinny = b.and_(b.icmp_signed("<=", geo.M, c64(GEMV_MAX_ROWS)), b.or_(dot, axpy))
+        return b.and_(skinny, b.icmp_signed(">", geo.K, c64(0)))
+
     def tiny(b, geo):
         work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
         return b.or_(eq(b, geo.K, c64(0)), b.icmp_signed("<=", work, c64(TINY_WORK)))
 
-    def gemv(b, geo):
-        dot, axpy = gemv_layouts(b, geo)
-        return b.and_(b.icmp_signed("<=", geo.M, c64(GEMV_MAX_ROWS)), b.or_(dot, axpy))
-
     def fast(b, geo):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         return b.and_(aligned, eq(b, geo.sc_n, c64(1)))
-    def streaming(b, geo):
-        return b.and_(gemv(b, geo), b.icmp_signed(">", geo.K, c64(0)))
-    rules = [("gemv", streaming), ("tiny", tiny), ("fast", fast), ("blocked", None)]
+    rules = [("gemv", gemv), ("tiny", tiny), ("fast", fast), ("blocked", None)]
     return [(name, rule) for name, rule in rules if name in variants]
 
 
