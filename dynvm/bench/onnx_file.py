@@ -147,7 +147,6 @@ def compare_models(models, threads, reps, out=sys.stdout):
     """The benchmark scripts' report: the machine, then for each (name, `make`) in `models`
     (`make()` returns the model and its argument sets, built when its turn comes) the table of
     `print_results` and the seconds it took, then the load average."""
-    import os
     peers.THREADS = threads
     for line in harness.cpu_lines():
         print(line, file=out)
@@ -159,7 +158,7 @@ def compare_models(models, threads, reps, out=sys.stdout):
         print(file=out)
         print_results(name, results, out)
         print(f"(build + runs {time.perf_counter() - start:.1f} s)", file=out)
-    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=out)
+    print("\n" + harness.cpu_lines()[-1] + " (after the run)", file=out)
 
 
 def run(path, shapes, reps=None, out=sys.stdout) -> int:
