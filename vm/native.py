@@ -1725,6 +1725,13 @@ SCALAR_VALUE = 16                   # a numpy scalar's value, after the object h
 C_CONTIGUOUS_ALIGNED = 0x0101       # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 
 
+def copied_out(t) -> bool:
+    """Whether an edge function copies a result of type `t` into arrays made in advance: a
+    tensor, or a tuple of tensors (most models' several outputs)."""
+    return t["kind"] == "tensor" or (t["kind"] == "tuple" and bool(t["fields"]) and
+                                     all(f["kind"] == "tensor" for f in t["fields"]))
+
+
 class EdgeTranslator:
     """`i32 dvm_edge_<i>(Ctx *ctx, i64 out, i64 args)`: invoke's way into function i with no
     Python work per argument.
@@ -1778,7 +1785,7 @@ class EdgeTranslator:
         with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
             b.ret(rc)
         t = self.fn.ret_type
-        if t["kind"] == "tensor":
+        if copied_out(t):
             with b.if_then(b.icmp_unsigned("!=", out, ir.Constant(I64, 0))):
                 self._copy_out(b.inttoptr(out, PTR), b.load(result, typ=mt.value), t)
         b.ret(ir.Constant(I32, 0))
@@ -1786,11 +1793,34 @@ class EdgeTranslator:
         b.ret(ir.Constant(I32, RC_EDGE))
 
     def _copy_out(self, out, value, t):
-        """The result Value into array `out` when it has out's shape (then its reference is
-        dropped); else return RC_RESHAPED with the result left in ctx.result."""
-        b = self.b
+        """The result Value into `out` (an array for a tensor result, a tuple of arrays for a
+        tuple of tensors) when every array has its tensor's shape: then the result's reference
+        is dropped; else return RC_RESHAPED with the result left in ctx.result. Every shape is
+        checked before anything is copied."""
+        b, mt = self.b, self.mt
         reshaped = self.llfn.append_basic_block("reshaped")
-        dims = self._load(out, ARRAY_DIMS, PTR)
+        if t["kind"] == "tensor":
+            pairs = [(out, value, t)]
+        else:
+            run = b.extract_value(value, 0)
+            pairs = [(self._load(out, TUPLE_ITEMS + 8 * k, PTR),
+                      b.load(b.gep(run, [ir.Constant(I64, k)], source_etype=mt.value), typ=mt.value), f)
+                     for k, f in enumerate(t["fields"])]
+        sizes = [self._same_shape(array, v, f, reshaped) for array, v, f in pairs]
+        for (array, v, _), nbytes in zip(pairs, sizes):
+            b.call(mt.memcpy, [self._load(array, ARRAY_DATA, PTR), b.extract_value(v, 0), nbytes,
+                               ir.Constant(I1, 0)])
+        b.call(mt.release, [b.extract_value(value, 1)])
+        saved = b.block
+        b.position_at_end(reshaped)
+        b.ret(ir.Constant(I32, RC_RESHAPED))
+        b.position_at_end(saved)
+
+    def _same_shape(self, array, value, t, reshaped):
+        """The byte size of tensor `value` of type `t`, after a branch to `reshaped` unless
+        `array` has its extents."""
+        b = self.b
+        dims = self._load(array, ARRAY_DIMS, PTR)
         nbytes = ir.Constant(I64, itemsize(t["dtype"]))
         for i in range(len(t["shape"])):
             d = b.load(b.gep(dims, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
@@ -1798,13 +1828,7 @@ class EdgeTranslator:
             b.cbranch(b.icmp_signed("==", d, b.extract_value(value, [2, i])), same, reshaped)
             b.position_at_end(same)
             nbytes = b.mul(nbytes, d)
-        b.call(self.mt.memcpy, [self._load(out, ARRAY_DATA, PTR), b.extract_value(value, 0),
-                                nbytes, ir.Constant(I1, 0)])
-        b.call(self.mt.release, [b.extract_value(value, 1)])
-        saved = b.block
-        b.position_at_end(reshaped)
-        b.ret(ir.Constant(I32, RC_RESHAPED))
-        b.position_at_end(saved)
+        return nbytes
 
     def _argument(self, ctx, obj, t):
         """The Value of argument object `obj` for a parameter of type `t`, or a decline."""
@@ -2117,9 +2141,10 @@ def _translator_digest() -> bytes:
     return digest.digest()
 
 
-def _copied_shape(shape, dtype):
-    """`shape` when a result of it is copied into a new array (small enough), else None."""
-    return shape if math.prod(shape) * dtype.itemsize <= COPY_RESULTS_UP_TO else None
+def _copied_shapes(shapes, dtypes):
+    """`shapes` when results of them are copied into new arrays (each small enough), else None."""
+    small = all(math.prod(s) * d.itemsize <= COPY_RESULTS_UP_TO for s, d in zip(shapes, dtypes))
+    return shapes if small else None
 
 
 def _enterable(fn) -> bool:
@@ -2385,19 +2410,23 @@ class NativeTier:
         entry = ffi.cast("int32_t (*)(int64_t *, int64_t, int64_t)", self.code.edges[index])
         ctx, loops = self.ctx, index in self.code.may_loop
         t = fn.ret_type
-        dtype = DTYPES[t["dtype"]][0] if t["kind"] == "tensor" else None
-        # the shape the next result is expected to have: the static one, else the last result's;
-        # None (no array made in advance) for tuples and results too large to copy
-        expected = [_copied_shape(tuple(t["shape"]), dtype) if dtype and None not in t["shape"] else None]
+        tensor = t["kind"] == "tensor"
+        fields = ([t] if tensor else t["fields"]) if copied_out(t) else None
+        dtypes = [DTYPES[f["dtype"]][0] for f in fields] if fields else None
+        # the shapes the next result's tensors are expected to have: the static ones, else the
+        # last result's; None (no array made in advance) for other results and results too
+        # large to copy
+        expected = [_copied_shapes([tuple(f["shape"]) for f in fields], dtypes)
+                    if fields and all(None not in f["shape"] for f in fields) else None]
 
         def enter(args):
             if self._returned:
                 self._take_returned()
             if loops:
                 self._arm(index)
-            shape = expected[0]
-            if shape is not None:
-                out = np.empty(shape, dtype)
+            shapes = expected[0]
+            if shapes is not None:
+                out = np.empty(shapes[0], dtypes[0]) if tensor else tuple(map(np.empty, shapes, dtypes))
                 rc = entry(ctx, id(out), id(args))
                 if not rc:
                     return out
@@ -2405,8 +2434,8 @@ class NativeTier:
                 rc = entry(ctx, 0, id(args))
             if rc == 0 or rc == RC_RESHAPED:
                 result = self._take_result(index)
-                if dtype is not None:
-                    expected[0] = _copied_shape(result.shape, dtype)
+                if fields is not None:
+                    expected[0] = _copied_shapes([a.shape for a in ((result,) if tensor else result)], dtypes)
                 return result
             if rc == RC_INTERRUPT:
                 self.last_rc = rc

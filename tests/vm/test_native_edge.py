@@ -100,6 +100,32 @@ def test_results_of_changing_shapes_are_each_exact():
     assert vm.general == 1
 
 
+def test_tuple_results_are_copied_into_arrays_made_in_advance():
+    """A tuple of tensors fills arrays invoke made with the last result's shapes; a new shape,
+    or a tensor above the copy limit, is exported instead. Every field is a new array, also
+    when a field is an argument; no later invocation writes into them."""
+    x = ir.var("x", ir.TensorType((ir.Any(),), "float32"))
+    s = op.add(x, x)
+    exe = build(ir.IRModule.from_expr(ir.Function([x], ir.Tuple([s, x, s, op.sum(x)]))))
+    vm, python = VirtualMachine(exe), VirtualMachine(exe, tier="python")
+    exports = []
+    take = vm._native._take_result
+    vm._native._take_result = lambda index: exports.append(index) or take(index)
+    earlier, exported = [], []
+    for n in (3, 3, 3, 0, 0, 6000, 6000, 2, 2):
+        a = np.arange(n, dtype=np.float32)
+        exported.append(len(exports))
+        got, want = vm.invoke("main", a), python.invoke("main", a)
+        assert [g.tobytes() for g in got] == [w.tobytes() for w in want]
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert not any(np.shares_memory(f, g) for f in (a, *earlier) for g in got)
+        earlier += got
+    exported = np.diff(exported + [len(exports)]).tolist()
+    # exported: the first call (the general path takes the thread's stack bounds), each new
+    # shape, zero extents (the general path) and the large results; copied: the repeated shapes
+    assert exported == [1, 1, 0, 1, 1, 1, 1, 1, 0]
+
+
 def test_results_are_new_arrays_the_caller_owns():
     vm = VirtualMachine(add_exe((4,)))
     a = np.ones(4, np.float32)
