@@ -16,7 +16,7 @@ from dynvm.vm.dtypes import DTYPES
 # argument index (inputs then outputs) and `dim` the dimension the check failed on.
 ERR_NARGS, ERR_NDIM, ERR_DTYPE, ERR_BROADCAST, ERR_NULL, ERR_LAYOUT, ERR_EXTENT = range(1, 8)
 ERR_SHAPE, ERR_EMPTY = 8, 9  # output/operand extents do not fit the op; reduction of nothing
-ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound)
+ERR_VALUE = 10  # an input value is unusable (zero arange step, non-finite bound, index out of range)
 ERR_ALLOC = 11  # malloc of scratch memory failed
 ERR_STEPS = 12  # a native loop ran out of its step budget (a native loop kernel)
 ERR_ARITH = 13  # a shape function's int64 arithmetic overflowed, divided by zero or cast out of range
@@ -31,7 +31,7 @@ ERROR_KINDS = {
     ERR_EXTENT: "negative extent",
     ERR_SHAPE: "extents do not fit the op (output shape or operand length)",
     ERR_EMPTY: "reduction over an empty axis has no value",
-    ERR_VALUE: "invalid input value (zero step or non-finite bound)",
+    ERR_VALUE: "invalid input value (a zero step, a non-finite bound or an index out of range)",
     ERR_ALLOC: "out of memory for scratch space",
     ERR_STEPS: "step budget exhausted",
     ERR_ARITH: "shape arithmetic overflowed int64, divided by zero or cast out of range",

@@ -16,7 +16,7 @@ from dynvm.shape_funcs.common import infer_reshape, normalize_axis
 from dynvm.shape_funcs.dynamic import arange_params, dyn_slice_attrs
 from dynvm.shape_funcs.reduce import reduced_axes
 from dynvm.shape_funcs.transform import slice_spec
-from dynvm.vm.errors import ShapeError
+from dynvm.vm.errors import KernelError, ShapeError
 
 REFERENCE_KERNELS: dict = {}
 
@@ -191,6 +191,23 @@ def set_row(inputs, outputs, attrs):
     out = data.copy()
     out[min(max(int(index), 0), data.shape[0] - 1)] = row
     store("set_row", outputs[0], out)
+
+
+@reference("scatter_rows")
+def scatter_rows(inputs, outputs, attrs):
+    """Update row k into row positions[k] in order (negative from the end; outside: an error)."""
+    data, positions, updates = inputs
+    if updates.shape != (positions.shape[0], data.shape[1]):
+        raise ShapeError(f"scatter_rows: updates of shape {updates.shape} for {positions.shape[0]} "
+                         f"rows of width {data.shape[1]}")
+    combine = {"none": lambda old, new: new, "add": np.add, "mul": np.multiply,
+               "max": np.maximum, "min": np.minimum}[attrs.get("reduction", "none")]
+    out = data.copy()
+    for p, row in zip(positions.tolist(), updates):
+        if not -data.shape[0] <= p < data.shape[0]:
+            raise KernelError(f"scatter_rows: position {p} outside {data.shape[0]} rows")
+        out[p] = combine(out[p], row)
+    store("scatter_rows", outputs[0], out)
 
 
 @reference("broadcast_to")

@@ -782,33 +782,12 @@ def linear_position(cx, data, coords):
 
 
 def scatter_rows(cx, data, rows, width, flat, updates, reduction):
-    """data viewed as `rows` rows of `width` elements, with update row k written to (or, for
-    reduction "add", added to) row flat[k]: a rows x updates 0/1 match matrix picks each row's
-    update (the last one when several hit a row) or, times the updates, sums them. Memory and
-    time grow with rows x updates: fine for the index updates exported models make, not for
-    scattering a large tensor into a large one."""
-    dtype = cx.type_of(data).dtype
-    if reduction not in ("none", "add") or dtype not in ("float32", "float64"):
-        raise Unsupported(f"reduction {reduction!r} on {dtype} (supported: none and add, "
-                          "on floats)")
-    n = cx.type_of(flat).shape[0]
-    if n == 0:
-        return data
-    data2, upd2 = reshape(data, [rows, width]), reshape(updates, [-1, width])
-    positions = op.arange(const(0, "int64"), as_int64(rows), const(1, "int64"), dtype="int64")
-    match = op.cast(op.equal(op.expand_dims(positions, 1), op.reshape(flat, [1, -1])), dtype)
-    if reduction == "add":
-        return op.add(data2, op.matmul(match, upd2))
-    # column 0 stands for "no update" (so the axis is never empty), column k for update k - 1;
-    # argmax of the match weighted by column number: the last matching update, or 0
-    order = op.arange(const(1, "int64"), op.add(as_int64(dim(cx, flat, 0)), const(1, "int64")),
-                      const(1, "int64"), dtype=dtype)
-    weighted = op.concatenate([op.zeros(shape_vector([rows, 1]), dtype=dtype),
-                               op.multiply(match, order)], 1)
-    last = op.argmax(weighted, axis=1)
-    padded = op.concatenate([op.zeros(shape_vector([1, width]), dtype=dtype), upd2], 0)
-    hit = op.greater(op.expand_dims(last, 1), const(0, "int64"))
-    return op.where(hit, op.take(padded, last, axis=0, mode="clip"), data2)
+    """data viewed as `rows` rows of `width` elements, with update row k written to (or
+    combined into, by `reduction`) row flat[k]: dynvm's scatter_rows op."""
+    if reduction != "none" and cx.type_of(data).dtype == "bool":
+        raise Unsupported(f"reduction {reduction!r} on bool")
+    return op.scatter_rows(reshape(data, [rows, width]), flat, reshape(updates, [-1, width]),
+                           reduction=reduction)
 
 
 @converter("ScatterElements", "Scatter", attrs="axis reduction")
