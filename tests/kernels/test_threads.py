@@ -111,8 +111,10 @@ def test_workers_take_chunks_and_sleep_when_idle():
         pytest.fail("no worker ever took a chunk")
     assert pool.started_workers() >= 2
     cpu = time.process_time()
-    time.sleep(0.3)
-    assert time.process_time() - cpu < 0.05          # nobody spins between jobs
+    time.sleep(0.5)
+    # nobody spins between jobs: one spinning worker alone would take 0.5 s of CPU; the margin
+    # is for the process's other threads on a loaded machine
+    assert time.process_time() - cpu < 0.15
 
 
 def test_the_thread_count_belongs_to_the_calling_thread():
