@@ -43,7 +43,7 @@ import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, ffi
-from dynvm.kernels.interrupt import armed_word
+from dynvm.kernels.interrupt import QUIET_ADDRESS, arm, register_arm
 from dynvm.vm.bytecode import is_loop_function, registers
 from dynvm.vm.dtypes import DTYPES, itemsize
 from dynvm.vm.errors import KernelError, NotNative, VMError
@@ -72,13 +72,15 @@ CTX_FIELDS = ("steps", "depth", "max_depth", "stack_limit", "kernels", "constant
               # what an edge function (`dvm_edge_<i>`) reads: the configured limits, the thread
               # the stack limit was taken on, numpy's array type and dtype objects, the result
               "budget", "depth_limit", "thread", "ndarray_type", "descrs", "result",
+              # the word an invocation nothing interrupts polls (an edge arms the others)
+              "quiet",
               # what `dvm_import` reads and writes (IMPORT_FIELDS)
               "imports")
 _CTX = {name: i for i, name in enumerate(CTX_FIELDS)}
 _STEPS, _DEPTH, _MAX_DEPTH, _STACK_LIMIT, _ERR_CODE, _INTERRUPT = (_CTX[n] for n in (
     "steps", "depth", "max_depth", "stack_limit", "err_code", "interrupt"))
 CTX_TYPE = ir.LiteralStructType([I64, I64, I64, I64, PTR, PTR, PTR, I64, I64, I64, PTR,
-                                 I64, I64, I64, I64, PTR, PTR, PTR])
+                                 I64, I64, I64, I64, PTR, PTR, I64, PTR])
 
 # The native storage pool (int64 words): counters as VirtualMachine.memory_stats names them, the
 # cap on free bytes, then one free-list head per size class (vm/memory.py's classes: 64-byte
@@ -993,8 +995,8 @@ class ModuleTranslator:
             emit_kernel(self.module, symbol, site.spec, site.inputs, site.outputs)
         return self.module.globals[symbol]
 
-    def translate_edge(self, index):
-        EdgeTranslator(self, index).emit()
+    def translate_edge(self, index, arms):
+        EdgeTranslator(self, index, arms).emit()
 
 
 def _loop_heads(fn) -> set:
@@ -1749,8 +1751,8 @@ class EdgeTranslator:
     released (one crossing for the whole invoke); otherwise (RC_RESHAPED, or out == 0) the
     result stays in ctx.result for the caller to export."""
 
-    def __init__(self, mt, index):
-        self.mt, self.index = mt, index
+    def __init__(self, mt, index, arms):
+        self.mt, self.index, self.arms = mt, index, arms
         self.fn = mt.exe.functions[index]
         self.llfn = ir.Function(mt.module, ir.FunctionType(I32, [PTR, I64, I64]), edge_symbol_of(index))
         self.b = ir.IRBuilder(self.llfn.append_basic_block("entry"))
@@ -1780,6 +1782,10 @@ class EdgeTranslator:
                              ("max_depth", self._ctx(ctx, "depth_limit")),
                              ("err_code", ir.Constant(I64, 0))):
             b.store(value, ctx_field(b, ctx, field))
+        if self.arms:       # a function that may loop polls the interrupt word, armed
+            arm = mt.module.globals.get("dynvm_arm") or ir.Function(
+                mt.module, ir.FunctionType(I64, [I64]), "dynvm_arm")
+            b.store(b.inttoptr(b.call(arm, [self._ctx(ctx, "quiet")]), PTR), ctx_field(b, ctx, "interrupt"))
         result = b.load(ctx_field(b, ctx, "result"), typ=PTR)
         rc = b.call(mt.declare(self.index), [ctx, args, result])
         with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
@@ -2042,8 +2048,6 @@ def _returned(tier_ref, queue, block):
             _LIBC.free(header)
 
 
-_QUIET = np.zeros((), np.int32)            # the word of invocations nothing interrupts
-_QUIET_ADDRESS = _QUIET.__array_interface__["data"][0]
 
 
 def raise_interrupt(exe, func, pc):
@@ -2052,20 +2056,6 @@ def raise_interrupt(exe, func, pc):
     from dynvm.kernels.interrupt import let_signal_handlers_run
     let_signal_handlers_run()
     raise KeyboardInterrupt(f"native tier interrupted in {exe.functions[func].name} at pc {pc}")
-
-
-def _armed_word_address() -> int:
-    """The address of the interrupt word this thread's invocation polls, armed (Ctrl-C sets it
-    in the main thread; other threads get one nothing sets). The words are arrays that live as
-    long as the process: their addresses are looked up once (asking numpy costs microseconds)."""
-    word = armed_word()
-    address = _WORD_ADDRESSES.get(id(word))
-    if address is None:
-        address = _WORD_ADDRESSES[id(word)] = word.__array_interface__["data"][0]
-    return address
-
-
-_WORD_ADDRESSES = {}    # id of an interrupt word array -> its address
 
 
 class NativeCode:
@@ -2094,20 +2084,22 @@ class NativeCode:
         self.import_tables = ImportTables(exe, self.rank_bound)
         host = codelib.host_target()
         key = codelib.source_key(_program_source(exe, native, self.rank_bound), host, SPEED_LEVEL)
+        self.may_loop = _may_loop(exe, native)
         obj = codelib.cached_object(key)
         if obj is None:
             mt = ModuleTranslator(exe, kinds_of, self.rank_bound, set(native), self.import_tables)
             for i in native:
                 mt.translate(i)
             for i in entries:
-                mt.translate_edge(i)
+                mt.translate_edge(i, arms=i in self.may_loop)
             if exports:
                 mt.exporter     # noqa: B018 - emitted on first use
             obj = codelib.compile_ir(str(mt.module), host, speed_level=SPEED_LEVEL, key=key)
+        if self.may_loop.intersection(entries):
+            register_arm()      # the edges of those functions call it
         self._library = codelib.CodeLibrary("", obj, host)      # built for this host: no re-JIT
         self.addresses = {i: self._library.address(symbol_of(i)) for i in native}
         self.edges = {i: self._library.address(edge_symbol_of(i)) for i in entries}
-        self.may_loop = _may_loop(exe, native)
         self.release = ffi.cast("void (*)(void *)", self._library.address("dvm_release"))
         self.exporter = ffi.cast("int64_t (*)(int64_t *, int64_t *)",
                                  self._library.address("dvm_export")) if exports else None
@@ -2232,7 +2224,7 @@ class NativeTier:
         self._data_hint = 0
         self._ctor_names = [(c["name"], c["tag"]) for c in exe.constructors]
         for name, word in (("ndarray_type", id(np.ndarray)), ("descrs", _descrs_address()),
-                           ("result", int(ffi.cast("intptr_t", self._result))),
+                           ("result", int(ffi.cast("intptr_t", self._result))), ("quiet", QUIET_ADDRESS),
                            ("imports", int(ffi.cast("intptr_t", self.imports)))):
             self.ctx[_CTX[name]] = word
         self.remaining = _Remaining(self.ctx)
@@ -2384,7 +2376,7 @@ class NativeTier:
         return None
 
     def _arm(self, index):
-        self.ctx[_INTERRUPT] = _armed_word_address() if index in self.code.may_loop else _QUIET_ADDRESS
+        self.ctx[_INTERRUPT] = arm(QUIET_ADDRESS) if index in self.code.may_loop else QUIET_ADDRESS
 
     def _take_result(self, index):
         result = self._result
@@ -2408,7 +2400,7 @@ class NativeTier:
             return None
         fn = self.exe.functions[index]
         entry = ffi.cast("int32_t (*)(int64_t *, int64_t, int64_t)", self.code.edges[index])
-        ctx, loops = self.ctx, index in self.code.may_loop
+        ctx = self.ctx
         t = fn.ret_type
         tensor = t["kind"] == "tensor"
         fields = ([t] if tensor else t["fields"]) if copied_out(t) else None
@@ -2422,8 +2414,6 @@ class NativeTier:
         def enter(args):
             if self._returned:
                 self._take_returned()
-            if loops:
-                self._arm(index)
             shapes = expected[0]
             if shapes is not None:
                 out = np.empty(shapes[0], dtypes[0]) if tensor else tuple(map(np.empty, shapes, dtypes))

@@ -8,7 +8,7 @@ from dynvm.bench import harness
 from dynvm.bench.run import PEERS, RUNTIMES, print_report, targets
 
 
-def alternating_sleeper(short=0.001, long=0.004):
+def alternating_sleeper(short=0.001, long=0.02):
     """A callable whose calls alternate between two durations: repetitions that never agree."""
     state = {"calls": 0}
 
@@ -40,7 +40,7 @@ def test_a_noisy_measurement_is_taken_twice_and_reported(monkeypatch):
                                           budget=1e-4, on_rep=reps.append)
     assert len(reps) == 8, "measured a second time"
     assert why["flaky"].startswith("repetitions spread")
-    assert 0.001 <= seconds["flaky"] < 0.05
+    assert 0.001 <= seconds["flaky"] < 0.1
 
 
 def test_a_measurement_on_a_busy_machine_is_taken_twice(monkeypatch):
