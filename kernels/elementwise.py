@@ -21,6 +21,8 @@ of touching memory it was not promised. Error codes: `kind | arg << 8 | dim << 1
 Semantics worth knowing:
 - maximum/minimum on floats propagate NaN from either operand, like numpy.
 - integer divide truncates toward zero; x / 0 == 0 and INT_MIN / -1 == INT_MIN (no trap).
+- fmod is C's fmod (LLVM's frem on floats: exact); on integers x fmod 0 == 0 and
+  INT_MIN fmod -1 == 0 (no trap).
 - integer power uses exponentiation by squaring (wrapping); a negative exponent gives the
   truncated real result: 1 for base 1, +-1 for base -1, 0 otherwise (numpy raises instead).
 - float -> int cast saturates (NaN -> 0) via llvm.fptosi.sat; numpy's result for out-of-range
@@ -41,10 +43,10 @@ from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import KernelError
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu")
-ARITH = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
+ARITH = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "fmod")
 COMPARE = ("less", "greater", "less_equal", "greater_equal", "equal", "logical_and")
 FLOAT_ONLY = ("exp", "log", "sqrt", "tanh", "sigmoid")
-NOT_BOOL = ("negative", "subtract", "divide", "power")
+NOT_BOOL = ("negative", "subtract", "divide", "power", "fmod")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +256,8 @@ class _ExprEmitter:
 
     def _float_arith(self, head, x, y):
         b = self.b
-        simple = {"add": b.fadd, "subtract": b.fsub, "multiply": b.fmul, "divide": b.fdiv}
+        simple = {"add": b.fadd, "subtract": b.fsub, "multiply": b.fmul, "divide": b.fdiv,
+                  "fmod": b.frem}
         if head in simple:
             return simple[head](x, y)
         if head == "power":
@@ -275,12 +278,14 @@ class _ExprEmitter:
             return b.select(b.icmp_signed("<", x, y), x, y)
         if head == "power":
             return self._lanewise(_ipow_function(self.module, REG_TYPE[dtype]), x, y)
-        # divide: truncating, x/0 -> 0, INT_MIN/-1 -> INT_MIN (x/1)
+        # divide / fmod: truncating, x/0 -> 0 (x fmod 0 -> 0), INT_MIN/-1 -> INT_MIN (x/1; the
+        # remainder x fmod 1 == 0 is right)
         zero = b.icmp_signed("==", y, const(ty, 0))
         int_min = const(ty, -(1 << (width - 1)))
         overflow = b.and_(b.icmp_signed("==", x, int_min), b.icmp_signed("==", y, const(ty, -1)))
         safe = b.select(b.or_(zero, overflow), const(ty, 1), y)
-        return b.select(zero, const(ty, 0), b.sdiv(x, safe))
+        result = b.srem(x, safe) if head == "fmod" else b.sdiv(x, safe)
+        return b.select(zero, const(ty, 0), result)
 
     def _lanewise(self, fn, *args):
         """Call the scalar function `fn` on each lane (for the rare ops with no vector form)."""

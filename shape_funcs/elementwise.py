@@ -8,7 +8,7 @@ from dynvm.shape_funcs.common import broadcast
 from dynvm.shape_funcs.registry import shape_func
 
 UNARY = ("negative", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "cast")
-BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum",
+BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "fmod",
           "less", "greater", "less_equal", "greater_equal", "equal", "logical_and", "where")
 
 

@@ -82,7 +82,8 @@ def _power(x, y):
 
 
 BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": _divide,
-          "power": _power, "maximum": np.maximum, "minimum": np.minimum, "less": np.less,
+          "power": _power, "maximum": np.maximum, "minimum": np.minimum, "fmod": np.fmod,
+          "less": np.less,
           "greater": np.greater, "less_equal": np.less_equal, "greater_equal": np.greater_equal,
           "equal": np.equal, "logical_and": np.logical_and}
 

@@ -31,6 +31,8 @@ BINARY = {
     "power": (NUMERIC_DTYPES, None, "x ** y"),
     "maximum": (NUMERIC_DTYPES, None, "the larger of x and y"),
     "minimum": (NUMERIC_DTYPES, None, "the smaller of x and y"),
+    "fmod": (NUMERIC_DTYPES, None, "the remainder of x / y truncated toward zero, with x's sign "
+                                   "(C's fmod, exact; integers: x fmod 0 == 0)"),
     "less": (tuple(DTYPES), "bool", "x < y"),
     "greater": (tuple(DTYPES), "bool", "x > y"),
     "less_equal": (tuple(DTYPES), "bool", "x <= y"),

@@ -123,3 +123,22 @@ def test_a_reshape_with_one_run_time_entry_infers_it_and_keeps_the_other_dims_st
     x = np.arange(48, dtype=np.float32).reshape(2, 6, 4)
     np.testing.assert_array_equal(VirtualMachine(build(from_onnx(m))).invoke("main", x),
                                   x.reshape(2, 3, 8))
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.FLOAT, np.float32), (TensorProto.INT64, np.int64)])
+def test_mod_is_numpys_mod_or_fmod_bit_for_bit(fmod, elem, dtype):
+    """Signed zeros, infinities, NaN and quotients too large for x - trunc(x / y) * y."""
+    node = helper.make_node("Mod", ["x", "y"], ["z"], fmod=fmod)
+    graph = helper.make_graph([node], "mod", [info("x", [None], elem), info("y", [None], elem)],
+                              [info("z", [None], elem)])
+    vm = VirtualMachine(build(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))))
+    if dtype == np.float32:
+        x = np.array([0.0, -0.0, 0.0, -0.0, -3, 3, -1, 1, np.inf, 1, np.nan, 5.5, -5.5, 1e30, 7.25], dtype)
+        y = np.array([-2.0, 2, 2, -2, np.inf, -np.inf, -np.inf, 2, 0, 2, -2, 2, 7, -0.5, 3], dtype)
+    else:
+        x = np.array([-4, 7, 5, 4, -7, 8, 0, -9, np.iinfo(dtype).min], dtype)
+        y = np.array([2, -3, 8, -2, 3, 5, 3, 4, 7], dtype)
+    with np.errstate(all="ignore"):
+        want = np.fmod(x, y) if fmod else np.mod(x, y)
+    assert vm.invoke("main", x, y).tobytes() == want.tobytes()

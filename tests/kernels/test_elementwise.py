@@ -24,7 +24,7 @@ UNARY_REF = {
 UNARY_RANGE = {"exp": (-20, 20), "log": (-0.5, 50), "sqrt": (-0.5, 50), "sigmoid": (-30, 30)}
 
 ARITH_REF = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
-             "maximum": np.maximum, "minimum": np.minimum, "power": np.power}
+             "maximum": np.maximum, "minimum": np.minimum, "power": np.power, "fmod": np.fmod}
 COMPARE_REF = {"less": np.less, "greater": np.greater, "less_equal": np.less_equal,
                "greater_equal": np.greater_equal, "equal": np.equal, "logical_and": np.logical_and}
 BOOL_ARITH = ("add", "multiply", "maximum", "minimum")

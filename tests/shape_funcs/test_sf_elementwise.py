@@ -8,7 +8,7 @@ from tests.strategies import arrays, broadcastable_pair, examples, laid_out, lay
 from dynvm.shape_funcs import lookup
 from dynvm.vm.errors import ShapeError
 
-BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
+BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "fmod"]
 COMPARE = ["less", "greater", "equal"]
 UNARY = {"negative": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh,
          "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "relu": lambda x: np.maximum(x, 0)}

@@ -365,22 +365,21 @@ def round_(cx, ins, a):
 
 @converter("Mod", attrs="fmod")
 def mod(cx, ins, a):
-    """fmod=1: x - trunc(x / y) * y (the sign of x); fmod=0 (integers): the sign of y."""
+    """fmod=1: C's fmod (the sign of x, exact); fmod=0: the sign of y, as numpy's mod: fmod,
+    plus y when the remainder is non-zero and its sign is not y's (floats: x finite and y
+    infinite gives x, or y when their signs differ; a zero result has y's sign)."""
     x, y = ins
-    dtype = cx.type_of(x).dtype
-    q = op.divide(x, y)
-    if dtype in ("float32", "float64"):
-        if not a.get("fmod", 0):
-            raise Unsupported("fmod=0 on floating-point inputs")
-        q = op.where(op.less(q, like(cx, q, 0)), op.negative(floor_(cx, op.negative(q))),
-                     floor_(cx, q))
-    rem = op.subtract(x, op.multiply(q, y))
+    rem = op.fmod(x, y)
     if a.get("fmod", 0):
         return rem
     zero = like(cx, x, 0)
     wrong_sign = op.logical_and(not_(op.equal(rem, zero)),
                                 not_(op.equal(op.less(rem, zero), op.less(y, zero))))
-    return op.where(wrong_sign, op.add(rem, y), rem)
+    rem = op.where(wrong_sign, op.add(rem, y), rem)
+    if cx.type_of(x).dtype in ("float32", "float64"):     # -0.0 as a product: constants fold it
+        sign_of_y = op.where(op.less(y, zero), like(cx, x, -1), like(cx, x, 1))
+        rem = op.where(op.equal(rem, zero), op.multiply(zero, sign_of_y), rem)
+    return rem
 
 
 @converter("Shrink", attrs="bias lambd")
