@@ -142,3 +142,19 @@ def test_mod_is_numpys_mod_or_fmod_bit_for_bit(fmod, elem, dtype):
     with np.errstate(all="ignore"):
         want = np.fmod(x, y) if fmod else np.mod(x, y)
     assert vm.invoke("main", x, y).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("op_type,elem,dtype", [
+    (op_type, TensorProto.INT64, np.int64) for op_type in ("ReduceMin", "ReduceMax", "ArgMin", "ArgMax")
+] + [(op_type, TensorProto.BOOL, np.bool_) for op_type in ("ReduceMin", "ReduceMax")])
+def test_integer_and_bool_extremes_are_exact(op_type, elem, dtype):
+    """The smallest integer has no negation: min and argmin must not negate."""
+    node = helper.make_node(op_type, ["x"], ["y"], keepdims=0, **({"axis": 1} if "Arg" in op_type else {"axes": [1]}))
+    out = TensorProto.INT64 if "Arg" in op_type else elem
+    graph = helper.make_graph([node], "extreme", [info("x", [2, 3], elem)], [info("y", [2], out)])
+    vm = VirtualMachine(build(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))))
+    low = np.iinfo(np.int64).min
+    x = np.array([[low, 5, -1], [7, low + 1, 7]]).astype(dtype) if dtype == np.int64 \
+        else np.array([[True, False, True], [False, False, False]])
+    want = {"ReduceMin": np.min, "ReduceMax": np.max, "ArgMin": np.argmin, "ArgMax": np.argmax}[op_type](x, axis=1)
+    np.testing.assert_array_equal(vm.invoke("main", x), want)

@@ -1342,8 +1342,8 @@ def _log_sum_exp(x, axes, keepdims):
 REDUCTIONS = {
     "ReduceSum": lambda cx, x, ax, k: op.sum(x, axis=ax, keepdims=k),
     "ReduceMean": lambda cx, x, ax, k: op.mean(x, axis=ax, keepdims=k),
-    "ReduceMax": lambda cx, x, ax, k: op.max(x, axis=ax, keepdims=k),
-    "ReduceMin": lambda cx, x, ax, k: op.negative(op.max(op.negative(x), axis=ax, keepdims=k)),
+    "ReduceMax": lambda cx, x, ax, k: _extreme(cx, x, ax, k, reverse=False),
+    "ReduceMin": lambda cx, x, ax, k: _extreme(cx, x, ax, k, reverse=True),
     "ReduceL1": lambda cx, x, ax, k: op.sum(abs_(cx, x), axis=ax, keepdims=k),
     "ReduceL2": lambda cx, x, ax, k: op.sqrt(op.sum(op.multiply(x, x), axis=ax, keepdims=k)),
     "ReduceSumSquare": lambda cx, x, ax, k: op.sum(op.multiply(x, x), axis=ax, keepdims=k),
@@ -1351,6 +1351,24 @@ REDUCTIONS = {
     "ReduceLogSumExp": lambda cx, x, ax, k: _log_sum_exp(x, ax, k),
     "ReduceProd": lambda cx, x, ax, k: _product(cx, x, ax, k),
 }
+
+
+def reversed_order(cx, x):
+    """A tensor ordered exactly as x reversed: -x for floats, -1 - x (that is ~x, which does
+    not overflow at the smallest integer as -x does) for integers."""
+    if cx.type_of(x).dtype in ("float32", "float64"):
+        return op.negative(x)
+    return op.subtract(like(cx, x, -1), x)
+
+
+def _extreme(cx, x, axes, keepdims, reverse):
+    """max (or min, through reversed_order) of x; bools as int32."""
+    dtype = cx.type_of(x).dtype
+    if dtype == "bool":
+        return op.cast(_extreme(cx, op.cast(x, "int32"), axes, keepdims, reverse), "bool")
+    if not reverse:
+        return op.max(x, axis=axes, keepdims=keepdims)
+    return reversed_order(cx, op.max(reversed_order(cx, x), axis=axes, keepdims=keepdims))
 
 
 def _product(cx, x, axes, keepdims):
@@ -1387,17 +1405,27 @@ def reduce(cx, ins, a):
     return REDUCTIONS[cx.node.op_type](cx, x, axes, keepdims)
 
 
-# ONNX's value of an empty max / min / log-sum-exp (dynvm's max rejects an empty axis)
-EMPTY_REDUCTION = {"ReduceMax": -np.inf, "ReduceMin": np.inf, "ReduceLogSumExp": -np.inf}
+def empty_value(op_type, dtype):
+    """ONNX's value of an empty max / min (the dtype's lowest / highest) or float
+    log-sum-exp (-inf); None for other reductions (dynvm's max rejects an empty axis)."""
+    highest = op_type == "ReduceMin"
+    if op_type not in ("ReduceMax", "ReduceMin", "ReduceLogSumExp"):
+        return None
+    if dtype in ("float32", "float64"):
+        return np.inf if highest else -np.inf
+    if op_type == "ReduceLogSumExp":
+        return None
+    if dtype == "bool":
+        return highest
+    return np.iinfo(dtype).max if highest else np.iinfo(dtype).min
 
 
 def empty_reduction(cx, x, axes, keepdims):
-    """The result of a float max / min / log-sum-exp over a statically empty axis, else None."""
+    """The result of a max / min / log-sum-exp over a statically empty axis, else None."""
     t = cx.type_of(x)
-    value = EMPTY_REDUCTION.get(cx.node.op_type)
+    value = empty_value(cx.node.op_type, t.dtype)
     reduced = range(t.rank) if axes is None else [v % t.rank for v in axes]
-    if value is None or t.dtype not in ("float32", "float64") or \
-            not any(t.shape[i] == 0 for i in reduced):
+    if value is None or not any(t.shape[i] == 0 for i in reduced):
         return None
     shape = [1 if i in reduced else d for i, d in enumerate(t.shape) if keepdims or i not in reduced]
     if any(ir.is_any(d) for d in shape):
@@ -1407,7 +1435,7 @@ def empty_reduction(cx, x, axes, keepdims):
 
 @converter("ArgMax", "ArgMin", attrs="axis keepdims select_last_index")
 def arg_reduce(cx, ins, a):
-    x = ins[0] if cx.node.op_type == "ArgMax" else op.negative(ins[0])
+    x = ins[0] if cx.node.op_type == "ArgMax" else reversed_order(cx, ins[0])
     axis = axis_of(cx, x, a.get("axis", 0))
     keepdims = bool(a.get("keepdims", 1))
     if not a.get("select_last_index", 0):
