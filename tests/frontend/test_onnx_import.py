@@ -158,3 +158,15 @@ def test_integer_and_bool_extremes_are_exact(op_type, elem, dtype):
         else np.array([[True, False, True], [False, False, False]])
     want = {"ReduceMin": np.min, "ReduceMax": np.max, "ArgMin": np.argmin, "ArgMax": np.argmax}[op_type](x, axis=1)
     np.testing.assert_array_equal(vm.invoke("main", x), want)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((3, 1, 3, 4), (1, 2, 4, 2)), ((3, 4), (2, 1, 4, 5)),
+                                             ((2, 1, 3, 4), (5, 4, 2))])
+def test_matmul_broadcasts_batch_dims_and_ranks(a_shape, b_shape):
+    node = helper.make_node("MatMul", ["a", "b"], ["c"])
+    graph = helper.make_graph([node], "matmul", [info("a", list(a_shape)), info("b", list(b_shape))],
+                              [info("c", None)])
+    vm = VirtualMachine(build(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))))
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in (a_shape, b_shape))
+    np.testing.assert_allclose(vm.invoke("main", a, b), np.matmul(a, b), rtol=1e-5, atol=1e-6)

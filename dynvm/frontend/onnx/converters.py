@@ -1038,10 +1038,11 @@ def matmul_nd(cx, x, w):
             return op.matmul(x, w)
         value = cx.value_of(w)             # a weight: transposed once, at import
         return op.dense(x, op.transpose(w) if value is None else ir.const(np.ascontiguousarray(value.T)))
-    if ra == 2 and rb == 3:
-        x, ra = op.expand_dims(x, 0), 3
-    if ra != rb:
-        raise Unsupported(f"MatMul of ranks {ra} and {rb}")
+    if ra < rb:
+        x, ra = op.expand_dims(x, 0, rb - ra), rb
+    elif rb < ra:
+        w, rb = op.expand_dims(w, 0, ra - rb), ra
+    x, w = broadcast_batches(cx, x, w)
     batch = [dim(cx, x, i) for i in range(ra - 2)]
     x3 = x if ra == 3 else reshape(x, [-1, dim(cx, x, ra - 2), dim(cx, x, ra - 1)])
     wt = transposed_operand(cx, w)
@@ -1052,6 +1053,19 @@ def matmul_nd(cx, x, w):
         transpose_b = False
     out = op.batch_matmul(x3, w3, transpose_b=transpose_b)
     return out if ra == 3 else reshape(out, batch + [dim(cx, x, ra - 2), dim(cx, w, rb - 1)])
+
+
+def broadcast_batches(cx, x, w):
+    """x and w (of one rank >= 3) with their batch dims broadcast to each other's, when some
+    pair of static batch dims differs (one of them 1): each times `ones` of the other's batch
+    dims. Batch dims equal or known only at run time are left to batch_matmul."""
+    r = rank(cx, x)
+    bx, bw = ([dim(cx, e, i) for i in range(r - 2)] for e in (x, w))
+    if not any(isinstance(p, int) and isinstance(q, int) and p != q for p, q in zip(bx, bw)):
+        return x, w
+    dtype = cx.type_of(x).dtype
+    return (op.multiply(x, op.ones(shape_vector(bw + [1, 1]), dtype=dtype)),
+            op.multiply(w, op.ones(shape_vector(bx + [1, 1]), dtype=dtype)))
 
 
 def transposed_operand(cx, w):
