@@ -14,6 +14,10 @@ from dynvm.frontend.onnx.backend import (FAILED, SKIPPED, DynvmBackend, case_op,
 from dynvm.frontend.onnx.converters import CONVERTERS  # noqa: E402
 
 PER_OP = 2
+# cases beyond an op's first two that cover a lowering path of their own
+EXTRA = {"test_resize_downsample_scales_cubic_antialias", "test_resize_tf_crop_and_resize_axes_3_2",
+         "test_resize_upsample_scales_cubic_A_n0p5_exclude_outside",
+         "test_resize_upsample_scales_linear_half_pixel_symmetric"}
 
 
 def short_cases():
@@ -24,7 +28,7 @@ def short_cases():
     out = []
     for case in cases:
         op = case_op(case)
-        if op in CONVERTERS and taken[op] < PER_OP:
+        if op in CONVERTERS and (taken[op] < PER_OP or case.name in EXTRA):
             taken[op] += 1
             out.append(case)
     return out

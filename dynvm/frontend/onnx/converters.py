@@ -911,68 +911,152 @@ def _pad_axis(cx, x, axis, before, after, mode, fill, r):
     return op.where(inside, out, fill)
 
 
-# coordinate_transformation_mode -> the source coordinate of output positions x (floats) for
+# coordinate_transformation_mode -> the source coordinate of output positions y (floats) for
 # input size n, output size m, scale s (n * s, unrounded, is the spec's "length_resized")
 SOURCE_COORDINATES = {
-    "half_pixel": lambda x, n, m, s: (x + 0.5) / s - 0.5,
-    "pytorch_half_pixel": lambda x, n, m, s: (x + 0.5) / s - 0.5 if m > 1 else 0 * x,
-    "align_corners": lambda x, n, m, s: x * (n - 1) / (n * s - 1) if m > 1 else 0 * x,
-    "asymmetric": lambda x, n, m, s: x / s,
+    "half_pixel": lambda y, n, m, s: (y + 0.5) / s - 0.5,
+    "half_pixel_symmetric": lambda y, n, m, s: n / 2 * (1 - m / (n * s)) + (y + 0.5) / s - 0.5,
+    "pytorch_half_pixel": lambda y, n, m, s: (y + 0.5) / s - 0.5 if n * s != 1 else 0 * y - 0.5,
+    "align_corners": lambda y, n, m, s: y * (n - 1) / (n * s - 1) if n * s != 1 else 0 * y,
+    "asymmetric": lambda y, n, m, s: y / s,
 }
 NEAREST = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
            "floor": np.floor, "ceil": np.ceil}
+RESIZE_MODES = ("nearest", "linear", "cubic")
+
+
+def cubic_kernel(d, a):
+    """Keys' cubic convolution kernel with parameter `a` at distances d."""
+    d = np.abs(d)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def resize_taps(mode, source, n, scale, a):
+    """(indices (m, K) into [0, n), weights (m, K)) of each output position's source taps.
+    The taps of a coordinate x are the K positions nearest to it, ties to the left (the window
+    starts at ceil(x) - K/2); linear and cubic weigh them by their kernel at the distance,
+    scaled by the scale when antialiasing a downsampling (the window widened to match, the
+    weights normalised). Taps outside the input read its edge, or with `exclude_outside` get
+    weight 0 (the others renormalised)."""
+    if mode == "nearest":
+        index = NEAREST[a.get("nearest_mode", "round_prefer_floor")](source)
+        return np.clip(index, 0, n - 1).astype(np.int64)[:, None], np.ones((len(source), 1))
+    antialias = bool(a.get("antialias", 0))
+    shrink = min(scale, 1.0) if antialias else 1.0
+    reach = 1 if mode == "linear" else 2
+    first = int(np.floor(-reach / shrink) + 1)                 # the leftmost tap's offset
+    offsets = np.arange(first, 2 - first)
+    left = np.ceil(source) - 1                                 # a coordinate on a tap: its left
+    ratio = source - left
+    distance = shrink * (offsets[None, :] - ratio[:, None])
+    if mode == "linear":
+        weights = np.clip(1 - np.abs(distance), 0, 1)
+    else:
+        weights = cubic_kernel(distance, a.get("cubic_coeff_a", -0.75))
+    index = left.astype(np.int64)[:, None] + offsets[None, :]
+    if a.get("exclude_outside", 0):
+        weights = np.where((index < 0) | (index >= n), 0.0, weights)
+    if antialias or a.get("exclude_outside", 0):
+        total = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(total == 0, 1.0, total)
+    return np.clip(index, 0, n - 1), weights
 
 
 @converter("Resize", "Upsample", attrs="mode coordinate_transformation_mode nearest_mode axes "
                                         "antialias keep_aspect_ratio_policy cubic_coeff_a "
                                         "exclude_outside extrapolation_value scales")
 def resize(cx, ins, a):
-    """Nearest and linear resizing of static dims with constant scales or sizes: per resized
-    axis, the source indices (and linear weights) computed at import time, then `take`."""
+    """Nearest, linear and cubic resizing (antialias, exclude_outside, every coordinate mode,
+    tf_crop_and_resize's region and extrapolation value, the aspect-ratio policies) of static
+    dims with constant scales, sizes and region: per resized axis, the taps of each output
+    position (source indices and weights) computed at import time, then one `take` per tap and
+    their weighted sum."""
     x, t = ins[0], cx.type_of(ins[0])
     mode = a.get("mode", "nearest")
     legacy = cx.node.op_type == "Upsample" or cx.opset < 11      # scales input 1, asymmetric
     coords = "asymmetric" if legacy else a.get("coordinate_transformation_mode", "half_pixel")
-    if mode not in ("nearest", "linear"):
-        raise Unsupported(f"mode {mode!r} (supported: nearest, linear)")
-    if coords not in SOURCE_COORDINATES:
-        raise Unsupported(f"coordinate_transformation_mode {coords!r} (supported: "
-                          f"{', '.join(SOURCE_COORDINATES)})")
-    if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise Unsupported("antialias or keep_aspect_ratio_policy other than stretch")
+    if mode not in RESIZE_MODES:
+        raise Unsupported(f"mode {mode!r} (supported: {', '.join(RESIZE_MODES)})")
+    if coords not in SOURCE_COORDINATES and coords != "tf_crop_and_resize":
+        raise Unsupported(f"coordinate_transformation_mode {coords!r}")
+    if mode != "nearest" and t.dtype not in ("float32", "float64"):
+        raise Unsupported(f"{mode} Resize of {t.dtype}")
+    if legacy:
+        a = dict(a, nearest_mode="floor")
     axes = [axis % t.rank for axis in a.get("axes", range(t.rank))]
-    scales_in, sizes_in = (ins[1], None) if legacy else (ins[2] if len(ins) > 2 else None,
-                                                         ins[3] if len(ins) > 3 else None)
-    sizes = None
-    if "scales" in a:
-        scales = list(a["scales"])
-    elif scales_in is not None and cx.type_of(scales_in).shape[0] != 0:
-        scales = [float(v) for v in constant_value(cx, scales_in, "Resize scales").reshape(-1)]
-    else:
-        sizes = ints(cx, sizes_in, "Resize sizes")
     if any(ir.is_any(t.shape[axis]) for axis in axes):
         raise Unsupported("Resize of a dynamic dim")
+    scales, sizes = resize_scales(cx, ins, a, legacy, [t.shape[axis] for axis in axes])
+    roi = resize_region(cx, ins, len(axes), coords)
     for k, axis in enumerate(axes):
-        n = t.shape[axis]
-        m = sizes[k] if sizes is not None else int(math.floor(n * scales[k]))
-        scale = scales[k] if sizes is None else (m / n if n else 1.0)
-        if m == n and scale == 1.0:
+        n, m = t.shape[axis], sizes[k]
+        if m == n and scales[k] == 1.0 and roi is None:
             continue
-        source = SOURCE_COORDINATES[coords](np.arange(m, dtype=np.float64), n, m, scale)
-        if mode == "nearest":
-            rounding = "floor" if legacy else a.get("nearest_mode", "round_prefer_floor")
-            index = np.clip(NEAREST[rounding](source), 0, n - 1)
-            x = op.take(x, const(index.astype(np.int64), "int64"), axis=axis)
-            continue
-        source = np.clip(source, 0, n - 1)
-        lo = np.floor(source).astype(np.int64)
-        hi, w = np.minimum(lo + 1, n - 1), source - lo
-        shape = [1] * t.rank
-        shape[axis] = m
-        weight = const(w.reshape(shape), t.dtype)
-        below, above = (op.take(x, const(i, "int64"), axis=axis) for i in (lo, hi))
-        x = op.add(below, op.multiply(op.subtract(above, below), weight))
+        y = np.arange(m, dtype=np.float64)
+        if roi is not None:       # tf_crop_and_resize: the region [start, end] of the input
+            start, end = roi[k], roi[len(axes) + k]
+            source = (end - start) * (n - 1) / 2 + 0 * y if m == 1 else y * (end - start) * (n - 1) / (m - 1)
+            source = source + start * (n - 1)
+        else:
+            source = SOURCE_COORDINATES[coords](y, n, m, scales[k])
+        x = resize_axis(cx, x, axis, *resize_taps(mode, source, n, scales[k], a))
+        if roi is not None and ((source < 0) | (source > n - 1)).any():
+            shape = [1] * t.rank
+            shape[axis] = m
+            outside = const(((source < 0) | (source > n - 1)).reshape(shape), "bool")
+            x = op.where(outside, like(cx, x, a.get("extrapolation_value", 0.0)), x)
     return x
+
+
+def resize_scales(cx, ins, a, legacy, dims):
+    """(scale, output size) per resized axis, from the scales or the sizes (with the
+    aspect-ratio policy)."""
+    scales_in, sizes_in = (ins[1], None) if legacy else (ins[2] if len(ins) > 2 else None,
+                                                         ins[3] if len(ins) > 3 else None)
+    if "scales" in a or (scales_in is not None and cx.type_of(scales_in).shape[0] != 0):
+        scales = list(a["scales"]) if "scales" in a else [
+            float(v) for v in constant_value(cx, scales_in, "Resize scales").reshape(-1)]
+        return scales, [int(math.floor(n * s)) for n, s in zip(dims, scales)]
+    sizes = ints(cx, sizes_in, "Resize sizes")
+    policy = a.get("keep_aspect_ratio_policy", "stretch")
+    if policy == "stretch":
+        return [m / n if n else 1.0 for n, m in zip(dims, sizes)], list(sizes)
+    pick = {"not_larger": min, "not_smaller": max}.get(policy)
+    if pick is None:
+        raise Unsupported(f"keep_aspect_ratio_policy {policy!r}")
+    scale = pick(m / n for n, m in zip(dims, sizes))
+    return [scale] * len(dims), [int(scale * n + 0.5) for n in dims]
+
+
+def resize_region(cx, ins, count, coords):
+    """tf_crop_and_resize's region (starts, then ends, of the resized axes), else None."""
+    if coords != "tf_crop_and_resize":
+        return None
+    if len(ins) < 2 or ins[1] is None:
+        raise Unsupported("tf_crop_and_resize without a region")
+    roi = [float(v) for v in constant_value(cx, ins[1], "Resize roi").reshape(-1)]
+    if len(roi) != 2 * count:
+        raise Unsupported(f"a region of {len(roi)} values for {count} resized axes")
+    return roi
+
+
+def resize_axis(cx, x, axis, index, weights):
+    """The weighted sum over taps of `take`s of x along `axis` (taps of weight 0 skipped)."""
+    t = cx.type_of(x)
+    shape = [1] * t.rank
+    shape[axis] = len(index)
+    out = None
+    for k in range(index.shape[1]):
+        if not weights[:, k].any():
+            continue
+        tap = op.take(x, const(index[:, k], "int64"), axis=axis)
+        if not (weights[:, k] == 1).all():
+            tap = op.multiply(tap, const(weights[:, k].reshape(shape), t.dtype))
+        out = tap if out is None else op.add(out, tap)
+    return out if out is not None else op.multiply(op.take(x, const(index[:, 0], "int64"), axis=axis),
+                                                   like(cx, x, 0))
 
 
 @converter("NonZero")
