@@ -510,9 +510,11 @@ def identity(cx, ins, a):
 
 @converter("Dropout", attrs="seed ratio is_test")
 def dropout(cx, ins, a):
-    """Inference: the identity, and a mask of ones."""
+    """Inference, or training with a ratio of 0: the identity, and a mask of ones."""
     if len(ins) > 2 and ins[2] is not None and scalar_value(cx, ins[2], "training_mode"):
-        raise Unsupported("training_mode=True (only inference is supported)")
+        ratio = scalar_value(cx, ins[1], "ratio") if len(ins) > 1 and ins[1] is not None else 0.5
+        if ratio != 0:
+            raise Unsupported("training_mode=True with a ratio above 0 (a random mask)")
     x = ins[0]
     return [x, op.ones(op.shape_of(x), dtype="bool")]
 
@@ -586,8 +588,10 @@ def reshape_op(cx, ins, a):
     x, s = ins
     value = cx.value_of(s)
     if value is None:
-        if a.get("allowzero", 0):
-            raise Unsupported("allowzero=1 with a run-time shape")
+        if a.get("allowzero", 0):       # a 0 is an empty dim, not a copy: then no elements
+            has_zero = op.greater(op.max(op.cast(op.equal(s, const(0, "int64")), "int32")),
+                                  const(0, "int32"))
+            return ir.If(has_zero, op.zeros(s, dtype=cx.type_of(x).dtype), op.reshape(x, s))
         parts = shape_parts(cx, s)
         if parts is None or parts.count(None) != 1 or -1 in parts or 0 in parts:
             return op.reshape(x, s)
