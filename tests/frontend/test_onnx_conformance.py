@@ -18,7 +18,8 @@ PER_OP = 2
 EXTRA = {"test_resize_downsample_scales_cubic_antialias", "test_resize_tf_crop_and_resize_axes_3_2",
          "test_resize_upsample_scales_cubic_A_n0p5_exclude_outside",
          "test_resize_upsample_scales_linear_half_pixel_symmetric",
-         "test_reshape_allowzero_reordered", "test_training_dropout_zero_ratio_mask"}
+         "test_reshape_allowzero_reordered", "test_training_dropout_zero_ratio_mask",
+         "test_gathernd_example_int32_batch_dim1"}
 
 
 def short_cases():

@@ -754,22 +754,24 @@ def flat_positions(cx, data, indices, axis):
 
 @converter("GatherND", attrs="batch_dims")
 def gather_nd(cx, ins, a):
-    if a.get("batch_dims", 0):
-        raise Unsupported("batch_dims > 0")
     data, indices = ins
-    k, flat = nd_positions(cx, data, indices)
+    batch = a.get("batch_dims", 0)
+    k, flat = nd_positions(cx, data, indices, batch)
     r = rank(cx, data)
-    rows = reshape(data, [-1] + [dim(cx, data, d) for d in range(k, r)])
+    rows = reshape(data, [-1] + [dim(cx, data, d) for d in range(batch + k, r)])
     return op.take(rows, flat, axis=0, mode="wrap")
 
 
-def nd_positions(cx, data, indices):
-    """(k, the row of data[:k] flattened that each index tuple indices[..., :k] names)."""
+def nd_positions(cx, data, indices, batch=0):
+    """(k, the row of data[:batch + k] flattened that each index tuple indices[..., :k] names,
+    within its own position on the `batch` leading dims that data and indices share)."""
     k = cx.type_of(indices).shape[-1]
     if ir.is_any(k):
         raise Unsupported("indices whose last dim is dynamic")
-    coords = [wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, j))
-              for j in range(k)]
+    positions = rank(cx, indices) - 1
+    coords = [coordinate(cx, indices, d, positions) for d in range(batch)]
+    coords += [wrapped(cx, op.take(indices, const(j, "int64"), axis=-1), dim(cx, data, batch + j))
+               for j in range(k)]
     return k, linear_position(cx, data, coords)
 
 
