@@ -170,3 +170,18 @@ def test_matmul_broadcasts_batch_dims_and_ranks(a_shape, b_shape):
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal(s).astype(np.float32) for s in (a_shape, b_shape))
     np.testing.assert_allclose(vm.invoke("main", a, b), np.matmul(a, b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("...ii->...i", [(3, 4, 4)]), ("ii", [(5, 5)]), ("iji->j", [(3, 2, 3)]),
+    ("...ij,...jk->...ik", [(2, 3, 4, 5), (2, 3, 5, 2)]), ("ij...,jk...", [(3, 4, 2), (4, 5, 2)]),
+    ("b...i,bi->b...", [(2, 3, 4), (2, 4)])])
+def test_einsum_ellipsis_and_diagonals_match_numpy(equation, shapes):
+    names = [f"x{k}" for k in range(len(shapes))]
+    node = helper.make_node("Einsum", names, ["y"], equation=equation)
+    graph = helper.make_graph([node], "einsum", [info(n, list(s)) for n, s in zip(names, shapes)],
+                              [info("y", None)])
+    vm = VirtualMachine(build(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))))
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    np.testing.assert_allclose(vm.invoke("main", *xs), np.einsum(equation, *xs), rtol=1e-5, atol=1e-5)

@@ -11,6 +11,7 @@ the existing ones (e.g. Gelu from erf, itself a polynomial/exp decomposition; Pa
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass
 from typing import Callable
 
@@ -1177,20 +1178,27 @@ def transposed_operand(cx, w):
 
 @converter("Einsum", attrs="equation")
 def einsum(cx, ins, a):
-    """One or two operands, no ellipsis, no letter twice in one operand (no diagonals): the
-    letters of one operand only and not in the output are summed away first; two operands are
-    then one batch_matmul of (batch letters, left letters, contracted letters) by (batch,
-    contracted, right letters), reshaped and transposed into the output's order."""
+    """One or two operands: an ellipsis stands for upper-case letters (its dims, aligned from
+    the right); a letter twice in one operand takes that diagonal first; the letters of one
+    operand only and not in the output are summed away; two operands are then one
+    batch_matmul of (batch letters, left letters, contracted letters) by (batch, contracted,
+    right letters), reshaped and transposed into the output's order."""
     equation = a["equation"].replace(" ", "")
     lhs, arrow, out = equation.partition("->")
     terms = lhs.split(",")
-    if "." in equation or len(terms) != len(ins) or len(terms) > 2:
-        raise Unsupported("Einsum with an ellipsis or more than two operands")
-    if any(len(set(t)) != len(t) for t in terms):
-        raise Unsupported("Einsum with a letter repeated in one operand (a diagonal)")
+    if len(terms) != len(ins) or len(terms) > 2:
+        raise Unsupported("Einsum with more than two operands")
+    terms, out, implicit = expand_ellipsis(cx, terms, ins, out if arrow else None)
     if not arrow:
-        out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+        out = implicit + "".join(sorted(c for c in set("".join(terms)) - set(implicit)
+                                        if "".join(terms).count(c) == 1))
+    diagonals = [take_diagonals(cx, t, x) for t, x in zip(terms, ins)]
+    terms, ins = [t for t, _ in diagonals], [x for _, x in diagonals]
     sizes = {c: dim(cx, x, i) for t, x in zip(terms, ins) for i, c in enumerate(t)}
+    for t, x in zip(terms, ins):
+        if any(isinstance(sizes[c], int) and isinstance(dim(cx, x, i), int) and sizes[c] != dim(cx, x, i)
+               for i, c in enumerate(t)):
+            raise Unsupported("Einsum whose operands broadcast a dim")
     if any(d == 0 for d in sizes.values()):
         raise Unsupported("Einsum with a dim of size 0")
     xs = []
@@ -1219,6 +1227,37 @@ def einsum(cx, ins, a):
     c = reshape(c3, [sizes[ch] for ch in result]) if result else to_scalar(c3)
     order = [result.index(ch) for ch in out]
     return c if order == list(range(len(order))) else op.transpose(c, order)
+
+
+def expand_ellipsis(cx, terms, ins, out):
+    """(terms, output, the ellipsis letters) with each "..." replaced by upper-case letters, one
+    per dim it covers, the same letters for the same dims counted from the right."""
+    covered = [rank(cx, x) - len(t.replace("...", "")) if "..." in t else 0
+               for t, x in zip(terms, ins)]
+    letters = "".join(sorted(set(string.ascii_uppercase) - set("".join(terms))))[:max(covered)]
+    ellipsis = letters[len(letters) - max(covered):]
+
+    def expand(t, n):
+        return t.replace("...", ellipsis[len(ellipsis) - n:]) if "..." in t else t
+    terms = [expand(t, n) for t, n in zip(terms, covered)]
+    return terms, expand(out, len(ellipsis)) if out is not None else None, ellipsis
+
+
+def take_diagonals(cx, t, x):
+    """(t, x) with each letter that appears twice in t reduced to its diagonal: the two axes
+    moved last, merged, and every (n + 1)-th element taken; the letter then comes last."""
+    while len(set(t)) != len(t):
+        c = next(ch for ch in t if t.count(ch) > 1)
+        p, q = t.index(c), t.index(c, t.index(c) + 1)
+        n = dim(cx, x, p)
+        if not isinstance(n, int):
+            raise Unsupported("an Einsum diagonal of a dynamic dim")
+        rest = [i for i in range(len(t)) if i not in (p, q)]
+        x = op.transpose(x, rest + [p, q])
+        x = reshape(x, [dim(cx, x, i) for i in range(len(rest))] + [n * n])
+        x = op.take(x, const(np.arange(n, dtype=np.int64) * (n + 1), "int64"), axis=len(rest))
+        t = "".join(t[i] for i in rest) + c
+    return t, x
 
 
 def product(sizes, letters):
