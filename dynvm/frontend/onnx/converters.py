@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from dynvm.compiler import ir, op
-from dynvm.frontend.onnx.importer import DTYPES, Unsupported, dtype_of
+from dynvm.frontend.onnx.importer import Unsupported, dtype_of
 
 
 @dataclass(frozen=True)
