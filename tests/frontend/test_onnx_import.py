@@ -185,3 +185,45 @@ def test_einsum_ellipsis_and_diagonals_match_numpy(equation, shapes):
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     np.testing.assert_allclose(vm.invoke("main", *xs), np.einsum(equation, *xs), rtol=1e-5, atol=1e-5)
+
+
+def function_model(op_type, inputs, opset, **attrs):
+    node = helper.make_node(op_type, [name for name, _ in inputs], ["y"], **attrs)
+    graph = helper.make_graph([node], op_type, [info(name, list(shape)) for name, shape in inputs],
+                              [info("y", None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_an_op_onnx_defines_as_a_function_converts_through_its_body():
+    """MeanVarianceNormalization has no converter: its schema's body (ReduceMean, Sub, Sqrt,
+    ...) is converted, with the node's attribute (axes) or the schema's default."""
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    for attrs, axes in (({}, (0, 2, 3)), ({"axes": [1, 3]}, (1, 3))):
+        model = function_model("MeanVarianceNormalization", [("x", x.shape)], 18, **attrs)
+        mean = x.mean(axis=axes, keepdims=True)
+        want = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True))
+        got = VirtualMachine(build(from_onnx(model))).invoke("main", x)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_context_dependent_function_is_built_for_the_input_types():
+    """SoftmaxCrossEntropyLoss's body depends on its inputs: built for them."""
+    rng = np.random.default_rng(3)
+    scores, labels = rng.standard_normal((4, 5)).astype(np.float32), np.array([0, 4, 2, 1])
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["s", "l"], ["y"], reduction="mean")
+    graph = helper.make_graph([node], "sce", [info("s", [4, 5]), info("l", [4], M.I64)], [info("y", None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    got = VirtualMachine(build(from_onnx(model))).invoke("main", scores, labels)
+    log_p = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, -log_p[np.arange(4), labels].mean(), rtol=1e-5)
+
+
+def test_a_function_whose_body_cannot_convert_blames_the_node():
+    model = function_model("CenterCropPad", [("x", (None, 4)), ("shape", (2,))], 18)
+    model.graph.input[1].type.tensor_type.elem_type = TensorProto.INT64
+    with pytest.raises(UnsupportedOnnxError, match=r"CenterCropPad, opset 18\): in its ONNX "
+                                                   r"function, \w+: .*constant"):
+        from_onnx(model)
+    model = function_model("LpPool", [("x", (1, 1, 4, 4))], 18, kernel_shape=[2, 2])
+    with pytest.raises(UnsupportedOnnxError, match=r"LpPool, opset 18\): no converter"):
+        from_onnx(model)

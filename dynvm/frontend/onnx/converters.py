@@ -1440,6 +1440,16 @@ def layer_normalization(cx, ins, a):
     return [op.add(y, bias) if bias is not None else y, mean, inv_std]
 
 
+@converter("RMSNormalization", attrs="axis epsilon stash_type")
+def rms_normalization(cx, ins, a):
+    """x / sqrt(mean(x^2 over axes [axis, rank)) + epsilon) * scale."""
+    x, scale = ins
+    r = rank(cx, x)
+    square_mean = op.mean(op.multiply(x, x), axis=list(range(a.get("axis", -1) % r, r)), keepdims=True)
+    rms = op.sqrt(op.add(square_mean, like(cx, x, a.get("epsilon", 1e-5))))
+    return op.multiply(op.multiply(x, op.divide(like(cx, x, 1.0), rms)), scale)
+
+
 @converter("BatchNormalization", attrs="epsilon momentum training_mode spatial")
 def batch_normalization(cx, ins, a):
     if a.get("training_mode", 0):

@@ -3,7 +3,8 @@
 Each ONNX value name maps to an IR expression (a scope per graph; a subgraph sees its enclosing
 graphs' names). Graph inputs become the parameters of `main` (dims without a fixed size become
 `Any`), initializers become constants, and every node goes through its converter in
-`converters.CONVERTERS`. A node that cannot be converted (no converter, an attribute the
+`converters.CONVERTERS`; a node of an op without one whose ONNX schema defines it as a
+function (a body of other ops) is replaced by that body (`function_nodes`). A node that cannot be converted (no converter, an attribute the
 converter does not handle, an unsupported dtype or form) is recorded and the walk goes on, so
 one `UnsupportedOnnxError` names every offending node; nodes that only consume an offender's
 outputs are skipped without being blamed.
@@ -102,6 +103,63 @@ def attributes(node) -> dict:
     return out
 
 
+def function_nodes(node, opset: int, input_types) -> tuple | None:
+    """(nodes, their opset) of the ONNX function that defines `node`'s op at `opset`: the
+    schema's function body, or the one it builds for the node's input types
+    (`input_types`: TypeProtos), renamed into the node's graph: the function's inputs and
+    outputs are the node's, its own values get a prefix of their own, attribute references
+    become the node's attributes (or the schema's defaults). None when the op has no function
+    or its body holds subgraphs."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+    except onnx.defs.SchemaError:
+        return None
+    versions = [v for v in schema.function_opset_versions if v <= opset]
+    dependent = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    if versions:
+        text = schema.get_function_with_opset_version(max(versions))
+    elif dependent:
+        text = schema.get_context_dependent_function_with_opset_version(
+            max(dependent), node.SerializeToString(), [t.SerializeToString() for t in input_types])
+    else:
+        return None
+    function = onnx.FunctionProto()
+    function.ParseFromString(text)
+    given = {a.name: a for a in node.attribute}
+    given.update({name: attr.default_value for name, attr in schema.attributes.items()
+                  if name not in given and attr.default_value.type})
+    prefix = f"{node.output[0]}/{node.op_type}/"
+    names = dict(zip(function.input, list(node.input) + [""] * len(function.input)))
+    names.update(zip(function.output, node.output))
+    rename = lambda name: names.get(name, prefix + name) if name else ""   # noqa: E731
+    nodes = []
+    for inner in function.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in inner.attribute):
+            return None
+        out = onnx.NodeProto()
+        out.CopyFrom(inner)
+        out.input[:] = [rename(n) for n in inner.input]
+        out.output[:] = [rename(n) for n in inner.output]
+        del out.attribute[:]
+        for a in inner.attribute:
+            if not a.ref_attr_name:
+                out.attribute.append(a)
+            elif a.ref_attr_name in given:
+                value = onnx.AttributeProto()
+                value.CopyFrom(given[a.ref_attr_name])
+                value.name = a.name
+                out.attribute.append(value)
+        nodes.append(out)
+    own = [imp.version for imp in function.opset_import if imp.domain in ONNX_DOMAINS]
+    return nodes, own[0] if own else opset
+
+
+def type_proto(t: ir.TensorType):
+    """The ONNX TypeProto of an IR tensor type (Any dims unnamed)."""
+    elem = next(e for e, name in DTYPES.items() if name == t.dtype)
+    return helper.make_tensor_type_proto(elem, [None if ir.is_any(d) else d for d in t.shape])
+
+
 class Scope:
     """The values of one graph, falling back to the enclosing graph's.
 
@@ -172,14 +230,21 @@ class Context:
             except Unsupported as e:
                 self.offenders.setdefault(init.SerializeToString(),
                                           (init.name, "initializer", self.opset, str(e)))
-        for node in graph.node:
+        self.convert_nodes(graph.node, scope)
+        return [scope.lookup(v.name) for v in graph.output]
+
+    def convert_nodes(self, nodes, scope: Scope):
+        from dynvm.frontend.onnx.converters import CONVERTERS
+        for node in nodes:
             ins = [scope.lookup(name) if name else None for name in node.input]
             if any(e is None and name for e, name in zip(ins, node.input)):
                 continue  # an input failed upstream (or is undefined): that node is the offender
             conv = CONVERTERS.get(node.op_type) if node.domain in ONNX_DOMAINS else None
             if conv is None:
-                self.offend(node, "no converter for this op" if node.domain in ONNX_DOMAINS
-                            else f"domain {node.domain!r} is not supported")
+                if node.domain not in ONNX_DOMAINS:
+                    self.offend(node, f"domain {node.domain!r} is not supported")
+                else:
+                    self.expand(node, ins, scope)
                 continue
             outs = self.folded(node, ins) or self.convert_node(node, conv, ins, scope)
             if outs is None:
@@ -187,7 +252,31 @@ class Context:
             for name, expr in zip(node.output, outs):
                 if name:
                     scope.values[name] = expr
-        return [scope.lookup(v.name) for v in graph.output]
+
+    def expand(self, node, ins, scope: Scope):
+        """Convert `node` as the nodes of its op's ONNX function; the node is the offender when
+        there is none or a node of it cannot be converted."""
+        try:
+            body = function_nodes(node, self.opset, [type_proto(self.type_of(e)) if e is not None
+                                                    else onnx.TypeProto() for e in ins])
+        except Exception as e:  # noqa: BLE001  (a schema's function builder may reject the node)
+            self.offend(node, f"its ONNX function cannot be built: {str(e).splitlines()[0]}")
+            return
+        if body is None:
+            self.offend(node, "no converter for this op")
+            return
+        nodes, opset = body
+        before, outer_opset = dict(self.offenders), self.opset
+        self.opset = opset
+        try:
+            self.convert_nodes(nodes, scope)
+        finally:
+            self.opset = outer_opset
+        inner = [reason for key, reason in self.offenders.items() if key not in before]
+        if inner:
+            self.offenders = before
+            name, op_type, _, reason = inner[0]
+            self.offend(node, f"in its ONNX function, {op_type}: {reason}")
 
     def folded(self, node, ins):
         """The node's outputs as constants when it is shape arithmetic on small integer
