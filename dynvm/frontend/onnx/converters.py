@@ -1625,18 +1625,35 @@ def cumsum(cx, ins, a):
 def pool(cx, ins, a):
     """dynvm's pool op over the 1, 2 or 3 spatial dims (MaxPool's Indices output is not
     produced; storage_order only matters for it)."""
-    x = ins[0]
+    mode = "max" if cx.node.op_type == "MaxPool" else "avg"
+    return pool_op(cx, ins[0], a, mode, bool(a.get("count_include_pad", 0)))
+
+
+def pool_op(cx, x, a, mode, count_include_pad):
     kernel = list(a["kernel_shape"])
     n = len(kernel)
     if n not in (1, 2, 3) or rank(cx, x) != 2 + n:
         raise Unsupported("pooling over 1, 2 or 3 spatial dims only")
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    return op.pool(x, mode="max" if cx.node.op_type == "MaxPool" else "avg", pool_size=kernel,
-                   strides=strides, dilation=dilations,
+    return op.pool(x, mode=mode, pool_size=kernel, strides=strides, dilation=dilations,
                    padding=_conv_pads(cx, x, kernel, a, strides, dilations),
-                   ceil_mode=bool(a.get("ceil_mode", 0)),
-                   count_include_pad=bool(a.get("count_include_pad", 0)))
+                   ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=count_include_pad)
+
+
+@converter("LpPool", attrs="auto_pad ceil_mode dilations kernel_shape p pads strides")
+def lp_pool(cx, ins, a):
+    """(sum of |x|^p over each window)^(1/p): an average pool of |x|^p counting the padding
+    (where |x|^p is 0), times the window's size (so not with ceil_mode, whose last windows
+    may have fewer cells)."""
+    x = ins[0]
+    if a.get("ceil_mode", 0):
+        raise Unsupported("LpPool with ceil_mode")
+    p = a.get("p", 2)
+    powered = op.multiply(x, x) if p == 2 else op.power(abs_(cx, x), like(cx, x, float(p)))
+    total = op.multiply(pool_op(cx, powered, a, "avg", True),
+                        like(cx, x, float(np.prod(a["kernel_shape"]))))
+    return op.sqrt(total) if p == 2 else op.power(total, like(cx, x, 1.0 / p))
 
 
 @converter("Hardmax", attrs="axis")
