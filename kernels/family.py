@@ -49,7 +49,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {}
 FAMILY_MODULES = ("elementwise", "matmul", "conv2d", "transform", "dynamic", "reduce", "softmax",
-                  "sort", "vision", "window", "loop", "shape", "update")
+                  "sort", "vision", "window", "loop", "shape", "update", "cumulative")
 
 
 def register(family: Family) -> Family:

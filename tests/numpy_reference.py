@@ -194,6 +194,23 @@ def set_row(inputs, outputs, attrs):
     store("set_row", outputs[0], out)
 
 
+@reference("cumulative")
+def cumulative(inputs, outputs, attrs):
+    """Running sums or products along the axis, combined one element after another."""
+    x = np.moveaxis(inputs[0], attrs["axis"], -1)
+    if attrs.get("reverse"):
+        x = x[..., ::-1]
+    combine = np.add if attrs["mode"] == "sum" else np.multiply
+    out, acc = np.empty_like(x), np.full(x.shape[:-1], 0 if attrs["mode"] == "sum" else 1, x.dtype)
+    for k in range(x.shape[-1]):
+        total = combine(acc, x[..., k])
+        out[..., k] = acc if attrs.get("exclusive") else total
+        acc = total
+    if attrs.get("reverse"):
+        out = out[..., ::-1]
+    store("cumulative", outputs[0], np.moveaxis(out, -1, attrs["axis"]))
+
+
 @reference("scatter_rows")
 def scatter_rows(inputs, outputs, attrs):
     """Update row k into row positions[k] in order (negative from the end; outside: an error)."""

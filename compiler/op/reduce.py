@@ -1,4 +1,5 @@
-"""Reductions: sum, max, mean, argmax over `axis` (None = all, an int, or a list).
+"""Reductions: sum, max, mean, argmax over `axis` (None = all, an int, or a list); and the
+running reductions of `cumulative` (sums or products along one axis).
 
 `exclude=True` reduces over every axis NOT listed. Reducing an empty axis with max/argmax has no
 answer: the run-time shape function and the kernel raise ShapeError (a static 0 dim is left to
@@ -9,8 +10,8 @@ from __future__ import annotations
 from dynvm.compiler.ir.types import TensorType
 from dynvm.compiler.op.builders import positional
 from dynvm.compiler.op.registry import OpDef, get_op, register
-from dynvm.compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, check_dtype_in, normalize_axes,
-                                   tensor_arg)
+from dynvm.compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, check_dtype_in, fail,
+                                         normalize_axes, tensor_arg)
 
 REDUCE_ATTRS = {"axis": None, "keepdims": False, "exclude": False}
 
@@ -56,3 +57,25 @@ def _register_all():
 
 
 _register_all()
+
+
+CUMULATIVE_MODES = ("sum", "prod")
+
+
+def cumulative_rel(arg_types, attrs):
+    check_arity("cumulative", arg_types, 1)
+    x = tensor_arg("cumulative", arg_types[0])
+    check_dtype_in("cumulative", x, NUMERIC_DTYPES)
+    normalize_axes("cumulative", attrs["axis"], x.rank)
+    if x.rank == 0 or attrs["mode"] not in CUMULATIVE_MODES:
+        fail(f"cumulative: needs a tensor of rank >= 1 and a mode of {CUMULATIVE_MODES}, got {x} "
+             f"and {attrs['mode']!r}")
+    return x
+
+
+register(OpDef("cumulative", ("x",), cumulative_rel,
+               attrs={"axis": 0, "mode": "sum", "exclusive": False, "reverse": False},
+               pattern="opaque",
+               doc="cumulative(x, axis=0, mode='sum', exclusive=False, reverse=False): the running "
+                   "sum (or product) along `axis`: element u combines the elements up to u "
+                   "(before u when exclusive; from the end when reverse), in that order."))

@@ -69,6 +69,7 @@ SITES = [
     ("take", {"axis": None}, [(F, 2), (I, 2)]),
     ("take", {"axis": -1}, [(F, 3), (I, 0)]),
     ("set_row", {}, [(F, 3), (I, 0), (F, 2)]),
+    ("cumulative", {"axis": -1, "mode": "prod"}, [(F, 2)]),
     ("scatter_rows", {"reduction": "none"}, [(F, 2), (I, 1), (F, 2)]),
     ("broadcast_to", {"shape": [2, 3]}, [(F, 1)]),
     ("broadcast_to", {"shape": [4, 2, 3]}, [(F, 2)]),

@@ -52,6 +52,7 @@ CALLS = {
     "strided_slice": [((4, 3),), {"begin": [1], "end": [3], "strides": None, "axes": None}, [(2, 3)]],
     "take": [((4, 3), (5,)), {"axis": 0, "mode": "clip"}, [(5, 3)]],
     "set_row": [((4, 3), (), (3,)), {}, [(4, 3)]],
+    "cumulative": [((4, 3),), {"axis": 1, "mode": "sum", "exclusive": False, "reverse": False}, [(4, 3)]],
     "scatter_rows": [((4, 3), (2,), (2, 3)), {"reduction": "add"}, [(4, 3)]],
     "broadcast_to": [((3,),), {"shape": [2, 3]}, [(2, 3)]],
     "zeros": [(), {"shape": [2], "dtype": "float32"}, [(2,)]],

@@ -1599,24 +1599,13 @@ def arg_reduce(cx, ins, a):
     return op.subtract(op.subtract(as_int64(dim(cx, x, axis)), const(1, "int64")), first)
 
 
-@converter("CumSum", attrs="exclusive reverse")
-def cumsum(cx, ins, a):
-    """A product with a triangular 0/1 matrix along the (constant) axis: out[u] = sum of x[k]
-    over k <= u (k < u exclusive; k >= u, k > u reversed)."""
+@converter("CumSum", "CumProd", attrs="exclusive reverse")
+def cumulative(cx, ins, a):
+    """dynvm's cumulative op along the (constant) axis."""
     x = ins[0]
-    r = rank(cx, x)
-    axis = int(scalar_value(cx, ins[1], "CumSum axis")) % r
-    n = as_int64(dim(cx, x, axis))
-    ks = op.arange(const(0, "int64"), n, const(1, "int64"), dtype="int64")
-    us = op.expand_dims(ks, 1)
-    rev, excl = a.get("reverse", 0), a.get("exclusive", 0)
-    compare = {(0, 0): lambda: not_(op.greater(ks, us)), (0, 1): lambda: op.less(ks, us),
-               (1, 0): lambda: not_(op.less(ks, us)), (1, 1): lambda: op.greater(ks, us)}
-    weight = op.cast(compare[(rev, excl)](), cx.type_of(x).dtype)   # (u, k)
-    perm = [d for d in range(r) if d != axis] + [axis]
-    moved = x if axis == r - 1 else op.transpose(x, perm)
-    out = op.dense(moved, weight)
-    return out if axis == r - 1 else op.transpose(out, list(np.argsort(perm).tolist()))
+    axis = int(scalar_value(cx, ins[1], f"{cx.node.op_type} axis")) % rank(cx, x)
+    return op.cumulative(x, axis=axis, mode="sum" if cx.node.op_type == "CumSum" else "prod",
+                         exclusive=bool(a.get("exclusive", 0)), reverse=bool(a.get("reverse", 0)))
 
 
 @converter("MaxPool", "AveragePool",
