@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from onnx import TensorProto
 
 from dynvm.compiler import ir, op
 from dynvm.frontend.onnx.importer import Unsupported, dtype_of
@@ -1086,6 +1087,82 @@ def one_hot(cx, ins, a):
     off = op.take(values, const(0, "int64"))
     on = op.take(values, const(1, "int64"))
     return op.where(hit, on, off)
+
+
+@converter("Compress", attrs="axis")
+def compress(cx, ins, a):
+    """The slices along `axis` (of the flattened input without one) whose condition is true;
+    a condition shorter than the axis leaves the rest out."""
+    x, condition = ins
+    if "axis" not in a:
+        x, axis = op.reshape(x, [-1]), 0
+    else:
+        axis = axis_of(cx, x, a["axis"])
+    kept = op.reshape(op.argwhere(condition), [-1])
+    return op.take(x, kept, axis=axis, mode="clip")
+
+
+@converter("ReverseSequence", attrs="batch_axis time_axis")
+def reverse_sequence(cx, ins, a):
+    """Each batch entry's first lens[b] steps reversed along the time axis, the rest kept: a
+    gather along the time axis of len - 1 - t where t < len, else t."""
+    x, lens = ins
+    r = rank(cx, x)
+    time, batch = a.get("time_axis", 0), a.get("batch_axis", 1)
+    t = coordinate(cx, x, time, r)
+    lens = op.cast(lens, "int64")
+    if r - 1 - batch:
+        lens = op.expand_dims(lens, 1, r - 1 - batch)
+    source = op.where(op.less(t, lens), op.subtract(op.subtract(lens, const(1, "int64")), t), t)
+    source = op.add(source, op.zeros(op.shape_of(x), dtype="int64"))      # x's full shape
+    return op.take(op.reshape(x, [-1]), flat_positions(cx, x, source, time), mode="wrap")
+
+
+@converter("LpNormalization", attrs="axis p")
+def lp_normalization(cx, ins, a):
+    """x over its L1 or L2 norm along `axis` (0 where the norm is 0)."""
+    x = ins[0]
+    axis, p = axis_of(cx, x, a.get("axis", -1)), a.get("p", 2)
+    if p not in (1, 2):
+        raise Unsupported(f"p={p} (1 or 2)")
+    norm = op.sum(abs_(cx, x) if p == 1 else op.multiply(x, x), axis=[axis], keepdims=True)
+    norm = norm if p == 1 else op.sqrt(norm)
+    zero = like(cx, x, 0.0)
+    return op.where(op.equal(norm, zero), zero,
+                    op.divide(x, op.where(op.equal(norm, zero), like(cx, x, 1.0), norm)))
+
+
+# window functions: the cosine terms (coefficient, multiple of 2 pi n / N) after a constant
+WINDOWS = {"HannWindow": (0.5, [(-0.5, 1)]), "HammingWindow": (25 / 46, [(-(1 - 25 / 46), 1)]),
+           "BlackmanWindow": (0.42, [(-0.5, 1), (0.08, 2)])}
+
+
+@converter(*WINDOWS, attrs="output_datatype periodic")
+def window(cx, ins, a):
+    """constant + sum of c cos(2 pi k n / N) for n < size, N = size (periodic) or size - 1."""
+    size = as_int64(to_scalar(op.cast(ins[0], "int64")))
+    n = op.cast(op.arange(const(0, "int64"), size, const(1, "int64"), dtype="int64"), "float64")
+    span = op.cast(size if a.get("periodic", 1) else op.subtract(size, const(1, "int64")), "float64")
+    base, terms = WINDOWS[cx.node.op_type]
+    out = const(base, "float64")
+    for coefficient, k in terms:
+        angle = op.divide(op.multiply(n, const(2 * math.pi * k, "float64")), span)
+        out = op.add(out, op.multiply(const(coefficient, "float64"), sin_(cx, angle, shift=math.pi / 2)))
+    return op.cast(out, dtype_of(a.get("output_datatype", TensorProto.FLOAT), "output_datatype"))
+
+
+@converter("Sinh", "Cosh")
+def hyperbolic(cx, ins, a):
+    """(e^x -+ e^-x) / 2."""
+    x = ins[0]
+    up, down = op.exp(x), op.exp(op.negative(x))
+    both = op.subtract(up, down) if cx.node.op_type == "Sinh" else op.add(up, down)
+    return op.multiply(both, like(cx, x, 0.5))
+
+
+@converter("Tan")
+def tan(cx, ins, a):
+    return op.divide(sin_(cx, ins[0]), sin_(cx, ins[0], shift=math.pi / 2))
 
 
 @converter("Trilu", attrs="upper")
