@@ -1160,6 +1160,21 @@ def hyperbolic(cx, ins, a):
     return op.multiply(both, like(cx, x, 0.5))
 
 
+@converter("Asinh", "Acosh", "Atanh")
+def inverse_hyperbolic(cx, ins, a):
+    """Logarithms: asinh(x) = sign(x) log(|x| + sqrt(x^2 + 1)) (odd, so large negative x keeps
+    its digits), acosh(x) = log(x + sqrt(x^2 - 1)), atanh(x) = log((1 + x) / (1 - x)) / 2."""
+    x = ins[0]
+    one = like(cx, x, 1.0)
+    if cx.node.op_type == "Atanh":
+        return op.multiply(op.log(op.divide(op.add(one, x), op.subtract(one, x))), like(cx, x, 0.5))
+    if cx.node.op_type == "Acosh":
+        return op.log(op.add(x, op.sqrt(op.subtract(op.multiply(x, x), one))))
+    size = abs_(cx, x)
+    magnitude = op.log(op.add(size, op.sqrt(op.add(op.multiply(x, x), one))))
+    return op.where(op.less(x, like(cx, x, 0.0)), op.negative(magnitude), magnitude)
+
+
 @converter("Tan")
 def tan(cx, ins, a):
     return op.divide(sin_(cx, ins[0]), sin_(cx, ins[0], shift=math.pi / 2))
