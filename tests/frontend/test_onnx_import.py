@@ -227,3 +227,23 @@ def test_a_function_whose_body_cannot_convert_blames_the_node():
     model = function_model("LpPool", [("x", (1, 1, 4, 4))], 18, kernel_shape=[2, 2])
     with pytest.raises(UnsupportedOnnxError, match=r"LpPool, opset 18\): no converter"):
         from_onnx(model)
+
+
+INVERSE_AND_HYPERBOLIC = {"Atan": (np.arctan, (-1e6, 1e6)), "Asin": (np.arcsin, (-1, 1)),
+                          "Acos": (np.arccos, (-1, 1)), "Asinh": (np.arcsinh, (-1e3, 1e3)),
+                          "Acosh": (np.arccosh, (1, 1e3)), "Atanh": (np.arctanh, (-0.999, 0.999)),
+                          "Sinh": (np.sinh, (-20, 20)), "Cosh": (np.cosh, (-20, 20)),
+                          "Tan": (np.tan, (-1.5, 1.5))}
+
+
+def test_decomposed_functions_match_numpy_in_float64():
+    ops = sorted(INVERSE_AND_HYPERBOLIC)
+    nodes = [helper.make_node(op_type, [f"x{k}"], [f"y{k}"]) for k, op_type in enumerate(ops)]
+    graph = helper.make_graph(nodes, "functions", [info(f"x{k}", [None], TensorProto.DOUBLE) for k in range(len(ops))],
+                              [info(f"y{k}", [None], TensorProto.DOUBLE) for k in range(len(ops))])
+    vm = VirtualMachine(build(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))))
+    xs = [np.concatenate([np.linspace(low, high, 997), [low, high, 0.0]])
+          for _, (low, high) in (INVERSE_AND_HYPERBOLIC[op] for op in ops)]
+    for op_type, x, got in zip(ops, xs, vm.invoke("main", *xs)):
+        np.testing.assert_allclose(got, INVERSE_AND_HYPERBOLIC[op_type][0](x), rtol=1e-13, atol=1e-14,
+                                   err_msg=op_type)
