@@ -40,6 +40,7 @@ from dynvm.vm.errors import KernelError
 
 LENS_DTYPES = ("int32", "int64")
 ROWS = 8          # rows of r_t per gemv pass over the gates
+UNROLL = 4        # vectors of gates per trip of that pass
 
 
 def check_recurrent(spec, inputs, outputs):
@@ -116,9 +117,14 @@ class Layer:
         return self.b.mul(count, c64(elem_bytes(self.elem)))
 
     def copy(self, dst, src, count):
-        fn = get_function(self.b.module, "llvm.memcpy.p0.p0.i64",
-                          ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I1]))
-        self.b.call(fn, [dst, src, self.bytes(count), const(I1, 0)])
+        """dst[:count] = src[:count] in vectors, inline (rows are short: a memcpy call costs
+        more than the copy)."""
+        b = self.b
+
+        def move(j, lanes):
+            store(b, load(b, src, j, vector_type(self.elem, lanes)), dst, j)
+        vector_fold(b, count, self.lanes, lambda lanes: [],
+                    lambda j, lanes, accs: (move(j, lanes), [])[1], lambda a, c: [], unroll=2)
 
     def zero(self, dst, count):
         fn = get_function(self.b.module, "llvm.memset.p0.i64",
@@ -160,13 +166,14 @@ class Layer:
             def columns(j, lanes):
                 ty = vector_type(elem, lanes)
                 at = b.add(col0, j)
-                acc = load(b, gates, at, ty)
-                for v, start in zip(vk, starts):
-                    acc = lm.fma(b, splat(b, v, lanes), load(b, self.r_t, b.add(start, j), ty), acc)
-                store(b, acc, gates, at)
+                acc = [load(b, gates, at, ty), const(ty, 0.0)]     # two chains of fmas
+                for u, (v, start) in enumerate(zip(vk, starts)):
+                    acc[u % 2] = lm.fma(b, splat(b, v, lanes),
+                                        load(b, self.r_t, b.add(start, j), ty), acc[u % 2])
+                store(b, b.fadd(acc[0], acc[1]), gates, at)
             vector_fold(b, count, self.lanes, lambda lanes: [],
                         lambda j, lanes, accs: (columns(j, lanes), [])[1], lambda a, c: [],
-                        unroll=2)
+                        unroll=UNROLL)
 
         k, _ = for_range(b, 0, b.sub(self.hidden, c64(ROWS - 1)), lambda k: block(k, ROWS),
                          step=ROWS, vectorize=False, unroll=False)
