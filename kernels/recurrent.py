@@ -1,8 +1,8 @@
 """The "recurrent" kernel family: every time step of one direction of an RNN / GRU / LSTM layer
 in one call (the op: compiler/op/rnn.py).
 
-Signature: inputs x_proj (T, 3) (seq, batch, G*H), r_t (T, 2) (H, G*H), r_bias (T, 1) (G*H),
-h0 and c0 (T, 2) (batch, H), lens (int32/int64, 1) (batch); outputs Y (T, 3) (seq, batch, H),
+Signature: inputs x_proj (T, 3) (seq, batch, G*H), w_bias (T, 1) (G*H), r_t (T, 2) (H, G*H),
+r_bias (T, 1) (G*H), h0 and c0 (T, 2) (batch, H), lens (int32/int64, 1) (batch); outputs Y (T, 3) (seq, batch, H),
 Y_h and Y_c (T, 2) (batch, H); T float32 or float64. Spec {"op": "recurrent", "cell",
 "activations", "reverse", "linear_before_reset", "clip"} (shape_funcs/recurrent.py checks them).
 Mismatched extents are ERR_SHAPE; every array must be compact (ERR_LAYOUT: VM tensors are).
@@ -16,7 +16,7 @@ sequence of length 0 (as ONNX Runtime does). A cell without c (rnn, gru) leaves 
                                     r_t read in memory order, which keeps large weights
                                     streaming);
   the cell's update                 one vectorised pass over the hidden units reading x_proj's
-                                    row, the gates and the states (GRU without
+                                    row plus w_bias, the gates and the states (GRU without
                                     linear_before_reset: two passes around a second gemv of
                                     r * h with the candidate's columns).
 Gate activations are kernels/llvm_math's sigmoid and tanh (as the elementwise kernels) and relu;
@@ -48,16 +48,16 @@ def check_recurrent(spec, inputs, outputs):
         check_recurrent_attrs({"clip": None, **spec})
     except (KeyError, ValueError) as e:
         raise KernelError(f"recurrent: bad spec {spec}: {e}") from None
-    if len(inputs) != 6 or len(outputs) != 3:
-        raise KernelError(f"recurrent: expected 6 inputs and 3 outputs, got {len(inputs)} and "
+    if len(inputs) != 7 or len(outputs) != 3:
+        raise KernelError(f"recurrent: expected 7 inputs and 3 outputs, got {len(inputs)} and "
                           f"{len(outputs)}")
     dt = inputs[0][0]
-    want = [[dt, 3], [dt, 2], [dt, 1], [dt, 2], [dt, 2]]
-    if dt not in ("float32", "float64") or [list(t) for t in inputs[:5]] != want \
-            or inputs[5][0] not in LENS_DTYPES or inputs[5][1] != 1 \
+    want = [[dt, 3], [dt, 1], [dt, 2], [dt, 1], [dt, 2], [dt, 2]]
+    if dt not in ("float32", "float64") or [list(t) for t in inputs[:6]] != want \
+            or inputs[6][0] not in LENS_DTYPES or inputs[6][1] != 1 \
             or [list(t) for t in outputs] != [[dt, 3], [dt, 2], [dt, 2]]:
-        raise KernelError(f"recurrent: needs float32/float64 x_proj (3-D), r_t (2-D), r_bias "
-                          f"(1-D), h0, c0 (2-D), int32/int64 lens (1-D) and outputs Y (3-D), "
+        raise KernelError(f"recurrent: needs float32/float64 x_proj (3-D), w_bias (1-D), r_t "
+                          f"(2-D), r_bias (1-D), h0, c0 (2-D), int32/int64 lens (1-D) and outputs Y (3-D), "
                           f"Y_h, Y_c (2-D) of the same dtype, got {inputs} -> {outputs}")
 
 
@@ -75,23 +75,24 @@ class Layer:
     def __init__(self, b, raw, spec, sig):
         self.b, self.spec = b, spec
         self.elem = MEM_TYPE[sig[0][0]]
-        self.lens_ty = MEM_TYPE[sig[5][0]]
+        self.lens_ty = MEM_TYPE[sig[6][0]]
         self.lanes = lm.vector_lanes(self.elem)
-        (self.x, (self.seq, self.batch, self.width), _), (self.r_t, r_ext, _), \
-            (self.rb, rb_ext, _), (self.h0, h0_ext, _), (self.c0, c0_ext, _), \
+        (self.x, (self.seq, self.batch, self.width), _), (self.wb, wb_ext, _), \
+            (self.r_t, r_ext, _), (self.rb, rb_ext, _), (self.h0, h0_ext, _), (self.c0, c0_ext, _), \
             (self.lens, lens_ext, _), (self.y, y_ext, _), (self.yh, yh_ext, _), \
             (self.yc, yc_ext, _) = raw
         self.hidden = r_ext[0]
         self.acts = [ACTIVATION_IR[a] for a in spec["activations"]]
         self.gates = check_recurrent_attrs({"clip": None, **spec})
         self.raw = raw
-        self.expected = [(r_ext[1], self.width, 1, 1), (rb_ext[0], self.width, 2, 0),
-                         (h0_ext[0], self.batch, 3, 0), (h0_ext[1], self.hidden, 3, 1),
-                         (c0_ext[0], self.batch, 4, 0), (c0_ext[1], self.hidden, 4, 1),
-                         (lens_ext[0], self.batch, 5, 0), (y_ext[0], self.seq, 6, 0),
-                         (y_ext[1], self.batch, 6, 1), (y_ext[2], self.hidden, 6, 2),
-                         (yh_ext[0], self.batch, 7, 0), (yh_ext[1], self.hidden, 7, 1),
-                         (yc_ext[0], self.batch, 8, 0), (yc_ext[1], self.hidden, 8, 1)]
+        self.expected = [(wb_ext[0], self.width, 1, 0), (r_ext[1], self.width, 2, 1),
+                         (rb_ext[0], self.width, 3, 0),
+                         (h0_ext[0], self.batch, 4, 0), (h0_ext[1], self.hidden, 4, 1),
+                         (c0_ext[0], self.batch, 5, 0), (c0_ext[1], self.hidden, 5, 1),
+                         (lens_ext[0], self.batch, 6, 0), (y_ext[0], self.seq, 7, 0),
+                         (y_ext[1], self.batch, 7, 1), (y_ext[2], self.hidden, 7, 2),
+                         (yh_ext[0], self.batch, 8, 0), (yh_ext[1], self.hidden, 8, 1),
+                         (yc_ext[0], self.batch, 9, 0), (yc_ext[1], self.hidden, 9, 1)]
 
     def validate(self):
         """Extents (ERR_SHAPE), layouts (ERR_LAYOUT), data pointers of non-empty arrays."""
@@ -99,14 +100,14 @@ class Layer:
         for got, want, arg, dim in self.expected:
             check_equal(b, got, want, arg, dim)
         check(b, icmp(b, "==", self.width, b.mul(self.hidden, c64(self.gates))),
-              ERR_SHAPE | 1 << 8)
+              ERR_SHAPE | 2 << 8)
         compact = [is_compact(b, ext, load_strides(b, ext, strides)) for _, ext, strides in self.raw]
         check(b, all_of(b, compact), ERR_LAYOUT)
         return_zero_if(b, b.or_(icmp(b, "==", self.batch, 0), icmp(b, "==", self.hidden, 0)))
         steps = icmp(b, ">", self.seq, 0)
         for k, (data, _, _) in enumerate(self.raw):
             ok = b.icmp_unsigned("!=", data, ir.Constant(PTR, None))
-            check(b, b.or_(ok, b.not_(steps)) if k in (0, 6) else ok, ERR_NULL | k << 8)
+            check(b, b.or_(ok, b.not_(steps)) if k in (0, 7) else ok, ERR_NULL | k << 8)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -189,11 +190,14 @@ class Layer:
         self.gemv(h, c64(0), gemv_cols, gates)
 
         def part(base, k, j, lanes):
-            """Element j.. of gate block k of `base` (x_proj's row or the gates)."""
+            """Element j.. of gate block k of `base` (x_proj's row, w_bias or the gates)."""
             return load(b, base, b.add(b.mul(hid, c64(k)), j), vector_type(self.elem, lanes))
 
+        def xb(k, j, lanes):
+            return b.fadd(part(x, k, j, lanes), part(self.wb, k, j, lanes))
+
         def pre(k, j, lanes):
-            return b.fadd(part(x, k, j, lanes), part(gates, k, j, lanes))
+            return b.fadd(xb(k, j, lanes), part(gates, k, j, lanes))
 
         def rnn(j, lanes):
             store(b, self.act(0, pre(0, j, lanes)), h, j)
@@ -210,7 +214,7 @@ class Layer:
 
         def gru_before_reset(j, lanes):
             z, r = self.act(0, pre(0, j, lanes)), self.act(0, pre(1, j, lanes))
-            n = self.act(1, b.fadd(part(x, 2, j, lanes), b.fmul(r, part(gates, 2, j, lanes))))
+            n = self.act(1, b.fadd(xb(2, j, lanes), b.fmul(r, part(gates, 2, j, lanes))))
             gru_update(j, lanes, z, n)
 
         def gru_reset_first(j, lanes):      # z kept in the gates' first block, r * h in scratch

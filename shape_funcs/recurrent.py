@@ -29,16 +29,16 @@ def check_recurrent_attrs(attrs) -> int:
 
 @shape_func("recurrent")
 def recurrent(inputs, attrs):
-    x, r_t, rb, h0, c0, lens = (t.shape for t in inputs)
+    x, wb, r_t, rb, h0, c0, lens = (t.shape for t in inputs)
     seq, batch, width = x
     hidden = r_t[0]
     gates = CELLS[attrs["cell"]][0]
-    ok = all_of([r_t[1] == width, rb[0] == width, width == hidden * gates,
+    ok = all_of([r_t[1] == width, rb[0] == width, wb[0] == width, width == hidden * gates,
                  h0[0] == batch, h0[1] == hidden, c0[0] == batch, c0[1] == hidden,
                  lens[0] == batch])
     if fails(ok):
         raise ShapeError(f"recurrent: a {attrs['cell']} layer needs x_proj (seq, batch, "
-                         f"{gates} * hidden), r_t (hidden, {gates} * hidden), r_bias "
-                         f"({gates} * hidden,), h0 and c0 (batch, hidden), lens (batch,); got "
-                         f"{x}, {r_t}, {rb}, {h0}, {c0}, {lens}")
+                         f"{gates} * hidden), w_bias ({gates} * hidden,), r_t (hidden, {gates} "
+                         f"* hidden), r_bias ({gates} * hidden,), h0 and c0 (batch, hidden), "
+                         f"lens (batch,); got {x}, {wb}, {r_t}, {rb}, {h0}, {c0}, {lens}")
     return [(seq, batch, hidden), (batch, hidden), (batch, hidden)]

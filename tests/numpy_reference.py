@@ -231,7 +231,8 @@ def scatter_rows(inputs, outputs, attrs):
 @reference("recurrent")
 def recurrent(inputs, outputs, attrs):
     """One direction of an RNN/GRU/LSTM layer step by step, each sequence on its own length."""
-    x, r_t, rb, h0, c0, lens = inputs
+    x, wb, r_t, rb, h0, c0, lens = inputs
+    x = x + wb
     acts = {"Sigmoid": _sigmoid, "Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0)}
     f = [acts[a] for a in attrs["activations"]]
     clip = attrs.get("clip")

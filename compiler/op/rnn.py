@@ -1,9 +1,10 @@
 """recurrent: every time step of one direction of an RNN, GRU or LSTM layer in one kernel call.
 
-`recurrent(x_proj, r_t, r_bias, h0, c0, lens, cell, activations, reverse=False,
+`recurrent(x_proj, w_bias, r_t, r_bias, h0, c0, lens, cell, activations, reverse=False,
 linear_before_reset=False, clip=None)` with G gates of `hidden` units (rnn 1, gru 3 in ONNX's
 z r h order, lstm 4 in i o f c order):
-  x_proj (seq, batch, G*hidden)  the input projection X W^T + Wb of every step (one GEMM before)
+  x_proj (seq, batch, G*hidden)  the input projection X W^T of every step (one GEMM before)
+  w_bias (G*hidden,)             Wb, added to x_proj's row at every step
   r_t    (hidden, G*hidden)      the recurrence weight R, transposed
   r_bias (G*hidden,)             Rb, added to h R^T at every step
   h0, c0 (batch, hidden)         the initial states (c0 is read by lstm only)
@@ -24,25 +25,28 @@ from dynvm.compiler.op.type_rels import (FLOAT_DTYPES, INT_DTYPES, check_arity, 
 from dynvm.shape_funcs.recurrent import check_recurrent_attrs
 
 
+ARGS = ("x_proj", "w_bias", "r_t", "r_bias", "h0", "c0", "lens")
+
+
 def recurrent_rel(arg_types, attrs):
-    check_arity("recurrent", arg_types, 6)
-    x, r_t, rb, h0, c0, lens = (tensor_arg("recurrent", t, what) for t, what in zip(
-        arg_types, ("x_proj", "r_t", "r_bias", "h0", "c0", "lens")))
+    check_arity("recurrent", arg_types, 7)
+    x, wb, r_t, rb, h0, c0, lens = (tensor_arg("recurrent", t, what) for t, what in zip(
+        arg_types, ARGS))
     try:
         gates = check_recurrent_attrs(attrs)
     except ValueError as e:
         fail(f"recurrent: {e}")
-    for t, rank, what in ((x, 3, "x_proj"), (r_t, 2, "r_t"), (rb, 1, "r_bias"), (h0, 2, "h0"),
-                          (c0, 2, "c0"), (lens, 1, "lens")):
+    for t, rank, what in zip((x, wb, r_t, rb, h0, c0, lens), (3, 1, 2, 1, 2, 2, 1), ARGS):
         if t.rank != rank:
             fail(f"recurrent: {what} must have rank {rank}, got {t}")
-    same_dtype("recurrent", [x, r_t, rb, h0, c0])
+    same_dtype("recurrent", [x, wb, r_t, rb, h0, c0])
     check_dtype_in("recurrent", x, FLOAT_DTYPES)
     check_dtype_in("recurrent", lens, INT_DTYPES, "lens")
     hidden = unify_dim("recurrent", r_t.shape[0], h0.shape[1], "hidden dims (r_t[0], h0[1])")
     hidden = unify_dim("recurrent", hidden, c0.shape[1], "hidden dims (h0[1], c0[1])")
     width = unify_dim("recurrent", x.shape[2], r_t.shape[1], "gate dims (x_proj[2], r_t[1])")
     unify_dim("recurrent", width, rb.shape[0], "gate dims (r_t[1], r_bias[0])")
+    unify_dim("recurrent", width, wb.shape[0], "gate dims (r_t[1], w_bias[0])")
     if isinstance(hidden, int) and isinstance(width, int) and width != gates * hidden:
         fail(f"recurrent: a {attrs['cell']} cell of hidden size {hidden} needs {gates * hidden} "
              f"gate columns, got {width}")
@@ -53,12 +57,12 @@ def recurrent_rel(arg_types, attrs):
     return TupleType([TensorType((x.shape[0], batch, hidden), x.dtype), state, state])
 
 
-register(OpDef("recurrent", ("x_proj", "r_t", "r_bias", "h0", "c0", "lens"), recurrent_rel,
+register(OpDef("recurrent", ARGS, recurrent_rel,
                attrs={"cell": REQUIRED, "activations": REQUIRED, "reverse": False,
                       "linear_before_reset": False, "clip": None},
                pattern="opaque",
-               doc="recurrent(x_proj, r_t, r_bias, h0, c0, lens, cell, activations, reverse=False, "
+               doc="recurrent(x_proj, w_bias, r_t, r_bias, h0, c0, lens, cell, activations, reverse=False, "
                    "linear_before_reset=False, clip=None): every step of one direction of an "
                    "rnn/gru/lstm layer (ONNX's gate order and sequence_lens semantics) -> "
-                   "(Y (seq, batch, hidden), Y_h, Y_c); x_proj is X W^T + Wb, r_t is R "
-                   "transposed, r_bias is Rb."))
+                   "(Y (seq, batch, hidden), Y_h, Y_c); x_proj is X W^T, w_bias Wb, r_t R "
+                   "transposed, r_bias Rb."))

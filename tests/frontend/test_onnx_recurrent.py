@@ -74,7 +74,7 @@ def numpy_layer(kind, attrs, w, r, b, x, lens, h0):
         outs = [np.zeros((seq, batch, HIDDEN), np.float32), np.zeros((batch, HIDDEN), np.float32),
                 np.zeros((batch, HIDDEN), np.float32)]
         REFERENCE_KERNELS["recurrent"](
-            [x @ w[d].T + b[d, :g * HIDDEN], r[d].T, b[d, g * HIDDEN:], start,
+            [x @ w[d].T, b[d, :g * HIDDEN], r[d].T, b[d, g * HIDDEN:], start,
              np.zeros((batch, HIDDEN), np.float32), lens], outs,
             {"cell": cell, "activations": acts[d * len(defaults):(d + 1) * len(defaults)],
              "reverse": reverse, "linear_before_reset": bool(attrs.get("linear_before_reset")),

@@ -36,7 +36,7 @@ def kernels():
     table = {}
     for name, (dt, lt, _) in FORMS.items():
         table[name] = ("recurrent", spec_of(name),
-                       [[dt, 3], [dt, 2], [dt, 1], [dt, 2], [dt, 2], [lt, 1]],
+                       [[dt, 3], [dt, 1], [dt, 2], [dt, 1], [dt, 2], [dt, 2], [lt, 1]],
                        [[dt, 3], [dt, 2], [dt, 2]])
     return native_table(table)
 
@@ -46,6 +46,7 @@ def layer_inputs(rng, name, seq, batch, hidden, lens):
     width = GATES[attrs["cell"]] * hidden
     scale = 1 / np.sqrt(max(hidden, 1))
     return [rng.standard_normal((seq, batch, width)).astype(dtype),
+            (rng.standard_normal(width) * 0.3).astype(dtype),
             (rng.standard_normal((hidden, width)) * scale).astype(dtype),
             (rng.standard_normal(width) * 0.3).astype(dtype),
             rng.standard_normal((batch, hidden)).astype(dtype),
@@ -77,7 +78,7 @@ def test_mismatched_extents_and_strided_arrays_are_refused():
     outs = [np.zeros((4, 2, 3), np.float32), np.zeros((2, 3), np.float32),
             np.zeros((2, 3), np.float32)]
     assert k(ins + outs) == 0
-    bad = ins[:3] + [np.zeros((2, 4), np.float32)] + ins[4:]     # h0 of another hidden size
+    bad = ins[:4] + [np.zeros((2, 4), np.float32)] + ins[5:]     # h0 of another hidden size
     assert kind(k(bad + outs)) == ERR_SHAPE
     with pytest.raises(ShapeError, match="a lstm layer needs"):
         shape_funcs.lookup("recurrent").fn(bad, spec_of("lstm"))

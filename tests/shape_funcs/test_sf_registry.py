@@ -54,7 +54,7 @@ CALLS = {
     "set_row": [((4, 3), (), (3,)), {}, [(4, 3)]],
     "cumulative": [((4, 3),), {"axis": 1, "mode": "sum", "exclusive": False, "reverse": False}, [(4, 3)]],
     "scatter_rows": [((4, 3), (2,), (2, 3)), {"reduction": "add"}, [(4, 3)]],
-    "recurrent": [((5, 2, 12), (3, 12), (12,), (2, 3), (2, 3), (2,)),
+    "recurrent": [((5, 2, 12), (12,), (3, 12), (12,), (2, 3), (2, 3), (2,)),
                   {"cell": "lstm", "activations": ["Sigmoid", "Tanh", "Tanh"]},
                   [(5, 2, 3), (2, 3), (2, 3)]],
     "broadcast_to": [((3,),), {"shape": [2, 3]}, [(2, 3)]],
