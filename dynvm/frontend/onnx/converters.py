@@ -2079,9 +2079,11 @@ def recurrent(cx, ins, a, cell, gates, defaults, loop_cell=None):
     if lens is None:
         lens = op.full(seq, shape_vector([batch]))
     with_c = cell == "lstm"
+    features = cx.type_of(x).shape[2]
+    flat = x if ir.is_any(features) else op.reshape(x, [-1, features])     # one for both
     outs, finals = [], []
     for d, reverse in enumerate(dirs):
-        xw = input_projection(cx, x, ins, d, gates, hidden, seq, batch, loop_cell is not None)
+        xw = input_projection(cx, flat, ins, d, gates, hidden, seq, batch, loop_cell is not None)
         states0 = [initial_state(cx, optional(ins, i), d, batch, hidden, dtype, loop_cell)
                    for i in (5, 6)[:1 + with_c]]
         if loop_cell is None:
@@ -2103,18 +2105,16 @@ def recurrent(cx, ins, a, cell, gates, defaults, loop_cell=None):
     return [y, *per_state]
 
 
-def input_projection(cx, x, ins, d, gates, hidden, seq, batch, loop):
+def input_projection(cx, flat, ins, d, gates, hidden, seq, batch, loop):
     """X W^T of every step, (seq, batch, gates * hidden), plus every bias for a `loop` (the
-    recurrent kernel adds them itself): one GEMM on X seen as 2-D (seq * batch, features),
-    which the matmul kernels run faster than the 3-D form (and faster than with a bias
-    epilogue)."""
-    features = cx.type_of(x).shape[2]
-    flat = x if ir.is_any(features) else op.reshape(x, [-1, features])
+    recurrent kernel adds them itself): one GEMM on X seen as 2-D (seq * batch, features) when
+    its features are static (`flat`), which the matmul kernels run faster than the 3-D form
+    (and faster than with a bias epilogue)."""
     xw = op.dense(flat, direction_of(cx, ins[1], d))
     bias = optional(ins, 3)
     if loop and bias is not None:
         xw = op.add(xw, input_bias(cx, direction_of(cx, bias, d), gates, hidden))
-    if flat is x:
+    if cx.type_of(flat).rank == 3:
         return xw
     return reshape(xw, [-1 if isinstance(batch, int) else seq, batch, gates * hidden])
 
