@@ -5,12 +5,12 @@
 The models of tests/frontend/torch_models.py (LSTM + Linear, bidirectional GRU, a 2-layer
 transformer encoder with a padding mask, a detection post-process, a greedy decoding Loop, a
 data-dependent If), plus `lstm_linear_batch8`: the LSTM + Linear exported with a dynamic batch
-too, run on batches of 8 sequences; each exported once and built once by dynvm, run at several input sizes on
-both runtimes with the same inputs (outputs compared), timed interleaved
-(`dynvm.bench.harness.measure`). Prints per model and size: both medians and dynvm / ORT
-(< 1: dynvm is faster). One thread by default (batch 1), as the targets are stated. `--tiny`
-(the test suite's smoke run): two models at one small size, two repetitions. Needs torch,
-onnx and onnxruntime.
+too, run on batches of 8 sequences; each exported once and built once by dynvm, run at several
+input sizes on both runtimes with the same inputs (outputs compared), timed interleaved
+(`dynvm.bench.harness.measure`). Prints per model and size: both medians and dynvm / ORT (< 1:
+dynvm is faster). One thread by default (batch 1), as the targets are stated. `--tiny` (the test
+suite's smoke run): two models at one small size, two repetitions. Needs torch, onnx and
+onnxruntime.
 """
 import argparse
 import os

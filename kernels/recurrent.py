@@ -2,15 +2,17 @@
 in one call (the op: compiler/op/rnn.py).
 
 Signature: inputs x_proj (T, 3) (seq, batch, G*H), w_bias (T, 1) (G*H), r_t (T, 2) (H, G*H),
-r_bias (T, 1) (G*H), h0 and c0 (T, 2) (batch, H), lens (int32/int64, 1) (batch); outputs Y (T, 3) (seq, batch, H),
-Y_h and Y_c (T, 2) (batch, H); T float32 or float64. Spec {"op": "recurrent", "cell",
-"activations", "reverse", "linear_before_reset", "clip"} (shape_funcs/recurrent.py checks them).
+r_bias (T, 1) (G*H), h0 and c0 (T, 2) (batch, H), lens (int32/int64, 1) (batch); outputs
+Y (T, 3) (seq, batch, H), Y_h and Y_c (T, 2) (batch, H); T float32 or float64. Spec {"op":
+"recurrent", "cell", "activations", "reverse", "linear_before_reset", "clip"}
+(shape_funcs/recurrent.py checks them).
 Mismatched extents are ERR_SHAPE; every array must be compact (ERR_LAYOUT: VM tensors are).
 
 Sequences are independent, so the batch is the outer loop and each sequence keeps its states
 in its own rows of Y_h / Y_c: h0 / c0 are copied there, every step updates them in place and
 copies h into its row of Y; the rows at t >= lens[b] are zeroed, and so are the states of a
-sequence of length 0 (as ONNX Runtime does). A cell without c (rnn, gru) leaves Y_c 0. One step is
+sequence of length 0 (as ONNX Runtime does). A cell without c (rnn, gru) leaves Y_c 0.
+One step is
   gates = r_bias + h . r_t          a gemv in blocks of 8 rows of r_t: per block one
                                     vectorised pass over the gates (8 fmas per load and store,
                                     r_t read in memory order, which keeps large weights
@@ -57,8 +59,9 @@ def check_recurrent(spec, inputs, outputs):
             or inputs[6][0] not in LENS_DTYPES or inputs[6][1] != 1 \
             or [list(t) for t in outputs] != [[dt, 3], [dt, 2], [dt, 2]]:
         raise KernelError(f"recurrent: needs float32/float64 x_proj (3-D), w_bias (1-D), r_t "
-                          f"(2-D), r_bias (1-D), h0, c0 (2-D), int32/int64 lens (1-D) and outputs Y (3-D), "
-                          f"Y_h, Y_c (2-D) of the same dtype, got {inputs} -> {outputs}")
+                          f"(2-D), r_bias (1-D), h0, c0 (2-D), int32/int64 lens (1-D) and "
+                          f"outputs Y (3-D), Y_h, Y_c (2-D) of the same dtype, got {inputs} -> "
+                          f"{outputs}")
 
 
 def _relu(b, x):
@@ -78,9 +81,9 @@ class Layer:
         self.lens_ty = MEM_TYPE[sig[6][0]]
         self.lanes = lm.vector_lanes(self.elem)
         (self.x, (self.seq, self.batch, self.width), _), (self.wb, wb_ext, _), \
-            (self.r_t, r_ext, _), (self.rb, rb_ext, _), (self.h0, h0_ext, _), (self.c0, c0_ext, _), \
-            (self.lens, lens_ext, _), (self.y, y_ext, _), (self.yh, yh_ext, _), \
-            (self.yc, yc_ext, _) = raw
+            (self.r_t, r_ext, _), (self.rb, rb_ext, _), (self.h0, h0_ext, _), \
+            (self.c0, c0_ext, _), (self.lens, lens_ext, _), (self.y, y_ext, _), \
+            (self.yh, yh_ext, _), (self.yc, yc_ext, _) = raw
         self.hidden = r_ext[0]
         self.acts = [ACTIVATION_IR[a] for a in spec["activations"]]
         self.gates = check_recurrent_attrs({"clip": None, **spec})
@@ -101,7 +104,8 @@ class Layer:
             check_equal(b, got, want, arg, dim)
         check(b, icmp(b, "==", self.width, b.mul(self.hidden, c64(self.gates))),
               ERR_SHAPE | 2 << 8)
-        compact = [is_compact(b, ext, load_strides(b, ext, strides)) for _, ext, strides in self.raw]
+        compact = [is_compact(b, ext, load_strides(b, ext, strides))
+                   for _, ext, strides in self.raw]
         check(b, all_of(b, compact), ERR_LAYOUT)
         return_zero_if(b, b.or_(icmp(b, "==", self.batch, 0), icmp(b, "==", self.hidden, 0)))
         steps = icmp(b, ">", self.seq, 0)

@@ -61,8 +61,8 @@ register(OpDef("recurrent", ARGS, recurrent_rel,
                attrs={"cell": REQUIRED, "activations": REQUIRED, "reverse": False,
                       "linear_before_reset": False, "clip": None},
                pattern="opaque",
-               doc="recurrent(x_proj, w_bias, r_t, r_bias, h0, c0, lens, cell, activations, reverse=False, "
-                   "linear_before_reset=False, clip=None): every step of one direction of an "
-                   "rnn/gru/lstm layer (ONNX's gate order and sequence_lens semantics) -> "
-                   "(Y (seq, batch, hidden), Y_h, Y_c); x_proj is X W^T, w_bias Wb, r_t R "
-                   "transposed, r_bias Rb."))
+               doc="recurrent(x_proj, w_bias, r_t, r_bias, h0, c0, lens, cell, activations, "
+                   "reverse=False, linear_before_reset=False, clip=None): every step of one "
+                   "direction of an rnn/gru/lstm layer (ONNX's gate order and sequence_lens "
+                   "semantics) -> (Y (seq, batch, hidden), Y_h, Y_c); x_proj is X W^T, w_bias "
+                   "Wb, r_t R transposed, r_bias Rb."))

@@ -2144,7 +2144,8 @@ def recurrent_call(cx, ins, a, d, xw, states0, lens, cell, gates, names, reverse
     c0 = states0[1] if len(states0) > 1 else h0
     clip = a.get("clip")
     result = op.recurrent(xw, w_bias, r_t, r_bias, h0, c0, lens, cell=cell, activations=names,
-                          reverse=reverse, linear_before_reset=bool(a.get("linear_before_reset", 0)),
+                          reverse=reverse,
+                          linear_before_reset=bool(a.get("linear_before_reset", 0)),
                           clip=None if clip is None else float(clip))
     return ir.TupleGetItem(result, 0), [ir.TupleGetItem(result, 1 + k) for k in range(len(states0))]
 
