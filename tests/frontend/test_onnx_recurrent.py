@@ -3,8 +3,8 @@ model holding every cell (GRU in both reset forms, LSTM with a clip) in every di
 against ONNX Runtime and a numpy reference of ONNX's semantics (Y rows past a sequence's length
 are 0, Y_h / Y_c are the states after its own last step, reverse starts from its own last
 element) on batches of 1 and 3 with lengths 0 and 1 among them. The layer runs as one
-`recurrent` call per direction, identically in both VM tiers; an LSTM with peepholes runs as a
-loop and says so."""
+`recurrent` call per direction, identically in both VM tiers and at any thread count; an LSTM
+with peepholes runs as a loop and says so."""
 import warnings
 
 import numpy as np
@@ -21,7 +21,7 @@ from dynvm.frontend.onnx.importer import UnsupportedOnnxError  # noqa: E402
 from dynvm.vm.errors import PerformanceWarning  # noqa: E402
 from tests.frontend import onnx_models as M  # noqa: E402
 from tests.numpy_reference import REFERENCE_KERNELS  # noqa: E402
-from tests.vm.test_native_tier import assert_same, both_tiers  # noqa: E402
+from tests.vm.test_native_tier import NativeVM, assert_same, both_tiers  # noqa: E402
 
 F, HIDDEN, FEATURES = TensorProto.FLOAT, 5, 3
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -101,7 +101,8 @@ def compiled():
 
 def test_sequence_lens_at_run_time_match_ort_and_numpy(compiled):
     m, weights, exe = compiled
-    native, python = both_tiers(exe)
+    native, python = both_tiers(exe, threads=1)
+    two_threads = NativeVM(exe, threads=2)
     rng = np.random.default_rng(1)
     for seq, lens in CASES:
         batch = len(lens)
@@ -110,6 +111,7 @@ def test_sequence_lens_at_run_time_match_ort_and_numpy(compiled):
         lens = np.array(lens, np.int32)
         got = native.invoke("main", x, lens, h0)
         assert_same(got, python.invoke("main", x, lens, h0))
+        assert_same(got, two_threads.invoke("main", x, lens, h0))
         want_np = [v for kind, attrs, (w, r, b), _ in weights
                    for v in numpy_layer(kind, attrs, w, r, b, x, lens, h0)]
         want_ort = M.ort_run(m, x, lens, h0)
