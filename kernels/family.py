@@ -49,7 +49,8 @@ class Family:
 
 FAMILIES: dict[str, Family] = {}
 FAMILY_MODULES = ("elementwise", "matmul", "conv2d", "transform", "dynamic", "reduce", "softmax",
-                  "sort", "vision", "window", "loop", "shape", "update", "cumulative")
+                  "sort", "vision", "window", "loop", "shape", "update", "cumulative",
+                  "recurrent")
 
 
 def register(family: Family) -> Family:

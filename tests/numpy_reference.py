@@ -228,6 +228,45 @@ def scatter_rows(inputs, outputs, attrs):
     store("scatter_rows", outputs[0], out)
 
 
+@reference("recurrent")
+def recurrent(inputs, outputs, attrs):
+    """One direction of an RNN/GRU/LSTM layer step by step, each sequence on its own length."""
+    x, wb, r_t, rb, h0, c0, lens = inputs
+    x = x + wb
+    acts = {"Sigmoid": _sigmoid, "Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0)}
+    f = [acts[a] for a in attrs["activations"]]
+    clip = attrs.get("clip")
+    if clip is not None:
+        f = [lambda v, g=g: g(np.clip(v, -clip, clip)) for g in f]
+    seq, batch, hidden = x.shape[0], x.shape[1], r_t.shape[0]
+    y, yh, yc = (np.zeros(o.shape, x.dtype) for o in outputs)
+    for b in range(batch):
+        n = min(max(int(lens[b]), 0), seq)
+        h, c = h0[b].copy(), c0[b].copy() if attrs["cell"] == "lstm" else np.zeros_like(h0[b])
+        for t in (range(n - 1, -1, -1) if attrs.get("reverse") else range(n)):
+            xt = np.split(x[t, b], {"rnn": 1, "gru": 3, "lstm": 4}[attrs["cell"]])
+            if attrs["cell"] == "rnn":
+                h = f[0](xt[0] + rb + h @ r_t)
+            elif attrs["cell"] == "lstm":
+                gi, go, gf, gc = (xt[k] + gk for k, gk in enumerate(np.split(rb + h @ r_t, 4)))
+                c = f[0](gf) * c + f[0](gi) * f[1](gc)
+                h = f[0](go) * f[2](c)
+            else:
+                rz, rr, rh = np.split(r_t, 3, axis=1)
+                bz, br, bh = np.split(rb, 3)
+                z, r = f[0](xt[0] + bz + h @ rz), f[0](xt[1] + br + h @ rr)
+                if attrs.get("linear_before_reset"):
+                    cand = f[1](xt[2] + r * (bh + h @ rh))
+                else:
+                    cand = f[1](xt[2] + bh + (r * h) @ rh)
+                h = (1 - z) * cand + z * h
+            y[t, b] = h
+        if n:       # a sequence of length 0 ends with zero states (as ONNX Runtime)
+            yh[b], yc[b] = h, c
+    for out, value in zip(outputs, (y, yh, yc)):
+        store("recurrent", out, value)
+
+
 @reference("broadcast_to")
 def broadcast_to(inputs, outputs, attrs):
     try:

@@ -1,7 +1,7 @@
 """Primitive operators. `op.add(x, y)`, `op.arange(start, stop, step)`, ... are generated from the
 registry (`compiler/op/registry.py`); each family module registers its ops on import."""
 from dynvm.compiler.op.registry import OPS, REQUIRED, OpDef, get_op, make_call, register  # noqa: F401
-from dynvm.compiler.op import elementwise, transform, reduce, nn, dynamic, vision, window, update  # noqa: F401,E402  (registers)
+from dynvm.compiler.op import elementwise, transform, reduce, nn, dynamic, vision, window, update, rnn  # noqa: F401,E402  (registers)
 from dynvm.compiler.op.registry import constructor as _constructor
 
 

@@ -71,6 +71,8 @@ SITES = [
     ("set_row", {}, [(F, 3), (I, 0), (F, 2)]),
     ("cumulative", {"axis": -1, "mode": "prod"}, [(F, 2)]),
     ("scatter_rows", {"reduction": "none"}, [(F, 2), (I, 1), (F, 2)]),
+    ("recurrent", {"cell": "gru", "activations": ["Sigmoid", "Tanh"]},
+     [(F, 3), (F, 1), (F, 2), (F, 1), (F, 2), (F, 2), (I, 1)]),
     ("broadcast_to", {"shape": [2, 3]}, [(F, 1)]),
     ("broadcast_to", {"shape": [4, 2, 3]}, [(F, 2)]),
     ("zeros", {"shape": [2, 3], "dtype": F}, []),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import string
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +21,7 @@ from onnx import TensorProto
 
 from dynvm.compiler import ir, op
 from dynvm.frontend.onnx.importer import Unsupported, dtype_of
+from dynvm.vm.errors import PerformanceWarning
 
 
 @dataclass(frozen=True)
@@ -2020,10 +2022,12 @@ def scan(cx, ins, a):
 
 
 # ---------------------------------------------------------------------------------------------
-# recurrent layers: one while_loop per direction over the time steps
+# recurrent layers: one `recurrent` kernel call per direction (compiler/op/rnn.py), after
+# one GEMM projecting the input of every step; an LSTM with peepholes, which the kernel does not
+# cover, runs one while_loop per direction instead (and says so in a PerformanceWarning)
 
 ACTIVATIONS = {"Sigmoid": op.sigmoid, "Tanh": op.tanh, "Relu": op.relu}
-RNN_ATTRS = "activations direction hidden_size layout"
+RNN_ATTRS = "activations clip direction hidden_size layout"
 
 
 def rows(e, lo, hi):
@@ -2040,48 +2044,55 @@ def direction_of(cx, e, d):
 
 
 def activations(a, defaults, directions):
+    """The activation names of each direction."""
     names = a.get("activations", defaults * directions)
     unknown = sorted(set(names) - set(ACTIVATIONS))
     if unknown:
         raise Unsupported(f"activation(s) {', '.join(unknown)}")
     k = len(defaults)
-    return [[ACTIVATIONS[n] for n in names[d * k:(d + 1) * k]] for d in range(directions)]
+    return [list(names[d * k:(d + 1) * k]) for d in range(directions)]
 
 
-def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",), folded=None):
-    """Shared by RNN, GRU and LSTM. `cell(cx, d, acts, x_t, states, inputs)` returns the new
-    states (h first), x_t being row t of the input projection X W^T + Wb, plus Rb on the first
-    `folded` gates (default: all): a bias that is only ever added is added once, in the one
-    GEMM over every step, not in every step. Returns [Y, Y_h(, Y_c)] with ONNX's shapes."""
+def optional(ins, i):
+    return ins[i] if len(ins) > i else None
+
+
+def recurrent(cx, ins, a, cell, gates, defaults, loop_cell=None):
+    """Shared by RNN, GRU and LSTM: [Y, Y_h(, Y_c)] with ONNX's shapes. Per direction, the input
+    projection X W^T is one GEMM over every step; then either one `recurrent` call runs every
+    step, or (`loop_cell` given: a form the kernel does not cover) `time_loop` does."""
     x = ins[0]
     if a.get("layout", 0):
         x = op.transpose(x, [1, 0, 2])
-    if len(ins) > 4 and ins[4] is not None:
-        lens = constant_value(cx, ins[4], "sequence_lens")
-        if ir.is_any(cx.type_of(x).shape[0]) or (lens != cx.type_of(x).shape[0]).any():
-            raise Unsupported("sequence_lens other than the full length of every sequence")
     mode = a.get("direction", "forward")
     dirs = [False, True] if mode == "bidirectional" else [mode == "reverse"]
-    acts = activations(a, list(defaults), len(dirs))
+    names = activations(a, list(defaults), len(dirs))
     hidden = a["hidden_size"]
     seq, batch = as_int64(dim(cx, x, 0)), dim(cx, x, 1)
     dtype = cx.type_of(x).dtype
+    lens = optional(ins, 4)
+    if loop_cell is not None and lens is not None:
+        lens = constant_value(cx, lens, "sequence_lens of a layer that runs as a loop")
+        if ir.is_any(cx.type_of(x).shape[0]) or (lens != cx.type_of(x).shape[0]).any():
+            raise Unsupported("sequence_lens other than the full length of every sequence, "
+                              "in a layer that runs as a loop")
+    if lens is None:
+        lens = op.full(seq, shape_vector([batch]))
+    with_c = cell == "lstm"
+    features = cx.type_of(x).shape[2]
+    flat = x if ir.is_any(features) else op.reshape(x, [-1, features])     # one for both
     outs, finals = [], []
     for d, reverse in enumerate(dirs):
-        w = direction_of(cx, ins[1], d)
-        xw = op.dense(x, w)                                     # (seq, batch, gates * hidden)
-        if len(ins) > 3 and ins[3] is not None:
-            xw = op.add(xw, input_bias(cx, ins, d, gates, hidden, gates if folded is None else folded))
-        states0 = []
-        for i in (5, 6)[:1 + with_c]:                       # initial_h, initial_c
-            given = ins[i] if len(ins) > i else None
-            state = (direction_of(cx, given, d) if given is not None
-                     else op.zeros(shape_vector([batch, hidden]), dtype=dtype))
-            if isinstance(batch, int) and not cx.type_of(state).is_static:
-                state = op.reshape(state, [batch, hidden])  # static states: a native loop
-            states0.append(state)
-        y, states = time_loop(cx, xw, states0, seq, reverse,
-                              lambda x_t, st, d=d: cell(cx, d, acts[d], x_t, st, ins))
+        xw = input_projection(cx, flat, ins, d, gates, hidden, seq, batch, loop_cell is not None)
+        states0 = [initial_state(cx, optional(ins, i), d, batch, hidden, dtype, loop_cell)
+                   for i in (5, 6)[:1 + with_c]]
+        if loop_cell is None:
+            y, states = recurrent_call(cx, ins, a, d, xw, states0, lens, cell, gates, names[d],
+                                       reverse)
+        else:
+            acts = [ACTIVATIONS[n] for n in names[d]]
+            y, states = time_loop(cx, xw, states0, seq, reverse,
+                                  lambda x_t, st, d=d, acts=acts: loop_cell(cx, d, acts, x_t, st))
         outs.append(op.expand_dims(y, 1))
         finals.append(states)
     y = outs[0] if len(outs) == 1 else op.concatenate(outs, 1)
@@ -2092,6 +2103,51 @@ def recurrent(cx, ins, a, gates, cell, with_c=False, defaults=("Tanh",), folded=
         s = op.concatenate([op.expand_dims(f[k], 0) for f in finals], 0)
         per_state.append(op.transpose(s, [1, 0, 2]) if a.get("layout", 0) else s)
     return [y, *per_state]
+
+
+def input_projection(cx, flat, ins, d, gates, hidden, seq, batch, loop):
+    """X W^T of every step, (seq, batch, gates * hidden), plus every bias for a `loop` (the
+    recurrent kernel adds them itself): one GEMM on X seen as 2-D (seq * batch, features) when
+    its features are static (`flat`), which the matmul kernels run faster than the 3-D form
+    (and faster than with a bias epilogue)."""
+    xw = op.dense(flat, direction_of(cx, ins[1], d))
+    bias = optional(ins, 3)
+    if loop and bias is not None:
+        xw = op.add(xw, input_bias(cx, direction_of(cx, bias, d), gates, hidden))
+    if cx.type_of(flat).rank == 3:
+        return xw
+    return reshape(xw, [-1 if isinstance(batch, int) else seq, batch, gates * hidden])
+
+
+def initial_state(cx, given, d, batch, hidden, dtype, loop_cell):
+    if given is not None:
+        return direction_of(cx, given, d)
+    state = op.zeros(shape_vector([batch, hidden]), dtype=dtype)
+    if loop_cell is not None and isinstance(batch, int) and not cx.type_of(state).is_static:
+        state = op.reshape(state, [batch, hidden])      # static states: a native loop
+    return state
+
+
+def recurrent_call(cx, ins, a, d, xw, states0, lens, cell, gates, names, reverse):
+    """(Y, final states) of one direction by one `recurrent` call."""
+    r = direction_of(cx, ins[2], d)
+    value = cx.value_of(r)
+    r_t = ir.const(np.ascontiguousarray(value.T)) if value is not None else op.transpose(r, [1, 0])
+    width = gates * a["hidden_size"]
+    bias = optional(ins, 3)
+    if bias is not None:
+        b = direction_of(cx, bias, d)
+        w_bias, r_bias = rows(b, 0, width), rows(b, width, 2 * width)
+    else:
+        w_bias = r_bias = ir.const(np.zeros(width, cx.type_of(xw).dtype))
+    h0 = states0[0]
+    c0 = states0[1] if len(states0) > 1 else h0
+    clip = a.get("clip")
+    result = op.recurrent(xw, w_bias, r_t, r_bias, h0, c0, lens, cell=cell, activations=names,
+                          reverse=reverse,
+                          linear_before_reset=bool(a.get("linear_before_reset", 0)),
+                          clip=None if clip is None else float(clip))
+    return ir.TupleGetItem(result, 0), [ir.TupleGetItem(result, 1 + k) for k in range(len(states0))]
 
 
 def time_loop(cx, xw, states0, seq, reverse, step):
@@ -2119,12 +2175,9 @@ def time_loop(cx, xw, states0, seq, reverse, step):
     return ir.TupleGetItem(result, n + 1), [ir.TupleGetItem(result, 1 + k) for k in range(n)]
 
 
-def input_bias(cx, ins, d, gates, hidden, folded):
-    """Wb, plus Rb on the first `folded` gates (gates * hidden,)."""
-    b = direction_of(cx, ins[3], d)
-    wb, rb = rows(b, 0, gates * hidden), rows(b, gates * hidden, (gates + folded) * hidden)
-    if folded < gates:
-        rb = op.concatenate([rb, op.zeros(((gates - folded) * hidden,), dtype=cx.type_of(b).dtype)], 0)
+def input_bias(cx, b, gates, hidden):
+    """Wb + Rb (gates * hidden,): a loop adds every bias once, with the input projection."""
+    wb, rb = rows(b, 0, gates * hidden), rows(b, gates * hidden, 2 * gates * hidden)
     if isinstance(wb, ir.Constant) and isinstance(rb, ir.Constant):
         return ir.const(wb.data + rb.data)
     return op.add(wb, rb)
@@ -2132,58 +2185,36 @@ def input_bias(cx, ins, d, gates, hidden, folded):
 
 @converter("RNN", attrs=RNN_ATTRS)
 def rnn(cx, ins, a):
-    hidden = a["hidden_size"]
-
-    def cell(cx, d, acts, x_t, st, ins):
-        return [acts[0](op.add(x_t, op.dense(st[0], direction_of(cx, ins[2], d))))]
-    return recurrent(cx, ins, a, 1, cell)
+    return recurrent(cx, ins, a, "rnn", 1, ("Tanh",))
 
 
 @converter("GRU", attrs=RNN_ATTRS + " linear_before_reset")
 def gru(cx, ins, a):
-    hidden = a["hidden_size"]
-    before_reset = a.get("linear_before_reset", 0)
-
-    def cell(cx, d, acts, x_t, st, ins):
-        f, g = acts
-        h = st[0]
-        xz, xr, xh = split_last(x_t, 3)
-        r_all = direction_of(cx, ins[2], d)
-        rb_h = rows(direction_of(cx, ins[3], d), 5 * hidden, 6 * hidden) \
-            if len(ins) > 3 and ins[3] is not None else None     # the one Rb not folded
-        if before_reset:
-            hz, hr, hh = split_last(op.dense(h, r_all), 3)
-            hh = op.add(hh, rb_h) if rb_h is not None else hh
-        else:
-            hz, hr = split_last(op.dense(h, rows(r_all, 0, 2 * hidden)), 2)
-        z, r = f(op.add(xz, hz)), f(op.add(xr, hr))
-        if before_reset:
-            cand = g(op.add(xh, op.multiply(r, hh)))
-        else:
-            rh = op.dense(op.multiply(r, h), rows(r_all, 2 * hidden, 3 * hidden))
-            if rb_h is not None:
-                rh = op.add(rh, rb_h)
-            cand = g(op.add(xh, rh))
-        one = like(cx, h, 1.0)
-        return [op.add(op.multiply(op.subtract(one, z), cand), op.multiply(z, h))]
-    return recurrent(cx, ins, a, 3, cell, defaults=("Sigmoid", "Tanh"), folded=2)
+    return recurrent(cx, ins, a, "gru", 3, ("Sigmoid", "Tanh"))
 
 
 @converter("LSTM", attrs=RNN_ATTRS)
 def lstm(cx, ins, a):
+    peep = optional(ins, 7)
+    if peep is None:
+        return recurrent(cx, ins, a, "lstm", 4, ("Sigmoid", "Tanh", "Tanh"))
+    if "clip" in a:
+        raise Unsupported("clip together with peepholes")
     hidden = a["hidden_size"]
 
-    def cell(cx, d, acts, x_t, st, ins):
+    def cell(cx, d, acts, x_t, st):
+        """One step with peepholes: every bias is already in x_t."""
         f, g, h_act = acts
         h, c = st
         pre = op.add(x_t, op.dense(h, direction_of(cx, ins[2], d)))
         i, o, fg, cand = split_last(pre, 4)
-        peep = direction_of(cx, ins[7], d) if len(ins) > 7 and ins[7] is not None else None
-        if peep is not None:
-            pi, po, pf = (rows(peep, k * hidden, (k + 1) * hidden) for k in range(3))
-            i, fg = op.add(i, op.multiply(pi, c)), op.add(fg, op.multiply(pf, c))
+        pi, po, pf = (rows(direction_of(cx, peep, d), k * hidden, (k + 1) * hidden)
+                      for k in range(3))
+        i, fg = op.add(i, op.multiply(pi, c)), op.add(fg, op.multiply(pf, c))
         c_new = op.add(op.multiply(f(fg), c), op.multiply(f(i), g(cand)))
-        if peep is not None:
-            o = op.add(o, op.multiply(po, c_new))
+        o = op.add(o, op.multiply(po, c_new))
         return [op.multiply(f(o), h_act(c_new)), c_new]
-    return recurrent(cx, ins, a, 4, cell, with_c=True, defaults=("Sigmoid", "Tanh", "Tanh"))
+    warnings.warn(f"LSTM node {cx.node.name or '(unnamed)'!r}: peepholes are not covered by the "
+                  f"recurrent kernel; the layer runs as a loop of kernel calls, one per time step",
+                  PerformanceWarning, stacklevel=2)
+    return recurrent(cx, ins, a, "lstm", 4, ("Sigmoid", "Tanh", "Tanh"), loop_cell=cell)
