@@ -196,12 +196,13 @@ def gemv_table(kernels, reps, runs, clock, rows=GEMV_ROWS, sizes=GEMV_SIZES):
 
 # BERT (dynvm.models.bert_varlen): weights (N, K) of dense(x (S, K)) + bias, S = sequence length
 BERT_WEIGHTS = [(256, 256), (1024, 256), (256, 1024)]
-BERT_SEQS = [1, 16, 64, 128]
+BERT_SEQS = [1, 16, 64, 128, 256]
 
 
-def bert_table(reps):
+def bert_table(reps, clock):
     """dense + bias at the BERT shapes: dynvm (dispatcher) vs numpy x @ w.T + b vs torch
-    linear, interleaved calls, median microseconds."""
+    linear vs ORT's MatMul (weight an initializer, bias not added), interleaved calls, median
+    microseconds."""
     try:
         import torch
         torch.set_num_threads(1)
@@ -216,7 +217,7 @@ def bert_table(reps):
     print(f"\nBERT dense + bias (S x K) @ (N x K)^T, median of {reps} (us); "
           "numpy and torch 1 thread")
     print(f"{'N x K':>10} {'S':>4} {'variant':>8} {'dynvm':>8} {'numpy':>8} {'torch':>8} "
-          f"{'GF/s':>6} {'np/dyn':>7} {'th/dyn':>7}")
+          f"{'ORT':>8} {'GF/s':>6} {'np/dyn':>7} {'th/dyn':>7} {'ort/dyn':>7}")
     for n, k in BERT_WEIGHTS:
         for s in BERT_SEQS:
             rng = np.random.default_rng(s * n + k)
@@ -231,11 +232,15 @@ def bert_table(reps):
             if torch:
                 tx, tw, tb = (torch.from_numpy(v) for v in (x, w, bias))
                 fns.append(lambda: torch.nn.functional.linear(tx, tw, tb))
-            o, p, *rest = interleaved(reps, *fns)
-            q = rest[0] if rest else float("nan")
+            sess = ort_matmul((s, k), (k, n), 1, weight=w.T.copy())
+            if sess:
+                fns.append(lambda: sess.run(None, {"a": x}))
+            times = interleaved(reps, *fns, clock=clock) + [float("nan")] * (4 - len(fns))
+            o, p, q, r = times
             del keep
             print(f"{n:>4}x{k:<5} {s:>4} {kernel.last_variant:>8} {o * 1e6:8.1f} {p * 1e6:8.1f} "
-                  f"{q * 1e6:8.1f} {2 * s * n * k / o / 1e9:6.1f} {p / o:7.2f} {q / o:7.2f}")
+                  f"{q * 1e6:8.1f} {r * 1e6:8.1f} {2 * s * n * k / o / 1e9:6.1f} {p / o:7.2f} "
+                  f"{q / o:7.2f} {r / o:7.2f}")
 
 
 def main():
@@ -265,7 +270,7 @@ def main():
         set_blas = openblas_threads()
         if set_blas:
             set_blas(1)
-        bert_table(args.reps)
+        bert_table(args.reps, time.thread_time if args.cpu_time else time.perf_counter)
         return
     set_blas = openblas_threads()
     kernels = build()
@@ -298,7 +303,7 @@ def main():
         gemv_table(kernels, args.reps, 1, clock, rows=[1, 2], sizes=[256])
     else:
         gemv_table(kernels, max(args.reps, 100), args.runs, clock)
-    bert_table(args.reps)
+    bert_table(args.reps, clock)
 
 
 if __name__ == "__main__":

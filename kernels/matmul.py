@@ -27,11 +27,18 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   along N (matmul's weight): B streamed row by row into a segment of C (all rows,
   GEMV_STREAM_BYTES), C[m, seg] += A[m, k] * B[k, seg] for GEMV_K_ROWS rows k at a time,
   masked last vector; the epilogue per segment. Other strides: tiny code.
+- "skinny" (dense of a rank-2 x only): a few rows of x (up to SKINNY_MAX_ROWS, in whole NR)
+  against a weight with contiguous rows, as the transpose C^T = W x^T (`TransposedDense`): W is
+  never packed (each call of the packed forms packs all of it, which at 16 rows cost as much as
+  the product: ORT packs constant weights once), the micro-kernel broadcasts its elements
+  straight from W's rows (`micro_kernel(packed_a=False)`); x^T is packed once for the whole K;
+  the K blocks are summed exactly as in "fast" (the same bits), the tiles of an MC block of
+  W's rows gathered in a stack buffer and written to C a row at a time.
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 610 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack
 (glibc's default thread stack is 8 MiB).
 
-Threads: gemv, blocked and fast compute items of output columns (a batch's gemv panel or
+Threads: gemv, blocked, fast and skinny compute items of output columns (a batch's gemv panel or
 column block: NC on one thread, smaller on more, see `column_step`), cut into chunks by
 llvm_util's `split_for` like every family; each item runs in the one-thread loop order, so
 every output element is summed the same way whoever computes it: results are identical for
@@ -42,15 +49,19 @@ a spec may lower it, e.g. to 0 in tests, or raise it), else in one call on the c
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
 that follow the op's own inputs, broadcast to the output shape (numpy rules). It runs on the
-tile / rows just written while they are still in L1 (`apply_epilogue`): as <VL x T> vector code
-with masked loads/stores when C's columns are contiguous and every extra's column stride is 0 or
-1 (bias broadcasts, full tensors), else per element with the geometry's column cursor.
+tile / rows just written while they are still in L1 (`apply_epilogue`; with one K block
+straight from the micro-kernel's tile, so C is written once): as <VL x T> vector code (a
+masked load/store only for a partial last vector) when C's columns are contiguous and every
+extra's column stride is 0 or 1 (bias broadcasts, full tensors), else per element with the
+geometry's column cursor.
 
 Error codes: the shared prologue's, plus ERR_SHAPE (extents that do not fit each other: K of A
 and B, the output shape, a batch that does not broadcast) and ERR_BROADCAST for an epilogue
 input that does not broadcast to the output.
 """
 from __future__ import annotations
+
+import copy
 
 from llvmlite import ir
 
@@ -97,6 +108,13 @@ GEMV_PANEL_BYTES = 128 * 1024   # gemv: columns of B per panel, kept in cache ac
 # take 40/156/147 us in gemv vs 49/174/202 in fast at 8 rows, 78/308/287 vs 64/248/268 at 16,
 # 598 vs 295 us (256 x 256) at 128.
 GEMV_MAX_ROWS = 8
+# dispatcher: "skinny" for dense of a rank-2 x on one thread, x's rows a multiple of NR up
+# to SKINNY_MAX_ROWS (BERT's dense + bias, AVX2, 1 thread, weights cycled through 12 MB of
+# them as in a model, thread CPU time, us, skinny / fast / ORT's MatMul: 256 x 256 at 16 rows
+# 40 / 45-80 / 51, 1024 x 256 at 16 rows 228 / 270 / 200, 256 x 1024 at 32 rows 293 / - / 344;
+# from 48 rows fast is level with ORT. At 9 or 24 rows the half-empty strip of x^T costs more
+# than packing W: fast is kept there.)
+SKINNY_MAX_ROWS = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,23 +375,73 @@ def matmul_geometry(op):
     return lambda b, spec, sig, arrays: MatmulGeometry(b, op, spec, sig, arrays)
 
 
+class TransposedDense(Geometry):
+    """dense(x, w) for x of rank 2 computed as its transpose, C^T = W X^T ("skinny"): W is the
+    A operand, which the micro-kernel reads in place (rows `a_row_stride` apart), and X^T the
+    B operand, its strips packed from x's rows. At a few rows of x, packing W (all of it, every
+    call) cost more than the product; packing x is small."""
+
+    def __init__(self, g):
+        self.nb, self.sb_b, self.dtype, self.out_arg = g.nb, g.sb_b, g.dtype, g.out_arg
+        self.M, self.N, self.K = g.N, g.M, g.K
+        self.a, self.bm, self.c = g.bm, g.a, g.c
+        self.a_row_stride, self.sa_k = g.sb_n, g.sb_k        # W[n, k]
+        self.a_strides = [g.sb_n]
+        self.sb_k, self.sb_n = g.sa_k, g.a_strides[0]        # B[k, m] = x[m, k]
+        self.c_strides, self.sc_n = [g.sc_n], g.c_strides[0]  # C^T[n, m] = C[m, n]
+        self.c_origin = c64(0)
+        self.extras = [Extra(e.data, e.dtype, e.strides[::-1]) for e in g.extras]
+
+    def row_index(self, b, bi, m):
+        return [m]
+
+    def c_row(self, b, idx):
+        return b.mul(b.sub(idx[0], self.c_origin), self.c_strides[0])
+
+    def staged(self, buf, first_row, rows):
+        """This geometry writing rows [first_row, first_row + rows) of C^T into `buf` instead,
+        row n at n - first_row, columns `rows` apart: written whole lines at a time afterwards
+        (`unstage`), C's rows take no scattered stores (with C's rows a multiple of 4 KiB
+        apart, the tiles' stores all fell into one L1 set: 1024 x 256 at 16 rows ran 1.5x
+        slower than 1000 x 256)."""
+        staged = copy.copy(self)
+        staged.c, staged.c_origin, staged.c_strides, staged.sc_n = buf, first_row, [c64(1)], rows
+        return staged
+
+    def unstage(self, b, buf, first_row, rows, stride, m_lo, m_hi):
+        """C^T[first_row + i, m] = buf[m * stride + i] for i < rows, m_lo <= m < m_hi."""
+        def column(m):
+            base = b.mul(m, self.sc_n)
+            for_range(b, 0, rows, lambda i: store(
+                b, load(b, buf, b.add(b.mul(m, stride), i), MEM_TYPE[self.dtype]), self.c,
+                b.add(base, self.c_row(b, [b.add(first_row, i)]))))
+        for_range(b, m_lo, m_hi, column)
+
+
+def transposed_dense(make_geometry):
+    return lambda b, spec, sig, arrays: TransposedDense(make_geometry(b, spec, sig, arrays))
+
+
 # ---------------------------------------------------------------------------------------------
 # variant bodies shared by every Geometry
 
 
-def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
+def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols, tile=None):
     """C[m0:m0+rows, n0:n0+cols] = epilogue(C, extras), in place (the tile or rows just written,
-    still in L1); nothing without an epilogue.
+    still in L1), or = epilogue(tile, extras) from the micro-kernel's MR x NR `tile` when given
+    (the whole sum in one tile: C is written once and never read); nothing without an epilogue.
 
     Vector form when C's columns are contiguous and every extra input's column offsets are
-    linear with stride 0 (broadcast: a splat) or 1 (a vector): <VL x T> masked loads/stores,
-    so a partial last vector needs no scalar tail. Otherwise one element at a time, the extras'
-    offsets advanced by the geometry's column cursor (no division per element)."""
+    linear with stride 0 (broadcast: a splat) or 1 (a vector): whole <VL x T> vectors of C with
+    plain loads/stores, a partial last one masked (no scalar tail; masked stores are slow on
+    AMD cores, so only the tail uses one); extras through a masked load either way (stride 0
+    loads no lane). Otherwise one element at a time, the extras' offsets advanced by the
+    geometry's column cursor (no division per element)."""
     if expr is None:
         return
     extras = geo.extras
     dtypes = [geo.dtype] + [e.dtype for e in extras]
-    vl, vec = blk.vl, blk.vec
+    vl = blk.vl
     columns = [geo.extra_columns(b, e) for e in extras]
     vector_ok = eq(b, geo.sc_n, c64(1))
     for linear, stride in columns:
@@ -387,10 +455,11 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
             ebase = [b.add(geo.extra_row(b, e, idx), b.mul(n0, stride))
                      for e, (_, stride) in zip(extras, columns)]
 
-            def chunk(c):
-                mask = tail_mask(b, c, cols, vl)
+            def chunk(c, mask):
                 cptr = elem_ptr(b, geo.c, b.add(cbase, c), blk.ty)
-                x = masked_load(b, cptr, mask, ir.Constant(vec, None))
+                src = cptr if tile is None else elem_ptr(b, tile, b.add(b.mul(r, c64(blk.nr)), c),
+                                                         blk.ty)
+                x = _vector_load(b, blk, src, mask)
 
                 def load_input(i):
                     if i == 0:
@@ -399,11 +468,11 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
                     ty = MEM_TYPE[e.dtype]
                     p = elem_ptr(b, e.data, b.add(ebase[i - 1], b.mul(c, stride)), ty)
                     first = b.load(p, typ=ty)      # lane 0 exists: c < cols
-                    v = masked_load(b, p, b.and_(mask, unit[i - 1]), splat(b, first, vl))
-                    return to_reg(b, v, e.dtype)
+                    on = unit[i - 1] if mask is None else b.and_(mask, unit[i - 1])
+                    return to_reg(b, masked_load(b, p, on, splat(b, first, vl)), e.dtype)
                 value, _ = emit_expr(b, expr, dtypes, load_input, vl)
-                masked_store(b, value, cptr, mask)
-            for_range(b, 0, cols, chunk, step=vl)
+                _vector_store(b, blk, value, cptr, mask)
+            vector_columns(b, blk, c64(0), cols, chunk)
         for_range(b, 0, rows, row)
 
     def scalar_rows():
@@ -416,8 +485,10 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
                 o = b.add(crow, b.mul(b.add(n0, c), geo.sc_n))
 
                 def load_input(i):
-                    if i == 0:
+                    if i == 0 and tile is None:
                         return load(b, geo.c, o, blk.ty)
+                    if i == 0:
+                        return load(b, tile, b.add(b.mul(r, c64(blk.nr)), c), blk.ty)
                     e = extras[i - 1]
                     off = b.add(erow[i - 1], geo.cursor_offset(b, e, cursor))
                     return to_reg(b, load(b, e.data, off, MEM_TYPE[e.dtype]), e.dtype)
@@ -450,28 +521,42 @@ def emit_tiny_body(b, geo, blk, expr):
     for_range(b, 0, geo.nb, batch)
 
 
-def micro_kernel(module, blk):
-    """internal void mk(ptr ap, ptr bp, i64 kc, ptr t): t[MR x NR] = Ap strip @ Bp strip."""
-    name = f"dynvm.gemm.micro.{blk.ty}.{blk.mr}x{blk.nr}"
+def micro_kernel(module, blk, packed_a=True):
+    """internal void mk(ptr ap, ptr bp, i64 kc, ptr t[, i64 lda, i64 rows]): t[MR x NR] =
+    A strip @ Bp strip. A is a packed strip (ap[k*MR + r]) or, not `packed_a`, `rows` rows of
+    a matrix read in place (row r at ap + r*lda, k contiguous; rows past `rows` read the last
+    one again and are not written back)."""
+    form = "" if packed_a else ".rows"
+    name = f"dynvm.gemm.micro{form}.{blk.ty}.{blk.mr}x{blk.nr}"
     existing = module.globals.get(name)
     if existing is not None:
         return existing
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, PTR]), name=name)
+    extra = [] if packed_a else [I64, I64]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, PTR] + extra),
+                     name=name)
     fn.linkage = "internal"
-    for a in fn.args[:2] + fn.args[3:]:
+    for a in fn.args[:2] + fn.args[3:4]:
         a.add_attribute("noalias")
-    ap, bp, kc, t = fn.args
+    ap, bp, kc, t = fn.args[:4]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vec, mr, nv, vl = blk.vec, blk.mr, blk.nv, blk.vl
     zero = ir.Constant(vec, [0.0 if blk.is_float else 0] * vl)
+    if packed_a:
+        def a_offset(k, r):
+            return b.add(b.mul(k, c64(mr)), c64(r))
+    else:
+        lda, rows = fn.args[4:]
+        starts = [b.mul(smin(b, c64(r), b.sub(rows, c64(1))), lda) for r in range(mr)]
+
+        def a_offset(k, r):
+            return b.add(starts[r], k)
 
     def step(k, accs):
         bvecs = [load(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), vec, align=64)
                  for v in range(nv)]
-        arow = b.mul(k, c64(mr))
         new = []
         for r in range(mr):
-            a = splat(b, load(b, ap, b.add(arow, c64(r)), blk.ty), vl)
+            a = splat(b, load(b, ap, a_offset(k, r), blk.ty), vl)
             new += [madd(b, a, bvecs[v], accs[r * nv + v], blk.is_float) for v in range(nv)]
         return new
 
@@ -502,21 +587,50 @@ def concat(b, vectors):
     return vectors[0]
 
 
+def transpose_block(b, vectors):
+    """The VL x VL transpose of `vectors` (VL vectors of VL lanes: out[k] lane r = vectors[r]
+    lane k) by log2(VL) stages of two-input shuffles: the stage of block size h pairs rows r
+    and r + h and swaps the upper h-lane block of every 2h lanes of the first with the lower
+    one of the second (on AVX2: vshufps / vperm2f128-like shuffles, 3 stages of 8)."""
+    vl = len(vectors)
+    h = 1
+    while h < vl:
+        lo = [j for g in range(0, vl, 2 * h)
+              for j in [*range(g, g + h), *range(vl + g, vl + g + h)]]
+        lo_idx = ir.Constant(ir.VectorType(I32, vl), lo)
+        hi_idx = ir.Constant(ir.VectorType(I32, vl), [j + h for j in lo])
+        out = list(vectors)
+        for r in (r for r in range(vl) if not r & h):
+            x, y = vectors[r], vectors[r + h]
+            out[r], out[r + h] = b.shuffle_vector(x, y, lo_idx), b.shuffle_vector(x, y, hi_idx)
+        vectors = out
+        h *= 2
+    return vectors
+
+
 def pack_strip(b, blk, base, src, stride, kc, dst, out):
     """dst[out + k*R + r] = base[src[r] + k*stride] for k < kc, r < R = len(src): R rows of a
     matrix, each read along k, interleaved (a packed strip of A, or of B read by columns). With
-    stride 1 it moves VL columns at a time: R vector loads, one transposing shuffle, one
-    R*VL-element store; the last kc % VL columns (and other strides) one column of R
-    elements at a time."""
+    stride 1 it moves VL columns at a time: the rows in groups of VL (the last padded with
+    undefined rows), each group one vector load per row and a VL x VL transpose
+    (`transpose_block`), then per column k one R-element store of the groups' vectors; the
+    last kc % VL columns (and other strides) one column of R elements at a time."""
     rows, vl = len(src), blk.vl
     vwidth = b.select(eq(b, stride, c64(1)), b.sub(kc, b.urem(kc, c64(vl))), c64(0))
-    transpose = ir.Constant(ir.VectorType(I32, rows * vl),
-                            [r * vl + k for k in range(vl) for r in range(rows)])
+    undef = ir.Constant(blk.vec, ir.Undefined)
+    first_lanes = ir.Constant(ir.VectorType(I32, rows), list(range(rows)))
 
     def vectors(k):
-        block = concat(b, [load(b, base, b.add(o, k), blk.vec) for o in src])
-        packed = b.shuffle_vector(block, ir.Constant(block.type, ir.Undefined), transpose)
-        store(b, packed, dst, b.add(out, b.mul(k, c64(rows))))
+        groups = []
+        for g in range(0, rows, vl):
+            loaded = [load(b, base, b.add(o, k), blk.vec) for o in src[g:g + vl]]
+            groups.append(transpose_block(b, loaded + [undef] * (vl - len(loaded))))
+        for kk in range(vl):
+            column = concat(b, [group[kk] for group in groups])
+            if column.type.count != rows:
+                column = b.shuffle_vector(column, ir.Constant(column.type, ir.Undefined),
+                                          first_lanes)
+            store(b, column, dst, b.add(out, b.mul(b.add(k, c64(kk)), c64(rows))))
 
     def column(k):
         for r, o in enumerate(src):
@@ -575,17 +689,20 @@ def write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast):
         if_then(b, first, lambda: rows_loop(False), lambda: rows_loop(True))
 
     def scalar_path():
-        def row(r):
-            base = geo.c_row(b, geo.row_index(b, bi, b.add(m0, r)))
+        def rows_loop(accumulate):
+            def row(r):
+                base = geo.c_row(b, geo.row_index(b, bi, b.add(m0, r)))
 
-            def col(c):
-                x = load(b, tile, b.add(b.mul(r, c64(nr)), c), ty)
-                o = b.add(base, b.mul(b.add(n0, c), geo.sc_n))
-                y = load(b, geo.c, o, ty)
-                s = b.fadd(x, y) if blk.is_float else b.add(x, y)
-                store(b, b.select(first, x, s), geo.c, o)
-            for_range(b, 0, cols, col)
-        for_range(b, 0, rows, row)
+                def col(c):
+                    x = load(b, tile, b.add(b.mul(r, c64(nr)), c), ty)
+                    o = b.add(base, b.mul(b.add(n0, c), geo.sc_n))
+                    if accumulate:
+                        y = load(b, geo.c, o, ty)
+                        x = b.fadd(x, y) if blk.is_float else b.add(x, y)
+                    store(b, x, geo.c, o)
+                for_range(b, 0, cols, col)
+            for_range(b, 0, rows, row)
+        if_then(b, first, lambda: rows_loop(False), lambda: rows_loop(True))
 
     if fast:
         vector_path()
@@ -607,6 +724,21 @@ def prefetch_tile(b, geo, blk, bi, m0, n0, rows):
         for col in (0, blk.nr - 1):    # the tile row's first and last element: both its lines
             p = elem_ptr(b, geo.c, b.add(row, b.mul(b.add(n0, c64(col)), geo.sc_n)), blk.ty)
             b.call(fn, [p, const(I32, 1), const(I32, 3), const(I32, 1)])
+
+
+def finish_tile(b, out, blk, expr, bi, m0, rows, n0, cols, first, last, tile, fast):
+    """C (of geometry `out`) from the micro-kernel's tile of one K block: written (first) or
+    added, then at the last block the epilogue; with one block and an epilogue, the epilogue
+    straight from the tile (C written once, never read)."""
+    def written():
+        write_tile(b, out, blk, bi, m0, n0, rows, cols, first, tile, fast)
+        if expr is not None:
+            if_then(b, last, lambda: apply_epilogue(b, out, blk, expr, bi, m0, rows, n0, cols))
+    if expr is None:
+        written()
+    else:
+        if_then(b, b.and_(first, last), lambda: apply_epilogue(
+            b, out, blk, expr, bi, m0, rows, n0, cols, tile), written)
 
 
 def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step):
@@ -640,14 +772,54 @@ def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step):
                     m0, n0 = b.add(ic, ir_), b.add(jc, jr)
                     prefetch_tile(b, geo, blk, bi, m0, n0, rows)
                     b.call(mk, [astrip, bstrip, kc, tile])
-                    write_tile(b, geo, blk, bi, m0, n0, rows, cols, first, tile, fast)
-                    if expr is not None:
-                        if_then(b, last, lambda: apply_epilogue(
-                            b, geo, blk, expr, bi, m0, rows, n0, cols))
+                    finish_tile(b, geo, blk, expr, bi, m0, rows, n0, cols, first, last, tile,
+                                fast)
                 for_range(b, 0, mc, row_strip, step=blk.mr)
             for_range(b, 0, nc, col_strip, step=blk.nr)
         for_range(b, 0, M, row_block, step=blk.mc)
     for_range(b, 0, K, depth_block, step=blk.kc)
+
+
+def emit_skinny_columns(b, geo, blk, expr, bi, jc, step):
+    """"skinny" (a TransposedDense geometry, checked to fit by the variant): C^T's columns
+    [jc, jc + step) (rows of x, few) against all of W. x^T is packed once for the whole K;
+    W's rows are read in place by the micro-kernel; per MC block of W's rows the K blocks go
+    in KC steps as in the packed forms (each output element the same FMA chains and
+    additions: the same bits as "fast"), the tiles into a stack buffer (`TransposedDense.staged`)
+    written to C by whole rows at the end of the block."""
+    mk = micro_kernel(b.module, blk, packed_a=False)
+    bp = stack_buffer(b, blk.ty, blk.kc * blk.nc)
+    tile = stack_buffer(b, blk.ty, blk.mr * blk.nr)
+    stage = stack_buffer(b, blk.ty, blk.mc * skinny_columns(blk))
+    M, N, K = geo.M, geo.N, geo.K
+    nc = smin(b, step, b.sub(N, jc))
+    geo.pack_b(b, blk, bi, c64(0), K, jc, nc, bp)
+
+    def row_block(ic):
+        mc = smin(b, c64(blk.mc), b.sub(M, ic))
+        out = geo.staged(stage, ic, c64(blk.mc))
+
+        def depth_block(pc):
+            kc = smin(b, c64(blk.kc), b.sub(K, pc))
+            first, last = eq(b, pc, c64(0)), eq(b, b.add(pc, kc), K)
+
+            def col_strip(jr):
+                cols = smin(b, c64(blk.nr), b.sub(nc, jr))
+                bstrip = elem_ptr(b, bp, b.add(b.mul(jr, K), b.mul(pc, c64(blk.nr))), blk.ty)
+
+                def row_strip(ir_):
+                    rows = smin(b, c64(blk.mr), b.sub(mc, ir_))
+                    m0, n0 = b.add(ic, ir_), b.add(jc, jr)
+                    arow = b.add(geo.a_row(b, geo.row_index(b, bi, m0)), b.mul(pc, geo.sa_k))
+                    b.call(mk, [elem_ptr(b, geo.a, arow, blk.ty), bstrip, kc, tile,
+                                geo.a_row_stride, rows])
+                    finish_tile(b, out, blk, expr, bi, m0, rows, n0, cols, first, last, tile,
+                                False)
+                for_range(b, 0, mc, row_strip, step=blk.mr)
+            for_range(b, 0, nc, col_strip, step=blk.nr)
+        for_range(b, 0, K, depth_block, step=blk.kc)
+        geo.unstage(b, stage, ic, mc, c64(blk.mc), jc, b.add(jc, nc))
+    for_range(b, 0, M, row_block, step=blk.mc)
 
 
 def gemv_layouts(b, geo):
@@ -882,6 +1054,17 @@ def thread_columns(b, geo, granule, parallel, single):
     return b.select(b.icmp_signed("<=", threads, c64(1)), single, smin(b, cols, single))
 
 
+def skinny_columns(blk):
+    """Columns of C^T (rows of x) the skinny form's buffers hold: SKINNY_MAX_ROWS in whole NR."""
+    return -(-SKINNY_MAX_ROWS // blk.nr) * blk.nr
+
+
+def skinny_depth(blk):
+    """The deepest K of the skinny form: all of its packed x^T (K x skinny_columns) in the B
+    buffer (the dispatcher sends deeper products to the packed forms)."""
+    return blk.kc * blk.nc // skinny_columns(blk)
+
+
 def _ceil_div(b, x, y):
     return b.udiv(b.add(x, b.sub(y, c64(1))), y)
 
@@ -918,6 +1101,10 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     if variant == "fast":
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         check(b, b.and_(aligned, eq(b, geo.sc_n, c64(1))), ERR_LAYOUT)
+    if variant == "skinny":      # all of x^T in the B buffer; W read along its rows
+        fits = b.and_(b.icmp_signed("<=", geo.N, c64(skinny_columns(blk))),
+                      b.icmp_signed("<=", geo.K, c64(skinny_depth(blk))))
+        check(b, b.and_(fits, eq(b, geo.sa_k, c64(1))), ERR_LAYOUT)
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
     parallel = b.icmp_unsigned(">=", work, c64(parallel_work(spec, "matmul", symbol)))
     step = column_step(b, geo, blk, variant, parallel)
@@ -934,6 +1121,8 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
             bi, n0 = cb.udiv(c, per_batch), cb.mul(cb.urem(c, per_batch), step)
             if variant == "gemv":
                 emit_gemv_panel(cb, cgeo, blk, expr, bi, n0, step, backwards)
+            elif variant == "skinny":
+                emit_skinny_columns(cb, cgeo, blk, expr, bi, n0, step)
             else:
                 emit_blocked_columns(cb, cgeo, blk, expr, variant == "fast", bi, n0, step)
         for_range(cb, lo, hi, item)
@@ -942,11 +1131,13 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     b.ret(const(I32, 0))
 
 
-def choices(blk, variants):
+def choices(blk, variants, threshold):
     """Dispatcher rules: gemv (if a variant) for 0 < K and M <= GEMV_MAX_ROWS rows per batch
     when a streaming form fits the strides, however little the work (its vector loop beats
     tiny's one scalar chain per output: an ONNX LSTM step's 1x16 by 16x64 dense, 0.9 -> 0.5 us);
-    tiny for K == 0 or little work; fast when the tiles fit; else blocked."""
+    tiny for K == 0 or little work; skinny (if a variant) for a few rows in whole NR strips, W's
+    rows contiguous, on one thread (its x^T has too few columns to split: on more threads with
+    enough work fast runs, with the same bits); fast when the tiles fit; else blocked."""
     def gemv(b, geo):
         dot, axpy = gemv_layouts(b, geo)
         skinny = b.and_(b.icmp_signed("<=", geo.M, c64(GEMV_MAX_ROWS)), b.or_(dot, axpy))
@@ -956,10 +1147,20 @@ def choices(blk, variants):
         work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
         return b.or_(eq(b, geo.K, c64(0)), b.icmp_signed("<=", work, c64(TINY_WORK)))
 
+    def skinny(b, geo):
+        whole = eq(b, b.urem(geo.M, c64(blk.nr)), c64(0))
+        few = b.and_(b.and_(b.icmp_signed("<=", geo.M, c64(SKINNY_MAX_ROWS)), whole),
+                     b.icmp_signed("<=", geo.K, c64(skinny_depth(blk))))
+        work = b.mul(b.mul(geo.M, geo.N), geo.K)
+        alone = b.or_(b.icmp_signed("<=", kernel_threads(b), c64(1)),
+                      b.icmp_unsigned("<", work, c64(threshold)))
+        return b.and_(b.and_(few, eq(b, geo.sb_k, c64(1))), alone)
+
     def fast(b, geo):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         return b.and_(aligned, eq(b, geo.sc_n, c64(1)))
-    rules = [("gemv", gemv), ("tiny", tiny), ("fast", fast), ("blocked", None)]
+    rules = [("gemv", gemv), ("tiny", tiny), ("skinny", skinny), ("fast", fast),
+             ("blocked", None)]
     return [(name, rule) for name, rule in rules if name in variants]
 
 
@@ -967,9 +1168,11 @@ def emit_gemm_kernel(module, symbol, spec, sig, make_geometry, variants=VARIANTS
     """All `variants` (tiny first: the others call it) plus the dispatcher; returns the variant
     names in dispatcher order."""
     for variant in variants:
-        emit_variant(module, symbol, variant, sig, spec, make_geometry)
+        geometry = transposed_dense(make_geometry) if variant == "skinny" else make_geometry
+        emit_variant(module, symbol, variant, sig, spec, geometry)
     blk = Blocking(sig[-1][0])
-    return family.emit_dispatcher(module, symbol, sig, choices(blk, variants),
+    threshold = parallel_work(spec, "matmul", symbol)
+    return family.emit_dispatcher(module, symbol, sig, choices(blk, variants, threshold),
                                   prepare=lambda b, arrays: make_geometry(b, spec, sig, arrays))
 
 
@@ -1001,7 +1204,9 @@ def _check(spec, inputs, outputs):
 
 def _emit(module, symbol, spec, inputs, outputs):
     sig = [tuple(x) for x in inputs] + [tuple(x) for x in outputs]
-    return emit_gemm_kernel(module, symbol, spec, sig, matmul_geometry(spec["op"]))
+    skinny = ("skinny",) if spec["op"] == "dense" and sig[0][1] == 2 else ()
+    return emit_gemm_kernel(module, symbol, spec, sig, matmul_geometry(spec["op"]),
+                            VARIANTS + skinny)
 
 
 FAMILY = family.register(family.Family("matmul", _check, _emit))

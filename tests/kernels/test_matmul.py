@@ -1,6 +1,6 @@
 """The "matmul" kernel family (kernels/matmul.py): dense, matmul and batch_matmul, every variant
-(tiny, gemv, blocked, fast) called directly through its symbol and through the dispatcher, against a
-float64 numpy reference, with fused epilogues and bad descriptors.
+(tiny, gemv, blocked, fast, skinny) called directly through its symbol and through the
+dispatcher, against a float64 numpy reference, with fused epilogues and bad descriptors.
 
 Tolerance: the forward error bound of a K-term dot product, |got - ref| <= 2 K eps (|A| @ |B|),
 plus a few ulps of the result for the epilogue.
@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynvm.kernels.builder import KernelBuilder
-from dynvm.kernels import load_kernels
+from dynvm.kernels import load_kernels, pool
 from dynvm.kernels.abi import ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_SHAPE
 from dynvm.kernels.matmul import (GEMV_K_ROWS, GEMV_MAX_ROWS, GEMV_ROWS, GEMV_STREAM_BYTES,
-                                  Blocking)
+                                  Blocking, skinny_columns, skinny_depth)
 from tests.kernels.support import raw_call, with_layout
 from dynvm.vm.errors import KernelError, ShapeError
 from tests.strategies import examples
@@ -90,8 +90,18 @@ def check_result(key, inputs, got):
         assert np.all(err <= bound), f"max error {err.max()} (bound {bound.max()})"
 
 
+def skinny_refuses(inputs, dtype):
+    """"skinny" (rank-2 dense) takes up to skinny_columns rows of x, K up to skinny_depth,
+    and W's rows contiguous."""
+    x, w = inputs[:2]
+    blk = Blocking(dtype)
+    return (x.shape[0] > skinny_columns(blk) or x.shape[1] > skinny_depth(blk)
+            or w.strides[1] != w.itemsize)
+
+
 def run_everywhere(key, inputs, out_shape, out_layout="c"):
-    """Dispatcher, then every variant directly; "fast" may only refuse with ERR_LAYOUT."""
+    """Dispatcher, then every variant directly; "fast" and "skinny" may only refuse with
+    ERR_LAYOUT, when the shapes or strides are not theirs."""
     kernel = table()[key]
     dtype = KERNELS[key][2][0]
     out = with_layout(np.full(out_shape, np.nan if dtype.startswith("f") else -7, dtype),
@@ -103,6 +113,9 @@ def run_everywhere(key, inputs, out_shape, out_layout="c"):
         rc = raw_call(kernel, variant=variant, arrays=[*inputs, out])
         if variant == "fast" and rc == ERR_LAYOUT:
             assert out.shape[-1] % BLK.nr or out.strides[-1] != out.itemsize or dtype != "float32"
+            continue
+        if variant == "skinny" and rc == ERR_LAYOUT:
+            assert skinny_refuses(inputs, dtype)
             continue
         assert rc == 0, f"variant {variant} returned {rc:#x}"
         check_result(key, inputs, out)
@@ -201,6 +214,32 @@ def test_dispatcher_picks_tiny_gemv_fast_or_blocked():
     x3 = data(rng, (2, 2, 33), "float32")
     assert run_everywhere("dense3_bias_relu", [x3, w[:100, :33], data(rng, (100,), "float32")],
                           (2, 2, 100)) == "gemv"
+
+
+def test_skinny_dense_gives_the_bits_of_fast():
+    """BERT's dense + bias at 16 and 32 tokens goes to "skinny" on one thread and to "fast" on
+    two: the same bits either way (K blocks summed alike), also for W's rows 4 KiB apart, K
+    past one block and x read with a stride."""
+    rng = np.random.default_rng(3)
+    kernel = table()["dense_bias_sigmoid"]
+    before = pool.current_threads()
+    pool.use_threads(1)
+    try:
+        for m, n, k, layout in [(16, 1024, 256, "c"), (32, 256, 1024, "c"),
+                                (16, 96, 300, "transpose"), (32, 48, 17, "step")]:
+            x = with_layout(data(rng, (m, k), "float32"), layout)
+            inputs = [x, data(rng, (n, k), "float32"), data(rng, (n,), "float32")]
+            assert run_everywhere("dense_bias_sigmoid", inputs, (m, n)) == "skinny"
+            outs = {v: np.full((m, n), np.nan, np.float32) for v in ("skinny", "fast")}
+            for v, out in outs.items():
+                assert raw_call(kernel, variant=v, arrays=[*inputs, out]) == 0
+            assert outs["skinny"].tobytes() == outs["fast"].tobytes()
+        x = data(rng, (24, 64), "float32")       # a half-empty strip of x^T: fast
+        assert run_everywhere("dense_bias_sigmoid", [x, data(rng, (64, 64), "float32"),
+                                                     data(rng, (64,), "float32")],
+                              (24, 64)) == "fast"
+    finally:
+        pool.use_threads(before)
 
 
 # extents for the gemv variant: 0, 1, primes, the vector width (16 float32 lanes) +- 1
