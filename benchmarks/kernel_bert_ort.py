@@ -1,13 +1,13 @@
 """BERT (dynvm.models.bert_varlen, the small config) on the VM against ONNX Runtime at one
 thread, by the calling thread's CPU time (not a test).
 
-    python benchmarks/kernel_bert_ort.py [--seqs 16 128 256] [--reps 31] [--profile]
+    python benchmarks/kernel_bert_ort.py [--seqs 16 128 256] [--reps 31] [--profile] [--tiny]
 
 At one thread both run every kernel on the calling thread (ORT with intra_op_num_threads=1), so
 time.thread_time counts their work and not the time other processes take the core from them
 (their cache traffic still counts): on a shared machine this is the comparison to read, where
 `dynvm bench`'s wall-clock ratios are marked noisy. The two are called in turn once per
-repetition; each number is the median. `--profile` adds the per-kernel table of both: the VM
+repetition; each number is the median (needs onnx and onnxruntime). `--profile` adds the per-kernel table of both: the VM
 profiler's kernels and ORT's per-node profile (wall time, summed per op and output shape).
 """
 import argparse
@@ -75,7 +75,10 @@ def main():
     p.add_argument("--seqs", type=int, nargs="+", default=[16, 128, 256])
     p.add_argument("--reps", type=int, default=31)
     p.add_argument("--profile", action="store_true", help="per-kernel tables too")
+    p.add_argument("--tiny", action="store_true", help="seq 16, 3 repetitions (a smoke run)")
     args = p.parse_args()
+    if args.tiny:
+        args.seqs, args.reps = [16], 3
     w = bert_varlen.weights()
     exe = build(bert_varlen.build_module(w))
     model = peers.onnx_bert_model(w)
