@@ -75,11 +75,14 @@ def main():
     p.add_argument("--seqs", type=int, nargs="+", default=[16, 128, 256])
     p.add_argument("--reps", type=int, default=31)
     p.add_argument("--profile", action="store_true", help="per-kernel tables too")
-    p.add_argument("--tiny", action="store_true", help="seq 16, 3 repetitions (a smoke run)")
+    p.add_argument("--tiny", action="store_true",
+                   help="a one-layer encoder of width 64, seq 16, 3 repetitions (a smoke run)")
     args = p.parse_args()
+    config = bert_varlen.SMALL
     if args.tiny:
         args.seqs, args.reps = [16], 3
-    w = bert_varlen.weights()
+        config = bert_varlen.Config(hidden=64, heads=2, ffn=128, layers=1)
+    w = bert_varlen.weights(config)
     exe = build(bert_varlen.build_module(w))
     model = peers.onnx_bert_model(w)
     vm, sess = VirtualMachine(exe, threads=1), ort_session(model)
@@ -87,7 +90,7 @@ def main():
           f"thread CPU time, median of {args.reps}")
     print(f"{'seq':>5} {'dynvm':>10} {'ORT':>10} {'vm/ORT':>7}")
     for seq in args.seqs:
-        x = bert_varlen.make_input(seq)
+        x = bert_varlen.make_input(seq, config=config)
         np.testing.assert_allclose(vm.invoke("main", x), sess.run(None, {"x": x})[0],
                                    rtol=1e-3, atol=1e-3)
         for _ in range(3):

@@ -49,11 +49,10 @@ a spec may lower it, e.g. to 0 in tests, or raise it), else in one call on the c
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
 that follow the op's own inputs, broadcast to the output shape (numpy rules). It runs on the
-tile / rows just written while they are still in L1 (`apply_epilogue`; with one K block
-straight from the micro-kernel's tile, so C is written once): as <VL x T> vector code (a
-masked load/store only for a partial last vector) when C's columns are contiguous and every
-extra's column stride is 0 or 1 (bias broadcasts, full tensors), else per element with the
-geometry's column cursor.
+tile / rows just written while they are still in L1 (`apply_epilogue`): as <VL x T> vector
+code (a masked load/store only for a partial last vector) when C's columns are contiguous and
+every extra's column stride is 0 or 1 (bias broadcasts, full tensors), else per element with
+the geometry's column cursor.
 
 Error codes: the shared prologue's, plus ERR_SHAPE (extents that do not fit each other: K of A
 and B, the output shape, a batch that does not broadcast) and ERR_BROADCAST for an epilogue
@@ -426,10 +425,9 @@ def transposed_dense(make_geometry):
 # variant bodies shared by every Geometry
 
 
-def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols, tile=None):
+def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols):
     """C[m0:m0+rows, n0:n0+cols] = epilogue(C, extras), in place (the tile or rows just written,
-    still in L1), or = epilogue(tile, extras) from the micro-kernel's MR x NR `tile` when given
-    (the whole sum in one tile: C is written once and never read); nothing without an epilogue.
+    still in L1); nothing without an epilogue.
 
     Vector form when C's columns are contiguous and every extra input's column offsets are
     linear with stride 0 (broadcast: a splat) or 1 (a vector): whole <VL x T> vectors of C with
@@ -457,9 +455,7 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols, tile=None):
 
             def chunk(c, mask):
                 cptr = elem_ptr(b, geo.c, b.add(cbase, c), blk.ty)
-                src = cptr if tile is None else elem_ptr(b, tile, b.add(b.mul(r, c64(blk.nr)), c),
-                                                         blk.ty)
-                x = _vector_load(b, blk, src, mask)
+                x = _vector_load(b, blk, cptr, mask)
 
                 def load_input(i):
                     if i == 0:
@@ -485,10 +481,8 @@ def apply_epilogue(b, geo, blk, expr, bi, m0, rows, n0, cols, tile=None):
                 o = b.add(crow, b.mul(b.add(n0, c), geo.sc_n))
 
                 def load_input(i):
-                    if i == 0 and tile is None:
-                        return load(b, geo.c, o, blk.ty)
                     if i == 0:
-                        return load(b, tile, b.add(b.mul(r, c64(blk.nr)), c), blk.ty)
+                        return load(b, geo.c, o, blk.ty)
                     e = extras[i - 1]
                     off = b.add(erow[i - 1], geo.cursor_offset(b, e, cursor))
                     return to_reg(b, load(b, e.data, off, MEM_TYPE[e.dtype]), e.dtype)
@@ -728,17 +722,10 @@ def prefetch_tile(b, geo, blk, bi, m0, n0, rows):
 
 def finish_tile(b, out, blk, expr, bi, m0, rows, n0, cols, first, last, tile, fast):
     """C (of geometry `out`) from the micro-kernel's tile of one K block: written (first) or
-    added, then at the last block the epilogue; with one block and an epilogue, the epilogue
-    straight from the tile (C written once, never read)."""
-    def written():
-        write_tile(b, out, blk, bi, m0, n0, rows, cols, first, tile, fast)
-        if expr is not None:
-            if_then(b, last, lambda: apply_epilogue(b, out, blk, expr, bi, m0, rows, n0, cols))
-    if expr is None:
-        written()
-    else:
-        if_then(b, b.and_(first, last), lambda: apply_epilogue(
-            b, out, blk, expr, bi, m0, rows, n0, cols, tile), written)
+    added, then at the last block the epilogue."""
+    write_tile(b, out, blk, bi, m0, n0, rows, cols, first, tile, fast)
+    if expr is not None:
+        if_then(b, last, lambda: apply_epilogue(b, out, blk, expr, bi, m0, rows, n0, cols))
 
 
 def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step):
