@@ -22,7 +22,9 @@ One step is
                                     linear_before_reset: two passes around a second gemv of
                                     r * h with the candidate's columns).
 Gate activations are kernels/llvm_math's sigmoid and tanh (as the elementwise kernels) and relu;
-`clip` bounds each activation's input. Single-threaded: the result does not depend on the
+`clip` bounds the input of each gate's activation (as ONNX Runtime does: not the cell state an
+LSTM's output activation reads). A length outside [0, seq] is ERR_VALUE (argument 6), checked
+before anything is written. Single-threaded: the result does not depend on the
 kernel thread count.
 """
 from __future__ import annotations
@@ -30,12 +32,12 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dynvm.kernels import llvm_math as lm
-from dynvm.kernels.abi import ERR_LAYOUT, ERR_NULL, ERR_SHAPE
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE
 from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
 from dynvm.kernels.llvm_util import (I1, I8, I32, I64, MEM_TYPE, PTR, all_of, c64, check,
                                      check_equal, const, elem_bytes, elem_ptr, for_range,
                                      get_function, icmp, if_then, is_compact, load, load_strides,
-                                     new_function, prologue, return_zero_if, smax, smin, splat,
+                                     new_function, prologue, return_zero_if, splat,
                                      store, vector_fold, vector_type)
 from dynvm.shape_funcs.recurrent import check_recurrent_attrs
 from dynvm.vm.errors import KernelError
@@ -107,6 +109,10 @@ class Layer:
         compact = [is_compact(b, ext, load_strides(b, ext, strides))
                    for _, ext, strides in self.raw]
         check(b, all_of(b, compact), ERR_LAYOUT)
+        def in_range(bi):
+            n = self.length(bi)
+            check(b, b.and_(icmp(b, ">=", n, 0), icmp(b, "<=", n, self.seq)), ERR_VALUE | 6 << 8)
+        for_range(b, 0, self.batch, in_range, vectorize=False, unroll=False)
         return_zero_if(b, b.or_(icmp(b, "==", self.batch, 0), icmp(b, "==", self.hidden, 0)))
         steps = icmp(b, ">", self.seq, 0)
         for k, (data, _, _) in enumerate(self.raw):
@@ -114,6 +120,11 @@ class Layer:
             check(b, b.or_(ok, b.not_(steps)) if k in (0, 7) else ok, ERR_NULL | k << 8)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def length(self, bi):
+        """lens[bi] as an i64."""
+        n = load(self.b, self.lens, bi, self.lens_ty)
+        return n if self.lens_ty == I64 else self.b.sext(n, I64)
 
     def ptr(self, base, offset):
         return elem_ptr(self.b, base, offset, self.elem)
@@ -148,10 +159,11 @@ class Layer:
         vector_fold(self.b, self.hidden, self.lanes, lambda lanes: [],
                     lambda j, lanes, accs: (body(j, lanes), [])[1], lambda a, c: [], unroll=1)
 
-    def act(self, k, x):
-        """Activation k of the cell on x, its input clipped first when `clip` is set."""
+    def act(self, k, x, clipped=True):
+        """Activation k of the cell on x, its input clipped first when `clip` is set (and
+        `clipped`: a gate's pre-activation)."""
         b, clip = self.b, self.spec.get("clip")
-        if clip is not None:
+        if clip is not None and clipped:
             hi, lo = const(x.type, float(clip)), const(x.type, -float(clip))
             x = b.select(b.fcmp_ordered(">", x, hi), hi, x)
             x = b.select(b.fcmp_ordered("<", x, lo), lo, x)
@@ -210,7 +222,7 @@ class Layer:
             i, o, f, cand = (self.act(0 if k < 3 else 1, pre(k, j, lanes)) for k in range(4))
             c_new = b.fadd(b.fmul(f, load(b, c, j, i.type)), b.fmul(i, cand))
             store(b, c_new, c, j)
-            store(b, b.fmul(o, self.act(2, c_new)), h, j)
+            store(b, b.fmul(o, self.act(2, c_new, clipped=False)), h, j)
 
         def gru_update(j, lanes, z, n):
             one = const(z.type, 1.0)
@@ -243,10 +255,7 @@ class Layer:
         def sequence(bi):
             row = b.mul(bi, hid)
             h, c = self.ptr(self.yh, row), self.ptr(self.yc, row)
-            n = load(b, self.lens, bi, self.lens_ty)
-            if self.lens_ty != I64:
-                n = b.sext(n, I64)
-            n = smax(b, smin(b, n, self.seq), c64(0))
+            n = self.length(bi)
             self.copy(h, self.ptr(self.h0, row), hid)
             if self.spec["cell"] == "lstm":
                 self.copy(c, self.ptr(self.c0, row), hid)

@@ -234,14 +234,16 @@ def recurrent(inputs, outputs, attrs):
     x, wb, r_t, rb, h0, c0, lens = inputs
     x = x + wb
     acts = {"Sigmoid": _sigmoid, "Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0)}
-    f = [acts[a] for a in attrs["activations"]]
+    plain = f = [acts[a] for a in attrs["activations"]]
     clip = attrs.get("clip")
-    if clip is not None:
+    if clip is not None:        # the gates' inputs, not the cell state h() reads
         f = [lambda v, g=g: g(np.clip(v, -clip, clip)) for g in f]
     seq, batch, hidden = x.shape[0], x.shape[1], r_t.shape[0]
     y, yh, yc = (np.zeros(o.shape, x.dtype) for o in outputs)
+    if any(not 0 <= int(n) <= seq for n in lens):
+        raise KernelError(f"recurrent: a sequence length outside [0, {seq}]: {lens}")
     for b in range(batch):
-        n = min(max(int(lens[b]), 0), seq)
+        n = int(lens[b])
         h, c = h0[b].copy(), c0[b].copy() if attrs["cell"] == "lstm" else np.zeros_like(h0[b])
         for t in (range(n - 1, -1, -1) if attrs.get("reverse") else range(n)):
             xt = np.split(x[t, b], {"rnn": 1, "gru": 3, "lstm": 4}[attrs["cell"]])
@@ -250,7 +252,7 @@ def recurrent(inputs, outputs, attrs):
             elif attrs["cell"] == "lstm":
                 gi, go, gf, gc = (xt[k] + gk for k, gk in enumerate(np.split(rb + h @ r_t, 4)))
                 c = f[0](gf) * c + f[0](gi) * f[1](gc)
-                h = f[0](go) * f[2](c)
+                h = f[0](go) * plain[2](c)
             else:
                 rz, rr, rh = np.split(r_t, 3, axis=1)
                 bz, br, bh = np.split(rb, 3)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dynvm import shape_funcs
-from dynvm.kernels.abi import ERR_LAYOUT, ERR_SHAPE
+from dynvm.kernels.abi import ERR_LAYOUT, ERR_SHAPE, ERR_VALUE
 from dynvm.vm.errors import ShapeError
 from tests.kernels.test_transform import cached, kind, native_table, reference
 from tests.strategies import examples
@@ -61,7 +61,7 @@ def test_kernel_matches_numpy(name, data, seed):
     seq = data.draw(st.sampled_from([0, 1, 5]))
     batch = data.draw(st.sampled_from([0, 1, 3]))
     hidden = data.draw(st.sampled_from([1, 7, 9, 16, 17]))
-    lens = data.draw(st.lists(st.integers(-1, seq + 1), min_size=batch, max_size=batch))
+    lens = data.draw(st.lists(st.integers(0, seq), min_size=batch, max_size=batch))
     ins = layer_inputs(np.random.default_rng(seed), name, seq, batch, hidden, lens)
     want = reference("recurrent", spec_of(name), ins)
     outs = [np.full(w.shape, 7, w.dtype) for w in want]
@@ -84,3 +84,10 @@ def test_mismatched_extents_and_strided_arrays_are_refused():
         shape_funcs.lookup("recurrent").fn(bad, spec_of("lstm"))
     strided = [np.zeros((4, 2, 24), np.float32)[:, :, ::2]] + ins[1:]
     assert kind(k(strided + outs)) == ERR_LAYOUT
+    for lens in ([5, 2], [4, -1]):          # outside [0, seq]: refused before anything is written
+        rc = k(with_lens(ins, lens) + outs)
+        assert kind(rc) == ERR_VALUE and rc >> 8 & 0xFF == 6
+
+
+def with_lens(ins, lens):
+    return ins[:6] + [np.array(lens, ins[6].dtype)]

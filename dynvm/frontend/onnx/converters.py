@@ -2080,7 +2080,9 @@ def recurrent(cx, ins, a, cell, gates, defaults, loop_cell=None):
         lens = op.full(seq, shape_vector([batch]))
     with_c = cell == "lstm"
     features = cx.type_of(x).shape[2]
-    flat = x if ir.is_any(features) else op.reshape(x, [-1, features])     # one for both
+    # X seen as 2-D for one GEMM for both directions (not when a static batch is 0: nothing
+    # then tells the 2-D product's rows apart)
+    flat = x if ir.is_any(features) or batch == 0 else op.reshape(x, [-1, features])
     outs, finals = [], []
     for d, reverse in enumerate(dirs):
         xw = input_projection(cx, flat, ins, d, gates, hidden, seq, batch, loop_cell is not None)
@@ -2116,7 +2118,13 @@ def input_projection(cx, flat, ins, d, gates, hidden, seq, batch, loop):
         xw = op.add(xw, input_bias(cx, direction_of(cx, bias, d), gates, hidden))
     if cx.type_of(flat).rank == 3:
         return xw
-    return reshape(xw, [-1 if isinstance(batch, int) else seq, batch, gates * hidden])
+    if isinstance(batch, int):
+        return reshape(xw, [-1, batch, gates * hidden])
+    # a run-time batch: reshape's 0 copies a dim, so an empty sequence or batch gets an empty
+    # tensor instead
+    shape = shape_vector([seq, batch, gates * hidden])
+    return ir.If(op.equal(op.multiply(seq, batch), const(0, "int64")),
+                 op.zeros(shape, dtype=cx.type_of(xw).dtype), op.reshape(xw, shape))
 
 
 def initial_state(cx, given, d, batch, hidden, dtype, loop_cell):
