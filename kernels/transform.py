@@ -40,6 +40,7 @@ from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, add_mul, all_o
                                      check_equal, const, for_nest, for_range, get_function, icmp,
                                      is_compact, load_strides, new_function, parallel_work,
                                      product, prologue, smax, smin, split_for)
+from dynvm.shape_funcs.transform import TAKE_MODES
 from dynvm.vm.errors import KernelError
 
 # Python ints in attrs may exceed int64; every extent is far below 2**62, so clamping a bound or
@@ -669,8 +670,8 @@ def check_take(spec, inputs, outputs):
     (ddt, dr), (idt, ir_), (odt, orank) = inputs[0], inputs[1], outputs[0]
     if ddt != odt or idt not in ("int32", "int64"):
         raise KernelError(f"take: data {ddt}, indices {idt}, output {odt} do not fit")
-    if spec.get("mode", "clip") not in ("clip", "wrap"):
-        raise KernelError(f"take: mode must be 'clip' or 'wrap', got {spec.get('mode')!r}")
+    if spec.get("mode", "clip") not in TAKE_MODES:
+        raise KernelError(f"take: mode must be one of {TAKE_MODES}, got {spec.get('mode')!r}")
     axis = spec.get("axis")
     if axis is None:
         if orank != ir_:
@@ -689,7 +690,7 @@ ROWS_RANGE = (4, 128)
 def emit_take(module, symbol, spec, sig):
     (_, dr), (_, ri) = sig[0], sig[1]
     axis = None if spec.get("axis") is None else normalize_axis("take", spec["axis"], dr)
-    wrap = spec.get("mode", "clip") == "wrap"
+    mode = spec.get("mode", "clip")
 
     def analyse(b, arrays):
         data, idx, out = arrays
@@ -709,13 +710,18 @@ def emit_take(module, symbol, spec, sig):
         return Info(data=data, idx=idx, out=out, n=n, outer=outer, inner=inner, arrays=arrays)
 
     def fix(b, info, i):
-        """clip: into [0, n-1] (negatives clip to 0, as numpy); wrap: Python-style i mod n."""
+        """clip: into [0, n-1] (negatives clip to 0, as numpy); wrap: Python-style i mod n;
+        raise: negatives from the end, anything outside [-n, n) ERR_VALUE (the indices)."""
         n = info.n
         if i.type != I64:
             i = b.sext(i, I64)
-        if wrap:
+        if mode == "wrap":
             r = b.srem(i, n)
             return b.select(icmp(b, "<", r, 0), b.add(r, n), r)
+        if mode == "raise":
+            r = b.select(icmp(b, "<", i, 0), b.add(i, n), i)
+            check(b, b.and_(icmp(b, ">=", r, 0), icmp(b, "<", r, n)), ERR_VALUE | 1 << 8)
+            return r
         return smax(b, smin(b, i, b.sub(n, const(I64, 1))), const(I64, 0))
 
     def load_index(b, info, offset):

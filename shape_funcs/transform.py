@@ -8,6 +8,9 @@ from dynvm.shape_funcs.common import (broadcast, check_dims, fails, infer_reshap
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.vm.errors import ShapeError
 
+# how take treats an index outside the axis (compiler/op/transform.py, kernels/transform.py)
+TAKE_MODES = ("clip", "wrap", "raise")
+
 
 @shape_func("shape_of")
 def shape_of(inputs, attrs):

@@ -180,7 +180,10 @@ def take(inputs, outputs, attrs):
     axis = normalize_axis("take", axis, data.ndim)
     if data.shape[axis] == 0 and indices.size:
         raise ShapeError(f"take: cannot take indices from an empty axis (data shape {data.shape})")
-    store("take", outputs[0], np.take(data, indices, axis=axis, mode=attrs.get("mode", "clip")))
+    try:
+        store("take", outputs[0], np.take(data, indices, axis=axis, mode=attrs.get("mode", "clip")))
+    except IndexError as e:      # mode "raise"
+        raise KernelError(f"take: {e}") from None
 
 
 @reference("set_row")

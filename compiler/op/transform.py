@@ -12,6 +12,7 @@ import math
 from dynvm.compiler.ir.types import Any, TensorType, TupleType, is_any
 from dynvm.compiler.op.builders import positional, shape_dispatch, slice_dispatch, tuple_first
 from dynvm.compiler.op.registry import OpDef, REQUIRED, get_op, register
+from dynvm.shape_funcs.transform import TAKE_MODES
 from dynvm.compiler.op.type_rels import (INT_DTYPES, check_arity, check_dtype_in, fail, int_list,
                                    normalize_axis, same_dtype, scalar_arg, tensor_arg,
                                    tuple_of_tensors, unify_dim)
@@ -202,8 +203,8 @@ def take_rel(arg_types, attrs):
     data = tensor_arg("take", arg_types[0], "data")
     idx = tensor_arg("take", arg_types[1], "indices")
     check_dtype_in("take", idx, INT_DTYPES, "indices")
-    if attrs["mode"] not in ("clip", "wrap"):
-        fail(f"take: mode must be 'clip' or 'wrap', got {attrs['mode']!r}")
+    if attrs["mode"] not in TAKE_MODES:
+        fail(f"take: mode must be one of {TAKE_MODES}, got {attrs['mode']!r}")
     if attrs["axis"] is None:
         return TensorType(idx.shape, data.dtype)
     if data.rank == 0:
@@ -284,7 +285,8 @@ def _register_all():
     register(OpDef("take", ("data", "indices"), take_rel, attrs={"axis": None, "mode": "clip"},
                    pattern="injective",
                    doc="take(data, indices, axis=None, mode='clip'): gather along axis (flattened "
-                       "when None); out-of-range indices clip or wrap, never fail."))
+                       "when None); out-of-range indices clip or wrap; with mode 'raise' negative "
+                       "ones count from the end and the rest are an error at run time."))
     register(OpDef("broadcast_to", ("x",), broadcast_to_rel, attrs={"shape": REQUIRED},
                    pattern="injective", shape_mode="static",
                    doc="broadcast_to(x, shape): numpy broadcasting of x to a static shape."))

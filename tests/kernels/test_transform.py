@@ -18,7 +18,7 @@ from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels import abi, codelib
 from tests.numpy_reference import REFERENCE_KERNELS
 from dynvm.kernels.abi import (ERR_BROADCAST, ERR_DTYPE, ERR_LAYOUT, ERR_NARGS, ERR_NDIM, ERR_NULL,
-                               ERR_SHAPE)
+                               ERR_SHAPE, ERR_VALUE)
 from tests.kernels.support import with_layout
 from tests.strategies import examples
 
@@ -374,7 +374,7 @@ def test_strided_slice_output_shape_must_match_the_attrs():
 
 TAKES = [(axis, mode, idt) for axis in (None, 0, 1, -1) for mode, idt in
          ((("clip", "int32"), ("wrap", "int64")) if axis in (None, 1) else
-          (("clip", "int64"), ("wrap", "int32")))]
+          (("clip", "int64"), ("wrap", "int32")))] + [(0, "raise", "int64"), (None, "raise", "int32")]
 
 
 @cached
@@ -402,7 +402,8 @@ def test_take_matches_numpy_with_out_of_range_indices(axis, mode, idt, data, see
     n = x.size if axis is None else shape[axis]
     if n == 0:
         ishape = (0, ishape[1])
-    idx = with_layout(rng.integers(-3 * n - 2, 3 * n + 3, size=ishape).astype(idt),
+    low, high = (-n, n) if mode == "raise" else (-3 * n - 2, 3 * n + 3)   # raise: in range
+    idx = with_layout(rng.integers(low, max(high, low + 1), size=ishape).astype(idt),
                       data.draw(st.sampled_from(LAYOUTS)))
     out_layout = data.draw(st.sampled_from(LAYOUTS))
     check_all_variants(take_kernels()[(axis, mode, idt)], "take", {"axis": axis, "mode": mode},
@@ -421,6 +422,14 @@ def test_take_every_dtype_and_row_copy_variant(dtype):
     assert check_all_variants(k, "take", {"axis": 0, "mode": "clip"}, [x, idx]) == "gather"
     assert check_all_variants(k, "take", {"axis": 0, "mode": "clip"}, [x[:, :3].copy(), idx]) \
         == "gather"
+
+
+def test_take_raise_refuses_an_index_outside_the_axis():
+    k = take_kernels()[(0, "raise", "int64")]
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for bad in (2, -3):
+        rc = k([x, np.array([[0, bad]], np.int64), np.zeros((1, 2, 3, 4), np.float32)])
+        assert kind(rc) == ERR_VALUE and rc >> 8 & 0xFF == 1
 
 
 def test_take_from_an_empty_axis_returns_shape_error_code():

@@ -723,7 +723,7 @@ def gather(cx, ins, a):
         picked = np.take(np.arange(len(dims)), idx, mode="wrap") if dims else None
         if picked is not None and not any(ir.is_any(dims[i]) for i in np.ravel(picked)):
             return ir.const(np.array([dims[i] for i in np.ravel(picked)], np.int64).reshape(picked.shape))
-    return op.take(data, indices, axis=axis, mode="wrap")
+    return op.take(data, indices, axis=axis, mode="raise")
 
 
 def coordinate(cx, like_x, d, r):
@@ -734,9 +734,11 @@ def coordinate(cx, like_x, d, r):
 
 
 def wrapped(cx, idx, size):
-    """int64 indices with negative ones counted from the end of an axis of `size`."""
+    """int64 indices with negative ones counted from the end of an axis of `size`; one outside
+    [-size, size) is an error at run time (a take of arange(size) in mode "raise")."""
     idx = op.cast(idx, "int64") if cx.type_of(idx).dtype != "int64" else idx
-    return op.where(op.less(idx, const(0, "int64")), op.add(idx, as_int64(size)), idx)
+    positions = op.arange(const(0, "int64"), as_int64(size), const(1, "int64"), dtype="int64")
+    return op.take(positions, idx, mode="raise")
 
 
 @converter("GatherElements", attrs="axis")
@@ -1100,7 +1102,10 @@ def compress(cx, ins, a):
         x, axis = op.reshape(x, [-1]), 0
     else:
         axis = axis_of(cx, x, a["axis"])
-    kept = op.reshape(op.argwhere(condition), [-1])
+    n = as_int64(dim(cx, x, axis))
+    within = op.less(op.arange(const(0, "int64"), as_int64(dim(cx, condition, 0)), const(1, "int64"),
+                               dtype="int64"), n)
+    kept = op.reshape(op.argwhere(op.logical_and(condition, within)), [-1])
     return op.take(x, kept, axis=axis, mode="clip")
 
 
@@ -1112,7 +1117,12 @@ def reverse_sequence(cx, ins, a):
     r = rank(cx, x)
     time, batch = a.get("time_axis", 0), a.get("batch_axis", 1)
     t = coordinate(cx, x, time, r)
+    steps = op.add(as_int64(dim(cx, x, time)), const(1, "int64"))
     lens = op.cast(lens, "int64")
+    # a length outside [0, T] is an error: a take from arange(T + 1) in mode "raise", of the
+    # length, or of T + 1 for a negative one
+    lens = op.take(op.arange(const(0, "int64"), steps, const(1, "int64"), dtype="int64"),
+                   op.where(op.less(lens, const(0, "int64")), steps, lens), mode="raise")
     if r - 1 - batch:
         lens = op.expand_dims(lens, 1, r - 1 - batch)
     source = op.where(op.less(t, lens), op.subtract(op.subtract(lens, const(1, "int64")), t), t)
