@@ -1,8 +1,8 @@
-"""KernelBuilder: collects the kernels of one executable into one LLVM module.
+"""KernelBuilder: collects the kernels of one executable and compiles them.
 
 The compiler adds kernels while lowering; `finish()` compiles them (in units, in parallel:
-`_compile`, codelib.Compilation) and returns the
-msgpack-able kernels section (its layout is documented in runtime.py and docs/design.md).
+`_compile`, codelib.Compilation) and returns the msgpack-able kernels section (its layout is
+documented in runtime.py and docs/design.md).
 Kernels come from the families registered in kernels/family.py: the builder validates
 the signature, asks the family to check the spec and emit its variants and dispatcher, and
 records {"symbol": S, "variants": [{"name", "symbol": S__<name>}...]} in the section.
@@ -126,7 +126,6 @@ class KernelBuilder:
             provenance.remember(section)
         return self._section
 
-
     def _compile(self, section):
         """Emit the kernels module by module (a kernel with the kernels it calls share one) and
         compile them in units of about UNIT_INSTRUCTIONS instructions, each handed to
@@ -135,7 +134,7 @@ class KernelBuilder:
         give the same objects."""
         compilation = codelib.Compilation(self._target)
         units, unit, size = [], [], 0
-        for group in _groups([self._callees(e) for e in self._kernels]):
+        for group in _groups(self._calls()):
             module = self._emit(group)
             unit.append(str(module))
             size += _instructions(module)
@@ -148,13 +147,15 @@ class KernelBuilder:
             compilation.submit(unit, last=True)
         section["llvm_ir"], section["object"] = units, compilation.objects()
 
-    def _callees(self, entry) -> list:
-        """Indices of the kernels `entry` calls (native loops call other kernels' dispatchers)."""
-        calls = get_family(entry["op"]).calls
-        if calls is None:
-            return []
+    def _calls(self) -> list:
+        """Per kernel, the indices of the kernels it calls (a native loop calls its body's
+        kernels' dispatchers)."""
         index = {k["symbol"]: i for i, k in enumerate(self._kernels)}
-        return [index[symbol] for symbol, _ in calls(entry["attrs"])]
+        out = []
+        for entry in self._kernels:
+            calls = get_family(entry["op"]).calls
+            out.append([index[s] for s, _ in calls(entry["attrs"])] if calls is not None else [])
+        return out
 
     def _emit(self, group) -> ir.Module:
         """One LLVM module holding the variants and dispatchers of the kernels `group`. Other

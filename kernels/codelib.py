@@ -1,9 +1,10 @@
 """The single door to llvmlite (numba's CodeLibrary idea).
 
 Everything that touches LLVM lives here: initialisation, the host target, the target machine,
-the O3 pipeline, object emission, the on-disk object cache and loading object code into an MCJIT
-engine. The rest of `kernels/` only produces LLVM IR text and consumes function addresses, so
-the LLVM version and its API churn stay in one file.
+the O3 pipeline, object emission (in parallel worker processes for a kernels section's compile
+units: `Compilation`), the on-disk object cache and loading object code into an MCJIT engine.
+The rest of `kernels/` only produces LLVM IR text and consumes function addresses, so the LLVM
+version and its API churn stay in one file.
 
 Counters in `stats` let tests prove what happened: "compiles" counts real LLVM compilations
 (optimise + codegen), "cache_hits" objects read back from the disk cache, "loads" object files
@@ -11,7 +12,6 @@ loaded into an engine, "rejits" loads of trusted foreign code that had to recomp
 because the stored target is not the host, "rebuilds" kernels sections regenerated from their
 specs at load (provenance.py).
 """
-import collections
 import ctypes
 import ctypes.util
 import hashlib
