@@ -1,7 +1,8 @@
-"""KernelBuilder: collects the kernels of one executable into one LLVM module.
+"""KernelBuilder: collects the kernels of one executable and compiles them.
 
-The compiler adds kernels while lowering; `finish()` compiles the module once and returns the
-msgpack-able kernels section (its layout is documented in runtime.py and docs/design.md).
+The compiler adds kernels while lowering; `finish()` compiles them (in units, in parallel:
+`_compile`, codelib.Compilation) and returns the msgpack-able kernels section (its layout is
+documented in runtime.py and docs/design.md).
 Kernels come from the families registered in kernels/family.py: the builder validates
 the signature, asks the family to check the spec and emit its variants and dispatcher, and
 records {"symbol": S, "variants": [{"name", "symbol": S__<name>}...]} in the section.
@@ -13,7 +14,7 @@ import re
 from llvmlite import ir
 
 from dynvm.kernels import codelib, provenance
-from dynvm.kernels.abi import MAX_RANK
+from dynvm.kernels.abi import MAX_RANK, variant_global
 from dynvm.kernels.family import get_family, variant_symbol
 from dynvm.vm.dtypes import DTYPES
 from dynvm.vm.errors import ExecutableFormatError, KernelError
@@ -47,9 +48,7 @@ class KernelBuilder:
     """Accumulates kernels; identical specs (ignoring the name) share one index."""
 
     def __init__(self):
-        self._module = ir.Module(name="dynvm_kernels")
         self._target = codelib.host_target()
-        self._module.triple = self._target["triple"]
         self._kernels = []
         self._index = {}
         self._section = None
@@ -112,26 +111,111 @@ class KernelBuilder:
     def finish(self) -> dict:
         """The kernels section: the one this machine generated before for the same kernels
         (provenance's spec key: names, specs, signatures, host, generator sources), found
-        before any IR is generated; else every kernel's variants and dispatcher emitted into
-        one module, compiled once (nothing to compile when there is no kernel)."""
+        before any IR is generated; else every kernel's variants and dispatcher emitted and
+        compiled, one object per unit (`_compile`; nothing to compile without kernels)."""
         if self._section is None:
-            section = {"target": dict(self._target), "llvm_ir": "", "object": b"",
+            section = {"target": dict(self._target), "llvm_ir": [], "object": [],
                        "kernels": self._kernels}
             local = provenance.local_section(section) if self._kernels else None
             if local is not None:
                 self._section = copy.deepcopy(local)
                 return self._section
-            for entry in self._kernels:
-                names = get_family(entry["op"]).emit(self._module, entry["symbol"], entry["attrs"],
-                                                     entry["inputs"], entry["outputs"])
-                entry["variants"] = [{"name": v, "symbol": variant_symbol(entry["symbol"], v)}
-                                     for v in names]
             if self._kernels:
-                section["llvm_ir"] = str(self._module)
-                section["object"] = codelib.compile_ir(section["llvm_ir"], self._target)
+                self._compile(section)
             self._section = section
             provenance.remember(section)
         return self._section
+
+    def _compile(self, section):
+        """Emit the kernels module by module (a kernel with the kernels it calls share one) and
+        compile them in units of about UNIT_INSTRUCTIONS instructions, each handed to
+        codelib.Compilation as soon as it is full, so earlier units compile (in another process)
+        while later ones are emitted. The units depend only on the kernels, so the same kernels
+        give the same objects."""
+        compilation = codelib.Compilation(self._target)
+        units, unit, size = [], [], 0
+        for group in _groups(self._calls()):
+            module = self._emit(group)
+            unit.append(str(module))
+            size += _instructions(module)
+            if size >= UNIT_INSTRUCTIONS:
+                units.append(unit)
+                compilation.submit(unit)
+                unit, size = [], 0
+        if unit:
+            units.append(unit)
+            compilation.submit(unit, last=True)
+        section["llvm_ir"], section["object"] = units, compilation.objects()
+
+    def _calls(self) -> list:
+        """Per kernel, the indices of the kernels it calls (a native loop calls its body's
+        kernels' dispatchers)."""
+        index = {k["symbol"]: i for i, k in enumerate(self._kernels)}
+        out = []
+        for entry in self._kernels:
+            calls = get_family(entry["op"]).calls
+            out.append([index[s] for s, _ in calls(entry["attrs"])] if calls is not None else [])
+        return out
+
+    def _emit(self, group) -> ir.Module:
+        """One LLVM module holding the variants and dispatchers of the kernels `group`. Other
+        definitions (helpers a family emits under a name of its own, which another module may
+        emit too) become internal: only the kernels' symbols are visible outside a unit."""
+        module = ir.Module(name="dynvm_kernels")
+        module.triple = self._target["triple"]
+        owned = set()
+        for i in group:
+            entry = self._kernels[i]
+            names = get_family(entry["op"]).emit(module, entry["symbol"], entry["attrs"],
+                                                 entry["inputs"], entry["outputs"])
+            entry["variants"] = [{"name": v, "symbol": variant_symbol(entry["symbol"], v)}
+                                 for v in names]
+            owned.add(entry["symbol"])
+            owned.update(v["symbol"] for v in entry["variants"])
+            owned.add(variant_global(entry["symbol"]))
+        for name, value in module.globals.items():
+            if name not in owned and _defines(value) and value.linkage not in _LOCAL:
+                value.linkage = "internal"
+        return module
+
+
+# A unit's size in LLVM instructions before optimisation: big enough that the per-unit costs
+# (a module, an object, its sections in memory) stay small, small enough that a model's GEMM
+# kernels spread over the compile processes (one GEMM kernel is about 7000).
+UNIT_INSTRUCTIONS = 12000
+_LOCAL = ("internal", "private")
+
+
+def _groups(edges) -> list:
+    """Connected components (sorted lists of indices) of the graph whose node i has the
+    neighbours `edges[i]`, in order of their first index."""
+    parent = list(range(len(edges)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    for i, neighbours in enumerate(edges):
+        for j in neighbours:
+            parent[root(i)] = root(j)
+    components = {}
+    for i in range(len(edges)):
+        components.setdefault(root(i), []).append(i)
+    return sorted(components.values())
+
+
+def _defines(value) -> bool:
+    """`value` (a module global) is a definition, not a declaration (llvmlite prints a global
+    variable without an initializer as a declaration unless its linkage says otherwise)."""
+    if isinstance(value, ir.Function):
+        return not value.is_declaration
+    return isinstance(value, ir.GlobalVariable) and (
+        value.initializer is not None or value.linkage not in ("", "external", "extern_weak"))
+
+
+def _instructions(module) -> int:
+    return sum(len(block.instructions) for f in module.functions for block in f.blocks)
 
 
 def rebuild_section(section: dict) -> dict:

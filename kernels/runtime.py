@@ -1,7 +1,9 @@
 """Run-time side of the kernels section: validate it, load native code, call kernels.
 
 Section layout (msgpack-able, produced by KernelBuilder.finish()):
-    {"target": {"triple": str, "cpu": str, "features": str}, "llvm_ir": str, "object": bytes,
+    {"target": {"triple": str, "cpu": str, "features": str},
+     "llvm_ir": [[str...]...], "object": [bytes...],  # per compilation unit: the texts of
+                                                       # its modules (linked) and its object
      "kernels": [{"name": str, "kind": "compiled", "op": str, "attrs": dict,
                   "inputs": [[dtype, rank]...], "outputs": [[dtype, rank]...],
                   "symbol": str,            # the native dispatcher S
@@ -180,11 +182,16 @@ def _is_symbol(name) -> bool:
 def validate_section(section):
     """Raise ExecutableFormatError unless `section` has the documented structure."""
     _expect(section, dict, "section")
-    for key, types in (("target", dict), ("llvm_ir", str), ("object", (bytes, bytearray)),
-                       ("kernels", list)):
+    for key, types in (("target", dict), ("llvm_ir", list), ("object", list), ("kernels", list)):
         if key not in section:
             _fail(f"missing {key!r}")
         _expect(section[key], types, key)
+    for texts, obj in zip(section["llvm_ir"], section["object"]):
+        if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
+            _fail("an llvm_ir unit must be a non-empty list of strings")
+        _expect(obj, (bytes, bytearray), "object unit")
+    if len(section["llvm_ir"]) != len(section["object"]):
+        _fail(f"{len(section['llvm_ir'])} llvm_ir units but {len(section['object'])} objects")
     for key in ("triple", "cpu", "features"):
         _expect(section["target"].get(key), str, f"target {key}")
     for i, entry in enumerate(section["kernels"]):
@@ -205,7 +212,7 @@ def load_kernels_reported(section, trust_native_code=False) -> tuple[list, prove
     if not section["kernels"]:
         return [], provenance.LoadReport(0, "local")
     section, report = provenance.native_section(section, trust_native_code)
-    library = codelib.CodeLibrary(section["llvm_ir"], bytes(section["object"]), section["target"])
+    library = codelib.CodeLibrary(section["llvm_ir"], section["object"], section["target"])
     return [_make_kernel(e, library) for e in section["kernels"]], report
 
 

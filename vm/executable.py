@@ -24,7 +24,8 @@ from dynvm.vm.dtypes import DTYPES, dtype_name, np_dtype
 from dynvm.vm.errors import DynVMError, ExecutableFormatError
 
 MAGIC = "DYNVM"
-FORMAT_VERSION = 2   # 2: loop kernels take the interrupt word and record their step counts
+FORMAT_VERSION = 3   # 2: loop kernels take the interrupt word and record their step counts;
+#                      3: the kernels section holds one IR text and one object per compile unit
 VERSION = "0.1.0"
 PRODUCER = f"dynvm {VERSION}"
 
@@ -57,7 +58,7 @@ SECTIONS = ("functions", "constants", "constructors", "kernels", "shape_funcs")
 def empty_kernels_section(target=None) -> dict:
     """A kernels section with no kernels (programs that only move values around)."""
     return {"target": dict(target or {"triple": "", "cpu": "", "features": ""}),
-            "llvm_ir": "", "object": b"", "kernels": []}
+            "llvm_ir": [], "object": [], "kernels": []}
 
 
 @dataclass
@@ -569,8 +570,12 @@ def _verify_kernels_section(section) -> None:
     target = section["target"]
     _expect(type(target) is dict and all(type(target.get(k)) is str for k in ("triple", "cpu", "features")),
             "kernels target must have string triple, cpu and features")
-    _expect(type(section["llvm_ir"]) is str and type(section["object"]) is bytes,
-            "kernels llvm_ir must be a string and object bytes")
+    units, objects = section["llvm_ir"], section["object"]
+    _expect(type(units) is list and type(objects) is list and len(units) == len(objects)
+            and all(type(u) is list and u and all(type(t) is str for t in u) for u in units)
+            and all(type(o) is bytes for o in objects),
+            "kernels llvm_ir and object must be lists with one entry per compile unit: a "
+            "non-empty list of strings and bytes")
     _expect(type(section["kernels"]) is list, "kernels list must be a list")
     for k in section["kernels"]:
         _expect(type(k) is dict and type(k.get("name")) is str and type(k.get("kind")) is str

@@ -1,6 +1,6 @@
 """Ops built from existing dynvm ops: Sin, Cos, ReduceProd and Einsum against numpy, on inputs
 with dynamic dims (one executable per op, every drawn shape, size-0 and size-1 dims included);
-ScatterElements and ScatterND against numpy; Resize and ceil_mode pooling against ONNX
+ScatterElements, ScatterND and LRN against numpy; Resize and ceil_mode pooling against ONNX
 Runtime."""
 import numpy as np
 import pytest
@@ -176,3 +176,28 @@ def test_pooling_with_ceil_mode_matches_onnxruntime(op_type, attrs):
     want = M.ort_run(m, x)[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def lrn_reference(x, size, alpha, beta, bias):
+    """ONNX's LRN, written out: the square sum over channels [c - (size-1)//2, c + size//2]."""
+    squares = np.zeros_like(x)
+    channels = x.shape[1]
+    for c in range(channels):
+        lo, hi = max(0, c - (size - 1) // 2), min(channels - 1, c + size // 2)
+        squares[:, c] = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+    return x / (bias + alpha / size * squares) ** beta
+
+
+@pytest.mark.parametrize("rank, attrs", [
+    (4, dict(size=3)),                                           # ONNX's defaults otherwise
+    (3, dict(size=4, alpha=0.5, beta=0.6, bias=2.0)),            # an even window
+])
+def test_lrn_matches_numpy(rank, attrs):
+    vm = compiled(helper.make_node("LRN", ["i0"], ["y"], **attrs), [rank])
+    full = dict(alpha=1e-4, beta=0.75, bias=1.0) | attrs
+    rng = np.random.default_rng(rank)
+    for channels in (1, 2, 7):                                   # fewer channels than the window
+        shape = (2, channels, 3, 5)[:rank]
+        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        np.testing.assert_allclose(vm.invoke("main", x), lrn_reference(x, **full), rtol=1e-5,
+                                   atol=1e-6)

@@ -205,10 +205,14 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     body = msgpack.unpackb(doc["body"], raw=False)
     region = rng.choice(("functions", "functions", "functions", "constants", "constructors",
                          "kernels", "kernels", "object", "llvm_ir", "target", "header"))
-    if region == "object":
-        body["kernels"]["object"] = _damage(rng, body["kernels"]["object"])
-    elif region == "llvm_ir" and body["kernels"]["llvm_ir"]:
-        body["kernels"]["llvm_ir"] = _edit_ir(rng, body["kernels"]["llvm_ir"])
+    objects, units = body["kernels"]["object"], body["kernels"]["llvm_ir"]
+    if region == "object" and objects:
+        i = rng.randrange(len(objects))
+        objects[i] = _damage(rng, objects[i])
+    elif region == "llvm_ir" and units:
+        unit = rng.choice(units)
+        i = rng.randrange(len(unit))
+        unit[i] = _edit_ir(rng, unit[i])
     elif region == "target":
         body["kernels"]["target"]["cpu"] = rng.choice(("generic", "skylake", "x86-64-v2", ""))
         doc["header"]["target"] = body["kernels"]["target"]

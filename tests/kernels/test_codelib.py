@@ -68,3 +68,49 @@ def test_freeing_a_loaded_library_leaves_compilation_working():
     del lib
     gc.collect()
     assert codelib.compile_ir(IR + "\n", target)[:4] == b"\x7fELF"
+
+
+def _module(name, value):
+    """A module defining `name` (external) through an internal helper all of them call `helper`."""
+    return f"""
+define internal i32 @helper() {{
+  ret i32 {value}
+}}
+define i32 @{name}(ptr %args, i32 %nargs) {{
+  %v = call i32 @helper()
+  ret i32 %v
+}}
+"""
+
+
+UNITS = [[_module("first", 1), _module("second", 2)], [_module("third", 3)]]
+
+
+def compile_units():
+    compilation = codelib.Compilation(codelib.host_target())
+    compilation.submit(UNITS[0])
+    compilation.submit(UNITS[1], last=True)
+    return compilation.objects()
+
+
+def test_units_link_their_modules_and_compile_in_a_worker_as_here(monkeypatch):
+    """Two processes compile the two units (the first unit starts a worker); each unit's
+    modules are linked (their internal helpers kept apart); a worker's object is the one
+    this process compiles for the same unit."""
+    monkeypatch.setenv("DYNVM_CACHE_DIR", "")
+    monkeypatch.setenv("DYNVM_COMPILE_JOBS", "2")
+    before = codelib.stats["compiles"]
+    objects = compile_units()
+    assert codelib.stats["compiles"] == before + 2
+    assert objects == [codelib.compile_ir(unit, codelib.host_target()) for unit in UNITS]
+    lib = codelib.CodeLibrary(UNITS, objects, codelib.host_target())
+    from dynvm.kernels import abi
+    assert [abi.kernel_function(lib.address(name))(abi.ffi.NULL, 0)
+            for name in ("first", "second", "third")] == [1, 2, 3]
+
+
+def test_a_failed_worker_leaves_its_units_to_this_process(monkeypatch):
+    monkeypatch.setenv("DYNVM_CACHE_DIR", "")
+    monkeypatch.setenv("DYNVM_COMPILE_JOBS", "2")
+    monkeypatch.setattr(codelib.sys, "executable", "/bin/false")
+    assert compile_units() == [codelib.compile_ir(unit, codelib.host_target()) for unit in UNITS]

@@ -168,7 +168,7 @@ def test_section_lists_variant_symbols_and_the_dispatcher():
     assert [v["symbol"] for v in entry["variants"]] == [
         "dynvm_k0_neg__scalar", "dynvm_k0_neg__vector_exact", "dynvm_k0_neg__vector",
         "dynvm_k0_neg__strided"]
-    ir_text = section["llvm_ir"]
+    ir_text = "".join(text for unit in section["llvm_ir"] for text in unit)
     assert "@\"dynvm_k0_neg__variant\" = global i32 -1" in ir_text
     assert "<16 x float>" in ir_text or "<8 x float>" in ir_text or "<4 x float>" in ir_text
 

@@ -88,7 +88,7 @@ def test_a_foreign_section_is_rebuilt_once_then_found_in_the_cache(monkeypatch, 
     exe = one_op_exe(lambda x: op.tanh(op.subtract(x, x)))
     section = exe.kernels
     section["kernels"][0]["name"] = "never_built_here"      # specs nobody remembered
-    section["object"], section["llvm_ir"] = b"\x7fELF garbage", "garbage"
+    section["object"], section["llvm_ir"] = [b"\x7fELF garbage"], [["garbage"]]
     monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
     before = codelib.stats["rebuilds"]
     with pytest.warns(dynvm.PerformanceWarning, match="1 kernel of this executable was rebuilt"):
@@ -107,7 +107,7 @@ def foreign_file(exe) -> bytes:
     neither remembered nor cached here) and object code this machine never generated."""
     copy = Executable.from_bytes(exe.to_bytes())
     copy.kernels["kernels"][0]["name"] = "elsewhere_" + uuid.uuid4().hex
-    copy.kernels["object"] = b"\x7fELF not this machine's code"
+    copy.kernels["object"] = [b"\x7fELF not this machine's code"]
     return copy.to_bytes()
 
 
@@ -162,7 +162,7 @@ def test_performance_warning_is_a_user_warning_that_can_become_an_error(add_and_
 
 def test_trusted_garbage_object_code_is_a_format_error_not_a_crash(add_and_multiply):
     exe = Executable.from_bytes(add_and_multiply[0].to_bytes())
-    exe.kernels["object"] = b"not an object file"
+    exe.kernels["object"] = [b"not an object file"]
     with pytest.raises(ExecutableFormatError, match="not a native object file"):
         Executable.from_bytes(exe.to_bytes(), trust_native_code=True)
     np.testing.assert_array_equal(                            # the default ignores it

@@ -181,7 +181,7 @@ def test_section_survives_msgpack_and_loads_without_compiling():
 def test_other_cpu_target_runs_the_code_generated_here_for_the_same_specs():
     sec = roundtrip(section())
     sec["target"]["cpu"] = "some-other-cpu"
-    sec["object"] = b"never loaded"
+    sec["object"] = [b"never loaded"]
     before = dict(codelib.stats)
     check_chain(load_kernels(sec))
     assert codelib.stats["rejits"] == before["rejits"]
@@ -192,7 +192,7 @@ def test_trusted_other_cpu_target_rejits_from_llvm_ir(monkeypatch, tmp_path):
     sec = roundtrip(section())      # built first: its own compile must not fill the empty cache
     monkeypatch.setenv("DYNVM_CACHE_DIR", str(tmp_path))
     sec["target"]["cpu"] = "some-other-cpu"
-    sec["object"] = b"not used when re-jitting"
+    sec["object"] = [b"not used when re-jitting"]
     before = dict(codelib.stats)
     ks = load_kernels(sec, trust_native_code=True)
     assert codelib.stats["rejits"] == before["rejits"] + 1
@@ -254,7 +254,10 @@ def broken(path, value):
     (broken(["kernels", 0, "variants"], []), "has no variants"),
     (broken(["kernels", 0, "variants", 0, "symbol"], "no_such_symbol"), "symbol 'no_such_symbol' not found"),
     (broken(["kernels", 1, "attrs"], None), "field 'attrs' has type NoneType"),
-    (broken(["object"], b"garbage bytes"), "not a native object file"),
+    (broken(["object"], [b"garbage bytes"]), "not a native object file"),
+    (broken(["object"], b"one object"), "object has type bytes"),
+    (broken(["object"], []), "1 llvm_ir units but 0 objects"),
+    (broken(["llvm_ir", 0], "one text"), "llvm_ir unit must be a non-empty list of strings"),
 ])
 def test_malformed_section_raises_executable_format_error(edit, phrase):
     """Trusted, so that the file's own symbols and object code are what gets loaded."""

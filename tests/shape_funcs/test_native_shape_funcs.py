@@ -412,7 +412,7 @@ def test_the_kernels_are_rebuilt_from_their_specs():
     kb = KernelBuilder()
     spec.add_to(kb, "dyn.reshape")
     section = kb.finish()
-    rebuilt = rebuild_section({**section, "llvm_ir": "", "object": b""})
+    rebuilt = rebuild_section({**section, "llvm_ir": [], "object": []})
     kernel = load_kernels(rebuilt)[0]
     arrays = [np.zeros((2, 3, 4), F), np.array([0, -1], np.int64)]
     assert run_native(kernel, spec.lengths, arrays) == (0, [(2, 12)])

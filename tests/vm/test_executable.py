@@ -144,7 +144,10 @@ def test_invalid_instruction_in_file_is_rejected(encoded, phrase):
     (lambda b: b["functions"][0].update(instructions=[]), "no instructions"),
     (lambda b: b["constructors"].pop(0), "constructor 0 must be the builtin tuple"),
     (lambda b: b["constructors"].append(dict(b["constructors"][1])), "duplicate constructor"),
-    (lambda b: b["kernels"].update(object="text"), "object bytes"),
+    (lambda b: b["kernels"].update(object="text"), "one entry per compile unit"),
+    (lambda b: b["kernels"].update(llvm_ir="text", object=b"obj"), "one entry per compile unit"),
+    (lambda b: b["kernels"].update(llvm_ir=[["ir"]], object=[]), "one entry per compile unit"),
+    (lambda b: b["kernels"].update(llvm_ir=[[]], object=[b""]), "one entry per compile unit"),
     (lambda b: b.pop("shape_funcs"), "executable body must be a map"),
     (lambda b: b["shape_funcs"].append({"name": 3, "attrs": {}}), "bad shape function entry"),
 ])
@@ -229,7 +232,7 @@ def test_round_trip_with_compiled_kernels_runs_the_loaded_code(tmp_path):
 
 
 def test_kernels_section_that_cannot_load_is_a_format_error():
-    section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
+    section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": [], "object": [],
                "kernels": [{"name": "k", "kind": "numpy", "op": "cast", "attrs": {},
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]], "variants": []}]}
     main = fn("main", ["x"], [("AllocStorage", 64, 64, "float32", 1), ("AllocTensor", 1, 0, [4], "float32", 2), 
@@ -239,7 +242,7 @@ def test_kernels_section_that_cannot_load_is_a_format_error():
 
 
 def test_call_kernel_with_wrong_argument_count_is_rejected():
-    section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": "", "object": b"",
+    section = {"target": {"triple": "", "cpu": "", "features": ""}, "llvm_ir": [], "object": [],
                "kernels": [{"name": "k", "kind": "compiled", "op": "cast", "attrs": {}, "symbol": "k",
                             "inputs": [["float32", 1]], "outputs": [["float32", 1]],
                             "variants": [{"name": "v", "symbol": "k__v"}]}]}

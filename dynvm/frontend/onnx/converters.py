@@ -1621,6 +1621,29 @@ def instance_normalization(cx, ins, a):
     return op.add(op.multiply(out, per_channel(cx, scale, r)), per_channel(cx, bias, r))
 
 
+@converter("LRN", attrs="alpha beta bias size")
+def lrn(cx, ins, a):
+    """x / (bias + alpha / size * square sum)^beta, the square sum over a window of `size`
+    channels ((size - 1) // 2 before, the rest after, clipped at the edges): an average pool
+    of x^2 over the channel axis, moved among the spatial ones, whose padding counts (so the
+    average is the sum / size)."""
+    x = ins[0]
+    r = rank(cx, x)
+    if r not in (3, 4):
+        raise Unsupported("LRN on data of rank 3 or 4 (N, C and 1 or 2 spatial dims) only")
+    size = a["size"]
+    window = [size] + [1] * (r - 2)
+    before = [(size - 1) // 2] + [0] * (r - 2)
+    after = [size // 2] + [0] * (r - 2)         # ceil((size - 1) / 2)
+    squares = op.expand_dims(op.multiply(x, x), 1)                       # (N, 1, C, spatial...)
+    mean = op.pool(squares, mode="avg", pool_size=window, strides=[1] * (r - 1),
+                   dilation=[1] * (r - 1), padding=before + after, ceil_mode=False,
+                   count_include_pad=True)
+    scale = op.add(like(cx, x, a.get("bias", 1.0)),
+                   op.multiply(like(cx, x, a.get("alpha", 1e-4)), op.squeeze(mean, axis=[1])))
+    return op.divide(x, op.power(scale, like(cx, x, a.get("beta", 0.75))))
+
+
 @converter("GlobalAveragePool", "GlobalMaxPool")
 def global_pool(cx, ins, a):
     x = ins[0]
