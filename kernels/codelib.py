@@ -320,7 +320,11 @@ def compile_jobs() -> int:
     most 2: the units of one build rarely keep more busy)."""
     env = os.environ.get("DYNVM_COMPILE_JOBS")
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise KernelError(f"DYNVM_COMPILE_JOBS must be a number of processes, "
+                              f"got {env!r}") from None
     return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else os.cpu_count() or 1))
 

@@ -14,21 +14,24 @@ from dynvm.kernels.family import Family, register
 from dynvm.kernels.llvm_util import (I32, I64, MEM_TYPE, check_equal, const, for_nest, for_range,
                                      is_float, load, load_strides, new_function, prologue, store)
 from dynvm.kernels.sort import single_variant
+from dynvm.shape_funcs.reduce import CUMULATIVE_MODES
 from dynvm.vm.errors import KernelError
 
-MODES = ("sum", "prod")
 DTYPES = ("float32", "float64", "int32", "int64")
 
 
 def check_cumulative(spec, inputs, outputs):
     if len(inputs) != 1 or len(outputs) != 1:
-        raise KernelError(f"cumulative: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+        raise KernelError(f"cumulative: expected 1 input and 1 output, got {len(inputs)} and "
+                          f"{len(outputs)}")
     (dtype, rank), = inputs
     axis = spec.get("axis") if isinstance(spec, dict) else None
     if dtype not in DTYPES or rank < 1 or list(outputs[0]) != [dtype, rank] \
-            or spec.get("mode") not in MODES or not isinstance(axis, int) or not -rank <= axis < rank:
+            or spec.get("mode") not in CUMULATIVE_MODES or not isinstance(axis, int) \
+            or not -rank <= axis < rank:
         raise KernelError(f"cumulative: needs a numeric input of rank >= 1, an output like it, a "
-                          f"mode of {MODES} and an axis in range, got {inputs} -> {outputs}, {spec}")
+                          f"mode of {CUMULATIVE_MODES} and an axis in range, got {inputs} -> "
+                          f"{outputs}, {spec}")
 
 
 def emit_cumulative(module, symbol, spec, inputs, outputs):

@@ -32,6 +32,7 @@ from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, all_of, check,
                                      for_range, icmp, if_then, is_compact, is_float, load,
                                      load_strides, new_function, product, prologue, smax, smin,
                                      store)
+from dynvm.shape_funcs.update import SCATTER_REDUCTIONS
 from dynvm.vm.errors import KernelError
 
 INDEX_DTYPES = ("int32", "int64")
@@ -120,8 +121,6 @@ def emit_set_row(module, symbol, spec, inputs, outputs):
 
 register(Family("set_row", check_set_row, emit_set_row))
 
-
-SCATTER_REDUCTIONS = ("none", "add", "mul", "max", "min")
 
 
 def check_scatter_rows(spec, inputs, outputs):

@@ -7,6 +7,9 @@ from dynvm.shape_funcs.common import fails, normalize_axis
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.vm.errors import ShapeError
 
+# what cumulative runs (compiler/op/reduce.py, kernels/cumulative.py)
+CUMULATIVE_MODES = ("sum", "prod")
+
 
 def reduced_axes(op: str, rank: int, attrs) -> list:
     axis = attrs.get("axis")

@@ -5,6 +5,9 @@ from dynvm.shape_funcs.common import fails, same_dims
 from dynvm.shape_funcs.registry import shape_func
 from dynvm.vm.errors import ShapeError
 
+# how scatter_rows combines an update with a row (compiler/op/update.py, kernels/update.py)
+SCATTER_REDUCTIONS = ("none", "add", "mul", "max", "min")
+
 
 @shape_func("set_row")
 def set_row(inputs, attrs):

@@ -1718,7 +1718,6 @@ def _alloca(b, ty, count=None, name=""):
     return slot
 
 
-
 # numpy's array object as edge functions read it (PyArrayObject_fields: unchanged since numpy
 # 1.7 and checked against live arrays before any edge is used, `numpy_layout_ok`): byte offsets
 ARRAY_TYPE, ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_DESCR, ARRAY_FLAGS = 8, 16, 24, 32, 56, 64
@@ -2046,8 +2045,6 @@ def _returned(tier_ref, queue, block):
         header[B_COUNT] -= 1
         if header[B_COUNT] == 0:
             _LIBC.free(header)
-
-
 
 
 def raise_interrupt(exe, func, pc):

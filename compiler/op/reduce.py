@@ -10,6 +10,7 @@ from __future__ import annotations
 from dynvm.compiler.ir.types import TensorType
 from dynvm.compiler.op.builders import positional
 from dynvm.compiler.op.registry import OpDef, get_op, register
+from dynvm.shape_funcs.reduce import CUMULATIVE_MODES
 from dynvm.compiler.op.type_rels import (NUMERIC_DTYPES, check_arity, check_dtype_in, fail,
                                          normalize_axes, tensor_arg)
 
@@ -59,17 +60,17 @@ def _register_all():
 _register_all()
 
 
-CUMULATIVE_MODES = ("sum", "prod")
-
 
 def cumulative_rel(arg_types, attrs):
     check_arity("cumulative", arg_types, 1)
     x = tensor_arg("cumulative", arg_types[0])
     check_dtype_in("cumulative", x, NUMERIC_DTYPES)
+    flags = [attrs["exclusive"], attrs["reverse"]]
+    if x.rank == 0 or attrs["mode"] not in CUMULATIVE_MODES or type(attrs["axis"]) is not int \
+            or not all(isinstance(f, bool) for f in flags):
+        fail(f"cumulative: needs a tensor of rank >= 1, an int axis, a mode of {CUMULATIVE_MODES} "
+             f"and bool exclusive/reverse, got {x} and {attrs}")
     normalize_axes("cumulative", attrs["axis"], x.rank)
-    if x.rank == 0 or attrs["mode"] not in CUMULATIVE_MODES:
-        fail(f"cumulative: needs a tensor of rank >= 1 and a mode of {CUMULATIVE_MODES}, got {x} "
-             f"and {attrs['mode']!r}")
     return x
 
 

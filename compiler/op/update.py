@@ -20,8 +20,7 @@ from dynvm.compiler.ir.types import TensorType
 from dynvm.compiler.op.registry import OpDef, register
 from dynvm.compiler.op.type_rels import (INT_DTYPES, check_arity, fail, same_dtype, scalar_arg,
                                          tensor_arg, unify_dim)
-
-SCATTER_REDUCTIONS = ("none", "add", "mul", "max", "min")
+from dynvm.shape_funcs.update import SCATTER_REDUCTIONS
 
 
 def set_row_rel(arg_types, attrs):

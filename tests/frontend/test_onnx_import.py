@@ -249,6 +249,17 @@ def test_decomposed_functions_match_numpy_in_float64():
                                    err_msg=op_type)
 
 
+def test_odd_functions_keep_their_precision_near_zero_in_float32():
+    ops = ["Sinh", "Asinh", "Atanh", "Atan", "Asin", "Tan"]
+    nodes = [helper.make_node(op_type, ["x"], [f"y{k}"]) for k, op_type in enumerate(ops)]
+    graph = helper.make_graph(nodes, "odd", [info("x", [None])], [info(f"y{k}", [None]) for k in range(len(ops))])
+    vm = VirtualMachine(build(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))))
+    x = np.array([1e-8, -3e-6, 1e-4, -9e-4, 2e-3, 1e-30], np.float32)
+    for op_type, got in zip(ops, vm.invoke("main", x)):
+        want = INVERSE_AND_HYPERBOLIC[op_type][0](x.astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=2e-7, err_msg=op_type)
+
+
 def single_node(op_type, inputs, **attrs):
     """A model of one node: inputs [(name, shape, elem)] -> y, built."""
     node = helper.make_node(op_type, [name for name, _, _ in inputs], ["y"], **attrs)
@@ -277,3 +288,14 @@ def test_compress_ignores_a_condition_past_the_axis():
     x = np.array([1, 2, 3], np.float32)
     assert vm.invoke("main", x, np.array([False, False, False, True])).shape == (0,)
     np.testing.assert_array_equal(vm.invoke("main", x, np.array([True, False, True, True])), [1, 3])
+
+
+def test_reshape_allowzero_with_a_run_time_shape():
+    vm = single_node("Reshape", [("x", (None, None), M.F), ("s", (2,), M.I64)], allowzero=1)
+    assert vm.invoke("main", np.zeros((0, 3), np.float32), np.array([3, 0])).shape == (3, 0)
+    np.testing.assert_array_equal(vm.invoke("main", np.ones((2, 3), np.float32), np.array([3, 2])),
+                                  np.ones((3, 2)))
+    with pytest.raises(DynVMError, match="invalid input value"):
+        vm.invoke("main", np.ones((2, 3), np.float32), np.array([0, 6]))     # 6 elements into 0
+    to_scalar = single_node("Reshape", [("x", (None, None), M.F), ("s", (0,), M.I64)], allowzero=1)
+    assert to_scalar.invoke("main", np.ones((1, 1), np.float32), np.array([], np.int64)).shape == ()

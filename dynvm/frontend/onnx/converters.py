@@ -593,9 +593,9 @@ def reshape_op(cx, ins, a):
     value = cx.value_of(s)
     if value is None:
         if a.get("allowzero", 0):       # a 0 is an empty dim, not a copy: then no elements
-            has_zero = op.greater(op.max(op.cast(op.equal(s, const(0, "int64")), "int32")),
-                                  const(0, "int32"))
-            return ir.If(has_zero, op.zeros(s, dtype=cx.type_of(x).dtype), op.reshape(x, s))
+            zeros = op.sum(op.cast(op.equal(s, const(0, "int64")), "int64"))
+            return ir.If(op.greater(zeros, const(0, "int64")), empty_like_shape(cx, x, s),
+                         op.reshape(x, s))
         parts = shape_parts(cx, s)
         if parts is None or parts.count(None) != 1 or -1 in parts or 0 in parts:
             return op.reshape(x, s)
@@ -605,6 +605,16 @@ def reshape_op(cx, ins, a):
         # a 0 is an empty dim, not a copy: the result has no elements
         return op.zeros(newshape, dtype=cx.type_of(x).dtype)
     return op.reshape(x, newshape)
+
+
+def empty_like_shape(cx, x, s):
+    """zeros of shape `s` (which holds a 0), when x has no elements either; else an error at
+    run time (a take of arange(1) at x's element count, in mode "raise")."""
+    count = as_int64(dims_product(cx, x, range(rank(cx, x))))
+    check = op.take(op.arange(const(0, "int64"), const(1, "int64"), const(1, "int64"), dtype="int64"),
+                    count, mode="raise")
+    dtype = cx.type_of(x).dtype
+    return op.add(op.zeros(s, dtype=dtype), op.cast(check, dtype))
 
 
 def shape_parts(cx, s):
@@ -1151,25 +1161,47 @@ WINDOWS = {"HannWindow": (0.5, [(-0.5, 1)]), "HammingWindow": (25 / 46, [(-(1 - 
 
 @converter(*WINDOWS, attrs="output_datatype periodic")
 def window(cx, ins, a):
-    """constant + sum of c cos(2 pi k n / N) for n < size, N = size (periodic) or size - 1."""
+    """constant + sum of c cos(2 pi k n / N) for n < size, N = size (periodic) or size - 1;
+    cos(t) as 1 - 2 sin(t / 2)^2, exactly 1 at t = 0 (so Hann's first value is 0, not -2e-14)."""
     size = as_int64(to_scalar(op.cast(ins[0], "int64")))
     n = op.cast(op.arange(const(0, "int64"), size, const(1, "int64"), dtype="int64"), "float64")
     span = op.cast(size if a.get("periodic", 1) else op.subtract(size, const(1, "int64")), "float64")
     base, terms = WINDOWS[cx.node.op_type]
     out = const(base, "float64")
     for coefficient, k in terms:
-        angle = op.divide(op.multiply(n, const(2 * math.pi * k, "float64")), span)
-        out = op.add(out, op.multiply(const(coefficient, "float64"), sin_(cx, angle, shift=math.pi / 2)))
+        half = sin_(cx, op.divide(op.multiply(n, const(math.pi * k, "float64")), span))
+        cosine = op.subtract(const(1.0, "float64"), op.multiply(const(2.0, "float64"), op.multiply(half, half)))
+        out = op.add(out, op.multiply(const(coefficient, "float64"), cosine))
     return op.cast(out, dtype_of(a.get("output_datatype", TensorProto.FLOAT), "output_datatype"))
+
+
+def float64_with_series(cx, x, exact, series):
+    """exact(x) computed in float64 (dtype float32 or float64), and for |x| < 1e-3 the odd
+    series sum(c x^(2k+1)) of `series` instead: the closed forms subtract nearly equal
+    numbers there (sinh(1e-8) would be 0). Four terms leave an error below 1e-19 relative."""
+    dtype = cx.type_of(x).dtype
+    if dtype not in ("float32", "float64"):
+        raise Unsupported(f"{cx.node.op_type} of {dtype}")
+    x = op.cast(x, "float64")
+    x2 = op.multiply(x, x)
+    poly = const(series[-1], "float64")
+    for c in reversed(series[:-1]):
+        poly = op.add(op.multiply(poly, x2), const(c, "float64"))
+    small = op.less(op.maximum(x, op.negative(x)), const(1e-3, "float64"))
+    return op.cast(op.where(small, op.multiply(poly, x), exact(x)), dtype)
 
 
 @converter("Sinh", "Cosh")
 def hyperbolic(cx, ins, a):
-    """(e^x -+ e^-x) / 2."""
-    x = ins[0]
-    up, down = op.exp(x), op.exp(op.negative(x))
-    both = op.subtract(up, down) if cx.node.op_type == "Sinh" else op.add(up, down)
-    return op.multiply(both, like(cx, x, 0.5))
+    """(e^x -+ e^-x) / 2 (Sinh through its series near 0)."""
+    def closed(x):
+        up, down = op.exp(x), op.exp(op.negative(x))
+        both = op.subtract(up, down) if cx.node.op_type == "Sinh" else op.add(up, down)
+        return op.multiply(both, const(0.5, "float64"))
+    if cx.node.op_type == "Cosh":
+        x = ins[0]
+        return op.cast(closed(op.cast(x, "float64")), cx.type_of(x).dtype)
+    return float64_with_series(cx, ins[0], closed, (1.0, 1 / 6, 1 / 120, 1 / 5040))
 
 
 def atan_(cx, x):
@@ -1215,17 +1247,25 @@ def inverse_trigonometric(cx, ins, a):
 
 @converter("Asinh", "Acosh", "Atanh")
 def inverse_hyperbolic(cx, ins, a):
-    """Logarithms: asinh(x) = sign(x) log(|x| + sqrt(x^2 + 1)) (odd, so large negative x keeps
-    its digits), acosh(x) = log(x + sqrt(x^2 - 1)), atanh(x) = log((1 + x) / (1 - x)) / 2."""
-    x = ins[0]
-    one = like(cx, x, 1.0)
-    if cx.node.op_type == "Atanh":
-        return op.multiply(op.log(op.divide(op.add(one, x), op.subtract(one, x))), like(cx, x, 0.5))
+    """Logarithms, in float64: asinh(x) = sign(x) log(|x| + sqrt(x^2 + 1)) (odd, so large
+    negative x keeps its digits), acosh(x) = log(x + sqrt(x^2 - 1)), atanh(x) =
+    log((1 + x) / (1 - x)) / 2; asinh and atanh through their series near 0."""
+    one = const(1.0, "float64")
     if cx.node.op_type == "Acosh":
-        return op.log(op.add(x, op.sqrt(op.subtract(op.multiply(x, x), one))))
-    size = abs_(cx, x)
-    magnitude = op.log(op.add(size, op.sqrt(op.add(op.multiply(x, x), one))))
-    return op.where(op.less(x, like(cx, x, 0.0)), op.negative(magnitude), magnitude)
+        x = ins[0]
+        closed = op.log(op.add(op.cast(x, "float64"), op.sqrt(op.subtract(
+            op.multiply(op.cast(x, "float64"), op.cast(x, "float64")), one))))
+        return op.cast(closed, cx.type_of(x).dtype)
+    if cx.node.op_type == "Atanh":
+        return float64_with_series(cx, ins[0], lambda x: op.multiply(
+            op.log(op.divide(op.add(one, x), op.subtract(one, x))), const(0.5, "float64")),
+            (1.0, 1 / 3, 1 / 5, 1 / 7))
+
+    def asinh(x):
+        size = op.maximum(x, op.negative(x))
+        magnitude = op.log(op.add(size, op.sqrt(op.add(op.multiply(x, x), one))))
+        return op.where(op.less(x, const(0.0, "float64")), op.negative(magnitude), magnitude)
+    return float64_with_series(cx, ins[0], asinh, (1.0, -1 / 6, 3 / 40, -15 / 336))
 
 
 @converter("Tan")
@@ -1379,6 +1419,8 @@ def expand_ellipsis(cx, terms, ins, out):
     per dim it covers, the same letters for the same dims counted from the right."""
     covered = [rank(cx, x) - len(t.replace("...", "")) if "..." in t else 0
                for t, x in zip(terms, ins)]
+    if any(n < 0 for n in covered):
+        raise Unsupported("an Einsum term with more letters than its operand's rank")
     letters = "".join(sorted(set(string.ascii_uppercase) - set("".join(terms))))[:max(covered)]
     ellipsis = letters[len(letters) - max(covered):]
 

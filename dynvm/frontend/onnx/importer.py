@@ -130,7 +130,8 @@ def function_nodes(node, opset: int, input_types) -> tuple | None:
                   if name not in given and attr.default_value.type})
     prefix = f"{node.output[0]}/{node.op_type}/"
     names = dict(zip(function.input, list(node.input) + [""] * len(function.input)))
-    names.update(zip(function.output, node.output))
+    names.update((name, given_name) for name, given_name in zip(function.output, node.output)
+                 if given_name)          # an output the node leaves unnamed stays the body's own
     rename = lambda name: names.get(name, prefix + name) if name else ""   # noqa: E731
     nodes = []
     for inner in function.node:
@@ -223,7 +224,6 @@ class Context:
 
     def convert_graph(self, graph, scope: Scope) -> list:
         """Convert `graph`'s nodes in `scope`; its output expressions (None for a failed one)."""
-        from dynvm.frontend.onnx.converters import CONVERTERS
         for init in graph.initializer:
             try:
                 scope.values[init.name] = tensor_constant(init, f"initializer {init.name!r}")
