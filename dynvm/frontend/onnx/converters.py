@@ -296,23 +296,32 @@ def erf_op(cx, ins, a):
 SIN_TERMS = 9          # Taylor terms of sin on [-pi/2, pi/2]: error below 1e-15 (float64)
 
 
-def sin_(cx, x, shift=0.0):
-    """sin(x + shift), computed in float64: x reduced to r in [-pi, pi] (x - 2 pi round(x / 2
-    pi)), folded into [-pi/2, pi/2] (sin(r) = sin(pi - r)), then its Taylor series."""
+def in_float64(cx, x, compute):
+    """compute(x as float64), cast back to x's dtype: the decomposed functions keep float64's
+    digits for float32 inputs (dtypes other than float32/float64 are unsupported)."""
     dtype = cx.type_of(x).dtype
     if dtype not in ("float32", "float64"):
         raise Unsupported(f"{cx.node.op_type} of {dtype}")
+    return op.cast(compute(op.cast(x, "float64")), dtype)
+
+
+def sin_(cx, x, shift=0.0):
+    """sin(x + shift), computed in float64: x reduced to r in [-pi, pi] (x - 2 pi round(x / 2
+    pi)), folded into [-pi/2, pi/2] (sin(r) = sin(pi - r)), then its Taylor series."""
     c = lambda v: const(v, "float64")  # noqa: E731
-    x = op.add(op.cast(x, "float64"), c(shift))
-    r = op.subtract(x, op.multiply(c(2 * math.pi),
-                                   floor_(cx, op.add(op.multiply(x, c(0.5 / math.pi)), c(0.5)))))
-    r = op.where(op.greater(r, c(math.pi / 2)), op.subtract(c(math.pi), r),
-                 op.where(op.less(r, c(-math.pi / 2)), op.subtract(c(-math.pi), r), r))
-    r2 = op.multiply(r, r)
-    series = c((-1) ** (SIN_TERMS - 1) / math.factorial(2 * SIN_TERMS - 1))
-    for n in reversed(range(SIN_TERMS - 1)):
-        series = op.add(op.multiply(series, r2), c((-1) ** n / math.factorial(2 * n + 1)))
-    return op.cast(op.multiply(series, r), dtype)
+
+    def sine(x):
+        x = op.add(x, c(shift))
+        r = op.subtract(x, op.multiply(c(2 * math.pi),
+                                       floor_(cx, op.add(op.multiply(x, c(0.5 / math.pi)), c(0.5)))))
+        r = op.where(op.greater(r, c(math.pi / 2)), op.subtract(c(math.pi), r),
+                     op.where(op.less(r, c(-math.pi / 2)), op.subtract(c(-math.pi), r), r))
+        r2 = op.multiply(r, r)
+        series = c((-1) ** (SIN_TERMS - 1) / math.factorial(2 * SIN_TERMS - 1))
+        for n in reversed(range(SIN_TERMS - 1)):
+            series = op.add(op.multiply(series, r2), c((-1) ** n / math.factorial(2 * n + 1)))
+        return op.multiply(series, r)
+    return in_float64(cx, x, sine)
 
 
 @converter("Sin")
@@ -1176,19 +1185,17 @@ def window(cx, ins, a):
 
 
 def float64_with_series(cx, x, exact, series):
-    """exact(x) computed in float64 (dtype float32 or float64), and for |x| < 1e-3 the odd
-    series sum(c x^(2k+1)) of `series` instead: the closed forms subtract nearly equal
-    numbers there (sinh(1e-8) would be 0). Four terms leave an error below 1e-19 relative."""
-    dtype = cx.type_of(x).dtype
-    if dtype not in ("float32", "float64"):
-        raise Unsupported(f"{cx.node.op_type} of {dtype}")
-    x = op.cast(x, "float64")
-    x2 = op.multiply(x, x)
-    poly = const(series[-1], "float64")
-    for c in reversed(series[:-1]):
-        poly = op.add(op.multiply(poly, x2), const(c, "float64"))
-    small = op.less(op.maximum(x, op.negative(x)), const(1e-3, "float64"))
-    return op.cast(op.where(small, op.multiply(poly, x), exact(x)), dtype)
+    """exact(x) in float64 (`in_float64`), and for |x| < 1e-3 the odd series
+    sum(c x^(2k+1)) of `series` instead: the closed forms subtract nearly equal numbers there
+    (sinh(1e-8) would be 0). Four terms leave an error below 1e-19 relative."""
+    def either(x):
+        x2 = op.multiply(x, x)
+        poly = const(series[-1], "float64")
+        for c in reversed(series[:-1]):
+            poly = op.add(op.multiply(poly, x2), const(c, "float64"))
+        small = op.less(op.maximum(x, op.negative(x)), const(1e-3, "float64"))
+        return op.where(small, op.multiply(poly, x), exact(x))
+    return in_float64(cx, x, either)
 
 
 @converter("Sinh", "Cosh")
@@ -1199,17 +1206,15 @@ def hyperbolic(cx, ins, a):
         both = op.subtract(up, down) if cx.node.op_type == "Sinh" else op.add(up, down)
         return op.multiply(both, const(0.5, "float64"))
     if cx.node.op_type == "Cosh":
-        x = ins[0]
-        return op.cast(closed(op.cast(x, "float64")), cx.type_of(x).dtype)
+        return in_float64(cx, ins[0], closed)
     return float64_with_series(cx, ins[0], closed, (1.0, 1 / 6, 1 / 120, 1 / 5040))
 
 
-def atan_(cx, x):
-    """atan(x) in float64: |x| > 1 as pi/2 - atan(1/|x|) with x's sign, then two halvings of
-    the angle (atan(y) = 2 atan(y / (1 + sqrt(1 + y^2)))) to below tan(pi/16), then its
+def atan_(x):
+    """atan(x) of a float64 x: |x| > 1 as pi/2 - atan(1/|x|) with x's sign, then two halvings
+    of the angle (atan(y) = 2 atan(y / (1 + sqrt(1 + y^2)))) to below tan(pi/16), then its
     Taylor series (13 terms: far below float64's precision there)."""
     c = lambda v: const(v, "float64")  # noqa: E731
-    x = op.cast(x, "float64")
     size = op.maximum(x, op.negative(x))
     big = op.greater(size, c(1.0))
     y = op.where(big, op.divide(c(1.0), op.where(big, size, c(1.0))), size)
@@ -1226,23 +1231,22 @@ def atan_(cx, x):
 
 @converter("Atan", "Asin", "Acos")
 def inverse_trigonometric(cx, ins, a):
-    """atan (atan_); asin(x) = atan(x / sqrt(1 - x^2)) (NaN outside [-1, 1]); acos = pi/2 - asin."""
-    x = ins[0]
-    dtype = cx.type_of(x).dtype
-    if dtype not in ("float32", "float64"):
-        raise Unsupported(f"{cx.node.op_type} of {dtype}")
+    """atan (atan_); asin(x) = atan(x / sqrt(1 - x^2)) (NaN outside [-1, 1]); acos = pi/2 - asin;
+    in float64 (`in_float64`)."""
     if cx.node.op_type == "Atan":
-        return op.cast(atan_(cx, x), dtype)
-    x64 = op.cast(x, "float64")
-    one = const(1.0, "float64")
-    root = op.sqrt(op.subtract(one, op.multiply(x64, x64)))
-    ratio = op.divide(x64, op.where(op.equal(root, const(0.0, "float64")), one, root))
-    angle = op.where(op.equal(root, const(0.0, "float64")),
-                     op.multiply(x64, const(math.pi / 2, "float64")), atan_(cx, ratio))
-    angle = op.where(op.equal(root, root), angle, root)            # |x| > 1: NaN
-    if cx.node.op_type == "Acos":
-        angle = op.subtract(const(math.pi / 2, "float64"), angle)
-    return op.cast(angle, dtype)
+        return in_float64(cx, ins[0], atan_)
+
+    def arcsine(x):
+        one = const(1.0, "float64")
+        root = op.sqrt(op.subtract(one, op.multiply(x, x)))
+        ratio = op.divide(x, op.where(op.equal(root, const(0.0, "float64")), one, root))
+        angle = op.where(op.equal(root, const(0.0, "float64")),
+                         op.multiply(x, const(math.pi / 2, "float64")), atan_(ratio))
+        angle = op.where(op.equal(root, root), angle, root)            # |x| > 1: NaN
+        if cx.node.op_type == "Acos":
+            angle = op.subtract(const(math.pi / 2, "float64"), angle)
+        return angle
+    return in_float64(cx, ins[0], arcsine)
 
 
 @converter("Asinh", "Acosh", "Atanh")
@@ -1252,10 +1256,8 @@ def inverse_hyperbolic(cx, ins, a):
     log((1 + x) / (1 - x)) / 2; asinh and atanh through their series near 0."""
     one = const(1.0, "float64")
     if cx.node.op_type == "Acosh":
-        x = ins[0]
-        closed = op.log(op.add(op.cast(x, "float64"), op.sqrt(op.subtract(
-            op.multiply(op.cast(x, "float64"), op.cast(x, "float64")), one))))
-        return op.cast(closed, cx.type_of(x).dtype)
+        return in_float64(cx, ins[0], lambda x: op.log(op.add(x, op.sqrt(op.subtract(
+            op.multiply(x, x), one)))))
     if cx.node.op_type == "Atanh":
         return float64_with_series(cx, ins[0], lambda x: op.multiply(
             op.log(op.divide(op.add(one, x), op.subtract(one, x))), const(0.5, "float64")),
