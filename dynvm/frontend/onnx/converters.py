@@ -582,8 +582,8 @@ def size(cx, ins, a):
 def eye_like(cx, ins, a):
     x = ins[0]
     dtype = dtype_of(a["dtype"], "dtype") if "dtype" in a else cx.type_of(x).dtype
-    rows = op.arange(const(0, "int64"), as_int64(dim(cx, x, 0)), const(1, "int64"), dtype="int64")
-    cols = op.arange(const(0, "int64"), as_int64(dim(cx, x, 1)), const(1, "int64"), dtype="int64")
+    rows = counting(dim(cx, x, 0))
+    cols = counting(dim(cx, x, 1))
     diag = op.equal(op.subtract(cols, op.expand_dims(rows, 1)), const(a.get("k", 0), "int64"))
     return op.cast(diag, dtype)
 
@@ -618,10 +618,8 @@ def reshape_op(cx, ins, a):
 
 def empty_like_shape(cx, x, s):
     """zeros of shape `s` (which holds a 0), when x has no elements either; else an error at
-    run time (a take of arange(1) at x's element count, in mode "raise")."""
-    count = as_int64(dims_product(cx, x, range(rank(cx, x))))
-    check = op.take(op.arange(const(0, "int64"), const(1, "int64"), const(1, "int64"), dtype="int64"),
-                    count, mode="raise")
+    run time (x's element count as an index into an axis of 1)."""
+    check = wrapped(cx, as_int64(dims_product(cx, x, range(rank(cx, x)))), 1)   # 0, or an error
     dtype = cx.type_of(x).dtype
     return op.add(op.zeros(s, dtype=dtype), op.cast(check, dtype))
 
@@ -747,8 +745,7 @@ def gather(cx, ins, a):
 
 def coordinate(cx, like_x, d, r):
     """arange(dim d of like_x), shaped (n, 1, ..., 1) to broadcast along dim d of rank r."""
-    c = op.arange(const(0, "int64"), as_int64(dim(cx, like_x, d)), const(1, "int64"),
-                  dtype="int64")
+    c = counting(dim(cx, like_x, d))
     return op.expand_dims(c, 1, r - 1 - d) if r - 1 - d else c
 
 
@@ -756,8 +753,12 @@ def wrapped(cx, idx, size):
     """int64 indices with negative ones counted from the end of an axis of `size`; one outside
     [-size, size) is an error at run time (a take of arange(size) in mode "raise")."""
     idx = op.cast(idx, "int64") if cx.type_of(idx).dtype != "int64" else idx
-    positions = op.arange(const(0, "int64"), as_int64(size), const(1, "int64"), dtype="int64")
-    return op.take(positions, idx, mode="raise")
+    return op.take(counting(size), idx, mode="raise")
+
+
+def counting(n):
+    """arange(n) in int64 (n an int or an int64 scalar expression)."""
+    return op.arange(const(0, "int64"), as_int64(n), const(1, "int64"), dtype="int64")
 
 
 @converter("GatherElements", attrs="axis")
@@ -1103,7 +1104,7 @@ def one_hot(cx, ins, a):
     depth = op.cast(to_scalar(depth), "int64")
     idx = op.cast(indices, "int64")
     idx = op.where(op.less(idx, const(0, "int64")), op.add(idx, depth), idx)
-    classes = op.arange(const(0, "int64"), depth, const(1, "int64"), dtype="int64")
+    classes = counting(depth)
     if out_rank - 1 - axis:
         classes = op.expand_dims(classes, 1, out_rank - 1 - axis)
     hit = op.equal(op.expand_dims(idx, axis), classes)
@@ -1122,8 +1123,7 @@ def compress(cx, ins, a):
     else:
         axis = axis_of(cx, x, a["axis"])
     n = as_int64(dim(cx, x, axis))
-    within = op.less(op.arange(const(0, "int64"), as_int64(dim(cx, condition, 0)), const(1, "int64"),
-                               dtype="int64"), n)
+    within = op.less(counting(dim(cx, condition, 0)), n)
     kept = op.reshape(op.argwhere(op.logical_and(condition, within)), [-1])
     return op.take(x, kept, axis=axis, mode="clip")
 
@@ -1138,10 +1138,8 @@ def reverse_sequence(cx, ins, a):
     t = coordinate(cx, x, time, r)
     steps = op.add(as_int64(dim(cx, x, time)), const(1, "int64"))
     lens = op.cast(lens, "int64")
-    # a length outside [0, T] is an error: a take from arange(T + 1) in mode "raise", of the
-    # length, or of T + 1 for a negative one
-    lens = op.take(op.arange(const(0, "int64"), steps, const(1, "int64"), dtype="int64"),
-                   op.where(op.less(lens, const(0, "int64")), steps, lens), mode="raise")
+    # a length outside [0, T] is an error (a negative one is made T + 1, outside the axis)
+    lens = wrapped(cx, op.where(op.less(lens, const(0, "int64")), steps, lens), steps)
     if r - 1 - batch:
         lens = op.expand_dims(lens, 1, r - 1 - batch)
     source = op.where(op.less(t, lens), op.subtract(op.subtract(lens, const(1, "int64")), t), t)
@@ -1173,7 +1171,7 @@ def window(cx, ins, a):
     """constant + sum of c cos(2 pi k n / N) for n < size, N = size (periodic) or size - 1;
     cos(t) as 1 - 2 sin(t / 2)^2, exactly 1 at t = 0 (so Hann's first value is 0, not -2e-14)."""
     size = as_int64(to_scalar(op.cast(ins[0], "int64")))
-    n = op.cast(op.arange(const(0, "int64"), size, const(1, "int64"), dtype="int64"), "float64")
+    n = op.cast(counting(size), "float64")
     span = op.cast(size if a.get("periodic", 1) else op.subtract(size, const(1, "int64")), "float64")
     base, terms = WINDOWS[cx.node.op_type]
     out = const(base, "float64")
@@ -1927,7 +1925,7 @@ def _unique_slices(cx, x, axis, ordered):
     same = op.equal(apart, const(0, "int32"))
     first_of = op.argmax(op.cast(same, "int32"), axis=[1])                         # (A,)
     count = as_int64(dim(cx, x, axis))
-    index = op.arange(const(0, "int64"), count, const(1, "int64"), dtype="int64")
+    index = counting(count)
     kept = op.reshape(op.argwhere(op.equal(first_of, index)), [-1])                # (K,)
     if ordered:
         column = op.argmax(differ, axis=[2])                                       # (A, A)
