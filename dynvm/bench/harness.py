@@ -33,12 +33,25 @@ def batch_size(fn, budget=0.002):
     return max(1, int(budget / once))
 
 
-def measure_runs(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
+def settle_calls(fn, seconds):
+    """Call `fn` (untimed) until `seconds` have passed: at least once if `seconds` > 0."""
+    if seconds <= 0:
+        return
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
+
+def measure_runs(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None, settle=0) -> dict:
     """{name: [seconds per call, one per repetition]} of every callable in `fns`, interleaved
     batch by batch.
 
-    Each function is called `warmup` times first; `on_rep(k)` (if given) is called after each
-    repetition, e.g. to advance a progress bar."""
+    Each function is called `warmup` times first, and before each of its batches again, untimed,
+    for `settle` seconds (at least once when > 0): runtimes whose idle worker threads spin for a
+    while after a call (ONNX Runtime's and PyTorch's with more than one thread, for tens of
+    milliseconds) would otherwise slow down the next function's batch. `on_rep(k)` (if given)
+    is called after each repetition, e.g. to advance a progress bar."""
     reps = reps or REPS
     for fn in fns.values():
         for _ in range(warmup):
@@ -48,6 +61,7 @@ def measure_runs(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> d
     for k in range(reps):
         for name, fn in fns.items():
             n = sizes[name]
+            settle_calls(fn, settle)
             t = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -86,15 +100,16 @@ def noise(runs: dict, load: float, cores: int) -> dict:
             for name, s in spreads.items() if s > MAX_SPREAD}
 
 
-def measure_steady(fns: dict, reps=None, budget=0.002, on_rep=None, attempts=2):
+def measure_steady(fns: dict, reps=None, budget=0.002, on_rep=None, attempts=2, settle=0):
     """({name: median seconds per call}, {name: why noisy}): measured again (up to `attempts`
     times) while the machine is busy or some function's repetitions scatter; the attempt with
-    the fewest noisy medians is kept, and those still noisy say why."""
+    the fewest noisy medians is kept, and those still noisy say why. `settle`: seconds of
+    untimed calls before each batch (`measure_runs`)."""
     cores = len(os.sched_getaffinity(0))
     best = None
     for _ in range(attempts):
         load_before = os.getloadavg()[0]
-        runs = measure_runs(fns, reps, budget, on_rep=on_rep)
+        runs = measure_runs(fns, reps, budget, on_rep=on_rep, settle=settle)
         noisy = noise(runs, max(load_before, os.getloadavg()[0]), cores)
         rank = (len(noisy), max((spread(ts) for ts in runs.values()), default=0.0))
         if best is None or rank < best[0]:

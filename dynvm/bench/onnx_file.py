@@ -122,7 +122,8 @@ def compare(model, arg_sets, reps=None, budget=0.002, on_rep=None) -> list:
         check = outputs_match(vm.invoke("main", *args), session.run(None, feed))
         seconds, noisy = harness.measure_steady({"dynvm": lambda: vm.invoke("main", *args),
                                                  "ort": lambda: session.run(None, feed)},
-                                                reps=reps, budget=budget, on_rep=on_rep)
+                                                reps=reps, budget=budget, on_rep=on_rep,
+                                                settle=peers.settle_seconds())
         results.append({"inputs": {n: describe_input(a) for n, a in feed.items()},
                         "dynvm": seconds["dynvm"],
                         "ort": seconds["ort"], "ratio": seconds["dynvm"] / seconds["ort"],

@@ -10,6 +10,16 @@ import numpy as np
 from dynvm.bench.harness import optional_import
 
 THREADS = None          # threads of every runtime (`dynvm bench --threads`); None: each one's default
+# With more than one thread, ONNX Runtime's and PyTorch's idle workers spin after a call (measured:
+# ORT's slow down the next 1-5 calls of another runtime in the process, some 70 ms at BERT seq
+# 256 on 2 cores): each batch is timed after this many seconds of untimed calls of its own.
+SETTLE_SECONDS = 0.1
+
+
+def settle_seconds() -> float:
+    """Seconds of untimed calls before each timed batch (harness.measure_runs' `settle`): none
+    with one thread per runtime, where no peer keeps spinning workers."""
+    return 0.0 if THREADS == 1 else SETTLE_SECONDS
 
 
 class Skip(Exception):

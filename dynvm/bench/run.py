@@ -69,7 +69,8 @@ def bench_size(model, ctx, n, reps, budget, progress) -> dict:
             cells[runtime] = {"skipped": f"error: {type(e).__name__}: {e}"[:300], "error": True}
     progress.step(label)
     seconds, noisy = harness.measure_steady(timed, reps=reps, budget=budget,
-                                            on_rep=lambda k: progress.step(label))
+                                            on_rep=lambda k: progress.step(label),
+                                            settle=peers.settle_seconds())
     for runtime, s in seconds.items():
         cells[runtime]["seconds"] = s
         if runtime in noisy:
@@ -155,6 +156,7 @@ def machine_info() -> dict:
     info["ort_threads"] = peers.THREADS or "default (all cores)"
     info["dynvm_threads"] = peers.THREADS or f"default ({len(os.sched_getaffinity(0))}, all cores)"
     info["numpy_blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    info["settle_seconds"] = peers.settle_seconds()
     return info
 
 
@@ -183,6 +185,10 @@ def print_report(report, out=sys.stdout):
         print(f"!! the machine was busy (load average {m['load_average'][0]} at start, "
               f"{m.get('load_average_end', ['?'])[0]} at end on {m['cores']} cores): multi-threaded "
               "peers suffer most; rerun on a quiet machine or with --threads 1", file=out)
+    if m.get("settle_seconds"):
+        print(f"each batch is timed after {m['settle_seconds']} s of untimed calls of the same "
+              "runtime (multi-threaded peers' idle workers spin after a call and would slow the "
+              "next runtime's batch)", file=out)
     print("ratios are VM latency / that runtime's latency: < 1 means the VM is faster; a ratio "
           "marked ? was measured twice and still noisy (not a result)", file=out)
     for model in dict.fromkeys(r["model"] for r in report["results"]):

@@ -100,3 +100,28 @@ def test_quick_mode_has_one_stated_duration():
     assert QUICK_DURATION in quick.help
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"dynvm bench --quick                # {QUICK_DURATION}" in readme
+
+
+def test_each_batch_follows_untimed_settling_calls_of_its_own(monkeypatch):
+    """With `settle`, a function runs untimed for that long before each of its batches (a peer's
+    spinning workers stop meanwhile), and the timed calls are the batches' only."""
+    calls, timed = [], []
+    clock = iter(float(t) for t in range(10 ** 6))
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: next(clock))
+    harness.measure_runs({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                         reps=2, budget=0.5, warmup=0, settle=3, on_rep=timed.append)
+    # each clock read advances 1 s: a batch is 1 call, after 3 settling calls (3 s)
+    assert calls[:2] == ["a", "b"]          # batch_size's probe calls
+    assert calls[2:] == (["a"] * 4 + ["b"] * 4) * 2
+    assert timed == [0, 1]
+
+
+def test_no_settling_calls_by_default_or_with_one_thread(monkeypatch):
+    calls = []
+    harness.measure_runs({"a": lambda: calls.append(1)}, reps=3, budget=0, warmup=0)
+    assert len(calls) == 1 + 3
+    from dynvm.bench import peers
+    monkeypatch.setattr(peers, "THREADS", 1)
+    assert peers.settle_seconds() == 0
+    monkeypatch.setattr(peers, "THREADS", None)
+    assert peers.settle_seconds() > 0
