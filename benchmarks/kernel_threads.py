@@ -1,9 +1,10 @@
 """The VM at 1 and 2 kernel threads in one process, interleaved: BERT (dynvm.models.bert_varlen,
-the small config and, with --base, BERT-base) over sequence lengths, and the one-op invoke
-(a 1-element add: no kernel is big enough to split, so the columns must match: no wake-up
-tail). Not a test.
+the small config and, with --base, BERT-base) over sequence lengths, the one-op invoke (a
+1-element add) and every model of `dynvm bench` at size 1 (`--size-one`): no kernel there is big
+enough to split, so the columns must match (no wake-up tail). Not a test.
 
-    python benchmarks/kernel_threads.py [--reps 15] [--seqs 1 16 128 256] [--base] [--tiny]
+    python benchmarks/kernel_threads.py [--reps 15] [--seqs 1 16 128 256] [--base] [--size-one]
+                                        [--tiny]
 
 Both VMs share one executable; their invocations alternate batch by batch
 (dynvm.bench.harness.measure), so machine noise hits both alike: the speedup column is the
@@ -17,6 +18,7 @@ import os
 import numpy as np
 
 from dynvm.bench.harness import fmt_time, measure
+from dynvm.bench.suite import MODELS
 from dynvm.compiler import build, ir, op
 from dynvm.models import bert_varlen
 from dynvm.vm import VirtualMachine
@@ -28,12 +30,25 @@ def load():
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def compare(exe, args, reps):
-    """{threads: median seconds} of `main(*args)` on one VM per thread count, interleaved."""
+def compare(exe, args, reps, result=np.asarray):
+    """{threads: median seconds} of `main(*args)` on one VM per thread count, interleaved;
+    `result` turns an invocation's value into an array (to check the bits are identical)."""
     vms = {t: VirtualMachine(exe, threads=t) for t in THREADS}
-    results = [vm.invoke("main", *args) for vm in vms.values()]
+    results = [result(vm.invoke("main", *args)) for vm in vms.values()]
     assert all(r.tobytes() == results[0].tobytes() for r in results)    # identical bits
     return measure({t: (lambda vm=vm: vm.invoke("main", *args)) for t, vm in vms.items()}, reps)
+
+
+def size_one_rows(reps):
+    """Every model of `dynvm bench` (BERT-base aside: slow to build) at size 1."""
+    for name, model in MODELS.items():
+        if name == "bert_base":
+            continue
+        ctx = model.setup()
+        runner = model.runners["vm"](ctx, 1)         # builds ctx["exe"]
+        args = runner.prepare(model.sample(ctx, 1))
+        row(f"{name} size 1", compare(ctx["exe"], args if type(args) is tuple else (args,), reps,
+                                      runner.result))
 
 
 def row(label, times):
@@ -46,6 +61,8 @@ def main():
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--seqs", type=int, nargs="+", default=[1, 16, 128, 256])
     p.add_argument("--base", action="store_true", help="BERT-base as well (slow to build)")
+    p.add_argument("--size-one", action="store_true",
+                   help="every model of dynvm bench at size 1 as well")
     p.add_argument("--tiny", action="store_true", help="seq 16, 3 repetitions (a smoke run)")
     args = p.parse_args()
     if args.tiny:
@@ -65,6 +82,8 @@ def main():
         for seq in args.seqs:
             row(f"{name} seq {seq}",
                 compare(exe, (bert_varlen.make_input(seq, config=config),), args.reps))
+    if args.size_one:
+        size_one_rows(args.reps)
     print(f"load average {load()}")
 
 
