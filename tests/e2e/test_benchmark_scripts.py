@@ -11,7 +11,8 @@ import pytest
 SCRIPTS = sorted((pathlib.Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py"))
 # scripts of an optional extra: skipped without it
 REQUIRES = {"compile_time.py": "onnx", "onnx_conformance.py": "onnx", "onnx_models.py": "torch",
-            "onnx_window_ops.py": "onnxruntime", "kernel_bert_ort.py": "onnxruntime"}
+            "onnx_window_ops.py": "onnxruntime", "kernel_bert_ort.py": "onnxruntime",
+            "kernel_bert_ops.py": "onnxruntime"}
 PRINTS = {"compile_scaling.py": ["nested: marginal us/op", "lets: marginal us/op"]}  # besides a table
 
 
