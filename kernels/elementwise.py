@@ -200,6 +200,11 @@ class _ExprEmitter:
             cond = truth(self.b, *self.emit(args[0]))
             (a, dt), (c, _) = self.emit(args[1]), self.emit(args[2])
             return self.b.select(cond, a, c), dt
+        gate = _tanh_gate(expr) if self.math is not None else None
+        if gate is not None:
+            (x, dtype), (u, _) = self.emit(gate[0]), self.emit(gate[1])
+            if is_float(dtype):
+                return self.math.tanh_gate(self.b, x, u), dtype
         operands = [self.emit(a) for a in args]
         dtype = operands[0][1]
         values = [v for v, _ in operands]
@@ -297,6 +302,29 @@ class _ExprEmitter:
             i = const(I32, lane)
             out = b.insert_element(out, b.call(fn, [b.extract_element(a, i) for a in args]), i)
         return out
+
+
+def _tanh_gate(expr):
+    """(X, U) when `expr` is X * (1 + tanh(U)) / 2 written as 0.5 * X * (1 + tanh(U)) (the
+    tanh-GELU: two nested multiplies, the factors and the add's terms in any order), else None.
+    The emitter computes it as llvm_math.tanh_gate: one exp and one division."""
+    if expr[0] != "multiply":
+        return None
+    factors = []
+    for f in expr[1:]:
+        factors += list(f[1:]) if f[0] == "multiply" else [f]
+    if len(factors) != 3:
+        return None
+    half = [f for f in factors if f[0] == "const" and f[1] == 0.5]
+    plus = [f for f in factors if f[0] == "add" and any(t[0] == "tanh" for t in f[1:])
+            and any(t[0] == "const" and t[1] == 1.0 for t in f[1:])]
+    if not half or not plus:
+        return None
+    rest = list(factors)
+    rest.remove(half[0])
+    rest.remove(plus[0])
+    tanh = next(t for t in plus[0][1:] if t[0] == "tanh")
+    return rest[0], tanh[1]
 
 
 def emit_expr(b, expr, in_dtypes, load_input, lanes=1):

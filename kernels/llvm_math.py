@@ -66,6 +66,21 @@ def _poly(b, x, coeffs):
     return acc
 
 
+def _poly_estrin(b, x, coeffs):
+    """The polynomial of `_poly` by Estrin's scheme: pairs c1 x + c0 joined by x**2, those
+    pairs by x**4, ...: a dependency chain of about log2(n) fmas instead of n (a few more
+    multiplies), so more elements are in flight in a loop that is latency-bound."""
+    ty = x.type
+    terms = [const(ty, c) for c in reversed(coeffs)]
+    power = x
+    while len(terms) > 1:
+        terms = [fma(b, terms[i + 1], power, terms[i]) if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+        if len(terms) > 1:
+            power = b.fmul(power, power)
+    return terms[0]
+
+
 def _is_f32(ty):
     return element_type(ty) == F32
 
@@ -208,6 +223,43 @@ def exp(b, x, fast=None):
     lo, hi = _EXP_RANGE[_is_f32(ty)]
     _, n, r = _reduce(b, _clamp(b, x, lo, hi))      # -inf -> lo -> 0, +inf -> hi -> inf
     return _scale(b, _exp_poly(b, r), n, _fast(fast))  # NaN: r is NaN, so is the result
+
+
+# `_exp_bits`'s clamps: from 2**(1 - bias) (a normal number) to 2**(bias + 1), whose bits are inf
+_EXP_BITS_RANGE = {True: (-87.0, 88.75), False: (-708.0, 710.0)}
+
+
+def _exp_bits(b, x):
+    """e**x with x clamped to `_EXP_BITS_RANGE` and 2**n built by bits in one multiply (no
+    split 2**n, so fewer instructions than `exp`), the polynomial by Estrin's scheme (a short
+    dependency chain: these loops are latency-bound). Below the range the result is e**lo
+    (about 1.6e-38 / 3.3e-308) instead of a subnormal; from x > 127.5 ln 2 (88.4, float32) it
+    is inf, a little early (e**88.7 is still finite). NaN stays NaN (ordered clamps)."""
+    ty = x.type
+    f32 = _is_f32(ty)
+    k, _, r = _reduce(b, _clamp(b, x, *_EXP_BITS_RANGE[f32]))
+    return _scale_normal(b, _poly_estrin(b, r, _EXP_F32 if f32 else _EXP_F64), k)
+
+
+def exp_nonpositive(b, x):
+    """e**x for x <= 0 or NaN (softmax's x - max(x)), by `_exp_bits`; arguments below its range
+    (-87 in float32, -708 in float64) give 0: an absolute error below the smallest normal
+    number, where `exp` gives subnormals. NaN stays NaN; x > 0 is outside the contract."""
+    ty = x.type
+    flush = b.fcmp_ordered("<", x, const(ty, _EXP_BITS_RANGE[_is_f32(ty)][0]))
+    return b.select(flush, const(ty, 0.0), _exp_bits(b, x))
+
+
+def tanh_gate(b, x, u):
+    """x (1 + tanh u) / 2, the tanh-GELU's gate, computed as x / (1 + e**(-2u)) (the same
+    function: (1 + tanh u) / 2 = sigmoid(2u)) with `_exp_bits`: one exp and one division
+    instead of tanh's exp, division and the cancelling 1 + tanh u, so it is also more
+    accurate where tanh u is near -1 (within 3 ulp of the exact value where that is normal).
+    Limits as the literal form gives them: e**(-2u) = inf gives x / inf (-0, or NaN for
+    x = -inf), e**(-2u) below 1.6e-38 gives x; NaN in either gives NaN."""
+    ty = u.type
+    e = _exp_bits(b, b.fmul(u, const(ty, -2.0)))
+    return b.fdiv(x, b.fadd(e, const(ty, 1.0)))
 
 
 # ---------------------------------------------------------------------------------------------

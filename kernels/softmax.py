@@ -89,9 +89,9 @@ class Line:
 
 
 def _max(b, a, c):
-    """NaN-propagating max (like np.max)."""
-    take = b.or_(b.fcmp_ordered(">", c, a), b.fcmp_unordered("uno", c, c))
-    return b.select(take, c, a)
+    """max(a, c) ignoring a NaN c (one maxps). softmax needs no NaN-propagating max: a NaN
+    anywhere in a line makes its exp and so its sum NaN, which spreads to the whole line."""
+    return b.select(b.fcmp_ordered(">", c, a), c, a)
 
 
 def _across(b, op, line, n, eps):
@@ -103,7 +103,7 @@ def _across(b, op, line, n, eps):
                              carried=[const(ty, float("-inf"))], **TOP_TESTED)
 
         def exp_pass(k, a):
-            e = lm.exp(b, b.fsub(line.load(k), mx))
+            e = lm.exp_nonpositive(b, b.fsub(line.load(k), mx))
             line.store(k, e)
             return [b.fadd(a[0], e)]
 
@@ -165,7 +165,7 @@ def _along(b, op, elem, x, y, n, eps, params):
                      lambda a, c: [_max(b, a[0], c[0])])
 
         def exp_body(j, l, a):
-            e = lm.exp(b, b.fsub(load(b, x, j, vector_type(elem, l)), vec(mx, l)))
+            e = lm.exp_nonpositive(b, b.fsub(load(b, x, j, vector_type(elem, l)), vec(mx, l)))
             store(b, e, y, j)
             return [b.fadd(a[0], e)]
 
