@@ -28,6 +28,7 @@ Variants (dispatcher order; the last one always fits):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
@@ -35,11 +36,12 @@ from typing import Callable
 from llvmlite import ir
 
 from dynvm.kernels.abi import ERR_BROADCAST, ERR_LAYOUT, ERR_NULL, ERR_SHAPE, ERR_VALUE
-from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol
+from dynvm.kernels.family import Family, emit_dispatcher, register, variant_symbol, vector_lanes
 from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, add_mul, all_of, check,
                                      check_equal, const, for_nest, for_range, get_function, icmp,
-                                     is_compact, load_strides, new_function, parallel_work,
-                                     product, prologue, smax, smin, split_for)
+                                     is_compact, load, load_strides, new_function,
+                                     parallel_work, product, prologue, smax, smin, split_for,
+                                     store)
 from dynvm.shape_funcs.transform import TAKE_MODES
 from dynvm.vm.errors import KernelError
 
@@ -275,8 +277,12 @@ def emit_transpose(module, symbol, spec, sig):
 
     outer = (lambda b, info: info.out.ext[0]) if r >= 1 else None
     variants = []
-    if r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2]:
-        variants.append(Variant("tiled", _transpose_tiled, all_compact, items=_tile_columns))
+    swap = block_swap(perm)
+    if swap is not None:
+        view = functools.partial(_swap_view, *swap)
+        variants.append(Variant("tiled", lambda b, info, lo, hi: _transpose_tiled(
+            b, info, view(b, info), lo, hi), all_compact,
+            items=lambda b, info: _tile_columns(b, view(b, info))))
     if r >= 1 and perm[-1] == r - 1:
         variants.append(Variant("rows", lambda b, info, lo, hi: generic(b, info, lo, hi, True),
                                 all_unit_inner, items=outer))
@@ -285,31 +291,51 @@ def emit_transpose(module, symbol, spec, sig):
                        parallel_work(spec, "transpose", "transpose"))
 
 
-def _tile_columns(b, info):
+def block_swap(perm):
+    """(p, k) when `perm` keeps the axes before p and puts the block of axes k.. before the
+    block p..k-1 ([0, 2, 1], [1, 2, 0], [2, 0, 1], [0, 3, 1, 2]...): on compact arrays a batch
+    of 2-D transposes [M, N] -> [N, M], M the product of x's extents p..k-1 and N of k..;
+    else None."""
+    r = len(perm)
+    p = next((d for d in range(r) if perm[d] != d), r)
+    if p == r:
+        return None
+    k = perm[p]
+    return (p, k) if list(perm[p:]) == list(range(k, r)) + list(range(p, k)) else None
+
+
+def _swap_view(p, k, b, info):
+    """(batches, M, N) of `block_swap`'s view of x."""
+    ext = info.x.ext
+    return product(b, ext[:p]), product(b, ext[p:k]), product(b, ext[k:])
+
+
+def _tile_columns(b, view):
     """Items of the tiled transpose: batches x column tiles of x (TILE rows of the output)."""
-    tiles_n = b.sdiv(b.add(info.x.ext[-1], const(I64, TILE - 1)), const(I64, TILE))
-    return b.mul(product(b, info.x.ext[:-2]), tiles_n)
+    batches, _, n = view
+    return b.mul(batches, b.sdiv(b.add(n, const(I64, TILE - 1)), const(I64, TILE)))
 
 
-def _transpose_tiled(b, info, lo, hi):
-    """[..., M, N] -> [..., N, M], compact, items [lo, hi) of `_tile_columns`: TILE x TILE tiles
-    down one column tile of x; the inner loop stores contiguously and the strided loads of one
-    tile stay in cache."""
+def _transpose_tiled(b, info, view, lo, hi):
+    """x viewed [batches, M, N] -> [batches, N, M], compact, items [lo, hi) of `_tile_columns`:
+    TILE x TILE tiles down one column tile of x. Inside a tile, blocks of L x L elements (L the
+    native vector's lanes; 4- and 8-byte dtypes) are L vector loads, an in-register transpose
+    and L vector stores (`_transpose_block`); the tile's right and bottom edges, and 1-byte
+    dtypes, move element by element (the stores contiguous, the strided loads in cache)."""
     x, out = info.x, info.out
-    m, n = x.ext[-2], x.ext[-1]
+    _, m, n = view
     mn = b.mul(m, n)
     tiles_m = b.sdiv(b.add(m, const(I64, TILE - 1)), const(I64, TILE))
     tiles_n = b.sdiv(b.add(n, const(I64, TILE - 1)), const(I64, TILE))
+    lanes = vector_lanes(ITEMSIZE[x.dtype] * 8) if ITEMSIZE[x.dtype] >= 4 else 1
 
     def per_item(t):
         base = b.mul(b.sdiv(t, tiles_n), mn)
         j0 = b.mul(b.srem(t, tiles_n), const(I64, TILE))
         jlen = smin(b, const(I64, TILE), b.sub(n, j0))
+        jvec = b.sub(jlen, b.srem(jlen, const(I64, lanes)))
 
-        def per_tile(ti):
-            i0 = b.mul(ti, const(I64, TILE))
-            ilen = smin(b, const(I64, TILE), b.sub(m, i0))
-
+        def elements(i0, i_lo, i_hi, j_lo, j_hi):
             def per_col(jj):
                 j = b.add(j0, jj)
                 dst_row = b.add(base, b.mul(j, m))
@@ -317,10 +343,44 @@ def _transpose_tiled(b, info, lo, hi):
                 def per_elem(ii):
                     i = b.add(i0, ii)
                     copy_element(b, out, b.add(dst_row, i), x, b.add(base, add_mul(b, j, i, n)))
-                for_range(b, 0, ilen, per_elem)
-            for_range(b, 0, jlen, per_col)
+                for_range(b, i_lo, i_hi, per_elem)
+            for_range(b, j_lo, j_hi, per_col)
+
+        def per_tile(ti):
+            i0 = b.mul(ti, const(I64, TILE))
+            ilen = smin(b, const(I64, TILE), b.sub(m, i0))
+            ivec = const(I64, 0)
+            if lanes > 1:
+                ivec = b.sub(ilen, b.srem(ilen, const(I64, lanes)))
+                def per_block_row(ii):
+                    i = b.add(i0, ii)
+
+                    def per_block(jj):
+                        j = b.add(j0, jj)
+                        _transpose_block(b, x, b.add(base, add_mul(b, j, i, n)), n, out,
+                                         b.add(base, add_mul(b, i, j, m)), m, lanes)
+                    for_range(b, 0, jvec, per_block, step=lanes)
+                for_range(b, 0, ivec, per_block_row, step=lanes)
+                elements(i0, 0, ivec, jvec, jlen)           # right edge of the blocks
+            elements(i0, ivec, ilen, 0, jlen)               # bottom rows, the whole width
         for_range(b, 0, tiles_m, per_tile)
     for_range(b, lo, hi, per_item)
+
+
+def _transpose_block(b, x, src, n, out, dst, m, lanes):
+    """out[dst + c*m + a] = x[src + a*n + c] for a, c < lanes: `lanes` vector loads, log2(lanes)
+    rounds that each interleave row k with row k + lanes/2 (low halves into row 2k, high
+    halves into row 2k+1: after the last round row c holds column c), `lanes` vector stores."""
+    vty = ir.VectorType(x.ty, lanes)
+    rows = [load(b, x.data, b.add(src, b.mul(const(I64, a), n)), vty) for a in range(lanes)]
+    half = lanes // 2
+    low = [i for k in range(half) for i in (k, k + lanes)]
+    masks = [ir.Constant(ir.VectorType(I32, lanes), [i + h for i in low]) for h in (0, half)]
+    for _ in range(lanes.bit_length() - 1):
+        rows = [b.shuffle_vector(rows[k], rows[k + half], mask)
+                for k in range(half) for mask in masks]
+    for c, v in enumerate(rows):
+        store(b, v, out.data, b.add(dst, b.mul(const(I64, c), m)))
 
 
 family("transpose", check_transpose, emit_transpose)
