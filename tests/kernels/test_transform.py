@@ -180,6 +180,31 @@ def test_transpose_dispatcher_picks_tiles_for_compact_last_two_axes_swap():
     assert k.last_variant == "generic"
 
 
+SWAPS = [(1, 2, 0), (2, 0, 1), (0, 3, 1, 2)]
+
+
+@cached
+def swap_kernels():
+    return native_table({(dt, perm): ("transpose", {"op": "transpose", "axes": list(perm)},
+                                      [[dt, len(perm)]], [[dt, len(perm)]])
+                         for dt in ("float32", "float64", "int64") for perm in SWAPS})
+
+
+@pytest.mark.parametrize("perm", SWAPS, ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+@settings(max_examples=examples(8))
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_transpose_of_axis_blocks_runs_tiles_of_vector_blocks(perm, dtype, data, seed):
+    """Batches of 2-D transposes ([1, 2, 0]: BERT's heads) take the tiled variant; the merged
+    extents cross the vector width and the tile edge, so the in-register blocks, the tile
+    edges and the element-wise rest all run."""
+    shape = tuple(data.draw(st.sampled_from([1, 2, 3, 4, 8, 9, 17, 33])) for _ in perm)
+    x = random_array(np.random.default_rng(seed), shape, dtype)
+    k = swap_kernels()[(dtype, perm)]
+    assert k.variants[0] == "tiled"
+    assert check_all_variants(k, "transpose", {"axes": list(perm)}, [x]) == "tiled"
+
+
 def test_transpose_keeping_the_last_axis_copies_rows():
     k = transpose_kernels()[("f32", (1, 0, 2))]
     assert k.variants == ["rows", "generic"]
