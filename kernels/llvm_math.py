@@ -242,7 +242,8 @@ def _exp_bits(b, x):
 
 
 def exp_nonpositive(b, x):
-    """e**x for x <= 0 or NaN (softmax's x - max(x)), by `_exp_bits`; arguments below its range
+    """e**x for x <= 0 or NaN (softmax's x - max(x)) within 2 ulp (Estrin's polynomial rounds
+    differently from `exp`'s Horner), by `_exp_bits`; arguments below its range
     (-87 in float32, -708 in float64) give 0: an absolute error below the smallest normal
     number, where `exp` gives subnormals. NaN stays NaN; x > 0 is outside the contract."""
     ty = x.type

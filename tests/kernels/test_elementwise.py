@@ -168,6 +168,53 @@ def test_fused_chain_matches_numpy_over_ranks_0_to_4(dtype, data, seed):
     assert_matches(got, np.broadcast_to(want, out_shape))
 
 
+def _gelu_forms(dt):
+    """The tanh-GELU 0.5 * x * (1 + tanh(u)), u = 0.79788456 * (x + 0.044715 * x**3), in three
+    spellings the emitter computes as x / (1 + e**(-2u))."""
+    x = ["in", 0]
+    k = lambda v: ["const", v, dt]  # noqa: E731
+    u = ["multiply", k(0.7978845608), ["add", x, ["multiply", k(0.044715),
+                                                  ["multiply", x, ["multiply", x, x]]]]]
+    return {"half_x_first": ["multiply", ["multiply", k(0.5), x], ["add", k(1.0), ["tanh", u]]],
+            "x_half_last": ["multiply", ["add", ["tanh", u], k(1.0)], ["multiply", x, k(0.5)]],
+            "nested": ["multiply", x, ["multiply", k(0.5), ["add", k(1.0), ["tanh", u]]]]}
+
+
+@cached_table
+def gelu_kernels():
+    return kernel_table({(dt, name): ("gelu", expr, [(dt, 2)], (dt, 2))
+                         for dt in FLOATS for name, expr in _gelu_forms(dt).items()})
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("form", ["half_x_first", "x_half_last", "nested"])
+@settings(max_examples=examples(15))
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_tanh_gelu_matches_numpy_in_every_spelling(dtype, form, data, seed):
+    shape = data.draw(output_shape(2))
+    x = values(np.random.default_rng(seed), shape, dtype, -8, 8,
+               specials=(np.nan, np.inf, -np.inf, 0.0))
+    layout, out_layout = data.draw(st.sampled_from(LAYOUTS)), data.draw(st.sampled_from(LAYOUTS))
+    got = run(gelu_kernels()[(dtype, form)], [with_layout(x, layout)], shape, dtype, out_layout)
+    with np.errstate(all="ignore"):
+        x64 = x.astype(np.float64)
+        want = 0.5 * x64 * (1 + np.tanh(0.7978845608 * (x64 + 0.044715 * x64 ** 3)))
+    assert_matches(got, want)
+
+
+def test_tanh_gate_pattern_is_exactly_half_x_one_plus_tanh():
+    from dynvm.kernels.elementwise import _tanh_gate
+    forms = _gelu_forms("float32")
+    assert _tanh_gate(forms["nested"]) == (["in", 0], forms["nested"][2][2][2][1])
+    k = lambda v: ["const", v, "float32"]  # noqa: E731
+    t = ["tanh", ["in", 1]]
+    for near_miss in (["multiply", ["multiply", k(0.5), ["in", 0]], ["add", k(2.0), t]],
+                      ["multiply", ["multiply", k(0.25), ["in", 0]], ["add", k(1.0), t]],
+                      ["multiply", ["in", 0], ["add", k(1.0), t]],
+                      ["multiply", ["multiply", k(0.5), ["in", 0]], ["add", ["in", 2], t]]):
+        assert _tanh_gate(near_miss) is None
+
+
 def test_flat_vector_variant_runs_for_same_shape_compact_arrays():
     kernel = fused_kernels()[("float32", (1, 1, 1))]
     xs = [np.full(17, 0.5, np.float32) for _ in range(3)]

@@ -33,10 +33,12 @@ def _const(v):
     return ir.Constant(I64, v)
 
 
-def _emit_map(module, name, fn, elem, lanes):
-    """void name(elem *src, elem *dst, i64 n): dst = fn(src), `lanes` at a time, scalar tail."""
-    f = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64]), name=name)
-    src, dst, n = f.args
+def _emit_map(module, name, fn, elem, lanes, arity=1):
+    """void name(elem *src..., elem *dst, i64 n): dst = fn(src...) over `arity` sources,
+    `lanes` at a time, scalar tail."""
+    f = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * (arity + 1) + [I64]),
+                    name=name)
+    *srcs, dst, n = f.args
     b = ir.IRBuilder(f.append_basic_block("entry"))
     whole = b.mul(b.sdiv(n, _const(lanes)), _const(lanes))
     entry = b.block
@@ -49,8 +51,8 @@ def _emit_map(module, name, fn, elem, lanes):
     b.cbranch(b.icmp_signed("<", i, whole), vbody, shead)
     b.position_at_end(vbody)
     vty = vector_type(elem, lanes)
-    v = b.load(b.gep(src, [i], source_etype=elem), typ=vty, align=4)
-    b.store(fn(b, v), b.gep(dst, [i], source_etype=elem), align=4)
+    vs = [b.load(b.gep(src, [i], source_etype=elem), typ=vty, align=4) for src in srcs]
+    b.store(fn(b, *vs), b.gep(dst, [i], source_etype=elem), align=4)
     i.add_incoming(b.add(i, _const(lanes)), vbody)
     b.branch(vhead)
     b.position_at_end(shead)
@@ -58,8 +60,8 @@ def _emit_map(module, name, fn, elem, lanes):
     j.add_incoming(whole, vhead)
     b.cbranch(b.icmp_signed("<", j, n), sbody, done)
     b.position_at_end(sbody)
-    s = b.load(b.gep(src, [j], source_etype=elem), typ=elem)
-    b.store(fn(b, s), b.gep(dst, [j], source_etype=elem))
+    ss = [b.load(b.gep(src, [j], source_etype=elem), typ=elem) for src in srcs]
+    b.store(fn(b, *ss), b.gep(dst, [j], source_etype=elem))
     j.add_incoming(b.add(j, _const(1)), sbody)
     b.branch(shead)
     b.position_at_end(done)
@@ -205,3 +207,73 @@ def test_vector_lanes_follow_cpu_features():
     assert llvm_math.vector_lanes(llvm_math.F32, "+avx,+avx512f") == 16
     assert llvm_math.vector_lanes(llvm_math.F64, "+avx,-avx512f") == 4
     assert llvm_math.vector_lanes(llvm_math.F32, "+sse2") == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels' special forms: softmax's exp of x <= 0 and the tanh-GELU's gate
+
+SPECIAL = {"exp_nonpositive": (llvm_math.exp_nonpositive, 1),
+           "tanh_gate": (llvm_math.tanh_gate, 2)}
+
+
+@functools.cache
+def _special_library():
+    target = codelib.host_target()
+    module = ir.Module("llvm_math_special_test")
+    module.triple = target["triple"]
+    keys = []
+    for fname, (fn, arity) in SPECIAL.items():
+        for dtype, elem in ELEM.items():
+            for lanes in (1, llvm_math.vector_lanes(elem)):
+                name = f"map_{fname}_{dtype}_{lanes}"
+                _emit_map(module, name, fn, elem, lanes, arity)
+                keys.append(((fname, dtype, lanes), name, arity))
+    lib = codelib.CodeLibrary(str(module), codelib.compile_ir(str(module), target), target)
+    return lib, {k: ffi.cast(f"void(*)({'void *, ' * (arity + 1)}int64_t)", lib.address(name))
+                 for k, name, arity in keys}
+
+
+def apply_special(fname, dtype, lanes, *args):
+    _, fns = _special_library()
+    args = [np.ascontiguousarray(a, dtype) for a in args]
+    y = np.full_like(args[0], 12345)
+    if y.size:
+        fns[(fname, dtype, lanes)](*(ffi.from_buffer(a) for a in args), ffi.from_buffer(y), y.size)
+    return y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_nonpositive_is_exp_within_2_ulp_and_0_below_its_range(dtype):
+    """Every x <= 0 of the sweep: normal results within 2 ulp of e**x (Estrin's polynomial
+    rounds a little differently from exp's Horner); from below -87
+    (float32) / -708 (float64) exactly 0 (where exp gives subnormals); NaN stays NaN."""
+    x = sweep(dtype)
+    x = np.concatenate([x[~(x > 0)], np.array([-np.inf, -0.0, np.nan], dtype)])
+    lo = -87.0 if dtype == "float32" else -708.0
+    want = reference("exp", x)
+    want[x < lo] = 0
+    for lanes in lane_counts(dtype):
+        got = apply_special("exp_nonpositive", dtype, lanes, x)
+        assert_close_ulp(got, want, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tanh_gate_is_x_times_half_one_plus_tanh_within_3_ulp(dtype):
+    """x (1 + tanh u) / 2 against the exact value over the gate's whole range (u from -50 to
+    50, where it saturates on both sides) and the special values; -0 and NaN where the
+    literal form gives them (x / inf with x = -inf is NaN, as -inf * 0 is)."""
+    rng = np.random.default_rng(3)
+    u = np.concatenate([rng.uniform(-50, 50, 40_000), rng.uniform(-2, 2, 40_000),
+                        [np.inf, -np.inf, np.nan, 0.0, 3.0, -3.0, 1.0, -np.inf]]).astype(dtype)
+    x = np.concatenate([rng.standard_normal(80_000) * 10,
+                        [1.0, 2.0, -1.0, np.nan, np.inf, -np.inf, -np.inf, -np.inf]]).astype(dtype)
+    with np.errstate(all="ignore"):
+        xl, ul = x.astype(np.longdouble), u.astype(np.longdouble)
+        want = (xl / (1 + np.exp(-2 * ul))).astype(dtype)
+    for lanes in lane_counts(dtype):
+        got = apply_special("tanh_gate", dtype, lanes, x, u)
+        tiny = np.abs(want) < np.finfo(dtype).tiny * 1e6     # underflowing gates: ~0 either way
+        np.testing.assert_allclose(got[tiny], want[tiny], atol=np.finfo(dtype).tiny * 1e7)
+        assert_close_ulp(got[~tiny], want[~tiny], 3)
+    np.testing.assert_array_equal(got[-8:], [1, 0, np.nan, np.nan, np.inf, -np.inf, -np.inf, np.nan])
+    assert np.signbit(apply_special("tanh_gate", dtype, 1, [-2.0], [-np.inf]))[0]     # -0
