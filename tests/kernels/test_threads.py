@@ -287,6 +287,11 @@ def test_parallel_work_must_be_a_non_negative_int(family, spec):
 # (rank-3 inputs; each kernel: family, spec, the output's shape and numpy's result from x)
 
 GELU = ["multiply", ["in", 0], ["sigmoid", ["multiply", ["in", 0], ["in", 1]]]]
+GELU_TANH = ["multiply", ["multiply", ["const", 0.5, "float32"], ["in", 0]],
+             ["add", ["const", 1.0, "float32"], ["tanh", [
+                 "multiply", ["const", 0.8, "float32"], ["add", ["in", 0], [
+                     "multiply", ["const", 0.044715, "float32"],
+                     ["multiply", ["in", 0], ["multiply", ["in", 0], ["in", 0]]]]]]]]]
 ROW_KERNELS = {
     "softmax_last": ("softmax", {"op": "softmax", "axis": -1}, lambda x: _softmax(x, -1)),
     "softmax_axis1": ("softmax", {"op": "softmax", "axis": 1}, lambda x: _softmax(x, 1)),
@@ -306,8 +311,12 @@ ROW_KERNELS = {
                         lambda x: x.transpose(0, 2, 1)),
     "transpose_rows": ("transpose", {"op": "transpose", "axes": [1, 0, 2]},
                        lambda x: x.transpose(1, 0, 2)),
-    "transpose_generic": ("transpose", {"op": "transpose", "axes": [2, 0, 1]},
-                          lambda x: x.transpose(2, 0, 1)),
+    "transpose_swap": ("transpose", {"op": "transpose", "axes": [1, 2, 0]},
+                       lambda x: x.transpose(1, 2, 0)),
+    "transpose_generic": ("transpose", {"op": "transpose", "axes": [2, 1, 0]},
+                          lambda x: x.transpose(2, 1, 0)),
+    "gelu_tanh": ("elementwise", {"expr": GELU_TANH},
+                  lambda x: 0.5 * x * (1 + np.tanh(0.8 * (x + 0.044715 * x ** 3)))),
 }
 
 
@@ -393,6 +402,8 @@ def test_row_families_are_identical_for_every_thread_count(key, shape, seed):
                                         ("max_middle", (2, 500, 129)),
                                         ("transpose_rows", (256, 12, 64)),
                                         ("transpose_tiled", (3, 100, 130)),
+                                        ("transpose_swap", (256, 4, 64)),
+                                        ("gelu_tanh", (3, 257, 301)),
                                         ("transpose_generic", (40, 33, 70))])
 def test_large_row_kernels_identical_for_every_thread_count(key, shape):
     """Sizes with many chunks per thread (and the default thresholds would split them too)."""
