@@ -23,7 +23,11 @@ from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels.llvm_util import PARALLEL_WORK
 
 CROSS = 1.1     # 2 threads at least this much faster than 1 from the crossover on
-GELU = ["multiply", ["in", 0], ["sigmoid", ["multiply", ["in", 0], ["in", 1]]]]
+# BERT's tanh-GELU as the model fuses it: 0.5 x (1 + tanh(0.79788456 (x + 0.044715 x**3)))
+_X = ["in", 0]
+GELU = ["multiply", ["multiply", ["const", 0.5, "float32"], _X], ["add", ["const", 1.0, "float32"], [
+    "tanh", ["multiply", ["const", 0.7978845834732056, "float32"], ["add", _X, [
+        "multiply", ["const", 0.044714998453855515, "float32"], ["multiply", _X, ["multiply", _X, _X]]]]]]]]
 ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 
 
@@ -31,24 +35,26 @@ def _f32(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-# family: (kernel family, spec, signature, cases); a case is (label, work, inputs, output shape)
-def cases(family, rng):
-    if family == "matmul":
+# name: (kernel family, spec, signature, cases); a case is (label, work, inputs, output shape)
+def cases(name, rng):
+    if name == "matmul":
         shapes = [(8, 64, 64), (16, 64, 64), (16, 128, 64), (32, 128, 64), (32, 128, 128),
                   (64, 128, 128), (64, 256, 128), (128, 256, 128), (128, 256, 256),
                   (128, 512, 256), (256, 512, 256), (256, 512, 512), (512, 512, 512)]
         return [(f"{m}x{n}x{k}", m * n * k, [_f32(rng, m, k), _f32(rng, n, k)], (m, n))
                 for m, n, k in shapes]
-    if family == "transpose":     # BERT's heads: (S, 12, 64) -> (12, S, 64)
+    if name == "transpose":     # BERT-base's heads: (S, 12, 64) -> (12, S, 64), rows of 64
         return [(f"{rows}x12x64", rows * 768, [_f32(rng, rows, 12, 64)], (12, rows, 64))
                 for rows in ROWS]
-    width = {"softmax": 128, "layer_norm": 768, "reduce": 256, "elementwise": 1024}[family]
+    if name == "transpose_tiled":     # BERT-small's (S, 4, 64) -> (4, 64, S): a 2-D transpose
+        return [(f"{rows}x4x64", rows * 256, [_f32(rng, rows, 4, 64)], (4, 64, rows))
+                for rows in ROWS]
+    width = {"softmax": 128, "layer_norm": 768, "reduce": 256, "elementwise": 1024}[name]
     out = []
     for rows in ROWS:
         x = _f32(rng, rows, width)
-        inputs = {"layer_norm": [x, _f32(rng, width), _f32(rng, width)],
-                  "elementwise": [x, np.array(1.702, np.float32)]}.get(family, [x])
-        shape = (rows,) if family == "reduce" else (rows, width)
+        inputs = {"layer_norm": [x, _f32(rng, width), _f32(rng, width)]}.get(name, [x])
+        shape = (rows,) if name == "reduce" else (rows, width)
         out.append((f"{rows}x{width}", rows * width, inputs, shape))
     return out
 
@@ -58,11 +64,12 @@ KERNELS = {
     "softmax": ("softmax", {"op": "softmax", "axis": -1}, [("float32", 2)], ("float32", 2)),
     "layer_norm": ("layer_norm", {"op": "layer_norm", "axis": -1},
                    [("float32", 2), ("float32", 1), ("float32", 1)], ("float32", 2)),
-    "elementwise": ("elementwise", {"expr": GELU}, [("float32", 2), ("float32", 0)],
-                    ("float32", 2)),
+    "elementwise": ("elementwise", {"expr": GELU}, [("float32", 2)], ("float32", 2)),
     "reduce": ("reduce", {"op": "sum", "axis": -1}, [("float32", 2)], ("float32", 1)),
     "transpose": ("transpose", {"op": "transpose", "axes": [1, 0, 2]}, [("float32", 3)],
                   ("float32", 3)),
+    "transpose_tiled": ("transpose", {"op": "transpose", "axes": [1, 2, 0]}, [("float32", 3)],
+                        ("float32", 3)),
 }
 
 
