@@ -225,27 +225,27 @@ def exp(b, x, fast=None):
     return _scale(b, _exp_poly(b, r), n, _fast(fast))  # NaN: r is NaN, so is the result
 
 
-# `_exp_bits`'s clamps: from 2**(1 - bias) (a normal number) to 2**(bias + 1), whose bits are inf
+# `_exp_bits`'s range: from 2**(1 - bias) (a normal number) to 2**(bias + 1), whose bits are inf
 _EXP_BITS_RANGE = {True: (-87.0, 88.75), False: (-708.0, 710.0)}
 
 
 def _exp_bits(b, x):
-    """e**x with x clamped to `_EXP_BITS_RANGE` and 2**n built by bits in one multiply (no
-    split 2**n, so fewer instructions than `exp`), the polynomial by Estrin's scheme (a short
-    dependency chain: these loops are latency-bound). Below the range the result is e**lo
-    (about 1.6e-38 / 3.3e-308) instead of a subnormal; from x > 127.5 ln 2 (88.4, float32) it
-    is inf, a little early (e**88.7 is still finite). NaN stays NaN (ordered clamps)."""
+    """e**x for x in `_EXP_BITS_RANGE` (or NaN), with 2**n built by bits in one multiply (no
+    split 2**n, so fewer instructions than `exp`) and the polynomial by Estrin's scheme (a
+    short dependency chain: these loops are latency-bound). From x > 127.5 ln 2 (88.4, float32)
+    the result is inf, a little early (e**88.7 is still finite). Outside the range the result
+    is garbage: callers clamp or mask."""
     ty = x.type
-    f32 = _is_f32(ty)
-    k, _, r = _reduce(b, _clamp(b, x, *_EXP_BITS_RANGE[f32]))
-    return _scale_normal(b, _poly_estrin(b, r, _EXP_F32 if f32 else _EXP_F64), k)
+    k, _, r = _reduce(b, x)
+    return _scale_normal(b, _poly_estrin(b, r, _EXP_F32 if _is_f32(ty) else _EXP_F64), k)
 
 
 def exp_nonpositive(b, x):
     """e**x for x <= 0 or NaN (softmax's x - max(x)) within 2 ulp (Estrin's polynomial rounds
-    differently from `exp`'s Horner), by `_exp_bits`; arguments below its range
-    (-87 in float32, -708 in float64) give 0: an absolute error below the smallest normal
-    number, where `exp` gives subnormals. NaN stays NaN; x > 0 is outside the contract."""
+    differently from `exp`'s Horner), by `_exp_bits`; arguments below its range (-87 in
+    float32, -708 in float64, -inf included) give 0, by a select over whatever `_exp_bits`
+    made of them (no clamp): an absolute error below the smallest normal number, where `exp`
+    gives subnormals. NaN stays NaN; x > 0 is outside the contract."""
     ty = x.type
     flush = b.fcmp_ordered("<", x, const(ty, _EXP_BITS_RANGE[_is_f32(ty)][0]))
     return b.select(flush, const(ty, 0.0), _exp_bits(b, x))
@@ -259,7 +259,7 @@ def tanh_gate(b, x, u):
     Limits as the literal form gives them: e**(-2u) = inf gives x / inf (-0, or NaN for
     x = -inf), e**(-2u) below 1.6e-38 gives x; NaN in either gives NaN."""
     ty = u.type
-    e = _exp_bits(b, b.fmul(u, const(ty, -2.0)))
+    e = _exp_bits(b, _clamp(b, b.fmul(u, const(ty, -2.0)), *_EXP_BITS_RANGE[_is_f32(ty)]))
     return b.fdiv(x, b.fadd(e, const(ty, 1.0)))
 
 
