@@ -316,6 +316,11 @@ def _tile_columns(b, view):
     return b.mul(batches, b.sdiv(b.add(n, const(I64, TILE - 1)), const(I64, TILE)))
 
 
+# the tiled transpose's loops: already blocked by hand (LLVM's vectoriser and unroller would only
+# add compile time)
+_PLAIN = {"vectorize": False, "unroll": False}
+
+
 def _transpose_tiled(b, info, view, lo, hi):
     """x viewed [batches, M, N] -> [batches, N, M], compact, items [lo, hi) of `_tile_columns`:
     TILE x TILE tiles down one column tile of x. Inside a tile, blocks of L x L elements (L the
@@ -343,8 +348,8 @@ def _transpose_tiled(b, info, view, lo, hi):
                 def per_elem(ii):
                     i = b.add(i0, ii)
                     copy_element(b, out, b.add(dst_row, i), x, b.add(base, add_mul(b, j, i, n)))
-                for_range(b, i_lo, i_hi, per_elem)
-            for_range(b, j_lo, j_hi, per_col)
+                for_range(b, i_lo, i_hi, per_elem, **_PLAIN)
+            for_range(b, j_lo, j_hi, per_col, **_PLAIN)
 
         def per_tile(ti):
             i0 = b.mul(ti, const(I64, TILE))
@@ -359,12 +364,12 @@ def _transpose_tiled(b, info, view, lo, hi):
                         j = b.add(j0, jj)
                         _transpose_block(b, x, b.add(base, add_mul(b, j, i, n)), n, out,
                                          b.add(base, add_mul(b, i, j, m)), m, lanes)
-                    for_range(b, 0, jvec, per_block, step=lanes)
-                for_range(b, 0, ivec, per_block_row, step=lanes)
+                    for_range(b, 0, jvec, per_block, step=lanes, **_PLAIN)
+                for_range(b, 0, ivec, per_block_row, step=lanes, **_PLAIN)
                 elements(i0, 0, ivec, jvec, jlen)           # right edge of the blocks
             elements(i0, ivec, ilen, 0, jlen)               # bottom rows, the whole width
-        for_range(b, 0, tiles_m, per_tile)
-    for_range(b, lo, hi, per_item)
+        for_range(b, 0, tiles_m, per_tile, **_PLAIN)
+    for_range(b, lo, hi, per_item, **_PLAIN)
 
 
 def _transpose_block(b, x, src, n, out, dst, m, lanes):
