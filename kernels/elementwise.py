@@ -20,6 +20,9 @@ of touching memory it was not promised. Error codes: `kind | arg << 8 | dim << 1
 
 Semantics worth knowing:
 - maximum/minimum on floats propagate NaN from either operand, like numpy.
+- the tanh-GELU 0.5 * x * (1 + tanh(u)) (`_tanh_gate`: factors and terms in any order) is
+  computed as x / (1 + e**(-2u)) (llvm_math.tanh_gate): the same function, within 3 ulp of its
+  exact value, more accurate than the literal form where tanh(u) is near -1.
 - integer divide truncates toward zero; x / 0 == 0 and INT_MIN / -1 == INT_MIN (no trap).
 - fmod is C's fmod (LLVM's frem on floats: exact); on integers x fmod 0 == 0 and
   INT_MIN fmod -1 == 0 (no trap).

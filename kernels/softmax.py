@@ -1,9 +1,10 @@
 """The "softmax" and "layer_norm" kernel families (float32/float64, any axis).
 
 softmax spec {"op": "softmax", "axis": int}: y = e / sum(e) with e = exp(x - max(x)) along the
-axis (exp is kernels/llvm_math.exp, inline and vectorised; the max subtraction keeps it from
-overflowing). NaN/inf behave as in numpy (the tests' oracle): a row holding NaN
-or +inf, or only -inf, becomes NaN. The division is a multiplication by 1/sum (<= 1 ulp more).
+axis (exp is kernels/llvm_math.exp_nonpositive, inline and vectorised: the max subtraction
+keeps its argument <= 0; e below e**-87 in float32 is 0). NaN/inf behave as in numpy (the
+tests' oracle): a row holding NaN or +inf, or only -inf, becomes NaN (the max ignores NaN, the
+exp sum spreads it). The division is a multiplication by 1/sum (<= 1 ulp more).
 layer_norm spec {"op": "layer_norm", "axis": int, "epsilon": float}, inputs x, gamma, beta
 (1-D, length = x's axis extent, else ERR_SHAPE): y = (x - mean) / sqrt(var + eps) * gamma + beta
 with the two-pass variance, accumulated in the input dtype with many partial sums (the

@@ -16,7 +16,8 @@ the generic strided variant whenever a fast one does not fit). Attrs are normali
 (`check`), so the IR sees only static ints.
 
 Variants (dispatcher order; the last one always fits):
-  transpose      tiled (compact, last-two-axes swap) | rows (last axis kept) | generic
+  transpose      tiled (compact, a batch of 2-D transposes: block_swap) | rows (last axis
+                 kept) | generic
   concatenate    blocks (compact: one memcpy per input block) | strided
   split          blocks | strided
   strided_slice  rows (last-axis step 1: one memcpy per row) | strided
@@ -360,8 +361,9 @@ def _transpose_tiled(b, info, view, lo, hi):
             ivec = const(I64, 0)
             if lanes > 1:
                 ivec = b.sub(ilen, b.srem(ilen, const(I64, lanes)))
-                def per_block_column(jj):       # down the tile: each output row's
-                    j = b.add(j0, jj)               # TILE elements are written in a row
+
+                def per_block_column(jj):     # down the tile: an output row's blocks in a row
+                    j = b.add(j0, jj)
 
                     def per_block(ii):
                         i = b.add(i0, ii)
