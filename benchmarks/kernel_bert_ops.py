@@ -240,11 +240,11 @@ def main():
     p.add_argument("--reps", type=int, default=21)
     p.add_argument("--only", nargs="+", help="cases whose name starts with one of these")
     p.add_argument("--tiny", action="store_true",
-                   help="seq 16, 3 repetitions, no batch_matmul (a smoke run: its two GEMM "
-                        "kernels take 3 s to compile cold)")
+                   help="seq 16, 3 repetitions, one thread, no batch_matmul (a smoke run: its "
+                        "two GEMM kernels take 3 s to compile cold)")
     args = p.parse_args()
     if args.tiny:
-        args.seqs, args.reps = [16], 3
+        args.seqs, args.reps, args.threads = [16], 3, [1]
         args.only = args.only or ["softmax", "gelu", "layer_norm", "transpose"]
     rng = np.random.default_rng(0)
     per_seq = {seq: [c for c in cases(seq, rng)

@@ -183,11 +183,12 @@ def _gelu_forms(dt):
 @cached_table
 def gelu_kernels():
     return kernel_table({(dt, name): ("gelu", expr, [(dt, 2)], (dt, 2))
-                         for dt in FLOATS for name, expr in _gelu_forms(dt).items()})
+                         for dt in FLOATS for name, expr in _gelu_forms(dt).items()
+                         if dt == "float32" or name == "nested"})
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("form", ["half_x_first", "x_half_last", "nested"])
+@pytest.mark.parametrize("dtype, form", [("float32", "half_x_first"), ("float32", "x_half_last"),
+                                         ("float32", "nested"), ("float64", "nested")])
 @settings(max_examples=examples(15))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_tanh_gelu_matches_numpy_in_every_spelling(dtype, form, data, seed):
