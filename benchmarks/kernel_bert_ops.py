@@ -120,7 +120,8 @@ def _onnx_gelu(g, n):
     """The tanh-GELU as peers.onnx_bert_model writes it (ONNX Runtime runs these nodes)."""
     h = n[0]
     cube = g.op("Mul", h, g.op("Mul", h, h))
-    inner = g.op("Mul", g.const(np.float32(C)), g.op("Add", h, g.op("Mul", g.const(np.float32(0.044715)), cube)))
+    poly = g.op("Add", h, g.op("Mul", g.const(np.float32(0.044715)), cube))
+    inner = g.op("Mul", g.const(np.float32(C)), poly)
     return g.op("Mul", g.op("Mul", g.const(np.float32(0.5)), h),
                 g.op("Add", g.const(np.float32(1.0)), g.op("Tanh", inner)))
 
@@ -164,7 +165,8 @@ def ort_call(case, threads):
     names = [f"in{i}" for i in range(len(case.ort_inputs))]
     case.onnx(g, names)
     g.nodes[-1].output[0] = "out"
-    ins = [h.make_tensor_value_info(n, tp.FLOAT, list(a.shape)) for n, a in zip(names, case.ort_inputs)]
+    ins = [h.make_tensor_value_info(n, tp.FLOAT, list(a.shape))
+           for n, a in zip(names, case.ort_inputs)]
     graph = h.make_graph(g.nodes, case.name, ins, [h.make_tensor_value_info("out", tp.FLOAT, None)],
                          g.inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])

@@ -275,5 +275,6 @@ def test_tanh_gate_is_x_times_half_one_plus_tanh_within_3_ulp(dtype):
         tiny = np.abs(want) < np.finfo(dtype).tiny * 1e6     # underflowing gates: ~0 either way
         np.testing.assert_allclose(got[tiny], want[tiny], atol=np.finfo(dtype).tiny * 1e7)
         assert_close_ulp(got[~tiny], want[~tiny], 3)
-    np.testing.assert_array_equal(got[-8:], [1, 0, np.nan, np.nan, np.inf, -np.inf, -np.inf, np.nan])
+    np.testing.assert_array_equal(got[-8:],
+                                  [1, 0, np.nan, np.nan, np.inf, -np.inf, -np.inf, np.nan])
     assert np.signbit(apply_special("tanh_gate", dtype, 1, [-2.0], [-np.inf]))[0]     # -0
