@@ -114,6 +114,14 @@ GEMV_MAX_ROWS = 8
 # from 48 rows fast is level with ORT. At 9 or 24 rows the half-empty strip of x^T costs more
 # than packing W: fast is kept there.)
 SKINNY_MAX_ROWS = 32
+# dense of a weight packed at build time ("packed_units", PackedDense): variants; rows of A up
+# to which the micro-kernel reads them in place (more are packed, MC x KC, as in "fast");
+# strips per k step for one or two rows (`strips_kernel`); rows from which items on several
+# threads are row blocks
+PACKED_VARIANTS = ("tiny", "packed")
+PACKED_IN_PLACE_ROWS = 32
+PACKED_STRIPS = 4
+PACKED_ROW_SPLIT = 48
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +279,16 @@ class Geometry:
         """B[bi, k, n] as a scalar (the tiny variant's access)."""
         return load(b, self.bm, self.b_offset(b, bi, k, n), blk.ty)
 
+    packs_b = True     # B's panels are packed by the kernel (`pack_b`) into a stack buffer
+    b_align = 64       # the bytes the micro-kernel may assume its B strips are aligned to
+
+    def b_panel(self, b, blk, bi, pc, kc, jc, nc, buf):
+        """The KC x nc panel of B at depth pc, columns jc.. in NR-wide strips: (start, scale),
+        the strip of column jc + jr (jr a multiple of NR) at start + jr * scale. Here packed into
+        `buf` (`pack_b`); a geometry whose B is already in that layout points into it."""
+        self.pack_b(b, blk, bi, pc, kc, jc, nc, buf)
+        return buf, kc
+
     def pack_b(self, b, blk, bi, pc, kc, jc, nc, dst):
         """dst[t*kc*NR + k*NR + c] = B[pc + k, jc + t*NR + c], zero past nc."""
         ty, nr, zero = blk.ty, blk.nr, blk.zero
@@ -417,6 +435,61 @@ class TransposedDense(Geometry):
         for_range(b, m_lo, m_hi, column)
 
 
+class PackedDense(MatmulGeometry):
+    """dense(x, Wp) with the weight packed at build time (compiler/passes/prepack_dense.py):
+    Wp[s, k, c] = W[s*NR + c, k], zero for s*NR + c >= N, shape (ceil(N/NR), K, NR), N the
+    spec's "packed_units". The KC block [pc, pc + kc) of strip s is the run at s*K*NR + pc*NR,
+    exactly what the micro-kernel reads: B is never packed at run time. A weight that does not
+    fit (K, N and this target's NR; compact) is an error, never a wrong read."""
+
+    packs_b = False    # b_align: one element (the VM aligns constants to 64 bytes anyway)
+
+    def __init__(self, b, spec, sig, arrays):
+        blk = Blocking(sig[-1][0])
+        self.nr, self.units, self.b_align = blk.nr, spec["packed_units"], blk.size
+        self.spec, self.sig = spec, sig
+        super().__init__(b, "dense", spec, sig, arrays)
+
+    def _dense(self, b, spec, xe, xs, we, ws, out_ext):
+        nr = c64(self.nr)
+        self.K, self.N = xe[-1], c64(self.units)
+        fits = b.and_(b.and_(eq(b, we[0], c64(-(-self.units // self.nr))), eq(b, we[1], self.K)),
+                      eq(b, we[2], nr))
+        check(b, fits, ERR_SHAPE | 1 << 8)
+        compact = b.and_(b.and_(eq(b, ws[2], c64(1)), b.or_(eq(b, ws[1], nr), eq(b, we[1], c64(1)))),
+                         b.or_(eq(b, ws[0], b.mul(self.K, nr)), eq(b, we[0], c64(1))))
+        check(b, compact, ERR_LAYOUT | 1 << 8)
+        _shape_checks(b, out_ext, list(xe[:-1]) + [self.N], self.out_arg)
+        self.row_dims = list(xe[:-1])
+        self.M = product(b, self.row_dims)
+        self.a_strides, self.sa_k = xs[:-1], xs[-1]
+        self.sb_k, self.sb_n = nr, None
+        self.rank = len(xe)
+
+    def b_value(self, b, blk, bi, k, n):
+        nr = c64(self.nr)
+        strip = b.add(b.mul(b.udiv(n, nr), self.K), k)
+        return load(b, self.bm, b.add(b.mul(strip, nr), b.urem(n, nr)), blk.ty)
+
+    def b_panel(self, b, blk, bi, pc, kc, jc, nc, buf):
+        return self.strip(b, blk, jc, pc), self.K
+
+    def strip(self, b, blk, n0, pc):
+        """The strip of columns n0.. (a multiple of NR) at depth pc."""
+        return elem_ptr(b, self.bm, b.add(b.mul(n0, self.K), b.mul(pc, c64(self.nr))), blk.ty)
+
+    def row_stride(self, b):
+        """(lda, i1): A's rows, in the order of the output's, are lda apart (k contiguous) when
+        the i1 holds, so the micro-kernel can read them in place."""
+        ok = eq(b, self.sa_k, c64(1))
+        if not self.a_strides:
+            return c64(0), ok
+        for i in range(len(self.a_strides) - 1):
+            nested = eq(b, self.a_strides[i], b.mul(self.a_strides[i + 1], self.row_dims[i + 1]))
+            ok = b.and_(ok, b.or_(nested, eq(b, self.row_dims[i], c64(1))))
+        return self.a_strides[-1], ok
+
+
 def transposed_dense(make_geometry):
     return lambda b, spec, sig, arrays: TransposedDense(make_geometry(b, spec, sig, arrays))
 
@@ -515,12 +588,12 @@ def emit_tiny_body(b, geo, blk, expr):
     for_range(b, 0, geo.nb, batch)
 
 
-def micro_kernel(module, blk, packed_a=True):
+def micro_kernel(module, blk, packed_a=True, b_align=64):
     """internal void mk(ptr ap, ptr bp, i64 kc, ptr t[, i64 lda, i64 rows]): t[MR x NR] =
     A strip @ Bp strip. A is a packed strip (ap[k*MR + r]) or, not `packed_a`, `rows` rows of
     a matrix read in place (row r at ap + r*lda, k contiguous; rows past `rows` read the last
-    one again and are not written back)."""
-    form = "" if packed_a else ".rows"
+    one again and are not written back). Bp's vectors are `b_align`-byte aligned."""
+    form = ("" if packed_a else ".rows") + ("" if b_align == 64 else f".b{b_align}")
     name = f"dynvm.gemm.micro{form}.{blk.ty}.{blk.mr}x{blk.nr}"
     existing = module.globals.get(name)
     if existing is not None:
@@ -546,7 +619,7 @@ def micro_kernel(module, blk, packed_a=True):
             return b.add(starts[r], k)
 
     def step(k, accs):
-        bvecs = [load(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), vec, align=64)
+        bvecs = [load(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), vec, align=b_align)
                  for v in range(nv)]
         new = []
         for r in range(mr):
@@ -728,30 +801,33 @@ def finish_tile(b, out, blk, expr, bi, m0, rows, n0, cols, first, last, tile, fa
         if_then(b, last, lambda: apply_epilogue(b, out, blk, expr, bi, m0, rows, n0, cols))
 
 
-def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step):
-    """The cache-blocked GEMM of batch `bi`, columns [jc, jc + step) (step <= NC; K, M, N >= 1
-    checked by the caller): pack a KC x step panel of B, then every MC-row block of A against
-    it. Each output element sums the same KC blocks in the same order whatever the step."""
-    mk = micro_kernel(b.module, blk)
+def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step, m_lo=None, m_hi=None):
+    """The cache-blocked GEMM of batch `bi`, columns [jc, jc + step) (step <= NC unless the
+    geometry's B is already packed; K, M, N >= 1 checked by the caller), rows [m_lo, m_hi)
+    (default all): pack a KC x step panel of B (`Geometry.b_panel`), then every MC-row block of
+    A against it. Each output element sums the same KC blocks in the same order whatever the
+    step or the rows."""
+    mk = micro_kernel(b.module, blk, b_align=geo.b_align)
     ap = stack_buffer(b, blk.ty, blk.mc * blk.kc)
-    bp = stack_buffer(b, blk.ty, blk.kc * blk.nc)
+    bp = stack_buffer(b, blk.ty, blk.kc * blk.nc) if geo.packs_b else None
     tile = stack_buffer(b, blk.ty, blk.mr * blk.nr)
-    M, N, K = geo.M, geo.N, geo.K
+    N, K = geo.N, geo.K
+    m_lo, m_hi = (c64(0), geo.M) if m_lo is None else (m_lo, m_hi)
     nc = smin(b, step, b.sub(N, jc))
 
     def depth_block(pc):
         kc = smin(b, c64(blk.kc), b.sub(K, pc))
         first = eq(b, pc, c64(0))
         last = eq(b, b.add(pc, kc), K)
-        geo.pack_b(b, blk, bi, pc, kc, jc, nc, bp)
+        panel, scale = geo.b_panel(b, blk, bi, pc, kc, jc, nc, bp)
 
         def row_block(ic):
-            mc = smin(b, c64(blk.mc), b.sub(M, ic))
+            mc = smin(b, c64(blk.mc), b.sub(m_hi, ic))
             pack_a(b, geo, blk, bi, ic, mc, pc, kc, ap)
 
             def col_strip(jr):
                 cols = smin(b, c64(blk.nr), b.sub(nc, jr))
-                bstrip = elem_ptr(b, bp, b.mul(jr, kc), blk.ty)
+                bstrip = elem_ptr(b, panel, b.mul(jr, scale), blk.ty)
 
                 def row_strip(ir_):
                     rows = smin(b, c64(blk.mr), b.sub(mc, ir_))
@@ -763,7 +839,7 @@ def emit_blocked_columns(b, geo, blk, expr, fast, bi, jc, step):
                                 fast)
                 for_range(b, 0, mc, row_strip, step=blk.mr)
             for_range(b, 0, nc, col_strip, step=blk.nr)
-        for_range(b, 0, M, row_block, step=blk.mc)
+        for_range(b, m_lo, m_hi, row_block, step=blk.mc)
     for_range(b, 0, K, depth_block, step=blk.kc)
 
 
@@ -807,6 +883,150 @@ def emit_skinny_columns(b, geo, blk, expr, bi, jc, step):
         for_range(b, 0, K, depth_block, step=blk.kc)
         geo.unstage(b, stage, ic, mc, c64(blk.mc), jc, b.add(jc, nc))
     for_range(b, 0, M, row_block, step=blk.mc)
+
+
+def strips_kernel(module, blk, rows, strips):
+    """internal void mk(ptr ap, i64 lda, ptr bp, i64 bstride, i64 kc, ptr t): for `rows` rows
+    of A read in place (row r at ap + r*lda, k contiguous) and `strips` strips of a packed B
+    (strip s at bp + s*bstride, NR-wide, unaligned), tile s at t + s*MR*NR: t[s][r, c] =
+    sum_k A[r, k] * Bs[k, c], each a chain of FMAs from 0 in k order, as in `micro_kernel`
+    (the same bits). One or two rows of a product are memory-bound: several strips per k step
+    keep enough independent FMA chains going to stream B at memory speed."""
+    name = f"dynvm.gemm.strips.{blk.ty}.{rows}x{strips}x{blk.nr}"
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, PTR]),
+                     name=name)
+    fn.linkage = "internal"
+    for a in (fn.args[0], fn.args[2], fn.args[5]):
+        a.add_attribute("noalias")
+    ap, lda, bp, bstride, kc, t = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec, nv, vl, nr = blk.vec, blk.nv, blk.vl, blk.nr
+    zero = ir.Constant(vec, [0.0 if blk.is_float else 0] * vl)
+    arows = [b.mul(c64(r), lda) for r in range(rows)]
+    bstarts = [b.mul(c64(s), bstride) for s in range(strips)]
+
+    def step(k, accs):
+        bvecs = [load(b, bp, b.add(bstarts[s], b.add(b.mul(k, c64(nr)), c64(v * vl))), vec)
+                 for s in range(strips) for v in range(nv)]
+        avals = [splat(b, load(b, ap, b.add(o, k), blk.ty), vl) for o in arows]
+        return [madd(b, avals[r], bvecs[j], accs[r * strips * nv + j], blk.is_float)
+                for r in range(rows) for j in range(strips * nv)]
+
+    def steps(k, accs):
+        for u in range(MK_UNROLL):
+            accs = step(b.add(k, c64(u)), accs)
+        return accs
+    main = b.sub(kc, b.urem(kc, c64(MK_UNROLL)))
+    _, accs = for_range(b, 0, main, steps, step=MK_UNROLL, carried=[zero] * (rows * strips * nv),
+                        vectorize=False, unroll=False)
+    _, accs = for_range(b, main, kc, step, carried=accs, vectorize=False, unroll=False)
+    for r in range(rows):
+        for s in range(strips):
+            for v in range(nv):
+                store(b, accs[(r * strips + s) * nv + v], t,
+                      c64(s * blk.mr * nr + r * nr + v * vl), align=64)
+    b.ret_void()
+    return fn
+
+
+def packed_row_strips(blk, rows):
+    """Strips per call of `strips_kernel` for a group of `rows` (1 or 2) rows: as many as the
+    MR x NV accumulators of the micro-kernel, at most PACKED_STRIPS."""
+    return min(PACKED_STRIPS, blk.mr // rows)
+
+
+def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
+    """Prepacked dense (a PackedDense geometry), rows [m_lo, m_hi) read in place (checked by
+    the caller: `PackedDense.row_stride`), columns [n_lo, n_hi) (n_lo a multiple of NR): nothing
+    is packed. Per KC block, per strip of the weight: every group of MR rows (the last one of 3
+    or more rows too) by the micro-kernel reading A's rows in place; a last group of 1 or 2
+    rows afterwards, several strips per call (`strips_kernel`). Each output element sums the
+    KC blocks in order, each an FMA chain from 0: the same bits as the packed-A path."""
+    mr, nr = blk.mr, blk.nr
+    mk = micro_kernel(b.module, blk, packed_a=False, b_align=geo.b_align)
+    tile = stack_buffer(b, blk.ty, mr * nr * PACKED_STRIPS)
+    lda, _ = geo.row_stride(b)
+    full_end = b.sub(m_hi, b.urem(b.sub(m_hi, m_lo), c64(mr)))
+    rest = b.sub(m_hi, full_end)
+
+    def depth_block(pc):
+        kc = smin(b, c64(blk.kc), b.sub(geo.K, pc))
+        first, last = eq(b, pc, c64(0)), eq(b, b.add(pc, kc), geo.K)
+
+        def a_rows(m0):
+            return elem_ptr(b, geo.a, b.add(geo.a_row(b, geo.row_index(b, bi, m0)), pc), blk.ty)
+
+        def finish(m0, rows, n0, t):
+            cols = smin(b, c64(nr), b.sub(geo.N, n0))
+            finish_tile(b, geo, blk, expr, bi, m0, rows, n0, cols, first, last, t, False)
+
+        def group(m0, rows, n0):
+            b.call(mk, [a_rows(m0), geo.strip(b, blk, n0, pc), kc, tile, lda, rows])
+            finish(m0, rows, n0, tile)
+
+        def strip(n0):
+            for_range(b, m_lo, full_end, lambda m0: group(m0, c64(mr), n0), step=mr)
+            if_then(b, b.icmp_signed(">", rest, c64(2)), lambda: group(full_end, rest, n0))
+        for_range(b, n_lo, n_hi, strip, step=nr)
+
+        def few_rows(rows):
+            def strips(n0, count):
+                kernel = strips_kernel(b.module, blk, rows, count)
+                b.call(kernel, [a_rows(full_end), lda, geo.strip(b, blk, n0, pc),
+                                b.mul(geo.K, c64(nr)), kc, tile])
+                for s in range(count):
+                    finish(full_end, c64(rows), b.add(n0, c64(s * nr)),
+                           elem_ptr(b, tile, c64(s * mr * nr), blk.ty))
+            many = packed_row_strips(blk, rows)
+            width = c64(many * nr)
+            n_main = b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), width))
+            for_range(b, n_lo, n_main, lambda n0: strips(n0, many), step=many * nr)
+            for_range(b, n_main, n_hi, lambda n0: strips(n0, 1), step=nr)
+        for rows in (1, 2):
+            if_then(b, eq(b, rest, c64(rows)), lambda rows=rows: few_rows(rows))
+    for_range(b, 0, geo.K, depth_block, step=blk.kc)
+
+
+def emit_packed_items(b, fn, geo, blk, parallel, chunk_item):
+    """Prepacked dense's items: row blocks (whole MR strips, about two per thread) from
+    PACKED_ROW_SPLIT rows on several threads -- B is packed already and each item packs only
+    its own rows of A, so no thread repeats another's work --, else column blocks (whole NR
+    strips, `thread_columns`: a few rows of A, packed again or read in place per item).
+    chunk_item(cb, cgeo, m_lo, m_hi, n_lo, n_hi) emits one item."""
+    threads = b.select(parallel, kernel_threads(b), c64(1))
+    by_rows = b.and_(b.icmp_signed(">", threads, c64(1)),
+                     b.icmp_signed(">=", geo.M, c64(PACKED_ROW_SPLIT)))
+    per_item = _ceil_div(b, _ceil_div(b, geo.M, b.mul(threads, c64(2))), c64(blk.mr))
+    row_step = b.select(by_rows, b.mul(per_item, c64(blk.mr)), geo.M)
+    col_step = b.select(by_rows, geo.N, thread_columns(b, geo, blk.nr, parallel, geo.N))
+    col_items = _ceil_div(b, geo.N, col_step)
+
+    def chunks(cb, values, lo, hi):
+        (args, nargs), row_step, col_step, col_items = values
+        cgeo = PackedDense(cb, geo.spec, geo.sig, prologue(cb, args, nargs, geo.sig))
+
+        def item(c):
+            m_lo = cb.mul(cb.udiv(c, col_items), row_step)
+            n_lo = cb.mul(cb.urem(c, col_items), col_step)
+            chunk_item(cb, cgeo, m_lo, smin(cb, cb.add(m_lo, row_step), cgeo.M), n_lo,
+                       smin(cb, cb.add(n_lo, col_step), cgeo.N))
+        for_range(cb, lo, hi, item)
+    items = b.mul(_ceil_div(b, geo.M, row_step), col_items)
+    split_for(b, (tuple(fn.args), row_step, col_step, col_items), items, chunks, parallel)
+
+
+def packed_item(b, geo, blk, expr, m_lo, m_hi, n_lo, n_hi):
+    """One item of prepacked dense: A's rows read in place when they can be and there are at
+    most PACKED_IN_PLACE_ROWS of them, else the blocked GEMM packing A (MC x KC blocks)."""
+    _, in_place = geo.row_stride(b)
+    few = b.icmp_signed("<=", b.sub(m_hi, m_lo), c64(PACKED_IN_PLACE_ROWS))
+    if_then(b, b.and_(in_place, few),
+            lambda: emit_packed_rows(b, geo, blk, expr, c64(0), m_lo, m_hi, n_lo, n_hi),
+            lambda: emit_blocked_columns(b, geo, blk, expr, False, c64(0), n_lo,
+                                         b.sub(n_hi, n_lo), m_lo, m_hi))
 
 
 def gemv_layouts(b, geo):
@@ -1094,6 +1314,11 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
         check(b, b.and_(fits, eq(b, geo.sa_k, c64(1))), ERR_LAYOUT)
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
     parallel = b.icmp_unsigned(">=", work, c64(parallel_work(spec, "matmul", symbol)))
+    if variant == "packed":
+        emit_packed_items(b, fn, geo, blk, parallel, lambda cb, cgeo, *bounds: packed_item(
+            cb, cgeo, blk, expr, *bounds))
+        b.ret(const(I32, 0))
+        return
     step = column_step(b, geo, blk, variant, parallel)
 
     def chunks(cb, values, lo, hi):
@@ -1147,7 +1372,7 @@ def choices(blk, variants, threshold):
         aligned = eq(b, b.urem(geo.N, c64(blk.nr)), c64(0))
         return b.and_(aligned, eq(b, geo.sc_n, c64(1)))
     rules = [("gemv", gemv), ("tiny", tiny), ("skinny", skinny), ("fast", fast),
-             ("blocked", None)]
+             ("blocked", None), ("packed", None)]
     return [(name, rule) for name, rule in rules if name in variants]
 
 
@@ -1181,6 +1406,12 @@ def _check(spec, inputs, outputs):
                           f"{ad}, {bd} -> {od}")
     want = {"dense": (ar if ar >= 1 else None, 2, ar), "matmul": (2, 2, 2),
             "batch_matmul": (3, 3, 3)}[op]
+    units = spec.get("packed_units", 0)
+    if units != 0:
+        if op != "dense" or type(units) is not int or units < 0:
+            raise KernelError(f"{what}: packed_units (dense only) must be an int >= 0, got "
+                              f"{units!r}")
+        want = (ar if ar >= 1 else None, 3, ar)
     if (ar, br, orank) != want:
         raise KernelError(f"{what}: ranks {ar}, {br} -> {orank} do not fit the op")
     if any(rank > orank for _, rank in inputs[2:]):
@@ -1191,6 +1422,8 @@ def _check(spec, inputs, outputs):
 
 def _emit(module, symbol, spec, inputs, outputs):
     sig = [tuple(x) for x in inputs] + [tuple(x) for x in outputs]
+    if spec.get("packed_units", 0):
+        return emit_gemm_kernel(module, symbol, spec, sig, PackedDense, PACKED_VARIANTS)
     skinny = ("skinny",) if spec["op"] == "dense" and sig[0][1] == 2 else ()
     return emit_gemm_kernel(module, symbol, spec, sig, matmul_geometry(spec["op"]),
                             VARIANTS + skinny)
