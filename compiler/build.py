@@ -2,18 +2,24 @@
 import warnings
 
 from dynvm.compiler.codegen import compile_module
-from dynvm.compiler.passes import fuse_ops, lambda_lift
+from dynvm.compiler.passes import fuse_ops, lambda_lift, prepack_dense
 from dynvm.compiler.typing import infer_types
 from dynvm.vm.errors import PerformanceWarning
 
 
-def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool = True):
-    """Type-check `mod`, fuse ops, lower it to explicit-memory bytecode with static memory
-    planning, and compile its kernels: the result is a `vm.Executable`. Loops of straight-line
-    kernel calls become native loop kernels. `fuse`/`memory_plan`/`native_loops` switch those
-    off (tests and benchmarks compare both ways). A PerformanceWarning names every function
-    that will run in the Python tier and every loop that stays bytecode, with the reasons."""
+def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool = True,
+          prepack: bool = True):
+    """Type-check `mod`, pack dense's constant weights, fuse ops, lower it to explicit-memory
+    bytecode with static memory planning, and compile its kernels: the result is a
+    `vm.Executable`. Loops of straight-line kernel calls become native loop kernels.
+    `fuse`/`memory_plan`/`native_loops` switch those off (tests and benchmarks compare both
+    ways); `prepack=False` keeps dense's constant weights as they are (the packed layout
+    depends on the build machine's vector width: an executable for a machine with another
+    one). A PerformanceWarning names every function that will run in the Python tier and
+    every loop that stays bytecode, with the reasons."""
     mod = lambda_lift(infer_types(mod))
+    if prepack:
+        mod = prepack_dense(mod)
     if fuse:
         mod = fuse_ops(mod)
     slower = {}

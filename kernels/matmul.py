@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 from llvmlite import ir
 
 from dynvm.kernels import family
@@ -488,6 +489,22 @@ class PackedDense(MatmulGeometry):
             nested = eq(b, self.a_strides[i], b.mul(self.a_strides[i + 1], self.row_dims[i + 1]))
             ok = b.and_(ok, b.or_(nested, eq(b, self.row_dims[i], c64(1))))
         return self.a_strides[-1], ok
+
+
+def packed_width(dtype) -> int:
+    """NR of this machine's kernels for `dtype`: the strip width of a packed dense weight."""
+    return Blocking(dtype).nr
+
+
+def pack_weight(w):
+    """The packed layout of dense's weight w (N, K) that PackedDense reads: (ceil(N/NR), K, NR),
+    [s, k, c] = w[s*NR + c, k], zeros past N."""
+    nr = packed_width(w.dtype.name)
+    n, k = w.shape
+    strips = -(-n // nr)
+    padded = np.zeros((strips * nr, k), w.dtype)
+    padded[:n] = w
+    return np.ascontiguousarray(padded.reshape(strips, nr, k).transpose(0, 2, 1))
 
 
 def transposed_dense(make_geometry):

@@ -13,9 +13,17 @@ def _same(op: str, a: int, b: int, what: str):
 
 @shape_func("dense")
 def dense(inputs, attrs):
+    """(..., units): units = weight[0], or packed_units for a packed weight (strips, k, NR)."""
     data, weight = inputs[0].shape, inputs[1].shape
     _same("dense", data[-1], weight[1], "reduction dims data[-1] and weight[1]")
-    return [data[:-1] + (weight[0],)]
+    units = attrs.get("packed_units", 0)
+    if not units:
+        return [data[:-1] + (weight[0],)]
+    strips, width = weight[0], weight[2]
+    if fails((strips - 1) * width < units) or fails(units <= strips * width):
+        raise ShapeError(f"dense: a packed weight of {strips} strips of {width} does not hold "
+                         f"packed_units={units}")
+    return [data[:-1] + (units,)]
 
 
 @shape_func("matmul")

@@ -23,11 +23,20 @@ def _matmul_args(op, arg_types, ranks):
 
 
 def dense_rel(arg_types, attrs):
-    data, weight = _matmul_args("dense", arg_types, (None, 2))
+    units = attrs["packed_units"]
+    if type(units) is not int or units < 0:
+        fail(f"dense: packed_units must be an int >= 0, got {units!r}")
+    data, weight = _matmul_args("dense", arg_types, (None, 3 if units else 2))
     if data.rank < 1:
         fail(f"dense: data must have rank >= 1, got {data}")
     unify_dim("dense", data.shape[-1], weight.shape[1], "reduction dims (data[-1], weight[1])")
-    return TensorType(data.shape[:-1] + (weight.shape[0],), data.dtype)
+    if not units:
+        return TensorType(data.shape[:-1] + (weight.shape[0],), data.dtype)
+    strips, width = weight.shape[0], weight.shape[2]
+    if not (is_any(strips) or is_any(width)) and not (strips - 1) * width < units <= strips * width:
+        fail(f"dense: a packed weight of {strips} strips of {width} does not hold "
+             f"packed_units={units}")
+    return TensorType(data.shape[:-1] + (units,), data.dtype)
 
 
 def matmul_rel(arg_types, attrs):
@@ -92,10 +101,15 @@ def layer_norm_rel(arg_types, attrs):
 
 
 def _register_all():
-    register(OpDef("dense", ("data", "weight"), dense_rel, pattern="out_elemwise_fusable",
-                   family="matmul",
-                   doc="dense(data, weight): data (..., k) times weight (units, k) transposed "
-                       "-> (..., units)."))
+    register(OpDef("dense", ("data", "weight"), dense_rel, attrs={"packed_units": 0},
+                   pattern="out_elemwise_fusable", family="matmul",
+                   doc="dense(data, weight, packed_units=0): data (..., k) times weight "
+                       "(units, k) transposed -> (..., units). With packed_units=N > 0 the "
+                       "weight is in the matmul kernels' packed layout instead (build() makes "
+                       "it from a constant weight): shape (ceil(N/NR), k, NR), "
+                       "weight[s, j, c] = W[s*NR + c, j], zero past N, NR the kernels' tile "
+                       "width on the build machine (16 float32 / 8 float64 with AVX2, twice "
+                       "that with AVX-512); -> (..., N)."))
     register(OpDef("matmul", ("a", "b"), matmul_rel, pattern="out_elemwise_fusable",
                    family="matmul",
                    doc="matmul(a, b): 2-D matrix product (m, k) x (k, n) -> (m, n)."))
