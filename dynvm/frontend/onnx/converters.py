@@ -1307,13 +1307,19 @@ def matmul(cx, ins, a):
     return matmul_nd(cx, x, w)
 
 
+def transposed_weight(cx, w):
+    """w (K, N) transposed for dense: a constant (an initializer) transposed once, at import
+    (build() then packs it for the kernels), else a transpose op."""
+    value = cx.value_of(w)
+    return op.transpose(w) if value is None else ir.const(np.ascontiguousarray(value.T))
+
+
 def matmul_nd(cx, x, w):
     ra, rb = rank(cx, x), rank(cx, w)
     if rb == 2:
         if ra == 2:
             return op.matmul(x, w)
-        value = cx.value_of(w)             # a weight: transposed once, at import
-        return op.dense(x, op.transpose(w) if value is None else ir.const(np.ascontiguousarray(value.T)))
+        return op.dense(x, transposed_weight(cx, w))
     if ra < rb:
         x, ra = op.expand_dims(x, 0, rb - ra), rb
     elif rb < ra:
@@ -1465,7 +1471,7 @@ def gemm(cx, ins, a):
     x, w = ins[0], ins[1]
     if a.get("transA", 0):
         x = op.transpose(x)
-    out = op.dense(x, w if a.get("transB", 0) else op.transpose(w))
+    out = op.dense(x, w if a.get("transB", 0) else transposed_weight(cx, w))
     if a.get("alpha", 1.0) != 1.0:
         out = op.multiply(out, like(cx, out, a["alpha"]))
     if len(ins) > 2 and ins[2] is not None:
