@@ -117,11 +117,9 @@ GEMV_MAX_ROWS = 8
 SKINNY_MAX_ROWS = 32
 # dense of a weight packed at build time ("packed_units", PackedDense): variants; rows of A up
 # to which the micro-kernel reads them in place (more are packed, MC x KC, as in "fast");
-# strips per k step for one or two rows (`strips_kernel`); rows from which items on several
-# threads are row blocks
+# rows from which items on several threads are row blocks
 PACKED_VARIANTS = ("tiny", "packed")
 PACKED_IN_PLACE_ROWS = 32
-PACKED_STRIPS = 4
 PACKED_ROW_SPLIT = 48
 
 
@@ -949,25 +947,23 @@ def strips_kernel(module, blk, rows, strips):
     return fn
 
 
-def packed_row_strips(blk, rows):
-    """Strips per call of `strips_kernel` for a group of `rows` (1 or 2) rows: as many as the
-    MR x NV accumulators of the micro-kernel, at most PACKED_STRIPS."""
-    return min(PACKED_STRIPS, blk.mr // rows)
-
-
 def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
     """Prepacked dense (a PackedDense geometry), rows [m_lo, m_hi) read in place (checked by
     the caller: `PackedDense.row_stride`), columns [n_lo, n_hi) (n_lo a multiple of NR): nothing
-    is packed. Per KC block, per strip of the weight: every group of MR rows (the last one of 3
-    or more rows too) by the micro-kernel reading A's rows in place; a last group of 1 or 2
-    rows afterwards, several strips per call (`strips_kernel`). Each output element sums the
-    KC blocks in order, each an FMA chain from 0: the same bits as the packed-A path."""
-    mr, nr = blk.mr, blk.nr
+    is packed. Per KC block: for one or two rows, MR / 2 strips per call of `strips_kernel`
+    (as many FMA chains as the micro-kernel's for two rows: enough to stream B); then per
+    strip of the weight (in L1 for all the rows) every group of up to MR rows by the
+    micro-kernel reading A's rows in place.
+    Each output element sums the KC blocks in order, each an FMA chain from 0: the same bits
+    as the packed-A path. One write-back (`finish_tile`) per form keeps the code small."""
+    mr, nr, many = blk.mr, blk.nr, blk.mr // 2
     mk = micro_kernel(b.module, blk, packed_a=False, b_align=geo.b_align)
-    tile = stack_buffer(b, blk.ty, mr * nr * PACKED_STRIPS)
+    tile = stack_buffer(b, blk.ty, mr * nr * many)
     lda, _ = geo.row_stride(b)
-    full_end = b.sub(m_hi, b.urem(b.sub(m_hi, m_lo), c64(mr)))
-    rest = b.sub(m_hi, full_end)
+    rows = b.sub(m_hi, m_lo)
+    few = b.icmp_signed("<=", rows, c64(2))
+    width = c64(many * nr)
+    n_many = b.select(few, b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), width)), n_lo)
 
     def depth_block(pc):
         kc = smin(b, c64(blk.kc), b.sub(geo.K, pc))
@@ -976,34 +972,28 @@ def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
         def a_rows(m0):
             return elem_ptr(b, geo.a, b.add(geo.a_row(b, geo.row_index(b, bi, m0)), pc), blk.ty)
 
-        def finish(m0, rows, n0, t):
+        def finish(m0, count, n0, t):
             cols = smin(b, c64(nr), b.sub(geo.N, n0))
-            finish_tile(b, geo, blk, expr, bi, m0, rows, n0, cols, first, last, t, False)
+            finish_tile(b, geo, blk, expr, bi, m0, count, n0, cols, first, last, t, False)
 
-        def group(m0, rows, n0):
-            b.call(mk, [a_rows(m0), geo.strip(b, blk, n0, pc), kc, tile, lda, rows])
-            finish(m0, rows, n0, tile)
+        def strips(n0):
+            args = [a_rows(m_lo), lda, geo.strip(b, blk, n0, pc), b.mul(geo.K, c64(nr)), kc,
+                    tile]
+            if_then(b, eq(b, rows, c64(1)),
+                    lambda: b.call(strips_kernel(b.module, blk, 1, many), args),
+                    lambda: b.call(strips_kernel(b.module, blk, 2, many), args))
+            for_range(b, 0, many, lambda s: finish(
+                m_lo, rows, b.add(n0, b.mul(s, c64(nr))),
+                elem_ptr(b, tile, b.mul(s, c64(mr * nr)), blk.ty)))
+        for_range(b, n_lo, n_many, strips, step=many * nr)
 
         def strip(n0):
-            for_range(b, m_lo, full_end, lambda m0: group(m0, c64(mr), n0), step=mr)
-            if_then(b, b.icmp_signed(">", rest, c64(2)), lambda: group(full_end, rest, n0))
-        for_range(b, n_lo, n_hi, strip, step=nr)
-
-        def few_rows(rows):
-            def strips(n0, count):
-                kernel = strips_kernel(b.module, blk, rows, count)
-                b.call(kernel, [a_rows(full_end), lda, geo.strip(b, blk, n0, pc),
-                                b.mul(geo.K, c64(nr)), kc, tile])
-                for s in range(count):
-                    finish(full_end, c64(rows), b.add(n0, c64(s * nr)),
-                           elem_ptr(b, tile, c64(s * mr * nr), blk.ty))
-            many = packed_row_strips(blk, rows)
-            width = c64(many * nr)
-            n_main = b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), width))
-            for_range(b, n_lo, n_main, lambda n0: strips(n0, many), step=many * nr)
-            for_range(b, n_main, n_hi, lambda n0: strips(n0, 1), step=nr)
-        for rows in (1, 2):
-            if_then(b, eq(b, rest, c64(rows)), lambda rows=rows: few_rows(rows))
+            def group(m0):
+                count = smin(b, c64(mr), b.sub(m_hi, m0))
+                b.call(mk, [a_rows(m0), geo.strip(b, blk, n0, pc), kc, tile, lda, count])
+                finish(m0, count, n0, tile)
+            for_range(b, m_lo, m_hi, group, step=mr)
+        for_range(b, n_many, n_hi, strip, step=nr)
     for_range(b, 0, geo.K, depth_block, step=blk.kc)
 
 

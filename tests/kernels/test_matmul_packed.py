@@ -20,7 +20,7 @@ from tests.kernels.support import raw_call
 from tests.strategies import examples
 
 BIAS = ["add", ["in", 0], ["in", 1]]
-N32, N64, N3 = 40, 19, 300     # none a multiple of NR
+N32, N64, N3 = 100, 19, 300    # none a multiple of NR
 KERNELS = {
     "f32_bias": ({"op": "dense", "packed_units": N32, "epilogue": BIAS},
                  [("float32", 2), ("float32", 3), ("float32", 1)], ("float32", 2)),
@@ -94,8 +94,8 @@ def test_packed_dense_float64(m, k, seed):
     np.testing.assert_allclose(outs[0], x @ w.T, rtol=1e-12, atol=1e-12 * k)
 
 
-@pytest.mark.parametrize("batch, rows, layout", [(2, 65, "c"), (3, 5, "c"), (2, 20, "step"),
-                                                 (1, 2, "step")])
+@pytest.mark.parametrize("batch, rows, layout", [(2, 65, "c"), (3, 5, "c"), (1, 1, "c"),
+                                                 (1, 2, "c"), (2, 20, "step"), (1, 2, "step")])
 def test_packed_dense_rank3_row_and_column_items(batch, rows, layout):
     """x of rank 3: many rows (row items on two threads, packed A), a few (column items, rows
     read in place), and x's rows not evenly spaced or not contiguous along K (packed A)."""
