@@ -1,0 +1,105 @@
+"""prepack_dense: dense of a constant float weight reads it packed (packed_units), packed once
+per weight; other dense calls and the original constant stay; results equal the unpacked
+build's and numpy's, also after the executable is saved and loaded."""
+import numpy as np
+import pytest
+
+from dynvm.compiler import build, ir, op
+from dynvm.compiler.passes import prepack_dense
+from dynvm.compiler.typing import infer_types
+from dynvm.kernels.matmul import pack_weight, packed_width
+from dynvm.vm import VirtualMachine
+from dynvm.vm.errors import ShapeError, TypeInferenceError
+from dynvm.vm.executable import Executable
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((37, 24)).astype(np.float32)        # 37: not a multiple of NR
+W64 = RNG.standard_normal((5, 24))
+WI = RNG.integers(-3, 3, (5, 24)).astype(np.int32)
+BIAS = RNG.standard_normal(37).astype(np.float32)
+
+
+def program():
+    """dense(x, W) + bias and dense(y, W) (one weight, two calls), W also summed (another op),
+    dense(x, x-dependent weight) (not a constant), a float64 and an int32 constant weight."""
+    f32 = ir.TensorType((ir.Any(), 24), "float32")
+    x, y, v = ir.var("x", f32), ir.var("y", f32), ir.var("v", ir.TensorType((3, 24), "float32"))
+    x64 = ir.var("x64", ir.TensorType((ir.Any(), 24), "float64"))
+    xi = ir.var("xi", ir.TensorType((2, 24), "int32"))
+    w = ir.const(W)
+    out = ir.Tuple([op.add(op.dense(x, w), ir.const(BIAS)), op.dense(y, w), op.sum(w),
+                    op.dense(x, v), op.dense(x64, ir.const(W64)), op.dense(xi, ir.const(WI))])
+    return ir.IRModule.from_expr(ir.Function([x, y, v, x64, xi], out))
+
+
+def dense_calls(mod):
+    """The dense calls in main's body (a tuple of op calls), in order."""
+    calls, stack = [], [mod["main"].body]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, ir.Tuple):
+            stack += node.fields
+        elif isinstance(node, ir.Call):
+            if node.callee.name == "dense":
+                calls.append(node)
+            stack += node.args
+    return calls
+
+
+def test_the_pass_packs_each_constant_float_weight_once():
+    calls = dense_calls(prepack_dense(infer_types(program())))
+    packed = [c for c in calls if c.attrs["packed_units"]]
+    assert len(calls) == 5 and len(packed) == 3
+    by_units = {c.attrs["packed_units"]: c.args[1] for c in packed}
+    assert sorted(by_units) == [5, 37]
+    f32 = [c.args[1] for c in packed if c.args[1].data.dtype == np.float32]
+    assert len(f32) == 2 and f32[0] is f32[1]                  # one packed constant
+    np.testing.assert_array_equal(f32[0].data, pack_weight(W))
+    assert f32[0].data.shape[2] == packed_width("float32")
+    assert f32[0].checked_type == ir.TensorType(f32[0].data.shape, "float32")
+    plain = [c for c in calls if not c.attrs["packed_units"]]
+    assert isinstance(plain[0].args[1], ir.Var) and plain[1].args[1].data is WI
+
+
+def inputs():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((7, 24)).astype(np.float32)
+    y = rng.standard_normal((40, 24)).astype(np.float32)
+    v = rng.standard_normal((3, 24)).astype(np.float32)
+    return x, y, v, rng.standard_normal((2, 24)), rng.integers(-3, 3, (2, 24)).astype(np.int32)
+
+
+def test_packed_build_computes_what_the_unpacked_one_does(tmp_path):
+    args = inputs()
+    x, y, v, x64, xi = args
+    packed, plain = build(program()), build(program(), prepack=False)
+    assert sum(c.nbytes for c in packed.constants) > sum(c.nbytes for c in plain.constants)
+    path = tmp_path / "packed.dvm"
+    packed.save(path)
+    loaded = Executable.load(path)
+    want = [x @ W.T + BIAS, y @ W.T, W.sum(), x @ v.T, x64 @ W64.T, xi @ WI.T]
+    results = [VirtualMachine(exe, threads=t).invoke("main", *args)
+               for exe in (packed, loaded) for t in (1, 2)]
+    results.append(VirtualMachine(plain).invoke("main", *args))
+    for got in results:
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-4)
+    for got in results[1:4]:
+        for g, h in zip(got, results[0]):
+            assert np.asarray(g).tobytes() == np.asarray(h).tobytes()
+
+
+def test_packed_dense_type_relation_and_shape_function():
+    x = ir.var("x", ir.TensorType((ir.Any(), 24), "float32"))
+    nr = packed_width("float32")
+    wp = ir.var("wp", ir.TensorType((3, 24, nr), "float32"))
+    mod = infer_types(ir.IRModule.from_expr(ir.Function([x, wp], op.dense(x, wp, packed_units=2 * nr + 1))))
+    assert mod["main"].body.checked_type == ir.TensorType((ir.Any(), 2 * nr + 1), "float32")
+    for units, phrase in ((3 * nr + 1, "does not hold"), (-1, "int >= 0")):
+        with pytest.raises(TypeInferenceError, match=phrase):
+            infer_types(ir.IRModule.from_expr(ir.Function([x, wp], op.dense(x, wp, packed_units=units))))
+    from dynvm.shape_funcs import lookup
+    dense = lookup("dense").fn
+    assert dense([np.zeros((5, 24)), np.zeros((3, 24, nr))], {"packed_units": 2 * nr + 5}) == [(5, 2 * nr + 5)]
+    with pytest.raises(ShapeError, match="does not hold"):
+        dense([np.zeros((5, 24)), np.zeros((3, 24, nr))], {"packed_units": nr})
