@@ -1,7 +1,9 @@
 """dense / matmul float32 kernels vs numpy (OpenBLAS) and ONNX Runtime's MatMul: GFLOP/s at
 square sizes on 1 and 2 threads, the matrix-vector ("gemv") shapes in microseconds, then BERT's
-dense + bias shapes over sequence lengths against numpy and torch.nn.functional.linear
-(torch.set_num_threads(1), if installed) (not a test).
+dense + bias shapes over sequence lengths, the weight packed at build time (as `build()` packs
+a constant weight) and as it is, against numpy, torch.nn.functional.linear
+(torch.set_num_threads(1), if installed) and ORT's MatMul with the weight an initializer
+(not a test).
 
     python benchmarks/kernels_matmul.py [--reps 30] [--runs 3] [--sizes 64 256 512 1024]
                                         [--cpu-time] [--bert-only] [--gemv-only] [--tiny]
@@ -199,48 +201,66 @@ BERT_WEIGHTS = [(256, 256), (1024, 256), (256, 1024)]
 BERT_SEQS = [1, 16, 64, 128, 256]
 
 
+def bert_kernels():
+    """{None: dense + bias with the weight as it is, N: with the weight packed for N units}."""
+    kb = KernelBuilder()
+    bias = {"op": "dense", "epilogue": ["add", ["in", 0], ["in", 1]]}
+    sig = [("float32", 2), ("float32", 2), ("float32", 1)]
+    index = {None: kb.add_compiled("dense_bias", "matmul", bias, sig, [("float32", 2)])}
+    for n in sorted({n for n, _ in BERT_WEIGHTS}):
+        index[n] = kb.add_compiled(f"dense_bias_packed{n}", "matmul", {**bias, "packed_units": n},
+                                   [sig[0], ("float32", 3), sig[2]], [("float32", 2)])
+    loaded = load_kernels(kb.finish())
+    return {key: loaded[i] for key, i in index.items()}
+
+
 def bert_table(reps, clock):
-    """dense + bias at the BERT shapes: dynvm (dispatcher) vs numpy x @ w.T + b vs torch
-    linear vs ORT's MatMul (weight an initializer, bias not added), interleaved calls, median
-    microseconds."""
+    """dense + bias at the BERT shapes: dynvm with the weight packed at build time (as
+    `build()` does for a constant weight) and as it is (packed on every call) vs numpy
+    x @ w.T + b vs torch linear vs ORT's MatMul (weight an initializer, packed once by the
+    session; bias not added), interleaved calls, median microseconds."""
     try:
         import torch
         torch.set_num_threads(1)
     except ImportError:
         torch = None
-    kb = KernelBuilder()
-    i = kb.add_compiled("dense_bias", "matmul",
-                        {"op": "dense", "epilogue": ["add", ["in", 0], ["in", 1]]},
-                        [("float32", 2), ("float32", 2), ("float32", 1)], [("float32", 2)])
-    kernel = load_kernels(kb.finish())[i]
-    entry = abi.kernel_function(kernel.address)
+    from dynvm.kernels.matmul import pack_weight
+    kernels = bert_kernels()
     print(f"\nBERT dense + bias (S x K) @ (N x K)^T, median of {reps} (us); "
-          "numpy and torch 1 thread")
-    print(f"{'N x K':>10} {'S':>4} {'variant':>8} {'dynvm':>8} {'numpy':>8} {'torch':>8} "
-          f"{'ORT':>8} {'GF/s':>6} {'np/dyn':>7} {'th/dyn':>7} {'ort/dyn':>7}")
+          "numpy and torch 1 thread; 'packed': the weight packed at build time")
+    print(f"{'N x K':>10} {'S':>4} {'variant':>8} {'packed':>8} {'dynvm':>8} {'numpy':>8} "
+          f"{'torch':>8} {'ORT':>8} {'GF/s':>6} {'dyn/pk':>7} {'np/pk':>7} {'th/pk':>7} "
+          f"{'ort/pk':>7} {'ort/dyn':>7}")
     for n, k in BERT_WEIGHTS:
         for s in BERT_SEQS:
             rng = np.random.default_rng(s * n + k)
             x = rng.standard_normal((s, k)).astype(np.float32)
             w = rng.standard_normal((n, k)).astype(np.float32)
             bias = rng.standard_normal(n).astype(np.float32)
-            out = np.empty((s, n), np.float32)
-            tensors, keep = abi.pack([x, w, bias, out], [abi.dtype_code("float32")] * 4)
-            assert entry(tensors, 4) == 0
-            assert np.allclose(out, x @ w.T + bias, rtol=1e-3, atol=1e-3 * k ** 0.5)
-            fns = [lambda: entry(tensors, 4), lambda: np.add(x @ w.T, bias)]
+            ref = x @ w.T + bias
+            calls, keep = [], []
+            for key, weight in ((n, pack_weight(w)), (None, w)):
+                out = np.empty((s, n), np.float32)
+                tensors, kept = abi.pack([x, weight, bias, out], [abi.dtype_code("float32")] * 4)
+                entry = abi.kernel_function(kernels[key].address)
+                assert entry(tensors, 4) == 0
+                assert np.allclose(out, ref, rtol=1e-3, atol=1e-3 * k ** 0.5)
+                calls.append(functools.partial(entry, tensors, 4))
+                keep.append((kept, weight, out))
+            calls.append(lambda: np.add(x @ w.T, bias))
             if torch:
                 tx, tw, tb = (torch.from_numpy(v) for v in (x, w, bias))
-                fns.append(lambda: torch.nn.functional.linear(tx, tw, tb))
+                calls.append(lambda: torch.nn.functional.linear(tx, tw, tb))
             sess = ort_matmul((s, k), (k, n), 1, weight=w.T.copy())
             if sess:
-                fns.append(lambda: sess.run(None, {"a": x}))
-            times = interleaved(reps, *fns, clock=clock) + [float("nan")] * (4 - len(fns))
-            o, p, q, r = times
+                calls.append(lambda: sess.run(None, {"a": x}))
+            times = interleaved(reps, *calls, clock=clock) + [float("nan")] * (5 - len(calls))
+            pk, o, p, q, r = times
             del keep
-            print(f"{n:>4}x{k:<5} {s:>4} {kernel.last_variant:>8} {o * 1e6:8.1f} {p * 1e6:8.1f} "
-                  f"{q * 1e6:8.1f} {r * 1e6:8.1f} {2 * s * n * k / o / 1e9:6.1f} {p / o:7.2f} "
-                  f"{q / o:7.2f} {r / o:7.2f}")
+            print(f"{n:>4}x{k:<5} {s:>4} {kernels[None].last_variant:>8} {pk * 1e6:8.1f} "
+                  f"{o * 1e6:8.1f} {p * 1e6:8.1f} {q * 1e6:8.1f} {r * 1e6:8.1f} "
+                  f"{2 * s * n * k / pk / 1e9:6.1f} {o / pk:7.2f} {p / pk:7.2f} {q / pk:7.2f} "
+                  f"{r / pk:7.2f} {r / o:7.2f}")
 
 
 def main():
