@@ -950,20 +950,24 @@ def strips_kernel(module, blk, rows, strips):
 def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
     """Prepacked dense (a PackedDense geometry), rows [m_lo, m_hi) read in place (checked by
     the caller: `PackedDense.row_stride`), columns [n_lo, n_hi) (n_lo a multiple of NR): nothing
-    is packed. Per KC block: for one or two rows, MR / 2 strips per call of `strips_kernel`
-    (as many FMA chains as the micro-kernel's for two rows: enough to stream B); then per
-    strip of the weight (in L1 for all the rows) every group of up to MR rows by the
-    micro-kernel reading A's rows in place.
-    Each output element sums the KC blocks in order, each an FMA chain from 0: the same bits
-    as the packed-A path. One write-back (`finish_tile`) per form keeps the code small."""
-    mr, nr, many = blk.mr, blk.nr, blk.mr // 2
+    is packed. Per KC block: one or two rows take MR or MR / 2 strips per call of
+    `strips_kernel` (the micro-kernel's number of FMA chains: enough to stream B) when the
+    item has that many strips; else per strip of the weight (in L1 for all the rows) every
+    group of up to MR rows by the micro-kernel reading A's rows in place. Each output element sums the KC blocks in order,
+    each an FMA chain from 0: the same bits as the packed-A path. One write-back
+    (`finish_tile`) per form keeps the code small."""
+    mr, nr = blk.mr, blk.nr
     mk = micro_kernel(b.module, blk, packed_a=False, b_align=geo.b_align)
-    tile = stack_buffer(b, blk.ty, mr * nr * many)
+    tile = stack_buffer(b, blk.ty, mr * nr * mr)
     lda, _ = geo.row_stride(b)
     rows = b.sub(m_hi, m_lo)
-    few = b.icmp_signed("<=", rows, c64(2))
-    width = c64(many * nr)
-    n_many = b.select(few, b.sub(n_hi, b.urem(b.sub(n_hi, n_lo), width)), n_lo)
+    one = eq(b, rows, c64(1))
+    many = b.select(one, c64(mr), c64(mr // 2))
+    width = b.mul(many, c64(nr))
+    n_end = b.add(n_lo, b.mul(_ceil_div(b, b.sub(n_hi, n_lo), c64(nr)), c64(nr)))
+    enough = b.and_(b.icmp_signed("<=", rows, c64(2)),
+                    b.icmp_signed(">=", b.sub(n_end, n_lo), width))
+    n_many = b.select(enough, n_hi, n_lo)
 
     def depth_block(pc):
         kc = smin(b, c64(blk.kc), b.sub(geo.K, pc))
@@ -977,15 +981,21 @@ def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
             finish_tile(b, geo, blk, expr, bi, m0, count, n0, cols, first, last, t, False)
 
         def strips(n0):
-            args = [a_rows(m_lo), lda, geo.strip(b, blk, n0, pc), b.mul(geo.K, c64(nr)), kc,
+            """The group of strips from n0; the last one ends at the item's last strip and
+            overlaps the one before: strips already written are computed again (the same
+            bits) but not written."""
+            g = smin(b, n0, b.sub(n_end, width))
+            args = [a_rows(m_lo), lda, geo.strip(b, blk, g, pc), b.mul(geo.K, c64(nr)), kc,
                     tile]
-            if_then(b, eq(b, rows, c64(1)),
-                    lambda: b.call(strips_kernel(b.module, blk, 1, many), args),
-                    lambda: b.call(strips_kernel(b.module, blk, 2, many), args))
-            for_range(b, 0, many, lambda s: finish(
-                m_lo, rows, b.add(n0, b.mul(s, c64(nr))),
-                elem_ptr(b, tile, b.mul(s, c64(mr * nr)), blk.ty)))
-        for_range(b, n_lo, n_many, strips, step=many * nr)
+            if_then(b, one, lambda: b.call(strips_kernel(b.module, blk, 1, mr), args),
+                    lambda: b.call(strips_kernel(b.module, blk, 2, mr // 2), args))
+
+            def write(s):
+                col = b.add(g, b.mul(s, c64(nr)))
+                if_then(b, b.icmp_signed(">=", col, n0), lambda: finish(
+                    m_lo, rows, col, elem_ptr(b, tile, b.mul(s, c64(mr * nr)), blk.ty)))
+            for_range(b, 0, many, write)
+        for_range(b, n_lo, n_many, strips, step=width)
 
         def strip(n0):
             def group(m0):
