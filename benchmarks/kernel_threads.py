@@ -4,7 +4,7 @@ the small config and, with --base, BERT-base) over sequence lengths, the one-op 
 enough to split, so the columns must match (no wake-up tail). Not a test.
 
     python benchmarks/kernel_threads.py [--reps 15] [--seqs 1 16 128 256] [--base] [--size-one]
-                                        [--tiny]
+                                        [--tiny] [--no-prepack]
 
 Both VMs share one executable; their invocations alternate batch by batch
 (dynvm.bench.harness.measure), so machine noise hits both alike: the speedup column is the
@@ -64,6 +64,8 @@ def main():
     p.add_argument("--size-one", action="store_true",
                    help="every model of dynvm bench at size 1 as well")
     p.add_argument("--tiny", action="store_true", help="seq 16, 3 repetitions (a smoke run)")
+    p.add_argument("--no-prepack", action="store_true",
+                   help="build with prepack=False: dense packs its weight on every call")
     args = p.parse_args()
     if args.tiny:
         args.reps, args.seqs = 3, [16]
@@ -78,7 +80,8 @@ def main():
     if args.base:
         configs.append(("bert-base", bert_varlen.BASE))
     for name, config in configs:
-        exe = build(bert_varlen.build_module(bert_varlen.weights(config)))
+        exe = build(bert_varlen.build_module(bert_varlen.weights(config)),
+                    prepack=not args.no_prepack)
         for seq in args.seqs:
             row(f"{name} seq {seq}",
                 compare(exe, (bert_varlen.make_input(seq, config=config),), args.reps))
