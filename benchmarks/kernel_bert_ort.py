@@ -7,7 +7,9 @@ At one thread both run every kernel on the calling thread (ORT with intra_op_num
 time.thread_time counts their work and not the time other processes take the core from them
 (their cache traffic still counts): on a shared machine this is the comparison to read, where
 `dynvm bench`'s wall-clock ratios are marked noisy. The two are called in turn once per
-repetition; each number is the median (needs onnx and onnxruntime). `--profile` adds the per-kernel table of both: the VM
+repetition; each number is the median (needs onnx and onnxruntime). The "unpacked" column is
+the VM on the same model built with `prepack=False` (dense packs its weight on every call).
+`--profile` adds the per-kernel table of both: the VM
 profiler's kernels and ORT's per-node profile (wall time, summed per op and output shape).
 """
 import argparse
@@ -84,20 +86,24 @@ def main():
         args.seqs, args.reps = [16], 3
     w = bert_varlen.weights(config)
     exe = build(bert_varlen.build_module(w))
+    unpacked = VirtualMachine(build(bert_varlen.build_module(w), prepack=False), threads=1)
     model = peers.onnx_bert_model(w)
     vm, sess = VirtualMachine(exe, threads=1), ort_session(model)
     print(f"load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores); "
           f"thread CPU time, median of {args.reps}")
-    print(f"{'seq':>5} {'dynvm':>10} {'ORT':>10} {'vm/ORT':>7}")
+    print(f"{'seq':>5} {'dynvm':>10} {'unpacked':>10} {'ORT':>10} {'vm/ORT':>7} "
+          f"{'unp/ORT':>7}")
     for seq in args.seqs:
         x = bert_varlen.make_input(seq, config=config)
         np.testing.assert_allclose(vm.invoke("main", x), sess.run(None, {"x": x})[0],
                                    rtol=1e-3, atol=1e-3)
         for _ in range(3):
-            vm.invoke("main", x), sess.run(None, {"x": x})
-        mine, theirs = cpu_medians(args.reps, lambda: vm.invoke("main", x),
-                                   lambda: sess.run(None, {"x": x}))
-        print(f"{seq:>5} {mine * 1e3:8.3f}ms {theirs * 1e3:8.3f}ms {mine / theirs:7.2f}")
+            vm.invoke("main", x), unpacked.invoke("main", x), sess.run(None, {"x": x})
+        mine, plain, theirs = cpu_medians(args.reps, lambda: vm.invoke("main", x),
+                                          lambda: unpacked.invoke("main", x),
+                                          lambda: sess.run(None, {"x": x}))
+        print(f"{seq:>5} {mine * 1e3:8.3f}ms {plain * 1e3:8.3f}ms {theirs * 1e3:8.3f}ms "
+              f"{mine / theirs:7.2f} {plain / theirs:7.2f}")
         if args.profile:
             profile_tables(exe, model, x, args.reps)
     print(f"load average {os.getloadavg()[0]:.2f}")

@@ -1037,13 +1037,20 @@ def emit_packed_items(b, fn, geo, blk, parallel, chunk_item):
 
 def packed_item(b, geo, blk, expr, m_lo, m_hi, n_lo, n_hi):
     """One item of prepacked dense: A's rows read in place when they can be and there are at
-    most PACKED_IN_PLACE_ROWS of them, else the blocked GEMM packing A (MC x KC blocks)."""
+    most PACKED_IN_PLACE_ROWS of them, else the blocked GEMM packing A (MC x KC blocks) in
+    column blocks of NC: the KC x NC block of the weight stays in L2 for every MC block of A
+    (with all of a 1024-wide weight's columns, 1 MiB per KC block streamed from L3 per MC
+    block)."""
     _, in_place = geo.row_stride(b)
     few = b.icmp_signed("<=", b.sub(m_hi, m_lo), c64(PACKED_IN_PLACE_ROWS))
+
+    def blocked():
+        for_range(b, n_lo, n_hi, lambda jc: emit_blocked_columns(
+            b, geo, blk, expr, False, c64(0), jc, smin(b, c64(blk.nc), b.sub(n_hi, jc)), m_lo,
+            m_hi), step=blk.nc)
     if_then(b, b.and_(in_place, few),
             lambda: emit_packed_rows(b, geo, blk, expr, c64(0), m_lo, m_hi, n_lo, n_hi),
-            lambda: emit_blocked_columns(b, geo, blk, expr, False, c64(0), n_lo,
-                                         b.sub(n_hi, n_lo), m_lo, m_hi))
+            blocked)
 
 
 def gemv_layouts(b, geo):
