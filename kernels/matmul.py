@@ -34,6 +34,11 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   straight from W's rows (`micro_kernel(packed_a=False)`); x^T is packed once for the whole K;
   the K blocks are summed exactly as in "fast" (the same bits), the tiles of an MC block of
   W's rows gathered in a stack buffer and written to C a row at a time.
+- "packed" (dense whose weight was packed at build time: spec "packed_units" = N, the weight
+  (ceil(N/NR), K, NR), `PackedDense`; its kernel has only "tiny" and "packed"): B's strips are
+  read straight from the weight, never packed. Up to PACKED_IN_PLACE_ROWS rows the
+  micro-kernel reads x's rows in place (one or two rows several strips per call,
+  `strips_kernel`); more rows pack A in MC x KC blocks as "fast" does. Same bits as "fast".
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
 610 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack
 (glibc's default thread stack is 8 MiB).
@@ -42,9 +47,11 @@ Threads: gemv, blocked, fast and skinny compute items of output columns (a batch
 column block: NC on one thread, smaller on more, see `column_step`), cut into chunks by
 llvm_util's `split_for` like every family; each item runs in the one-thread loop order, so
 every output element is summed the same way whoever computes it: results are identical for
-every thread count. The chunks run on the kernel threads (kernels/pool.py) when
-M*N*K*batches >= `spec["parallel_work"]` (default llvm_util.PARALLEL_WORK["matmul"], measured;
-a spec may lower it, e.g. to 0 in tests, or raise it), else in one call on the calling thread.
+every thread count. "packed" splits its rows instead from PACKED_ROW_SPLIT rows (no item packs
+B, each packs only its own rows of A; `emit_packed_items`). The chunks run on the kernel
+threads (kernels/pool.py) when M*N*K*batches >= `spec["parallel_work"]` (default
+llvm_util.PARALLEL_WORK["matmul"], measured; a spec may lower it, e.g. to 0 in tests, or raise
+it), else in one call on the calling thread.
 
 Epilogue: `spec["epilogue"]` is an elementwise expression (kernels/elementwise.py format) in
 which ["in", 0] is the raw product element and ["in", k] (k >= 1) are the extra kernel inputs
@@ -441,10 +448,12 @@ class PackedDense(MatmulGeometry):
     exactly what the micro-kernel reads: B is never packed at run time. A weight that does not
     fit (K, N and this target's NR; compact) is an error, never a wrong read."""
 
-    packs_b = False    # b_align: one element (the VM aligns constants to 64 bytes anyway)
+    packs_b = False
 
     def __init__(self, b, spec, sig, arrays):
         blk = Blocking(sig[-1][0])
+        # the weight may be anywhere: unaligned loads (on the VM's 64-byte aligned constants
+        # they cost nothing)
         self.nr, self.units, self.b_align = blk.nr, spec["packed_units"], blk.size
         self.spec, self.sig = spec, sig
         super().__init__(b, "dense", spec, sig, arrays)
@@ -455,7 +464,8 @@ class PackedDense(MatmulGeometry):
         fits = b.and_(b.and_(eq(b, we[0], c64(-(-self.units // self.nr))), eq(b, we[1], self.K)),
                       eq(b, we[2], nr))
         check(b, fits, ERR_SHAPE | 1 << 8)
-        compact = b.and_(b.and_(eq(b, ws[2], c64(1)), b.or_(eq(b, ws[1], nr), eq(b, we[1], c64(1)))),
+        compact = b.and_(b.and_(eq(b, ws[2], c64(1)),
+                                b.or_(eq(b, ws[1], nr), eq(b, we[1], c64(1)))),
                          b.or_(eq(b, ws[0], b.mul(self.K, nr)), eq(b, we[0], c64(1))))
         check(b, compact, ERR_LAYOUT | 1 << 8)
         _shape_checks(b, out_ext, list(xe[:-1]) + [self.N], self.out_arg)
@@ -953,9 +963,9 @@ def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
     is packed. Per KC block: one or two rows take MR or MR / 2 strips per call of
     `strips_kernel` (the micro-kernel's number of FMA chains: enough to stream B) when the
     item has that many strips; else per strip of the weight (in L1 for all the rows) every
-    group of up to MR rows by the micro-kernel reading A's rows in place. Each output element sums the KC blocks in order,
-    each an FMA chain from 0: the same bits as the packed-A path. One write-back
-    (`finish_tile`) per form keeps the code small."""
+    group of up to MR rows by the micro-kernel reading A's rows in place. Each output element
+    sums the KC blocks in order, each an FMA chain from 0: the same bits as the packed-A path.
+    One write-back (`finish_tile`) per form keeps the code small."""
     mr, nr = blk.mr, blk.nr
     mk = micro_kernel(b.module, blk, packed_a=False, b_align=geo.b_align)
     tile = stack_buffer(b, blk.ty, mr * nr * mr)

@@ -8,6 +8,7 @@ from dynvm.compiler import build, ir, op
 from dynvm.compiler.passes import prepack_dense
 from dynvm.compiler.typing import infer_types
 from dynvm.kernels.matmul import pack_weight, packed_width
+from dynvm.shape_funcs import lookup
 from dynvm.vm import VirtualMachine
 from dynvm.vm.errors import ShapeError, TypeInferenceError
 from dynvm.vm.executable import Executable
@@ -89,17 +90,22 @@ def test_packed_build_computes_what_the_unpacked_one_does(tmp_path):
             assert np.asarray(g).tobytes() == np.asarray(h).tobytes()
 
 
+def typed_dense(x, weight, units):
+    return infer_types(ir.IRModule.from_expr(ir.Function([x, weight], op.dense(
+        x, weight, packed_units=units))))["main"].body.checked_type
+
+
 def test_packed_dense_type_relation_and_shape_function():
     x = ir.var("x", ir.TensorType((ir.Any(), 24), "float32"))
     nr = packed_width("float32")
     wp = ir.var("wp", ir.TensorType((3, 24, nr), "float32"))
-    mod = infer_types(ir.IRModule.from_expr(ir.Function([x, wp], op.dense(x, wp, packed_units=2 * nr + 1))))
-    assert mod["main"].body.checked_type == ir.TensorType((ir.Any(), 2 * nr + 1), "float32")
-    for units, phrase in ((3 * nr + 1, "does not hold"), (-1, "int >= 0")):
+    assert typed_dense(x, wp, 2 * nr + 1) == ir.TensorType((ir.Any(), 2 * nr + 1), "float32")
+    for units, phrase in ((3 * nr + 1, "does not hold"), (2 * nr, "does not hold"),
+                          (-1, "int >= 0")):
         with pytest.raises(TypeInferenceError, match=phrase):
-            infer_types(ir.IRModule.from_expr(ir.Function([x, wp], op.dense(x, wp, packed_units=units))))
-    from dynvm.shape_funcs import lookup
+            typed_dense(x, wp, units)
     dense = lookup("dense").fn
-    assert dense([np.zeros((5, 24)), np.zeros((3, 24, nr))], {"packed_units": 2 * nr + 5}) == [(5, 2 * nr + 5)]
+    weight = np.zeros((3, 24, nr))
+    assert dense([np.zeros((5, 24)), weight], {"packed_units": 2 * nr + 5}) == [(5, 2 * nr + 5)]
     with pytest.raises(ShapeError, match="does not hold"):
-        dense([np.zeros((5, 24)), np.zeros((3, 24, nr))], {"packed_units": nr})
+        dense([np.zeros((5, 24)), weight], {"packed_units": nr})
