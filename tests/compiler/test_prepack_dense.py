@@ -1,6 +1,7 @@
 """prepack_dense: dense of a constant float weight reads it packed (packed_units), packed once
 per weight; other dense calls and the original constant stay; results equal the unpacked
-build's and numpy's, also after the executable is saved and loaded."""
+build's and numpy's, bit for bit on 1 and 2 threads, in both VM tiers and after the executable
+is saved and loaded."""
 import numpy as np
 import pytest
 
@@ -81,11 +82,12 @@ def test_packed_build_computes_what_the_unpacked_one_does(tmp_path):
     want = [x @ W.T + BIAS, y @ W.T, W.sum(), x @ v.T, x64 @ W64.T, xi @ WI.T]
     results = [VirtualMachine(exe, threads=t).invoke("main", *args)
                for exe in (packed, loaded) for t in (1, 2)]
+    results.append(VirtualMachine(packed, tier="python").invoke("main", *args))
     results.append(VirtualMachine(plain).invoke("main", *args))
     for got in results:
         for g, w in zip(got, want):
             np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-4)
-    for got in results[1:4]:
+    for got in results[1:5]:        # threads, a loaded file and the Python tier: the same bits
         for g, h in zip(got, results[0]):
             assert np.asarray(g).tobytes() == np.asarray(h).tobytes()
 
