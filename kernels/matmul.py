@@ -467,7 +467,7 @@ class PackedDense(MatmulGeometry):
         compact = b.and_(b.and_(eq(b, ws[2], c64(1)),
                                 b.or_(eq(b, ws[1], nr), eq(b, we[1], c64(1)))),
                          b.or_(eq(b, ws[0], b.mul(self.K, nr)), eq(b, we[0], c64(1))))
-        check(b, compact, ERR_LAYOUT | 1 << 8)
+        check(b, b.or_(compact, eq(b, self.K, c64(0))), ERR_LAYOUT | 1 << 8)   # K = 0: empty
         _shape_checks(b, out_ext, list(xe[:-1]) + [self.N], self.out_arg)
         self.row_dims = list(xe[:-1])
         self.M = product(b, self.row_dims)
@@ -512,7 +512,9 @@ def pack_weight(w):
     strips = -(-n // nr)
     padded = np.zeros((strips * nr, k), w.dtype)
     padded[:n] = w
-    return np.ascontiguousarray(padded.reshape(strips, nr, k).transpose(0, 2, 1))
+    packed = np.empty((strips, k, nr), w.dtype)     # row-major strides even when k is 0
+    packed[...] = padded.reshape(strips, nr, k).transpose(0, 2, 1)
+    return packed
 
 
 def transposed_dense(make_geometry):

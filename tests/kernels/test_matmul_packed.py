@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynvm.kernels import load_kernels, pool
@@ -65,7 +65,9 @@ def test_pack_weight_layout():
 
 @settings(max_examples=examples(30), deadline=None)
 @given(m=st.sampled_from([0, 1, 2, 5, 6, 7, 8, 16, 17, 33, 130]),
-       k=st.sampled_from([1, 3, 64, 255, 256, 257, 300]), seed=st.integers(0, 2**16))
+       k=st.sampled_from([0, 1, 3, 64, 255, 256, 257, 300]), seed=st.integers(0, 2**16))
+@example(m=3, k=0, seed=0)      # an empty weight: zeros, then the bias
+@example(m=1, k=300, seed=0)    # one row, several strips per call, two KC blocks
 def test_packed_dense_matches_numpy_identical_on_threads(m, k, seed):
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal((m, k), np.float32), rng.standard_normal((N32, k), np.float32)
