@@ -962,9 +962,10 @@ def strips_kernel(module, blk, rows, strips):
 def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
     """Prepacked dense (a PackedDense geometry), rows [m_lo, m_hi) read in place (checked by
     the caller: `PackedDense.row_stride`), columns [n_lo, n_hi) (n_lo a multiple of NR): nothing
-    is packed. Per KC block: one or two rows take MR or MR / 2 strips per call of
+    is packed. The weight is read once, in memory order: strip by strip (or group of strips),
+    each over its KC blocks. One or two rows take MR or MR / 2 strips per call of
     `strips_kernel` (the micro-kernel's number of FMA chains: enough to stream B) when the
-    item has that many strips; else per strip of the weight (in L1 for all the rows) every
+    item has that many strips; else per strip and KC block (in L1 for all the rows) every
     group of up to MR rows by the micro-kernel reading A's rows in place. Each output element
     sums the KC blocks in order, each an FMA chain from 0: the same bits as the packed-A path.
     One write-back (`finish_tile`) per form keeps the code small."""
@@ -981,23 +982,28 @@ def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
                     b.icmp_signed(">=", b.sub(n_end, n_lo), width))
     n_many = b.select(enough, n_hi, n_lo)
 
-    def depth_block(pc):
-        kc = smin(b, c64(blk.kc), b.sub(geo.K, pc))
-        first, last = eq(b, pc, c64(0)), eq(b, b.add(pc, kc), geo.K)
+    def depth_blocks(body):
+        """body(pc, kc, first, last) for the KC blocks of K, in order."""
+        def block(pc):
+            kc = smin(b, c64(blk.kc), b.sub(geo.K, pc))
+            body(pc, kc, eq(b, pc, c64(0)), eq(b, b.add(pc, kc), geo.K))
+        for_range(b, 0, geo.K, block, step=blk.kc)
 
-        def a_rows(m0):
-            return elem_ptr(b, geo.a, b.add(geo.a_row(b, geo.row_index(b, bi, m0)), pc), blk.ty)
+    def a_rows(m0, pc):
+        return elem_ptr(b, geo.a, b.add(geo.a_row(b, geo.row_index(b, bi, m0)), pc), blk.ty)
 
-        def finish(m0, count, n0, t):
-            cols = smin(b, c64(nr), b.sub(geo.N, n0))
-            finish_tile(b, geo, blk, expr, bi, m0, count, n0, cols, first, last, t, False)
+    def finish(m0, count, n0, t, first, last):
+        cols = smin(b, c64(nr), b.sub(geo.N, n0))
+        finish_tile(b, geo, blk, expr, bi, m0, count, n0, cols, first, last, t, False)
 
-        def strips(n0):
-            """The group of strips from n0; the last one ends at the item's last strip and
-            overlaps the one before: strips already written are computed again (the same
-            bits) but not written."""
-            g = smin(b, n0, b.sub(n_end, width))
-            args = [a_rows(m_lo), lda, geo.strip(b, blk, g, pc), b.mul(geo.K, c64(nr)), kc,
+    def strips(n0):
+        """The group of strips from n0; the last one ends at the item's last strip and
+        overlaps the one before: strips already written are computed again (the same bits)
+        but not written."""
+        g = smin(b, n0, b.sub(n_end, width))
+
+        def depth(pc, kc, first, last):
+            args = [a_rows(m_lo, pc), lda, geo.strip(b, blk, g, pc), b.mul(geo.K, c64(nr)), kc,
                     tile]
             if_then(b, one, lambda: b.call(strips_kernel(b.module, blk, 1, mr), args),
                     lambda: b.call(strips_kernel(b.module, blk, 2, mr // 2), args))
@@ -1005,18 +1011,21 @@ def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
             def write(s):
                 col = b.add(g, b.mul(s, c64(nr)))
                 if_then(b, b.icmp_signed(">=", col, n0), lambda: finish(
-                    m_lo, rows, col, elem_ptr(b, tile, b.mul(s, c64(mr * nr)), blk.ty)))
+                    m_lo, rows, col, elem_ptr(b, tile, b.mul(s, c64(mr * nr)), blk.ty), first,
+                    last))
             for_range(b, 0, many, write)
-        for_range(b, n_lo, n_many, strips, step=width)
+        depth_blocks(depth)
+    for_range(b, n_lo, n_many, strips, step=width)
 
-        def strip(n0):
+    def strip(n0):
+        def depth(pc, kc, first, last):
             def group(m0):
                 count = smin(b, c64(mr), b.sub(m_hi, m0))
-                b.call(mk, [a_rows(m0), geo.strip(b, blk, n0, pc), kc, tile, lda, count])
-                finish(m0, count, n0, tile)
+                b.call(mk, [a_rows(m0, pc), geo.strip(b, blk, n0, pc), kc, tile, lda, count])
+                finish(m0, count, n0, tile, first, last)
             for_range(b, m_lo, m_hi, group, step=mr)
-        for_range(b, n_many, n_hi, strip, step=nr)
-    for_range(b, 0, geo.K, depth_block, step=blk.kc)
+        depth_blocks(depth)
+    for_range(b, n_many, n_hi, strip, step=nr)
 
 
 def emit_packed_items(b, fn, geo, blk, parallel, chunk_item):
