@@ -128,6 +128,10 @@ SKINNY_MAX_ROWS = 32
 PACKED_VARIANTS = ("tiny", "packed")
 PACKED_IN_PLACE_ROWS = 32
 PACKED_ROW_SPLIT = 48
+# k steps ahead the micro-kernel prefetches a packed weight's strip (a line per k step for
+# float32): one sequential stream per call got ~12 GB/s from memory; 4 x 1024 x 4096 went from
+# 1.41 to 1.24 ms, 8 rows from 1.91 to 1.61 (thread CPU time, load 2-3; 128 steps: the same)
+PACKED_PREFETCH_K = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,7 +623,9 @@ def micro_kernel(module, blk, packed_a=True, b_align=64):
     """internal void mk(ptr ap, ptr bp, i64 kc, ptr t[, i64 lda, i64 rows]): t[MR x NR] =
     A strip @ Bp strip. A is a packed strip (ap[k*MR + r]) or, not `packed_a`, `rows` rows of
     a matrix read in place (row r at ap + r*lda, k contiguous; rows past `rows` read the last
-    one again and are not written back). Bp's vectors are `b_align`-byte aligned."""
+    one again and are not written back). Bp's vectors are `b_align`-byte aligned; when that is
+    less than 64 Bp is a packed weight, prefetched PACKED_PREFETCH_K steps ahead (a hint: it
+    never faults, past the strip's end too)."""
     form = ("" if packed_a else ".rows") + ("" if b_align == 64 else f".b{b_align}")
     name = f"dynvm.gemm.micro{form}.{blk.ty}.{blk.mr}x{blk.nr}"
     existing = module.globals.get(name)
@@ -645,9 +651,16 @@ def micro_kernel(module, blk, packed_a=True, b_align=64):
         def a_offset(k, r):
             return b.add(starts[r], k)
 
+    prefetch = get_function(module, "llvm.prefetch.p0",
+                            ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]))
+
     def step(k, accs):
         bvecs = [load(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), vec, align=b_align)
                  for v in range(nv)]
+        if b_align != 64:     # a packed weight (PackedDense), streamed from L3 or memory
+            ahead = elem_ptr(b, bp, b.mul(b.add(k, c64(PACKED_PREFETCH_K)), c64(blk.nr)),
+                             blk.ty)
+            b.call(prefetch, [ahead, const(I32, 0), const(I32, 3), const(I32, 1)])
         new = []
         for r in range(mr):
             a = splat(b, load(b, ap, a_offset(k, r), blk.ty), vl)
