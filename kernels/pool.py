@@ -17,6 +17,9 @@ Contract of `i32 dynvm_parallel_for(ptr fn, ptr ctx, i64 n)`, fn being
   others: on a loaded machine the caller simply does more chunks) and calls fn(ctx, c, c + 1).
   It returns when every chunk has finished; a worker that wakes after the caller claimed the
   last chunk does nothing, and the caller does not wait for it (no wake-up tail).
+- Waiting polls first: a worker polls for the next job for SPIN_CYCLES after one, the caller
+  as long for the last running chunks, and only then sleeps (no futex wake-up between a
+  model's back-to-back kernels; an idle pool sleeps).
 - One job at a time: a second caller (another VM on another Python thread) that finds the pool
   busy runs its chunks alone, on its own thread, as above.
 
@@ -25,7 +28,7 @@ sets it per invoke, so VMs with different counts on different threads never dist
 other); unset means `default_threads()`, the cores this process may run on. Workers are
 started on first need, up to count - 1 (at most MAX_WORKERS), live as long as the process,
 block every signal (Python handles signals on the main thread) and sleep on a condition
-variable between jobs: an idle pool uses no CPU. After fork() the child starts its own workers.
+variable between jobs (after polling for SPIN_CYCLES): an idle pool uses no CPU. After fork() the child starts its own workers.
 
 The job's chunk counter holds the job's generation in its high 32 bits, so a worker that read
 an older job can never claim a chunk of a newer one.
@@ -38,6 +41,12 @@ import cffi
 from dynvm.kernels import codelib
 
 MAX_WORKERS = 63
+# How long a worker polls for the next job after one (and the caller for its workers' last
+# chunks) before sleeping on the condition variable, in time-stamp counter cycles (about 60 us
+# at 3 GHz). A model's parallel kernels follow each other within microseconds, so the worker
+# is still polling when the next one comes: no futex wake-up (several microseconds on a virtual
+# machine) per kernel; between invocations it sleeps after that long.
+SPIN_CYCLES = 180_000
 
 _IR = r"""
 @mutex = internal global [64 x i8] zeroinitializer, align 16     ; glibc's initialisers are 0
@@ -66,6 +75,8 @@ declare ptr @pthread_getspecific(i32)
 declare i32 @pthread_sigmask(i32, ptr, ptr)
 declare i32 @getpid()
 declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
+declare i64 @llvm.readcyclecounter()
+declare void @llvm.x86.sse2.pause()
 
 define internal void @run_chunks(ptr %fn, ptr %ctx, i64 %n, i64 %gen) {
 entry:
@@ -111,7 +122,8 @@ entry:
   br label %next
 next:
   %seen = phi i64 [ %seen0, %entry ], [ %g, %again ]
-  br label %wait
+  br label %spin
+SPIN_FOR_JOB
 WAIT_FOR_JOB
 take:
   %fn = load ptr, ptr @job_fn
@@ -204,7 +216,6 @@ owned:
   call i32 @pthread_mutex_lock(ptr @mutex)
   %g0 = load i64, ptr @job_gen
   %g = add i64 %g0, 1
-  store i64 %g, ptr @job_gen
   store ptr %fn, ptr @job_fn
   store ptr %ctx, ptr @job_ctx
   store i64 %n, ptr @job_n
@@ -213,12 +224,14 @@ owned:
   %g32 = and i64 %g, 4294967295
   %w = shl i64 %g32, 32
   store atomic i64 %w, ptr @job_claim release, align 8
+  store atomic i64 %g, ptr @job_gen release, align 8
   call i32 @pthread_cond_broadcast(ptr @work_cond)
   call i32 @pthread_mutex_unlock(ptr @mutex)
   call void @run_chunks(ptr %fn, ptr %ctx, i64 %n, i64 %g32)
   %d = load atomic i64, ptr @job_done acquire, align 8
   %finished = icmp uge i64 %d, %n
-  br i1 %finished, label %release, label %wait
+  br i1 %finished, label %release, label %spin
+SPIN_FOR_DONE
 WAIT_FOR_DONE
 unlock:
   call i32 @pthread_mutex_unlock(ptr @mutex)
@@ -228,6 +241,25 @@ release:
   ret i32 0
 }
 """
+
+
+def _spin_until(label, test, then, otherwise):
+    """IR blocks from `label`: poll `test` (IR lines defining %<label>.ok, no lock held) with a
+    pause between polls for up to SPIN_CYCLES time-stamp counter cycles, then branch to `then`
+    if it held, else to `otherwise` (the sleeping wait, which tests again under the lock)."""
+    lines = "\n  ".join(test)
+    return f"""{label}:
+  %{label}.t0 = call i64 @llvm.readcyclecounter()
+  br label %{label}.test
+{label}.test:
+  {lines}
+  br i1 %{label}.ok, label %{then}, label %{label}.pause
+{label}.pause:
+  call void @llvm.x86.sse2.pause()
+  %{label}.t = call i64 @llvm.readcyclecounter()
+  %{label}.spent = sub i64 %{label}.t, %{label}.t0
+  %{label}.more = icmp ult i64 %{label}.spent, SPIN_CYCLES
+  br i1 %{label}.more, label %{label}.test, label %{otherwise}"""
 
 
 def _wait_until(label, test, cond, then):
@@ -247,7 +279,16 @@ def _wait_until(label, test, cond, then):
   br label %{label}.test"""
 
 
-_IR = (_IR.replace("MAX_WORKERS", str(MAX_WORKERS))
+_IR = (_IR.replace("SPIN_FOR_JOB", _spin_until("spin", ["%gs = load atomic i64, ptr @job_gen "
+                                                      "acquire, align 8",
+                                                      "%spin.ok = icmp ne i64 %gs, %seen"],
+                                             "wait", "wait"))
+       .replace("SPIN_FOR_DONE", _spin_until("spin", ["%d1 = load atomic i64, ptr @job_done "
+                                                       "acquire, align 8",
+                                                       "%spin.ok = icmp uge i64 %d1, %n"],
+                                              "release", "wait"))
+       .replace("SPIN_CYCLES", str(SPIN_CYCLES))
+       .replace("MAX_WORKERS", str(MAX_WORKERS))
        .replace("WAIT_FOR_JOB", _wait_until("wait", ["%g = load i64, ptr @job_gen",
                                                      "%wait.ok = icmp ne i64 %g, %seen"],
                                             "work_cond", "take"))

@@ -112,8 +112,9 @@ def test_workers_take_chunks_and_sleep_when_idle():
     assert pool.started_workers() >= 2
     cpu = time.process_time()
     time.sleep(0.5)
-    # nobody spins between jobs: one spinning worker alone would take 0.5 s of CPU; the margin
-    # is for the process's other threads on a loaded machine
+    # the workers poll only briefly (pool.SPIN_CYCLES) after a job, then sleep: one worker
+    # spinning on would take 0.5 s of CPU; the margin is for the process's other threads on a
+    # loaded machine
     assert time.process_time() - cpu < 0.15
 
 
