@@ -13,9 +13,8 @@ def build(mod, fuse: bool = True, memory_plan: bool = True, native_loops: bool =
     bytecode with static memory planning, and compile its kernels: the result is a
     `vm.Executable`. Loops of straight-line kernel calls become native loop kernels.
     `fuse`/`memory_plan`/`native_loops` switch those off (tests and benchmarks compare both
-    ways); `prepack=False` keeps dense's constant weights as they are (the packed layout
-    depends on the build machine's vector width: an executable for a machine with another
-    one). A PerformanceWarning names every function that will run in the Python tier and
+    ways); `prepack=False` keeps dense's constant weights as they are (packed, they are
+    read in the build machine's strip width, on any machine). A PerformanceWarning names every function that will run in the Python tier and
     every loop that stays bytecode, with the reasons."""
     mod = lambda_lift(infer_types(mod))
     if prepack:

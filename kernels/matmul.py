@@ -139,19 +139,27 @@ PACKED_PREFETCH_K = 64
 
 
 class Blocking:
-    """Register and cache block sizes for one element type (VL = lanes per native vector)."""
+    """Register and cache block sizes for one element type (VL = lanes per vector).
 
-    def __init__(self, dtype):
+    `nr` (a power of two) fixes the micro-tile width instead of this machine's two native
+    vectors: a weight packed at build time on another machine keeps its strips (an AVX2 file's
+    16 float32 on AVX-512 are one native vector, an AVX-512 file's 32 on AVX2 four), so the
+    kernels regenerated here read it as it is, with fewer rows per tile where more vectors
+    per row would not fit the registers."""
+
+    def __init__(self, dtype, nr=None):
         self.ty = MEM_TYPE[dtype]
         self.is_float = dtype.startswith("float")
-        self.vl = vector_lanes(self.ty)
+        lanes = vector_lanes(self.ty)
+        self.vl = lanes if nr is None else min(lanes, nr)
         self.vec = ir.VectorType(self.ty, self.vl)
         self.zero = const(self.ty, 0.0 if self.is_float else 0)
-        self.nv = 2                      # vectors per micro-tile row
+        self.nv = 2 if nr is None else nr // self.vl     # vectors per micro-tile row
         self.nr = self.nv * self.vl      # micro-tile columns (32 float32 with AVX-512)
         # MR x NV accumulators + NV vectors of B + A's splat must fit the vector registers:
         # 12 x 2 + 3 of AVX-512's 32, 6 x 2 + 3 of AVX2's 16 (more spills every k step)
-        self.mr = 12 if family.vector_bits() >= 512 else 6
+        registers = 32 if family.vector_bits() >= 512 else 16
+        self.mr = min(12 if registers == 32 else 6, (registers - self.nv - 1) // self.nv)
         size = self.size = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}[dtype]
         self.kc = 256 if size == 4 else 128
         self.mc = self.mr * (96 // self.mr)
@@ -449,13 +457,14 @@ class PackedDense(MatmulGeometry):
     """dense(x, Wp) with the weight packed at build time (compiler/passes/prepack_dense.py):
     Wp[s, k, c] = W[s*NR + c, k], zero for s*NR + c >= N, shape (ceil(N/NR), K, NR), N the
     spec's "packed_units". The KC block [pc, pc + kc) of strip s is the run at s*K*NR + pc*NR,
-    exactly what the micro-kernel reads: B is never packed at run time. A weight that does not
-    fit (K, N and this target's NR; compact) is an error, never a wrong read."""
+    exactly what the micro-kernel reads: B is never packed at run time. NR is the spec's
+    "packed_width" (the build machine's, recorded by the pass; 0: this machine's). A weight that
+    does not fit (K, N and NR; compact) is an error, never a wrong read."""
 
     packs_b = False
 
     def __init__(self, b, spec, sig, arrays):
-        blk = Blocking(sig[-1][0])
+        blk = blocking(spec, sig)
         # the weight may be anywhere: unaligned loads (on the VM's 64-byte aligned constants
         # they cost nothing)
         self.nr, self.units, self.b_align = blk.nr, spec["packed_units"], blk.size
@@ -503,15 +512,21 @@ class PackedDense(MatmulGeometry):
         return self.a_strides[-1], ok
 
 
+def blocking(spec, sig) -> Blocking:
+    """The blocking of a matmul kernel: a packed dense weight's strip width ("packed_width",
+    recorded when it was packed) or, for everything else, this machine's."""
+    return Blocking(sig[-1][0], spec.get("packed_width") or None)
+
+
 def packed_width(dtype) -> int:
-    """NR of this machine's kernels for `dtype`: the strip width of a packed dense weight."""
+    """NR of this machine's kernels for `dtype`: the strip width a packed dense weight gets."""
     return Blocking(dtype).nr
 
 
-def pack_weight(w):
+def pack_weight(w, nr=None):
     """The packed layout of dense's weight w (N, K) that PackedDense reads: (ceil(N/NR), K, NR),
-    [s, k, c] = w[s*NR + c, k], zeros past N."""
-    nr = packed_width(w.dtype.name)
+    [s, k, c] = w[s*NR + c, k], zeros past N; NR this machine's unless given."""
+    nr = nr or packed_width(w.dtype.name)
     n, k = w.shape
     strips = -(-n // nr)
     padded = np.zeros((strips * nr, k), w.dtype)
@@ -1340,7 +1355,7 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
     fn, b = new_function(module, family.variant_symbol(symbol, variant))
     arrays = prologue(b, *fn.args, sig)
     geo = make_geometry(b, spec, sig, arrays)
-    blk = Blocking(sig[-1][0])
+    blk = blocking(spec, sig)
     expr = spec.get("epilogue")
     return_zero_if(b, _output_empty(b, geo))
     check_data(b, arrays)
@@ -1440,7 +1455,7 @@ def emit_gemm_kernel(module, symbol, spec, sig, make_geometry, variants=VARIANTS
     for variant in variants:
         geometry = transposed_dense(make_geometry) if variant == "skinny" else make_geometry
         emit_variant(module, symbol, variant, sig, spec, geometry)
-    blk = Blocking(sig[-1][0])
+    blk = blocking(spec, sig)
     threshold = parallel_work(spec, "matmul", symbol)
     return family.emit_dispatcher(module, symbol, sig, choices(blk, variants, threshold),
                                   prepare=lambda b, arrays: make_geometry(b, spec, sig, arrays))
@@ -1470,6 +1485,10 @@ def _check(spec, inputs, outputs):
             raise KernelError(f"{what}: packed_units (dense only) must be an int >= 0, got "
                               f"{units!r}")
         want = (ar if ar >= 1 else None, 3, ar)
+        width = spec.get("packed_width", 0)
+        if type(width) is not int or width < 0 or width & (width - 1) or width > 64:
+            raise KernelError(f"{what}: packed_width must be 0 (this machine's) or a power of "
+                              f"two up to 64, got {width!r}")
     if (ar, br, orank) != want:
         raise KernelError(f"{what}: ranks {ar}, {br} -> {orank} do not fit the op")
     if any(rank > orank for _, rank in inputs[2:]):

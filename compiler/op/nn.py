@@ -33,6 +33,8 @@ def dense_rel(arg_types, attrs):
     if not units:
         return TensorType(data.shape[:-1] + (weight.shape[0],), data.dtype)
     strips, width = weight.shape[0], weight.shape[2]
+    if attrs["packed_width"] and not is_any(width) and width != attrs["packed_width"]:
+        fail(f"dense: a packed weight of strips {width} wide, packed_width={attrs['packed_width']}")
     if not (is_any(strips) or is_any(width)) and not (strips - 1) * width < units <= strips * width:
         fail(f"dense: a packed weight of {strips} strips of {width} does not hold "
              f"packed_units={units}")
@@ -101,15 +103,18 @@ def layer_norm_rel(arg_types, attrs):
 
 
 def _register_all():
-    register(OpDef("dense", ("data", "weight"), dense_rel, attrs={"packed_units": 0},
+    register(OpDef("dense", ("data", "weight"), dense_rel,
+                   attrs={"packed_units": 0, "packed_width": 0},
                    pattern="out_elemwise_fusable", family="matmul",
-                   doc="dense(data, weight, packed_units=0): data (..., k) times weight "
-                       "(units, k) transposed -> (..., units). With packed_units=N > 0 the "
-                       "weight is in the matmul kernels' packed layout instead (build() makes "
-                       "it from a constant weight): shape (ceil(N/NR), k, NR), "
-                       "weight[s, j, c] = W[s*NR + c, j], zero past N, NR the kernels' tile "
-                       "width on the build machine (16 float32 / 8 float64 with AVX2, twice "
-                       "that with AVX-512); -> (..., N)."))
+                   doc="dense(data, weight, packed_units=0, packed_width=0): data (..., k) "
+                       "times weight (units, k) transposed -> (..., units). With "
+                       "packed_units=N > 0 the weight is in the matmul kernels' packed layout "
+                       "instead (build() makes it from a constant weight): shape "
+                       "(ceil(N/NR), k, NR), weight[s, j, c] = W[s*NR + c, j], zero past N, NR "
+                       "= packed_width (a power of two; build() records the kernels' tile "
+                       "width on the build machine, 16 float32 / 8 float64 with AVX2, twice "
+                       "that with AVX-512, and any machine's kernels read that width; 0: this "
+                       "machine's); -> (..., N)."))
     register(OpDef("matmul", ("a", "b"), matmul_rel, pattern="out_elemwise_fusable",
                    family="matmul",
                    doc="matmul(a, b): 2-D matrix product (m, k) x (k, n) -> (m, n)."))

@@ -4,15 +4,16 @@ The matmul kernels compute a product in NR-wide strips of B; for dense, B is the
 weight, and packing it (rows of W interleaved into strips) cost every call a fixed time per
 weight (13 us for 256 x 256 float32 on one AVX2 core, a tenth of the product at 16 rows), and
 on several threads each column item packed all of x again. This pass rewrites every
-`dense(x, W)` whose W is a rank-2 float32/float64 Constant into `dense(x, Wp,
-packed_units=N)`, Wp a new Constant in the kernels' packed layout (kernels/matmul.py
-`pack_weight`: (ceil(N/NR), K, NR), Wp[s, k, c] = W[s*NR + c, k], zeros past N), so the
+`dense(x, W)` whose W is a rank-2 float32/float64 Constant into
+`dense(x, Wp, packed_units=N, packed_width=NR)`, Wp a new Constant in the kernels' packed
+layout (kernels/matmul.py `pack_weight`: (ceil(N/NR), K, NR), Wp[s, k, c] = W[s*NR + c, k], zeros past N), so the
 kernel reads B's strips straight from it and may split its work by rows. The original constant
 is left alone (another op may use it); a weight used by several dense calls is packed once.
 
-NR is the build machine's (16 float32 with AVX2): an executable loaded on a machine with
-another NR (AVX-512) stops with a KernelError at the first packed dense (build with
-`prepack=False` to move it). Requires typed input; the output is typed.
+NR is the build machine's (16 float32 with AVX2) and is recorded as `packed_width`: an
+executable loaded on a machine with another vector width (AVX-512) gets kernels regenerated
+for that width, which read the weight as it was packed. Requires typed input; the output is
+typed.
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ class _Prepack(ExprMutator):
                 and weight.data.ndim == 2 and weight.data.dtype.name in PACKED_DTYPES
                 and weight.data.shape[0] > 0):
             return call
-        new = E.Call(call.callee, [call.args[0], self.pack(weight)],
-                     {**call.attrs, "packed_units": weight.data.shape[0]})
+        packed = self.pack(weight)
+        new = E.Call(call.callee, [call.args[0], packed],
+                     {**call.attrs, "packed_units": weight.data.shape[0],
+                      "packed_width": packed.data.shape[2]})
         new.checked_type = call.checked_type
         return new
 

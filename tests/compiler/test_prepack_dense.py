@@ -58,6 +58,7 @@ def test_the_pass_packs_each_constant_float_weight_once():
     assert len(f32) == 2 and f32[0] is f32[1]                  # one packed constant
     np.testing.assert_array_equal(f32[0].data, pack_weight(W))
     assert f32[0].data.shape[2] == packed_width("float32")
+    assert all(c.attrs["packed_width"] == c.args[1].data.shape[2] for c in packed)
     assert f32[0].checked_type == ir.TensorType(f32[0].data.shape, "float32")
     plain = [c for c in calls if not c.attrs["packed_units"]]
     assert isinstance(plain[0].args[1], ir.Var) and plain[1].args[1].data is WI
@@ -94,9 +95,9 @@ def test_packed_build_computes_what_the_unpacked_one_does(tmp_path):
             assert np.asarray(g).tobytes() == np.asarray(h).tobytes()
 
 
-def typed_dense(x, weight, units):
+def typed_dense(x, weight, units, width=0):
     return infer_types(ir.IRModule.from_expr(ir.Function([x, weight], op.dense(
-        x, weight, packed_units=units))))["main"].body.checked_type
+        x, weight, packed_units=units, packed_width=width))))["main"].body.checked_type
 
 
 def test_packed_dense_type_relation_and_shape_function():
@@ -108,6 +109,9 @@ def test_packed_dense_type_relation_and_shape_function():
                           (-1, "int >= 0")):
         with pytest.raises(TypeInferenceError, match=phrase):
             typed_dense(x, wp, units)
+    assert typed_dense(x, wp, 2 * nr + 1, nr) == ir.TensorType((ir.Any(), 2 * nr + 1), "float32")
+    with pytest.raises(TypeInferenceError, match=f"strips {nr} wide, packed_width={2 * nr}"):
+        typed_dense(x, wp, 2 * nr + 1, 2 * nr)
     dense = lookup("dense").fn
     weight = np.zeros((3, 24, nr))
     assert dense([np.zeros((5, 24)), weight], {"packed_units": 2 * nr + 5}) == [(5, 2 * nr + 5)]

@@ -132,7 +132,39 @@ def test_a_packed_weight_that_does_not_fit_is_an_error():
     assert raw_call(kernel, [x, good, bias, out], "packed") == 0
 
 
+@functools.cache
+def other_widths():
+    """f32_bias's kernel for weights packed on machines with half and twice this one's NR (an
+    AVX-512 file on AVX2, an AVX2 file on AVX-512): {width: kernel}."""
+    spec, ins, out = KERNELS["f32_bias"]
+    nr = packed_width("float32")
+    kb = KernelBuilder()
+    index = {w: kb.add_compiled(f"w{w}", "matmul", {**spec, "packed_width": w,
+                                                     "parallel_work": 0}, ins, [out])
+             for w in (nr // 2, nr * 2)}
+    loaded = load_kernels(kb.finish())
+    return {w: loaded[i] for w, i in index.items()}
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 40, 130])
+def test_a_weight_packed_for_another_vector_width_gives_the_same_bits(m):
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, 300)).astype(np.float32)
+    w = rng.standard_normal((N32, 300)).astype(np.float32)
+    bias = rng.standard_normal(N32).astype(np.float32)
+    want = run(table()["f32_bias"], [x, pack_weight(w), bias], (m, N32), np.float32, 1)
+    for width, kernel in other_widths().items():
+        for threads in (1, 2):
+            got = run(kernel, [x, pack_weight(w, width), bias], (m, N32), np.float32, threads)
+            assert got.tobytes() == want.tobytes(), (width, threads)
+        assert raw_call(kernel, [x, pack_weight(w), bias, np.empty((m, N32), np.float32)],
+                        "packed") == ERR_SHAPE | 1 << 8      # this machine's strips: not its width
+    np.testing.assert_allclose(want, x.astype(np.float64) @ w.T + bias, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("spec, ins, phrase", [
+    ({"op": "dense", "packed_units": 4, "packed_width": 12}, [("float32", 2), ("float32", 3)],
+     "power of two"),
     ({"op": "dense", "packed_units": 4}, [("float32", 2), ("float32", 2)], "ranks"),
     ({"op": "matmul", "packed_units": 4}, [("float32", 2), ("float32", 2)], "dense only"),
     ({"op": "dense", "packed_units": -1}, [("float32", 2), ("float32", 3)], "int >= 0"),
