@@ -71,10 +71,10 @@ def measure_runs(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None, sett
     return times
 
 
-def measure(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None) -> dict:
+def measure(fns: dict, reps=None, budget=0.002, warmup=1, on_rep=None, settle=0) -> dict:
     """{name: median seconds per call} of every callable in `fns` (see `measure_runs`)."""
     return {name: float(np.median(ts))
-            for name, ts in measure_runs(fns, reps, budget, warmup, on_rep).items()}
+            for name, ts in measure_runs(fns, reps, budget, warmup, on_rep, settle).items()}
 
 
 # A median is trusted when its repetitions agree (interquartile range within this fraction of
