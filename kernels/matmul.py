@@ -132,6 +132,12 @@ PACKED_ROW_SPLIT = 48
 # float32): one sequential stream per call got ~12 GB/s from memory; 4 x 1024 x 4096 went from
 # 1.41 to 1.24 ms, 8 rows from 1.91 to 1.61 (thread CPU time, load 2-3; 128 steps: the same)
 PACKED_PREFETCH_K = 64
+# a prepacked dense below PARALLEL_WORK's multiply-adds still splits from this many weight
+# elements when it is wide enough (`packed_streams`): a few rows are bound by streaming the
+# weight, and each thread streams (and keeps in its own L2) half of it. Back-to-back calls on
+# 2 threads vs 1 (znver2, quiet): 1 x 256 x 1024 1.27x, 1 x 512 x 512 1.24x, 4 x 256 x 1024
+# 1.29x, 1 x 1024 x 1024 1.62x; the while-loop LSTM's steps (1 x 256 x 1024) 1.67x in all
+PACKED_STREAM_WEIGHT = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1056,6 +1062,16 @@ def emit_packed_rows(b, geo, blk, expr, bi, m_lo, m_hi, n_lo, n_hi):
     for_range(b, n_many, n_hi, strip, step=nr)
 
 
+def packed_streams(b, geo, blk):
+    """i1: a prepacked dense with too little work for PARALLEL_WORK that still pays a second
+    thread, because it is bound by streaming the weight, not by its multiply-adds: a weight
+    of at least PACKED_STREAM_WEIGHT elements, wide enough for two column items per thread of
+    MR strips each (narrower items cost more than they save: 1 x 1024 x 256 ran 0.73x)."""
+    weight = b.mul(b.mul(geo.N, geo.K), geo.nb)
+    return b.and_(b.icmp_unsigned(">=", weight, c64(PACKED_STREAM_WEIGHT)),
+                  b.icmp_signed(">=", geo.N, c64(4 * blk.mr * blk.nr)))
+
+
 def emit_packed_items(b, fn, geo, blk, parallel, chunk_item):
     """Prepacked dense's items: row blocks (whole MR strips, about two per thread) from
     PACKED_ROW_SPLIT rows on several threads -- B is packed already and each item packs only
@@ -1387,6 +1403,8 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
         check(b, b.and_(fits, eq(b, geo.sa_k, c64(1))), ERR_LAYOUT)
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
     parallel = b.icmp_unsigned(">=", work, c64(parallel_work(spec, "matmul", symbol)))
+    if variant == "packed" and "parallel_work" not in spec:
+        parallel = b.or_(parallel, packed_streams(b, geo, blk))
     if variant == "packed":
         emit_packed_items(b, fn, geo, blk, parallel, lambda cb, cgeo, *bounds: packed_item(
             cb, cgeo, blk, expr, *bounds))

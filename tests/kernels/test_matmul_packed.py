@@ -172,3 +172,19 @@ def test_a_weight_packed_for_another_vector_width_gives_the_same_bits(m):
 def test_packed_spec_errors(spec, ins, phrase):
     with pytest.raises(KernelError, match=phrase):
         KernelBuilder().add_compiled("d", "matmul", spec, ins, [("float32", 2)])
+
+
+def test_a_streaming_few_row_product_splits_with_the_same_bits():
+    """Below PARALLEL_WORK, a wide enough weight of PACKED_STREAM_WEIGHT elements still splits
+    (the default spec, as a model's dense gets it): an LSTM step's 1 x 256 x 1024."""
+    kb = KernelBuilder()
+    i = kb.add_compiled("step", "matmul", {"op": "dense", "packed_units": 1024},
+                        [("float32", 2), ("float32", 3)], [("float32", 2)])
+    kernel = load_kernels(kb.finish())[i]
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((1024, 256)).astype(np.float32)
+    for m in (1, 2, 5):
+        x = rng.standard_normal((m, 256)).astype(np.float32)
+        outs = [run(kernel, [x, pack_weight(w)], (m, 1024), np.float32, t) for t in (1, 2)]
+        assert outs[0].tobytes() == outs[1].tobytes()
+        np.testing.assert_allclose(outs[0], x.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-3)
