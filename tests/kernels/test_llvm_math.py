@@ -68,23 +68,27 @@ def _emit_map(module, name, fn, elem, lanes, arity=1):
     b.ret_void()
 
 
+def _compiled_maps(module_name, maps):
+    """(library, {key: native map}) of `maps`, [(key, fn, elem, lanes, arity)], emitted into
+    one module and compiled once."""
+    target = codelib.host_target()
+    module = ir.Module(module_name)
+    module.triple = target["triple"]
+    for i, (_, fn, elem, lanes, arity) in enumerate(maps):
+        _emit_map(module, f"map_{i}", fn, elem, lanes, arity)
+    lib = codelib.CodeLibrary(str(module), codelib.compile_ir(str(module), target), target)
+    return lib, {key: ffi.cast(f"void(*)({'void *, ' * (arity + 1)}int64_t)",
+                               lib.address(f"map_{i}"))
+                 for i, (key, _, _, _, arity) in enumerate(maps)}
+
+
 @functools.cache
 def _library():
     """One module with every (function, dtype, lanes) map, compiled once per test process."""
-    target = codelib.host_target()
-    module = ir.Module("llvm_math_test")
-    module.triple = target["triple"]
-    keys = []
-    for fname, fn in llvm_math.FUNCTIONS.items():
-        for dtype, elem in ELEM.items():
-            for lanes in (1, llvm_math.vector_lanes(elem)):
-                for fast in MODES:
-                    name = f"map_{fname}_{dtype}_{lanes}_{int(fast)}"
-                    _emit_map(module, name, functools.partial(fn, fast=fast), elem, lanes)
-                    keys.append(((fname, dtype, lanes, fast), name))
-    lib = codelib.CodeLibrary(str(module), codelib.compile_ir(str(module), target), target)
-    return lib, {k: ffi.cast("void(*)(void *, void *, int64_t)", lib.address(name))
-                 for k, name in keys}
+    return _compiled_maps("llvm_math_test", [
+        ((fname, dtype, lanes, fast), functools.partial(fn, fast=fast), elem, lanes, 1)
+        for fname, fn in llvm_math.FUNCTIONS.items() for dtype, elem in ELEM.items()
+        for lanes in (1, llvm_math.vector_lanes(elem)) for fast in MODES])
 
 
 def apply(fname, dtype, lanes, x, fast=None):
@@ -218,19 +222,10 @@ SPECIAL = {"exp_nonpositive": (llvm_math.exp_nonpositive, 1),
 
 @functools.cache
 def _special_library():
-    target = codelib.host_target()
-    module = ir.Module("llvm_math_special_test")
-    module.triple = target["triple"]
-    keys = []
-    for fname, (fn, arity) in SPECIAL.items():
-        for dtype, elem in ELEM.items():
-            for lanes in (1, llvm_math.vector_lanes(elem)):
-                name = f"map_{fname}_{dtype}_{lanes}"
-                _emit_map(module, name, fn, elem, lanes, arity)
-                keys.append(((fname, dtype, lanes), name, arity))
-    lib = codelib.CodeLibrary(str(module), codelib.compile_ir(str(module), target), target)
-    return lib, {k: ffi.cast(f"void(*)({'void *, ' * (arity + 1)}int64_t)", lib.address(name))
-                 for k, name, arity in keys}
+    return _compiled_maps("llvm_math_special_test", [
+        ((fname, dtype, lanes), fn, elem, lanes, arity)
+        for fname, (fn, arity) in SPECIAL.items() for dtype, elem in ELEM.items()
+        for lanes in (1, llvm_math.vector_lanes(elem))])
 
 
 def apply_special(fname, dtype, lanes, *args):
