@@ -4,7 +4,7 @@ a crash, a hang or a change to another VM's behaviour. The long run is
 `python -m tests.fuzz.harness --mutants 100000` (see tests/fuzz/harness.py)."""
 from tests.fuzz import harness
 
-MUTANTS = 300   # a fixed count, so a busy machine makes the run slower, never weaker
+MUTANTS = 200   # a fixed count, so a busy machine makes the run slower, never weaker
 
 
 def test_mutated_executables_fail_typed_or_run(tmp_path):
