@@ -338,11 +338,15 @@ def parallel_for(b, chunks, ctx, n, worth):
 # of 64: 683 x 12 rows, 60 us), where that tail is under 10-20%. Re-swept 2026-12-06 at load
 # 1.7-1.8 (another session holding one of the 2 cores): no size gained from a second thread,
 # so the entries follow that rule on the sweep's 1-thread times; softmax moved from 2**15 to
-# 2**16 when its kernel got faster (2**15: 27 us). See docs/design.md, "Kernel threads". A
-# spec's "parallel_work" overrides an entry (tests use 0). Units: multiply-adds
+# 2**16 when its kernel got faster (2**15: 27 us). layer_norm and transpose went down to 2**15
+# once the pool's workers poll between jobs (no wake-up between a model's kernels): a kernel
+# that reads what both cores just wrote pays for the other core's cache on one thread, and
+# in BERT-small at seq 256 on 2 threads (quiet) layer_norm took 173 -> 99 us per invoke, the
+# head transposes 276 -> 194 us, the model 7.18 -> 6.81 ms. See docs/design.md, "Kernel
+# threads". A spec's "parallel_work" overrides an entry (tests use 0). Units: multiply-adds
 # (M*N*K*batches) for matmul and conv2d; elements of the input for the others.
-PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 16, "layer_norm": 1 << 17,
-                 "elementwise": 1 << 16, "reduce": 1 << 19, "transpose": 1 << 19}
+PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 16, "layer_norm": 1 << 15,
+                 "elementwise": 1 << 16, "reduce": 1 << 19, "transpose": 1 << 15}
 # chunks `split_for` cuts its items into: enough that a descheduled thread (a loaded machine)
 # leaves little behind, few enough that claiming one (two atomics) stays negligible
 SPLIT_CHUNKS = 32
