@@ -460,6 +460,28 @@ def splat(b, value, lanes):
                             ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
 
 
+def transpose_vectors(b, vectors):
+    """The VL x VL transpose of `vectors` (VL vectors of VL lanes: out[k] lane r = vectors[r]
+    lane k) by log2(VL) stages of two-input shuffles: the stage of block size h pairs rows r
+    and r + h and swaps the upper h-lane block of every 2h lanes of the first with the lower
+    one of the second (on AVX2: vshufps / vperm2f128-like shuffles, 3 stages of 8). The
+    matmul family's packing and the tiled transpose use it."""
+    vl = len(vectors)
+    h = 1
+    while h < vl:
+        lo = [j for g in range(0, vl, 2 * h)
+              for j in [*range(g, g + h), *range(vl + g, vl + g + h)]]
+        lo_idx = ir.Constant(ir.VectorType(I32, vl), lo)
+        hi_idx = ir.Constant(ir.VectorType(I32, vl), [j + h for j in lo])
+        out = list(vectors)
+        for r in (r for r in range(vl) if not r & h):
+            x, y = vectors[r], vectors[r + h]
+            out[r], out[r + h] = b.shuffle_vector(x, y, lo_idx), b.shuffle_vector(x, y, hi_idx)
+        vectors = out
+        h *= 2
+    return vectors
+
+
 def lane_ids(lanes):
     """<0, 1, ..., lanes-1> as i64 lanes (the scalar 0 for one lane)."""
     return c64(0) if lanes == 1 else ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))

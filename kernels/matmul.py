@@ -81,7 +81,8 @@ from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, c64, check, ch
                                      get_function, if_then, kernel_threads, load, load_strides,
                                      masked_load, masked_store, new_function, parallel_work,
                                      product, prologue, return_zero_if, smin, split_for, splat,
-                                     stack_buffer, store, tail_mask, to_reg, unravel)
+                                     stack_buffer, store, tail_mask, to_reg, transpose_vectors,
+                                     unravel)
 from dynvm.vm.errors import KernelError
 
 DTYPES = ("float32", "float64", "int32", "int64")
@@ -715,33 +716,12 @@ def concat(b, vectors):
     return vectors[0]
 
 
-def transpose_block(b, vectors):
-    """The VL x VL transpose of `vectors` (VL vectors of VL lanes: out[k] lane r = vectors[r]
-    lane k) by log2(VL) stages of two-input shuffles: the stage of block size h pairs rows r
-    and r + h and swaps the upper h-lane block of every 2h lanes of the first with the lower
-    one of the second (on AVX2: vshufps / vperm2f128-like shuffles, 3 stages of 8)."""
-    vl = len(vectors)
-    h = 1
-    while h < vl:
-        lo = [j for g in range(0, vl, 2 * h)
-              for j in [*range(g, g + h), *range(vl + g, vl + g + h)]]
-        lo_idx = ir.Constant(ir.VectorType(I32, vl), lo)
-        hi_idx = ir.Constant(ir.VectorType(I32, vl), [j + h for j in lo])
-        out = list(vectors)
-        for r in (r for r in range(vl) if not r & h):
-            x, y = vectors[r], vectors[r + h]
-            out[r], out[r + h] = b.shuffle_vector(x, y, lo_idx), b.shuffle_vector(x, y, hi_idx)
-        vectors = out
-        h *= 2
-    return vectors
-
-
 def pack_strip(b, blk, base, src, stride, kc, dst, out):
     """dst[out + k*R + r] = base[src[r] + k*stride] for k < kc, r < R = len(src): R rows of a
     matrix, each read along k, interleaved (a packed strip of A, or of B read by columns). With
     stride 1 it moves VL columns at a time: the rows in groups of VL (the last padded with
     undefined rows), each group one vector load per row and a VL x VL transpose
-    (`transpose_block`), then per column k one R-element store of the groups' vectors; the
+    (`transpose_vectors`), then per column k one R-element store of the groups' vectors; the
     last kc % VL columns (and other strides) one column of R elements at a time."""
     rows, vl = len(src), blk.vl
     vwidth = b.select(eq(b, stride, c64(1)), b.sub(kc, b.urem(kc, c64(vl))), c64(0))
@@ -752,7 +732,7 @@ def pack_strip(b, blk, base, src, stride, kc, dst, out):
         groups = []
         for g in range(0, rows, vl):
             loaded = [load(b, base, b.add(o, k), blk.vec) for o in src[g:g + vl]]
-            groups.append(transpose_block(b, loaded + [undef] * (vl - len(loaded))))
+            groups.append(transpose_vectors(b, loaded + [undef] * (vl - len(loaded))))
         for kk in range(vl):
             column = concat(b, [group[kk] for group in groups])
             if column.type.count != rows:

@@ -42,7 +42,7 @@ from dynvm.kernels.llvm_util import (I1, I32, I64, MEM_TYPE, PTR, add_mul, all_o
                                      check_equal, const, for_nest, for_range, get_function, icmp,
                                      is_compact, load, load_strides, new_function,
                                      parallel_work, product, prologue, smax, smin, split_for,
-                                     store)
+                                     store, transpose_vectors)
 from dynvm.shape_funcs.transform import TAKE_MODES
 from dynvm.vm.errors import KernelError
 
@@ -378,18 +378,11 @@ def _transpose_tiled(b, info, view, lo, hi):
 
 
 def _transpose_block(b, x, src, n, out, dst, m, lanes):
-    """out[dst + c*m + a] = x[src + a*n + c] for a, c < lanes: `lanes` vector loads, log2(lanes)
-    rounds that each interleave row k with row k + lanes/2 (low halves into row 2k, high
-    halves into row 2k+1: after the last round row c holds column c), `lanes` vector stores."""
+    """out[dst + c*m + a] = x[src + a*n + c] for a, c < lanes: `lanes` vector loads, an
+    in-register transpose (`transpose_vectors`), `lanes` vector stores."""
     vty = ir.VectorType(x.ty, lanes)
     rows = [load(b, x.data, b.add(src, b.mul(const(I64, a), n)), vty) for a in range(lanes)]
-    half = lanes // 2
-    low = [i for k in range(half) for i in (k, k + lanes)]
-    masks = [ir.Constant(ir.VectorType(I32, lanes), [i + h for i in low]) for h in (0, half)]
-    for _ in range(lanes.bit_length() - 1):
-        rows = [b.shuffle_vector(rows[k], rows[k + half], mask)
-                for k in range(half) for mask in masks]
-    for c, v in enumerate(rows):
+    for c, v in enumerate(transpose_vectors(b, rows)):
         store(b, v, out.data, b.add(dst, b.mul(const(I64, c), m)))
 
 
