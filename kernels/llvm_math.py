@@ -238,9 +238,8 @@ def _exp_bits(b, x):
     """e**x for x in `_EXP_BITS_RANGE` (or NaN), with 2**n built by bits in one multiply (no
     split 2**n, so fewer instructions than `exp`) and the polynomial by Estrin's scheme (a
     shorter dependency chain: softmax ran 6-15% faster than with Horner's). From
-    x > 127.5 ln 2 (88.4, float32)
-    the result is inf, a little early (e**88.7 is still finite). Outside the range the result
-    is garbage: callers clamp or mask."""
+    x > 127.5 ln 2 (88.4, float32) the result is inf, a little early (e**88.7 is still
+    finite). Outside the range the result is garbage: callers clamp or mask."""
     ty = x.type
     k, _, r = _reduce(b, x)
     return _scale_normal(b, _poly_estrin(b, r, _EXP_F32 if _is_f32(ty) else _EXP_F64), k)

@@ -1383,9 +1383,9 @@ def emit_variant(module, symbol, variant, sig, spec, make_geometry):
         check(b, b.and_(fits, eq(b, geo.sa_k, c64(1))), ERR_LAYOUT)
     work = b.mul(b.mul(b.mul(geo.M, geo.N), geo.K), geo.nb)
     parallel = b.icmp_unsigned(">=", work, c64(parallel_work(spec, "matmul", symbol)))
-    if variant == "packed" and "parallel_work" not in spec:
-        parallel = b.or_(parallel, packed_streams(b, geo, blk))
     if variant == "packed":
+        if "parallel_work" not in spec:
+            parallel = b.or_(parallel, packed_streams(b, geo, blk))
         emit_packed_items(b, fn, geo, blk, parallel, lambda cb, cgeo, *bounds: packed_item(
             cb, cgeo, blk, expr, *bounds))
         b.ret(const(I32, 0))
