@@ -6,8 +6,8 @@ weight (13 us for 256 x 256 float32 on one AVX2 core, a tenth of the product at 
 on several threads each column item packed all of x again. This pass rewrites every
 `dense(x, W)` whose W is a rank-2 float32/float64 Constant into
 `dense(x, Wp, packed_units=N, packed_width=NR)`, Wp a new Constant in the kernels' packed
-layout (kernels/matmul.py `pack_weight`: (ceil(N/NR), K, NR), Wp[s, k, c] = W[s*NR + c, k], zeros past N), so the
-kernel reads B's strips straight from it and may split its work by rows. The original constant
+layout (kernels/matmul.py `pack_weight`: (ceil(N/NR), K, NR), Wp[s, k, c] = W[s*NR + c, k],
+zeros past N), so the kernel reads B's strips straight from it and may split its work by rows. The original constant
 is left alone (another op may use it); a weight used by several dense calls is packed once.
 
 NR is the build machine's (16 float32 with AVX2) and is recorded as `packed_width`: an
