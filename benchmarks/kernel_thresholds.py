@@ -21,6 +21,7 @@ import numpy as np
 from dynvm.kernels import abi, load_kernels, pool
 from dynvm.kernels.builder import KernelBuilder
 from dynvm.kernels.llvm_util import PARALLEL_WORK
+from dynvm.kernels.matmul import pack_weight
 
 CROSS = 1.1     # 2 threads at least this much faster than 1 from the crossover on
 # BERT's tanh-GELU as the model fuses it: 0.5 x (1 + tanh(0.79788456 (x + 0.044715 x**3)))
@@ -45,6 +46,11 @@ def cases(name, rng):
                   (128, 512, 256), (256, 512, 256), (256, 512, 512), (512, 512, 512)]
         return [(f"{m}x{n}x{k}", m * n * k, [_f32(rng, m, k), _f32(rng, n, k)], (m, n))
                 for m, n, k in shapes]
+    if name == "dense_packed":      # a constant weight, packed at build time: N = 256
+        return [(f"{m}x256x{k}", m * 256 * k, [_f32(rng, m, k), pack_weight(_f32(rng, 256, k))],
+                 (m, 256)) for m, k in [(1, 64), (2, 64), (4, 64), (8, 64), (16, 64), (16, 128),
+                                        (16, 256), (32, 256), (64, 256), (128, 256), (256, 256),
+                                        (512, 256), (512, 512)]]
     if name == "transpose":     # BERT-base's heads: (S, 12, 64) -> (12, S, 64), rows of 64
         return [(f"{rows}x12x64", rows * 768, [_f32(rng, rows, 12, 64)], (12, rows, 64))
                 for rows in ROWS]
@@ -63,6 +69,8 @@ def cases(name, rng):
 
 KERNELS = {
     "matmul": ("matmul", {"op": "dense"}, [("float32", 2)] * 2, ("float32", 2)),
+    "dense_packed": ("matmul", {"op": "dense", "packed_units": 256},
+                     [("float32", 2), ("float32", 3)], ("float32", 2)),
     "softmax": ("softmax", {"op": "softmax", "axis": -1}, [("float32", 2)], ("float32", 2)),
     "layer_norm": ("layer_norm", {"op": "layer_norm", "axis": -1},
                    [("float32", 2), ("float32", 1), ("float32", 1)], ("float32", 2)),
@@ -118,7 +126,7 @@ def crossover(rows):
 def sweep(name, kernel, reps):
     rng = np.random.default_rng(0)
     entry = abi.kernel_function(kernel.address)
-    unit = "multiply-adds" if name == "matmul" else "elements"
+    unit = "multiply-adds" if KERNELS[name][0] == "matmul" else "elements"
     print(f"\n{name} (PARALLEL_WORK now {PARALLEL_WORK[KERNELS[name][0]]} {unit})")
     print(f"{'shape':>14} {'work':>9} {'variant':>12} {'1 thread':>10} {'2 threads':>10} "
           f"{'speedup':>8}")

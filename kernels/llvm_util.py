@@ -329,24 +329,17 @@ def parallel_for(b, chunks, ctx, n, worth):
 
 
 # Work (a family's unit, below) from which a kernel's chunks go to the kernel threads; below it
-# the kernel runs on the calling thread alone (no wake-up). One entry per family, set with
+# the kernel runs on the calling thread alone. One entry per family, from
 # benchmarks/kernel_thresholds.py (each family's kernel built with parallel_work 0, 2 threads
-# against 1 over growing sizes, interleaved): waking a worker and waiting for its last chunk
-# cost 2-8 us there, so each entry is the size that takes one thread about 30-60 us (softmax
-# rows of 128: 512 rows, 55 us; layer_norm rows of 768: 170 rows, 32 us; BERT's tanh-GELU:
-# 64 rows of 1024, 55 us; sum over rows of 256: 2048 rows; dense: 64x256x128; transpose rows
-# of 64: 683 x 12 rows, 60 us), where that tail is under 10-20%. Re-swept 2026-12-06 at load
-# 1.7-1.8 (another session holding one of the 2 cores): no size gained from a second thread,
-# so the entries follow that rule on the sweep's 1-thread times; softmax moved from 2**15 to
-# 2**16 when its kernel got faster (2**15: 27 us). layer_norm and transpose went down to 2**15
-# once the pool's workers poll between jobs (no wake-up between a model's kernels): a kernel
-# that reads what both cores just wrote pays for the other core's cache on one thread, and
-# in BERT-small at seq 256 on 2 threads (quiet) layer_norm took 173 -> 99 us per invoke, the
-# head transposes 276 -> 194 us, the model 7.18 -> 6.81 ms. See docs/design.md, "Kernel
-# threads". A spec's "parallel_work" overrides an entry (tests use 0). Units: multiply-adds
-# (M*N*K*batches) for matmul and conv2d; elements of the input for the others.
-PARALLEL_WORK = {"matmul": 1 << 21, "softmax": 1 << 16, "layer_norm": 1 << 15,
-                 "elementwise": 1 << 16, "reduce": 1 << 19, "transpose": 1 << 15}
+# against 1 over growing sizes, interleaved; three sweeps on a quiet 2-core machine, each entry
+# the largest of its crossovers), except layer_norm and transpose, set lower from BERT: on 2
+# threads a serial kernel reads half its input from the other core's cache, split it reads its
+# own. A job costs the pool about 0.8 us, so one thread takes 6-15 us at most entries. See
+# docs/design.md, "Kernel threads". A spec's "parallel_work" overrides an entry (tests use 0).
+# Units: multiply-adds (M*N*K*batches) for matmul and conv2d; elements of the input for the
+# others.
+PARALLEL_WORK = {"matmul": 1 << 19, "softmax": 1 << 13, "layer_norm": 1 << 15,
+                 "elementwise": 1 << 13, "reduce": 1 << 18, "transpose": 1 << 15}
 # chunks `split_for` cuts its items into: enough that a descheduled thread (a loaded machine)
 # leaves little behind, few enough that claiming one (two atomics) stays negligible
 SPLIT_CHUNKS = 32

@@ -118,6 +118,22 @@ def test_workers_take_chunks_and_sleep_when_idle():
     assert time.process_time() - cpu < 0.15
 
 
+def test_sleeping_workers_are_woken_and_wake_a_sleeping_caller():
+    """After the polling time every worker sleeps; a new job wakes them (the caller counts
+    sleepers before it broadcasts), and a caller that sleeps on its workers' last chunks (each
+    chunk longer than the polling time) is woken by whoever finishes the last one."""
+    pool.use_threads(3)
+    record(8)                      # start the workers
+    for _ in range(20):
+        time.sleep(0.01)           # far past SPIN_CYCLES: every worker is asleep
+        owners, runs, _ = record(6, sleep_us=2000)
+        assert runs.tolist() == [1] * 6
+        if len(set(owners.tolist())) >= 2:
+            break
+    else:
+        pytest.fail("no sleeping worker was ever woken for a job")
+
+
 def test_the_thread_count_belongs_to_the_calling_thread():
     pool.use_threads(2)
     seen = []
