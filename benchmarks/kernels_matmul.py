@@ -10,8 +10,11 @@ a constant weight) and as it is, against numpy, torch.nn.functional.linear
 
 Square sizes: dynvm at 1 and 2 kernel threads (kernels/pool.py), numpy at 1 and 2 OpenBLAS
 threads (switched per call through OpenBLAS's own set_num_threads) and ORT's MatMul in sessions
-of 1 and 2 intra-op threads are all called in turn once per repetition, so machine noise hits
-them alike; each number is the median of the repetitions, and the whole table is taken `--runs`
+of 1 and 2 intra-op threads take turns, a batch of calls (about 20 ms) each per repetition, so
+machine noise hits them alike. Each batch follows 0.1 s of untimed calls of its own
+(`SETTLE_SECONDS`, as `dynvm bench` does): OpenBLAS's and ORT's idle workers spin for tens of
+milliseconds after a call and would take the next runtime's second core. Each number is the
+median of the repetitions, and the whole table is taken `--runs`
 times with the load average before each (the machine may be shared: compare ratios within one
 run). The ratios are dynvm / numpy and dynvm / ORT at the same thread count. `--cpu-time`
 times the one-thread columns only, by the calling thread's CPU time (time.thread_time: on a
@@ -34,6 +37,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")   # the most threads numpy is
 
 import numpy as np  # noqa: E402
 
+from dynvm.bench.harness import measure  # noqa: E402
+from dynvm.bench.peers import SETTLE_SECONDS  # noqa: E402
 from dynvm.kernels import abi, load_kernels, pool  # noqa: E402
 from dynvm.kernels.builder import KernelBuilder  # noqa: E402
 
@@ -142,7 +147,10 @@ def time_square(kernel, n, reps, transpose_b, set_blas, sessions, threads, clock
             fns["numpy", t] = numpy_on(t)
         if t in sessions:
             fns["ORT", t] = functools.partial(sessions[t].run, None, {"a": a, "b": bc})
-    times = dict(zip(fns, interleaved(reps, *fns.values(), clock=clock)))
+    if clock is time.perf_counter:     # each batch after SETTLE_SECONDS of its own calls
+        times = measure(fns, reps, budget=0.02, settle=SETTLE_SECONDS)
+    else:
+        times = dict(zip(fns, interleaved(reps, *fns.values(), clock=clock)))
     del keep
     return times, kernel.last_variant
 

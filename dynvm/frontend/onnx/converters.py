@@ -1315,9 +1315,12 @@ def transposed_weight(cx, w):
 
 
 def matmul_nd(cx, x, w):
+    """x @ w over broadcast batches. A 2-D weight is dense's (transposed; an initializer once,
+    at import, so build() packs it), except against a 2-D run-time weight, which matmul takes
+    as it is."""
     ra, rb = rank(cx, x), rank(cx, w)
     if rb == 2:
-        if ra == 2:
+        if ra == 2 and cx.value_of(w) is None:
             return op.matmul(x, w)
         return op.dense(x, transposed_weight(cx, w))
     if ra < rb:
