@@ -2,7 +2,8 @@
 
 Afterwards no non-primitive `Function` is nested in a global function. A local function
 `fn (params) { body }` with free variables `c1..ck` becomes a global `@outer_name_N(c1..ck,
-params) { body }` with attribute `Closure = k`, and the local function value becomes
+params) { body }` with attribute `Closure = k` (`outer` the global function it is nested in,
+at any depth: names stay short however deep functions nest; N numbers them apart), and the local function value becomes
 `Call(@outer_name_N, [c1..ck], attrs={"closure": 1})` (the code generator emits AllocClosure).
 A local function bound by `let %f = fn ...` may call itself: such calls, and calls of `%f` in the
 let body, become direct calls `@outer_name_N(c1..ck, args)` (so a loop built by `while_loop`
@@ -159,7 +160,7 @@ class _Lifter(ExprMutator):
         fresh = [_typed(E.Var(v.name, v.checked_type), v.checked_type) for v in captured]
         for v in fresh:
             v.type_annotation = v.checked_type
-        inner = _Lifter(self.mod, name, self.new_functions, self.next_number, self.free)
+        inner = _Lifter(self.mod, self.outer, self.new_functions, self.next_number, self.free)
         inner.memo.update({id(old): new for old, new in zip(captured, fresh)})
         if self_var is not None:
             inner.direct[self_var] = (gv, fresh)
