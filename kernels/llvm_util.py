@@ -341,7 +341,8 @@ def parallel_for(b, chunks, ctx, n, worth):
 PARALLEL_WORK = {"matmul": 1 << 19, "softmax": 1 << 13, "layer_norm": 1 << 15,
                  "elementwise": 1 << 13, "reduce": 1 << 18, "transpose": 1 << 15}
 # chunks `split_for` cuts its items into: enough that a descheduled thread (a loaded machine)
-# leaves little behind, few enough that claiming one (two atomics) stays negligible
+# leaves little behind (the others take what is left of its home range), few enough that
+# claiming one (a compare-and-swap on the claimer's own counter) stays negligible
 SPLIT_CHUNKS = 32
 
 
