@@ -42,6 +42,11 @@ ERROR_KINDS = {
 # The highest rank a kernel argument may have (numpy allows 64 dims; generated code is unrolled
 # per dimension, so a bound keeps a hostile signature from costing unbounded build time).
 MAX_RANK = 32
+# The most stack a kernel may take below its caller's frame (the matmul family's packing
+# buffers, KC*NC + MC*KC + MR*NR elements: 1.1 MiB; tests/kernels/test_stack.py measures the
+# largest kernels against it). A caller's thread must have this much left: the native tier
+# stops its recursion this far (plus a margin) above the stack's end.
+KERNEL_STACK_BYTES = 3 << 19        # 1.5 MiB
 
 
 def variant_symbol(symbol: str, variant: str) -> str:

@@ -42,7 +42,7 @@ import msgpack
 import numpy as np
 from llvmlite import ir
 
-from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, ffi
+from dynvm.kernels.abi import ERR_INTERRUPT, KDL_CPU, KERNEL_STACK_BYTES, ffi
 from dynvm.kernels.interrupt import QUIET_ADDRESS, arm, register_arm
 from dynvm.vm.bytecode import is_loop_function, registers
 from dynvm.vm.dtypes import DTYPES, itemsize
@@ -2006,7 +2006,9 @@ int pthread_attr_destroy(void *attr);
 void free(void *ptr);
 """)
 _LIBC = _libc.dlopen(None)
-_STACK_MARGIN = 256 * 1024      # bytes of the thread's stack left for Python and the kernels
+# bytes of the thread's stack below the deepest native frame: a kernel's frame (it may be
+# called from that frame), and 256 KiB for Python and libc
+_STACK_MARGIN = KERNEL_STACK_BYTES + 256 * 1024
 _threads = threading.local()
 
 
