@@ -39,7 +39,8 @@ sets it per invoke, so VMs with different counts on different threads never dist
 other); unset means `default_threads()`, the cores this process may run on. Workers are
 started on first need, up to count - 1 (at most MAX_WORKERS), live as long as the process,
 block every signal (Python handles signals on the main thread) and sleep on a condition
-variable between jobs (after polling for SPIN_CYCLES): an idle pool uses no CPU. After fork() the child starts its own workers.
+variable between jobs (after polling for SPIN_CYCLES): an idle pool uses no CPU. After fork()
+the child starts its own workers.
 
 Every counter holds the job's tag (its generation / 2) in its high 32 bits, so a worker that
 read an older job can never claim a chunk of a newer one.

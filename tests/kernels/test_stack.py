@@ -86,8 +86,8 @@ def kernels():
     kb = KernelBuilder()
     index = {}
     for name, (spec, dtype, _, packed) in KERNELS.items():
-        index[name] = kb.add_compiled(name, "matmul", spec, [(dtype, 2), (dtype, 3 if packed else 2)],
-                                      [(dtype, 2)])
+        weight = (dtype, 3 if packed else 2)
+        index[name] = kb.add_compiled(name, "matmul", spec, [(dtype, 2), weight], [(dtype, 2)])
     loaded = load_kernels(kb.finish())
     return {name: loaded[i] for name, i in index.items()}
 
