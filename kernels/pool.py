@@ -104,10 +104,18 @@ define internal i64 @home(i64 %p, i64 %n, i64 %parts) {
   ret i64 %h
 }
 
-define internal void @broadcast(ptr %cond) {
+; broadcast %cond (under the mutex) if the count of its sleepers at %waiting is not 0
+define internal void @wake_sleepers(ptr %waiting, ptr %cond) {
+entry:
+  %n = load atomic i64, ptr %waiting seq_cst, align 8
+  %any = icmp ne i64 %n, 0
+  br i1 %any, label %wake, label %out
+wake:
   call i32 @pthread_mutex_lock(ptr @mutex)
   call i32 @pthread_cond_broadcast(ptr %cond)
   call i32 @pthread_mutex_unlock(ptr @mutex)
+  br label %out
+out:
   ret void
 }
 
@@ -161,35 +169,43 @@ add:
   %d = atomicrmw add ptr @done, i64 %count seq_cst
   %d1 = add i64 %d, %count
   %last = icmp eq i64 %d1, %n
-  br i1 %last, label %last.chunk, label %out
-last.chunk:
-  %waits = load atomic i64, ptr @caller_waits seq_cst, align 8
-  %asleep = icmp ne i64 %waits, 0
-  br i1 %asleep, label %wake, label %out
+  br i1 %last, label %wake, label %out
 wake:
-  call void @broadcast(ptr @done_cond)
+  call void @wake_sleepers(ptr @caller_waits, ptr @done_cond)
   br label %out
 out:
   ret void
 }
 
-; a new job's generation (even, not %seen), polling up to SPIN_CYCLES; %seen if none came
+; i1: %g is a published job other than %seen (even: not being written)
+define internal i1 @is_new(i64 %g, i64 %seen) {
+  %odd = and i64 %g, 1
+  %even = icmp eq i64 %odd, 0
+  %new = icmp ne i64 %g, %seen
+  %ok = and i1 %even, %new
+  ret i1 %ok
+}
+
+; one pause between polls; i1: polling began at %t0 less than SPIN_CYCLES ago
+define internal i1 @poll_on(i64 %t0) {
+  call void @llvm.x86.sse2.pause()
+  %t = call i64 @llvm.readcyclecounter()
+  %spent = sub i64 %t, %t0
+  %more = icmp ult i64 %spent, SPIN_CYCLES
+  ret i1 %more
+}
+
+; a new job's generation, polling up to SPIN_CYCLES; %seen if none came
 define internal i64 @poll_job(i64 %seen) {
 entry:
   %t0 = call i64 @llvm.readcyclecounter()
   br label %test
 test:
   %g = load atomic i64, ptr @job acquire, align 8
-  %odd = and i64 %g, 1
-  %even = icmp eq i64 %odd, 0
-  %new = icmp ne i64 %g, %seen
-  %ok = and i1 %even, %new
+  %ok = call i1 @is_new(i64 %g, i64 %seen)
   br i1 %ok, label %found, label %pause
 pause:
-  call void @llvm.x86.sse2.pause()
-  %t = call i64 @llvm.readcyclecounter()
-  %spent = sub i64 %t, %t0
-  %more = icmp ult i64 %spent, SPIN_CYCLES
+  %more = call i1 @poll_on(i64 %t0)
   br i1 %more, label %test, label %none
 found:
   ret i64 %g
@@ -207,10 +223,7 @@ entry:
   br label %test
 test:
   %g = load atomic i64, ptr @job seq_cst, align 8
-  %odd = and i64 %g, 1
-  %even = icmp eq i64 %odd, 0
-  %new = icmp ne i64 %g, %seen
-  %ok = and i1 %even, %new
+  %ok = call i1 @is_new(i64 %g, i64 %seen)
   br i1 %ok, label %found, label %sleep
 sleep:
   call i32 @pthread_cond_wait(ptr @work_cond, ptr @mutex)
@@ -351,13 +364,7 @@ ranges:
 go:
   store atomic i64 0, ptr @done monotonic, align 8
   store atomic i64 %g, ptr @job seq_cst, align 8
-  %sleeping = load atomic i64, ptr @sleepers seq_cst, align 8
-  %any = icmp ne i64 %sleeping, 0
-  br i1 %any, label %wake, label %out
-wake:
-  call void @broadcast(ptr @work_cond)
-  br label %out
-out:
+  call void @wake_sleepers(ptr @sleepers, ptr @work_cond)
   ret i64 %tag
 }
 
@@ -372,10 +379,7 @@ test:
   %finished = icmp uge i64 %d, %n
   br i1 %finished, label %out, label %pause
 pause:
-  call void @llvm.x86.sse2.pause()
-  %t = call i64 @llvm.readcyclecounter()
-  %spent = sub i64 %t, %t0
-  %more = icmp ult i64 %spent, SPIN_CYCLES
+  %more = call i1 @poll_on(i64 %t0)
   br i1 %more, label %test, label %lock
 lock:
   call i32 @pthread_mutex_lock(ptr @mutex)

@@ -100,15 +100,22 @@ def test_parallel_for_runs_every_chunk_exactly_once(threads, n):
         assert calls == n
 
 
+def a_worker_takes_part(n, sleep_us, pause=0.0):
+    """Whether some job of n chunks (each sleeping sleep_us), started `pause` seconds after
+    the last, ran a chunk on a worker, in 20 tries (a loaded machine may run everything on the
+    caller once); every chunk runs once in every try."""
+    for _ in range(20):
+        time.sleep(pause)
+        owners, runs, _ = record(n, sleep_us=sleep_us)
+        assert runs.tolist() == [1] * n
+        if len(set(owners.tolist())) >= 2:
+            return True
+    return False
+
+
 def test_workers_take_chunks_and_sleep_when_idle():
     pool.use_threads(3)
-    for _ in range(20):            # a loaded machine may run everything on the caller once
-        owners, runs, _ = record(40, sleep_us=300)
-        assert runs.tolist() == [1] * 40
-        if len(set(owners.tolist())) >= 2:
-            break
-    else:
-        pytest.fail("no worker ever took a chunk")
+    assert a_worker_takes_part(40, sleep_us=300), "no worker ever took a chunk"
     assert pool.started_workers() >= 2
     cpu = time.process_time()
     time.sleep(0.5)
@@ -124,14 +131,8 @@ def test_sleeping_workers_are_woken_and_wake_a_sleeping_caller():
     chunk longer than the polling time) is woken by whoever finishes the last one."""
     pool.use_threads(3)
     record(8)                      # start the workers
-    for _ in range(20):
-        time.sleep(0.01)           # far past SPIN_CYCLES: every worker is asleep
-        owners, runs, _ = record(6, sleep_us=2000)
-        assert runs.tolist() == [1] * 6
-        if len(set(owners.tolist())) >= 2:
-            break
-    else:
-        pytest.fail("no sleeping worker was ever woken for a job")
+    # 10 ms is far past SPIN_CYCLES: every worker is asleep
+    assert a_worker_takes_part(6, sleep_us=2000, pause=0.01), "no sleeping worker was woken"
 
 
 def test_the_thread_count_belongs_to_the_calling_thread():
