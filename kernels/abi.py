@@ -43,10 +43,10 @@ ERROR_KINDS = {
 # per dimension, so a bound keeps a hostile signature from costing unbounded build time).
 MAX_RANK = 32
 # The most stack a kernel may take below its caller's frame (the matmul family's packing
-# buffers, KC*NC + MC*KC + MR*NR elements: 1.1 MiB; tests/kernels/test_stack.py measures the
+# buffers, KC*NC + MC*KC + MR*NR elements: 610 KiB; tests/kernels/test_stack.py measures the
 # largest kernels against it). A caller's thread must have this much left: the native tier
 # stops its recursion this far (plus a margin) above the stack's end.
-KERNEL_STACK_BYTES = 3 << 19        # 1.5 MiB
+KERNEL_STACK_BYTES = 768 * 1024
 
 
 def variant_symbol(symbol: str, variant: str) -> str:

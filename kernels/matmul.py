@@ -44,7 +44,7 @@ Variants (symbols `S__<variant>`, dispatcher `S` from family.emit_dispatcher):
   micro-kernel reads x's rows in place (one or two rows several strips per call,
   `strips_kernel`); more rows pack A in MC x KC blocks as "fast" does. Same bits as "fast".
 Packed buffers live on the stack (bounded allocas: KC*NC + MC*KC + MR*NR elements, about
-1.1 MiB for any dtype), so kernels never call malloc; callers' threads need that much stack
+610 KiB for any dtype), so kernels never call malloc; callers' threads need that much stack
 (glibc's default thread stack is 8 MiB).
 
 Threads: gemv, blocked, fast and skinny compute items of output columns (a batch's gemv panel or
@@ -93,14 +93,14 @@ DTYPES = ("float32", "float64", "int32", "int64")
 OPS = {"dense": 2, "matmul": 2, "batch_matmul": 2}
 VARIANTS = ("tiny", "gemv", "blocked", "fast")      # the matmul family's
 CONV_VARIANTS = ("tiny", "blocked", "fast")        # conv2d's B (im2col) is never contiguous
-# the packed KC x NC panel of B at one thread: each MC x KC block of A, packed again for every
-# NC columns, is reused over 1024 float32 columns (B's strips are used from L1, so the panel
-# need not fit L2). 128 -> 512 columns took 1024^3 from 0.79 to 0.86-0.92 of single-threaded
-# OpenBLAS (load 6); 512 -> 1024 columns 95 -> 97.6 GF/s (dense) and 92.6 -> 96.0 (matmul) at
-# 1024^3, 2048^3 level or better (quiet, 1 thread, three alternating runs; 2048 columns no
-# better). On more threads the column blocks shrink to give each thread about two items
+# the packed KC x NC panel of B at one thread (L2-sized on znver2: each MC x KC block of A,
+# packed again for every NC columns, is then reused over 512 float32 columns, not 128: 1024^3
+# went from 0.79 to 0.86-0.92 of single-threaded OpenBLAS at load 6). 1024 columns ran 1024^3
+# 2.5-3.5% faster still (quiet, 1 thread), but the kernel's frame would grow from 610 KiB to
+# 1.1 MiB of the caller's stack (abi.KERNEL_STACK_BYTES): a thread of 1 MiB could no longer
+# call it. On more threads the column blocks shrink to give each thread about two items
 # (`column_step`), which changes no result
-NC_BYTES = 1024 * 1024
+NC_BYTES = 512 * 1024
 MK_UNROLL = 4    # k steps per trip of the micro-kernel's loop
 TINY_WORK = 16 * 16 * 16   # M*N*K at or below which setup costs more than blocking saves
 GEMV_ROWS = 4    # rows of A per pass over B in "gemv" (M <= GEMV_ROWS streams B once)
@@ -349,7 +349,26 @@ class Geometry:
                 src = [self.b_offset(b, bi, pc, b.add(jc, b.add(t, c64(c)))) for c in range(nr)]
                 pack_strip(b, blk, self.bm, src, self.sb_k, kc, dst, out)
             if_then(b, b.and_(columns, eq(b, width, c64(nr))), by_columns, by_rows)
-        for_range(b, 0, nc, strip, step=nr)
+        rows = eq(b, self.sb_n, c64(1))        # B's rows contiguous (matmul's weight)
+        whole = b.mul(b.udiv(nc, c64(nr)), c64(nr))
+        if_then(b, rows, lambda: self.pack_rows(b, blk, bi, pc, kc, jc, whole, dst))
+        for_range(b, b.select(rows, whole, c64(0)), nc, strip, step=nr)
+
+    def pack_rows(self, b, blk, bi, pc, kc, jc, whole, dst):
+        """pack_b's whole strips [0, whole) of a B with contiguous rows, row by row: each row's
+        run of the panel is read in order (one page of B after another, where strip by strip
+        read one line of each of KC rows, a page apart in a square product), NR at a time."""
+        def row(k):
+            src = self.b_offset(b, bi, b.add(pc, k), jc)
+            o = b.mul(k, c64(blk.nr))
+
+            def strip(t):
+                for v in range(blk.nv):
+                    x = load(b, self.bm, b.add(src, b.add(t, c64(v * blk.vl))), blk.vec)
+                    store(b, x, dst, b.add(b.add(b.mul(t, kc), o), c64(v * blk.vl)),
+                          align=blk.vl * blk.size)
+            for_range(b, 0, whole, strip, step=blk.nr)
+        for_range(b, 0, kc, row)
 
 
 def nested_rows(b, strides, dims):

@@ -2009,22 +2009,24 @@ _LIBC = _libc.dlopen(None)
 # bytes of the thread's stack below the deepest native frame: a kernel's frame (it may be
 # called from that frame), and 256 KiB for Python and libc
 _STACK_MARGIN = KERNEL_STACK_BYTES + 256 * 1024
+_STACK_ROOM = 256 * 1024        # a stack with less room than this for native frames gets none
 _threads = threading.local()
 
 
 def stack_limit() -> int:
     """The lowest address native frames may reach in this thread (its stack's low end plus a
-    margin); the highest address when the bounds cannot be read, so that every native call
-    defers to the Python tier instead of risking the stack."""
+    margin); the highest address the ctx word holds when the bounds cannot be read or leave no
+    room for native frames, so that every native call defers to the Python tier instead of
+    risking the stack."""
     limit = getattr(_threads, "stack_limit", None)
     if limit is None:
-        limit = (1 << 64) - 1
+        limit = (1 << 63) - 1
         try:
             lib = _LIBC
             attr = _libc.new("char[256]")      # pthread_attr_t is at most 64 bytes on Linux
             if lib.pthread_getattr_np(lib.pthread_self(), attr) == 0:
                 low, size = _libc.new("void **"), _libc.new("size_t *")
-                if lib.pthread_attr_getstack(attr, low, size) == 0 and size[0] > 2 * _STACK_MARGIN:
+                if lib.pthread_attr_getstack(attr, low, size) == 0 and size[0] > _STACK_MARGIN + _STACK_ROOM:
                     limit = int(_libc.cast("uintptr_t", low[0])) + _STACK_MARGIN
                 lib.pthread_attr_destroy(attr)
         except (OSError, AttributeError):

@@ -92,9 +92,10 @@ def kernels():
     return {name: loaded[i] for name, i in index.items()}
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", KERNELS)
-def test_the_largest_kernels_fit_the_stack_budget(name, threads):
+def test_the_largest_kernels_fit_the_stack_budget(name):
+    """On one thread: a chunk runs the same frames on a worker (whose stack is glibc's
+    default, 8 MiB), and on several a loaded machine may leave the caller no chunk to run."""
     spec, dtype, (m, k, n), packed = KERNELS[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((m, k)).astype(dtype)
@@ -102,12 +103,12 @@ def test_the_largest_kernels_fit_the_stack_budget(name, threads):
     w = pack_weight(weight) if packed else weight
     kernel = kernels()[name]
     out = np.empty((m, n), dtype)
-    used = stack_used(lambda: kernel([x, w], [out]), threads)
+    used = stack_used(lambda: kernel([x, w], [out]), 1)
     want = x @ weight if spec["op"] == "matmul" else x @ weight.T
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
     assert used <= KERNEL_STACK_BYTES, (name, kernel.last_variant, used)
     if name == "dense fast":        # the measurement sees the packing buffers' full frame
-        assert used > 1 << 20, used
+        assert used > 512 * 1024, used
 
 
 DEEP_SCRIPT = """
@@ -153,9 +154,10 @@ def dense_at_every_level():
 def test_a_kernel_called_from_the_deepest_native_frame_has_its_stack():
     """On a 4 MiB thread of a fresh process (glibc reuses a larger cached stack for a thread
     in this one; znver2, CPython 3.11: about 700 bytes of native stack per level, deferral from
-    about 3270 levels), a depth inside the native stack and three past it, where the old
-    256 KiB margin left the deepest dense less than its 1.1 MiB frame (about 3900-5500 levels
-    crashed the process): the deeper ones defer to the Python tier, none overflows."""
+    about 4300 levels), a depth inside the native stack and three past it, where the old
+    256 KiB margin left the deepest dense less than its 610 KiB frame (about 800 levels on a
+    1 MiB thread crashed the process): the deeper ones defer to the Python tier, none
+    overflows."""
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", DEEP_SCRIPT], cwd=root, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(root)))
