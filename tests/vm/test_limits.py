@@ -81,6 +81,12 @@ from dynvm.compiler import build
 from dynvm.vm import VirtualMachine
 from tests.e2e.test_control_flow import countdown_module
 
+# Python's own handler and SIGINT unblocked, whatever this process inherited: a child of a
+# process that ignores (or blocks) SIGINT starts so, and then Ctrl-C rightly does nothing (in
+# the full suite an earlier test in the same pytest worker left it so)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
 vm = VirtualMachine(build(countdown_module(), native_loops=sys.argv[1] == "kernel"))
 number = np.int64 if sys.argv[2] == "scalar" else (lambda v: np.array(v, np.int64))
 
