@@ -332,9 +332,9 @@ def parallel_for(b, chunks, ctx, n, worth):
 # the kernel runs on the calling thread alone. One entry per family, from
 # benchmarks/kernel_thresholds.py (each family's kernel built with parallel_work 0, 2 threads
 # against 1 over growing sizes, interleaved; three sweeps on a quiet 2-core machine, each entry
-# the largest of its crossovers), except layer_norm and transpose, set lower from BERT: on 2
-# threads a serial kernel reads half its input from the other core's cache, split it reads its
-# own. A job costs the pool about 0.8 us, so one thread takes 6-15 us at most entries. See
+# the largest of its crossovers; matmul's those of a prepacked dense), except layer_norm and
+# transpose, set lower from BERT: on 2 threads a serial kernel reads half its input from the
+# other core's cache, split it reads its own. A job costs the pool about 0.8 us, so one thread takes 6-15 us at most entries. See
 # docs/design.md, "Kernel threads". A spec's "parallel_work" overrides an entry (tests use 0).
 # Units: multiply-adds (M*N*K*batches) for matmul and conv2d; elements of the input for the
 # others.
