@@ -723,36 +723,25 @@ def micro_kernel(module, blk, packed_a=True, b_align=64, to_c=False):
         def a_offset(k, r):
             return b.add(starts[r], k)
 
-    prefetch = get_function(module, "llvm.prefetch.p0",
-                            ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]))
     if to_c:
         ldc = fn.args[4]
         for r in range(mr):
             for col in (0, blk.nr - 1):    # both lines of the tile row (see prefetch_tile)
-                p = elem_ptr(b, t, b.add(b.mul(c64(r), ldc), c64(col)), blk.ty)
-                b.call(prefetch, [p, const(I32, 1), const(I32, 3), const(I32, 1)])
+                prefetch(b, elem_ptr(b, t, b.add(b.mul(c64(r), ldc), c64(col)), blk.ty), True)
 
     def step(k, accs):
         bvecs = [load(b, bp, b.add(b.mul(k, c64(blk.nr)), c64(v * vl)), vec, align=b_align)
                  for v in range(nv)]
         if b_align != 64:     # a packed weight (PackedDense), streamed from L3 or memory
-            ahead = elem_ptr(b, bp, b.mul(b.add(k, c64(PACKED_PREFETCH_K)), c64(blk.nr)),
-                             blk.ty)
-            b.call(prefetch, [ahead, const(I32, 0), const(I32, 3), const(I32, 1)])
+            prefetch(b, elem_ptr(b, bp, b.mul(b.add(k, c64(PACKED_PREFETCH_K)), c64(blk.nr)),
+                                 blk.ty), False)
         new = []
         for r in range(mr):
             a = splat(b, load(b, ap, a_offset(k, r), blk.ty), vl)
             new += [madd(b, a, bvecs[v], accs[r * nv + v], blk.is_float) for v in range(nv)]
         return new
 
-    def steps(k, accs):       # MK_UNROLL k steps per trip: less loop overhead per FMA
-        for u in range(MK_UNROLL):
-            accs = step(b.add(k, c64(u)), accs)
-        return accs
-    main = b.sub(kc, b.urem(kc, c64(MK_UNROLL)))
-    _, accs = for_range(b, 0, main, steps, step=MK_UNROLL, carried=[zero] * (mr * nv),
-                        vectorize=False, unroll=False)
-    _, accs = for_range(b, main, kc, step, carried=accs, vectorize=False, unroll=False)
+    accs = k_loop(b, kc, step, [zero] * (mr * nv))
     if to_c:
         store_to_c(b, blk, accs, t, *fn.args[4:])
     else:
@@ -761,6 +750,27 @@ def micro_kernel(module, blk, packed_a=True, b_align=64, to_c=False):
                 store(b, accs[r * nv + v], t, c64(r * blk.nr + v * vl), align=64)
     b.ret_void()
     return fn
+
+
+def k_loop(b, kc, step, accs):
+    """The accumulators after step(k, accs) -> accs for k = 0 .. kc - 1, in order: MK_UNROLL
+    steps per trip (less loop overhead per FMA), then the kc % MK_UNROLL left."""
+    def steps(k, accs):
+        for u in range(MK_UNROLL):
+            accs = step(b.add(k, c64(u)), accs)
+        return accs
+    main = b.sub(kc, b.urem(kc, c64(MK_UNROLL)))
+    _, accs = for_range(b, 0, main, steps, step=MK_UNROLL, carried=accs, vectorize=False,
+                        unroll=False)
+    _, accs = for_range(b, main, kc, step, carried=accs, vectorize=False, unroll=False)
+    return accs
+
+
+def prefetch(b, p, write):
+    """A hint that the line at `p` is wanted soon, for reading or `write` (it never faults)."""
+    fn = get_function(b.module, "llvm.prefetch.p0",
+                      ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]))
+    b.call(fn, [p, const(I32, int(write)), const(I32, 3), const(I32, 1)])
 
 
 def store_to_c(b, blk, accs, c, ldc, rows, first):
@@ -901,14 +911,12 @@ def prefetch_tile(b, geo, blk, bi, m0, n0, rows):
     reads them, and C's rows, a power of two of bytes apart in a square product, miss in cache
     (12% of 1024^3 without this). A hint: prefetches never fault; rows past `rows` repeat the
     last one."""
-    fn = get_function(b.module, "llvm.prefetch.p0",
-                      ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]))
     last = b.sub(rows, c64(1))
     for r in range(blk.mr):
         row = geo.c_row(b, geo.row_index(b, bi, b.add(m0, smin(b, c64(r), last))))
         for col in (0, blk.nr - 1):    # the tile row's first and last element: both its lines
             p = elem_ptr(b, geo.c, b.add(row, b.mul(b.add(n0, c64(col)), geo.sc_n)), blk.ty)
-            b.call(fn, [p, const(I32, 1), const(I32, 3), const(I32, 1)])
+            prefetch(b, p, True)
 
 
 def finish_tile(b, out, blk, expr, bi, m0, rows, n0, cols, first, last, tile, fast):
@@ -1048,14 +1056,7 @@ def strips_kernel(module, blk, rows, strips):
         return [madd(b, avals[r], bvecs[j], accs[r * strips * nv + j], blk.is_float)
                 for r in range(rows) for j in range(strips * nv)]
 
-    def steps(k, accs):
-        for u in range(MK_UNROLL):
-            accs = step(b.add(k, c64(u)), accs)
-        return accs
-    main = b.sub(kc, b.urem(kc, c64(MK_UNROLL)))
-    _, accs = for_range(b, 0, main, steps, step=MK_UNROLL, carried=[zero] * (rows * strips * nv),
-                        vectorize=False, unroll=False)
-    _, accs = for_range(b, main, kc, step, carried=accs, vectorize=False, unroll=False)
+    accs = k_loop(b, kc, step, [zero] * (rows * strips * nv))
     for r in range(rows):
         for s in range(strips):
             for v in range(nv):
