@@ -138,7 +138,7 @@ open:
   %word = call ptr @slot(i64 %s)
   br label %claim
 claim:
-  %c = phi i64 [ %count, %open ], [ %c1, %work ], [ %c, %claim.retry ]
+  %c = phi i64 [ %count, %open ], [ %c1, %work ], [ %c, %try ]
   %w = load atomic i64, ptr %word acquire, align 8
   %wtag = lshr i64 %w, 32
   %idx = and i64 %w, 4294967295
@@ -150,9 +150,7 @@ try:
   %w1 = add i64 %w, 1
   %r = cmpxchg ptr %word, i64 %w, i64 %w1 acq_rel acquire
   %got = extractvalue {i64, i1} %r, 1
-  br i1 %got, label %work, label %claim.retry
-claim.retry:
-  br label %claim
+  br i1 %got, label %work, label %claim
 work:
   %hi = add i64 %idx, 1
   %ignored = call i32 %fn(ptr %ctx, i64 %idx, i64 %hi)

@@ -39,9 +39,9 @@ def frame_address():
     return library, ctypes.CFUNCTYPE(ctypes.c_uint64)(library.address("frame"))
 
 
-def stack_used(call, threads):
+def stack_used(call):
     """Bytes of stack `call()` takes below the caller's frame, on a thread of 8 MiB whose
-    kernels run on `threads` threads."""
+    kernels run on that thread alone."""
     libc = ctypes.CDLL(None)
     libc.pthread_self.restype = ctypes.c_ulong
     attr = ctypes.create_string_buffer(256)
@@ -55,7 +55,7 @@ def stack_used(call, threads):
         libc.pthread_attr_destroy(attr)
         start, end = low.value + 65536, frame() - 65536    # well below the live frames
         ctypes.memset(start, PATTERN, end - start)
-        pool.use_threads(threads)
+        pool.use_threads(1)
         call()
         unused = np.frombuffer((ctypes.c_ubyte * (end - start)).from_address(start), np.uint8)
         touched = np.flatnonzero(unused != PATTERN)
@@ -103,7 +103,7 @@ def test_the_largest_kernels_fit_the_stack_budget(name):
     w = pack_weight(weight) if packed else weight
     kernel = kernels()[name]
     out = np.empty((m, n), dtype)
-    used = stack_used(lambda: kernel([x, w], [out]), 1)
+    used = stack_used(lambda: kernel([x, w], [out]))
     want = x @ weight if spec["op"] == "matmul" else x @ weight.T
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
     assert used <= KERNEL_STACK_BYTES, (name, kernel.last_variant, used)
